@@ -1,0 +1,1 @@
+//! The SMB-server side of the pipe transport (work in progress).

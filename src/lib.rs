@@ -1,0 +1,25 @@
+//! opipe: an io_uring transport for SMB named pipes.
+//!
+//! The crate is layered; each layer is a module and depends only on the
+//! ones above it in this list:
+//!
+//! * [`protocol`]: the pure wire protocol of the illumos SMB server's pipe
+//!   transport (names, open header, netuserinfo XDR, NT statuses, FSCTL
+//!   structures, DCE/RPC framing). No sockets, no clocks.
+//! * [`ring`]: io_uring setup, probing and the SQE machinery. The only module
+//!   that contains `unsafe` code.
+//! * [`engine`]: the SMB-server side: open, transceive, read, write, peek,
+//!   wait, cancel and close pipes, as runtime-agnostic futures.
+//! * [`service`]: the other end of the socket: a pipe service (handshake,
+//!   accept policy, handlers) that serves thousands of connections.
+//!
+//! The `opipe` command (feature `cli`, on by default) lives in `src/cli/`;
+//! embedders depend on the crate with `default-features = false` and compile
+//! none of the CLI's or the benchmark peers' dependencies.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+
+pub mod engine;
+pub mod protocol;
+pub mod ring;
+pub mod service;

@@ -1,0 +1,2 @@
+//! The pipe protocol, pure: no sockets, no clocks, no allocation sized by
+//! an unchecked length.
