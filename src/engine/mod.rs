@@ -1,1 +1,655 @@
-//! The SMB-server side of the pipe transport (work in progress).
+//! The SMB-server side of the pipe transport: open, transceive, read,
+//! write, peek, wait, cancel and close pipes, every socket operation an SQE.
+//!
+//! An [`Engine`] owns one or more rings, each driven by its own thread;
+//! pipes are spread over them. Every operation can be started from any
+//! thread and returns a [`Request`]: a runtime-agnostic [`Future`](std::future::Future)
+//! (no async runtime needed) with a blocking [`Request::wait`] and a
+//! [`CancelHandle`]. Callers that want to stay on the ring thread (the
+//! benchmark's fast path, a thread-per-core server) use
+//! [`Pipe::transceive_with`] / [`RingContext::transceive_with`]: the callback
+//! runs on the ring thread and may start the next request there at once.
+//!
+//! ```no_run
+//! use opipe::engine::{Engine, EngineConfig};
+//! use opipe::protocol::NetUserInfo;
+//!
+//! let engine = Engine::new(EngineConfig::new("/var/smb/pipe"))?;
+//! let user = NetUserInfo { session_id: 7, account: "alice".into(), ..Default::default() };
+//! let pipe = engine.open("\\PIPE\\srvsvc", user, None).wait()?;
+//! let reply = pipe.transceive(b"request bytes".to_vec(), 4280).wait()?;
+//! println!("{} {} bytes", reply.status, reply.data.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod core;
+mod request;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use self::core::RingContext;
+use self::core::{Callback, Command, CommandQueue, Core, Notify, Outcome, PipeIo};
+use request::Shared;
+pub use request::{CancelHandle, Request};
+
+use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
+use crate::ring::{Driver, DriverConfig, RingError};
+
+/// How socket data moves between the ring and user memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferMode {
+    /// `IORING_OP_SEND` / `IORING_OP_RECV` on ordinary heap buffers; the
+    /// received bytes land directly in the `Vec` handed to the caller.
+    Plain,
+    /// `IORING_OP_WRITE_FIXED` / `READ_FIXED` on a pool of buffers
+    /// registered with the ring (copied in and out). Requests larger than a
+    /// slot use plain buffers; a full pool is `STATUS_INSUFFICIENT_RESOURCES`.
+    Registered,
+}
+
+/// Engine settings. [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The pipe directory (illumos: `/var/smb/pipe`).
+    pub dir: PathBuf,
+    /// Rings, each with its own thread (default 1).
+    pub rings: usize,
+    /// Buffer mode (default [`BufferMode::Plain`], measured faster here).
+    pub buffers: BufferMode,
+    /// Deadline of an open's connect + handshake (default 5 s).
+    pub open_timeout: Duration,
+    /// WAIT's timeout when the request does not specify one (default 5 s).
+    pub wait_default_timeout: Duration,
+    /// Submission queue entries per ring (default 4096).
+    pub sq_entries: u32,
+    /// Completion queue entries per ring (default 16384).
+    pub cq_entries: u32,
+    /// Registered buffer slots per ring (Registered mode; default 1024).
+    pub reg_slots: u16,
+    /// Bytes per registered slot (default 8192).
+    pub reg_slot_bytes: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for pipes under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            dir: dir.into(),
+            rings: 1,
+            buffers: BufferMode::Plain,
+            open_timeout: Duration::from_secs(5),
+            wait_default_timeout: Duration::from_secs(5),
+            sq_entries: 4096,
+            cq_entries: 16384,
+            reg_slots: 1024,
+            reg_slot_bytes: 8192,
+        }
+    }
+}
+
+/// Why an engine could not start.
+#[derive(Debug)]
+pub enum EngineError {
+    /// io_uring could not be set up (the message says why, in plain words).
+    Ring(RingError),
+    /// A ring thread could not be spawned.
+    Thread(std::io::Error),
+    /// The configuration is unusable.
+    Config(&'static str),
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Ring(e) => write!(f, "{e}"),
+            EngineError::Thread(e) => write!(f, "cannot start a ring thread: {e}"),
+            EngineError::Config(what) => write!(f, "bad engine configuration: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Ring(e) => Some(e),
+            EngineError::Thread(e) => Some(e),
+            EngineError::Config(_) => None,
+        }
+    }
+}
+
+/// Identifies an open pipe inside its engine (ring, slot, generation).
+/// Plain data: a stale id is answered with `STATUS_INVALID_HANDLE`, it can
+/// never reach another pipe's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PipeId {
+    ring: usize,
+    index: u32,
+    gen: u32,
+}
+
+/// What the seed fills in for an opened pipe (`smb_opipe_open`, getattr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenInfo {
+    /// The normalised flat name (`srvsvc`).
+    pub name: PipeName,
+    /// SMB session the pipe belongs to.
+    pub session_id: u64,
+    /// A file id unique per pipe (per engine).
+    pub file_id: u64,
+    /// Always "message pipe".
+    pub file_type: FileType,
+    /// 0x05ff: message read mode, message type, unlimited instances.
+    pub device_state: u16,
+    /// Always "opened".
+    pub action: OpenAction,
+    /// DOS attributes: NORMAL (0x80).
+    pub dos_attributes: u32,
+    /// Allocation size: 4280.
+    pub allocation_size: u64,
+    /// End of file: 0.
+    pub size: u64,
+    /// Link count: 1.
+    pub links: u32,
+}
+
+/// File type of an opened pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// `SMB_FTYPE_MESG_PIPE`.
+    MessagePipe,
+}
+
+/// Action taken by an open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAction {
+    /// `SMB_OACT_OPENED`.
+    Opened,
+}
+
+/// `FILE_ATTRIBUTE_NORMAL`.
+pub const FILE_ATTRIBUTE_NORMAL: u32 = 0x80;
+/// Device state of every pipe: `SMB_PIPE_READMODE_MESSAGE | SMB_PIPE_TYPE_MESSAGE | SMB_PIPE_UNLIMITED_INSTANCES`.
+pub const PIPE_DEVICE_STATE: u16 = 0x05ff;
+
+impl OpenInfo {
+    fn new(name: PipeName, file_id: u64, session_id: u64) -> OpenInfo {
+        OpenInfo {
+            name,
+            session_id,
+            file_id,
+            file_type: FileType::MessagePipe,
+            device_state: PIPE_DEVICE_STATE,
+            action: OpenAction::Opened,
+            dos_attributes: FILE_ATTRIBUTE_NORMAL,
+            allocation_size: fsctl::SMB_PIPE_MAX_MSGSIZE as u64,
+            size: 0,
+            links: 1,
+        }
+    }
+
+    /// The name as the seed's getname reports it: `\` + flat name.
+    pub fn smb_name(&self) -> String {
+        self.name.smb_name()
+    }
+}
+
+/// Data and status of a transceive, read or FSCTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// `STATUS_SUCCESS`, or `STATUS_BUFFER_OVERFLOW` (a warning: the data is
+    /// valid and more is waiting to be read).
+    pub status: NtStatus,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// A tree connect (share connection) as the SMB server sees it. An open
+/// that completes after its tree was disconnected fails with
+/// `STATUS_NETWORK_NAME_DELETED` and its socket is closed.
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    disconnected: Arc<AtomicBool>,
+}
+
+impl Tree {
+    /// A connected tree.
+    pub fn new() -> Tree {
+        Tree::default()
+    }
+    /// Marks the tree disconnected.
+    pub fn disconnect(&self) {
+        self.disconnected.store(true, Ordering::SeqCst);
+    }
+    /// Whether the tree is still connected.
+    pub fn is_connected(&self) -> bool {
+        !self.disconnected.load(Ordering::SeqCst)
+    }
+}
+
+struct RingHandle {
+    queue: Arc<CommandQueue>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub(crate) struct EngineInner {
+    rings: Vec<RingHandle>,
+    next_ring: AtomicUsize,
+    cfg: Arc<EngineConfig>,
+    sock_nonempty: bool,
+}
+
+impl EngineInner {
+    pub(crate) fn send(&self, ring: usize, c: Command) {
+        if let Some(r) = self.rings.get(ring) {
+            r.queue.push(c);
+        }
+    }
+}
+
+thread_local! {
+    /// Set on ring threads: an engine dropped there must not join itself.
+    static ON_RING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        for r in &self.rings {
+            r.queue.push(Command::Shutdown);
+        }
+        if ON_RING_THREAD.with(|f| f.get()) {
+            // The last handle died inside a ring-thread callback: the rings
+            // stop on their own after the shutdown command; joining here
+            // would wait for ourselves.
+            return;
+        }
+        for r in &self.rings {
+            if let Some(t) = r.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The engine: cheap to clone, usable from any thread. The rings stop when
+/// the engine and every [`Pipe`] and [`Request`] of it are dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rings", &self.inner.rings.len())
+            .field("dir", &self.inner.cfg.dir)
+            .finish()
+    }
+}
+
+fn conv_pipe(engine: &Arc<EngineInner>, _ring: usize, o: Outcome) -> Result<Pipe, NtStatus> {
+    match o {
+        Outcome::Opened { pipe, info } => Ok(Pipe {
+            engine: engine.clone(),
+            id: pipe,
+            info,
+            closed: false,
+        }),
+        _ => Err(NtStatus::INTERNAL_ERROR),
+    }
+}
+
+fn conv_transfer(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<Transfer, NtStatus> {
+    match o {
+        Outcome::Transfer(t) => Ok(t),
+        _ => Err(NtStatus::INTERNAL_ERROR),
+    }
+}
+
+fn conv_data(e: &Arc<EngineInner>, r: usize, o: Outcome) -> Result<Vec<u8>, NtStatus> {
+    conv_transfer(e, r, o).map(|t| t.data)
+}
+
+fn conv_written(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<usize, NtStatus> {
+    match o {
+        Outcome::Written(n) => Ok(n),
+        _ => Err(NtStatus::INTERNAL_ERROR),
+    }
+}
+
+fn conv_unit(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<(), NtStatus> {
+    match o {
+        Outcome::Done => Ok(()),
+        _ => Err(NtStatus::INTERNAL_ERROR),
+    }
+}
+
+impl Engine {
+    /// Starts the engine's ring threads. Fails with a plain-words
+    /// [`EngineError::Ring`] when io_uring is unavailable.
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.rings == 0 || cfg.rings > 64 {
+            return Err(EngineError::Config("rings must be 1..=64"));
+        }
+        if cfg.sq_entries == 0 {
+            return Err(EngineError::Config("sq_entries must be positive"));
+        }
+        let cfg = Arc::new(cfg);
+        let file_ids = Arc::new(AtomicU64::new(1));
+        let mut rings = Vec::with_capacity(cfg.rings);
+        let mut sock_nonempty = true;
+        for index in 0..cfg.rings {
+            let (tx, rx) = mpsc::channel();
+            let dcfg = DriverConfig {
+                sq_entries: cfg.sq_entries,
+                cq_entries: cfg.cq_entries,
+                reg_slots: if cfg.buffers == BufferMode::Registered {
+                    cfg.reg_slots
+                } else {
+                    0
+                },
+                reg_slot_bytes: cfg.reg_slot_bytes,
+            };
+            let (cfg2, ids) = (cfg.clone(), file_ids.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("opipe-ring-{index}"))
+                .spawn(move || {
+                    ON_RING_THREAD.with(|f| f.set(true));
+                    // The ring is created on its own thread: with
+                    // SINGLE_ISSUER/DEFER_TASKRUN only this thread may use it.
+                    let drv = match Driver::new(&dcfg) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
+                    let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
+                    Core::new(drv, cfg2, index, queue, ids).run();
+                })
+                .map_err(EngineError::Thread)?;
+            match rx.recv() {
+                Ok(Ok((queue, nonempty))) => {
+                    sock_nonempty &= nonempty;
+                    rings.push(RingHandle {
+                        queue,
+                        thread: Mutex::new(Some(thread)),
+                    });
+                }
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    // Dropping `rings` here stops the rings already started.
+                    drop(EngineInner {
+                        rings,
+                        next_ring: AtomicUsize::new(0),
+                        cfg,
+                        sock_nonempty,
+                    });
+                    return Err(EngineError::Ring(e));
+                }
+                Err(_) => {
+                    let _ = thread.join();
+                    drop(EngineInner {
+                        rings,
+                        next_ring: AtomicUsize::new(0),
+                        cfg,
+                        sock_nonempty,
+                    });
+                    return Err(EngineError::Config("ring thread died during start-up"));
+                }
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                rings,
+                next_ring: AtomicUsize::new(0),
+                cfg,
+                sock_nonempty,
+            }),
+        })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    /// Whether every ring's kernel flags leftover data on receive
+    /// completions (`IORING_CQE_F_SOCK_NONEMPTY`), so a transceive needs no
+    /// third SQE to detect overflow.
+    pub fn sock_nonempty(&self) -> bool {
+        self.inner.sock_nonempty
+    }
+
+    /// Opens the pipe named by the SMB path `path` (e.g. `\PIPE\srvsvc`)
+    /// for `user`: name validation first (a bad name is
+    /// `STATUS_OBJECT_NAME_INVALID` before any socket is made), then connect,
+    /// send the header and userinfo, and receive the status word as one
+    /// linked SQE chain under a deadline. Failures map as the seed maps them.
+    pub fn open(&self, path: &str, user: NetUserInfo, tree: Option<&Tree>) -> Request<Pipe> {
+        if let Err(s) = PipeName::parse(path) {
+            return Request::ready(self.inner.clone(), Err(s), conv_pipe);
+        }
+        let ring = self.inner.next_ring.fetch_add(1, Ordering::Relaxed) % self.inner.rings.len();
+        let shared = Shared::new();
+        self.inner.send(
+            ring,
+            Command::Open {
+                path: path.to_owned(),
+                user: Box::new(user),
+                tree: tree.cloned(),
+                notify: Notify::Shared(shared.clone()),
+            },
+        );
+        Request::new(shared, self.inner.clone(), ring, conv_pipe)
+    }
+
+    /// Ends every request of SMB session `session_id` with
+    /// `STATUS_CANCELLED` and closes its pipes. The request completes when
+    /// every ring has done so.
+    pub fn disconnect_session(&self, session_id: u64) -> Request<()> {
+        let n = self.inner.rings.len();
+        let shared = Shared::new();
+        let left = Arc::new(AtomicUsize::new(n));
+        for ring in 0..n {
+            let (s, left) = (shared.clone(), left.clone());
+            let cb: Callback = Box::new(move |_, _| {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let _ = s.complete(Ok(Outcome::Done));
+                }
+            });
+            self.inner.send(
+                ring,
+                Command::Disconnect {
+                    session: session_id,
+                    notify: Some(Notify::Callback(cb)),
+                },
+            );
+        }
+        Request::new(shared, self.inner.clone(), 0, conv_unit)
+    }
+
+    /// FSCTL_PIPE_WAIT: waits until a listener for `name` (no `\PIPE\`
+    /// prefix needed) accepts, or `timeout` passes (`STATUS_IO_TIMEOUT`).
+    pub fn wait_for_pipe(&self, name: &str, timeout: Option<Duration>) -> Request<()> {
+        let name = match PipeName::parse(name) {
+            Ok(n) => n,
+            Err(s) => return Request::ready(self.inner.clone(), Err(s), conv_unit),
+        };
+        let timeout = timeout.unwrap_or(self.inner.cfg.wait_default_timeout);
+        let ring = self.inner.next_ring.fetch_add(1, Ordering::Relaxed) % self.inner.rings.len();
+        let shared = Shared::new();
+        self.inner.send(
+            ring,
+            Command::WaitPipe {
+                name,
+                timeout,
+                notify: Notify::Shared(shared.clone()),
+            },
+        );
+        Request::new(shared, self.inner.clone(), ring, conv_unit)
+    }
+
+    /// FSCTL_PIPE_WAIT from its wire form (MS-FSCC 2.3.49): bad input is
+    /// `STATUS_INVALID_PARAMETER`.
+    pub fn fsctl_wait(&self, input: &[u8]) -> Request<()> {
+        match WaitRequest::decode(input) {
+            Ok(w) => self.wait_for_pipe(&w.name, w.timeout()),
+            Err(_) => Request::ready(
+                self.inner.clone(),
+                Err(NtStatus::INVALID_PARAMETER),
+                conv_unit,
+            ),
+        }
+    }
+}
+
+/// An open pipe. Dropping it closes it (without waiting); [`Pipe::close`]
+/// closes it and tells when the socket is gone.
+pub struct Pipe {
+    engine: Arc<EngineInner>,
+    id: PipeId,
+    info: OpenInfo,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("id", &self.id)
+            .field("name", &self.info.name)
+            .finish()
+    }
+}
+
+impl Pipe {
+    /// What the open reported.
+    pub fn info(&self) -> &OpenInfo {
+        &self.info
+    }
+
+    /// The pipe's id (for ring-thread callbacks).
+    pub fn id(&self) -> PipeId {
+        self.id
+    }
+
+    fn io<T>(&self, io: PipeIo, convert: request::Convert<T>) -> Request<T> {
+        let shared = Shared::new();
+        self.engine.send(
+            self.id.ring,
+            Command::Io {
+                pipe: self.id,
+                io,
+                notify: Notify::Shared(shared.clone()),
+            },
+        );
+        Request::new(shared, self.engine.clone(), self.id.ring, convert)
+    }
+
+    /// FSCTL_PIPE_TRANSCEIVE: write `input`, then one read of up to
+    /// `max_out` bytes, as ONE linked SQE chain. The status is
+    /// `STATUS_BUFFER_OVERFLOW` exactly when the seed gives it: `max_out` <
+    /// 4280, the read filled it, and more bytes are waiting.
+    pub fn transceive(&self, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+        self.io(PipeIo::Transceive { input, max_out }, conv_transfer)
+    }
+
+    /// Like [`Pipe::transceive`], but `f` runs on the ring thread with the
+    /// result, and can start the next request there without a thread hop.
+    pub fn transceive_with(
+        &self,
+        input: Vec<u8>,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
+    ) {
+        let cb: Callback = Box::new(move |ctx, res| {
+            f(
+                ctx,
+                res.and_then(|o| match o {
+                    Outcome::Transfer(t) => Ok(t),
+                    _ => Err(NtStatus::INTERNAL_ERROR),
+                }),
+            )
+        });
+        self.engine.send(
+            self.id.ring,
+            Command::Io {
+                pipe: self.id,
+                io: PipeIo::Transceive { input, max_out },
+                notify: Notify::Callback(cb),
+            },
+        );
+    }
+
+    /// One receive of up to `max_out` bytes (no loop, like the seed). The
+    /// service having closed is `STATUS_PIPE_BROKEN`.
+    pub fn read(&self, max_out: usize) -> Request<Vec<u8>> {
+        self.io(PipeIo::Read { max_out }, conv_data)
+    }
+
+    /// Sends all of `data`; the result is the byte count.
+    pub fn write(&self, data: Vec<u8>) -> Request<usize> {
+        self.io(PipeIo::Write { data }, conv_written)
+    }
+
+    /// FSCTL_PIPE_PEEK (MS-FSCC): the 16-byte reply header then up to
+    /// `max_out - 16` bytes, without consuming them; never blocks.
+    pub fn peek(&self, max_out: usize) -> Request<Transfer> {
+        self.io(PipeIo::Peek { max_out }, conv_transfer)
+    }
+
+    /// The FSCTL dispatcher for an SMB2 IOCTL on this pipe: TRANSCEIVE and
+    /// PEEK; WAIT belongs to [`Engine::fsctl_wait`] (no open handle), and any
+    /// other code is `STATUS_INVALID_DEVICE_REQUEST`.
+    pub fn fsctl(&self, code: u32, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+        match code {
+            fsctl::FSCTL_PIPE_TRANSCEIVE => self.transceive(input, max_out),
+            fsctl::FSCTL_PIPE_PEEK => self.peek(max_out),
+            fsctl::FSCTL_PIPE_WAIT => Request::ready(
+                self.engine.clone(),
+                Err(NtStatus::INVALID_PARAMETER),
+                conv_transfer,
+            ),
+            _ => Request::ready(
+                self.engine.clone(),
+                Err(NtStatus::INVALID_DEVICE_REQUEST),
+                conv_transfer,
+            ),
+        }
+    }
+
+    /// Closes the pipe: the socket is shut down both ways, requests in
+    /// flight end (`STATUS_CANCELLED`), and the descriptor is closed after
+    /// the last of them completed. The request completes then.
+    pub fn close(mut self) -> Request<()> {
+        self.closed = true;
+        let shared = Shared::new();
+        self.engine.send(
+            self.id.ring,
+            Command::Close {
+                pipe: self.id,
+                notify: Some(Notify::Shared(shared.clone())),
+            },
+        );
+        Request::new(shared, self.engine.clone(), self.id.ring, conv_unit)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.engine.send(
+                self.id.ring,
+                Command::Close {
+                    pipe: self.id,
+                    notify: None,
+                },
+            );
+        }
+    }
+}

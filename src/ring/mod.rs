@@ -5,3 +5,9 @@
 pub mod setup;
 
 pub use setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+pub mod driver;
+
+pub use driver::{Completion, Driver, DriverConfig, Op, RegBuf, SqeId, UnixAddr, WakeFd};
+pub mod sock;
+
+pub use sock::{fionread, shutdown, unix_stream_socket};

@@ -1,0 +1,1449 @@
+//! The ring thread: one [`Core`] per ring owns the [`Driver`], the table of
+//! open pipes and the table of requests in flight, and turns requests into
+//! SQE chains and completions into results.
+//!
+//! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry and
+//! by every operation in flight on it, so the descriptor is closed only after
+//! the pipe is closed AND the last operation's final completion arrived. A
+//! request keeps its op entry (and so its accounting on the pipe) until its
+//! last SQE completed, even when its caller was already told
+//! `STATUS_CANCELLED`.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use io_uring::types::Timespec;
+
+use super::request::{Shared, NO_OP};
+use super::{BufferMode, EngineConfig, OpenInfo, PipeId, Transfer, Tree};
+use crate::protocol::{encode_open_message, fsctl, NetUserInfo, NtStatus, PeekReply, PipeName};
+use crate::ring::{Completion, Driver, Op, RegBuf, SqeId, UnixAddr, WakeFd};
+
+/// Replies of at least this size never report overflow (the seed's rule).
+pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
+
+/// What a finished request produced, before typing at the API edge.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Opened { pipe: PipeId, info: OpenInfo },
+    Transfer(Transfer),
+    Written(usize),
+    Done,
+}
+
+/// A ring-thread callback: runs on the ring thread with access to the ring.
+pub(crate) type Callback = Box<dyn FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send>;
+
+pub(crate) enum Notify {
+    Shared(Arc<Shared>),
+    Callback(Callback),
+}
+
+/// What a request asks of a pipe.
+#[derive(Debug)]
+pub(crate) enum PipeIo {
+    Transceive { input: Vec<u8>, max_out: usize },
+    Read { max_out: usize },
+    Write { data: Vec<u8> },
+    Peek { max_out: usize },
+}
+
+/// Messages from other threads to a ring thread.
+pub(crate) enum Command {
+    Open {
+        path: String,
+        user: Box<NetUserInfo>,
+        tree: Option<Tree>,
+        notify: Notify,
+    },
+    Io {
+        pipe: PipeId,
+        io: PipeIo,
+        notify: Notify,
+    },
+    Close {
+        pipe: PipeId,
+        notify: Option<Notify>,
+    },
+    Cancel {
+        shared: Arc<Shared>,
+    },
+    Disconnect {
+        session: u64,
+        notify: Option<Notify>,
+    },
+    WaitPipe {
+        name: PipeName,
+        timeout: Duration,
+        notify: Notify,
+    },
+    Shutdown,
+}
+
+/// The queue other threads push commands into.
+pub(crate) struct CommandQueue {
+    cmds: Mutex<Vec<Command>>,
+    pending: AtomicBool,
+    pub(crate) wake: Arc<WakeFd>,
+}
+
+impl CommandQueue {
+    pub(crate) fn new(wake: Arc<WakeFd>) -> CommandQueue {
+        CommandQueue {
+            cmds: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            wake,
+        }
+    }
+
+    pub(crate) fn push(&self, c: Command) {
+        self.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        self.pending.store(true, Ordering::SeqCst);
+        self.wake.wake();
+    }
+
+    fn take(&self, into: &mut Vec<Command>) {
+        if self.pending.swap(false, Ordering::SeqCst) {
+            std::mem::swap(
+                &mut *self.cmds.lock().unwrap_or_else(|e| e.into_inner()),
+                into,
+            );
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+}
+
+// Steps, the low byte of a token.
+const ST_CONNECT: u8 = 1;
+const ST_HELLO: u8 = 2;
+const ST_STATUS: u8 = 3;
+const ST_DEADLINE: u8 = 4;
+const ST_SEND: u8 = 5;
+const ST_RECV: u8 = 6;
+const ST_MORE: u8 = 7;
+const ST_PEEK: u8 = 8;
+const ST_WAIT_CONNECT: u8 = 9;
+const ST_WAIT_TIMER: u8 = 10;
+
+fn token(op: u32, gen: u32, step: u8) -> u64 {
+    ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
+}
+
+fn untoken(t: u64) -> (u32, u32, u8) {
+    (
+        (t >> 32) as u32,
+        ((t >> 8) & 0x00ff_ffff) as u32,
+        (t & 0xff) as u8,
+    )
+}
+
+struct PipeEntry {
+    fd: Rc<OwnedFd>,
+    session: u64,
+    inflight: u32,
+    closing: bool,
+    close_waiters: Vec<Notify>,
+}
+
+struct Slot<T> {
+    gen: u32,
+    val: Option<T>,
+}
+
+/// A generation-checked slab.
+struct Slab<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    fn insert(&mut self, v: T) -> (u32, u32) {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, val: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[i as usize];
+        s.gen = (s.gen + 1) & 0x00ff_ffff;
+        s.val = Some(v);
+        self.len += 1;
+        (i, s.gen)
+    }
+    fn get_mut(&mut self, i: u32, gen: u32) -> Option<&mut T> {
+        let s = self.slots.get_mut(i as usize)?;
+        if s.gen == gen {
+            s.val.as_mut()
+        } else {
+            None
+        }
+    }
+    fn remove(&mut self, i: u32, gen: u32) -> Option<T> {
+        let s = self.slots.get_mut(i as usize)?;
+        if s.gen != gen {
+            return None;
+        }
+        let v = s.val.take()?;
+        self.free.push(i);
+        self.len -= 1;
+        Some(v)
+    }
+    fn keys(&self) -> Vec<(u32, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.val.is_some())
+            .map(|(i, s)| (i as u32, s.gen))
+            .collect()
+    }
+}
+
+enum Kind {
+    Open {
+        fd: Rc<OwnedFd>,
+        name: PipeName,
+        tree: Option<Tree>,
+        timer: Option<SqeId>,
+        status: Option<NtStatus>,
+    },
+    Transceive {
+        max_out: usize,
+        /// The request; moved into the Send op while it is in flight.
+        input: Vec<u8>,
+        /// Bytes of `input` the kernel confirmed sent.
+        sent: usize,
+        /// Registered mode: the slot holding the input, then the reply.
+        reg: Option<Rc<RegBuf>>,
+        out: Option<Vec<u8>>,
+        /// Some(more waiting?) once known.
+        more: Option<bool>,
+        status: Option<NtStatus>,
+    },
+    Read {
+        out: Option<Vec<u8>>,
+        status: Option<NtStatus>,
+    },
+    Write {
+        data: Vec<u8>,
+        sent: usize,
+        status: Option<NtStatus>,
+    },
+    Peek {
+        room: usize,
+        data: Option<Vec<u8>>,
+        eof: bool,
+        status: Option<NtStatus>,
+    },
+    WaitPipe {
+        name: PipeName,
+        deadline: Instant,
+        attempt: u32,
+        connected: bool,
+        status: Option<NtStatus>,
+    },
+}
+
+struct OpEntry {
+    pipe: Option<PipeId>,
+    session: u64,
+    notify: Option<Notify>,
+    /// SQEs pushed and not yet completed.
+    pending: u32,
+    /// The current chain's SQE ids, and how many of them completed.
+    chain: Vec<SqeId>,
+    chain_done: usize,
+    /// The caller was told the request was cancelled; remaining CQEs only
+    /// release resources.
+    cancelled: bool,
+    kind: Kind,
+}
+
+/// The per-ring state, driven by [`run`] on the ring's own thread.
+pub(crate) struct Core {
+    drv: Driver,
+    cfg: Arc<EngineConfig>,
+    ring_index: usize,
+    pipes: Slab<PipeEntry>,
+    ops: Slab<OpEntry>,
+    queue: Arc<CommandQueue>,
+    file_ids: Arc<AtomicU64>,
+    done: Vec<Completion>,
+    stopping: bool,
+}
+
+/// The ring thread's context, given to ring-thread callbacks so they can
+/// start the next request without leaving the thread.
+pub struct RingContext<'a> {
+    core: &'a mut Core,
+}
+
+impl std::fmt::Debug for RingContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingContext")
+            .field("ring", &self.core.ring_index)
+            .finish()
+    }
+}
+
+impl RingContext<'_> {
+    /// Starts a transceive on `pipe` (which must live on this ring) whose
+    /// result is given to `f` on this ring thread.
+    pub fn transceive_with(
+        &mut self,
+        pipe: PipeId,
+        input: Vec<u8>,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
+    ) {
+        let cb: Callback = Box::new(move |ctx, res| {
+            f(
+                ctx,
+                res.and_then(|o| match o {
+                    Outcome::Transfer(t) => Ok(t),
+                    _ => Err(NtStatus::INTERNAL_ERROR),
+                }),
+            )
+        });
+        self.core.start_io(
+            pipe,
+            PipeIo::Transceive { input, max_out },
+            Notify::Callback(cb),
+        );
+    }
+
+    /// Index of this ring in its engine.
+    pub fn ring_index(&self) -> usize {
+        self.core.ring_index
+    }
+}
+
+/// Maps a socket errno to the status the seed would give.
+pub(crate) fn socket_status(errno: i32) -> NtStatus {
+    match errno {
+        // A peer that went away: what the seed sees as EPIPE.
+        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ESHUTDOWN => NtStatus::PIPE_BROKEN,
+        libc::ENOBUFS | libc::ENOMEM => NtStatus::INSUFFICIENT_RESOURCES,
+        libc::ECANCELED => NtStatus::CANCELLED,
+        e => NtStatus::from_errno(e),
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        drv: Driver,
+        cfg: Arc<EngineConfig>,
+        ring_index: usize,
+        queue: Arc<CommandQueue>,
+        file_ids: Arc<AtomicU64>,
+    ) -> Core {
+        Core {
+            drv,
+            cfg,
+            ring_index,
+            pipes: Slab::new(),
+            ops: Slab::new(),
+            queue,
+            file_ids,
+            done: Vec::with_capacity(256),
+            stopping: false,
+        }
+    }
+
+    /// The ring thread's loop: commands in, SQEs out, completions back.
+    pub(crate) fn run(mut self) {
+        let mut cmds = Vec::new();
+        let wake = self.queue.wake.clone();
+        loop {
+            self.queue.take(&mut cmds);
+            for c in cmds.drain(..) {
+                self.command(c);
+            }
+            if self.stopping && self.ops.len == 0 && self.pipes.len == 0 {
+                break;
+            }
+            let res = if self.queue.is_pending() {
+                self.drv.submit_and_wait(0, None)
+            } else {
+                wake.prepare_park();
+                if self.queue.is_pending() {
+                    wake.unpark();
+                    self.drv.submit_and_wait(0, None)
+                } else {
+                    let r = self.drv.submit_and_wait(1, None);
+                    wake.unpark();
+                    r
+                }
+            };
+            if let Err(e) = res {
+                eprintln!("opipe: ring {} submit failed: {e}", self.ring_index);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut done = std::mem::take(&mut self.done);
+            self.drv.reap(&mut done);
+            for c in done.drain(..) {
+                self.completion(c);
+            }
+            self.done = done;
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Open {
+                path,
+                user,
+                tree,
+                notify,
+            } => self.start_open(&path, &user, tree, notify),
+            Command::Io { pipe, io, notify } => self.start_io(pipe, io, notify),
+            Command::Close { pipe, notify } => self.close_pipe(pipe, notify),
+            Command::Cancel { shared } => self.cancel_shared(&shared),
+            Command::Disconnect { session, notify } => {
+                self.disconnect(session);
+                if let Some(n) = notify {
+                    self.notify(n, Ok(Outcome::Done));
+                }
+            }
+            Command::WaitPipe {
+                name,
+                timeout,
+                notify,
+            } => self.start_wait(name, timeout, notify),
+            Command::Shutdown => {
+                self.stopping = true;
+                for (i, g) in self.ops.keys() {
+                    self.cancel_op(i, g, NtStatus::CANCELLED);
+                }
+                for (i, g) in self.pipes.keys() {
+                    self.close_pipe(
+                        PipeId {
+                            ring: self.ring_index,
+                            index: i,
+                            gen: g,
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, n: Notify, res: Result<Outcome, NtStatus>) {
+        match n {
+            Notify::Shared(s) => {
+                if let Some(Ok(Outcome::Opened { pipe, .. })) = s.complete(res) {
+                    // The caller gave up on this open: close what we opened.
+                    self.close_pipe(pipe, None);
+                }
+            }
+            Notify::Callback(f) => f(&mut RingContext { core: self }, res),
+        }
+    }
+
+    fn reject(&mut self, n: Notify, status: NtStatus) {
+        self.notify(n, Err(status));
+    }
+
+    fn new_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Notify,
+        kind: Kind,
+    ) -> (u32, u32) {
+        let shared = match &notify {
+            Notify::Shared(s) => Some(s.clone()),
+            Notify::Callback(_) => None,
+        };
+        let key = self.ops.insert(OpEntry {
+            pipe,
+            session,
+            notify: Some(notify),
+            pending: 0,
+            chain: Vec::new(),
+            chain_done: 0,
+            cancelled: false,
+            kind,
+        });
+        if let Some(p) = pipe {
+            if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
+                pe.inflight += 1;
+            }
+        }
+        if let Some(s) = shared {
+            s.op_key
+                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+        }
+        key
+    }
+
+    fn push_chain(&mut self, key: (u32, u32), ops: Vec<(Op, u8)>) {
+        let mut ids = Vec::with_capacity(ops.len());
+        let n = ops.len() as u32;
+        self.drv.push_chain(
+            ops.into_iter()
+                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            &mut ids,
+        );
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            e.pending += n;
+            e.chain = ids;
+            e.chain_done = 0;
+        }
+    }
+
+    fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
+        let id = self.drv.push(op, token(key.0, key.1, st));
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            e.pending += 1;
+        }
+        id
+    }
+
+    // ---- open -------------------------------------------------------------
+
+    fn start_open(&mut self, path: &str, user: &NetUserInfo, tree: Option<Tree>, notify: Notify) {
+        let name = match PipeName::parse(path) {
+            Ok(n) => n,
+            Err(s) => return self.reject(notify, s),
+        };
+        if self.stopping {
+            return self.reject(notify, NtStatus::PIPE_NOT_AVAILABLE);
+        }
+        let Some(addr) = UnixAddr::new(&self.cfg.dir.join(name.as_str())) else {
+            return self.reject(notify, NtStatus::OBJECT_NAME_INVALID);
+        };
+        let msg = match encode_open_message(user) {
+            Ok(m) => m,
+            Err(_) => return self.reject(notify, NtStatus::INTERNAL_ERROR),
+        };
+        let fd = match crate::ring::unix_stream_socket() {
+            Ok(fd) => Rc::new(fd),
+            Err(errno) => {
+                let st = match errno {
+                    libc::EMFILE | libc::ENFILE => NtStatus::TOO_MANY_OPENED_FILES,
+                    libc::ENOBUFS | libc::ENOMEM => NtStatus::INSUFFICIENT_RESOURCES,
+                    _ => NtStatus::INTERNAL_ERROR,
+                };
+                return self.reject(notify, st);
+            }
+        };
+        let key = self.new_op(
+            None,
+            user.session_id,
+            notify,
+            Kind::Open {
+                fd: fd.clone(),
+                name,
+                tree,
+                timer: None,
+                status: None,
+            },
+        );
+        self.push_chain(
+            key,
+            vec![
+                (
+                    Op::Connect {
+                        fd: fd.clone(),
+                        addr: Box::new(addr),
+                    },
+                    ST_CONNECT,
+                ),
+                (
+                    Op::Send {
+                        fd: fd.clone(),
+                        buf: msg,
+                        start: 0,
+                    },
+                    ST_HELLO,
+                ),
+                (
+                    Op::Recv {
+                        fd,
+                        buf: Vec::with_capacity(4),
+                        len: 4,
+                        flags: libc::MSG_WAITALL,
+                    },
+                    ST_STATUS,
+                ),
+            ],
+        );
+        let ts = Box::new(Timespec::from(self.cfg.open_timeout));
+        let timer = self.push_one(key, Op::Timer { ts }, ST_DEADLINE);
+        if let Some(OpEntry {
+            kind: Kind::Open { timer: t, .. },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        {
+            *t = Some(timer);
+        }
+    }
+
+    fn open_step(&mut self, key: (u32, u32), step: u8, c: &Completion) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let chain_left = e.chain.len().saturating_sub(e.chain_done);
+        let Kind::Open { status, timer, .. } = &mut e.kind else {
+            return;
+        };
+        match step {
+            ST_CONNECT if c.result < 0 && status.is_none() => {
+                *status = Some(if c.result == -libc::ECANCELED {
+                    NtStatus::PIPE_NOT_AVAILABLE
+                } else {
+                    NtStatus::OBJECT_NAME_NOT_FOUND
+                })
+            }
+            ST_HELLO if c.result < 0 && status.is_none() => {
+                *status = Some(NtStatus::PIPE_NOT_AVAILABLE)
+            }
+            ST_STATUS => {
+                if status.is_none() {
+                    *status = Some(match &c.op {
+                        Op::Recv { buf, .. } if c.result == 4 && buf.len() == 4 => {
+                            crate::protocol::decode_status_word([buf[0], buf[1], buf[2], buf[3]])
+                        }
+                        _ => NtStatus::PIPE_NOT_AVAILABLE,
+                    });
+                }
+                // The handshake is over: the deadline timer is no longer needed.
+                if let Some(t) = timer.take() {
+                    self.drv.cancel(t);
+                }
+            }
+            ST_DEADLINE => {
+                *timer = None;
+                if c.result == -libc::ETIME && status.is_none() && chain_left > 0 {
+                    // Deadline passed with the handshake unfinished.
+                    *status = Some(NtStatus::PIPE_NOT_AVAILABLE);
+                    self.cancel_chain(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_open(&mut self, e: OpEntry) {
+        let Kind::Open {
+            fd,
+            name,
+            tree,
+            status,
+            ..
+        } = e.kind
+        else {
+            return;
+        };
+        let Some(notify) = e.notify else { return };
+        let status = status.unwrap_or(NtStatus::PIPE_NOT_AVAILABLE);
+        if status != NtStatus::SUCCESS {
+            // `fd` drops here: the half-opened socket is closed.
+            return self.reject(notify, status);
+        }
+        if tree.as_ref().is_some_and(|t| !t.is_connected()) {
+            return self.reject(notify, NtStatus::NETWORK_NAME_DELETED);
+        }
+        if self.stopping {
+            return self.reject(notify, NtStatus::CANCELLED);
+        }
+        let file_id = self.file_ids.fetch_add(1, Ordering::Relaxed);
+        let info = OpenInfo::new(name, file_id, e.session);
+        let (index, gen) = self.pipes.insert(PipeEntry {
+            fd,
+            session: e.session,
+            inflight: 0,
+            closing: false,
+            close_waiters: Vec::new(),
+        });
+        let pipe = PipeId {
+            ring: self.ring_index,
+            index,
+            gen,
+        };
+        self.notify(notify, Ok(Outcome::Opened { pipe, info }));
+    }
+
+    // ---- I/O on an open pipe ----------------------------------------------
+
+    fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
+        if pipe.ring != self.ring_index {
+            return Err(NtStatus::INVALID_HANDLE);
+        }
+        match self.pipes.get_mut(pipe.index, pipe.gen) {
+            None => Err(NtStatus::INVALID_HANDLE),
+            Some(p) if p.closing => Err(NtStatus::FILE_CLOSED),
+            Some(p) => Ok((p.fd.clone(), p.session)),
+        }
+    }
+
+    pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        if let Notify::Shared(s) = &notify {
+            if s.cancel_requested.load(Ordering::SeqCst) {
+                return self.reject(notify, NtStatus::CANCELLED);
+            }
+        }
+        let (fd, session) = match self.pipe_fd(pipe) {
+            Ok(x) => x,
+            Err(s) => return self.reject(notify, s),
+        };
+        match io {
+            PipeIo::Transceive { input, max_out } => {
+                let kind = Kind::Transceive {
+                    max_out,
+                    input,
+                    sent: 0,
+                    reg: None,
+                    out: None,
+                    more: None,
+                    status: None,
+                };
+                let key = self.new_op(Some(pipe), session, notify, kind);
+                self.push_transceive(key, fd);
+            }
+            PipeIo::Read { max_out } => {
+                let key = self.new_op(
+                    Some(pipe),
+                    session,
+                    notify,
+                    Kind::Read {
+                        out: None,
+                        status: None,
+                    },
+                );
+                let op = Op::Recv {
+                    fd,
+                    buf: Vec::with_capacity(max_out),
+                    len: clamp_u32(max_out),
+                    flags: 0,
+                };
+                self.push_chain(key, vec![(op, ST_RECV)]);
+            }
+            PipeIo::Write { data } => {
+                let key = self.new_op(
+                    Some(pipe),
+                    session,
+                    notify,
+                    Kind::Write {
+                        data: Vec::new(),
+                        sent: 0,
+                        status: None,
+                    },
+                );
+                self.push_chain(
+                    key,
+                    vec![(
+                        Op::Send {
+                            fd,
+                            buf: data,
+                            start: 0,
+                        },
+                        ST_SEND,
+                    )],
+                );
+            }
+            PipeIo::Peek { max_out } => {
+                if max_out < fsctl::PEEK_HEADER_LEN {
+                    return self.reject(notify, NtStatus::BUFFER_TOO_SMALL);
+                }
+                let room = max_out - fsctl::PEEK_HEADER_LEN;
+                let kind = Kind::Peek {
+                    room,
+                    data: None,
+                    eof: false,
+                    status: None,
+                };
+                let key = self.new_op(Some(pipe), session, notify, kind);
+                // Ask for one byte more than fits, so a full buffer with more
+                // behind it is told apart from an exact fit.
+                let want = room.saturating_add(1);
+                let op = Op::Recv {
+                    fd,
+                    buf: Vec::with_capacity(want),
+                    len: clamp_u32(want),
+                    flags: crate::ring::driver::PEEK_NOWAIT,
+                };
+                self.push_chain(key, vec![(op, ST_PEEK)]);
+            }
+        }
+    }
+
+    /// Pushes the transceive chain for what is left to send:
+    /// send -> recv [-> one-byte peek, when the kernel cannot flag leftover
+    /// data on the recv completion]. Registered mode: WRITE_FIXED ->
+    /// READ_FIXED on the same slot (the read starts only after the write
+    /// completed) -> peek; a short READ_FIXED breaks the link, which is fine:
+    /// short means nothing was left.
+    fn push_transceive(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let reg_mode = self.cfg.buffers == BufferMode::Registered;
+        let slot_bytes = self.drv.reg_slot_bytes();
+        let nonempty_flag = self.drv.features().sock_nonempty;
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let Kind::Transceive {
+            max_out,
+            input,
+            sent,
+            reg,
+            ..
+        } = &mut e.kind
+        else {
+            return;
+        };
+        let max_out = *max_out;
+        let check_more = max_out < SMB_PIPE_MAX_MSGSIZE;
+        let mut chain: Vec<(Op, u8)> = Vec::with_capacity(3);
+        if reg_mode && max_out <= slot_bytes && input.len() <= slot_bytes {
+            let slot = match reg.take() {
+                Some(r) => r,
+                None => match self.drv.reg_alloc() {
+                    Some(r) => {
+                        if let Some(bytes) = self.drv.reg_bytes_mut(&r) {
+                            bytes[..input.len()].copy_from_slice(input);
+                        }
+                        r
+                    }
+                    // Registered pool exhausted.
+                    None => return self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
+                },
+            };
+            if input.len() > *sent {
+                let (start, end) = (*sent as u32, input.len() as u32);
+                chain.push((
+                    Op::WriteFixed {
+                        fd: fd.clone(),
+                        buf: slot.clone(),
+                        start,
+                        end,
+                    },
+                    ST_SEND,
+                ));
+            }
+            chain.push((
+                Op::ReadFixed {
+                    fd: fd.clone(),
+                    buf: slot.clone(),
+                    len: clamp_u32(max_out),
+                },
+                ST_RECV,
+            ));
+            *reg = Some(slot);
+            if check_more {
+                chain.push((more_probe(fd), ST_MORE));
+            }
+        } else {
+            if input.len() > *sent {
+                let buf = std::mem::take(input);
+                chain.push((
+                    Op::Send {
+                        fd: fd.clone(),
+                        buf,
+                        start: *sent,
+                    },
+                    ST_SEND,
+                ));
+            }
+            let recv = Op::Recv {
+                fd: fd.clone(),
+                buf: Vec::with_capacity(max_out),
+                len: clamp_u32(max_out),
+                flags: 0,
+            };
+            chain.push((recv, ST_RECV));
+            if check_more && !nonempty_flag {
+                chain.push((more_probe(fd), ST_MORE));
+            }
+        }
+        self.push_chain(key, chain);
+    }
+
+    fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            set_status(&mut e.kind, status);
+            if e.pending == 0 {
+                self.finish(key);
+            }
+        }
+    }
+
+    fn io_step(&mut self, key: (u32, u32), step: u8, c: Completion) {
+        let features = self.drv.features();
+        let sock_nonempty = c.sock_nonempty();
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let r = c.result;
+        // A send that fell short (its link then cancelled the rest) is
+        // resumed when the chain is over; its -ECANCELED followers are no error.
+        let resuming = |input: &Vec<u8>, sent: usize| sent < input.len();
+        match (&mut e.kind, step, c.op) {
+            (
+                Kind::Transceive {
+                    status,
+                    input,
+                    sent,
+                    ..
+                },
+                ST_SEND,
+                op,
+            ) => {
+                let (start, end) = match op {
+                    Op::Send { buf, start, .. } => {
+                        let end = buf.len();
+                        *input = buf;
+                        (start, end)
+                    }
+                    Op::WriteFixed { start, end, .. } => (start as usize, end as usize),
+                    _ => return,
+                };
+                if r < 0 {
+                    if status.is_none() {
+                        *status = Some(socket_status(-r));
+                    }
+                } else {
+                    *sent = (start + r as usize).min(end);
+                }
+            }
+            (
+                Kind::Transceive {
+                    status,
+                    out,
+                    more,
+                    max_out,
+                    reg,
+                    input,
+                    sent,
+                },
+                ST_RECV,
+                op,
+            ) => {
+                let resend = resuming(input, *sent) && status.is_none();
+                if r == -libc::ECANCELED && resend {
+                    return;
+                }
+                if r <= 0 {
+                    if status.is_none() {
+                        *status = Some(if r == 0 {
+                            NtStatus::PIPE_BROKEN
+                        } else {
+                            socket_status(-r)
+                        });
+                    }
+                    return;
+                }
+                let data = match op {
+                    Op::Recv { buf, .. } => buf,
+                    Op::ReadFixed { buf, .. } => {
+                        drop(buf);
+                        let n = (r as usize).min(*max_out);
+                        match reg.as_ref().and_then(|slot| self.drv.reg_bytes(slot)) {
+                            Some(bytes) => bytes[..n].to_vec(),
+                            None => return set_status(&mut e.kind, NtStatus::INTERNAL_ERROR),
+                        }
+                    }
+                    _ => return,
+                };
+                if data.len() < *max_out {
+                    *more = Some(false);
+                } else if features.sock_nonempty && self.cfg.buffers == BufferMode::Plain {
+                    *more = Some(sock_nonempty);
+                }
+                *out = Some(data);
+            }
+            // 1: a byte is waiting; -EAGAIN: empty; 0: peer closed.
+            (Kind::Transceive { more: more @ None, .. }, ST_MORE, _) => *more = Some(r > 0),
+            (Kind::Read { out, status }, ST_RECV, Op::Recv { buf, .. }) => {
+                if r > 0 {
+                    *out = Some(buf);
+                } else if status.is_none() {
+                    *status = Some(if r == 0 {
+                        NtStatus::PIPE_BROKEN
+                    } else {
+                        socket_status(-r)
+                    });
+                }
+            }
+            (Kind::Write { status, data, sent }, ST_SEND, Op::Send { buf, start, .. }) => {
+                if r < 0 {
+                    if status.is_none() {
+                        *status = Some(socket_status(-r));
+                    }
+                } else {
+                    *sent = start + r as usize;
+                }
+                *data = buf;
+            }
+            (
+                Kind::Peek {
+                    data, eof, status, ..
+                },
+                ST_PEEK,
+                Op::Recv { buf, len, .. },
+            ) => {
+                if r > 0 {
+                    *data = Some(buf);
+                } else if r == 0 && len > 0 {
+                    *eof = true;
+                    *data = Some(Vec::new());
+                } else if r == 0 || r == -libc::EAGAIN {
+                    *data = Some(Vec::new());
+                } else if status.is_none() {
+                    *status = Some(socket_status(-r));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- WAIT (FSCTL_PIPE_WAIT) -------------------------------------------
+
+    fn start_wait(&mut self, name: PipeName, timeout: Duration, notify: Notify) {
+        let deadline = Instant::now() + timeout;
+        let key = self.new_op(
+            None,
+            0,
+            notify,
+            Kind::WaitPipe {
+                name,
+                deadline,
+                attempt: 0,
+                connected: false,
+                status: None,
+            },
+        );
+        self.wait_attempt(key);
+    }
+
+    fn wait_attempt(&mut self, key: (u32, u32)) {
+        let dir = self.cfg.dir.clone();
+        let Some(OpEntry {
+            kind: Kind::WaitPipe { name, .. },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        else {
+            return;
+        };
+        let path: PathBuf = dir.join(name.as_str());
+        let Some(addr) = UnixAddr::new(&path) else {
+            return self.fail_now(key, NtStatus::OBJECT_NAME_INVALID);
+        };
+        match crate::ring::unix_stream_socket() {
+            Ok(fd) => {
+                let op = Op::Connect {
+                    fd: Rc::new(fd),
+                    addr: Box::new(addr),
+                };
+                self.push_chain(key, vec![(op, ST_WAIT_CONNECT)]);
+            }
+            Err(_) => self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
+        }
+    }
+
+    fn wait_step(&mut self, key: (u32, u32), step: u8, r: i32) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        if e.cancelled {
+            return;
+        }
+        let Kind::WaitPipe {
+            deadline,
+            attempt,
+            connected,
+            status,
+            ..
+        } = &mut e.kind
+        else {
+            return;
+        };
+        match step {
+            ST_WAIT_CONNECT if r == 0 => *connected = true,
+            ST_WAIT_CONNECT => {
+                let now = Instant::now();
+                if now >= *deadline {
+                    *status = Some(NtStatus::IO_TIMEOUT);
+                    return;
+                }
+                // Back off 1, 2, 4 .. 50 ms between attempts.
+                let wait =
+                    Duration::from_millis((1u64 << (*attempt).min(6)).min(50)).min(*deadline - now);
+                *attempt += 1;
+                let ts = Box::new(Timespec::from(wait));
+                self.push_one(key, Op::Timer { ts }, ST_WAIT_TIMER);
+            }
+            _ => {
+                if e.pending == 0 {
+                    self.wait_attempt(key);
+                }
+            }
+        }
+    }
+
+    // ---- completion, cancel, close -----------------------------------------
+
+    fn completion(&mut self, c: Completion) {
+        let (index, gen, step) = untoken(c.token);
+        let key = (index, gen);
+        let cancelled = {
+            let Some(e) = self.ops.get_mut(index, gen) else {
+                return;
+            };
+            e.pending = e.pending.saturating_sub(1);
+            if step != ST_DEADLINE && step != ST_WAIT_TIMER {
+                e.chain_done = (e.chain_done + 1).min(e.chain.len());
+            }
+            e.cancelled
+        };
+        match step {
+            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
+            ST_WAIT_CONNECT | ST_WAIT_TIMER => {
+                let r = c.result;
+                drop(c);
+                self.wait_step(key, step, r);
+            }
+            _ => self.io_step(key, step, c),
+        }
+        if cancelled {
+            // Keep cancelling whatever part of the chain is still running.
+            self.cancel_chain(key);
+        }
+        let Some(e) = self.ops.get_mut(index, gen) else {
+            return;
+        };
+        if e.pending > 0 {
+            return;
+        }
+        // The chain is over: resume a send that fell short, or finish.
+        let resume = !e.cancelled
+            && match &e.kind {
+                Kind::Transceive {
+                    input,
+                    sent,
+                    status: None,
+                    ..
+                } => *sent < input.len(),
+                Kind::Write {
+                    data,
+                    sent,
+                    status: None,
+                } => *sent < data.len(),
+                _ => false,
+            };
+        if resume {
+            let pipe = e.pipe;
+            match pipe.map(|p| self.pipe_fd(p)) {
+                Some(Ok((fd, _))) => return self.push_resume(key, fd),
+                Some(Err(s)) => self.fail_now(key, s),
+                None => {}
+            }
+            return;
+        }
+        if let Some(OpEntry {
+            kind:
+                Kind::WaitPipe {
+                    status: None,
+                    connected: false,
+                    ..
+                },
+            cancelled: false,
+            ..
+        }) = self.ops.get_mut(index, gen)
+        {
+            // A wait between attempts: wait_step pushed the next one.
+            return;
+        }
+        self.finish(key);
+    }
+
+    fn push_resume(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        match &mut e.kind {
+            Kind::Write { data, sent, .. } => {
+                let (buf, start) = (std::mem::take(data), *sent);
+                self.push_chain(key, vec![(Op::Send { fd, buf, start }, ST_SEND)]);
+            }
+            _ => self.push_transceive(key, fd),
+        }
+    }
+
+    fn finish(&mut self, key: (u32, u32)) {
+        let Some(mut e) = self.ops.remove(key.0, key.1) else {
+            return;
+        };
+        if let Some(p) = e.pipe {
+            self.pipe_op_done(p);
+        }
+        // Registered slots go back to the pool (no op holds them any more).
+        if let Kind::Transceive { reg, .. } = &mut e.kind {
+            if let Some(r) = reg.take() {
+                self.drv.reg_release(r);
+            }
+        }
+        if e.cancelled || e.notify.is_none() {
+            return;
+        }
+        if matches!(e.kind, Kind::Open { .. }) {
+            return self.finish_open(e);
+        }
+        let notify = e.notify.take().expect("checked");
+        let res = match e.kind {
+            Kind::Transceive {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::Transceive {
+                out, more, max_out, ..
+            } => {
+                let data = out.unwrap_or_default();
+                let overflow = max_out < SMB_PIPE_MAX_MSGSIZE
+                    && data.len() == max_out
+                    && more.unwrap_or(false);
+                let status = if overflow {
+                    NtStatus::BUFFER_OVERFLOW
+                } else {
+                    NtStatus::SUCCESS
+                };
+                Ok(Outcome::Transfer(Transfer { status, data }))
+            }
+            Kind::Read {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::Read { out, .. } => Ok(Outcome::Transfer(Transfer {
+                status: NtStatus::SUCCESS,
+                data: out.unwrap_or_default(),
+            })),
+            Kind::Write {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::Write { sent, .. } => Ok(Outcome::Written(sent)),
+            Kind::Peek {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::Peek {
+                data, eof, room, ..
+            } => {
+                let mut data = data.unwrap_or_default();
+                // The total queued is only needed when the data did not fit.
+                let avail = if data.len() > room {
+                    e.pipe.and_then(|p| self.available(p))
+                } else {
+                    None
+                };
+                Ok(Outcome::Transfer(peek_reply(&mut data, room, eof, avail)))
+            }
+            Kind::WaitPipe {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::WaitPipe { .. } => Ok(Outcome::Done),
+            Kind::Open { .. } => unreachable!("handled above"),
+        };
+        self.notify(notify, res);
+    }
+
+    /// Bytes queued on a pipe's socket right now (FIONREAD). Used by PEEK
+    /// only, which must report the total even when its buffer is smaller.
+    fn available(&mut self, pipe: PipeId) -> Option<usize> {
+        let p = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        crate::ring::fionread(&p.fd).ok()
+    }
+
+    fn pipe_op_done(&mut self, pipe: PipeId) {
+        let Some(p) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        p.inflight = p.inflight.saturating_sub(1);
+        if p.closing && p.inflight == 0 {
+            self.release_pipe(pipe);
+        }
+    }
+
+    fn release_pipe(&mut self, pipe: PipeId) {
+        if let Some(p) = self.pipes.remove(pipe.index, pipe.gen) {
+            // The socket closes here unless an op still holds it (none: inflight is 0).
+            drop(p.fd);
+            for n in p.close_waiters {
+                self.notify(n, Ok(Outcome::Done));
+            }
+        }
+    }
+
+    fn close_pipe(&mut self, pipe: PipeId, notify: Option<Notify>) {
+        if pipe.ring != self.ring_index {
+            if let Some(n) = notify {
+                self.reject(n, NtStatus::INVALID_HANDLE);
+            }
+            return;
+        }
+        let Some(p) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            if let Some(n) = notify {
+                self.reject(n, NtStatus::FILE_CLOSED);
+            }
+            return;
+        };
+        if let Some(n) = notify {
+            p.close_waiters.push(n);
+        }
+        if p.closing {
+            return;
+        }
+        p.closing = true;
+        // Shut the socket down both ways (as the seed does): whatever is in
+        // flight on it completes, then the last completion releases the fd.
+        crate::ring::shutdown(&p.fd);
+        if p.inflight == 0 {
+            return self.release_pipe(pipe);
+        }
+        for (i, g) in self.ops.keys() {
+            if self.ops.get_mut(i, g).is_some_and(|e| e.pipe == Some(pipe)) {
+                self.cancel_op(i, g, NtStatus::CANCELLED);
+            }
+        }
+    }
+
+    fn cancel_shared(&mut self, shared: &Arc<Shared>) {
+        let k = shared.op_key.load(Ordering::SeqCst);
+        if k == NO_OP {
+            return; // not started yet: start_* sees the flag
+        }
+        let (i, g) = ((k >> 32) as u32, (k & 0xffff_ffff) as u32);
+        let same = self.ops.get_mut(i, g).is_some_and(|e| match &e.notify {
+            Some(Notify::Shared(s)) => Arc::ptr_eq(s, shared),
+            _ => false,
+        });
+        if same {
+            self.cancel_op(i, g, NtStatus::CANCELLED);
+        }
+    }
+
+    /// Tells the caller `status` now and cancels the op's SQEs; the op entry
+    /// stays until its last CQE so its buffers and fd outlive the kernel's use.
+    fn cancel_op(&mut self, i: u32, g: u32, status: NtStatus) {
+        let Some(e) = self.ops.get_mut(i, g) else {
+            return;
+        };
+        if e.cancelled {
+            return;
+        }
+        e.cancelled = true;
+        let timer = match &mut e.kind {
+            Kind::Open { timer, .. } => timer.take(),
+            _ => None,
+        };
+        let notify = e.notify.take();
+        if let Some(t) = timer {
+            self.drv.cancel(t);
+        }
+        self.cancel_chain((i, g));
+        if let Some(n) = notify {
+            self.reject(n, status);
+        }
+    }
+
+    fn cancel_chain(&mut self, key: (u32, u32)) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        if let Some(&id) = e.chain.get(e.chain_done) {
+            self.drv.cancel(id);
+        }
+    }
+
+    fn disconnect(&mut self, session: u64) {
+        for (i, g) in self.ops.keys() {
+            if self.ops.get_mut(i, g).is_some_and(|e| e.session == session) {
+                self.cancel_op(i, g, NtStatus::CANCELLED);
+            }
+        }
+        for (i, g) in self.pipes.keys() {
+            if self
+                .pipes
+                .get_mut(i, g)
+                .is_some_and(|p| p.session == session)
+            {
+                self.close_pipe(
+                    PipeId {
+                        ring: self.ring_index,
+                        index: i,
+                        gen: g,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+}
+
+fn set_status(kind: &mut Kind, s: NtStatus) {
+    let slot = match kind {
+        Kind::Open { status, .. }
+        | Kind::Transceive { status, .. }
+        | Kind::Read { status, .. }
+        | Kind::Write { status, .. }
+        | Kind::Peek { status, .. }
+        | Kind::WaitPipe { status, .. } => status,
+    };
+    if slot.is_none() {
+        *slot = Some(s);
+    }
+}
+
+/// Builds the FSCTL_PIPE_PEEK output: the 16-byte header then the data that
+/// fits. `room` is how much data fits; `data` may hold one byte more (the
+/// probe for "cut short").
+fn peek_reply(data: &mut Vec<u8>, room: usize, eof: bool, avail: Option<usize>) -> Transfer {
+    let cut = data.len() > room;
+    data.truncate(room);
+    let available = avail.unwrap_or(data.len()).max(data.len());
+    let hdr = PeekReply {
+        named_pipe_state: if eof {
+            fsctl::PIPE_STATE_CLOSING
+        } else {
+            fsctl::PIPE_STATE_CONNECTED
+        },
+        read_data_available: available.min(u32::MAX as usize) as u32,
+        number_of_messages: 0,
+        message_length: 0,
+    };
+    let mut out = Vec::with_capacity(fsctl::PEEK_HEADER_LEN + data.len());
+    out.extend_from_slice(&hdr.encode());
+    out.extend_from_slice(data);
+    let status = if cut || available > data.len() {
+        NtStatus::BUFFER_OVERFLOW
+    } else {
+        NtStatus::SUCCESS
+    };
+    Transfer { status, data: out }
+}
+
+/// A one-byte `MSG_PEEK | MSG_DONTWAIT` receive: 1 = more is waiting.
+fn more_probe(fd: Rc<OwnedFd>) -> Op {
+    Op::Recv {
+        fd,
+        buf: Vec::with_capacity(1),
+        len: 1,
+        flags: crate::ring::driver::PEEK_NOWAIT,
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
+}

@@ -1,0 +1,731 @@
+//! The owned-resource SQE driver the engine runs on.
+//!
+//! Every operation is described by an [`Op`] that OWNS everything the kernel
+//! may touch while the operation is in flight: its buffer, its socket address,
+//! its timespec, and a strong hold (`Rc<OwnedFd>`) on its descriptor. The
+//! driver keeps the `Op` in a slot until the operation's final completion and
+//! then hands it back in a [`Completion`]. So no buffer can be freed and no
+//! descriptor closed (let alone reused) while the kernel still uses it, no
+//! matter how cancels race with completions. This is the one place where the
+//! engine's SQEs are pushed, and the only `unsafe` of the engine's data path.
+//!
+//! Chains: [`Driver::push_chain`] links operations with `IOSQE_IO_LINK`, so
+//! the kernel starts each one only after the previous one succeeded; the
+//! whole chain is placed in the submission queue in one piece.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+
+/// `MSG_PEEK | MSG_DONTWAIT`: look at queued bytes without consuming them or
+/// blocking; an empty socket answers `-EAGAIN` at once.
+pub const PEEK_NOWAIT: i32 = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+
+/// A `sockaddr_un` with its length, boxed so its address is stable.
+#[derive(Clone)]
+pub struct UnixAddr {
+    addr: libc::sockaddr_un,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for UnixAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixAddr").field("len", &self.len).finish()
+    }
+}
+
+impl UnixAddr {
+    /// Builds the address of a socket path; `None` when the path does not
+    /// fit `sun_path` (108 bytes with the NUL) or contains a NUL.
+    pub fn new(path: &std::path::Path) -> Option<UnixAddr> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+            return None;
+        }
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = src as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        Some(UnixAddr { addr, len })
+    }
+}
+
+/// A registered buffer slot, owned by whoever holds this token.
+#[derive(Debug)]
+pub struct RegBuf {
+    index: u16,
+}
+
+impl RegBuf {
+    /// The slot's index in the registered table.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+}
+
+/// One io_uring operation and everything it owns until its final completion.
+#[derive(Debug)]
+pub enum Op {
+    /// `connect(2)` of `fd` to `addr`.
+    Connect {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// Where to connect.
+        addr: Box<UnixAddr>,
+    },
+    /// `send(2)` of `buf[start..]` with `MSG_WAITALL | MSG_NOSIGNAL`: the
+    /// kernel retries partial sends, so a short result means an error.
+    Send {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// The bytes to send (from `start`).
+        buf: Vec<u8>,
+        /// First byte of `buf` to send.
+        start: usize,
+    },
+    /// `recv(2)` into the spare capacity of `buf` (from `buf.len()` up to
+    /// `buf.len() + len`); on completion the driver extends `buf.len()` by
+    /// the byte count the kernel wrote.
+    Recv {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// Destination; needs `len` bytes of spare capacity.
+        buf: Vec<u8>,
+        /// How many bytes to ask for.
+        len: u32,
+        /// `recv` flags (`MSG_PEEK`, `MSG_DONTWAIT`, `MSG_WAITALL`).
+        flags: i32,
+    },
+    /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
+    WriteFixed {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// The registered slot (shared with the read that follows).
+        buf: Rc<RegBuf>,
+        /// Offset of the first byte to write in the slot.
+        start: u32,
+        /// One past the last byte to write.
+        end: u32,
+    },
+    /// `IORING_OP_READ_FIXED` into registered slot `buf`, up to `len` bytes.
+    /// A short read fails the link (the kernel cancels what follows).
+    ReadFixed {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// The registered slot.
+        buf: Rc<RegBuf>,
+        /// Bytes to read at most.
+        len: u32,
+    },
+    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count).
+    Timer {
+        /// Duration, boxed so the kernel's pointer stays valid.
+        ts: Box<types::Timespec>,
+    },
+}
+
+impl Op {
+    /// The descriptor this op holds, if any.
+    pub fn fd(&self) -> Option<&Rc<OwnedFd>> {
+        match self {
+            Op::Connect { fd, .. }
+            | Op::Send { fd, .. }
+            | Op::Recv { fd, .. }
+            | Op::WriteFixed { fd, .. }
+            | Op::ReadFixed { fd, .. } => Some(fd),
+            Op::Timer { .. } => None,
+        }
+    }
+}
+
+/// Identifies one pushed operation (its `user_data`), for cancelling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqeId(u64);
+
+/// The final completion of one operation, with its resources handed back.
+#[derive(Debug)]
+pub struct Completion {
+    /// The caller's token given at push time.
+    pub token: u64,
+    /// The CQE result: bytes or 0 on success, `-errno` on failure.
+    pub result: i32,
+    /// The CQE flags (`IORING_CQE_F_SOCK_NONEMPTY`, ...).
+    pub flags: u32,
+    /// The operation, with its buffer filled for receives.
+    pub op: Op,
+}
+
+impl Completion {
+    /// Whether the kernel reported that data is still queued on the socket
+    /// after this receive (only meaningful when [`Features::sock_nonempty`]).
+    pub fn sock_nonempty(&self) -> bool {
+        cqueue::sock_nonempty(self.flags)
+    }
+}
+
+struct Slot {
+    gen: u32,
+    token: u64,
+    op: Option<Op>,
+}
+
+const KIND_OP: u64 = 0;
+const KIND_CANCEL: u64 = 1;
+const KIND_WAKE: u64 = 2;
+
+fn user_data(kind: u64, index: u32, gen: u32) -> u64 {
+    (kind << 62) | ((gen as u64 & 0x3fff_ffff) << 32) | index as u64
+}
+
+/// The eventfd other threads write to wake a parked driver, and the flag
+/// that says whether a write is needed (no syscall while the driver is busy).
+#[derive(Debug)]
+pub struct WakeFd {
+    fd: OwnedFd,
+    parked: AtomicBool,
+}
+
+impl WakeFd {
+    fn new() -> io::Result<WakeFd> {
+        // SAFETY: plain syscall with no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(WakeFd {
+            fd,
+            parked: AtomicBool::new(false),
+        })
+    }
+
+    /// Wakes the driver if it is parked (or about to park). Cheap otherwise.
+    pub fn wake(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Announces that the driver is about to park. The caller must re-check
+    /// its work queue after this and call [`WakeFd::unpark`] if it finds work.
+    pub fn prepare_park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Cancels a [`WakeFd::prepare_park`].
+    pub fn unpark(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Registered-buffer pool: one allocation split into equal slots, registered
+/// with the ring as a fixed-buffer table.
+struct RegPool {
+    /// Start of the pool's memory (from `Box::<[u8]>::into_raw`); freed in
+    /// `Drop`. Kept raw so that handing out one slot never asserts exclusive
+    /// access to the slots the kernel may be writing at the same time.
+    mem: *mut u8,
+    total: usize,
+    slot_bytes: usize,
+    free: Vec<u16>,
+}
+
+impl RegPool {
+    fn slot_ptr(&self, index: u16) -> *mut u8 {
+        // In bounds: index < slots and slots * slot_bytes == total.
+        self.mem.wrapping_add(index as usize * self.slot_bytes)
+    }
+}
+
+impl Drop for RegPool {
+    fn drop(&mut self) {
+        // SAFETY: `mem`/`total` came from Box::into_raw of a boxed slice of
+        // exactly `total` bytes, and this is the only place that frees it.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.mem, self.total)) });
+    }
+}
+
+/// Sizes of a driver.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries (the kernel keeps overflow beyond this).
+    pub cq_entries: u32,
+    /// Registered buffer slots (0: no registered buffers).
+    pub reg_slots: u16,
+    /// Bytes per registered slot.
+    pub reg_slot_bytes: usize,
+}
+
+/// A ring owned by one thread, with owned-resource operations.
+pub struct Driver {
+    ring: IoUring,
+    flags: SetupFlags,
+    features: Features,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// SQEs that did not fit in the SQ yet; their ops are already in slots.
+    backlog: VecDeque<squeue::Entry>,
+    wake: Arc<WakeFd>,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    reg: Option<RegPool>,
+    in_flight: usize,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("flags", &self.flags)
+            .field("features", &self.features)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Driver {
+    /// Creates the ring (on the calling thread, which must be the only one to
+    /// use it), probes the kernel, and registers the buffer pool if asked.
+    pub fn new(cfg: &DriverConfig) -> Result<Driver, RingError> {
+        let (ring, flags) = new_ring(cfg.sq_entries, cfg.cq_entries)?;
+        let features = probe_features(&ring)?;
+        let wake = Arc::new(WakeFd::new().map_err(RingError::Io)?);
+        let reg = if cfg.reg_slots > 0 && cfg.reg_slot_bytes > 0 {
+            let total = (cfg.reg_slots as usize)
+                .checked_mul(cfg.reg_slot_bytes)
+                .ok_or_else(|| RingError::Io(io::Error::other("registered pool too large")))?;
+            let mem = Box::into_raw(vec![0u8; total].into_boxed_slice()) as *mut u8;
+            let pool = RegPool {
+                mem,
+                total,
+                slot_bytes: cfg.reg_slot_bytes,
+                free: (0..cfg.reg_slots).rev().collect(),
+            };
+            let iovecs: Vec<libc::iovec> = (0..cfg.reg_slots)
+                .map(|i| libc::iovec {
+                    iov_base: pool.slot_ptr(i).cast(),
+                    iov_len: cfg.reg_slot_bytes,
+                })
+                .collect();
+            // SAFETY: every iovec points into the pool's allocation, which is
+            // owned by the Driver and freed only after the ring is dropped
+            // (field order: `ring` is declared before `reg`) or leaked.
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(RingError::Io)?;
+            Some(pool)
+        } else {
+            None
+        };
+        Ok(Driver {
+            ring,
+            flags,
+            features,
+            slots: Vec::new(),
+            free: Vec::new(),
+            backlog: VecDeque::new(),
+            wake,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            reg,
+            in_flight: 0,
+        })
+    }
+
+    /// Probed kernel features.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Set-up flags the kernel granted.
+    pub fn setup_flags(&self) -> SetupFlags {
+        self.flags
+    }
+
+    /// The handle other threads use to wake this driver.
+    pub fn wake_handle(&self) -> Arc<WakeFd> {
+        self.wake.clone()
+    }
+
+    /// Operations pushed and not yet finally completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Takes a free registered slot, if there is a pool and a free slot.
+    /// Ops that use it hold clones of the `Rc`; give the last clone back
+    /// with [`Driver::reg_release`] once no op holds it any more.
+    pub fn reg_alloc(&mut self) -> Option<Rc<RegBuf>> {
+        self.reg
+            .as_mut()?
+            .free
+            .pop()
+            .map(|index| Rc::new(RegBuf { index }))
+    }
+
+    /// Returns a registered slot to the pool if `buf` is its last holder
+    /// (no operation in flight uses it); otherwise just drops this hold.
+    pub fn reg_release(&mut self, buf: Rc<RegBuf>) {
+        if let (Ok(b), Some(pool)) = (Rc::try_unwrap(buf), self.reg.as_mut()) {
+            pool.free.push(b.index);
+        }
+    }
+
+    /// Registered slots currently free.
+    pub fn reg_free_slots(&self) -> usize {
+        self.reg.as_ref().map_or(0, |p| p.free.len())
+    }
+
+    /// Bytes per registered slot (0 without a pool).
+    pub fn reg_slot_bytes(&self) -> usize {
+        self.reg.as_ref().map_or(0, |p| p.slot_bytes)
+    }
+
+    /// The bytes of a registered slot; `None` while an operation in flight
+    /// holds the slot (the `Rc` is shared) or without a pool.
+    pub fn reg_bytes(&self, buf: &Rc<RegBuf>) -> Option<&[u8]> {
+        let p = self.reg.as_ref()?;
+        if Rc::strong_count(buf) != 1 {
+            return None;
+        }
+        // SAFETY: the slot lies inside the pool allocation; no operation in
+        // flight holds this slot (we hold the only Rc), so the kernel does not
+        // write it while the shared borrow of `self` lives.
+        Some(unsafe { std::slice::from_raw_parts(p.slot_ptr(buf.index), p.slot_bytes) })
+    }
+
+    /// The bytes of a registered slot, writable; same conditions as
+    /// [`Driver::reg_bytes`].
+    pub fn reg_bytes_mut(&mut self, buf: &Rc<RegBuf>) -> Option<&mut [u8]> {
+        let p = self.reg.as_ref()?;
+        if Rc::strong_count(buf) != 1 {
+            return None;
+        }
+        // SAFETY: as in reg_bytes, and `&mut self` excludes other borrows.
+        Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index), p.slot_bytes) })
+    }
+
+    fn alloc_slot(&mut self, token: u64, op: Op) -> (u32, u32) {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    token: 0,
+                    op: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
+        slot.token = token;
+        slot.op = Some(op);
+        self.in_flight += 1;
+        (index, slot.gen)
+    }
+
+    fn build_sqe(&self, op: &Op) -> squeue::Entry {
+        match op {
+            Op::Connect { fd, addr } => opcode::Connect::new(
+                types::Fd(fd.as_raw_fd()),
+                (&addr.addr as *const libc::sockaddr_un).cast(),
+                addr.len,
+            )
+            .build(),
+            Op::Send { fd, buf, start } => {
+                let s = &buf[(*start).min(buf.len())..];
+                opcode::Send::new(types::Fd(fd.as_raw_fd()), s.as_ptr(), s.len() as u32)
+                    .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Op::Recv {
+                fd,
+                buf,
+                len,
+                flags,
+            } => {
+                let spare = buf.capacity() - buf.len();
+                let len = (*len as usize).min(spare) as u32;
+                // The spare capacity starts right after the initialised part.
+                let ptr = buf.as_ptr().wrapping_add(buf.len()) as *mut u8;
+                opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, len)
+                    .flags(*flags)
+                    .build()
+            }
+            Op::WriteFixed {
+                fd,
+                buf,
+                start,
+                end,
+            } => {
+                let (ptr, len) = self.reg_range(buf, *start, *end);
+                opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index)
+                    .offset(u64::MAX)
+                    .build()
+            }
+            Op::ReadFixed { fd, buf, len } => {
+                let (ptr, len) = self.reg_range(buf, 0, *len);
+                opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index)
+                    .offset(u64::MAX)
+                    .build()
+            }
+            Op::Timer { ts } => opcode::Timeout::new(&**ts as *const types::Timespec).build(),
+        }
+    }
+
+    fn reg_range(&self, buf: &RegBuf, start: u32, end: u32) -> (*mut u8, u32) {
+        match &self.reg {
+            Some(p) => {
+                let end = (end as usize).min(p.slot_bytes);
+                let start = (start as usize).min(end);
+                (
+                    p.slot_ptr(buf.index).wrapping_add(start),
+                    (end - start) as u32,
+                )
+            }
+            None => (std::ptr::null_mut(), 0),
+        }
+    }
+
+    /// Pushes one operation. Its [`Completion`] carries `token`.
+    pub fn push(&mut self, op: Op, token: u64) -> SqeId {
+        let sqe = self.build_sqe(&op);
+        let (index, gen) = self.alloc_slot(token, op);
+        let ud = user_data(KIND_OP, index, gen);
+        self.queue(sqe.user_data(ud));
+        SqeId(ud)
+    }
+
+    /// Pushes operations linked in order (`IOSQE_IO_LINK` on all but the
+    /// last): each starts only when the previous one fully succeeded; a
+    /// failure or short read completes the rest with `-ECANCELED`.
+    pub fn push_chain(&mut self, ops: impl IntoIterator<Item = (Op, u64)>, ids: &mut Vec<SqeId>) {
+        let mut entries: Vec<squeue::Entry> = Vec::with_capacity(4);
+        ids.clear();
+        for (op, token) in ops {
+            let sqe = self.build_sqe(&op);
+            let (index, gen) = self.alloc_slot(token, op);
+            let ud = user_data(KIND_OP, index, gen);
+            ids.push(SqeId(ud));
+            entries.push(sqe.user_data(ud));
+        }
+        let n = entries.len();
+        for (i, e) in entries.into_iter().enumerate() {
+            let e = if i + 1 < n {
+                e.flags(squeue::Flags::IO_LINK)
+            } else {
+                e
+            };
+            self.queue(e);
+        }
+    }
+
+    /// Asks the kernel to cancel one operation. Its completion then arrives
+    /// as usual (with `-ECANCELED`, or its real result if it won the race).
+    pub fn cancel(&mut self, id: SqeId) {
+        let e = opcode::AsyncCancel::new(id.0)
+            .build()
+            .user_data(user_data(KIND_CANCEL, 0, 0));
+        self.queue(e);
+    }
+
+    fn queue(&mut self, e: squeue::Entry) {
+        // Keep order: never let a new SQE overtake the backlog, so chains
+        // stay contiguous and in order.
+        if self.backlog.is_empty() {
+            // SAFETY: every pointer in `e` points into an Op held in
+            // `self.slots` (buffers and boxes with stable heap addresses) or
+            // into `self.wake_buf`/`self.reg`, all of which stay alive and
+            // unmoved until the operation's final CQE is reaped in
+            // `reap`, and fds are held by `Rc<OwnedFd>` in the slot.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(e);
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: as in `queue`: the entry's resources live in a slot.
+            if unsafe { self.ring.submission().push(e) }.is_err() {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let ptr = &mut *self.wake_buf as *mut u64 as *mut u8;
+        let e = opcode::Read::new(types::Fd(self.wake.fd.as_raw_fd()), ptr, 8)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0, 0));
+        self.wake_armed = true;
+        self.queue(e);
+    }
+
+    /// Submits what is queued and waits until at least `want` completions
+    /// are ready (0: do not wait), or `timeout` passes. With `park` the
+    /// wake eventfd is armed first so [`WakeFd::wake`] interrupts the wait.
+    pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        if want > 0 {
+            self.arm_wake();
+        }
+        // Drain the backlog into the SQ, submitting as often as needed.
+        self.flush_backlog();
+        while !self.backlog.is_empty() {
+            let before = self.backlog.len();
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            self.flush_backlog();
+            if self.backlog.len() == before {
+                // No room even after submitting: completions must be reaped.
+                return Ok(());
+            }
+        }
+        let res = match (want, timeout) {
+            (0, _) => self.ring.submit(),
+            (w, Some(t)) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(w, &args)
+            }
+            (w, None) => self.ring.submit_and_wait(w),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reaps every ready CQE. Final completions of pushed operations are
+    /// appended to `out`; cancel and wake-up completions are handled here.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        loop {
+            let mut batch: [Option<cqueue::Entry>; 64] = [const { None }; 64];
+            let mut n = 0;
+            {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                for (slot, cqe) in batch.iter_mut().zip(&mut cq) {
+                    *slot = Some(cqe);
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            for cqe in batch.iter_mut().take(n).filter_map(Option::take) {
+                let ud = cqe.user_data();
+                match ud >> 62 {
+                    KIND_OP => {
+                        let index = (ud & 0xffff_ffff) as usize;
+                        let gen = ((ud >> 32) & 0x3fff_ffff) as u32;
+                        let Some(slot) = self.slots.get_mut(index) else {
+                            continue;
+                        };
+                        if slot.gen != gen || slot.op.is_none() {
+                            continue;
+                        }
+                        let mut op = slot.op.take().expect("checked above");
+                        let token = slot.token;
+                        self.free.push(index as u32);
+                        self.in_flight -= 1;
+                        let result = cqe.result();
+                        if let Op::Recv { buf, .. } = &mut op {
+                            if result > 0 {
+                                let n = (result as usize).min(buf.capacity() - buf.len());
+                                // SAFETY: the kernel initialised `n` bytes of
+                                // spare capacity starting at `buf.len()`
+                                // (the pointer given in build_sqe), and `n`
+                                // is bounded by the spare capacity.
+                                unsafe { buf.set_len(buf.len() + n) };
+                            }
+                        }
+                        out.push(Completion {
+                            token,
+                            result,
+                            flags: cqe.flags(),
+                            op,
+                        });
+                    }
+                    KIND_WAKE => {
+                        self.wake_armed = false;
+                    }
+                    _ => {} // cancel requests: the target's own CQE tells.
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Operations still in flight reference memory in `self.slots`: cancel
+        // everything and reap until the kernel is done with all of it, so the
+        // memory is freed only after the kernel let go (bounded wait).
+        if self.in_flight == 0 && !self.wake_armed {
+            return;
+        }
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(user_data(KIND_CANCEL, 0, 0));
+        self.backlog.clear();
+        // SAFETY: a cancel SQE references no memory.
+        let _ = unsafe { self.ring.submission().push(&e) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while (self.in_flight > 0 || self.wake_armed) && std::time::Instant::now() < deadline {
+            let _ = self.ring.submitter().submit_with_args(
+                1,
+                &types::SubmitArgs::new()
+                    .timespec(&types::Timespec::from(Duration::from_millis(50))),
+            );
+            let mut sink = Vec::new();
+            self.reap(&mut sink);
+            if self.wake_armed {
+                self.wake.parked.store(true, Ordering::SeqCst);
+                self.wake.wake();
+            }
+        }
+        if self.in_flight > 0 || self.wake_armed {
+            // The kernel still holds pointers into our memory: leaking it is
+            // the only memory-safe choice left.
+            std::mem::forget(std::mem::take(&mut self.slots));
+            if let Some(pool) = self.reg.take() {
+                std::mem::forget(pool);
+            }
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        }
+    }
+}
+
+/// EINTR, a timed-out wait, a full CQ (EBUSY: overflowed completions wait to
+/// be reaped) or EAGAIN (no memory for task work right now): reap and retry.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
+}

@@ -1,0 +1,246 @@
+//! Test helpers: scripted pipe services over real AF_UNIX sockets in temp
+//! dirs, written with std threads so they can misbehave on purpose.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use opipe::protocol::{NetUserInfo, PipeHeader, MAX_UILEN};
+
+/// How the scripted service answers the open handshake.
+#[derive(Clone, Copy, Debug)]
+pub enum Handshake {
+    /// Status 0.
+    Accept,
+    /// This status word.
+    Status(u32),
+    /// Read the request, never answer (until the client goes away).
+    Silent,
+    /// Answer 2 of the 4 status bytes, then close.
+    Partial,
+    /// Wait, then accept.
+    Delay(Duration),
+}
+
+pub type ConnFn = Arc<dyn Fn(UnixStream) + Send + Sync>;
+
+/// A scripted service listening on `<dir>/<name>`.
+pub struct Scripted {
+    pub path: PathBuf,
+    stop: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scripted {
+    pub fn spawn(dir: &Path, name: &str, hs: Handshake, conn: ConnFn) -> Scripted {
+        let path = dir.join(name);
+        let listener = UnixListener::bind(&path).expect("bind scripted service");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop2, acc2) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        acc2.fetch_add(1, Ordering::SeqCst);
+                        s.set_nonblocking(false).unwrap();
+                        let conn = conn.clone();
+                        std::thread::Builder::new()
+                            .stack_size(128 * 1024)
+                            .spawn(move || serve_one(s, hs, conn))
+                            .unwrap();
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Scripted {
+            path,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_one(mut s: UnixStream, hs: Handshake, conn: ConnFn) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut hdr = [0u8; 8];
+    if s.read_exact(&mut hdr).is_err() {
+        return;
+    }
+    let h = PipeHeader::decode(&hdr);
+    if h.check().is_err() || h.uilen > MAX_UILEN {
+        return;
+    }
+    let mut ui = vec![0u8; h.uilen as usize];
+    if s.read_exact(&mut ui).is_err() || NetUserInfo::decode(&ui).is_err() {
+        return;
+    }
+    match hs {
+        Handshake::Accept => {}
+        Handshake::Status(st) => {
+            let _ = s.write_all(&st.to_le_bytes());
+            return;
+        }
+        Handshake::Silent => {
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b); // until the client closes
+            return;
+        }
+        Handshake::Partial => {
+            let _ = s.write_all(&[0, 0]);
+            return;
+        }
+        Handshake::Delay(d) => std::thread::sleep(d),
+    }
+    if s.write_all(&0u32.to_le_bytes()).is_err() {
+        return;
+    }
+    s.set_read_timeout(None).unwrap();
+    conn(s);
+}
+
+/// Echoes every read back.
+pub fn echo() -> ConnFn {
+    Arc::new(|mut s: UnixStream| {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// For each request (any read), answers `reply_len` bytes of a pattern
+/// (byte i = i % 251) in ONE write.
+pub fn big_reply(reply_len: usize) -> ConnFn {
+    Arc::new(move |mut s: UnixStream| {
+        let reply: Vec<u8> = (0..reply_len).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Requests whose first byte is b'H' are swallowed (never answered);
+/// everything else is echoed. Requests are assumed to arrive one per read.
+pub fn hang_or_echo() -> ConnFn {
+    Arc::new(|mut s: UnixStream| {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // A hang request may be followed in the same read by an echo one.
+                    let mut data = &buf[..n];
+                    while data.first() == Some(&b'H') {
+                        let cut = data
+                            .iter()
+                            .position(|&b| b == b'.')
+                            .map_or(data.len(), |p| p + 1);
+                        data = &data[cut..];
+                    }
+                    if !data.is_empty() && s.write_all(data).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Sends `first` right after the handshake, then behaves like `echo`.
+pub fn unsolicited(first: Vec<u8>) -> ConnFn {
+    let e = echo();
+    Arc::new(move |mut s: UnixStream| {
+        if s.write_all(&first).is_ok() {
+            e(s)
+        }
+    })
+}
+
+/// Reads one request, answers `half` bytes of a longer reply, closes.
+pub fn close_mid_reply(half: usize) -> ConnFn {
+    Arc::new(move |mut s: UnixStream| {
+        let mut buf = vec![0u8; 4096];
+        if let Ok(n) = s.read(&mut buf) {
+            if n > 0 {
+                let _ = s.write_all(&vec![0x42u8; half]);
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    })
+}
+
+pub fn user(session: u64) -> NetUserInfo {
+    NetUserInfo {
+        session_id: session,
+        domain: "WORKGROUP".into(),
+        account: "tester".into(),
+        workstation: "client1".into(),
+        ..Default::default()
+    }
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    r.rlim_cur
+}
+
+/// Runs `f` in a thread and fails the test if it takes longer than `limit`.
+pub fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("test body exceeded its time bound")
+}

@@ -1,0 +1,68 @@
+//! One test alone in its binary, so that the process's descriptor count is
+//! not disturbed by other tests: after opens (good and failing), transceives,
+//! cancels, a session disconnect and dropping the engine, no fd is left.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use opipe::engine::{BufferMode, Engine, EngineConfig};
+use opipe::protocol::NtStatus;
+
+#[test]
+fn no_descriptor_leaks_after_everything() {
+    bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let base = fd_count();
+        {
+            let _ok = Scripted::spawn(dir.path(), "ok", Handshake::Accept, hang_or_echo());
+            let _silent = Scripted::spawn(dir.path(), "silent", Handshake::Silent, echo());
+            let _partial = Scripted::spawn(dir.path(), "partial", Handshake::Partial, echo());
+            let _deny = Scripted::spawn(dir.path(), "deny", Handshake::Status(0xC000_0022), echo());
+            for mode in [BufferMode::Plain, BufferMode::Registered] {
+                let mut cfg = EngineConfig::new(dir.path());
+                cfg.buffers = mode;
+                cfg.open_timeout = Duration::from_millis(200);
+                let eng = match Engine::new(cfg) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("SKIPPED: {e}");
+                        return;
+                    }
+                };
+                for name in ["silent", "partial", "deny", "missing", "a/b"] {
+                    assert!(eng.open(name, user(9), None).wait().is_err());
+                }
+                let pipes: Vec<_> = (0..50)
+                    .map(|_| eng.open("ok", user(1), None).wait().unwrap())
+                    .collect();
+                for p in &pipes {
+                    assert_eq!(
+                        p.transceive(b"hi".to_vec(), 100).wait().unwrap().data,
+                        b"hi"
+                    );
+                }
+                let hung: Vec<_> = pipes
+                    .iter()
+                    .map(|p| p.transceive(b"H.".to_vec(), 100))
+                    .collect();
+                hung[0].cancel();
+                assert_eq!(
+                    hung.into_iter().next().unwrap().wait().unwrap_err(),
+                    NtStatus::CANCELLED
+                );
+                eng.disconnect_session(1).wait().unwrap();
+                // An open abandoned before it completed: its pipe must be closed.
+                drop(eng.open("ok", user(3), None));
+                drop(pipes);
+            }
+        }
+        // Scripted services' connection threads end when their sockets close.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fd_count() > base && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(fd_count(), base, "descriptors leaked");
+    });
+}
