@@ -1,1 +1,31 @@
-fn main() {}
+//! The `opipe` command: a small dispatcher over one file per subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod call;
+
+/// io_uring transport for SMB named pipes (illumos smb_opipe compatible).
+#[derive(Debug, Parser)]
+#[command(name = "opipe", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open a pipe through the io_uring engine and run steps on it; prints JSON.
+    Call(call::CallArgs),
+    /// FSCTL_PIPE_WAIT: wait until a pipe's listener accepts; prints JSON.
+    Wait(call::WaitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Call(args) => call::run(args),
+        Command::Wait(args) => call::run_wait(args),
+    }
+}

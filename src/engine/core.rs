@@ -969,7 +969,13 @@ impl Core {
                 *out = Some(data);
             }
             // 1: a byte is waiting; -EAGAIN: empty; 0: peer closed.
-            (Kind::Transceive { more: more @ None, .. }, ST_MORE, _) => *more = Some(r > 0),
+            (
+                Kind::Transceive {
+                    more: more @ None, ..
+                },
+                ST_MORE,
+                _,
+            ) => *more = Some(r > 0),
             (Kind::Read { out, status }, ST_RECV, Op::Recv { buf, .. }) => {
                 if r > 0 {
                     *out = Some(buf);
