@@ -1,2 +1,56 @@
 //! The pipe protocol, pure: no sockets, no clocks, no allocation sized by
 //! an unchecked length.
+//!
+//! One module per concern, each citing the section of `PROTOCOL.md` (and
+//! of the external specification) it implements:
+//!
+//! * [`status`]: NT status codes and the errno mapping (sections 2, 4, 6).
+//! * [`error`]: [`DecodeError`] and [`EncodeError`], shared by every codec.
+//! * [`name`]: SMB pipe path to flat pipe name, with the safety rule
+//!   (section 1).
+//! * [`header`]: the open handshake's 8-byte header and status word
+//!   (section 2).
+//! * [`userinfo`]: the netuserinfo XDR message and the whole open message
+//!   (section 2).
+//! * [`fsctl`]: PEEK, WAIT and TRANSCEIVE structures and status rules
+//!   (section 4, [MS-FSCC]).
+//! * [`dcerpc`]: connection-oriented DCE/RPC framing, fragments, bind and
+//!   bind_ack (section 3, [C706] chapter 12).
+//!
+//! Every decoder here is bounded and total: it checks each length against
+//! its maximum and the remaining input before using it, refuses truncated
+//! input and (for whole messages) trailing bytes, and never panics.
+#![forbid(unsafe_code)]
+
+pub mod dcerpc;
+pub mod error;
+pub mod fsctl;
+pub mod header;
+pub mod name;
+pub mod status;
+pub mod userinfo;
+mod xdr;
+
+pub use dcerpc::{
+    decode_bind, decode_bind_ack, decode_fault, decode_request, decode_response, encode_bind,
+    encode_bind_ack, encode_fault, encode_request, encode_response, encode_response_filled,
+    encoded_call_len, pdu_len, Bind, BindAck, CommonHeader, ContextResult, Fault, PduReassembler,
+    PresentationContext, Request, Response, SyntaxId,
+};
+pub use error::{DecodeError, EncodeError};
+pub use fsctl::{
+    peek_data_room, peek_status, transceive_status, PeekReply, WaitRequest, FSCTL_PIPE_PEEK,
+    FSCTL_PIPE_TRANSCEIVE, FSCTL_PIPE_WAIT, MAX_WAIT_NAME_BYTES, PEEK_HEADER_LEN,
+    PIPE_STATE_CLOSING, PIPE_STATE_CONNECTED, SMB_PIPE_MAX_MSGSIZE,
+};
+pub use header::{
+    decode_status_word, encode_status_word, PipeHeader, MAX_UILEN, PIPE_HEADER_LEN, PIPE_MAGIC,
+    STATUS_WORD_LEN,
+};
+pub use name::{PipeName, MAX_PIPE_NAME_BYTES};
+pub use status::{NtStatus, Severity};
+pub use userinfo::{
+    decode_open_message, encode_open_message, ClientAddr, NetUserInfo, MAX_USERINFO_STRING_BYTES,
+    USER_FLAG_ADMIN, USER_FLAG_ANONYMOUS, USER_FLAG_BACKUP_OPERATOR, USER_FLAG_GUEST,
+    USER_FLAG_POWER_USER,
+};
