@@ -117,7 +117,10 @@ impl Serve {
             if n == baseline {
                 return;
             }
-            assert!(Instant::now() < end, "fd count stuck at {n}, baseline {baseline}");
+            assert!(
+                Instant::now() < end,
+                "fd count stuck at {n}, baseline {baseline}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -226,28 +229,59 @@ fn bad_handshakes_are_closed_silently_and_leak_no_fd() {
     std::thread::sleep(Duration::from_millis(50));
     let baseline = srv.fd_count();
     let msg = encode_open_message(&user("bob", 0)).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut UnixStream)>)> = vec![
-        ("bad magic", Box::new(|s: &mut UnixStream| {
-            s.write_all(&PipeHeader { magic: !PIPE_MAGIC, uilen: 4 }.encode()).unwrap();
-        })),
-        ("uilen 8193", Box::new(|s: &mut UnixStream| {
-            s.write_all(&PipeHeader { magic: PIPE_MAGIC, uilen: 8193 }.encode()).unwrap();
-        })),
-        ("bad xdr", Box::new(|s: &mut UnixStream| {
-            s.write_all(&PipeHeader::new(8).encode()).unwrap();
-            s.write_all(&[0xff; 8]).unwrap();
-        })),
-        ("truncated", Box::new(|s: &mut UnixStream| {
-            s.write_all(&msg[..msg.len() - 3]).unwrap();
-            s.shutdown(std::net::Shutdown::Write).unwrap();
-        })),
+    type BadClient<'a> = Box<dyn Fn(&mut UnixStream) + 'a>;
+    let cases: Vec<(&str, BadClient)> = vec![
+        (
+            "bad magic",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(
+                    &PipeHeader {
+                        magic: !PIPE_MAGIC,
+                        uilen: 4,
+                    }
+                    .encode(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "uilen 8193",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(
+                    &PipeHeader {
+                        magic: PIPE_MAGIC,
+                        uilen: 8193,
+                    }
+                    .encode(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "bad xdr",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(&PipeHeader::new(8).encode()).unwrap();
+                s.write_all(&[0xff; 8]).unwrap();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(&msg[..msg.len() - 3]).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }),
+        ),
         ("silence", Box::new(|_s: &mut UnixStream| {})),
     ];
     for (what, bad) in cases {
         let mut s = connect(&path);
         bad(&mut s);
         let mut b = [0u8; 8];
-        assert_eq!(s.read(&mut b).unwrap(), 0, "{what}: expected close with no status");
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "{what}: expected close with no status"
+        );
         drop(s);
         srv.wait_fds(baseline);
         echo_once(&mut open_ok(&path), what.as_bytes());
@@ -286,8 +320,14 @@ fn open_limit_and_deny_anonymous() {
 
 #[test]
 fn dcerpc_handler_binds_and_fragments_replies() {
-    let Some(srv) = serve(&["--pipe", "srvsvc", "--handler", "dcerpc", "--reply-size", "10000"])
-    else {
+    let Some(srv) = serve(&[
+        "--pipe",
+        "srvsvc",
+        "--handler",
+        "dcerpc",
+        "--reply-size",
+        "10000",
+    ]) else {
         return;
     };
     let mut s = open_ok(&srv.path("srvsvc"));
@@ -307,7 +347,10 @@ fn dcerpc_handler_binds_and_fragments_replies() {
     ))
     .unwrap();
     let ack = decode_bind_ack(&read_pdu(&mut s)).unwrap();
-    assert_eq!((ack.header.call_id, ack.sec_addr.as_str()), (3, "\\PIPE\\srvsvc"));
+    assert_eq!(
+        (ack.header.call_id, ack.sec_addr.as_str()),
+        (3, "\\PIPE\\srvsvc")
+    );
     s.write_all(&encode_request(4, 0, 15, b"stub", DEFAULT_MAX_FRAG))
         .unwrap();
     let mut stub = Vec::new();
@@ -323,7 +366,10 @@ fn dcerpc_handler_binds_and_fragments_replies() {
     }
     assert_eq!(lens[..2], [4280, 4280]);
     assert_eq!(stub.len(), 10_000);
-    assert!(stub.iter().enumerate().all(|(i, &b)| b == reply_stub_byte(i)));
+    assert!(stub
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == reply_stub_byte(i)));
 }
 
 #[test]
@@ -335,7 +381,10 @@ fn missing_dir_is_a_clear_error() {
     let text: Vec<String> = stderr.iter().collect();
     let text = text.join("\n");
     assert!(!status.success());
-    assert!(text.contains("no-such-dir") && text.contains("does not exist"), "{text}");
+    assert!(
+        text.contains("no-such-dir") && text.contains("does not exist"),
+        "{text}"
+    );
     assert!(!missing.exists());
 }
 

@@ -130,7 +130,10 @@ fn good_handshake_then_echo() {
     echo_once(&mut s, b"hello, pipe");
     echo_once(&mut s, &[0u8; 1]);
     let st = fx.wait_stats("one open", |s| s.open("srvsvc") == 1);
-    assert_eq!((st.accepted, st.handshakes_ok, st.connections_open), (1, 1, 1));
+    assert_eq!(
+        (st.accepted, st.handshakes_ok, st.connections_open),
+        (1, 1, 1)
+    );
     drop(s);
     let st = fx.wait_stats("close", |s| s.connections_open == 0);
     assert_eq!(st.open("srvsvc"), 0);
@@ -140,7 +143,10 @@ fn good_handshake_then_echo() {
 
 /// Runs one bad handshake, checks the silent close, the counters, and that
 /// the next client is served.
-fn bad_handshake_case(configure: impl FnOnce(ServiceBuilder) -> ServiceBuilder, bad: impl FnOnce(&mut UnixStream)) {
+fn bad_handshake_case(
+    configure: impl FnOnce(ServiceBuilder) -> ServiceBuilder,
+    bad: impl FnOnce(&mut UnixStream),
+) {
     let Some(fx) = start(configure) else { return };
     let path = fx.path("srvsvc");
     let mut s = connect(&path);
@@ -157,39 +163,60 @@ fn bad_handshake_case(configure: impl FnOnce(ServiceBuilder) -> ServiceBuilder, 
 
 #[test]
 fn bad_magic_closes_without_status() {
-    bad_handshake_case(|b| b, |s| {
-        let hdr = PipeHeader { magic: PIPE_MAGIC ^ 0x20, uilen: 16 }.encode();
-        s.write_all(&hdr).unwrap();
-        s.write_all(&[0u8; 16]).unwrap();
-    });
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let hdr = PipeHeader {
+                magic: PIPE_MAGIC ^ 0x20,
+                uilen: 16,
+            }
+            .encode();
+            s.write_all(&hdr).unwrap();
+            s.write_all(&[0u8; 16]).unwrap();
+        },
+    );
 }
 
 #[test]
 fn uilen_over_8192_closes_without_status() {
-    bad_handshake_case(|b| b, |s| {
-        let hdr = PipeHeader { magic: PIPE_MAGIC, uilen: 8193 }.encode();
-        s.write_all(&hdr).unwrap();
-    });
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let hdr = PipeHeader {
+                magic: PIPE_MAGIC,
+                uilen: 8193,
+            }
+            .encode();
+            s.write_all(&hdr).unwrap();
+        },
+    );
 }
 
 #[test]
 fn undecodable_xdr_closes_without_status() {
-    bad_handshake_case(|b| b, |s| {
-        // A valid message with its flags word cut off, header adjusted.
-        let msg = encode_open_message(&user("bob", 0)).unwrap();
-        let body = &msg[8..msg.len() - 4];
-        s.write_all(&PipeHeader::new(body.len() as u32).encode()).unwrap();
-        s.write_all(body).unwrap();
-    });
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            // A valid message with its flags word cut off, header adjusted.
+            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            let body = &msg[8..msg.len() - 4];
+            s.write_all(&PipeHeader::new(body.len() as u32).encode())
+                .unwrap();
+            s.write_all(body).unwrap();
+        },
+    );
 }
 
 #[test]
 fn truncated_then_closed_is_closed_without_status() {
-    bad_handshake_case(|b| b, |s| {
-        let msg = encode_open_message(&user("bob", 0)).unwrap();
-        s.write_all(&msg[..msg.len() / 2]).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-    });
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            s.write_all(&msg[..msg.len() / 2]).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        },
+    );
 }
 
 #[test]
@@ -204,7 +231,9 @@ fn silence_past_the_deadline_is_closed_without_status() {
 
 #[test]
 fn open_limit_answers_pipe_not_available() {
-    let Some(fx) = start(|b| b.max_opens(3)) else { return };
+    let Some(fx) = start(|b| b.max_opens(3)) else {
+        return;
+    };
     let path = fx.path("srvsvc");
     let mut held: Vec<UnixStream> = (0..3).map(|_| open_ok(&path)).collect();
     let (mut s, st) = open_as(&path, &user("alice", 0));
@@ -221,7 +250,9 @@ fn open_limit_answers_pipe_not_available() {
 
 #[test]
 fn deny_anonymous_answers_access_denied() {
-    let Some(fx) = start(|b| b.deny_anonymous(true)) else { return };
+    let Some(fx) = start(|b| b.deny_anonymous(true)) else {
+        return;
+    };
     let path = fx.path("srvsvc");
     let (mut anon, st) = open_as(&path, &user("", USER_FLAG_ANONYMOUS));
     assert_eq!(st, NtStatus::ACCESS_DENIED);
@@ -235,20 +266,28 @@ fn deny_anonymous_answers_access_denied() {
 #[test]
 fn policy_closure_decides_per_pipe_and_user() {
     let Some(fx) = start(|b| {
-        b.pipe("lsarpc")
-            .policy(|pipe: &PipeName, u: &NetUserInfo| {
-                if pipe.as_str() == "lsarpc" && u.account != "admin" {
-                    NtStatus::ACCESS_DENIED
-                } else {
-                    NtStatus::SUCCESS
-                }
-            })
+        b.pipe("lsarpc").policy(|pipe: &PipeName, u: &NetUserInfo| {
+            if pipe.as_str() == "lsarpc" && u.account != "admin" {
+                NtStatus::ACCESS_DENIED
+            } else {
+                NtStatus::SUCCESS
+            }
+        })
     }) else {
         return;
     };
-    assert_eq!(open_as(&fx.path("lsarpc"), &user("bob", 0)).1, NtStatus::ACCESS_DENIED);
-    assert_eq!(open_as(&fx.path("lsarpc"), &user("admin", 0)).1, NtStatus::SUCCESS);
-    assert_eq!(open_as(&fx.path("srvsvc"), &user("bob", 0)).1, NtStatus::SUCCESS);
+    assert_eq!(
+        open_as(&fx.path("lsarpc"), &user("bob", 0)).1,
+        NtStatus::ACCESS_DENIED
+    );
+    assert_eq!(
+        open_as(&fx.path("lsarpc"), &user("admin", 0)).1,
+        NtStatus::SUCCESS
+    );
+    assert_eq!(
+        open_as(&fx.path("srvsvc"), &user("bob", 0)).1,
+        NtStatus::SUCCESS
+    );
     fx.stop();
 }
 
@@ -329,7 +368,9 @@ fn two_thousand_concurrent_echo_clients_on_one_thread() {
     opipe::ring::sys::raise_nofile_limit().unwrap();
     const CLIENTS: usize = 2000;
     const THREADS: usize = 4;
-    let Some(fx) = start(|b| b.threads(1)) else { return };
+    let Some(fx) = start(|b| b.threads(1)) else {
+        return;
+    };
     let path = fx.path("srvsvc");
     let barrier = Arc::new(std::sync::Barrier::new(THREADS + 1));
     let done = Arc::new(std::sync::Barrier::new(THREADS + 1));
@@ -374,10 +415,13 @@ fn two_thousand_concurrent_echo_clients_on_one_thread() {
 
 #[test]
 fn client_that_never_reads_is_paused_and_does_not_disturb_others() {
-    let Some(fx) = start(|b| b.output_limit(64 * 1024)) else { return };
+    let Some(fx) = start(|b| b.output_limit(64 * 1024)) else {
+        return;
+    };
     let path = fx.path("srvsvc");
     let hog = open_ok(&path);
-    hog.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    hog.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     // Write until the socket stops taking data: the service stopped reading.
     let chunk = vec![0x55u8; 64 * 1024];
     let mut written = 0usize;
@@ -420,7 +464,10 @@ fn stale_socket_is_replaced_live_one_refused_and_removed_on_drop() {
     let mut s = open_ok(&path);
     echo_once(&mut s, b"x");
     // A second service on the same live socket is refused.
-    let e = Service::builder(dir.path()).pipe("srvsvc").start().unwrap_err();
+    let e = Service::builder(dir.path())
+        .pipe("srvsvc")
+        .start()
+        .unwrap_err();
     assert!(matches!(e, ServiceError::AddrInUse(_)), "{e}");
     // The refused start did not remove the live socket.
     let mut s2 = open_ok(&path);
@@ -432,7 +479,9 @@ fn stale_socket_is_replaced_live_one_refused_and_removed_on_drop() {
 
 #[test]
 fn shutdown_closes_open_connections_and_removes_sockets() {
-    let Some(fx) = start(|b| b.pipe("lsarpc").threads(2)) else { return };
+    let Some(fx) = start(|b| b.pipe("lsarpc").threads(2)) else {
+        return;
+    };
     let paths = fx.svc().socket_paths();
     assert_eq!(paths, vec![fx.path("srvsvc"), fx.path("lsarpc")]);
     let mut a = open_ok(&paths[0]);
@@ -455,7 +504,9 @@ fn shutdown_closes_open_connections_and_removes_sockets() {
 
 #[test]
 fn several_threads_share_the_listeners() {
-    let Some(fx) = start(|b| b.threads(3)) else { return };
+    let Some(fx) = start(|b| b.threads(3)) else {
+        return;
+    };
     let path = fx.path("srvsvc");
     let clients: Vec<_> = (0..8)
         .map(|t| {
@@ -474,4 +525,132 @@ fn several_threads_share_the_listeners() {
     let st = fx.wait_stats("all closed", |s| s.connections_open == 0);
     assert_eq!(st.handshakes_ok, 200);
     fx.stop();
+}
+
+#[test]
+fn receives_starved_of_buffers_are_rearmed() {
+    // Two 64-byte buffers for 100 clients sending 1000 bytes each: the ring
+    // runs dry again and again; every byte must still come back.
+    let Some(fx) = start(|b| b.recv_buffers(2, 64)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let mut conns: Vec<UnixStream> = (0..100).map(|_| open_ok(&path)).collect();
+    let msgs: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| (0..1000u32).map(|j| (i * 7 + j) as u8).collect())
+        .collect();
+    for (c, m) in conns.iter_mut().zip(&msgs) {
+        c.write_all(m).unwrap();
+    }
+    for (c, m) in conns.iter_mut().zip(&msgs) {
+        let mut got = vec![0u8; m.len()];
+        c.read_exact(&mut got).unwrap();
+        assert!(&got == m);
+    }
+    let st = fx.stats();
+    assert!(st.recv_no_buffers > 0, "{st:?}");
+    drop(conns);
+    fx.wait_stats("all closed", |s| s.connections_open == 0);
+    fx.stop();
+}
+
+mod dcerpc {
+    use super::*;
+    use opipe::protocol::dcerpc::{
+        decode_bind_ack, decode_response, encode_bind, encode_request, pdu_len, DEFAULT_MAX_FRAG,
+        NDR_SYNTAX, PFC_FIRST_FRAG, PFC_LAST_FRAG, SRVSVC_SYNTAX,
+    };
+    use opipe::service::dcerpc::reply_stub_byte;
+    use opipe::service::DceRpcFactory;
+
+    fn read_pdu(s: &mut UnixStream) -> Vec<u8> {
+        let mut pdu = vec![0u8; 16];
+        s.read_exact(&mut pdu).unwrap();
+        let n = pdu_len(&pdu, DEFAULT_MAX_FRAG).unwrap().unwrap();
+        pdu.resize(n, 0);
+        s.read_exact(&mut pdu[16..]).unwrap();
+        pdu
+    }
+
+    fn bind(s: &mut UnixStream, call_id: u32) {
+        s.write_all(&encode_bind(
+            call_id,
+            (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
+            (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
+        ))
+        .unwrap();
+        let ack = decode_bind_ack(&read_pdu(s)).unwrap();
+        assert_eq!(ack.header.call_id, call_id);
+        assert_eq!(ack.sec_addr, "\\PIPE\\srvsvc");
+        assert_eq!(ack.results[0].result, 0);
+    }
+
+    /// Sends a request and checks the whole fragmented response; returns
+    /// the fragment lengths.
+    fn call(s: &mut UnixStream, call_id: u32, reply: usize) -> Vec<usize> {
+        s.write_all(&encode_request(call_id, 0, 15, b"in", DEFAULT_MAX_FRAG))
+            .unwrap();
+        let mut stub = Vec::new();
+        let mut lens = Vec::new();
+        loop {
+            let pdu = read_pdu(s);
+            let r = decode_response(&pdu).unwrap();
+            assert_eq!(r.header.call_id, call_id);
+            assert_eq!(r.header.pfc_flags & PFC_FIRST_FRAG != 0, lens.is_empty());
+            lens.push(pdu.len());
+            stub.extend_from_slice(r.stub);
+            if r.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                break;
+            }
+        }
+        assert_eq!(stub.len(), reply);
+        assert!(stub
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == reply_stub_byte(i)));
+        lens
+    }
+
+    #[test]
+    fn bind_then_request_of_ten_thousand_bytes_in_three_fragments() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(10_000))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        bind(&mut s, 1);
+        assert_eq!(
+            call(&mut s, 2, 10_000),
+            [4280, 4280, 10_000 - 2 * 4256 + 24]
+        );
+        assert_eq!(call(&mut s, 3, 10_000).len(), 3);
+        fx.stop();
+    }
+
+    #[test]
+    fn garbage_after_handshake_closes_only_that_client() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(100))) else {
+            return;
+        };
+        let path = fx.path("srvsvc");
+        let mut good = open_ok(&path);
+        bind(&mut good, 1);
+        let mut bad = open_ok(&path);
+        bad.write_all(&[0xee; 300]).unwrap();
+        assert_closed_silently(&mut bad);
+        // A PDU claiming to be longer than 4280 bytes, after a good bind.
+        let mut liar = open_ok(&path);
+        bind(&mut liar, 1);
+        let mut req = encode_request(2, 0, 1, b"x", DEFAULT_MAX_FRAG);
+        req[8..10].copy_from_slice(&60_000u16.to_le_bytes());
+        liar.write_all(&req).unwrap();
+        assert_closed_silently(&mut liar);
+        for id in 2..50 {
+            call(&mut good, id, 100);
+        }
+        let st = fx.wait_stats("two handler errors", |s| {
+            s.handler_errors == 2 && s.connections_open == 1
+        });
+        assert_eq!(st.open("srvsvc"), 1);
+        fx.stop();
+    }
 }

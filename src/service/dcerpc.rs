@@ -145,7 +145,10 @@ mod tests {
         h.on_data(&bind(), &mut out).unwrap();
         let acks = pdus(&out);
         assert_eq!(acks.len(), 1);
-        assert_eq!(CommonHeader::decode(&acks[0]).unwrap().ptype, PTYPE_BIND_ACK);
+        assert_eq!(
+            CommonHeader::decode(&acks[0]).unwrap().ptype,
+            PTYPE_BIND_ACK
+        );
         let ack = decode_bind_ack(&acks[0]).unwrap();
         assert_eq!(ack.header.call_id, 1);
         assert_eq!(ack.sec_addr, "\\PIPE\\srvsvc");
@@ -175,7 +178,10 @@ mod tests {
             assert_eq!((first, last), (i == 0, i == 2));
             stub.extend_from_slice(r.stub);
         }
-        assert!(stub.iter().enumerate().all(|(i, &b)| b == reply_stub_byte(i)));
+        assert!(stub
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == reply_stub_byte(i)));
         assert_eq!(stub.len(), 10_000);
     }
 

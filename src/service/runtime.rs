@@ -64,7 +64,11 @@ impl fmt::Display for ServiceError {
             }
             ServiceError::DuplicatePipe(n) => write!(f, "pipe name {n:?} given twice"),
             ServiceError::NoSuchDir(d) => {
-                write!(f, "socket directory {} does not exist or is not a directory", d.display())
+                write!(
+                    f,
+                    "socket directory {} does not exist or is not a directory",
+                    d.display()
+                )
             }
             ServiceError::AddrInUse(p) => write!(
                 f,
@@ -304,8 +308,11 @@ impl ServiceBuilder {
         for i in 0..self.threads {
             let cfg = self.loop_cfg.clone();
             let listeners = handle.sockets.fds();
-            let (shutdown, counters, shared) =
-                (shutdown.clone(), loop_counters.clone(), handle.shared.clone());
+            let (shutdown, counters, shared) = (
+                shutdown.clone(),
+                loop_counters.clone(),
+                handle.shared.clone(),
+            );
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("opipe-svc-{i}"))
@@ -383,7 +390,8 @@ impl Sockets {
                     Ok(_) => return Err(ServiceError::AddrInUse(path.to_owned())),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         // Stale: left by a service that is gone.
-                        std::fs::remove_file(path).map_err(|e| io_err("removing stale socket", e))?;
+                        std::fs::remove_file(path)
+                            .map_err(|e| io_err("removing stale socket", e))?;
                         UnixListener::bind(path).map_err(|e| io_err("binding", e))?
                     }
                     Err(e) => return Err(io_err("probing existing socket", e)),
@@ -514,7 +522,10 @@ mod tests {
     fn service_names() {
         assert_eq!(parse_service_name("SrvSvc").unwrap().as_str(), "srvsvc");
         assert_eq!(parse_service_name("pipeline").unwrap().as_str(), "pipeline");
-        assert_eq!(parse_service_name("\\PIPE\\lsarpc").unwrap().as_str(), "lsarpc");
+        assert_eq!(
+            parse_service_name("\\PIPE\\lsarpc").unwrap().as_str(),
+            "lsarpc"
+        );
         assert!(parse_service_name("..").is_err());
         assert!(parse_service_name("a/b").is_err());
         assert!(parse_service_name("").is_err());
@@ -526,15 +537,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = Service::builder(dir.path()).start().unwrap_err();
         assert!(matches!(e, ServiceError::NoPipes), "{e}");
-        let e = Service::builder(dir.path()).pipe("a").pipe("A").start().unwrap_err();
+        let e = Service::builder(dir.path())
+            .pipe("a")
+            .pipe("A")
+            .start()
+            .unwrap_err();
         assert!(matches!(e, ServiceError::DuplicatePipe(_)), "{e}");
-        let e = Service::builder(dir.path().join("nope")).pipe("a").start().unwrap_err();
+        let e = Service::builder(dir.path().join("nope"))
+            .pipe("a")
+            .start()
+            .unwrap_err();
         assert!(matches!(e, ServiceError::NoSuchDir(_)), "{e}");
         assert!(e.to_string().contains("does not exist"), "{e}");
-        let e = Service::builder(dir.path()).pipe("a").threads(0).start().unwrap_err();
+        let e = Service::builder(dir.path())
+            .pipe("a")
+            .threads(0)
+            .start()
+            .unwrap_err();
         assert!(matches!(e, ServiceError::Config(_)), "{e}");
         std::fs::write(dir.path().join("file"), b"x").unwrap();
-        let e = Service::builder(dir.path()).pipe("file").start().unwrap_err();
+        let e = Service::builder(dir.path())
+            .pipe("file")
+            .start()
+            .unwrap_err();
         assert!(matches!(e, ServiceError::NotASocket(_)), "{e}");
         // The regular file is left alone, and nothing else was created.
         assert!(dir.path().join("file").is_file());

@@ -266,12 +266,18 @@ impl Acceptor for PipeAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{decode_status_word, encode_open_message, PipeHeader, USER_FLAG_ANONYMOUS};
+    use crate::protocol::{
+        decode_status_word, encode_open_message, PipeHeader, USER_FLAG_ANONYMOUS,
+    };
     use crate::service::handler::EchoFactory;
     use crate::service::stats::Stats;
     use crate::service::testutil::user;
 
-    fn shared(deny_anonymous: bool, max_opens: Option<u64>, policy: Box<dyn AcceptPolicy>) -> Arc<Shared> {
+    fn shared(
+        deny_anonymous: bool,
+        max_opens: Option<u64>,
+        policy: Box<dyn AcceptPolicy>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             pipes: vec![PipeSlot {
                 name: PipeName::parse("srvsvc").unwrap(),
@@ -313,11 +319,17 @@ mod tests {
         assert!(s.deadline().is_some());
         let (v, out) = open(&mut s, 0, b"ping");
         assert_eq!(v, Verdict::Continue);
-        assert_eq!(decode_status_word(out[..4].try_into().unwrap()), NtStatus::SUCCESS);
+        assert_eq!(
+            decode_status_word(out[..4].try_into().unwrap()),
+            NtStatus::SUCCESS
+        );
         assert_eq!(&out[4..], b"ping");
         assert_eq!(s.deadline(), None);
         let st = stats(&sh);
-        assert_eq!((st.handshakes_ok, st.open("srvsvc"), st.connections_open), (1, 1, 1));
+        assert_eq!(
+            (st.handshakes_ok, st.open("srvsvc"), st.connections_open),
+            (1, 1, 1)
+        );
         s.on_close(CloseReason::PeerClosed);
         drop(s);
         let st = stats(&sh);
@@ -348,7 +360,10 @@ mod tests {
         b.on_close(CloseReason::Deadline);
         assert!(out.is_empty());
         let st = stats(&sh);
-        assert_eq!((st.handshakes_closed_silently, st.handshake_timeouts), (2, 1));
+        assert_eq!(
+            (st.handshakes_closed_silently, st.handshake_timeouts),
+            (2, 1)
+        );
     }
 
     #[test]
@@ -371,13 +386,28 @@ mod tests {
         let mut s: Vec<PipeSession> = (0..3)
             .map(|_| PipeSession::new(sh.clone(), 0, Instant::now()))
             .collect();
-        assert_eq!(open(&mut s[0], 0, b"").1, encode_status_word(NtStatus::SUCCESS));
-        assert_eq!(open(&mut s[1], 0, b"").1, encode_status_word(NtStatus::SUCCESS));
+        assert_eq!(
+            open(&mut s[0], 0, b"").1,
+            encode_status_word(NtStatus::SUCCESS)
+        );
+        assert_eq!(
+            open(&mut s[1], 0, b"").1,
+            encode_status_word(NtStatus::SUCCESS)
+        );
         let (v, out) = open(&mut s[2], 0, b"");
-        assert_eq!((v, out), (Verdict::Close, encode_status_word(NtStatus::PIPE_NOT_AVAILABLE).to_vec()));
+        assert_eq!(
+            (v, out),
+            (
+                Verdict::Close,
+                encode_status_word(NtStatus::PIPE_NOT_AVAILABLE).to_vec()
+            )
+        );
         s[0].on_close(CloseReason::PeerClosed);
         let mut again = PipeSession::new(sh.clone(), 0, Instant::now());
-        assert_eq!(open(&mut again, 0, b"").1, encode_status_word(NtStatus::SUCCESS));
+        assert_eq!(
+            open(&mut again, 0, b"").1,
+            encode_status_word(NtStatus::SUCCESS)
+        );
         assert_eq!(stats(&sh).open("srvsvc"), 2);
     }
 
