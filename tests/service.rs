@@ -653,4 +653,60 @@ mod dcerpc {
         assert_eq!(st.open("srvsvc"), 1);
         fx.stop();
     }
+
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    fn request_burst_is_answered_as_the_client_reads() {
+        // 2000 requests of 26 bytes ask for 2000 x 64 KiB = 131 MB of replies.
+        const CALLS: u32 = 2000;
+        const REPLY: usize = 64 * 1024;
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(REPLY))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        bind(&mut s, 1);
+        let mut burst = Vec::new();
+        for id in 0..CALLS {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        let before = rss_bytes();
+        s.write_all(&burst).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let st = fx.stats();
+        assert!(
+            st.bytes_out < 8 << 20,
+            "service did not wait for the reader: {st:?}"
+        );
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(grown < 48 << 20, "service memory grew by {grown} bytes");
+        for id in 0..CALLS {
+            let lens = call_reply_only(&mut s, id, REPLY);
+            assert_eq!(lens, 16);
+        }
+        fx.stop();
+    }
+
+    /// Reads the response to a request already sent; returns its fragment count.
+    fn call_reply_only(s: &mut UnixStream, call_id: u32, reply: usize) -> usize {
+        let mut n = 0;
+        let mut len = 0;
+        loop {
+            let pdu = read_pdu(s);
+            let r = decode_response(&pdu).unwrap();
+            assert_eq!(r.header.call_id, call_id);
+            n += 1;
+            len += r.stub.len();
+            if r.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                break;
+            }
+        }
+        assert_eq!(len, reply);
+        n
+    }
 }

@@ -132,11 +132,23 @@ pub fn run(args: ServeArgs) -> ExitCode {
         args.threads,
         if args.threads == 1 { "" } else { "s" },
     );
-    let sig = signals.wait();
+    // Serve until a stop signal, or until the service ends by itself
+    // (a service thread failed: it shut the service down).
+    let waited = loop {
+        match signals.wait_timeout(Duration::from_millis(500)) {
+            Ok(Some(_)) => break Ok(()),
+            Ok(None) if svc.is_finished() => {
+                break Err(std::io::Error::other("a service thread stopped"));
+            }
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+    };
     let stopped = svc.shutdown().and_then(|()| svc.join());
-    match (sig, stopped) {
-        (Ok(_), Ok(())) => ExitCode::SUCCESS,
-        (Err(e), _) | (_, Err(e)) => {
+    // A thread's own error, from join, says more than "a thread stopped".
+    match stopped.and(waited) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("opipe serve: error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }

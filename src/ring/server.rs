@@ -105,6 +105,22 @@ pub trait Session {
         Verdict::Abort
     }
 
+    /// True while the session holds input it has not answered yet because
+    /// it stopped producing output (a session should stop appending to
+    /// `out` once it holds a batch, rather than turn a small request burst
+    /// into unbounded output). The loop then stops receiving from this
+    /// connection and calls [`on_writable`](Self::on_writable) each time
+    /// the output has drained below the low-water mark.
+    fn has_backlog(&self) -> bool {
+        false
+    }
+
+    /// The output drained while [`has_backlog`](Self::has_backlog) was
+    /// true: produce the next batch.
+    fn on_writable(&mut self, _out: &mut Vec<u8>) -> Verdict {
+        Verdict::Continue
+    }
+
     /// `bytes` of output reached the socket.
     fn on_sent(&mut self, _bytes: usize) {}
 
@@ -400,7 +416,7 @@ impl EventLoop {
         if result.is_err() {
             // Try to end what is in flight so memory can be freed; what
             // cannot be drained is leaked below rather than freed early.
-            self.begin_shutdown(&mut st);
+            let _ = self.begin_shutdown(&mut st);
             let _ = self.drain(&mut st, Duration::from_secs(2));
         }
         if self.inflight == 0 {
@@ -558,10 +574,7 @@ impl EventLoop {
             Some(Kind::Recv) => self.on_recv(st, idx, gen, res, flags, more),
             Some(Kind::Send) => self.on_send(st, idx, gen, res),
             Some(Kind::Cancel) => Ok(()),
-            Some(Kind::ShutdownPoll) => {
-                self.begin_shutdown(st);
-                Ok(())
-            }
+            Some(Kind::ShutdownPoll) => self.begin_shutdown(st),
             None => {
                 // Not ours; never happens. Return a buffer if it took one.
                 self.bufs.discard(flags);
@@ -570,26 +583,26 @@ impl EventLoop {
         }
     }
 
-    fn begin_shutdown<A: Acceptor>(&mut self, st: &mut State<A>) {
+    /// Cancels the accepts and aborts every connection; the loop ends when
+    /// their last completions are in.
+    fn begin_shutdown<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
         if self.shutting_down {
-            return;
+            return Ok(());
         }
         self.shutting_down = true;
         for i in 0..self.listeners.len() {
             self.listeners[i].resume_at = None;
             if self.listeners[i].armed {
-                let _ = self.cancel(ud(Kind::Accept, i as u32, 0));
+                self.cancel(ud(Kind::Accept, i as u32, 0))?;
             }
         }
         for (idx, gen) in st.conns.indices() {
             if let Some(c) = st.conns.get_mut(idx, gen) {
-                if c.phase != Phase::Aborting {
-                    c.phase = Phase::Aborting;
-                    c.reason = CloseReason::Shutdown;
-                }
+                abort(c, CloseReason::Shutdown);
             }
-            let _ = self.update(st, idx, gen);
+            self.update(st, idx, gen)?;
         }
+        Ok(())
     }
 
     fn on_accept<A: Acceptor>(
@@ -760,6 +773,17 @@ impl EventLoop {
         let fd = c.fd.as_raw_fd();
         let mut sqes: [Option<squeue::Entry>; 2] = [None, None];
 
+        // A session with a backlog produces its next batch once the output
+        // has drained.
+        if c.phase == Phase::Open
+            && !self.shutting_down
+            && c.queued() <= self.cfg.output_low_water_bytes
+            && c.session.has_backlog()
+        {
+            let v = c.session.on_writable(&mut c.pending);
+            apply(c, v, CloseReason::Session);
+        }
+
         // Output.
         if c.phase == Phase::Aborting {
             c.pending = Vec::new();
@@ -789,9 +813,11 @@ impl EventLoop {
             }
         }
 
-        // Input.
-        let want_recv = c.phase == Phase::Open && !self.shutting_down;
-        if want_recv {
+        // Input: not while shutting down or closing, not while the output
+        // is over the high-water mark (until it is back under the low one),
+        // not while the session holds a backlog.
+        let open = c.phase == Phase::Open && !self.shutting_down;
+        if open {
             let q = c.queued();
             if !c.paused && q > self.cfg.output_high_water_bytes {
                 c.paused = true;
@@ -802,7 +828,7 @@ impl EventLoop {
                 c.paused = false;
             }
         }
-        if want_recv && !c.paused {
+        if open && !c.paused && !c.session.has_backlog() {
             if c.recv == RecvState::Idle && !c.starved {
                 c.recv = RecvState::Armed;
                 sqes[1] = Some(

@@ -100,6 +100,31 @@ impl BlockedSignals {
     }
 }
 
+impl BlockedSignals {
+    /// Like [`wait`](Self::wait), but gives up after `timeout`
+    /// (`sigtimedwait(2)`): `Ok(None)` when no signal came.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<libc::c_int>> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        loop {
+            // SAFETY: `self.set` is an initialised sigset_t, `ts` a valid
+            // timespec; the siginfo out-pointer may be null.
+            let rc = unsafe { libc::sigtimedwait(&self.set.0, std::ptr::null_mut(), &ts) };
+            if rc >= 0 {
+                return Ok(Some(rc));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +140,26 @@ mod tests {
         let mut b = [0u8; 8];
         f.read_exact(&mut b).unwrap();
         assert_eq!(u64::from_ne_bytes(b), 7);
+    }
+
+    #[test]
+    fn blocked_signal_is_taken_by_wait() {
+        // SIGUSR2 is blocked in this test thread only and sent to it alone.
+        let sigs = BlockedSignals::block(&[libc::SIGUSR2]).unwrap();
+        assert_eq!(
+            sigs.wait_timeout(std::time::Duration::from_millis(10))
+                .unwrap(),
+            None
+        );
+        // SAFETY: pthread_self is always valid; SIGUSR2 is blocked here, so
+        // it stays pending for this thread instead of killing the process.
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        assert_eq!(rc, 0);
+        assert_eq!(
+            sigs.wait_timeout(std::time::Duration::from_secs(5))
+                .unwrap(),
+            Some(libc::SIGUSR2)
+        );
     }
 
     #[test]

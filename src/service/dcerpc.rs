@@ -11,6 +11,9 @@
 //!   same `call_id` and context carrying `reply_size` stub bytes
 //!   ([`reply_stub_byte`]), in fragments of at most 4280 bytes with the
 //!   first/last flags right.
+//! * Output is produced in batches of about [`OUTPUT_BATCH_BYTES`]: a burst
+//!   of small requests is answered as the client reads the replies, so a
+//!   client cannot make the service hold more than a batch plus one reply.
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use crate::protocol::dcerpc::{
 };
 use crate::protocol::{NetUserInfo, PipeName};
 
-use super::handler::{Handler, HandlerError, HandlerFactory};
+use super::handler::{Handler, HandlerError, HandlerFactory, OUTPUT_BATCH_BYTES};
 
 /// Packet types a client may send that need no answer: auth3 (16),
 /// co_cancel (18), orphaned (19).
@@ -60,6 +63,8 @@ pub struct DceRpc {
     reassembler: PduReassembler,
     sec_addr: String,
     stub: Arc<[u8]>,
+    /// Stopped at a full batch with input maybe left in the reassembler.
+    stalled: bool,
 }
 
 impl DceRpc {
@@ -69,7 +74,21 @@ impl DceRpc {
             reassembler: PduReassembler::new(DEFAULT_MAX_FRAG),
             sec_addr: format!("\\PIPE\\{}", pipe.as_str()),
             stub,
+            stalled: false,
         }
+    }
+
+    /// Answers whole PDUs until the input runs out or `out` holds a batch.
+    fn process(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.stalled = false;
+        while let Some(pdu) = self.reassembler.next_pdu() {
+            self.answer(&pdu?, out)?;
+            if out.len() >= OUTPUT_BATCH_BYTES {
+                self.stalled = true;
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn answer(&self, pdu: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
@@ -99,10 +118,15 @@ impl DceRpc {
 impl Handler for DceRpc {
     fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
         self.reassembler.push(data);
-        while let Some(pdu) = self.reassembler.next_pdu() {
-            self.answer(&pdu?, out)?;
-        }
-        Ok(())
+        self.process(out)
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.stalled
+    }
+
+    fn resume(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.process(out)
     }
 }
 
@@ -193,6 +217,30 @@ mod tests {
         assert_eq!(pdus(&req).len(), 3);
         h.on_data(&req, &mut out).unwrap();
         assert_eq!(pdus(&out).len(), 1);
+    }
+
+    #[test]
+    fn a_burst_of_requests_is_answered_in_batches() {
+        let mut h = handler(10_000);
+        let mut burst = Vec::new();
+        for id in 0..100 {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        let mut out = Vec::new();
+        h.on_data(&burst, &mut out).unwrap();
+        assert!(h.has_backlog());
+        let mut total = out.len();
+        assert!(total < OUTPUT_BATCH_BYTES + 11_000, "{total}");
+        let mut calls = 0;
+        while h.has_backlog() {
+            out.clear();
+            h.resume(&mut out).unwrap();
+            assert!(out.len() < OUTPUT_BATCH_BYTES + 11_000);
+            total += out.len();
+            calls += 1;
+        }
+        assert!(calls > 5);
+        assert_eq!(total, 100 * (10_000 + 3 * 24));
     }
 
     #[test]

@@ -45,9 +45,22 @@ impl From<DecodeError> for HandlerError {
     }
 }
 
+/// How much output a handler should produce per call before it stops and
+/// reports a backlog (see [`Handler::has_backlog`]).
+pub const OUTPUT_BATCH_BYTES: usize = 64 * 1024;
+
 /// Serves one open pipe. Runs on the service thread that owns the
 /// connection; it need not be `Send`. It should not block: every connection
-/// of that thread waits while it runs.
+/// of that thread waits while it runs. A panic in a handler closes its
+/// connection (and is counted as a handler error), not the service.
+///
+/// Output is bounded by the service: a client that does not read its
+/// replies stops being read. A handler whose replies can be much larger
+/// than the requests (so that one received buffer could ask for megabytes)
+/// should stop once `out` holds about [`OUTPUT_BATCH_BYTES`], keep the rest
+/// of its input, and report it with [`has_backlog`](Self::has_backlog);
+/// it is then called again through [`resume`](Self::resume) when the output
+/// has drained, and receives nothing new meanwhile.
 pub trait Handler {
     /// The client sent `data` (the next bytes of the stream; message
     /// boundaries are not preserved). Append replies to `out`.
@@ -56,6 +69,17 @@ pub trait Handler {
     /// connection closes.
     fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError>;
 
+    /// True while the handler holds input it has not answered yet.
+    fn has_backlog(&self) -> bool {
+        false
+    }
+
+    /// The output drained while [`has_backlog`](Self::has_backlog) was
+    /// true: append the next batch of replies to `out`.
+    fn resume(&mut self, _out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
     /// The connection is closing (client gone, error, or shutdown).
     fn on_close(&mut self) {}
 }
@@ -63,6 +87,14 @@ pub trait Handler {
 impl<H: Handler + ?Sized> Handler for Box<H> {
     fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
         (**self).on_data(data, out)
+    }
+
+    fn has_backlog(&self) -> bool {
+        (**self).has_backlog()
+    }
+
+    fn resume(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        (**self).resume(out)
     }
 
     fn on_close(&mut self) {

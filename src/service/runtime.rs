@@ -318,10 +318,16 @@ impl ServiceBuilder {
                 .name(format!("opipe-svc-{i}"))
                 .spawn(move || {
                     // The ring is made on the thread that uses it.
-                    match EventLoop::new(cfg, listeners, shutdown, counters) {
+                    match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
                         Ok(ev) => {
                             let _ = ready.send(Ok(()));
-                            ev.run(PipeAcceptor { shared })
+                            let r = ev.run(PipeAcceptor { shared });
+                            if r.is_err() {
+                                // Fail loudly: stop the whole service rather
+                                // than serve on with a dead thread.
+                                let _ = signal_eventfd(&shutdown);
+                            }
+                            r
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -354,6 +360,11 @@ impl ServiceBuilder {
         }
         Ok(handle)
     }
+}
+
+/// Makes the shutdown eventfd readable (for every ring polling it).
+fn signal_eventfd(fd: &OwnedFd) -> io::Result<()> {
+    File::from(fd.try_clone()?).write_all(&1u64.to_ne_bytes())
 }
 
 /// A configured name as a pipe name: flat names are taken as the part after
@@ -477,8 +488,14 @@ impl ServiceHandle {
     /// Asks every service thread to stop: accepts end, every connection is
     /// closed. Returns at once; [`join`](Self::join) waits.
     pub fn shutdown(&self) -> io::Result<()> {
-        let fd = self.shutdown_fd.try_clone()?;
-        File::from(fd).write_all(&1u64.to_ne_bytes())
+        signal_eventfd(&self.shutdown_fd)
+    }
+
+    /// True once any service thread has ended: after [`shutdown`](Self::shutdown),
+    /// or after a thread failed (which shuts the whole service down;
+    /// [`join`](Self::join) returns the error).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
     }
 
     /// Waits for the threads to end (call [`shutdown`](Self::shutdown)

@@ -2,6 +2,7 @@
 //! the accept decision (anonymous users, policy, open limit), then the
 //! handler. Safe and sans-IO: the ring loop feeds it bytes.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::protocol::{encode_status_word, NetUserInfo, NtStatus, PipeName};
 use crate::ring::server::{Acceptor, CloseReason, LoopCounters, Session, Verdict};
 
-use super::handler::{Handler, HandlerFactory};
+use super::handler::{Handler, HandlerError, HandlerFactory};
 use super::handshake::{Handshake, Step};
 use super::stats::{bump, Counters};
 
@@ -123,7 +124,12 @@ impl Shared {
         if self.deny_anonymous && user.is_anonymous() {
             return (NtStatus::ACCESS_DENIED, None);
         }
-        let status = self.policy.check(&self.pipes[pipe].name, user);
+        // A panicking policy refuses the open rather than take the
+        // service thread down.
+        let status = catch_unwind(AssertUnwindSafe(|| {
+            self.policy.check(&self.pipes[pipe].name, user)
+        }))
+        .unwrap_or(NtStatus::INTERNAL_ERROR);
         if status != NtStatus::SUCCESS {
             return (status, None);
         }
@@ -169,17 +175,63 @@ impl PipeSession {
         Verdict::Abort
     }
 
-    fn feed_handler(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
+    /// Runs `f` on the open handler; an error closes the connection after
+    /// the output is sent, a panic closes it at once.
+    fn with_handler(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(&mut dyn Handler, &mut Vec<u8>) -> Result<(), HandlerError>,
+    ) -> Verdict {
         let Phase::Open(h) = &mut self.phase else {
             return Verdict::Continue;
         };
+        match catch_unwind(AssertUnwindSafe(|| f(h.as_mut(), out))) {
+            Ok(Ok(())) => Verdict::Continue,
+            Ok(Err(_)) => {
+                // The handler stays, to be told about the close.
+                bump(&self.shared.counters.handler_errors);
+                Verdict::Close
+            }
+            Err(_) => {
+                bump(&self.shared.counters.handler_errors);
+                self.phase = Phase::Done;
+                Verdict::Abort
+            }
+        }
+    }
+
+    fn feed_handler(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
         if data.is_empty() {
             return Verdict::Continue;
         }
-        match h.on_data(data, out) {
-            Ok(()) => Verdict::Continue,
-            Err(_) => {
-                bump(&self.shared.counters.handler_errors);
+        self.with_handler(out, |h, out| h.on_data(data, out))
+    }
+
+    /// The open was decided: makes the handler (a panicking factory turns
+    /// the answer into STATUS_INTERNAL_ERROR) and writes the status word.
+    fn complete_open(&mut self, user: &NetUserInfo, out: &mut Vec<u8>) -> Verdict {
+        let (mut status, slot) = self.shared.decide(self.pipe, user);
+        let mut handler = None;
+        if status == NtStatus::SUCCESS {
+            let (shared, pipe) = (&self.shared, self.pipe);
+            match catch_unwind(AssertUnwindSafe(|| {
+                shared.factory.open(&shared.pipes[pipe].name, user)
+            })) {
+                Ok(h) => handler = Some(h),
+                Err(_) => status = NtStatus::INTERNAL_ERROR,
+            }
+        }
+        out.extend_from_slice(&encode_status_word(status));
+        match handler {
+            Some(h) => {
+                bump(&self.shared.counters.handshakes_ok);
+                self.slot = slot;
+                self.phase = Phase::Open(h);
+                Verdict::Continue
+            }
+            None => {
+                bump(&self.shared.counters.handshakes_rejected);
+                self.phase = Phase::Done;
                 Verdict::Close
             }
         }
@@ -194,24 +246,22 @@ impl Session for PipeSession {
         match hs.feed(data) {
             Step::NeedMore => Verdict::Continue,
             Step::Failed(_) => self.fail_silently(),
-            Step::Complete { user, consumed } => {
-                let (status, slot) = self.shared.decide(self.pipe, &user);
-                out.extend_from_slice(&encode_status_word(status));
-                if status != NtStatus::SUCCESS {
-                    bump(&self.shared.counters.handshakes_rejected);
-                    self.phase = Phase::Done;
-                    return Verdict::Close;
-                }
-                bump(&self.shared.counters.handshakes_ok);
-                self.slot = slot;
-                let handler = self
-                    .shared
-                    .factory
-                    .open(&self.shared.pipes[self.pipe].name, &user);
-                self.phase = Phase::Open(handler);
-                self.feed_handler(&data[consumed..], out)
-            }
+            Step::Complete { user, consumed } => match self.complete_open(&user, out) {
+                Verdict::Continue => self.feed_handler(&data[consumed..], out),
+                v => v,
+            },
         }
+    }
+
+    fn has_backlog(&self) -> bool {
+        match &self.phase {
+            Phase::Open(h) => h.has_backlog(),
+            _ => false,
+        }
+    }
+
+    fn on_writable(&mut self, out: &mut Vec<u8>) -> Verdict {
+        self.with_handler(out, |h, out| h.resume(out))
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -232,7 +282,10 @@ impl Session for PipeSession {
                 // Ended (EOF, error, shutdown) before a full open message.
                 bump(&self.shared.counters.handshakes_closed_silently);
             }
-            Phase::Open(mut h) => h.on_close(),
+            Phase::Open(mut h) => {
+                // A panic here has nothing left to disturb.
+                let _ = catch_unwind(AssertUnwindSafe(|| h.on_close()));
+            }
             Phase::Done => {}
         }
         self.slot = None;
@@ -409,6 +462,60 @@ mod tests {
             encode_status_word(NtStatus::SUCCESS)
         );
         assert_eq!(stats(&sh).open("srvsvc"), 2);
+    }
+
+    struct Bomb;
+    impl Handler for Bomb {
+        fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
+            out.extend_from_slice(data);
+            if data == b"boom" {
+                panic!("handler bug");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn panics_in_handler_factory_or_policy_stay_in_their_connection() {
+        let mut sh = shared(false, Some(1), Box::new(AcceptAll));
+        Arc::get_mut(&mut sh).unwrap().factory = Box::new(|_: &PipeName, _: &NetUserInfo| Bomb);
+        let mut s = PipeSession::new(sh.clone(), 0, Instant::now());
+        assert_eq!(open(&mut s, 0, b"ok").0, Verdict::Continue);
+        let mut out = Vec::new();
+        assert_eq!(s.on_data(b"boom", &mut out), Verdict::Abort);
+        s.on_close(CloseReason::Session);
+        drop(s);
+        assert_eq!(stats(&sh).handler_errors, 1);
+        assert_eq!(stats(&sh).open("srvsvc"), 0);
+
+        let mut sh = shared(false, Some(1), Box::new(AcceptAll));
+        Arc::get_mut(&mut sh).unwrap().factory = Box::new(|_: &PipeName, u: &NetUserInfo| {
+            assert!(u.account != "alice", "factory bug");
+            Bomb
+        });
+        let mut s = PipeSession::new(sh.clone(), 0, Instant::now());
+        let (v, out) = open(&mut s, 0, b"");
+        assert_eq!(
+            (v, out),
+            (
+                Verdict::Close,
+                encode_status_word(NtStatus::INTERNAL_ERROR).to_vec()
+            )
+        );
+        // The open slot taken for it was given back.
+        assert_eq!(stats(&sh).open("srvsvc"), 0);
+
+        let policy = |_: &PipeName, _: &NetUserInfo| -> NtStatus { panic!("policy bug") };
+        let sh = shared(false, None, Box::new(policy));
+        let mut s = PipeSession::new(sh.clone(), 0, Instant::now());
+        let (v, out) = open(&mut s, 0, b"");
+        assert_eq!(
+            (v, out),
+            (
+                Verdict::Close,
+                encode_status_word(NtStatus::INTERNAL_ERROR).to_vec()
+            )
+        );
     }
 
     #[test]
