@@ -692,6 +692,26 @@ mod dcerpc {
         fx.stop();
     }
 
+    #[test]
+    fn half_closed_client_gets_every_reply_then_eof() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(30_000))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        let mut burst = Vec::new();
+        for id in 0..200 {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        s.write_all(&burst).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        for id in 0..200 {
+            assert_eq!(call_reply_only(&mut s, id, 30_000), 8);
+        }
+        assert_closed_silently(&mut s);
+        fx.wait_stats("closed", |s| s.connections_open == 0);
+        fx.stop();
+    }
+
     /// Reads the response to a request already sent; returns its fragment count.
     fn call_reply_only(s: &mut UnixStream, call_id: u32, reply: usize) -> usize {
         let mut n = 0;

@@ -774,14 +774,20 @@ impl EventLoop {
         let mut sqes: [Option<squeue::Entry>; 2] = [None, None];
 
         // A session with a backlog produces its next batch once the output
-        // has drained.
-        if c.phase == Phase::Open
+        // has drained (also when draining: the peer may have closed only
+        // its sending side). A session that makes no progress would stall
+        // the connection with its receive off: it is aborted instead.
+        if matches!(c.phase, Phase::Open | Phase::Draining)
             && !self.shutting_down
             && c.queued() <= self.cfg.output_low_water_bytes
             && c.session.has_backlog()
         {
+            let before = c.queued();
             let v = c.session.on_writable(&mut c.pending);
             apply(c, v, CloseReason::Session);
+            if c.queued() == before && c.session.has_backlog() {
+                abort(c, CloseReason::Session);
+            }
         }
 
         // Output.
@@ -851,8 +857,8 @@ impl EventLoop {
             Phase::Draining => {
                 c.recv == RecvState::Idle
                     && !c.send_inflight
-                    && sqes[0].is_none()
                     && c.queued() == 0
+                    && !c.session.has_backlog()
             }
             Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
         };
