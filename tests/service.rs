@@ -528,6 +528,30 @@ fn several_threads_share_the_listeners() {
 }
 
 #[test]
+fn idle_connections_hold_no_receive_buffer() {
+    // 1000 open connections, each with a receive armed, and a ring of 4
+    // buffers: used one at a time, the ring never runs dry.
+    opipe::ring::sys::raise_nofile_limit().unwrap();
+    let Some(fx) = start(|b| b.recv_buffers(4, 4096)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let mut conns: Vec<UnixStream> = (0..1000).map(|_| open_ok(&path)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        echo_once(c, format!("message {i}").as_bytes());
+    }
+    let st = fx.stats();
+    assert_eq!(
+        (st.connections_open, st.recv_no_buffers),
+        (1000, 0),
+        "{st:?}"
+    );
+    drop(conns);
+    fx.wait_stats("all closed", |s| s.connections_open == 0);
+    fx.stop();
+}
+
+#[test]
 fn receives_starved_of_buffers_are_rearmed() {
     // Two 64-byte buffers for 100 clients sending 1000 bytes each: the ring
     // runs dry again and again; every byte must still come back.
