@@ -907,6 +907,21 @@ impl EventLoop {
                 None => {}
             }
         }
+        // Entries of connections gone or past their deadline phase are
+        // dropped lazily; rebuild when they outnumber the live ones, so
+        // connection churn cannot grow the heap without bound.
+        if st.deadlines.len() > 2 * st.conns.len + 1024 {
+            let live: Vec<_> = st
+                .deadlines
+                .drain()
+                .filter(|Reverse((_, idx, gen))| {
+                    st.conns
+                        .get_mut(*idx, *gen)
+                        .is_some_and(|c| c.session.deadline().is_some())
+                })
+                .collect();
+            st.deadlines = live.into_iter().collect();
+        }
         Ok(())
     }
 }
