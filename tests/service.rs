@@ -166,13 +166,17 @@ fn bad_magic_closes_without_status() {
     bad_handshake_case(
         |b| b,
         |s| {
-            let hdr = PipeHeader {
+            // One write: were the 16 bytes to arrive after the service
+            // closed on the header, AF_UNIX would reset the connection
+            // (unread data) instead of showing an orderly close.
+            let mut msg = PipeHeader {
                 magic: PIPE_MAGIC ^ 0x20,
                 uilen: 16,
             }
-            .encode();
-            s.write_all(&hdr).unwrap();
-            s.write_all(&[0u8; 16]).unwrap();
+            .encode()
+            .to_vec();
+            msg.extend_from_slice(&[0u8; 16]);
+            s.write_all(&msg).unwrap();
         },
     );
 }
