@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod call;
+mod serve;
 
 /// io_uring transport for SMB named pipes (illumos smb_opipe compatible).
 #[derive(Debug, Parser)]
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve pipes on AF_UNIX sockets in a directory, like illumos smbd.
+    Serve(serve::ServeArgs),
     /// Open a pipe through the io_uring engine and run steps on it; prints JSON.
     Call(call::CallArgs),
     /// FSCTL_PIPE_WAIT: wait until a pipe's listener accepts; prints JSON.
@@ -25,6 +28,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Call(args) => call::run(args),
         Command::Wait(args) => call::run_wait(args),
     }

@@ -1,13 +1,21 @@
 //! The io_uring layer: ring set-up, probing, and the SQE machinery used by
 //! the engine and the service. This is the only module with `unsafe` code;
 //! every unsafe block carries a `// SAFETY:` comment saying what it relies on.
+//!
+//! * [`setup`]: ring creation with clear errors, kernel feature probes;
+//! * [`driver`]: the engine's owned-resource SQE driver (chains, cancel,
+//!   registered buffers);
+//! * [`server`] and [`bufring`]: the pipe service's event loop (multishot
+//!   accept and receive on a provided-buffer ring);
+//! * [`sock`] and [`sys`]: the few direct syscalls.
 
-pub mod setup;
-
-pub use setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+pub mod bufring;
 pub mod driver;
+pub mod server;
+pub mod setup;
+pub mod sock;
+pub mod sys;
 
 pub use driver::{Completion, Driver, DriverConfig, Op, RegBuf, SqeId, UnixAddr, WakeFd};
-pub mod sock;
-
+pub use setup::{new_ring, probe_features, Features, RingError, SetupFlags};
 pub use sock::{fionread, shutdown, unix_stream_socket};
