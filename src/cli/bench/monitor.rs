@@ -1,0 +1,107 @@
+//! A helper thread that watches a run: it draws a progress line when stderr
+//! is a terminal, and it ends a bench that has stopped moving (a service
+//! that accepted but never answers would otherwise hang it forever).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::measure::StopRule;
+use super::peer::Run;
+use super::sys;
+
+const TICK: Duration = Duration::from_millis(250);
+/// A run in which no pipe opened and no transceive finished for this long
+/// is stuck.
+const STALL: Duration = Duration::from_secs(20);
+
+/// What to clean up when a stuck run forces the bench to exit.
+#[derive(Debug, Clone, Default)]
+pub struct OnStall {
+    /// The service child to kill.
+    pub child_pid: Option<u32>,
+    /// Its temporary directory to remove.
+    pub dir: Option<PathBuf>,
+}
+
+/// The running monitor; [`Monitor::stop`] ends it.
+#[derive(Debug)]
+pub struct Monitor {
+    stop: mpsc::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Watches `run`, labelled `label` in the progress line.
+    pub fn start(run: Arc<Run>, label: String, draw: bool, on_stall: OnStall) -> Monitor {
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-monitor".into())
+            .spawn(move || watch(&run, &label, draw, &on_stall, &stopped))
+            .ok();
+        Monitor { stop, thread }
+    }
+
+    /// Stops watching (and erases the progress line).
+    pub fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc::Receiver<()>) {
+    let begin = Instant::now();
+    let mut last = (0, 0);
+    let mut last_change = begin;
+    let target = match run.spec.stop {
+        StopRule::Duration(d) => format!("/{:.1} s", d.as_secs_f64()),
+        StopRule::Requests(n) => format!(" s, {n} requests"),
+    };
+    let mut err = std::io::stderr();
+    // Ends on a stop message or when the Monitor is dropped.
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+        let now = run.recorder.progress();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > STALL {
+            give_up(label, now, on_stall);
+        }
+        if draw {
+            let (opened, done) = now;
+            let _ = write!(
+                err,
+                "\r\x1b[2K{label}: {opened}/{} pipes open, {:.1}{target}, {done} transceives",
+                run.spec.pipes,
+                begin.elapsed().as_secs_f64(),
+            );
+            let _ = err.flush();
+        }
+    }
+    if draw {
+        let _ = write!(err, "\r\x1b[2K");
+        let _ = err.flush();
+    }
+}
+
+/// Ends the process: nothing else can unblock a peer stuck in a read.
+fn give_up(label: &str, (opened, done): (u64, u64), on_stall: &OnStall) -> ! {
+    eprintln!(
+        "\nopipe bench: {label}: no pipe opened and no transceive finished for {} s \
+         ({opened} pipes open, {done} transceives); the service does not answer. Giving up.",
+        STALL.as_secs()
+    );
+    if let Some(pid) = on_stall.child_pid {
+        // The main thread is blocked in the run and will not reap it first.
+        sys::signal(pid, libc::SIGKILL);
+    }
+    if let Some(dir) = &on_stall.dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::process::exit(1);
+}

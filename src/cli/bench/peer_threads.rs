@@ -1,0 +1,185 @@
+//! Peer `threads`: one blocking OS thread per pipe on a std `UnixStream`,
+//! the illumos seed's model (a kernel thread blocks in `ksocket_recv` per
+//! outstanding request).
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::Instant;
+
+use super::exchange::{self, TransceiveError};
+use super::measure::{Baseline, Clock, Measured};
+use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::sys;
+
+/// Stack of each pipe thread: enough for the blocking loop, small enough
+/// that 4096 of them fit comfortably.
+const STACK_BYTES: usize = 64 * 1024;
+
+/// One blocking thread per pipe.
+#[derive(Debug, Default)]
+pub struct ThreadsPeer;
+
+impl Peer for ThreadsPeer {
+    fn name(&self) -> &'static str {
+        "threads"
+    }
+
+    fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
+        let run: &Run = run;
+        let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
+        // The threads meet at one reusable barrier four times: all opened,
+        // go, all done, close. Its size is known only once every thread has
+        // been spawned (a spawn can fail), so it is handed out through `roster`.
+        let roster = Roster::default();
+        let outcome = std::thread::scope(|scope| {
+            let mut spawned = 0;
+            let mut spawn_error = None;
+            for pipe in 0..run.spec.pipes {
+                let roster = &roster;
+                let spawn = std::thread::Builder::new()
+                    .stack_size(STACK_BYTES)
+                    .spawn_scoped(scope, move || pipe_thread(run, pipe, roster));
+                match spawn {
+                    Ok(_) => spawned += 1,
+                    Err(e) => {
+                        spawn_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = &spawn_error {
+                for pipe in spawned..run.spec.pipes {
+                    run.recorder
+                        .error(pipe, || format!("no thread for this pipe: {e}"));
+                }
+            }
+            let barrier = roster.publish(spawned + 1);
+            barrier.wait(); // every spawned pipe is open (or failed)
+            let clock = Clock::start(&run.budget);
+            barrier.wait(); // go
+            barrier.wait(); // every pipe is done transceiving
+            let measured = clock.and_then(|c| c.stop(before));
+            barrier.wait(); // close
+            measured
+        });
+        let measured: Measured = outcome.map_err(BenchError::io("measuring the run"))?;
+        Ok(PeerRun {
+            backend: format!(
+                "std blocking UnixStream, one OS thread per pipe ({} KiB stacks), FIONREAD",
+                STACK_BYTES / 1024
+            ),
+            measured,
+        })
+    }
+}
+
+/// Hands the rendezvous barrier to threads once its size is known.
+#[derive(Default)]
+struct Roster {
+    barrier: Mutex<Option<Arc<Barrier>>>,
+    ready: Condvar,
+}
+
+impl Roster {
+    fn publish(&self, parties: usize) -> Arc<Barrier> {
+        let b = Arc::new(Barrier::new(parties));
+        *self.barrier.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+        self.ready.notify_all();
+        b
+    }
+
+    fn wait(&self) -> Arc<Barrier> {
+        let mut g = self.barrier.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(b) = g.as_ref() {
+                return b.clone();
+            }
+            g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn pipe_thread(run: &Run, pipe: usize, roster: &Roster) {
+    let stream = match open(run, pipe) {
+        Ok(s) => {
+            run.recorder.opened(pipe);
+            Some(s)
+        }
+        Err(e) => {
+            run.recorder.error(pipe, || format!("open: {e}"));
+            None
+        }
+    };
+    let barrier = roster.wait();
+    barrier.wait(); // opened
+    barrier.wait(); // go
+    if let Some(mut stream) = stream {
+        drive(run, pipe, &mut stream);
+        barrier.wait(); // done
+        barrier.wait(); // close: `stream` drops after this
+    } else {
+        barrier.wait();
+        barrier.wait();
+    }
+}
+
+/// Connect and the open handshake, blocking.
+fn open(run: &Run, pipe: usize) -> Result<UnixStream, TransceiveError> {
+    let mut s = UnixStream::connect(run.service.socket_path())?;
+    s.write_all(&run.exchange.open_message(pipe)?)?;
+    let mut word = [0u8; exchange::STATUS_WORD_BYTES];
+    s.read_exact(&mut word)?;
+    exchange::check_open_status(word)?;
+    Ok(s)
+}
+
+/// Transceives on one pipe until the budget runs out or the pipe fails.
+fn drive(run: &Run, pipe: usize, stream: &mut UnixStream) {
+    let fd = stream.as_raw_fd();
+    let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
+    let max_out = run.spec.max_out;
+    let mut call_id: u32 = 0;
+    let mut now = Instant::now();
+    while run.budget.take(now) {
+        call_id = call_id.wrapping_add(1);
+        let request = run.exchange.request(call_id);
+        let start = Instant::now();
+        let result = (|| -> Result<bool, TransceiveError> {
+            stream.write_all(&request)?;
+            let n = read_once(stream, &mut buf[..max_out])?;
+            let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+            while let Some(rest) = reply.missing() {
+                let k = read_once(stream, &mut buf[rest])?;
+                reply.advance(k)?;
+            }
+            let end = Instant::now();
+            run.exchange.verify(&buf[..reply.len()], call_id)?;
+            now = end;
+            Ok(reply.overflow())
+        })();
+        match result {
+            Ok(overflow) => {
+                let ns = now.saturating_duration_since(start).as_nanos();
+                run.recorder
+                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
+            }
+            Err(e) => {
+                run.recorder
+                    .error(pipe, || format!("transceive {call_id}: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// One `read(2)`, retried only on EINTR: the seed's single receive.
+fn read_once(stream: &mut UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Peer `tokio`: tokio's multi-threaded runtime (default worker count) on
+//! epoll, one task per pipe.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::Barrier;
+
+use super::exchange::{self, TransceiveError};
+use super::measure::{Baseline, Clock};
+use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::sys;
+
+/// One tokio task per pipe on the multi-threaded runtime.
+#[derive(Debug, Default)]
+pub struct TokioPeer;
+
+impl Peer for TokioPeer {
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
+
+    fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_io()
+            .build()
+            .map_err(BenchError::io("building the tokio runtime"))?;
+        let workers = rt.metrics().num_workers();
+        let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
+        let measured = rt.block_on(async {
+            let pipes = run.spec.pipes;
+            // Rendezvous four times: all opened, go, all done, close.
+            let barrier = Arc::new(Barrier::new(pipes + 1));
+            let mut tasks = Vec::with_capacity(pipes);
+            for pipe in 0..pipes {
+                // Connected here with a blocking connect: a non-blocking
+                // AF_UNIX connect fails with EAGAIN when the listen backlog is
+                // full, which thousands of simultaneous opens would hit.
+                let connected = std::os::unix::net::UnixStream::connect(run.service.socket_path());
+                let (run, barrier) = (run.clone(), barrier.clone());
+                tasks.push(tokio::spawn(pipe_task(run, pipe, connected, barrier)));
+            }
+            barrier.wait().await; // opened
+            let clock = Clock::start(&run.budget);
+            barrier.wait().await; // go
+            barrier.wait().await; // done
+            let measured = clock.and_then(|c| c.stop(before));
+            barrier.wait().await; // close
+            for t in tasks {
+                // A task can only fail by panicking, which it does not do.
+                let _ = t.await;
+            }
+            measured
+        });
+        drop(rt);
+        let measured = measured.map_err(BenchError::io("measuring the run"))?;
+        Ok(PeerRun {
+            backend: format!(
+                "tokio multi-thread runtime, {workers} workers, epoll, one task per pipe, FIONREAD"
+            ),
+            measured,
+        })
+    }
+}
+
+async fn pipe_task(
+    run: Arc<Run>,
+    pipe: usize,
+    connected: io::Result<std::os::unix::net::UnixStream>,
+    barrier: Arc<Barrier>,
+) {
+    let stream = match open(&run, pipe, connected).await {
+        Ok(s) => {
+            run.recorder.opened(pipe);
+            Some(s)
+        }
+        Err(e) => {
+            run.recorder.error(pipe, || format!("open: {e}"));
+            None
+        }
+    };
+    barrier.wait().await; // opened
+    barrier.wait().await; // go
+    if let Some(mut s) = stream {
+        drive(&run, pipe, &mut s).await;
+        barrier.wait().await; // done
+        barrier.wait().await; // close: `s` drops after this
+    } else {
+        barrier.wait().await;
+        barrier.wait().await;
+    }
+}
+
+async fn open(
+    run: &Run,
+    pipe: usize,
+    connected: io::Result<std::os::unix::net::UnixStream>,
+) -> Result<UnixStream, TransceiveError> {
+    let std_stream = connected?;
+    std_stream.set_nonblocking(true)?;
+    let mut s = UnixStream::from_std(std_stream)?;
+    s.write_all(&run.exchange.open_message(pipe)?).await?;
+    let mut word = [0u8; exchange::STATUS_WORD_BYTES];
+    s.read_exact(&mut word).await?;
+    exchange::check_open_status(word)?;
+    Ok(s)
+}
+
+async fn drive(run: &Run, pipe: usize, stream: &mut UnixStream) {
+    let fd = stream.as_raw_fd();
+    let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
+    let max_out = run.spec.max_out;
+    let mut call_id: u32 = 0;
+    let mut now = Instant::now();
+    while run.budget.take(now) {
+        call_id = call_id.wrapping_add(1);
+        let request = run.exchange.request(call_id);
+        let start = Instant::now();
+        let result: Result<bool, TransceiveError> = async {
+            stream.write_all(&request).await?;
+            let n = stream.read(&mut buf[..max_out]).await?;
+            let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+            while let Some(rest) = reply.missing() {
+                let k = stream.read(&mut buf[rest]).await?;
+                reply.advance(k)?;
+            }
+            now = Instant::now();
+            run.exchange.verify(&buf[..reply.len()], call_id)?;
+            Ok(reply.overflow())
+        }
+        .await;
+        match result {
+            Ok(overflow) => {
+                let ns = now.saturating_duration_since(start).as_nanos();
+                run.recorder
+                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
+            }
+            Err(e) => {
+                run.recorder
+                    .error(pipe, || format!("transceive {call_id}: {e}"));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Peer `tokio-uring`: tokio-uring 0.5 on one runtime thread, one task per
+//! pipe, its `UnixStream` made with `from_std` (its `UnixListener` cannot
+//! bind on current kernels; its reads are `IORING_OP_READ` on the socket).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Barrier;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::UnixStream;
+
+use super::exchange::{self, TransceiveError};
+use super::measure::{Baseline, Clock};
+use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::sys;
+
+/// Submission queue entries of the runtime's ring.
+const RING_ENTRIES: u32 = 1024;
+
+/// One tokio-uring task per pipe, one thread.
+#[derive(Debug, Default)]
+pub struct TokioUringPeer;
+
+impl Peer for TokioUringPeer {
+    fn name(&self) -> &'static str {
+        "tokio-uring"
+    }
+
+    fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
+        let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => {
+                    BenchError::Unavailable(format!(
+                        "io_uring_setup refused ({e}): io_uring is switched off or blocked here"
+                    ))
+                }
+                _ => BenchError::Io {
+                    context: "building the tokio-uring runtime",
+                    source: e,
+                },
+            },
+        )?;
+        let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
+        let measured = rt.block_on(async {
+            let pipes = run.spec.pipes;
+            let barrier = Arc::new(Barrier::new(pipes + 1));
+            let mut tasks = Vec::with_capacity(pipes);
+            for pipe in 0..pipes {
+                // Blocking connect, as in the tokio peer (backlog EAGAIN).
+                let connected = std::os::unix::net::UnixStream::connect(run.service.socket_path());
+                let (run, barrier) = (run.clone(), barrier.clone());
+                tasks.push(tokio_uring::spawn(pipe_task(run, pipe, connected, barrier)));
+            }
+            barrier.wait().await; // opened
+            let clock = Clock::start(&run.budget);
+            barrier.wait().await; // go
+            barrier.wait().await; // done
+            let measured = clock.and_then(|c| c.stop(before));
+            barrier.wait().await; // close
+            for t in tasks {
+                let _ = t.await;
+            }
+            measured
+        });
+        drop(rt);
+        let measured = measured.map_err(BenchError::io("measuring the run"))?;
+        Ok(PeerRun {
+            backend: format!(
+                "tokio-uring 0.5, one thread, {RING_ENTRIES}-entry ring, READ/WRITE ops, one task per pipe, FIONREAD"
+            ),
+            measured,
+        })
+    }
+}
+
+async fn pipe_task(
+    run: Arc<Run>,
+    pipe: usize,
+    connected: io::Result<std::os::unix::net::UnixStream>,
+    barrier: Arc<Barrier>,
+) {
+    let stream = match open(&run, pipe, connected).await {
+        Ok(s) => {
+            run.recorder.opened(pipe);
+            Some(s)
+        }
+        Err(e) => {
+            run.recorder.error(pipe, || format!("open: {e}"));
+            None
+        }
+    };
+    barrier.wait().await; // opened
+    barrier.wait().await; // go
+    if let Some(s) = stream {
+        drive(&run, pipe, &s).await;
+        barrier.wait().await; // done
+        barrier.wait().await; // close: `s` drops after this
+    } else {
+        barrier.wait().await;
+        barrier.wait().await;
+    }
+}
+
+async fn open(
+    run: &Run,
+    pipe: usize,
+    connected: io::Result<std::os::unix::net::UnixStream>,
+) -> Result<UnixStream, TransceiveError> {
+    let s = UnixStream::from_std(connected?);
+    let (res, _) = s.write_all(run.exchange.open_message(pipe)?).await;
+    res?;
+    let mut word = vec![0u8; exchange::STATUS_WORD_BYTES];
+    let mut got = 0;
+    while got < word.len() {
+        let (res, slice) = s.read(word.slice(got..)).await;
+        word = slice.into_inner();
+        match res? {
+            0 => return Err(TransceiveError::Closed),
+            n => got += n,
+        }
+    }
+    let mut status = [0u8; exchange::STATUS_WORD_BYTES];
+    status.copy_from_slice(&word);
+    exchange::check_open_status(status)?;
+    Ok(s)
+}
+
+async fn drive(run: &Run, pipe: usize, stream: &UnixStream) {
+    let fd = stream.as_raw_fd();
+    // Owned buffers travel into each operation and come back with its result.
+    let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
+    let max_out = run.spec.max_out;
+    let mut call_id: u32 = 0;
+    let mut now = Instant::now();
+    while run.budget.take(now) {
+        call_id = call_id.wrapping_add(1);
+        let request = run.exchange.request(call_id);
+        let start = Instant::now();
+        let (result, back) = transceive(run, stream, fd, request, buf, max_out).await;
+        buf = back;
+        let result = result.and_then(|(len, overflow)| {
+            now = Instant::now();
+            run.exchange.verify(&buf[..len], call_id)?;
+            Ok(overflow)
+        });
+        match result {
+            Ok(overflow) => {
+                let ns = now.saturating_duration_since(start).as_nanos();
+                run.recorder
+                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
+            }
+            Err(e) => {
+                run.recorder
+                    .error(pipe, || format!("transceive {call_id}: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Write, one read of `max_out`, the rest; returns the reply length and
+/// whether the first read was an overflow, and always gives `buf` back.
+async fn transceive(
+    run: &Run,
+    stream: &UnixStream,
+    fd: i32,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+    max_out: usize,
+) -> (Result<(usize, bool), TransceiveError>, Vec<u8>) {
+    let (res, _) = stream.write_all(request).await;
+    if let Err(e) = res {
+        return (Err(e.into()), buf);
+    }
+    let (res, slice) = stream.read(buf.slice(..max_out)).await;
+    let mut buf = slice.into_inner();
+    let n = match res {
+        Ok(n) => n,
+        Err(e) => return (Err(e.into()), buf),
+    };
+    let mut reply = match run.exchange.first_read(n, || sys::bytes_queued(fd)) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), buf),
+    };
+    while let Some(rest) = reply.missing() {
+        let (res, slice) = stream.read(buf.slice(rest)).await;
+        buf = slice.into_inner();
+        if let Err(e) = res
+            .map_err(TransceiveError::from)
+            .and_then(|k| reply.advance(k))
+        {
+            return (Err(e), buf);
+        }
+    }
+    (Ok((reply.len(), reply.overflow())), buf)
+}
