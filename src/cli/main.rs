@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Benchmark transceives over many pipes with several client engines.
+    // The help text is BenchArgs' doc comment.
     Bench(bench::BenchArgs),
 }
 
