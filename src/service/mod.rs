@@ -1,1 +1,66 @@
-//! The pipe service: the process at the other end of the socket (work in progress).
+//! The pipe service: the process at the other end of the socket, like the
+//! illumos smbd pipe service.
+//!
+//! A service listens on `<dir>/<name>` (AF_UNIX stream) for each of its pipe
+//! names, runs the service side of the open handshake on every connection
+//! (PROTOCOL.md section 2), decides each open (anonymous users, an
+//! [`AcceptPolicy`], a per-name open limit), answers the 4-byte status, and
+//! hands accepted connections to a [`Handler`] made by a
+//! [`HandlerFactory`].
+//!
+//! Connections are served by one io_uring event loop per service thread
+//! (`crate::ring::server`): no thread per connection, and idle connections
+//! hold no receive buffer. Everything in this module is safe Rust; the
+//! handshake ([`handshake`]), the sessions and the handlers are sans-IO and
+//! unit-tested without sockets.
+//!
+//! ```no_run
+//! use opipe::service::{DceRpcFactory, Service};
+//! let svc = Service::builder("/var/smb/pipe")
+//!     .pipe("srvsvc")
+//!     .pipe("lsarpc")
+//!     .handler(DceRpcFactory::new(1024))
+//!     .deny_anonymous(true)
+//!     .start()?;
+//! println!("{:?}", svc.stats());
+//! svc.shutdown()?;
+//! svc.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod dcerpc;
+pub mod handler;
+pub mod handshake;
+mod runtime;
+mod session;
+mod stats;
+
+pub use dcerpc::{DceRpc, DceRpcFactory};
+pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory};
+pub use runtime::{
+    Service, ServiceBuilder, ServiceError, ServiceHandle, DEFAULT_HANDSHAKE_TIMEOUT,
+};
+pub use session::{AcceptAll, AcceptPolicy};
+pub use stats::Stats;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use crate::protocol::{ClientAddr, NetUserInfo};
+    use std::net::Ipv4Addr;
+
+    /// A plausible user with the given flags.
+    pub(crate) fn user(flags: u32) -> NetUserInfo {
+        NetUserInfo {
+            session_id: 0x1122_3344_5566_7788,
+            domain: "WORKGROUP".into(),
+            account: "alice".into(),
+            posix_uid: 1000,
+            workstation: "PC1".into(),
+            client_addr: ClientAddr::V4(Ipv4Addr::new(192, 168, 1, 2)),
+            native_os: 0,
+            logon_time: 1_700_000_000,
+            numopens: 1,
+            flags,
+        }
+    }
+}

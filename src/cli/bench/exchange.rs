@@ -24,6 +24,7 @@ use opipe::protocol::dcerpc;
 use opipe::protocol::{
     decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, STATUS_WORD_LEN,
 };
+use opipe::service::dcerpc::reply_stub_byte;
 
 use super::spec::{RunSpec, WireSize, MAX_FRAG_BYTES};
 
@@ -266,11 +267,9 @@ impl ReplyProgress {
 }
 
 /// The stub bytes the service's dcerpc handler puts in a reply of
-/// `stub_bytes`.
+/// `stub_bytes`: its own pattern function, byte by byte.
 fn expected_reply_stub(stub_bytes: usize) -> Vec<u8> {
-    // TODO(unify): placeholder until the service branch lands its pattern
-    // function; then call it instead.
-    (0..stub_bytes).map(|i| i as u8).collect()
+    (0..stub_bytes).map(reply_stub_byte).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,1051 @@
+//! The service event loop: one io_uring per thread serving many stream
+//! connections accepted from one or more listening sockets.
+//!
+//! The loop knows nothing of pipes: each connection is driven by a
+//! [`Session`] (bytes in, bytes out, a verdict), made by an [`Acceptor`].
+//!
+//! # Operations in flight
+//!
+//! * per listener: one multishot `ACCEPT` (re-armed when it ends; paused for
+//!   a moment on `EMFILE`/`ENFILE`/`ENOMEM`);
+//! * per connection: at most one multishot `RECV` selecting from the loop's
+//!   [`BufRing`] and at most one `SEND` of the connection's own output
+//!   buffer (partial sends are resubmitted from where they stopped);
+//! * one `POLL_ADD` on the shutdown eventfd;
+//! * `ASYNC_CANCEL`s, which refer only to a target's `user_data`.
+//!
+//! # Buffers
+//!
+//! A receive completion names a provided buffer; the loop hands its bytes to
+//! the session and puts it back into the ring before the next completion,
+//! so buffers are held only while a batch of completions is processed and
+//! idle connections hold none. `-ENOBUFS` (ring empty) ends a multishot
+//! receive: the connection is re-armed after the batch, when every buffer is
+//! back. Each connection owns two output vectors: `sending`, lent to the
+//! kernel by the one `SEND` in flight and not touched until its completion,
+//! and `pending`, where the session appends replies meanwhile.
+//!
+//! # Backpressure
+//!
+//! When a connection's unsent output exceeds the high-water mark its receive
+//! is cancelled (a client that does not read its replies stops being read);
+//! it is re-armed once the output drains below the low-water mark. Output can
+//! overshoot the mark by what the completions already in the queue produce,
+//! never by more.
+//!
+//! # Closing
+//!
+//! A connection that must close stops receiving (its receive is cancelled),
+//! then, for a graceful close, flushes its output; an abort cancels the send
+//! too. The fd is closed and the connection's memory freed only once neither
+//! a receive nor a send on it is in flight, i.e. after their final
+//! completions, whatever the cancel answered (`-EALREADY` included).
+//!
+//! # Shutdown
+//!
+//! A shared eventfd becomes readable: every loop cancels its accepts, aborts
+//! all connections (an fd an accept returns meanwhile is closed at once) and
+//! returns when no operation of its ring is in flight any more. Only then is
+//! the buffer ring unregistered and freed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::bufring::BufRing;
+use super::setup::{new_ring, probe_features, RingError};
+
+/// What a session wants after it was fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep the connection.
+    Continue,
+    /// Stop receiving, send what is queued, then close.
+    Close,
+    /// Close now; queued output is dropped.
+    Abort,
+}
+
+/// Why a connection was closed, as told to [`Session::on_close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its end (a receive returned 0).
+    PeerClosed,
+    /// A receive or send failed with this errno.
+    Error(i32),
+    /// The session asked for it ([`Verdict::Close`] or [`Verdict::Abort`]).
+    Session,
+    /// The session's deadline passed and it chose to close.
+    Deadline,
+    /// The service is shutting down.
+    Shutdown,
+}
+
+/// One connection's protocol logic. Called only on the loop's thread.
+pub trait Session {
+    /// Bytes received, in order. Append replies to `out`.
+    fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict;
+
+    /// The instant at which [`on_deadline`](Self::on_deadline) is due, if
+    /// any. Asked after the connection is accepted and again when the
+    /// recorded instant passes (so a later answer postpones it).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline passed.
+    fn on_deadline(&mut self, _out: &mut Vec<u8>) -> Verdict {
+        Verdict::Abort
+    }
+
+    /// True while the session holds input it has not answered yet because
+    /// it stopped producing output (a session should stop appending to
+    /// `out` once it holds a batch, rather than turn a small request burst
+    /// into unbounded output). The loop then stops receiving from this
+    /// connection and calls [`on_writable`](Self::on_writable) each time
+    /// the output has drained below the low-water mark.
+    fn has_backlog(&self) -> bool {
+        false
+    }
+
+    /// The output drained while [`has_backlog`](Self::has_backlog) was
+    /// true: produce the next batch.
+    fn on_writable(&mut self, _out: &mut Vec<u8>) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// `bytes` of output reached the socket.
+    fn on_sent(&mut self, _bytes: usize) {}
+
+    /// The connection is closed (its fd is closed right after this call).
+    fn on_close(&mut self, _reason: CloseReason) {}
+}
+
+/// Makes a [`Session`] for each accepted connection.
+pub trait Acceptor {
+    /// The session type.
+    type Session: Session;
+
+    /// A connection arrived on listener number `listener` (its index in the
+    /// list given to the loop). `None` closes it at once.
+    fn accept(&mut self, listener: usize) -> Option<Self::Session>;
+}
+
+/// Sizes and limits of one event loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Submission queue entries (the completion queue gets 4 times more).
+    pub sq_entries: u32,
+    /// Number of provided receive buffers (a power of two, <= 32768).
+    pub recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    pub recv_buffer_bytes: u32,
+    /// Unsent output above which a connection stops being read.
+    pub output_high_water_bytes: usize,
+    /// Unsent output below which a paused connection is read again.
+    pub output_low_water_bytes: usize,
+    /// Connections this loop holds at most; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            sq_entries: 2048,
+            recv_buffers: 512,
+            recv_buffer_bytes: 16 * 1024,
+            output_high_water_bytes: 256 * 1024,
+            output_low_water_bytes: 64 * 1024,
+            max_connections: 1 << 20,
+        }
+    }
+}
+
+/// Counters of the loop machinery, shared by every loop of a service.
+#[derive(Debug, Default)]
+pub struct LoopCounters {
+    /// Connections accepted from the kernel.
+    pub accepted: AtomicU64,
+    /// Connections closed at once because the loop was full or the acceptor said no.
+    pub refused: AtomicU64,
+    /// Multishot receives ended by an empty buffer ring (then re-armed).
+    pub recv_no_buffers: AtomicU64,
+    /// Times a connection stopped being read because its output was full.
+    pub backpressure_pauses: AtomicU64,
+    /// Accept completions that failed (and were re-armed).
+    pub accept_errors: AtomicU64,
+    /// Bytes received on connections.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent on connections.
+    pub bytes_out: AtomicU64,
+}
+
+/// Operation kinds, stored in the top byte of `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Cancel = 4,
+    ShutdownPoll = 5,
+}
+
+fn ud(kind: Kind, idx: u32, gen: u32) -> u64 {
+    ((kind as u64) << 56) | ((u64::from(gen) & 0x00ff_ffff) << 32) | u64::from(idx)
+}
+
+fn ud_parts(ud: u64) -> (Option<Kind>, u32, u32) {
+    let kind = match ud >> 56 {
+        1 => Some(Kind::Accept),
+        2 => Some(Kind::Recv),
+        3 => Some(Kind::Send),
+        4 => Some(Kind::Cancel),
+        5 => Some(Kind::ShutdownPoll),
+        _ => None,
+    };
+    (kind, ((ud >> 32) & 0x00ff_ffff) as u32, ud as u32)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    /// No receive in flight.
+    Idle,
+    /// A multishot receive is in flight.
+    Armed,
+    /// A cancel was sent; the final completion is still to come.
+    Cancelling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Stop reading, flush, close.
+    Draining,
+    /// Stop everything, close.
+    Aborting,
+}
+
+struct Conn<S> {
+    fd: OwnedFd,
+    gen: u32,
+    session: S,
+    phase: Phase,
+    reason: CloseReason,
+    recv: RecvState,
+    /// A receive ended with -ENOBUFS; re-arm after the batch.
+    starved: bool,
+    /// Receive cancelled because of backpressure.
+    paused: bool,
+    send_inflight: bool,
+    send_cancelling: bool,
+    /// Output lent to the send in flight (bytes `sent..` still to go).
+    sending: Vec<u8>,
+    sent: usize,
+    /// Output produced while a send was in flight.
+    pending: Vec<u8>,
+}
+
+impl<S> Conn<S> {
+    fn queued(&self) -> usize {
+        self.sending.len() - self.sent + self.pending.len()
+    }
+}
+
+/// A free-list slab of connections, indexed by `u32`.
+struct Slab<S> {
+    slots: Vec<Option<Conn<S>>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<S> Slab<S> {
+    fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Reserves a slot and returns its index and fresh generation.
+    fn vacant(&mut self) -> (u32, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let g = &mut self.gens[idx as usize];
+        *g = g.wrapping_add(1) & 0x00ff_ffff;
+        (idx, *g)
+    }
+
+    fn insert(&mut self, idx: u32, conn: Conn<S>) {
+        debug_assert!(self.slots[idx as usize].is_none());
+        self.slots[idx as usize] = Some(conn);
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Conn<S>> {
+        match self.slots.get_mut(idx as usize) {
+            Some(Some(c)) if c.gen == gen => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, idx: u32) -> Option<Conn<S>> {
+        let c = self.slots.get_mut(idx as usize)?.take()?;
+        self.free.push(idx);
+        self.len -= 1;
+        Some(c)
+    }
+
+    fn indices(&self) -> Vec<(u32, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|c| (i as u32, c.gen)))
+            .collect()
+    }
+}
+
+struct Listener {
+    fd: Arc<OwnedFd>,
+    armed: bool,
+    /// Accepts paused until then (after EMFILE and friends).
+    resume_at: Option<Instant>,
+}
+
+/// How long accepts pause after the process ran out of fds or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One io_uring event loop. Create it on the thread that will run it.
+pub struct EventLoop {
+    ring: IoUring,
+    bufs: BufRing,
+    cfg: LoopConfig,
+    listeners: Vec<Listener>,
+    shutdown_fd: Arc<OwnedFd>,
+    counters: Arc<LoopCounters>,
+    /// Operations submitted whose final completion has not been seen.
+    inflight: usize,
+    shutting_down: bool,
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("bufs", &self.bufs)
+            .field("listeners", &self.listeners.len())
+            .field("inflight", &self.inflight)
+            .field("shutting_down", &self.shutting_down)
+            .finish()
+    }
+}
+
+/// Everything one `run` owns besides the ring.
+struct State<A: Acceptor> {
+    acceptor: A,
+    conns: Slab<A::Session>,
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    starved: Vec<(u32, u32)>,
+}
+
+/// Output vectors bigger than this are not kept around on idle connections.
+const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+
+impl EventLoop {
+    /// Creates the ring (through [`new_ring`]) and the buffer ring. The loop
+    /// keeps the listeners and the shutdown eventfd open while it runs.
+    pub fn new(
+        cfg: LoopConfig,
+        listeners: Vec<Arc<OwnedFd>>,
+        shutdown_fd: Arc<OwnedFd>,
+        counters: Arc<LoopCounters>,
+    ) -> Result<EventLoop, RingError> {
+        if cfg.output_low_water_bytes > cfg.output_high_water_bytes {
+            return Err(RingError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "output low-water mark above the high-water mark",
+            )));
+        }
+        let (ring, _flags) = new_ring(cfg.sq_entries, cfg.sq_entries.saturating_mul(4))?;
+        probe_features(&ring)?;
+        let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_bytes)
+            .map_err(RingError::Io)?;
+        Ok(EventLoop {
+            ring,
+            bufs,
+            cfg,
+            listeners: listeners
+                .into_iter()
+                .map(|fd| Listener {
+                    fd,
+                    armed: false,
+                    resume_at: None,
+                })
+                .collect(),
+            shutdown_fd,
+            counters,
+            inflight: 0,
+            shutting_down: false,
+        })
+    }
+
+    /// Serves until the shutdown eventfd becomes readable, then closes every
+    /// connection and returns once nothing is in flight.
+    pub fn run<A: Acceptor>(mut self, acceptor: A) -> io::Result<()> {
+        let mut st = State {
+            acceptor,
+            conns: Slab::new(),
+            deadlines: BinaryHeap::new(),
+            starved: Vec::new(),
+        };
+        let result = self.serve(&mut st);
+        if result.is_err() {
+            // Try to end what is in flight so memory can be freed; what
+            // cannot be drained is leaked below rather than freed early.
+            let _ = self.begin_shutdown(&mut st);
+            let _ = self.drain(&mut st, Duration::from_secs(2));
+        }
+        if self.inflight == 0 {
+            self.bufs.unregister(&self.ring)?;
+        } else {
+            // Operations may still write into connection buffers or receive
+            // buffers: leak them (BufRing leaks itself while registered).
+            std::mem::forget(st);
+        }
+        result
+    }
+
+    fn serve<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        let poll =
+            opcode::PollAdd::new(types::Fd(self.shutdown_fd.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(Kind::ShutdownPoll, 0, 0));
+        self.push(poll)?;
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i)?;
+        }
+        let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
+        loop {
+            if self.shutting_down && self.inflight == 0 {
+                return Ok(());
+            }
+            let wake_at = self.next_wake(st);
+            self.wait(wake_at)?;
+            loop {
+                cqes.clear();
+                cqes.extend(self.ring.completion().take(4096));
+                if cqes.is_empty() {
+                    break;
+                }
+                for cqe in cqes.drain(..) {
+                    self.dispatch(st, cqe)?;
+                }
+            }
+            // Every buffer is back in the ring now: re-arm starved receives.
+            for (idx, gen) in std::mem::take(&mut st.starved) {
+                if let Some(c) = st.conns.get_mut(idx, gen) {
+                    c.starved = false;
+                    self.update(st, idx, gen)?;
+                }
+            }
+            self.fire_timers(st)?;
+        }
+    }
+
+    /// Waits for the end of every operation in flight, at most `limit`.
+    fn drain<A: Acceptor>(&mut self, st: &mut State<A>, limit: Duration) -> io::Result<()> {
+        let end = Instant::now() + limit;
+        while self.inflight > 0 && Instant::now() < end {
+            self.wait(Some(end))?;
+            let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
+            for cqe in cqes {
+                self.dispatch(st, cqe)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits what is queued and waits for one completion or `wake_at`.
+    fn wait(&mut self, wake_at: Option<Instant>) -> io::Result<()> {
+        let res = match wake_at {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                let ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    fn next_wake<A: Acceptor>(&self, st: &State<A>) -> Option<Instant> {
+        let mut t = st.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        for l in &self.listeners {
+            if let Some(r) = l.resume_at {
+                t = Some(t.map_or(r, |x| x.min(r)));
+            }
+        }
+        t
+    }
+
+    /// Queues an SQE, submitting first if the queue is full.
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE built by this loop refers only to fds and
+            // buffers that stay alive until the op's final completion: the
+            // listeners and shutdown eventfd are held (Arc) by the loop; a
+            // connection's fd and `sending` buffer live in its slab entry,
+            // which is freed only when no op on it is in flight; receive
+            // buffers belong to `bufs`, freed only after unregistering with
+            // nothing in flight; cancels carry only a user_data value.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                self.inflight += 1;
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is backed up: the kernel wants us
+                    // to reap; let the next wait flush the overflow.
+                    self.ring.submit_and_wait(0).ok();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, i: usize) -> io::Result<()> {
+        let l = &mut self.listeners[i];
+        if l.armed || self.shutting_down || l.resume_at.is_some() {
+            return Ok(());
+        }
+        l.armed = true;
+        let sqe = opcode::AcceptMulti::new(types::Fd(l.fd.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud(Kind::Accept, i as u32, 0));
+        self.push(sqe)
+    }
+
+    fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let sqe = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(ud(Kind::Cancel, 0, 0));
+        self.push(sqe)
+    }
+
+    fn dispatch<A: Acceptor>(&mut self, st: &mut State<A>, cqe: cqueue::Entry) -> io::Result<()> {
+        let flags = cqe.flags();
+        let res = cqe.result();
+        let more = cqueue::more(flags);
+        if !more {
+            self.inflight -= 1;
+        }
+        let (kind, gen, idx) = ud_parts(cqe.user_data());
+        match kind {
+            Some(Kind::Accept) => self.on_accept(st, idx as usize, res, more),
+            Some(Kind::Recv) => self.on_recv(st, idx, gen, res, flags, more),
+            Some(Kind::Send) => self.on_send(st, idx, gen, res),
+            Some(Kind::Cancel) => Ok(()),
+            Some(Kind::ShutdownPoll) => self.begin_shutdown(st),
+            None => {
+                // Not ours; never happens. Return a buffer if it took one.
+                self.bufs.discard(flags);
+                Ok(())
+            }
+        }
+    }
+
+    /// Cancels the accepts and aborts every connection; the loop ends when
+    /// their last completions are in.
+    fn begin_shutdown<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        if self.shutting_down {
+            return Ok(());
+        }
+        self.shutting_down = true;
+        for i in 0..self.listeners.len() {
+            self.listeners[i].resume_at = None;
+            if self.listeners[i].armed {
+                self.cancel(ud(Kind::Accept, i as u32, 0))?;
+            }
+        }
+        for (idx, gen) in st.conns.indices() {
+            if let Some(c) = st.conns.get_mut(idx, gen) {
+                abort(c, CloseReason::Shutdown);
+            }
+            self.update(st, idx, gen)?;
+        }
+        Ok(())
+    }
+
+    fn on_accept<A: Acceptor>(
+        &mut self,
+        st: &mut State<A>,
+        li: usize,
+        res: i32,
+        more: bool,
+    ) -> io::Result<()> {
+        if li >= self.listeners.len() {
+            return Ok(());
+        }
+        if !more {
+            self.listeners[li].armed = false;
+        }
+        if res >= 0 {
+            // SAFETY: a non-negative accept result is a new fd the kernel
+            // just created for us; nobody else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            if self.shutting_down || st.conns.len >= self.cfg.max_connections {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                drop(fd);
+            } else if let Some(session) = st.acceptor.accept(li) {
+                self.add_conn(st, fd, session)?;
+            } else {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if res != -libc::ECANCELED {
+            self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                -res,
+                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
+            ) {
+                self.listeners[li].resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+        }
+        if !self.listeners[li].armed {
+            self.arm_accept(li)?;
+        }
+        Ok(())
+    }
+
+    fn add_conn<A: Acceptor>(
+        &mut self,
+        st: &mut State<A>,
+        fd: OwnedFd,
+        session: A::Session,
+    ) -> io::Result<()> {
+        let (idx, gen) = st.conns.vacant();
+        if let Some(t) = session.deadline() {
+            st.deadlines.push(Reverse((t, idx, gen)));
+        }
+        st.conns.insert(
+            idx,
+            Conn {
+                fd,
+                gen,
+                session,
+                phase: Phase::Open,
+                reason: CloseReason::Session,
+                recv: RecvState::Idle,
+                starved: false,
+                paused: false,
+                send_inflight: false,
+                send_cancelling: false,
+                sending: Vec::new(),
+                sent: 0,
+                pending: Vec::new(),
+            },
+        );
+        self.update(st, idx, gen)
+    }
+
+    fn on_recv<A: Acceptor>(
+        &mut self,
+        st: &mut State<A>,
+        idx: u32,
+        gen: u32,
+        res: i32,
+        flags: u32,
+        more: bool,
+    ) -> io::Result<()> {
+        let Some(c) = st.conns.get_mut(idx, gen) else {
+            // A receive always keeps its connection alive; never happens.
+            self.bufs.discard(flags);
+            return Ok(());
+        };
+        if !more {
+            c.recv = RecvState::Idle;
+        }
+        if res > 0 {
+            self.counters
+                .bytes_in
+                .fetch_add(res as u64, Ordering::Relaxed);
+            match self.bufs.take(flags, res as usize) {
+                Ok(buf) => {
+                    if c.phase == Phase::Open {
+                        let v = c.session.on_data(&buf, &mut c.pending);
+                        apply(c, v, CloseReason::Session);
+                    }
+                }
+                Err(_) => {
+                    // `take` put back a buffer it could not hand out.
+                    abort(c, CloseReason::Error(libc::EIO));
+                }
+            }
+        } else if res == 0 {
+            if c.phase == Phase::Open {
+                c.phase = Phase::Draining;
+                c.reason = CloseReason::PeerClosed;
+            }
+        } else if res == -libc::ENOBUFS {
+            self.counters
+                .recv_no_buffers
+                .fetch_add(1, Ordering::Relaxed);
+            if !c.starved {
+                c.starved = true;
+                st.starved.push((idx, gen));
+            }
+        } else if res != -libc::ECANCELED {
+            abort(c, CloseReason::Error(-res));
+        }
+        self.update(st, idx, gen)
+    }
+
+    fn on_send<A: Acceptor>(
+        &mut self,
+        st: &mut State<A>,
+        idx: u32,
+        gen: u32,
+        res: i32,
+    ) -> io::Result<()> {
+        let Some(c) = st.conns.get_mut(idx, gen) else {
+            return Ok(());
+        };
+        c.send_inflight = false;
+        c.send_cancelling = false;
+        if res > 0 {
+            let n = res as usize;
+            c.sent += n;
+            self.counters
+                .bytes_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+            c.session.on_sent(n);
+            if c.sent >= c.sending.len() {
+                c.sending.clear();
+                c.sent = 0;
+                if c.sending.capacity() > KEEP_CAPACITY_BYTES {
+                    c.sending = Vec::new();
+                }
+            }
+        } else if res == 0 {
+            abort(c, CloseReason::Error(libc::EPIPE));
+        } else if res != -libc::ECANCELED || c.phase != Phase::Aborting {
+            abort(c, CloseReason::Error(-res));
+        }
+        self.update(st, idx, gen)
+    }
+
+    /// Brings a connection's operations in line with its state: sends what
+    /// is queued, pauses or resumes receiving, cancels what must stop, and
+    /// closes it when nothing is in flight any more.
+    fn update<A: Acceptor>(&mut self, st: &mut State<A>, idx: u32, gen: u32) -> io::Result<()> {
+        let Some(c) = st.conns.get_mut(idx, gen) else {
+            return Ok(());
+        };
+        let fd = c.fd.as_raw_fd();
+        let mut sqes: [Option<squeue::Entry>; 2] = [None, None];
+
+        // A session with a backlog produces its next batch once the output
+        // has drained.
+        if c.phase == Phase::Open
+            && !self.shutting_down
+            && c.queued() <= self.cfg.output_low_water_bytes
+            && c.session.has_backlog()
+        {
+            let v = c.session.on_writable(&mut c.pending);
+            apply(c, v, CloseReason::Session);
+        }
+
+        // Output.
+        if c.phase == Phase::Aborting {
+            c.pending = Vec::new();
+            if c.send_inflight && !c.send_cancelling {
+                c.send_cancelling = true;
+                sqes[0] = Some(
+                    opcode::AsyncCancel::new(ud(Kind::Send, idx, gen))
+                        .build()
+                        .user_data(ud(Kind::Cancel, 0, 0)),
+                );
+            }
+        } else if !c.send_inflight {
+            if c.sent >= c.sending.len() && !c.pending.is_empty() {
+                std::mem::swap(&mut c.sending, &mut c.pending);
+                c.sent = 0;
+            }
+            if c.sent < c.sending.len() {
+                let rest = &c.sending[c.sent..];
+                let len = rest.len().min(u32::MAX as usize) as u32;
+                c.send_inflight = true;
+                sqes[0] = Some(
+                    opcode::Send::new(types::Fd(fd), rest.as_ptr(), len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(ud(Kind::Send, idx, gen)),
+                );
+            }
+        }
+
+        // Input: not while shutting down or closing, not while the output
+        // is over the high-water mark (until it is back under the low one),
+        // not while the session holds a backlog.
+        let open = c.phase == Phase::Open && !self.shutting_down;
+        if open {
+            let q = c.queued();
+            if !c.paused && q > self.cfg.output_high_water_bytes {
+                c.paused = true;
+                self.counters
+                    .backpressure_pauses
+                    .fetch_add(1, Ordering::Relaxed);
+            } else if c.paused && q <= self.cfg.output_low_water_bytes {
+                c.paused = false;
+            }
+        }
+        if open && !c.paused && !c.session.has_backlog() {
+            if c.recv == RecvState::Idle && !c.starved {
+                c.recv = RecvState::Armed;
+                sqes[1] = Some(
+                    opcode::RecvMulti::new(types::Fd(fd), self.bufs.bgid())
+                        .build()
+                        .user_data(ud(Kind::Recv, idx, gen)),
+                );
+            }
+        } else if c.recv == RecvState::Armed {
+            c.recv = RecvState::Cancelling;
+            sqes[1] = Some(
+                opcode::AsyncCancel::new(ud(Kind::Recv, idx, gen))
+                    .build()
+                    .user_data(ud(Kind::Cancel, 0, 0)),
+            );
+        }
+
+        let done = match c.phase {
+            Phase::Open => false,
+            Phase::Draining => {
+                c.recv == RecvState::Idle
+                    && !c.send_inflight
+                    && sqes[0].is_none()
+                    && c.queued() == 0
+            }
+            Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
+        };
+        if done {
+            if let Some(mut c) = st.conns.remove(idx) {
+                c.session.on_close(c.reason);
+                // Nothing is in flight on this fd: closing it is safe.
+                drop(c);
+            }
+            return Ok(());
+        }
+        for sqe in sqes.into_iter().flatten() {
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
+    fn fire_timers<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        let now = Instant::now();
+        for i in 0..self.listeners.len() {
+            if let Some(r) = self.listeners[i].resume_at {
+                if r <= now {
+                    self.listeners[i].resume_at = None;
+                    self.arm_accept(i)?;
+                }
+            }
+        }
+        while let Some(&Reverse((t, idx, gen))) = st.deadlines.peek() {
+            if t > now {
+                break;
+            }
+            st.deadlines.pop();
+            let Some(c) = st.conns.get_mut(idx, gen) else {
+                continue;
+            };
+            if c.phase != Phase::Open {
+                continue;
+            }
+            match c.session.deadline() {
+                Some(d) if d <= now => {
+                    let v = c.session.on_deadline(&mut c.pending);
+                    apply(c, v, CloseReason::Deadline);
+                    self.update(st, idx, gen)?;
+                }
+                Some(d) => st.deadlines.push(Reverse((d, idx, gen))),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn apply<S>(c: &mut Conn<S>, v: Verdict, reason: CloseReason) {
+    match v {
+        Verdict::Continue => {}
+        Verdict::Close => {
+            if c.phase == Phase::Open {
+                c.phase = Phase::Draining;
+                c.reason = reason;
+            }
+        }
+        Verdict::Abort => abort(c, reason),
+    }
+}
+
+fn abort<S>(c: &mut Conn<S>, reason: CloseReason) {
+    if c.phase != Phase::Aborting {
+        c.phase = Phase::Aborting;
+        c.reason = reason;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::Mutex;
+
+    /// Echoes; closes on "bye"; a deadline 200 ms after accept unless data came.
+    struct Echo {
+        deadline: Option<Instant>,
+        closes: Arc<Mutex<Vec<CloseReason>>>,
+    }
+
+    impl Session for Echo {
+        fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
+            self.deadline = None;
+            out.extend_from_slice(data);
+            if data.ends_with(b"bye") {
+                Verdict::Close
+            } else {
+                Verdict::Continue
+            }
+        }
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn on_close(&mut self, reason: CloseReason) {
+            self.closes.lock().unwrap().push(reason);
+        }
+    }
+
+    struct EchoAcceptor(Arc<Mutex<Vec<CloseReason>>>);
+
+    impl Acceptor for EchoAcceptor {
+        type Session = Echo;
+        fn accept(&mut self, _listener: usize) -> Option<Echo> {
+            Some(Echo {
+                deadline: Some(Instant::now() + Duration::from_millis(200)),
+                closes: self.0.clone(),
+            })
+        }
+    }
+
+    #[test]
+    fn echo_close_deadline_and_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo");
+        let listener: OwnedFd = UnixListener::bind(&path).unwrap().into();
+        let listener = Arc::new(listener);
+        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
+        let counters = Arc::new(LoopCounters::default());
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let cfg = LoopConfig {
+            recv_buffers: 4,
+            recv_buffer_bytes: 64,
+            ..LoopConfig::default()
+        };
+        let t = {
+            let (l, s, k, c) = (
+                listener.clone(),
+                shutdown.clone(),
+                counters.clone(),
+                closes.clone(),
+            );
+            std::thread::spawn(move || match EventLoop::new(cfg, vec![l], s, k) {
+                Ok(ev) => ev.run(EchoAcceptor(c)).map(|_| true),
+                Err(RingError::Unavailable { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            })
+        };
+        // Big message through 64-byte buffers, then "bye": a graceful close.
+        let mut a = UnixStream::connect(&path).unwrap();
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let reader = {
+            let mut a2 = a.try_clone().unwrap();
+            let n = msg.len() + 3;
+            std::thread::spawn(move || {
+                let mut got = vec![0u8; n];
+                a2.read_exact(&mut got).unwrap();
+                let mut rest = Vec::new();
+                a2.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+                got
+            })
+        };
+        a.write_all(&msg).unwrap();
+        a.write_all(b"bye").unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..msg.len()], &msg[..]);
+        assert_eq!(&got[msg.len()..], b"bye");
+
+        // Silent client: closed at its deadline.
+        let mut b = UnixStream::connect(&path).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut x = [0u8; 1];
+        assert_eq!(b.read(&mut x).unwrap(), 0);
+
+        // An idle client is closed by shutdown.
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"hi").unwrap();
+        let mut y = [0u8; 2];
+        c.read_exact(&mut y).unwrap();
+        File::from(shutdown.try_clone().unwrap())
+            .write_all(&1u64.to_ne_bytes())
+            .unwrap();
+        let ran = t.join().unwrap().unwrap();
+        if !ran {
+            eprintln!("SKIPPED: io_uring unavailable");
+            return;
+        }
+        assert_eq!(c.read(&mut x).unwrap(), 0);
+        let closes = closes.lock().unwrap().clone();
+        assert_eq!(
+            closes,
+            vec![
+                CloseReason::Session,
+                CloseReason::Deadline,
+                CloseReason::Shutdown
+            ]
+        );
+        assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
+    }
+}

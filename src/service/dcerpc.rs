@@ -1,0 +1,272 @@
+//! A DCE/RPC test handler: answers binds and requests the way a pipe
+//! service does, with a configurable amount of deterministic stub data.
+//!
+//! * Request PDUs are cut out of the stream by `frag_length`
+//!   ([`PduReassembler`], fragments of at most 4280 bytes); bad framing ends
+//!   the connection.
+//! * A bind (or alter_context) gets a bind_ack (alter_context_resp)
+//!   accepting the first presentation context, secondary address
+//!   `\PIPE\<name>`.
+//! * A request gets, once its last fragment arrived, a response with the
+//!   same `call_id` and context carrying `reply_size` stub bytes
+//!   ([`reply_stub_byte`]), in fragments of at most 4280 bytes with the
+//!   first/last flags right.
+//! * Output is produced in batches of about [`OUTPUT_BATCH_BYTES`]: a burst
+//!   of small requests is answered as the client reads the replies, so a
+//!   client cannot make the service hold more than a batch plus one reply.
+
+use std::sync::Arc;
+
+use crate::protocol::dcerpc::{
+    decode_request, encode_bind_ack, encode_response, CommonHeader, PduReassembler,
+    DEFAULT_MAX_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND, PTYPE_REQUEST,
+};
+use crate::protocol::{NetUserInfo, PipeName};
+
+use super::handler::{Handler, HandlerError, HandlerFactory, OUTPUT_BATCH_BYTES};
+
+/// Packet types a client may send that need no answer: auth3 (16),
+/// co_cancel (18), orphaned (19).
+const PTYPES_IGNORED: [u8; 3] = [16, 18, 19];
+
+/// Byte `i` of every response's stub: `i mod 251`. A prime period makes a
+/// dropped, duplicated or reordered fragment show.
+pub fn reply_stub_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Makes [`DceRpc`] handlers answering every request with `reply_size`
+/// stub bytes.
+#[derive(Debug, Clone)]
+pub struct DceRpcFactory {
+    stub: Arc<[u8]>,
+}
+
+impl DceRpcFactory {
+    /// Responses carry `reply_size` bytes of stub data.
+    pub fn new(reply_size: usize) -> DceRpcFactory {
+        DceRpcFactory {
+            stub: (0..reply_size).map(reply_stub_byte).collect(),
+        }
+    }
+}
+
+impl HandlerFactory for DceRpcFactory {
+    fn open(&self, pipe: &PipeName, _user: &NetUserInfo) -> Box<dyn Handler> {
+        Box::new(DceRpc::new(pipe, self.stub.clone()))
+    }
+}
+
+/// The DCE/RPC handler of one open pipe.
+#[derive(Debug)]
+pub struct DceRpc {
+    reassembler: PduReassembler,
+    sec_addr: String,
+    stub: Arc<[u8]>,
+    /// Stopped at a full batch with input maybe left in the reassembler.
+    stalled: bool,
+}
+
+impl DceRpc {
+    /// A handler for `pipe` answering requests with `stub`.
+    pub fn new(pipe: &PipeName, stub: Arc<[u8]>) -> DceRpc {
+        DceRpc {
+            reassembler: PduReassembler::new(DEFAULT_MAX_FRAG),
+            sec_addr: format!("\\PIPE\\{}", pipe.as_str()),
+            stub,
+            stalled: false,
+        }
+    }
+
+    /// Answers whole PDUs until the input runs out or `out` holds a batch.
+    fn process(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.stalled = false;
+        while let Some(pdu) = self.reassembler.next_pdu() {
+            self.answer(&pdu?, out)?;
+            if out.len() >= OUTPUT_BATCH_BYTES {
+                self.stalled = true;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&self, pdu: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        let header = CommonHeader::decode(pdu)?;
+        match header.ptype {
+            PTYPE_BIND | PTYPE_ALTER_CONTEXT => {
+                out.extend_from_slice(&encode_bind_ack(pdu, &self.sec_addr, DEFAULT_MAX_FRAG)?);
+            }
+            PTYPE_REQUEST => {
+                let req = decode_request(pdu)?;
+                if req.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                    out.extend_from_slice(&encode_response(
+                        req.header.call_id,
+                        req.context_id,
+                        &self.stub,
+                        DEFAULT_MAX_FRAG,
+                    ));
+                }
+            }
+            p if PTYPES_IGNORED.contains(&p) => {}
+            p => return Err(HandlerError::new(format!("unexpected DCE/RPC ptype {p}"))),
+        }
+        Ok(())
+    }
+}
+
+impl Handler for DceRpc {
+    fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.reassembler.push(data);
+        self.process(out)
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.stalled
+    }
+
+    fn resume(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.process(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::dcerpc::{
+        decode_bind_ack, decode_response, encode_bind, encode_request, pdu_len, NDR_SYNTAX,
+        PFC_FIRST_FRAG, PTYPE_BIND_ACK, PTYPE_RESPONSE, SRVSVC_SYNTAX,
+    };
+    use crate::service::testutil::user;
+
+    fn handler(reply: usize) -> Box<dyn Handler> {
+        DceRpcFactory::new(reply).open(&PipeName::parse("srvsvc").unwrap(), &user(0))
+    }
+
+    /// Splits a byte stream into PDUs.
+    fn pdus(mut buf: &[u8]) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        while !buf.is_empty() {
+            let n = pdu_len(buf, DEFAULT_MAX_FRAG).unwrap().unwrap();
+            v.push(buf[..n].to_vec());
+            buf = &buf[n..];
+        }
+        v
+    }
+
+    fn bind() -> Vec<u8> {
+        encode_bind(
+            1,
+            (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
+            (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
+        )
+    }
+
+    #[test]
+    fn bind_gets_bind_ack_with_pipe_address() {
+        let mut h = handler(0);
+        let mut out = Vec::new();
+        h.on_data(&bind(), &mut out).unwrap();
+        let acks = pdus(&out);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(
+            CommonHeader::decode(&acks[0]).unwrap().ptype,
+            PTYPE_BIND_ACK
+        );
+        let ack = decode_bind_ack(&acks[0]).unwrap();
+        assert_eq!(ack.header.call_id, 1);
+        assert_eq!(ack.sec_addr, "\\PIPE\\srvsvc");
+    }
+
+    #[test]
+    fn request_of_ten_thousand_bytes_is_three_fragments() {
+        let mut h = handler(10_000);
+        let mut out = Vec::new();
+        let req = encode_request(7, 0, 15, b"args", DEFAULT_MAX_FRAG);
+        // Fed one byte at a time: nothing until the request is whole.
+        for b in &req[..req.len() - 1] {
+            h.on_data(std::slice::from_ref(b), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        h.on_data(&req[req.len() - 1..], &mut out).unwrap();
+        let frags = pdus(&out);
+        let lens: Vec<usize> = frags.iter().map(Vec::len).collect();
+        assert_eq!(lens, [4280, 4280, 10_000 - 2 * 4256 + 24]);
+        let mut stub = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            let r = decode_response(f).unwrap();
+            assert_eq!(r.header.ptype, PTYPE_RESPONSE);
+            assert_eq!(r.header.call_id, 7);
+            let first = r.header.pfc_flags & PFC_FIRST_FRAG != 0;
+            let last = r.header.pfc_flags & PFC_LAST_FRAG != 0;
+            assert_eq!((first, last), (i == 0, i == 2));
+            stub.extend_from_slice(r.stub);
+        }
+        assert!(stub
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == reply_stub_byte(i)));
+        assert_eq!(stub.len(), 10_000);
+    }
+
+    #[test]
+    fn multi_fragment_request_is_answered_once() {
+        let mut h = handler(8);
+        let mut out = Vec::new();
+        let req = encode_request(9, 0, 1, &vec![0xab; 9000], DEFAULT_MAX_FRAG);
+        assert_eq!(pdus(&req).len(), 3);
+        h.on_data(&req, &mut out).unwrap();
+        assert_eq!(pdus(&out).len(), 1);
+    }
+
+    #[test]
+    fn a_burst_of_requests_is_answered_in_batches() {
+        let mut h = handler(10_000);
+        let mut burst = Vec::new();
+        for id in 0..100 {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        let mut out = Vec::new();
+        h.on_data(&burst, &mut out).unwrap();
+        assert!(h.has_backlog());
+        let mut total = out.len();
+        assert!(total < OUTPUT_BATCH_BYTES + 11_000, "{total}");
+        let mut calls = 0;
+        while h.has_backlog() {
+            out.clear();
+            h.resume(&mut out).unwrap();
+            assert!(out.len() < OUTPUT_BATCH_BYTES + 11_000);
+            total += out.len();
+            calls += 1;
+        }
+        assert!(calls > 5);
+        assert_eq!(total, 100 * (10_000 + 3 * 24));
+    }
+
+    #[test]
+    fn bad_framing_is_an_error() {
+        let mut h = handler(8);
+        let mut out = Vec::new();
+        let mut junk = encode_request(1, 0, 1, b"x", DEFAULT_MAX_FRAG);
+        junk[8..10].copy_from_slice(&5000u16.to_le_bytes()); // frag_length > 4280
+        assert!(h.on_data(&junk, &mut out).is_err());
+        let mut h = handler(8);
+        assert!(h.on_data(&[0xff; 64], &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn unexpected_ptype_is_an_error_and_ignored_ones_are_not() {
+        let mut h = handler(8);
+        let mut out = Vec::new();
+        let resp = encode_response(1, 0, b"", DEFAULT_MAX_FRAG);
+        assert!(h.on_data(&resp, &mut out).is_err());
+        let mut h = handler(8);
+        let mut auth3 = CommonHeader::new(16, PFC_FIRST_FRAG | PFC_LAST_FRAG, 20, 3)
+            .encode()
+            .to_vec();
+        auth3.extend_from_slice(&[0; 4]);
+        h.on_data(&auth3, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+}

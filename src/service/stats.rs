@@ -1,0 +1,88 @@
+//! Service counters: updated with relaxed atomics by the service threads,
+//! read as a [`Stats`] snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::ring::server::LoopCounters;
+
+/// Counters kept by the handshake and handler layer (the loop keeps its own
+/// in [`LoopCounters`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connections_open: AtomicU64,
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_rejected: AtomicU64,
+    pub handshakes_closed_silently: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub handler_errors: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A snapshot of a service's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted from the listening sockets.
+    pub accepted: u64,
+    /// Accepted connections closed at once (loop full, or shutting down).
+    pub refused: u64,
+    /// Sockets currently held, in any phase (handshake, open, closing).
+    pub connections_open: u64,
+    /// Opens answered with status 0.
+    pub handshakes_ok: u64,
+    /// Opens answered with a non-zero status (policy, anonymous, open limit).
+    pub handshakes_rejected: u64,
+    /// Connections closed with no status: bad header, bad userinfo,
+    /// ended or failed or timed out inside the handshake.
+    pub handshakes_closed_silently: u64,
+    /// Of those, how many timed out.
+    pub handshake_timeouts: u64,
+    /// Connections a handler ended with an error (bad framing, ...).
+    pub handler_errors: u64,
+    /// Successful opens currently open, per pipe name.
+    pub open_per_pipe: BTreeMap<String, u64>,
+    /// Bytes received on all connections (handshakes included).
+    pub bytes_in: u64,
+    /// Bytes sent on all connections (status words included).
+    pub bytes_out: u64,
+    /// Multishot receives ended by an empty buffer ring (and re-armed).
+    pub recv_no_buffers: u64,
+    /// Times a connection stopped being read because its replies piled up.
+    pub backpressure_pauses: u64,
+    /// Accept completions that failed.
+    pub accept_errors: u64,
+}
+
+impl Stats {
+    /// Successful opens of `pipe` currently open (0 for an unknown name).
+    pub fn open(&self, pipe: &str) -> u64 {
+        self.open_per_pipe.get(pipe).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn collect<'a>(
+        c: &Counters,
+        l: &LoopCounters,
+        pipes: impl Iterator<Item = (&'a str, u64)>,
+    ) -> Stats {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            accepted: r(&l.accepted),
+            refused: r(&l.refused),
+            connections_open: r(&c.connections_open),
+            handshakes_ok: r(&c.handshakes_ok),
+            handshakes_rejected: r(&c.handshakes_rejected),
+            handshakes_closed_silently: r(&c.handshakes_closed_silently),
+            handshake_timeouts: r(&c.handshake_timeouts),
+            handler_errors: r(&c.handler_errors),
+            open_per_pipe: pipes.map(|(n, v)| (n.to_owned(), v)).collect(),
+            bytes_in: r(&l.bytes_in),
+            bytes_out: r(&l.bytes_out),
+            recv_no_buffers: r(&l.recv_no_buffers),
+            backpressure_pauses: r(&l.backpressure_pauses),
+            accept_errors: r(&l.accept_errors),
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Drives the real `opipe serve` binary: sockets on disk, handshakes, exit
+//! on SIGTERM/SIGINT, errors, and no fd left behind by bad clients.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opipe::protocol::dcerpc::{
+    decode_bind_ack, decode_response, encode_bind, encode_request, pdu_len, DEFAULT_MAX_FRAG,
+    NDR_SYNTAX, PFC_FIRST_FRAG, PFC_LAST_FRAG, SRVSVC_SYNTAX,
+};
+use opipe::protocol::{
+    decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, PipeHeader,
+    PIPE_MAGIC, USER_FLAG_ANONYMOUS,
+};
+use opipe::service::dcerpc::reply_stub_byte;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The running `opipe serve`; killed and reaped on drop whatever happens.
+struct Serve {
+    child: Child,
+    dir: tempfile::TempDir,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Starts `opipe serve` in a fresh directory and waits for its banner;
+/// `None` (skipped, loudly) when io_uring is unavailable here.
+fn serve(args: &[&str]) -> Option<Serve> {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, stderr) = spawn(dir.path(), args);
+    let mut s = Serve { child, dir, stderr };
+    match s.wait_banner() {
+        Ok(()) => Some(s),
+        Err((status, text)) if text.contains("io_uring is not available") => {
+            eprintln!("SKIPPED: {text} ({status})");
+            None
+        }
+        Err((status, text)) => panic!("opipe serve exited early: {status}: {text}"),
+    }
+}
+
+impl Serve {
+    /// Waits for the "serving" line; `Err` if the child exited first.
+    fn wait_banner(&mut self) -> Result<(), (ExitStatus, String)> {
+        let end = Instant::now() + TIMEOUT;
+        let mut text = String::new();
+        loop {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.contains("serving") => return Ok(()),
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err((self.child.wait().unwrap(), text));
+                }
+            }
+            assert!(Instant::now() < end, "no banner from opipe serve: {text}");
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Waits until the child's fd count is back to `baseline`.
+    fn wait_fds(&self, baseline: usize) {
+        let end = Instant::now() + TIMEOUT;
+        loop {
+            let n = self.fd_count();
+            if n == baseline {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "fd count stuck at {n}, baseline {baseline}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "opipe serve did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn user(account: &str, flags: u32) -> NetUserInfo {
+    NetUserInfo {
+        session_id: 7,
+        domain: "DOM".into(),
+        account: account.into(),
+        posix_uid: 501,
+        workstation: "WS".into(),
+        client_addr: ClientAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        native_os: 0,
+        logon_time: 0,
+        numopens: 0,
+        flags,
+    }
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn open_as(path: &Path, u: &NetUserInfo) -> (UnixStream, NtStatus) {
+    let mut s = connect(path);
+    s.write_all(&encode_open_message(u).unwrap()).unwrap();
+    let mut w = [0u8; 4];
+    s.read_exact(&mut w).unwrap();
+    (s, decode_status_word(w))
+}
+
+fn open_ok(path: &Path) -> UnixStream {
+    let (s, st) = open_as(path, &user("alice", 0));
+    assert_eq!(st, NtStatus::SUCCESS);
+    s
+}
+
+fn assert_eof(s: &mut UnixStream) {
+    let mut b = [0u8; 8];
+    assert_eq!(s.read(&mut b).unwrap(), 0, "expected the service to close");
+}
+
+fn echo_once(s: &mut UnixStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+#[test]
+fn sigterm_removes_sockets_and_exits_zero() {
+    let Some(mut srv) = serve(&["--pipe", "srvsvc", "--pipe", "LSARPC"]) else {
+        return;
+    };
+    let (a, b) = (srv.path("srvsvc"), srv.path("lsarpc"));
+    assert!(a.exists() && b.exists());
+    let mut s = open_ok(&a);
+    echo_once(&mut s, b"over the pipe");
+    let mut t = open_ok(&b);
+    echo_once(&mut t, b"lsa");
+    srv.signal(libc::SIGTERM);
+    let st = srv.wait_exit();
+    assert!(st.success(), "{st}");
+    assert!(!a.exists() && !b.exists(), "sockets left behind");
+    assert_eof(&mut s);
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let Some(mut srv) = serve(&["--pipe", "srvsvc", "--threads", "2"]) else {
+        return;
+    };
+    srv.signal(libc::SIGINT);
+    assert!(srv.wait_exit().success());
+    assert!(!srv.path("srvsvc").exists());
+}
+
+#[test]
+fn bad_handshakes_are_closed_silently_and_leak_no_fd() {
+    let Some(srv) = serve(&["--pipe", "srvsvc", "--handshake-timeout-ms", "300"]) else {
+        return;
+    };
+    let path = srv.path("srvsvc");
+    // A first good client, so that everything lazily made is made.
+    echo_once(&mut open_ok(&path), b"warm-up");
+    srv.wait_fds(srv.fd_count());
+    std::thread::sleep(Duration::from_millis(50));
+    let baseline = srv.fd_count();
+    let msg = encode_open_message(&user("bob", 0)).unwrap();
+    type BadClient<'a> = Box<dyn Fn(&mut UnixStream) + 'a>;
+    let cases: Vec<(&str, BadClient)> = vec![
+        (
+            "bad magic",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(
+                    &PipeHeader {
+                        magic: !PIPE_MAGIC,
+                        uilen: 4,
+                    }
+                    .encode(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "uilen 8193",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(
+                    &PipeHeader {
+                        magic: PIPE_MAGIC,
+                        uilen: 8193,
+                    }
+                    .encode(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "bad xdr",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(&PipeHeader::new(8).encode()).unwrap();
+                s.write_all(&[0xff; 8]).unwrap();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|s: &mut UnixStream| {
+                s.write_all(&msg[..msg.len() - 3]).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }),
+        ),
+        ("silence", Box::new(|_s: &mut UnixStream| {})),
+    ];
+    for (what, bad) in cases {
+        let mut s = connect(&path);
+        bad(&mut s);
+        let mut b = [0u8; 8];
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "{what}: expected close with no status"
+        );
+        drop(s);
+        srv.wait_fds(baseline);
+        echo_once(&mut open_ok(&path), what.as_bytes());
+        srv.wait_fds(baseline);
+    }
+}
+
+#[test]
+fn open_limit_and_deny_anonymous() {
+    let Some(srv) = serve(&["--pipe", "srvsvc", "--max-opens", "2", "--deny-anonymous"]) else {
+        return;
+    };
+    let path = srv.path("srvsvc");
+    let (mut anon, st) = open_as(&path, &user("", USER_FLAG_ANONYMOUS));
+    assert_eq!(st, NtStatus::ACCESS_DENIED);
+    assert_eof(&mut anon);
+    let a = open_ok(&path);
+    let _b = open_ok(&path);
+    let (mut c, st) = open_as(&path, &user("carol", 0));
+    assert_eq!(st, NtStatus::PIPE_NOT_AVAILABLE);
+    assert_eof(&mut c);
+    drop(a);
+    // The slot comes back once the service saw the close.
+    let end = Instant::now() + TIMEOUT;
+    loop {
+        let (mut s, st) = open_as(&path, &user("dave", 0));
+        if st == NtStatus::SUCCESS {
+            echo_once(&mut s, b"in");
+            break;
+        }
+        assert_eq!(st, NtStatus::PIPE_NOT_AVAILABLE);
+        assert!(Instant::now() < end, "slot never freed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dcerpc_handler_binds_and_fragments_replies() {
+    let Some(srv) = serve(&[
+        "--pipe",
+        "srvsvc",
+        "--handler",
+        "dcerpc",
+        "--reply-size",
+        "10000",
+    ]) else {
+        return;
+    };
+    let mut s = open_ok(&srv.path("srvsvc"));
+    let read_pdu = |s: &mut UnixStream| {
+        let mut hdr = [0u8; 16];
+        s.read_exact(&mut hdr).unwrap();
+        let n = pdu_len(&hdr, DEFAULT_MAX_FRAG).unwrap().unwrap();
+        let mut pdu = hdr.to_vec();
+        pdu.resize(n, 0);
+        s.read_exact(&mut pdu[16..]).unwrap();
+        pdu
+    };
+    s.write_all(&encode_bind(
+        3,
+        (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
+        (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
+    ))
+    .unwrap();
+    let ack = decode_bind_ack(&read_pdu(&mut s)).unwrap();
+    assert_eq!(
+        (ack.header.call_id, ack.sec_addr.as_str()),
+        (3, "\\PIPE\\srvsvc")
+    );
+    s.write_all(&encode_request(4, 0, 15, b"stub", DEFAULT_MAX_FRAG))
+        .unwrap();
+    let mut stub = Vec::new();
+    let mut lens = Vec::new();
+    for i in 0..3 {
+        let pdu = read_pdu(&mut s);
+        lens.push(pdu.len());
+        let r = decode_response(&pdu).unwrap();
+        assert_eq!(r.header.call_id, 4);
+        assert_eq!(r.header.pfc_flags & PFC_FIRST_FRAG != 0, i == 0);
+        assert_eq!(r.header.pfc_flags & PFC_LAST_FRAG != 0, i == 2);
+        stub.extend_from_slice(r.stub);
+    }
+    assert_eq!(lens[..2], [4280, 4280]);
+    assert_eq!(stub.len(), 10_000);
+    assert!(stub
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == reply_stub_byte(i)));
+}
+
+#[test]
+fn missing_dir_is_a_clear_error() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("no-such-dir");
+    let (mut child, stderr) = spawn(&missing, &["--pipe", "srvsvc"]);
+    let status = child.wait().unwrap();
+    let text: Vec<String> = stderr.iter().collect();
+    let text = text.join("\n");
+    assert!(!status.success());
+    assert!(
+        text.contains("no-such-dir") && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[][..],                                   // no --pipe
+        &["--pipe", "a/b"][..],                    // not a flat name
+        &["--pipe", "x", "--handler", "nope"][..], // unknown handler
+        &["--pipe", "x", "--threads", "0"][..],
+    ] {
+        let (mut child, stderr) = spawn(dir.path(), args);
+        let status = child.wait().unwrap();
+        let text: Vec<String> = stderr.iter().collect();
+        assert_eq!(status.code(), Some(2), "{args:?}: {text:?}");
+        assert!(!text.is_empty(), "{args:?}: no message");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,712 @@
+//! The pipe service library over real AF_UNIX sockets, with small blocking
+//! clients written here from the protocol encoders.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opipe::protocol::{
+    decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, PipeHeader,
+    PipeName, PIPE_MAGIC, USER_FLAG_ANONYMOUS,
+};
+use opipe::service::{
+    Handler, HandlerError, Service, ServiceBuilder, ServiceError, ServiceHandle, Stats,
+};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn user(account: &str, flags: u32) -> NetUserInfo {
+    NetUserInfo {
+        session_id: 42,
+        domain: "WORKGROUP".into(),
+        account: account.into(),
+        posix_uid: 1000,
+        workstation: "CLIENT1".into(),
+        client_addr: ClientAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)),
+        native_os: 0,
+        logon_time: 1_700_000_000,
+        numopens: 0,
+        flags,
+    }
+}
+
+/// A service in a fresh temporary directory; skips (returns None) loudly
+/// when io_uring is unavailable here.
+struct Fixture {
+    svc: Option<ServiceHandle>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn svc(&self) -> &ServiceHandle {
+        self.svc.as_ref().unwrap()
+    }
+    fn stats(&self) -> Stats {
+        self.svc().stats()
+    }
+    /// Polls the stats until `ok` holds (the service works asynchronously).
+    fn wait_stats(&self, what: &str, ok: impl Fn(&Stats) -> bool) -> Stats {
+        let end = Instant::now() + IO_TIMEOUT;
+        loop {
+            let s = self.stats();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}: {s:#?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    fn stop(mut self) {
+        let svc = self.svc.take().unwrap();
+        svc.shutdown().unwrap();
+        svc.join().unwrap();
+    }
+}
+
+fn start(configure: impl FnOnce(ServiceBuilder) -> ServiceBuilder) -> Option<Fixture> {
+    let dir = tempfile::tempdir().unwrap();
+    match configure(Service::builder(dir.path()).pipe("srvsvc")).start() {
+        Ok(svc) => Some(Fixture {
+            svc: Some(svc),
+            dir,
+        }),
+        Err(ServiceError::Ring(e)) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("service start failed: {e}"),
+    }
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Connects and runs the SMB-server side of the handshake.
+fn open_as(path: &Path, u: &NetUserInfo) -> (UnixStream, NtStatus) {
+    let mut s = connect(path);
+    s.write_all(&encode_open_message(u).unwrap()).unwrap();
+    let mut w = [0u8; 4];
+    s.read_exact(&mut w).unwrap();
+    (s, decode_status_word(w))
+}
+
+fn open_ok(path: &Path) -> UnixStream {
+    let (s, st) = open_as(path, &user("alice", 0));
+    assert_eq!(st, NtStatus::SUCCESS);
+    s
+}
+
+/// The service closed with nothing more to say: the next read gives 0 bytes.
+fn assert_closed_silently(s: &mut UnixStream) {
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!("expected EOF, got {n} bytes: {:?}", &b[..n]),
+        Err(e) => panic!("expected EOF, got {e}"),
+    }
+}
+
+fn echo_once(s: &mut UnixStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+#[test]
+fn good_handshake_then_echo() {
+    let Some(fx) = start(|b| b) else { return };
+    let mut s = open_ok(&fx.path("srvsvc"));
+    echo_once(&mut s, b"hello, pipe");
+    echo_once(&mut s, &[0u8; 1]);
+    let st = fx.wait_stats("one open", |s| s.open("srvsvc") == 1);
+    assert_eq!(
+        (st.accepted, st.handshakes_ok, st.connections_open),
+        (1, 1, 1)
+    );
+    drop(s);
+    let st = fx.wait_stats("close", |s| s.connections_open == 0);
+    assert_eq!(st.open("srvsvc"), 0);
+    assert_eq!(st.bytes_out, 4 + 11 + 1);
+    fx.stop();
+}
+
+/// Runs one bad handshake, checks the silent close, the counters, and that
+/// the next client is served.
+fn bad_handshake_case(
+    configure: impl FnOnce(ServiceBuilder) -> ServiceBuilder,
+    bad: impl FnOnce(&mut UnixStream),
+) {
+    let Some(fx) = start(configure) else { return };
+    let path = fx.path("srvsvc");
+    let mut s = connect(&path);
+    bad(&mut s);
+    assert_closed_silently(&mut s);
+    let st = fx.wait_stats("silent close", |s| {
+        s.handshakes_closed_silently == 1 && s.connections_open == 0
+    });
+    assert_eq!((st.handshakes_ok, st.handshakes_rejected), (0, 0));
+    let mut next = open_ok(&path);
+    echo_once(&mut next, b"next");
+    fx.stop();
+}
+
+#[test]
+fn bad_magic_closes_without_status() {
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let hdr = PipeHeader {
+                magic: PIPE_MAGIC ^ 0x20,
+                uilen: 16,
+            }
+            .encode();
+            s.write_all(&hdr).unwrap();
+            s.write_all(&[0u8; 16]).unwrap();
+        },
+    );
+}
+
+#[test]
+fn uilen_over_8192_closes_without_status() {
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let hdr = PipeHeader {
+                magic: PIPE_MAGIC,
+                uilen: 8193,
+            }
+            .encode();
+            s.write_all(&hdr).unwrap();
+        },
+    );
+}
+
+#[test]
+fn undecodable_xdr_closes_without_status() {
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            // A valid message with its flags word cut off, header adjusted.
+            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            let body = &msg[8..msg.len() - 4];
+            s.write_all(&PipeHeader::new(body.len() as u32).encode())
+                .unwrap();
+            s.write_all(body).unwrap();
+        },
+    );
+}
+
+#[test]
+fn truncated_then_closed_is_closed_without_status() {
+    bad_handshake_case(
+        |b| b,
+        |s| {
+            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            s.write_all(&msg[..msg.len() / 2]).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        },
+    );
+}
+
+#[test]
+fn silence_past_the_deadline_is_closed_without_status() {
+    let t0 = Instant::now();
+    bad_handshake_case(
+        |b| b.handshake_timeout(Duration::from_millis(200)),
+        |s| s.write_all(&PipeHeader::new(100).encode()[..5]).unwrap(),
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn open_limit_answers_pipe_not_available() {
+    let Some(fx) = start(|b| b.max_opens(3)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let mut held: Vec<UnixStream> = (0..3).map(|_| open_ok(&path)).collect();
+    let (mut s, st) = open_as(&path, &user("alice", 0));
+    assert_eq!(st, NtStatus::PIPE_NOT_AVAILABLE);
+    assert_closed_silently(&mut s);
+    drop(held.pop());
+    fx.wait_stats("a slot to free", |s| s.open("srvsvc") == 2);
+    let mut again = open_ok(&path);
+    echo_once(&mut again, b"in");
+    let st = fx.stats();
+    assert_eq!((st.handshakes_ok, st.handshakes_rejected), (4, 1));
+    fx.stop();
+}
+
+#[test]
+fn deny_anonymous_answers_access_denied() {
+    let Some(fx) = start(|b| b.deny_anonymous(true)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let (mut anon, st) = open_as(&path, &user("", USER_FLAG_ANONYMOUS));
+    assert_eq!(st, NtStatus::ACCESS_DENIED);
+    assert_closed_silently(&mut anon);
+    let (mut named, st) = open_as(&path, &user("alice", 0));
+    assert_eq!(st, NtStatus::SUCCESS);
+    echo_once(&mut named, b"ok");
+    fx.stop();
+}
+
+#[test]
+fn policy_closure_decides_per_pipe_and_user() {
+    let Some(fx) = start(|b| {
+        b.pipe("lsarpc").policy(|pipe: &PipeName, u: &NetUserInfo| {
+            if pipe.as_str() == "lsarpc" && u.account != "admin" {
+                NtStatus::ACCESS_DENIED
+            } else {
+                NtStatus::SUCCESS
+            }
+        })
+    }) else {
+        return;
+    };
+    assert_eq!(
+        open_as(&fx.path("lsarpc"), &user("bob", 0)).1,
+        NtStatus::ACCESS_DENIED
+    );
+    assert_eq!(
+        open_as(&fx.path("lsarpc"), &user("admin", 0)).1,
+        NtStatus::SUCCESS
+    );
+    assert_eq!(
+        open_as(&fx.path("srvsvc"), &user("bob", 0)).1,
+        NtStatus::SUCCESS
+    );
+    fx.stop();
+}
+
+#[test]
+fn echo_of_one_mebibyte_in_pieces_is_intact_and_in_order() {
+    // Small receive buffers and a small output limit make the loop go
+    // through many buffers, partial sends and backpressure pauses.
+    let Some(fx) = start(|b| b.recv_buffers(8, 4096).output_limit(64 * 1024)) else {
+        return;
+    };
+    let mut s = open_ok(&fx.path("srvsvc"));
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut r = s.try_clone().unwrap();
+    let n = data.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; n];
+        r.read_exact(&mut got).unwrap();
+        got
+    });
+    let mut off = 0;
+    let mut piece = 1;
+    while off < data.len() {
+        let end = (off + piece).min(data.len());
+        s.write_all(&data[off..end]).unwrap();
+        off = end;
+        piece = piece * 3 % 65_521 + 1;
+    }
+    let got = reader.join().unwrap();
+    assert!(got == data, "echo differs");
+    fx.stop();
+}
+
+/// A handler that answers each 4-byte little-endian number with its square.
+struct Square(Vec<u8>);
+
+impl Handler for Square {
+    fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        self.0.extend_from_slice(data);
+        let whole = self.0.len() / 4 * 4;
+        for c in self.0[..whole].chunks_exact(4) {
+            let v = u32::from_le_bytes(c.try_into().unwrap()) as u64;
+            out.extend_from_slice(&(v * v).to_le_bytes());
+        }
+        self.0.drain(..whole);
+        Ok(())
+    }
+}
+
+#[test]
+fn custom_handler_factory_sees_pipe_and_user() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    let Some(fx) = start(move |b| {
+        b.handler(move |pipe: &PipeName, u: &NetUserInfo| {
+            assert_eq!(pipe.as_str(), "srvsvc");
+            assert_eq!(u.account, "alice");
+            seen2.fetch_add(1, Ordering::SeqCst);
+            Square(Vec::new())
+        })
+    }) else {
+        return;
+    };
+    let mut s = open_ok(&fx.path("srvsvc"));
+    s.write_all(&7u32.to_le_bytes()[..3]).unwrap();
+    s.write_all(&[0, 3, 0, 0, 0]).unwrap();
+    let mut b = [0u8; 16];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), 49);
+    assert_eq!(u64::from_le_bytes(b[8..].try_into().unwrap()), 9);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    fx.stop();
+}
+
+#[test]
+fn two_thousand_concurrent_echo_clients_on_one_thread() {
+    opipe::ring::sys::raise_nofile_limit().unwrap();
+    const CLIENTS: usize = 2000;
+    const THREADS: usize = 4;
+    let Some(fx) = start(|b| b.threads(1)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let done = Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (path, barrier, done) = (path.clone(), barrier.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut conns: Vec<UnixStream> =
+                    (0..CLIENTS / THREADS).map(|_| open_ok(&path)).collect();
+                barrier.wait();
+                // Every connection is open now: each sends, then each reads.
+                for round in 0..3u32 {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        let msg = format!("t{t} c{i} r{round}");
+                        c.write_all(msg.as_bytes()).unwrap();
+                    }
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        let msg = format!("t{t} c{i} r{round}");
+                        let mut got = vec![0u8; msg.len()];
+                        c.read_exact(&mut got).unwrap();
+                        assert_eq!(got, msg.as_bytes());
+                    }
+                }
+                done.wait();
+                drop(conns);
+            })
+        })
+        .collect();
+    barrier.wait();
+    let st = fx.wait_stats("all clients open", |s| s.open("srvsvc") == CLIENTS as u64);
+    assert_eq!(st.connections_open, CLIENTS as u64);
+    done.wait();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let st = fx.wait_stats("all closed", |s| s.connections_open == 0);
+    assert_eq!(st.handshakes_ok, CLIENTS as u64);
+    assert_eq!(st.open("srvsvc"), 0);
+    eprintln!("stats after {CLIENTS} clients: {st:?}");
+    fx.stop();
+}
+
+#[test]
+fn client_that_never_reads_is_paused_and_does_not_disturb_others() {
+    let Some(fx) = start(|b| b.output_limit(64 * 1024)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let hog = open_ok(&path);
+    hog.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Write until the socket stops taking data: the service stopped reading.
+    let chunk = vec![0x55u8; 64 * 1024];
+    let mut written = 0usize;
+    let mut w = &hog;
+    loop {
+        match w.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(written < 256 << 20, "the service never pushed back");
+    }
+    let st = fx.wait_stats("a backpressure pause", |s| s.backpressure_pauses >= 1);
+    // Bounded: what the service read is at most its output limit plus the
+    // socket buffers plus a batch of receive buffers, far from `written`.
+    assert!(st.bytes_in < 16 << 20, "{st:?}");
+    // A well-behaved client is served meanwhile.
+    let mut good = open_ok(&path);
+    for i in 0..100u32 {
+        echo_once(&mut good, &i.to_le_bytes());
+    }
+    drop(hog);
+    fx.wait_stats("hog gone", |s| s.connections_open == 1);
+    echo_once(&mut good, b"still here");
+    fx.stop();
+}
+
+#[test]
+fn stale_socket_is_replaced_live_one_refused_and_removed_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("srvsvc");
+    // A stale socket: bound, then its listener closed.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let svc = match Service::builder(dir.path()).pipe("srvsvc").start() {
+        Ok(s) => s,
+        Err(ServiceError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let mut s = open_ok(&path);
+    echo_once(&mut s, b"x");
+    // A second service on the same live socket is refused.
+    let e = Service::builder(dir.path())
+        .pipe("srvsvc")
+        .start()
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::AddrInUse(_)), "{e}");
+    // The refused start did not remove the live socket.
+    let mut s2 = open_ok(&path);
+    echo_once(&mut s2, b"y");
+    drop(svc);
+    assert!(!path.exists(), "socket left behind after drop");
+    assert_closed_silently(&mut s);
+}
+
+#[test]
+fn shutdown_closes_open_connections_and_removes_sockets() {
+    let Some(fx) = start(|b| b.pipe("lsarpc").threads(2)) else {
+        return;
+    };
+    let paths = fx.svc().socket_paths();
+    assert_eq!(paths, vec![fx.path("srvsvc"), fx.path("lsarpc")]);
+    let mut a = open_ok(&paths[0]);
+    let mut b = open_ok(&paths[1]);
+    let mut half = connect(&paths[0]);
+    half.write_all(&PipeHeader::new(64).encode()).unwrap();
+    echo_once(&mut a, b"a");
+    echo_once(&mut b, b"b");
+    fx.wait_stats("three connections", |s| s.connections_open == 3);
+    let svc = fx.svc.as_ref().unwrap();
+    svc.shutdown().unwrap();
+    assert_closed_silently(&mut a);
+    assert_closed_silently(&mut b);
+    assert_closed_silently(&mut half);
+    let Fixture { svc, dir } = fx;
+    svc.unwrap().join().unwrap();
+    assert!(!dir.path().join("srvsvc").exists());
+    assert!(!dir.path().join("lsarpc").exists());
+}
+
+#[test]
+fn several_threads_share_the_listeners() {
+    let Some(fx) = start(|b| b.threads(3)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let clients: Vec<_> = (0..8)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    let mut s = open_ok(&path);
+                    echo_once(&mut s, format!("{t}/{i}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let st = fx.wait_stats("all closed", |s| s.connections_open == 0);
+    assert_eq!(st.handshakes_ok, 200);
+    fx.stop();
+}
+
+#[test]
+fn receives_starved_of_buffers_are_rearmed() {
+    // Two 64-byte buffers for 100 clients sending 1000 bytes each: the ring
+    // runs dry again and again; every byte must still come back.
+    let Some(fx) = start(|b| b.recv_buffers(2, 64)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let mut conns: Vec<UnixStream> = (0..100).map(|_| open_ok(&path)).collect();
+    let msgs: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| (0..1000u32).map(|j| (i * 7 + j) as u8).collect())
+        .collect();
+    for (c, m) in conns.iter_mut().zip(&msgs) {
+        c.write_all(m).unwrap();
+    }
+    for (c, m) in conns.iter_mut().zip(&msgs) {
+        let mut got = vec![0u8; m.len()];
+        c.read_exact(&mut got).unwrap();
+        assert!(&got == m);
+    }
+    let st = fx.stats();
+    assert!(st.recv_no_buffers > 0, "{st:?}");
+    drop(conns);
+    fx.wait_stats("all closed", |s| s.connections_open == 0);
+    fx.stop();
+}
+
+mod dcerpc {
+    use super::*;
+    use opipe::protocol::dcerpc::{
+        decode_bind_ack, decode_response, encode_bind, encode_request, pdu_len, DEFAULT_MAX_FRAG,
+        NDR_SYNTAX, PFC_FIRST_FRAG, PFC_LAST_FRAG, SRVSVC_SYNTAX,
+    };
+    use opipe::service::dcerpc::reply_stub_byte;
+    use opipe::service::DceRpcFactory;
+
+    fn read_pdu(s: &mut UnixStream) -> Vec<u8> {
+        let mut pdu = vec![0u8; 16];
+        s.read_exact(&mut pdu).unwrap();
+        let n = pdu_len(&pdu, DEFAULT_MAX_FRAG).unwrap().unwrap();
+        pdu.resize(n, 0);
+        s.read_exact(&mut pdu[16..]).unwrap();
+        pdu
+    }
+
+    fn bind(s: &mut UnixStream, call_id: u32) {
+        s.write_all(&encode_bind(
+            call_id,
+            (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
+            (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
+        ))
+        .unwrap();
+        let ack = decode_bind_ack(&read_pdu(s)).unwrap();
+        assert_eq!(ack.header.call_id, call_id);
+        assert_eq!(ack.sec_addr, "\\PIPE\\srvsvc");
+        assert_eq!(ack.results[0].result, 0);
+    }
+
+    /// Sends a request and checks the whole fragmented response; returns
+    /// the fragment lengths.
+    fn call(s: &mut UnixStream, call_id: u32, reply: usize) -> Vec<usize> {
+        s.write_all(&encode_request(call_id, 0, 15, b"in", DEFAULT_MAX_FRAG))
+            .unwrap();
+        let mut stub = Vec::new();
+        let mut lens = Vec::new();
+        loop {
+            let pdu = read_pdu(s);
+            let r = decode_response(&pdu).unwrap();
+            assert_eq!(r.header.call_id, call_id);
+            assert_eq!(r.header.pfc_flags & PFC_FIRST_FRAG != 0, lens.is_empty());
+            lens.push(pdu.len());
+            stub.extend_from_slice(r.stub);
+            if r.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                break;
+            }
+        }
+        assert_eq!(stub.len(), reply);
+        assert!(stub
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == reply_stub_byte(i)));
+        lens
+    }
+
+    #[test]
+    fn bind_then_request_of_ten_thousand_bytes_in_three_fragments() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(10_000))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        bind(&mut s, 1);
+        assert_eq!(
+            call(&mut s, 2, 10_000),
+            [4280, 4280, 10_000 - 2 * 4256 + 24]
+        );
+        assert_eq!(call(&mut s, 3, 10_000).len(), 3);
+        fx.stop();
+    }
+
+    #[test]
+    fn garbage_after_handshake_closes_only_that_client() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(100))) else {
+            return;
+        };
+        let path = fx.path("srvsvc");
+        let mut good = open_ok(&path);
+        bind(&mut good, 1);
+        let mut bad = open_ok(&path);
+        bad.write_all(&[0xee; 300]).unwrap();
+        assert_closed_silently(&mut bad);
+        // A PDU claiming to be longer than 4280 bytes, after a good bind.
+        let mut liar = open_ok(&path);
+        bind(&mut liar, 1);
+        let mut req = encode_request(2, 0, 1, b"x", DEFAULT_MAX_FRAG);
+        req[8..10].copy_from_slice(&60_000u16.to_le_bytes());
+        liar.write_all(&req).unwrap();
+        assert_closed_silently(&mut liar);
+        for id in 2..50 {
+            call(&mut good, id, 100);
+        }
+        let st = fx.wait_stats("two handler errors", |s| {
+            s.handler_errors == 2 && s.connections_open == 1
+        });
+        assert_eq!(st.open("srvsvc"), 1);
+        fx.stop();
+    }
+
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    fn request_burst_is_answered_as_the_client_reads() {
+        // 2000 requests of 26 bytes ask for 2000 x 64 KiB = 131 MB of replies.
+        const CALLS: u32 = 2000;
+        const REPLY: usize = 64 * 1024;
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(REPLY))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        bind(&mut s, 1);
+        let mut burst = Vec::new();
+        for id in 0..CALLS {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        let before = rss_bytes();
+        s.write_all(&burst).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let st = fx.stats();
+        assert!(
+            st.bytes_out < 8 << 20,
+            "service did not wait for the reader: {st:?}"
+        );
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(grown < 48 << 20, "service memory grew by {grown} bytes");
+        for id in 0..CALLS {
+            let lens = call_reply_only(&mut s, id, REPLY);
+            assert_eq!(lens, 16);
+        }
+        fx.stop();
+    }
+
+    /// Reads the response to a request already sent; returns its fragment count.
+    fn call_reply_only(s: &mut UnixStream, call_id: u32, reply: usize) -> usize {
+        let mut n = 0;
+        let mut len = 0;
+        loop {
+            let pdu = read_pdu(s);
+            let r = decode_response(&pdu).unwrap();
+            assert_eq!(r.header.call_id, call_id);
+            n += 1;
+            len += r.stub.len();
+            if r.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                break;
+            }
+        }
+        assert_eq!(len, reply);
+        n
+    }
+}
