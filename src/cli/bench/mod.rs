@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use opipe::protocol::PipeName;
+use opipe::ring::sys::raise_nofile_limit;
 
 use exchange::Exchange;
 use measure::{Budget, StopRule};
@@ -224,7 +225,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
 
     // Descriptors: one per client pipe. Raise the soft limit first, so the
     // service child inherits it too.
-    let fd_limit = sys::raise_fd_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let fd_limit = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let open_now = sys::open_fd_count().map_err(|e| format!("/proc/self/fd: {e}"))?;
     let pipes_max = (fd_limit as usize)
         .saturating_sub(open_now + FD_RESERVE)

@@ -1,8 +1,9 @@
-//! The few raw system calls the bench harness needs: CPU time
-//! (`getrusage(2)`), resident memory and open descriptors (`/proc/self`), the
-//! descriptor limit (`getrlimit(2)`/`setrlimit(2)`) and the bytes queued on a
-//! socket (`ioctl(FIONREAD)`, see `unix(7)`), signals for the service child.
-//! Every `unsafe` block of the bench lives here.
+//! The few raw system calls the bench harness needs beyond `std` and
+//! `opipe::ring::sys`: CPU time (`getrusage(2)`), resident memory and open
+//! descriptors (`/proc/self`), the bytes queued on a socket
+//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, and signals for the
+//! service child. Every `unsafe` block of the bench lives here; they are
+//! CLI-only, so the library's rule (unsafe only in `ring`) holds.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -61,32 +62,6 @@ pub fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?
         .count()
         .saturating_sub(1))
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new
-/// soft limit (unchanged if it already was the hard limit).
-pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `want` is a valid rlimit that only raises the soft limit
-        // up to the hard one, which an unprivileged process may do.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-    }
-    Ok(lim.rlim_cur)
 }
 
 /// Bytes queued for reading on the socket `fd`: `ioctl(fd, FIONREAD)`, the
