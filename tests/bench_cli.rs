@@ -159,6 +159,7 @@ fn usage_errors_exit_2() {
         &["bench", "--max-out", "0"],
         &["bench", "--pipe", "../x"],
         &["bench", "--dir", "/tmp", "--threads", "2"],
+        &["bench", "--threads", "0"],
     ] {
         let out = opipe(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -22,11 +22,12 @@ use std::ops::Range;
 
 use opipe::protocol::dcerpc;
 use opipe::protocol::{
-    decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, STATUS_WORD_LEN,
+    decode_status_word, encode_open_message, transceive_status, ClientAddr, NetUserInfo, NtStatus,
+    SMB_PIPE_MAX_MSGSIZE, STATUS_WORD_LEN,
 };
 use opipe::service::dcerpc::reply_stub_byte;
 
-use super::spec::{RunSpec, WireSize, MAX_FRAG_BYTES};
+use super::spec::{RunSpec, WireSize};
 
 /// Bytes of the open handshake's reply (one native-order NT status).
 pub const STATUS_WORD_BYTES: usize = STATUS_WORD_LEN;
@@ -133,14 +134,55 @@ impl Exchange {
         )
     }
 
-    /// Takes the result of the transceive's one read of `max_out` bytes.
-    /// `queued` reports the bytes still waiting on the socket (FIONREAD); it
-    /// is asked only when the overflow rule needs it.
+    /// Takes the result of the transceive's one read of `max_out` bytes and
+    /// decides its status the seed's way ([`transceive_status`]). `queued`
+    /// reports the bytes still waiting on the socket (FIONREAD); it is asked
+    /// only when the read filled a buffer under 4280 bytes, so the common
+    /// case costs no system call.
     pub fn first_read(
         &self,
         n: usize,
         queued: impl FnOnce() -> io::Result<usize>,
     ) -> Result<ReplyProgress, TransceiveError> {
+        let may_overflow = self.max_out < SMB_PIPE_MAX_MSGSIZE && n >= self.max_out;
+        let pending = may_overflow && queued()? > 0;
+        self.progress(n, transceive_status(self.max_out_u32(), n, pending))
+    }
+
+    /// Like [`first_read`](Self::first_read) for an engine that decides the
+    /// status itself (e.g. from `IORING_CQE_F_SOCK_NONEMPTY`): checks that
+    /// `status` is one the seed could have given for this read.
+    // No peer of this build decides its own status yet; engine `uring` will.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn first_read_with_status(
+        &self,
+        n: usize,
+        status: NtStatus,
+    ) -> Result<ReplyProgress, TransceiveError> {
+        let legal = match status {
+            NtStatus::SUCCESS => true,
+            // Overflow needs a full buffer under 4280 and bytes left over,
+            // which a read of the whole reply cannot have.
+            NtStatus::BUFFER_OVERFLOW => {
+                n < self.reply.wire_bytes
+                    && transceive_status(self.max_out_u32(), n, true) == status
+            }
+            _ => false,
+        };
+        if !legal {
+            return Err(bad(format!(
+                "{status} for a first read of {n} bytes (max_out {}, reply {} bytes)",
+                self.max_out, self.reply.wire_bytes
+            )));
+        }
+        self.progress(n, status)
+    }
+
+    fn max_out_u32(&self) -> u32 {
+        u32::try_from(self.max_out).unwrap_or(u32::MAX)
+    }
+
+    fn progress(&self, n: usize, status: NtStatus) -> Result<ReplyProgress, TransceiveError> {
         if n == 0 {
             return Err(TransceiveError::Closed);
         }
@@ -150,11 +192,10 @@ impl Exchange {
                 "the first read returned {n} bytes, the reply is {expected}"
             )));
         }
-        let overflow = self.max_out < MAX_FRAG_BYTES && n == self.max_out && queued()? > 0;
         Ok(ReplyProgress {
             got: n,
             expected,
-            overflow,
+            status,
         })
     }
 
@@ -236,7 +277,7 @@ impl Exchange {
 pub struct ReplyProgress {
     got: usize,
     expected: usize,
-    overflow: bool,
+    status: NtStatus,
 }
 
 impl ReplyProgress {
@@ -262,7 +303,7 @@ impl ReplyProgress {
 
     /// Did the first read end with STATUS_BUFFER_OVERFLOW?
     pub fn overflow(&self) -> bool {
-        self.overflow
+        self.status == NtStatus::BUFFER_OVERFLOW
     }
 }
 
@@ -386,6 +427,33 @@ mod tests {
         ));
         let x = exchange(64, 64, 4280);
         assert!(x.first_read(65, || Ok(0)).is_err());
+    }
+
+    #[test]
+    fn engine_reported_status_is_checked() {
+        let x = exchange(64, 200, 100);
+        let p = x
+            .first_read_with_status(100, NtStatus::BUFFER_OVERFLOW)
+            .unwrap();
+        assert!(p.overflow());
+        assert_eq!(p.missing(), Some(100..200));
+        x.first_read_with_status(100, NtStatus::SUCCESS).unwrap();
+        x.first_read_with_status(60, NtStatus::SUCCESS).unwrap();
+        // Overflow on a short read, or at max_out >= 4280, is a lie.
+        assert!(x
+            .first_read_with_status(60, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        let x = exchange(64, 8192, 4280);
+        assert!(x
+            .first_read_with_status(4280, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        // Overflow when the read got the whole reply: nothing can be left.
+        let x = exchange(64, 100, 100);
+        assert!(x
+            .first_read_with_status(100, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        // Any other status is not a transceive result.
+        assert!(x.first_read_with_status(10, NtStatus::PIPE_BROKEN).is_err());
     }
 
     #[test]

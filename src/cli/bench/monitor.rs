@@ -55,12 +55,13 @@ impl Monitor {
 }
 
 fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc::Receiver<()>) {
-    let begin = Instant::now();
     let mut last = (0, 0);
-    let mut last_change = begin;
+    let mut last_change = Instant::now();
+    // When the first transceive was seen: roughly the start of the measured phase.
+    let mut transceiving_since = None;
     let target = match run.spec.stop {
-        StopRule::Duration(d) => format!("/{:.1} s", d.as_secs_f64()),
-        StopRule::Requests(n) => format!(" s, {n} requests"),
+        StopRule::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
+        StopRule::Requests(n) => format!("{n} transceives"),
     };
     let mut err = std::io::stderr();
     // Ends on a stop message or when the Monitor is dropped.
@@ -72,16 +73,21 @@ fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc:
         } else if last_change.elapsed() > STALL {
             give_up(label, now, on_stall);
         }
-        if draw {
-            let (opened, done) = now;
-            let _ = write!(
-                err,
-                "\r\x1b[2K{label}: {opened}/{} pipes open, {:.1}{target}, {done} transceives",
-                run.spec.pipes,
-                begin.elapsed().as_secs_f64(),
-            );
-            let _ = err.flush();
+        if !draw {
+            continue;
         }
+        let (opened, done) = now;
+        let line = if done == 0 {
+            format!("{label}: opening pipes, {opened}/{} open", run.spec.pipes)
+        } else {
+            let since = *transceiving_since.get_or_insert_with(Instant::now);
+            format!(
+                "{label}: {done} transceives, {:.1} s of {target}",
+                since.elapsed().as_secs_f64()
+            )
+        };
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
     }
     if draw {
         let _ = write!(err, "\r\x1b[2K");

@@ -52,7 +52,7 @@ pub struct ChildConfig {
     /// Stub bytes the dcerpc handler puts in each reply (`serve --reply-size`).
     pub reply_stub_bytes: usize,
     /// `serve --threads`, if given.
-    pub threads: Option<usize>,
+    pub threads: Option<u16>,
 }
 
 /// A running `opipe serve` child and its temporary pipe directory.
