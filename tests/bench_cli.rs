@@ -231,3 +231,72 @@ fn a_dir_without_a_service_fails_its_opens_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("open"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_service_that_never_answers_is_given_up_on() {
+    // A listener nobody accepts on: connects succeed (the backlog), the open
+    // message is written, and the status word never comes.
+    let dir = std::env::temp_dir().join(format!("opipe-bench-stuck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("stuck")).unwrap();
+    let begin = std::time::Instant::now();
+    let out = opipe(&[
+        "bench",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--pipe",
+        "stuck",
+        "--engine",
+        "tokio",
+        "--pipes",
+        "2",
+        "--requests",
+        "10",
+        "--stall-timeout",
+        "1",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Giving up"), "{}", stderr(&out));
+    assert!(begin.elapsed() < std::time::Duration::from_secs(15));
+}
+
+#[test]
+fn sigterm_stops_the_service_and_removes_its_directory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
+        .args([
+            "bench",
+            "--engine",
+            "threads",
+            "--pipes",
+            "2",
+            "--duration",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    while !seen.contains("running threads") {
+        let line = lines.next().expect("bench stderr ended").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let (pid, socket) = service_of(&seen);
+    let bench_pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill takes no pointers; `bench_pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(bench_pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!socket.parent().unwrap().exists());
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        assert!(
+            !stat.contains("(opipe)"),
+            "service {pid} still exists: {stat}"
+        );
+    }
+}

@@ -31,15 +31,15 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use opipe::protocol::PipeName;
-use opipe::ring::sys::raise_nofile_limit;
+use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
 use exchange::Exchange;
 use measure::{Budget, StopRule};
-use monitor::{Monitor, OnStall};
+use monitor::{Monitor, Watch};
 use output::RunResult;
 use peer::{BenchError, Peer, Run};
 use record::Recorder;
-use service::{ChildConfig, ServiceAddr, ServiceChild};
+use service::{Abort, ChildConfig, ServiceAddr, ServiceChild};
 use spec::{RunSpec, WireSize};
 
 /// Default length of each run when neither --duration nor --requests is given.
@@ -117,6 +117,11 @@ pub struct BenchArgs {
     /// Pipe name to open.
     #[arg(long, default_value = "bench", value_parser = parse_pipe_name, value_name = "NAME")]
     pipe: String,
+
+    /// Seconds without any pipe opening or transceive finishing after
+    /// which a run counts as stuck and the bench gives up (exit 1).
+    #[arg(long, hide = true, default_value = "20", value_parser = parse_secs, value_name = "SECS")]
+    stall_timeout: Duration,
 
     /// Worker threads of the service child (`serve --threads`, 1-256).
     #[arg(long, conflicts_with = "dir", value_name = "N",
@@ -226,6 +231,12 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         return Err("no engine to run".into());
     }
 
+    // SIGINT/SIGTERM/SIGHUP are taken by one thread that cleans up (the
+    // guard's Drop would not run). Blocked before any thread exists so that
+    // every later thread inherits the mask.
+    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(|e| format!("blocking signals: {e}"))?;
+
     // Descriptors: one per client pipe. Raise the soft limit first, so the
     // service child inherits it too.
     let fd_limit = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
@@ -265,9 +276,12 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
             addr
         }
     };
-    let on_stall = OnStall {
-        child_pid: child.as_ref().and_then(ServiceChild::pid),
-        dir: child.as_ref().map(|c| c.addr().dir.clone()),
+    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    on_signal(signals, abort.clone());
+    let watch = Watch {
+        draw: std::io::stderr().is_terminal(),
+        stall: args.stall_timeout,
+        abort,
     };
 
     let stop = match (args.requests, args.duration) {
@@ -275,7 +289,6 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         (None, Some(d)) => StopRule::Duration(d),
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
-    let draw = std::io::stderr().is_terminal();
     let mut results = Vec::new();
     for &asked in &args.pipes {
         let pipes = asked.min(pipes_max);
@@ -301,7 +314,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                     StopRule::Requests(n) => format!("{n} transceives"),
                 }
             ));
-            match run_one(peer.as_ref(), spec, &addr, draw, &on_stall) {
+            match run_one(peer.as_ref(), spec, &addr, &watch) {
                 Ok(r) => {
                     if r.errors > 0 {
                         all_ok = false;
@@ -331,13 +344,29 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     Ok(all_ok && !results.is_empty())
 }
 
+/// Cleans up and exits 130 when one of `signals` arrives.
+fn on_signal(signals: BlockedSignals, abort: Abort) {
+    let spawned = std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                note(format!("signal {sig}: stopping the service and exiting"));
+                abort.exit(130);
+            }
+        });
+    if let Err(e) = spawned {
+        note(format!(
+            "warning: no signal thread ({e}); an interrupt may leave the service"
+        ));
+    }
+}
+
 /// One peer, one pipe count.
 fn run_one(
     peer: &dyn Peer,
     spec: RunSpec,
     addr: &ServiceAddr,
-    draw: bool,
-    on_stall: &OnStall,
+    watch: &Watch,
 ) -> Result<RunResult, BenchError> {
     let fds_before = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
     let run = Arc::new(Run {
@@ -348,7 +377,7 @@ fn run_one(
         spec,
     });
     let label = format!("{} x{}", peer.name(), run.spec.pipes);
-    let monitor = Monitor::start(run.clone(), label, draw, on_stall.clone());
+    let monitor = Monitor::start(run.clone(), label, watch.clone());
     let outcome = peer.run(&run);
     monitor.stop();
     let peer_run = outcome?;

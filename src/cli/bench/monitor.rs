@@ -3,7 +3,6 @@
 //! that accepted but never answers would otherwise hang it forever).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,20 +10,20 @@ use std::time::{Duration, Instant};
 
 use super::measure::StopRule;
 use super::peer::Run;
-use super::sys;
+use super::service::Abort;
 
 const TICK: Duration = Duration::from_millis(250);
-/// A run in which no pipe opened and no transceive finished for this long
-/// is stuck.
-const STALL: Duration = Duration::from_secs(20);
 
-/// What to clean up when a stuck run forces the bench to exit.
-#[derive(Debug, Clone, Default)]
-pub struct OnStall {
-    /// The service child to kill.
-    pub child_pid: Option<u32>,
-    /// Its temporary directory to remove.
-    pub dir: Option<PathBuf>,
+/// How a run is watched.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Draw a progress line on stderr (a terminal).
+    pub draw: bool,
+    /// A run in which no pipe opened and no transceive finished for this
+    /// long is stuck: the bench cleans up with `abort` and exits 1.
+    pub stall: Duration,
+    /// The clean-up.
+    pub abort: Abort,
 }
 
 /// The running monitor; [`Monitor::stop`] ends it.
@@ -36,11 +35,11 @@ pub struct Monitor {
 
 impl Monitor {
     /// Watches `run`, labelled `label` in the progress line.
-    pub fn start(run: Arc<Run>, label: String, draw: bool, on_stall: OnStall) -> Monitor {
+    pub fn start(run: Arc<Run>, label: String, how: Watch) -> Monitor {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bench-monitor".into())
-            .spawn(move || watch(&run, &label, draw, &on_stall, &stopped))
+            .spawn(move || watch(&run, &label, &how, &stopped))
             .ok();
         Monitor { stop, thread }
     }
@@ -54,7 +53,7 @@ impl Monitor {
     }
 }
 
-fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc::Receiver<()>) {
+fn watch(run: &Run, label: &str, how: &Watch, stopped: &mpsc::Receiver<()>) {
     let mut last = (0, 0);
     let mut last_change = Instant::now();
     // When the first transceive was seen: roughly the start of the measured phase.
@@ -70,10 +69,10 @@ fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc:
         if now != last {
             last = now;
             last_change = Instant::now();
-        } else if last_change.elapsed() > STALL {
-            give_up(label, now, on_stall);
+        } else if last_change.elapsed() > how.stall {
+            give_up(label, now, how);
         }
-        if !draw {
+        if !how.draw {
             continue;
         }
         let (opened, done) = now;
@@ -89,25 +88,18 @@ fn watch(run: &Run, label: &str, draw: bool, on_stall: &OnStall, stopped: &mpsc:
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();
     }
-    if draw {
+    if how.draw {
         let _ = write!(err, "\r\x1b[2K");
         let _ = err.flush();
     }
 }
 
 /// Ends the process: nothing else can unblock a peer stuck in a read.
-fn give_up(label: &str, (opened, done): (u64, u64), on_stall: &OnStall) -> ! {
+fn give_up(label: &str, (opened, done): (u64, u64), how: &Watch) -> ! {
     eprintln!(
-        "\nopipe bench: {label}: no pipe opened and no transceive finished for {} s \
+        "\nopipe bench: {label}: no pipe opened and no transceive finished for {:.1} s \
          ({opened} pipes open, {done} transceives); the service does not answer. Giving up.",
-        STALL.as_secs()
+        how.stall.as_secs_f64()
     );
-    if let Some(pid) = on_stall.child_pid {
-        // The main thread is blocked in the run and will not reap it first.
-        sys::signal(pid, libc::SIGKILL);
-    }
-    if let Some(dir) = &on_stall.dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    std::process::exit(1);
+    how.abort.exit(1)
 }

@@ -115,6 +115,14 @@ impl ServiceChild {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// What another thread must clean up if it has to end the process.
+    pub fn abort(&self) -> Abort {
+        Abort {
+            child_pid: self.pid(),
+            dir: Some(self.addr.dir.clone()),
+        }
+    }
+
     fn wait_ready(&mut self) -> io::Result<()> {
         let path = self.addr.socket_path();
         let begin = Instant::now();
@@ -224,4 +232,26 @@ fn make_private_dir() -> io::Result<PathBuf> {
         }
     }
     Err(io::Error::other("could not make a temporary directory"))
+}
+
+/// Ends the bench from a thread other than the one owning the
+/// [`ServiceChild`] (a stall, a signal): kills the child and removes its
+/// directory, since the guard's `Drop` will not run.
+#[derive(Debug, Clone, Default)]
+pub struct Abort {
+    child_pid: Option<u32>,
+    dir: Option<PathBuf>,
+}
+
+impl Abort {
+    /// Cleans up and exits the process with `code`.
+    pub fn exit(&self, code: u8) -> ! {
+        if let Some(pid) = self.child_pid {
+            sys::kill_and_reap(pid);
+        }
+        if let Some(dir) = &self.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+        std::process::exit(i32::from(code));
+    }
 }

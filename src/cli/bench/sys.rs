@@ -91,6 +91,19 @@ pub fn kill_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Kills our child `pid` (SIGKILL) and reaps it (`waitpid(2)`), for a
+/// thread that must end the process while another owns the `Child`.
+pub fn kill_and_reap(pid: u32) {
+    signal(pid, libc::SIGKILL);
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: a null status pointer is allowed; should the owner reap
+        // the child first, waitpid only fails with ECHILD.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// Sends `signal` to process `pid` (`kill(2)`). The caller must know `pid`
 /// is its own child that has not been reaped yet, so the id is not reused.
 pub fn signal(pid: u32, signal: libc::c_int) {
