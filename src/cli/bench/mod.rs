@@ -290,7 +290,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
     let mut results = Vec::new();
-    for &asked in &args.pipes {
+    'runs: for &asked in &args.pipes {
         let pipes = asked.min(pipes_max);
         if pipes < asked {
             note(format!(
@@ -329,8 +329,12 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                     all_ok = false;
                 }
             }
-            if let Some(c) = child.as_mut() {
-                c.check_alive().map_err(|e| e.to_string())?;
+            // A dead service would make every later run a wall of errors:
+            // stop, and report what ran.
+            if let Some(Err(e)) = child.as_mut().map(ServiceChild::check_alive) {
+                note(format!("error: {e}"));
+                all_ok = false;
+                break 'runs;
             }
         }
     }

@@ -113,7 +113,7 @@ impl RunResult {
             "backend": self.backend,
             "pipes_opened": self.pipes_opened,
             "overflows": self.overflows,
-            "elapsed_s": round2(self.elapsed_s),
+            "elapsed_s": (self.elapsed_s * 1e4).round() / 1e4,
         })
     }
 }
