@@ -14,17 +14,18 @@
 //!    with the semantics of [`exchange`](super::exchange) (request from
 //!    [`Exchange::request`](super::exchange::Exchange::request), one read of
 //!    `max_out`, the overflow rule, the rest with ordinary reads, then
-//!    [`Exchange::verify`](super::exchange::Exchange::verify)), recording
-//!    each with `run.recorder.transceive(..)` or `run.recorder.error(..)`;
-//!    a pipe that failed once stops (its stream state is unknown),
+//!    [`Exchange::verify`](super::exchange::Exchange::verify)), each outcome
+//!    recorded with [`Run::transceived`]; a pipe that failed once stops (its
+//!    stream state is unknown),
 //! 5. stop the clock while every pipe is still open, then close them all and
 //!    release every descriptor and thread it made before returning.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, TransceiveError};
 use super::measure::{Budget, Measured};
 use super::record::Recorder;
 use super::service::ServiceAddr;
@@ -56,6 +57,58 @@ pub struct Run {
     pub recorder: Recorder,
     /// Tells the pipes when to stop.
     pub budget: Budget,
+}
+
+impl Run {
+    /// Records the outcome of pipe `pipe`'s open (connect + handshake) and
+    /// gives back the pipe when it opened.
+    pub fn opened<P>(&self, pipe: usize, outcome: Result<P, TransceiveError>) -> Option<P> {
+        match outcome {
+            Ok(p) => {
+                self.recorder.opened(pipe);
+                Some(p)
+            }
+            Err(e) => {
+                self.recorder.error(pipe, || format!("open: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records the outcome of transceive `call_id` on pipe `pipe`, begun at
+    /// `start` (just before the request was written). Gives back when it
+    /// ended, for the next [`Budget::take`], or `None` when it failed and
+    /// the pipe must stop.
+    pub fn transceived(
+        &self,
+        pipe: usize,
+        call_id: u32,
+        start: Instant,
+        outcome: Result<Completed, TransceiveError>,
+    ) -> Option<Instant> {
+        match outcome {
+            Ok(done) => {
+                let ns = done.end.saturating_duration_since(start).as_nanos();
+                let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+                self.recorder.transceive(pipe, ns, done.overflow);
+                Some(done.end)
+            }
+            Err(e) => {
+                self.recorder
+                    .error(pipe, || format!("transceive {call_id}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// A transceive whose whole reply arrived and verified.
+#[derive(Debug, Clone, Copy)]
+pub struct Completed {
+    /// When the last byte of the reply had been read (before verification).
+    pub end: Instant,
+    /// Whether its first read ended with STATUS_BUFFER_OVERFLOW.
+    pub overflow: bool,
 }
 
 /// What a peer reports besides what it recorded.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::exchange::{self, TransceiveError};
 use super::measure::{Baseline, Clock, Measured};
-use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::sys;
 
 /// Stack of each pipe thread: enough for the blocking loop, small enough
@@ -102,16 +102,7 @@ impl Roster {
 }
 
 fn pipe_thread(run: &Run, pipe: usize, roster: &Roster) {
-    let stream = match open(run, pipe) {
-        Ok(s) => {
-            run.recorder.opened(pipe);
-            Some(s)
-        }
-        Err(e) => {
-            run.recorder.error(pipe, || format!("open: {e}"));
-            None
-        }
-    };
+    let stream = run.opened(pipe, open(run, pipe));
     let barrier = roster.wait();
     barrier.wait(); // opened
     barrier.wait(); // go
@@ -137,41 +128,44 @@ fn open(run: &Run, pipe: usize) -> Result<UnixStream, TransceiveError> {
 
 /// Transceives on one pipe until the budget runs out or the pipe fails.
 fn drive(run: &Run, pipe: usize, stream: &mut UnixStream) {
-    let fd = stream.as_raw_fd();
     let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
-    let max_out = run.spec.max_out;
     let mut call_id: u32 = 0;
     let mut now = Instant::now();
     while run.budget.take(now) {
         call_id = call_id.wrapping_add(1);
         let request = run.exchange.request(call_id);
         let start = Instant::now();
-        let result = (|| -> Result<bool, TransceiveError> {
-            stream.write_all(&request)?;
-            let n = read_once(stream, &mut buf[..max_out])?;
-            let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
-            while let Some(rest) = reply.missing() {
-                let k = read_once(stream, &mut buf[rest])?;
-                reply.advance(k)?;
-            }
-            let end = Instant::now();
-            run.exchange.verify(&buf[..reply.len()], call_id)?;
-            now = end;
-            Ok(reply.overflow())
-        })();
-        match result {
-            Ok(overflow) => {
-                let ns = now.saturating_duration_since(start).as_nanos();
-                run.recorder
-                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
-            }
-            Err(e) => {
-                run.recorder
-                    .error(pipe, || format!("transceive {call_id}: {e}"));
-                return;
-            }
+        let outcome = transceive(run, stream, &request, &mut buf, call_id);
+        match run.transceived(pipe, call_id, start, outcome) {
+            Some(end) => now = end,
+            None => return,
         }
     }
+}
+
+/// One transceive, the seed's way: write all, one read of `max_out`, the
+/// overflow rule (FIONREAD), the rest, then verification.
+fn transceive(
+    run: &Run,
+    stream: &mut UnixStream,
+    request: &[u8],
+    buf: &mut [u8],
+    call_id: u32,
+) -> Result<Completed, TransceiveError> {
+    stream.write_all(request)?;
+    let n = read_once(stream, &mut buf[..run.spec.max_out])?;
+    let fd = stream.as_raw_fd();
+    let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+    while let Some(rest) = reply.missing() {
+        let k = read_once(stream, &mut buf[rest])?;
+        reply.advance(k)?;
+    }
+    let end = Instant::now();
+    run.exchange.verify(&buf[..reply.len()], call_id)?;
+    Ok(Completed {
+        end,
+        overflow: reply.overflow(),
+    })
 }
 
 /// One `read(2)`, retried only on EINTR: the seed's single receive.

@@ -12,7 +12,7 @@ use tokio::sync::Barrier;
 
 use super::exchange::{self, TransceiveError};
 use super::measure::{Baseline, Clock};
-use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::sys;
 
 /// One tokio task per pipe on the multi-threaded runtime.
@@ -73,16 +73,7 @@ async fn pipe_task(
     connected: io::Result<std::os::unix::net::UnixStream>,
     barrier: Arc<Barrier>,
 ) {
-    let stream = match open(&run, pipe, connected).await {
-        Ok(s) => {
-            run.recorder.opened(pipe);
-            Some(s)
-        }
-        Err(e) => {
-            run.recorder.error(pipe, || format!("open: {e}"));
-            None
-        }
-    };
+    let stream = run.opened(pipe, open(&run, pipe, connected).await);
     barrier.wait().await; // opened
     barrier.wait().await; // go
     if let Some(mut s) = stream {
@@ -110,40 +101,44 @@ async fn open(
     Ok(s)
 }
 
+/// Transceives on one pipe until the budget runs out or the pipe fails.
 async fn drive(run: &Run, pipe: usize, stream: &mut UnixStream) {
-    let fd = stream.as_raw_fd();
     let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
-    let max_out = run.spec.max_out;
     let mut call_id: u32 = 0;
     let mut now = Instant::now();
     while run.budget.take(now) {
         call_id = call_id.wrapping_add(1);
         let request = run.exchange.request(call_id);
         let start = Instant::now();
-        let result: Result<bool, TransceiveError> = async {
-            stream.write_all(&request).await?;
-            let n = stream.read(&mut buf[..max_out]).await?;
-            let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
-            while let Some(rest) = reply.missing() {
-                let k = stream.read(&mut buf[rest]).await?;
-                reply.advance(k)?;
-            }
-            now = Instant::now();
-            run.exchange.verify(&buf[..reply.len()], call_id)?;
-            Ok(reply.overflow())
-        }
-        .await;
-        match result {
-            Ok(overflow) => {
-                let ns = now.saturating_duration_since(start).as_nanos();
-                run.recorder
-                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
-            }
-            Err(e) => {
-                run.recorder
-                    .error(pipe, || format!("transceive {call_id}: {e}"));
-                return;
-            }
+        let outcome = transceive(run, stream, &request, &mut buf, call_id).await;
+        match run.transceived(pipe, call_id, start, outcome) {
+            Some(end) => now = end,
+            None => return,
         }
     }
+}
+
+/// One transceive, the seed's way: write all, one read of `max_out`, the
+/// overflow rule (FIONREAD), the rest, then verification.
+async fn transceive(
+    run: &Run,
+    stream: &mut UnixStream,
+    request: &[u8],
+    buf: &mut [u8],
+    call_id: u32,
+) -> Result<Completed, TransceiveError> {
+    stream.write_all(request).await?;
+    let n = stream.read(&mut buf[..run.spec.max_out]).await?;
+    let fd = stream.as_raw_fd();
+    let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+    while let Some(rest) = reply.missing() {
+        let k = stream.read(&mut buf[rest]).await?;
+        reply.advance(k)?;
+    }
+    let end = Instant::now();
+    run.exchange.verify(&buf[..reply.len()], call_id)?;
+    Ok(Completed {
+        end,
+        overflow: reply.overflow(),
+    })
 }

@@ -11,9 +11,9 @@ use tokio::sync::Barrier;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::UnixStream;
 
-use super::exchange::{self, TransceiveError};
+use super::exchange::{self, ReplyProgress, TransceiveError};
 use super::measure::{Baseline, Clock};
-use super::peer::{BenchError, Peer, PeerRun, Run};
+use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::sys;
 
 /// Submission queue entries of the runtime's ring.
@@ -81,16 +81,7 @@ async fn pipe_task(
     connected: io::Result<std::os::unix::net::UnixStream>,
     barrier: Arc<Barrier>,
 ) {
-    let stream = match open(&run, pipe, connected).await {
-        Ok(s) => {
-            run.recorder.opened(pipe);
-            Some(s)
-        }
-        Err(e) => {
-            run.recorder.error(pipe, || format!("open: {e}"));
-            None
-        }
-    };
+    let stream = run.opened(pipe, open(&run, pipe, connected).await);
     barrier.wait().await; // opened
     barrier.wait().await; // go
     if let Some(s) = stream {
@@ -127,60 +118,51 @@ async fn open(
     Ok(s)
 }
 
+/// Transceives on one pipe until the budget runs out or the pipe fails.
 async fn drive(run: &Run, pipe: usize, stream: &UnixStream) {
-    let fd = stream.as_raw_fd();
-    // Owned buffers travel into each operation and come back with its result.
+    // The buffer travels into each operation and comes back with its result.
     let mut buf = vec![0u8; run.spec.reply_buffer_bytes()];
-    let max_out = run.spec.max_out;
     let mut call_id: u32 = 0;
     let mut now = Instant::now();
     while run.budget.take(now) {
         call_id = call_id.wrapping_add(1);
         let request = run.exchange.request(call_id);
         let start = Instant::now();
-        let (result, back) = transceive(run, stream, fd, request, buf, max_out).await;
+        let (outcome, back) = transceive(run, stream, request, buf).await;
         buf = back;
-        let result = result.and_then(|(len, overflow)| {
-            now = Instant::now();
-            run.exchange.verify(&buf[..len], call_id)?;
-            Ok(overflow)
+        let outcome = outcome.and_then(|(end, reply)| {
+            run.exchange.verify(&buf[..reply.len()], call_id)?;
+            Ok(Completed {
+                end,
+                overflow: reply.overflow(),
+            })
         });
-        match result {
-            Ok(overflow) => {
-                let ns = now.saturating_duration_since(start).as_nanos();
-                run.recorder
-                    .transceive(pipe, u64::try_from(ns).unwrap_or(u64::MAX), overflow);
-            }
-            Err(e) => {
-                run.recorder
-                    .error(pipe, || format!("transceive {call_id}: {e}"));
-                return;
-            }
+        match run.transceived(pipe, call_id, start, outcome) {
+            Some(end) => now = end,
+            None => return,
         }
     }
 }
 
-/// Write, one read of `max_out`, the rest; returns the reply length and
-/// whether the first read was an overflow, and always gives `buf` back.
+/// Write all, one read of `max_out`, the overflow rule (FIONREAD), the
+/// rest; gives back when the reply was complete and the buffer holding it.
 async fn transceive(
     run: &Run,
     stream: &UnixStream,
-    fd: i32,
     request: Vec<u8>,
     buf: Vec<u8>,
-    max_out: usize,
-) -> (Result<(usize, bool), TransceiveError>, Vec<u8>) {
+) -> (Result<(Instant, ReplyProgress), TransceiveError>, Vec<u8>) {
     let (res, _) = stream.write_all(request).await;
     if let Err(e) = res {
         return (Err(e.into()), buf);
     }
-    let (res, slice) = stream.read(buf.slice(..max_out)).await;
+    let (res, slice) = stream.read(buf.slice(..run.spec.max_out)).await;
     let mut buf = slice.into_inner();
-    let n = match res {
-        Ok(n) => n,
-        Err(e) => return (Err(e.into()), buf),
-    };
-    let mut reply = match run.exchange.first_read(n, || sys::bytes_queued(fd)) {
+    let fd = stream.as_raw_fd();
+    let mut reply = match res
+        .map_err(TransceiveError::from)
+        .and_then(|n| run.exchange.first_read(n, || sys::bytes_queued(fd)))
+    {
         Ok(r) => r,
         Err(e) => return (Err(e), buf),
     };
@@ -194,5 +176,5 @@ async fn transceive(
             return (Err(e), buf);
         }
     }
-    (Ok((reply.len(), reply.overflow())), buf)
+    (Ok((Instant::now(), reply)), buf)
 }
