@@ -528,6 +528,30 @@ fn several_threads_share_the_listeners() {
 }
 
 #[test]
+fn idle_connections_hold_no_receive_buffer() {
+    // 1000 open connections, each with a receive armed, and a ring of 4
+    // buffers: used one at a time, the ring never runs dry.
+    opipe::ring::sys::raise_nofile_limit().unwrap();
+    let Some(fx) = start(|b| b.recv_buffers(4, 4096)) else {
+        return;
+    };
+    let path = fx.path("srvsvc");
+    let mut conns: Vec<UnixStream> = (0..1000).map(|_| open_ok(&path)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        echo_once(c, format!("message {i}").as_bytes());
+    }
+    let st = fx.stats();
+    assert_eq!(
+        (st.connections_open, st.recv_no_buffers),
+        (1000, 0),
+        "{st:?}"
+    );
+    drop(conns);
+    fx.wait_stats("all closed", |s| s.connections_open == 0);
+    fx.stop();
+}
+
+#[test]
 fn receives_starved_of_buffers_are_rearmed() {
     // Two 64-byte buffers for 100 clients sending 1000 bytes each: the ring
     // runs dry again and again; every byte must still come back.
@@ -689,6 +713,26 @@ mod dcerpc {
             let lens = call_reply_only(&mut s, id, REPLY);
             assert_eq!(lens, 16);
         }
+        fx.stop();
+    }
+
+    #[test]
+    fn half_closed_client_gets_every_reply_then_eof() {
+        let Some(fx) = start(|b| b.handler(DceRpcFactory::new(30_000))) else {
+            return;
+        };
+        let mut s = open_ok(&fx.path("srvsvc"));
+        let mut burst = Vec::new();
+        for id in 0..200 {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        s.write_all(&burst).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        for id in 0..200 {
+            assert_eq!(call_reply_only(&mut s, id, 30_000), 8);
+        }
+        assert_closed_silently(&mut s);
+        fx.wait_stats("closed", |s| s.connections_open == 0);
         fx.stop();
     }
 

@@ -774,14 +774,20 @@ impl EventLoop {
         let mut sqes: [Option<squeue::Entry>; 2] = [None, None];
 
         // A session with a backlog produces its next batch once the output
-        // has drained.
-        if c.phase == Phase::Open
+        // has drained (also when draining: the peer may have closed only
+        // its sending side). A session that makes no progress would stall
+        // the connection with its receive off: it is aborted instead.
+        if matches!(c.phase, Phase::Open | Phase::Draining)
             && !self.shutting_down
             && c.queued() <= self.cfg.output_low_water_bytes
             && c.session.has_backlog()
         {
+            let before = c.queued();
             let v = c.session.on_writable(&mut c.pending);
             apply(c, v, CloseReason::Session);
+            if c.queued() == before && c.session.has_backlog() {
+                abort(c, CloseReason::Session);
+            }
         }
 
         // Output.
@@ -851,8 +857,8 @@ impl EventLoop {
             Phase::Draining => {
                 c.recv == RecvState::Idle
                     && !c.send_inflight
-                    && sqes[0].is_none()
                     && c.queued() == 0
+                    && !c.session.has_backlog()
             }
             Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
         };
@@ -900,6 +906,21 @@ impl EventLoop {
                 Some(d) => st.deadlines.push(Reverse((d, idx, gen))),
                 None => {}
             }
+        }
+        // Entries of connections gone or past their deadline phase are
+        // dropped lazily; rebuild when they outnumber the live ones, so
+        // connection churn cannot grow the heap without bound.
+        if st.deadlines.len() > 2 * st.conns.len + 1024 {
+            let live: Vec<_> = st
+                .deadlines
+                .drain()
+                .filter(|Reverse((_, idx, gen))| {
+                    st.conns
+                        .get_mut(*idx, *gen)
+                        .is_some_and(|c| c.session.deadline().is_some())
+                })
+                .collect();
+            st.deadlines = live.into_iter().collect();
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use super::stats::{Counters, Stats};
 
 /// Why a service could not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// No pipe name was configured.
     NoPipes,

@@ -24,6 +24,7 @@ pub(crate) fn bump(c: &AtomicU64) {
 
 /// A snapshot of a service's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Connections accepted from the listening sockets.
     pub accepted: u64,
