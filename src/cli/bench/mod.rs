@@ -7,6 +7,7 @@
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
+//! * `phases`: the four meeting points of a run (opened, go, done, close);
 //! * [`monitor`]: progress line and stall watchdog; [`output`]: table and JSON;
 //! * [`spec`]: what one run is asked to do, and the size definitions.
 
@@ -18,6 +19,7 @@ pub mod peer;
 mod peer_threads;
 mod peer_tokio;
 mod peer_tokio_uring;
+mod phases;
 pub mod record;
 pub mod service;
 pub mod spec;

@@ -9,8 +9,9 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Instant;
 
 use super::exchange::{self, TransceiveError};
-use super::measure::{Baseline, Clock, Measured};
+use super::measure::{Baseline, Measured};
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use super::phases;
 use super::sys;
 
 /// Stack of each pipe thread: enough for the blocking loop, small enough
@@ -29,9 +30,9 @@ impl Peer for ThreadsPeer {
     fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
         let run: &Run = run;
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
-        // The threads meet at one reusable barrier four times: all opened,
-        // go, all done, close. Its size is known only once every thread has
-        // been spawned (a spawn can fail), so it is handed out through `roster`.
+        // The threads meet at one reusable barrier four times (see
+        // `phases`). Its size is known only once every thread has been
+        // spawned (a spawn can fail), so it is handed out through `roster`.
         let roster = Roster::default();
         let outcome = std::thread::scope(|scope| {
             let mut spawned = 0;
@@ -56,13 +57,7 @@ impl Peer for ThreadsPeer {
                 }
             }
             let barrier = roster.publish(spawned + 1);
-            barrier.wait(); // every spawned pipe is open (or failed)
-            let clock = Clock::start(&run.budget);
-            barrier.wait(); // go
-            barrier.wait(); // every pipe is done transceiving
-            let measured = clock.and_then(|c| c.stop(before));
-            barrier.wait(); // close
-            measured
+            phases::lead_blocking(&barrier, run, before)
         });
         let measured: Measured = outcome.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
@@ -102,18 +97,16 @@ impl Roster {
 }
 
 fn pipe_thread(run: &Run, pipe: usize, roster: &Roster) {
-    let stream = run.opened(pipe, open(run, pipe));
+    let mut stream = run.opened(pipe, open(run, pipe));
     let barrier = roster.wait();
     barrier.wait(); // opened
     barrier.wait(); // go
-    if let Some(mut stream) = stream {
-        drive(run, pipe, &mut stream);
-        barrier.wait(); // done
-        barrier.wait(); // close: `stream` drops after this
-    } else {
-        barrier.wait();
-        barrier.wait();
+    if let Some(s) = stream.as_mut() {
+        drive(run, pipe, s);
     }
+    barrier.wait(); // done
+    barrier.wait(); // close
+    drop(stream);
 }
 
 /// Connect and the open handshake, blocking.

@@ -11,8 +11,9 @@ use tokio::net::UnixStream;
 use tokio::sync::Barrier;
 
 use super::exchange::{self, TransceiveError};
-use super::measure::{Baseline, Clock};
+use super::measure::Baseline;
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use super::phases;
 use super::sys;
 
 /// One tokio task per pipe on the multi-threaded runtime.
@@ -31,31 +32,13 @@ impl Peer for TokioPeer {
             .map_err(BenchError::io("building the tokio runtime"))?;
         let workers = rt.metrics().num_workers();
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
-        let measured = rt.block_on(async {
-            let pipes = run.spec.pipes;
-            // Rendezvous four times: all opened, go, all done, close.
-            let barrier = Arc::new(Barrier::new(pipes + 1));
-            let mut tasks = Vec::with_capacity(pipes);
-            for pipe in 0..pipes {
-                // Connected here with a blocking connect: a non-blocking
-                // AF_UNIX connect fails with EAGAIN when the listen backlog is
-                // full, which thousands of simultaneous opens would hit.
-                let connected = std::os::unix::net::UnixStream::connect(run.service.socket_path());
-                let (run, barrier) = (run.clone(), barrier.clone());
-                tasks.push(tokio::spawn(pipe_task(run, pipe, connected, barrier)));
-            }
-            barrier.wait().await; // opened
-            let clock = Clock::start(&run.budget);
-            barrier.wait().await; // go
-            barrier.wait().await; // done
-            let measured = clock.and_then(|c| c.stop(before));
-            barrier.wait().await; // close
-            for t in tasks {
-                // A task can only fail by panicking, which it does not do.
-                let _ = t.await;
-            }
-            measured
-        });
+        let measured = rt.block_on(phases::run_tasks(
+            run,
+            before,
+            |pipe, connected, barrier| {
+                tokio::spawn(pipe_task(run.clone(), pipe, connected, barrier))
+            },
+        ));
         drop(rt);
         let measured = measured.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
@@ -73,17 +56,15 @@ async fn pipe_task(
     connected: io::Result<std::os::unix::net::UnixStream>,
     barrier: Arc<Barrier>,
 ) {
-    let stream = run.opened(pipe, open(&run, pipe, connected).await);
+    let mut stream = run.opened(pipe, open(&run, pipe, connected).await);
     barrier.wait().await; // opened
     barrier.wait().await; // go
-    if let Some(mut s) = stream {
-        drive(&run, pipe, &mut s).await;
-        barrier.wait().await; // done
-        barrier.wait().await; // close: `s` drops after this
-    } else {
-        barrier.wait().await;
-        barrier.wait().await;
+    if let Some(s) = stream.as_mut() {
+        drive(&run, pipe, s).await;
     }
+    barrier.wait().await; // done
+    barrier.wait().await; // close
+    drop(stream);
 }
 
 async fn open(

@@ -12,8 +12,9 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::UnixStream;
 
 use super::exchange::{self, ReplyProgress, TransceiveError};
-use super::measure::{Baseline, Clock};
+use super::measure::Baseline;
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use super::phases;
 use super::sys;
 
 /// Submission queue entries of the runtime's ring.
@@ -43,27 +44,13 @@ impl Peer for TokioUringPeer {
             },
         )?;
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
-        let measured = rt.block_on(async {
-            let pipes = run.spec.pipes;
-            let barrier = Arc::new(Barrier::new(pipes + 1));
-            let mut tasks = Vec::with_capacity(pipes);
-            for pipe in 0..pipes {
-                // Blocking connect, as in the tokio peer (backlog EAGAIN).
-                let connected = std::os::unix::net::UnixStream::connect(run.service.socket_path());
-                let (run, barrier) = (run.clone(), barrier.clone());
-                tasks.push(tokio_uring::spawn(pipe_task(run, pipe, connected, barrier)));
-            }
-            barrier.wait().await; // opened
-            let clock = Clock::start(&run.budget);
-            barrier.wait().await; // go
-            barrier.wait().await; // done
-            let measured = clock.and_then(|c| c.stop(before));
-            barrier.wait().await; // close
-            for t in tasks {
-                let _ = t.await;
-            }
-            measured
-        });
+        let measured = rt.block_on(phases::run_tasks(
+            run,
+            before,
+            |pipe, connected, barrier| {
+                tokio_uring::spawn(pipe_task(run.clone(), pipe, connected, barrier))
+            },
+        ));
         drop(rt);
         let measured = measured.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
@@ -84,14 +71,12 @@ async fn pipe_task(
     let stream = run.opened(pipe, open(&run, pipe, connected).await);
     barrier.wait().await; // opened
     barrier.wait().await; // go
-    if let Some(s) = stream {
-        drive(&run, pipe, &s).await;
-        barrier.wait().await; // done
-        barrier.wait().await; // close: `s` drops after this
-    } else {
-        barrier.wait().await;
-        barrier.wait().await;
+    if let Some(s) = stream.as_ref() {
+        drive(&run, pipe, s).await;
     }
+    barrier.wait().await; // done
+    barrier.wait().await; // close
+    drop(stream);
 }
 
 async fn open(
