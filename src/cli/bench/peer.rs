@@ -3,22 +3,28 @@
 //! A peer is one way of driving pipes (a thread per pipe, tokio tasks,
 //! tokio-uring tasks, opipe's own engine). For one [`Run`] it must:
 //!
-//! 1. take a [`Baseline`](super::measure::Baseline) before opening anything,
+//! 1. take a [`Baseline`](super::measure::Baseline) before opening anything
+//!    (after its runtime or ring exists),
 //! 2. open `run.spec.pipes` pipes to `run.service`, each with the full open
-//!    handshake ([`exchange::open_message`](super::exchange::open_message),
-//!    [`exchange::check_open_status`](super::exchange::check_open_status)),
-//!    recording each success with `run.recorder.opened(i)` and each failure
-//!    with `run.recorder.error(i, ..)`,
-//! 3. start the [`Clock`](super::measure::Clock) once all are open,
+//!    handshake ([`Exchange::open_message`](super::exchange::Exchange::open_message),
+//!    then [`check_open_status`](super::exchange::check_open_status) on the
+//!    4-byte answer), each outcome recorded with [`Run::opened`],
+//! 3. start the [`Clock`](super::measure::Clock) once all are open (this
+//!    arms `run.budget`),
 //! 4. on every pipe, transceive while `run.budget.take(now)` allows, each one
-//!    with the semantics of [`exchange`](super::exchange) (request from
+//!    with the semantics of [`exchange`](super::exchange): the request from
 //!    [`Exchange::request`](super::exchange::Exchange::request), one read of
-//!    `max_out`, the overflow rule, the rest with ordinary reads, then
-//!    [`Exchange::verify`](super::exchange::Exchange::verify)), each outcome
-//!    recorded with [`Run::transceived`]; a pipe that failed once stops (its
-//!    stream state is unknown),
+//!    `max_out` handed to [`Exchange::first_read`](super::exchange::Exchange::first_read)
+//!    (or [`first_read_with_status`](super::exchange::Exchange::first_read_with_status)
+//!    for an engine that decides the overflow status itself), the rest with
+//!    ordinary reads, then [`Exchange::verify`](super::exchange::Exchange::verify);
+//!    each outcome recorded with [`Run::transceived`]; a pipe that failed
+//!    once stops (its stream state is unknown),
 //! 5. stop the clock while every pipe is still open, then close them all and
-//!    release every descriptor and thread it made before returning.
+//!    release every descriptor and thread it made before returning (the
+//!    harness warns when `/proc/self/fd` does not return to its count).
+//!
+//! Peers with a thread or task per pipe get steps 3 and 5 from `phases`.
 
 use std::fmt;
 use std::io;
