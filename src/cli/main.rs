@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod call;
 mod serve;
 
@@ -23,6 +24,8 @@ enum Command {
     Call(call::CallArgs),
     /// FSCTL_PIPE_WAIT: wait until a pipe's listener accepts; prints JSON.
     Wait(call::WaitArgs),
+    // The help text is BenchArgs' doc comment.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +34,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Call(args) => call::run(args),
         Command::Wait(args) => call::run_wait(args),
+        Command::Bench(args) => bench::main(args),
     }
 }

@@ -1,0 +1,485 @@
+//! The transceive every peer performs, and the checks on every reply, in one
+//! place so that all engines do exactly the same work per operation.
+//!
+//! A transceive (FSCTL_PIPE_TRANSCEIVE, seed semantics):
+//!
+//! 1. write the whole request PDU(s), from [`Exchange::request`];
+//! 2. ONE read of up to `max_out` bytes, handed to [`Exchange::first_read`];
+//!    when `max_out < 4280` and that read filled the buffer and bytes are
+//!    still queued (`FIONREAD`), the SMB client would get
+//!    `STATUS_BUFFER_OVERFLOW` ([`ReplyProgress::overflow`]);
+//! 3. ordinary reads of [`ReplyProgress::missing`] until the whole reply,
+//!    whose length is known, has arrived ([`ReplyProgress::advance`]);
+//! 4. [`Exchange::verify`]: length, every fragment's header (response type,
+//!    the request's call id, first/last flags) and the stub bytes against the
+//!    pattern the service writes. A reply that fails is an error, never a
+//!    transceive.
+
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+use opipe::protocol::dcerpc;
+use opipe::protocol::{
+    decode_status_word, encode_open_message, transceive_status, ClientAddr, NetUserInfo, NtStatus,
+    SMB_PIPE_MAX_MSGSIZE, STATUS_WORD_LEN,
+};
+use opipe::service::dcerpc::reply_stub_byte;
+
+use super::spec::{RunSpec, WireSize};
+
+/// Bytes of the open handshake's reply (one native-order NT status).
+pub const STATUS_WORD_BYTES: usize = STATUS_WORD_LEN;
+/// Presentation context and operation number of every bench request.
+const CONTEXT_ID: u16 = 0;
+const OPNUM: u16 = 0;
+/// The byte every request stub is filled with (the service ignores it).
+const REQUEST_STUB_BYTE: u8 = 0x5a;
+
+/// Why one transceive (or open) failed.
+#[derive(Debug)]
+pub enum TransceiveError {
+    /// A system call failed.
+    Io(io::Error),
+    /// The service closed the pipe (a read returned 0): STATUS_PIPE_BROKEN.
+    Closed,
+    /// The open was refused, or the handshake message could not be made.
+    Open(String),
+    /// The reply is not the one the request asked for.
+    BadReply(String),
+}
+
+impl From<io::Error> for TransceiveError {
+    fn from(e: io::Error) -> Self {
+        TransceiveError::Io(e)
+    }
+}
+
+impl fmt::Display for TransceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransceiveError::Io(e) => write!(f, "{e}"),
+            TransceiveError::Closed => write!(f, "the service closed the pipe"),
+            TransceiveError::Open(why) => write!(f, "open refused: {why}"),
+            TransceiveError::BadReply(why) => write!(f, "wrong reply: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TransceiveError {}
+
+fn bad(why: String) -> TransceiveError {
+    TransceiveError::BadReply(why)
+}
+
+/// Checks the status word that ends a successful open handshake.
+pub fn check_open_status(word: [u8; STATUS_WORD_BYTES]) -> Result<(), TransceiveError> {
+    let status = decode_status_word(word);
+    if status == NtStatus::SUCCESS {
+        Ok(())
+    } else {
+        Err(TransceiveError::Open(format!(
+            "the service answered {status}"
+        )))
+    }
+}
+
+/// Request encoding and reply verification for one run.
+#[derive(Debug)]
+pub struct Exchange {
+    request_stub: Vec<u8>,
+    reply: WireSize,
+    max_out: usize,
+    /// The stub bytes every reply must carry, from the service's pattern.
+    expected_stub: Vec<u8>,
+}
+
+impl Exchange {
+    /// Prepares the exchange of `spec`.
+    pub fn new(spec: &RunSpec) -> Exchange {
+        Exchange {
+            request_stub: vec![REQUEST_STUB_BYTE; spec.request.stub_bytes],
+            reply: spec.reply,
+            max_out: spec.max_out,
+            expected_stub: expected_reply_stub(spec.reply.stub_bytes),
+        }
+    }
+
+    /// The open handshake message of pipe number `pipe`: the 8-byte pipe
+    /// header and the XDR netuserinfo of a fixed bench user (session id =
+    /// pipe number).
+    pub fn open_message(&self, pipe: usize) -> Result<Vec<u8>, TransceiveError> {
+        let user = NetUserInfo {
+            session_id: pipe as u64 + 1,
+            domain: "OPIPE".into(),
+            account: "bench".into(),
+            posix_uid: 60001,
+            workstation: "BENCH".into(),
+            client_addr: ClientAddr::V4(Ipv4Addr::LOCALHOST),
+            numopens: 1,
+            ..NetUserInfo::default()
+        };
+        encode_open_message(&user).map_err(|e| TransceiveError::Open(format!("encoding: {e}")))
+    }
+
+    /// The request PDU(s) of one transceive with `call_id`.
+    pub fn request(&self, call_id: u32) -> Vec<u8> {
+        dcerpc::encode_request(
+            call_id,
+            CONTEXT_ID,
+            OPNUM,
+            &self.request_stub,
+            dcerpc::DEFAULT_MAX_FRAG,
+        )
+    }
+
+    /// Takes the result of the transceive's one read of `max_out` bytes and
+    /// decides its status the seed's way ([`transceive_status`]). `queued`
+    /// reports the bytes still waiting on the socket (FIONREAD); it is asked
+    /// only when the read filled a buffer under 4280 bytes, so the common
+    /// case costs no system call.
+    pub fn first_read(
+        &self,
+        n: usize,
+        queued: impl FnOnce() -> io::Result<usize>,
+    ) -> Result<ReplyProgress, TransceiveError> {
+        let may_overflow = self.max_out < SMB_PIPE_MAX_MSGSIZE && n >= self.max_out;
+        let pending = may_overflow && queued()? > 0;
+        self.progress(n, transceive_status(self.max_out_u32(), n, pending))
+    }
+
+    /// Like [`first_read`](Self::first_read) for an engine that decides the
+    /// status itself (e.g. from `IORING_CQE_F_SOCK_NONEMPTY`): checks that
+    /// `status` is one the seed could have given for this read.
+    // No peer of this build decides its own status yet; engine `uring` will.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn first_read_with_status(
+        &self,
+        n: usize,
+        status: NtStatus,
+    ) -> Result<ReplyProgress, TransceiveError> {
+        let legal = match status {
+            NtStatus::SUCCESS => true,
+            // Overflow needs a full buffer under 4280 and bytes left over,
+            // which a read of the whole reply cannot have.
+            NtStatus::BUFFER_OVERFLOW => {
+                n < self.reply.wire_bytes
+                    && transceive_status(self.max_out_u32(), n, true) == status
+            }
+            _ => false,
+        };
+        if !legal {
+            return Err(bad(format!(
+                "{status} for a first read of {n} bytes (max_out {}, reply {} bytes)",
+                self.max_out, self.reply.wire_bytes
+            )));
+        }
+        self.progress(n, status)
+    }
+
+    fn max_out_u32(&self) -> u32 {
+        u32::try_from(self.max_out).unwrap_or(u32::MAX)
+    }
+
+    fn progress(&self, n: usize, status: NtStatus) -> Result<ReplyProgress, TransceiveError> {
+        if n == 0 {
+            return Err(TransceiveError::Closed);
+        }
+        let expected = self.reply.wire_bytes;
+        if n > expected {
+            return Err(bad(format!(
+                "the first read returned {n} bytes, the reply is {expected}"
+            )));
+        }
+        Ok(ReplyProgress {
+            got: n,
+            expected,
+            status,
+        })
+    }
+
+    /// Verifies a whole reply to the request with `call_id`.
+    pub fn verify(&self, reply: &[u8], call_id: u32) -> Result<(), TransceiveError> {
+        if reply.len() != self.reply.wire_bytes {
+            return Err(bad(format!(
+                "{} bytes, expected {}",
+                reply.len(),
+                self.reply.wire_bytes
+            )));
+        }
+        let mut at = 0;
+        let mut stub_at = 0;
+        let mut fragment = 0;
+        while at < reply.len() {
+            let rest = &reply[at..];
+            let len = match dcerpc::pdu_len(rest, dcerpc::DEFAULT_MAX_FRAG) {
+                Ok(Some(len)) if len <= rest.len() => len,
+                Ok(_) => {
+                    return Err(bad(format!(
+                        "fragment {fragment} at byte {at} runs past the reply's {} bytes",
+                        reply.len()
+                    )))
+                }
+                Err(e) => return Err(bad(format!("fragment {fragment} at byte {at}: {e}"))),
+            };
+            let pdu = dcerpc::decode_response(&rest[..len])
+                .map_err(|e| bad(format!("fragment {fragment} at byte {at}: {e}")))?;
+            let h = pdu.header;
+            if h.call_id != call_id {
+                return Err(bad(format!(
+                    "fragment {fragment}: call id {} answers no request of ours (sent {call_id})",
+                    h.call_id
+                )));
+            }
+            let last = at + len == reply.len();
+            let want_flags = (if fragment == 0 {
+                dcerpc::PFC_FIRST_FRAG
+            } else {
+                0
+            }) | (if last { dcerpc::PFC_LAST_FRAG } else { 0 });
+            let have_flags = h.pfc_flags & (dcerpc::PFC_FIRST_FRAG | dcerpc::PFC_LAST_FRAG);
+            if have_flags != want_flags {
+                return Err(bad(format!(
+                    "fragment {fragment}: flags {have_flags:#04x}, expected {want_flags:#04x}"
+                )));
+            }
+            let stub = pdu.stub;
+            let want = self
+                .expected_stub
+                .get(stub_at..stub_at + stub.len())
+                .ok_or_else(|| bad(format!("more than {} stub bytes", self.reply.stub_bytes)))?;
+            if stub != want {
+                let i = stub.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+                return Err(bad(format!(
+                    "stub byte {} is {:#04x}, the service's pattern has {:#04x}",
+                    stub_at + i,
+                    stub[i],
+                    want[i]
+                )));
+            }
+            stub_at += stub.len();
+            at += len;
+            fragment += 1;
+        }
+        if stub_at != self.reply.stub_bytes {
+            return Err(bad(format!(
+                "{stub_at} stub bytes, expected {}",
+                self.reply.stub_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How much of a reply has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyProgress {
+    got: usize,
+    expected: usize,
+    status: NtStatus,
+}
+
+impl ReplyProgress {
+    /// The byte range of the reply buffer still to read, if any.
+    pub fn missing(&self) -> Option<Range<usize>> {
+        (self.got < self.expected).then_some(self.got..self.expected)
+    }
+
+    /// Takes the result of one ordinary read into [`missing`](Self::missing).
+    pub fn advance(&mut self, n: usize) -> Result<(), TransceiveError> {
+        if n == 0 {
+            return Err(TransceiveError::Closed);
+        }
+        self.got += n;
+        debug_assert!(self.got <= self.expected);
+        Ok(())
+    }
+
+    /// Bytes received so far (the whole reply once `missing` is `None`).
+    pub fn len(&self) -> usize {
+        self.got
+    }
+
+    /// Did the first read end with STATUS_BUFFER_OVERFLOW?
+    pub fn overflow(&self) -> bool {
+        self.status == NtStatus::BUFFER_OVERFLOW
+    }
+}
+
+/// The stub bytes the service's dcerpc handler puts in a reply of
+/// `stub_bytes`: its own pattern function, byte by byte.
+fn expected_reply_stub(stub_bytes: usize) -> Vec<u8> {
+    (0..stub_bytes).map(reply_stub_byte).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::measure::StopRule;
+
+    fn exchange(request: usize, reply: usize, max_out: usize) -> Exchange {
+        Exchange::new(&RunSpec {
+            pipes: 1,
+            request: WireSize::from_wire(request).unwrap(),
+            reply: WireSize::from_wire(reply).unwrap(),
+            max_out,
+            stop: StopRule::Requests(1),
+        })
+    }
+
+    /// The reply a correct service sends, built with the protocol's encoder.
+    fn good_reply(x: &Exchange, call_id: u32) -> Vec<u8> {
+        dcerpc::encode_response(
+            call_id,
+            CONTEXT_ID,
+            &x.expected_stub,
+            dcerpc::DEFAULT_MAX_FRAG,
+        )
+    }
+
+    #[test]
+    fn request_has_the_asked_wire_size() {
+        for size in [24, 64, 4280, 8192, 65536] {
+            let x = exchange(size, 64, 4280);
+            let req = x.request(7);
+            assert_eq!(req.len(), size);
+            let h = dcerpc::CommonHeader::decode(&req).unwrap();
+            assert_eq!((h.ptype, h.call_id), (dcerpc::PTYPE_REQUEST, 7));
+        }
+    }
+
+    #[test]
+    fn good_replies_verify() {
+        for size in [24, 64, 4280, 4305, 8192, 65536] {
+            let x = exchange(64, size, 4280);
+            let reply = good_reply(&x, 42);
+            assert_eq!(reply.len(), size);
+            x.verify(&reply, 42).unwrap();
+        }
+    }
+
+    #[test]
+    fn corrupted_replies_are_rejected() {
+        let x = exchange(64, 8192, 4280);
+        let good = good_reply(&x, 9);
+        let reject = |reply: &[u8], what: &str| {
+            let err = x.verify(reply, 9).expect_err(what);
+            assert!(matches!(err, TransceiveError::BadReply(_)), "{what}: {err}");
+        };
+        // Wrong call id: the reply to some other request.
+        reject(&good_reply(&x, 10), "call id");
+        // One stub byte flipped, in the second fragment.
+        let mut r = good.clone();
+        let last = r.len() - 1;
+        r[last] ^= 0xff;
+        reject(&r, "stub byte");
+        // Not a response PDU (a request with the same call id).
+        let mut r = good.clone();
+        r[2] = dcerpc::PTYPE_REQUEST;
+        reject(&r, "packet type");
+        // Last-fragment flag missing on the last fragment.
+        let mut r = good.clone();
+        let second = usize::from(dcerpc::CommonHeader::decode(&r).unwrap().frag_length);
+        r[second + 3] &= !dcerpc::PFC_LAST_FRAG;
+        reject(&r, "flags");
+        // Last-fragment flag set on the first of two fragments.
+        let mut r = good.clone();
+        r[3] |= dcerpc::PFC_LAST_FRAG;
+        reject(&r, "early last flag");
+        // Truncated and overlong.
+        reject(&good[..good.len() - 1], "short");
+        let mut r = good.clone();
+        r.push(0);
+        reject(&r, "long");
+        // A frag_length pointing past the end.
+        let mut r = good;
+        r[8] = 0xff;
+        r[9] = 0x0f;
+        reject(&r, "frag_length");
+    }
+
+    #[test]
+    fn first_read_applies_the_overflow_rule() {
+        // max_out < 4280, the read filled it, bytes queued: overflow.
+        let x = exchange(64, 200, 100);
+        let p = x.first_read(100, || Ok(100)).unwrap();
+        assert!(p.overflow());
+        assert_eq!(p.missing(), Some(100..200));
+        // Filled but nothing queued yet: success, the rest comes later.
+        let p = x.first_read(100, || Ok(0)).unwrap();
+        assert!(!p.overflow());
+        // Short read: FIONREAD is not even asked.
+        let p = x
+            .first_read(60, || panic!("no FIONREAD on a short read"))
+            .unwrap();
+        assert!(!p.overflow());
+        // max_out of 4280 or more never overflows.
+        let x = exchange(64, 8192, 4280);
+        let p = x
+            .first_read(4280, || panic!("no FIONREAD at 4280"))
+            .unwrap();
+        assert!(!p.overflow());
+        // End of stream and overlong reads are errors.
+        assert!(matches!(
+            x.first_read(0, || Ok(0)),
+            Err(TransceiveError::Closed)
+        ));
+        let x = exchange(64, 64, 4280);
+        assert!(x.first_read(65, || Ok(0)).is_err());
+    }
+
+    #[test]
+    fn engine_reported_status_is_checked() {
+        let x = exchange(64, 200, 100);
+        let p = x
+            .first_read_with_status(100, NtStatus::BUFFER_OVERFLOW)
+            .unwrap();
+        assert!(p.overflow());
+        assert_eq!(p.missing(), Some(100..200));
+        x.first_read_with_status(100, NtStatus::SUCCESS).unwrap();
+        x.first_read_with_status(60, NtStatus::SUCCESS).unwrap();
+        // Overflow on a short read, or at max_out >= 4280, is a lie.
+        assert!(x
+            .first_read_with_status(60, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        let x = exchange(64, 8192, 4280);
+        assert!(x
+            .first_read_with_status(4280, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        // Overflow when the read got the whole reply: nothing can be left.
+        let x = exchange(64, 100, 100);
+        assert!(x
+            .first_read_with_status(100, NtStatus::BUFFER_OVERFLOW)
+            .is_err());
+        // Any other status is not a transceive result.
+        assert!(x.first_read_with_status(10, NtStatus::PIPE_BROKEN).is_err());
+    }
+
+    #[test]
+    fn progress_reads_the_rest() {
+        let x = exchange(64, 200, 100);
+        let mut p = x.first_read(100, || Ok(100)).unwrap();
+        p.advance(50).unwrap();
+        assert_eq!(p.missing(), Some(150..200));
+        p.advance(50).unwrap();
+        assert_eq!((p.missing(), p.len()), (None, 200));
+        assert!(matches!(p.advance(0), Err(TransceiveError::Closed)));
+    }
+
+    #[test]
+    fn open_status_must_be_success() {
+        check_open_status(0u32.to_ne_bytes()).unwrap();
+        let err = check_open_status(0xC000_00ACu32.to_ne_bytes()).unwrap_err();
+        assert!(err.to_string().contains("PIPE_NOT_AVAILABLE"), "{err}");
+        assert!(Exchange::new(&RunSpec {
+            pipes: 1,
+            request: WireSize::from_wire(64).unwrap(),
+            reply: WireSize::from_wire(64).unwrap(),
+            max_out: 4280,
+            stop: StopRule::Requests(1),
+        })
+        .open_message(0)
+        .is_ok());
+    }
+}

@@ -1,0 +1,156 @@
+//! The measured phase of a run: when it starts and stops, and what it cost
+//! the client (wall time, CPU time, resident memory). Every peer uses these
+//! so that all engines are measured the same way:
+//!
+//! ```text
+//! let before = Baseline::now()?;          // nothing of the pipes exists yet
+//! ... open every pipe (full handshake) ...
+//! let clock = Clock::start(&run.budget)?; // arms the budget: the phase begins
+//! ... transceive until run.budget says stop ...
+//! let measured = clock.stop(before)?;     // pipes still open: RSS counts them
+//! ... close every pipe ...
+//! ```
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::sys;
+
+/// When a run stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopRule {
+    /// Transceive until this much time has passed since the phase began.
+    Duration(Duration),
+    /// This many transceives in all, over all pipes.
+    Requests(u64),
+}
+
+/// Hands out transceives until the run's [`StopRule`] is met. Shared by all
+/// pipes of a run; ask it before each transceive.
+#[derive(Debug)]
+pub struct Budget {
+    rule: StopRule,
+    deadline: OnceLock<Instant>,
+    issued: AtomicU64,
+}
+
+impl Budget {
+    /// A budget that hands out nothing until [`Clock::start`] arms it.
+    pub fn new(rule: StopRule) -> Budget {
+        Budget {
+            rule,
+            deadline: OnceLock::new(),
+            issued: AtomicU64::new(0),
+        }
+    }
+
+    fn arm(&self, start: Instant) {
+        let deadline = match self.rule {
+            StopRule::Duration(d) => start + d,
+            StopRule::Requests(_) => start,
+        };
+        let _ = self.deadline.set(deadline);
+    }
+
+    /// May one more transceive start? `now` is any recent clock reading (the
+    /// end of the previous transceive will do).
+    #[inline]
+    pub fn take(&self, now: Instant) -> bool {
+        let Some(&deadline) = self.deadline.get() else {
+            return false;
+        };
+        match self.rule {
+            StopRule::Duration(_) => now < deadline,
+            StopRule::Requests(n) => self.issued.fetch_add(1, Ordering::Relaxed) < n,
+        }
+    }
+}
+
+/// Resident memory before any pipe of a run was opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    rss_bytes: u64,
+}
+
+impl Baseline {
+    /// Reads VmRSS now, after handing freed heap back to the kernel. Take
+    /// it after the peer's runtime exists and before its first pipe opens.
+    pub fn now() -> io::Result<Baseline> {
+        sys::release_free_heap();
+        Ok(Baseline {
+            rss_bytes: sys::resident_bytes()?,
+        })
+    }
+}
+
+/// A running measured phase.
+#[derive(Debug)]
+pub struct Clock {
+    start: Instant,
+    cpu_start: Duration,
+}
+
+impl Clock {
+    /// Begins the measured phase and arms `budget`: call it once every pipe
+    /// is open, just before the transceives are let go.
+    pub fn start(budget: &Budget) -> io::Result<Clock> {
+        let cpu_start = sys::process_cpu_time()?;
+        let start = Instant::now();
+        budget.arm(start);
+        Ok(Clock { start, cpu_start })
+    }
+
+    /// Ends the phase: call it once every transceive has finished, while all
+    /// pipes are still open.
+    pub fn stop(self, before: Baseline) -> io::Result<Measured> {
+        let elapsed = self.start.elapsed();
+        let cpu = sys::process_cpu_time()?.saturating_sub(self.cpu_start);
+        let rss_open_bytes = sys::resident_bytes()?;
+        Ok(Measured {
+            elapsed,
+            client_cpu: cpu,
+            rss_before_open_bytes: before.rss_bytes,
+            rss_open_bytes,
+        })
+    }
+}
+
+/// What the measured phase cost the client process.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Wall time from the release of the first transceive to the end of the last.
+    pub elapsed: Duration,
+    /// CPU time of the whole client process (all threads) over that time.
+    pub client_cpu: Duration,
+    /// VmRSS before the pipes were opened.
+    pub rss_before_open_bytes: u64,
+    /// VmRSS at the end of the phase, every pipe still open.
+    pub rss_open_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_budget_hands_out_exactly_n() {
+        let b = Budget::new(StopRule::Requests(3));
+        let now = Instant::now();
+        assert!(!b.take(now), "unarmed budget must hand out nothing");
+        let _clock = Clock::start(&b).unwrap();
+        let granted = (0..10).filter(|_| b.take(Instant::now())).count();
+        assert_eq!(granted, 3);
+    }
+
+    #[test]
+    fn duration_budget_ends_at_deadline() {
+        let b = Budget::new(StopRule::Duration(Duration::from_millis(50)));
+        let clock = Clock::start(&b).unwrap();
+        assert!(b.take(Instant::now()));
+        assert!(!b.take(Instant::now() + Duration::from_millis(60)));
+        let m = clock.stop(Baseline::now().unwrap()).unwrap();
+        assert!(m.rss_open_bytes > 0);
+    }
+}

@@ -1,0 +1,418 @@
+//! `opipe bench`: drives many pipes of a pipe service with several client
+//! engines ("peers") and compares throughput, CPU, latency and memory.
+//!
+//! Layout:
+//! * [`peer`]: the [`Peer`](peer::Peer) trait an engine implements, and [`Run`](peer::Run);
+//! * `peer_*`: the peers (`threads`, `tokio`, `tokio-uring`);
+//! * [`exchange`]: the transceive semantics and reply verification all peers share;
+//! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
+//! * [`service`]: the `opipe serve` child process and its clean-up guard;
+//! * `phases`: the four meeting points of a run (opened, go, done, close);
+//! * [`monitor`]: progress line and stall watchdog; [`output`]: table and JSON;
+//! * [`spec`]: what one run is asked to do, and the size definitions.
+
+pub mod exchange;
+pub mod measure;
+pub mod monitor;
+pub mod output;
+pub mod peer;
+mod peer_threads;
+mod peer_tokio;
+mod peer_tokio_uring;
+mod phases;
+pub mod record;
+pub mod service;
+pub mod spec;
+pub mod sys;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use opipe::protocol::PipeName;
+use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
+
+use exchange::Exchange;
+use measure::{Budget, StopRule};
+use monitor::{Monitor, Watch};
+use output::RunResult;
+use peer::{BenchError, Peer, Run};
+use record::Recorder;
+use service::{Abort, ChildConfig, ServiceAddr, ServiceChild};
+use spec::{RunSpec, WireSize};
+
+/// Default length of each run when neither --duration nor --requests is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(3);
+/// Descriptors kept free for runtimes, rings, /proc reads and the like.
+const FD_RESERVE: usize = 64;
+
+/// Benchmark transceives over many pipes with several client engines.
+///
+/// Without --dir, starts its own pipe service (`opipe serve --handler dcerpc`,
+/// a child process in a temporary directory) and stops it at the end. For each
+/// pipe count and engine it opens the pipes (full open handshake), transceives
+/// on all of them for --duration seconds (or --requests transceives in all),
+/// verifies every reply, and reports transceives/s, client CPU per transceive,
+/// latency percentiles and client memory.
+///
+/// SIZES ARE BYTES ON THE WIRE. --request-size is the whole request PDU as
+/// written to the socket, its 24-byte DCE/RPC request header included;
+/// --reply-size the whole reply. 64/64 is a 64-byte request (24-byte header +
+/// 40 stub bytes) answered by a 64-byte response PDU (24 + 40). Both must be
+/// at least 24. A message above 4280 bytes travels as n = ceil(size/4280)
+/// fragments, each with its own 24-byte header: n-1 fragments of 4280 bytes
+/// and a last one of size - 4280*(n-1) bytes, carrying size - 24*n stub
+/// bytes (8192 -> 2 fragments, 8144 stub bytes). The 24 sizes just above each
+/// multiple of 4280 (4281..=4304, ...) cannot be produced and are refused.
+///
+/// Each transceive writes the request, makes ONE read of up to --max-out
+/// bytes (MaxOutputResponse) and, when --max-out is below 4280, that read
+/// filled the buffer and bytes are still queued (FIONREAD), counts
+/// STATUS_BUFFER_OVERFLOW, as the illumos SMB server does; the rest of the
+/// reply is then read with ordinary reads.
+///
+/// Exit status: 0 when every run completed without errors, 1 when any run
+/// had errors or could not run, 2 on usage errors.
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct BenchArgs {
+    /// Engines to run, comma-separated: threads, tokio, tokio-uring, uring, all.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    engine: Vec<EngineArg>,
+
+    /// Pipes to drive concurrently; a comma list runs each count (1,64,1024,4096).
+    #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_pipes)]
+    pipes: Vec<usize>,
+
+    /// Request bytes on the wire, 24-byte PDU header included (>= 24).
+    #[arg(long, default_value = "64", value_parser = spec::parse_wire_size, value_name = "BYTES")]
+    request_size: WireSize,
+
+    /// Reply bytes on the wire, all fragments and headers included (>= 24).
+    #[arg(long, default_value = "64", value_parser = spec::parse_wire_size, value_name = "BYTES")]
+    reply_size: WireSize,
+
+    /// MaxOutputResponse: length of each transceive's one read.
+    #[arg(long, default_value = "4280", value_parser = spec::parse_max_out, value_name = "BYTES")]
+    max_out: usize,
+
+    /// Seconds each run transceives (default 3; fractions allowed).
+    #[arg(long, value_parser = parse_secs, value_name = "SECS")]
+    duration: Option<Duration>,
+
+    /// Transceives per run, over all its pipes (instead of --duration).
+    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    requests: Option<u64>,
+
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// Use the service already listening in DIR instead of starting one. It
+    /// must run `--handler dcerpc --reply-size <reply stub bytes>`.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Pipe name to open.
+    #[arg(long, default_value = "bench", value_parser = parse_pipe_name, value_name = "NAME")]
+    pipe: String,
+
+    /// Seconds without any pipe opening or transceive finishing after
+    /// which a run counts as stuck and the bench gives up (exit 1).
+    #[arg(long, hide = true, default_value = "20", value_parser = parse_secs, value_name = "SECS")]
+    stall_timeout: Duration,
+
+    /// Worker threads of the service child (`serve --threads`, 1-256).
+    #[arg(long, conflicts_with = "dir", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+}
+
+/// `--engine` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum EngineArg {
+    /// One blocking OS thread per pipe (the illumos seed's model).
+    Threads,
+    /// tokio multi-threaded runtime on epoll, one task per pipe.
+    Tokio,
+    /// tokio-uring 0.5, one thread, one task per pipe.
+    TokioUring,
+    /// opipe's io_uring engine.
+    Uring,
+    /// All of the above.
+    All,
+}
+
+/// The peer of an engine, or why this build cannot run it. Engines are
+/// registered here.
+fn peer_for(engine: EngineArg) -> Result<Box<dyn Peer>, &'static str> {
+    match engine {
+        EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
+        EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
+        EngineArg::TokioUring => Ok(Box::new(peer_tokio_uring::TokioUringPeer)),
+        // TODO(lead): register the engine's peer here.
+        EngineArg::Uring => Err("engine uring: not wired in this build"),
+        EngineArg::All => Err("`all` is a set of engines, not one"),
+    }
+}
+
+fn parse_pipes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a pipe count between 1 and {}",
+            1 << 20
+        )),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 86_400.0 => Ok(Duration::from_secs_f64(x)),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 86400]")),
+    }
+}
+
+/// `--pipe`: a flat name (`bench`) or an SMB path (`\\PIPE\\bench`),
+/// normalised and checked like an SMB open.
+fn parse_pipe_name(s: &str) -> Result<String, String> {
+    PipeName::parse(s)
+        .map(PipeName::into_string)
+        .map_err(|status| format!("`{s}` is not a valid pipe name ({status})"))
+}
+
+fn note(msg: impl std::fmt::Display) {
+    eprintln!("opipe bench: {msg}");
+}
+
+/// Runs `opipe bench`.
+pub fn main(args: BenchArgs) -> ExitCode {
+    match bench(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            note(format!("error: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The whole bench; `Ok(false)` when some run had errors or did not run.
+fn bench(args: &BenchArgs) -> Result<bool, String> {
+    let mut engines: Vec<EngineArg> = if args.engine.contains(&EngineArg::All) {
+        vec![
+            EngineArg::Threads,
+            EngineArg::Tokio,
+            EngineArg::TokioUring,
+            EngineArg::Uring,
+        ]
+    } else {
+        args.engine.clone()
+    };
+    engines.sort_unstable();
+    engines.dedup();
+    let mut peers: Vec<Box<dyn Peer>> = Vec::new();
+    let mut all_ok = true;
+    for e in engines {
+        match peer_for(e) {
+            Ok(p) => peers.push(p),
+            Err(why) => {
+                eprintln!("{why}");
+                // Skipping an engine `all` includes is fine; one asked for by
+                // name is a failure.
+                if !args.engine.contains(&EngineArg::All) {
+                    all_ok = false;
+                }
+            }
+        }
+    }
+    if peers.is_empty() {
+        return Err("no engine to run".into());
+    }
+
+    // SIGINT/SIGTERM/SIGHUP are taken by one thread that cleans up (the
+    // guard's Drop would not run). Blocked before any thread exists so that
+    // every later thread inherits the mask.
+    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(|e| format!("blocking signals: {e}"))?;
+
+    // Descriptors: one per client pipe. Raise the soft limit first, so the
+    // service child inherits it too.
+    let fd_limit = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let open_now = sys::open_fd_count().map_err(|e| format!("/proc/self/fd: {e}"))?;
+    let pipes_max = (fd_limit as usize)
+        .saturating_sub(open_now + FD_RESERVE)
+        .max(1);
+
+    let mut child = None;
+    let addr = match &args.dir {
+        Some(dir) => {
+            let addr = ServiceAddr {
+                dir: dir.clone(),
+                pipe: args.pipe.clone(),
+            };
+            note(format!(
+                "using the service at {addr}; it must answer with {} stub bytes per reply \
+                 (serve --handler dcerpc --reply-size {})",
+                args.reply_size.stub_bytes, args.reply_size.stub_bytes
+            ));
+            addr
+        }
+        None => {
+            let c = ServiceChild::start(&ChildConfig {
+                pipe: args.pipe.clone(),
+                reply_stub_bytes: args.reply_size.stub_bytes,
+                threads: args.threads,
+            })
+            .map_err(|e| format!("starting the pipe service: {e}"))?;
+            note(format!(
+                "service started: pid {}, socket {}",
+                c.pid().unwrap_or(0),
+                c.addr()
+            ));
+            let addr = c.addr().clone();
+            child = Some(c);
+            addr
+        }
+    };
+    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    on_signal(signals, abort.clone());
+    let watch = Watch {
+        draw: std::io::stderr().is_terminal(),
+        stall: args.stall_timeout,
+        abort,
+    };
+
+    let stop = match (args.requests, args.duration) {
+        (Some(n), _) => StopRule::Requests(n),
+        (None, Some(d)) => StopRule::Duration(d),
+        (None, None) => StopRule::Duration(DEFAULT_DURATION),
+    };
+    let mut results = Vec::new();
+    'runs: for &asked in &args.pipes {
+        let pipes = asked.min(pipes_max);
+        if pipes < asked {
+            note(format!(
+                "can open only {pipes} of the {asked} pipes asked for (RLIMIT_NOFILE {fd_limit}, \
+                 {open_now} descriptors already open); running with {pipes}"
+            ));
+        }
+        for peer in &peers {
+            let spec = RunSpec {
+                pipes,
+                request: args.request_size,
+                reply: args.reply_size,
+                max_out: args.max_out,
+                stop,
+            };
+            note(format!(
+                "running {} with {pipes} pipes, {}",
+                peer.name(),
+                match stop {
+                    StopRule::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
+                    StopRule::Requests(n) => format!("{n} transceives"),
+                }
+            ));
+            match run_one(peer.as_ref(), spec, &addr, &watch) {
+                Ok(r) => {
+                    if r.errors > 0 {
+                        all_ok = false;
+                    }
+                    results.push(r);
+                }
+                Err(e) => {
+                    note(format!(
+                        "{} with {pipes} pipes did not run: {e}",
+                        peer.name()
+                    ));
+                    all_ok = false;
+                }
+            }
+            // A dead service would make every later run a wall of errors:
+            // stop, and report what ran.
+            if let Some(Err(e)) = child.as_mut().map(ServiceChild::check_alive) {
+                note(format!("error: {e}"));
+                all_ok = false;
+                break 'runs;
+            }
+        }
+    }
+    drop(child);
+
+    if args.json {
+        println!("{}", output::json(&results));
+    } else {
+        print!("{}", output::table(&results));
+    }
+    Ok(all_ok && !results.is_empty())
+}
+
+/// Cleans up and exits 130 when one of `signals` arrives.
+fn on_signal(signals: BlockedSignals, abort: Abort) {
+    let spawned = std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                note(format!("signal {sig}: stopping the service and exiting"));
+                abort.exit(130);
+            }
+        });
+    if let Err(e) = spawned {
+        note(format!(
+            "warning: no signal thread ({e}); an interrupt may leave the service"
+        ));
+    }
+}
+
+/// One peer, one pipe count.
+fn run_one(
+    peer: &dyn Peer,
+    spec: RunSpec,
+    addr: &ServiceAddr,
+    watch: &Watch,
+) -> Result<RunResult, BenchError> {
+    let fds_before = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
+    let run = Arc::new(Run {
+        exchange: Exchange::new(&spec),
+        recorder: Recorder::new(),
+        budget: Budget::new(spec.stop),
+        service: addr.clone(),
+        spec,
+    });
+    let label = format!("{} x{}", peer.name(), run.spec.pipes);
+    let monitor = Monitor::start(run.clone(), label, watch.clone());
+    let outcome = peer.run(&run);
+    monitor.stop();
+    let peer_run = outcome?;
+    let recorded = run.recorder.merged();
+    for msg in &recorded.error_samples {
+        note(format!("{}: {msg}", peer.name()));
+    }
+    if recorded.errors > recorded.error_samples.len() as u64 {
+        note(format!(
+            "{}: ... {} errors in all",
+            peer.name(),
+            recorded.errors
+        ));
+    }
+    let result = RunResult::new(
+        peer.name(),
+        peer_run.backend,
+        &run.spec,
+        &peer_run.measured,
+        &recorded,
+    );
+    drop(run);
+    let fds_after = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
+    if fds_after > fds_before {
+        note(format!(
+            "warning: {} left {} descriptors open ({fds_before} before the run, {fds_after} after)",
+            peer.name(),
+            fds_after - fds_before
+        ));
+    }
+    Ok(result)
+}

@@ -1,0 +1,146 @@
+//! The few raw system calls the bench harness needs beyond `std` and
+//! `opipe::ring::sys`: CPU time (`getrusage(2)`), resident memory and open
+//! descriptors (`/proc/self`), the bytes queued on a socket
+//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, and signals for the
+//! service child. Every `unsafe` block of the bench lives here; they are
+//! CLI-only, so the library's rule (unsafe only in `ring`) holds.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+/// User plus system CPU time this process (all its threads, finished ones
+/// included) has used so far: `getrusage(RUSAGE_SELF)`.
+pub fn process_cpu_time() -> io::Result<Duration> {
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the kernel to fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timeval(ru.ru_utime) + timeval(ru.ru_stime))
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+/// The process's resident set size in bytes (`VmRSS` in `/proc/self/status`).
+pub fn resident_bytes() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_vm_rss(&status).ok_or_else(|| io::Error::other("no VmRSS line in /proc/self/status"))
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line["VmRSS:".len()..].split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => Some(kib * 1024),
+        _ => None,
+    }
+}
+
+/// Gives the heap's free memory back to the kernel (glibc `malloc_trim(0)`),
+/// so that what an earlier run freed does not sit resident and hide the
+/// next run's growth. A no-op on other C libraries.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointers and only returns free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How many descriptors this process has open right now (`/proc/self/fd`,
+/// not counting the one used to list it).
+pub fn open_fd_count() -> io::Result<usize> {
+    // The directory handle itself shows up in the listing; subtract it.
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}
+
+/// Bytes queued for reading on the socket `fd`: `ioctl(fd, FIONREAD)`, the
+/// check the illumos seed makes after a transceive read filled its buffer.
+pub fn bytes_queued(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at
+    // `n`; a bad `fd` only makes the call fail with EBADF.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
+/// Makes the process `cmd` starts receive SIGKILL when the thread that
+/// started it dies (`prctl(PR_SET_PDEATHSIG)`), so that a bench killed
+/// without running its clean-up does not leave its service behind.
+pub fn kill_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; it makes one
+    // async-signal-safe system call (prctl) and touches no parent memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+}
+
+/// Kills our child `pid` (SIGKILL) and reaps it (`waitpid(2)`), for a
+/// thread that must end the process while another owns the `Child`.
+pub fn kill_and_reap(pid: u32) {
+    signal(pid, libc::SIGKILL);
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: a null status pointer is allowed; should the owner reap
+        // the child first, waitpid only fails with ECHILD.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Sends `signal` to process `pid` (`kill(2)`). The caller must know `pid`
+/// is its own child that has not been reaped yet, so the id is not reused.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill takes no pointers; a stale pid only fails with ESRCH.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_parsed_in_bytes() {
+        let status = "Name:\topipe\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS: 12 MB\n"), None);
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn measurements_work_here() {
+        assert!(resident_bytes().unwrap() > 0);
+        assert!(open_fd_count().unwrap() >= 3);
+        let _ = process_cpu_time().unwrap();
+    }
+
+    #[test]
+    fn fionread_sees_queued_bytes() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(bytes_queued(b.as_raw_fd()).unwrap(), 0);
+        a.write_all(&[7u8; 100]).unwrap();
+        assert_eq!(bytes_queued(b.as_raw_fd()).unwrap(), 100);
+    }
+}

@@ -1,0 +1,302 @@
+//! `opipe bench` end to end: the real binary, its own service child, real
+//! sockets. Every run is bounded by --requests, so these take seconds.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const KEYS: &[&str] = &[
+    "engine",
+    "pipes",
+    "request_size",
+    "reply_size",
+    "max_out",
+    "transceives",
+    "transceives_per_s",
+    "client_cpu_us_per_op",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "client_rss_bytes",
+    "bytes_per_pipe",
+    "errors",
+    "backend",
+];
+
+fn opipe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_opipe"))
+        .args(args)
+        .output()
+        .expect("runs opipe")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a JSON bench; `None` (after saying so) when the engine cannot run
+/// on this machine (io_uring switched off).
+fn bench_json(args: &[&str]) -> Option<(Value, String)> {
+    let mut all = vec!["bench", "--json"];
+    all.extend_from_slice(args);
+    let out = opipe(&all);
+    let err = stderr(&out);
+    if err.contains("engine unavailable") {
+        eprintln!("SKIPPED: {err}");
+        return None;
+    }
+    assert_eq!(out.status.code(), Some(0), "opipe {all:?} failed:\n{err}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    Some((v, err))
+}
+
+fn check_run(engine: &str) {
+    let Some((v, _)) = bench_json(&["--engine", engine, "--pipes", "4", "--requests", "200"])
+    else {
+        return;
+    };
+    let results = v["results"].as_array().expect("results array");
+    assert_eq!(results.len(), 1, "{v}");
+    let r = &results[0];
+    for key in KEYS {
+        assert!(r.get(key).is_some(), "key {key} missing in {r}");
+    }
+    assert_eq!(r["engine"], engine);
+    assert_eq!(r["pipes"], 4);
+    assert_eq!(r["request_size"], 64);
+    assert_eq!(r["reply_size"], 64);
+    assert_eq!(r["max_out"], 4280);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["transceives"], 200, "{r}");
+    assert!(r["transceives_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["p50_us"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["p99_us"].as_f64().unwrap() >= r["p50_us"].as_f64().unwrap(),
+        "{r}"
+    );
+    assert!(r["client_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(!r["backend"].as_str().unwrap().is_empty(), "{r}");
+}
+
+#[test]
+fn threads_run_reports_every_key_and_no_errors() {
+    check_run("threads");
+}
+
+#[test]
+fn tokio_run_reports_every_key_and_no_errors() {
+    check_run("tokio");
+}
+
+#[test]
+fn tokio_uring_run_reports_every_key_and_no_errors() {
+    check_run("tokio-uring");
+}
+
+#[test]
+fn small_max_out_overflows_and_reads_the_rest() {
+    for engine in ["threads", "tokio", "tokio-uring"] {
+        let Some((v, _)) = bench_json(&[
+            "--engine",
+            engine,
+            "--pipes",
+            "2",
+            "--requests",
+            "50",
+            "--reply-size",
+            "300",
+            "--max-out",
+            "100",
+        ]) else {
+            continue;
+        };
+        let r = &v["results"][0];
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["transceives"], 50, "{r}");
+        // The service writes each reply at once, so the 100-byte read always
+        // finds the other 200 bytes queued.
+        assert_eq!(r["overflows"], 50, "{r}");
+    }
+}
+
+#[test]
+fn fragmented_replies_and_requests_verify() {
+    let Some((v, _)) = bench_json(&[
+        "--engine",
+        "threads,tokio",
+        "--pipes",
+        "3",
+        "--requests",
+        "30",
+        "--request-size",
+        "9000",
+        "--reply-size",
+        "8192",
+    ]) else {
+        return;
+    };
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{v}");
+    for r in results {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["transceives"], 30, "{r}");
+        assert_eq!(r["reply_size"], 8192, "{r}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["bench", "--duration", "1", "--requests", "5"][..],
+        &["bench", "--request-size", "3"],
+        &["bench", "--reply-size", "23"],
+        &["bench", "--reply-size", "4290"],
+        &["bench", "--engine", "nonesuch"],
+        &["bench", "--pipes", "0"],
+        &["bench", "--max-out", "0"],
+        &["bench", "--pipe", "../x"],
+        &["bench", "--dir", "/tmp", "--threads", "2"],
+        &["bench", "--threads", "0"],
+    ] {
+        let out = opipe(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+    }
+    let out = opipe(&["bench", "--request-size", "3"]);
+    assert!(stderr(&out).contains("header"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_defines_sizes_on_the_wire() {
+    let out = opipe(&["bench", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("BYTES ON THE WIRE"), "{help}");
+    assert!(help.contains("4280"), "{help}");
+}
+
+/// `service started: pid N, socket PATH` from the bench's stderr.
+fn service_of(err: &str) -> (u32, PathBuf) {
+    let line = err
+        .lines()
+        .find(|l| l.contains("service started: pid "))
+        .unwrap_or_else(|| panic!("no service line in:\n{err}"));
+    let rest = line.split("pid ").nth(1).unwrap();
+    let (pid, socket) = rest.split_once(", socket ").unwrap();
+    (pid.parse().unwrap(), PathBuf::from(socket))
+}
+
+#[test]
+fn no_service_process_or_socket_is_left_behind() {
+    let Some((_, err)) = bench_json(&["--engine", "threads", "--pipes", "2", "--requests", "10"])
+    else {
+        return;
+    };
+    let (pid, socket) = service_of(&err);
+    let dir = socket.parent().unwrap();
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    // The child was reaped by the bench itself: no process, not even a zombie.
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) {
+        // The pid may have been reused by an unrelated process, but never by
+        // an opipe service of ours.
+        assert!(
+            !stat.contains("(opipe)"),
+            "service {pid} still exists: {stat}"
+        );
+    }
+}
+
+#[test]
+fn a_dir_without_a_service_fails_its_opens_and_exits_1() {
+    // A pipe directory nobody serves: every open fails, the bench says so
+    // and exits 1 rather than hanging.
+    let dir = std::env::temp_dir().join(format!("opipe-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = opipe(&[
+        "bench",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--engine",
+        "threads",
+        "--pipes",
+        "2",
+        "--requests",
+        "10",
+        "--json",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("open"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_service_that_never_answers_is_given_up_on() {
+    // A listener nobody accepts on: connects succeed (the backlog), the open
+    // message is written, and the status word never comes.
+    let dir = std::env::temp_dir().join(format!("opipe-bench-stuck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("stuck")).unwrap();
+    let begin = std::time::Instant::now();
+    let out = opipe(&[
+        "bench",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--pipe",
+        "stuck",
+        "--engine",
+        "tokio",
+        "--pipes",
+        "2",
+        "--requests",
+        "10",
+        "--stall-timeout",
+        "1",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Giving up"), "{}", stderr(&out));
+    assert!(begin.elapsed() < std::time::Duration::from_secs(15));
+}
+
+#[test]
+fn sigterm_stops_the_service_and_removes_its_directory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
+        .args([
+            "bench",
+            "--engine",
+            "threads",
+            "--pipes",
+            "2",
+            "--duration",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    while !seen.contains("running threads") {
+        let line = lines.next().expect("bench stderr ended").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let (pid, socket) = service_of(&seen);
+    let bench_pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill takes no pointers; `bench_pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(bench_pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!socket.parent().unwrap().exists());
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        assert!(
+            !stat.contains("(opipe)"),
+            "service {pid} still exists: {stat}"
+        );
+    }
+}
