@@ -327,6 +327,27 @@ impl RingContext<'_> {
         );
     }
 
+    /// Starts one read of up to `max_out` bytes on `pipe` whose result is
+    /// given to `f` on this ring thread.
+    pub fn read_with(
+        &mut self,
+        pipe: PipeId,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Result<Vec<u8>, NtStatus>) + Send + 'static,
+    ) {
+        let cb: Callback = Box::new(move |ctx, res| {
+            f(
+                ctx,
+                res.and_then(|o| match o {
+                    Outcome::Transfer(t) => Ok(t.data),
+                    _ => Err(NtStatus::INTERNAL_ERROR),
+                }),
+            )
+        });
+        self.core
+            .start_io(pipe, PipeIo::Read { max_out }, Notify::Callback(cb));
+    }
+
     /// Index of this ring in its engine.
     pub fn ring_index(&self) -> usize {
         self.core.ring_index

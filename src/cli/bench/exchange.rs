@@ -110,7 +110,13 @@ impl Exchange {
     /// header and the XDR netuserinfo of a fixed bench user (session id =
     /// pipe number).
     pub fn open_message(&self, pipe: usize) -> Result<Vec<u8>, TransceiveError> {
-        let user = NetUserInfo {
+        encode_open_message(&self.user(pipe))
+            .map_err(|e| TransceiveError::Open(format!("encoding: {e}")))
+    }
+
+    /// The bench user of pipe number `pipe` (session id = pipe number + 1).
+    pub fn user(&self, pipe: usize) -> NetUserInfo {
+        NetUserInfo {
             session_id: pipe as u64 + 1,
             domain: "OPIPE".into(),
             account: "bench".into(),
@@ -119,8 +125,7 @@ impl Exchange {
             client_addr: ClientAddr::V4(Ipv4Addr::LOCALHOST),
             numopens: 1,
             ..NetUserInfo::default()
-        };
-        encode_open_message(&user).map_err(|e| TransceiveError::Open(format!("encoding: {e}")))
+        }
     }
 
     /// The request PDU(s) of one transceive with `call_id`.
@@ -152,8 +157,6 @@ impl Exchange {
     /// Like [`first_read`](Self::first_read) for an engine that decides the
     /// status itself (e.g. from `IORING_CQE_F_SOCK_NONEMPTY`): checks that
     /// `status` is one the seed could have given for this read.
-    // No peer of this build decides its own status yet; engine `uring` will.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn first_read_with_status(
         &self,
         n: usize,

@@ -19,6 +19,7 @@ pub mod peer;
 mod peer_threads;
 mod peer_tokio;
 mod peer_tokio_uring;
+mod peer_uring;
 mod phases;
 pub mod record;
 pub mod service;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use opipe::engine::BufferMode;
 use opipe::protocol::PipeName;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
@@ -140,8 +142,10 @@ enum EngineArg {
     Tokio,
     /// tokio-uring 0.5, one thread, one task per pipe.
     TokioUring,
-    /// opipe's io_uring engine.
+    /// opipe's io_uring engine (plain buffers, the default mode).
     Uring,
+    /// opipe's io_uring engine with registered buffers (not part of `all`).
+    UringRegistered,
     /// All of the above.
     All,
 }
@@ -153,8 +157,12 @@ fn peer_for(engine: EngineArg) -> Result<Box<dyn Peer>, &'static str> {
         EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
         EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
         EngineArg::TokioUring => Ok(Box::new(peer_tokio_uring::TokioUringPeer)),
-        // TODO(lead): register the engine's peer here.
-        EngineArg::Uring => Err("engine uring: not wired in this build"),
+        EngineArg::Uring => Ok(Box::new(peer_uring::UringPeer {
+            buffers: BufferMode::Plain,
+        })),
+        EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
+            buffers: BufferMode::Registered,
+        })),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
 }

@@ -1,0 +1,238 @@
+//! Peer `uring`: opipe's own io_uring engine.
+//!
+//! Opens every pipe through the engine (each open one linked SQE chain),
+//! then drives each pipe from the ring thread itself: the completion
+//! callback of one transceive verifies the reply and starts the next
+//! transceive right there (`RingContext::transceive_with`), so the measured
+//! loop has no thread hop, no queue and no wake-up; the ring batches
+//! everything that is ready into one `io_uring_enter`.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use opipe::engine::{BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer};
+use opipe::protocol::NtStatus;
+
+use super::exchange::{ReplyProgress, TransceiveError};
+use super::measure::{Baseline, Clock};
+use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+
+/// opipe's engine with the given buffer mode.
+#[derive(Debug)]
+pub struct UringPeer {
+    /// Plain SEND/RECV (default) or registered WRITE_FIXED/READ_FIXED.
+    pub buffers: BufferMode,
+}
+
+impl Peer for UringPeer {
+    fn name(&self) -> &'static str {
+        match self.buffers {
+            BufferMode::Plain => "uring",
+            BufferMode::Registered => "uring-registered",
+        }
+    }
+
+    fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
+        let pipes = run.spec.pipes;
+        let mut cfg = EngineConfig::new(&run.service.dir);
+        cfg.buffers = self.buffers;
+        cfg.open_timeout = Duration::from_secs(10);
+        // Room for every pipe's chain in one submission.
+        cfg.sq_entries = (pipes * 3).next_power_of_two().clamp(64, 32768) as u32;
+        cfg.cq_entries = cfg.sq_entries * 2;
+        cfg.reg_slots = pipes.clamp(1, u16::MAX as usize) as u16;
+        cfg.reg_slot_bytes = run
+            .spec
+            .reply_buffer_bytes()
+            .max(run.exchange.request(0).len());
+        let engine = Engine::new(cfg).map_err(|e| BenchError::Unavailable(e.to_string()))?;
+        let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
+
+        let path = format!("\\PIPE\\{}", run.service.pipe);
+        let opens: Vec<_> = (0..pipes)
+            .map(|i| engine.open(&path, run.exchange.user(i), None))
+            .collect();
+        let opened: Vec<_> = opens
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let r = r
+                    .wait()
+                    .map_err(|s| TransceiveError::Open(format!("the engine answered {s}")));
+                run.opened(i, r).map(|p| (i, p))
+            })
+            .collect();
+
+        let done = Arc::new(Countdown::new(opened.len()));
+        let clock = Clock::start(&run.budget).map_err(BenchError::io("starting the clock"))?;
+        for (i, pipe) in &opened {
+            let st = PipeLoop {
+                run: run.clone(),
+                pipe: *i,
+                id: pipe.id(),
+                call_id: 0,
+                done: done.clone(),
+            };
+            // The first transceive goes through the engine's queue; every
+            // later one starts on the ring thread from the completion.
+            let (req, start) = st.request();
+            pipe.transceive_with(req, run.spec.max_out, move |ctx, res| {
+                st.on_transceive(ctx, start, res)
+            });
+        }
+        done.wait();
+        let measured = clock
+            .stop(before)
+            .map_err(BenchError::io("measuring the run"))?;
+        for (_, p) in opened {
+            let _ = p.close().wait();
+        }
+        let nonempty = if engine.sock_nonempty() {
+            "SOCK_NONEMPTY flag"
+        } else {
+            "linked MSG_PEEK probe"
+        };
+        drop(engine);
+        Ok(PeerRun {
+            backend: format!(
+                "opipe engine, 1 ring, {} buffers, send->recv chain, leftover by {nonempty}",
+                match self.buffers {
+                    BufferMode::Plain => "plain",
+                    BufferMode::Registered => "registered",
+                }
+            ),
+            measured,
+        })
+    }
+}
+
+/// Counts pipes still transceiving; the bench thread waits for zero.
+struct Countdown {
+    left: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Countdown {
+    fn new(n: usize) -> Countdown {
+        Countdown {
+            left: Mutex::new(n),
+            cond: Condvar::new(),
+        }
+    }
+    fn finish(&self) {
+        let mut l = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        *l = l.saturating_sub(1);
+        if *l == 0 {
+            self.cond.notify_all();
+        }
+    }
+    fn wait(&self) {
+        let mut l = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        while *l > 0 {
+            l = self.cond.wait(l).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// One pipe's transceive loop, run by completion callbacks on the ring thread.
+struct PipeLoop {
+    run: Arc<Run>,
+    pipe: usize,
+    id: PipeId,
+    call_id: u32,
+    done: Arc<Countdown>,
+}
+
+fn status_error(s: NtStatus) -> TransceiveError {
+    if s == NtStatus::PIPE_BROKEN {
+        TransceiveError::Closed
+    } else {
+        TransceiveError::BadReply(format!("the engine answered {s}"))
+    }
+}
+
+impl PipeLoop {
+    fn request(&self) -> (Vec<u8>, Instant) {
+        (
+            self.run.exchange.request(self.call_id.wrapping_add(1)),
+            Instant::now(),
+        )
+    }
+
+    /// Starts the next transceive if the budget allows, else finishes.
+    fn next(self, ctx: &mut RingContext<'_>, now: Instant) {
+        if !self.run.budget.take(now) {
+            return self.done.finish();
+        }
+        let (req, start) = self.request();
+        let max_out = self.run.spec.max_out;
+        let id = self.id;
+        ctx.transceive_with(id, req, max_out, move |ctx, res| {
+            self.on_transceive(ctx, start, res)
+        });
+    }
+
+    fn on_transceive(
+        mut self,
+        ctx: &mut RingContext<'_>,
+        start: Instant,
+        res: Result<Transfer, NtStatus>,
+    ) {
+        self.call_id = self.call_id.wrapping_add(1);
+        let first = res.map_err(status_error).and_then(|t| {
+            self.run
+                .exchange
+                .first_read_with_status(t.data.len(), t.status)
+                .map(|p| (p, t.data))
+        });
+        match first {
+            Ok((progress, data)) => self.collect(ctx, start, progress, data),
+            Err(e) => self.fail(start, e),
+        }
+    }
+
+    /// Reads the rest of an overflowed reply, then verifies and records it.
+    fn collect(
+        self,
+        ctx: &mut RingContext<'_>,
+        start: Instant,
+        mut progress: ReplyProgress,
+        mut acc: Vec<u8>,
+    ) {
+        match progress.missing() {
+            None => {
+                let end = Instant::now();
+                let verdict = self.run.exchange.verify(&acc, self.call_id);
+                let outcome = verdict.map(|()| Completed {
+                    end,
+                    overflow: progress.overflow(),
+                });
+                match self
+                    .run
+                    .transceived(self.pipe, self.call_id, start, outcome)
+                {
+                    Some(end) => self.next(ctx, end),
+                    None => self.done.finish(),
+                }
+            }
+            Some(rest) => {
+                let id = self.id;
+                ctx.read_with(id, rest.len(), move |ctx, res| match res {
+                    Ok(d) => match progress.advance(d.len()) {
+                        Ok(()) => {
+                            acc.extend_from_slice(&d);
+                            self.collect(ctx, start, progress, acc)
+                        }
+                        Err(e) => self.fail(start, e),
+                    },
+                    Err(s) => self.fail(start, status_error(s)),
+                });
+            }
+        }
+    }
+
+    fn fail(self, start: Instant, e: TransceiveError) {
+        let _ = self.run.transceived(self.pipe, self.call_id, start, Err(e));
+        self.done.finish();
+    }
+}
