@@ -1,0 +1,122 @@
+//! `opipe call` and `opipe wait` end to end: the real binary against a
+//! scripted service in a temp dir.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn opipe(args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_opipe"))
+        .args(args)
+        .output()
+        .expect("run opipe");
+    let code = out.status.code().unwrap_or(-1);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (code, json)
+}
+
+#[test]
+fn call_overflow_then_read_rest_and_bad_name() {
+    bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
+        let d = dir.path().to_str().unwrap();
+        let (code, j) = opipe(&[
+            "call",
+            "--dir",
+            d,
+            "--pipe",
+            "\\PIPE\\srvsvc",
+            "--max-out",
+            "1024",
+            "--step",
+            "transceive:0102",
+            "--step",
+            "read-rest",
+        ]);
+        assert_eq!(code, 0, "{j}");
+        assert_eq!(j["open_status"], "0x00000000");
+        let steps = j["steps"].as_array().unwrap();
+        assert_eq!(steps[0]["op"], "transceive");
+        assert_eq!(steps[0]["status"], "0x80000005");
+        assert_eq!(steps[0]["status_name"], "STATUS_BUFFER_OVERFLOW");
+        assert_eq!(steps[0]["len"], 1024);
+        let total: u64 = steps.iter().map(|s| s["len"].as_u64().unwrap()).sum();
+        assert_eq!(total, 3000, "{j}");
+        let hex: String = steps
+            .iter()
+            .map(|s| s["data_hex"].as_str().unwrap().to_owned())
+            .collect();
+        let expect: String = (0..3000).map(|i| format!("{:02x}", i % 251)).collect();
+        assert_eq!(hex, expect);
+
+        let (code, j) = opipe(&["call", "--dir", d, "--pipe", "a/b", "--step", "read"]);
+        assert_eq!(code, 1);
+        assert_eq!(j["open_status"], "0xC0000033");
+    });
+}
+
+#[test]
+fn call_step_timeout_cancels_and_next_step_runs() {
+    bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, hang_or_echo());
+        let d = dir.path().to_str().unwrap();
+        // "H." is swallowed: the first step times out and is cancelled; the
+        // second ("ok") is echoed on the same pipe.
+        let (code, j) = opipe(&[
+            "call",
+            "--dir",
+            d,
+            "--pipe",
+            "lsarpc",
+            "--timeout-ms",
+            "300",
+            "--step",
+            "transceive:482e",
+            "--step",
+            "transceive:6f6b",
+        ]);
+        assert_eq!(code, 1, "{j}");
+        assert_eq!(j["steps"][0]["status_name"], "STATUS_CANCELLED");
+        assert_eq!(j["steps"][1]["status"], "0x00000000");
+        assert_eq!(j["steps"][1]["data_hex"], "6f6b");
+    });
+}
+
+#[test]
+fn call_usage_error_and_wait() {
+    bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let (code, _) = opipe(&["call", "--dir", d, "--pipe", "x", "--step", "bogus"]);
+        assert_eq!(code, 2);
+        let (code, j) = opipe(&[
+            "wait",
+            "--dir",
+            d,
+            "--pipe",
+            "nosuch",
+            "--timeout-ms",
+            "100",
+        ]);
+        assert_eq!(
+            (code, j["status_name"].as_str()),
+            (1, Some("STATUS_IO_TIMEOUT"))
+        );
+        let _svc = Scripted::spawn(dir.path(), "here", Handshake::Accept, echo());
+        let (code, j) = opipe(&[
+            "wait",
+            "--dir",
+            d,
+            "--pipe",
+            "\\PIPE\\here",
+            "--timeout-ms",
+            "2000",
+        ]);
+        assert_eq!((code, j["status"].as_str()), (0, Some("0x00000000")));
+    });
+}
