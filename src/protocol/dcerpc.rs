@@ -447,7 +447,9 @@ pub fn pdu_len(buf: &[u8], max_frag: u16) -> Result<Option<usize>, DecodeError> 
 #[derive(Debug)]
 pub struct PduReassembler {
     max_frag: u16,
+    /// Received bytes; those before `start` were already handed out.
     buf: Vec<u8>,
+    start: usize,
     failed: Option<DecodeError>,
     reported: bool,
 }
@@ -458,17 +460,29 @@ impl PduReassembler {
         PduReassembler {
             max_frag,
             buf: Vec::new(),
+            start: 0,
             failed: None,
             reported: false,
         }
     }
 
+    fn pending(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+
     /// Appends bytes read from the stream (dropped after a framing error).
-    /// A header that fails [`pdu_len`] is detected here already, so bytes
-    /// behind it are never kept.
+    /// A header that fails [`pdu_len`] at the front of the buffer is
+    /// detected here already, so bytes behind it are never kept.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.failed.is_some() {
             return;
+        }
+        // Drop what was handed out before growing, so the buffer holds only
+        // pending bytes plus this push. Amortised: each byte moves at most
+        // once per push.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
         if let Err(e) = pdu_len(&self.buf, self.max_frag) {
@@ -479,10 +493,12 @@ impl PduReassembler {
     fn fail(&mut self, e: DecodeError) {
         self.failed = Some(e);
         self.buf = Vec::new();
+        self.start = 0;
     }
 
     /// The next whole PDU, if the buffer holds one; `Some(Err)` once after
-    /// a framing error.
+    /// a framing error. Each PDU is copied out into its own exactly-sized
+    /// vector, so taking many PDUs from one large push costs linear time.
     pub fn next_pdu(&mut self) -> Option<Result<Vec<u8>, DecodeError>> {
         if let Some(e) = &self.failed {
             if self.reported {
@@ -491,15 +507,19 @@ impl PduReassembler {
             self.reported = true;
             return Some(Err(e.clone()));
         }
-        match pdu_len(&self.buf, self.max_frag) {
+        let pending = self.pending();
+        match pdu_len(pending, self.max_frag) {
             Ok(None) => None,
-            Ok(Some(len)) if len > self.buf.len() => None,
             Ok(Some(len)) => {
-                let rest = self.buf.split_off(len);
-                let pdu = std::mem::replace(&mut self.buf, rest);
+                let pdu = pending.get(..len)?.to_vec();
+                self.start += len;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
                 // The next header, if complete, is checked now rather than
                 // at the next push.
-                if let Err(e) = pdu_len(&self.buf, self.max_frag) {
+                if let Err(e) = pdu_len(self.pending(), self.max_frag) {
                     self.fail(e);
                 }
                 Some(Ok(pdu))
@@ -512,9 +532,9 @@ impl PduReassembler {
         }
     }
 
-    /// Bytes held that do not form a whole PDU yet (or not yet taken).
+    /// Bytes held that have not been handed out as a PDU yet.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.pending().len()
     }
 
     /// The framing error that stopped this stream, if any.
@@ -577,7 +597,7 @@ fn fragment_call(
         let frag_length = (REQUEST_HEADER_LEN + chunk) as u16;
         out.extend_from_slice(&CommonHeader::new(ptype, flags, frag_length, call_id).encode());
         // alloc_hint: the stub bytes of this and every later fragment
-        // ([MS-RPCE] 3.3.1.5.2.2).
+        // ([MS-RPCE] "alloc_hint Interpretation").
         out.extend_from_slice(&u32::try_from(remaining).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&context_id.to_le_bytes());
         out.extend_from_slice(&tail);
@@ -1377,6 +1397,23 @@ mod tests {
             Some(Err(DecodeError::InvalidValue { .. }))
         ));
         assert!(r.next_pdu().is_none());
+    }
+
+    #[test]
+    fn reassembler_many_pdus_in_one_push() {
+        let one = encode_fault(1, 0, NCA_S_PROTO_ERROR);
+        let stream = one.repeat(10_000);
+        let mut r = PduReassembler::new(4280);
+        r.push(&stream);
+        let mut n = 0;
+        while let Some(p) = r.next_pdu() {
+            let p = p.unwrap();
+            assert_eq!(p, one);
+            assert_eq!(p.capacity(), one.len());
+            n += 1;
+        }
+        assert_eq!(n, 10_000);
+        assert_eq!(r.buffered(), 0);
     }
 
     #[test]
