@@ -1,5 +1,5 @@
-//! Connection-oriented DCE/RPC framing ([C706] chapter 12, with the
-//! [MS-RPCE] 2.2.2 extensions): what crosses a pipe after the open
+//! Connection-oriented DCE/RPC framing (C706 chapter 12, with the
+//! MS-RPCE 2.2.2 extensions): what crosses a pipe after the open
 //! (PROTOCOL.md section 3).
 //!
 //! This is only the framing a pipe transport and a simple service need:
@@ -10,7 +10,7 @@
 //!
 //! Integers follow the data representation label `drep` of each PDU: the
 //! high nibble of `drep[0]` is 1 for little-endian, 0 for big-endian
-//! ([C706] 14.1). Decoders accept both; encoders here always write
+//! (C706 14.1). Decoders accept both; encoders here always write
 //! little-endian ([`DREP_LE`]), the order of every Windows and illumos peer.
 //!
 //! UUIDs are kept as 16 bytes in the layout of a little-endian PDU (the
@@ -32,7 +32,7 @@ pub const FAULT_LEN: usize = 32;
 
 /// The default maximum fragment size, both ways (illumos smbd, Windows).
 pub const DEFAULT_MAX_FRAG: u16 = 4280;
-/// The fragment size every implementation must accept ([C706] 12.6.3.1,
+/// The fragment size every implementation must accept (C706 12.6.3.1,
 /// `MustRecvFragSize`); a bind_ack never negotiates below it unless the
 /// server's own maximum is smaller.
 pub const MUST_RECV_FRAG_SIZE: u16 = 1432;
@@ -132,7 +132,7 @@ pub const SRVSVC_SYNTAX: SyntaxId = SyntaxId {
 
 /// A presentation syntax identifier (`p_syntax_id_t`): an interface or
 /// transfer syntax UUID and its version (for interfaces, major in the low
-/// 16 bits, minor in the high 16 bits, as [MS-RPCE] lays it out).
+/// 16 bits, minor in the high 16 bits, as MS-RPCE lays it out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SyntaxId {
     /// The UUID, in little-endian PDU layout (see the module documentation).
@@ -277,7 +277,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The common header of every connection-oriented PDU ([C706] 12.6.1).
+/// The common header of every connection-oriented PDU (C706 12.6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CommonHeader {
     /// Major version: always 5.
@@ -447,7 +447,9 @@ pub fn pdu_len(buf: &[u8], max_frag: u16) -> Result<Option<usize>, DecodeError> 
 #[derive(Debug)]
 pub struct PduReassembler {
     max_frag: u16,
+    /// Received bytes; those before `start` were already handed out.
     buf: Vec<u8>,
+    start: usize,
     failed: Option<DecodeError>,
     reported: bool,
 }
@@ -458,17 +460,29 @@ impl PduReassembler {
         PduReassembler {
             max_frag,
             buf: Vec::new(),
+            start: 0,
             failed: None,
             reported: false,
         }
     }
 
+    fn pending(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+
     /// Appends bytes read from the stream (dropped after a framing error).
-    /// A header that fails [`pdu_len`] is detected here already, so bytes
-    /// behind it are never kept.
+    /// A header that fails [`pdu_len`] at the front of the buffer is
+    /// detected here already, so bytes behind it are never kept.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.failed.is_some() {
             return;
+        }
+        // Drop what was handed out before growing, so the buffer holds only
+        // pending bytes plus this push. Amortised: each byte moves at most
+        // once per push.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
         if let Err(e) = pdu_len(&self.buf, self.max_frag) {
@@ -479,10 +493,12 @@ impl PduReassembler {
     fn fail(&mut self, e: DecodeError) {
         self.failed = Some(e);
         self.buf = Vec::new();
+        self.start = 0;
     }
 
     /// The next whole PDU, if the buffer holds one; `Some(Err)` once after
-    /// a framing error.
+    /// a framing error. Each PDU is copied out into its own exactly-sized
+    /// vector, so taking many PDUs from one large push costs linear time.
     pub fn next_pdu(&mut self) -> Option<Result<Vec<u8>, DecodeError>> {
         if let Some(e) = &self.failed {
             if self.reported {
@@ -491,15 +507,19 @@ impl PduReassembler {
             self.reported = true;
             return Some(Err(e.clone()));
         }
-        match pdu_len(&self.buf, self.max_frag) {
+        let pending = self.pending();
+        match pdu_len(pending, self.max_frag) {
             Ok(None) => None,
-            Ok(Some(len)) if len > self.buf.len() => None,
             Ok(Some(len)) => {
-                let rest = self.buf.split_off(len);
-                let pdu = std::mem::replace(&mut self.buf, rest);
+                let pdu = pending.get(..len)?.to_vec();
+                self.start += len;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
                 // The next header, if complete, is checked now rather than
                 // at the next push.
-                if let Err(e) = pdu_len(&self.buf, self.max_frag) {
+                if let Err(e) = pdu_len(self.pending(), self.max_frag) {
                     self.fail(e);
                 }
                 Some(Ok(pdu))
@@ -512,9 +532,9 @@ impl PduReassembler {
         }
     }
 
-    /// Bytes held that do not form a whole PDU yet (or not yet taken).
+    /// Bytes held that have not been handed out as a PDU yet.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.pending().len()
     }
 
     /// The framing error that stopped this stream, if any.
@@ -577,7 +597,7 @@ fn fragment_call(
         let frag_length = (REQUEST_HEADER_LEN + chunk) as u16;
         out.extend_from_slice(&CommonHeader::new(ptype, flags, frag_length, call_id).encode());
         // alloc_hint: the stub bytes of this and every later fragment
-        // ([MS-RPCE] 3.3.1.5.2.2).
+        // (MS-RPCE "alloc_hint Interpretation").
         out.extend_from_slice(&u32::try_from(remaining).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&context_id.to_le_bytes());
         out.extend_from_slice(&tail);
@@ -590,7 +610,7 @@ fn fragment_call(
     out
 }
 
-/// The request fragments of one call ([C706] 12.6.4.9): as many as needed
+/// The request fragments of one call (C706 12.6.4.9): as many as needed
 /// for fragments of at most `max_frag` bytes (raised to [`MIN_MAX_FRAG`]),
 /// `PFC_FIRST_FRAG` on the first, `PFC_LAST_FRAG` on the last, `alloc_hint`
 /// the stub bytes left from each fragment on. An empty stub is one
@@ -613,7 +633,7 @@ pub fn encode_request(
     )
 }
 
-/// The response fragments of one call ([C706] 12.6.4.10), cut like
+/// The response fragments of one call (C706 12.6.4.10), cut like
 /// [`encode_request`]'s: fragments of at most `max_frag` bytes, flags and
 /// `alloc_hint` right, `cancel_count` 0. Little-endian.
 pub fn encode_response(call_id: u32, context_id: u16, stub: &[u8], max_frag: u16) -> Vec<u8> {
@@ -648,7 +668,7 @@ pub fn encode_response_filled(
     )
 }
 
-/// A fault PDU ([C706] 12.6.4.7) for `call_id` with an `nca_s_*` (or
+/// A fault PDU (C706 12.6.4.7) for `call_id` with an `nca_s_*` (or
 /// Win32) `status`: 32 bytes, first and last fragment, little-endian.
 pub fn encode_fault(call_id: u32, context_id: u16, status: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(FAULT_LEN);
@@ -728,7 +748,7 @@ fn split_pdu<'a>(pdu: &'a [u8], ptypes: &[u8]) -> Result<(CommonHeader, Reader<'
     Ok((header, Reader { rest: body, order }))
 }
 
-/// A decoded request fragment ([C706] 12.6.4.9), borrowing its stub.
+/// A decoded request fragment (C706 12.6.4.9), borrowing its stub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request<'a> {
     /// The common header (flags tell first/last fragment).
@@ -767,7 +787,7 @@ pub fn decode_request(pdu: &[u8]) -> Result<Request<'_>, DecodeError> {
     })
 }
 
-/// A decoded response fragment ([C706] 12.6.4.10), borrowing its stub.
+/// A decoded response fragment (C706 12.6.4.10), borrowing its stub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response<'a> {
     /// The common header (flags tell first/last fragment).
@@ -836,7 +856,7 @@ pub struct PresentationContext {
     pub transfer_syntaxes: Vec<SyntaxId>,
 }
 
-/// A decoded bind or alter_context PDU ([C706] 12.6.4.3).
+/// A decoded bind or alter_context PDU (C706 12.6.4.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bind {
     /// The common header.
@@ -942,7 +962,7 @@ fn negotiate(client: u16, ours: u16) -> u16 {
 }
 
 /// Answers a bind (or alter_context) PDU with a bind_ack (or
-/// alter_context_resp), [C706] 12.6.4.4, little-endian.
+/// alter_context_resp), C706 12.6.4.4, little-endian.
 ///
 /// The first presentation context is accepted (result 0) with its first
 /// transfer syntax; every other context, and a first context with no
@@ -1380,6 +1400,23 @@ mod tests {
     }
 
     #[test]
+    fn reassembler_many_pdus_in_one_push() {
+        let one = encode_fault(1, 0, NCA_S_PROTO_ERROR);
+        let stream = one.repeat(10_000);
+        let mut r = PduReassembler::new(4280);
+        r.push(&stream);
+        let mut n = 0;
+        while let Some(p) = r.next_pdu() {
+            let p = p.unwrap();
+            assert_eq!(p, one);
+            assert_eq!(p.capacity(), one.len());
+            n += 1;
+        }
+        assert_eq!(n, 10_000);
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
     fn reassembler_bounded_while_waiting() {
         // A valid header announcing max_frag: bytes are kept only up to it.
         let mut r = PduReassembler::new(4280);
@@ -1538,6 +1575,29 @@ mod tests {
                 field: "auth_pad_length",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn response_truncation_and_trailing() {
+        let f = encode_response(3, 0, b"0123456789", 4280);
+        for cut in 0..f.len() {
+            assert!(decode_response(&f[..cut]).is_err(), "cut {cut}");
+        }
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(
+            decode_response(&long),
+            Err(DecodeError::TrailingBytes { count: 1 })
+        );
+        // A request is not a response, and the other way round.
+        assert!(matches!(
+            decode_request(&f),
+            Err(DecodeError::InvalidValue { field: "ptype", .. })
+        ));
+        assert!(matches!(
+            decode_response(&encode_request(1, 0, 0, b"", 4280)),
+            Err(DecodeError::InvalidValue { field: "ptype", .. })
         ));
     }
 
@@ -1855,6 +1915,55 @@ mod tests {
                 prop_assert!(r.buffered() < 1000);
             }
             prop_assert_eq!(got, pdus);
+        }
+
+        #[test]
+        fn bind_round_trip(call_id: u32, a: [u8; 16], av: u32, t: [u8; 16], tv: u32) {
+            let bind = encode_bind(call_id, (a, av), (t, tv));
+            let b = decode_bind(&bind).unwrap();
+            prop_assert_eq!(b.header.call_id, call_id);
+            prop_assert_eq!(
+                b.contexts,
+                vec![PresentationContext {
+                    context_id: 0,
+                    abstract_syntax: SyntaxId { uuid: a, version: av },
+                    transfer_syntaxes: vec![SyntaxId { uuid: t, version: tv }],
+                }]
+            );
+            let ack = encode_bind_ack(&bind, "\\PIPE\\x", DEFAULT_MAX_FRAG).unwrap();
+            let d = decode_bind_ack(&ack).unwrap();
+            prop_assert_eq!(d.header.call_id, call_id);
+            prop_assert_eq!(d.sec_addr.as_str(), "\\PIPE\\x");
+            prop_assert_eq!(
+                d.results,
+                vec![ContextResult { result: 0, reason: 0, transfer_syntax: SyntaxId { uuid: t, version: tv } }]
+            );
+        }
+
+        #[test]
+        fn multi_context_bind_ack(big: bool, call_id: u32, n in 1usize..40, sec in "[ -~]{0,40}") {
+            let ctxs: Vec<(u16, SyntaxId, &[SyntaxId])> =
+                (0..n).map(|i| (i as u16, SRVSVC_SYNTAX, &[NDR_SYNTAX, NDR64][..(i + 1) % 3])).collect();
+            let bind = raw_bind(big, call_id, &ctxs, 4280);
+            let ack = encode_bind_ack(&bind, &sec, 4280).unwrap();
+            let d = decode_bind_ack(&ack).unwrap();
+            prop_assert_eq!(d.header.call_id, call_id);
+            prop_assert_eq!(d.sec_addr, sec);
+            prop_assert_eq!(d.results.len(), n);
+            prop_assert_eq!(
+                d.results[0],
+                ContextResult { result: 0, reason: 0, transfer_syntax: NDR_SYNTAX }
+            );
+            for r in &d.results[1..] {
+                prop_assert_eq!(r.result, RESULT_PROVIDER_REJECTION);
+                prop_assert_eq!(r.reason, REASON_TRANSFER_SYNTAXES_NOT_SUPPORTED);
+            }
+        }
+
+        #[test]
+        fn fault_round_trip(call_id: u32, ctx: u16, status: u32) {
+            let f = decode_fault(&encode_fault(call_id, ctx, status)).unwrap();
+            prop_assert_eq!((f.header.call_id, f.context_id, f.status), (call_id, ctx, status));
         }
 
         #[test]

@@ -1,21 +1,21 @@
-//! The pipe FSCTLs of [MS-FSCC] section 2.3 and the status rules around
+//! The pipe FSCTLs of MS-FSCC section 2.3 and the status rules around
 //! them (PROTOCOL.md section 4): control codes, the PEEK reply, the WAIT
 //! request, and the pure parts of transceive and peek.
 //!
-//! All of these structures are little-endian, as [MS-FSCC] specifies.
+//! All of these structures are little-endian, as MS-FSCC specifies.
 
 use std::time::Duration;
 
 use super::error::DecodeError;
 use super::status::NtStatus;
 
-/// `FSCTL_PIPE_PEEK` ([MS-FSCC] 2.3.46): look at pipe data without
+/// `FSCTL_PIPE_PEEK` (MS-FSCC 2.3.46): look at pipe data without
 /// consuming it.
 pub const FSCTL_PIPE_PEEK: u32 = 0x0011_400C;
-/// `FSCTL_PIPE_WAIT` ([MS-FSCC] 2.3.49): wait for a pipe name to have a
+/// `FSCTL_PIPE_WAIT` (MS-FSCC 2.3.49): wait for a pipe name to have a
 /// listener. Sent on no open handle.
 pub const FSCTL_PIPE_WAIT: u32 = 0x0011_0018;
-/// `FSCTL_PIPE_TRANSCEIVE` ([MS-FSCC] 2.3.51): write a request, read a reply.
+/// `FSCTL_PIPE_TRANSCEIVE` (MS-FSCC 2.3.51): write a request, read a reply.
 pub const FSCTL_PIPE_TRANSCEIVE: u32 = 0x0011_C017;
 
 /// `NamedPipeState` `FILE_PIPE_DISCONNECTED_STATE`.
@@ -35,7 +35,7 @@ pub const PEEK_HEADER_LEN: usize = 16;
 /// `STATUS_BUFFER_OVERFLOW` can be reported.
 pub const SMB_PIPE_MAX_MSGSIZE: usize = 4280;
 
-/// The fixed part of an `FSCTL_PIPE_PEEK` reply ([MS-FSCC] 2.3.47); the
+/// The fixed part of an `FSCTL_PIPE_PEEK` reply (MS-FSCC 2.3.47); the
 /// peeked data follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PeekReply {
@@ -157,7 +157,7 @@ pub const MAX_WAIT_NAME_BYTES: usize = 512;
 /// Length of the fixed part of a WAIT request.
 pub const WAIT_HEADER_LEN: usize = 14;
 
-/// An `FSCTL_PIPE_WAIT` request ([MS-FSCC] 2.3.49): i64 `Timeout`, u32
+/// An `FSCTL_PIPE_WAIT` request (MS-FSCC 2.3.49): i64 `Timeout`, u32
 /// `NameLength`, u8 `TimeoutSpecified`, u8 padding, then the UTF-16LE name
 /// without the `\pipe\` prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -198,9 +198,9 @@ impl WaitRequest {
     /// Decodes a whole request. Refuses: fewer than 14 bytes; a
     /// `NameLength` over [`MAX_WAIT_NAME_BYTES`] or odd; fewer name bytes
     /// than `NameLength` (`UnexpectedEnd`) or more (`TrailingBytes`); a
-    /// name that is not valid UTF-16. `TimeoutSpecified` is a [MS-FSCC]
+    /// name that is not valid UTF-16. `TimeoutSpecified` is a MS-FSCC
     /// 2.1.8 Boolean (any non-zero value is true); the padding byte is
-    /// ignored, as [MS-FSCC] requires. An empty name is accepted here (the
+    /// ignored, as MS-FSCC requires. An empty name is accepted here (the
     /// name check comes later).
     pub fn decode(buf: &[u8]) -> Result<WaitRequest, DecodeError> {
         let (head, name) =
@@ -256,10 +256,10 @@ impl WaitRequest {
     }
 
     /// How long to wait: `None` when `TimeoutSpecified` is false (the
-    /// server's default applies, per PROTOCOL.md; note [MS-FSCC] 2.3.49
+    /// server's default applies, per PROTOCOL.md; note MS-FSCC 2.3.49
     /// says "wait forever" there).
     ///
-    /// The value is taken in 100 ns units (PROTOCOL.md; the [MS-FSCC] text
+    /// The value is taken in 100 ns units (PROTOCOL.md; the MS-FSCC text
     /// says "100 milliseconds", but Windows clients send NT intervals).
     /// A negative value is an NT *relative* interval, which is what Windows'
     /// `WaitNamedPipe` sends (`-milliseconds * 10000`): its magnitude is the

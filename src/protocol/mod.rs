@@ -13,14 +13,22 @@
 //! * [`userinfo`]: the netuserinfo XDR message and the whole open message
 //!   (section 2).
 //! * [`fsctl`]: PEEK, WAIT and TRANSCEIVE structures and status rules
-//!   (section 4, [MS-FSCC]).
+//!   (section 4, MS-FSCC).
 //! * [`dcerpc`]: connection-oriented DCE/RPC framing, fragments, bind and
-//!   bind_ack (section 3, [C706] chapter 12).
+//!   bind_ack (section 3, C706 chapter 12).
+//!
+//! External specifications cited in this layer:
+//! [C706](https://pubs.opengroup.org/onlinepubs/9629399/) (DCE 1.1 RPC),
+//! [MS-RPCE](https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-rpce/),
+//! [MS-FSCC](https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-fscc/),
+//! [MS-ERREF](https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-erref/),
+//! [RFC 4506](https://www.rfc-editor.org/rfc/rfc4506) (XDR).
 //!
 //! Every decoder here is bounded and total: it checks each length against
 //! its maximum and the remaining input before using it, refuses truncated
 //! input and (for whole messages) trailing bytes, and never panics.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod dcerpc;
 pub mod error;

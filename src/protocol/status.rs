@@ -1,4 +1,4 @@
-//! NT status codes ([MS-ERREF] section 2.3) as the pipe transport uses them,
+//! NT status codes (MS-ERREF section 2.3) as the pipe transport uses them,
 //! and the errno mapping of the illumos SMB server (PROTOCOL.md section 6).
 //!
 //! An NTSTATUS is a 32-bit value whose top two bits are the severity
@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-/// An NT status code ([MS-ERREF] 2.3), as sent in the open handshake's
+/// An NT status code (MS-ERREF 2.3), as sent in the open handshake's
 /// status word and returned to SMB clients.
 ///
 /// The inner value is public: any 32-bit value is a status, known or not.
@@ -18,7 +18,7 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NtStatus(pub u32);
 
-/// The severity of an [`NtStatus`]: its top two bits ([MS-ERREF] 2.3).
+/// The severity of an [`NtStatus`]: its top two bits (MS-ERREF 2.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Severity {
     /// `00`: success.
@@ -40,7 +40,7 @@ macro_rules! known_statuses {
         impl NtStatus {
             $( $(#[$doc])* pub const $konst: NtStatus = NtStatus($value); )*
 
-            /// Every status this crate names, with its [MS-ERREF] name, in
+            /// Every status this crate names, with its MS-ERREF name, in
             /// ascending order of value. [`NtStatus::name`] reads this table.
             pub const KNOWN: &'static [(NtStatus, &'static str)] = &[
                 $( (NtStatus($value), $name), )*
@@ -132,7 +132,7 @@ known_statuses! {
     PATH_NOT_COVERED = 0xC000_0257, "STATUS_PATH_NOT_COVERED";
     /// `STATUS_TOO_MANY_LINKS` (EMLINK).
     TOO_MANY_LINKS = 0xC000_0265, "STATUS_TOO_MANY_LINKS";
-    /// `RPC_NT_SERVER_TOO_BUSY` (its [MS-ERREF] name has no `STATUS_` prefix).
+    /// `RPC_NT_SERVER_TOO_BUSY` (its MS-ERREF name has no `STATUS_` prefix).
     RPC_NT_SERVER_TOO_BUSY = 0xC002_0018, "RPC_NT_SERVER_TOO_BUSY";
 }
 
@@ -142,7 +142,7 @@ impl NtStatus {
         self.0
     }
 
-    /// The [MS-ERREF] name of a known status, for example
+    /// The MS-ERREF name of a known status, for example
     /// `Some("STATUS_BUFFER_OVERFLOW")`; `None` for codes not in
     /// [`NtStatus::KNOWN`].
     pub fn name(self) -> Option<&'static str> {

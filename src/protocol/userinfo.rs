@@ -210,14 +210,10 @@ impl NetUserInfo {
         self.validate()?;
         out.reserve(self.encoded_len());
         xdr::put_u64(out, self.session_id);
-        for (i, (_, s)) in self.strings().into_iter().enumerate() {
-            // `validate` bounds the length far below u16::MAX.
-            xdr::put_u32(out, (s.len() + 1) as u32);
-            xdr::put_string(out, s);
-            if i == 1 {
-                xdr::put_u32(out, self.posix_uid);
-            }
-        }
+        put_string_with_len(out, &self.domain);
+        put_string_with_len(out, &self.account);
+        xdr::put_u32(out, self.posix_uid);
+        put_string_with_len(out, &self.workstation);
         xdr::put_i32(out, self.client_addr.family());
         match self.client_addr {
             ClientAddr::V4(a) => xdr::put_u32(out, u32::from_le_bytes(a.octets())),
@@ -273,6 +269,13 @@ impl NetUserInfo {
     pub fn is_anonymous(&self) -> bool {
         self.flags & USER_FLAG_ANONYMOUS != 0
     }
+}
+
+/// A `*_len` word (`strlen + 1`) and the string. The caller has validated
+/// the string, so its length is far below `u16::MAX`.
+fn put_string_with_len(out: &mut Vec<u8>, s: &str) {
+    xdr::put_u32(out, (s.len() + 1) as u32);
+    xdr::put_string(out, s);
 }
 
 /// Sixteen `char`s, each an XDR `int` holding the sign-extended byte (a
