@@ -132,6 +132,34 @@ const ST_PEEK: u8 = 8;
 const ST_WAIT_CONNECT: u8 = 9;
 const ST_WAIT_TIMER: u8 = 10;
 
+/// The longest chain an op pushes (open: connect, hello, status).
+const MAX_CHAIN: usize = 3;
+
+/// A chain being built, without a heap allocation.
+#[derive(Default)]
+struct ChainBuf {
+    ops: [Option<(Op, u8)>; MAX_CHAIN],
+    len: usize,
+}
+
+impl ChainBuf {
+    fn push(&mut self, op: (Op, u8)) {
+        debug_assert!(self.len < MAX_CHAIN, "chain longer than MAX_CHAIN");
+        if let Some(slot) = self.ops.get_mut(self.len) {
+            *slot = Some(op);
+            self.len += 1;
+        }
+    }
+}
+
+impl IntoIterator for ChainBuf {
+    type Item = (Op, u8);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.into_iter().flatten()
+    }
+}
+
 fn token(op: u32, gen: u32, step: u8) -> u64 {
     ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
 }
@@ -265,8 +293,10 @@ struct OpEntry {
     notify: Option<Notify>,
     /// SQEs pushed and not yet completed.
     pending: u32,
-    /// The current chain's SQE ids, and how many of them completed.
-    chain: Vec<SqeId>,
+    /// The current chain's SQE ids (at most [`MAX_CHAIN`]), how many there
+    /// are, and how many of them completed.
+    chain: [Option<SqeId>; MAX_CHAIN],
+    chain_len: usize,
     chain_done: usize,
     /// The caller was told the request was cancelled; remaining CQEs only
     /// release resources.
@@ -284,6 +314,8 @@ pub(crate) struct Core {
     queue: Arc<CommandQueue>,
     file_ids: Arc<AtomicU64>,
     done: Vec<Completion>,
+    /// Scratch for the SQE ids of the chain being pushed (no allocation).
+    ids: Vec<SqeId>,
     stopping: bool,
 }
 
@@ -382,6 +414,7 @@ impl Core {
             queue,
             file_ids,
             done: Vec::with_capacity(256),
+            ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
         }
     }
@@ -390,6 +423,8 @@ impl Core {
     pub(crate) fn run(mut self) {
         let mut cmds = Vec::new();
         let wake = self.queue.wake.clone();
+        let flush_every: usize =
+            std::env::var("OPIPE_FLUSH_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
         loop {
             self.queue.take(&mut cmds);
             for c in cmds.drain(..) {
@@ -417,8 +452,14 @@ impl Core {
             }
             let mut done = std::mem::take(&mut self.done);
             self.drv.reap(&mut done);
-            for c in done.drain(..) {
+            for (i, c) in done.drain(..).enumerate() {
                 self.completion(c);
+                // Hand new requests to the kernel while the batch is still
+                // being processed, so the service works on the first ones
+                // while we finish the rest (no lock-step between the two).
+                if flush_every > 0 && i % flush_every == flush_every - 1 {
+                    let _ = self.drv.flush();
+                }
             }
             self.done = done;
         }
@@ -497,7 +538,8 @@ impl Core {
             session,
             notify: Some(notify),
             pending: 0,
-            chain: Vec::new(),
+            chain: [None; MAX_CHAIN],
+            chain_len: 0,
             chain_done: 0,
             cancelled: false,
             kind,
@@ -514,19 +556,20 @@ impl Core {
         key
     }
 
-    fn push_chain(&mut self, key: (u32, u32), ops: Vec<(Op, u8)>) {
-        let mut ids = Vec::with_capacity(ops.len());
-        let n = ops.len() as u32;
-        self.drv.push_chain(
-            ops.into_iter()
-                .map(|(op, st)| (op, token(key.0, key.1, st))),
-            &mut ids,
-        );
+    fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
+        let mut ids = std::mem::take(&mut self.ids);
+        self.drv.push_chain(ops.into_iter().map(|(op, st)| (op, token(key.0, key.1, st))), &mut ids);
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
-            e.pending += n;
-            e.chain = ids;
+            debug_assert!(ids.len() <= MAX_CHAIN);
+            e.pending += ids.len() as u32;
+            e.chain = [None; MAX_CHAIN];
+            for (slot, id) in e.chain.iter_mut().zip(&ids) {
+                *slot = Some(*id);
+            }
+            e.chain_len = ids.len().min(MAX_CHAIN);
             e.chain_done = 0;
         }
+        self.ids = ids;
     }
 
     fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
@@ -579,7 +622,7 @@ impl Core {
         );
         self.push_chain(
             key,
-            vec![
+            [
                 (
                     Op::Connect {
                         fd: fd.clone(),
@@ -621,7 +664,7 @@ impl Core {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        let chain_left = e.chain.len().saturating_sub(e.chain_done);
+        let chain_left = e.chain_len.saturating_sub(e.chain_done);
         let Kind::Open { status, timer, .. } = &mut e.kind else {
             return;
         };
@@ -755,7 +798,7 @@ impl Core {
                     len: clamp_u32(max_out),
                     flags: 0,
                 };
-                self.push_chain(key, vec![(op, ST_RECV)]);
+                self.push_chain(key, [(op, ST_RECV)]);
             }
             PipeIo::Write { data } => {
                 let key = self.new_op(
@@ -801,7 +844,7 @@ impl Core {
                     len: clamp_u32(want),
                     flags: crate::ring::driver::PEEK_NOWAIT,
                 };
-                self.push_chain(key, vec![(op, ST_PEEK)]);
+                self.push_chain(key, [(op, ST_PEEK)]);
             }
         }
     }
@@ -831,7 +874,7 @@ impl Core {
         };
         let max_out = *max_out;
         let check_more = max_out < SMB_PIPE_MAX_MSGSIZE;
-        let mut chain: Vec<(Op, u8)> = Vec::with_capacity(3);
+        let mut chain = ChainBuf::default();
         if reg_mode && max_out <= slot_bytes && input.len() <= slot_bytes {
             let slot = match reg.take() {
                 Some(r) => r,
@@ -1078,7 +1121,7 @@ impl Core {
                     fd: Rc::new(fd),
                     addr: Box::new(addr),
                 };
-                self.push_chain(key, vec![(op, ST_WAIT_CONNECT)]);
+                self.push_chain(key, [(op, ST_WAIT_CONNECT)]);
             }
             Err(_) => self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
         }
@@ -1135,7 +1178,7 @@ impl Core {
             };
             e.pending = e.pending.saturating_sub(1);
             if step != ST_DEADLINE && step != ST_WAIT_TIMER {
-                e.chain_done = (e.chain_done + 1).min(e.chain.len());
+                e.chain_done = (e.chain_done + 1).min(e.chain_len);
             }
             e.cancelled
         };
@@ -1207,7 +1250,7 @@ impl Core {
         match &mut e.kind {
             Kind::Write { data, sent, .. } => {
                 let (buf, start) = (std::mem::take(data), *sent);
-                self.push_chain(key, vec![(Op::Send { fd, buf, start }, ST_SEND)]);
+                self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
             }
             _ => self.push_transceive(key, fd),
         }
@@ -1389,7 +1432,7 @@ impl Core {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        if let Some(&id) = e.chain.get(e.chain_done) {
+        if let Some(&Some(id)) = e.chain.get(e.chain_done) {
             self.drv.cancel(id);
         }
     }

@@ -515,23 +515,22 @@ impl Driver {
     /// last): each starts only when the previous one fully succeeded; a
     /// failure or short read completes the rest with `-ECANCELED`.
     pub fn push_chain(&mut self, ops: impl IntoIterator<Item = (Op, u64)>, ids: &mut Vec<SqeId>) {
-        let mut entries: Vec<squeue::Entry> = Vec::with_capacity(4);
         ids.clear();
+        // Each SQE is queued once the next one is known, so the link flag
+        // goes on every entry but the last without a temporary vector.
+        let mut prev: Option<squeue::Entry> = None;
         for (op, token) in ops {
             let sqe = self.build_sqe(&op);
             let (index, gen) = self.alloc_slot(token, op);
             let ud = user_data(KIND_OP, index, gen);
             ids.push(SqeId(ud));
-            entries.push(sqe.user_data(ud));
+            if let Some(p) = prev.take() {
+                self.queue(p.flags(squeue::Flags::IO_LINK));
+            }
+            prev = Some(sqe.user_data(ud));
         }
-        let n = entries.len();
-        for (i, e) in entries.into_iter().enumerate() {
-            let e = if i + 1 < n {
-                e.flags(squeue::Flags::IO_LINK)
-            } else {
-                e
-            };
-            self.queue(e);
+        if let Some(p) = prev {
+            self.queue(p);
         }
     }
 
@@ -614,6 +613,20 @@ impl Driver {
             (w, None) => self.ring.submit_and_wait(w),
         };
         match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits queued SQEs now, without waiting; no syscall when none are
+    /// queued. Lets a long completion batch hand work to the kernel early.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.flush_backlog();
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        match self.ring.submit() {
             Ok(_) => Ok(()),
             Err(e) if is_transient(&e) => Ok(()),
             Err(e) => Err(e),
