@@ -261,10 +261,14 @@ enum Kind {
         out: Option<Vec<u8>>,
         /// Some(more waiting?) once known.
         more: Option<bool>,
+        /// The pooled receive found the pool empty: receive again, plain.
+        retry_recv: bool,
         status: Option<NtStatus>,
     },
     Read {
+        max_out: usize,
         out: Option<Vec<u8>>,
+        retry_recv: bool,
         status: Option<NtStatus>,
     },
     Write {
@@ -423,8 +427,10 @@ impl Core {
     pub(crate) fn run(mut self) {
         let mut cmds = Vec::new();
         let wake = self.queue.wake.clone();
-        let flush_every: usize =
-            std::env::var("OPIPE_FLUSH_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+        let flush_every: usize = std::env::var("OPIPE_FLUSH_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32);
         loop {
             self.queue.take(&mut cmds);
             for c in cmds.drain(..) {
@@ -558,7 +564,11 @@ impl Core {
 
     fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
         let mut ids = std::mem::take(&mut self.ids);
-        self.drv.push_chain(ops.into_iter().map(|(op, st)| (op, token(key.0, key.1, st))), &mut ids);
+        self.drv.push_chain(
+            ops.into_iter()
+                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            &mut ids,
+        );
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             debug_assert!(ids.len() <= MAX_CHAIN);
             e.pending += ids.len() as u32;
@@ -777,27 +787,21 @@ impl Core {
                     reg: None,
                     out: None,
                     more: None,
+                    retry_recv: false,
                     status: None,
                 };
                 let key = self.new_op(Some(pipe), session, notify, kind);
                 self.push_transceive(key, fd);
             }
             PipeIo::Read { max_out } => {
-                let key = self.new_op(
-                    Some(pipe),
-                    session,
-                    notify,
-                    Kind::Read {
-                        out: None,
-                        status: None,
-                    },
-                );
-                let op = Op::Recv {
-                    fd,
-                    buf: Vec::with_capacity(max_out),
-                    len: clamp_u32(max_out),
-                    flags: 0,
+                let kind = Kind::Read {
+                    max_out,
+                    out: None,
+                    retry_recv: false,
+                    status: None,
                 };
+                let key = self.new_op(Some(pipe), session, notify, kind);
+                let op = recv_op(&self.drv, fd, max_out, true);
                 self.push_chain(key, [(op, ST_RECV)]);
             }
             PipeIo::Write { data } => {
@@ -867,6 +871,7 @@ impl Core {
             input,
             sent,
             reg,
+            retry_recv,
             ..
         } = &mut e.kind
         else {
@@ -925,12 +930,8 @@ impl Core {
                     ST_SEND,
                 ));
             }
-            let recv = Op::Recv {
-                fd: fd.clone(),
-                buf: Vec::with_capacity(max_out),
-                len: clamp_u32(max_out),
-                flags: 0,
-            };
+            let recv = recv_op(&self.drv, fd.clone(), max_out, !*retry_recv);
+            *retry_recv = false;
             chain.push((recv, ST_RECV));
             if check_more && !nonempty_flag {
                 chain.push((more_probe(fd), ST_MORE));
@@ -995,12 +996,19 @@ impl Core {
                     reg,
                     input,
                     sent,
+                    retry_recv,
                 },
                 ST_RECV,
                 op,
             ) => {
                 let resend = resuming(input, *sent) && status.is_none();
                 if r == -libc::ECANCELED && resend {
+                    return;
+                }
+                if r == -libc::ENOBUFS && matches!(op, Op::RecvPooled { .. }) && status.is_none() {
+                    // The receive pool was empty: receive again with a
+                    // buffer of our own once this chain is over.
+                    *retry_recv = true;
                     return;
                 }
                 if r <= 0 {
@@ -1015,6 +1023,7 @@ impl Core {
                 }
                 let data = match op {
                     Op::Recv { buf, .. } => buf,
+                    Op::RecvPooled { data, .. } => data,
                     Op::ReadFixed { buf, .. } => {
                         drop(buf);
                         let n = (r as usize).min(*max_out);
@@ -1040,7 +1049,27 @@ impl Core {
                 ST_MORE,
                 _,
             ) => *more = Some(r > 0),
-            (Kind::Read { out, status }, ST_RECV, Op::Recv { buf, .. }) => {
+            (
+                Kind::Read {
+                    out,
+                    status,
+                    retry_recv,
+                    ..
+                },
+                ST_RECV,
+                op,
+            ) => {
+                let buf = match op {
+                    Op::Recv { buf, .. } => buf,
+                    Op::RecvPooled { data, .. } => {
+                        if r == -libc::ENOBUFS {
+                            *retry_recv = true;
+                            return;
+                        }
+                        data
+                    }
+                    _ => return,
+                };
                 if r > 0 {
                     *out = Some(buf);
                 } else if status.is_none() {
@@ -1207,9 +1236,15 @@ impl Core {
                 Kind::Transceive {
                     input,
                     sent,
+                    retry_recv,
                     status: None,
                     ..
-                } => *sent < input.len(),
+                } => *sent < input.len() || *retry_recv,
+                Kind::Read {
+                    retry_recv,
+                    status: None,
+                    ..
+                } => *retry_recv,
                 Kind::Write {
                     data,
                     sent,
@@ -1251,6 +1286,15 @@ impl Core {
             Kind::Write { data, sent, .. } => {
                 let (buf, start) = (std::mem::take(data), *sent);
                 self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
+            }
+            Kind::Read {
+                max_out,
+                retry_recv,
+                ..
+            } => {
+                *retry_recv = false;
+                let op = recv_op(&self.drv, fd, *max_out, false);
+                self.push_chain(key, [(op, ST_RECV)]);
             }
             _ => self.push_transceive(key, fd),
         }
@@ -1502,6 +1546,27 @@ fn peek_reply(data: &mut Vec<u8>, room: usize, eof: bool, avail: Option<usize>) 
         NtStatus::SUCCESS
     };
     Transfer { status, data: out }
+}
+
+/// The receive of one transceive or read: from the driver's receive pool
+/// when the request fits a pool buffer (no memory held while waiting),
+/// else into a buffer of its own.
+fn recv_op(drv: &Driver, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
+    if pooled && max_out > 0 && max_out <= drv.recv_pool_buf_bytes() {
+        Op::RecvPooled {
+            fd,
+            len: clamp_u32(max_out),
+            flags: 0,
+            data: Vec::new(),
+        }
+    } else {
+        Op::Recv {
+            fd,
+            buf: Vec::with_capacity(max_out),
+            len: clamp_u32(max_out),
+            flags: 0,
+        }
+    }
 }
 
 /// A one-byte `MSG_PEEK | MSG_DONTWAIT` receive: 1 = more is waiting.

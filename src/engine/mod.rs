@@ -72,6 +72,13 @@ pub struct EngineConfig {
     pub reg_slots: u16,
     /// Bytes per registered slot (default 8192).
     pub reg_slot_bytes: usize,
+    /// Buffers in each ring's receive pool (a power of two, default 1024;
+    /// 0 disables the pool). Receives of up to `recv_pool_buf_bytes` use a
+    /// buffer the kernel picks when data ARRIVES, so a pipe waiting for a
+    /// reply holds no receive memory.
+    pub recv_pool_bufs: u16,
+    /// Bytes per receive-pool buffer (default 4280, the pipe message size).
+    pub recv_pool_buf_bytes: u32,
 }
 
 impl EngineConfig {
@@ -87,6 +94,8 @@ impl EngineConfig {
             cq_entries: 16384,
             reg_slots: 1024,
             reg_slot_bytes: 8192,
+            recv_pool_bufs: 1024,
+            recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
         }
     }
 }
@@ -338,6 +347,11 @@ impl Engine {
         if cfg.sq_entries == 0 {
             return Err(EngineError::Config("sq_entries must be positive"));
         }
+        if cfg.recv_pool_bufs != 0 && !cfg.recv_pool_bufs.is_power_of_two() {
+            return Err(EngineError::Config(
+                "recv_pool_bufs must be 0 or a power of two",
+            ));
+        }
         let cfg = Arc::new(cfg);
         let file_ids = Arc::new(AtomicU64::new(1));
         let mut rings = Vec::with_capacity(cfg.rings);
@@ -353,6 +367,8 @@ impl Engine {
                     0
                 },
                 reg_slot_bytes: cfg.reg_slot_bytes,
+                recv_pool_bufs: cfg.recv_pool_bufs,
+                recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
             };
             let (cfg2, ids) = (cfg.clone(), file_ids.clone());
             let thread = std::thread::Builder::new()

@@ -23,7 +23,11 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::bufring::BufRing;
 use super::setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+
+/// Buffer group id of the engine's receive pool.
+const RECV_POOL_GROUP: u16 = 0;
 
 /// `MSG_PEEK | MSG_DONTWAIT`: look at queued bytes without consuming them or
 /// blocking; an empty socket answers `-EAGAIN` at once.
@@ -108,6 +112,21 @@ pub enum Op {
         /// `recv` flags (`MSG_PEEK`, `MSG_DONTWAIT`, `MSG_WAITALL`).
         flags: i32,
     },
+    /// `recv(2)` of up to `len` bytes into a buffer the KERNEL picks from
+    /// the driver's provided-buffer ring when data arrives
+    /// (`IOSQE_BUFFER_SELECT`): a receive waiting for data holds no memory.
+    /// On completion the driver copies the bytes into `data` (exact size)
+    /// and puts the buffer back at once. `-ENOBUFS`: the pool was empty.
+    RecvPooled {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// How many bytes to ask for (at most the pool's buffer size).
+        len: u32,
+        /// `recv` flags.
+        flags: i32,
+        /// The received bytes, filled in on completion.
+        data: Vec<u8>,
+    },
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -143,6 +162,7 @@ impl Op {
             Op::Connect { fd, .. }
             | Op::Send { fd, .. }
             | Op::Recv { fd, .. }
+            | Op::RecvPooled { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
             Op::Timer { .. } => None,
@@ -271,6 +291,10 @@ pub struct DriverConfig {
     pub reg_slots: u16,
     /// Bytes per registered slot.
     pub reg_slot_bytes: usize,
+    /// Buffers in the provided-buffer receive pool (a power of two; 0: none).
+    pub recv_pool_bufs: u16,
+    /// Bytes per receive-pool buffer.
+    pub recv_pool_buf_bytes: u32,
 }
 
 /// A ring owned by one thread, with owned-resource operations.
@@ -286,6 +310,7 @@ pub struct Driver {
     wake_buf: Box<u64>,
     wake_armed: bool,
     reg: Option<RegPool>,
+    recv_pool: Option<BufRing>,
     in_flight: usize,
 }
 
@@ -331,6 +356,19 @@ impl Driver {
         } else {
             None
         };
+        let recv_pool = if cfg.recv_pool_bufs > 0 && cfg.recv_pool_buf_bytes > 0 {
+            Some(
+                BufRing::new(
+                    &ring,
+                    RECV_POOL_GROUP,
+                    cfg.recv_pool_bufs,
+                    cfg.recv_pool_buf_bytes,
+                )
+                .map_err(RingError::Io)?,
+            )
+        } else {
+            None
+        };
         Ok(Driver {
             ring,
             flags,
@@ -342,6 +380,7 @@ impl Driver {
             wake_buf: Box::new(0),
             wake_armed: false,
             reg,
+            recv_pool,
             in_flight: 0,
         })
     }
@@ -383,6 +422,12 @@ impl Driver {
         if let (Ok(b), Some(pool)) = (Rc::try_unwrap(buf), self.reg.as_mut()) {
             pool.free.push(b.index);
         }
+    }
+
+    /// Size of a receive-pool buffer (0: no pool): pooled receives ask for
+    /// at most this much.
+    pub fn recv_pool_buf_bytes(&self) -> usize {
+        self.recv_pool.as_ref().map_or(0, |p| p.buf_len() as usize)
     }
 
     /// Registered slots currently free.
@@ -466,6 +511,21 @@ impl Driver {
                 opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, len)
                     .flags(*flags)
                     .build()
+            }
+            Op::RecvPooled { fd, len, flags, .. } => {
+                let (bgid, max) = match &self.recv_pool {
+                    Some(p) => (p.bgid(), p.buf_len()),
+                    None => (RECV_POOL_GROUP, 0),
+                };
+                opcode::Recv::new(
+                    types::Fd(fd.as_raw_fd()),
+                    std::ptr::null_mut(),
+                    (*len).min(max),
+                )
+                .flags(*flags)
+                .buf_group(bgid)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
             }
             Op::WriteFixed {
                 fd,
@@ -666,7 +726,21 @@ impl Driver {
                         let token = slot.token;
                         self.free.push(index as u32);
                         self.in_flight -= 1;
-                        let result = cqe.result();
+                        let mut result = cqe.result();
+                        if let (Op::RecvPooled { data, .. }, Some(pool)) =
+                            (&mut op, self.recv_pool.as_mut())
+                        {
+                            if result > 0 {
+                                match pool.take(cqe.flags(), result as usize) {
+                                    // Copy out and give the buffer back now
+                                    // (the guard returns it on drop).
+                                    Ok(b) => data.extend_from_slice(&b),
+                                    Err(_) => result = -libc::EIO,
+                                }
+                            } else {
+                                pool.discard(cqe.flags());
+                            }
+                        }
                         if let Op::Recv { buf, .. } = &mut op {
                             if result > 0 {
                                 let n = (result as usize).min(buf.capacity() - buf.len());
@@ -700,6 +774,9 @@ impl Drop for Driver {
         // everything and reap until the kernel is done with all of it, so the
         // memory is freed only after the kernel let go (bounded wait).
         if self.in_flight == 0 && !self.wake_armed {
+            if let Some(p) = self.recv_pool.as_mut() {
+                let _ = p.unregister(&self.ring);
+            }
             return;
         }
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
@@ -720,6 +797,11 @@ impl Drop for Driver {
             if self.wake_armed {
                 self.wake.parked.store(true, Ordering::SeqCst);
                 self.wake.wake();
+            }
+        }
+        if self.in_flight == 0 {
+            if let Some(p) = self.recv_pool.as_mut() {
+                let _ = p.unregister(&self.ring);
             }
         }
         if self.in_flight > 0 || self.wake_armed {

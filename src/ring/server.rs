@@ -439,8 +439,10 @@ impl EventLoop {
             self.arm_accept(i)?;
         }
         let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
-        let flush_every: usize =
-            std::env::var("OPIPE_FLUSH_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+        let flush_every: usize = std::env::var("OPIPE_FLUSH_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32);
         loop {
             if self.shutting_down && self.inflight == 0 {
                 return Ok(());
@@ -528,7 +530,14 @@ impl EventLoop {
         }
         match self.ring.submit() {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
