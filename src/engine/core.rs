@@ -427,10 +427,7 @@ impl Core {
     pub(crate) fn run(mut self) {
         let mut cmds = Vec::new();
         let wake = self.queue.wake.clone();
-        let flush_every: usize = std::env::var("OPIPE_FLUSH_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32);
+
         loop {
             self.queue.take(&mut cmds);
             for c in cmds.drain(..) {
@@ -458,14 +455,8 @@ impl Core {
             }
             let mut done = std::mem::take(&mut self.done);
             self.drv.reap(&mut done);
-            for (i, c) in done.drain(..).enumerate() {
+            for c in done.drain(..) {
                 self.completion(c);
-                // Hand new requests to the kernel while the batch is still
-                // being processed, so the service works on the first ones
-                // while we finish the rest (no lock-step between the two).
-                if flush_every > 0 && i % flush_every == flush_every - 1 {
-                    let _ = self.drv.flush();
-                }
             }
             self.done = done;
         }

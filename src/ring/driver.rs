@@ -679,20 +679,6 @@ impl Driver {
         }
     }
 
-    /// Submits queued SQEs now, without waiting; no syscall when none are
-    /// queued. Lets a long completion batch hand work to the kernel early.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.flush_backlog();
-        if self.ring.submission().is_empty() {
-            return Ok(());
-        }
-        match self.ring.submit() {
-            Ok(_) => Ok(()),
-            Err(e) if is_transient(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Reaps every ready CQE. Final completions of pushed operations are
     /// appended to `out`; cancel and wake-up completions are handled here.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {

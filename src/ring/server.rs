@@ -439,10 +439,7 @@ impl EventLoop {
             self.arm_accept(i)?;
         }
         let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(1024);
-        let flush_every: usize = std::env::var("OPIPE_FLUSH_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32);
+
         loop {
             if self.shutting_down && self.inflight == 0 {
                 return Ok(());
@@ -455,14 +452,8 @@ impl EventLoop {
                 if cqes.is_empty() {
                     break;
                 }
-                for (i, cqe) in cqes.drain(..).enumerate() {
+                for cqe in cqes.drain(..) {
                     self.dispatch(st, cqe)?;
-                    // Hand replies to the kernel while the batch is still
-                    // being processed, so the client works on the first
-                    // replies while we make the rest (no lock-step).
-                    if flush_every > 0 && i % flush_every == flush_every - 1 {
-                        self.flush()?;
-                    }
                 }
             }
             // Every buffer is back in the ring now: re-arm starved receives.
@@ -521,25 +512,6 @@ impl EventLoop {
             }
         }
         t
-    }
-
-    /// Submits queued SQEs without waiting (nothing to do when none are).
-    fn flush(&mut self) -> io::Result<()> {
-        if self.ring.submission().is_empty() {
-            return Ok(());
-        }
-        match self.ring.submit() {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// Queues an SQE, submitting first if the queue is full.
