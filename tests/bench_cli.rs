@@ -300,3 +300,39 @@ fn sigterm_stops_the_service_and_removes_its_directory() {
         );
     }
 }
+
+#[test]
+fn uring_engine_on_epoll_says_backend_epoll() {
+    for (backend, want) in [("epoll", "epoll"), ("io-uring", "io_uring")] {
+        let Some((v, _)) = bench_json(&[
+            "--engine",
+            "uring,uring-registered",
+            "--backend",
+            backend,
+            "--pipes",
+            "8",
+            "--requests",
+            "300",
+            "--max-out",
+            "32",
+        ]) else {
+            continue;
+        };
+        let results = v["results"].as_array().expect("results array");
+        assert_eq!(results.len(), 2, "{v}");
+        for r in results {
+            assert_eq!(r["backend"], want, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            // (The uring peer starts every pipe's first transceive before
+            // the budget is counted: up to one more per pipe, on both backends.)
+            let n = r["transceives"].as_u64().unwrap();
+            assert!((300..=308).contains(&n), "{r}");
+            let detail = r["engine_detail"].as_str().expect("engine_detail");
+            assert!(detail.contains(want), "{detail}");
+            if want == "epoll" {
+                // No registered pool on epoll: the effective mode is plain.
+                assert!(detail.contains("plain buffers"), "{detail}");
+            }
+        }
+    }
+}

@@ -120,3 +120,46 @@ fn call_usage_error_and_wait() {
         assert_eq!((code, j["status"].as_str()), (0, Some("0x00000000")));
     });
 }
+
+#[test]
+fn call_and_wait_on_the_epoll_backend() {
+    bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
+        let d = dir.path().to_str().unwrap();
+        let (code, j) = opipe(&[
+            "call",
+            "--backend",
+            "epoll",
+            "--dir",
+            d,
+            "--pipe",
+            "srvsvc",
+            "--max-out",
+            "1024",
+            "--step",
+            "transceive:0102",
+            "--step",
+            "read-rest",
+        ]);
+        assert_eq!(code, 0, "{j}");
+        let steps = j["steps"].as_array().unwrap();
+        assert_eq!(steps[0]["status_name"], "STATUS_BUFFER_OVERFLOW");
+        let total: u64 = steps.iter().map(|s| s["len"].as_u64().unwrap()).sum();
+        assert_eq!(total, 3000, "{j}");
+        let (code, j) = opipe(&[
+            "wait",
+            "--backend",
+            "epoll",
+            "--dir",
+            d,
+            "--pipe",
+            "srvsvc",
+            "--timeout-ms",
+            "2000",
+        ]);
+        assert_eq!((code, j["status"].as_str()), (0, Some("0x00000000")));
+        let (code, _) = opipe(&["wait", "--backend", "kqueue", "--dir", d, "--pipe", "x"]);
+        assert_eq!(code, 2, "unknown backend is a usage error");
+    });
+}

@@ -6,21 +6,38 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use opipe::engine::{BufferMode, Engine, EngineConfig, EngineError, Tree};
+use opipe::engine::{Backend, BackendChoice, BufferMode, Engine, EngineConfig, EngineError, Tree};
 use opipe::protocol::{fsctl, NtStatus, PeekReply};
 
 const MODES: [BufferMode; 2] = [BufferMode::Plain, BufferMode::Registered];
+/// Every test runs on both backends: the same semantics by construction.
+const BACKENDS: [BackendChoice; 2] = [BackendChoice::IoUring, BackendChoice::Epoll];
 const T: Duration = Duration::from_secs(30);
 
-fn engine(dir: &std::path::Path, mode: BufferMode) -> Option<Engine> {
+/// An engine on `backend`; `None` (skipped, loudly) where io_uring is refused.
+fn engine(dir: &std::path::Path, mode: BufferMode, backend: BackendChoice) -> Option<Engine> {
     let mut cfg = EngineConfig::new(dir);
     cfg.buffers = mode;
+    cfg.backend = backend;
     cfg.open_timeout = Duration::from_millis(400);
     cfg.reg_slots = 64;
     match Engine::new(cfg) {
-        Ok(e) => Some(e),
+        Ok(e) => {
+            let want = match backend {
+                BackendChoice::Epoll => Some(Backend::Epoll),
+                BackendChoice::IoUring => Some(Backend::IoUring),
+                BackendChoice::Auto => None,
+            };
+            if let Some(b) = want {
+                assert_eq!(e.backend(), b);
+            }
+            if e.backend() == Backend::Epoll {
+                assert_eq!(e.config().buffers, BufferMode::Plain, "effective mode");
+            }
+            Some(e)
+        }
         Err(EngineError::Ring(e)) => {
-            eprintln!("SKIPPED: {e}");
+            eprintln!("SKIPPED on {backend:?}: {e}");
             None
         }
         Err(e) => panic!("engine: {e}"),
@@ -30,32 +47,34 @@ fn engine(dir: &std::path::Path, mode: BufferMode) -> Option<Engine> {
 #[test]
 fn open_transceive_echo_both_modes() {
     bounded(T, || {
-        for mode in MODES {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-            let Some(eng) = engine(dir.path(), mode) else {
-                return;
-            };
-            let pipe = eng
-                .open("\\PIPE\\SrvSvc", user(1), None)
-                .wait()
-                .expect("open");
-            let info = pipe.info();
-            assert_eq!(info.name.as_str(), "srvsvc");
-            assert_eq!(info.smb_name(), "\\srvsvc");
-            assert_eq!(info.device_state, 0x05ff);
-            assert_eq!(info.dos_attributes, 0x80);
-            assert_eq!(info.allocation_size, 4280);
-            for i in 0..50u8 {
-                let msg = vec![i; 10 + i as usize];
-                let t = pipe
-                    .transceive(msg.clone(), 4280)
+        for backend in BACKENDS {
+            for mode in MODES {
+                let dir = tempfile::tempdir().unwrap();
+                let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+                let Some(eng) = engine(dir.path(), mode, backend) else {
+                    continue;
+                };
+                let pipe = eng
+                    .open("\\PIPE\\SrvSvc", user(1), None)
                     .wait()
-                    .expect("transceive");
-                assert_eq!(t.status, NtStatus::SUCCESS, "{mode:?}");
-                assert_eq!(t.data, msg, "{mode:?}");
+                    .expect("open");
+                let info = pipe.info();
+                assert_eq!(info.name.as_str(), "srvsvc");
+                assert_eq!(info.smb_name(), "\\srvsvc");
+                assert_eq!(info.device_state, 0x05ff);
+                assert_eq!(info.dos_attributes, 0x80);
+                assert_eq!(info.allocation_size, 4280);
+                for i in 0..50u8 {
+                    let msg = vec![i; 10 + i as usize];
+                    let t = pipe
+                        .transceive(msg.clone(), 4280)
+                        .wait()
+                        .expect("transceive");
+                    assert_eq!(t.status, NtStatus::SUCCESS, "{mode:?}");
+                    assert_eq!(t.data, msg, "{mode:?}");
+                }
+                pipe.close().wait().expect("close");
             }
-            pipe.close().wait().expect("close");
         }
     });
 }
@@ -63,146 +82,161 @@ fn open_transceive_echo_both_modes() {
 #[test]
 fn file_ids_are_unique() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let a = eng.open("lsarpc", user(1), None).wait().unwrap();
-        let b = eng.open("lsarpc", user(1), None).wait().unwrap();
-        assert_ne!(a.info().file_id, b.info().file_id);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let a = eng.open("lsarpc", user(1), None).wait().unwrap();
+            let b = eng.open("lsarpc", user(1), None).wait().unwrap();
+            assert_ne!(a.info().file_id, b.info().file_id);
+        }
     });
 }
 
 #[test]
 fn no_listener_is_object_name_not_found() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let r = eng.open("\\PIPE\\winreg", user(1), None).wait();
-        assert_eq!(r.unwrap_err(), NtStatus::OBJECT_NAME_NOT_FOUND);
-        // A socket file nobody listens on: connect is refused.
-        let path = dir.path().join("samr");
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let r = eng.open("samr", user(1), None).wait();
-        assert_eq!(r.unwrap_err(), NtStatus::OBJECT_NAME_NOT_FOUND);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let r = eng.open("\\PIPE\\winreg", user(1), None).wait();
+            assert_eq!(r.unwrap_err(), NtStatus::OBJECT_NAME_NOT_FOUND);
+            // A socket file nobody listens on: connect is refused.
+            let path = dir.path().join("samr");
+            drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            let r = eng.open("samr", user(1), None).wait();
+            assert_eq!(r.unwrap_err(), NtStatus::OBJECT_NAME_NOT_FOUND);
+        }
     });
 }
 
 #[test]
 fn silent_handshake_hits_the_deadline() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "netlogon", Handshake::Silent, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let t0 = Instant::now();
-        let r = eng.open("netlogon", user(1), None).wait();
-        let took = t0.elapsed();
-        assert_eq!(r.unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
-        assert!(
-            took >= Duration::from_millis(350),
-            "ended before the deadline: {took:?}"
-        );
-        assert!(
-            took < Duration::from_secs(5),
-            "deadline not enforced: {took:?}"
-        );
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "netlogon", Handshake::Silent, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let r = eng.open("netlogon", user(1), None).wait();
+            let took = t0.elapsed();
+            assert_eq!(r.unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+            assert!(
+                took >= Duration::from_millis(350),
+                "ended before the deadline: {took:?}"
+            );
+            assert!(
+                took < Duration::from_secs(5),
+                "deadline not enforced: {took:?}"
+            );
+        }
     });
 }
 
 #[test]
 fn partial_status_word_is_pipe_not_available() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "spoolss", Handshake::Partial, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let r = eng.open("spoolss", user(1), None).wait();
-        assert_eq!(r.unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "spoolss", Handshake::Partial, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let r = eng.open("spoolss", user(1), None).wait();
+            assert_eq!(r.unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+        }
     });
 }
 
 #[test]
 fn refused_open_returns_the_service_status() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(
-            dir.path(),
-            "svcctl",
-            Handshake::Status(NtStatus::ACCESS_DENIED.raw()),
-            echo(),
-        );
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let r = eng.open("svcctl", user(1), None).wait();
-        assert_eq!(r.unwrap_err(), NtStatus::ACCESS_DENIED);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "svcctl",
+                Handshake::Status(NtStatus::ACCESS_DENIED.raw()),
+                echo(),
+            );
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let r = eng.open("svcctl", user(1), None).wait();
+            assert_eq!(r.unwrap_err(), NtStatus::ACCESS_DENIED);
+        }
     });
 }
 
 #[test]
 fn bad_names_are_rejected_before_any_socket() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let svc = Scripted::spawn(dir.path(), "x", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let long = "a".repeat(40);
-        for bad in [
-            "..\\x",
-            "\\PIPE\\..\\x",
-            "a/b",
-            "",
-            "\\PIPE\\",
-            long.as_str(),
-            "x\0y",
-            ".",
-            "..",
-        ] {
-            let r = eng.open(bad, user(1), None).wait();
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let svc = Scripted::spawn(dir.path(), "x", Handshake::Accept, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let long = "a".repeat(40);
+            for bad in [
+                "..\\x",
+                "\\PIPE\\..\\x",
+                "a/b",
+                "",
+                "\\PIPE\\",
+                long.as_str(),
+                "x\0y",
+                ".",
+                "..",
+            ] {
+                let r = eng.open(bad, user(1), None).wait();
+                assert_eq!(
+                    r.unwrap_err(),
+                    NtStatus::OBJECT_NAME_INVALID,
+                    "name {bad:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
             assert_eq!(
-                r.unwrap_err(),
-                NtStatus::OBJECT_NAME_INVALID,
-                "name {bad:?}"
+                svc.accepted.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "a bad name reached the service"
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            svc.accepted.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "a bad name reached the service"
-        );
     });
 }
 
 #[test]
 fn overflow_then_reads_drain_in_order_both_modes() {
     bounded(T, || {
-        for mode in MODES {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(10_000));
-            let Some(eng) = engine(dir.path(), mode) else {
-                return;
-            };
-            let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
-            let expect: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
-            for _round in 0..3 {
-                let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
-                assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{mode:?}");
-                assert_eq!(t.data.len(), 1024);
-                let mut got = t.data;
-                while got.len() < expect.len() {
-                    let d = pipe.read(1024).wait().expect("read rest");
-                    assert!(!d.is_empty());
-                    got.extend_from_slice(&d);
+        for backend in BACKENDS {
+            for mode in MODES {
+                let dir = tempfile::tempdir().unwrap();
+                let _svc =
+                    Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(10_000));
+                let Some(eng) = engine(dir.path(), mode, backend) else {
+                    continue;
+                };
+                let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
+                let expect: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+                for _round in 0..3 {
+                    let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
+                    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{mode:?}");
+                    assert_eq!(t.data.len(), 1024);
+                    let mut got = t.data;
+                    while got.len() < expect.len() {
+                        let d = pipe.read(1024).wait().expect("read rest");
+                        assert!(!d.is_empty());
+                        got.extend_from_slice(&d);
+                    }
+                    assert_eq!(got, expect, "{mode:?}: bytes intact and in order");
                 }
-                assert_eq!(got, expect, "{mode:?}: bytes intact and in order");
             }
         }
     });
@@ -211,47 +245,51 @@ fn overflow_then_reads_drain_in_order_both_modes() {
 #[test]
 fn overflow_rule_matches_the_seed() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _a = Scripted::spawn(dir.path(), "big", Handshake::Accept, big_reply(6000));
-        let _b = Scripted::spawn(dir.path(), "exact", Handshake::Accept, big_reply(1024));
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        // max_out >= 4280: never overflow, even with more waiting.
-        let p = eng.open("big", user(1), None).wait().unwrap();
-        let t = p.transceive(b"q".to_vec(), 4280).wait().unwrap();
-        assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 4280));
-        // Exactly filled, nothing more waiting: success.
-        let p = eng.open("exact", user(1), None).wait().unwrap();
-        let t = p.transceive(b"q".to_vec(), 1024).wait().unwrap();
-        assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 1024));
-        // Short read: success.
-        let t = p.transceive(b"q".to_vec(), 2000).wait().unwrap();
-        assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 1024));
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _a = Scripted::spawn(dir.path(), "big", Handshake::Accept, big_reply(6000));
+            let _b = Scripted::spawn(dir.path(), "exact", Handshake::Accept, big_reply(1024));
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            // max_out >= 4280: never overflow, even with more waiting.
+            let p = eng.open("big", user(1), None).wait().unwrap();
+            let t = p.transceive(b"q".to_vec(), 4280).wait().unwrap();
+            assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 4280));
+            // Exactly filled, nothing more waiting: success.
+            let p = eng.open("exact", user(1), None).wait().unwrap();
+            let t = p.transceive(b"q".to_vec(), 1024).wait().unwrap();
+            assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 1024));
+            // Short read: success.
+            let t = p.transceive(b"q".to_vec(), 2000).wait().unwrap();
+            assert_eq!((t.status, t.data.len()), (NtStatus::SUCCESS, 1024));
+        }
     });
 }
 
 #[test]
 fn cancel_one_request_pipe_stays_usable_both_modes() {
     bounded(T, || {
-        for mode in MODES {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "wkssvc", Handshake::Accept, hang_or_echo());
-            let Some(eng) = engine(dir.path(), mode) else {
-                return;
-            };
-            let pipe = eng.open("wkssvc", user(1), None).wait().unwrap();
-            let req = pipe.transceive(b"H.".to_vec(), 1024);
-            std::thread::sleep(Duration::from_millis(50));
-            let t0 = Instant::now();
-            req.cancel();
-            assert_eq!(req.wait().unwrap_err(), NtStatus::CANCELLED, "{mode:?}");
-            assert!(t0.elapsed() < Duration::from_secs(2));
-            let t = pipe
-                .transceive(b"hello".to_vec(), 1024)
-                .wait()
-                .expect("pipe usable after cancel");
-            assert_eq!(t.data, b"hello");
+        for backend in BACKENDS {
+            for mode in MODES {
+                let dir = tempfile::tempdir().unwrap();
+                let _svc = Scripted::spawn(dir.path(), "wkssvc", Handshake::Accept, hang_or_echo());
+                let Some(eng) = engine(dir.path(), mode, backend) else {
+                    continue;
+                };
+                let pipe = eng.open("wkssvc", user(1), None).wait().unwrap();
+                let req = pipe.transceive(b"H.".to_vec(), 1024);
+                std::thread::sleep(Duration::from_millis(50));
+                let t0 = Instant::now();
+                req.cancel();
+                assert_eq!(req.wait().unwrap_err(), NtStatus::CANCELLED, "{mode:?}");
+                assert!(t0.elapsed() < Duration::from_secs(2));
+                let t = pipe
+                    .transceive(b"hello".to_vec(), 1024)
+                    .wait()
+                    .expect("pipe usable after cancel");
+                assert_eq!(t.data, b"hello");
+            }
         }
     });
 }
@@ -259,194 +297,206 @@ fn cancel_one_request_pipe_stays_usable_both_modes() {
 #[test]
 fn cancel_before_start_and_after_finish() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let pipe = eng.open("echo", user(1), None).wait().unwrap();
-        let r = pipe.transceive(b"abc".to_vec(), 100);
-        let h = r.cancel_handle();
-        let res = r.wait();
-        h.cancel(); // after the end: nothing happens
-                    // Either it finished before the cancel reached the ring or it was cancelled.
-        match res {
-            Ok(t) => assert_eq!(t.data, b"abc"),
-            Err(s) => assert_eq!(s, NtStatus::CANCELLED),
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let pipe = eng.open("echo", user(1), None).wait().unwrap();
+            let r = pipe.transceive(b"abc".to_vec(), 100);
+            let h = r.cancel_handle();
+            let res = r.wait();
+            h.cancel(); // after the end: nothing happens
+                        // Either it finished before the cancel reached the ring or it was cancelled.
+            match res {
+                Ok(t) => assert_eq!(t.data, b"abc"),
+                Err(s) => assert_eq!(s, NtStatus::CANCELLED),
+            }
+            let t = pipe.transceive(b"def".to_vec(), 100).wait().unwrap();
+            assert_eq!(t.data, b"def");
         }
-        let t = pipe.transceive(b"def".to_vec(), 100).wait().unwrap();
-        assert_eq!(t.data, b"def");
     });
 }
 
 #[test]
 fn service_closing_mid_reply() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(
-            dir.path(),
-            "eventlog",
-            Handshake::Accept,
-            close_mid_reply(50),
-        );
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let pipe = eng.open("eventlog", user(1), None).wait().unwrap();
-        let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
-        assert_eq!(t.data, vec![0x42; 50]);
-        assert_eq!(pipe.read(1024).wait().unwrap_err(), NtStatus::PIPE_BROKEN);
-        let r = pipe.transceive(b"again".to_vec(), 1024).wait();
-        assert_eq!(r.unwrap_err(), NtStatus::PIPE_BROKEN);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "eventlog",
+                Handshake::Accept,
+                close_mid_reply(50),
+            );
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let pipe = eng.open("eventlog", user(1), None).wait().unwrap();
+            let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
+            assert_eq!(t.data, vec![0x42; 50]);
+            assert_eq!(pipe.read(1024).wait().unwrap_err(), NtStatus::PIPE_BROKEN);
+            let r = pipe.transceive(b"again".to_vec(), 1024).wait();
+            assert_eq!(r.unwrap_err(), NtStatus::PIPE_BROKEN);
+        }
     });
 }
 
 #[test]
 fn tree_disconnect_during_open() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(
-            dir.path(),
-            "netdfs",
-            Handshake::Delay(Duration::from_millis(150)),
-            echo(),
-        );
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let tree = Tree::new();
-        let req = eng.open("netdfs", user(1), Some(&tree));
-        tree.disconnect();
-        assert_eq!(req.wait().unwrap_err(), NtStatus::NETWORK_NAME_DELETED);
-        let live = Tree::new();
-        assert!(eng.open("netdfs", user(1), Some(&live)).wait().is_ok());
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "netdfs",
+                Handshake::Delay(Duration::from_millis(150)),
+                echo(),
+            );
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let tree = Tree::new();
+            let req = eng.open("netdfs", user(1), Some(&tree));
+            tree.disconnect();
+            assert_eq!(req.wait().unwrap_err(), NtStatus::NETWORK_NAME_DELETED);
+            let live = Tree::new();
+            assert!(eng.open("netdfs", user(1), Some(&live)).wait().is_ok());
+        }
     });
 }
 
 #[test]
 fn peek_never_blocks_and_does_not_consume() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let first: Vec<u8> = (0..100u8).collect();
-        let _svc = Scripted::spawn(
-            dir.path(),
-            "lsass",
-            Handshake::Accept,
-            unsolicited(first.clone()),
-        );
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let pipe = eng.open("lsass", user(1), None).wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            pipe.peek(10).wait().unwrap_err(),
-            NtStatus::BUFFER_TOO_SMALL
-        );
-        let t = pipe.peek(16 + 50).wait().unwrap();
-        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
-        let (hdr, data) = PeekReply::decode(&t.data).unwrap();
-        assert_eq!(hdr.named_pipe_state, fsctl::PIPE_STATE_CONNECTED);
-        assert_eq!(hdr.read_data_available, 100);
-        assert_eq!(data, &first[..50]);
-        let t = pipe.peek(16 + 200).wait().unwrap();
-        assert_eq!(t.status, NtStatus::SUCCESS);
-        let (hdr, data) = PeekReply::decode(&t.data).unwrap();
-        assert_eq!((hdr.read_data_available, data), (100, &first[..]));
-        // Not consumed: a read gets the same bytes.
-        assert_eq!(pipe.read(1000).wait().unwrap(), first);
-        // Nothing waiting: answers at once with 0 available.
-        let t0 = Instant::now();
-        let t = pipe.peek(64).wait().unwrap();
-        let (hdr, data) = PeekReply::decode(&t.data).unwrap();
-        assert_eq!(
-            (t.status, hdr.read_data_available, data.len()),
-            (NtStatus::SUCCESS, 0, 0)
-        );
-        assert!(t0.elapsed() < Duration::from_secs(1));
-        // FSCTL dispatch.
-        let t = pipe
-            .fsctl(fsctl::FSCTL_PIPE_PEEK, vec![], 32)
-            .wait()
-            .unwrap();
-        assert_eq!(t.data.len(), 16);
-        assert_eq!(
-            pipe.fsctl(0x1234, vec![], 32).wait().unwrap_err(),
-            NtStatus::INVALID_DEVICE_REQUEST
-        );
-        let t = pipe
-            .fsctl(fsctl::FSCTL_PIPE_TRANSCEIVE, b"xy".to_vec(), 32)
-            .wait()
-            .unwrap();
-        assert_eq!(t.data, b"xy");
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let first: Vec<u8> = (0..100u8).collect();
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "lsass",
+                Handshake::Accept,
+                unsolicited(first.clone()),
+            );
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let pipe = eng.open("lsass", user(1), None).wait().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(
+                pipe.peek(10).wait().unwrap_err(),
+                NtStatus::BUFFER_TOO_SMALL
+            );
+            let t = pipe.peek(16 + 50).wait().unwrap();
+            assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+            let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+            assert_eq!(hdr.named_pipe_state, fsctl::PIPE_STATE_CONNECTED);
+            assert_eq!(hdr.read_data_available, 100);
+            assert_eq!(data, &first[..50]);
+            let t = pipe.peek(16 + 200).wait().unwrap();
+            assert_eq!(t.status, NtStatus::SUCCESS);
+            let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+            assert_eq!((hdr.read_data_available, data), (100, &first[..]));
+            // Not consumed: a read gets the same bytes.
+            assert_eq!(pipe.read(1000).wait().unwrap(), first);
+            // Nothing waiting: answers at once with 0 available.
+            let t0 = Instant::now();
+            let t = pipe.peek(64).wait().unwrap();
+            let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+            assert_eq!(
+                (t.status, hdr.read_data_available, data.len()),
+                (NtStatus::SUCCESS, 0, 0)
+            );
+            assert!(t0.elapsed() < Duration::from_secs(1));
+            // FSCTL dispatch.
+            let t = pipe
+                .fsctl(fsctl::FSCTL_PIPE_PEEK, vec![], 32)
+                .wait()
+                .unwrap();
+            assert_eq!(t.data.len(), 16);
+            assert_eq!(
+                pipe.fsctl(0x1234, vec![], 32).wait().unwrap_err(),
+                NtStatus::INVALID_DEVICE_REQUEST
+            );
+            let t = pipe
+                .fsctl(fsctl::FSCTL_PIPE_TRANSCEIVE, b"xy".to_vec(), 32)
+                .wait()
+                .unwrap();
+            assert_eq!(t.data, b"xy");
+        }
     });
 }
 
 #[test]
 fn wait_for_pipe_success_and_timeout() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let t0 = Instant::now();
-        let r = eng
-            .wait_for_pipe("nosuch", Some(Duration::from_millis(200)))
-            .wait();
-        assert_eq!(r.unwrap_err(), NtStatus::IO_TIMEOUT);
-        assert!(t0.elapsed() >= Duration::from_millis(190));
-        let req = eng.wait_for_pipe("\\PIPE\\later", Some(Duration::from_secs(5)));
-        std::thread::sleep(Duration::from_millis(100));
-        let _svc = Scripted::spawn(dir.path(), "later", Handshake::Accept, echo());
-        req.wait().expect("listener appeared");
-        // The wire form, and a malformed one.
-        let w = opipe::protocol::WaitRequest {
-            timeout_100ns: 1_000_000,
-            timeout_specified: true,
-            name: "later".into(),
-        };
-        eng.fsctl_wait(&w.encode()).wait().expect("wait via fsctl");
-        assert_eq!(
-            eng.fsctl_wait(&[1, 2, 3]).wait().unwrap_err(),
-            NtStatus::INVALID_PARAMETER
-        );
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let r = eng
+                .wait_for_pipe("nosuch", Some(Duration::from_millis(200)))
+                .wait();
+            assert_eq!(r.unwrap_err(), NtStatus::IO_TIMEOUT);
+            assert!(t0.elapsed() >= Duration::from_millis(190));
+            let req = eng.wait_for_pipe("\\PIPE\\later", Some(Duration::from_secs(5)));
+            std::thread::sleep(Duration::from_millis(100));
+            let _svc = Scripted::spawn(dir.path(), "later", Handshake::Accept, echo());
+            req.wait().expect("listener appeared");
+            // The wire form, and a malformed one.
+            let w = opipe::protocol::WaitRequest {
+                timeout_100ns: 1_000_000,
+                timeout_specified: true,
+                name: "later".into(),
+            };
+            eng.fsctl_wait(&w.encode()).wait().expect("wait via fsctl");
+            assert_eq!(
+                eng.fsctl_wait(&[1, 2, 3]).wait().unwrap_err(),
+                NtStatus::INVALID_PARAMETER
+            );
+        }
     });
 }
 
 #[test]
 fn session_disconnect_with_requests_in_flight() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let doomed: Vec<_> = (0..20)
-            .map(|_| eng.open("samr", user(1), None).wait().unwrap())
-            .collect();
-        let kept: Vec<_> = (0..5)
-            .map(|_| eng.open("samr", user(2), None).wait().unwrap())
-            .collect();
-        let reqs: Vec<_> = doomed
-            .iter()
-            .map(|p| p.transceive(b"H.".to_vec(), 512))
-            .collect();
-        std::thread::sleep(Duration::from_millis(50));
-        eng.disconnect_session(1).wait().unwrap();
-        for r in reqs {
-            assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED);
-        }
-        // Session 1's pipes are closed; session 2's still work.
-        let r = doomed[0].transceive(b"x".to_vec(), 10).wait();
-        assert!(
-            matches!(
-                r,
-                Err(NtStatus::INVALID_HANDLE) | Err(NtStatus::FILE_CLOSED)
-            ),
-            "{r:?}"
-        );
-        for p in &kept {
-            assert_eq!(p.transceive(b"ok".to_vec(), 10).wait().unwrap().data, b"ok");
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let doomed: Vec<_> = (0..20)
+                .map(|_| eng.open("samr", user(1), None).wait().unwrap())
+                .collect();
+            let kept: Vec<_> = (0..5)
+                .map(|_| eng.open("samr", user(2), None).wait().unwrap())
+                .collect();
+            let reqs: Vec<_> = doomed
+                .iter()
+                .map(|p| p.transceive(b"H.".to_vec(), 512))
+                .collect();
+            std::thread::sleep(Duration::from_millis(50));
+            eng.disconnect_session(1).wait().unwrap();
+            for r in reqs {
+                assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED);
+            }
+            // Session 1's pipes are closed; session 2's still work.
+            let r = doomed[0].transceive(b"x".to_vec(), 10).wait();
+            assert!(
+                matches!(
+                    r,
+                    Err(NtStatus::INVALID_HANDLE) | Err(NtStatus::FILE_CLOSED)
+                ),
+                "{r:?}"
+            );
+            for p in &kept {
+                assert_eq!(p.transceive(b"ok".to_vec(), 10).wait().unwrap().data, b"ok");
+            }
         }
     });
 }
@@ -454,43 +504,48 @@ fn session_disconnect_with_requests_in_flight() {
 #[test]
 fn close_with_request_in_flight_ends_it() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let p = eng.open("samr", user(1), None).wait().unwrap();
-        let r = p.transceive(b"H.".to_vec(), 512);
-        std::thread::sleep(Duration::from_millis(30));
-        p.close().wait().unwrap();
-        assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED);
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let p = eng.open("samr", user(1), None).wait().unwrap();
+            let r = p.transceive(b"H.".to_vec(), 512);
+            std::thread::sleep(Duration::from_millis(30));
+            p.close().wait().unwrap();
+            assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED);
+        }
     });
 }
 
 #[test]
 fn thousand_pipes_concurrent_transceives_each_reply_to_its_request() {
     bounded(Duration::from_secs(60), || {
-        raise_nofile();
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        let opens: Vec<_> = (0..1000)
-            .map(|i| eng.open("srvsvc", user(i), None))
-            .collect();
-        let pipes: Vec<_> = opens.into_iter().map(|r| r.wait().expect("open")).collect();
-        for round in 0..3u32 {
-            let reqs: Vec<_> = pipes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let msg = format!("pipe {i} round {round} {}", "x".repeat(i % 97)).into_bytes();
-                    (msg.clone(), p.transceive(msg, 4280))
-                })
+        for backend in BACKENDS {
+            raise_nofile();
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let opens: Vec<_> = (0..1000)
+                .map(|i| eng.open("srvsvc", user(i), None))
                 .collect();
-            for (msg, r) in reqs {
-                assert_eq!(r.wait().unwrap().data, msg);
+            let pipes: Vec<_> = opens.into_iter().map(|r| r.wait().expect("open")).collect();
+            for round in 0..3u32 {
+                let reqs: Vec<_> = pipes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let msg =
+                            format!("pipe {i} round {round} {}", "x".repeat(i % 97)).into_bytes();
+                        (msg.clone(), p.transceive(msg, 4280))
+                    })
+                    .collect();
+                for (msg, r) in reqs {
+                    assert_eq!(r.wait().unwrap().data, msg);
+                }
             }
         }
     });
@@ -499,18 +554,20 @@ fn thousand_pipes_concurrent_transceives_each_reply_to_its_request() {
 #[test]
 fn futures_work_without_a_runtime() {
     bounded(T, || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), BufferMode::Plain) else {
-            return;
-        };
-        // A minimal executor: poll with a thread-unparking waker.
-        let fut = async {
-            let p = eng.open("echo", user(1), None).await?;
-            let t = p.transceive(b"async".to_vec(), 64).await?;
-            Ok::<_, NtStatus>(t.data)
-        };
-        assert_eq!(block_on(fut).unwrap(), b"async");
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            // A minimal executor: poll with a thread-unparking waker.
+            let fut = async {
+                let p = eng.open("echo", user(1), None).await?;
+                let t = p.transceive(b"async".to_vec(), 64).await?;
+                Ok::<_, NtStatus>(t.data)
+            };
+            assert_eq!(block_on(fut).unwrap(), b"async");
+        }
     });
 }
 

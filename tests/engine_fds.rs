@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use opipe::engine::{BufferMode, Engine, EngineConfig};
+use opipe::engine::{BackendChoice, BufferMode, Engine, EngineConfig};
 use opipe::protocol::NtStatus;
 
 #[test]
@@ -20,15 +20,19 @@ fn no_descriptor_leaks_after_everything() {
             let _silent = Scripted::spawn(dir.path(), "silent", Handshake::Silent, echo());
             let _partial = Scripted::spawn(dir.path(), "partial", Handshake::Partial, echo());
             let _deny = Scripted::spawn(dir.path(), "deny", Handshake::Status(0xC000_0022), echo());
-            for mode in [BufferMode::Plain, BufferMode::Registered] {
+            let runs = [BackendChoice::IoUring, BackendChoice::Epoll]
+                .into_iter()
+                .flat_map(|b| [(b, BufferMode::Plain), (b, BufferMode::Registered)]);
+            for (backend, mode) in runs {
                 let mut cfg = EngineConfig::new(dir.path());
                 cfg.buffers = mode;
+                cfg.backend = backend;
                 cfg.open_timeout = Duration::from_millis(200);
                 let eng = match Engine::new(cfg) {
                     Ok(e) => e,
                     Err(e) => {
-                        eprintln!("SKIPPED: {e}");
-                        return;
+                        eprintln!("SKIPPED on {backend:?}: {e}");
+                        continue;
                     }
                 };
                 for name in ["silent", "partial", "deny", "missing", "a/b"] {

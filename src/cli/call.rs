@@ -9,8 +9,29 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use opipe::engine::{Engine, EngineConfig, Pipe, Transfer};
+use opipe::engine::{BackendChoice, Engine, EngineConfig, Pipe, Transfer};
 use opipe::protocol::{ClientAddr, NetUserInfo, NtStatus, USER_FLAG_ANONYMOUS};
+
+/// `--backend` values (`opipe call`, `opipe wait`, `opipe bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// io_uring when it works here, else epoll (said once on stderr).
+    Auto,
+    /// io_uring only: fail where it is refused.
+    IoUring,
+    /// The epoll fallback (same semantics, plain buffers).
+    Epoll,
+}
+
+impl From<BackendArg> for BackendChoice {
+    fn from(b: BackendArg) -> BackendChoice {
+        match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::IoUring => BackendChoice::IoUring,
+            BackendArg::Epoll => BackendChoice::Epoll,
+        }
+    }
+}
 
 /// Arguments of `opipe call`.
 #[derive(Debug, Args)]
@@ -52,6 +73,9 @@ pub struct CallArgs {
     /// peek, read-rest (read until nothing is waiting).
     #[arg(long = "step", required = true, value_parser = parse_step)]
     steps: Vec<Step>,
+    /// Engine I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
 }
 
 /// One step of `opipe call`.
@@ -112,12 +136,14 @@ fn step_json(op: &str, res: &Result<Transfer, NtStatus>) -> Value {
     json!({"op": op, "status": code, "status_name": name, "len": data.len(), "data_hex": hex(data)})
 }
 
-fn start_engine(dir: PathBuf) -> Result<Engine, ExitCode> {
+fn start_engine(dir: PathBuf, backend: BackendArg) -> Result<Engine, ExitCode> {
     if !dir.is_dir() {
         eprintln!("opipe: --dir {}: not a directory", dir.display());
         return Err(ExitCode::from(2));
     }
-    Engine::new(EngineConfig::new(dir)).map_err(|e| {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.backend = backend.into();
+    Engine::new(cfg).map_err(|e| {
         eprintln!("opipe: {e}");
         ExitCode::from(1)
     })
@@ -125,7 +151,7 @@ fn start_engine(dir: PathBuf) -> Result<Engine, ExitCode> {
 
 /// Runs `opipe call`.
 pub fn run(a: CallArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone()) {
+    let engine = match start_engine(a.dir.clone(), a.backend) {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -242,11 +268,14 @@ pub struct WaitArgs {
     /// How long to wait for a listener.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Engine I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
 }
 
 /// Runs `opipe wait` (FSCTL_PIPE_WAIT).
 pub fn run_wait(a: WaitArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone()) {
+    let engine = match start_engine(a.dir.clone(), a.backend) {
         Ok(e) => e,
         Err(code) => return code,
     };

@@ -1,6 +1,7 @@
-//! The ring thread: one [`Core`] per ring owns the [`Driver`], the table of
-//! open pipes and the table of requests in flight, and turns requests into
-//! SQE chains and completions into results.
+//! The ring thread: one [`Core`] per ring owns the driver (io_uring's
+//! [`Driver`], or the epoll fallback: any [`OpDriver`], monomorphised), the
+//! table of open pipes and the table of requests in flight, and turns
+//! requests into SQE chains and completions into results.
 //!
 //! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry and
 //! by every operation in flight on it, so the descriptor is closed only after
@@ -21,7 +22,7 @@ use io_uring::types::Timespec;
 use super::request::{Shared, NO_OP};
 use super::{BufferMode, EngineConfig, OpenInfo, PipeId, Transfer, Tree};
 use crate::protocol::{encode_open_message, fsctl, NetUserInfo, NtStatus, PeekReply, PipeName};
-use crate::ring::{Completion, Driver, Op, RegBuf, SqeId, UnixAddr, WakeFd};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId, UnixAddr, WakeFd};
 
 /// Replies of at least this size never report overflow (the seed's rule).
 pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
@@ -309,8 +310,8 @@ struct OpEntry {
 }
 
 /// The per-ring state, driven by [`run`] on the ring's own thread.
-pub(crate) struct Core {
-    drv: Driver,
+pub(crate) struct Core<D: OpDriver = Driver> {
+    drv: D,
     cfg: Arc<EngineConfig>,
     ring_index: usize,
     pipes: Slab<PipeEntry>,
@@ -326,13 +327,28 @@ pub(crate) struct Core {
 /// The ring thread's context, given to ring-thread callbacks so they can
 /// start the next request without leaving the thread.
 pub struct RingContext<'a> {
-    core: &'a mut Core,
+    core: &'a mut (dyn RingCore + 'a),
+}
+
+/// What a [`RingContext`] needs of its ring's core, whatever its driver.
+pub(crate) trait RingCore {
+    fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify);
+    fn ring_index(&self) -> usize;
+}
+
+impl<D: OpDriver> RingCore for Core<D> {
+    fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        Core::start_io(self, pipe, io, notify)
+    }
+    fn ring_index(&self) -> usize {
+        self.ring_index
+    }
 }
 
 impl std::fmt::Debug for RingContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingContext")
-            .field("ring", &self.core.ring_index)
+            .field("ring", &self.core.ring_index())
             .finish()
     }
 }
@@ -386,7 +402,7 @@ impl RingContext<'_> {
 
     /// Index of this ring in its engine.
     pub fn ring_index(&self) -> usize {
-        self.core.ring_index
+        self.core.ring_index()
     }
 }
 
@@ -401,14 +417,14 @@ pub(crate) fn socket_status(errno: i32) -> NtStatus {
     }
 }
 
-impl Core {
+impl<D: OpDriver> Core<D> {
     pub(crate) fn new(
-        drv: Driver,
+        drv: D,
         cfg: Arc<EngineConfig>,
         ring_index: usize,
         queue: Arc<CommandQueue>,
         file_ids: Arc<AtomicU64>,
-    ) -> Core {
+    ) -> Core<D> {
         Core {
             drv,
             cfg,
@@ -1542,7 +1558,7 @@ fn peek_reply(data: &mut Vec<u8>, room: usize, eof: bool, avail: Option<usize>) 
 /// The receive of one transceive or read: from the driver's receive pool
 /// when the request fits a pool buffer (no memory held while waiting),
 /// else into a buffer of its own.
-fn recv_op(drv: &Driver, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
+fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
     if pooled && max_out > 0 && max_out <= drv.recv_pool_buf_bytes() {
         Op::RecvPooled {
             fd,

@@ -37,7 +37,8 @@ use request::Shared;
 pub use request::{CancelHandle, Request};
 
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
-use crate::ring::{Driver, DriverConfig, RingError};
+pub use crate::ring::Backend;
+use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, RingError};
 
 /// How socket data moves between the ring and user memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,20 @@ pub enum BufferMode {
     Registered,
 }
 
+/// Which I/O backend the engine's rings use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// io_uring when `io_uring_setup(2)` works here and has every opcode
+    /// opipe needs, else epoll (said once on stderr). The default.
+    #[default]
+    Auto,
+    /// io_uring or nothing: [`Engine::new`] fails with [`EngineError::Ring`]
+    /// (a plain-words message) where io_uring is refused.
+    IoUring,
+    /// The epoll fallback: the same semantics, plain buffers only.
+    Epoll,
+}
+
 /// Engine settings. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -59,7 +74,11 @@ pub struct EngineConfig {
     /// Rings, each with its own thread (default 1).
     pub rings: usize,
     /// Buffer mode (default [`BufferMode::Plain`], measured faster here).
+    /// The epoll backend has no registered buffers and always runs
+    /// [`BufferMode::Plain`]; [`Engine::config`] reports the effective mode.
     pub buffers: BufferMode,
+    /// I/O backend (default [`BackendChoice::Auto`]).
+    pub backend: BackendChoice,
     /// Deadline of an open's connect + handshake (default 5 s).
     pub open_timeout: Duration,
     /// WAIT's timeout when the request does not specify one (default 5 s).
@@ -88,6 +107,7 @@ impl EngineConfig {
             dir: dir.into(),
             rings: 1,
             buffers: BufferMode::Plain,
+            backend: BackendChoice::Auto,
             open_timeout: Duration::from_secs(5),
             wait_default_timeout: Duration::from_secs(5),
             sq_entries: 4096,
@@ -107,6 +127,8 @@ pub enum EngineError {
     Ring(RingError),
     /// A ring thread could not be spawned.
     Thread(std::io::Error),
+    /// The epoll backend could not be set up (epoll_create1, eventfd).
+    Epoll(std::io::Error),
     /// The configuration is unusable.
     Config(&'static str),
 }
@@ -116,6 +138,7 @@ impl std::fmt::Display for EngineError {
         match self {
             EngineError::Ring(e) => write!(f, "{e}"),
             EngineError::Thread(e) => write!(f, "cannot start a ring thread: {e}"),
+            EngineError::Epoll(e) => write!(f, "epoll set-up failed: {e}"),
             EngineError::Config(what) => write!(f, "bad engine configuration: {what}"),
         }
     }
@@ -126,6 +149,7 @@ impl std::error::Error for EngineError {
         match self {
             EngineError::Ring(e) => Some(e),
             EngineError::Thread(e) => Some(e),
+            EngineError::Epoll(e) => Some(e),
             EngineError::Config(_) => None,
         }
     }
@@ -250,6 +274,7 @@ pub(crate) struct EngineInner {
     next_ring: AtomicUsize,
     cfg: Arc<EngineConfig>,
     sock_nonempty: bool,
+    backend: Backend,
 }
 
 impl EngineInner {
@@ -295,6 +320,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("rings", &self.inner.rings.len())
+            .field("backend", &self.inner.backend)
             .field("dir", &self.inner.cfg.dir)
             .finish()
     }
@@ -337,10 +363,25 @@ fn conv_unit(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<(), NtStatus>
     }
 }
 
+/// A ring thread's body once its driver exists: report ready, then run.
+fn ring_main<D: OpDriver>(
+    drv: D,
+    tx: mpsc::Sender<Result<(Arc<CommandQueue>, bool), EngineError>>,
+    cfg: Arc<EngineConfig>,
+    index: usize,
+    ids: Arc<AtomicU64>,
+) {
+    let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
+    let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
+    Core::new(drv, cfg, index, queue, ids).run();
+}
+
 impl Engine {
-    /// Starts the engine's ring threads. Fails with a plain-words
-    /// [`EngineError::Ring`] when io_uring is unavailable.
-    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+    /// Starts the engine's ring threads on the backend `cfg.backend` asks
+    /// for. With [`BackendChoice::Auto`] a machine where io_uring is refused
+    /// gets the epoll backend (and one line on stderr saying so); with
+    /// [`BackendChoice::IoUring`] it gets a plain-words [`EngineError::Ring`].
+    pub fn new(mut cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.rings == 0 || cfg.rings > 64 {
             return Err(EngineError::Config("rings must be 1..=64"));
         }
@@ -351,6 +392,21 @@ impl Engine {
             return Err(EngineError::Config(
                 "recv_pool_bufs must be 0 or a power of two",
             ));
+        }
+        let backend = match cfg.backend {
+            BackendChoice::IoUring => Backend::IoUring,
+            BackendChoice::Epoll => Backend::Epoll,
+            BackendChoice::Auto => match crate::ring::io_uring_available() {
+                Ok(()) => Backend::IoUring,
+                Err(e) => {
+                    eprintln!("opipe: io_uring unavailable ({e}); engine uses the epoll backend");
+                    Backend::Epoll
+                }
+            },
+        };
+        if backend == Backend::Epoll {
+            // No registered pool on epoll: the effective mode is Plain.
+            cfg.buffers = BufferMode::Plain;
         }
         let cfg = Arc::new(cfg);
         let file_ids = Arc::new(AtomicU64::new(1));
@@ -377,16 +433,16 @@ impl Engine {
                     ON_RING_THREAD.with(|f| f.set(true));
                     // The ring is created on its own thread: with
                     // SINGLE_ISSUER/DEFER_TASKRUN only this thread may use it.
-                    let drv = match Driver::new(&dcfg) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
-                    let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
-                    Core::new(drv, cfg2, index, queue, ids).run();
+                    match backend {
+                        Backend::IoUring => match Driver::new(&dcfg) {
+                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                            Err(e) => drop(tx.send(Err(EngineError::Ring(e)))),
+                        },
+                        Backend::Epoll => match EpollDriver::new() {
+                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                            Err(e) => drop(tx.send(Err(EngineError::Epoll(e)))),
+                        },
+                    }
                 })
                 .map_err(EngineError::Thread)?;
             match rx.recv() {
@@ -405,8 +461,9 @@ impl Engine {
                         next_ring: AtomicUsize::new(0),
                         cfg,
                         sock_nonempty,
+                        backend,
                     });
-                    return Err(EngineError::Ring(e));
+                    return Err(e);
                 }
                 Err(_) => {
                     let _ = thread.join();
@@ -415,6 +472,7 @@ impl Engine {
                         next_ring: AtomicUsize::new(0),
                         cfg,
                         sock_nonempty,
+                        backend,
                     });
                     return Err(EngineError::Config("ring thread died during start-up"));
                 }
@@ -426,13 +484,20 @@ impl Engine {
                 next_ring: AtomicUsize::new(0),
                 cfg,
                 sock_nonempty,
+                backend,
             }),
         })
     }
 
-    /// The configuration the engine runs with.
+    /// The configuration the engine runs with: `buffers` is the effective
+    /// mode (always [`BufferMode::Plain`] on the epoll backend).
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// The backend the rings run on (the outcome of [`BackendChoice::Auto`]).
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
     }
 
     /// Whether every ring's kernel flags leftover data on receive

@@ -64,6 +64,11 @@ impl UnixAddr {
         let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
         Some(UnixAddr { addr, len })
     }
+
+    /// The address and its length, as `connect(2)` takes them.
+    pub(crate) fn as_raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        ((&self.addr as *const libc::sockaddr_un).cast(), self.len)
+    }
 }
 
 /// A registered buffer slot, owned by whoever holds this token.
@@ -174,6 +179,17 @@ impl Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SqeId(u64);
 
+impl SqeId {
+    /// For other backends, which encode their own ids.
+    pub(crate) fn from_raw(v: u64) -> SqeId {
+        SqeId(v)
+    }
+    /// The encoded id.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+}
+
 /// The final completion of one operation, with its resources handed back.
 #[derive(Debug)]
 pub struct Completion {
@@ -218,7 +234,7 @@ pub struct WakeFd {
 }
 
 impl WakeFd {
-    fn new() -> io::Result<WakeFd> {
+    pub(crate) fn new() -> io::Result<WakeFd> {
         // SAFETY: plain syscall with no pointer arguments.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -239,6 +255,11 @@ impl WakeFd {
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
             let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+
+    /// The eventfd, for a backend that polls it instead of reading it in the ring.
+    pub(crate) fn as_fd(&self) -> &OwnedFd {
+        &self.fd
     }
 
     /// Announces that the driver is about to park. The caller must re-check

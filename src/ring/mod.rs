@@ -3,19 +3,25 @@
 //! every unsafe block carries a `// SAFETY:` comment saying what it relies on.
 //!
 //! * [`setup`]: ring creation with clear errors, kernel feature probes;
-//! * [`driver`]: the engine's owned-resource SQE driver (chains, cancel,
-//!   registered buffers);
+//! * [`backend`]: the [`OpDriver`] trait the engine drives, implemented by
+//!   [`driver`] (the engine's owned-resource SQE driver: chains, cancel,
+//!   registered buffers) and by [`epoll`] (the same semantics with
+//!   nonblocking syscalls + epoll, where io_uring is refused);
 //! * [`server`] and [`bufring`]: the pipe service's event loop (multishot
 //!   accept and receive on a provided-buffer ring);
 //! * [`sock`] and [`sys`]: the few direct syscalls.
 
+pub mod backend;
 pub mod bufring;
 pub mod driver;
+pub mod epoll;
 pub mod server;
 pub mod setup;
 pub mod sock;
 pub mod sys;
 
+pub use backend::{Backend, OpDriver};
 pub use driver::{Completion, Driver, DriverConfig, Op, RegBuf, SqeId, UnixAddr, WakeFd};
-pub use setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+pub use epoll::EpollDriver;
+pub use setup::{io_uring_available, new_ring, probe_features, Features, RingError, SetupFlags};
 pub use sock::{fionread, shutdown, unix_stream_socket};

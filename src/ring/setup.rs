@@ -179,9 +179,7 @@ pub struct Features {
     pub op_socket: bool,
 }
 
-/// Checks that `ring` supports every operation opipe needs and probes the
-/// optional features. Must be called on the ring's owning thread.
-pub fn probe_features(ring: &IoUring) -> Result<Features, RingError> {
+fn require_opcodes(ring: &IoUring) -> Result<Probe, RingError> {
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -191,6 +189,21 @@ pub fn probe_features(ring: &IoUring) -> Result<Features, RingError> {
             return Err(RingError::MissingOpcode { name });
         }
     }
+    Ok(probe)
+}
+
+/// Whether this process may use io_uring for opipe: a small throw-away ring
+/// is set up (`io_uring_setup(2)`) and probed for every required opcode.
+/// The automatic backend choice falls back to epoll on any error.
+pub fn io_uring_available() -> Result<(), RingError> {
+    let (ring, _) = new_ring(8, 16)?;
+    require_opcodes(&ring).map(drop)
+}
+
+/// Checks that `ring` supports every operation opipe needs and probes the
+/// optional features. Must be called on the ring's owning thread.
+pub fn probe_features(ring: &IoUring) -> Result<Features, RingError> {
+    let probe = require_opcodes(ring)?;
     Ok(Features {
         sock_nonempty: probe_sock_nonempty().unwrap_or(false),
         op_socket: probe.is_supported(opcode::Socket::CODE),

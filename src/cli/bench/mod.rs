@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use opipe::engine::BufferMode;
+use opipe::engine::{BackendChoice, BufferMode};
 use opipe::protocol::PipeName;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// Engines to run, comma-separated: threads, tokio, tokio-uring, uring, all.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     engine: Vec<EngineArg>,
+
+    /// I/O backend of opipe's engine (uring, uring-registered): auto picks
+    /// io_uring where it works, else epoll.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: crate::call::BackendArg,
 
     /// Pipes to drive concurrently; a comma list runs each count (1,64,1024,4096).
     #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_pipes)]
@@ -152,16 +157,18 @@ enum EngineArg {
 
 /// The peer of an engine, or why this build cannot run it. Engines are
 /// registered here.
-fn peer_for(engine: EngineArg) -> Result<Box<dyn Peer>, &'static str> {
+fn peer_for(engine: EngineArg, backend: BackendChoice) -> Result<Box<dyn Peer>, &'static str> {
     match engine {
         EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
         EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
         EngineArg::TokioUring => Ok(Box::new(peer_tokio_uring::TokioUringPeer)),
         EngineArg::Uring => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Plain,
+            backend,
         })),
         EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Registered,
+            backend,
         })),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
@@ -225,7 +232,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
     for e in engines {
-        match peer_for(e) {
+        match peer_for(e, args.backend.into()) {
             Ok(p) => peers.push(p),
             Err(why) => {
                 eprintln!("{why}");
@@ -409,6 +416,7 @@ fn run_one(
     let result = RunResult::new(
         peer.name(),
         peer_run.backend,
+        peer_run.detail,
         &run.spec,
         &peer_run.measured,
         &recorded,

@@ -14,8 +14,11 @@ use super::spec::RunSpec;
 pub struct RunResult {
     /// `--engine` name.
     pub engine: &'static str,
-    /// How the engine ran (runtime, workers, kernel interface).
+    /// How the engine ran (runtime, workers, kernel interface); opipe's
+    /// engine: exactly `io_uring` or `epoll`.
     pub backend: String,
+    /// opipe's engine: buffers, chain, leftover detection (JSON `engine_detail`).
+    pub engine_detail: Option<String>,
     /// Pipes asked for (after the descriptor limit).
     pub pipes: usize,
     /// Pipes whose open handshake succeeded.
@@ -57,6 +60,7 @@ impl RunResult {
     pub fn new(
         engine: &'static str,
         backend: String,
+        engine_detail: Option<String>,
         spec: &RunSpec,
         measured: &Measured,
         rec: &Recorded,
@@ -75,6 +79,7 @@ impl RunResult {
         RunResult {
             engine,
             backend,
+            engine_detail,
             pipes: spec.pipes,
             pipes_opened: rec.opened,
             request_size: spec.request.wire_bytes,
@@ -111,6 +116,7 @@ impl RunResult {
             "bytes_per_pipe": round2(self.bytes_per_pipe),
             "errors": self.errors,
             "backend": self.backend,
+            "engine_detail": self.engine_detail,
             "pipes_opened": self.pipes_opened,
             "overflows": self.overflows,
             "elapsed_s": (self.elapsed_s * 1e4).round() / 1e4,
@@ -253,6 +259,7 @@ mod tests {
         RunResult {
             engine,
             backend: "test".into(),
+            engine_detail: None,
             pipes: 64,
             pipes_opened: 64,
             request_size: 64,

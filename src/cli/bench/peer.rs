@@ -120,8 +120,12 @@ pub struct Completed {
 /// What a peer reports besides what it recorded.
 #[derive(Debug, Clone)]
 pub struct PeerRun {
-    /// How the engine did it, e.g. "tokio 1.x multi-thread, 2 workers, epoll".
+    /// How the engine did it, e.g. "tokio 1.x multi-thread, 2 workers,
+    /// epoll"; opipe's engine says exactly `io_uring` or `epoll`.
     pub backend: String,
+    /// More about how opipe's engine ran (buffers, leftover detection);
+    /// `None` for the other peers, whose `backend` already says it all.
+    pub detail: Option<String>,
     /// The measured phase (from [`Clock::stop`](super::measure::Clock::stop)).
     pub measured: Measured,
 }

@@ -61,6 +61,7 @@ impl Peer for ThreadsPeer {
         });
         let measured: Measured = outcome.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
+            detail: None,
             backend: format!(
                 "std blocking UnixStream, one OS thread per pipe ({} KiB stacks), FIONREAD",
                 STACK_BYTES / 1024

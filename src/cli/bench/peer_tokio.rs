@@ -42,6 +42,7 @@ impl Peer for TokioPeer {
         drop(rt);
         let measured = measured.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
+            detail: None,
             backend: format!(
                 "tokio multi-thread runtime, {workers} workers, epoll, one task per pipe, FIONREAD"
             ),

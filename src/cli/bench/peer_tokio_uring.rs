@@ -54,6 +54,7 @@ impl Peer for TokioUringPeer {
         drop(rt);
         let measured = measured.map_err(BenchError::io("measuring the run"))?;
         Ok(PeerRun {
+            detail: None,
             backend: format!(
                 "tokio-uring 0.5, one thread, {RING_ENTRIES}-entry ring, READ/WRITE ops, one task per pipe, FIONREAD"
             ),

@@ -1,4 +1,5 @@
-//! Peer `uring`: opipe's own io_uring engine.
+//! Peer `uring`: opipe's own engine (io_uring, or its epoll fallback with
+//! `--backend epoll` or where io_uring is refused).
 //!
 //! Opens every pipe through the engine (each open one linked SQE chain),
 //! then drives each pipe from the ring thread itself: the completion
@@ -10,7 +11,9 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use opipe::engine::{BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer};
+use opipe::engine::{
+    BackendChoice, BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer,
+};
 use opipe::protocol::NtStatus;
 
 use super::exchange::{ReplyProgress, TransceiveError};
@@ -22,6 +25,8 @@ use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 pub struct UringPeer {
     /// Plain SEND/RECV (default) or registered WRITE_FIXED/READ_FIXED.
     pub buffers: BufferMode,
+    /// The engine's backend choice (`--backend`).
+    pub backend: BackendChoice,
 }
 
 impl Peer for UringPeer {
@@ -36,6 +41,7 @@ impl Peer for UringPeer {
         let pipes = run.spec.pipes;
         let mut cfg = EngineConfig::new(&run.service.dir);
         cfg.buffers = self.buffers;
+        cfg.backend = self.backend;
         cfg.open_timeout = Duration::from_secs(10);
         // Room for every pipe's chain in one submission.
         cfg.sq_entries = (pipes * 3).next_power_of_two().clamp(64, 32768) as u32;
@@ -92,15 +98,19 @@ impl Peer for UringPeer {
         } else {
             "linked MSG_PEEK probe"
         };
+        let backend = engine.backend();
+        // The effective mode: the epoll backend runs plain buffers.
+        let buffers = engine.config().buffers;
         drop(engine);
         Ok(PeerRun {
-            backend: format!(
-                "opipe engine, 1 ring, {} buffers, send->recv chain, leftover by {nonempty}",
-                match self.buffers {
+            backend: backend.to_string(),
+            detail: Some(format!(
+                "opipe engine on {backend}, 1 ring, {} buffers, send->recv chain, leftover by {nonempty}",
+                match buffers {
                     BufferMode::Plain => "plain",
                     BufferMode::Registered => "registered",
                 }
-            ),
+            )),
             measured,
         })
     }
