@@ -789,14 +789,15 @@ impl EpollLoop {
     }
 }
 
+/// Adds a listener to the set, with `EPOLLEXCLUSIVE` (Linux 4.5+) where
+/// the kernel takes it, so a connection wakes one service thread, not all.
 fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32> {
-    epoll_ctl(
-        ep,
-        libc::EPOLL_CTL_ADD,
-        l.fd.as_raw_fd(),
-        EV_IN | libc::EPOLLEXCLUSIVE as u32,
-        token(Token::Listener(i)),
-    )?;
+    let (fd, tok) = (l.fd.as_raw_fd(), token(Token::Listener(i)));
+    let exclusive = EV_IN | libc::EPOLLEXCLUSIVE as u32;
+    match epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, exclusive, tok) {
+        Err(libc::EINVAL) => epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, EV_IN, tok)?,
+        r => r?,
+    }
     l.registered = true;
     Ok(())
 }
