@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -47,6 +48,7 @@ on_both_backends!(
     dcerpc_handler_binds_and_fragments_replies,
     missing_dir_is_a_clear_error,
     usage_errors_exit_2,
+    out_of_fds_pauses_accepts_and_serves_the_waiting_clients,
 );
 
 /// The running `opipe serve`; killed and reaped on drop whatever happens.
@@ -64,16 +66,41 @@ impl Drop for Serve {
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .arg("serve")
+    spawn_limited(dir, args, None)
+}
+
+/// Like [`spawn`]; with `Some(n)` the child runs with at most `n` open
+/// files (soft and hard `RLIMIT_NOFILE`, so the service cannot raise it).
+fn spawn_limited(
+    dir: &Path,
+    args: &[&str],
+    nofile: Option<u64>,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
+    cmd.arg("serve")
         .arg("--dir")
         .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some(n) = nofile {
+        let lim = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit only reads
+        // `lim`, which the closure owns; no allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -91,9 +118,14 @@ fn spawn(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
 /// for its banner, which must name the backend; `None` (skipped, loudly)
 /// when io_uring is asked for and unavailable here.
 fn serve(backend: &str, args: &[&str]) -> Option<Serve> {
+    serve_limited(backend, args, None)
+}
+
+/// Like [`serve`], with [`spawn_limited`]'s open-file limit.
+fn serve_limited(backend: &str, args: &[&str], nofile: Option<u64>) -> Option<Serve> {
     let dir = tempfile::tempdir().unwrap();
     let args = [args, &["--backend", backend]].concat();
-    let (child, stderr) = spawn(dir.path(), &args);
+    let (child, stderr) = spawn_limited(dir.path(), &args, nofile);
     let mut s = Serve { child, dir, stderr };
     match s.wait_banner() {
         Ok(banner) => {
@@ -445,4 +477,41 @@ fn usage_errors_exit_2(backend: &str) {
         assert!(!text.is_empty(), "{args:?}: no message");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+fn out_of_fds_pauses_accepts_and_serves_the_waiting_clients(backend: &str) {
+    // 32 fds in all: after stdio, listener, eventfd and the loop's own fd,
+    // about 25 connections fit; the others wait in the listen queue while
+    // accepts fail with EMFILE and pause.
+    const CLIENTS: usize = 100;
+    const CHUNK: usize = 20;
+    let Some(mut srv) = serve_limited(backend, &["--pipe", "srvsvc"], Some(32)) else {
+        return;
+    };
+    let path = srv.path("srvsvc");
+    let msg = encode_open_message(&user("frank", 0)).unwrap();
+    let mut conns: Vec<Option<UnixStream>> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = connect(&path);
+            s.write_all(&msg).unwrap();
+            Some(s)
+        })
+        .collect();
+    // Served a chunk at a time: each chunk closed frees the fds the
+    // next one needs, once the paused accepts resume.
+    for chunk in conns.chunks_mut(CHUNK) {
+        for (i, slot) in chunk.iter_mut().enumerate() {
+            let s = slot.as_mut().unwrap();
+            let mut w = [0u8; 4];
+            s.read_exact(&mut w).unwrap();
+            assert_eq!(decode_status_word(w), NtStatus::SUCCESS);
+            echo_once(s, format!("client {i}").as_bytes());
+        }
+        for slot in chunk.iter_mut() {
+            drop(slot.take());
+        }
+    }
+    srv.signal(libc::SIGTERM);
+    assert!(srv.wait_exit().success());
+    assert!(!srv.path("srvsvc").exists());
 }
