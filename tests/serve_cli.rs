@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -20,6 +21,36 @@ use opipe::service::dcerpc::reply_stub_byte;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Runs each listed test once per backend, as `uring::NAME` and
+/// `epoll::NAME`; each takes the `--backend` value to start the service with.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name("io-uring")
+            })*
+        }
+        mod epoll {
+            $(#[test]
+            fn $name() {
+                super::$name("epoll")
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    sigterm_removes_sockets_and_exits_zero,
+    sigint_also_stops_cleanly,
+    bad_handshakes_are_closed_silently_and_leak_no_fd,
+    open_limit_and_deny_anonymous,
+    dcerpc_handler_binds_and_fragments_replies,
+    missing_dir_is_a_clear_error,
+    usage_errors_exit_2,
+    out_of_fds_pauses_accepts_and_serves_the_waiting_clients,
+);
+
 /// The running `opipe serve`; killed and reaped on drop whatever happens.
 struct Serve {
     child: Child,
@@ -35,16 +66,41 @@ impl Drop for Serve {
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .arg("serve")
+    spawn_limited(dir, args, None)
+}
+
+/// Like [`spawn`]; with `Some(n)` the child runs with at most `n` open
+/// files (soft and hard `RLIMIT_NOFILE`, so the service cannot raise it).
+fn spawn_limited(
+    dir: &Path,
+    args: &[&str],
+    nofile: Option<u64>,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
+    cmd.arg("serve")
         .arg("--dir")
         .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    if let Some(n) = nofile {
+        let lim = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit only reads
+        // `lim`, which the closure owns; no allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -58,14 +114,29 @@ fn spawn(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
-/// Starts `opipe serve` in a fresh directory and waits for its banner;
-/// `None` (skipped, loudly) when io_uring is unavailable here.
-fn serve(args: &[&str]) -> Option<Serve> {
+/// Starts `opipe serve --backend <backend>` in a fresh directory and waits
+/// for its banner, which must name the backend; `None` (skipped, loudly)
+/// when io_uring is asked for and unavailable here.
+fn serve(backend: &str, args: &[&str]) -> Option<Serve> {
+    serve_limited(backend, args, None)
+}
+
+/// Like [`serve`], with [`spawn_limited`]'s open-file limit.
+fn serve_limited(backend: &str, args: &[&str], nofile: Option<u64>) -> Option<Serve> {
     let dir = tempfile::tempdir().unwrap();
-    let (child, stderr) = spawn(dir.path(), args);
+    let args = [args, &["--backend", backend]].concat();
+    let (child, stderr) = spawn_limited(dir.path(), &args, nofile);
     let mut s = Serve { child, dir, stderr };
     match s.wait_banner() {
-        Ok(()) => Some(s),
+        Ok(banner) => {
+            let name = if backend == "epoll" {
+                "epoll"
+            } else {
+                "io_uring"
+            };
+            assert!(banner.contains(&format!("{name} backend")), "{banner}");
+            Some(s)
+        }
         Err((status, text)) if text.contains("io_uring is not available") => {
             eprintln!("SKIPPED: {text} ({status})");
             None
@@ -75,13 +146,14 @@ fn serve(args: &[&str]) -> Option<Serve> {
 }
 
 impl Serve {
-    /// Waits for the "serving" line; `Err` if the child exited first.
-    fn wait_banner(&mut self) -> Result<(), (ExitStatus, String)> {
+    /// Waits for the "serving" line and returns it; `Err` if the child
+    /// exited first.
+    fn wait_banner(&mut self) -> Result<String, (ExitStatus, String)> {
         let end = Instant::now() + TIMEOUT;
         let mut text = String::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) if line.contains("serving") => return Ok(()),
+                Ok(line) if line.contains("serving") => return Ok(line),
                 Ok(line) => {
                     text.push_str(&line);
                     text.push('\n');
@@ -189,9 +261,8 @@ fn echo_once(s: &mut UnixStream, msg: &[u8]) {
     assert_eq!(got, msg);
 }
 
-#[test]
-fn sigterm_removes_sockets_and_exits_zero() {
-    let Some(mut srv) = serve(&["--pipe", "srvsvc", "--pipe", "LSARPC"]) else {
+fn sigterm_removes_sockets_and_exits_zero(backend: &str) {
+    let Some(mut srv) = serve(backend, &["--pipe", "srvsvc", "--pipe", "LSARPC"]) else {
         return;
     };
     let (a, b) = (srv.path("srvsvc"), srv.path("lsarpc"));
@@ -207,9 +278,8 @@ fn sigterm_removes_sockets_and_exits_zero() {
     assert_eof(&mut s);
 }
 
-#[test]
-fn sigint_also_stops_cleanly() {
-    let Some(mut srv) = serve(&["--pipe", "srvsvc", "--threads", "2"]) else {
+fn sigint_also_stops_cleanly(backend: &str) {
+    let Some(mut srv) = serve(backend, &["--pipe", "srvsvc", "--threads", "2"]) else {
         return;
     };
     srv.signal(libc::SIGINT);
@@ -217,9 +287,11 @@ fn sigint_also_stops_cleanly() {
     assert!(!srv.path("srvsvc").exists());
 }
 
-#[test]
-fn bad_handshakes_are_closed_silently_and_leak_no_fd() {
-    let Some(srv) = serve(&["--pipe", "srvsvc", "--handshake-timeout-ms", "300"]) else {
+fn bad_handshakes_are_closed_silently_and_leak_no_fd(backend: &str) {
+    let Some(srv) = serve(
+        backend,
+        &["--pipe", "srvsvc", "--handshake-timeout-ms", "300"],
+    ) else {
         return;
     };
     let path = srv.path("srvsvc");
@@ -288,9 +360,11 @@ fn bad_handshakes_are_closed_silently_and_leak_no_fd() {
     }
 }
 
-#[test]
-fn open_limit_and_deny_anonymous() {
-    let Some(srv) = serve(&["--pipe", "srvsvc", "--max-opens", "2", "--deny-anonymous"]) else {
+fn open_limit_and_deny_anonymous(backend: &str) {
+    let Some(srv) = serve(
+        backend,
+        &["--pipe", "srvsvc", "--max-opens", "2", "--deny-anonymous"],
+    ) else {
         return;
     };
     let path = srv.path("srvsvc");
@@ -317,16 +391,18 @@ fn open_limit_and_deny_anonymous() {
     }
 }
 
-#[test]
-fn dcerpc_handler_binds_and_fragments_replies() {
-    let Some(srv) = serve(&[
-        "--pipe",
-        "srvsvc",
-        "--handler",
-        "dcerpc",
-        "--reply-size",
-        "10000",
-    ]) else {
+fn dcerpc_handler_binds_and_fragments_replies(backend: &str) {
+    let Some(srv) = serve(
+        backend,
+        &[
+            "--pipe",
+            "srvsvc",
+            "--handler",
+            "dcerpc",
+            "--reply-size",
+            "10000",
+        ],
+    ) else {
         return;
     };
     let mut s = open_ok(&srv.path("srvsvc"));
@@ -371,11 +447,10 @@ fn dcerpc_handler_binds_and_fragments_replies() {
         .all(|(i, &b)| b == reply_stub_byte(i)));
 }
 
-#[test]
-fn missing_dir_is_a_clear_error() {
+fn missing_dir_is_a_clear_error(backend: &str) {
     let parent = tempfile::tempdir().unwrap();
     let missing = parent.path().join("no-such-dir");
-    let (mut child, stderr) = spawn(&missing, &["--pipe", "srvsvc"]);
+    let (mut child, stderr) = spawn(&missing, &["--pipe", "srvsvc", "--backend", backend]);
     let status = child.wait().unwrap();
     let text: Vec<String> = stderr.iter().collect();
     let text = text.join("\n");
@@ -387,8 +462,7 @@ fn missing_dir_is_a_clear_error() {
     assert!(!missing.exists());
 }
 
-#[test]
-fn usage_errors_exit_2() {
+fn usage_errors_exit_2(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &[][..],                                   // no --pipe
@@ -396,11 +470,48 @@ fn usage_errors_exit_2() {
         &["--pipe", "x", "--handler", "nope"][..], // unknown handler
         &["--pipe", "x", "--threads", "0"][..],
     ] {
-        let (mut child, stderr) = spawn(dir.path(), args);
+        let (mut child, stderr) = spawn(dir.path(), &[args, &["--backend", backend]].concat());
         let status = child.wait().unwrap();
         let text: Vec<String> = stderr.iter().collect();
         assert_eq!(status.code(), Some(2), "{args:?}: {text:?}");
         assert!(!text.is_empty(), "{args:?}: no message");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+fn out_of_fds_pauses_accepts_and_serves_the_waiting_clients(backend: &str) {
+    // 32 fds in all: after stdio, listener, eventfd and the loop's own fd,
+    // about 25 connections fit; the others wait in the listen queue while
+    // accepts fail with EMFILE and pause.
+    const CLIENTS: usize = 100;
+    const CHUNK: usize = 20;
+    let Some(mut srv) = serve_limited(backend, &["--pipe", "srvsvc"], Some(32)) else {
+        return;
+    };
+    let path = srv.path("srvsvc");
+    let msg = encode_open_message(&user("frank", 0)).unwrap();
+    let mut conns: Vec<Option<UnixStream>> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = connect(&path);
+            s.write_all(&msg).unwrap();
+            Some(s)
+        })
+        .collect();
+    // Served a chunk at a time: each chunk closed frees the fds the
+    // next one needs, once the paused accepts resume.
+    for chunk in conns.chunks_mut(CHUNK) {
+        for (i, slot) in chunk.iter_mut().enumerate() {
+            let s = slot.as_mut().unwrap();
+            let mut w = [0u8; 4];
+            s.read_exact(&mut w).unwrap();
+            assert_eq!(decode_status_word(w), NtStatus::SUCCESS);
+            echo_once(s, format!("client {i}").as_bytes());
+        }
+        for slot in chunk.iter_mut() {
+            drop(slot.take());
+        }
+    }
+    srv.signal(libc::SIGTERM);
+    assert!(srv.wait_exit().success());
+    assert!(!srv.path("srvsvc").exists());
 }

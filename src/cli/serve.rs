@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
-use opipe::service::{DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError};
+use opipe::service::{
+    BackendChoice, DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError,
+};
 
 /// Exit status for usage errors (bad arguments), as clap uses.
 const EXIT_USAGE: u8 = 2;
@@ -24,6 +26,26 @@ pub enum HandlerKind {
     /// Answer DCE/RPC binds with a bind_ack and requests with
     /// `--reply-size` bytes of stub data.
     Dcerpc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// io_uring where the kernel grants it, else epoll (says why on stderr).
+    Auto,
+    /// io_uring only: fail where it is switched off.
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+impl From<BackendArg> for BackendChoice {
+    fn from(b: BackendArg) -> BackendChoice {
+        match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::IoUring => BackendChoice::IoUring,
+            BackendArg::Epoll => BackendChoice::Epoll,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -53,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_opens: Option<u64>,
 
-    /// Service threads, one io_uring each.
+    /// Service threads, one event loop each.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -63,6 +85,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     handshake_timeout_ms: u64,
+
+    /// Event loop: io_uring, or epoll where io_uring is switched off.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
 }
 
 impl ServeArgs {
@@ -70,6 +96,7 @@ impl ServeArgs {
         let mut b = Service::builder(&self.dir)
             .deny_anonymous(self.deny_anonymous)
             .threads(usize::from(self.threads))
+            .backend(self.backend.into())
             .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms));
         for p in &self.pipes {
             b = b.pipe(p.clone());
@@ -126,11 +153,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         HandlerKind::Dcerpc => format!("dcerpc (reply {} bytes)", args.reply_size),
     };
     eprintln!(
-        "opipe serve: serving {} with {handler} in {} ({} thread{}); SIGINT or SIGTERM stops",
+        "opipe serve: serving {} with {handler} in {} ({} thread{}, {} backend); SIGINT or SIGTERM stops",
         names.join(", "),
         args.dir.display(),
         args.threads,
         if args.threads == 1 { "" } else { "s" },
+        svc.backend(),
     );
     // Serve until a stop signal, or until the service ends by itself
     // (a service thread failed: it shut the service down).

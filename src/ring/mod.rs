@@ -9,6 +9,8 @@
 //!   nonblocking syscalls + epoll, where io_uring is refused);
 //! * [`server`] and [`bufring`]: the pipe service's event loop (multishot
 //!   accept and receive on a provided-buffer ring);
+//! * [`server_epoll`]: the same service loop on epoll, for machines where
+//!   io_uring is switched off;
 //! * [`sock`] and [`sys`]: the few direct syscalls.
 
 pub mod backend;
@@ -16,6 +18,7 @@ pub mod bufring;
 pub mod driver;
 pub mod epoll;
 pub mod server;
+pub mod server_epoll;
 pub mod setup;
 pub mod sock;
 pub mod sys;

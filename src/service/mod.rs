@@ -8,9 +8,10 @@
 //! hands accepted connections to a [`Handler`] made by a
 //! [`HandlerFactory`].
 //!
-//! Connections are served by one io_uring event loop per service thread
-//! (`crate::ring::server`): no thread per connection, and idle connections
-//! hold no receive buffer. Everything in this module is safe Rust; the
+//! Connections are served by one event loop per service thread: io_uring
+//! (`crate::ring::server`), or epoll (`crate::ring::server_epoll`) where
+//! io_uring is switched off; see [`BackendChoice`]. No thread per
+//! connection, and idle connections hold no receive buffer. Everything in this module is safe Rust; the
 //! handshake ([`handshake`]), the sessions and the handlers are sans-IO and
 //! unit-tested without sockets.
 //!
@@ -28,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backend;
 pub mod dcerpc;
 pub mod handler;
 pub mod handshake;
@@ -35,6 +37,7 @@ mod runtime;
 mod session;
 mod stats;
 
+pub use backend::{Backend, BackendChoice};
 pub use dcerpc::{DceRpc, DceRpcFactory};
 pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory};
 pub use runtime::{

@@ -1,5 +1,6 @@
-//! Starting and stopping a service: the sockets on disk, the service
-//! threads (one io_uring each), the shutdown eventfd, and the handle.
+//! Starting and stopping a service: the backend choice, the sockets on
+//! disk, the service threads (one event loop each: io_uring or epoll), the
+//! shutdown eventfd, and the handle.
 
 use std::fmt;
 use std::fs::File;
@@ -15,9 +16,11 @@ use std::time::Duration;
 
 use crate::protocol::{NtStatus, PipeName};
 use crate::ring::server::{EventLoop, LoopConfig, LoopCounters};
+use crate::ring::server_epoll::EpollLoop;
 use crate::ring::sys::eventfd;
 use crate::ring::RingError;
 
+use super::backend::{resolve, Backend, BackendChoice};
 use super::handler::{EchoFactory, HandlerFactory};
 use super::session::{AcceptAll, AcceptPolicy, PipeAcceptor, PipeSlot, Shared};
 use super::stats::{Counters, Stats};
@@ -136,6 +139,7 @@ pub struct ServiceBuilder {
     threads: usize,
     handshake_timeout: Duration,
     loop_cfg: LoopConfig,
+    backend: BackendChoice,
 }
 
 impl fmt::Debug for ServiceBuilder {
@@ -148,6 +152,7 @@ impl fmt::Debug for ServiceBuilder {
             .field("threads", &self.threads)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("loop_cfg", &self.loop_cfg)
+            .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
@@ -159,7 +164,7 @@ pub struct Service;
 impl Service {
     /// A service whose sockets live in `dir` (which must exist). Defaults:
     /// echo handler, every open accepted, no open limit, 1 thread, 10 s
-    /// handshake deadline.
+    /// handshake deadline, [`BackendChoice::Auto`].
     pub fn builder(dir: impl Into<PathBuf>) -> ServiceBuilder {
         ServiceBuilder {
             dir: dir.into(),
@@ -171,6 +176,7 @@ impl Service {
             threads: 1,
             handshake_timeout: Duration::from_secs(10),
             loop_cfg: LoopConfig::default(),
+            backend: BackendChoice::Auto,
         }
     }
 }
@@ -212,7 +218,7 @@ impl ServiceBuilder {
         self
     }
 
-    /// Number of service threads, each with its own ring (default 1).
+    /// Number of service threads, each with its own event loop (default 1).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
         self
@@ -226,7 +232,8 @@ impl ServiceBuilder {
     }
 
     /// Receive buffers per thread: `count` (a power of two) of `bytes` each
-    /// (default 512 x 16 KiB).
+    /// (default 512 x 16 KiB). The epoll backend uses one scratch buffer of
+    /// `bytes` per thread instead.
     pub fn recv_buffers(mut self, count: u16, bytes: u32) -> Self {
         self.loop_cfg.recv_buffers = count;
         self.loop_cfg.recv_buffer_bytes = bytes;
@@ -248,8 +255,20 @@ impl ServiceBuilder {
         self
     }
 
+    /// The event loop backend (default [`BackendChoice::Auto`]: io_uring
+    /// where the kernel grants it, else epoll).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = choice;
+        self
+    }
+
     /// Creates the sockets, starts the threads and returns once every
-    /// thread's ring is up.
+    /// thread's event loop is up.
+    ///
+    /// With [`BackendChoice::Auto`], io_uring is probed first (a ring, the
+    /// opcodes the loop needs, a provided-buffer ring); if that fails the
+    /// service runs on epoll and one line on stderr says so and why
+    /// ([`ServiceHandle::fallback_reason`] has the same text).
     pub fn start(self) -> Result<ServiceHandle, ServiceError> {
         if self.threads == 0 || self.threads > 1024 {
             return Err(ServiceError::Config(format!(
@@ -273,6 +292,11 @@ impl ServiceBuilder {
         }
         if !self.dir.is_dir() {
             return Err(ServiceError::NoSuchDir(self.dir));
+        }
+        let (backend, why) = resolve(self.backend);
+        let fallback_reason = why.map(|e| e.to_string());
+        if let Some(why) = &fallback_reason {
+            eprintln!("opipe service: using epoll: {why}");
         }
         let mut sockets = Sockets::default();
         for name in &names {
@@ -304,8 +328,10 @@ impl ServiceBuilder {
             threads: Vec::new(),
             shutdown_fd: shutdown.clone(),
             sockets,
+            backend,
+            fallback_reason,
         };
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RingError>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServiceError>>();
         for i in 0..self.threads {
             let cfg = self.loop_cfg.clone();
             let listeners = handle.sockets.fds();
@@ -318,23 +344,43 @@ impl ServiceBuilder {
             let spawned = std::thread::Builder::new()
                 .name(format!("opipe-svc-{i}"))
                 .spawn(move || {
-                    // The ring is made on the thread that uses it.
-                    match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                        Ok(ev) => {
-                            let _ = ready.send(Ok(()));
-                            let r = ev.run(PipeAcceptor { shared });
-                            if r.is_err() {
-                                // Fail loudly: stop the whole service rather
-                                // than serve on with a dead thread.
-                                let _ = signal_eventfd(&shutdown);
+                    // The loop is made on the thread that runs it.
+                    let acceptor = PipeAcceptor { shared };
+                    let r = match backend {
+                        Backend::IoUring => {
+                            match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
+                                Ok(ev) => {
+                                    let _ = ready.send(Ok(()));
+                                    ev.run(acceptor)
+                                }
+                                Err(e) => {
+                                    let _ = ready.send(Err(ServiceError::Ring(e)));
+                                    return Ok(());
+                                }
                             }
-                            r
                         }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                            Ok(())
+                        Backend::Epoll => {
+                            match EpollLoop::new(cfg, listeners, shutdown.clone(), counters) {
+                                Ok(ev) => {
+                                    let _ = ready.send(Ok(()));
+                                    ev.run(acceptor)
+                                }
+                                Err(err) => {
+                                    let _ = ready.send(Err(ServiceError::Io {
+                                        what: "setting up epoll".into(),
+                                        err,
+                                    }));
+                                    return Ok(());
+                                }
+                            }
                         }
+                    };
+                    if r.is_err() {
+                        // Fail loudly: stop the whole service rather
+                        // than serve on with a dead thread.
+                        let _ = signal_eventfd(&shutdown);
                     }
+                    r
                 });
             match spawned {
                 Ok(t) => handle.threads.push(t),
@@ -350,7 +396,7 @@ impl ServiceBuilder {
         for _ in 0..handle.threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(ServiceError::Ring(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     return Err(ServiceError::Io {
                         what: "service thread start-up".into(),
@@ -363,7 +409,7 @@ impl ServiceBuilder {
     }
 }
 
-/// Makes the shutdown eventfd readable (for every ring polling it).
+/// Makes the shutdown eventfd readable (for every loop watching it).
 fn signal_eventfd(fd: &OwnedFd) -> io::Result<()> {
     File::from(fd.try_clone()?).write_all(&1u64.to_ne_bytes())
 }
@@ -452,6 +498,8 @@ pub struct ServiceHandle {
     threads: Vec<JoinHandle<io::Result<()>>>,
     shutdown_fd: Arc<OwnedFd>,
     sockets: Sockets,
+    backend: Backend,
+    fallback_reason: Option<String>,
 }
 
 impl fmt::Debug for ServiceHandle {
@@ -459,6 +507,7 @@ impl fmt::Debug for ServiceHandle {
         f.debug_struct("ServiceHandle")
             .field("sockets", &self.sockets.paths())
             .field("threads", &self.threads.len())
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -467,6 +516,17 @@ impl ServiceHandle {
     /// The socket paths, in the order the pipes were given.
     pub fn socket_paths(&self) -> Vec<PathBuf> {
         self.sockets.paths()
+    }
+
+    /// The event loop backend the service threads run.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why [`BackendChoice::Auto`] fell back to epoll (the io_uring set-up
+    /// error, as text); `None` when the backend is the one asked for.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
     }
 
     /// The pipe names served, in the order they were given.

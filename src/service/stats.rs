@@ -50,6 +50,7 @@ pub struct Stats {
     /// Bytes sent on all connections (status words included).
     pub bytes_out: u64,
     /// Multishot receives ended by an empty buffer ring (and re-armed).
+    /// io_uring backend only: always 0 on epoll, which has no buffer ring.
     pub recv_no_buffers: u64,
     /// Times a connection stopped being read because its replies piled up.
     pub backpressure_pauses: u64,

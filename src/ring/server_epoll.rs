@@ -1,0 +1,978 @@
+//! The service event loop on epoll: the fallback for machines where
+//! io_uring is switched off (`kernel.io_uring_disabled`, container seccomp
+//! profiles, RHEL 9 defaults; see KERNEL-NOTES.md).
+//!
+//! It drives the same [`Session`]s made by the same [`Acceptor`] as the
+//! io_uring loop in [`super::server`], takes the same [`LoopConfig`] and
+//! updates the same [`LoopCounters`], so the handshake, the accept policy,
+//! the limits, the handlers, the deadlines and the stats are shared; only
+//! the way bytes move differs.
+//!
+//! # Readiness
+//!
+//! One level-triggered epoll instance per thread watches:
+//!
+//! * the shutdown eventfd (`EPOLLIN`): once readable, the loop closes every
+//!   connection and returns;
+//! * every listener (`EPOLLIN | EPOLLEXCLUSIVE`, so one connection wakes one
+//!   of the service threads, not all): a wake-up drains the accept queue
+//!   with nonblocking `accept4` (at most [`ACCEPT_BATCH`] at a time; level
+//!   triggering brings the loop back for the rest). `EMFILE`, `ENFILE`,
+//!   `ENOMEM` and `ENOBUFS` take the listener out of the set for
+//!   100 ms, like the io_uring loop pauses its multishot accept;
+//! * every connection, with `EPOLLIN` while the session wants input and
+//!   `EPOLLOUT` only while output is waiting for room in the socket. The
+//!   registered mask is cached so `epoll_ctl` runs only when it changes.
+//!
+//! # Buffers
+//!
+//! Receives go into one scratch buffer per loop of
+//! [`LoopConfig::recv_buffer_bytes`], handed to the session and reused at
+//! once: like the io_uring loop's provided-buffer ring, an idle connection
+//! pins no receive memory. A receive that came back short emptied the
+//! socket (AF_UNIX stream rule, KERNEL-NOTES.md), so only a full one is
+//! followed by another, at most [`READ_BUDGET`] per wake-up for fairness.
+//! Each connection has one output vector: the session appends to it, the
+//! loop sends from an offset with nonblocking `send` and compacts it when
+//! the sent prefix outgrows the rest.
+//!
+//! # Backpressure
+//!
+//! Output is sent as soon as it is produced. What the socket does not take
+//! stays queued; over the high-water mark the connection leaves `EPOLLIN`
+//! (its client stops being read) until the queue drains below the low one.
+//! A session with a backlog is asked for its next batch whenever the queue
+//! is at or below the low-water mark, at most [`BACKLOG_ROUNDS`] times per
+//! wake-up; past that the loop keeps `EPOLLOUT` armed so it comes back.
+//!
+//! # Closing and shutdown
+//!
+//! Nothing is in flight between two system calls, so a connection is closed
+//! (its session told, its fd closed, which also takes it out of the epoll
+//! set) as soon as it must: at once on an abort, once its output is sent on
+//! a graceful close. Events carry the slot's index and generation, never
+//! the fd, so an event for a closed connection whose fd number was reused
+//! is recognised and dropped.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::server::{Acceptor, CloseReason, LoopConfig, LoopCounters, Session, Verdict};
+
+/// Connections accepted per listener wake-up at most.
+pub const ACCEPT_BATCH: usize = 64;
+/// Full receives per connection wake-up at most.
+pub const READ_BUDGET: usize = 16;
+/// `on_writable` calls per connection wake-up at most.
+pub const BACKLOG_ROUNDS: usize = 16;
+/// Events taken per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 256;
+/// How long accepts pause after the process ran out of fds or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Output vectors bigger than this are not kept around on idle connections.
+const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+
+const EV_IN: u32 = libc::EPOLLIN as u32;
+const EV_OUT: u32 = libc::EPOLLOUT as u32;
+const EV_HUP_ERR: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+// ---------------------------------------------------------------------------
+// Thin syscall wrappers, private to this loop. They return the errno as an
+// `i32` where the loop branches on it.
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+fn epoll_new() -> io::Result<OwnedFd> {
+    // SAFETY: no pointer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(op)` of `fd` with `events`, tagged with `token`.
+fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> Result<(), i32> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call (the
+    // kernel copies it); `ep` is an open epoll fd; a bad `fd` is an error.
+    let rc = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
+    if rc < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `epoll_wait` into `events`; `timeout_ms` -1 waits without limit. An
+/// interrupted wait returns 0 events.
+fn epoll_wait(
+    ep: &OwnedFd,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let max = events.len().min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: `events` is valid for writes of `max` entries and outlives the
+    // call; the kernel writes at most `max`.
+    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` without the peer address.
+fn accept_nonblocking(listener: &OwnedFd) -> Result<OwnedFd, i32> {
+    // SAFETY: null address pointers are allowed (the peer address is not
+    // wanted); `listener` is an open socket borrowed for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: accept4 returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A nonblocking `recv` into `buf`.
+fn recv_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes during the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    Ok(n as usize)
+}
+
+/// A nonblocking `send` of `buf`, without SIGPIPE.
+fn send_nonblocking(fd: &OwnedFd, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    Ok(n as usize)
+}
+
+/// Sets `O_NONBLOCK` on `fd` (`fcntl(F_GETFL/F_SETFL)`).
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer; `fd` is open for the call.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: F_SETFL takes an int flag word, no pointer.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Event tokens: the kind in the top byte, then a 24-bit generation and a
+// 32-bit index, as in the io_uring loop's user_data.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Listener(usize),
+    Conn(u32, u32),
+    Shutdown,
+}
+
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_CONN: u64 = 2;
+const TOKEN_SHUTDOWN: u64 = 3;
+
+fn token(t: Token) -> u64 {
+    match t {
+        Token::Listener(i) => (TOKEN_LISTENER << 56) | (i as u64 & 0xffff_ffff),
+        Token::Conn(idx, gen) => {
+            (TOKEN_CONN << 56) | ((u64::from(gen) & 0x00ff_ffff) << 32) | u64::from(idx)
+        }
+        Token::Shutdown => TOKEN_SHUTDOWN << 56,
+    }
+}
+
+fn token_parts(t: u64) -> Option<Token> {
+    let (gen, idx) = (((t >> 32) & 0x00ff_ffff) as u32, t as u32);
+    match t >> 56 {
+        TOKEN_LISTENER => Some(Token::Listener(idx as usize)),
+        TOKEN_CONN => Some(Token::Conn(idx, gen)),
+        TOKEN_SHUTDOWN => Some(Token::Shutdown),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Stop reading, flush, close.
+    Draining,
+    /// Close now.
+    Aborting,
+}
+
+struct Conn<S> {
+    fd: OwnedFd,
+    session: S,
+    phase: Phase,
+    reason: CloseReason,
+    /// Not read because the output went over the high-water mark.
+    paused: bool,
+    /// The last send met a full socket: wait for `EPOLLOUT` before the next.
+    blocked: bool,
+    /// A backlog is left after [`BACKLOG_ROUNDS`]: come back on `EPOLLOUT`.
+    kick: bool,
+    /// Output; bytes `sent..` are still to go.
+    out: Vec<u8>,
+    sent: usize,
+    /// The event mask registered with epoll.
+    interest: u32,
+}
+
+impl<S> Conn<S> {
+    fn queued(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Drops the sent prefix of the output once it is at least as long as
+    /// the unsent rest, so the vector stays within twice the queue and each
+    /// byte is moved at most once on average.
+    fn compact(&mut self) {
+        if self.sent == 0 {
+            return;
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            if self.out.capacity() > KEEP_CAPACITY_BYTES {
+                self.out = Vec::new();
+            }
+        } else if self.sent >= self.out.len() - self.sent {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+    }
+}
+
+/// A free-list slab of connections with a generation per slot.
+struct Slab<S> {
+    slots: Vec<Option<Conn<S>>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<S> Slab<S> {
+    fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Stores `conn` and returns its index and generation.
+    fn insert(&mut self, conn: Conn<S>) -> (u32, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let g = &mut self.gens[idx as usize];
+        *g = g.wrapping_add(1) & 0x00ff_ffff;
+        debug_assert!(self.slots[idx as usize].is_none());
+        self.slots[idx as usize] = Some(conn);
+        self.len += 1;
+        (idx, *g)
+    }
+
+    fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Conn<S>> {
+        if self.gens.get(idx as usize) != Some(&gen) {
+            return None;
+        }
+        self.slots.get_mut(idx as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, idx: u32) -> Option<Conn<S>> {
+        let c = self.slots.get_mut(idx as usize)?.take()?;
+        self.free.push(idx);
+        self.len -= 1;
+        Some(c)
+    }
+}
+
+struct Listener {
+    fd: Arc<OwnedFd>,
+    /// In the epoll set (out of it while accepts are paused).
+    registered: bool,
+    /// Accepts paused until then (after EMFILE and friends).
+    resume_at: Option<Instant>,
+}
+
+/// Everything one `run` owns besides the epoll instance.
+struct State<A: Acceptor> {
+    acceptor: A,
+    conns: Slab<A::Session>,
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+}
+
+/// One epoll event loop, run on one service thread.
+pub struct EpollLoop {
+    ep: OwnedFd,
+    cfg: LoopConfig,
+    listeners: Vec<Listener>,
+    /// Kept open (and registered) while the loop runs.
+    _shutdown_fd: Arc<OwnedFd>,
+    counters: Arc<LoopCounters>,
+    scratch: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+}
+
+impl fmt::Debug for EpollLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EpollLoop")
+            .field("listeners", &self.listeners.len())
+            .field("scratch_bytes", &self.scratch.len())
+            .finish()
+    }
+}
+
+impl EpollLoop {
+    /// Creates the epoll instance and registers the shutdown eventfd and the
+    /// listeners (which are switched to nonblocking mode). Only
+    /// `recv_buffer_bytes` (the scratch buffer), the water marks and
+    /// `max_connections` of `cfg` apply here.
+    pub fn new(
+        cfg: LoopConfig,
+        listeners: Vec<Arc<OwnedFd>>,
+        shutdown_fd: Arc<OwnedFd>,
+        counters: Arc<LoopCounters>,
+    ) -> io::Result<EpollLoop> {
+        if cfg.output_low_water_bytes > cfg.output_high_water_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "output low-water mark above the high-water mark",
+            ));
+        }
+        if cfg.recv_buffer_bytes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "receive buffer size must not be zero",
+            ));
+        }
+        let ep = epoll_new()?;
+        epoll_ctl(
+            &ep,
+            libc::EPOLL_CTL_ADD,
+            shutdown_fd.as_raw_fd(),
+            EV_IN,
+            token(Token::Shutdown),
+        )
+        .map_err(io::Error::from_raw_os_error)?;
+        let mut ls = Vec::with_capacity(listeners.len());
+        for (i, fd) in listeners.into_iter().enumerate() {
+            set_nonblocking(&fd)?;
+            let mut l = Listener {
+                fd,
+                registered: false,
+                resume_at: None,
+            };
+            register_listener(&ep, &mut l, i).map_err(io::Error::from_raw_os_error)?;
+            ls.push(l);
+        }
+        Ok(EpollLoop {
+            ep,
+            scratch: vec![0u8; cfg.recv_buffer_bytes as usize],
+            cfg,
+            listeners: ls,
+            _shutdown_fd: shutdown_fd,
+            counters,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
+        })
+    }
+
+    /// Serves until the shutdown eventfd becomes readable, then closes every
+    /// connection (each session is told [`CloseReason::Shutdown`]) and
+    /// returns. On an error the connections are closed the same way.
+    pub fn run<A: Acceptor>(mut self, acceptor: A) -> io::Result<()> {
+        let mut st = State {
+            acceptor,
+            conns: Slab::new(),
+            deadlines: BinaryHeap::new(),
+        };
+        let result = self.serve(&mut st);
+        for idx in 0..st.conns.slots.len() as u32 {
+            if let Some(mut c) = st.conns.remove(idx) {
+                abort(&mut c, CloseReason::Shutdown);
+                c.session.on_close(c.reason);
+            }
+        }
+        result
+    }
+
+    fn serve<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        loop {
+            let timeout = self.timeout_ms(st);
+            let n = epoll_wait(&self.ep, &mut self.events, timeout)?;
+            for i in 0..n {
+                let ev = self.events[i];
+                let (mask, tok) = (ev.events, ev.u64);
+                match token_parts(tok) {
+                    Some(Token::Shutdown) => return Ok(()),
+                    Some(Token::Listener(li)) => self.on_listener(st, li)?,
+                    Some(Token::Conn(idx, gen)) => self.on_conn(st, idx, gen, mask),
+                    None => {}
+                }
+            }
+            self.fire_timers(st)?;
+        }
+    }
+
+    /// Milliseconds until the next deadline or accept resumption (rounded
+    /// up, so the loop never wakes just before it), or -1.
+    fn timeout_ms<A: Acceptor>(&self, st: &State<A>) -> i32 {
+        let mut t = st.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        for l in &self.listeners {
+            if let Some(r) = l.resume_at {
+                t = Some(t.map_or(r, |x| x.min(r)));
+            }
+        }
+        match t {
+            None => -1,
+            Some(t) => {
+                let d = t.saturating_duration_since(Instant::now());
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                ms.min(i32::MAX as u128) as i32
+            }
+        }
+    }
+
+    fn on_listener<A: Acceptor>(&mut self, st: &mut State<A>, li: usize) -> io::Result<()> {
+        if li >= self.listeners.len() || !self.listeners[li].registered {
+            return Ok(());
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match accept_nonblocking(&self.listeners[li].fd) {
+                Ok(fd) => {
+                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    if st.conns.len >= self.cfg.max_connections {
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    match st.acceptor.accept(li) {
+                        Some(session) => self.add_conn(st, fd, session),
+                        None => {
+                            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(libc::EAGAIN) => break,
+                Err(libc::EINTR) => {}
+                Err(e) => {
+                    self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(
+                        e,
+                        libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
+                    ) {
+                        let l = &mut self.listeners[li];
+                        epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, l.fd.as_raw_fd(), 0, 0)
+                            .map_err(io::Error::from_raw_os_error)?;
+                        l.registered = false;
+                        l.resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                        break;
+                    }
+                    // ECONNABORTED and friends concern one connection only.
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_conn<A: Acceptor>(&mut self, st: &mut State<A>, fd: OwnedFd, session: A::Session) {
+        let deadline = session.deadline();
+        let raw = fd.as_raw_fd();
+        let (idx, gen) = st.conns.insert(Conn {
+            fd,
+            session,
+            phase: Phase::Open,
+            reason: CloseReason::Session,
+            paused: false,
+            blocked: false,
+            kick: false,
+            out: Vec::new(),
+            sent: 0,
+            interest: EV_IN,
+        });
+        if let Err(e) = epoll_ctl(
+            &self.ep,
+            libc::EPOLL_CTL_ADD,
+            raw,
+            EV_IN,
+            token(Token::Conn(idx, gen)),
+        ) {
+            if let Some(mut c) = st.conns.remove(idx) {
+                c.session.on_close(CloseReason::Error(e));
+            }
+            return;
+        }
+        if let Some(t) = deadline {
+            st.deadlines.push(Reverse((t, idx, gen)));
+        }
+    }
+
+    fn on_conn<A: Acceptor>(&mut self, st: &mut State<A>, idx: u32, gen: u32, mask: u32) {
+        let Some(c) = st.conns.get_mut(idx, gen) else {
+            return;
+        };
+        if mask & (EV_OUT | EV_HUP_ERR) != 0 {
+            c.blocked = false;
+        }
+        if mask & (EV_IN | EV_HUP_ERR) != 0 {
+            self.read(c);
+        }
+        self.update(st, idx, gen);
+    }
+
+    /// True while the connection's input is wanted.
+    fn wants_input<S: Session>(c: &Conn<S>) -> bool {
+        c.phase == Phase::Open && !c.paused && !c.session.has_backlog()
+    }
+
+    /// Receives and feeds the session while it wants input, the socket has
+    /// data and the budget lasts; sends the replies as they come.
+    fn read<S: Session>(&mut self, c: &mut Conn<S>) {
+        for _ in 0..READ_BUDGET {
+            if !Self::wants_input(c) {
+                return;
+            }
+            match recv_nonblocking(&c.fd, &mut self.scratch) {
+                Ok(0) => {
+                    c.phase = Phase::Draining;
+                    c.reason = CloseReason::PeerClosed;
+                    return;
+                }
+                Ok(n) => {
+                    self.counters
+                        .bytes_in
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    c.compact();
+                    let v = c.session.on_data(&self.scratch[..n], &mut c.out);
+                    apply(c, v, CloseReason::Session);
+                    self.flush(c);
+                    self.check_pause(c);
+                    if n < self.scratch.len() {
+                        // A short receive emptied the socket.
+                        return;
+                    }
+                }
+                Err(libc::EAGAIN) => return,
+                Err(libc::EINTR) => {}
+                Err(e) => {
+                    abort(c, CloseReason::Error(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends queued output until it is all sent or the socket is full.
+    fn flush<S: Session>(&mut self, c: &mut Conn<S>) {
+        while !c.blocked && c.phase != Phase::Aborting && c.sent < c.out.len() {
+            match send_nonblocking(&c.fd, &c.out[c.sent..]) {
+                Ok(0) => abort(c, CloseReason::Error(libc::EPIPE)),
+                Ok(n) => {
+                    c.sent += n;
+                    self.counters
+                        .bytes_out
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    c.session.on_sent(n);
+                }
+                Err(libc::EAGAIN) => c.blocked = true,
+                Err(libc::EINTR) => {}
+                Err(e) => abort(c, CloseReason::Error(e)),
+            }
+        }
+        if c.sent == c.out.len() {
+            c.compact();
+        }
+    }
+
+    /// Pauses reading over the high-water mark, resumes below the low one.
+    fn check_pause<S: Session>(&self, c: &mut Conn<S>) {
+        if c.phase != Phase::Open {
+            return;
+        }
+        let q = c.queued();
+        if !c.paused && q > self.cfg.output_high_water_bytes {
+            c.paused = true;
+            self.counters
+                .backpressure_pauses
+                .fetch_add(1, Ordering::Relaxed);
+        } else if c.paused && q <= self.cfg.output_low_water_bytes {
+            c.paused = false;
+        }
+    }
+
+    /// Brings a connection in line with its state: sends, lets a session
+    /// with a backlog produce, closes it when it is done, and registers the
+    /// events it now waits for.
+    fn update<A: Acceptor>(&mut self, st: &mut State<A>, idx: u32, gen: u32) {
+        let Some(c) = st.conns.get_mut(idx, gen) else {
+            return;
+        };
+        c.kick = false;
+        let mut rounds = 0;
+        loop {
+            self.flush(c);
+            // A session with a backlog produces its next batch once the
+            // output has drained (also when draining: the peer may have
+            // closed only its sending side). One that makes no progress
+            // would stall the connection: it is aborted instead.
+            if c.phase == Phase::Aborting
+                || c.queued() > self.cfg.output_low_water_bytes
+                || !c.session.has_backlog()
+            {
+                break;
+            }
+            if rounds == BACKLOG_ROUNDS {
+                c.kick = true;
+                break;
+            }
+            rounds += 1;
+            c.compact();
+            let before = c.queued();
+            let v = c.session.on_writable(&mut c.out);
+            apply(c, v, CloseReason::Session);
+            if c.queued() == before && c.session.has_backlog() {
+                abort(c, CloseReason::Session);
+            }
+        }
+        self.check_pause(c);
+        let done = match c.phase {
+            Phase::Open => false,
+            Phase::Draining => c.queued() == 0 && !c.session.has_backlog(),
+            Phase::Aborting => true,
+        };
+        if done {
+            if let Some(mut c) = st.conns.remove(idx) {
+                c.session.on_close(c.reason);
+                // Closing the fd also takes it out of the epoll set.
+                drop(c);
+            }
+            return;
+        }
+        let mut want = 0;
+        if Self::wants_input(c) {
+            want |= EV_IN;
+        }
+        if c.queued() > 0 || c.kick {
+            want |= EV_OUT;
+        }
+        debug_assert!(want != 0, "a live connection must wait for something");
+        if want != c.interest {
+            let raw = c.fd.as_raw_fd();
+            match epoll_ctl(
+                &self.ep,
+                libc::EPOLL_CTL_MOD,
+                raw,
+                want,
+                token(Token::Conn(idx, gen)),
+            ) {
+                Ok(()) => c.interest = want,
+                Err(e) => {
+                    if let Some(mut c) = st.conns.remove(idx) {
+                        abort(&mut c, CloseReason::Error(e));
+                        c.session.on_close(c.reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fire_timers<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        let now = Instant::now();
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].resume_at.is_some_and(|r| r <= now) {
+                self.listeners[i].resume_at = None;
+                if let Err(e) = register_listener(&self.ep, &mut self.listeners[i], i) {
+                    // Still short of memory: try again later.
+                    self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if e != libc::ENOMEM && e != libc::ENOSPC {
+                        return Err(io::Error::from_raw_os_error(e));
+                    }
+                    self.listeners[i].resume_at = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+        while let Some(&Reverse((t, idx, gen))) = st.deadlines.peek() {
+            if t > now {
+                break;
+            }
+            st.deadlines.pop();
+            let Some(c) = st.conns.get_mut(idx, gen) else {
+                continue;
+            };
+            if c.phase != Phase::Open {
+                continue;
+            }
+            match c.session.deadline() {
+                Some(d) if d <= now => {
+                    c.compact();
+                    let v = c.session.on_deadline(&mut c.out);
+                    apply(c, v, CloseReason::Deadline);
+                    self.update(st, idx, gen);
+                }
+                Some(d) => st.deadlines.push(Reverse((d, idx, gen))),
+                None => {}
+            }
+        }
+        // Entries of connections gone or past their deadline phase are
+        // dropped lazily; rebuild when they outnumber the live ones.
+        if st.deadlines.len() > 2 * st.conns.len + 1024 {
+            let live: Vec<_> = st
+                .deadlines
+                .drain()
+                .filter(|Reverse((_, idx, gen))| {
+                    st.conns
+                        .get_mut(*idx, *gen)
+                        .is_some_and(|c| c.session.deadline().is_some())
+                })
+                .collect();
+            st.deadlines = live.into_iter().collect();
+        }
+        Ok(())
+    }
+}
+
+/// Adds a listener to the set, with `EPOLLEXCLUSIVE` (Linux 4.5+) where
+/// the kernel takes it, so a connection wakes one service thread, not all.
+fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32> {
+    let (fd, tok) = (l.fd.as_raw_fd(), token(Token::Listener(i)));
+    let exclusive = EV_IN | libc::EPOLLEXCLUSIVE as u32;
+    match epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, exclusive, tok) {
+        Err(libc::EINVAL) => epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, EV_IN, tok)?,
+        r => r?,
+    }
+    l.registered = true;
+    Ok(())
+}
+
+fn apply<S>(c: &mut Conn<S>, v: Verdict, reason: CloseReason) {
+    match v {
+        Verdict::Continue => {}
+        Verdict::Close => {
+            if c.phase == Phase::Open {
+                c.phase = Phase::Draining;
+                c.reason = reason;
+            }
+        }
+        Verdict::Abort => abort(c, reason),
+    }
+}
+
+fn abort<S>(c: &mut Conn<S>, reason: CloseReason) {
+    if c.phase != Phase::Aborting {
+        c.phase = Phase::Aborting;
+        c.reason = reason;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::Mutex;
+
+    /// Echoes; closes on "bye"; a deadline 200 ms after accept unless data came.
+    struct Echo {
+        deadline: Option<Instant>,
+        closes: Arc<Mutex<Vec<CloseReason>>>,
+    }
+
+    impl Session for Echo {
+        fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
+            self.deadline = None;
+            out.extend_from_slice(data);
+            if data.ends_with(b"bye") {
+                Verdict::Close
+            } else {
+                Verdict::Continue
+            }
+        }
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn on_close(&mut self, reason: CloseReason) {
+            self.closes.lock().unwrap().push(reason);
+        }
+    }
+
+    struct EchoAcceptor(Arc<Mutex<Vec<CloseReason>>>);
+
+    impl Acceptor for EchoAcceptor {
+        type Session = Echo;
+        fn accept(&mut self, _listener: usize) -> Option<Echo> {
+            Some(Echo {
+                deadline: Some(Instant::now() + Duration::from_millis(200)),
+                closes: self.0.clone(),
+            })
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Listener(0),
+            Token::Listener(7),
+            Token::Conn(0, 1),
+            Token::Conn(u32::MAX, 0x00ff_ffff),
+            Token::Shutdown,
+        ] {
+            assert_eq!(token_parts(token(t)), Some(t));
+        }
+        assert_eq!(token_parts(0), None);
+    }
+
+    #[test]
+    fn compaction_keeps_the_unsent_rest() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Conn {
+            fd: OwnedFd::from(a),
+            session: (),
+            phase: Phase::Open,
+            reason: CloseReason::Session,
+            paused: false,
+            blocked: false,
+            kick: false,
+            out: b"abcdef".to_vec(),
+            sent: 2,
+            interest: 0,
+        };
+        c.compact();
+        assert_eq!((c.out.as_slice(), c.sent), (&b"abcdef"[..], 2));
+        c.sent = 3;
+        c.compact();
+        assert_eq!((c.out.as_slice(), c.sent), (&b"def"[..], 0));
+        c.sent = 3;
+        c.compact();
+        assert!(c.out.is_empty() && c.sent == 0);
+    }
+
+    #[test]
+    fn echo_close_deadline_and_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo");
+        let listener: OwnedFd = UnixListener::bind(&path).unwrap().into();
+        let listener = Arc::new(listener);
+        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
+        let counters = Arc::new(LoopCounters::default());
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let cfg = LoopConfig {
+            recv_buffer_bytes: 64,
+            output_high_water_bytes: 4096,
+            output_low_water_bytes: 1024,
+            ..LoopConfig::default()
+        };
+        let ev = EpollLoop::new(cfg, vec![listener], shutdown.clone(), counters.clone()).unwrap();
+        let t = {
+            let c = closes.clone();
+            std::thread::spawn(move || ev.run(EchoAcceptor(c)))
+        };
+        // Big message through a 64-byte scratch buffer and a 4 KiB output
+        // limit, then "bye": partial sends, pauses, a graceful close.
+        let mut a = UnixStream::connect(&path).unwrap();
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let reader = {
+            let mut a2 = a.try_clone().unwrap();
+            let n = msg.len() + 3;
+            std::thread::spawn(move || {
+                let mut got = vec![0u8; n];
+                a2.read_exact(&mut got).unwrap();
+                let mut rest = Vec::new();
+                a2.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+                got
+            })
+        };
+        a.write_all(&msg).unwrap();
+        a.write_all(b"bye").unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..msg.len()], &msg[..]);
+        assert_eq!(&got[msg.len()..], b"bye");
+
+        // Silent client: closed at its deadline.
+        let mut b = UnixStream::connect(&path).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut x = [0u8; 1];
+        assert_eq!(b.read(&mut x).unwrap(), 0);
+
+        // An idle client is closed by shutdown.
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"hi").unwrap();
+        let mut y = [0u8; 2];
+        c.read_exact(&mut y).unwrap();
+        File::from(shutdown.try_clone().unwrap())
+            .write_all(&1u64.to_ne_bytes())
+            .unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(c.read(&mut x).unwrap(), 0);
+        let closes = closes.lock().unwrap().clone();
+        assert_eq!(
+            closes,
+            vec![
+                CloseReason::Session,
+                CloseReason::Deadline,
+                CloseReason::Shutdown
+            ]
+        );
+        assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.bytes_out.load(Ordering::Relaxed), 100_005);
+    }
+}

@@ -1,0 +1,227 @@
+//! `opipe serve` where io_uring is switched off. The child runs under a
+//! seccomp filter that makes `io_uring_setup(2)` fail with EPERM, as the
+//! Docker 25+ / containerd default profiles do: `--backend auto` must say it
+//! falls back to epoll, and serve; `--backend io-uring` must fail clearly.
+#![cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opipe::protocol::{decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `AUDIT_ARCH_*` of this build (linux/audit.h), checked by the filter so a
+/// syscall number is only matched for the architecture it belongs to.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+// Classic BPF opcodes (linux/bpf_common.h): BPF_LD|BPF_W|BPF_ABS (0x00 |
+// 0x00 | 0x20), BPF_JMP|BPF_JEQ|BPF_K (0x05 | 0x10 | 0x00), BPF_RET|BPF_K.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+/// Offsets in `struct seccomp_data`: `int nr; __u32 arch; ...`.
+const OFFSET_NR: u32 = 0;
+const OFFSET_ARCH: u32 = 4;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// arch == ours && nr == io_uring_setup -> EPERM; everything else allowed.
+fn refuse_io_uring_setup() -> [libc::sock_filter; 6] {
+    [
+        insn(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
+        insn(BPF_JMP_JEQ_K, 0, 3, AUDIT_ARCH),
+        insn(BPF_LD_W_ABS, 0, 0, OFFSET_NR),
+        insn(BPF_JMP_JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        insn(
+            BPF_RET_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// `opipe serve --dir DIR ARGS` with io_uring_setup refused; its stderr
+/// lines come through the receiver.
+fn spawn_without_io_uring(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let filter = refuse_io_uring_setup();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes two prctl calls on memory it owns (the filter array moved into
+    // it, and a sock_fprog on its stack): no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as libc::c_ushort,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            // Required to install a filter without CAP_SYS_ADMIN.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Kills and reaps the child whatever happens.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Reap {
+    fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "opipe serve did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn user() -> NetUserInfo {
+    NetUserInfo {
+        session_id: 9,
+        domain: "DOM".into(),
+        account: "erin".into(),
+        posix_uid: 1001,
+        workstation: "WS".into(),
+        client_addr: ClientAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        native_os: 0,
+        logon_time: 0,
+        numopens: 0,
+        flags: 0,
+    }
+}
+
+#[test]
+fn auto_falls_back_to_epoll_when_io_uring_setup_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, stderr) = spawn_without_io_uring(
+        dir.path(),
+        &["--pipe", "srvsvc", "--pipe", "lsarpc", "--backend", "auto"],
+    );
+    let mut child = Reap(child);
+    // Lines up to the banner: the fallback line comes first.
+    let mut lines = Vec::new();
+    let end = Instant::now() + TIMEOUT;
+    let banner = loop {
+        match stderr.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if line.contains("serving") => break line,
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("opipe serve exited: {:?}: {lines:?}", child.0.wait())
+            }
+        }
+        assert!(Instant::now() < end, "no banner: {lines:?}");
+    };
+    eprintln!("stderr of opipe serve: {lines:?}, then {banner:?}");
+    assert!(banner.contains("epoll backend"), "{banner}");
+    assert_eq!(lines.len(), 1, "one line about the fallback: {lines:?}");
+    assert!(
+        lines[0].contains("epoll") && lines[0].contains("EPERM"),
+        "{lines:?}"
+    );
+
+    // A real client: handshake, then echo, on both pipes, a few at once.
+    let mut conns: Vec<UnixStream> = Vec::new();
+    for i in 0..8 {
+        let name = if i % 2 == 0 { "srvsvc" } else { "lsarpc" };
+        let mut s = UnixStream::connect(dir.path().join(name)).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(&encode_open_message(&user()).unwrap()).unwrap();
+        let mut w = [0u8; 4];
+        s.read_exact(&mut w).unwrap();
+        assert_eq!(decode_status_word(w), NtStatus::SUCCESS);
+        conns.push(s);
+    }
+    for round in 0..20u32 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let msg: Vec<u8> = (0..(100 + 997 * round as usize))
+                .map(|j| (i + j) as u8)
+                .collect();
+            s.write_all(&msg).unwrap();
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got).unwrap();
+            assert!(got == msg, "echo differs on conn {i} round {round}");
+        }
+    }
+
+    // SAFETY: kill takes no pointers; the pid is our own child, not reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let st = child.wait_exit();
+    assert!(st.success(), "{st}");
+    assert!(!dir.path().join("srvsvc").exists(), "socket left behind");
+    assert!(!dir.path().join("lsarpc").exists(), "socket left behind");
+    let mut b = [0u8; 1];
+    assert_eq!(conns[0].read(&mut b).unwrap(), 0, "connection not closed");
+}
+
+#[test]
+fn io_uring_only_fails_clearly_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, stderr) =
+        spawn_without_io_uring(dir.path(), &["--pipe", "srvsvc", "--backend", "io-uring"]);
+    let mut child = Reap(child);
+    let st = child.wait_exit();
+    let text: Vec<String> = stderr.iter().collect();
+    let text = text.join("\n");
+    assert_eq!(st.code(), Some(1), "{text}");
+    assert!(
+        text.contains("io_uring is not available") && text.contains("EPERM"),
+        "{text}"
+    );
+    // Nothing left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
