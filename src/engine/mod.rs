@@ -37,7 +37,7 @@ use request::Shared;
 pub use request::{CancelHandle, Request};
 
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
-pub use crate::ring::Backend;
+pub use crate::ring::{Backend, BackendChoice};
 use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, RingError};
 
 /// How socket data moves between the ring and user memory.
@@ -50,20 +50,6 @@ pub enum BufferMode {
     /// registered with the ring (copied in and out). Requests larger than a
     /// slot use plain buffers; a full pool is `STATUS_INSUFFICIENT_RESOURCES`.
     Registered,
-}
-
-/// Which I/O backend the engine's rings use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendChoice {
-    /// io_uring when `io_uring_setup(2)` works here and has every opcode
-    /// opipe needs, else epoll (said once on stderr). The default.
-    #[default]
-    Auto,
-    /// io_uring or nothing: [`Engine::new`] fails with [`EngineError::Ring`]
-    /// (a plain-words message) where io_uring is refused.
-    IoUring,
-    /// The epoll fallback: the same semantics, plain buffers only.
-    Epoll,
 }
 
 /// Engine settings. [`EngineConfig::new`] gives the defaults.

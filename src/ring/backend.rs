@@ -20,22 +20,69 @@ use std::time::Duration;
 use super::driver::{Completion, Driver, Op, RegBuf, SqeId, WakeFd};
 use super::setup::Features;
 
-/// Which I/O backend a ring runs on.
+/// Which I/O backend an engine ring or a service loop runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// io_uring (SQE chains, registered buffers, SOCK_NONEMPTY when the
-    /// kernel has it).
+    /// io_uring (SQE chains, registered and provided buffers,
+    /// SOCK_NONEMPTY when the kernel has it).
     IoUring,
-    /// Nonblocking syscalls driven by epoll, emulating the io_uring semantics.
+    /// Nonblocking syscalls driven by epoll, with the same semantics.
     Epoll,
+}
+
+impl Backend {
+    /// The backend's name: `io_uring` or `epoll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
 }
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The backend an engine or a service is asked to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when the kernel grants a ring with everything needed, else
+    /// epoll, said once on stderr. The default.
+    #[default]
+    Auto,
+    /// io_uring or nothing: start-up fails with a plain-words error where
+    /// io_uring is refused.
+    IoUring,
+    /// epoll, without touching io_uring at all.
+    Epoll,
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Backend::IoUring => "io_uring",
-            Backend::Epoll => "epoll",
+            BackendChoice::Auto => "auto",
+            BackendChoice::IoUring => "io-uring",
+            BackendChoice::Epoll => "epoll",
         })
+    }
+}
+
+/// Parses `auto`, `io-uring` (or `io_uring`, `uring`) and `epoll`.
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "io-uring" | "io_uring" | "uring" => Ok(BackendChoice::IoUring),
+            "epoll" => Ok(BackendChoice::Epoll),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected auto, io-uring or epoll)"
+            )),
+        }
     }
 }
 

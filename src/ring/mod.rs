@@ -23,7 +23,7 @@ pub mod setup;
 pub mod sock;
 pub mod sys;
 
-pub use backend::{Backend, OpDriver};
+pub use backend::{Backend, BackendChoice, OpDriver};
 pub use driver::{Completion, Driver, DriverConfig, Op, RegBuf, SqeId, UnixAddr, WakeFd};
 pub use epoll::EpollDriver;
 pub use setup::{io_uring_available, new_ring, probe_features, Features, RingError, SetupFlags};

@@ -1,83 +1,10 @@
 //! Which event loop serves the connections: io_uring (the default) or the
 //! epoll fallback for machines where io_uring is switched off.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::ring::bufring::BufRing;
 use crate::ring::{new_ring, probe_features, RingError};
 
-/// The backend a service is asked to use ([`ServiceBuilder::backend`]).
-///
-/// [`ServiceBuilder::backend`]: super::ServiceBuilder::backend
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// io_uring when the kernel grants a ring with everything the loop
-    /// needs, else epoll (with one line on stderr saying why).
-    #[default]
-    Auto,
-    /// io_uring or nothing: start fails with [`ServiceError::Ring`] where
-    /// io_uring is unavailable.
-    ///
-    /// [`ServiceError::Ring`]: super::ServiceError::Ring
-    IoUring,
-    /// epoll, without touching io_uring at all.
-    Epoll,
-}
-
-/// The backend a running service uses ([`ServiceHandle::backend`]).
-///
-/// [`ServiceHandle::backend`]: super::ServiceHandle::backend
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// One io_uring per service thread (multishot accept and receive on a
-    /// provided-buffer ring).
-    IoUring,
-    /// One level-triggered epoll instance per service thread.
-    Epoll,
-}
-
-impl Backend {
-    /// The backend's name: `io_uring` or `epoll`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::IoUring => "io_uring",
-            Backend::Epoll => "epoll",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for BackendChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendChoice::Auto => "auto",
-            BackendChoice::IoUring => "io-uring",
-            BackendChoice::Epoll => "epoll",
-        })
-    }
-}
-
-/// Parses `auto`, `io-uring` (or `io_uring`, `uring`) and `epoll`.
-impl FromStr for BackendChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(BackendChoice::Auto),
-            "io-uring" | "io_uring" | "uring" => Ok(BackendChoice::IoUring),
-            "epoll" => Ok(BackendChoice::Epoll),
-            _ => Err(format!(
-                "unknown backend {s:?} (expected auto, io-uring or epoll)"
-            )),
-        }
-    }
-}
+pub use crate::ring::{Backend, BackendChoice};
 
 /// Asks the kernel for what the io_uring loop needs: a ring (through
 /// [`new_ring`], so a refusal comes back as [`RingError::Unavailable`]),
