@@ -17,76 +17,9 @@ use opipe::protocol::NtStatus;
 const CHILD_ENV: &str = "OPIPE_FALLBACK_CHILD";
 const TEST_NAME: &str = "auto_picks_epoll_where_seccomp_refuses_io_uring";
 
-// Classic BPF opcodes (linux/filter.h) and seccomp constants (linux/seccomp.h).
-/// BPF_LD | BPF_W | BPF_ABS
-const BPF_LD_W_ABS: u16 = 0x20;
-/// BPF_JMP | BPF_JEQ | BPF_K
-const BPF_JMP_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
-const SECCOMP_FILTER_FLAG_TSYNC: libc::c_ulong = 1;
-/// Offsets in `struct seccomp_data`.
-const OFF_NR: u32 = 0;
-const OFF_ARCH: u32 = 4;
-
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xC000_003E;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7;
-
-fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-/// Makes `io_uring_setup` fail with EPERM in every thread of this process
-/// (and threads started later); every other syscall is allowed.
-fn refuse_io_uring() {
-    let nr = libc::SYS_io_uring_setup as u32; // 425 on x86_64 and aarch64
-    let prog = [
-        stmt(BPF_LD_W_ABS, OFF_ARCH),
-        // Another architecture's calling convention: leave it alone.
-        jump(BPF_JMP_JEQ_K, AUDIT_ARCH, 0, 3),
-        stmt(BPF_LD_W_ABS, OFF_NR),
-        jump(BPF_JMP_JEQ_K, nr, 0, 1),
-        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY (test code): prctl with integer arguments; seccomp reads the
-    // program through `fprog`, which points at `prog`, alive for the call.
-    unsafe {
-        assert_eq!(
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-            0,
-            "no_new_privs"
-        );
-        let rc = libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_TSYNC,
-            &fprog as *const libc::sock_fprog,
-        );
-        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
-    }
-}
-
 /// The child's side: io_uring refused, Auto must work on epoll.
 fn child() {
-    refuse_io_uring();
+    seccomp::refuse_io_uring_here().expect("install the seccomp filter");
     let dir = tempfile::tempdir().unwrap();
     let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
 

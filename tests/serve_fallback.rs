@@ -7,59 +7,23 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::seccomp;
 use opipe::protocol::{decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `AUDIT_ARCH_*` of this build (linux/audit.h), checked by the filter so a
-/// syscall number is only matched for the architecture it belongs to.
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xC000_003E;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7;
-
-// Classic BPF opcodes (linux/bpf_common.h): BPF_LD|BPF_W|BPF_ABS (0x00 |
-// 0x00 | 0x20), BPF_JMP|BPF_JEQ|BPF_K (0x05 | 0x10 | 0x00), BPF_RET|BPF_K.
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JMP_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
-/// Offsets in `struct seccomp_data`: `int nr; __u32 arch; ...`.
-const OFFSET_NR: u32 = 0;
-const OFFSET_ARCH: u32 = 4;
-
-fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-/// arch == ours && nr == io_uring_setup -> EPERM; everything else allowed.
-fn refuse_io_uring_setup() -> [libc::sock_filter; 6] {
-    [
-        insn(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
-        insn(BPF_JMP_JEQ_K, 0, 3, AUDIT_ARCH),
-        insn(BPF_LD_W_ABS, 0, 0, OFFSET_NR),
-        insn(BPF_JMP_JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
-        insn(
-            BPF_RET_K,
-            0,
-            0,
-            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        ),
-        insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
-    ]
-}
-
 /// `opipe serve --dir DIR ARGS` with io_uring_setup refused; its stderr
 /// lines come through the receiver.
 fn spawn_without_io_uring(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let filter = refuse_io_uring_setup();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
     cmd.arg("serve")
         .arg("--dir")
@@ -68,30 +32,7 @@ fn spawn_without_io_uring(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<S
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes two prctl calls on memory it owns (the filter array moved into
-    // it, and a sock_fprog on its stack): no allocation, no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as libc::c_ushort,
-                filter: filter.as_ptr() as *mut libc::sock_filter,
-            };
-            // Required to install a filter without CAP_SYS_ADMIN.
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &prog as *const libc::sock_fprog,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    seccomp::refuse_io_uring_in(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -224,4 +165,44 @@ fn io_uring_only_fails_clearly_when_refused() {
     );
     // Nothing left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// `opipe bench` where io_uring is refused: its service child falls back
+/// (seccomp filters are inherited), the engine `uring` runs on epoll and
+/// says so in its JSON.
+#[test]
+fn bench_uring_engine_reports_epoll_without_io_uring() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
+    cmd.args([
+        "bench",
+        "--engine",
+        "uring",
+        "--pipes",
+        "4",
+        "--requests",
+        "400",
+        "--json",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    seccomp::refuse_io_uring_in(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(TIMEOUT)
+        .expect("bench did not finish in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json output");
+    let r = &json["results"][0];
+    assert_eq!(r["engine"], "uring", "{json}");
+    assert_eq!(r["backend"], "epoll", "{json}");
+    assert_eq!(r["errors"], 0, "{json}");
+    assert!(r["transceives"].as_u64().unwrap() >= 400, "{json}");
+    assert!(stderr.contains("epoll"), "no fallback notice: {stderr}");
 }

@@ -2,6 +2,8 @@
 //! dirs, written with std threads so they can misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod seccomp;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
