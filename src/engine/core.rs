@@ -10,6 +10,7 @@
 //! last SQE completed, even when its caller was already told
 //! `STATUS_CANCELLED`.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -179,6 +180,15 @@ struct PipeEntry {
     inflight: u32,
     closing: bool,
     close_waiters: Vec<Notify>,
+    /// Cancelled requests whose SQEs are still in the kernel. While any
+    /// is, new requests wait in `deferred`: a cancelled RECV still armed
+    /// must not take the reply meant for the next request.
+    draining: u32,
+    deferred: VecDeque<(PipeIo, Notify)>,
+    /// Bytes a cancelled receive took off the socket after all (it won the
+    /// race with its cancel). They belong to the stream: the next read,
+    /// transceive or peek gets them first, so nothing is lost or reordered.
+    pushback: Vec<u8>,
 }
 
 struct Slot<T> {
@@ -264,6 +274,9 @@ enum Kind {
         more: Option<bool>,
         /// The pooled receive found the pool empty: receive again, plain.
         retry_recv: bool,
+        /// The pipe had pushed-back bytes: send only, the reply comes from
+        /// them.
+        from_pushback: bool,
         status: Option<NtStatus>,
     },
     Read {
@@ -460,7 +473,7 @@ impl<D: OpDriver> Core<D> {
     /// The ring thread's loop: commands in, SQEs out, completions back.
     pub(crate) fn run(mut self) {
         let mut cmds = Vec::new();
-                let wake = self.queue.wake.clone();
+        let wake = self.queue.wake.clone();
         let mut last_batch = 0usize;
 
         loop {
@@ -482,7 +495,7 @@ impl<D: OpDriver> Core<D> {
                     // With many requests in flight, wait for a batch of
                     // completions (bounded by a short timeout) instead of
                     // waking up for each one: fewer sleeps and wake-ups.
-                                        let (want, timeout) = wait_batch(last_batch, self.drv.in_flight());
+                    let (want, timeout) = wait_batch(last_batch, self.drv.in_flight());
                     let r = self.drv.submit_and_wait(want, timeout);
                     wake.unpark();
                     r
@@ -492,7 +505,7 @@ impl<D: OpDriver> Core<D> {
                 eprintln!("opipe: ring {} submit failed: {e}", self.ring_index);
                 std::thread::sleep(Duration::from_millis(1));
             }
-                        let mut done = std::mem::take(&mut self.done);
+            let mut done = std::mem::take(&mut self.done);
             self.drv.reap(&mut done);
             last_batch = done.len();
             for c in done.drain(..) {
@@ -777,6 +790,9 @@ impl<D: OpDriver> Core<D> {
             inflight: 0,
             closing: false,
             close_waiters: Vec::new(),
+            draining: 0,
+            deferred: VecDeque::new(),
+            pushback: Vec::new(),
         });
         let pipe = PipeId {
             ring: self.ring_index,
@@ -809,7 +825,26 @@ impl<D: OpDriver> Core<D> {
             Ok(x) => x,
             Err(s) => return self.reject(notify, s),
         };
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return self.reject(notify, NtStatus::INVALID_HANDLE);
+        };
+        if pe.draining > 0 {
+            // A cancelled request still has SQEs in the kernel: start this
+            // one when they are done (see PipeEntry::draining).
+            pe.deferred.push_back((io, notify));
+            return;
+        }
+        let has_pushback = !pe.pushback.is_empty();
         match io {
+            PipeIo::Read { max_out } if has_pushback => {
+                let n = max_out.min(pe.pushback.len());
+                let data: Vec<u8> = pe.pushback.drain(..n).collect();
+                let t = Transfer {
+                    status: NtStatus::SUCCESS,
+                    data,
+                };
+                self.notify(notify, Ok(Outcome::Transfer(t)))
+            }
             PipeIo::Transceive { input, max_out } => {
                 let kind = Kind::Transceive {
                     max_out,
@@ -819,10 +854,19 @@ impl<D: OpDriver> Core<D> {
                     out: None,
                     more: None,
                     retry_recv: false,
+                    from_pushback: has_pushback,
                     status: None,
                 };
                 let key = self.new_op(Some(pipe), session, notify, kind);
                 self.push_transceive(key, fd);
+                if self
+                    .ops
+                    .get_mut(key.0, key.1)
+                    .is_some_and(|e| e.pending == 0)
+                {
+                    // Nothing to send and the reply is already here.
+                    self.finish(key);
+                }
             }
             PipeIo::Read { max_out } => {
                 let kind = Kind::Read {
@@ -903,11 +947,20 @@ impl<D: OpDriver> Core<D> {
             sent,
             reg,
             retry_recv,
+            from_pushback,
             ..
         } = &mut e.kind
         else {
             return;
         };
+        if *from_pushback {
+            // The reply is in the pipe's pushback: just send the request.
+            if input.len() > *sent {
+                let (buf, start) = (std::mem::take(input), *sent);
+                self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
+            }
+            return;
+        }
         let max_out = *max_out;
         let check_more = max_out < SMB_PIPE_MAX_MSGSIZE;
         let mut chain = ChainBuf::default();
@@ -1028,6 +1081,7 @@ impl<D: OpDriver> Core<D> {
                     input,
                     sent,
                     retry_recv,
+                    ..
                 },
                 ST_RECV,
                 op,
@@ -1335,8 +1389,28 @@ impl<D: OpDriver> Core<D> {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
         };
+        let mut resume = VecDeque::new();
+        if let (true, Some(p)) = (e.cancelled, e.pipe) {
+            if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
+                // Bytes the cancelled receive took after all stay in the stream.
+                if let Kind::Transceive { out: Some(d), .. } | Kind::Read { out: Some(d), .. } =
+                    &mut e.kind
+                {
+                    pe.pushback.append(d);
+                }
+                pe.draining = pe.draining.saturating_sub(1);
+                if pe.draining == 0 {
+                    resume = std::mem::take(&mut pe.deferred);
+                }
+            }
+        }
         if let Some(p) = e.pipe {
             self.pipe_op_done(p);
+        }
+        for (io, notify) in resume {
+            if let Some(p) = e.pipe {
+                self.start_io(p, io, notify);
+            }
         }
         // Registered slots go back to the pool (no op holds them any more).
         if let Kind::Transceive { reg, .. } = &mut e.kind {
@@ -1355,6 +1429,29 @@ impl<D: OpDriver> Core<D> {
             Kind::Transceive {
                 status: Some(s), ..
             } => Err(s),
+            Kind::Transceive {
+                max_out,
+                from_pushback: true,
+                ..
+            } => {
+                let (data, more) = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+                    Some(pe) => {
+                        let n = max_out.min(pe.pushback.len());
+                        let data: Vec<u8> = pe.pushback.drain(..n).collect();
+                        let more = !pe.pushback.is_empty()
+                            || crate::ring::fionread(&pe.fd).is_ok_and(|q| q > 0);
+                        (data, more)
+                    }
+                    None => (Vec::new(), false),
+                };
+                let overflow = max_out < SMB_PIPE_MAX_MSGSIZE && data.len() == max_out && more;
+                let status = if overflow {
+                    NtStatus::BUFFER_OVERFLOW
+                } else {
+                    NtStatus::SUCCESS
+                };
+                Ok(Outcome::Transfer(Transfer { status, data }))
+            }
             Kind::Transceive {
                 out, more, max_out, ..
             } => {
@@ -1387,9 +1484,21 @@ impl<D: OpDriver> Core<D> {
                 data, eof, room, ..
             } => {
                 let mut data = data.unwrap_or_default();
+                let mut avail_extra = 0;
+                if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+                    if !pe.pushback.is_empty() {
+                        // Pushed-back bytes come first in the stream.
+                        avail_extra = pe.pushback.len();
+                        let mut all = pe.pushback.clone();
+                        all.extend_from_slice(&data);
+                        data = all;
+                    }
+                }
                 // The total queued is only needed when the data did not fit.
                 let avail = if data.len() > room {
-                    e.pipe.and_then(|p| self.available(p))
+                    e.pipe
+                        .and_then(|p| self.available(p))
+                        .map(|a| a + avail_extra)
                 } else {
                     None
                 };
@@ -1425,6 +1534,9 @@ impl<D: OpDriver> Core<D> {
         if let Some(p) = self.pipes.remove(pipe.index, pipe.gen) {
             // The socket closes here unless an op still holds it (none: inflight is 0).
             drop(p.fd);
+            for (_, n) in p.deferred {
+                self.reject(n, NtStatus::CANCELLED);
+            }
             for n in p.close_waiters {
                 self.notify(n, Ok(Outcome::Done));
             }
@@ -1451,10 +1563,16 @@ impl<D: OpDriver> Core<D> {
             return;
         }
         p.closing = true;
+        // Requests waiting for a cancelled one to drain end with the pipe.
+        let deferred = std::mem::take(&mut p.deferred);
         // Shut the socket down both ways (as the seed does): whatever is in
         // flight on it completes, then the last completion releases the fd.
         crate::ring::shutdown(&p.fd);
-        if p.inflight == 0 {
+        let idle = p.inflight == 0;
+        for (_, n) in deferred {
+            self.reject(n, NtStatus::CANCELLED);
+        }
+        if idle {
             return self.release_pipe(pipe);
         }
         for (i, g) in self.ops.keys() {
@@ -1489,6 +1607,15 @@ impl<D: OpDriver> Core<D> {
             return;
         }
         e.cancelled = true;
+        if let Some(p) = e.pipe {
+            // Until its SQEs are done, later requests on the pipe wait.
+            if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
+                pe.draining += 1;
+            }
+        }
+        let Some(e) = self.ops.get_mut(i, g) else {
+            return;
+        };
         let timer = match &mut e.kind {
             Kind::Open { timer, .. } => timer.take(),
             _ => None,
