@@ -492,12 +492,17 @@ enum AfterCancel {
 }
 
 #[test]
-#[ignore = "engine bug: after CancelHandle::cancel() on a transceive whose SEND already completed, \
-            the request reports STATUS_CANCELLED while its linked RECV is still armed in the kernel; \
-            the next transceive on the same pipe then races that stale RECV, which can swallow the \
-            next reply (the new request or a following read hangs forever, bytes lost). Seen about \
-            1 run in 2 at 10 000 requests: 'hung: read after 96 bytes [REQ1 pipe 24 seq 0 len 96], \
-            want [MRK1 pipe 24 seq 0 len 24]'"]
+#[ignore = "engine bug: a cancelled transceive's RECV can outlive the STATUS_CANCELLED the \
+            caller already got and steal the NEXT request's reply. cancel_op (core.rs) rejects the \
+            caller at once and ASYNC_CANCELs only chain[chain_done]; when the SEND has completed in \
+            the kernel but its CQE is not reaped yet, the linked RECV is already armed and is \
+            cancelled only after that CQE, and a RECV answering -EALREADY still completes with \
+            data. Meanwhile the caller's next transceive on the same pipe is started (start_io does \
+            not wait for the pipe's cancelled ops to retire), so two RECVs race on one socket: the \
+            stale one consumes bytes that are then dropped, and the new request or the following \
+            read hangs forever. Reproduces about 1 run in 2 at 10 000 requests, e.g. 'hung: read \
+            after 96 bytes [REQ1 pipe 24 seq 0 len 96], want [MRK1 pipe 24 seq 0 len 24]' (the \
+            marker got the cancelled request's late echo, its own echo vanished)"]
 fn cancels_race_completions() {
     let _serial = serial();
     bounded(Duration::from_secs(240), || cancel_race(AfterCancel::Reuse));
