@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod call;
 mod serve;
+mod soak;
 
 /// io_uring transport for SMB named pipes (illumos smb_opipe compatible).
 #[derive(Debug, Parser)]
@@ -26,6 +27,8 @@ enum Command {
     Wait(call::WaitArgs),
     // The help text is BenchArgs' doc comment.
     Bench(bench::BenchArgs),
+    /// A long fault-laden run against a restarted echo service; prints counts.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +38,6 @@ fn main() -> ExitCode {
         Command::Call(args) => call::run(args),
         Command::Wait(args) => call::run_wait(args),
         Command::Bench(args) => bench::main(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
