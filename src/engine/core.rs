@@ -419,24 +419,6 @@ impl RingContext<'_> {
     }
 }
 
-/// How many completions to wait for, and for how long at most. The last
-/// wake-up's batch size predicts the next: one at a time at low load (no
-/// added latency, even with many receives parked on idle pipes), a batch with
-/// a short deadline under load (fewer sleeps and wake-ups).
-fn wait_batch(last_batch: usize, in_flight: usize) -> (usize, Option<Duration>) {
-    let want = (last_batch / 2).min(in_flight / 2).clamp(1, WAIT_BATCH_MAX);
-    if want > 1 {
-        (want, Some(WAIT_BATCH_DEADLINE))
-    } else {
-        (1, None)
-    }
-}
-
-/// Most completions a wait asks for.
-const WAIT_BATCH_MAX: usize = 64;
-/// Longest a batched wait lasts before handling what it has.
-const WAIT_BATCH_DEADLINE: Duration = Duration::from_micros(100);
-
 /// Maps a socket errno to the status the seed would give.
 pub(crate) fn socket_status(errno: i32) -> NtStatus {
     match errno {
@@ -474,7 +456,6 @@ impl<D: OpDriver> Core<D> {
     pub(crate) fn run(mut self) {
         let mut cmds = Vec::new();
         let wake = self.queue.wake.clone();
-        let mut last_batch = 0usize;
 
         loop {
             self.queue.take(&mut cmds);
@@ -492,11 +473,7 @@ impl<D: OpDriver> Core<D> {
                     wake.unpark();
                     self.drv.submit_and_wait(0, None)
                 } else {
-                    // With many requests in flight, wait for a batch of
-                    // completions (bounded by a short timeout) instead of
-                    // waking up for each one: fewer sleeps and wake-ups.
-                    let (want, timeout) = wait_batch(last_batch, self.drv.in_flight());
-                    let r = self.drv.submit_and_wait(want, timeout);
+                    let r = self.drv.submit_and_wait(1, None);
                     wake.unpark();
                     r
                 }
@@ -507,7 +484,7 @@ impl<D: OpDriver> Core<D> {
             }
             let mut done = std::mem::take(&mut self.done);
             self.drv.reap(&mut done);
-            last_batch = done.len();
+
             for c in done.drain(..) {
                 self.completion(c);
             }

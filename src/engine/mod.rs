@@ -77,7 +77,7 @@ pub struct EngineConfig {
     pub reg_slots: u16,
     /// Bytes per registered slot (default 8192).
     pub reg_slot_bytes: usize,
-    /// Buffers in each ring's receive pool (a power of two, default 1024;
+    /// Buffers in each ring's receive pool (a power of two, default 256;
     /// 0 disables the pool). Receives of up to `recv_pool_buf_bytes` use a
     /// buffer the kernel picks when data ARRIVES, so a pipe waiting for a
     /// reply holds no receive memory.
@@ -100,7 +100,7 @@ impl EngineConfig {
             cq_entries: 16384,
             reg_slots: 1024,
             reg_slot_bytes: 8192,
-            recv_pool_bufs: 1024,
+            recv_pool_bufs: 256,
             recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
         }
     }
