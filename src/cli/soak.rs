@@ -103,6 +103,8 @@ struct Counts {
     mismatched: AtomicU64,
     hung: AtomicU64,
     reopened: AtomicU64,
+    /// Pipes reused after a cancel, the stream checked up to a marker.
+    resynced: AtomicU64,
     bytes: AtomicU64,
     failed: Mutex<BTreeMap<String, u64>>,
     open_failed: Mutex<BTreeMap<String, u64>>,
@@ -229,7 +231,13 @@ enum End {
     Replace,
 }
 
-fn check_reply(p: &Pipe, sent: &[u8], res: Result<Transfer, NtStatus>, counts: &Counts) -> End {
+fn check_reply(
+    p: &Pipe,
+    sent: &[u8],
+    marker: &[u8],
+    res: Result<Transfer, NtStatus>,
+    counts: &Counts,
+) -> End {
     match res {
         Ok(t) => {
             let mut got = t.data;
@@ -254,13 +262,50 @@ fn check_reply(p: &Pipe, sent: &[u8], res: Result<Transfer, NtStatus>, counts: &
         }
         Err(NtStatus::CANCELLED) => {
             counts.cancelled.fetch_add(1, Ordering::Relaxed);
-            // A late reply may follow in the stream: start clean.
-            End::Replace
+            resync(p, sent, marker, counts)
         }
         Err(s) => {
             Counts::fail(&counts.failed, s);
             End::Replace
         }
+    }
+}
+
+/// Reuses a pipe after a cancel: a marker request is sent and the stream
+/// read up to the marker's echo. What comes before it is the cancelled
+/// request's late echo, whole, in part or not at all (it may have been
+/// cancelled before or while it was sent), so it must be a prefix of that
+/// request; anything else is a lost, duplicated or misdelivered byte.
+fn resync(p: &Pipe, sent: &[u8], marker: &[u8], counts: &Counts) -> End {
+    // The marker is a request like any other in the counts.
+    counts.sent.fetch_add(1, Ordering::Relaxed);
+    let mut got = match wait(p.transceive(marker.to_vec(), MAX_SIZE_BYTES), counts) {
+        Ok(t) => t.data,
+        Err(s) => {
+            Counts::fail(&counts.failed, s);
+            return End::Replace;
+        }
+    };
+    while !got.ends_with(marker) {
+        if got.len() >= sent.len() + marker.len() {
+            counts.mismatched.fetch_add(1, Ordering::Relaxed);
+            return End::Replace;
+        }
+        match wait(p.read(MAX_SIZE_BYTES), counts) {
+            Ok(more) => got.extend_from_slice(&more),
+            Err(s) => {
+                Counts::fail(&counts.failed, s);
+                return End::Replace;
+            }
+        }
+    }
+        if sent.starts_with(&got[..got.len() - marker.len()]) {
+        counts.resynced.fetch_add(1, Ordering::Relaxed);
+        counts.answered.fetch_add(1, Ordering::Relaxed);
+        End::Fine
+    } else {
+        counts.mismatched.fetch_add(1, Ordering::Relaxed);
+        End::Replace
     }
 }
 
@@ -311,7 +356,8 @@ impl Worker<'_> {
             for (k, data, r, _) in reqs {
                 let Some(p) = &pipes[k].1 else { continue };
                 let res = wait(r, self.counts);
-                if let End::Replace = check_reply(p, &data, res, self.counts) {
+                let marker = format!("#MARK#{}#{seq}#{}#", pipes[k].0, self.seed).into_bytes();
+                if let End::Replace = check_reply(p, &data, &marker, res, self.counts) {
                     replace.push(k);
                 } else if rng.below(REOPEN_ONE_IN) == 0 {
                     replace.push(k);
@@ -458,8 +504,9 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
         get(&counts.hung)
     );
     println!(
-        "reopened {}, failed opens {open_failed} ({open_failed_by}), echoed {:.1} MiB, {:.0} answered/s",
+                "reopened {}, reused after a cancel {}, failed opens {open_failed} ({open_failed_by}), echoed {:.1} MiB, {:.0} answered/s",
         get(&counts.reopened),
+        get(&counts.resynced),
         get(&counts.bytes) as f64 / (1 << 20) as f64,
         get(&counts.answered) as f64 / secs.max(1e-9)
     );
