@@ -299,7 +299,7 @@ fn resync(p: &Pipe, sent: &[u8], marker: &[u8], counts: &Counts) -> End {
             }
         }
     }
-        if sent.starts_with(&got[..got.len() - marker.len()]) {
+    if sent.starts_with(&got[..got.len() - marker.len()]) {
         counts.resynced.fetch_add(1, Ordering::Relaxed);
         counts.answered.fetch_add(1, Ordering::Relaxed);
         End::Fine

@@ -134,6 +134,10 @@ const ST_PEEK: u8 = 8;
 const ST_WAIT_CONNECT: u8 = 9;
 const ST_WAIT_TIMER: u8 = 10;
 
+/// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
+/// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
+pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
+
 /// The longest chain an op pushes (open: connect, hello, status).
 const MAX_CHAIN: usize = 3;
 
@@ -802,6 +806,17 @@ impl<D: OpDriver> Core<D> {
             Ok(x) => x,
             Err(s) => return self.reject(notify, s),
         };
+        let max_out = match &io {
+            PipeIo::Transceive { max_out, .. }
+            | PipeIo::Read { max_out }
+            | PipeIo::Peek { max_out } => *max_out,
+            PipeIo::Write { .. } => 0,
+        };
+        if max_out > MAX_IO_BYTES {
+            // Larger than any SMB2 read or IOCTL response: refuse rather
+            // than allocate it.
+            return self.reject(notify, NtStatus::INVALID_PARAMETER);
+        }
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return self.reject(notify, NtStatus::INVALID_HANDLE);
         };
@@ -1177,7 +1192,12 @@ impl<D: OpDriver> Core<D> {
     // ---- WAIT (FSCTL_PIPE_WAIT) -------------------------------------------
 
     fn start_wait(&mut self, name: PipeName, timeout: Duration, notify: Notify) {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for the clock (Duration::MAX) waits "forever":
+        // a year.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         let key = self.new_op(
             None,
             0,

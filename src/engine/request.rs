@@ -173,7 +173,8 @@ impl<T> Request<T> {
     /// request is cancelled and `STATUS_CANCELLED` returned once the engine
     /// confirmed (the request's resources are released by then or soon after).
     pub fn wait_timeout(self, timeout: Duration) -> Result<T, NtStatus> {
-        match self.wait_inner(Some(Instant::now() + timeout)) {
+        // A timeout too long for the clock means no timeout.
+        match self.wait_inner(Instant::now().checked_add(timeout)) {
             Some(r) => r,
             None => {
                 self.cancel();

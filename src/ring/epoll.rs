@@ -301,7 +301,11 @@ impl EpollDriver {
         let Some(op) = s.op.as_mut() else { return };
         match op {
             Op::Timer { ts } => {
-                let at = Instant::now() + timespec_duration(ts);
+                // A timer too long for the clock fires in a year.
+                let now = Instant::now();
+                let at = now
+                    .checked_add(timespec_duration(ts))
+                    .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
                 self.park_time(index, at);
             }
             Op::Connect { fd, addr } => {
@@ -747,7 +751,7 @@ impl OpDriver for EpollDriver {
     }
 
     fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         self.run_started();
         self.fire_timers(Instant::now());
         loop {
