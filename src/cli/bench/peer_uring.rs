@@ -79,6 +79,11 @@ impl Peer for UringPeer {
                 call_id: 0,
                 done: done.clone(),
             };
+            // Every transceive, the first one too, asks the budget first.
+            if !run.budget.take(Instant::now()) {
+                st.done.finish();
+                continue;
+            }
             // The first transceive goes through the engine's queue; every
             // later one starts on the ring thread from the completion.
             let (req, start) = st.request();
