@@ -223,13 +223,26 @@ enum RecvState {
     Cancelling,
 }
 
+/// Where a connection is in its life (both service loops).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Open,
     /// Stop reading, flush, close.
     Draining,
-    /// Stop everything, close.
+    /// Stop everything, close now.
     Aborting,
+}
+
+/// A connection of either service loop, as the close rules see it.
+pub(crate) trait ConnPhase {
+    /// The connection's phase and the reason it is closing.
+    fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason);
+}
+
+impl<S> ConnPhase for Conn<S> {
+    fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason) {
+        (&mut self.phase, &mut self.reason)
+    }
 }
 
 struct Conn<S> {
@@ -927,36 +940,39 @@ impl EventLoop {
     }
 }
 
-fn apply<S>(c: &mut Conn<S>, v: Verdict, reason: CloseReason) {
+/// Applies a session's verdict: a close drains first (once), an abort wins.
+pub(crate) fn apply<C: ConnPhase>(c: &mut C, v: Verdict, reason: CloseReason) {
     match v {
         Verdict::Continue => {}
         Verdict::Close => {
-            if c.phase == Phase::Open {
-                c.phase = Phase::Draining;
-                c.reason = reason;
+            let (phase, why) = c.phase_and_reason();
+            if *phase == Phase::Open {
+                *phase = Phase::Draining;
+                *why = reason;
             }
         }
         Verdict::Abort => abort(c, reason),
     }
 }
 
-fn abort<S>(c: &mut Conn<S>, reason: CloseReason) {
-    if c.phase != Phase::Aborting {
-        c.phase = Phase::Aborting;
-        c.reason = reason;
+/// Closes a connection at once (the first reason given is kept).
+pub(crate) fn abort<C: ConnPhase>(c: &mut C, reason: CloseReason) {
+    let (phase, why) = c.phase_and_reason();
+    if *phase != Phase::Aborting {
+        *phase = Phase::Aborting;
+        *why = reason;
     }
 }
 
+/// A test session shared by both loops' tests: echoes; closes on "bye"; a
+/// deadline 200 ms after accept unless data came.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs::File;
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::sync::Mutex;
+pub(crate) mod test_echo {
+    use super::{Acceptor, CloseReason, Session, Verdict};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
-    /// Echoes; closes on "bye"; a deadline 200 ms after accept unless data came.
-    struct Echo {
+    pub(crate) struct Echo {
         deadline: Option<Instant>,
         closes: Arc<Mutex<Vec<CloseReason>>>,
     }
@@ -979,7 +995,7 @@ mod tests {
         }
     }
 
-    struct EchoAcceptor(Arc<Mutex<Vec<CloseReason>>>);
+    pub(crate) struct EchoAcceptor(pub(crate) Arc<Mutex<Vec<CloseReason>>>);
 
     impl Acceptor for EchoAcceptor {
         type Session = Echo;
@@ -990,6 +1006,17 @@ mod tests {
             })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::Mutex;
+
+    use super::test_echo::EchoAcceptor;
 
     #[test]
     fn echo_close_deadline_and_shutdown() {

@@ -63,7 +63,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::server::{Acceptor, CloseReason, LoopConfig, LoopCounters, Session, Verdict};
+use super::server::{
+    abort, apply, Acceptor, CloseReason, ConnPhase, LoopConfig, LoopCounters, Phase, Session,
+};
 
 /// Connections accepted per listener wake-up at most.
 pub const ACCEPT_BATCH: usize = 64;
@@ -242,15 +244,6 @@ fn token_parts(t: u64) -> Option<Token> {
 }
 
 // ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// Stop reading, flush, close.
-    Draining,
-    /// Close now.
-    Aborting,
-}
 
 struct Conn<S> {
     fd: OwnedFd,
@@ -802,23 +795,9 @@ fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32
     Ok(())
 }
 
-fn apply<S>(c: &mut Conn<S>, v: Verdict, reason: CloseReason) {
-    match v {
-        Verdict::Continue => {}
-        Verdict::Close => {
-            if c.phase == Phase::Open {
-                c.phase = Phase::Draining;
-                c.reason = reason;
-            }
-        }
-        Verdict::Abort => abort(c, reason),
-    }
-}
-
-fn abort<S>(c: &mut Conn<S>, reason: CloseReason) {
-    if c.phase != Phase::Aborting {
-        c.phase = Phase::Aborting;
-        c.reason = reason;
+impl<S> ConnPhase for Conn<S> {
+    fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason) {
+        (&mut self.phase, &mut self.reason)
     }
 }
 
@@ -830,41 +809,7 @@ mod tests {
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::sync::Mutex;
 
-    /// Echoes; closes on "bye"; a deadline 200 ms after accept unless data came.
-    struct Echo {
-        deadline: Option<Instant>,
-        closes: Arc<Mutex<Vec<CloseReason>>>,
-    }
-
-    impl Session for Echo {
-        fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
-            self.deadline = None;
-            out.extend_from_slice(data);
-            if data.ends_with(b"bye") {
-                Verdict::Close
-            } else {
-                Verdict::Continue
-            }
-        }
-        fn deadline(&self) -> Option<Instant> {
-            self.deadline
-        }
-        fn on_close(&mut self, reason: CloseReason) {
-            self.closes.lock().unwrap().push(reason);
-        }
-    }
-
-    struct EchoAcceptor(Arc<Mutex<Vec<CloseReason>>>);
-
-    impl Acceptor for EchoAcceptor {
-        type Session = Echo;
-        fn accept(&mut self, _listener: usize) -> Option<Echo> {
-            Some(Echo {
-                deadline: Some(Instant::now() + Duration::from_millis(200)),
-                closes: self.0.clone(),
-            })
-        }
-    }
+    use crate::ring::server::test_echo::EchoAcceptor;
 
     #[test]
     fn tokens_round_trip() {
