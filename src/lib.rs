@@ -23,3 +23,5 @@ pub mod engine;
 pub mod protocol;
 pub mod ring;
 pub mod service;
+
+mod slab;

@@ -24,6 +24,7 @@ use super::request::{Shared, NO_OP};
 use super::{BufferMode, EngineConfig, OpenInfo, PipeId, Transfer, Tree};
 use crate::protocol::{encode_open_message, fsctl, NetUserInfo, NtStatus, PeekReply, PipeName};
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId, UnixAddr, WakeFd};
+use crate::slab::Slab;
 
 /// Replies of at least this size never report overflow (the seed's rule).
 pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
@@ -193,68 +194,6 @@ struct PipeEntry {
     /// race with its cancel). They belong to the stream: the next read,
     /// transceive or peek gets them first, so nothing is lost or reordered.
     pushback: Vec<u8>,
-}
-
-struct Slot<T> {
-    gen: u32,
-    val: Option<T>,
-}
-
-/// A generation-checked slab.
-struct Slab<T> {
-    slots: Vec<Slot<T>>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl<T> Slab<T> {
-    fn new() -> Self {
-        Slab {
-            slots: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-    fn insert(&mut self, v: T) -> (u32, u32) {
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot { gen: 0, val: None });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let s = &mut self.slots[i as usize];
-        s.gen = (s.gen + 1) & 0x00ff_ffff;
-        s.val = Some(v);
-        self.len += 1;
-        (i, s.gen)
-    }
-    fn get_mut(&mut self, i: u32, gen: u32) -> Option<&mut T> {
-        let s = self.slots.get_mut(i as usize)?;
-        if s.gen == gen {
-            s.val.as_mut()
-        } else {
-            None
-        }
-    }
-    fn remove(&mut self, i: u32, gen: u32) -> Option<T> {
-        let s = self.slots.get_mut(i as usize)?;
-        if s.gen != gen {
-            return None;
-        }
-        let v = s.val.take()?;
-        self.free.push(i);
-        self.len -= 1;
-        Some(v)
-    }
-    fn keys(&self) -> Vec<(u32, u32)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.val.is_some())
-            .map(|(i, s)| (i as u32, s.gen))
-            .collect()
-    }
 }
 
 enum Kind {
@@ -466,7 +405,7 @@ impl<D: OpDriver> Core<D> {
             for c in cmds.drain(..) {
                 self.command(c);
             }
-            if self.stopping && self.ops.len == 0 && self.pipes.len == 0 {
+            if self.stopping && self.ops.len() == 0 && self.pipes.len() == 0 {
                 break;
             }
             let res = if self.queue.is_pending() {

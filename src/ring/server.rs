@@ -48,6 +48,7 @@
 //! returns when no operation of its ring is in flight any more. Only then is
 //! the buffer ring unregistered and freed.
 
+use crate::slab::Slab;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -247,7 +248,6 @@ impl<S> ConnPhase for Conn<S> {
 
 struct Conn<S> {
     fd: OwnedFd,
-    gen: u32,
     session: S,
     phase: Phase,
     reason: CloseReason,
@@ -268,68 +268,6 @@ struct Conn<S> {
 impl<S> Conn<S> {
     fn queued(&self) -> usize {
         self.sending.len() - self.sent + self.pending.len()
-    }
-}
-
-/// A free-list slab of connections, indexed by `u32`.
-struct Slab<S> {
-    slots: Vec<Option<Conn<S>>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl<S> Slab<S> {
-    fn new() -> Self {
-        Slab {
-            slots: Vec::new(),
-            gens: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Reserves a slot and returns its index and fresh generation.
-    fn vacant(&mut self) -> (u32, u32) {
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.gens.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let g = &mut self.gens[idx as usize];
-        *g = g.wrapping_add(1) & 0x00ff_ffff;
-        (idx, *g)
-    }
-
-    fn insert(&mut self, idx: u32, conn: Conn<S>) {
-        debug_assert!(self.slots[idx as usize].is_none());
-        self.slots[idx as usize] = Some(conn);
-        self.len += 1;
-    }
-
-    fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Conn<S>> {
-        match self.slots.get_mut(idx as usize) {
-            Some(Some(c)) if c.gen == gen => Some(c),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, idx: u32) -> Option<Conn<S>> {
-        let c = self.slots.get_mut(idx as usize)?.take()?;
-        self.free.push(idx);
-        self.len -= 1;
-        Some(c)
-    }
-
-    fn indices(&self) -> Vec<(u32, u32)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|c| (i as u32, c.gen)))
-            .collect()
     }
 }
 
@@ -370,7 +308,7 @@ impl fmt::Debug for EventLoop {
 /// Everything one `run` owns besides the ring.
 struct State<A: Acceptor> {
     acceptor: A,
-    conns: Slab<A::Session>,
+    conns: Slab<Conn<A::Session>>,
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     starved: Vec<(u32, u32)>,
 }
@@ -610,7 +548,7 @@ impl EventLoop {
                 self.cancel(ud(Kind::Accept, i as u32, 0))?;
             }
         }
-        for (idx, gen) in st.conns.indices() {
+        for (idx, gen) in st.conns.keys() {
             if let Some(c) = st.conns.get_mut(idx, gen) {
                 abort(c, CloseReason::Shutdown);
             }
@@ -637,7 +575,7 @@ impl EventLoop {
             // just created for us; nobody else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-            if self.shutting_down || st.conns.len >= self.cfg.max_connections {
+            if self.shutting_down || st.conns.len() >= self.cfg.max_connections {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 drop(fd);
             } else if let Some(session) = st.acceptor.accept(li) {
@@ -670,11 +608,10 @@ impl EventLoop {
         if let Some(t) = session.deadline() {
             st.deadlines.push(Reverse((t, idx, gen)));
         }
-        st.conns.insert(
+        st.conns.insert_at(
             idx,
             Conn {
                 fd,
-                gen,
                 session,
                 phase: Phase::Open,
                 reason: CloseReason::Session,
@@ -877,7 +814,7 @@ impl EventLoop {
             Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
         };
         if done {
-            if let Some(mut c) = st.conns.remove(idx) {
+            if let Some(mut c) = st.conns.take(idx) {
                 c.session.on_close(c.reason);
                 // Nothing is in flight on this fd: closing it is safe.
                 drop(c);
@@ -924,7 +861,7 @@ impl EventLoop {
         // Entries of connections gone or past their deadline phase are
         // dropped lazily; rebuild when they outnumber the live ones, so
         // connection churn cannot grow the heap without bound.
-        if st.deadlines.len() > 2 * st.conns.len + 1024 {
+        if st.deadlines.len() > 2 * st.conns.len() + 1024 {
             let live: Vec<_> = st
                 .deadlines
                 .drain()

@@ -54,6 +54,7 @@
 //! the fd, so an event for a closed connection whose fd number was reused
 //! is recognised and dropped.
 
+use crate::slab::Slab;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -288,57 +289,6 @@ impl<S> Conn<S> {
     }
 }
 
-/// A free-list slab of connections with a generation per slot.
-struct Slab<S> {
-    slots: Vec<Option<Conn<S>>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl<S> Slab<S> {
-    fn new() -> Self {
-        Slab {
-            slots: Vec::new(),
-            gens: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Stores `conn` and returns its index and generation.
-    fn insert(&mut self, conn: Conn<S>) -> (u32, u32) {
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.gens.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let g = &mut self.gens[idx as usize];
-        *g = g.wrapping_add(1) & 0x00ff_ffff;
-        debug_assert!(self.slots[idx as usize].is_none());
-        self.slots[idx as usize] = Some(conn);
-        self.len += 1;
-        (idx, *g)
-    }
-
-    fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut Conn<S>> {
-        if self.gens.get(idx as usize) != Some(&gen) {
-            return None;
-        }
-        self.slots.get_mut(idx as usize)?.as_mut()
-    }
-
-    fn remove(&mut self, idx: u32) -> Option<Conn<S>> {
-        let c = self.slots.get_mut(idx as usize)?.take()?;
-        self.free.push(idx);
-        self.len -= 1;
-        Some(c)
-    }
-}
-
 struct Listener {
     fd: Arc<OwnedFd>,
     /// In the epoll set (out of it while accepts are paused).
@@ -350,7 +300,7 @@ struct Listener {
 /// Everything one `run` owns besides the epoll instance.
 struct State<A: Acceptor> {
     acceptor: A,
-    conns: Slab<A::Session>,
+    conns: Slab<Conn<A::Session>>,
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
 }
 
@@ -439,8 +389,8 @@ impl EpollLoop {
             deadlines: BinaryHeap::new(),
         };
         let result = self.serve(&mut st);
-        for idx in 0..st.conns.slots.len() as u32 {
-            if let Some(mut c) = st.conns.remove(idx) {
+        for (idx, _) in st.conns.keys() {
+            if let Some(mut c) = st.conns.take(idx) {
                 abort(&mut c, CloseReason::Shutdown);
                 c.session.on_close(c.reason);
             }
@@ -493,7 +443,7 @@ impl EpollLoop {
             match accept_nonblocking(&self.listeners[li].fd) {
                 Ok(fd) => {
                     self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    if st.conns.len >= self.cfg.max_connections {
+                    if st.conns.len() >= self.cfg.max_connections {
                         self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -548,7 +498,7 @@ impl EpollLoop {
             EV_IN,
             token(Token::Conn(idx, gen)),
         ) {
-            if let Some(mut c) = st.conns.remove(idx) {
+            if let Some(mut c) = st.conns.take(idx) {
                 c.session.on_close(CloseReason::Error(e));
             }
             return;
@@ -692,7 +642,7 @@ impl EpollLoop {
             Phase::Aborting => true,
         };
         if done {
-            if let Some(mut c) = st.conns.remove(idx) {
+            if let Some(mut c) = st.conns.take(idx) {
                 c.session.on_close(c.reason);
                 // Closing the fd also takes it out of the epoll set.
                 drop(c);
@@ -718,7 +668,7 @@ impl EpollLoop {
             ) {
                 Ok(()) => c.interest = want,
                 Err(e) => {
-                    if let Some(mut c) = st.conns.remove(idx) {
+                    if let Some(mut c) = st.conns.take(idx) {
                         abort(&mut c, CloseReason::Error(e));
                         c.session.on_close(c.reason);
                     }
@@ -766,7 +716,7 @@ impl EpollLoop {
         }
         // Entries of connections gone or past their deadline phase are
         // dropped lazily; rebuild when they outnumber the live ones.
-        if st.deadlines.len() > 2 * st.conns.len + 1024 {
+        if st.deadlines.len() > 2 * st.conns.len() + 1024 {
             let live: Vec<_> = st
                 .deadlines
                 .drain()

@@ -1,0 +1,122 @@
+//! A generational slab: values in reusable slots, each slot with a 24-bit
+//! generation bumped on every reuse, so a stale `(index, generation)` key
+//! (a completion or a handle for a value that is gone) finds nothing instead
+//! of the slot's next occupant. Shared by the engine's rings and both
+//! service loops.
+
+/// Generations wrap at 24 bits (they share a u64 token with other fields).
+const GEN_MASK: u32 = 0x00ff_ffff;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Slab<T> {
+    slots: Vec<Option<T>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    pub(crate) fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Values stored.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Reserves an empty slot with a fresh generation, for a value that
+    /// needs its own key before it exists; fill it with [`Slab::insert_at`].
+    pub(crate) fn vacant(&mut self) -> (u32, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let g = &mut self.gens[idx as usize];
+        *g = g.wrapping_add(1) & GEN_MASK;
+        (idx, *g)
+    }
+
+    /// Fills a slot reserved with [`Slab::vacant`].
+    pub(crate) fn insert_at(&mut self, idx: u32, value: T) {
+        debug_assert!(self.slots[idx as usize].is_none());
+        self.slots[idx as usize] = Some(value);
+        self.len += 1;
+    }
+
+    /// Stores `value`; returns its key.
+    pub(crate) fn insert(&mut self, value: T) -> (u32, u32) {
+        let key = self.vacant();
+        self.insert_at(key.0, value);
+        key
+    }
+
+    /// The value under a key, if that key is still current.
+    pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut T> {
+        if self.gens.get(idx as usize) != Some(&gen) {
+            return None;
+        }
+        self.slots.get_mut(idx as usize)?.as_mut()
+    }
+
+    /// Removes the value under a key, if that key is still current.
+    pub(crate) fn remove(&mut self, idx: u32, gen: u32) -> Option<T> {
+        if self.gens.get(idx as usize) != Some(&gen) {
+            return None;
+        }
+        self.take(idx)
+    }
+
+    /// Removes whatever is in slot `idx`.
+    pub(crate) fn take(&mut self, idx: u32) -> Option<T> {
+        let v = self.slots.get_mut(idx as usize)?.take()?;
+        self.free.push(idx);
+        self.len -= 1;
+        Some(v)
+    }
+
+    /// The keys of every stored value.
+    pub(crate) fn keys(&self) -> Vec<(u32, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| (i as u32, self.gens[i]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn stale_keys_find_nothing() {
+        let mut s = Slab::new();
+        let a = s.insert("a");
+        assert_eq!(s.remove(a.0, a.1), Some("a"));
+        let b = s.insert("b");
+        assert_eq!(b.0, a.0, "the slot is reused");
+        assert_ne!(b.1, a.1, "with a new generation");
+        assert_eq!(s.get_mut(a.0, a.1), None);
+        assert_eq!(s.remove(a.0, a.1), None);
+        assert_eq!(s.get_mut(b.0, b.1).map(|v| *v), Some("b"));
+        let (idx, gen) = s.vacant();
+        assert_eq!(s.get_mut(idx, gen), None, "reserved, not filled");
+        s.insert_at(idx, "c");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.keys(), vec![b, (idx, gen)]);
+        assert_eq!(s.take(idx), Some("c"));
+        assert_eq!(s.len(), 1);
+    }
+}
