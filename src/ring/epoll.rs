@@ -49,7 +49,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,11 +81,7 @@ fn timespec_duration(ts: &Timespec) -> Duration {
     Duration::new(sec.max(0) as u64, nsec.clamp(0, 999_999_999) as u32)
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
+use super::sys::last_errno as errno;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -166,31 +162,16 @@ impl std::fmt::Debug for EpollDriver {
 impl EpollDriver {
     /// Creates the epoll instance and the wake eventfd.
     pub fn new() -> io::Result<EpollDriver> {
-        // SAFETY: plain syscall without pointer arguments.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: epoll_create1 returned a fresh descriptor nobody else owns.
-        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epfd = super::sys::epoll_new()?;
         let wake = Arc::new(WakeFd::new()?);
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: WAKE_KEY,
-        };
-        // SAFETY: both descriptors are open (owned here); `ev` is a valid
-        // epoll_event the kernel only reads.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                epfd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                wake.as_fd().as_raw_fd(),
-                &mut ev,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        super::sys::epoll_ctl(
+            epfd.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            wake.as_fd().as_raw_fd(),
+            libc::EPOLLIN as u32,
+            WAKE_KEY,
+        )
+        .map_err(io::Error::from_raw_os_error)?;
         Ok(EpollDriver {
             epfd,
             wake,
@@ -329,13 +310,8 @@ impl EpollDriver {
                     return self.complete(index, r);
                 }
                 if s.tries == 0 {
-                    // SAFETY: fcntl on an open descriptor, no pointers.
-                    unsafe {
-                        let fl = libc::fcntl(raw, libc::F_GETFL);
-                        if fl >= 0 {
-                            libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK);
-                        }
-                    }
+                    // A failure here shows up as a blocking connect's error.
+                    let _ = super::sys::set_nonblocking(fd);
                 }
                 s.tries += 1;
                 let (ptr, len) = addr.as_raw();
@@ -681,20 +657,14 @@ impl EpollDriver {
     }
 }
 
+/// Registers (or modifies) `fd` edge-triggered for input, and for output
+/// when `out`. The caller guarantees `fd` is open (an op's Rc holds it).
 fn epoll_ctl(epfd: RawFd, op: i32, fd: RawFd, key: u64, out: bool) -> Result<(), i32> {
     let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
     if out {
         events |= libc::EPOLLOUT as u32;
     }
-    let mut ev = libc::epoll_event { events, u64: key };
-    // SAFETY: `epfd` is our epoll instance; the caller guarantees `fd` is
-    // open (an op's Rc holds it); `ev` is a valid epoll_event.
-    let rc = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
-    if rc < 0 {
-        Err(errno())
-    } else {
-        Ok(())
-    }
+    super::sys::epoll_ctl(epfd, op, fd, events, key)
 }
 
 impl OpDriver for EpollDriver {

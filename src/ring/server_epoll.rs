@@ -54,12 +54,16 @@
 //! the fd, so an event for a closed connection whose fd number was reused
 //! is recognised and dropped.
 
+use super::sys::{
+    accept_nonblocking, epoll_ctl, epoll_new, epoll_wait, recv_nonblocking, send_nonblocking,
+    set_nonblocking,
+};
 use crate::slab::Slab;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,130 +88,6 @@ const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
 const EV_IN: u32 = libc::EPOLLIN as u32;
 const EV_OUT: u32 = libc::EPOLLOUT as u32;
 const EV_HUP_ERR: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
-
-// ---------------------------------------------------------------------------
-// Thin syscall wrappers, private to this loop. They return the errno as an
-// `i32` where the loop branches on it.
-
-fn last_errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-/// `epoll_create1(EPOLL_CLOEXEC)`.
-fn epoll_new() -> io::Result<OwnedFd> {
-    // SAFETY: no pointer arguments; returns a new fd or -1.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `epoll_ctl(op)` of `fd` with `events`, tagged with `token`.
-fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> Result<(), i32> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call (the
-    // kernel copies it); `ep` is an open epoll fd; a bad `fd` is an error.
-    let rc = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
-    if rc < 0 {
-        return Err(last_errno());
-    }
-    Ok(())
-}
-
-/// `epoll_wait` into `events`; `timeout_ms` -1 waits without limit. An
-/// interrupted wait returns 0 events.
-fn epoll_wait(
-    ep: &OwnedFd,
-    events: &mut [libc::epoll_event],
-    timeout_ms: i32,
-) -> io::Result<usize> {
-    let max = events.len().min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: `events` is valid for writes of `max` entries and outlives the
-    // call; the kernel writes at most `max`.
-    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EINTR) {
-            return Ok(0);
-        }
-        return Err(e);
-    }
-    Ok(n as usize)
-}
-
-/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` without the peer address.
-fn accept_nonblocking(listener: &OwnedFd) -> Result<OwnedFd, i32> {
-    // SAFETY: null address pointers are allowed (the peer address is not
-    // wanted); `listener` is an open socket borrowed for the call.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: accept4 returned a new descriptor that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// A nonblocking `recv` into `buf`.
-fn recv_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, i32> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes during the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(last_errno());
-    }
-    Ok(n as usize)
-}
-
-/// A nonblocking `send` of `buf`, without SIGPIPE.
-fn send_nonblocking(fd: &OwnedFd, buf: &[u8]) -> Result<usize, i32> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        return Err(last_errno());
-    }
-    Ok(n as usize)
-}
-
-/// Sets `O_NONBLOCK` on `fd` (`fcntl(F_GETFL/F_SETFL)`).
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: F_GETFL takes no pointer; `fd` is open for the call.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: F_SETFL takes an int flag word, no pointer.
-        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------
 // Event tokens: the kind in the top byte, then a 24-bit generation and a
@@ -350,7 +230,7 @@ impl EpollLoop {
         }
         let ep = epoll_new()?;
         epoll_ctl(
-            &ep,
+            ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
             shutdown_fd.as_raw_fd(),
             EV_IN,
@@ -463,8 +343,14 @@ impl EpollLoop {
                         libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
                     ) {
                         let l = &mut self.listeners[li];
-                        epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, l.fd.as_raw_fd(), 0, 0)
-                            .map_err(io::Error::from_raw_os_error)?;
+                        epoll_ctl(
+                            self.ep.as_raw_fd(),
+                            libc::EPOLL_CTL_DEL,
+                            l.fd.as_raw_fd(),
+                            0,
+                            0,
+                        )
+                        .map_err(io::Error::from_raw_os_error)?;
                         l.registered = false;
                         l.resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
                         break;
@@ -492,7 +378,7 @@ impl EpollLoop {
             interest: EV_IN,
         });
         if let Err(e) = epoll_ctl(
-            &self.ep,
+            self.ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
             raw,
             EV_IN,
@@ -660,7 +546,7 @@ impl EpollLoop {
         if want != c.interest {
             let raw = c.fd.as_raw_fd();
             match epoll_ctl(
-                &self.ep,
+                self.ep.as_raw_fd(),
                 libc::EPOLL_CTL_MOD,
                 raw,
                 want,
@@ -737,8 +623,8 @@ impl EpollLoop {
 fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32> {
     let (fd, tok) = (l.fd.as_raw_fd(), token(Token::Listener(i)));
     let exclusive = EV_IN | libc::EPOLLEXCLUSIVE as u32;
-    match epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, exclusive, tok) {
-        Err(libc::EINVAL) => epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, EV_IN, tok)?,
+    match epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, exclusive, tok) {
+        Err(libc::EINVAL) => epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, EV_IN, tok)?,
         r => r?,
     }
     l.registered = true;

@@ -1,11 +1,12 @@
-//! Small safe wrappers over the few raw system calls the service and the
-//! CLI need beyond `std`: an eventfd for waking a ring, the open-file limit,
-//! and blocking/awaiting termination signals.
+//! Small safe wrappers over the few raw system calls the service, the epoll
+//! fallbacks and the CLI need beyond `std`: an eventfd for waking a ring, the
+//! open-file limit, blocking/awaiting termination signals, and epoll plus
+//! nonblocking socket calls.
 //!
 //! They live here because this module is the only place with `unsafe` code.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Creates a non-semaphore eventfd with count 0 (`eventfd(2)`, close-on-exec).
 ///
@@ -123,6 +124,137 @@ impl BlockedSignals {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Thin epoll and nonblocking-socket wrappers shared by the epoll fallbacks
+// (`epoll.rs` for the engine, `server_epoll.rs` for the service). They
+// return the errno as an `i32` where the callers branch on it.
+
+pub(crate) fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
+    // SAFETY: no pointer arguments; returns a new fd or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(op)` of `fd` with `events`, tagged with `token`.
+pub(crate) fn epoll_ctl(
+    ep: RawFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    token: u64,
+) -> Result<(), i32> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call (the
+    // kernel copies it); `ep` is an open epoll fd; a bad `fd` is an error.
+    let rc = unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) };
+    if rc < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `epoll_wait` into `events`; `timeout_ms` -1 waits without limit. An
+/// interrupted wait returns 0 events.
+pub(crate) fn epoll_wait(
+    ep: &OwnedFd,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let max = events.len().min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: `events` is valid for writes of `max` entries and outlives the
+    // call; the kernel writes at most `max`.
+    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` without the peer address.
+pub(crate) fn accept_nonblocking(listener: &OwnedFd) -> Result<OwnedFd, i32> {
+    // SAFETY: null address pointers are allowed (the peer address is not
+    // wanted); `listener` is an open socket borrowed for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: accept4 returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A nonblocking `recv` into `buf`.
+pub(crate) fn recv_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes during the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    Ok(n as usize)
+}
+
+/// A nonblocking `send` of `buf`, without SIGPIPE.
+pub(crate) fn send_nonblocking(fd: &OwnedFd, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    Ok(n as usize)
+}
+
+/// Sets `O_NONBLOCK` on `fd` (`fcntl(F_GETFL/F_SETFL)`).
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer; `fd` is open for the call.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: F_SETFL takes an int flag word, no pointer.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
