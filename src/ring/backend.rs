@@ -119,17 +119,11 @@ pub trait OpDriver {
     /// The handle other threads use to wake a parked driver.
     fn wake_handle(&self) -> Arc<WakeFd>;
 
-    /// Operations pushed and not yet finally completed.
-    fn in_flight(&self) -> usize;
-
     /// Takes a free registered slot (`None`: no pool, or full).
     fn reg_alloc(&mut self) -> Option<Rc<RegBuf>>;
 
     /// Gives a registered slot back once no operation holds it.
     fn reg_release(&mut self, buf: Rc<RegBuf>);
-
-    /// Registered slots currently free.
-    fn reg_free_slots(&self) -> usize;
 
     /// Bytes per registered slot (0 without a pool).
     fn reg_slot_bytes(&self) -> usize;
@@ -178,20 +172,12 @@ impl OpDriver for Driver {
         Driver::wake_handle(self)
     }
     #[inline]
-    fn in_flight(&self) -> usize {
-        Driver::in_flight(self)
-    }
-    #[inline]
     fn reg_alloc(&mut self) -> Option<Rc<RegBuf>> {
         Driver::reg_alloc(self)
     }
     #[inline]
     fn reg_release(&mut self, buf: Rc<RegBuf>) {
         Driver::reg_release(self, buf)
-    }
-    #[inline]
-    fn reg_free_slots(&self) -> usize {
-        Driver::reg_free_slots(self)
     }
     #[inline]
     fn reg_slot_bytes(&self) -> usize {

@@ -451,11 +451,6 @@ impl Driver {
         self.recv_pool.as_ref().map_or(0, |p| p.buf_len() as usize)
     }
 
-    /// Registered slots currently free.
-    pub fn reg_free_slots(&self) -> usize {
-        self.reg.as_ref().map_or(0, |p| p.free.len())
-    }
-
     /// Bytes per registered slot (0 without a pool).
     pub fn reg_slot_bytes(&self) -> usize {
         self.reg.as_ref().map_or(0, |p| p.slot_bytes)

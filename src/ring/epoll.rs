@@ -160,6 +160,11 @@ impl std::fmt::Debug for EpollDriver {
 }
 
 impl EpollDriver {
+    /// Operations pushed and not yet finally completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// Creates the epoll instance and the wake eventfd.
     pub fn new() -> io::Result<EpollDriver> {
         let epfd = super::sys::epoll_new()?;
@@ -771,20 +776,12 @@ impl OpDriver for EpollDriver {
         self.wake.clone()
     }
 
-    fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     fn reg_alloc(&mut self) -> Option<Rc<RegBuf>> {
         None
     }
 
     fn reg_release(&mut self, buf: Rc<RegBuf>) {
         drop(buf);
-    }
-
-    fn reg_free_slots(&self) -> usize {
-        0
     }
 
     fn reg_slot_bytes(&self) -> usize {
@@ -1100,7 +1097,7 @@ mod tests {
     fn no_registered_buffers() {
         let mut d = EpollDriver::new().unwrap();
         assert!(d.reg_alloc().is_none());
-        assert_eq!((d.reg_slot_bytes(), d.reg_free_slots()), (0, 0));
+        assert_eq!(d.reg_slot_bytes(), 0);
         assert!(!d.features().sock_nonempty);
         assert_eq!(d.backend(), Backend::Epoll);
     }

@@ -906,6 +906,9 @@ pub(crate) fn abort<C: ConnPhase>(c: &mut C, reason: CloseReason) {
 #[cfg(test)]
 pub(crate) mod test_echo {
     use super::{Acceptor, CloseReason, Session, Verdict};
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -932,6 +935,52 @@ pub(crate) mod test_echo {
         }
     }
 
+    /// The client side both loops' unit tests run against an echo loop at
+    /// `path`: 100 000 bytes then "bye" (echoed whole, then a graceful
+    /// close), a silent client (closed at its deadline), then an idle client
+    /// after which `shutdown` is signalled. Returns the idle client, whose
+    /// close by the shutdown the caller checks.
+    pub(crate) fn client_script(
+        path: &std::path::Path,
+        shutdown: &std::os::fd::OwnedFd,
+    ) -> UnixStream {
+        let mut a = UnixStream::connect(path).unwrap();
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let reader = {
+            let mut a2 = a.try_clone().unwrap();
+            let n = msg.len() + 3;
+            std::thread::spawn(move || {
+                let mut got = vec![0u8; n];
+                a2.read_exact(&mut got).unwrap();
+                let mut rest = Vec::new();
+                a2.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+                got
+            })
+        };
+        a.write_all(&msg).unwrap();
+        a.write_all(b"bye").unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..msg.len()], &msg[..]);
+        assert_eq!(&got[msg.len()..], b"bye");
+
+        // Silent client: closed at its deadline.
+        let mut b = UnixStream::connect(path).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut x = [0u8; 1];
+        assert_eq!(b.read(&mut x).unwrap(), 0);
+
+        // An idle client is closed by shutdown.
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(b"hi").unwrap();
+        let mut y = [0u8; 2];
+        c.read_exact(&mut y).unwrap();
+        File::from(shutdown.try_clone().unwrap())
+            .write_all(&1u64.to_ne_bytes())
+            .unwrap();
+        c
+    }
+
     pub(crate) struct EchoAcceptor(pub(crate) Arc<Mutex<Vec<CloseReason>>>);
 
     impl Acceptor for EchoAcceptor {
@@ -948,9 +997,8 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
     use std::sync::Mutex;
 
     use super::test_echo::EchoAcceptor;
@@ -982,47 +1030,15 @@ mod tests {
                 Err(e) => Err(e.into()),
             })
         };
-        // Big message through 64-byte buffers, then "bye": a graceful close.
-        let mut a = UnixStream::connect(&path).unwrap();
-        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let reader = {
-            let mut a2 = a.try_clone().unwrap();
-            let n = msg.len() + 3;
-            std::thread::spawn(move || {
-                let mut got = vec![0u8; n];
-                a2.read_exact(&mut got).unwrap();
-                let mut rest = Vec::new();
-                a2.read_to_end(&mut rest).unwrap();
-                assert!(rest.is_empty());
-                got
-            })
-        };
-        a.write_all(&msg).unwrap();
-        a.write_all(b"bye").unwrap();
-        let got = reader.join().unwrap();
-        assert_eq!(&got[..msg.len()], &msg[..]);
-        assert_eq!(&got[msg.len()..], b"bye");
-
-        // Silent client: closed at its deadline.
-        let mut b = UnixStream::connect(&path).unwrap();
-        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut x = [0u8; 1];
-        assert_eq!(b.read(&mut x).unwrap(), 0);
-
-        // An idle client is closed by shutdown.
-        let mut c = UnixStream::connect(&path).unwrap();
-        c.write_all(b"hi").unwrap();
-        let mut y = [0u8; 2];
-        c.read_exact(&mut y).unwrap();
-        File::from(shutdown.try_clone().unwrap())
-            .write_all(&1u64.to_ne_bytes())
-            .unwrap();
+        // Big message through 64-byte buffers, "bye", a silent client, an
+        // idle client closed by the shutdown.
+        let mut c = super::test_echo::client_script(&path, &shutdown);
         let ran = t.join().unwrap().unwrap();
         if !ran {
             eprintln!("SKIPPED: io_uring unavailable");
             return;
         }
-        assert_eq!(c.read(&mut x).unwrap(), 0);
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
         let closes = closes.lock().unwrap().clone();
         assert_eq!(
             closes,

@@ -640,8 +640,7 @@ impl<S> ConnPhase for Conn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::sync::Mutex;
 
@@ -707,43 +706,11 @@ mod tests {
             std::thread::spawn(move || ev.run(EchoAcceptor(c)))
         };
         // Big message through a 64-byte scratch buffer and a 4 KiB output
-        // limit, then "bye": partial sends, pauses, a graceful close.
-        let mut a = UnixStream::connect(&path).unwrap();
-        let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let reader = {
-            let mut a2 = a.try_clone().unwrap();
-            let n = msg.len() + 3;
-            std::thread::spawn(move || {
-                let mut got = vec![0u8; n];
-                a2.read_exact(&mut got).unwrap();
-                let mut rest = Vec::new();
-                a2.read_to_end(&mut rest).unwrap();
-                assert!(rest.is_empty());
-                got
-            })
-        };
-        a.write_all(&msg).unwrap();
-        a.write_all(b"bye").unwrap();
-        let got = reader.join().unwrap();
-        assert_eq!(&got[..msg.len()], &msg[..]);
-        assert_eq!(&got[msg.len()..], b"bye");
-
-        // Silent client: closed at its deadline.
-        let mut b = UnixStream::connect(&path).unwrap();
-        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut x = [0u8; 1];
-        assert_eq!(b.read(&mut x).unwrap(), 0);
-
-        // An idle client is closed by shutdown.
-        let mut c = UnixStream::connect(&path).unwrap();
-        c.write_all(b"hi").unwrap();
-        let mut y = [0u8; 2];
-        c.read_exact(&mut y).unwrap();
-        File::from(shutdown.try_clone().unwrap())
-            .write_all(&1u64.to_ne_bytes())
-            .unwrap();
+        // limit (partial sends, pauses), "bye", a silent client, an idle
+        // client closed by the shutdown.
+        let mut c = crate::ring::server::test_echo::client_script(&path, &shutdown);
         t.join().unwrap().unwrap();
-        assert_eq!(c.read(&mut x).unwrap(), 0);
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
         let closes = closes.lock().unwrap().clone();
         assert_eq!(
             closes,
