@@ -304,22 +304,11 @@ impl Drop for RecvBuf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::setup::{new_ring, RingError};
+    use crate::ring::setup::ring_or_skip;
     use io_uring::{opcode, types};
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-
-    fn ring_or_skip() -> Option<IoUring> {
-        match new_ring(8, 16) {
-            Ok((ring, _)) => Some(ring),
-            Err(RingError::Unavailable { errno }) => {
-                eprintln!("SKIPPED: io_uring unavailable here (errno {errno})");
-                None
-            }
-            Err(e) => panic!("ring set-up failed: {e}"),
-        }
-    }
 
     #[test]
     fn rejects_bad_counts() {

@@ -309,7 +309,7 @@ impl fmt::Debug for EventLoop {
 struct State<A: Acceptor> {
     acceptor: A,
     conns: Slab<Conn<A::Session>>,
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    deadlines: Deadlines,
     starved: Vec<(u32, u32)>,
 }
 
@@ -858,22 +858,33 @@ impl EventLoop {
                 None => {}
             }
         }
-        // Entries of connections gone or past their deadline phase are
-        // dropped lazily; rebuild when they outnumber the live ones, so
-        // connection churn cannot grow the heap without bound.
-        if st.deadlines.len() > 2 * st.conns.len() + 1024 {
-            let live: Vec<_> = st
-                .deadlines
-                .drain()
-                .filter(|Reverse((_, idx, gen))| {
-                    st.conns
-                        .get_mut(*idx, *gen)
-                        .is_some_and(|c| c.session.deadline().is_some())
-                })
-                .collect();
-            st.deadlines = live.into_iter().collect();
-        }
+        prune_deadlines(&mut st.deadlines, st.conns.len(), |idx, gen| {
+            st.conns
+                .get_mut(idx, gen)
+                .is_some_and(|c| c.session.deadline().is_some())
+        });
         Ok(())
+    }
+}
+
+/// The deadline heap of either service loop: (when, connection index, generation).
+pub(crate) type Deadlines = BinaryHeap<Reverse<(Instant, u32, u32)>>;
+
+/// Entries of connections gone or past their deadline phase are dropped
+/// lazily; rebuild the heap when they outnumber the `live_conns` connections,
+/// so connection churn cannot grow it without bound. `still_due` says
+/// whether a connection still has a deadline.
+pub(crate) fn prune_deadlines(
+    heap: &mut Deadlines,
+    live_conns: usize,
+    mut still_due: impl FnMut(u32, u32) -> bool,
+) {
+    if heap.len() > 2 * live_conns + 1024 {
+        let live: Vec<_> = heap
+            .drain()
+            .filter(|Reverse((_, idx, gen))| still_due(*idx, *gen))
+            .collect();
+        *heap = live.into_iter().collect();
     }
 }
 

@@ -69,7 +69,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::server::{
-    abort, apply, Acceptor, CloseReason, ConnPhase, LoopConfig, LoopCounters, Phase, Session,
+    abort, apply, prune_deadlines, Acceptor, CloseReason, ConnPhase, Deadlines, LoopConfig,
+    LoopCounters, Phase, Session,
 };
 
 /// Connections accepted per listener wake-up at most.
@@ -181,7 +182,7 @@ struct Listener {
 struct State<A: Acceptor> {
     acceptor: A,
     conns: Slab<Conn<A::Session>>,
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    deadlines: Deadlines,
 }
 
 /// One epoll event loop, run on one service thread.
@@ -600,20 +601,11 @@ impl EpollLoop {
                 None => {}
             }
         }
-        // Entries of connections gone or past their deadline phase are
-        // dropped lazily; rebuild when they outnumber the live ones.
-        if st.deadlines.len() > 2 * st.conns.len() + 1024 {
-            let live: Vec<_> = st
-                .deadlines
-                .drain()
-                .filter(|Reverse((_, idx, gen))| {
-                    st.conns
-                        .get_mut(*idx, *gen)
-                        .is_some_and(|c| c.session.deadline().is_some())
-                })
-                .collect();
-            st.deadlines = live.into_iter().collect();
-        }
+        prune_deadlines(&mut st.deadlines, st.conns.len(), |idx, gen| {
+            st.conns
+                .get_mut(idx, gen)
+                .is_some_and(|c| c.session.deadline().is_some())
+        });
         Ok(())
     }
 }

@@ -258,21 +258,23 @@ fn probe_sock_nonempty() -> io::Result<bool> {
     Ok(cqueue::sock_nonempty(flags_seen[0]) && !cqueue::sock_nonempty(flags_seen[1]))
 }
 
+/// For unit tests: a small ring, or `None` (said loudly) when io_uring is
+/// refused on this machine, so a test can skip instead of failing.
+#[cfg(test)]
+pub(crate) fn ring_or_skip() -> Option<IoUring> {
+    match new_ring(8, 16) {
+        Ok((ring, _)) => Some(ring),
+        Err(RingError::Unavailable { errno }) => {
+            eprintln!("SKIPPED: io_uring unavailable here (errno {errno})");
+            None
+        }
+        Err(e) => panic!("unexpected ring set-up failure: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Skips (loudly) when io_uring is refused on this machine.
-    fn ring_or_skip() -> Option<IoUring> {
-        match new_ring(8, 16) {
-            Ok((ring, _)) => Some(ring),
-            Err(RingError::Unavailable { errno }) => {
-                eprintln!("SKIPPED: io_uring unavailable here (errno {errno})");
-                None
-            }
-            Err(e) => panic!("unexpected ring set-up failure: {e}"),
-        }
-    }
 
     #[test]
     fn ring_sets_up_and_has_required_opcodes() {
