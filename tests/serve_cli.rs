@@ -1,7 +1,9 @@
 //! Drives the real `opipe serve` binary: sockets on disk, handshakes, exit
 //! on SIGTERM/SIGINT, errors, and no fd left behind by bad clients.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -100,18 +102,7 @@ fn spawn_limited(
             });
         }
     }
-    let mut child = cmd.spawn().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    common::spawn_with_stderr_lines(&mut cmd)
 }
 
 /// Starts `opipe serve --backend <backend>` in a fresh directory and waits

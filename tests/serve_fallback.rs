@@ -7,7 +7,7 @@
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,18 +33,7 @@ fn spawn_without_io_uring(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<S
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     seccomp::refuse_io_uring_in(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    common::spawn_with_stderr_lines(&mut cmd)
 }
 
 /// Kills and reaps the child whatever happens.

@@ -246,3 +246,23 @@ pub fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send 
     rx.recv_timeout(limit)
         .expect("test body exceeded its time bound")
 }
+
+/// Spawns `cmd` (its stderr must be piped) and forwards its stderr lines
+/// through the receiver, so a test can wait for a banner with a timeout.
+pub fn spawn_with_stderr_lines(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = cmd.spawn().expect("spawn");
+    let err = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
