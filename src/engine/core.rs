@@ -309,6 +309,23 @@ impl std::fmt::Debug for RingContext<'_> {
     }
 }
 
+impl Outcome {
+    /// The transfer of a transceive, read or FSCTL outcome.
+    pub(crate) fn into_transfer(self) -> Result<Transfer, NtStatus> {
+        match self {
+            Outcome::Transfer(t) => Ok(t),
+            _ => Err(NtStatus::INTERNAL_ERROR),
+        }
+    }
+}
+
+/// Wraps a ring-thread transfer callback as the engine's untyped callback.
+pub(crate) fn transfer_callback(
+    f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
+) -> Callback {
+    Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer)))
+}
+
 impl RingContext<'_> {
     /// Starts a transceive on `pipe` (which must live on this ring) whose
     /// result is given to `f` on this ring thread.
@@ -319,15 +336,7 @@ impl RingContext<'_> {
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
-        let cb: Callback = Box::new(move |ctx, res| {
-            f(
-                ctx,
-                res.and_then(|o| match o {
-                    Outcome::Transfer(t) => Ok(t),
-                    _ => Err(NtStatus::INTERNAL_ERROR),
-                }),
-            )
-        });
+        let cb = transfer_callback(f);
         self.core.start_io(
             pipe,
             PipeIo::Transceive { input, max_out },
@@ -343,15 +352,8 @@ impl RingContext<'_> {
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Vec<u8>, NtStatus>) + Send + 'static,
     ) {
-        let cb: Callback = Box::new(move |ctx, res| {
-            f(
-                ctx,
-                res.and_then(|o| match o {
-                    Outcome::Transfer(t) => Ok(t.data),
-                    _ => Err(NtStatus::INTERNAL_ERROR),
-                }),
-            )
-        });
+        let cb: Callback =
+            Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer).map(|t| t.data)));
         self.core
             .start_io(pipe, PipeIo::Read { max_out }, Notify::Callback(cb));
     }

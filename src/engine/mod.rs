@@ -32,7 +32,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use self::core::RingContext;
-use self::core::{Callback, Command, CommandQueue, Core, Notify, Outcome, PipeIo};
+use self::core::{
+    transfer_callback, Callback, Command, CommandQueue, Core, Notify, Outcome, PipeIo,
+};
 use request::Shared;
 pub use request::{CancelHandle, Request};
 
@@ -325,10 +327,7 @@ fn conv_pipe(engine: &Arc<EngineInner>, _ring: usize, o: Outcome) -> Result<Pipe
 }
 
 fn conv_transfer(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<Transfer, NtStatus> {
-    match o {
-        Outcome::Transfer(t) => Ok(t),
-        _ => Err(NtStatus::INTERNAL_ERROR),
-    }
+    o.into_transfer()
 }
 
 fn conv_data(e: &Arc<EngineInner>, r: usize, o: Outcome) -> Result<Vec<u8>, NtStatus> {
@@ -634,15 +633,7 @@ impl Pipe {
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
-        let cb: Callback = Box::new(move |ctx, res| {
-            f(
-                ctx,
-                res.and_then(|o| match o {
-                    Outcome::Transfer(t) => Ok(t),
-                    _ => Err(NtStatus::INTERNAL_ERROR),
-                }),
-            )
-        });
+        let cb = transfer_callback(f);
         self.engine.send(
             self.id.ring,
             Command::Io {
