@@ -836,10 +836,10 @@ impl<D: OpDriver> Core<D> {
                 );
             }
             PipeIo::Peek { max_out } => {
-                if max_out < fsctl::PEEK_HEADER_LEN {
-                    return self.reject(notify, NtStatus::BUFFER_TOO_SMALL);
-                }
-                let room = max_out - fsctl::PEEK_HEADER_LEN;
+                let room = match fsctl::peek_data_room(clamp_u32(max_out)) {
+                    Ok(room) => room,
+                    Err(s) => return self.reject(notify, s),
+                };
                 let kind = Kind::Peek {
                     room,
                     data: None,
@@ -1372,37 +1372,26 @@ impl<D: OpDriver> Core<D> {
                 from_pushback: true,
                 ..
             } => {
-                let (data, more) = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+                let t = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
                     Some(pe) => {
                         let n = max_out.min(pe.pushback.len());
                         let data: Vec<u8> = pe.pushback.drain(..n).collect();
-                        let more = !pe.pushback.is_empty()
-                            || crate::ring::fionread(&pe.fd).is_ok_and(|q| q > 0);
-                        (data, more)
+                        transceive_result(max_out, data, || {
+                            !pe.pushback.is_empty()
+                                || crate::ring::fionread(&pe.fd).is_ok_and(|q| q > 0)
+                        })
                     }
-                    None => (Vec::new(), false),
+                    None => transceive_result(max_out, Vec::new(), || false),
                 };
-                let overflow = max_out < SMB_PIPE_MAX_MSGSIZE && data.len() == max_out && more;
-                let status = if overflow {
-                    NtStatus::BUFFER_OVERFLOW
-                } else {
-                    NtStatus::SUCCESS
-                };
-                Ok(Outcome::Transfer(Transfer { status, data }))
+                Ok(Outcome::Transfer(t))
             }
             Kind::Transceive {
                 out, more, max_out, ..
             } => {
                 let data = out.unwrap_or_default();
-                let overflow = max_out < SMB_PIPE_MAX_MSGSIZE
-                    && data.len() == max_out
-                    && more.unwrap_or(false);
-                let status = if overflow {
-                    NtStatus::BUFFER_OVERFLOW
-                } else {
-                    NtStatus::SUCCESS
-                };
-                Ok(Outcome::Transfer(Transfer { status, data }))
+                Ok(Outcome::Transfer(transceive_result(max_out, data, || {
+                    more.unwrap_or(false)
+                })))
             }
             Kind::Read {
                 status: Some(s), ..
@@ -1440,7 +1429,7 @@ impl<D: OpDriver> Core<D> {
                 } else {
                     None
                 };
-                Ok(Outcome::Transfer(peek_reply(&mut data, room, eof, avail)))
+                Ok(Outcome::Transfer(peek_reply(data, room, eof, avail)))
             }
             Kind::WaitPipe {
                 status: Some(s), ..
@@ -1619,10 +1608,10 @@ fn set_status(kind: &mut Kind, s: NtStatus) {
 /// Builds the FSCTL_PIPE_PEEK output: the 16-byte header then the data that
 /// fits. `room` is how much data fits; `data` may hold one byte more (the
 /// probe for "cut short").
-fn peek_reply(data: &mut Vec<u8>, room: usize, eof: bool, avail: Option<usize>) -> Transfer {
-    let cut = data.len() > room;
+fn peek_reply(mut data: Vec<u8>, room: usize, eof: bool, avail: Option<usize>) -> Transfer {
+    // `data` may hold one byte more than fits, which alone says "cut short".
+    let available = avail.unwrap_or(0).max(data.len());
     data.truncate(room);
-    let available = avail.unwrap_or(data.len()).max(data.len());
     let hdr = PeekReply {
         named_pipe_state: if eof {
             fsctl::PIPE_STATE_CLOSING
@@ -1633,15 +1622,19 @@ fn peek_reply(data: &mut Vec<u8>, room: usize, eof: bool, avail: Option<usize>) 
         number_of_messages: 0,
         message_length: 0,
     };
-    let mut out = Vec::with_capacity(fsctl::PEEK_HEADER_LEN + data.len());
-    out.extend_from_slice(&hdr.encode());
-    out.extend_from_slice(data);
-    let status = if cut || available > data.len() {
-        NtStatus::BUFFER_OVERFLOW
-    } else {
-        NtStatus::SUCCESS
-    };
-    Transfer { status, data: out }
+    Transfer {
+        status: fsctl::peek_status(data.len(), available),
+        data: hdr.encode_with_data(&data),
+    }
+}
+
+/// A transceive's result by the seed's overflow rule
+/// ([`fsctl::transceive_status`]); `more` (is more waiting?) is asked only
+/// when the rule needs it, so the common case costs nothing.
+fn transceive_result(max_out: usize, data: Vec<u8>, more: impl FnOnce() -> bool) -> Transfer {
+    let filled = max_out < SMB_PIPE_MAX_MSGSIZE && data.len() >= max_out;
+    let status = fsctl::transceive_status(clamp_u32(max_out), data.len(), filled && more());
+    Transfer { status, data }
 }
 
 /// The receive of one transceive or read: from the driver's receive pool
