@@ -11,7 +11,7 @@
 //! `STATUS_CANCELLED`.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1378,7 +1378,7 @@ impl<D: OpDriver> Core<D> {
                         let data: Vec<u8> = pe.pushback.drain(..n).collect();
                         transceive_result(max_out, data, || {
                             !pe.pushback.is_empty()
-                                || crate::ring::fionread(&pe.fd).is_ok_and(|q| q > 0)
+                                || crate::ring::fionread(pe.fd.as_raw_fd()).is_ok_and(|q| q > 0)
                         })
                     }
                     None => transceive_result(max_out, Vec::new(), || false),
@@ -1444,7 +1444,7 @@ impl<D: OpDriver> Core<D> {
     /// only, which must report the total even when its buffer is smaller.
     fn available(&mut self, pipe: PipeId) -> Option<usize> {
         let p = self.pipes.get_mut(pipe.index, pipe.gen)?;
-        crate::ring::fionread(&p.fd).ok()
+        crate::ring::fionread(p.fd.as_raw_fd()).ok()
     }
 
     fn pipe_op_done(&mut self, pipe: PipeId) {

@@ -3,7 +3,7 @@
 //! `FIONREAD` for PEEK (AF_UNIX has no in-ring SIOCINQ: KERNEL-NOTES.md).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A new AF_UNIX stream socket, close-on-exec. `Err(errno)` on failure.
 pub fn unix_stream_socket() -> Result<OwnedFd, i32> {
@@ -25,10 +25,12 @@ pub fn shutdown(fd: &OwnedFd) {
 }
 
 /// Bytes queued for reading on a socket (`ioctl(FIONREAD)`).
-pub fn fionread(fd: &OwnedFd) -> io::Result<usize> {
+/// `fd` is borrowed for the call; a descriptor that is not open only makes
+/// it fail with EBADF.
+pub fn fionread(fd: RawFd) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int to the pointer we pass, which is valid.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -12,7 +12,6 @@ use super::exchange::{self, TransceiveError};
 use super::measure::{Baseline, Measured};
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::phases;
-use super::sys;
 
 /// Stack of each pipe thread: enough for the blocking loop, small enough
 /// that 4096 of them fit comfortably.
@@ -149,7 +148,7 @@ fn transceive(
     stream.write_all(request)?;
     let n = read_once(stream, &mut buf[..run.spec.max_out])?;
     let fd = stream.as_raw_fd();
-    let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+    let mut reply = run.exchange.first_read(n, || opipe::ring::fionread(fd))?;
     while let Some(rest) = reply.missing() {
         let k = read_once(stream, &mut buf[rest])?;
         reply.advance(k)?;

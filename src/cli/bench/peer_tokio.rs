@@ -14,7 +14,6 @@ use super::exchange::{self, TransceiveError};
 use super::measure::Baseline;
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::phases;
-use super::sys;
 
 /// One tokio task per pipe on the multi-threaded runtime.
 #[derive(Debug, Default)]
@@ -112,7 +111,7 @@ async fn transceive(
     stream.write_all(request).await?;
     let n = stream.read(&mut buf[..run.spec.max_out]).await?;
     let fd = stream.as_raw_fd();
-    let mut reply = run.exchange.first_read(n, || sys::bytes_queued(fd))?;
+    let mut reply = run.exchange.first_read(n, || opipe::ring::fionread(fd))?;
     while let Some(rest) = reply.missing() {
         let k = stream.read(&mut buf[rest]).await?;
         reply.advance(k)?;

@@ -15,7 +15,6 @@ use super::exchange::{self, ReplyProgress, TransceiveError};
 use super::measure::Baseline;
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use super::phases;
-use super::sys;
 
 /// Submission queue entries of the runtime's ring.
 const RING_ENTRIES: u32 = 1024;
@@ -147,7 +146,7 @@ async fn transceive(
     let fd = stream.as_raw_fd();
     let mut reply = match res
         .map_err(TransceiveError::from)
-        .and_then(|n| run.exchange.first_read(n, || sys::bytes_queued(fd)))
+        .and_then(|n| run.exchange.first_read(n, || opipe::ring::fionread(fd)))
     {
         Ok(r) => r,
         Err(e) => return (Err(e), buf),

@@ -64,19 +64,6 @@ pub fn open_fd_count() -> io::Result<usize> {
         .saturating_sub(1))
 }
 
-/// Bytes queued for reading on the socket `fd`: `ioctl(fd, FIONREAD)`, the
-/// check the illumos seed makes after a transceive read filled its buffer.
-pub fn bytes_queued(fd: RawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points at
-    // `n`; a bad `fd` only makes the call fail with EBADF.
-    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n.max(0) as usize)
-}
-
 /// Makes the process `cmd` starts receive SIGKILL when the thread that
 /// started it dies (`prctl(PR_SET_PDEATHSIG)`), so that a bench killed
 /// without running its clean-up does not leave its service behind.
@@ -139,8 +126,8 @@ mod tests {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(bytes_queued(b.as_raw_fd()).unwrap(), 0);
+        assert_eq!(opipe::ring::fionread(b.as_raw_fd()).unwrap(), 0);
         a.write_all(&[7u8; 100]).unwrap();
-        assert_eq!(bytes_queued(b.as_raw_fd()).unwrap(), 100);
+        assert_eq!(opipe::ring::fionread(b.as_raw_fd()).unwrap(), 100);
     }
 }
