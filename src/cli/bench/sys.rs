@@ -6,7 +6,6 @@
 //! CLI-only, so the library's rule (unsafe only in `ring`) holds.
 
 use std::io;
-use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
