@@ -242,6 +242,62 @@ fn overflow_then_reads_drain_in_order_both_modes() {
     });
 }
 
+/// A transceive with a small `max_out` may take more of the reply off the
+/// socket than it returns (io_uring reads a whole pool buffer ahead). The
+/// rest must still come out of peek, read and the next transceive in
+/// stream order, with the same statuses as if it were still queued.
+#[test]
+fn overflowed_reply_rest_keeps_stream_order_both_modes() {
+    bounded(T, || {
+        for backend in BACKENDS {
+            for mode in MODES {
+                let dir = tempfile::tempdir().unwrap();
+                let _svc =
+                    Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
+                let Some(eng) = engine(dir.path(), mode, backend) else {
+                    continue;
+                };
+                let reply: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+                let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
+                let t = pipe.transceive(b"one".to_vec(), 100).wait().unwrap();
+                assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?} {mode:?}");
+                assert_eq!(t.data, &reply[..100]);
+                // Peek sees the whole rest, wherever the engine holds it.
+                let t = pipe.peek(16 + 4000).wait().unwrap();
+                let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+                assert_eq!(t.status, NtStatus::SUCCESS);
+                assert_eq!(hdr.read_data_available, 2900, "{backend:?} {mode:?}");
+                assert_eq!(data, &reply[100..]);
+                // A small peek reports the rest available and overflows.
+                let t = pipe.peek(16 + 10).wait().unwrap();
+                let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+                assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+                assert_eq!((hdr.read_data_available, data), (2900, &reply[100..110]));
+                // Reads continue where the transceive stopped.
+                assert_eq!(pipe.read(50).wait().unwrap(), &reply[100..150]);
+                // A new transceive first gets what is left of the old reply
+                // (the stream is a stream), then the new reply follows.
+                let mut stream = Vec::new();
+                let t = pipe.transceive(b"two".to_vec(), 4280).wait().unwrap();
+                assert_eq!(t.status, NtStatus::SUCCESS);
+                stream.extend_from_slice(&t.data);
+                while stream.len() < 2850 + 3000 {
+                    let d = pipe.read(4280).wait().expect("read rest");
+                    assert!(!d.is_empty());
+                    stream.extend_from_slice(&d);
+                }
+                let mut want = reply[150..].to_vec();
+                want.extend_from_slice(&reply);
+                assert_eq!(stream, want, "{backend:?} {mode:?}: in order, nothing lost");
+                // Nothing left: an empty peek.
+                let t = pipe.peek(64).wait().unwrap();
+                let (hdr, _) = PeekReply::decode(&t.data).unwrap();
+                assert_eq!(hdr.read_data_available, 0);
+            }
+        }
+    });
+}
+
 #[test]
 fn overflow_rule_matches_the_seed() {
     bounded(T, || {

@@ -770,8 +770,7 @@ impl<D: OpDriver> Core<D> {
         let has_pushback = !pe.pushback.is_empty();
         match io {
             PipeIo::Read { max_out } if has_pushback => {
-                let n = max_out.min(pe.pushback.len());
-                let data: Vec<u8> = pe.pushback.drain(..n).collect();
+                let data = take_pushback(&mut pe.pushback, max_out);
                 let t = Transfer {
                     status: NtStatus::SUCCESS,
                     data,
@@ -1039,6 +1038,14 @@ impl<D: OpDriver> Core<D> {
                     }
                     return;
                 }
+                // What the receive asked for: more than `max_out` when it
+                // read ahead (see `recv_op`).
+                let asked = match &op {
+                    Op::Recv { len, .. }
+                    | Op::RecvPooled { len, .. }
+                    | Op::ReadFixed { len, .. } => *len as usize,
+                    _ => return,
+                };
                 let data = match op {
                     Op::Recv { buf, .. } => buf,
                     Op::RecvPooled { data, .. } => data,
@@ -1052,7 +1059,9 @@ impl<D: OpDriver> Core<D> {
                     }
                     _ => return,
                 };
-                if data.len() < *max_out {
+                if data.len() < asked {
+                    // A short receive emptied the socket (a stream recv
+                    // copies until its buffer is full or the queue is empty).
                     *more = Some(false);
                 } else if features.sock_nonempty && self.cfg.buffers == BufferMode::Plain {
                     *more = Some(sock_nonempty);
@@ -1323,6 +1332,32 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
+    /// Moves what a read-ahead receive got beyond `max_out` to the front of
+    /// the pipe's pushback: requests on a pipe with pushback are served from
+    /// it, so anything already there came from a receive that started
+    /// after this one. True if anything was kept.
+    fn keep_read_ahead(
+        &mut self,
+        pipe: Option<PipeId>,
+        data: &mut Vec<u8>,
+        max_out: usize,
+    ) -> bool {
+        if data.len() <= max_out {
+            return false;
+        }
+        let tail = data.split_off(max_out);
+        match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            Some(pe) => {
+                let mut rest = tail;
+                rest.append(&mut pe.pushback);
+                pe.pushback = rest;
+                true
+            }
+            // The pipe is gone: so are its bytes.
+            None => false,
+        }
+    }
+
     fn finish(&mut self, key: (u32, u32)) {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
@@ -1374,8 +1409,7 @@ impl<D: OpDriver> Core<D> {
             } => {
                 let t = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
                     Some(pe) => {
-                        let n = max_out.min(pe.pushback.len());
-                        let data: Vec<u8> = pe.pushback.drain(..n).collect();
+                        let data = take_pushback(&mut pe.pushback, max_out);
                         transceive_result(max_out, data, || {
                             !pe.pushback.is_empty()
                                 || crate::ring::fionread(pe.fd.as_raw_fd()).is_ok_and(|q| q > 0)
@@ -1388,18 +1422,23 @@ impl<D: OpDriver> Core<D> {
             Kind::Transceive {
                 out, more, max_out, ..
             } => {
-                let data = out.unwrap_or_default();
+                let mut data = out.unwrap_or_default();
+                let read_ahead = self.keep_read_ahead(e.pipe, &mut data, max_out);
                 Ok(Outcome::Transfer(transceive_result(max_out, data, || {
-                    more.unwrap_or(false)
+                    read_ahead || more.unwrap_or(false)
                 })))
             }
             Kind::Read {
                 status: Some(s), ..
             } => Err(s),
-            Kind::Read { out, .. } => Ok(Outcome::Transfer(Transfer {
-                status: NtStatus::SUCCESS,
-                data: out.unwrap_or_default(),
-            })),
+            Kind::Read { out, max_out, .. } => {
+                let mut data = out.unwrap_or_default();
+                self.keep_read_ahead(e.pipe, &mut data, max_out);
+                Ok(Outcome::Transfer(Transfer {
+                    status: NtStatus::SUCCESS,
+                    data,
+                }))
+            }
             Kind::Write {
                 status: Some(s), ..
             } => Err(s),
@@ -1631,6 +1670,17 @@ fn peek_reply(mut data: Vec<u8>, room: usize, eof: bool, avail: Option<usize>) -
 /// A transceive's result by the seed's overflow rule
 /// ([`fsctl::transceive_status`]); `more` (is more waiting?) is asked only
 /// when the rule needs it, so the common case costs nothing.
+/// The first `max_out` bytes of a pipe's pushback. Taking all of it hands
+/// the buffer over instead of copying it (the common case: the rest of an
+/// overflowed reply, read in one go).
+fn take_pushback(pushback: &mut Vec<u8>, max_out: usize) -> Vec<u8> {
+    if max_out >= pushback.len() {
+        std::mem::take(pushback)
+    } else {
+        pushback.drain(..max_out).collect()
+    }
+}
+
 fn transceive_result(max_out: usize, data: Vec<u8>, more: impl FnOnce() -> bool) -> Transfer {
     let filled = max_out < SMB_PIPE_MAX_MSGSIZE && data.len() >= max_out;
     let status = fsctl::transceive_status(clamp_u32(max_out), data.len(), filled && more());
@@ -1640,11 +1690,18 @@ fn transceive_result(max_out: usize, data: Vec<u8>, more: impl FnOnce() -> bool)
 /// The receive of one transceive or read: from the driver's receive pool
 /// when the request fits a pool buffer (no memory held while waiting),
 /// else into a buffer of its own.
+///
+/// A pooled receive reads ahead: it asks for a whole pool buffer even when
+/// `max_out` is smaller, because the pool buffer costs the same either way.
+/// Whatever arrives beyond `max_out` goes to the pipe's pushback (see
+/// [`Core::finish`]), so an overflowed reply's follow-up reads are served
+/// from memory instead of one more receive each.
 fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
-    if pooled && max_out > 0 && max_out <= drv.recv_pool_buf_bytes() {
+    let pool_buf = drv.recv_pool_buf_bytes();
+    if pooled && max_out > 0 && max_out <= pool_buf {
         Op::RecvPooled {
             fd,
-            len: clamp_u32(max_out),
+            len: clamp_u32(pool_buf),
             flags: 0,
             data: Vec::new(),
         }
