@@ -15,6 +15,7 @@ const KEYS: &[&str] = &[
     "transceives",
     "transceives_per_s",
     "client_cpu_us_per_op",
+    "service_cpu_us_per_op",
     "p50_us",
     "p99_us",
     "p999_us",
@@ -79,6 +80,9 @@ fn check_run(engine: &str) {
     );
     assert!(r["client_rss_bytes"].as_u64().unwrap() > 0, "{r}");
     assert!(!r["backend"].as_str().unwrap().is_empty(), "{r}");
+    // The bench started the service, so it measured the service's CPU too.
+    let svc = r["service_cpu_us_per_op"].as_f64();
+    assert!(svc.is_some_and(|c| c > 0.0), "{r}");
 }
 
 #[test]
@@ -97,8 +101,13 @@ fn tokio_uring_run_reports_every_key_and_no_errors() {
 }
 
 #[test]
+fn floor_run_reports_every_key_and_no_errors() {
+    check_run("floor");
+}
+
+#[test]
 fn small_max_out_overflows_and_reads_the_rest() {
-    for engine in ["threads", "tokio", "tokio-uring"] {
+    for engine in ["threads", "tokio", "tokio-uring", "uring", "floor"] {
         let Some((v, _)) = bench_json(&[
             "--engine",
             engine,

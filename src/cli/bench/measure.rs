@@ -90,16 +90,29 @@ impl Baseline {
 pub struct Clock {
     start: Instant,
     cpu_start: Duration,
+    /// The service child's pid and CPU time at the start, when the bench
+    /// started the service itself.
+    service: Option<(u32, Duration)>,
 }
 
 impl Clock {
     /// Begins the measured phase and arms `budget`: call it once every pipe
     /// is open, just before the transceives are let go.
-    pub fn start(budget: &Budget) -> io::Result<Clock> {
+    ///
+    /// `service_pid` is the service child's process, whose CPU time is
+    /// measured over the same phase (`None` for a service the bench did not
+    /// start: its other clients would be counted too).
+    pub fn start(budget: &Budget, service_pid: Option<u32>) -> io::Result<Clock> {
+        let service =
+            service_pid.and_then(|pid| sys::other_process_cpu_time(pid).ok().map(|t| (pid, t)));
         let cpu_start = sys::process_cpu_time()?;
         let start = Instant::now();
         budget.arm(start);
-        Ok(Clock { start, cpu_start })
+        Ok(Clock {
+            start,
+            cpu_start,
+            service,
+        })
     }
 
     /// Ends the phase: call it once every transceive has finished, while all
@@ -107,10 +120,15 @@ impl Clock {
     pub fn stop(self, before: Baseline) -> io::Result<Measured> {
         let elapsed = self.start.elapsed();
         let cpu = sys::process_cpu_time()?.saturating_sub(self.cpu_start);
+        let service_cpu = self.service.and_then(|(pid, at_start)| {
+            let now = sys::other_process_cpu_time(pid).ok()?;
+            Some(now.saturating_sub(at_start))
+        });
         let rss_open_bytes = sys::resident_bytes()?;
         Ok(Measured {
             elapsed,
             client_cpu: cpu,
+            service_cpu,
             rss_before_open_bytes: before.rss_bytes,
             rss_open_bytes,
         })
@@ -124,6 +142,9 @@ pub struct Measured {
     pub elapsed: Duration,
     /// CPU time of the whole client process (all threads) over that time.
     pub client_cpu: Duration,
+    /// CPU time of the service child (all threads) over that time, when the
+    /// bench started it.
+    pub service_cpu: Option<Duration>,
     /// VmRSS before the pipes were opened.
     pub rss_before_open_bytes: u64,
     /// VmRSS at the end of the phase, every pipe still open.
@@ -139,7 +160,7 @@ mod tests {
         let b = Budget::new(StopRule::Requests(3));
         let now = Instant::now();
         assert!(!b.take(now), "unarmed budget must hand out nothing");
-        let _clock = Clock::start(&b).unwrap();
+        let _clock = Clock::start(&b, None).unwrap();
         let granted = (0..10).filter(|_| b.take(Instant::now())).count();
         assert_eq!(granted, 3);
     }
@@ -147,10 +168,17 @@ mod tests {
     #[test]
     fn duration_budget_ends_at_deadline() {
         let b = Budget::new(StopRule::Duration(Duration::from_millis(50)));
-        let clock = Clock::start(&b).unwrap();
+        // Our own pid stands in for a service: its CPU time is measured too.
+        let clock = Clock::start(&b, Some(std::process::id())).unwrap();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(0u64);
+        }
         assert!(b.take(Instant::now()));
         assert!(!b.take(Instant::now() + Duration::from_millis(60)));
         let m = clock.stop(Baseline::now().unwrap()).unwrap();
         assert!(m.rss_open_bytes > 0);
+        let svc = m.service_cpu.expect("service CPU measured");
+        assert!(svc >= Duration::from_millis(10), "{svc:?} for a 20 ms spin");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! * [`peer`]: the [`Peer`](peer::Peer) trait an engine implements, and [`Run`](peer::Run);
-//! * `peer_*`: the peers (`threads`, `tokio`, `tokio-uring`);
+//! * `peer_*`: the peers (`threads`, `tokio`, `tokio-uring`, `uring`), and
+//!   `floor`, the lockstep reference for the least CPU per transceive;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
@@ -16,6 +17,7 @@ pub mod measure;
 pub mod monitor;
 pub mod output;
 pub mod peer;
+mod peer_floor;
 mod peer_threads;
 mod peer_tokio;
 mod peer_tokio_uring;
@@ -81,7 +83,8 @@ const FD_RESERVE: usize = 64;
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
-    /// Engines to run, comma-separated: threads, tokio, tokio-uring, uring, all.
+    /// Engines to run, comma-separated: threads, tokio, tokio-uring, uring,
+    /// all; also uring-registered and floor (not part of all).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     engine: Vec<EngineArg>,
 
@@ -151,6 +154,10 @@ enum EngineArg {
     Uring,
     /// opipe's io_uring engine with registered buffers (not part of `all`).
     UringRegistered,
+    /// Reference, not an engine: one thread, lockstep rounds of blocking
+    /// write-all-then-read-all; the least client CPU per transceive (not
+    /// part of `all`).
+    Floor,
     /// All of the above.
     All,
 }
@@ -170,6 +177,7 @@ fn peer_for(engine: EngineArg, backend: BackendChoice) -> Result<Box<dyn Peer>, 
             buffers: BufferMode::Registered,
             backend,
         })),
+        EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
 }
@@ -294,6 +302,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         }
     };
     let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    let service_pid = child.as_ref().and_then(ServiceChild::pid);
     on_signal(signals, abort.clone());
     let watch = Watch {
         draw: std::io::stderr().is_terminal(),
@@ -331,7 +340,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                     StopRule::Requests(n) => format!("{n} transceives"),
                 }
             ));
-            match run_one(peer.as_ref(), spec, &addr, &watch) {
+            match run_one(peer.as_ref(), spec, &addr, service_pid, &watch) {
                 Ok(r) => {
                     if r.errors > 0 {
                         all_ok = false;
@@ -387,6 +396,7 @@ fn run_one(
     peer: &dyn Peer,
     spec: RunSpec,
     addr: &ServiceAddr,
+    service_pid: Option<u32>,
     watch: &Watch,
 ) -> Result<RunResult, BenchError> {
     let fds_before = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
@@ -395,6 +405,7 @@ fn run_one(
         recorder: Recorder::new(),
         budget: Budget::new(spec.stop),
         service: addr.clone(),
+        service_pid,
         spec,
     });
     let label = format!("{} x{}", peer.name(), run.spec.pipes);

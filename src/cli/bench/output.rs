@@ -39,6 +39,9 @@ pub struct RunResult {
     pub transceives_per_s: f64,
     /// Client CPU (user + system, all threads) per transceive, microseconds.
     pub client_cpu_us_per_op: f64,
+    /// The service child's CPU (all threads) per transceive, microseconds;
+    /// `None` with `--dir` (a service the bench did not start).
+    pub service_cpu_us_per_op: Option<f64>,
     /// Latency percentiles, microseconds.
     pub p50_us: f64,
     /// 99th percentile.
@@ -90,6 +93,7 @@ impl RunResult {
             elapsed_s: secs,
             transceives_per_s: if secs > 0.0 { ops as f64 / secs } else { 0.0 },
             client_cpu_us_per_op: per_op(measured.client_cpu.as_secs_f64() * 1e6),
+            service_cpu_us_per_op: measured.service_cpu.map(|c| per_op(c.as_secs_f64() * 1e6)),
             p50_us: pct(0.5),
             p99_us: pct(0.99),
             p999_us: pct(0.999),
@@ -109,6 +113,7 @@ impl RunResult {
             "transceives": self.transceives,
             "transceives_per_s": round2(self.transceives_per_s),
             "client_cpu_us_per_op": round2(self.client_cpu_us_per_op),
+            "service_cpu_us_per_op": self.service_cpu_us_per_op.map(round2),
             "p50_us": round2(self.p50_us),
             "p99_us": round2(self.p99_us),
             "p999_us": round2(self.p999_us),
@@ -141,6 +146,7 @@ pub fn table(results: &[RunResult]) -> String {
         "pipes",
         "transceives/s",
         "CPU us/op",
+        "svc us/op",
         "p50 us",
         "p99 us",
         "p99.9 us",
@@ -156,6 +162,8 @@ pub fn table(results: &[RunResult]) -> String {
                 r.pipes.to_string(),
                 format!("{:.0}", r.transceives_per_s),
                 format!("{:.2}", r.client_cpu_us_per_op),
+                r.service_cpu_us_per_op
+                    .map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
                 format!("{:.1}", r.p50_us),
                 format!("{:.1}", r.p99_us),
                 format!("{:.1}", r.p999_us),
@@ -270,6 +278,7 @@ mod tests {
             elapsed_s: 1.0,
             transceives_per_s: tps,
             client_cpu_us_per_op: cpu,
+            service_cpu_us_per_op: Some(1.5),
             p50_us: 10.0,
             p99_us: 20.0,
             p999_us: 30.0,
@@ -309,6 +318,7 @@ mod tests {
             "transceives",
             "transceives_per_s",
             "client_cpu_us_per_op",
+            "service_cpu_us_per_op",
             "p50_us",
             "p99_us",
             "p999_us",

@@ -57,6 +57,9 @@ pub struct Run {
     pub spec: RunSpec,
     /// The service to open the pipes of.
     pub service: ServiceAddr,
+    /// The service's process when the bench started it (its CPU time is
+    /// measured with the client's).
+    pub service_pid: Option<u32>,
     /// Request encoding and reply verification, shared by all pipes.
     pub exchange: Exchange,
     /// Where every pipe records its latencies, counts and errors.

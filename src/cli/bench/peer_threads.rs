@@ -110,7 +110,7 @@ fn pipe_thread(run: &Run, pipe: usize, roster: &Roster) {
 }
 
 /// Connect and the open handshake, blocking.
-fn open(run: &Run, pipe: usize) -> Result<UnixStream, TransceiveError> {
+pub(super) fn open(run: &Run, pipe: usize) -> Result<UnixStream, TransceiveError> {
     let mut s = UnixStream::connect(run.service.socket_path())?;
     s.write_all(&run.exchange.open_message(pipe)?)?;
     let mut word = [0u8; exchange::STATUS_WORD_BYTES];
@@ -146,6 +146,17 @@ fn transceive(
     call_id: u32,
 ) -> Result<Completed, TransceiveError> {
     stream.write_all(request)?;
+    receive_reply(run, stream, buf, call_id)
+}
+
+/// The reading half of [`transceive`], once the request is written: one
+/// read of `max_out`, the overflow rule (FIONREAD), the rest, verification.
+pub(super) fn receive_reply(
+    run: &Run,
+    stream: &mut UnixStream,
+    buf: &mut [u8],
+    call_id: u32,
+) -> Result<Completed, TransceiveError> {
     let n = read_once(stream, &mut buf[..run.spec.max_out])?;
     let fd = stream.as_raw_fd();
     let mut reply = run.exchange.first_read(n, || opipe::ring::fionread(fd))?;

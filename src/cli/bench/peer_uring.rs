@@ -70,7 +70,8 @@ impl Peer for UringPeer {
             .collect();
 
         let done = Arc::new(Countdown::new(opened.len()));
-        let clock = Clock::start(&run.budget).map_err(BenchError::io("starting the clock"))?;
+        let clock = Clock::start(&run.budget, run.service_pid)
+            .map_err(BenchError::io("starting the clock"))?;
         for (i, pipe) in &opened {
             let st = PipeLoop {
                 run: run.clone(),

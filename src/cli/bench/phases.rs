@@ -27,7 +27,7 @@ pub fn lead_blocking(
     before: Baseline,
 ) -> io::Result<Measured> {
     barrier.wait(); // opened
-    let clock = Clock::start(&run.budget);
+    let clock = Clock::start(&run.budget, run.service_pid);
     barrier.wait(); // go
     barrier.wait(); // done
     let measured = clock.and_then(|c| c.stop(before));
@@ -38,7 +38,7 @@ pub fn lead_blocking(
 /// The leading task's side of the four meetings.
 pub async fn lead(barrier: &Barrier, run: &Run, before: Baseline) -> io::Result<Measured> {
     barrier.wait().await; // opened
-    let clock = Clock::start(&run.budget);
+    let clock = Clock::start(&run.budget, run.service_pid);
     barrier.wait().await; // go
     barrier.wait().await; // done
     let measured = clock.and_then(|c| c.stop(before));
