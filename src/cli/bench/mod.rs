@@ -225,16 +225,18 @@ pub fn main(args: BenchArgs) -> ExitCode {
 
 /// The whole bench; `Ok(false)` when some run had errors or did not run.
 fn bench(args: &BenchArgs) -> Result<bool, String> {
-    let mut engines: Vec<EngineArg> = if args.engine.contains(&EngineArg::All) {
-        vec![
+    // `all` adds the four compared engines to whatever else was named
+    // (`--engine all,floor`).
+    let mut engines: Vec<EngineArg> = args.engine.clone();
+    if engines.contains(&EngineArg::All) {
+        engines.retain(|e| *e != EngineArg::All);
+        engines.extend([
             EngineArg::Threads,
             EngineArg::Tokio,
             EngineArg::TokioUring,
             EngineArg::Uring,
-        ]
-    } else {
-        args.engine.clone()
-    };
+        ]);
+    }
     engines.sort_unstable();
     engines.dedup();
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
