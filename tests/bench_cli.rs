@@ -342,3 +342,36 @@ fn uring_engine_on_epoll_says_backend_epoll() {
         }
     }
 }
+
+#[test]
+fn uring_receive_modes_both_verify_and_say_which_ran() {
+    for (mode, says) in [
+        ("multishot", "send + multishot receive"),
+        ("linked", "send->recv chain"),
+    ] {
+        let Some((v, _)) = bench_json(&[
+            "--engine",
+            "uring",
+            "--backend",
+            "io-uring",
+            "--uring-recv",
+            mode,
+            "--pipes",
+            "8",
+            "--requests",
+            "400",
+            "--reply-size",
+            "3000",
+            "--max-out",
+            "1024",
+        ]) else {
+            continue;
+        };
+        let r = &v["results"][0];
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["transceives"], 400, "{r}");
+        assert_eq!(r["overflows"], 400, "{r}");
+        let detail = r["engine_detail"].as_str().expect("engine_detail");
+        assert!(detail.contains(says), "{mode}: {detail}");
+    }
+}

@@ -646,3 +646,105 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         std::thread::park_timeout(Duration::from_millis(100));
     }
 }
+
+/// One request answered with `reply_len` bytes (pattern i % 251), then the
+/// connection only reads until the client goes away.
+fn one_big_reply(reply_len: usize) -> ConnFn {
+    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
+        use std::io::{Read, Write};
+        let reply: Vec<u8> = (0..reply_len).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; 4096];
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+/// A reply far larger than the engine keeps in memory for a pipe nobody
+/// reads (the multishot receive stops at its pushback cap and the rest
+/// stays in the socket): after a pause, reads still get every byte in
+/// order, and peek counts what is held plus what is queued.
+#[test]
+fn flood_after_a_transceive_is_read_back_whole_and_in_order() {
+    const LEN: usize = 1 << 20;
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "flood", Handshake::Accept, one_big_reply(LEN));
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let pipe = eng.open("flood", user(1), None).wait().unwrap();
+            let t = pipe.transceive(b"go".to_vec(), 1024).wait().unwrap();
+            assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?}");
+            let mut got = t.data;
+            // Let the service fill the socket and the engine its pushback.
+            std::thread::sleep(Duration::from_millis(200));
+            let t = pipe.peek(16 + 8).wait().unwrap();
+            let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+            assert!(hdr.read_data_available > 0, "{backend:?}");
+            assert_eq!(data, &want[got.len()..got.len() + 8]);
+            while got.len() < LEN {
+                let d = pipe.read(4280).wait().expect("read");
+                assert!(
+                    !d.is_empty() && d.len() <= 4280,
+                    "{backend:?}: {} bytes",
+                    d.len()
+                );
+                got.extend_from_slice(&d);
+            }
+            assert!(got == want, "{backend:?}: bytes lost or reordered");
+            pipe.close().wait().unwrap();
+        }
+    });
+}
+
+/// io_uring with the multishot receive switched off: the linked
+/// SEND -> RECV chain per transceive keeps every semantic (echo, overflow
+/// then reads, cancel with the pipe reused, peek).
+#[test]
+fn linked_receive_path_without_multishot() {
+    bounded(T, || {
+        let dir = tempfile::tempdir().unwrap();
+        let _echo = Scripted::spawn(dir.path(), "echo", Handshake::Accept, hang_or_echo());
+        let _big = Scripted::spawn(dir.path(), "big", Handshake::Accept, big_reply(10_000));
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.backend = BackendChoice::IoUring;
+        cfg.multishot = false;
+        let eng = match Engine::new(cfg) {
+            Ok(e) => e,
+            Err(EngineError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
+            Err(e) => panic!("engine: {e}"),
+        };
+        let pipe = eng.open("echo", user(1), None).wait().unwrap();
+        for i in 0..20u8 {
+            let msg = vec![i; 1 + i as usize * 50];
+            let t = pipe.transceive(msg.clone(), 4280).wait().unwrap();
+            assert_eq!((t.status, t.data), (NtStatus::SUCCESS, msg));
+        }
+        let req = pipe.transceive(b"H.".to_vec(), 1024);
+        std::thread::sleep(Duration::from_millis(30));
+        req.cancel();
+        assert_eq!(req.wait().unwrap_err(), NtStatus::CANCELLED);
+        let t = pipe.transceive(b"after".to_vec(), 1024).wait().unwrap();
+        assert_eq!(t.data, b"after");
+        let t = pipe.peek(64).wait().unwrap();
+        let (hdr, _) = PeekReply::decode(&t.data).unwrap();
+        assert_eq!(hdr.read_data_available, 0);
+
+        let big = eng.open("big", user(1), None).wait().unwrap();
+        let expect: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+        let t = big.transceive(b"q".to_vec(), 1024).wait().unwrap();
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+        let mut got = t.data;
+        while got.len() < expect.len() {
+            got.extend_from_slice(&big.read(1024).wait().unwrap());
+        }
+        assert_eq!(got, expect);
+    });
+}

@@ -134,6 +134,13 @@ const ST_MORE: u8 = 7;
 const ST_PEEK: u8 = 8;
 const ST_WAIT_CONNECT: u8 = 9;
 const ST_WAIT_TIMER: u8 = 10;
+const ST_MULTI: u8 = 11;
+
+/// Bytes a pipe's multishot receive may pile up in its pushback with no
+/// request waiting (replies to cancelled requests, unsolicited data) before
+/// the receive is stopped; the rest then stays in the socket, and the
+/// receive is re-armed once a request needs data and the pushback is empty.
+const MS_PUSHBACK_CAP: usize = 64 * 1024;
 
 /// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
 /// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
@@ -193,7 +200,17 @@ struct PipeEntry {
     /// Bytes a cancelled receive took off the socket after all (it won the
     /// race with its cancel). They belong to the stream: the next read,
     /// transceive or peek gets them first, so nothing is lost or reordered.
+    /// With a multishot receive armed, every chunk that arrives while no
+    /// request waits for data lands here too.
     pushback: Vec<u8>,
+    /// The pipe's multishot receive (its op entry), while armed.
+    ms: Option<(u32, u32)>,
+    /// The multishot receive is being stopped (pushback over its cap).
+    ms_stopping: bool,
+    /// The multishot receive saw the end of the stream.
+    eof: bool,
+    /// The request waiting for the multishot receive's next chunk.
+    waiter: Option<(u32, u32)>,
 }
 
 enum Kind {
@@ -220,14 +237,21 @@ enum Kind {
         /// The pipe had pushed-back bytes: send only, the reply comes from
         /// them.
         from_pushback: bool,
+        /// Send only: the reply comes from the pipe's multishot receive.
+        via_ms: bool,
         status: Option<NtStatus>,
     },
     Read {
         max_out: usize,
         out: Option<Vec<u8>>,
         retry_recv: bool,
+        /// No SQE: the data comes from the pipe's multishot receive.
+        via_ms: bool,
         status: Option<NtStatus>,
     },
+    /// A pipe's multishot receive (no caller: its chunks go to the pipe's
+    /// waiting request or pushback).
+    Multishot,
     Write {
         data: Vec<u8>,
         sent: usize,
@@ -278,6 +302,9 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// Scratch for the SQE ids of the chain being pushed (no allocation).
     ids: Vec<SqeId>,
     stopping: bool,
+    /// The kernel refused a multishot receive: pipes use one receive per
+    /// request instead.
+    ms_disabled: bool,
 }
 
 /// The ring thread's context, given to ring-thread callbacks so they can
@@ -394,6 +421,7 @@ impl<D: OpDriver> Core<D> {
             done: Vec::with_capacity(256),
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
+            ms_disabled: false,
         }
     }
 
@@ -715,6 +743,10 @@ impl<D: OpDriver> Core<D> {
             draining: 0,
             deferred: VecDeque::new(),
             pushback: Vec::new(),
+            ms: None,
+            ms_stopping: false,
+            eof: false,
+            waiter: None,
         });
         let pipe = PipeId {
             ring: self.ring_index,
@@ -768,6 +800,19 @@ impl<D: OpDriver> Core<D> {
             return;
         }
         let has_pushback = !pe.pushback.is_empty();
+        // The reply of a transceive, or a read's data, comes from the pipe's
+        // multishot receive: the request is one SEND SQE or none at all.
+        // Larger reads keep one receive of their own size (a chunk is at
+        // most one pool buffer).
+        let via_ms = !has_pushback
+            && max_out <= self.drv.recv_pool_buf_bytes()
+            && self.cfg.multishot
+            && !self.ms_disabled
+            && self.cfg.buffers == BufferMode::Plain
+            && self.drv.recv_pool_buf_bytes() > 0
+            && !pe.eof
+            && !pe.closing
+            && pe.waiter.is_none();
         match io {
             PipeIo::Read { max_out } if has_pushback => {
                 let data = take_pushback(&mut pe.pushback, max_out);
@@ -787,9 +832,13 @@ impl<D: OpDriver> Core<D> {
                     more: None,
                     retry_recv: false,
                     from_pushback: has_pushback,
+                    via_ms,
                     status: None,
                 };
                 let key = self.new_op(Some(pipe), session, notify, kind);
+                if via_ms {
+                    self.await_chunk(pipe, key, &fd, session);
+                }
                 self.push_transceive(key, fd);
                 if self
                     .ops
@@ -805,11 +854,17 @@ impl<D: OpDriver> Core<D> {
                     max_out,
                     out: None,
                     retry_recv: false,
+                    via_ms,
                     status: None,
                 };
                 let key = self.new_op(Some(pipe), session, notify, kind);
-                let op = recv_op(&self.drv, fd, max_out, true);
-                self.push_chain(key, [(op, ST_RECV)]);
+                if via_ms {
+                    // No SQE: the next chunk of the multishot receive ends it.
+                    self.await_chunk(pipe, key, &fd, session);
+                } else {
+                    let op = recv_op(&self.drv, fd, max_out, true);
+                    self.push_chain(key, [(op, ST_RECV)]);
+                }
             }
             PipeIo::Write { data } => {
                 let key = self.new_op(
@@ -880,13 +935,15 @@ impl<D: OpDriver> Core<D> {
             reg,
             retry_recv,
             from_pushback,
+            via_ms,
             ..
         } = &mut e.kind
         else {
             return;
         };
-        if *from_pushback {
-            // The reply is in the pipe's pushback: just send the request.
+        if *from_pushback || *via_ms {
+            // The reply is in the pipe's pushback, or comes from its
+            // multishot receive: just send the request.
             if input.len() > *sent {
                 let (buf, start) = (std::mem::take(input), *sent);
                 self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
@@ -1237,14 +1294,17 @@ impl<D: OpDriver> Core<D> {
             let Some(e) = self.ops.get_mut(index, gen) else {
                 return;
             };
-            e.pending = e.pending.saturating_sub(1);
-            if step != ST_DEADLINE && step != ST_WAIT_TIMER {
-                e.chain_done = (e.chain_done + 1).min(e.chain_len);
+            if !c.more {
+                e.pending = e.pending.saturating_sub(1);
+                if step != ST_DEADLINE && step != ST_WAIT_TIMER {
+                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
+                }
             }
             e.cancelled
         };
         match step {
             ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
+            ST_MULTI => return self.ms_step(key, c),
             ST_WAIT_CONNECT | ST_WAIT_TIMER => {
                 let r = c.result;
                 drop(c);
@@ -1307,7 +1367,195 @@ impl<D: OpDriver> Core<D> {
             // A wait between attempts: wait_step pushed the next one.
             return;
         }
+        if let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    via_ms: true,
+                    out: None,
+                    status: None,
+                    ..
+                }
+                | Kind::Read {
+                    via_ms: true,
+                    out: None,
+                    status: None,
+                    ..
+                },
+            cancelled: false,
+            ..
+        }) = self.ops.get_mut(index, gen)
+        {
+            // Sent; the reply comes with the multishot receive's next chunk.
+            return;
+        }
         self.finish(key);
+    }
+
+    // ---- multishot receive ------------------------------------------------
+
+    /// Makes `key` the request waiting for the next chunk of `pipe`'s
+    /// multishot receive, arming the receive if it is not.
+    fn await_chunk(&mut self, pipe: PipeId, key: (u32, u32), fd: &Rc<OwnedFd>, session: u64) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        pe.waiter = Some(key);
+        if pe.ms.is_some() {
+            // Armed, or being stopped: its end re-arms it for the waiter.
+            return;
+        }
+        self.arm_multishot(pipe, fd.clone(), session);
+    }
+
+    fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
+        let key = self.ops.insert(OpEntry {
+            pipe: Some(pipe),
+            session,
+            notify: None,
+            pending: 0,
+            chain: [None; MAX_CHAIN],
+            chain_len: 0,
+            chain_done: 0,
+            cancelled: false,
+            kind: Kind::Multishot,
+        });
+        if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
+            pe.inflight += 1;
+            pe.ms = Some(key);
+            pe.ms_stopping = false;
+        }
+        let op = Op::RecvMulti {
+            fd,
+            data: Vec::new(),
+        };
+        self.push_chain(key, [(op, ST_MULTI)]);
+    }
+
+    /// One completion of a pipe's multishot receive: a chunk for the
+    /// waiting request or the pushback; on the last one, re-arm for a
+    /// request still waiting, or end it.
+    fn ms_step(&mut self, key: (u32, u32), c: Completion) {
+        let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (pipe, session, pending) = (e.pipe, e.session, e.pending);
+        let r = c.result;
+        let Op::RecvMulti { fd, data } = c.op else {
+            return;
+        };
+        if let Some(p) = pipe {
+            if r > 0 && !data.is_empty() {
+                self.ms_chunk(p, data, nonempty);
+            }
+        }
+        if c.more || pending > 0 {
+            return;
+        }
+        // The receive is over.
+        self.finish(key);
+        let Some(p) = pipe else { return };
+        let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
+            return;
+        };
+        pe.ms = None;
+        pe.ms_stopping = false;
+        if r == 0 {
+            pe.eof = true;
+        }
+        if r == -libc::EINVAL {
+            // No multishot receive on this kernel (before 6.0).
+            self.ms_disabled = true;
+        }
+        let Some(w) = pe.waiter else { return };
+        if pe.closing {
+            return;
+        }
+        let fail = match r {
+            0 => Some(NtStatus::PIPE_BROKEN),
+            r if r > 0 => None,
+            r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINVAL => None,
+            r => Some(socket_status(-r)),
+        };
+        if let Some(s) = fail {
+            pe.waiter = None;
+            return self.fail_now(w, s);
+        }
+        if !self.ms_disabled {
+            return self.arm_multishot(p, fd, session);
+        }
+        // Fall back to one receive for the waiting request.
+        pe.waiter = None;
+        let Some(we) = self.ops.get_mut(w.0, w.1) else {
+            return;
+        };
+        let max_out = match &mut we.kind {
+            Kind::Transceive {
+                max_out, via_ms, ..
+            }
+            | Kind::Read {
+                max_out, via_ms, ..
+            } => {
+                *via_ms = false;
+                *max_out
+            }
+            _ => return,
+        };
+        let op = recv_op(&self.drv, fd, max_out, true);
+        self.push_chain(w, [(op, ST_RECV)]);
+    }
+
+    /// A chunk of `pipe`'s stream from its multishot receive.
+    fn ms_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        if let Some(w) = pe.waiter {
+            // A request waits with an empty pushback: the chunk is its reply.
+            if let Some(e) = self.ops.get_mut(w.0, w.1) {
+                let took = match &mut e.kind {
+                    Kind::Transceive {
+                        out: out @ None,
+                        more,
+                        ..
+                    } => {
+                        *out = Some(std::mem::take(&mut data));
+                        *more = Some(nonempty);
+                        true
+                    }
+                    Kind::Read {
+                        out: out @ None, ..
+                    } => {
+                        *out = Some(std::mem::take(&mut data));
+                        true
+                    }
+                    _ => false,
+                };
+                if took {
+                    let ready = e.pending == 0;
+                    if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
+                        pe.waiter = None;
+                    }
+                    if ready {
+                        self.finish(w);
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        pe.pushback.append(&mut data);
+        if pe.pushback.len() > MS_PUSHBACK_CAP && !pe.ms_stopping {
+            // Nobody is reading: leave the rest in the socket.
+            if let Some(k) = pe.ms {
+                pe.ms_stopping = true;
+                if let Some(&Some(id)) = self.ops.get_mut(k.0, k.1).map(|e| &e.chain[0]) {
+                    self.drv.cancel(id);
+                }
+            }
+        }
     }
 
     fn push_resume(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
@@ -1362,6 +1610,11 @@ impl<D: OpDriver> Core<D> {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
         };
+        if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            if pe.waiter == Some(key) {
+                pe.waiter = None;
+            }
+        }
         let mut resume = VecDeque::new();
         if let (true, Some(p)) = (e.cancelled, e.pipe) {
             if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
@@ -1474,6 +1727,7 @@ impl<D: OpDriver> Core<D> {
                 status: Some(s), ..
             } => Err(s),
             Kind::WaitPipe { .. } => Ok(Outcome::Done),
+            Kind::Multishot => Ok(Outcome::Done),
             Kind::Open { .. } => unreachable!("handled above"),
         };
         self.notify(notify, res);
@@ -1594,6 +1848,10 @@ impl<D: OpDriver> Core<D> {
         if let Some(n) = notify {
             self.reject(n, status);
         }
+        // A request waiting only for a multishot chunk has no CQE to come.
+        if self.ops.get_mut(i, g).is_some_and(|e| e.pending == 0) {
+            self.finish((i, g));
+        }
     }
 
     fn cancel_chain(&mut self, key: (u32, u32)) {
@@ -1638,6 +1896,7 @@ fn set_status(kind: &mut Kind, s: NtStatus) {
         | Kind::Write { status, .. }
         | Kind::Peek { status, .. }
         | Kind::WaitPipe { status, .. } => status,
+        Kind::Multishot => return,
     };
     if slot.is_none() {
         *slot = Some(s);

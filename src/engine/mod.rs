@@ -86,6 +86,11 @@ pub struct EngineConfig {
     pub recv_pool_bufs: u16,
     /// Bytes per receive-pool buffer (default 4280, the pipe message size).
     pub recv_pool_buf_bytes: u32,
+    /// Receive through one multishot receive per active pipe (default
+    /// true; io_uring with plain buffers and a receive pool): a transceive
+    /// is then ONE SEND SQE, its reply the receive's next chunk, and a read
+    /// needs no SQE. False: a linked SEND -> RECV chain per transceive.
+    pub multishot: bool,
 }
 
 impl EngineConfig {
@@ -104,6 +109,7 @@ impl EngineConfig {
             reg_slot_bytes: 8192,
             recv_pool_bufs: 256,
             recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
+            multishot: true,
         }
     }
 }

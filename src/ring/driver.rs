@@ -132,6 +132,19 @@ pub enum Op {
         /// The received bytes, filled in on completion.
         data: Vec<u8>,
     },
+    /// A multishot `recv(2)` on the provided-buffer pool
+    /// (`IORING_RECV_MULTISHOT`): stays armed and completes once per chunk
+    /// of data that arrives, each time into a pool buffer the kernel picks.
+    /// Every chunk is delivered as a [`Completion`] with `more` set and the
+    /// bytes in this variant's `data`; the op stays in flight until a
+    /// completion without `more` (end of stream, error, `-ENOBUFS` when the
+    /// pool ran dry, or a cancel).
+    RecvMulti {
+        /// The socket.
+        fd: Rc<OwnedFd>,
+        /// One chunk's bytes (empty in the op that stays armed).
+        data: Vec<u8>,
+    },
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -168,6 +181,7 @@ impl Op {
             | Op::Send { fd, .. }
             | Op::Recv { fd, .. }
             | Op::RecvPooled { fd, .. }
+            | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
             Op::Timer { .. } => None,
@@ -201,6 +215,9 @@ pub struct Completion {
     pub flags: u32,
     /// The operation, with its buffer filled for receives.
     pub op: Op,
+    /// The op stays in flight and completes again (a multishot receive's
+    /// chunk, `IORING_CQE_F_MORE`); false on an op's final completion.
+    pub more: bool,
 }
 
 impl Completion {
@@ -543,6 +560,13 @@ impl Driver {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
             }
+            Op::RecvMulti { fd, .. } => {
+                let bgid = self
+                    .recv_pool
+                    .as_ref()
+                    .map_or(RECV_POOL_GROUP, BufRing::bgid);
+                opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), bgid).build()
+            }
             Op::WriteFixed {
                 fd,
                 buf,
@@ -695,6 +719,36 @@ impl Driver {
         }
     }
 
+    /// The completion for one chunk of the multishot receive in slot
+    /// `index`, its bytes copied out of the pool buffer (which goes back at
+    /// once). `None` if the slot holds no multishot receive.
+    fn chunk(&mut self, index: usize, cqe: &cqueue::Entry) -> Option<Completion> {
+        let slot = &self.slots[index];
+        let Some(Op::RecvMulti { fd, .. }) = &slot.op else {
+            return None;
+        };
+        let (fd, token) = (fd.clone(), slot.token);
+        let mut result = cqe.result();
+        let mut data = Vec::new();
+        if let Some(pool) = self.recv_pool.as_mut() {
+            if result > 0 {
+                match pool.take(cqe.flags(), result as usize) {
+                    Ok(b) => data.extend_from_slice(&b),
+                    Err(_) => result = -libc::EIO,
+                }
+            } else {
+                pool.discard(cqe.flags());
+            }
+        }
+        Some(Completion {
+            token,
+            result,
+            flags: cqe.flags(),
+            op: Op::RecvMulti { fd, data },
+            more: true,
+        })
+    }
+
     /// Reaps every ready CQE. Final completions of pushed operations are
     /// appended to `out`; cancel and wake-up completions are handled here.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
@@ -722,6 +776,13 @@ impl Driver {
                             continue;
                         };
                         if slot.gen != gen || slot.op.is_none() {
+                            continue;
+                        }
+                        if cqueue::more(cqe.flags()) {
+                            // A multishot receive's chunk: the op stays armed.
+                            if let Some(c) = self.chunk(index, &cqe) {
+                                out.push(c);
+                            }
                             continue;
                         }
                         let mut op = slot.op.take().expect("checked above");
@@ -753,11 +814,25 @@ impl Driver {
                                 unsafe { buf.set_len(buf.len() + n) };
                             }
                         }
+                        if let (Op::RecvMulti { data, .. }, Some(pool)) =
+                            (&mut op, self.recv_pool.as_mut())
+                        {
+                            // A final completion may still carry a chunk.
+                            if result > 0 {
+                                match pool.take(cqe.flags(), result as usize) {
+                                    Ok(b) => data.extend_from_slice(&b),
+                                    Err(_) => result = -libc::EIO,
+                                }
+                            } else {
+                                pool.discard(cqe.flags());
+                            }
+                        }
                         out.push(Completion {
                             token,
                             result,
                             flags: cqe.flags(),
                             op,
+                            more: false,
                         });
                     }
                     KIND_WAKE => {

@@ -264,6 +264,7 @@ impl EpollDriver {
                 result,
                 flags: 0,
                 op,
+                more: false,
             });
             if next == NONE {
                 return;
@@ -431,9 +432,10 @@ impl EpollDriver {
             }
             // No registered buffers and no provided-buffer pool on epoll
             // (the driver reports sizes 0, so the engine never asks).
-            Op::WriteFixed { .. } | Op::ReadFixed { .. } | Op::RecvPooled { .. } => {
-                self.complete(index, -libc::EOPNOTSUPP)
-            }
+            Op::WriteFixed { .. }
+            | Op::ReadFixed { .. }
+            | Op::RecvPooled { .. }
+            | Op::RecvMulti { .. } => self.complete(index, -libc::EOPNOTSUPP),
         }
     }
 

@@ -93,6 +93,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     backend: crate::call::BackendArg,
 
+    /// How opipe's io_uring engine receives replies: one multishot receive
+    /// per pipe (a transceive is one SEND SQE), or a linked SEND -> RECV
+    /// chain per transceive.
+    #[arg(long, value_enum, default_value = "multishot")]
+    uring_recv: UringRecv,
+
     /// Pipes to drive concurrently; a comma list runs each count (1,64,1024,4096).
     #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_pipes)]
     pipes: Vec<usize>,
@@ -141,6 +147,15 @@ pub struct BenchArgs {
     threads: Option<u16>,
 }
 
+/// `--uring-recv` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UringRecv {
+    /// One multishot receive per active pipe (the engine's default).
+    Multishot,
+    /// A linked SEND -> RECV chain per transceive.
+    Linked,
+}
+
 /// `--engine` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum EngineArg {
@@ -164,7 +179,12 @@ enum EngineArg {
 
 /// The peer of an engine, or why this build cannot run it. Engines are
 /// registered here.
-fn peer_for(engine: EngineArg, backend: BackendChoice) -> Result<Box<dyn Peer>, &'static str> {
+fn peer_for(
+    engine: EngineArg,
+    backend: BackendChoice,
+    recv: UringRecv,
+) -> Result<Box<dyn Peer>, &'static str> {
+    let multishot = recv == UringRecv::Multishot;
     match engine {
         EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
         EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
@@ -172,10 +192,12 @@ fn peer_for(engine: EngineArg, backend: BackendChoice) -> Result<Box<dyn Peer>, 
         EngineArg::Uring => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Plain,
             backend,
+            multishot,
         })),
         EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Registered,
             backend,
+            multishot,
         })),
         EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
         EngineArg::All => Err("`all` is a set of engines, not one"),
@@ -242,7 +264,7 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
     for e in engines {
-        match peer_for(e, args.backend.into()) {
+        match peer_for(e, args.backend.into(), args.uring_recv) {
             Ok(p) => peers.push(p),
             Err(why) => {
                 eprintln!("{why}");

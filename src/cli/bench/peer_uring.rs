@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use opipe::engine::{
-    BackendChoice, BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer,
+    Backend, BackendChoice, BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer,
 };
 use opipe::protocol::NtStatus;
 
@@ -27,6 +27,8 @@ pub struct UringPeer {
     pub buffers: BufferMode,
     /// The engine's backend choice (`--backend`).
     pub backend: BackendChoice,
+    /// Replies through one multishot receive per pipe (`--uring-recv`).
+    pub multishot: bool,
 }
 
 impl Peer for UringPeer {
@@ -42,6 +44,7 @@ impl Peer for UringPeer {
         let mut cfg = EngineConfig::new(&run.service.dir);
         cfg.buffers = self.buffers;
         cfg.backend = self.backend;
+        cfg.multishot = self.multishot;
         cfg.open_timeout = Duration::from_secs(10);
         // Room for every pipe's chain in one submission.
         cfg.sq_entries = (pipes * 3).next_power_of_two().clamp(64, 32768) as u32;
@@ -104,6 +107,12 @@ impl Peer for UringPeer {
         } else {
             "linked MSG_PEEK probe"
         };
+        let receive =
+            if self.multishot && buffers_plain(&engine) && engine.backend() == Backend::IoUring {
+                "send + multishot receive"
+            } else {
+                "send->recv chain"
+            };
         let backend = engine.backend();
         // The effective mode: the epoll backend runs plain buffers.
         let buffers = engine.config().buffers;
@@ -111,7 +120,7 @@ impl Peer for UringPeer {
         Ok(PeerRun {
             backend: backend.to_string(),
             detail: Some(format!(
-                "opipe engine on {backend}, 1 ring, {} buffers, send->recv chain, leftover by {nonempty}",
+                "opipe engine on {backend}, 1 ring, {} buffers, {receive}, leftover by {nonempty}",
                 match buffers {
                     BufferMode::Plain => "plain",
                     BufferMode::Registered => "registered",
@@ -120,6 +129,10 @@ impl Peer for UringPeer {
             measured,
         })
     }
+}
+
+fn buffers_plain(engine: &Engine) -> bool {
+    engine.config().buffers == BufferMode::Plain
 }
 
 /// Counts pipes still transceiving; the bench thread waits for zero.
