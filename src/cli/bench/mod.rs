@@ -99,6 +99,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "multishot")]
     uring_recv: UringRecv,
 
+    /// Rings of opipe's engine, one thread each, the pipes spread over them
+    /// (default: one per CPU, as tokio has one worker per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    rings: Option<u16>,
+
     /// Pipes to drive concurrently; a comma list runs each count (1,64,1024,4096).
     #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_pipes)]
     pipes: Vec<usize>,
@@ -183,6 +188,7 @@ fn peer_for(
     engine: EngineArg,
     backend: BackendChoice,
     recv: UringRecv,
+    rings: usize,
 ) -> Result<Box<dyn Peer>, &'static str> {
     let multishot = recv == UringRecv::Multishot;
     match engine {
@@ -193,11 +199,13 @@ fn peer_for(
             buffers: BufferMode::Plain,
             backend,
             multishot,
+            rings,
         })),
         EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Registered,
             backend,
             multishot,
+            rings,
         })),
         EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
         EngineArg::All => Err("`all` is a set of engines, not one"),
@@ -261,10 +269,14 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     }
     engines.sort_unstable();
     engines.dedup();
+    let rings = args.rings.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
     for e in engines {
-        match peer_for(e, args.backend.into(), args.uring_recv) {
+        match peer_for(e, args.backend.into(), args.uring_recv, rings) {
             Ok(p) => peers.push(p),
             Err(why) => {
                 eprintln!("{why}");

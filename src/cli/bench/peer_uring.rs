@@ -29,6 +29,8 @@ pub struct UringPeer {
     pub backend: BackendChoice,
     /// Replies through one multishot receive per pipe (`--uring-recv`).
     pub multishot: bool,
+    /// Rings (one thread each) the pipes are spread over (`--rings`).
+    pub rings: usize,
 }
 
 impl Peer for UringPeer {
@@ -45,6 +47,7 @@ impl Peer for UringPeer {
         cfg.buffers = self.buffers;
         cfg.backend = self.backend;
         cfg.multishot = self.multishot;
+        cfg.rings = self.rings;
         cfg.open_timeout = Duration::from_secs(10);
         // Room for every pipe's chain in one submission.
         cfg.sq_entries = (pipes * 3).next_power_of_two().clamp(64, 32768) as u32;
@@ -120,7 +123,9 @@ impl Peer for UringPeer {
         Ok(PeerRun {
             backend: backend.to_string(),
             detail: Some(format!(
-                "opipe engine on {backend}, 1 ring, {} buffers, {receive}, leftover by {nonempty}",
+                "opipe engine on {backend}, {} ring{}, {} buffers, {receive}, leftover by {nonempty}",
+                self.rings,
+                if self.rings == 1 { "" } else { "s" },
                 match buffers {
                     BufferMode::Plain => "plain",
                     BufferMode::Registered => "registered",
