@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pipe.info().device_state
     );
 
-    // SMB2 IOCTL FSCTL_PIPE_TRANSCEIVE -> send->recv chain.
+    // SMB2 IOCTL FSCTL_PIPE_TRANSCEIVE -> one SEND SQE; the reply is the next
+    // chunk of the pipe's multishot receive.
     let reply = pipe.transceive(b"bind me".to_vec(), 4280).wait()?;
     println!(
         "transceive: {} {:?}",
