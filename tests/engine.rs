@@ -704,6 +704,111 @@ fn flood_after_a_transceive_is_read_back_whole_and_in_order() {
     });
 }
 
+/// Reads larger than a receive-pool buffer take a receive of their own;
+/// one must never race the pipe's multishot receive for the same bytes
+/// (which would hand the caller later bytes while earlier ones sit in the
+/// pushback). Also two requests at once on one pipe: both complete, and
+/// together they get the stream in order.
+#[test]
+fn big_reads_after_transceives_keep_stream_order() {
+    const LEN: usize = 3 << 20;
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "flood", Handshake::Accept, one_big_reply(LEN));
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let pipe = eng.open("flood", user(1), None).wait().unwrap();
+            let t = pipe.transceive(b"go".to_vec(), 100).wait().unwrap();
+            let mut got = t.data;
+            let mut i = 0usize;
+            while got.len() < LEN {
+                // Alternate big reads (own receive) with small ones (the
+                // multishot receive), and now and then two reads at once.
+                let d = match i % 3 {
+                    0 => pipe.read(65536).wait().expect("big read"),
+                    1 => pipe.read(1000).wait().expect("small read"),
+                    _ => {
+                        let a = pipe.read(4280);
+                        let b = pipe.read(65536);
+                        let mut d = a.wait().expect("first of two");
+                        d.extend_from_slice(&b.wait().expect("second of two"));
+                        d
+                    }
+                };
+                assert!(!d.is_empty());
+                got.extend_from_slice(&d);
+                i += 1;
+            }
+            assert_eq!(got.len(), LEN, "{backend:?}");
+            assert!(
+                got == want,
+                "{backend:?}: bytes reordered or lost after {i} reads"
+            );
+        }
+    });
+}
+
+/// One request answered with `total` bytes (pattern i % 251) written in
+/// `piece`-byte pieces with a pause between them, so the socket is often
+/// empty when the client asks.
+fn trickle_reply(total: usize, piece: usize) -> ConnFn {
+    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
+        use std::io::{Read, Write};
+        let reply: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; 4096];
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+        for part in reply.chunks(piece) {
+            if s.write_all(part).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+/// A big read issued while the socket is empty and the pipe's multishot
+/// receive is armed must not lose the race for the next bytes to it (the
+/// caller would get later bytes while earlier ones sit in the pushback).
+#[test]
+fn big_read_on_an_empty_socket_keeps_stream_order() {
+    const LEN: usize = 1000 * 200;
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "trickle",
+                Handshake::Accept,
+                trickle_reply(LEN, 200),
+            );
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let pipe = eng.open("trickle", user(1), None).wait().unwrap();
+            let mut got = pipe.transceive(b"go".to_vec(), 100).wait().unwrap().data;
+            let mut i = 0usize;
+            while got.len() < LEN {
+                let max = if i % 2 == 0 { 1000 } else { 65536 };
+                let d = pipe.read(max).wait().expect("read");
+                assert!(!d.is_empty());
+                got.extend_from_slice(&d);
+                i += 1;
+            }
+            assert!(
+                got == want,
+                "{backend:?}: bytes reordered or lost after {i} reads"
+            );
+        }
+    });
+}
+
 /// io_uring with the multishot receive switched off: the linked
 /// SEND -> RECV chain per transceive keeps every semantic (echo, overflow
 /// then reads, cancel with the pipe reused, peek).
@@ -746,5 +851,71 @@ fn linked_receive_path_without_multishot() {
             got.extend_from_slice(&big.read(1024).wait().unwrap());
         }
         assert_eq!(got, expect);
+    });
+}
+
+/// Echoes every read back after `delay`.
+fn slow_echo(delay: Duration) -> ConnFn {
+    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
+        use std::io::{Read, Write};
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    std::thread::sleep(delay);
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Several requests waiting on one pipe at once get the stream's bytes in
+/// the order they started; a cancelled one leaves its bytes to the next.
+/// (io_uring's multishot receive; the epoll backend, like the seed, lets
+/// concurrent receives race.)
+#[test]
+fn concurrent_requests_on_one_pipe_are_served_in_order() {
+    bounded(T, || {
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(
+            dir.path(),
+            "slow",
+            Handshake::Accept,
+            slow_echo(Duration::from_millis(40)),
+        );
+        let Some(eng) = engine(dir.path(), BufferMode::Plain, BackendChoice::IoUring) else {
+            return;
+        };
+        let pipe = eng.open("slow", user(1), None).wait().unwrap();
+        let t1 = pipe.transceive(b"one".to_vec(), 100);
+        // Let the service take "one" alone before "two" goes out.
+        std::thread::sleep(Duration::from_millis(15));
+        let r2 = pipe.read(100);
+        let t3 = pipe.transceive(b"two".to_vec(), 100);
+        assert_eq!(t1.wait().unwrap().data, b"one");
+        assert_eq!(r2.wait().unwrap(), b"two", "the read started before t3");
+        assert_eq!(pipe.write(b"three".to_vec()).wait().unwrap(), 5);
+        assert_eq!(t3.wait().unwrap().data, b"three");
+
+        // A cancelled waiter leaves the next bytes to the one after it.
+        let r4 = pipe.read(100);
+        let r5 = pipe.read(100);
+        std::thread::sleep(Duration::from_millis(20));
+        r4.cancel();
+        assert_eq!(r4.wait().unwrap_err(), NtStatus::CANCELLED);
+        assert_eq!(pipe.write(b"four".to_vec()).wait().unwrap(), 4);
+        assert_eq!(r5.wait().unwrap(), b"four");
+
+        // A big read (a receive of its own) queued behind a waiter.
+        let r6 = pipe.read(100);
+        let r7 = pipe.read(65536);
+        assert_eq!(pipe.write(b"five".to_vec()).wait().unwrap(), 4);
+        assert_eq!(r6.wait().unwrap(), b"five");
+        assert_eq!(pipe.write(b"six".to_vec()).wait().unwrap(), 3);
+        assert_eq!(r7.wait().unwrap(), b"six");
     });
 }

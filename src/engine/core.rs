@@ -209,8 +209,10 @@ struct PipeEntry {
     ms_stopping: bool,
     /// The multishot receive saw the end of the stream.
     eof: bool,
-    /// The request waiting for the multishot receive's next chunk.
-    waiter: Option<(u32, u32)>,
+    /// Requests waiting for the multishot receive's chunks, in the order
+    /// they started. While any waits, the pushback is empty: bytes that
+    /// arrive go to the first waiter, what it cannot take to the next.
+    waiters: VecDeque<(u32, u32)>,
 }
 
 enum Kind {
@@ -746,7 +748,7 @@ impl<D: OpDriver> Core<D> {
             ms: None,
             ms_stopping: false,
             eof: false,
-            waiter: None,
+            waiters: VecDeque::new(),
         });
         let pipe = PipeId {
             ring: self.ring_index,
@@ -811,8 +813,34 @@ impl<D: OpDriver> Core<D> {
             && self.cfg.buffers == BufferMode::Plain
             && self.drv.recv_pool_buf_bytes() > 0
             && !pe.eof
-            && !pe.closing
-            && pe.waiter.is_none();
+            && !pe.closing;
+        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
+        if reads_socket && !via_ms && !has_pushback && !pe.waiters.is_empty() {
+            // A receive of its own (a read above a pool buffer) must not
+            // race the multishot receive for the bytes the waiting requests
+            // are owed: it starts when they are done.
+            pe.deferred.push_back((io, notify));
+            return;
+        }
+        if reads_socket && !via_ms && !has_pushback && pe.ms.is_some() {
+            // Nor for the bytes after them: stop the multishot receive first
+            // and start this one when it has ended (what it took by then is
+            // in the pushback, which comes first).
+            if !pe.ms_stopping {
+                pe.ms_stopping = true;
+                let ms = pe.ms;
+                pe.deferred.push_back((io, notify));
+                if let Some(&Some(id)) = ms
+                    .and_then(|k| self.ops.get_mut(k.0, k.1))
+                    .map(|e| &e.chain[0])
+                {
+                    self.drv.cancel(id);
+                }
+            } else {
+                pe.deferred.push_back((io, notify));
+            }
+            return;
+        }
         match io {
             PipeIo::Read { max_out } if has_pushback => {
                 let data = take_pushback(&mut pe.pushback, max_out);
@@ -1393,13 +1421,56 @@ impl<D: OpDriver> Core<D> {
 
     // ---- multishot receive ------------------------------------------------
 
-    /// Makes `key` the request waiting for the next chunk of `pipe`'s
+    /// Hands the pipe's pushback to its waiting requests, first come first
+    /// served, each at most its `max_out`. `nonempty`: the kernel said more
+    /// is queued on the socket.
+    fn feed_waiters(&mut self, pipe: PipeId, nonempty: bool) {
+        loop {
+            let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+                return;
+            };
+            if pe.pushback.is_empty() {
+                return;
+            }
+            let Some(w) = pe.waiters.pop_front() else {
+                return;
+            };
+            let Some(e) = self.ops.get_mut(w.0, w.1) else {
+                continue;
+            };
+            let (out, more, max_out) = match &mut e.kind {
+                Kind::Transceive {
+                    out: out @ None,
+                    more,
+                    max_out,
+                    ..
+                } => (out, Some(more), *max_out),
+                Kind::Read {
+                    out: out @ None,
+                    max_out,
+                    ..
+                } => (out, None, *max_out),
+                _ => continue,
+            };
+            let data = take_pushback(&mut pe.pushback, max_out);
+            let left = !pe.pushback.is_empty();
+            *out = Some(data);
+            if let Some(m) = more {
+                *m = Some(left || nonempty);
+            }
+            if e.pending == 0 {
+                self.finish(w);
+            }
+        }
+    }
+
+    /// Queues `key` among the requests waiting for chunks of `pipe`'s
     /// multishot receive, arming the receive if it is not.
     fn await_chunk(&mut self, pipe: PipeId, key: (u32, u32), fd: &Rc<OwnedFd>, session: u64) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        pe.waiter = Some(key);
+        pe.waiters.push_back(key);
         if pe.ms.is_some() {
             // Armed, or being stopped: its end re-arms it for the waiter.
             return;
@@ -1453,22 +1524,34 @@ impl<D: OpDriver> Core<D> {
             return;
         }
         // The receive is over.
-        self.finish(key);
-        let Some(p) = pipe else { return };
-        let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
-            return;
-        };
-        pe.ms = None;
-        pe.ms_stopping = false;
-        if r == 0 {
-            pe.eof = true;
-        }
         if r == -libc::EINVAL {
             // No multishot receive on this kernel (before 6.0).
             self.ms_disabled = true;
         }
-        let Some(w) = pe.waiter else { return };
-        if pe.closing {
+        let mut resume = VecDeque::new();
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.ms = None;
+            pe.ms_stopping = false;
+            if r == 0 {
+                pe.eof = true;
+            }
+            if pe.waiters.is_empty() && pe.draining == 0 {
+                // Requests that waited for this receive to stop.
+                resume = std::mem::take(&mut pe.deferred);
+            }
+        }
+        self.finish(key);
+        let Some(p) = pipe else { return };
+        for (io, notify) in resume {
+            self.start_io(p, io, notify);
+        }
+        let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
+            return;
+        };
+        if pe.ms.is_some() {
+            return;
+        }
+        if pe.waiters.is_empty() || pe.closing {
             return;
         }
         let fail = match r {
@@ -1477,76 +1560,54 @@ impl<D: OpDriver> Core<D> {
             r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINVAL => None,
             r => Some(socket_status(-r)),
         };
-        if let Some(s) = fail {
-            pe.waiter = None;
-            return self.fail_now(w, s);
-        }
-        if !self.ms_disabled {
+        if fail.is_none() && !self.ms_disabled {
             return self.arm_multishot(p, fd, session);
         }
-        // Fall back to one receive for the waiting request.
-        pe.waiter = None;
-        let Some(we) = self.ops.get_mut(w.0, w.1) else {
-            return;
-        };
-        let max_out = match &mut we.kind {
-            Kind::Transceive {
-                max_out, via_ms, ..
+        let waiters = std::mem::take(&mut pe.waiters);
+        for w in waiters {
+            match fail {
+                Some(s) => self.fail_now(w, s),
+                None => {
+                    // No multishot receive here: one receive per waiter.
+                    let Some(we) = self.ops.get_mut(w.0, w.1) else {
+                        continue;
+                    };
+                    let max_out = match &mut we.kind {
+                        Kind::Transceive {
+                            max_out, via_ms, ..
+                        }
+                        | Kind::Read {
+                            max_out, via_ms, ..
+                        } => {
+                            *via_ms = false;
+                            *max_out
+                        }
+                        _ => continue,
+                    };
+                    let op = recv_op(&self.drv, fd.clone(), max_out, true);
+                    self.push_chain(w, [(op, ST_RECV)]);
+                }
             }
-            | Kind::Read {
-                max_out, via_ms, ..
-            } => {
-                *via_ms = false;
-                *max_out
-            }
-            _ => return,
-        };
-        let op = recv_op(&self.drv, fd, max_out, true);
-        self.push_chain(w, [(op, ST_RECV)]);
+        }
     }
 
-    /// A chunk of `pipe`'s stream from its multishot receive.
+    /// A chunk of `pipe`'s stream from its multishot receive: to the
+    /// waiting requests in order (each takes at most its `max_out`), the
+    /// rest to the pushback.
     fn ms_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        if let Some(w) = pe.waiter {
-            // A request waits with an empty pushback: the chunk is its reply.
-            if let Some(e) = self.ops.get_mut(w.0, w.1) {
-                let took = match &mut e.kind {
-                    Kind::Transceive {
-                        out: out @ None,
-                        more,
-                        ..
-                    } => {
-                        *out = Some(std::mem::take(&mut data));
-                        *more = Some(nonempty);
-                        true
-                    }
-                    Kind::Read {
-                        out: out @ None, ..
-                    } => {
-                        *out = Some(std::mem::take(&mut data));
-                        true
-                    }
-                    _ => false,
-                };
-                if took {
-                    let ready = e.pending == 0;
-                    if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
-                        pe.waiter = None;
-                    }
-                    if ready {
-                        self.finish(w);
-                    }
-                    return;
-                }
-            }
+        // Waiters exist only while the pushback is empty: the chunk is next.
+        if pe.pushback.is_empty() {
+            pe.pushback = data;
+        } else {
+            pe.pushback.append(&mut data);
         }
+        self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        pe.pushback.append(&mut data);
         if pe.pushback.len() > MS_PUSHBACK_CAP && !pe.ms_stopping {
             // Nobody is reading: leave the rest in the socket.
             if let Some(k) = pe.ms {
@@ -1610,12 +1671,17 @@ impl<D: OpDriver> Core<D> {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
         };
+        let mut resume = VecDeque::new();
         if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            if pe.waiter == Some(key) {
-                pe.waiter = None;
+            if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
+                // A waiter that ends without its chunk (cancelled, failed).
+                pe.waiters.remove(i);
+            }
+            if pe.waiters.is_empty() && pe.draining == 0 && !pe.deferred.is_empty() {
+                // Requests that waited for the waiters (see start_io).
+                resume.extend(pe.deferred.drain(..));
             }
         }
-        let mut resume = VecDeque::new();
         if let (true, Some(p)) = (e.cancelled, e.pipe) {
             if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
                 // Bytes the cancelled receive took after all stay in the stream.
@@ -1626,7 +1692,7 @@ impl<D: OpDriver> Core<D> {
                 }
                 pe.draining = pe.draining.saturating_sub(1);
                 if pe.draining == 0 {
-                    resume = std::mem::take(&mut pe.deferred);
+                    resume.extend(pe.deferred.drain(..));
                 }
             }
         }
