@@ -178,7 +178,7 @@ enum EngineArg {
     /// write-all-then-read-all; the least client CPU per transceive (not
     /// part of `all`).
     Floor,
-    /// All of the above.
+    /// threads, tokio, tokio-uring and uring.
     All,
 }
 
