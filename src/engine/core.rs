@@ -826,20 +826,8 @@ impl<D: OpDriver> Core<D> {
             // Nor for the bytes after them: stop the multishot receive first
             // and start this one when it has ended (what it took by then is
             // in the pushback, which comes first).
-            if !pe.ms_stopping {
-                pe.ms_stopping = true;
-                let ms = pe.ms;
-                pe.deferred.push_back((io, notify));
-                if let Some(&Some(id)) = ms
-                    .and_then(|k| self.ops.get_mut(k.0, k.1))
-                    .map(|e| &e.chain[0])
-                {
-                    self.drv.cancel(id);
-                }
-            } else {
-                pe.deferred.push_back((io, notify));
-            }
-            return;
+            pe.deferred.push_back((io, notify));
+            return self.stop_multishot(pipe);
         }
         match io {
             PipeIo::Read { max_out } if has_pushback => {
@@ -1608,14 +1596,24 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        if pe.pushback.len() > MS_PUSHBACK_CAP && !pe.ms_stopping {
+        if pe.pushback.len() > MS_PUSHBACK_CAP {
             // Nobody is reading: leave the rest in the socket.
-            if let Some(k) = pe.ms {
-                pe.ms_stopping = true;
-                if let Some(&Some(id)) = self.ops.get_mut(k.0, k.1).map(|e| &e.chain[0]) {
-                    self.drv.cancel(id);
-                }
-            }
+            self.stop_multishot(pipe);
+        }
+    }
+
+    /// Cancels the pipe's multishot receive, once; its final completion
+    /// (`ms_step`) then re-arms it for a waiter or starts deferred requests.
+    fn stop_multishot(&mut self, pipe: PipeId) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        let Some(k) = pe.ms.filter(|_| !pe.ms_stopping) else {
+            return;
+        };
+        pe.ms_stopping = true;
+        if let Some(&Some(id)) = self.ops.get_mut(k.0, k.1).map(|e| &e.chain[0]) {
+            self.drv.cancel(id);
         }
     }
 
