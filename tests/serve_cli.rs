@@ -267,6 +267,13 @@ fn sigterm_removes_sockets_and_exits_zero(backend: &str) {
     assert!(st.success(), "{st}");
     assert!(!a.exists() && !b.exists(), "sockets left behind");
     assert_eof(&mut s);
+    // It says what it did before it goes (the pump ends with the process).
+    let said: Vec<String> = srv.stderr.iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("stopping: 2 accepted, 2 opened") && l.contains("0 handler errors")),
+        "{said:?}"
+    );
 }
 
 fn sigint_also_stops_cleanly(backend: &str) {

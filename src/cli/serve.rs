@@ -172,6 +172,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Err(e) => break Err(e),
         }
     };
+    let st = svc.stats();
+    eprintln!(
+        "opipe serve: stopping: {} accepted, {} opened ({} refused with a status, {} closed \
+         without one, {} of them timed out), {} handler errors, {} bytes in, {} bytes out, \
+         {} receives re-armed after the buffer ring ran dry, {} backpressure pauses",
+        st.accepted,
+        st.handshakes_ok,
+        st.handshakes_rejected,
+        st.handshakes_closed_silently,
+        st.handshake_timeouts,
+        st.handler_errors,
+        st.bytes_in,
+        st.bytes_out,
+        st.recv_no_buffers,
+        st.backpressure_pauses,
+    );
     let stopped = svc.shutdown().and_then(|()| svc.join());
     // A thread's own error, from join, says more than "a thread stopped".
     match stopped.and(waited) {
