@@ -885,18 +885,16 @@ fn concurrent_requests_on_one_pipe_are_served_in_order() {
             dir.path(),
             "slow",
             Handshake::Accept,
-            slow_echo(Duration::from_millis(40)),
+            slow_echo(Duration::from_millis(5)),
         );
         let Some(eng) = engine(dir.path(), BufferMode::Plain, BackendChoice::IoUring) else {
             return;
         };
         let pipe = eng.open("slow", user(1), None).wait().unwrap();
-        let t1 = pipe.transceive(b"one".to_vec(), 100);
-        // Let the service take "one" alone before "two" goes out.
-        std::thread::sleep(Duration::from_millis(15));
+        assert_eq!(pipe.transceive(b"one".to_vec(), 100).wait().unwrap().data, b"one");
+        // The read waits first, so the reply to t3 is the read's.
         let r2 = pipe.read(100);
         let t3 = pipe.transceive(b"two".to_vec(), 100);
-        assert_eq!(t1.wait().unwrap().data, b"one");
         assert_eq!(r2.wait().unwrap(), b"two", "the read started before t3");
         assert_eq!(pipe.write(b"three".to_vec()).wait().unwrap(), 5);
         assert_eq!(t3.wait().unwrap().data, b"three");
