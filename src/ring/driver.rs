@@ -731,14 +731,7 @@ impl Driver {
         let mut result = cqe.result();
         let mut data = Vec::new();
         if let Some(pool) = self.recv_pool.as_mut() {
-            if result > 0 {
-                match pool.take(cqe.flags(), result as usize) {
-                    Ok(b) => data.extend_from_slice(&b),
-                    Err(_) => result = -libc::EIO,
-                }
-            } else {
-                pool.discard(cqe.flags());
-            }
+            copy_out(pool, cqe.flags(), &mut result, &mut data);
         }
         Some(Completion {
             token,
@@ -790,19 +783,14 @@ impl Driver {
                         self.free.push(index as u32);
                         self.in_flight -= 1;
                         let mut result = cqe.result();
-                        if let (Op::RecvPooled { data, .. }, Some(pool)) =
-                            (&mut op, self.recv_pool.as_mut())
+                        // A pooled receive's bytes; a multishot receive's
+                        // final completion may still carry a chunk too.
+                        if let (
+                            Op::RecvPooled { data, .. } | Op::RecvMulti { data, .. },
+                            Some(pool),
+                        ) = (&mut op, self.recv_pool.as_mut())
                         {
-                            if result > 0 {
-                                match pool.take(cqe.flags(), result as usize) {
-                                    // Copy out and give the buffer back now
-                                    // (the guard returns it on drop).
-                                    Ok(b) => data.extend_from_slice(&b),
-                                    Err(_) => result = -libc::EIO,
-                                }
-                            } else {
-                                pool.discard(cqe.flags());
-                            }
+                            copy_out(pool, cqe.flags(), &mut result, data);
                         }
                         if let Op::Recv { buf, .. } = &mut op {
                             if result > 0 {
@@ -812,19 +800,6 @@ impl Driver {
                                 // (the pointer given in build_sqe), and `n`
                                 // is bounded by the spare capacity.
                                 unsafe { buf.set_len(buf.len() + n) };
-                            }
-                        }
-                        if let (Op::RecvMulti { data, .. }, Some(pool)) =
-                            (&mut op, self.recv_pool.as_mut())
-                        {
-                            // A final completion may still carry a chunk.
-                            if result > 0 {
-                                match pool.take(cqe.flags(), result as usize) {
-                                    Ok(b) => data.extend_from_slice(&b),
-                                    Err(_) => result = -libc::EIO,
-                                }
-                            } else {
-                                pool.discard(cqe.flags());
                             }
                         }
                         out.push(Completion {
@@ -895,6 +870,21 @@ impl Drop for Driver {
 
 /// EINTR, a timed-out wait, a full CQ (EBUSY: overflowed completions wait to
 /// be reaped) or EAGAIN (no memory for task work right now): reap and retry.
+/// Copies a pooled receive's `*result` bytes out of the pool buffer the
+/// completion `flags` name and gives the buffer back at once (the guard
+/// returns it on drop); a completion without bytes just releases any buffer
+/// it names. A buffer id the pool does not know turns `*result` into `-EIO`.
+fn copy_out(pool: &mut BufRing, flags: u32, result: &mut i32, data: &mut Vec<u8>) {
+    if *result > 0 {
+        match pool.take(flags, *result as usize) {
+            Ok(b) => data.extend_from_slice(&b),
+            Err(_) => *result = -libc::EIO,
+        }
+    } else {
+        pool.discard(flags);
+    }
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
