@@ -205,7 +205,8 @@ struct PipeEntry {
     pushback: Vec<u8>,
     /// The pipe's multishot receive (its op entry), while armed.
     ms: Option<(u32, u32)>,
-    /// The multishot receive is being stopped (pushback over its cap).
+    /// The multishot receive is being stopped (pushback over its cap, or a
+    /// deferred read needs a receive of its own).
     ms_stopping: bool,
     /// The multishot receive saw the end of the stream.
     eof: bool,
@@ -213,6 +214,19 @@ struct PipeEntry {
     /// they started. While any waits, the pushback is empty: bytes that
     /// arrive go to the first waiter, what it cannot take to the next.
     waiters: VecDeque<(u32, u32)>,
+}
+
+impl PipeEntry {
+    /// The deferred requests that may start now: none while a cancelled
+    /// request still has SQEs in the kernel, a request waits for the
+    /// multishot receive, or that receive is being stopped.
+    fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
+        if self.draining == 0 && self.waiters.is_empty() && !self.ms_stopping {
+            std::mem::take(&mut self.deferred)
+        } else {
+            VecDeque::new()
+        }
+    }
 }
 
 enum Kind {
@@ -535,10 +549,27 @@ impl<D: OpDriver> Core<D> {
             Notify::Shared(s) => Some(s.clone()),
             Notify::Callback(_) => None,
         };
+        let key = self.insert_op(pipe, session, Some(notify), kind);
+        if let Some(s) = shared {
+            s.op_key
+                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+        }
+        key
+    }
+
+    /// Adds an op entry (counted in its pipe's `inflight`); `notify` is
+    /// `None` for the engine's own ops (a pipe's multishot receive).
+    fn insert_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Option<Notify>,
+        kind: Kind,
+    ) -> (u32, u32) {
         let key = self.ops.insert(OpEntry {
             pipe,
             session,
-            notify: Some(notify),
+            notify,
             pending: 0,
             chain: [None; MAX_CHAIN],
             chain_len: 0,
@@ -550,10 +581,6 @@ impl<D: OpDriver> Core<D> {
             if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
                 pe.inflight += 1;
             }
-        }
-        if let Some(s) = shared {
-            s.op_key
-                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
         }
         key
     }
@@ -806,28 +833,27 @@ impl<D: OpDriver> Core<D> {
         // multishot receive: the request is one SEND SQE or none at all.
         // Larger reads keep one receive of their own size (a chunk is at
         // most one pool buffer).
+        let pool_buf = self.drv.recv_pool_buf_bytes();
         let via_ms = !has_pushback
-            && max_out <= self.drv.recv_pool_buf_bytes()
+            && pool_buf > 0
+            && max_out <= pool_buf
             && self.cfg.multishot
             && !self.ms_disabled
             && self.cfg.buffers == BufferMode::Plain
-            && self.drv.recv_pool_buf_bytes() > 0
             && !pe.eof
             && !pe.closing;
         let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
-        if reads_socket && !via_ms && !has_pushback && !pe.waiters.is_empty() {
+        if reads_socket && !via_ms && !has_pushback && (pe.ms.is_some() || !pe.waiters.is_empty()) {
             // A receive of its own (a read above a pool buffer) must not
-            // race the multishot receive for the bytes the waiting requests
-            // are owed: it starts when they are done.
+            // race the multishot receive: it starts once the waiting
+            // requests have their bytes and the receive has stopped (what
+            // it took by then is in the pushback, which comes first).
+            let stop = pe.waiters.is_empty();
             pe.deferred.push_back((io, notify));
+            if stop {
+                self.stop_multishot(pipe);
+            }
             return;
-        }
-        if reads_socket && !via_ms && !has_pushback && pe.ms.is_some() {
-            // Nor for the bytes after them: stop the multishot receive first
-            // and start this one when it has ended (what it took by then is
-            // in the pushback, which comes first).
-            pe.deferred.push_back((io, notify));
-            return self.stop_multishot(pipe);
         }
         match io {
             PipeIo::Read { max_out } if has_pushback => {
@@ -1467,19 +1493,8 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
-        let key = self.ops.insert(OpEntry {
-            pipe: Some(pipe),
-            session,
-            notify: None,
-            pending: 0,
-            chain: [None; MAX_CHAIN],
-            chain_len: 0,
-            chain_done: 0,
-            cancelled: false,
-            kind: Kind::Multishot,
-        });
+        let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
         if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
-            pe.inflight += 1;
             pe.ms = Some(key);
             pe.ms_stopping = false;
         }
@@ -1523,10 +1538,7 @@ impl<D: OpDriver> Core<D> {
             if r == 0 {
                 pe.eof = true;
             }
-            if pe.waiters.is_empty() && pe.draining == 0 {
-                // Requests that waited for this receive to stop.
-                resume = std::mem::take(&mut pe.deferred);
-            }
+            resume = pe.startable();
         }
         self.finish(key);
         let Some(p) = pipe else { return };
@@ -1675,13 +1687,7 @@ impl<D: OpDriver> Core<D> {
                 // A waiter that ends without its chunk (cancelled, failed).
                 pe.waiters.remove(i);
             }
-            if pe.waiters.is_empty() && pe.draining == 0 && !pe.deferred.is_empty() {
-                // Requests that waited for the waiters (see start_io).
-                resume.extend(pe.deferred.drain(..));
-            }
-        }
-        if let (true, Some(p)) = (e.cancelled, e.pipe) {
-            if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
+            if e.cancelled {
                 // Bytes the cancelled receive took after all stay in the stream.
                 if let Kind::Transceive { out: Some(d), .. } | Kind::Read { out: Some(d), .. } =
                     &mut e.kind
@@ -1689,10 +1695,8 @@ impl<D: OpDriver> Core<D> {
                     pe.pushback.append(d);
                 }
                 pe.draining = pe.draining.saturating_sub(1);
-                if pe.draining == 0 {
-                    resume.extend(pe.deferred.drain(..));
-                }
             }
+            resume = pe.startable();
         }
         if let Some(p) = e.pipe {
             self.pipe_op_done(p);
