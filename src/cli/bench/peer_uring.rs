@@ -110,16 +110,17 @@ impl Peer for UringPeer {
         } else {
             "linked MSG_PEEK probe"
         };
-        let receive =
-            if self.multishot && buffers_plain(&engine) && engine.backend() == Backend::IoUring {
-                "send + multishot receive"
-            } else {
-                "send->recv chain"
-            };
         let backend = engine.backend();
         // The effective mode: the epoll backend runs plain buffers.
         let buffers = engine.config().buffers;
         drop(engine);
+        // The engine's multishot receive needs io_uring and plain buffers.
+        let receive =
+            if self.multishot && buffers == BufferMode::Plain && backend == Backend::IoUring {
+                "send + multishot receive"
+            } else {
+                "send->recv chain"
+            };
         Ok(PeerRun {
             backend: backend.to_string(),
             detail: Some(format!(
@@ -134,10 +135,6 @@ impl Peer for UringPeer {
             measured,
         })
     }
-}
-
-fn buffers_plain(engine: &Engine) -> bool {
-    engine.config().buffers == BufferMode::Plain
 }
 
 /// Counts pipes still transceiving; the bench thread waits for zero.
