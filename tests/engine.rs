@@ -224,7 +224,7 @@ fn overflow_then_reads_drain_in_order_both_modes() {
                     continue;
                 };
                 let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
-                let expect: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+                let expect = pattern(10_000);
                 for _round in 0..3 {
                     let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
                     assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{mode:?}");
@@ -257,7 +257,7 @@ fn overflowed_reply_rest_keeps_stream_order_both_modes() {
                 let Some(eng) = engine(dir.path(), mode, backend) else {
                     continue;
                 };
-                let reply: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+                let reply = pattern(3000);
                 let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
                 let t = pipe.transceive(b"one".to_vec(), 100).wait().unwrap();
                 assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?} {mode:?}");
@@ -647,23 +647,6 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
-/// One request answered with `reply_len` bytes (pattern i % 251), then the
-/// connection only reads until the client goes away.
-fn one_big_reply(reply_len: usize) -> ConnFn {
-    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
-        use std::io::{Read, Write};
-        let reply: Vec<u8> = (0..reply_len).map(|i| (i % 251) as u8).collect();
-        let mut buf = vec![0u8; 4096];
-        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
-            return;
-        }
-        if s.write_all(&reply).is_err() {
-            return;
-        }
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-    })
-}
-
 /// A reply far larger than the engine keeps in memory for a pipe nobody
 /// reads (the multishot receive stops at its pushback cap and the rest
 /// stays in the socket): after a pause, reads still get every byte in
@@ -674,11 +657,16 @@ fn flood_after_a_transceive_is_read_back_whole_and_in_order() {
     bounded(T, || {
         for backend in BACKENDS {
             let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "flood", Handshake::Accept, one_big_reply(LEN));
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "flood",
+                Handshake::Accept,
+                one_reply(LEN, LEN, Duration::ZERO),
+            );
             let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
                 continue;
             };
-            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let want = pattern(LEN);
             let pipe = eng.open("flood", user(1), None).wait().unwrap();
             let t = pipe.transceive(b"go".to_vec(), 1024).wait().unwrap();
             assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?}");
@@ -715,11 +703,16 @@ fn big_reads_after_transceives_keep_stream_order() {
     bounded(T, || {
         for backend in BACKENDS {
             let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "flood", Handshake::Accept, one_big_reply(LEN));
+            let _svc = Scripted::spawn(
+                dir.path(),
+                "flood",
+                Handshake::Accept,
+                one_reply(LEN, LEN, Duration::ZERO),
+            );
             let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
                 continue;
             };
-            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let want = pattern(LEN);
             let pipe = eng.open("flood", user(1), None).wait().unwrap();
             let t = pipe.transceive(b"go".to_vec(), 100).wait().unwrap();
             let mut got = t.data;
@@ -754,27 +747,6 @@ fn big_reads_after_transceives_keep_stream_order() {
     });
 }
 
-/// One request answered with `total` bytes (pattern i % 251) written in
-/// `piece`-byte pieces with a pause between them, so the socket is often
-/// empty when the client asks.
-fn trickle_reply(total: usize, piece: usize) -> ConnFn {
-    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
-        use std::io::{Read, Write};
-        let reply: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
-        let mut buf = vec![0u8; 4096];
-        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
-            return;
-        }
-        for part in reply.chunks(piece) {
-            if s.write_all(part).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-    })
-}
-
 /// A big read issued while the socket is empty and the pipe's multishot
 /// receive is armed must not lose the race for the next bytes to it (the
 /// caller would get later bytes while earlier ones sit in the pushback).
@@ -788,12 +760,12 @@ fn big_read_on_an_empty_socket_keeps_stream_order() {
                 dir.path(),
                 "trickle",
                 Handshake::Accept,
-                trickle_reply(LEN, 200),
+                one_reply(LEN, 200, Duration::from_micros(200)),
             );
             let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
                 continue;
             };
-            let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let want = pattern(LEN);
             let pipe = eng.open("trickle", user(1), None).wait().unwrap();
             let mut got = pipe.transceive(b"go".to_vec(), 100).wait().unwrap().data;
             let mut i = 0usize;
@@ -846,7 +818,7 @@ fn linked_receive_path_without_multishot() {
         assert_eq!(hdr.read_data_available, 0);
 
         let big = eng.open("big", user(1), None).wait().unwrap();
-        let expect: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+        let expect = pattern(10_000);
         let t = big.transceive(b"q".to_vec(), 1024).wait().unwrap();
         assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
         let mut got = t.data;
@@ -855,25 +827,6 @@ fn linked_receive_path_without_multishot() {
         }
         assert_eq!(got, expect);
     });
-}
-
-/// Echoes every read back after `delay`.
-fn slow_echo(delay: Duration) -> ConnFn {
-    std::sync::Arc::new(move |mut s: std::os::unix::net::UnixStream| {
-        use std::io::{Read, Write};
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    std::thread::sleep(delay);
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    })
 }
 
 /// Several requests waiting on one pipe at once get the stream's bytes in

@@ -122,12 +122,20 @@ fn serve_one(mut s: UnixStream, hs: Handshake, conn: ConnFn) {
 
 /// Echoes every read back.
 pub fn echo() -> ConnFn {
-    Arc::new(|mut s: UnixStream| {
+    slow_echo(Duration::ZERO)
+}
+
+/// Echoes every read back after `delay`.
+pub fn slow_echo(delay: Duration) -> ConnFn {
+    Arc::new(move |mut s: UnixStream| {
         let mut buf = vec![0u8; 65536];
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
+                    if !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
                     if s.write_all(&buf[..n]).is_err() {
                         return;
                     }
@@ -137,11 +145,38 @@ pub fn echo() -> ConnFn {
     })
 }
 
+/// The test byte pattern: byte i is i % 251.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Answers the FIRST request with `pattern(total)`, written in
+/// `piece`-byte pieces with `pause` after each (so the socket is often
+/// empty when the client asks), then only reads until the client goes.
+pub fn one_reply(total: usize, piece: usize, pause: Duration) -> ConnFn {
+    Arc::new(move |mut s: UnixStream| {
+        let reply = pattern(total);
+        let mut buf = vec![0u8; 4096];
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
+        }
+        for part in reply.chunks(piece.max(1)) {
+            if s.write_all(part).is_err() {
+                return;
+            }
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
 /// For each request (any read), answers `reply_len` bytes of a pattern
 /// (byte i = i % 251) in ONE write.
 pub fn big_reply(reply_len: usize) -> ConnFn {
     Arc::new(move |mut s: UnixStream| {
-        let reply: Vec<u8> = (0..reply_len).map(|i| (i % 251) as u8).collect();
+        let reply = pattern(reply_len);
         let mut buf = vec![0u8; 65536];
         loop {
             match s.read(&mut buf) {
