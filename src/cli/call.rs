@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use opipe::engine::{BackendChoice, Engine, EngineConfig, Pipe, Transfer};
 use opipe::protocol::{ClientAddr, NetUserInfo, NtStatus, USER_FLAG_ANONYMOUS};
 
-/// `--backend` values (`opipe call`, `opipe wait`, `opipe bench`).
+/// `--backend` values (`opipe serve`, `opipe call`, `opipe wait`, `opipe bench`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
-    /// io_uring when it works here, else epoll (said once on stderr).
+    /// io_uring where the kernel grants it, else epoll (said once on stderr).
     Auto,
     /// io_uring only: fail where it is refused.
     IoUring,

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::call::BackendArg;
+
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
-use opipe::service::{
-    BackendChoice, DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError,
-};
+use opipe::service::{DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError};
 
 /// Exit status for usage errors (bad arguments), as clap uses.
 const EXIT_USAGE: u8 = 2;
@@ -26,26 +26,6 @@ pub enum HandlerKind {
     /// Answer DCE/RPC binds with a bind_ack and requests with
     /// `--reply-size` bytes of stub data.
     Dcerpc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    /// io_uring where the kernel grants it, else epoll (says why on stderr).
-    Auto,
-    /// io_uring only: fail where it is switched off.
-    IoUring,
-    /// epoll only.
-    Epoll,
-}
-
-impl From<BackendArg> for BackendChoice {
-    fn from(b: BackendArg) -> BackendChoice {
-        match b {
-            BackendArg::Auto => BackendChoice::Auto,
-            BackendArg::IoUring => BackendChoice::IoUring,
-            BackendArg::Epoll => BackendChoice::Epoll,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
