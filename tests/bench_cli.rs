@@ -106,8 +106,20 @@ fn floor_run_reports_every_key_and_no_errors() {
 }
 
 #[test]
+fn uring_min_run_reports_every_key_and_no_errors() {
+    check_run("uring-min");
+}
+
+#[test]
 fn small_max_out_overflows_and_reads_the_rest() {
-    for engine in ["threads", "tokio", "tokio-uring", "uring", "floor"] {
+    for engine in [
+        "threads",
+        "tokio",
+        "tokio-uring",
+        "uring",
+        "floor",
+        "uring-min",
+    ] {
         let Some((v, _)) = bench_json(&[
             "--engine",
             engine,
@@ -135,7 +147,7 @@ fn small_max_out_overflows_and_reads_the_rest() {
 fn fragmented_replies_and_requests_verify() {
     let Some((v, _)) = bench_json(&[
         "--engine",
-        "threads,tokio",
+        "threads,tokio,uring-min",
         "--pipes",
         "3",
         "--requests",
@@ -148,7 +160,7 @@ fn fragmented_replies_and_requests_verify() {
         return;
     };
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2, "{v}");
+    assert_eq!(results.len(), 3, "{v}");
     for r in results {
         assert_eq!(r["errors"], 0, "{r}");
         assert_eq!(r["transceives"], 30, "{r}");

@@ -4,7 +4,9 @@
 //! Layout:
 //! * [`peer`]: the [`Peer`](peer::Peer) trait an engine implements, and [`Run`](peer::Run);
 //! * `peer_*`: the peers (`threads`, `tokio`, `tokio-uring`, `uring`), and
-//!   `floor`, the lockstep reference for the least CPU per transceive;
+//!   two references: `floor`, lockstep rounds for the least CPU per
+//!   transceive, and `uring-min`, the least an event-driven io_uring client
+//!   does;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
@@ -22,6 +24,7 @@ mod peer_threads;
 mod peer_tokio;
 mod peer_tokio_uring;
 mod peer_uring;
+mod peer_uring_min;
 mod phases;
 pub mod record;
 pub mod service;
@@ -84,7 +87,7 @@ const FD_RESERVE: usize = 64;
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
     /// Engines to run, comma-separated: threads, tokio, tokio-uring, uring,
-    /// all; also uring-registered and floor (not part of all).
+    /// all; also uring-registered, floor and uring-min (not part of all).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     engine: Vec<EngineArg>,
 
@@ -178,6 +181,10 @@ enum EngineArg {
     /// write-all-then-read-all; the least client CPU per transceive (not
     /// part of `all`).
     Floor,
+    /// Reference, not an engine: one thread of raw io_uring, one SEND per
+    /// request, one multishot RECV per pipe; the least an event-driven
+    /// io_uring client does (not part of `all`).
+    UringMin,
     /// threads, tokio, tokio-uring and uring.
     All,
 }
@@ -208,6 +215,7 @@ fn peer_for(
             rings,
         })),
         EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
+        EngineArg::UringMin => Ok(Box::new(peer_uring_min::UringMinPeer)),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
 }

@@ -1,0 +1,370 @@
+//! Peer `uring-min`: a reference point, not an engine. The least an
+//! event-driven io_uring client does per transceive, with none of the
+//! engine's generality: one thread, one ring (SINGLE_ISSUER|DEFER_TASKRUN
+//! where granted), one `SEND` SQE per request, and the reply from the pipe's
+//! multishot `RECV` on a provided-buffer ring, armed once per pipe. No
+//! command queue, no op table, no cancellation, no pushback: it relies on
+//! this bench's closed loop (one request in flight per pipe) to know which
+//! request a chunk answers.
+//!
+//! Where `floor` says what a client costs that never waits on a socket,
+//! this says what an io_uring client costs that does (as any client serving
+//! independent requests must): the gap between `uring-min` and `uring` is
+//! the engine's own overhead; the gap between `uring-min` and `floor` is the
+//! price of being told when a reply arrived. Not part of `all`.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use opipe::ring::bufring::BufRing;
+
+use super::exchange::{ReplyProgress, TransceiveError};
+use super::measure::{Baseline, Clock};
+use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use super::peer_threads;
+
+/// The reference event-driven io_uring client.
+#[derive(Debug, Default)]
+pub struct UringMinPeer;
+
+/// Reply buffers (the engine's default pool size per ring).
+const POOL_BUFS: u16 = 256;
+/// Buffer group of the reply buffers.
+const BGID: u16 = 7;
+/// How long the teardown waits for the receives to end.
+const TEARDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Low bit of user_data: 0 for a send, 1 for the pipe's multishot receive.
+const RECV_BIT: u64 = 1;
+
+/// One open pipe.
+struct Lane {
+    pipe: usize,
+    stream: UnixStream,
+    call_id: u32,
+    start: Instant,
+    /// The request being sent; the kernel reads it until its send completes.
+    request: Vec<u8>,
+    /// A send SQE is in flight (the request buffer is the kernel's).
+    sending: bool,
+    /// The reply to the request in flight, as it arrives.
+    reply: Vec<u8>,
+    progress: Option<ReplyProgress>,
+    /// The reply is complete and the budget allows another request, but the
+    /// previous send's completion has not been seen yet.
+    next_due: bool,
+    /// The multishot receive is armed (a final completion is still to come).
+    armed: bool,
+    /// No more requests on this pipe (failed, or the budget ran out).
+    done: bool,
+}
+
+impl Peer for UringMinPeer {
+    fn name(&self) -> &'static str {
+        "uring-min"
+    }
+
+    fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
+        let pipes = run.spec.pipes;
+        let entries = u32::try_from(pipes.clamp(64, 4096)).unwrap_or(4096);
+        let cq = u32::try_from(pipes.saturating_mul(4)).unwrap_or(u32::MAX);
+        let (mut ring, flags) = opipe::ring::new_ring(entries, cq)
+            .map_err(|e| BenchError::Unavailable(e.to_string()))?;
+        // As many buffers as the engine's pool per ring: a few hundred stay
+        // warm in the cache; thousands measured slower (each receive lands
+        // in a cold buffer).
+        let count = POOL_BUFS;
+        let buf_len = u32::try_from(run.spec.reply_buffer_bytes()).unwrap_or(u32::MAX);
+        let mut bufs = BufRing::new(&ring, BGID, count, buf_len)
+            .map_err(BenchError::io("registering the reply buffers"))?;
+        let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
+        let mut lanes: Vec<Lane> = (0..pipes)
+            .filter_map(|pipe| {
+                let stream = run.opened(pipe, peer_threads::open(run, pipe))?;
+                Some(Lane {
+                    pipe,
+                    stream,
+                    call_id: 0,
+                    start: Instant::now(),
+                    request: Vec::new(),
+                    sending: false,
+                    reply: Vec::with_capacity(run.spec.reply_buffer_bytes()),
+                    progress: None,
+                    next_due: false,
+                    armed: false,
+                    done: false,
+                })
+            })
+            .collect();
+        let clock = Clock::start(&run.budget, run.service_pid)
+            .map_err(BenchError::io("starting the clock"))?;
+        let result = drive(run, &mut ring, &mut bufs, &mut lanes);
+        let measured = clock.stop(before);
+        // Tear down: shut the sockets so every multishot receive ends, reap
+        // until none is left, then free the buffers and close everything.
+        for lane in &lanes {
+            let _ = lane.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let mut left = lanes.iter().filter(|l| l.armed).count();
+        let deadline = Instant::now() + TEARDOWN;
+        while left > 0 && Instant::now() < deadline {
+            let ts = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => break,
+            }
+            for cqe in ring.completion() {
+                if cqe.user_data() & RECV_BIT != 0 && !cqueue::more(cqe.flags()) {
+                    left -= 1;
+                }
+                bufs.discard(cqe.flags());
+            }
+        }
+        // A receive still armed after the deadline may yet write into the
+        // buffers: then they stay registered, and BufRing leaks them rather
+        // than free memory the kernel may use.
+        if left == 0 {
+            let _ = bufs.unregister(&ring);
+        }
+        drop(ring);
+        drop(lanes);
+        result?;
+        let measured = measured.map_err(BenchError::io("measuring the run"))?;
+        let mode = if flags.defer_taskrun {
+            "DEFER_TASKRUN"
+        } else {
+            "no DEFER_TASKRUN"
+        };
+        Ok(PeerRun {
+            backend: format!(
+                "one thread, raw io_uring ({mode}): one SEND per request, one multishot RECV \
+                 per pipe on {count} provided buffers; a reference, not an engine"
+            ),
+            detail: None,
+            measured,
+        })
+    }
+}
+
+fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> Result<(), BenchError> {
+    loop {
+        // SAFETY: the SQE's buffers (a lane's request, or none for a
+        // buffer-select receive) live in `lanes`, which outlive the ring's
+        // use of them: `run` reaps every receive before dropping the lanes,
+        // and a lane's request is not touched while its send is in flight.
+        if unsafe { ring.submission().push(sqe) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit().map_err(BenchError::io("submitting"))?;
+    }
+}
+
+fn arm(ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), BenchError> {
+    let sqe = opcode::RecvMulti::new(types::Fd(lane.stream.as_raw_fd()), BGID)
+        .build()
+        .user_data(((k as u64) << 1) | RECV_BIT);
+    push(ring, &sqe)?;
+    lane.armed = true;
+    Ok(())
+}
+
+fn send(run: &Run, ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), BenchError> {
+    lane.call_id = lane.call_id.wrapping_add(1);
+    lane.request = run.exchange.request(lane.call_id);
+    lane.reply.clear();
+    lane.progress = None;
+    lane.start = Instant::now();
+    let len = u32::try_from(lane.request.len()).unwrap_or(u32::MAX);
+    let sqe = opcode::Send::new(
+        types::Fd(lane.stream.as_raw_fd()),
+        lane.request.as_ptr(),
+        len,
+    )
+    .build()
+    .user_data((k as u64) << 1);
+    push(ring, &sqe)?;
+    lane.sending = true;
+    Ok(())
+}
+
+/// Stops a pipe after an error (recorded) or at the end of the budget.
+fn fail(run: &Run, lane: &mut Lane, e: TransceiveError) {
+    run.transceived(lane.pipe, lane.call_id, lane.start, Err(e));
+    lane.done = true;
+}
+
+fn drive(
+    run: &Run,
+    ring: &mut IoUring,
+    bufs: &mut BufRing,
+    lanes: &mut [Lane],
+) -> Result<(), BenchError> {
+    let now = Instant::now();
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        arm(ring, k, lane)?;
+        if run.budget.take(now) {
+            send(run, ring, k, lane)?;
+        } else {
+            lane.done = true;
+        }
+    }
+    let mut active = lanes.iter().filter(|l| !l.done).count();
+    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+    while active > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(BenchError::io("waiting for completions")(e)),
+        }
+        cqes.extend(
+            ring.completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            let k = (ud >> 1) as usize;
+            let Some(lane) = lanes.get_mut(k) else {
+                bufs.discard(flags);
+                continue;
+            };
+            let was_done = lane.done;
+            if ud & RECV_BIT == 0 {
+                lane.sending = false;
+                if lane.done {
+                    continue;
+                }
+                if res < 0 {
+                    fail(run, lane, io::Error::from_raw_os_error(-res).into());
+                } else if res as usize != lane.request.len() {
+                    let why = format!("short send: {res} of {} bytes", lane.request.len());
+                    fail(run, lane, io::Error::other(why).into());
+                } else if lane.next_due {
+                    lane.next_due = false;
+                    send(run, ring, k, lane)?;
+                }
+            } else {
+                if !cqueue::more(flags) {
+                    lane.armed = false;
+                }
+                if res == -libc::ENOBUFS {
+                    // The buffer ring ran dry; the receive is re-armed below.
+                } else if res <= 0 {
+                    bufs.discard(flags);
+                    if !lane.done {
+                        let e = if res == 0 {
+                            TransceiveError::Closed
+                        } else {
+                            io::Error::from_raw_os_error(-res).into()
+                        };
+                        fail(run, lane, e);
+                    }
+                } else {
+                    let took = match bufs.take(flags, res as usize) {
+                        Ok(chunk) => {
+                            lane.reply.extend_from_slice(&chunk);
+                            Ok(())
+                        }
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    };
+                    match took {
+                        Err(e) => fail(run, lane, e.into()),
+                        Ok(()) if lane.done => {}
+                        Ok(()) => {
+                            if chunk_arrived(run, lane) {
+                                if !run.budget.take(Instant::now()) {
+                                    lane.done = true;
+                                } else if lane.sending {
+                                    lane.next_due = true;
+                                } else {
+                                    send(run, ring, k, lane)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                if !lane.armed && !lane.done {
+                    arm(ring, k, lane)?;
+                }
+            }
+            if lane.done && !was_done {
+                active -= 1;
+            }
+        }
+        cqes.clear();
+    }
+    Ok(())
+}
+
+/// Takes the bytes now in `lane.reply`; when the reply is whole, verifies
+/// and records it and returns true (the lane may send its next request).
+fn chunk_arrived(run: &Run, lane: &mut Lane) -> bool {
+    let max_out = run.spec.max_out;
+    let mut progress = match lane.progress {
+        Some(p) => p,
+        None => {
+            // The transceive's one read: at most max_out of the first
+            // chunk; bytes beyond it, or still queued, mean overflow.
+            let got = lane.reply.len();
+            let n = got.min(max_out);
+            let fd = lane.stream.as_raw_fd();
+            let first = run.exchange.first_read(n, || {
+                Ok(got - n
+                    + if got == n {
+                        opipe::ring::fionread(fd)?
+                    } else {
+                        0
+                    })
+            });
+            match first {
+                Ok(p) => p,
+                Err(e) => {
+                    fail(run, lane, e);
+                    return false;
+                }
+            }
+        }
+    };
+    // Bytes past the first read (the rest of its chunk, or later chunks)
+    // are the overflow's follow-up reads.
+    let extra = lane.reply.len() - progress.len();
+    if extra > 0 {
+        let room = progress.missing().map_or(0, |r| r.len());
+        let step = if extra > room {
+            Err(TransceiveError::BadReply(format!(
+                "{} bytes arrived for a reply of {}",
+                lane.reply.len(),
+                progress.len() + room
+            )))
+        } else {
+            progress.advance(extra)
+        };
+        if let Err(e) = step {
+            fail(run, lane, e);
+            return false;
+        }
+    }
+    lane.progress = Some(progress);
+    if progress.missing().is_some() {
+        return false;
+    }
+    let end = Instant::now();
+    let outcome = run
+        .exchange
+        .verify(&lane.reply, lane.call_id)
+        .map(|()| Completed {
+            end,
+            overflow: progress.overflow(),
+        });
+    match run.transceived(lane.pipe, lane.call_id, lane.start, outcome) {
+        Some(_) => true,
+        None => {
+            lane.done = true;
+            false
+        }
+    }
+}
