@@ -156,7 +156,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     eprintln!(
         "opipe serve: stopping: {} accepted, {} opened ({} refused with a status, {} closed \
          without one, {} of them timed out), {} handler errors, {} bytes in, {} bytes out, \
-         {} receives re-armed after the buffer ring ran dry, {} backpressure pauses",
+         {} receives that found the buffer ring empty, {} backpressure pauses",
         st.accepted,
         st.handshakes_ok,
         st.handshakes_rejected,

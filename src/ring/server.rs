@@ -20,10 +20,15 @@
 //! the session and puts it back into the ring before the next completion,
 //! so buffers are held only while a batch of completions is processed and
 //! idle connections hold none. `-ENOBUFS` (ring empty) ends a multishot
-//! receive: the connection is re-armed after the batch, when every buffer is
-//! back. Each connection owns two output vectors: `sending`, lent to the
-//! kernel by the one `SEND` in flight and not touched until its completion,
-//! and `pending`, where the session appends replies meanwhile.
+//! receive: that connection then receives once into a buffer of its own
+//! (allocated for that receive, freed after it) and goes back to the ring.
+//! So a connection the ring ran dry for is served at the next submit, however
+//! many other connections keep taking the ring's buffers first (without
+//! `DEFER_TASKRUN`, armed receives run before any re-arm and could starve
+//! the same connections round after round). Each connection owns two output
+//! vectors: `sending`, lent to the kernel by the one `SEND` in flight and not
+//! touched until its completion, and `pending`, where the session appends
+//! replies meanwhile.
 //!
 //! # Backpressure
 //!
@@ -176,7 +181,8 @@ pub struct LoopCounters {
     pub accepted: AtomicU64,
     /// Connections closed at once because the loop was full or the acceptor said no.
     pub refused: AtomicU64,
-    /// Multishot receives ended by an empty buffer ring (then re-armed).
+    /// Multishot receives ended by an empty buffer ring (each followed by
+    /// one receive into the connection's own buffer).
     pub recv_no_buffers: AtomicU64,
     /// Times a connection stopped being read because its output was full.
     pub backpressure_pauses: AtomicU64,
@@ -218,7 +224,8 @@ fn ud_parts(ud: u64) -> (Option<Kind>, u32, u32) {
 enum RecvState {
     /// No receive in flight.
     Idle,
-    /// A multishot receive is in flight.
+    /// A receive is in flight: the multishot one, or (`Conn::own` has a
+    /// capacity) one into the connection's own buffer.
     Armed,
     /// A cancel was sent; the final completion is still to come.
     Cancelling,
@@ -252,8 +259,11 @@ struct Conn<S> {
     phase: Phase,
     reason: CloseReason,
     recv: RecvState,
-    /// A receive ended with -ENOBUFS; re-arm after the batch.
+    /// A receive ended with -ENOBUFS: the next one uses `own`.
     starved: bool,
+    /// The buffer of a receive of the connection's own, lent to the kernel
+    /// (its capacity) while it is in flight; no capacity otherwise.
+    own: Vec<u8>,
     /// Receive cancelled because of backpressure.
     paused: bool,
     send_inflight: bool,
@@ -310,7 +320,6 @@ struct State<A: Acceptor> {
     acceptor: A,
     conns: Slab<Conn<A::Session>>,
     deadlines: Deadlines,
-    starved: Vec<(u32, u32)>,
 }
 
 /// Output vectors bigger than this are not kept around on idle connections.
@@ -361,7 +370,6 @@ impl EventLoop {
             acceptor,
             conns: Slab::new(),
             deadlines: BinaryHeap::new(),
-            starved: Vec::new(),
         };
         let result = self.serve(&mut st);
         if result.is_err() {
@@ -405,13 +413,6 @@ impl EventLoop {
                 }
                 for cqe in cqes.drain(..) {
                     self.dispatch(st, cqe)?;
-                }
-            }
-            // Every buffer is back in the ring now: re-arm starved receives.
-            for (idx, gen) in std::mem::take(&mut st.starved) {
-                if let Some(c) = st.conns.get_mut(idx, gen) {
-                    c.starved = false;
-                    self.update(st, idx, gen)?;
                 }
             }
             self.fire_timers(st)?;
@@ -471,10 +472,11 @@ impl EventLoop {
             // SAFETY: every SQE built by this loop refers only to fds and
             // buffers that stay alive until the op's final completion: the
             // listeners and shutdown eventfd are held (Arc) by the loop; a
-            // connection's fd and `sending` buffer live in its slab entry,
-            // which is freed only when no op on it is in flight; receive
-            // buffers belong to `bufs`, freed only after unregistering with
-            // nothing in flight; cancels carry only a user_data value.
+            // connection's fd, `sending` buffer and `own` receive buffer live
+            // in its slab entry, which is freed only when no op on it is in
+            // flight (`own` is taken back only at its receive's completion);
+            // ring buffers belong to `bufs`, freed only after unregistering
+            // with nothing in flight; cancels carry only a user_data value.
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             if pushed.is_ok() {
                 self.inflight += 1;
@@ -617,6 +619,7 @@ impl EventLoop {
                 reason: CloseReason::Session,
                 recv: RecvState::Idle,
                 starved: false,
+                own: Vec::new(),
                 paused: false,
                 send_inflight: false,
                 send_cancelling: false,
@@ -645,20 +648,37 @@ impl EventLoop {
         if !more {
             c.recv = RecvState::Idle;
         }
+        // The receive's own buffer, if it had one: the kernel is done with it.
+        let own = std::mem::take(&mut c.own);
         if res > 0 {
             self.counters
                 .bytes_in
                 .fetch_add(res as u64, Ordering::Relaxed);
-            match self.bufs.take(flags, res as usize) {
-                Ok(buf) => {
-                    if c.phase == Phase::Open {
-                        let v = c.session.on_data(&buf, &mut c.pending);
-                        apply(c, v, CloseReason::Session);
-                    }
-                }
-                Err(_) => {
-                    // `take` put back a buffer it could not hand out.
+            if own.capacity() > 0 {
+                let n = res as usize;
+                if n > own.capacity() {
                     abort(c, CloseReason::Error(libc::EIO));
+                } else if c.phase == Phase::Open {
+                    let mut own = own;
+                    // SAFETY: the receive wrote `n` bytes at the start of the
+                    // buffer's capacity (`n` checked above), and the kernel
+                    // is done with it (this is its final completion).
+                    unsafe { own.set_len(n) };
+                    let v = c.session.on_data(&own, &mut c.pending);
+                    apply(c, v, CloseReason::Session);
+                }
+            } else {
+                match self.bufs.take(flags, res as usize) {
+                    Ok(buf) => {
+                        if c.phase == Phase::Open {
+                            let v = c.session.on_data(&buf, &mut c.pending);
+                            apply(c, v, CloseReason::Session);
+                        }
+                    }
+                    Err(_) => {
+                        // `take` put back a buffer it could not hand out.
+                        abort(c, CloseReason::Error(libc::EIO));
+                    }
                 }
             }
         } else if res == 0 {
@@ -670,10 +690,7 @@ impl EventLoop {
             self.counters
                 .recv_no_buffers
                 .fetch_add(1, Ordering::Relaxed);
-            if !c.starved {
-                c.starved = true;
-                st.starved.push((idx, gen));
-            }
+            c.starved = true;
         } else if res != -libc::ECANCELED {
             abort(c, CloseReason::Error(-res));
         }
@@ -786,13 +803,19 @@ impl EventLoop {
             }
         }
         if open && !c.paused && !c.session.has_backlog() {
-            if c.recv == RecvState::Idle && !c.starved {
+            if c.recv == RecvState::Idle {
                 c.recv = RecvState::Armed;
-                sqes[1] = Some(
-                    opcode::RecvMulti::new(types::Fd(fd), self.bufs.bgid())
-                        .build()
-                        .user_data(ud(Kind::Recv, idx, gen)),
-                );
+                let sqe = if c.starved {
+                    // The ring ran dry for this connection: one receive
+                    // into a buffer of its own, then back to the ring.
+                    c.starved = false;
+                    let len = self.bufs.buf_len();
+                    c.own = Vec::with_capacity(len as usize);
+                    opcode::Recv::new(types::Fd(fd), c.own.as_mut_ptr(), len).build()
+                } else {
+                    opcode::RecvMulti::new(types::Fd(fd), self.bufs.bgid()).build()
+                };
+                sqes[1] = Some(sqe.user_data(ud(Kind::Recv, idx, gen)));
             }
         } else if c.recv == RecvState::Armed {
             c.recv = RecvState::Cancelling;

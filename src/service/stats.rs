@@ -49,7 +49,8 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes sent on all connections (status words included).
     pub bytes_out: u64,
-    /// Multishot receives ended by an empty buffer ring (and re-armed).
+    /// Multishot receives ended by an empty buffer ring (each followed by
+    /// one receive into the connection's own buffer).
     /// io_uring backend only: always 0 on epoll, which has no buffer ring.
     pub recv_no_buffers: u64,
     /// Times a connection stopped being read because its replies piled up.
