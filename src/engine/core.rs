@@ -189,7 +189,9 @@ fn untoken(t: u64) -> (u32, u32, u8) {
 struct PipeEntry {
     fd: Rc<OwnedFd>,
     session: u64,
-    inflight: u32,
+    /// The pipe's op entries not finished yet (a few at most): closing the
+    /// pipe cancels these without looking at any other pipe's ops.
+    ops: Vec<(u32, u32)>,
     closing: bool,
     close_waiters: Vec<Notify>,
     /// Cancelled requests whose SQEs are still in the kernel. While any
@@ -557,7 +559,7 @@ impl<D: OpDriver> Core<D> {
         key
     }
 
-    /// Adds an op entry (counted in its pipe's `inflight`); `notify` is
+    /// Adds an op entry (listed in its pipe's `ops`); `notify` is
     /// `None` for the engine's own ops (a pipe's multishot receive).
     fn insert_op(
         &mut self,
@@ -579,7 +581,7 @@ impl<D: OpDriver> Core<D> {
         });
         if let Some(p) = pipe {
             if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
-                pe.inflight += 1;
+                pe.ops.push(key);
             }
         }
         key
@@ -766,7 +768,7 @@ impl<D: OpDriver> Core<D> {
         let (index, gen) = self.pipes.insert(PipeEntry {
             fd,
             session: e.session,
-            inflight: 0,
+            ops: Vec::new(),
             closing: false,
             close_waiters: Vec::new(),
             draining: 0,
@@ -1699,7 +1701,7 @@ impl<D: OpDriver> Core<D> {
             resume = pe.startable();
         }
         if let Some(p) = e.pipe {
-            self.pipe_op_done(p);
+            self.pipe_op_done(p, key);
         }
         for (io, notify) in resume {
             if let Some(p) = e.pipe {
@@ -1808,19 +1810,21 @@ impl<D: OpDriver> Core<D> {
         crate::ring::fionread(p.fd.as_raw_fd()).ok()
     }
 
-    fn pipe_op_done(&mut self, pipe: PipeId) {
+    fn pipe_op_done(&mut self, pipe: PipeId, key: (u32, u32)) {
         let Some(p) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        p.inflight = p.inflight.saturating_sub(1);
-        if p.closing && p.inflight == 0 {
+        if let Some(i) = p.ops.iter().position(|k| *k == key) {
+            p.ops.swap_remove(i);
+        }
+        if p.closing && p.ops.is_empty() {
             self.release_pipe(pipe);
         }
     }
 
     fn release_pipe(&mut self, pipe: PipeId) {
         if let Some(p) = self.pipes.remove(pipe.index, pipe.gen) {
-            // The socket closes here unless an op still holds it (none: inflight is 0).
+            // The socket closes here unless an op still holds it (none: `ops` is empty).
             drop(p.fd);
             for (_, n) in p.deferred {
                 self.reject(n, NtStatus::CANCELLED);
@@ -1856,17 +1860,21 @@ impl<D: OpDriver> Core<D> {
         // Shut the socket down both ways (as the seed does): whatever is in
         // flight on it completes, then the last completion releases the fd.
         crate::ring::shutdown(&p.fd);
-        let idle = p.inflight == 0;
         for (_, n) in deferred {
             self.reject(n, NtStatus::CANCELLED);
         }
-        if idle {
+        let Some(ops) = self
+            .pipes
+            .get_mut(pipe.index, pipe.gen)
+            .map(|p| p.ops.clone())
+        else {
+            return;
+        };
+        if ops.is_empty() {
             return self.release_pipe(pipe);
         }
-        for (i, g) in self.ops.keys() {
-            if self.ops.get_mut(i, g).is_some_and(|e| e.pipe == Some(pipe)) {
-                self.cancel_op(i, g, NtStatus::CANCELLED);
-            }
+        for (i, g) in ops {
+            self.cancel_op(i, g, NtStatus::CANCELLED);
         }
     }
 
