@@ -181,9 +181,9 @@ enum EngineArg {
     /// write-all-then-read-all; the least client CPU per transceive (not
     /// part of `all`).
     Floor,
-    /// Reference, not an engine: one thread of raw io_uring, one SEND per
-    /// request, one multishot RECV per pipe; the least an event-driven
-    /// io_uring client does (not part of `all`).
+    /// Reference, not an engine: raw io_uring, one ring per thread
+    /// (`--rings`), one SEND per request, one multishot RECV per pipe; the
+    /// least an event-driven io_uring client does (not part of `all`).
     UringMin,
     /// threads, tokio, tokio-uring and uring.
     All,
@@ -215,7 +215,7 @@ fn peer_for(
             rings,
         })),
         EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
-        EngineArg::UringMin => Ok(Box::new(peer_uring_min::UringMinPeer)),
+        EngineArg::UringMin => Ok(Box::new(peer_uring_min::UringMinPeer { threads: rings })),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
 }

@@ -1,11 +1,11 @@
 //! Peer `uring-min`: a reference point, not an engine. The least an
 //! event-driven io_uring client does per transceive, with none of the
-//! engine's generality: one thread, one ring (SINGLE_ISSUER|DEFER_TASKRUN
-//! where granted), one `SEND` SQE per request, and the reply from the pipe's
-//! multishot `RECV` on a provided-buffer ring, armed once per pipe. No
-//! command queue, no op table, no cancellation, no pushback: it relies on
-//! this bench's closed loop (one request in flight per pipe) to know which
-//! request a chunk answers.
+//! engine's generality: one ring per thread (`--rings`, as for the engine;
+//! SINGLE_ISSUER|DEFER_TASKRUN where granted), one `SEND` SQE per request,
+//! and the reply from the pipe's multishot `RECV` on a provided-buffer ring,
+//! armed once per pipe. No command queue, no op table, no cancellation, no
+//! pushback: it relies on this bench's closed loop (one request in flight
+//! per pipe) to know which request a chunk answers.
 //!
 //! Where `floor` says what a client costs that never waits on a socket,
 //! this says what an io_uring client costs that does (as any client serving
@@ -16,20 +16,23 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Barrier};
 use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use opipe::ring::bufring::BufRing;
 
 use super::exchange::{ReplyProgress, TransceiveError};
-use super::measure::{Baseline, Clock};
+use super::measure::Baseline;
 use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
-use super::peer_threads;
+use super::{peer_threads, phases};
 
 /// The reference event-driven io_uring client.
-#[derive(Debug, Default)]
-pub struct UringMinPeer;
+#[derive(Debug)]
+pub struct UringMinPeer {
+    /// Threads, one ring each, the pipes dealt out round robin (`--rings`).
+    pub threads: usize,
+}
 
 /// Reply buffers (the engine's default pool size per ring).
 const POOL_BUFS: u16 = 256;
@@ -68,87 +71,166 @@ impl Peer for UringMinPeer {
     }
 
     fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
-        let pipes = run.spec.pipes;
-        let entries = u32::try_from(pipes.clamp(64, 4096)).unwrap_or(4096);
-        let cq = u32::try_from(pipes.saturating_mul(4)).unwrap_or(u32::MAX);
-        let (mut ring, flags) = opipe::ring::new_ring(entries, cq)
-            .map_err(|e| BenchError::Unavailable(e.to_string()))?;
-        // As many buffers as the engine's pool per ring: a few hundred stay
-        // warm in the cache; thousands measured slower (each receive lands
-        // in a cold buffer).
-        let count = POOL_BUFS;
-        let buf_len = u32::try_from(run.spec.reply_buffer_bytes()).unwrap_or(u32::MAX);
-        let mut bufs = BufRing::new(&ring, BGID, count, buf_len)
-            .map_err(BenchError::io("registering the reply buffers"))?;
+        let run: &Run = run;
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
-        let mut lanes: Vec<Lane> = (0..pipes)
-            .filter_map(|pipe| {
-                let stream = run.opened(pipe, peer_threads::open(run, pipe))?;
-                Some(Lane {
-                    pipe,
-                    stream,
-                    call_id: 0,
-                    start: Instant::now(),
-                    request: Vec::new(),
-                    sending: false,
-                    reply: Vec::with_capacity(run.spec.reply_buffer_bytes()),
-                    progress: None,
-                    next_due: false,
-                    armed: false,
-                    done: false,
-                })
-            })
-            .collect();
-        let clock = Clock::start(&run.budget, run.service_pid)
-            .map_err(BenchError::io("starting the clock"))?;
-        let result = drive(run, &mut ring, &mut bufs, &mut lanes);
-        let measured = clock.stop(before);
-        // Tear down: shut the sockets so every multishot receive ends, reap
-        // until none is left, then free the buffers and close everything.
-        for lane in &lanes {
-            let _ = lane.stream.shutdown(std::net::Shutdown::Both);
-        }
-        let mut left = lanes.iter().filter(|l| l.armed).count();
-        let deadline = Instant::now() + TEARDOWN;
-        while left > 0 && Instant::now() < deadline {
-            let ts = types::Timespec::new().nsec(50_000_000);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(_) => break,
+        let threads = self.threads.clamp(1, run.spec.pipes.max(1));
+        let mut groups: Vec<Vec<Lane>> = (0..threads).map(|_| Vec::new()).collect();
+        for pipe in 0..run.spec.pipes {
+            if let Some(stream) = run.opened(pipe, peer_threads::open(run, pipe)) {
+                groups[pipe % threads].push(Lane::new(run, pipe, stream));
             }
-            for cqe in ring.completion() {
-                if cqe.user_data() & RECV_BIT != 0 && !cqueue::more(cqe.flags()) {
-                    left -= 1;
+        }
+        std::thread::scope(|scope| {
+            // Threads meet the leader at one barrier of `spawned + 1`
+            // parties (see `phases`), handed out once every spawn is known.
+            let mut handles = Vec::with_capacity(threads);
+            let mut senders = Vec::with_capacity(threads);
+            let mut spawn_error = None;
+            for lanes in groups {
+                let (tx, rx) = mpsc::channel::<Arc<Barrier>>();
+                let spawn = std::thread::Builder::new()
+                    .name("uring-min".into())
+                    .spawn_scoped(scope, move || ring_thread(run, lanes, &rx));
+                match spawn {
+                    Ok(h) => {
+                        handles.push(h);
+                        senders.push(tx);
+                    }
+                    Err(e) => spawn_error = Some(e),
                 }
-                bufs.discard(cqe.flags());
             }
-        }
-        // A receive still armed after the deadline may yet write into the
-        // buffers: then they stay registered, and BufRing leaks them rather
-        // than free memory the kernel may use.
-        if left == 0 {
-            let _ = bufs.unregister(&ring);
-        }
-        drop(ring);
-        drop(lanes);
-        result?;
-        let measured = measured.map_err(BenchError::io("measuring the run"))?;
-        let mode = if flags.defer_taskrun {
-            "DEFER_TASKRUN"
-        } else {
-            "no DEFER_TASKRUN"
-        };
-        Ok(PeerRun {
-            backend: format!(
-                "one thread, raw io_uring ({mode}): one SEND per request, one multishot RECV \
-                 per pipe on {count} provided buffers; a reference, not an engine"
-            ),
-            detail: None,
-            measured,
+            let barrier = Arc::new(Barrier::new(handles.len() + 1));
+            for tx in senders {
+                // A thread that is gone already has nothing to meet.
+                let _ = tx.send(barrier.clone());
+            }
+            let measured = phases::lead_blocking(&barrier, run, before);
+            let mut mode = None;
+            let mut failure = spawn_error.map(BenchError::io("starting a ring thread"));
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(m)) => mode = Some(m),
+                    Ok(Err(e)) => failure = Some(e),
+                    Err(_) => {
+                        failure = Some(BenchError::Unavailable("a ring thread panicked".into()))
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let measured = measured.map_err(BenchError::io("measuring the run"))?;
+            let mode = mode.unwrap_or("no ring");
+            Ok(PeerRun {
+                backend: format!(
+                    "{threads} thread(s), raw io_uring ({mode}), one ring each: one SEND per \
+                     request, one multishot RECV per pipe on {POOL_BUFS} provided buffers per \
+                     ring; a reference, not an engine"
+                ),
+                detail: None,
+                measured,
+            })
         })
+    }
+}
+
+impl Lane {
+    fn new(run: &Run, pipe: usize, stream: UnixStream) -> Lane {
+        Lane {
+            pipe,
+            stream,
+            call_id: 0,
+            start: Instant::now(),
+            request: Vec::new(),
+            sending: false,
+            reply: Vec::with_capacity(run.spec.reply_buffer_bytes()),
+            progress: None,
+            next_due: false,
+            armed: false,
+            done: false,
+        }
+    }
+}
+
+/// One ring thread: its ring and buffers, the four meetings, its pipes
+/// driven between *go* and *done*, then the teardown. Gives back the ring's
+/// task-run mode.
+fn ring_thread(
+    run: &Run,
+    mut lanes: Vec<Lane>,
+    barrier: &mpsc::Receiver<Arc<Barrier>>,
+) -> Result<&'static str, BenchError> {
+    let pipes = lanes.len().max(1);
+    let entries = u32::try_from(pipes.clamp(64, 4096)).unwrap_or(4096);
+    let cq = u32::try_from(pipes.saturating_mul(4)).unwrap_or(u32::MAX);
+    let buf_len = u32::try_from(run.spec.reply_buffer_bytes()).unwrap_or(u32::MAX);
+    // The ring is made on the thread that uses it (SINGLE_ISSUER).
+    let setup = opipe::ring::new_ring(entries, cq)
+        .map_err(|e| BenchError::Unavailable(e.to_string()))
+        .and_then(|(ring, flags)| {
+            // As many buffers as the engine's pool per ring: a few hundred
+            // stay warm in the cache; thousands measured slower (each
+            // receive lands in a cold buffer).
+            let bufs = BufRing::new(&ring, BGID, POOL_BUFS, buf_len)
+                .map_err(BenchError::io("registering the reply buffers"))?;
+            Ok((ring, flags, bufs))
+        });
+    let Ok(barrier) = barrier.recv() else {
+        return Err(BenchError::Unavailable("the leader went away".into()));
+    };
+    barrier.wait(); // opened
+    barrier.wait(); // go
+    let (mut ring, flags, mut bufs) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            barrier.wait(); // done
+            barrier.wait(); // close
+            return Err(e);
+        }
+    };
+    let result = drive(run, &mut ring, &mut bufs, &mut lanes);
+    barrier.wait(); // done
+    barrier.wait(); // close
+    teardown(&mut ring, &mut bufs, &lanes);
+    drop(ring);
+    drop(lanes);
+    result?;
+    Ok(if flags.defer_taskrun {
+        "DEFER_TASKRUN"
+    } else {
+        "no DEFER_TASKRUN"
+    })
+}
+
+/// Shuts the sockets so every multishot receive ends, reaps until none is
+/// left (at most `TEARDOWN`), then unregisters the buffers.
+fn teardown(ring: &mut IoUring, bufs: &mut BufRing, lanes: &[Lane]) {
+    for lane in lanes {
+        let _ = lane.stream.shutdown(std::net::Shutdown::Both);
+    }
+    let mut left = lanes.iter().filter(|l| l.armed).count();
+    let deadline = Instant::now() + TEARDOWN;
+    while left > 0 && Instant::now() < deadline {
+        let ts = types::Timespec::new().nsec(50_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => break,
+        }
+        for cqe in ring.completion() {
+            if cqe.user_data() & RECV_BIT != 0 && !cqueue::more(cqe.flags()) {
+                left -= 1;
+            }
+            bufs.discard(cqe.flags());
+        }
+    }
+    // A receive still armed after the deadline may yet write into the
+    // buffers: then they stay registered, and BufRing leaks them rather
+    // than free memory the kernel may use.
+    if left == 0 {
+        let _ = bufs.unregister(ring);
     }
 }
 
