@@ -189,9 +189,10 @@ fn untoken(t: u64) -> (u32, u32, u8) {
 struct PipeEntry {
     fd: Rc<OwnedFd>,
     session: u64,
-    /// The pipe's op entries not finished yet (a few at most): closing the
-    /// pipe cancels these without looking at any other pipe's ops.
-    ops: Vec<(u32, u32)>,
+    /// The first of the pipe's op entries not finished yet, linked through
+    /// `OpEntry::pipe_next` (a few at most): closing the pipe cancels these
+    /// without looking at any other pipe's ops, and no op means idle.
+    ops: Option<(u32, u32)>,
     closing: bool,
     close_waiters: Vec<Notify>,
     /// Cancelled requests whose SQEs are still in the kernel. While any
@@ -299,8 +300,10 @@ struct OpEntry {
     /// The current chain's SQE ids (at most [`MAX_CHAIN`]), how many there
     /// are, and how many of them completed.
     chain: [Option<SqeId>; MAX_CHAIN],
-    chain_len: usize,
-    chain_done: usize,
+    chain_len: u8,
+    chain_done: u8,
+    /// The next op of the same pipe (see `PipeEntry::ops`).
+    pipe_next: Option<(u32, u32)>,
     /// The caller was told the request was cancelled; remaining CQEs only
     /// release resources.
     cancelled: bool,
@@ -559,7 +562,7 @@ impl<D: OpDriver> Core<D> {
         key
     }
 
-    /// Adds an op entry (listed in its pipe's `ops`); `notify` is
+    /// Adds an op entry (first in its pipe's `ops` list); `notify` is
     /// `None` for the engine's own ops (a pipe's multishot receive).
     fn insert_op(
         &mut self,
@@ -568,6 +571,9 @@ impl<D: OpDriver> Core<D> {
         notify: Option<Notify>,
         kind: Kind,
     ) -> (u32, u32) {
+        let pipe_next = pipe
+            .and_then(|p| self.pipes.get_mut(p.index, p.gen))
+            .and_then(|pe| pe.ops);
         let key = self.ops.insert(OpEntry {
             pipe,
             session,
@@ -576,13 +582,12 @@ impl<D: OpDriver> Core<D> {
             chain: [None; MAX_CHAIN],
             chain_len: 0,
             chain_done: 0,
+            pipe_next,
             cancelled: false,
             kind,
         });
-        if let Some(p) = pipe {
-            if let Some(pe) = self.pipes.get_mut(p.index, p.gen) {
-                pe.ops.push(key);
-            }
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.ops = Some(key);
         }
         key
     }
@@ -601,7 +606,7 @@ impl<D: OpDriver> Core<D> {
             for (slot, id) in e.chain.iter_mut().zip(&ids) {
                 *slot = Some(*id);
             }
-            e.chain_len = ids.len().min(MAX_CHAIN);
+            e.chain_len = ids.len().min(MAX_CHAIN) as u8;
             e.chain_done = 0;
         }
         self.ids = ids;
@@ -699,7 +704,7 @@ impl<D: OpDriver> Core<D> {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        let chain_left = e.chain_len.saturating_sub(e.chain_done);
+        let chain_left = usize::from(e.chain_len.saturating_sub(e.chain_done));
         let Kind::Open { status, timer, .. } = &mut e.kind else {
             return;
         };
@@ -768,7 +773,7 @@ impl<D: OpDriver> Core<D> {
         let (index, gen) = self.pipes.insert(PipeEntry {
             fd,
             session: e.session,
-            ops: Vec::new(),
+            ops: None,
             closing: false,
             close_waiters: Vec::new(),
             draining: 0,
@@ -1701,7 +1706,7 @@ impl<D: OpDriver> Core<D> {
             resume = pe.startable();
         }
         if let Some(p) = e.pipe {
-            self.pipe_op_done(p, key);
+            self.pipe_op_done(p, key, e.pipe_next);
         }
         for (io, notify) in resume {
             if let Some(p) = e.pipe {
@@ -1810,14 +1815,32 @@ impl<D: OpDriver> Core<D> {
         crate::ring::fionread(p.fd.as_raw_fd()).ok()
     }
 
-    fn pipe_op_done(&mut self, pipe: PipeId, key: (u32, u32)) {
+    /// Unlinks the finished op `key` (already out of the op table; `next`
+    /// was its `pipe_next`) from its pipe's list, and releases a closing
+    /// pipe whose last op it was.
+    fn pipe_op_done(&mut self, pipe: PipeId, key: (u32, u32), next: Option<(u32, u32)>) {
         let Some(p) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        if let Some(i) = p.ops.iter().position(|k| *k == key) {
-            p.ops.swap_remove(i);
+        if p.ops == Some(key) {
+            p.ops = next;
+        } else {
+            let mut cur = p.ops;
+            while let Some(c) = cur {
+                let Some(e) = self.ops.get_mut(c.0, c.1) else {
+                    break;
+                };
+                if e.pipe_next == Some(key) {
+                    e.pipe_next = next;
+                    break;
+                }
+                cur = e.pipe_next;
+            }
         }
-        if p.closing && p.ops.is_empty() {
+        let Some(p) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        if p.closing && p.ops.is_none() {
             self.release_pipe(pipe);
         }
     }
@@ -1863,15 +1886,18 @@ impl<D: OpDriver> Core<D> {
         for (_, n) in deferred {
             self.reject(n, NtStatus::CANCELLED);
         }
-        let Some(ops) = self
-            .pipes
-            .get_mut(pipe.index, pipe.gen)
-            .map(|p| p.ops.clone())
-        else {
+        let Some(first) = self.pipes.get_mut(pipe.index, pipe.gen).map(|p| p.ops) else {
             return;
         };
-        if ops.is_empty() {
+        if first.is_none() {
             return self.release_pipe(pipe);
+        }
+        // Cancelling may finish ops (and unlink them): walk the list first.
+        let mut ops = Vec::new();
+        let mut cur = first;
+        while let Some(k) = cur {
+            ops.push(k);
+            cur = self.ops.get_mut(k.0, k.1).and_then(|e| e.pipe_next);
         }
         for (i, g) in ops {
             self.cancel_op(i, g, NtStatus::CANCELLED);
@@ -1934,7 +1960,7 @@ impl<D: OpDriver> Core<D> {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        if let Some(&Some(id)) = e.chain.get(e.chain_done) {
+        if let Some(&Some(id)) = e.chain.get(usize::from(e.chain_done)) {
             self.drv.cancel(id);
         }
     }
