@@ -576,6 +576,28 @@ fn close_with_request_in_flight_ends_it() {
 }
 
 #[test]
+fn close_with_several_requests_in_flight_ends_them_all() {
+    // Three requests wait on one pipe (and, with io_uring, the pipe's
+    // multishot receive): closing it must cancel every one of them.
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
+            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
+                continue;
+            };
+            let p = eng.open("samr", user(1), None).wait().unwrap();
+            let reqs: Vec<_> = (0..3).map(|_| p.transceive(b"H.".to_vec(), 512)).collect();
+            std::thread::sleep(Duration::from_millis(30));
+            p.close().wait().unwrap();
+            for r in reqs {
+                assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED);
+            }
+        }
+    });
+}
+
+#[test]
 fn thousand_pipes_concurrent_transceives_each_reply_to_its_request() {
     bounded(Duration::from_secs(60), || {
         for backend in BACKENDS {
