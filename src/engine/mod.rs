@@ -60,10 +60,10 @@ pub struct EngineConfig {
     /// The pipe directory (illumos: `/var/smb/pipe`).
     pub dir: PathBuf,
     /// Rings, each with its own thread (default 1). Pipes are spread over
-    /// them. On the 2-CPU benchmark machine two rings did 1-35 % more
-    /// transceives per second than one at 1024-4096 busy pipes (the service
-    /// on the same CPUs; perf/README.md): one ring per CPU is the setting
-    /// `opipe bench` uses.
+    /// them. On the 2-CPU benchmark machine, with the service on the same
+    /// CPUs, two rings did about as many transceives per second as one at
+    /// 1024 busy pipes and 30-35 % more at 4096 (perf/README.md): one ring
+    /// per CPU is what `opipe bench` uses.
     pub rings: usize,
     /// Buffer mode (default [`BufferMode::Plain`], measured faster here).
     /// The epoll backend has no registered buffers and always runs
