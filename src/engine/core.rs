@@ -299,7 +299,7 @@ struct OpEntry {
     pending: u32,
     /// The current chain's SQE ids (at most [`MAX_CHAIN`]), how many there
     /// are, and how many of them completed.
-    chain: [Option<SqeId>; MAX_CHAIN],
+    chain: [SqeId; MAX_CHAIN],
     chain_len: u8,
     chain_done: u8,
     /// The next op of the same pipe (see `PipeEntry::ops`).
@@ -308,6 +308,17 @@ struct OpEntry {
     /// release resources.
     cancelled: bool,
     kind: Kind,
+}
+
+/// Fills the unused places of `OpEntry::chain` (only the first `chain_len`
+/// are ids).
+const NO_SQE: SqeId = SqeId::NONE;
+
+impl OpEntry {
+    /// The id of the `i`-th SQE of the current chain, if there is one.
+    fn chain_id(&self, i: usize) -> Option<SqeId> {
+        (i < usize::from(self.chain_len)).then(|| self.chain[i])
+    }
 }
 
 /// The per-ring state, driven by [`run`] on the ring's own thread.
@@ -579,7 +590,7 @@ impl<D: OpDriver> Core<D> {
             session,
             notify,
             pending: 0,
-            chain: [None; MAX_CHAIN],
+            chain: [NO_SQE; MAX_CHAIN],
             chain_len: 0,
             chain_done: 0,
             pipe_next,
@@ -602,9 +613,9 @@ impl<D: OpDriver> Core<D> {
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             debug_assert!(ids.len() <= MAX_CHAIN);
             e.pending += ids.len() as u32;
-            e.chain = [None; MAX_CHAIN];
+            e.chain = [NO_SQE; MAX_CHAIN];
             for (slot, id) in e.chain.iter_mut().zip(&ids) {
-                *slot = Some(*id);
+                *slot = *id;
             }
             e.chain_len = ids.len().min(MAX_CHAIN) as u8;
             e.chain_done = 0;
@@ -1631,7 +1642,7 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         pe.ms_stopping = true;
-        if let Some(&Some(id)) = self.ops.get_mut(k.0, k.1).map(|e| &e.chain[0]) {
+        if let Some(id) = self.ops.get_mut(k.0, k.1).and_then(|e| e.chain_id(0)) {
             self.drv.cancel(id);
         }
     }
@@ -1960,7 +1971,7 @@ impl<D: OpDriver> Core<D> {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        if let Some(&Some(id)) = e.chain.get(usize::from(e.chain_done)) {
+        if let Some(id) = e.chain_id(usize::from(e.chain_done)) {
             self.drv.cancel(id);
         }
     }

@@ -194,6 +194,10 @@ impl Op {
 pub struct SqeId(u64);
 
 impl SqeId {
+    /// A placeholder that names no operation (never handed out by a driver
+    /// as a pushed op's id; only for filling unused places).
+    pub(crate) const NONE: SqeId = SqeId(u64::MAX);
+
     /// For other backends, which encode their own ids.
     pub(crate) fn from_raw(v: u64) -> SqeId {
         SqeId(v)
