@@ -44,54 +44,81 @@ fn engine(dir: &std::path::Path, mode: BufferMode, backend: BackendChoice) -> Op
     }
 }
 
+/// Runs `body` once per backend and buffer mode, each time with a fresh
+/// service in a temp dir (`name` answered by `conn` after handshake `hs`)
+/// and an engine on that backend in that mode (skipped, loudly, where
+/// io_uring is refused).
+fn each_backend_and_mode(
+    name: &str,
+    hs: Handshake,
+    conn: ConnFn,
+    body: impl Fn(BackendChoice, BufferMode, &Engine),
+) {
+    for_engines(name, hs, conn, &MODES, body)
+}
+
+/// [`each_backend_and_mode`] with plain buffers only.
+fn each_backend(name: &str, hs: Handshake, conn: ConnFn, body: impl Fn(BackendChoice, &Engine)) {
+    for_engines(name, hs, conn, &[BufferMode::Plain], |backend, _, eng| {
+        body(backend, eng)
+    })
+}
+
+fn for_engines(
+    name: &str,
+    hs: Handshake,
+    conn: ConnFn,
+    modes: &[BufferMode],
+    body: impl Fn(BackendChoice, BufferMode, &Engine),
+) {
+    for backend in BACKENDS {
+        for &mode in modes {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), name, hs, conn.clone());
+            let Some(eng) = engine(dir.path(), mode, backend) else {
+                continue;
+            };
+            body(backend, mode, &eng);
+        }
+    }
+}
+
 #[test]
 fn open_transceive_echo_both_modes() {
     bounded(T, || {
-        for backend in BACKENDS {
-            for mode in MODES {
-                let dir = tempfile::tempdir().unwrap();
-                let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-                let Some(eng) = engine(dir.path(), mode, backend) else {
-                    continue;
-                };
-                let pipe = eng
-                    .open("\\PIPE\\SrvSvc", user(1), None)
+        each_backend_and_mode("srvsvc", Handshake::Accept, echo(), |_, mode, eng| {
+            let pipe = eng
+                .open("\\PIPE\\SrvSvc", user(1), None)
+                .wait()
+                .expect("open");
+            let info = pipe.info();
+            assert_eq!(info.name.as_str(), "srvsvc");
+            assert_eq!(info.smb_name(), "\\srvsvc");
+            assert_eq!(info.device_state, 0x05ff);
+            assert_eq!(info.dos_attributes, 0x80);
+            assert_eq!(info.allocation_size, 4280);
+            for i in 0..50u8 {
+                let msg = vec![i; 10 + i as usize];
+                let t = pipe
+                    .transceive(msg.clone(), 4280)
                     .wait()
-                    .expect("open");
-                let info = pipe.info();
-                assert_eq!(info.name.as_str(), "srvsvc");
-                assert_eq!(info.smb_name(), "\\srvsvc");
-                assert_eq!(info.device_state, 0x05ff);
-                assert_eq!(info.dos_attributes, 0x80);
-                assert_eq!(info.allocation_size, 4280);
-                for i in 0..50u8 {
-                    let msg = vec![i; 10 + i as usize];
-                    let t = pipe
-                        .transceive(msg.clone(), 4280)
-                        .wait()
-                        .expect("transceive");
-                    assert_eq!(t.status, NtStatus::SUCCESS, "{mode:?}");
-                    assert_eq!(t.data, msg, "{mode:?}");
-                }
-                pipe.close().wait().expect("close");
+                    .expect("transceive");
+                assert_eq!(t.status, NtStatus::SUCCESS, "{mode:?}");
+                assert_eq!(t.data, msg, "{mode:?}");
             }
-        }
+            pipe.close().wait().expect("close");
+        });
     });
 }
 
 #[test]
 fn file_ids_are_unique() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("lsarpc", Handshake::Accept, echo(), |_, eng| {
             let a = eng.open("lsarpc", user(1), None).wait().unwrap();
             let b = eng.open("lsarpc", user(1), None).wait().unwrap();
             assert_ne!(a.info().file_id, b.info().file_id);
-        }
+        });
     });
 }
 
@@ -117,12 +144,7 @@ fn no_listener_is_object_name_not_found() {
 #[test]
 fn silent_handshake_hits_the_deadline() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "netlogon", Handshake::Silent, echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("netlogon", Handshake::Silent, echo(), |_, eng| {
             let t0 = Instant::now();
             let r = eng.open("netlogon", user(1), None).wait();
             let took = t0.elapsed();
@@ -135,42 +157,32 @@ fn silent_handshake_hits_the_deadline() {
                 took < Duration::from_secs(5),
                 "deadline not enforced: {took:?}"
             );
-        }
+        });
     });
 }
 
 #[test]
 fn partial_status_word_is_pipe_not_available() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "spoolss", Handshake::Partial, echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("spoolss", Handshake::Partial, echo(), |_, eng| {
             let r = eng.open("spoolss", user(1), None).wait();
             assert_eq!(r.unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
-        }
+        });
     });
 }
 
 #[test]
 fn refused_open_returns_the_service_status() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "svcctl",
-                Handshake::Status(NtStatus::ACCESS_DENIED.raw()),
-                echo(),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let r = eng.open("svcctl", user(1), None).wait();
-            assert_eq!(r.unwrap_err(), NtStatus::ACCESS_DENIED);
-        }
+        each_backend(
+            "svcctl",
+            Handshake::Status(NtStatus::ACCESS_DENIED.raw()),
+            echo(),
+            |_, eng| {
+                let r = eng.open("svcctl", user(1), None).wait();
+                assert_eq!(r.unwrap_err(), NtStatus::ACCESS_DENIED);
+            },
+        );
     });
 }
 
@@ -215,14 +227,11 @@ fn bad_names_are_rejected_before_any_socket() {
 #[test]
 fn overflow_then_reads_drain_in_order_both_modes() {
     bounded(T, || {
-        for backend in BACKENDS {
-            for mode in MODES {
-                let dir = tempfile::tempdir().unwrap();
-                let _svc =
-                    Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(10_000));
-                let Some(eng) = engine(dir.path(), mode, backend) else {
-                    continue;
-                };
+        each_backend_and_mode(
+            "srvsvc",
+            Handshake::Accept,
+            big_reply(10_000),
+            |_, mode, eng| {
                 let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
                 let expect = pattern(10_000);
                 for _round in 0..3 {
@@ -237,8 +246,8 @@ fn overflow_then_reads_drain_in_order_both_modes() {
                     }
                     assert_eq!(got, expect, "{mode:?}: bytes intact and in order");
                 }
-            }
-        }
+            },
+        );
     });
 }
 
@@ -249,14 +258,11 @@ fn overflow_then_reads_drain_in_order_both_modes() {
 #[test]
 fn overflowed_reply_rest_keeps_stream_order_both_modes() {
     bounded(T, || {
-        for backend in BACKENDS {
-            for mode in MODES {
-                let dir = tempfile::tempdir().unwrap();
-                let _svc =
-                    Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
-                let Some(eng) = engine(dir.path(), mode, backend) else {
-                    continue;
-                };
+        each_backend_and_mode(
+            "srvsvc",
+            Handshake::Accept,
+            big_reply(3000),
+            |backend, mode, eng| {
                 let reply = pattern(3000);
                 let pipe = eng.open("srvsvc", user(1), None).wait().unwrap();
                 let t = pipe.transceive(b"one".to_vec(), 100).wait().unwrap();
@@ -293,8 +299,8 @@ fn overflowed_reply_rest_keeps_stream_order_both_modes() {
                 let t = pipe.peek(64).wait().unwrap();
                 let (hdr, _) = PeekReply::decode(&t.data).unwrap();
                 assert_eq!(hdr.read_data_available, 0);
-            }
-        }
+            },
+        );
     });
 }
 
@@ -326,13 +332,11 @@ fn overflow_rule_matches_the_seed() {
 #[test]
 fn cancel_one_request_pipe_stays_usable_both_modes() {
     bounded(T, || {
-        for backend in BACKENDS {
-            for mode in MODES {
-                let dir = tempfile::tempdir().unwrap();
-                let _svc = Scripted::spawn(dir.path(), "wkssvc", Handshake::Accept, hang_or_echo());
-                let Some(eng) = engine(dir.path(), mode, backend) else {
-                    continue;
-                };
+        each_backend_and_mode(
+            "wkssvc",
+            Handshake::Accept,
+            hang_or_echo(),
+            |_, mode, eng| {
                 let pipe = eng.open("wkssvc", user(1), None).wait().unwrap();
                 let req = pipe.transceive(b"H.".to_vec(), 1024);
                 std::thread::sleep(Duration::from_millis(50));
@@ -345,20 +349,15 @@ fn cancel_one_request_pipe_stays_usable_both_modes() {
                     .wait()
                     .expect("pipe usable after cancel");
                 assert_eq!(t.data, b"hello");
-            }
-        }
+            },
+        );
     });
 }
 
 #[test]
 fn cancel_before_start_and_after_finish() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("echo", Handshake::Accept, echo(), |_, eng| {
             let pipe = eng.open("echo", user(1), None).wait().unwrap();
             let r = pipe.transceive(b"abc".to_vec(), 100);
             let h = r.cancel_handle();
@@ -371,55 +370,45 @@ fn cancel_before_start_and_after_finish() {
             }
             let t = pipe.transceive(b"def".to_vec(), 100).wait().unwrap();
             assert_eq!(t.data, b"def");
-        }
+        });
     });
 }
 
 #[test]
 fn service_closing_mid_reply() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "eventlog",
-                Handshake::Accept,
-                close_mid_reply(50),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let pipe = eng.open("eventlog", user(1), None).wait().unwrap();
-            let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
-            assert_eq!(t.data, vec![0x42; 50]);
-            assert_eq!(pipe.read(1024).wait().unwrap_err(), NtStatus::PIPE_BROKEN);
-            let r = pipe.transceive(b"again".to_vec(), 1024).wait();
-            assert_eq!(r.unwrap_err(), NtStatus::PIPE_BROKEN);
-        }
+        each_backend(
+            "eventlog",
+            Handshake::Accept,
+            close_mid_reply(50),
+            |_, eng| {
+                let pipe = eng.open("eventlog", user(1), None).wait().unwrap();
+                let t = pipe.transceive(b"req".to_vec(), 1024).wait().unwrap();
+                assert_eq!(t.data, vec![0x42; 50]);
+                assert_eq!(pipe.read(1024).wait().unwrap_err(), NtStatus::PIPE_BROKEN);
+                let r = pipe.transceive(b"again".to_vec(), 1024).wait();
+                assert_eq!(r.unwrap_err(), NtStatus::PIPE_BROKEN);
+            },
+        );
     });
 }
 
 #[test]
 fn tree_disconnect_during_open() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "netdfs",
-                Handshake::Delay(Duration::from_millis(150)),
-                echo(),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let tree = Tree::new();
-            let req = eng.open("netdfs", user(1), Some(&tree));
-            tree.disconnect();
-            assert_eq!(req.wait().unwrap_err(), NtStatus::NETWORK_NAME_DELETED);
-            let live = Tree::new();
-            assert!(eng.open("netdfs", user(1), Some(&live)).wait().is_ok());
-        }
+        each_backend(
+            "netdfs",
+            Handshake::Delay(Duration::from_millis(150)),
+            echo(),
+            |_, eng| {
+                let tree = Tree::new();
+                let req = eng.open("netdfs", user(1), Some(&tree));
+                tree.disconnect();
+                assert_eq!(req.wait().unwrap_err(), NtStatus::NETWORK_NAME_DELETED);
+                let live = Tree::new();
+                assert!(eng.open("netdfs", user(1), Some(&live)).wait().is_ok());
+            },
+        );
     });
 }
 
@@ -520,12 +509,7 @@ fn wait_for_pipe_success_and_timeout() {
 #[test]
 fn session_disconnect_with_requests_in_flight() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("samr", Handshake::Accept, hang_or_echo(), |_, eng| {
             let doomed: Vec<_> = (0..20)
                 .map(|_| eng.open("samr", user(1), None).wait().unwrap())
                 .collect();
@@ -553,7 +537,7 @@ fn session_disconnect_with_requests_in_flight() {
             for p in &kept {
                 assert_eq!(p.transceive(b"ok".to_vec(), 10).wait().unwrap().data, b"ok");
             }
-        }
+        });
     });
 }
 
@@ -562,12 +546,7 @@ fn close_with_requests_in_flight_ends_them_all() {
     // One, then three requests wait on a pipe (and, with io_uring, the
     // pipe's multishot receive): closing it must cancel every one of them.
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "samr", Handshake::Accept, hang_or_echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("samr", Handshake::Accept, hang_or_echo(), |_, eng| {
             for n in [1, 3] {
                 let p = eng.open("samr", user(1), None).wait().unwrap();
                 let reqs: Vec<_> = (0..n).map(|_| p.transceive(b"H.".to_vec(), 512)).collect();
@@ -577,7 +556,7 @@ fn close_with_requests_in_flight_ends_them_all() {
                     assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED, "{n} requests");
                 }
             }
-        }
+        });
     });
 }
 
@@ -616,12 +595,7 @@ fn thousand_pipes_concurrent_transceives_each_reply_to_its_request() {
 #[test]
 fn futures_work_without_a_runtime() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "echo", Handshake::Accept, echo());
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
+        each_backend("echo", Handshake::Accept, echo(), |_, eng| {
             // A minimal executor: poll with a thread-unparking waker.
             let fut = async {
                 let p = eng.open("echo", user(1), None).await?;
@@ -629,7 +603,7 @@ fn futures_work_without_a_runtime() {
                 Ok::<_, NtStatus>(t.data)
             };
             assert_eq!(block_on(fut).unwrap(), b"async");
-        }
+        });
     });
 }
 
@@ -661,40 +635,35 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 fn flood_after_a_transceive_is_read_back_whole_and_in_order() {
     const LEN: usize = 1 << 20;
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "flood",
-                Handshake::Accept,
-                one_reply(LEN, LEN, Duration::ZERO),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let want = pattern(LEN);
-            let pipe = eng.open("flood", user(1), None).wait().unwrap();
-            let t = pipe.transceive(b"go".to_vec(), 1024).wait().unwrap();
-            assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?}");
-            let mut got = t.data;
-            // Let the service fill the socket and the engine its pushback.
-            std::thread::sleep(Duration::from_millis(200));
-            let t = pipe.peek(16 + 8).wait().unwrap();
-            let (hdr, data) = PeekReply::decode(&t.data).unwrap();
-            assert!(hdr.read_data_available > 0, "{backend:?}");
-            assert_eq!(data, &want[got.len()..got.len() + 8]);
-            while got.len() < LEN {
-                let d = pipe.read(4280).wait().expect("read");
-                assert!(
-                    !d.is_empty() && d.len() <= 4280,
-                    "{backend:?}: {} bytes",
-                    d.len()
-                );
-                got.extend_from_slice(&d);
-            }
-            assert!(got == want, "{backend:?}: bytes lost or reordered");
-            pipe.close().wait().unwrap();
-        }
+        each_backend(
+            "flood",
+            Handshake::Accept,
+            one_reply(LEN, LEN, Duration::ZERO),
+            |backend, eng| {
+                let want = pattern(LEN);
+                let pipe = eng.open("flood", user(1), None).wait().unwrap();
+                let t = pipe.transceive(b"go".to_vec(), 1024).wait().unwrap();
+                assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "{backend:?}");
+                let mut got = t.data;
+                // Let the service fill the socket and the engine its pushback.
+                std::thread::sleep(Duration::from_millis(200));
+                let t = pipe.peek(16 + 8).wait().unwrap();
+                let (hdr, data) = PeekReply::decode(&t.data).unwrap();
+                assert!(hdr.read_data_available > 0, "{backend:?}");
+                assert_eq!(data, &want[got.len()..got.len() + 8]);
+                while got.len() < LEN {
+                    let d = pipe.read(4280).wait().expect("read");
+                    assert!(
+                        !d.is_empty() && d.len() <= 4280,
+                        "{backend:?}: {} bytes",
+                        d.len()
+                    );
+                    got.extend_from_slice(&d);
+                }
+                assert!(got == want, "{backend:?}: bytes lost or reordered");
+                pipe.close().wait().unwrap();
+            },
+        );
     });
 }
 
@@ -707,49 +676,44 @@ fn flood_after_a_transceive_is_read_back_whole_and_in_order() {
 fn big_reads_after_transceives_keep_stream_order() {
     const LEN: usize = 3 << 20;
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "flood",
-                Handshake::Accept,
-                one_reply(LEN, LEN, Duration::ZERO),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let want = pattern(LEN);
-            let pipe = eng.open("flood", user(1), None).wait().unwrap();
-            let t = pipe.transceive(b"go".to_vec(), 100).wait().unwrap();
-            let mut got = t.data;
-            let mut i = 0usize;
-            while got.len() < LEN {
-                // Alternate big reads (own receive) with small ones (the
-                // multishot receive), and now and then two reads at once.
-                // Two reads at once only while more than the first can
-                // take is left: the second must have bytes to wait for.
-                let two_ok = LEN - got.len() > 4280;
-                let d = match i % 3 {
-                    0 => pipe.read(65536).wait().expect("big read"),
-                    2 if two_ok => {
-                        let a = pipe.read(4280);
-                        let b = pipe.read(65536);
-                        let mut d = a.wait().expect("first of two");
-                        d.extend_from_slice(&b.wait().expect("second of two"));
-                        d
-                    }
-                    _ => pipe.read(1000).wait().expect("small read"),
-                };
-                assert!(!d.is_empty());
-                got.extend_from_slice(&d);
-                i += 1;
-            }
-            assert_eq!(got.len(), LEN, "{backend:?}");
-            assert!(
-                got == want,
-                "{backend:?}: bytes reordered or lost after {i} reads"
-            );
-        }
+        each_backend(
+            "flood",
+            Handshake::Accept,
+            one_reply(LEN, LEN, Duration::ZERO),
+            |backend, eng| {
+                let want = pattern(LEN);
+                let pipe = eng.open("flood", user(1), None).wait().unwrap();
+                let t = pipe.transceive(b"go".to_vec(), 100).wait().unwrap();
+                let mut got = t.data;
+                let mut i = 0usize;
+                while got.len() < LEN {
+                    // Alternate big reads (own receive) with small ones (the
+                    // multishot receive), and now and then two reads at once.
+                    // Two reads at once only while more than the first can
+                    // take is left: the second must have bytes to wait for.
+                    let two_ok = LEN - got.len() > 4280;
+                    let d = match i % 3 {
+                        0 => pipe.read(65536).wait().expect("big read"),
+                        2 if two_ok => {
+                            let a = pipe.read(4280);
+                            let b = pipe.read(65536);
+                            let mut d = a.wait().expect("first of two");
+                            d.extend_from_slice(&b.wait().expect("second of two"));
+                            d
+                        }
+                        _ => pipe.read(1000).wait().expect("small read"),
+                    };
+                    assert!(!d.is_empty());
+                    got.extend_from_slice(&d);
+                    i += 1;
+                }
+                assert_eq!(got.len(), LEN, "{backend:?}");
+                assert!(
+                    got == want,
+                    "{backend:?}: bytes reordered or lost after {i} reads"
+                );
+            },
+        );
     });
 }
 
@@ -760,33 +724,28 @@ fn big_reads_after_transceives_keep_stream_order() {
 fn big_read_on_an_empty_socket_keeps_stream_order() {
     const LEN: usize = 1000 * 200;
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(
-                dir.path(),
-                "trickle",
-                Handshake::Accept,
-                one_reply(LEN, 200, Duration::from_micros(200)),
-            );
-            let Some(eng) = engine(dir.path(), BufferMode::Plain, backend) else {
-                continue;
-            };
-            let want = pattern(LEN);
-            let pipe = eng.open("trickle", user(1), None).wait().unwrap();
-            let mut got = pipe.transceive(b"go".to_vec(), 100).wait().unwrap().data;
-            let mut i = 0usize;
-            while got.len() < LEN {
-                let max = if i % 2 == 0 { 1000 } else { 65536 };
-                let d = pipe.read(max).wait().expect("read");
-                assert!(!d.is_empty());
-                got.extend_from_slice(&d);
-                i += 1;
-            }
-            assert!(
-                got == want,
-                "{backend:?}: bytes reordered or lost after {i} reads"
-            );
-        }
+        each_backend(
+            "trickle",
+            Handshake::Accept,
+            one_reply(LEN, 200, Duration::from_micros(200)),
+            |backend, eng| {
+                let want = pattern(LEN);
+                let pipe = eng.open("trickle", user(1), None).wait().unwrap();
+                let mut got = pipe.transceive(b"go".to_vec(), 100).wait().unwrap().data;
+                let mut i = 0usize;
+                while got.len() < LEN {
+                    let max = if i % 2 == 0 { 1000 } else { 65536 };
+                    let d = pipe.read(max).wait().expect("read");
+                    assert!(!d.is_empty());
+                    got.extend_from_slice(&d);
+                    i += 1;
+                }
+                assert!(
+                    got == want,
+                    "{backend:?}: bytes reordered or lost after {i} reads"
+                );
+            },
+        );
     });
 }
 
