@@ -241,15 +241,28 @@ pub(crate) enum Phase {
     Aborting,
 }
 
-/// A connection of either service loop, as the close rules see it.
+/// A connection of either service loop, as the close rules and the
+/// deadline heap see it.
 pub(crate) trait ConnPhase {
     /// The connection's phase and the reason it is closing.
     fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason);
+    /// Its session's deadline, if it has one.
+    fn deadline(&self) -> Option<Instant>;
+    /// Runs its session's deadline (output goes where the loop sends from).
+    fn on_deadline(&mut self) -> Verdict;
 }
 
-impl<S> ConnPhase for Conn<S> {
+impl<S: Session> ConnPhase for Conn<S> {
     fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason) {
         (&mut self.phase, &mut self.reason)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.session.deadline()
+    }
+
+    fn on_deadline(&mut self) -> Verdict {
+        self.session.on_deadline(&mut self.pending)
     }
 }
 
@@ -457,13 +470,7 @@ impl EventLoop {
     }
 
     fn next_wake<A: Acceptor>(&self, st: &State<A>) -> Option<Instant> {
-        let mut t = st.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        for l in &self.listeners {
-            if let Some(r) = l.resume_at {
-                t = Some(t.map_or(r, |x| x.min(r)));
-            }
-        }
-        t
+        next_wake(&st.deadlines, self.listeners.iter().map(|l| l.resume_at))
     }
 
     /// Queues an SQE, submitting first if the queue is full.
@@ -792,15 +799,8 @@ impl EventLoop {
         // not while the session holds a backlog.
         let open = c.phase == Phase::Open && !self.shutting_down;
         if open {
-            let q = c.queued();
-            if !c.paused && q > self.cfg.output_high_water_bytes {
-                c.paused = true;
-                self.counters
-                    .backpressure_pauses
-                    .fetch_add(1, Ordering::Relaxed);
-            } else if c.paused && q <= self.cfg.output_low_water_bytes {
-                c.paused = false;
-            }
+            let queued = c.queued();
+            backpressure(&mut c.paused, queued, &self.cfg, &self.counters);
         }
         if open && !c.paused && !c.session.has_backlog() {
             if c.recv == RecvState::Idle {
@@ -860,38 +860,83 @@ impl EventLoop {
                 }
             }
         }
-        while let Some(&Reverse((t, idx, gen))) = st.deadlines.peek() {
-            if t > now {
-                break;
-            }
-            st.deadlines.pop();
-            let Some(c) = st.conns.get_mut(idx, gen) else {
-                continue;
-            };
-            if c.phase != Phase::Open {
-                continue;
-            }
-            match c.session.deadline() {
-                Some(d) if d <= now => {
-                    let v = c.session.on_deadline(&mut c.pending);
-                    apply(c, v, CloseReason::Deadline);
-                    self.update(st, idx, gen)?;
-                }
-                Some(d) => st.deadlines.push(Reverse((d, idx, gen))),
-                None => {}
-            }
+        for (idx, gen) in fire_deadlines(&mut st.deadlines, &mut st.conns, now) {
+            self.update(st, idx, gen)?;
         }
-        prune_deadlines(&mut st.deadlines, st.conns.len(), |idx, gen| {
-            st.conns
-                .get_mut(idx, gen)
-                .is_some_and(|c| c.session.deadline().is_some())
-        });
         Ok(())
     }
 }
 
 /// The deadline heap of either service loop: (when, connection index, generation).
 pub(crate) type Deadlines = BinaryHeap<Reverse<(Instant, u32, u32)>>;
+
+/// Pops the deadlines due at `now` and runs those of open connections that
+/// have really come (a session may have moved its deadline later: it goes
+/// back into the heap). Returns the connections whose deadline ran, for the
+/// loop to bring up to date, and prunes the heap.
+pub(crate) fn fire_deadlines<C: ConnPhase>(
+    heap: &mut Deadlines,
+    conns: &mut Slab<C>,
+    now: Instant,
+) -> Vec<(u32, u32)> {
+    let mut fired = Vec::new();
+    while let Some(&Reverse((t, idx, gen))) = heap.peek() {
+        if t > now {
+            break;
+        }
+        heap.pop();
+        let Some(c) = conns.get_mut(idx, gen) else {
+            continue;
+        };
+        if *c.phase_and_reason().0 != Phase::Open {
+            continue;
+        }
+        match c.deadline() {
+            Some(d) if d <= now => {
+                let v = c.on_deadline();
+                apply(c, v, CloseReason::Deadline);
+                fired.push((idx, gen));
+            }
+            Some(d) => heap.push(Reverse((d, idx, gen))),
+            None => {}
+        }
+    }
+    prune_deadlines(heap, conns.len(), |idx, gen| {
+        conns
+            .get_mut(idx, gen)
+            .is_some_and(|c| c.deadline().is_some())
+    });
+    fired
+}
+
+/// When either service loop must wake next: the earliest deadline or
+/// accept resumption (`resume_at` of each listener).
+pub(crate) fn next_wake(
+    deadlines: &Deadlines,
+    resume_at: impl Iterator<Item = Option<Instant>>,
+) -> Option<Instant> {
+    let first = deadlines.peek().map(|Reverse((t, _, _))| *t);
+    resume_at
+        .flatten()
+        .fold(first, |t, r| Some(t.map_or(r, |x| x.min(r))))
+}
+
+/// Backpressure of either service loop: a connection whose unsent output
+/// (`queued`) is over the high-water mark stops being read (`paused`,
+/// counted) until it is back at or below the low-water mark.
+pub(crate) fn backpressure(
+    paused: &mut bool,
+    queued: usize,
+    cfg: &LoopConfig,
+    counters: &LoopCounters,
+) {
+    if !*paused && queued > cfg.output_high_water_bytes {
+        *paused = true;
+        counters.backpressure_pauses.fetch_add(1, Ordering::Relaxed);
+    } else if *paused && queued <= cfg.output_low_water_bytes {
+        *paused = false;
+    }
+}
 
 /// Entries of connections gone or past their deadline phase are dropped
 /// lazily; rebuild the heap when they outnumber the `live_conns` connections,

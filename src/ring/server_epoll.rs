@@ -69,8 +69,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::server::{
-    abort, apply, prune_deadlines, Acceptor, CloseReason, ConnPhase, Deadlines, LoopConfig,
-    LoopCounters, Phase, Session,
+    abort, apply, backpressure, fire_deadlines, next_wake, Acceptor, CloseReason, ConnPhase,
+    Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
 };
 
 /// Connections accepted per listener wake-up at most.
@@ -300,13 +300,7 @@ impl EpollLoop {
     /// Milliseconds until the next deadline or accept resumption (rounded
     /// up, so the loop never wakes just before it), or -1.
     fn timeout_ms<A: Acceptor>(&self, st: &State<A>) -> i32 {
-        let mut t = st.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        for l in &self.listeners {
-            if let Some(r) = l.resume_at {
-                t = Some(t.map_or(r, |x| x.min(r)));
-            }
-        }
-        match t {
+        match next_wake(&st.deadlines, self.listeners.iter().map(|l| l.resume_at)) {
             None => -1,
             Some(t) => {
                 let d = t.saturating_duration_since(Instant::now());
@@ -477,15 +471,8 @@ impl EpollLoop {
         if c.phase != Phase::Open {
             return;
         }
-        let q = c.queued();
-        if !c.paused && q > self.cfg.output_high_water_bytes {
-            c.paused = true;
-            self.counters
-                .backpressure_pauses
-                .fetch_add(1, Ordering::Relaxed);
-        } else if c.paused && q <= self.cfg.output_low_water_bytes {
-            c.paused = false;
-        }
+        let queued = c.queued();
+        backpressure(&mut c.paused, queued, &self.cfg, &self.counters);
     }
 
     /// Brings a connection in line with its state: sends, lets a session
@@ -579,33 +566,9 @@ impl EpollLoop {
                 }
             }
         }
-        while let Some(&Reverse((t, idx, gen))) = st.deadlines.peek() {
-            if t > now {
-                break;
-            }
-            st.deadlines.pop();
-            let Some(c) = st.conns.get_mut(idx, gen) else {
-                continue;
-            };
-            if c.phase != Phase::Open {
-                continue;
-            }
-            match c.session.deadline() {
-                Some(d) if d <= now => {
-                    c.compact();
-                    let v = c.session.on_deadline(&mut c.out);
-                    apply(c, v, CloseReason::Deadline);
-                    self.update(st, idx, gen);
-                }
-                Some(d) => st.deadlines.push(Reverse((d, idx, gen))),
-                None => {}
-            }
+        for (idx, gen) in fire_deadlines(&mut st.deadlines, &mut st.conns, now) {
+            self.update(st, idx, gen);
         }
-        prune_deadlines(&mut st.deadlines, st.conns.len(), |idx, gen| {
-            st.conns
-                .get_mut(idx, gen)
-                .is_some_and(|c| c.session.deadline().is_some())
-        });
         Ok(())
     }
 }
@@ -623,9 +586,18 @@ fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32
     Ok(())
 }
 
-impl<S> ConnPhase for Conn<S> {
+impl<S: Session> ConnPhase for Conn<S> {
     fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason) {
         (&mut self.phase, &mut self.reason)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.session.deadline()
+    }
+
+    fn on_deadline(&mut self) -> Verdict {
+        self.compact();
+        self.session.on_deadline(&mut self.out)
     }
 }
 
