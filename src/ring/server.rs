@@ -1060,6 +1060,56 @@ pub(crate) mod test_echo {
         c
     }
 
+    /// Runs [`client_script`] against a service loop started by `run` on a
+    /// listener in a temp dir (with the shutdown eventfd, the counters and
+    /// an [`EchoAcceptor`]) and checks how the three connections closed.
+    /// `run` returns `Ok(false)` when its loop cannot run here (then `None`,
+    /// after saying so); otherwise the counters, for more checks.
+    pub(crate) fn run_echo_script(
+        run: impl FnOnce(
+                Arc<std::os::fd::OwnedFd>,
+                Arc<std::os::fd::OwnedFd>,
+                Arc<super::LoopCounters>,
+                EchoAcceptor,
+            ) -> std::io::Result<bool>
+            + Send
+            + 'static,
+    ) -> Option<Arc<super::LoopCounters>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("echo");
+        let listener: std::os::fd::OwnedFd = std::os::unix::net::UnixListener::bind(&path)
+            .unwrap()
+            .into();
+        let listener = Arc::new(listener);
+        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
+        let counters = Arc::new(super::LoopCounters::default());
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let t = {
+            let (s, k, c) = (shutdown.clone(), counters.clone(), closes.clone());
+            std::thread::spawn(move || run(listener, s, k, EchoAcceptor(c)))
+        };
+        let mut c = client_script(&path, &shutdown);
+        if !t.join().unwrap().unwrap() {
+            eprintln!("SKIPPED: this service loop cannot run here");
+            return None;
+        }
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
+        let closes = closes.lock().unwrap().clone();
+        assert_eq!(
+            closes,
+            vec![
+                CloseReason::Session,
+                CloseReason::Deadline,
+                CloseReason::Shutdown
+            ]
+        );
+        assert_eq!(
+            counters.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        Some(counters)
+    }
+
     pub(crate) struct EchoAcceptor(pub(crate) Arc<Mutex<Vec<CloseReason>>>);
 
     impl Acceptor for EchoAcceptor {
@@ -1076,57 +1126,22 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-    use std::os::unix::net::UnixListener;
-    use std::sync::Mutex;
-
-    use super::test_echo::EchoAcceptor;
 
     #[test]
     fn echo_close_deadline_and_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("echo");
-        let listener: OwnedFd = UnixListener::bind(&path).unwrap().into();
-        let listener = Arc::new(listener);
-        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
-        let counters = Arc::new(LoopCounters::default());
-        let closes = Arc::new(Mutex::new(Vec::new()));
+        // Big message through 64-byte buffers, "bye", a silent client, an
+        // idle client closed by the shutdown.
         let cfg = LoopConfig {
             recv_buffers: 4,
             recv_buffer_bytes: 64,
             ..LoopConfig::default()
         };
-        let t = {
-            let (l, s, k, c) = (
-                listener.clone(),
-                shutdown.clone(),
-                counters.clone(),
-                closes.clone(),
-            );
-            std::thread::spawn(move || match EventLoop::new(cfg, vec![l], s, k) {
-                Ok(ev) => ev.run(EchoAcceptor(c)).map(|_| true),
+        super::test_echo::run_echo_script(move |l, s, k, acceptor| {
+            match EventLoop::new(cfg, vec![l], s, k) {
+                Ok(ev) => ev.run(acceptor).map(|_| true),
                 Err(RingError::Unavailable { .. }) => Ok(false),
                 Err(e) => Err(e.into()),
-            })
-        };
-        // Big message through 64-byte buffers, "bye", a silent client, an
-        // idle client closed by the shutdown.
-        let mut c = super::test_echo::client_script(&path, &shutdown);
-        let ran = t.join().unwrap().unwrap();
-        if !ran {
-            eprintln!("SKIPPED: io_uring unavailable");
-            return;
-        }
-        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
-        let closes = closes.lock().unwrap().clone();
-        assert_eq!(
-            closes,
-            vec![
-                CloseReason::Session,
-                CloseReason::Deadline,
-                CloseReason::Shutdown
-            ]
-        );
-        assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
+            }
+        });
     }
 }
