@@ -25,6 +25,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
 use super::setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+use crate::slab::Slab;
 
 /// Buffer group id of the engine's receive pool.
 const RECV_POOL_GROUP: u16 = 0;
@@ -232,10 +233,11 @@ impl Completion {
     }
 }
 
+/// An operation the kernel may still be using, and the token its
+/// completion carries.
 struct Slot {
-    gen: u32,
     token: u64,
-    op: Option<Op>,
+    op: Op,
 }
 
 const KIND_OP: u64 = 0;
@@ -344,8 +346,9 @@ pub struct Driver {
     ring: IoUring,
     flags: SetupFlags,
     features: Features,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Operations pushed and not finally completed; their (index,
+    /// generation) is the SQE's user_data.
+    slots: Slab<Slot>,
     /// SQEs that did not fit in the SQ yet; their ops are already in slots.
     backlog: VecDeque<squeue::Entry>,
     wake: Arc<WakeFd>,
@@ -353,7 +356,6 @@ pub struct Driver {
     wake_armed: bool,
     reg: Option<RegPool>,
     recv_pool: Option<BufRing>,
-    in_flight: usize,
 }
 
 impl std::fmt::Debug for Driver {
@@ -361,7 +363,7 @@ impl std::fmt::Debug for Driver {
         f.debug_struct("Driver")
             .field("flags", &self.flags)
             .field("features", &self.features)
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.slots.len())
             .finish()
     }
 }
@@ -415,15 +417,13 @@ impl Driver {
             ring,
             flags,
             features,
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::new(),
             backlog: VecDeque::new(),
             wake,
             wake_buf: Box::new(0),
             wake_armed: false,
             reg,
             recv_pool,
-            in_flight: 0,
         })
     }
 
@@ -444,7 +444,7 @@ impl Driver {
 
     /// Operations pushed and not yet finally completed.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.slots.len()
     }
 
     /// Takes a free registered slot, if there is a pool and a free slot.
@@ -499,26 +499,6 @@ impl Driver {
         }
         // SAFETY: as in reg_bytes, and `&mut self` excludes other borrows.
         Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index), p.slot_bytes) })
-    }
-
-    fn alloc_slot(&mut self, token: u64, op: Op) -> (u32, u32) {
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    gen: 0,
-                    token: 0,
-                    op: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let slot = &mut self.slots[index as usize];
-        slot.gen = slot.gen.wrapping_add(1) & 0x3fff_ffff;
-        slot.token = token;
-        slot.op = Some(op);
-        self.in_flight += 1;
-        (index, slot.gen)
     }
 
     fn build_sqe(&self, op: &Op) -> squeue::Entry {
@@ -609,7 +589,7 @@ impl Driver {
     /// Pushes one operation. Its [`Completion`] carries `token`.
     pub fn push(&mut self, op: Op, token: u64) -> SqeId {
         let sqe = self.build_sqe(&op);
-        let (index, gen) = self.alloc_slot(token, op);
+        let (index, gen) = self.slots.insert(Slot { token, op });
         let ud = user_data(KIND_OP, index, gen);
         self.queue(sqe.user_data(ud));
         SqeId(ud)
@@ -625,7 +605,7 @@ impl Driver {
         let mut prev: Option<squeue::Entry> = None;
         for (op, token) in ops {
             let sqe = self.build_sqe(&op);
-            let (index, gen) = self.alloc_slot(token, op);
+            let (index, gen) = self.slots.insert(Slot { token, op });
             let ud = user_data(KIND_OP, index, gen);
             ids.push(SqeId(ud));
             if let Some(p) = prev.take() {
@@ -726,9 +706,9 @@ impl Driver {
     /// The completion for one chunk of the multishot receive in slot
     /// `index`, its bytes copied out of the pool buffer (which goes back at
     /// once). `None` if the slot holds no multishot receive.
-    fn chunk(&mut self, index: usize, cqe: &cqueue::Entry) -> Option<Completion> {
-        let slot = &self.slots[index];
-        let Some(Op::RecvMulti { fd, .. }) = &slot.op else {
+    fn chunk(&mut self, index: u32, gen: u32, cqe: &cqueue::Entry) -> Option<Completion> {
+        let slot = self.slots.get_mut(index, gen)?;
+        let Op::RecvMulti { fd, .. } = &slot.op else {
             return None;
         };
         let (fd, token) = (fd.clone(), slot.token);
@@ -767,25 +747,18 @@ impl Driver {
                 let ud = cqe.user_data();
                 match ud >> 62 {
                     KIND_OP => {
-                        let index = (ud & 0xffff_ffff) as usize;
+                        let index = (ud & 0xffff_ffff) as u32;
                         let gen = ((ud >> 32) & 0x3fff_ffff) as u32;
-                        let Some(slot) = self.slots.get_mut(index) else {
-                            continue;
-                        };
-                        if slot.gen != gen || slot.op.is_none() {
-                            continue;
-                        }
                         if cqueue::more(cqe.flags()) {
                             // A multishot receive's chunk: the op stays armed.
-                            if let Some(c) = self.chunk(index, &cqe) {
+                            if let Some(c) = self.chunk(index, gen, &cqe) {
                                 out.push(c);
                             }
                             continue;
                         }
-                        let mut op = slot.op.take().expect("checked above");
-                        let token = slot.token;
-                        self.free.push(index as u32);
-                        self.in_flight -= 1;
+                        let Some(Slot { token, mut op }) = self.slots.remove(index, gen) else {
+                            continue;
+                        };
                         let mut result = cqe.result();
                         // A pooled receive's bytes; a multishot receive's
                         // final completion may still carry a chunk too.
@@ -829,7 +802,7 @@ impl Drop for Driver {
         // Operations still in flight reference memory in `self.slots`: cancel
         // everything and reap until the kernel is done with all of it, so the
         // memory is freed only after the kernel let go (bounded wait).
-        if self.in_flight == 0 && !self.wake_armed {
+        if self.slots.len() == 0 && !self.wake_armed {
             if let Some(p) = self.recv_pool.as_mut() {
                 let _ = p.unregister(&self.ring);
             }
@@ -842,7 +815,7 @@ impl Drop for Driver {
         // SAFETY: a cancel SQE references no memory.
         let _ = unsafe { self.ring.submission().push(&e) };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while (self.in_flight > 0 || self.wake_armed) && std::time::Instant::now() < deadline {
+        while (self.slots.len() > 0 || self.wake_armed) && std::time::Instant::now() < deadline {
             let _ = self.ring.submitter().submit_with_args(
                 1,
                 &types::SubmitArgs::new()
@@ -855,15 +828,15 @@ impl Drop for Driver {
                 self.wake.wake();
             }
         }
-        if self.in_flight == 0 {
+        if self.slots.len() == 0 {
             if let Some(p) = self.recv_pool.as_mut() {
                 let _ = p.unregister(&self.ring);
             }
         }
-        if self.in_flight > 0 || self.wake_armed {
+        if self.slots.len() > 0 || self.wake_armed {
             // The kernel still holds pointers into our memory: leaking it is
             // the only memory-safe choice left.
-            std::mem::forget(std::mem::take(&mut self.slots));
+            std::mem::forget(std::mem::replace(&mut self.slots, Slab::new()));
             if let Some(pool) = self.reg.take() {
                 std::mem::forget(pool);
             }
