@@ -97,16 +97,9 @@ impl Roster {
 }
 
 fn pipe_thread(run: &Run, pipe: usize, roster: &Roster) {
-    let mut stream = run.opened(pipe, open(run, pipe));
+    let stream = run.opened(pipe, open(run, pipe));
     let barrier = roster.wait();
-    barrier.wait(); // opened
-    barrier.wait(); // go
-    if let Some(s) = stream.as_mut() {
-        drive(run, pipe, s);
-    }
-    barrier.wait(); // done
-    barrier.wait(); // close
-    drop(stream);
+    phases::pipe_blocking(&barrier, stream, |s| drive(run, pipe, s));
 }
 
 /// Connect and the open handshake, blocking.

@@ -56,15 +56,12 @@ async fn pipe_task(
     connected: io::Result<std::os::unix::net::UnixStream>,
     barrier: Arc<Barrier>,
 ) {
-    let mut stream = run.opened(pipe, open(&run, pipe, connected).await);
-    barrier.wait().await; // opened
-    barrier.wait().await; // go
-    if let Some(s) = stream.as_mut() {
-        drive(&run, pipe, s).await;
-    }
-    barrier.wait().await; // done
-    barrier.wait().await; // close
-    drop(stream);
+    let stream = run.opened(pipe, open(&run, pipe, connected).await);
+    phases::pipe(&barrier, stream, |mut s| async move {
+        drive(&run, pipe, &mut s).await;
+        s
+    })
+    .await;
 }
 
 async fn open(

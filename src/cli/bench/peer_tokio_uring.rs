@@ -69,14 +69,11 @@ async fn pipe_task(
     barrier: Arc<Barrier>,
 ) {
     let stream = run.opened(pipe, open(&run, pipe, connected).await);
-    barrier.wait().await; // opened
-    barrier.wait().await; // go
-    if let Some(s) = stream.as_ref() {
-        drive(&run, pipe, s).await;
-    }
-    barrier.wait().await; // done
-    barrier.wait().await; // close
-    drop(stream);
+    phases::pipe(&barrier, stream, |s| async move {
+        drive(&run, pipe, &s).await;
+        s
+    })
+    .await;
 }
 
 async fn open(

@@ -35,6 +35,23 @@ pub fn lead_blocking(
     measured
 }
 
+/// A pipe thread's side of the four meetings, blocking (see [`pipe`]).
+pub fn pipe_blocking<S>(
+    barrier: &std::sync::Barrier,
+    stream: Option<S>,
+    drive: impl FnOnce(&mut S),
+) {
+    barrier.wait(); // opened
+    barrier.wait(); // go
+    let mut stream = stream;
+    if let Some(s) = stream.as_mut() {
+        drive(s);
+    }
+    barrier.wait(); // done
+    barrier.wait(); // close
+    drop(stream);
+}
+
 /// The leading task's side of the four meetings.
 pub async fn lead(barrier: &Barrier, run: &Run, before: Baseline) -> io::Result<Measured> {
     barrier.wait().await; // opened
@@ -44,6 +61,24 @@ pub async fn lead(barrier: &Barrier, run: &Run, before: Baseline) -> io::Result<
     let measured = clock.and_then(|c| c.stop(before));
     barrier.wait().await; // close
     measured
+}
+
+/// A pipe task's side of the four meetings: `stream` (`None` when the
+/// pipe failed to open) is driven by `drive` between *go* and *done*, and
+/// dropped after *close*.
+pub async fn pipe<S, Fut>(barrier: &Barrier, stream: Option<S>, drive: impl FnOnce(S) -> Fut)
+where
+    Fut: std::future::Future<Output = S>,
+{
+    barrier.wait().await; // opened
+    barrier.wait().await; // go
+    let stream = match stream {
+        Some(s) => Some(drive(s).await),
+        None => None,
+    };
+    barrier.wait().await; // done
+    barrier.wait().await; // close
+    drop(stream);
 }
 
 /// Connects every pipe, hands each connection to a task made by `spawn`
