@@ -17,7 +17,7 @@
 //! Microsoft GUID layout: first three fields little-endian, last eight
 //! bytes as they are); decoders convert the UUIDs of a big-endian PDU.
 
-use super::error::DecodeError;
+use super::error::{take_array, DecodeError};
 
 /// Length of the common header every PDU starts with.
 pub const COMMON_HEADER_LEN: usize = 16;
@@ -208,17 +208,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        match self.rest.split_first_chunk::<N>() {
-            Some((head, rest)) => {
-                self.rest = rest;
-                Ok(*head)
-            }
-            None => Err(DecodeError::UnexpectedEnd {
-                field,
-                needed: N,
-                remaining: self.rest.len(),
-            }),
-        }
+        take_array(&mut self.rest, field)
     }
 
     fn bytes(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {

@@ -80,6 +80,25 @@ pub enum DecodeError {
     },
 }
 
+/// Takes the first `N` bytes off `rest` for `field` (the readers of every
+/// wire format share it), or says how much was missing.
+pub(crate) fn take_array<const N: usize>(
+    rest: &mut &[u8],
+    field: &'static str,
+) -> Result<[u8; N], DecodeError> {
+    match rest.split_first_chunk::<N>() {
+        Some((head, tail)) => {
+            *rest = tail;
+            Ok(*head)
+        }
+        None => Err(DecodeError::UnexpectedEnd {
+            field,
+            needed: N,
+            remaining: rest.len(),
+        }),
+    }
+}
+
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -5,7 +5,7 @@
 //! never allocates, and returns borrowed strings; the caller decides what to
 //! copy.
 
-use super::error::DecodeError;
+use super::error::{take_array, DecodeError};
 
 /// Bytes of zero padding after `len` bytes of opaque data (RFC 4506 4.10).
 pub(crate) const fn pad_len(len: usize) -> usize {
@@ -29,17 +29,7 @@ impl<'a> XdrReader<'a> {
     }
 
     fn take<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        match self.rest.split_first_chunk::<N>() {
-            Some((head, rest)) => {
-                self.rest = rest;
-                Ok(*head)
-            }
-            None => Err(DecodeError::UnexpectedEnd {
-                field,
-                needed: N,
-                remaining: self.rest.len(),
-            }),
-        }
+        take_array(&mut self.rest, field)
     }
 
     /// `unsigned int`.
