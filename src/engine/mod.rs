@@ -410,8 +410,15 @@ impl Engine {
         }
         let cfg = Arc::new(cfg);
         let file_ids = Arc::new(AtomicU64::new(1));
-        let mut rings = Vec::with_capacity(cfg.rings);
-        let mut sock_nonempty = true;
+        // Built up ring by ring: on any error below, dropping it stops the
+        // rings already started (see `Drop for EngineInner`).
+        let mut inner = EngineInner {
+            rings: Vec::with_capacity(cfg.rings),
+            next_ring: AtomicUsize::new(0),
+            cfg: cfg.clone(),
+            sock_nonempty: true,
+            backend,
+        };
         for index in 0..cfg.rings {
             let (tx, rx) = mpsc::channel();
             let dcfg = DriverConfig {
@@ -445,47 +452,25 @@ impl Engine {
                     }
                 })
                 .map_err(EngineError::Thread)?;
-            match rx.recv() {
-                Ok(Ok((queue, nonempty))) => {
-                    sock_nonempty &= nonempty;
-                    rings.push(RingHandle {
-                        queue,
-                        thread: Mutex::new(Some(thread)),
-                    });
-                }
+            let (queue, nonempty) = match rx.recv() {
+                Ok(Ok(started)) => started,
                 Ok(Err(e)) => {
                     let _ = thread.join();
-                    // Dropping `rings` here stops the rings already started.
-                    drop(EngineInner {
-                        rings,
-                        next_ring: AtomicUsize::new(0),
-                        cfg,
-                        sock_nonempty,
-                        backend,
-                    });
                     return Err(e);
                 }
                 Err(_) => {
                     let _ = thread.join();
-                    drop(EngineInner {
-                        rings,
-                        next_ring: AtomicUsize::new(0),
-                        cfg,
-                        sock_nonempty,
-                        backend,
-                    });
                     return Err(EngineError::Config("ring thread died during start-up"));
                 }
-            }
+            };
+            inner.sock_nonempty &= nonempty;
+            inner.rings.push(RingHandle {
+                queue,
+                thread: Mutex::new(Some(thread)),
+            });
         }
         Ok(Engine {
-            inner: Arc::new(EngineInner {
-                rings,
-                next_ring: AtomicUsize::new(0),
-                cfg,
-                sock_nonempty,
-                backend,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
