@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use opipe::engine::{Backend, BackendChoice, BufferMode, Engine, EngineConfig, EngineError, Tree};
+use opipe::engine::{Backend, BackendChoice, BufferMode, Engine, EngineConfig, Tree};
 use opipe::protocol::{fsctl, NtStatus, PeekReply};
 
 const MODES: [BufferMode; 2] = [BufferMode::Plain, BufferMode::Registered];
@@ -21,27 +21,19 @@ fn engine(dir: &std::path::Path, mode: BufferMode, backend: BackendChoice) -> Op
     cfg.backend = backend;
     cfg.open_timeout = Duration::from_millis(400);
     cfg.reg_slots = 64;
-    match Engine::new(cfg) {
-        Ok(e) => {
-            let want = match backend {
-                BackendChoice::Epoll => Some(Backend::Epoll),
-                BackendChoice::IoUring => Some(Backend::IoUring),
-                BackendChoice::Auto => None,
-            };
-            if let Some(b) = want {
-                assert_eq!(e.backend(), b);
-            }
-            if e.backend() == Backend::Epoll {
-                assert_eq!(e.config().buffers, BufferMode::Plain, "effective mode");
-            }
-            Some(e)
-        }
-        Err(EngineError::Ring(e)) => {
-            eprintln!("SKIPPED on {backend:?}: {e}");
-            None
-        }
-        Err(e) => panic!("engine: {e}"),
+    let e = start_engine(cfg)?;
+    let want = match backend {
+        BackendChoice::Epoll => Some(Backend::Epoll),
+        BackendChoice::IoUring => Some(Backend::IoUring),
+        BackendChoice::Auto => None,
+    };
+    if let Some(b) = want {
+        assert_eq!(e.backend(), b);
     }
+    if e.backend() == Backend::Epoll {
+        assert_eq!(e.config().buffers, BufferMode::Plain, "effective mode");
+    }
+    Some(e)
 }
 
 /// Runs `body` once per backend and buffer mode, each time with a fresh
@@ -761,10 +753,8 @@ fn linked_receive_path_without_multishot() {
         let mut cfg = EngineConfig::new(dir.path());
         cfg.backend = BackendChoice::IoUring;
         cfg.multishot = false;
-        let eng = match Engine::new(cfg) {
-            Ok(e) => e,
-            Err(EngineError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
-            Err(e) => panic!("engine: {e}"),
+        let Some(eng) = start_engine(cfg) else {
+            return;
         };
         let pipe = eng.open("echo", user(1), None).wait().unwrap();
         for i in 0..20u8 {

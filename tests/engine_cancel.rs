@@ -7,33 +7,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use opipe::engine::{BackendChoice, Engine, EngineConfig, EngineError};
+use opipe::engine::{BackendChoice, EngineConfig};
 use opipe::protocol::NtStatus;
-
-/// Echoes each read after `delay`, logging every byte it echoed.
-fn slow_echo(delay: Duration, log: Arc<Mutex<Vec<u8>>>) -> ConnFn {
-    Arc::new(move |mut s: UnixStream| {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    std::thread::sleep(delay);
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                    log.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            }
-        }
-    })
-}
 
 fn run(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
@@ -42,14 +21,12 @@ fn run(backend: BackendChoice) {
         dir.path(),
         "race",
         Handshake::Accept,
-        slow_echo(Duration::from_micros(300), echoed.clone()),
+        logged_echo(Duration::from_micros(300), Some(echoed.clone())),
     );
     let mut cfg = EngineConfig::new(dir.path());
     cfg.backend = backend;
-    let eng = match Engine::new(cfg) {
-        Ok(e) => e,
-        Err(EngineError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
-        Err(e) => panic!("{e}"),
+    let Some(eng) = start_engine(cfg) else {
+        return;
     };
     let pipe = eng.open("race", user(1), None).wait().unwrap();
     // Keep the ring busy with other pipes, so cancels meet completions that

@@ -14,14 +14,7 @@ use opipe::protocol::NtStatus;
 fn engine(dir: &std::path::Path, pool: u16) -> Option<Engine> {
     let mut cfg = EngineConfig::new(dir);
     cfg.recv_pool_bufs = pool;
-    match Engine::new(cfg) {
-        Ok(e) => Some(e),
-        Err(EngineError::Ring(e)) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("engine: {e}"),
-    }
+    start_engine(cfg)
 }
 
 #[test]
@@ -135,10 +128,8 @@ fn endless_open_timeout_and_wait_on_both_backends() {
             let mut cfg = EngineConfig::new(dir.path());
             cfg.backend = backend;
             cfg.open_timeout = Duration::MAX;
-            let eng = match Engine::new(cfg) {
-                Ok(e) => e,
-                Err(EngineError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
-                Err(e) => panic!("{e}"),
+            let Some(eng) = start_engine(cfg) else {
+                return;
             };
             let p = eng
                 .open("srvsvc", user(1), None)

@@ -20,9 +20,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::*;
-use opipe::engine::{
-    BackendChoice, CancelHandle, Engine, EngineConfig, EngineError, Pipe, Request, Transfer,
-};
+use opipe::engine::{BackendChoice, CancelHandle, EngineConfig, Pipe, Request, Transfer};
 use opipe::protocol::dcerpc::{CommonHeader, PFC_FIRST_FRAG, PFC_LAST_FRAG, PTYPE_REQUEST};
 use opipe::protocol::NtStatus;
 
@@ -41,18 +39,6 @@ fn engine_configs() -> Vec<EngineConfig> {
             cfg
         })
         .collect()
-}
-
-/// Starts an engine, or says loudly why the kernel cannot run it.
-fn start(cfg: EngineConfig) -> Option<Engine> {
-    match Engine::new(cfg) {
-        Ok(e) => Some(e),
-        Err(EngineError::Ring(e)) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("engine: {e}"),
-    }
 }
 
 /// One test at a time in this binary: descriptor counts are per process.
@@ -237,7 +223,7 @@ fn service_process_killed_with_requests_in_flight() {
             cfg.dir = dir.path().to_owned();
             let base = fd_count();
             let mut svc = ServeChild::start(dir.path(), "srvsvc", "dcerpc");
-            let Some(eng) = start(cfg) else {
+            let Some(eng) = start_engine(cfg) else {
                 return;
             };
             let opens: Vec<_> = (0..PIPES)
@@ -345,7 +331,7 @@ fn silent_handshake_ends_at_the_open_deadline() {
             let mute = Mute::spawn(dir.path(), "netlogon");
             cfg.dir = dir.path().to_owned();
             cfg.open_timeout = deadline;
-            let Some(eng) = start(cfg) else {
+            let Some(eng) = start_engine(cfg) else {
                 return;
             };
             // One alone.
@@ -527,7 +513,7 @@ fn cancel_race(after: AfterCancel) {
         let base = fd_count();
         let svc = Scripted::spawn(dir.path(), "wkssvc", Handshake::Accept, jittery_echo());
         cfg.dir = dir.path().to_owned();
-        let Some(eng) = start(cfg) else {
+        let Some(eng) = start_engine(cfg) else {
             return;
         };
         // The canceller: each handle is cancelled at its own random
@@ -671,7 +657,7 @@ fn open_file_limit_child() {
     let _svc = ServeChild::start(dir.path(), "samr", "echo");
     for mut cfg in engine_configs() {
         cfg.dir = dir.path().to_owned();
-        let Some(eng) = start(cfg) else {
+        let Some(eng) = start_engine(cfg) else {
             return;
         };
         // Room for about 40 more descriptors than are open now.
@@ -776,7 +762,7 @@ fn session_disconnect_with_thousands_in_flight() {
             let base = fd_count();
             let svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, hang_or_echo());
             cfg.dir = dir.path().to_owned();
-            let Some(eng) = start(cfg) else {
+            let Some(eng) = start_engine(cfg) else {
                 return;
             };
             let mut sessions: Vec<Vec<Pipe>> = Vec::new();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -127,6 +127,12 @@ pub fn echo() -> ConnFn {
 
 /// Echoes every read back after `delay`.
 pub fn slow_echo(delay: Duration) -> ConnFn {
+    logged_echo(delay, None)
+}
+
+/// Echoes every read back after `delay`, appending what it echoed to
+/// `log` when given.
+pub fn logged_echo(delay: Duration, log: Option<Arc<Mutex<Vec<u8>>>>) -> ConnFn {
     Arc::new(move |mut s: UnixStream| {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -139,10 +145,26 @@ pub fn slow_echo(delay: Duration) -> ConnFn {
                     if s.write_all(&buf[..n]).is_err() {
                         return;
                     }
+                    if let Some(log) = &log {
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
                 }
             }
         }
     })
+}
+
+/// Starts an engine, or says loudly why the kernel cannot run it (`None`:
+/// io_uring refused here; any other error fails the test).
+pub fn start_engine(cfg: opipe::engine::EngineConfig) -> Option<opipe::engine::Engine> {
+    match opipe::engine::Engine::new(cfg) {
+        Ok(e) => Some(e),
+        Err(opipe::engine::EngineError::Ring(e)) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("engine: {e}"),
+    }
 }
 
 /// The test byte pattern: byte i is i % 251.
