@@ -16,12 +16,11 @@ use opipe::protocol::dcerpc::{
     NDR_SYNTAX, PFC_FIRST_FRAG, PFC_LAST_FRAG, SRVSVC_SYNTAX,
 };
 use opipe::protocol::{
-    decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, PipeHeader,
-    PIPE_MAGIC, USER_FLAG_ANONYMOUS,
+    decode_status_word, encode_open_message, NtStatus, PipeHeader, PIPE_MAGIC, USER_FLAG_ANONYMOUS,
 };
 use opipe::service::dcerpc::reply_stub_byte;
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+use common::client::*;
 
 /// Runs each listed test once per backend, as `uring::NAME` and
 /// `epoll::NAME`; each takes the `--backend` value to start the service with.
@@ -140,7 +139,7 @@ impl Serve {
     /// Waits for the "serving" line and returns it; `Err` if the child
     /// exited first.
     fn wait_banner(&mut self) -> Result<String, (ExitStatus, String)> {
-        let end = Instant::now() + TIMEOUT;
+        let end = Instant::now() + IO_TIMEOUT;
         let mut text = String::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_millis(50)) {
@@ -174,7 +173,7 @@ impl Serve {
 
     /// Waits until the child's fd count is back to `baseline`.
     fn wait_fds(&self, baseline: usize) {
-        let end = Instant::now() + TIMEOUT;
+        let end = Instant::now() + IO_TIMEOUT;
         loop {
             let n = self.fd_count();
             if n == baseline {
@@ -194,7 +193,7 @@ impl Serve {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        let end = Instant::now() + TIMEOUT;
+        let end = Instant::now() + IO_TIMEOUT;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
@@ -205,51 +204,9 @@ impl Serve {
     }
 }
 
-fn user(account: &str, flags: u32) -> NetUserInfo {
-    NetUserInfo {
-        session_id: 7,
-        domain: "DOM".into(),
-        account: account.into(),
-        posix_uid: 501,
-        workstation: "WS".into(),
-        client_addr: ClientAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        native_os: 0,
-        logon_time: 0,
-        numopens: 0,
-        flags,
-    }
-}
-
-fn connect(path: &Path) -> UnixStream {
-    let s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
-
-fn open_as(path: &Path, u: &NetUserInfo) -> (UnixStream, NtStatus) {
-    let mut s = connect(path);
-    s.write_all(&encode_open_message(u).unwrap()).unwrap();
-    let mut w = [0u8; 4];
-    s.read_exact(&mut w).unwrap();
-    (s, decode_status_word(w))
-}
-
-fn open_ok(path: &Path) -> UnixStream {
-    let (s, st) = open_as(path, &user("alice", 0));
-    assert_eq!(st, NtStatus::SUCCESS);
-    s
-}
-
 fn assert_eof(s: &mut UnixStream) {
     let mut b = [0u8; 8];
     assert_eq!(s.read(&mut b).unwrap(), 0, "expected the service to close");
-}
-
-fn echo_once(s: &mut UnixStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, msg);
 }
 
 fn sigterm_removes_sockets_and_exits_zero(backend: &str) {
@@ -297,7 +254,7 @@ fn bad_handshakes_are_closed_silently_and_leak_no_fd(backend: &str) {
     let baseline = srv.fd_count();
     echo_once(&mut open_ok(&path), b"warm-up");
     srv.wait_fds(baseline);
-    let msg = encode_open_message(&user("bob", 0)).unwrap();
+    let msg = encode_open_message(&named_user("bob", 0)).unwrap();
     type BadClient<'a> = Box<dyn Fn(&mut UnixStream) + 'a>;
     let cases: Vec<(&str, BadClient)> = vec![
         (
@@ -366,19 +323,19 @@ fn open_limit_and_deny_anonymous(backend: &str) {
         return;
     };
     let path = srv.path("srvsvc");
-    let (mut anon, st) = open_as(&path, &user("", USER_FLAG_ANONYMOUS));
+    let (mut anon, st) = open_as(&path, &named_user("", USER_FLAG_ANONYMOUS));
     assert_eq!(st, NtStatus::ACCESS_DENIED);
     assert_eof(&mut anon);
     let a = open_ok(&path);
     let _b = open_ok(&path);
-    let (mut c, st) = open_as(&path, &user("carol", 0));
+    let (mut c, st) = open_as(&path, &named_user("carol", 0));
     assert_eq!(st, NtStatus::PIPE_NOT_AVAILABLE);
     assert_eof(&mut c);
     drop(a);
     // The slot comes back once the service saw the close.
-    let end = Instant::now() + TIMEOUT;
+    let end = Instant::now() + IO_TIMEOUT;
     loop {
-        let (mut s, st) = open_as(&path, &user("dave", 0));
+        let (mut s, st) = open_as(&path, &named_user("dave", 0));
         if st == NtStatus::SUCCESS {
             echo_once(&mut s, b"in");
             break;
@@ -487,7 +444,7 @@ fn out_of_fds_pauses_accepts_and_serves_the_waiting_clients(backend: &str) {
         return;
     };
     let path = srv.path("srvsvc");
-    let msg = encode_open_message(&user("frank", 0)).unwrap();
+    let msg = encode_open_message(&named_user("frank", 0)).unwrap();
     let mut conns: Vec<Option<UnixStream>> = (0..CLIENTS)
         .map(|_| {
             let mut s = connect(&path);

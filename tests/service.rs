@@ -1,23 +1,25 @@
 //! The pipe service library over real AF_UNIX sockets, with small blocking
 //! clients written here from the protocol encoders.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opipe::protocol::{
-    decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus, PipeHeader,
-    PipeName, PIPE_MAGIC, USER_FLAG_ANONYMOUS,
+    encode_open_message, NetUserInfo, NtStatus, PipeHeader, PipeName, PIPE_MAGIC,
+    USER_FLAG_ANONYMOUS,
 };
 use opipe::service::{
     Backend, BackendChoice, Handler, HandlerError, Service, ServiceBuilder, ServiceError,
     ServiceHandle, Stats,
 };
 
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
+use common::client::*;
 
 /// Runs each listed test once per backend, as `uring::NAME` and
 /// `epoll::NAME`; each takes the [`BackendChoice`] to start its service on.
@@ -58,21 +60,6 @@ on_both_backends!(
     idle_connections_hold_no_receive_buffer,
     receives_starved_of_buffers_are_rearmed,
 );
-
-fn user(account: &str, flags: u32) -> NetUserInfo {
-    NetUserInfo {
-        session_id: 42,
-        domain: "WORKGROUP".into(),
-        account: account.into(),
-        posix_uid: 1000,
-        workstation: "CLIENT1".into(),
-        client_addr: ClientAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)),
-        native_os: 0,
-        logon_time: 1_700_000_000,
-        numopens: 0,
-        flags,
-    }
-}
 
 /// A service on `backend` in a fresh temporary directory; skips (returns
 /// None) loudly when io_uring is asked for and unavailable here.
@@ -136,28 +123,6 @@ fn start(
     }
 }
 
-fn connect(path: &Path) -> UnixStream {
-    let s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-/// Connects and runs the SMB-server side of the handshake.
-fn open_as(path: &Path, u: &NetUserInfo) -> (UnixStream, NtStatus) {
-    let mut s = connect(path);
-    s.write_all(&encode_open_message(u).unwrap()).unwrap();
-    let mut w = [0u8; 4];
-    s.read_exact(&mut w).unwrap();
-    (s, decode_status_word(w))
-}
-
-fn open_ok(path: &Path) -> UnixStream {
-    let (s, st) = open_as(path, &user("alice", 0));
-    assert_eq!(st, NtStatus::SUCCESS);
-    s
-}
-
 /// The service closed with nothing more to say: the next read gives 0 bytes.
 fn assert_closed_silently(s: &mut UnixStream) {
     let mut b = [0u8; 16];
@@ -166,13 +131,6 @@ fn assert_closed_silently(s: &mut UnixStream) {
         Ok(n) => panic!("expected EOF, got {n} bytes: {:?}", &b[..n]),
         Err(e) => panic!("expected EOF, got {e}"),
     }
-}
-
-fn echo_once(s: &mut UnixStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, msg);
 }
 
 fn good_handshake_then_echo(backend: BackendChoice) {
@@ -258,7 +216,7 @@ fn undecodable_xdr_closes_without_status(backend: BackendChoice) {
         |b| b,
         |s| {
             // A valid message with its flags word cut off, header adjusted.
-            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            let msg = encode_open_message(&named_user("bob", 0)).unwrap();
             let body = &msg[8..msg.len() - 4];
             s.write_all(&PipeHeader::new(body.len() as u32).encode())
                 .unwrap();
@@ -272,7 +230,7 @@ fn truncated_then_closed_is_closed_without_status(backend: BackendChoice) {
         backend,
         |b| b,
         |s| {
-            let msg = encode_open_message(&user("bob", 0)).unwrap();
+            let msg = encode_open_message(&named_user("bob", 0)).unwrap();
             s.write_all(&msg[..msg.len() / 2]).unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
         },
@@ -295,7 +253,7 @@ fn open_limit_answers_pipe_not_available(backend: BackendChoice) {
     };
     let path = fx.path("srvsvc");
     let mut held: Vec<UnixStream> = (0..3).map(|_| open_ok(&path)).collect();
-    let (mut s, st) = open_as(&path, &user("alice", 0));
+    let (mut s, st) = open_as(&path, &named_user("alice", 0));
     assert_eq!(st, NtStatus::PIPE_NOT_AVAILABLE);
     assert_closed_silently(&mut s);
     drop(held.pop());
@@ -312,10 +270,10 @@ fn deny_anonymous_answers_access_denied(backend: BackendChoice) {
         return;
     };
     let path = fx.path("srvsvc");
-    let (mut anon, st) = open_as(&path, &user("", USER_FLAG_ANONYMOUS));
+    let (mut anon, st) = open_as(&path, &named_user("", USER_FLAG_ANONYMOUS));
     assert_eq!(st, NtStatus::ACCESS_DENIED);
     assert_closed_silently(&mut anon);
-    let (mut named, st) = open_as(&path, &user("alice", 0));
+    let (mut named, st) = open_as(&path, &named_user("alice", 0));
     assert_eq!(st, NtStatus::SUCCESS);
     echo_once(&mut named, b"ok");
     fx.stop();
@@ -334,15 +292,15 @@ fn policy_closure_decides_per_pipe_and_user(backend: BackendChoice) {
         return;
     };
     assert_eq!(
-        open_as(&fx.path("lsarpc"), &user("bob", 0)).1,
+        open_as(&fx.path("lsarpc"), &named_user("bob", 0)).1,
         NtStatus::ACCESS_DENIED
     );
     assert_eq!(
-        open_as(&fx.path("lsarpc"), &user("admin", 0)).1,
+        open_as(&fx.path("lsarpc"), &named_user("admin", 0)).1,
         NtStatus::SUCCESS
     );
     assert_eq!(
-        open_as(&fx.path("srvsvc"), &user("bob", 0)).1,
+        open_as(&fx.path("srvsvc"), &named_user("bob", 0)).1,
         NtStatus::SUCCESS
     );
     fx.stop();

@@ -2,6 +2,7 @@
 //! dirs, written with std threads so they can misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod seccomp;
 
 use std::io::{Read, Write};
