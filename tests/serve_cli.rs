@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -77,14 +77,7 @@ fn spawn_limited(
     args: &[&str],
     nofile: Option<u64>,
 ) -> (Child, mpsc::Receiver<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
-    cmd.arg("serve")
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::serve_command(env!("CARGO_BIN_EXE_opipe"), dir, args);
     if let Some(n) = nofile {
         let lim = libc::rlimit {
             rlim_cur: n as libc::rlim_t,
@@ -193,14 +186,7 @@ impl Serve {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        let end = Instant::now() + IO_TIMEOUT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < end, "opipe serve did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_exit(&mut self.child, IO_TIMEOUT)
     }
 }
 

@@ -17,21 +17,13 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::seccomp;
-use opipe::protocol::{decode_status_word, encode_open_message, ClientAddr, NetUserInfo, NtStatus};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `opipe serve --dir DIR ARGS` with io_uring_setup refused; its stderr
 /// lines come through the receiver.
 fn spawn_without_io_uring(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
-    cmd.arg("serve")
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::serve_command(env!("CARGO_BIN_EXE_opipe"), dir, args);
     seccomp::refuse_io_uring_in(&mut cmd);
     common::spawn_with_stderr_lines(&mut cmd)
 }
@@ -48,29 +40,7 @@ impl Drop for Reap {
 
 impl Reap {
     fn wait_exit(&mut self) -> ExitStatus {
-        let end = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < end, "opipe serve did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn user() -> NetUserInfo {
-    NetUserInfo {
-        session_id: 9,
-        domain: "DOM".into(),
-        account: "erin".into(),
-        posix_uid: 1001,
-        workstation: "WS".into(),
-        client_addr: ClientAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        native_os: 0,
-        logon_time: 0,
-        numopens: 0,
-        flags: 0,
+        common::wait_exit(&mut self.0, TIMEOUT)
     }
 }
 
@@ -108,13 +78,7 @@ fn auto_falls_back_to_epoll_when_io_uring_setup_is_refused() {
     let mut conns: Vec<UnixStream> = Vec::new();
     for i in 0..8 {
         let name = if i % 2 == 0 { "srvsvc" } else { "lsarpc" };
-        let mut s = UnixStream::connect(dir.path().join(name)).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.write_all(&encode_open_message(&user()).unwrap()).unwrap();
-        let mut w = [0u8; 4];
-        s.read_exact(&mut w).unwrap();
-        assert_eq!(decode_status_word(w), NtStatus::SUCCESS);
-        conns.push(s);
+        conns.push(common::client::open_ok(&dir.path().join(name)));
     }
     for round in 0..20u32 {
         for (i, s) in conns.iter_mut().enumerate() {

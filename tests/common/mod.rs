@@ -305,6 +305,32 @@ pub fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send 
         .expect("test body exceeded its time bound")
 }
 
+/// `BIN serve --dir DIR ARGS` (`bin`: the test's `CARGO_BIN_EXE_opipe`),
+/// no stdin or stdout, stderr piped for [`spawn_with_stderr_lines`].
+pub fn serve_command(bin: &str, dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Waits for `child` to exit, failing the test after `limit`.
+pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < end, "the child did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Spawns `cmd` (its stderr must be piped) and forwards its stderr lines
 /// through the receiver, so a test can wait for a banner with a timeout.
 pub fn spawn_with_stderr_lines(
