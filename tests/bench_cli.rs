@@ -86,6 +86,62 @@ fn check_run(engine: &str) {
 }
 
 #[test]
+fn rounds_repeat_every_run_and_summarise_in_round_ratios() {
+    let Some((v, err)) = bench_json(&[
+        "--engine",
+        "threads,tokio",
+        "--pipes",
+        "2,3",
+        "--requests",
+        "40",
+        "--rounds",
+        "2",
+    ]) else {
+        return;
+    };
+    let results = v["results"].as_array().expect("results array");
+    // Round 1 runs every pipe count and engine before round 2 starts.
+    let order: Vec<(u64, u64)> = results
+        .iter()
+        .map(|r| (r["round"].as_u64().unwrap(), r["pipes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (1, 2),
+            (1, 2),
+            (1, 3),
+            (1, 3),
+            (2, 2),
+            (2, 2),
+            (2, 3),
+            (2, 3)
+        ],
+        "{v}"
+    );
+    assert!(
+        err.contains("round 2/2: running tokio with 3 pipes"),
+        "{err}"
+    );
+    let summary = v["summary"].as_array().expect("summary array");
+    assert_eq!(summary.len(), 4, "{v}");
+    for s in summary {
+        assert_eq!(s["rounds"], 2, "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+        let tps = &s["vs_threads"]["transceives_per_s"];
+        let (lo, mid, hi) = (
+            tps["min"].as_f64().unwrap(),
+            tps["median"].as_f64().unwrap(),
+            tps["max"].as_f64().unwrap(),
+        );
+        assert!(lo > 0.0 && lo <= mid && mid <= hi, "{s}");
+        if s["engine"] == "threads" {
+            assert_eq!(mid, 1.0, "{s}");
+        }
+    }
+}
+
+#[test]
 fn threads_run_reports_every_key_and_no_errors() {
     check_run("threads");
 }
@@ -181,6 +237,7 @@ fn usage_errors_exit_2() {
         &["bench", "--pipe", "../x"],
         &["bench", "--dir", "/tmp", "--threads", "2"],
         &["bench", "--threads", "0"],
+        &["bench", "--rounds", "0"],
     ] {
         let out = opipe(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -131,6 +131,15 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     requests: Option<u64>,
 
+    /// Run the whole set (every pipe count, every engine) N times, the
+    /// engines taking turns within each round, and report each figure's
+    /// median and each ratio's median and range over the rounds: on a
+    /// noisy machine a ratio taken within one round moves less than an
+    /// engine's own figures from run to run.
+    #[arg(long, default_value = "1", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -360,9 +369,11 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
     let mut results = Vec::new();
-    'runs: for &asked in &args.pipes {
+    let rounds = args.rounds as usize;
+    'runs: for (round, &asked) in (1..=rounds).flat_map(|r| args.pipes.iter().map(move |p| (r, p)))
+    {
         let pipes = asked.min(pipes_max);
-        if pipes < asked {
+        if pipes < asked && round == 1 {
             note(format!(
                 "can open only {pipes} of the {asked} pipes asked for (RLIMIT_NOFILE {fd_limit}, \
                  {open_now} descriptors already open); running with {pipes}"
@@ -377,7 +388,12 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                 stop,
             };
             note(format!(
-                "running {} with {pipes} pipes, {}",
+                "{}running {} with {pipes} pipes, {}",
+                if rounds > 1 {
+                    format!("round {round}/{rounds}: ")
+                } else {
+                    String::new()
+                },
                 peer.name(),
                 match stop {
                     StopRule::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
@@ -385,7 +401,8 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                 }
             ));
             match run_one(peer.as_ref(), spec, &addr, service_pid, &watch) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    r.round = round;
                     if r.errors > 0 {
                         all_ok = false;
                     }

@@ -55,6 +55,8 @@ pub struct RunResult {
     pub bytes_per_pipe: f64,
     /// Failed opens + failed or wrong transceives.
     pub errors: u64,
+    /// Which round of `--rounds` this run belongs to (1-based).
+    pub round: usize,
 }
 
 impl RunResult {
@@ -100,6 +102,7 @@ impl RunResult {
             client_rss_bytes: measured.rss_open_bytes,
             bytes_per_pipe: grown / spec.pipes.max(1) as f64,
             errors: rec.errors,
+            round: 1,
         }
     }
 
@@ -125,6 +128,7 @@ impl RunResult {
             "pipes_opened": self.pipes_opened,
             "overflows": self.overflows,
             "elapsed_s": (self.elapsed_s * 1e4).round() / 1e4,
+            "round": self.round,
         })
     }
 }
@@ -133,14 +137,179 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The `--json` document: exactly one object, `{"results": [...]}`.
+/// The `--json` document: exactly one object, `{"results": [...]}`, one
+/// entry per run. With several rounds it also has `"summary"`: per engine
+/// and pipe count, the median of each figure over the rounds and the
+/// ratios against tokio and threads, each computed within a round (median,
+/// min, max over the rounds).
 pub fn json(results: &[RunResult]) -> String {
     let rows: Vec<_> = results.iter().map(RunResult::to_json).collect();
-    json!({ "results": rows }).to_string()
+    if rounds(results) <= 1 {
+        return json!({ "results": rows }).to_string();
+    }
+    let summary: Vec<_> = groups(results)
+        .iter()
+        .map(|g| {
+            let m = g.medians();
+            let mut v = json!({
+                "engine": g.engine,
+                "pipes": g.pipes,
+                "rounds": g.runs.len(),
+                "transceives_per_s": round2(m.transceives_per_s),
+                "client_cpu_us_per_op": round2(m.client_cpu_us_per_op),
+                "service_cpu_us_per_op": m.service_cpu_us_per_op.map(round2),
+                "p50_us": round2(m.p50_us),
+                "p99_us": round2(m.p99_us),
+                "p999_us": round2(m.p999_us),
+                "bytes_per_pipe": round2(m.bytes_per_pipe),
+                "errors": m.errors,
+            });
+            for base in BASES {
+                let spread = |f: fn(&RunResult) -> f64| {
+                    g.ratios(results, base, f).map(|r| {
+                        json!({
+                            "median": round3(r.median),
+                            "min": round3(r.min),
+                            "max": round3(r.max),
+                        })
+                    })
+                };
+                v[format!("vs_{base}")] = json!({
+                    "transceives_per_s": spread(|r| r.transceives_per_s),
+                    "client_cpu_us_per_op": spread(|r| r.client_cpu_us_per_op),
+                });
+            }
+            v
+        })
+        .collect();
+    json!({ "results": rows, "summary": summary }).to_string()
 }
 
-/// The human table, plus a ratio table when several engines ran.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The engines every other one is compared with, in the same round.
+const BASES: [&str; 2] = ["tokio", "threads"];
+
+/// How many rounds the results span.
+fn rounds(results: &[RunResult]) -> usize {
+    results.iter().map(|r| r.round).max().unwrap_or(0)
+}
+
+/// The runs of one engine at one pipe count, one per round.
+struct Group<'a> {
+    engine: &'static str,
+    pipes: usize,
+    runs: Vec<&'a RunResult>,
+}
+
+/// A ratio's median and range over the rounds.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Group<'_> {
+    /// Each figure's own median over the rounds; errors and transceives summed.
+    fn medians(&self) -> RunResult {
+        let mut m = self.runs[0].clone();
+        let med = |f: fn(&RunResult) -> f64| median(self.runs.iter().map(|r| f(r)).collect());
+        m.transceives_per_s = med(|r| r.transceives_per_s);
+        m.client_cpu_us_per_op = med(|r| r.client_cpu_us_per_op);
+        m.service_cpu_us_per_op = if self.runs.iter().all(|r| r.service_cpu_us_per_op.is_some()) {
+            Some(med(|r| r.service_cpu_us_per_op.unwrap_or(0.0)))
+        } else {
+            None
+        };
+        m.p50_us = med(|r| r.p50_us);
+        m.p99_us = med(|r| r.p99_us);
+        m.p999_us = med(|r| r.p999_us);
+        m.client_rss_bytes = med(|r| r.client_rss_bytes as f64) as u64;
+        m.bytes_per_pipe = med(|r| r.bytes_per_pipe);
+        m.errors = self.runs.iter().map(|r| r.errors).sum();
+        m.transceives = self.runs.iter().map(|r| r.transceives).sum();
+        m
+    }
+
+    /// `f` of this group over `f` of `base` at the same pipe count, taken
+    /// round by round (a round where either did not run is left out).
+    fn ratios(
+        &self,
+        results: &[RunResult],
+        base: &str,
+        f: fn(&RunResult) -> f64,
+    ) -> Option<Spread> {
+        let mut xs: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let b = results
+                    .iter()
+                    .find(|b| b.engine == base && b.pipes == r.pipes && b.round == r.round)?;
+                (f(b) > 0.0).then(|| f(r) / f(b))
+            })
+            .collect();
+        if xs.is_empty() {
+            return None;
+        }
+        xs.sort_by(f64::total_cmp);
+        Some(Spread {
+            min: xs[0],
+            max: xs[xs.len() - 1],
+            median: median(xs),
+        })
+    }
+}
+
+/// The (engine, pipe count) groups, in the order they first ran.
+fn groups(results: &[RunResult]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    for r in results {
+        match out
+            .iter_mut()
+            .find(|g| g.engine == r.engine && g.pipes == r.pipes)
+        {
+            Some(g) => g.runs.push(r),
+            None => out.push(Group {
+                engine: r.engine,
+                pipes: r.pipes,
+                runs: vec![r],
+            }),
+        }
+    }
+    out
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The human table, plus a ratio table when several engines ran. With
+/// several rounds, one row per engine and pipe count: each figure's median
+/// over the rounds, and each ratio's median over the rounds with its range
+/// (every ratio taken within one round).
 pub fn table(results: &[RunResult]) -> String {
+    let n_rounds = rounds(results);
+    let groups = groups(results);
+    let medians: Vec<RunResult>;
+    let shown: &[RunResult] = if n_rounds > 1 {
+        medians = groups.iter().map(Group::medians).collect();
+        &medians
+    } else {
+        results
+    };
     let header = [
         "engine",
         "pipes",
@@ -154,7 +323,7 @@ pub fn table(results: &[RunResult]) -> String {
         "bytes/pipe",
         "errors",
     ];
-    let rows: Vec<Vec<String>> = results
+    let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|r| {
             vec![
@@ -173,28 +342,37 @@ pub fn table(results: &[RunResult]) -> String {
             ]
         })
         .collect();
-    let mut out = aligned(&header, &rows);
+    let mut out = String::new();
+    if n_rounds > 1 {
+        let _ = writeln!(
+            out,
+            "median of {n_rounds} rounds (the engines take turns within each round; \
+             errors summed over the rounds)"
+        );
+    }
+    out.push_str(&aligned(&header, &rows));
 
     let mut engines: Vec<&str> = results.iter().map(|r| r.engine).collect();
     engines.sort_unstable();
     engines.dedup();
     if engines.len() > 1 {
-        let ratio_rows: Vec<Vec<String>> = results
+        let ratio_rows: Vec<Vec<String>> = groups
             .iter()
-            .map(|r| {
-                let mut row = vec![r.engine.to_string(), r.pipes.to_string()];
-                for base in ["tokio", "threads"] {
-                    let reference = results
-                        .iter()
-                        .find(|b| b.engine == base && b.pipes == r.pipes);
-                    row.push(ratio(
-                        r.transceives_per_s,
-                        reference.map(|b| b.transceives_per_s),
-                    ));
-                    row.push(ratio(
-                        r.client_cpu_us_per_op,
-                        reference.map(|b| b.client_cpu_us_per_op),
-                    ));
+            .map(|g| {
+                let mut row = vec![g.engine.to_string(), g.pipes.to_string()];
+                for base in BASES {
+                    for f in [
+                        (|r: &RunResult| r.transceives_per_s) as fn(&RunResult) -> f64,
+                        |r: &RunResult| r.client_cpu_us_per_op,
+                    ] {
+                        row.push(match g.ratios(results, base, f) {
+                            None => "-".to_string(),
+                            Some(s) if g.runs.len() == 1 => format!("{:.2}x", s.median),
+                            Some(s) => {
+                                format!("{:.2}x ({:.2}-{:.2})", s.median, s.min, s.max)
+                            }
+                        });
+                    }
                 }
                 row
             })
@@ -213,13 +391,6 @@ pub fn table(results: &[RunResult]) -> String {
         ));
     }
     out
-}
-
-fn ratio(x: f64, base: Option<f64>) -> String {
-    match base {
-        Some(b) if b > 0.0 => format!("{:.2}x", x / b),
-        _ => "-".to_string(),
-    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -285,6 +456,7 @@ mod tests {
             client_rss_bytes: 8 << 20,
             bytes_per_pipe: 4096.0,
             errors: 0,
+            round: 1,
         }
     }
 
@@ -297,6 +469,69 @@ mod tests {
         assert_eq!(lines[1].len(), lines[2].len());
         assert!(t.contains("2.00x"), "{t}");
         assert!(t.contains("0.50x"), "{t}");
+    }
+
+    fn in_round(mut r: RunResult, round: usize) -> RunResult {
+        r.round = round;
+        r
+    }
+
+    /// Three rounds where the machine's speed halves and doubles: each
+    /// ratio is taken within its round, so it stays put while the raw
+    /// figures swing.
+    fn three_rounds() -> Vec<RunResult> {
+        let mut v = Vec::new();
+        for (round, speed) in [(1, 1.0), (2, 0.5), (3, 2.0)] {
+            v.push(in_round(
+                row("tokio", 100_000.0 * speed, 4.0 / speed),
+                round,
+            ));
+            let ratio = [1.5, 1.2, 1.4][round - 1];
+            let mut u = row("uring", 100_000.0 * speed * ratio, 2.0 / speed);
+            u.errors = round as u64 - 1;
+            v.push(in_round(u, round));
+        }
+        v
+    }
+
+    #[test]
+    fn rounds_report_medians_and_in_round_ratios() {
+        let t = table(&three_rounds());
+        assert!(t.starts_with("median of 3 rounds"), "{t}");
+        // One row per engine, not per run.
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("uring ")).count(),
+            2,
+            "{t}"
+        );
+        // The ratio's median and range come from the rounds' own ratios.
+        assert!(t.contains("1.40x (1.20-1.50)"), "{t}");
+        assert!(t.contains("0.50x (0.50-0.50)"), "{t}");
+        // The figure's median: tokio ran at 50k, 100k and 200k.
+        assert!(t.contains(" 100000 "), "{t}");
+        // Errors of every round count.
+        let uring = t.lines().find(|l| l.starts_with("uring ")).unwrap();
+        assert!(uring.ends_with(" 3"), "{uring}");
+
+        let v: serde_json::Value = serde_json::from_str(&json(&three_rounds())).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 6);
+        assert_eq!(v["results"][5]["round"], 3);
+        let s = &v["summary"][1];
+        assert_eq!(s["engine"], "uring");
+        assert_eq!(s["rounds"], 3);
+        assert_eq!(s["errors"], 3);
+        assert_eq!(s["vs_tokio"]["transceives_per_s"]["median"], 1.4);
+        assert_eq!(s["vs_tokio"]["transceives_per_s"]["min"], 1.2);
+        assert_eq!(s["vs_tokio"]["transceives_per_s"]["max"], 1.5);
+        assert!(s["vs_threads"]["transceives_per_s"].is_null());
+    }
+
+    #[test]
+    fn one_round_has_no_summary() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&[row("tokio", 1.0, 1.0), row("uring", 2.0, 1.0)])).unwrap();
+        assert!(v.get("summary").is_none());
+        assert!(!table(&[row("tokio", 1.0, 1.0)]).contains("median"));
     }
 
     #[test]
