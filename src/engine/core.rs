@@ -1724,11 +1724,13 @@ impl<D: OpDriver> Core<D> {
                 self.start_io(p, io, notify);
             }
         }
-        // Registered slots go back to the pool (no op holds them any more).
-        if let Kind::Transceive { reg, .. } = &mut e.kind {
+        // Registered slots go back to the pool (no op holds them any more);
+        // the sent request's buffer goes to the driver for a later reply.
+        if let Kind::Transceive { reg, input, .. } = &mut e.kind {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
+            self.drv.recycle(std::mem::take(input));
         }
         if e.cancelled || e.notify.is_none() {
             return;

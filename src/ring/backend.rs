@@ -136,6 +136,10 @@ pub trait OpDriver {
 
     /// A registered slot's bytes, writable, while no operation holds it.
     fn reg_bytes_mut(&mut self, buf: &Rc<RegBuf>) -> Option<&mut [u8]>;
+
+    /// Takes back a buffer no operation holds any more (a finished
+    /// request's), for the driver to receive into later; may drop it.
+    fn recycle(&mut self, buf: Vec<u8>);
 }
 
 impl OpDriver for Driver {
@@ -194,5 +198,9 @@ impl OpDriver for Driver {
     #[inline]
     fn reg_bytes_mut(&mut self, buf: &Rc<RegBuf>) -> Option<&mut [u8]> {
         Driver::reg_bytes_mut(self, buf)
+    }
+    #[inline]
+    fn recycle(&mut self, buf: Vec<u8>) {
+        Driver::recycle(self, buf)
     }
 }

@@ -356,7 +356,15 @@ pub struct Driver {
     wake_armed: bool,
     reg: Option<RegPool>,
     recv_pool: Option<BufRing>,
+    /// Emptied buffers given back by [`Driver::recycle`] (a finished
+    /// request's), reused for the next multishot chunks so that a chunk
+    /// costs no allocation once the ring is warm.
+    spare: Vec<Vec<u8>>,
 }
+
+/// At most this many spare buffers per ring, each at most one pool buffer
+/// large (so they hold at most 64 x 4280 bytes).
+const MAX_SPARE: usize = 64;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -424,7 +432,19 @@ impl Driver {
             wake_armed: false,
             reg,
             recv_pool,
+            spare: Vec::new(),
         })
+    }
+
+    /// Takes back a buffer its owner is done with, to receive a later
+    /// multishot chunk into; dropped if the ring keeps enough already or it
+    /// is larger than a receive-pool buffer.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < MAX_SPARE {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     /// Probed kernel features.
@@ -713,7 +733,7 @@ impl Driver {
         };
         let (fd, token) = (fd.clone(), slot.token);
         let mut result = cqe.result();
-        let mut data = Vec::new();
+        let mut data = self.spare.pop().unwrap_or_default();
         if let Some(pool) = self.recv_pool.as_mut() {
             copy_out(pool, cqe.flags(), &mut result, &mut data);
         }

@@ -794,6 +794,10 @@ impl OpDriver for EpollDriver {
         0
     }
 
+    fn recycle(&mut self, _buf: Vec<u8>) {
+        // No multishot receive here: nothing to receive into.
+    }
+
     fn reg_bytes(&self, _buf: &Rc<RegBuf>) -> Option<&[u8]> {
         None
     }
