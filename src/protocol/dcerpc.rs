@@ -568,10 +568,29 @@ fn fragment_call(
     tail: [u8; 2],
     stub_len: usize,
     max_frag: u16,
-    mut write_stub: impl FnMut(&mut Vec<u8>, std::ops::Range<usize>),
+    write_stub: impl FnMut(&mut Vec<u8>, std::ops::Range<usize>),
 ) -> Vec<u8> {
-    let room = stub_room(max_frag);
     let mut out = Vec::with_capacity(encoded_call_len(stub_len, max_frag));
+    fragment_call_into(
+        &mut out, ptype, call_id, context_id, tail, stub_len, max_frag, write_stub,
+    );
+    out
+}
+
+/// [`fragment_call`] appending to `out`.
+#[allow(clippy::too_many_arguments)]
+fn fragment_call_into(
+    out: &mut Vec<u8>,
+    ptype: u8,
+    call_id: u32,
+    context_id: u16,
+    tail: [u8; 2],
+    stub_len: usize,
+    max_frag: u16,
+    mut write_stub: impl FnMut(&mut Vec<u8>, std::ops::Range<usize>),
+) {
+    let room = stub_room(max_frag);
+    out.reserve(encoded_call_len(stub_len, max_frag));
     let mut start = 0;
     loop {
         let remaining = stub_len - start;
@@ -591,13 +610,12 @@ fn fragment_call(
         out.extend_from_slice(&u32::try_from(remaining).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&context_id.to_le_bytes());
         out.extend_from_slice(&tail);
-        write_stub(&mut out, start..start + chunk);
+        write_stub(out, start..start + chunk);
         start += chunk;
         if start == stub_len {
             break;
         }
     }
-    out
 }
 
 /// The request fragments of one call (C706 12.6.4.9): as many as needed
@@ -612,7 +630,24 @@ pub fn encode_request(
     stub: &[u8],
     max_frag: u16,
 ) -> Vec<u8> {
-    fragment_call(
+    let mut out = Vec::new();
+    encode_request_into(&mut out, call_id, context_id, opnum, stub, max_frag);
+    out
+}
+
+/// [`encode_request`] into `out`, replacing its contents and keeping its
+/// allocation (a caller that recycles its buffers allocates nothing).
+pub fn encode_request_into(
+    out: &mut Vec<u8>,
+    call_id: u32,
+    context_id: u16,
+    opnum: u16,
+    stub: &[u8],
+    max_frag: u16,
+) {
+    out.clear();
+    fragment_call_into(
+        out,
         PTYPE_REQUEST,
         call_id,
         context_id,
@@ -620,7 +655,7 @@ pub fn encode_request(
         stub.len(),
         max_frag,
         |out, range| out.extend_from_slice(stub.get(range).unwrap_or(&[])),
-    )
+    );
 }
 
 /// The response fragments of one call (C706 12.6.4.10), cut like
@@ -1486,6 +1521,14 @@ mod tests {
             split_frags(&encode_request(2, 3, 4, &[1; 4257], 4280), 4280).len(),
             2
         );
+
+        // Into a used buffer: the same bytes, the buffer's allocation kept.
+        let mut buf = Vec::with_capacity(8192);
+        buf.extend_from_slice(b"old contents");
+        let at = buf.as_ptr();
+        encode_request_into(&mut buf, 2, 3, 4, &[1; 4257], 4280);
+        assert_eq!(buf, encode_request(2, 3, 4, &[1; 4257], 4280));
+        assert_eq!(buf.as_ptr(), at);
 
         // A tiny max_frag is raised to MIN_MAX_FRAG: 8 stub bytes each.
         let f = encode_request(1, 0, 0, &[5; 20], 0);

@@ -130,7 +130,16 @@ impl Exchange {
 
     /// The request PDU(s) of one transceive with `call_id`.
     pub fn request(&self, call_id: u32) -> Vec<u8> {
-        dcerpc::encode_request(
+        let mut out = Vec::new();
+        self.request_into(call_id, &mut out);
+        out
+    }
+
+    /// [`request`](Self::request) into `out` (replacing its contents, keeping
+    /// its allocation).
+    pub fn request_into(&self, call_id: u32, out: &mut Vec<u8>) {
+        dcerpc::encode_request_into(
+            out,
             call_id,
             CONTEXT_ID,
             OPNUM,

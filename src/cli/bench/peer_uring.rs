@@ -93,7 +93,7 @@ impl Peer for UringPeer {
             }
             // The first transceive goes through the engine's queue; every
             // later one starts on the ring thread from the completion.
-            let (req, start) = st.request();
+            let (req, start) = st.request(Vec::new());
             pipe.transceive_with(req, run.spec.max_out, move |ctx, res| {
                 st.on_transceive(ctx, start, res)
             });
@@ -183,19 +183,21 @@ fn status_error(s: NtStatus) -> TransceiveError {
 }
 
 impl PipeLoop {
-    fn request(&self) -> (Vec<u8>, Instant) {
-        (
-            self.run.exchange.request(self.call_id.wrapping_add(1)),
-            Instant::now(),
-        )
+    /// The next request, built in `buf` (the last reply's buffer: like the
+    /// other peers, a pipe allocates no buffer per transceive).
+    fn request(&self, mut buf: Vec<u8>) -> (Vec<u8>, Instant) {
+        self.run
+            .exchange
+            .request_into(self.call_id.wrapping_add(1), &mut buf);
+        (buf, Instant::now())
     }
 
     /// Starts the next transceive if the budget allows, else finishes.
-    fn next(self, ctx: &mut RingContext<'_>, now: Instant) {
+    fn next(self, ctx: &mut RingContext<'_>, now: Instant, buf: Vec<u8>) {
         if !self.run.budget.take(now) {
             return self.done.finish();
         }
-        let (req, start) = self.request();
+        let (req, start) = self.request(buf);
         let max_out = self.run.spec.max_out;
         let id = self.id;
         ctx.transceive_with(id, req, max_out, move |ctx, res| {
@@ -242,7 +244,7 @@ impl PipeLoop {
                     .run
                     .transceived(self.pipe, self.call_id, start, outcome)
                 {
-                    Some(end) => self.next(ctx, end),
+                    Some(end) => self.next(ctx, end, acc),
                     None => self.done.finish(),
                 }
             }
