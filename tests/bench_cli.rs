@@ -141,6 +141,33 @@ fn rounds_repeat_every_run_and_summarise_in_round_ratios() {
     }
 }
 
+/// Far more pipes than submission or completion queue entries: the engine
+/// queues the rest and submits no more than the completion queue has room
+/// for, and every reply still verifies.
+#[test]
+fn uring_with_tiny_queues_verifies_every_reply() {
+    let Some((v, _)) = bench_json(&[
+        "--engine",
+        "uring",
+        "--pipes",
+        "64",
+        "--rings",
+        "1",
+        "--sq-entries",
+        "16",
+        "--cq-entries",
+        "32",
+        "--requests",
+        "3000",
+    ]) else {
+        return;
+    };
+    let r = &v["results"][0];
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["transceives"], 3000, "{r}");
+    assert_eq!(r["pipes_opened"], 64, "{r}");
+}
+
 #[test]
 fn threads_run_reports_every_key_and_no_errors() {
     check_run("threads");

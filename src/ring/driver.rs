@@ -692,9 +692,20 @@ impl Driver {
         if want > 0 {
             self.arm_wake();
         }
-        // Drain the backlog into the SQ, submitting as often as needed.
+        // Drain the backlog into the SQ, submitting as often as needed, but
+        // never more SQEs than the CQ has room for: a send issued inline
+        // completes at once, and completions beyond the CQ go to the
+        // kernel's overflow list, a slow path that measured 4x slower with
+        // 4096 busy pipes on a 1024-entry CQ. What does not fit waits until
+        // the caller has reaped (the CQ then holds completions to reap).
         self.flush_backlog();
-        while !self.backlog.is_empty() {
+        loop {
+            if self.cq_room() < self.ring.submission().len() {
+                return Ok(());
+            }
+            if self.backlog.is_empty() {
+                break;
+            }
             let before = self.backlog.len();
             match self.ring.submit() {
                 Ok(_) => {}
@@ -721,6 +732,12 @@ impl Driver {
             Err(e) if is_transient(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Free entries in the completion queue right now.
+    fn cq_room(&mut self) -> usize {
+        let cq = self.ring.completion();
+        cq.capacity().saturating_sub(cq.len())
     }
 
     /// The completion for one chunk of the multishot receive in slot
@@ -887,4 +904,56 @@ fn is_transient(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    /// A backlog four times the submission queue, every SQE a send that
+    /// completes at once: the driver submits it in steps the completion
+    /// queue has room for, so the kernel never overflows it, and every
+    /// send completes.
+    #[test]
+    fn backlog_submission_never_overflows_the_completion_queue() {
+        let cfg = DriverConfig {
+            sq_entries: 16,
+            cq_entries: 32,
+            reg_slots: 0,
+            reg_slot_bytes: 0,
+            recv_pool_bufs: 0,
+            recv_pool_buf_bytes: 0,
+        };
+        let mut drv = match Driver::new(&cfg) {
+            Ok(d) => d,
+            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+        };
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(ours));
+        const SENDS: usize = 200;
+        for i in 0..SENDS {
+            let op = Op::Send {
+                fd: fd.clone(),
+                buf: vec![i as u8; 8],
+                start: 0,
+            };
+            drv.push(op, i as u64);
+        }
+        let mut done = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < SENDS && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(0, None).unwrap();
+            assert!(!drv.ring.submission().cq_overflow(), "CQ overflowed");
+            assert_eq!(drv.ring.completion().overflow(), 0, "CQEs dropped");
+            drv.reap(&mut done);
+        }
+        assert_eq!(done.len(), SENDS);
+        assert!(done.iter().all(|c| c.result == 8), "every send complete");
+        let mut got = vec![0u8; SENDS * 8];
+        theirs.read_exact(&mut got).unwrap();
+        // In the order pushed.
+        assert!(got.chunks(8).enumerate().all(|(i, c)| c == [i as u8; 8]));
+    }
 }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use opipe::engine::{BackendChoice, BufferMode};
+use opipe::engine::BufferMode;
 use opipe::protocol::PipeName;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
@@ -106,6 +106,16 @@ pub struct BenchArgs {
     /// (default: one per CPU, as tokio has one worker per CPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     rings: Option<u16>,
+
+    /// Submission queue entries per ring of opipe's engine (default: three
+    /// per pipe, a power of two, 64-32768; EngineConfig::sq_entries).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]
+    sq_entries: Option<u32>,
+
+    /// Completion queue entries per ring of opipe's engine (default: twice
+    /// the submission queue; EngineConfig::cq_entries).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    cq_entries: Option<u32>,
 
     /// Pipes to drive concurrently; a comma list runs each count (1,64,1024,4096).
     #[arg(long, value_delimiter = ',', default_value = "1024", value_parser = parse_pipes)]
@@ -200,28 +210,19 @@ enum EngineArg {
 
 /// The peer of an engine, or why this build cannot run it. Engines are
 /// registered here.
-fn peer_for(
-    engine: EngineArg,
-    backend: BackendChoice,
-    recv: UringRecv,
-    rings: usize,
-) -> Result<Box<dyn Peer>, &'static str> {
-    let multishot = recv == UringRecv::Multishot;
+fn peer_for(engine: EngineArg, uring: &peer_uring::Tuning) -> Result<Box<dyn Peer>, &'static str> {
+    let rings = uring.rings;
     match engine {
         EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
         EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
         EngineArg::TokioUring => Ok(Box::new(peer_tokio_uring::TokioUringPeer)),
         EngineArg::Uring => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Plain,
-            backend,
-            multishot,
-            rings,
+            tuning: uring.clone(),
         })),
         EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
             buffers: BufferMode::Registered,
-            backend,
-            multishot,
-            rings,
+            tuning: uring.clone(),
         })),
         EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
         EngineArg::UringMin => Ok(Box::new(peer_uring_min::UringMinPeer { threads: rings })),
@@ -293,7 +294,14 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
     for e in engines {
-        match peer_for(e, args.backend.into(), args.uring_recv, rings) {
+        let tuning = peer_uring::Tuning {
+            backend: args.backend.into(),
+            multishot: args.uring_recv == UringRecv::Multishot,
+            rings,
+            sq_entries: args.sq_entries,
+            cq_entries: args.cq_entries,
+        };
+        match peer_for(e, &tuning) {
             Ok(p) => peers.push(p),
             Err(why) => {
                 eprintln!("{why}");

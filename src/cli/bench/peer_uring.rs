@@ -25,12 +25,23 @@ use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
 pub struct UringPeer {
     /// Plain SEND/RECV (default) or registered WRITE_FIXED/READ_FIXED.
     pub buffers: BufferMode,
+    /// The engine settings from the command line.
+    pub tuning: Tuning,
+}
+
+/// The engine settings `opipe bench` takes from its command line.
+#[derive(Debug, Clone)]
+pub struct Tuning {
     /// The engine's backend choice (`--backend`).
     pub backend: BackendChoice,
     /// Replies through one multishot receive per pipe (`--uring-recv`).
     pub multishot: bool,
     /// Rings (one thread each) the pipes are spread over (`--rings`).
     pub rings: usize,
+    /// `--sq-entries` (default: three per pipe).
+    pub sq_entries: Option<u32>,
+    /// `--cq-entries` (default: twice the submission queue).
+    pub cq_entries: Option<u32>,
 }
 
 impl Peer for UringPeer {
@@ -45,13 +56,16 @@ impl Peer for UringPeer {
         let pipes = run.spec.pipes;
         let mut cfg = EngineConfig::new(&run.service.dir);
         cfg.buffers = self.buffers;
-        cfg.backend = self.backend;
-        cfg.multishot = self.multishot;
-        cfg.rings = self.rings;
+        let t = &self.tuning;
+        cfg.backend = t.backend;
+        cfg.multishot = t.multishot;
+        cfg.rings = t.rings;
         cfg.open_timeout = Duration::from_secs(10);
         // Room for every pipe's chain in one submission.
-        cfg.sq_entries = (pipes * 3).next_power_of_two().clamp(64, 32768) as u32;
-        cfg.cq_entries = cfg.sq_entries * 2;
+        cfg.sq_entries = t
+            .sq_entries
+            .unwrap_or((pipes * 3).next_power_of_two().clamp(64, 32768) as u32);
+        cfg.cq_entries = t.cq_entries.unwrap_or(cfg.sq_entries * 2);
         cfg.reg_slots = pipes.clamp(1, u16::MAX as usize) as u16;
         cfg.reg_slot_bytes = run
             .spec
@@ -115,18 +129,18 @@ impl Peer for UringPeer {
         let buffers = engine.config().buffers;
         drop(engine);
         // The engine's multishot receive needs io_uring and plain buffers.
-        let receive =
-            if self.multishot && buffers == BufferMode::Plain && backend == Backend::IoUring {
-                "send + multishot receive"
-            } else {
-                "send->recv chain"
-            };
+        let receive = if t.multishot && buffers == BufferMode::Plain && backend == Backend::IoUring
+        {
+            "send + multishot receive"
+        } else {
+            "send->recv chain"
+        };
         Ok(PeerRun {
             backend: backend.to_string(),
             detail: Some(format!(
                 "opipe engine on {backend}, {} ring{}, {} buffers, {receive}, leftover by {nonempty}",
-                self.rings,
-                if self.rings == 1 { "" } else { "s" },
+                t.rings,
+                if t.rings == 1 { "" } else { "s" },
                 match buffers {
                     BufferMode::Plain => "plain",
                     BufferMode::Registered => "registered",
