@@ -186,6 +186,95 @@ fn silent_handshake_hits_the_deadline() {
     });
 }
 
+/// An engine on `backend` running at most `max` opens at once.
+fn engine_with_open_limit(
+    dir: &std::path::Path,
+    backend: BackendChoice,
+    max: usize,
+    open_timeout: Duration,
+) -> Option<Engine> {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.backend = backend;
+    cfg.max_opens_in_flight = max;
+    cfg.open_timeout = open_timeout;
+    start_engine(cfg)
+}
+
+#[test]
+fn opens_beyond_the_limit_wait_their_turn_and_all_succeed() {
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+            let Some(eng) = engine_with_open_limit(dir.path(), backend, 2, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let opens: Vec<_> = (0..20).map(|i| eng.open("srvsvc", user(i), None)).collect();
+            for (i, o) in opens.into_iter().enumerate() {
+                let pipe = o
+                    .wait()
+                    .unwrap_or_else(|s| panic!("{backend:?} open {i}: {s}"));
+                let t = pipe
+                    .transceive(vec![i as u8; 9], 4280)
+                    .wait()
+                    .expect("transceive");
+                assert_eq!(t.data, [i as u8; 9]);
+            }
+            assert_eq!(svc.accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+        }
+    });
+}
+
+/// With one open at a time and a service that never answers: the second
+/// and third opens wait without connecting; cancelling the second ends it
+/// at once (long before the first's deadline), and the third starts only
+/// when the first has ended.
+#[test]
+fn a_waiting_open_never_connects_and_cancels_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let svc = Scripted::spawn(dir.path(), "slow", Handshake::Silent, echo());
+            let deadline = Duration::from_millis(1500);
+            let Some(eng) = engine_with_open_limit(dir.path(), backend, 1, deadline) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let first = eng.open("slow", user(1), None);
+            let second = eng.open("slow", user(2), None);
+            let third = eng.open("slow", user(3), None);
+            while svc.accepted.load(SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                svc.accepted.load(SeqCst),
+                1,
+                "{backend:?}: only the first connects"
+            );
+            second.cancel();
+            assert_eq!(
+                second.wait_timeout(Duration::from_millis(700)).unwrap_err(),
+                NtStatus::CANCELLED,
+                "{backend:?}"
+            );
+            assert_eq!(first.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+            assert_eq!(third.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+            assert!(
+                t0.elapsed() >= deadline * 2,
+                "the third waited for the first"
+            );
+            assert_eq!(
+                svc.accepted.load(SeqCst),
+                2,
+                "{backend:?}: the cancelled one never connected"
+            );
+        }
+    });
+}
+
 #[test]
 fn partial_status_word_is_pipe_not_available() {
     bounded(T, || {

@@ -323,6 +323,10 @@ impl OpEntry {
 
 /// The per-ring state, driven by [`run`] on the ring's own thread.
 pub(crate) struct Core<D: OpDriver = Driver> {
+    /// Open op entries in the table (see `EngineConfig::max_opens_in_flight`).
+    opening: usize,
+    /// Opens waiting for their turn, in the order they came.
+    queued_opens: VecDeque<QueuedOpen>,
     drv: D,
     cfg: Arc<EngineConfig>,
     ring_index: usize,
@@ -337,6 +341,14 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// The kernel refused a multishot receive: pipes use one receive per
     /// request instead.
     ms_disabled: bool,
+}
+
+/// An open waiting for its turn.
+struct QueuedOpen {
+    path: String,
+    user: Box<NetUserInfo>,
+    tree: Option<Tree>,
+    notify: Notify,
 }
 
 /// The ring thread's context, given to ring-thread callbacks so they can
@@ -443,6 +455,8 @@ impl<D: OpDriver> Core<D> {
         file_ids: Arc<AtomicU64>,
     ) -> Core<D> {
         Core {
+            opening: 0,
+            queued_opens: VecDeque::new(),
             drv,
             cfg,
             ring_index,
@@ -467,6 +481,7 @@ impl<D: OpDriver> Core<D> {
             for c in cmds.drain(..) {
                 self.command(c);
             }
+            self.start_queued_opens();
             if self.stopping && self.ops.len() == 0 && self.pipes.len() == 0 {
                 break;
             }
@@ -504,7 +519,12 @@ impl<D: OpDriver> Core<D> {
                 user,
                 tree,
                 notify,
-            } => self.start_open(&path, &user, tree, notify),
+            } => self.queued_opens.push_back(QueuedOpen {
+                path,
+                user,
+                tree,
+                notify,
+            }),
             Command::Io { pipe, io, notify } => self.start_io(pipe, io, notify),
             Command::Close { pipe, notify } => self.close_pipe(pipe, notify),
             Command::Cancel { shared } => self.cancel_shared(&shared),
@@ -521,6 +541,9 @@ impl<D: OpDriver> Core<D> {
             } => self.start_wait(name, timeout, notify),
             Command::Shutdown => {
                 self.stopping = true;
+                for q in std::mem::take(&mut self.queued_opens) {
+                    self.reject(q.notify, NtStatus::PIPE_NOT_AVAILABLE);
+                }
                 for (i, g) in self.ops.keys() {
                     self.cancel_op(i, g, NtStatus::CANCELLED);
                 }
@@ -633,6 +656,37 @@ impl<D: OpDriver> Core<D> {
 
     // ---- open -------------------------------------------------------------
 
+    /// Starts waiting opens while fewer than the limit run (one whose
+    /// caller cancelled meanwhile ends `STATUS_CANCELLED`).
+    fn start_queued_opens(&mut self) {
+        let max = self.cfg.max_opens_in_flight;
+        while max == 0 || self.opening < max {
+            let Some(q) = self.queued_opens.pop_front() else {
+                return;
+            };
+            if let Notify::Shared(s) = &q.notify {
+                if s.cancel_requested.load(Ordering::SeqCst) {
+                    self.reject(q.notify, NtStatus::CANCELLED);
+                    continue;
+                }
+            }
+            self.start_open(&q.path, &q.user, q.tree, q.notify);
+        }
+    }
+
+    /// Ends the waiting opens `which` picks with `status`.
+    fn reject_queued_opens(&mut self, which: impl Fn(&QueuedOpen) -> bool, status: NtStatus) {
+        if self.queued_opens.iter().any(&which) {
+            let (out, keep) = std::mem::take(&mut self.queued_opens)
+                .into_iter()
+                .partition(&which);
+            self.queued_opens = keep;
+            for q in out {
+                self.reject(q.notify, status);
+            }
+        }
+    }
+
     fn start_open(&mut self, path: &str, user: &NetUserInfo, tree: Option<Tree>, notify: Notify) {
         let name = match PipeName::parse(path) {
             Ok(n) => n,
@@ -659,6 +713,7 @@ impl<D: OpDriver> Core<D> {
                 return self.reject(notify, st);
             }
         };
+        self.opening += 1;
         let key = self.new_op(
             None,
             user.session_id,
@@ -1699,6 +1754,10 @@ impl<D: OpDriver> Core<D> {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
         };
+        if matches!(e.kind, Kind::Open { .. }) {
+            // The next waiting open starts in the ring loop.
+            self.opening -= 1;
+        }
         let mut resume = VecDeque::new();
         if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
@@ -1920,7 +1979,11 @@ impl<D: OpDriver> Core<D> {
     fn cancel_shared(&mut self, shared: &Arc<Shared>) {
         let k = shared.op_key.load(Ordering::SeqCst);
         if k == NO_OP {
-            return; // not started yet: start_* sees the flag
+            // Not started yet: an open waiting its turn ends now; anything
+            // else sees the flag when it starts.
+            let mine =
+                |q: &QueuedOpen| matches!(&q.notify, Notify::Shared(s) if Arc::ptr_eq(s, shared));
+            return self.reject_queued_opens(mine, NtStatus::CANCELLED);
         }
         let (i, g) = ((k >> 32) as u32, (k & 0xffff_ffff) as u32);
         let same = self.ops.get_mut(i, g).is_some_and(|e| match &e.notify {
@@ -1979,6 +2042,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn disconnect(&mut self, session: u64) {
+        self.reject_queued_opens(|q| q.user.session_id == session, NtStatus::CANCELLED);
         for (i, g) in self.ops.keys() {
             if self.ops.get_mut(i, g).is_some_and(|e| e.session == session) {
                 self.cancel_op(i, g, NtStatus::CANCELLED);

@@ -102,6 +102,13 @@ pub struct EngineConfig {
     /// is then ONE SEND SQE, its reply the receive's next chunk, and a read
     /// needs no SQE. False: a linked SEND -> RECV chain per transceive.
     pub multishot: bool,
+    /// Opens (connect + handshake) one ring runs at once (default 256; 0:
+    /// no limit). Later opens wait their turn in order, so a burst of
+    /// thousands (a logon storm, a benchmark opening every pipe at once)
+    /// neither floods the service's listen queue nor grows the ring's
+    /// tables to the burst's size. `open_timeout` counts from an open's
+    /// start, not from its wait in line; a waiting open can be cancelled.
+    pub max_opens_in_flight: usize,
 }
 
 impl EngineConfig {
@@ -121,6 +128,7 @@ impl EngineConfig {
             recv_pool_bufs: 256,
             recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
             multishot: true,
+            max_opens_in_flight: 256,
         }
     }
 }
