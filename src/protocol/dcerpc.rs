@@ -557,38 +557,32 @@ pub fn encoded_call_len(stub_len: usize, max_frag: u16) -> usize {
         .saturating_add(stub_len)
 }
 
-/// Writes the fragments of one call: each a 24-byte header (common header,
-/// `alloc_hint`, `p_cont_id`, then `tail`: the opnum for a request,
-/// `cancel_count` and a reserved byte for a response) and up to
-/// `stub_room` bytes that `write_stub` appends for the given range.
-fn fragment_call(
+/// The per-call fields of every fragment header of one call.
+struct CallFields {
     ptype: u8,
     call_id: u32,
     context_id: u16,
+    /// The opnum for a request; `cancel_count` and a reserved byte for a
+    /// response.
     tail: [u8; 2],
-    stub_len: usize,
-    max_frag: u16,
-    write_stub: impl FnMut(&mut Vec<u8>, std::ops::Range<usize>),
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_call_len(stub_len, max_frag));
-    fragment_call_into(
-        &mut out, ptype, call_id, context_id, tail, stub_len, max_frag, write_stub,
-    );
-    out
 }
 
-/// [`fragment_call`] appending to `out`.
-#[allow(clippy::too_many_arguments)]
-fn fragment_call_into(
+/// Appends the fragments of one call to `out`: each a 24-byte header
+/// (common header, `alloc_hint`, `p_cont_id`, then the `tail`) and up to
+/// `stub_room` bytes that `write_stub` appends for the given range.
+fn fragment_call(
     out: &mut Vec<u8>,
-    ptype: u8,
-    call_id: u32,
-    context_id: u16,
-    tail: [u8; 2],
+    call: CallFields,
     stub_len: usize,
     max_frag: u16,
     mut write_stub: impl FnMut(&mut Vec<u8>, std::ops::Range<usize>),
 ) {
+    let CallFields {
+        ptype,
+        call_id,
+        context_id,
+        tail,
+    } = call;
     let room = stub_room(max_frag);
     out.reserve(encoded_call_len(stub_len, max_frag));
     let mut start = 0;
@@ -646,31 +640,39 @@ pub fn encode_request_into(
     max_frag: u16,
 ) {
     out.clear();
-    fragment_call_into(
-        out,
-        PTYPE_REQUEST,
+    let call = CallFields {
+        ptype: PTYPE_REQUEST,
         call_id,
         context_id,
-        opnum.to_le_bytes(),
-        stub.len(),
-        max_frag,
-        |out, range| out.extend_from_slice(stub.get(range).unwrap_or(&[])),
-    );
+        tail: opnum.to_le_bytes(),
+    };
+    fragment_call(out, call, stub.len(), max_frag, |out, range| {
+        out.extend_from_slice(stub.get(range).unwrap_or(&[]))
+    });
 }
 
 /// The response fragments of one call (C706 12.6.4.10), cut like
 /// [`encode_request`]'s: fragments of at most `max_frag` bytes, flags and
 /// `alloc_hint` right, `cancel_count` 0. Little-endian.
 pub fn encode_response(call_id: u32, context_id: u16, stub: &[u8], max_frag: u16) -> Vec<u8> {
+    let mut out = Vec::new();
     fragment_call(
-        PTYPE_RESPONSE,
-        call_id,
-        context_id,
-        [0, 0],
+        &mut out,
+        response_fields(call_id, context_id),
         stub.len(),
         max_frag,
         |out, range| out.extend_from_slice(stub.get(range).unwrap_or(&[])),
-    )
+    );
+    out
+}
+
+fn response_fields(call_id: u32, context_id: u16) -> CallFields {
+    CallFields {
+        ptype: PTYPE_RESPONSE,
+        call_id,
+        context_id,
+        tail: [0, 0],
+    }
 }
 
 /// Like [`encode_response`] for a stub of `stub_len` bytes all equal to
@@ -682,15 +684,15 @@ pub fn encode_response_filled(
     fill: u8,
     max_frag: u16,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
     fragment_call(
-        PTYPE_RESPONSE,
-        call_id,
-        context_id,
-        [0, 0],
+        &mut out,
+        response_fields(call_id, context_id),
         stub_len,
         max_frag,
         |out, range| out.resize(out.len() + range.len(), fill),
-    )
+    );
+    out
 }
 
 /// A fault PDU (C706 12.6.4.7) for `call_id` with an `nca_s_*` (or
