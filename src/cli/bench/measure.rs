@@ -72,15 +72,20 @@ impl Budget {
 #[derive(Debug, Clone, Copy)]
 pub struct Baseline {
     rss_bytes: u64,
+    /// The peak (VmHWM) was restarted here, so the run's own peak can be read.
+    peak_reset: bool,
 }
 
 impl Baseline {
-    /// Reads VmRSS now, after handing freed heap back to the kernel. Take
-    /// it after the peer's runtime exists and before its first pipe opens.
+    /// Reads VmRSS now, after handing freed heap back to the kernel, and
+    /// restarts the peak from here. Take it after the peer's runtime exists
+    /// and before its first pipe opens.
     pub fn now() -> io::Result<Baseline> {
         sys::release_free_heap();
+        let peak_reset = sys::reset_peak_resident();
         Ok(Baseline {
             rss_bytes: sys::resident_bytes()?,
+            peak_reset,
         })
     }
 }
@@ -124,7 +129,14 @@ impl Clock {
             let now = sys::other_process_cpu_time(pid).ok()?;
             Some(now.saturating_sub(at_start))
         });
-        let rss_open_bytes = sys::resident_bytes()?;
+        // The run's peak: what a peer frees before its last transceive
+        // (a task's buffers, say) still counts.
+        let now = sys::resident_bytes()?;
+        let rss_open_bytes = if before.peak_reset {
+            sys::peak_resident_bytes()?.max(now)
+        } else {
+            now
+        };
         Ok(Measured {
             elapsed,
             client_cpu: cpu,
@@ -147,13 +159,38 @@ pub struct Measured {
     pub service_cpu: Option<Duration>,
     /// VmRSS before the pipes were opened.
     pub rss_before_open_bytes: u64,
-    /// VmRSS at the end of the phase, every pipe still open.
+    /// Peak VmRSS from the baseline to the end of the phase (every pipe
+    /// still open then); VmRSS at the end where the peak cannot be restarted.
     pub rss_open_bytes: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tests that restart the process's peak RSS take turns.
+    static PEAK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn the_peak_counts_memory_freed_before_the_end() {
+        let _peak = PEAK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = Baseline::now().unwrap();
+        if !before.peak_reset {
+            return eprintln!("SKIPPED: /proc/self/clear_refs refused");
+        }
+        let budget = Budget::new(StopRule::Requests(1));
+        let clock = Clock::start(&budget, None).unwrap();
+        let mut big = vec![0u8; 64 << 20];
+        for i in (0..big.len()).step_by(4096) {
+            big[i] = 1;
+        }
+        std::hint::black_box(&big);
+        drop(big);
+        sys::release_free_heap();
+        let m = clock.stop(before).unwrap();
+        let grown = m.rss_open_bytes.saturating_sub(m.rss_before_open_bytes);
+        assert!(grown >= 60 << 20, "peak grew by {grown} bytes only");
+    }
 
     #[test]
     fn request_budget_hands_out_exactly_n() {
@@ -176,7 +213,10 @@ mod tests {
         }
         assert!(b.take(Instant::now()));
         assert!(!b.take(Instant::now() + Duration::from_millis(60)));
-        let m = clock.stop(Baseline::now().unwrap()).unwrap();
+        let m = {
+            let _peak = PEAK.lock().unwrap_or_else(|e| e.into_inner());
+            clock.stop(Baseline::now().unwrap()).unwrap()
+        };
         assert!(m.rss_open_bytes > 0);
         let svc = m.service_cpu.expect("service CPU measured");
         assert!(svc >= Duration::from_millis(10), "{svc:?} for a 20 ms spin");

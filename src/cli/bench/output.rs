@@ -48,10 +48,12 @@ pub struct RunResult {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
-    /// Client VmRSS with every pipe open.
+    /// The client's peak VmRSS over the run (opening the pipes, the
+    /// transceives, every pipe still open at the end).
     pub client_rss_bytes: u64,
-    /// (RSS with pipes open - RSS before opening) / pipes; may be negative
-    /// when the allocator gave memory back meanwhile.
+    /// (peak RSS - RSS before opening) / pipes. Negative only where the
+    /// peak cannot be restarted (the end's VmRSS is used then) and the
+    /// allocator gave memory back meanwhile.
     pub bytes_per_pipe: f64,
     /// Failed opens + failed or wrong transceives.
     pub errors: u64,

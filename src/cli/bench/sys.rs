@@ -56,9 +56,28 @@ pub fn resident_bytes() -> io::Result<u64> {
     parse_vm_rss(&status).ok_or_else(|| io::Error::other("no VmRSS line in /proc/self/status"))
 }
 
+/// The process's peak resident memory (VmHWM) since it started or since
+/// [`reset_peak_resident`].
+pub fn peak_resident_bytes() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    parse_status_kib(&status, "VmHWM:")
+        .ok_or_else(|| io::Error::other("no VmHWM line in /proc/self/status"))
+}
+
+/// Restarts the peak resident memory (VmHWM) from the current VmRSS
+/// (`/proc/self/clear_refs`, Linux 4.0+). False where that is refused.
+pub fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
+    parse_status_kib(status, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` line `<key> <n> kB`, in bytes.
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
     let kib: u64 = words.next()?.parse().ok()?;
     match words.next() {
         Some("kB") => Some(kib * 1024),
