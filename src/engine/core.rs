@@ -2146,7 +2146,13 @@ fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) 
     } else {
         Op::Recv {
             fd,
-            buf: Vec::with_capacity(max_out),
+            // A driver that grows the buffer as bytes arrive gets it empty:
+            // a pipe waiting for its reply then holds no receive memory.
+            buf: if drv.recv_allocates() {
+                Vec::new()
+            } else {
+                Vec::with_capacity(max_out)
+            },
             len: clamp_u32(max_out),
             flags: 0,
         }

@@ -140,6 +140,12 @@ pub trait OpDriver {
     /// Takes back a buffer no operation holds any more (a finished
     /// request's), for the driver to receive into later; may drop it.
     fn recycle(&mut self, buf: Vec<u8>);
+
+    /// True when the driver grows an `Op::Recv` buffer itself as bytes
+    /// arrive (epoll: the receive runs on readiness), so the engine may
+    /// push it empty; false when the kernel writes into the buffer's spare
+    /// capacity, which must then hold `len` bytes (io_uring).
+    fn recv_allocates(&self) -> bool;
 }
 
 impl OpDriver for Driver {
@@ -202,5 +208,9 @@ impl OpDriver for Driver {
     #[inline]
     fn recycle(&mut self, buf: Vec<u8>) {
         Driver::recycle(self, buf)
+    }
+    #[inline]
+    fn recv_allocates(&self) -> bool {
+        false
     }
 }

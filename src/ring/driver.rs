@@ -111,7 +111,9 @@ pub enum Op {
     Recv {
         /// The socket.
         fd: Rc<OwnedFd>,
-        /// Destination; needs `len` bytes of spare capacity.
+        /// Destination. io_uring writes into its spare capacity, which then
+        /// needs `len` bytes; a driver whose `recv_allocates` is true grows
+        /// it as bytes arrive instead.
         buf: Vec<u8>,
         /// How many bytes to ask for.
         len: u32,

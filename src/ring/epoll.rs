@@ -148,6 +148,8 @@ pub struct EpollDriver {
     /// Ops in `WaitTime` (for rebuilding a heap full of stale entries).
     timers_live: usize,
     events: Vec<libc::epoll_event>,
+    /// Where a receive whose buffer has no room lands before it is appended.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for EpollDriver {
@@ -190,12 +192,15 @@ impl EpollDriver {
             timers: BinaryHeap::new(),
             timers_live: 0,
             events: Vec::with_capacity(EVENTS_MAX),
+            scratch: Vec::new(),
         })
     }
 
     fn alloc(&mut self, op: Op, token: u64, state: State) -> (u32, u32) {
         let want = match &op {
-            Op::Recv { buf, len, .. } => (*len as usize).min(buf.capacity() - buf.len()),
+            // Its buffer may have less spare room: the rest of a receive
+            // goes through the scratch buffer (see `attempt`).
+            Op::Recv { len, .. } => *len as usize,
             _ => 0,
         };
         let index = match self.free.pop() {
@@ -387,12 +392,23 @@ impl EpollDriver {
                         let r = s.done as i32;
                         return self.complete(index, r);
                     }
-                    // The spare capacity starts right after the initialised part.
-                    let ptr = buf.as_mut_ptr().wrapping_add(buf.len());
-                    // SAFETY: `raw` is open; `ptr` points at `left` bytes of
-                    // `buf`'s spare capacity (left <= want - done, and want
-                    // was bounded by the spare capacity at push time, done
-                    // bytes of which have been added to len since).
+                    // Straight into the buffer's spare capacity when it has
+                    // room; otherwise (the engine hands this driver empty
+                    // buffers, so a pipe that waits holds no receive memory)
+                    // into the scratch buffer, appended below.
+                    let direct = buf.capacity() - buf.len() >= left;
+                    let ptr = if direct {
+                        // The spare capacity starts right after the initialised part.
+                        buf.as_mut_ptr().wrapping_add(buf.len())
+                    } else {
+                        if self.scratch.len() < left {
+                            self.scratch.resize(left, 0);
+                        }
+                        self.scratch.as_mut_ptr()
+                    };
+                    // SAFETY: `raw` is open; `ptr` points at `left` writable
+                    // bytes: `buf`'s spare capacity (checked just above) or
+                    // the scratch buffer (at least `left` long).
                     let n = unsafe {
                         libc::recv(
                             raw,
@@ -403,9 +419,13 @@ impl EpollDriver {
                     };
                     if n > 0 {
                         let n = (n as usize).min(left);
-                        // SAFETY: recv initialised `n` bytes of spare capacity
-                        // starting at `buf.len()`; n <= left <= spare.
-                        unsafe { buf.set_len(buf.len() + n) };
+                        if direct {
+                            // SAFETY: recv initialised `n` bytes of spare
+                            // capacity starting at `buf.len()`; n <= left <= spare.
+                            unsafe { buf.set_len(buf.len() + n) };
+                        } else {
+                            buf.extend_from_slice(&self.scratch[..n]);
+                        }
                         s.done += n;
                         if waitall && s.done < s.want {
                             continue;
@@ -798,6 +818,10 @@ impl OpDriver for EpollDriver {
         // No multishot receive here: nothing to receive into.
     }
 
+    fn recv_allocates(&self) -> bool {
+        true
+    }
+
     fn reg_bytes(&self, _buf: &Rc<RegBuf>) -> Option<&[u8]> {
         None
     }
@@ -949,6 +973,40 @@ mod tests {
         );
         let c = collect(&mut d, 2);
         assert_eq!(results(&c), [(2, 2), (3, -libc::ECANCELED)]);
+    }
+
+    /// A receive pushed with an empty buffer (as the engine does here)
+    /// allocates nothing while it waits and grows its buffer as bytes come,
+    /// a MSG_WAITALL one across several arrivals.
+    #[test]
+    fn empty_buffers_grow_as_bytes_arrive() {
+        let mut d = EpollDriver::new().unwrap();
+        let (fd, mut peer) = pair();
+        let empty = |len: u32, flags: i32| Op::Recv {
+            fd: fd.clone(),
+            buf: Vec::new(),
+            len,
+            flags,
+        };
+        d.push(empty(8, libc::MSG_WAITALL), 1);
+        d.submit_and_wait(0, None).unwrap();
+        let waiting = d.slots.iter().find_map(|s| match &s.op {
+            Some(Op::Recv { buf, .. }) => Some(buf.capacity()),
+            _ => None,
+        });
+        assert_eq!(waiting, Some(0), "a waiting receive holds no buffer");
+        peer.write_all(b"1234").unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            peer.write_all(b"5678abc").unwrap();
+            peer
+        });
+        let c = collect(&mut d, 1);
+        assert_eq!((results(&c), data(&c[0])), (vec![(1, 8)], &b"12345678"[..]));
+        let _peer = t.join().unwrap();
+        d.push(empty(100, 0), 2);
+        let c = collect(&mut d, 1);
+        assert_eq!((results(&c), data(&c[0])), (vec![(2, 3)], &b"abc"[..]));
     }
 
     #[test]
