@@ -44,7 +44,10 @@ fn check_counts(text: &str) {
     assert!(answered + cancelled + failed <= sent, "{text}");
     assert_eq!(number(text, "mismatched"), 0);
     assert_eq!(number(text, "hung"), 0);
-    assert!(number(text, "end") <= number(text, "fds: start"), "{text}");
+    assert!(
+        number(text, ", end") <= number(text, "fds: start"),
+        "{text}"
+    );
     assert!(text.lines().any(|l| l == "OK"), "{text}");
 }
 
@@ -53,6 +56,22 @@ fn short_soak_by_duration() {
     let text = soak(&["--pipes", "100", "--duration", "3", "--seed", "7"]);
     check_counts(&text);
     assert!(text.contains("pipes 100, seed 7"), "{text}");
+}
+
+#[test]
+fn short_soak_on_the_epoll_backend() {
+    let text = soak(&[
+        "--pipes",
+        "60",
+        "--transceives",
+        "4000",
+        "--seed",
+        "5",
+        "--backend",
+        "epoll",
+    ]);
+    check_counts(&text);
+    assert!(text.contains("backend epoll"), "{text}");
 }
 
 #[test]

@@ -53,6 +53,11 @@ pub struct SoakArgs {
     /// Seed of every random choice (sizes, payloads, cancels, reopens).
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+
+    /// I/O backend of the engine: auto picks io_uring where it works, else
+    /// epoll.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: crate::call::BackendArg,
 }
 
 /// A deterministic pseudo-random sequence (splitmix64).
@@ -407,7 +412,9 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let mut service = Service::start(&dir)?;
     let mut cfg = EngineConfig::new(&dir);
     cfg.open_timeout = Duration::from_secs(5);
+    cfg.backend = args.backend.into();
     let engine = Engine::new(cfg)?;
+    let backend = engine.backend();
     let counts = Counts::default();
     let stop = AtomicBool::new(false);
     let begin = Instant::now();
@@ -495,7 +502,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let (open_failed, open_failed_by) = fmt_map(&counts.open_failed);
     let secs = took.as_secs_f64();
     println!(
-        "soak: pipes {}, seed {}, duration {secs:.1} s, service restarts {restarts}",
+        "soak: pipes {}, seed {}, backend {backend}, duration {secs:.1} s, service restarts {restarts}",
         args.pipes, args.seed
     );
     println!(
