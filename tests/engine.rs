@@ -256,10 +256,13 @@ fn a_waiting_open_never_connects_and_cancels_at_once() {
             );
             second.cancel();
             assert_eq!(
-                second.wait_timeout(Duration::from_millis(700)).unwrap_err(),
+                second.wait().unwrap_err(),
                 NtStatus::CANCELLED,
                 "{backend:?}"
             );
+            // Ended by the cancel itself, not when its turn came (the first
+            // open's deadline).
+            assert!(t0.elapsed() < deadline, "{backend:?}: {:?}", t0.elapsed());
             assert_eq!(first.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
             assert_eq!(third.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
             assert!(
@@ -270,6 +273,43 @@ fn a_waiting_open_never_connects_and_cancels_at_once() {
                 svc.accepted.load(SeqCst),
                 2,
                 "{backend:?}: the cancelled one never connected"
+            );
+        }
+    });
+}
+
+/// Waiting opens end with their session's disconnect (others keep their
+/// place) and with the engine's shutdown.
+#[test]
+fn waiting_opens_end_with_their_session_and_with_the_engine() {
+    bounded(T, || {
+        for backend in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "slow", Handshake::Silent, echo());
+            let deadline = Duration::from_millis(600);
+            let Some(eng) = engine_with_open_limit(dir.path(), backend, 1, deadline) else {
+                continue;
+            };
+            let running = eng.open("slow", user(1), None);
+            let other = eng.open("slow", user(2), None);
+            let mine = eng.open("slow", user(1), None);
+            eng.disconnect_session(1).wait().expect("disconnect");
+            // Both of session 1's opens end cancelled (the waiting one would
+            // otherwise start after the other session's and time out).
+            for r in [running, mine] {
+                assert_eq!(r.wait().unwrap_err(), NtStatus::CANCELLED, "{backend:?}");
+            }
+            // Session 2's open then ran, against a silent service.
+            assert_eq!(other.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+
+            let running = eng.open("slow", user(3), None);
+            let waiting = eng.open("slow", user(4), None);
+            drop(eng);
+            assert!(running.wait().is_err(), "{backend:?}");
+            assert_eq!(
+                waiting.wait().unwrap_err(),
+                NtStatus::PIPE_NOT_AVAILABLE,
+                "{backend:?}"
             );
         }
     });
