@@ -186,43 +186,54 @@ fn silent_handshake_hits_the_deadline() {
     });
 }
 
-/// An engine on `backend` running at most `max` opens at once.
-fn engine_with_open_limit(
-    dir: &std::path::Path,
-    backend: BackendChoice,
+/// Runs `body` once per backend with a fresh echo service (`name`, answering
+/// the handshake with `hs`) and an engine running at most `max` opens at
+/// once, each with `open_timeout` (skipped, loudly, where io_uring is
+/// refused).
+fn each_backend_open_limit(
+    name: &str,
+    hs: Handshake,
     max: usize,
     open_timeout: Duration,
-) -> Option<Engine> {
-    let mut cfg = EngineConfig::new(dir);
-    cfg.backend = backend;
-    cfg.max_opens_in_flight = max;
-    cfg.open_timeout = open_timeout;
-    start_engine(cfg)
+    body: impl Fn(BackendChoice, Engine, &Scripted),
+) {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Scripted::spawn(dir.path(), name, hs, echo());
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.backend = backend;
+        cfg.max_opens_in_flight = max;
+        cfg.open_timeout = open_timeout;
+        let Some(eng) = start_engine(cfg) else {
+            continue;
+        };
+        body(backend, eng, &svc);
+    }
 }
 
 #[test]
 fn opens_beyond_the_limit_wait_their_turn_and_all_succeed() {
     bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-            let Some(eng) = engine_with_open_limit(dir.path(), backend, 2, Duration::from_secs(5))
-            else {
-                continue;
-            };
-            let opens: Vec<_> = (0..20).map(|i| eng.open("srvsvc", user(i), None)).collect();
-            for (i, o) in opens.into_iter().enumerate() {
-                let pipe = o
-                    .wait()
-                    .unwrap_or_else(|s| panic!("{backend:?} open {i}: {s}"));
-                let t = pipe
-                    .transceive(vec![i as u8; 9], 4280)
-                    .wait()
-                    .expect("transceive");
-                assert_eq!(t.data, [i as u8; 9]);
-            }
-            assert_eq!(svc.accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
-        }
+        each_backend_open_limit(
+            "srvsvc",
+            Handshake::Accept,
+            2,
+            Duration::from_secs(5),
+            |backend, eng, svc| {
+                let opens: Vec<_> = (0..20).map(|i| eng.open("srvsvc", user(i), None)).collect();
+                for (i, o) in opens.into_iter().enumerate() {
+                    let pipe = o
+                        .wait()
+                        .unwrap_or_else(|s| panic!("{backend:?} open {i}: {s}"));
+                    let t = pipe
+                        .transceive(vec![i as u8; 9], 4280)
+                        .wait()
+                        .expect("transceive");
+                    assert_eq!(t.data, [i as u8; 9]);
+                }
+                assert_eq!(svc.accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+            },
+        );
     });
 }
 
@@ -233,48 +244,49 @@ fn opens_beyond_the_limit_wait_their_turn_and_all_succeed() {
 #[test]
 fn a_waiting_open_never_connects_and_cancels_at_once() {
     use std::sync::atomic::Ordering::SeqCst;
-    bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let svc = Scripted::spawn(dir.path(), "slow", Handshake::Silent, echo());
-            let deadline = Duration::from_millis(1500);
-            let Some(eng) = engine_with_open_limit(dir.path(), backend, 1, deadline) else {
-                continue;
-            };
-            let t0 = Instant::now();
-            let first = eng.open("slow", user(1), None);
-            let second = eng.open("slow", user(2), None);
-            let third = eng.open("slow", user(3), None);
-            while svc.accepted.load(SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            assert_eq!(
-                svc.accepted.load(SeqCst),
-                1,
-                "{backend:?}: only the first connects"
-            );
-            second.cancel();
-            assert_eq!(
-                second.wait().unwrap_err(),
-                NtStatus::CANCELLED,
-                "{backend:?}"
-            );
-            // Ended by the cancel itself, not when its turn came (the first
-            // open's deadline).
-            assert!(t0.elapsed() < deadline, "{backend:?}: {:?}", t0.elapsed());
-            assert_eq!(first.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
-            assert_eq!(third.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
-            assert!(
-                t0.elapsed() >= deadline * 2,
-                "the third waited for the first"
-            );
-            assert_eq!(
-                svc.accepted.load(SeqCst),
-                2,
-                "{backend:?}: the cancelled one never connected"
-            );
-        }
+    let deadline = Duration::from_millis(1500);
+    bounded(T, move || {
+        each_backend_open_limit(
+            "slow",
+            Handshake::Silent,
+            1,
+            deadline,
+            |backend, eng, svc| {
+                let t0 = Instant::now();
+                let first = eng.open("slow", user(1), None);
+                let second = eng.open("slow", user(2), None);
+                let third = eng.open("slow", user(3), None);
+                while svc.accepted.load(SeqCst) == 0 && t0.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                assert_eq!(
+                    svc.accepted.load(SeqCst),
+                    1,
+                    "{backend:?}: only the first connects"
+                );
+                second.cancel();
+                assert_eq!(
+                    second.wait().unwrap_err(),
+                    NtStatus::CANCELLED,
+                    "{backend:?}"
+                );
+                // Ended by the cancel itself, not when its turn came (the first
+                // open's deadline).
+                assert!(t0.elapsed() < deadline, "{backend:?}: {:?}", t0.elapsed());
+                assert_eq!(first.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+                assert_eq!(third.wait().unwrap_err(), NtStatus::PIPE_NOT_AVAILABLE);
+                assert!(
+                    t0.elapsed() >= deadline * 2,
+                    "the third waited for the first"
+                );
+                assert_eq!(
+                    svc.accepted.load(SeqCst),
+                    2,
+                    "{backend:?}: the cancelled one never connected"
+                );
+            },
+        );
     });
 }
 
@@ -282,14 +294,9 @@ fn a_waiting_open_never_connects_and_cancels_at_once() {
 /// place) and with the engine's shutdown.
 #[test]
 fn waiting_opens_end_with_their_session_and_with_the_engine() {
-    bounded(T, || {
-        for backend in BACKENDS {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "slow", Handshake::Silent, echo());
-            let deadline = Duration::from_millis(600);
-            let Some(eng) = engine_with_open_limit(dir.path(), backend, 1, deadline) else {
-                continue;
-            };
+    let deadline = Duration::from_millis(600);
+    bounded(T, move || {
+        each_backend_open_limit("slow", Handshake::Silent, 1, deadline, |backend, eng, _| {
             let running = eng.open("slow", user(1), None);
             let other = eng.open("slow", user(2), None);
             let mine = eng.open("slow", user(1), None);
@@ -311,7 +318,7 @@ fn waiting_opens_end_with_their_session_and_with_the_engine() {
                 NtStatus::PIPE_NOT_AVAILABLE,
                 "{backend:?}"
             );
-        }
+        });
     });
 }
 
