@@ -103,36 +103,50 @@ fn open_transceive_echo_both_modes() {
     });
 }
 
-/// With the multishot receive, a finished request's buffer carries a later
-/// reply: once warm, a reply costs no allocation. The request's distinctive
-/// capacity shows up on the reply (a fresh buffer for 20 bytes would not
-/// have it); the bytes are still the reply's.
+/// On io_uring a finished request's buffer carries a later reply, with the
+/// multishot receive and with the linked SEND -> RECV chain alike: once
+/// warm, a reply costs no allocation. The request's distinctive capacity
+/// shows up on the reply (a fresh buffer for 20 bytes would not have it);
+/// the bytes are still the reply's.
 #[test]
 fn a_sent_requests_buffer_carries_a_later_reply() {
+    fn check(pipe: &opipe::engine::Pipe, reuses: bool, what: &str) {
+        let mut first = Vec::with_capacity(3001);
+        first.extend_from_slice(&[7u8; 20]);
+        let t = pipe.transceive(first, 4280).wait().expect("transceive");
+        assert_eq!(t.data, [7u8; 20]);
+        let t = pipe
+            .transceive(vec![9u8; 20], 4280)
+            .wait()
+            .expect("transceive");
+        assert_eq!(t.data, [9u8; 20]);
+        if reuses {
+            assert_eq!(
+                t.data.capacity(),
+                3001,
+                "{what}: the reply is not in the first request's buffer"
+            );
+        }
+    }
     bounded(T, || {
         each_backend("srvsvc", Handshake::Accept, echo(), |backend, eng| {
             let pipe = eng
                 .open("\\PIPE\\srvsvc", user(1), None)
                 .wait()
                 .expect("open");
-            let mut first = Vec::with_capacity(3001);
-            first.extend_from_slice(&[7u8; 20]);
-            let t = pipe.transceive(first, 4280).wait().expect("transceive");
-            assert_eq!(t.data, [7u8; 20]);
-            let t = pipe
-                .transceive(vec![9u8; 20], 4280)
-                .wait()
-                .expect("transceive");
-            assert_eq!(t.data, [9u8; 20]);
-            if backend == BackendChoice::IoUring {
-                assert_eq!(
-                    t.data.capacity(),
-                    3001,
-                    "the reply is not in the first request's buffer"
-                );
-            }
+            check(&pipe, backend == BackendChoice::IoUring, "multishot");
             pipe.close().wait().expect("close");
         });
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.backend = BackendChoice::IoUring;
+        cfg.multishot = false;
+        if let Some(eng) = start_engine(cfg) {
+            let pipe = eng.open("srvsvc", user(1), None).wait().expect("open");
+            check(&pipe, true, "linked");
+            pipe.close().wait().expect("close");
+        }
     });
 }
 

@@ -359,8 +359,8 @@ pub struct Driver {
     reg: Option<RegPool>,
     recv_pool: Option<BufRing>,
     /// Emptied buffers given back by [`Driver::recycle`] (a finished
-    /// request's), reused for the next multishot chunks so that a chunk
-    /// costs no allocation once the ring is warm.
+    /// request's), reused for the next pooled receives (multishot chunks
+    /// and one-shot) so that a reply costs no allocation once warm.
     spare: Vec<Vec<u8>>,
 }
 
@@ -438,9 +438,9 @@ impl Driver {
         })
     }
 
-    /// Takes back a buffer its owner is done with, to receive a later
-    /// multishot chunk into; dropped if the ring keeps enough already or it
-    /// is larger than a receive-pool buffer.
+    /// Takes back a buffer its owner is done with, to copy a later pooled
+    /// receive into; dropped if the ring keeps enough already or it is
+    /// larger than a receive-pool buffer.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
         if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < MAX_SPARE {
@@ -752,9 +752,9 @@ impl Driver {
         };
         let (fd, token) = (fd.clone(), slot.token);
         let mut result = cqe.result();
-        let mut data = self.spare.pop().unwrap_or_default();
+        let mut data = Vec::new();
         if let Some(pool) = self.recv_pool.as_mut() {
-            copy_out(pool, cqe.flags(), &mut result, &mut data);
+            copy_out(pool, &mut self.spare, cqe.flags(), &mut result, &mut data);
         }
         Some(Completion {
             token,
@@ -806,7 +806,7 @@ impl Driver {
                             Some(pool),
                         ) = (&mut op, self.recv_pool.as_mut())
                         {
-                            copy_out(pool, cqe.flags(), &mut result, data);
+                            copy_out(pool, &mut self.spare, cqe.flags(), &mut result, data);
                         }
                         if let Op::Recv { buf, .. } = &mut op {
                             if result > 0 {
@@ -890,8 +890,22 @@ impl Drop for Driver {
 /// completion `flags` name and gives the buffer back at once (the guard
 /// returns it on drop); a completion without bytes just releases any buffer
 /// it names. A buffer id the pool does not know turns `*result` into `-EIO`.
-fn copy_out(pool: &mut BufRing, flags: u32, result: &mut i32, data: &mut Vec<u8>) {
+/// An unallocated `data` takes one of the `spare` buffers first, so a
+/// pooled receive (multishot chunk or one-shot) costs no allocation once
+/// finished requests have given theirs back.
+fn copy_out(
+    pool: &mut BufRing,
+    spare: &mut Vec<Vec<u8>>,
+    flags: u32,
+    result: &mut i32,
+    data: &mut Vec<u8>,
+) {
     if *result > 0 {
+        if data.capacity() == 0 {
+            if let Some(buf) = spare.pop() {
+                *data = buf;
+            }
+        }
         match pool.take(flags, *result as usize) {
             Ok(b) => data.extend_from_slice(&b),
             Err(_) => *result = -libc::EIO,
