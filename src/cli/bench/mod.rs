@@ -293,14 +293,14 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     );
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
+    let tuning = peer_uring::Tuning {
+        backend: args.backend.into(),
+        multishot: args.uring_recv == UringRecv::Multishot,
+        rings,
+        sq_entries: args.sq_entries,
+        cq_entries: args.cq_entries,
+    };
     for e in engines {
-        let tuning = peer_uring::Tuning {
-            backend: args.backend.into(),
-            multishot: args.uring_recv == UringRecv::Multishot,
-            rings,
-            sq_entries: args.sq_entries,
-            cq_entries: args.cq_entries,
-        };
         match peer_for(e, &tuning) {
             Ok(p) => peers.push(p),
             Err(why) => {

@@ -260,7 +260,7 @@ impl Group<'_> {
         Some(Spread {
             min: xs[0],
             max: xs[xs.len() - 1],
-            median: median(xs),
+            median: median_of_sorted(&xs),
         })
     }
 }
@@ -286,15 +286,17 @@ fn groups(results: &[RunResult]) -> Vec<Group<'_>> {
 
 /// The median (the mean of the middle two for an even count); 0 for none.
 fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
     xs.sort_by(f64::total_cmp);
+    median_of_sorted(&xs)
+}
+
+/// [`median`] of values already in order.
+fn median_of_sorted(xs: &[f64]) -> f64 {
     let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
     }
 }
 
