@@ -19,6 +19,14 @@ const TEST_NAME: &str = "auto_picks_epoll_where_seccomp_refuses_io_uring";
 
 /// The child's side: io_uring refused, Auto must work on epoll.
 fn child() {
+    // The engine reports its fallback through tracing; print it as the CLI does.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false)
+        .try_init();
     seccomp::refuse_io_uring_here().expect("install the seccomp filter");
     let dir = tempfile::tempdir().unwrap();
     let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));

@@ -31,7 +31,25 @@ enum Command {
     Soak(soak::SoakArgs),
 }
 
+/// Library diagnostics (tracing events) go to stderr as plain lines, at the
+/// level `OPIPE_LOG` names (error, warn, info, debug, trace; default info).
+fn install_log() {
+    let level = std::env::var("OPIPE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    install_log();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),

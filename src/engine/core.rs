@@ -499,7 +499,7 @@ impl<D: OpDriver> Core<D> {
                 }
             };
             if let Err(e) = res {
-                eprintln!("opipe: ring {} submit failed: {e}", self.ring_index);
+                tracing::error!("opipe: ring {} submit failed: {e}", self.ring_index);
                 std::thread::sleep(Duration::from_millis(1));
             }
             let mut done = std::mem::take(&mut self.done);

@@ -409,7 +409,9 @@ impl Engine {
             BackendChoice::Auto => match crate::ring::io_uring_available() {
                 Ok(()) => Backend::IoUring,
                 Err(e) => {
-                    eprintln!("opipe: io_uring unavailable ({e}); engine uses the epoll backend");
+                    tracing::warn!(
+                        "opipe: io_uring unavailable ({e}); engine uses the epoll backend"
+                    );
                     Backend::Epoll
                 }
             },

@@ -296,7 +296,7 @@ impl ServiceBuilder {
         let (backend, why) = resolve(self.backend);
         let fallback_reason = why.map(|e| e.to_string());
         if let Some(why) = &fallback_reason {
-            eprintln!("opipe service: using epoll: {why}");
+            tracing::warn!("opipe service: using epoll: {why}");
         }
         let mut sockets = Sockets::default();
         for name in &names {
