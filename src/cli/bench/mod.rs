@@ -3,10 +3,10 @@
 //!
 //! Layout:
 //! * [`peer`]: the [`Peer`](peer::Peer) trait an engine implements, and [`Run`](peer::Run);
-//! * `peer_*`: the peers (`threads`, `tokio`, `tokio-uring`, `uring`), and
+//! * [`peers`]: the peers (`threads`, `tokio`, `tokio-uring`, `uring`), and
 //!   two references: `floor`, lockstep rounds for the least CPU per
 //!   transceive, and `uring-min`, the least an event-driven io_uring client
-//!   does;
+//!   does, a file each;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
@@ -19,12 +19,7 @@ pub mod measure;
 pub mod monitor;
 pub mod output;
 pub mod peer;
-mod peer_floor;
-mod peer_threads;
-mod peer_tokio;
-mod peer_tokio_uring;
-mod peer_uring;
-mod peer_uring_min;
+mod peers;
 mod phases;
 pub mod record;
 pub mod service;
@@ -47,6 +42,7 @@ use measure::{Budget, StopRule};
 use monitor::{Monitor, Watch};
 use output::RunResult;
 use peer::{BenchError, Peer, Run};
+use peers::{floor, threads, tokio_uring, uring, uring_min};
 use record::Recorder;
 use service::{Abort, ChildConfig, ServiceAddr, ServiceChild};
 use spec::{RunSpec, WireSize};
@@ -210,22 +206,22 @@ enum EngineArg {
 
 /// The peer of an engine, or why this build cannot run it. Engines are
 /// registered here.
-fn peer_for(engine: EngineArg, uring: &peer_uring::Tuning) -> Result<Box<dyn Peer>, &'static str> {
+fn peer_for(engine: EngineArg, uring: &uring::Tuning) -> Result<Box<dyn Peer>, &'static str> {
     let rings = uring.rings;
     match engine {
-        EngineArg::Threads => Ok(Box::new(peer_threads::ThreadsPeer)),
-        EngineArg::Tokio => Ok(Box::new(peer_tokio::TokioPeer)),
-        EngineArg::TokioUring => Ok(Box::new(peer_tokio_uring::TokioUringPeer)),
-        EngineArg::Uring => Ok(Box::new(peer_uring::UringPeer {
+        EngineArg::Threads => Ok(Box::new(threads::ThreadsPeer)),
+        EngineArg::Tokio => Ok(Box::new(peers::tokio::TokioPeer)),
+        EngineArg::TokioUring => Ok(Box::new(tokio_uring::TokioUringPeer)),
+        EngineArg::Uring => Ok(Box::new(uring::UringPeer {
             buffers: BufferMode::Plain,
             tuning: uring.clone(),
         })),
-        EngineArg::UringRegistered => Ok(Box::new(peer_uring::UringPeer {
+        EngineArg::UringRegistered => Ok(Box::new(uring::UringPeer {
             buffers: BufferMode::Registered,
             tuning: uring.clone(),
         })),
-        EngineArg::Floor => Ok(Box::new(peer_floor::FloorPeer)),
-        EngineArg::UringMin => Ok(Box::new(peer_uring_min::UringMinPeer { threads: rings })),
+        EngineArg::Floor => Ok(Box::new(floor::FloorPeer)),
+        EngineArg::UringMin => Ok(Box::new(uring_min::UringMinPeer { threads: rings })),
         EngineArg::All => Err("`all` is a set of engines, not one"),
     }
 }
@@ -273,8 +269,42 @@ pub fn main(args: BenchArgs) -> ExitCode {
 
 /// The whole bench; `Ok(false)` when some run had errors or did not run.
 fn bench(args: &BenchArgs) -> Result<bool, String> {
-    // `all` adds the four compared engines to whatever else was named
-    // (`--engine all,floor`).
+    let (peers, mut all_ok) = build_peers(args);
+    if peers.is_empty() {
+        return Err("no engine to run".into());
+    }
+
+    // SIGINT/SIGTERM/SIGHUP are taken by one thread that cleans up (the
+    // guard's Drop would not run). Blocked before any thread exists so that
+    // every later thread inherits the mask.
+    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let fds = FdBudget::take()?;
+    let (addr, mut child) = service_for(args)?;
+    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    on_signal(signals, abort.clone());
+    let watch = Watch {
+        draw: std::io::stderr().is_terminal(),
+        stall: args.stall_timeout,
+        abort,
+    };
+
+    let (results, runs_ok) = run_rounds(args, &peers, &addr, &mut child, &watch, &fds);
+    drop(child);
+
+    if args.json {
+        println!("{}", output::json(&results));
+    } else {
+        print!("{}", output::table(&results));
+    }
+    all_ok &= runs_ok;
+    Ok(all_ok && !results.is_empty())
+}
+
+/// The engines named on the command line, `all` expanded (it adds the four
+/// compared engines to whatever else was named: `--engine all,floor`),
+/// sorted and without repeats.
+fn engines_asked(args: &BenchArgs) -> Vec<EngineArg> {
     let mut engines: Vec<EngineArg> = args.engine.clone();
     if engines.contains(&EngineArg::All) {
         engines.retain(|e| *e != EngineArg::All);
@@ -287,107 +317,120 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     }
     engines.sort_unstable();
     engines.dedup();
+    engines
+}
+
+/// One peer per engine asked for; `false` when an engine named on its own
+/// cannot run in this build (one that `all` includes is skipped quietly).
+fn build_peers(args: &BenchArgs) -> (Vec<Box<dyn Peer>>, bool) {
     let rings = args.rings.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let mut peers: Vec<Box<dyn Peer>> = Vec::new();
-    let mut all_ok = true;
-    let tuning = peer_uring::Tuning {
+    let tuning = uring::Tuning {
         backend: args.backend.into(),
         multishot: args.uring_recv == UringRecv::Multishot,
         rings,
         sq_entries: args.sq_entries,
         cq_entries: args.cq_entries,
     };
-    for e in engines {
+    let mut peers: Vec<Box<dyn Peer>> = Vec::new();
+    let mut all_ok = true;
+    for e in engines_asked(args) {
         match peer_for(e, &tuning) {
             Ok(p) => peers.push(p),
             Err(why) => {
                 eprintln!("{why}");
-                // Skipping an engine `all` includes is fine; one asked for by
-                // name is a failure.
                 if !args.engine.contains(&EngineArg::All) {
                     all_ok = false;
                 }
             }
         }
     }
-    if peers.is_empty() {
-        return Err("no engine to run".into());
+    (peers, all_ok)
+}
+
+/// Descriptors: one per client pipe. The soft limit is raised first, so the
+/// service child inherits it too.
+struct FdBudget {
+    limit: u64,
+    open_now: usize,
+    pipes_max: usize,
+}
+
+impl FdBudget {
+    fn take() -> Result<FdBudget, String> {
+        let limit = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+        let open_now = sys::open_fd_count().map_err(|e| format!("/proc/self/fd: {e}"))?;
+        let pipes_max = (limit as usize)
+            .saturating_sub(open_now + FD_RESERVE)
+            .max(1);
+        Ok(FdBudget {
+            limit,
+            open_now,
+            pipes_max,
+        })
     }
+}
 
-    // SIGINT/SIGTERM/SIGHUP are taken by one thread that cleans up (the
-    // guard's Drop would not run). Blocked before any thread exists so that
-    // every later thread inherits the mask.
-    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-        .map_err(|e| format!("blocking signals: {e}"))?;
+/// The service the runs drive: the one `--dir` names, or a child
+/// `opipe serve` started here (stopped when the returned guard drops).
+fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
+    if let Some(dir) = &args.dir {
+        let addr = ServiceAddr {
+            dir: dir.clone(),
+            pipe: args.pipe.clone(),
+        };
+        note(format!(
+            "using the service at {addr}; it must answer with {} stub bytes per reply \
+             (serve --handler dcerpc --reply-size {})",
+            args.reply_size.stub_bytes, args.reply_size.stub_bytes
+        ));
+        return Ok((addr, None));
+    }
+    let c = ServiceChild::start(&ChildConfig {
+        pipe: args.pipe.clone(),
+        reply_stub_bytes: args.reply_size.stub_bytes,
+        threads: args.threads,
+    })
+    .map_err(|e| format!("starting the pipe service: {e}"))?;
+    note(format!(
+        "service started: pid {}, socket {}",
+        c.pid().unwrap_or(0),
+        c.addr()
+    ));
+    Ok((c.addr().clone(), Some(c)))
+}
 
-    // Descriptors: one per client pipe. Raise the soft limit first, so the
-    // service child inherits it too.
-    let fd_limit = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
-    let open_now = sys::open_fd_count().map_err(|e| format!("/proc/self/fd: {e}"))?;
-    let pipes_max = (fd_limit as usize)
-        .saturating_sub(open_now + FD_RESERVE)
-        .max(1);
-
-    let mut child = None;
-    let addr = match &args.dir {
-        Some(dir) => {
-            let addr = ServiceAddr {
-                dir: dir.clone(),
-                pipe: args.pipe.clone(),
-            };
-            note(format!(
-                "using the service at {addr}; it must answer with {} stub bytes per reply \
-                 (serve --handler dcerpc --reply-size {})",
-                args.reply_size.stub_bytes, args.reply_size.stub_bytes
-            ));
-            addr
-        }
-        None => {
-            let c = ServiceChild::start(&ChildConfig {
-                pipe: args.pipe.clone(),
-                reply_stub_bytes: args.reply_size.stub_bytes,
-                threads: args.threads,
-            })
-            .map_err(|e| format!("starting the pipe service: {e}"))?;
-            note(format!(
-                "service started: pid {}, socket {}",
-                c.pid().unwrap_or(0),
-                c.addr()
-            ));
-            let addr = c.addr().clone();
-            child = Some(c);
-            addr
-        }
-    };
-    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
-    let service_pid = child.as_ref().and_then(ServiceChild::pid);
-    on_signal(signals, abort.clone());
-    let watch = Watch {
-        draw: std::io::stderr().is_terminal(),
-        stall: args.stall_timeout,
-        abort,
-    };
-
+/// Every round, every pipe count, every peer in turn; stops early when the
+/// service child died. `false` when a run had errors or did not run.
+fn run_rounds(
+    args: &BenchArgs,
+    peers: &[Box<dyn Peer>],
+    addr: &ServiceAddr,
+    child: &mut Option<ServiceChild>,
+    watch: &Watch,
+    fds: &FdBudget,
+) -> (Vec<RunResult>, bool) {
     let stop = match (args.requests, args.duration) {
         (Some(n), _) => StopRule::Requests(n),
         (None, Some(d)) => StopRule::Duration(d),
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
+    let service_pid = child.as_ref().and_then(ServiceChild::pid);
     let mut results = Vec::new();
+    let mut all_ok = true;
     let rounds = args.rounds as usize;
-    'runs: for (round, &asked) in (1..=rounds).flat_map(|r| args.pipes.iter().map(move |p| (r, p)))
-    {
-        let pipes = asked.min(pipes_max);
+    for (round, &asked) in (1..=rounds).flat_map(|r| args.pipes.iter().map(move |p| (r, p))) {
+        let pipes = asked.min(fds.pipes_max);
         if pipes < asked && round == 1 {
             note(format!(
-                "can open only {pipes} of the {asked} pipes asked for (RLIMIT_NOFILE {fd_limit}, \
-                 {open_now} descriptors already open); running with {pipes}"
+                "can open only {pipes} of the {asked} pipes asked for (RLIMIT_NOFILE {}, \
+                 {} descriptors already open); running with {pipes}",
+                fds.limit, fds.open_now
             ));
         }
-        for peer in &peers {
+        for peer in peers {
             let spec = RunSpec {
                 pipes,
                 request: args.request_size,
@@ -408,12 +451,10 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
                     StopRule::Requests(n) => format!("{n} transceives"),
                 }
             ));
-            match run_one(peer.as_ref(), spec, &addr, service_pid, &watch) {
+            match run_one(peer.as_ref(), spec, addr, service_pid, watch) {
                 Ok(mut r) => {
                     r.round = round;
-                    if r.errors > 0 {
-                        all_ok = false;
-                    }
+                    all_ok &= r.errors == 0;
                     results.push(r);
                 }
                 Err(e) => {
@@ -428,19 +469,11 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
             // stop, and report what ran.
             if let Some(Err(e)) = child.as_mut().map(ServiceChild::check_alive) {
                 note(format!("error: {e}"));
-                all_ok = false;
-                break 'runs;
+                return (results, false);
             }
         }
     }
-    drop(child);
-
-    if args.json {
-        println!("{}", output::json(&results));
-    } else {
-        print!("{}", output::table(&results));
-    }
-    Ok(all_ok && !results.is_empty())
+    (results, all_ok)
 }
 
 /// Cleans up and exits 130 when one of `signals` arrives.

@@ -16,9 +16,9 @@ use opipe::engine::{
 };
 use opipe::protocol::NtStatus;
 
-use super::exchange::{ReplyProgress, TransceiveError};
-use super::measure::{Baseline, Clock};
-use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::exchange::{ReplyProgress, TransceiveError};
+use crate::bench::measure::{Baseline, Clock};
+use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
 
 /// opipe's engine with the given buffer mode.
 #[derive(Debug)]

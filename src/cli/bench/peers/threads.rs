@@ -8,10 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::Instant;
 
-use super::exchange::{self, TransceiveError};
-use super::measure::{Baseline, Measured};
-use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
-use super::phases;
+use crate::bench::exchange::{self, TransceiveError};
+use crate::bench::measure::{Baseline, Measured};
+use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::phases;
 
 /// Stack of each pipe thread: enough for the blocking loop, small enough
 /// that 4096 of them fit comfortably.

@@ -15,10 +15,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::exchange::TransceiveError;
-use super::measure::{Baseline, Clock};
-use super::peer::{BenchError, Peer, PeerRun, Run};
-use super::peer_threads;
+use super::threads;
+use crate::bench::exchange::TransceiveError;
+use crate::bench::measure::{Baseline, Clock};
+use crate::bench::peer::{BenchError, Peer, PeerRun, Run};
 
 /// Lockstep rounds on one thread.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ impl Peer for FloorPeer {
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
         let mut lanes: Vec<Lane> = (0..run.spec.pipes)
             .filter_map(|pipe| {
-                let stream = run.opened(pipe, peer_threads::open(run, pipe))?;
+                let stream = run.opened(pipe, threads::open(run, pipe))?;
                 Some(Lane {
                     pipe,
                     stream,
@@ -80,8 +80,7 @@ impl Peer for FloorPeer {
             }
             for &(k, start) in &sent {
                 let lane = &mut lanes[k];
-                let outcome =
-                    peer_threads::receive_reply(run, &mut lane.stream, &mut buf, lane.call_id);
+                let outcome = threads::receive_reply(run, &mut lane.stream, &mut buf, lane.call_id);
                 match run.transceived(lane.pipe, lane.call_id, start, outcome) {
                     Some(end) => now = end,
                     None => lane.failed = true,

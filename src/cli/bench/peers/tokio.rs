@@ -10,10 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Barrier;
 
-use super::exchange::{self, TransceiveError};
-use super::measure::Baseline;
-use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
-use super::phases;
+use crate::bench::exchange::{self, TransceiveError};
+use crate::bench::measure::Baseline;
+use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::phases;
 
 /// One tokio task per pipe on the multi-threaded runtime.
 #[derive(Debug, Default)]

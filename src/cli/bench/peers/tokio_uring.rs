@@ -11,10 +11,10 @@ use tokio::sync::Barrier;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::UnixStream;
 
-use super::exchange::{self, ReplyProgress, TransceiveError};
-use super::measure::Baseline;
-use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
-use super::phases;
+use crate::bench::exchange::{self, ReplyProgress, TransceiveError};
+use crate::bench::measure::Baseline;
+use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::phases;
 
 /// Submission queue entries of the runtime's ring.
 const RING_ENTRIES: u32 = 1024;

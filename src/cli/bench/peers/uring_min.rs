@@ -22,10 +22,11 @@ use std::time::Instant;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use opipe::ring::bufring::BufRing;
 
-use super::exchange::{ReplyProgress, TransceiveError};
-use super::measure::Baseline;
-use super::peer::{BenchError, Completed, Peer, PeerRun, Run};
-use super::{peer_threads, phases};
+use super::threads;
+use crate::bench::exchange::{ReplyProgress, TransceiveError};
+use crate::bench::measure::Baseline;
+use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::phases;
 
 /// The reference event-driven io_uring client.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Peer for UringMinPeer {
         let threads = self.threads.clamp(1, run.spec.pipes.max(1));
         let mut groups: Vec<Vec<Lane>> = (0..threads).map(|_| Vec::new()).collect();
         for pipe in 0..run.spec.pipes {
-            if let Some(stream) = run.opened(pipe, peer_threads::open(run, pipe)) {
+            if let Some(stream) = run.opened(pipe, threads::open(run, pipe)) {
                 groups[pipe % threads].push(Lane::new(run, pipe, stream));
             }
         }
