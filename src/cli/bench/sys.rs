@@ -2,7 +2,8 @@
 //! `opipe::ring::sys`: CPU time (`getrusage(2)`), resident memory and open
 //! descriptors (`/proc/self`), the bytes queued on a socket
 //! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, and signals for the
-//! service child. Every `unsafe` block of the bench lives here; they are
+//! service child. Every `unsafe` block of the bench lives here, but for the
+//! raw SQE push of the `uring-min` reference (`peers/uring_min.rs`); both are
 //! CLI-only, so the library's rule (unsafe only in `ring`) holds.
 
 use std::io;
