@@ -40,6 +40,7 @@ pub mod header;
 pub mod name;
 mod ndr;
 pub mod npa;
+pub mod srvsvc;
 pub mod status;
 pub mod userinfo;
 mod xdr;

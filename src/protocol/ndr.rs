@@ -126,6 +126,37 @@ impl NdrWriter {
         Ok(())
     }
 
+    /// A `[string, charset(UTF16)]` pointee: counts in UTF-16 units, the
+    /// units little-endian and a NUL unit. Refuses an embedded NUL and more
+    /// than `max` units.
+    pub(crate) fn string_utf16(
+        &mut self,
+        field: &'static str,
+        s: &str,
+        max: usize,
+    ) -> Result<(), EncodeError> {
+        if s.contains('\0') {
+            return Err(EncodeError::EmbeddedNul { field });
+        }
+        let units: Vec<u16> = s.encode_utf16().collect();
+        if units.len() > max {
+            return Err(EncodeError::StringTooLong {
+                field,
+                len: units.len(),
+                max,
+            });
+        }
+        let count = (units.len() + 1) as u32;
+        self.u32(count);
+        self.u32(0);
+        self.u32(count);
+        for u in units {
+            self.bytes(&u.to_le_bytes());
+        }
+        self.bytes(&[0, 0]);
+        Ok(())
+    }
+
     /// A `DATA_BLOB`: `u32` length, the bytes. Refuses more than `max`.
     pub(crate) fn blob(
         &mut self,
@@ -344,6 +375,72 @@ impl<'a> NdrReader<'a> {
             .map_err(|_| DecodeError::InvalidUtf8 { field })
     }
 
+    /// A `[string, charset(UTF16)]` pointee of at most `max` units (NUL
+    /// not counted), checked like [`NdrReader::string`]; an unpaired
+    /// surrogate is refused.
+    pub(crate) fn string_utf16(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<String, DecodeError> {
+        let size = self.u32(field)?;
+        let offset = self.u32(field)?;
+        let actual = self.u32(field)?;
+        if offset != 0 {
+            return Err(DecodeError::InvalidValue {
+                field,
+                value: u64::from(offset),
+            });
+        }
+        if actual != size {
+            return Err(DecodeError::LengthMismatch {
+                field,
+                declared: u64::from(actual),
+                expected: u64::from(size),
+            });
+        }
+        let n = usize::try_from(actual).unwrap_or(usize::MAX);
+        if n == 0 {
+            return Err(DecodeError::TooShort {
+                field,
+                len: 0,
+                min: 1,
+            });
+        }
+        if n > max.saturating_add(1) {
+            return Err(DecodeError::TooLong {
+                field,
+                len: u64::from(actual),
+                max: max as u64 + 1,
+            });
+        }
+        let bytes = self.take(field, n * 2)?;
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let (last, text) = match units.split_last() {
+            Some(split) => split,
+            None => {
+                return Err(DecodeError::TooShort {
+                    field,
+                    len: 0,
+                    min: 1,
+                })
+            }
+        };
+        if *last != 0 {
+            return Err(DecodeError::InvalidValue {
+                field,
+                value: u64::from(*last),
+            });
+        }
+        if text.contains(&0) {
+            return Err(DecodeError::EmbeddedNul { field });
+        }
+        String::from_utf16(text).map_err(|_| DecodeError::InvalidUtf16 { field })
+    }
+
     /// A `DATA_BLOB` of at most `max` bytes.
     pub(crate) fn blob(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, DecodeError> {
         let n = self.count(field, max, 1)?;
@@ -426,6 +523,28 @@ mod tests {
         assert_eq!(
             w.string("s", "a\0b", 64),
             Err(EncodeError::EmbeddedNul { field: "s" })
+        );
+    }
+
+    #[test]
+    fn utf16_string_round_trip() {
+        let mut w = NdrWriter::new(0);
+        w.string_utf16("s", "\\\\TÉST", 64).unwrap();
+        let bytes = w.into_bytes();
+        assert_eq!(&bytes[..12], &[7, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(bytes.len(), 12 + 14);
+        assert_eq!(
+            NdrReader::new(&bytes).string_utf16("s", 64).unwrap(),
+            "\\\\TÉST"
+        );
+        assert!(NdrReader::new(&bytes).string_utf16("s", 5).is_err());
+        assert!(NdrReader::new(&bytes[..20]).string_utf16("s", 64).is_err());
+        let mut lone = bytes.clone();
+        lone[12] = 0x00;
+        lone[13] = 0xD8; // an unpaired high surrogate
+        assert_eq!(
+            NdrReader::new(&lone).string_utf16("s", 64),
+            Err(DecodeError::InvalidUtf16 { field: "s" })
         );
     }
 
