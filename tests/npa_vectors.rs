@@ -2,7 +2,9 @@
 //! code (`tests/vectors/npa/gen.py`, python3-samba 4.17: level 7 layout),
 //! and a proptest round trip of the whole request and reply.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use opipe::protocol::npa::{
     NpaIdentity, NpaLevel, NpaReply, NpaRequest, SecurityToken, SessionInfo, SessionInfoTransport,
@@ -10,6 +12,7 @@ use opipe::protocol::npa::{
 };
 use opipe::protocol::{DecodeError, DomSid, NtStatus};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 
 fn vector(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -350,6 +353,62 @@ fn arb_request() -> impl Strategy<Value = NpaRequest> {
                 session_info,
             })
     })
+}
+
+/// Samba's own decoder reads what our encoder writes: random session
+/// infos (level 7, the layout of the installed python3-samba) go through
+/// `ndr_unpack` + `ndr_pack` in python3-samba and come back byte for byte.
+#[test]
+fn sambas_decoder_reads_our_random_encodings() {
+    let python = Path::new("/usr/bin/python3");
+    let usable = python.exists()
+        && Command::new(python)
+            .args(["-c", "import samba.dcerpc.auth, samba.ndr"])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !usable {
+        eprintln!("SKIPPED: python3-samba not installed; Samba's decoder not consulted");
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = arb_transport(NpaLevel::V7);
+    let values: Vec<SessionInfoTransport> = (0..300)
+        .map(|_| strategy.new_tree(&mut runner).expect("value").current())
+        .collect();
+    let ours: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| v.encode(NpaLevel::V7).unwrap())
+        .collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/npa/repack.py");
+    let mut child = Command::new(python)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run repack.py");
+    let mut input = String::new();
+    for bytes in &ours {
+        input.push_str(&hex(bytes));
+        input.push('\n');
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    // Bounded: 300 small blobs take well under a second; the child gets no
+    // more input after the writer is done, so it ends.
+    let out = child.wait_with_output().expect("repack.py output");
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), ours.len());
+    for ((line, bytes), value) in lines.iter().zip(&ours).zip(&values) {
+        assert_eq!(*line, hex(bytes), "Samba re-encodes differently: {value:?}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 proptest! {
