@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use opipe::protocol::npa::{
-    NpaIdentity, NpaLevel, NpaReply, NpaRequest, SecurityToken, SessionInfo, SessionInfoTransport,
-    UnixInfo, UnixToken, UserInfo, NCACN_NP, NETLOGON_GUEST,
+    IdentityKind, NpaIdentity, NpaLevel, NpaReply, NpaRequest, SecurityToken, SessionInfo,
+    SessionInfoTransport, UnixInfo, UnixToken, UserInfo, NCACN_NP, NETLOGON_GUEST,
 };
 use opipe::protocol::{DecodeError, DomSid, NtStatus};
 use proptest::prelude::*;
@@ -456,5 +456,37 @@ proptest! {
         let _ = NpaReply::decode(&bytes);
         let _ = SessionInfoTransport::decode(&body, NpaLevel::V7);
         let _ = SessionInfoTransport::decode(&body, NpaLevel::V8);
+    }
+}
+
+/// Requests a real smbd 4.17.12 sent (tests/vectors/npa/capture_smbd.py:
+/// `rpcclient -U% -c srvinfo` and `smbclient -L -U guest%` through smbd,
+/// whose `external_rpc_pipe:socket_dir` pointed at a listener that saved
+/// them). The service side decodes them; our encoder writes them again byte
+/// for byte (outer structure included, which python3-samba cannot encode).
+#[test]
+fn requests_from_a_real_smbd() {
+    for (name, kind, account, domain) in [
+        (
+            "smbd_anonymous",
+            IdentityKind::Anonymous,
+            "ANONYMOUS LOGON",
+            "NT AUTHORITY",
+        ),
+        ("smbd_guest", IdentityKind::Guest, "nobody", "TESTSRV"),
+    ] {
+        let bytes = vector(name);
+        let req = NpaRequest::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(req.level, NpaLevel::V7);
+        assert_eq!(req.transport, NCACN_NP);
+        assert_eq!(req.encode().unwrap(), bytes, "{name}: re-encoding differs");
+        let id = NpaIdentity::from_request(&req).unwrap();
+        assert_eq!(id.kind, kind, "{name}: {id:?}");
+        assert_eq!((id.account.as_str(), id.domain.as_str()), (account, domain));
+        assert_eq!((id.uid, id.gid), (65534, 65534));
+        assert!(id.sids.contains(&"S-1-1-0".parse().unwrap()));
+        assert_eq!(id.client_addr.ip().to_string(), "127.0.0.1");
+        assert_eq!(id.server_addr.ip().to_string(), "127.0.0.1");
+        assert!(id.server_addr.port() > 0);
     }
 }
