@@ -25,7 +25,7 @@ use opipe::protocol::srvsvc::{
     decode_netr_server_get_info_101, decode_netr_share_enum_all_1, encode_netr_server_get_info,
     encode_netr_share_enum_all_1, OPNUM_NETR_SERVER_GET_INFO, OPNUM_NETR_SHARE_ENUM_ALL,
 };
-use opipe::protocol::NtStatus;
+use opipe::protocol::{ClientAddr, NetUserInfo, NtStatus, USER_FLAG_GUEST};
 
 const NETBIOS_NAME: &str = "TESTSRV";
 
@@ -168,6 +168,20 @@ fn guest_and_user_identities_are_accepted() {
             1000,
             &[100],
         ),
+        // An illumos open's user info, mapped.
+        NpaIdentity::from_net_user_info(&NetUserInfo {
+            session_id: 7,
+            domain: "DOM".into(),
+            account: "bob".into(),
+            posix_uid: 1234,
+            workstation: "WS1".into(),
+            client_addr: ClientAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+            ..NetUserInfo::default()
+        }),
+        NpaIdentity::from_net_user_info(&NetUserInfo {
+            flags: USER_FLAG_GUEST,
+            ..NetUserInfo::default()
+        }),
     ] {
         let (mut s, reply) = open(&rpcd, "srvsvc", &id);
         assert_eq!(reply.status, NtStatus::SUCCESS, "{id:?}");

@@ -1542,6 +1542,52 @@ impl NpaIdentity {
         }
     }
 
+    /// The identity an illumos open's user info describes, for opening the
+    /// same pipe in Samba's dialect. What the illumos message lacks is
+    /// filled in:
+    ///
+    /// * `USER_FLAG_ANONYMOUS`: [`NpaIdentity::anonymous`];
+    /// * `USER_FLAG_GUEST`: [`NpaIdentity::guest`] of `domain`, with Samba's
+    ///   unix-user domain `S-1-22-1` standing in for the unknown domain SID;
+    /// * otherwise a user whose SID is Samba's unix-user SID
+    ///   `S-1-22-1-<posix_uid>`, gid = uid, no groups;
+    ///
+    /// and in every case: client name = `workstation`, client address =
+    /// `client_addr` (port 0; `0.0.0.0` for a family opipe cannot map),
+    /// server `127.0.0.1` port 0 named "localhost", the session GUID's
+    /// first 8 bytes = `session_id` (little-endian). Callers with better
+    /// facts (real SIDs, groups, addresses) set the public fields after.
+    pub fn from_net_user_info(ui: &super::userinfo::NetUserInfo) -> NpaIdentity {
+        use super::userinfo::{ClientAddr, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
+        let unix_users = DomSid::new(22, &[1]);
+        let mut id = if ui.flags & USER_FLAG_ANONYMOUS != 0 {
+            NpaIdentity::anonymous()
+        } else if ui.flags & USER_FLAG_GUEST != 0 {
+            NpaIdentity::guest(&ui.domain, &unix_users)
+        } else {
+            NpaIdentity::user(
+                &ui.account,
+                &ui.domain,
+                unix_users.with_rid(ui.posix_uid),
+                &[],
+                ui.posix_uid,
+                ui.posix_uid,
+                &[],
+            )
+        };
+        id.client_name = ui.workstation.clone();
+        id.client_addr = SocketAddr::new(
+            match ui.client_addr {
+                ClientAddr::V4(a) => IpAddr::V4(a),
+                ClientAddr::V6(a) => IpAddr::V6(a),
+                ClientAddr::Other { .. } => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            },
+            0,
+        );
+        id.session_guid[..8].copy_from_slice(&ui.session_id.to_le_bytes());
+        id
+    }
+
     /// Whether this is the SYSTEM token (user SID `S-1-5-18`), which Samba
     /// refuses on a pipe open.
     pub fn is_system(&self) -> bool {
@@ -1814,6 +1860,54 @@ mod tests {
             let req = id.to_request(NpaLevel::V7);
             let back = NpaRequest::decode(&req.encode().unwrap()).unwrap();
             assert_eq!(NpaIdentity::from_request(&back).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn identity_from_illumos_user_info() {
+        use crate::protocol::userinfo::{
+            ClientAddr, NetUserInfo, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST,
+        };
+        let base = NetUserInfo {
+            session_id: 0x1122_3344_5566_7788,
+            domain: "DOM".into(),
+            account: "bob".into(),
+            posix_uid: 1234,
+            workstation: "WS1".into(),
+            client_addr: ClientAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            ..NetUserInfo::default()
+        };
+        let user = NpaIdentity::from_net_user_info(&base);
+        assert_eq!(user.kind, IdentityKind::User);
+        assert_eq!(user.sids[0].to_string(), "S-1-22-1-1234");
+        assert_eq!(
+            (user.uid, user.gid, user.account.as_str()),
+            (1234, 1234, "bob")
+        );
+        assert_eq!(user.client_addr.to_string(), "192.0.2.7:0");
+        assert_eq!(user.client_name, "WS1");
+        assert_eq!(
+            &user.session_guid[..8],
+            &0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+
+        let anon = NpaIdentity::from_net_user_info(&NetUserInfo {
+            flags: USER_FLAG_ANONYMOUS,
+            ..base.clone()
+        });
+        assert_eq!(anon.kind, IdentityKind::Anonymous);
+        assert_eq!(anon.sids, NpaIdentity::anonymous().sids);
+
+        let guest = NpaIdentity::from_net_user_info(&NetUserInfo {
+            flags: USER_FLAG_GUEST,
+            ..base
+        });
+        assert_eq!(guest.kind, IdentityKind::Guest);
+        assert_eq!(guest.domain, "DOM");
+        // Whatever it maps to survives a request and back.
+        for id in [user, anon, guest] {
+            let req = NpaRequest::decode(&id.to_request(NpaLevel::V7).encode().unwrap()).unwrap();
+            assert_eq!(NpaIdentity::from_request(&req).unwrap(), id);
         }
     }
 
