@@ -276,3 +276,23 @@ fn unframed_bind_gets_no_answer() {
         ),
     }
 }
+
+/// A request that does not decode (here: its last 4 bytes cut, the length
+/// field fixed to match) is closed without a reply, like a bad level.
+#[test]
+fn undecodable_request_is_closed_without_a_reply() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    let mut req = NpaIdentity::anonymous()
+        .to_request(NpaLevel::V7)
+        .encode()
+        .unwrap();
+    req.truncate(req.len() - 4);
+    let len = (req.len() - 4) as u32;
+    req[..4].copy_from_slice(&len.to_be_bytes());
+    let mut s = connect(&rpcd, "srvsvc");
+    s.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    assert_eq!(s.read_to_end(&mut got).unwrap(), 0, "{got:02x?}");
+}

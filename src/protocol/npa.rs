@@ -9,7 +9,7 @@
 //!
 //! # Wire format
 //!
-//! Request (SMB server -> pipe service), one NDR stream (see [`super::ndr`])
+//! Request (SMB server -> pipe service), one NDR stream (see `protocol/ndr.rs`)
 //! that starts with the length field:
 //!
 //! | field | encoding |

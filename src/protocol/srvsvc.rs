@@ -7,7 +7,7 @@
 //!   comments (MS-SRVS 3.1.4.8, 2.2.4.23).
 //!
 //! Requests are encoded as Samba's `rpcclient` sends them; responses are
-//! decoded with the bounds of [`super::ndr`] (every count checked against
+//! decoded with the bounds of `protocol/ndr.rs` (every count checked against
 //! a maximum and the input left).
 
 use super::error::{DecodeError, EncodeError};
@@ -35,7 +35,7 @@ pub struct ServerInfo101 {
     pub version_minor: u32,
     /// `SV_TYPE_*` bits.
     pub server_type: u32,
-    /// The server's comment (Samba: "Samba <version>").
+    /// The server's comment (Samba: "Samba" and its version).
     pub comment: Option<String>,
 }
 
