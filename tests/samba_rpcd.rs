@@ -296,3 +296,42 @@ fn undecodable_request_is_closed_without_a_reply() {
     let mut got = Vec::new();
     assert_eq!(s.read_to_end(&mut got).unwrap(), 0, "{got:02x?}");
 }
+
+/// Timing, not run by default: open + handshake + bind, and
+/// NetrServerGetInfo calls on one pipe, with every answer checked.
+/// `cargo test --release --test samba_rpcd -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement; run on demand"]
+fn measure_open_and_calls() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    const OPENS: u32 = 200;
+    const CALLS: u32 = 5000;
+    let (mut handshake, mut bind) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..OPENS {
+        let t = std::time::Instant::now();
+        let (mut s, reply) = open(&rpcd, "srvsvc", &NpaIdentity::anonymous());
+        assert_eq!(reply.status, NtStatus::SUCCESS);
+        handshake += t.elapsed();
+        let t = std::time::Instant::now();
+        bind_srvsvc(&mut s);
+        bind += t.elapsed();
+    }
+    let (handshake, bind) = (handshake / OPENS, bind / OPENS);
+    let (mut s, _) = open(&rpcd, "srvsvc", &NpaIdentity::anonymous());
+    bind_srvsvc(&mut s);
+    let stub = encode_netr_server_get_info(None, 101).unwrap();
+    let t = std::time::Instant::now();
+    for i in 0..CALLS {
+        let answer = call(&mut s, 2 + i, OPNUM_NETR_SERVER_GET_INFO, &stub);
+        let (info, werror) = decode_netr_server_get_info_101(&answer).unwrap();
+        assert_eq!(werror, 0);
+        assert_eq!(info.unwrap().server_name.as_deref(), Some(NETBIOS_NAME));
+    }
+    let per_call = t.elapsed() / CALLS;
+    println!(
+        "connect+handshake: {handshake:?}, bind: {bind:?} (mean of {OPENS}); \
+         NetrServerGetInfo: {per_call:?} per call ({CALLS} on one pipe)"
+    );
+}
