@@ -14,6 +14,9 @@
 //!   (section 2).
 //! * [`fsctl`]: PEEK, WAIT and TRANSCEIVE structures and status rules
 //!   (section 4, MS-FSCC).
+//! * [`npa`]: Samba's pipe dialect: the named-pipe-auth handshake (levels
+//!   7 and 8, with the NDR session info it carries) and the `u16` message
+//!   framing (`SAMBA.md`).
 //! * [`dcerpc`]: connection-oriented DCE/RPC framing, fragments, bind and
 //!   bind_ack (section 3, C706 chapter 12).
 //!
@@ -35,6 +38,9 @@ pub mod error;
 pub mod fsctl;
 pub mod header;
 pub mod name;
+mod ndr;
+pub mod npa;
+pub mod srvsvc;
 pub mod status;
 pub mod userinfo;
 mod xdr;
@@ -56,6 +62,12 @@ pub use header::{
     STATUS_WORD_LEN,
 };
 pub use name::{PipeName, MAX_PIPE_NAME_BYTES};
+pub use npa::{
+    frame_header, frame_message, npa_message_len, npa_message_level, read_npa_message,
+    unframe_message, DomSid, FramedReader, IdentityError, IdentityKind, MessageUnframer,
+    NpaIdentity, NpaLevel, NpaReply, NpaRequest, SecurityToken, SessionInfo, SessionInfoTransport,
+    UnixInfo, UnixToken, UserInfo,
+};
 pub use status::{NtStatus, Severity};
 pub use userinfo::{
     decode_open_message, encode_open_message, ClientAddr, NetUserInfo, MAX_USERINFO_STRING_BYTES,

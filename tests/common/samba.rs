@@ -1,0 +1,213 @@
+//! A real Samba RPC server for tests: `samba-dcerpcd` standalone in a temp
+//! dir with its own `smb.conf` (the recipe in `/work/shared/SAMBA.md`), in
+//! its own process group, stopped by that group's id on drop.
+//!
+//! ```ignore
+//! let Some(rpcd) = SambaRpcd::start("TESTSRV") else { return }; // skipped, loudly
+//! let sock = UnixStream::connect(rpcd.pipe_path("srvsvc"))?;
+//! ```
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `samba` package installs the RPC server.
+pub const SAMBA_DCERPCD: &str = "/usr/libexec/samba/samba-dcerpcd";
+
+/// How long start-up may take before the test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether `samba-dcerpcd` is installed.
+pub fn samba_installed() -> bool {
+    Path::new(SAMBA_DCERPCD).exists()
+}
+
+/// Prints the loud skip notice and returns `false` when Samba is missing.
+pub fn require_samba(test: &str) -> bool {
+    if samba_installed() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: samba not installed ({SAMBA_DCERPCD} missing); {test} did not run. \
+         Install: apt-get install --no-install-recommends samba smbclient python3-samba \
+         samba-common-bin"
+    );
+    false
+}
+
+/// A running `samba-dcerpcd`.
+pub struct SambaRpcd {
+    child: Child,
+    /// The temp dir that holds every file Samba writes.
+    pub dir: tempfile::TempDir,
+    /// The `ncalrpc dir`: its `np/` holds the pipe sockets.
+    pub ncalrpc_dir: PathBuf,
+    /// The `smb.conf`.
+    pub conf: PathBuf,
+    /// The configured `netbios name`.
+    pub netbios_name: String,
+}
+
+impl SambaRpcd {
+    /// Starts `samba-dcerpcd` with `netbios name = <netbios_name>` and waits
+    /// (bounded) for `np/srvsvc`. `None`, after a loud SKIPPED line, when
+    /// Samba is not installed; a start-up failure panics with Samba's log.
+    pub fn start(netbios_name: &str) -> Option<SambaRpcd> {
+        if !require_samba("this Samba test") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("opipe-samba")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path();
+        let ncalrpc_dir = root.join("ncalrpc");
+        for sub in [
+            "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc",
+        ] {
+            fs::create_dir_all(root.join(sub)).expect("samba state dir");
+        }
+        let conf = root.join("smb.conf");
+        let p = |sub: &str| root.join(sub).display().to_string();
+        let text = format!(
+            "[global]\n\
+             netbios name = {netbios_name}\n\
+             workgroup = OPIPETEST\n\
+             server role = standalone server\n\
+             lock directory = {lock}\n\
+             state directory = {state}\n\
+             cache directory = {cache}\n\
+             private dir = {private}\n\
+             binddns dir = {binddns}\n\
+             pid directory = {pid}\n\
+             ncalrpc dir = {ncalrpc}\n\
+             log file = {log}\n\
+             log level = 1\n\
+             passdb backend = tdbsam:{passdb}\n\
+             interfaces = lo\n\
+             bind interfaces only = yes\n\
+             disable netbios = yes\n\
+             load printers = no\n\
+             disable spoolss = yes\n\
+             map to guest = Bad User\n\
+             rpc start on demand helpers = no\n\
+             \n\
+             [tmp]\n\
+             path = {tmp}\n\
+             read only = yes\n\
+             guest ok = yes\n",
+            lock = p("lock"),
+            state = p("state"),
+            cache = p("cache"),
+            private = p("private"),
+            binddns = p("bind-dns"),
+            pid = p("pid"),
+            ncalrpc = ncalrpc_dir.display(),
+            log = p("samba.log"),
+            passdb = root.join("private/passdb.tdb").display(),
+            tmp = root.display(),
+        );
+        fs::write(&conf, text).expect("write smb.conf");
+        let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
+        let child = Command::new(SAMBA_DCERPCD)
+            .args(["-F", "--no-process-group", "--libexec-rpcds", "-s"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own group: the rpcd_* workers it starts join it, and Drop
+            // stops them all with one kill of the group.
+            .process_group(0)
+            .spawn()
+            .expect("spawn samba-dcerpcd");
+        let mut rpcd = SambaRpcd {
+            child,
+            dir,
+            ncalrpc_dir,
+            conf,
+            netbios_name: netbios_name.to_owned(),
+        };
+        rpcd.wait_for_pipe("srvsvc", START_TIMEOUT);
+        Some(rpcd)
+    }
+
+    /// `<ncalrpc dir>/np/<name>`.
+    pub fn pipe_path(&self, name: &str) -> PathBuf {
+        self.ncalrpc_dir.join("np").join(name.to_ascii_lowercase())
+    }
+
+    /// The process id of `samba-dcerpcd` (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Samba's logs so far (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["stderr.log", "samba.log"] {
+            let mut text = String::new();
+            if let Ok(mut f) = fs::File::open(self.dir.path().join(name)) {
+                let _ = f.read_to_string(&mut text);
+            }
+            out.push_str(&format!("--- {name}\n{text}\n"));
+        }
+        out
+    }
+
+    /// Waits until `np/<name>` accepts a connection; panics with the logs
+    /// after `timeout` or if `samba-dcerpcd` exits.
+    pub fn wait_for_pipe(&mut self, name: &str, timeout: Duration) {
+        let path = self.pipe_path(name);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "samba-dcerpcd exited ({status}) before {} appeared\n{}",
+                    path.display(),
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not appear within {timeout:?}\n{}",
+                    path.display(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SambaRpcd {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        // SIGTERM to samba-dcerpcd alone first, so that it stops and reaps
+        // its rpcd_* workers itself.
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child's, not yet waited for.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Whatever is left of its process group (workers included) goes
+        // now: process_group(0) made the group id its pid.
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
