@@ -408,12 +408,19 @@ fn usage_errors_exit_2(backend: &str) {
     for args in [
         &[][..],                                   // no --pipe
         &["--pipe", "a/b"][..],                    // not a flat name
+        &["--pipe", "new\nline"][..],              // a control character
         &["--pipe", "x", "--handler", "nope"][..], // unknown handler
         &["--pipe", "x", "--threads", "0"][..],
     ] {
-        let (mut child, stderr) = spawn(dir.path(), &[args, &["--backend", backend]].concat());
-        let status = child.wait().unwrap();
-        let text: Vec<String> = stderr.iter().collect();
+        let (child, stderr) = spawn(dir.path(), &[args, &["--backend", backend]].concat());
+        // Killed and reaped on drop if it does not exit by itself.
+        let mut srv = Serve {
+            child,
+            dir: tempfile::tempdir().unwrap(),
+            stderr,
+        };
+        let status = srv.wait_exit();
+        let text: Vec<String> = srv.stderr.iter().collect();
         assert_eq!(status.code(), Some(2), "{args:?}: {text:?}");
         assert!(!text.is_empty(), "{args:?}: no message");
     }
