@@ -246,14 +246,10 @@ fn bad_handshakes_are_closed_silently_and_leak_no_fd(backend: &str) {
         (
             "bad magic",
             Box::new(|s: &mut UnixStream| {
-                s.write_all(
-                    &PipeHeader {
-                        magic: !PIPE_MAGIC,
-                        uilen: 4,
-                    }
-                    .encode(),
-                )
-                .unwrap();
+                // A whole valid open but for the magic: only the magic
+                // check can refuse it.
+                s.write_all(&open_message_with_magic(&named_user("bob", 0), !PIPE_MAGIC))
+                    .unwrap();
             }),
         ),
         (

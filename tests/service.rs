@@ -180,16 +180,12 @@ fn bad_magic_closes_without_status(backend: BackendChoice) {
         backend,
         |b| b,
         |s| {
-            // One write: were the 16 bytes to arrive after the service
-            // closed on the header, AF_UNIX would reset the connection
-            // (unread data) instead of showing an orderly close.
-            let mut msg = PipeHeader {
-                magic: PIPE_MAGIC ^ 0x20,
-                uilen: 16,
-            }
-            .encode()
-            .to_vec();
-            msg.extend_from_slice(&[0u8; 16]);
+            // A whole valid open whose only fault is the magic (one bit
+            // off): without the magic check it would be accepted. One
+            // write: were the body to arrive after the service closed on
+            // the header, AF_UNIX would reset the connection (unread data)
+            // instead of showing an orderly close.
+            let msg = open_message_with_magic(&named_user("mallory", 0), PIPE_MAGIC ^ 0x20);
             s.write_all(&msg).unwrap();
         },
     );
