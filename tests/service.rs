@@ -59,6 +59,9 @@ on_both_backends!(
     several_threads_share_the_listeners,
     idle_connections_hold_no_receive_buffer,
     receives_starved_of_buffers_are_rearmed,
+    sockets_get_their_mode_whatever_the_umask,
+    peers_of_other_uids_are_refused_before_the_handshake,
+    live_listener_with_a_full_backlog_is_in_use_at_once,
 );
 
 /// A service on `backend` in a fresh temporary directory; skips (returns
@@ -766,4 +769,174 @@ mod dcerpc {
         assert_eq!(len, reply);
         n
     }
+}
+
+fn socket_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn sockets_get_their_mode_whatever_the_umask(backend: BackendChoice) {
+    // The test process's umask (often 022) would leave 0755 on a plain
+    // bind; the mode is set exactly, never from the umask.
+    let Some(fx) = start(backend, |b| b.pipe("lsarpc")) else {
+        return;
+    };
+    assert_eq!(socket_mode(&fx.path("srvsvc")), 0o600);
+    assert_eq!(socket_mode(&fx.path("lsarpc")), 0o600);
+    // Nothing is left of the private directories the sockets were bound in.
+    let names: Vec<String> = std::fs::read_dir(fx.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    echo_once(&mut open_ok(&fx.path("lsarpc")), b"still served");
+    fx.stop();
+    let Some(fx) = start(backend, |b| b.socket_mode(0o660)) else {
+        return;
+    };
+    assert_eq!(socket_mode(&fx.path("srvsvc")), 0o660);
+    fx.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Service::builder(dir.path())
+        .pipe("x")
+        .backend(backend)
+        .socket_mode(0o4700)
+        .start()
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::Config(_)), "{e}");
+}
+
+fn peers_of_other_uids_are_refused_before_the_handshake(backend: BackendChoice) {
+    use common::peer::*;
+    if !can_switch_uid() {
+        eprintln!("SKIPPED: peers_of_other_uids_are_refused_before_the_handshake needs root (to run a client as uid {NOBODY})");
+        return;
+    }
+    let msg = encode_open_message(&named_user("nobody", 0)).unwrap();
+    // A socket everybody may reach (mode 0666 in a 0755 directory): only
+    // the peer check stands between `nobody` and an open.
+    let Some(fx) = start(backend, |b| b.socket_mode(0o666)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    let path = fx.path("srvsvc");
+    assert_eq!(
+        open_as_uid(&path, NOBODY, &msg),
+        PeerOutcome::ClosedWithoutStatus
+    );
+    let st = fx.wait_stats("the refused peer", |s| s.peers_refused == 1);
+    assert_eq!(
+        (
+            st.accepted,
+            st.refused,
+            st.handshakes_closed_silently,
+            st.handshakes_ok
+        ),
+        (1, 1, 0, 0),
+        "refused on accept, before any handshake: {st:#?}"
+    );
+    // The service's own uid is admitted.
+    echo_once(&mut open_ok(&path), b"own uid");
+    fx.stop();
+
+    // --allow-uid admits it.
+    let Some(fx) = start(backend, |b| b.socket_mode(0o666).allow_uid(NOBODY)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    assert_eq!(
+        open_as_uid(&fx.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::Status(0)
+    );
+    let st = fx.wait_stats("the admitted peer", |s| s.handshakes_ok == 1);
+    assert_eq!(st.peers_refused, 0);
+    fx.stop();
+
+    // With the default mode, `nobody` cannot even connect.
+    let Some(fx) = start(backend, |b| b.allow_uid(NOBODY)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    assert_eq!(
+        open_as_uid(&fx.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::ConnectDenied
+    );
+    fx.stop();
+}
+
+/// A listener that never accepts, with its backlog full: a probe that
+/// waited for it would wait as long as it lives.
+pub struct FullListener {
+    _listener: std::os::unix::net::UnixListener,
+    _queued: Vec<std::os::fd::OwnedFd>,
+}
+
+impl FullListener {
+    fn bind(path: &std::path::Path) -> FullListener {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        // SAFETY: plain syscalls on descriptors we own; the sockaddr is
+        // built in place and outlives the connect calls.
+        unsafe {
+            assert_eq!(libc::listen(listener.as_raw_fd(), 1), 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, &b) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+                *d = b as libc::c_char;
+            }
+            let mut queued = Vec::new();
+            for _ in 0..16 {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                assert!(fd >= 0);
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                let rc = libc::connect(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                );
+                if rc != 0 {
+                    let e = std::io::Error::last_os_error();
+                    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                    return FullListener {
+                        _listener: listener,
+                        _queued: queued,
+                    };
+                }
+                queued.push(fd);
+            }
+        }
+        panic!("the backlog of a listen(1) socket never filled");
+    }
+}
+
+fn live_listener_with_a_full_backlog_is_in_use_at_once(backend: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("srvsvc");
+    let _full = FullListener::bind(&path);
+    let p = path.clone();
+    let r = common::bounded(Duration::from_secs(5), move || {
+        let dir = p.parent().unwrap().to_owned();
+        let t0 = Instant::now();
+        let r = Service::builder(dir)
+            .pipe("srvsvc")
+            .backend(backend)
+            .start();
+        (r.map(|_| ()), t0.elapsed())
+    });
+    match r {
+        (Err(ServiceError::AddrInUse(p)), took) => {
+            assert_eq!(p, path);
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        (Err(ServiceError::Ring(e)), _) => eprintln!("SKIPPED: {e}"),
+        (other, _) => panic!("expected AddrInUse, got {other:?}"),
+    }
+    // The live listener's socket is left alone.
+    assert!(path.exists());
 }

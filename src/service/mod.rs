@@ -42,6 +42,7 @@ pub use dcerpc::{DceRpc, DceRpcFactory};
 pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory};
 pub use runtime::{
     Service, ServiceBuilder, ServiceError, ServiceHandle, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SOCKET_MODE,
 };
 pub use session::{AcceptAll, AcceptPolicy};
 pub use stats::Stats;

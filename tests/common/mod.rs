@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod peer;
 pub mod seccomp;
 
 use std::io::{Read, Write};
