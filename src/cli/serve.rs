@@ -156,13 +156,22 @@ const START_ABANDON_AFTER: Duration = Duration::from_secs(2);
 /// signals: SIGINT/SIGTERM during start-up stops the command at once,
 /// whatever the start is doing.
 fn start(builder: ServiceBuilder, signals: &BlockedSignals) -> Started {
+    start_with(move || builder.start(), |t| signals.wait_timeout(t))
+}
+
+/// [`start`] with the start and the signal wait given: `start_service`
+/// runs on its own thread (which inherits the blocked signal mask, as the
+/// service threads it starts do); `wait_signal(t)` waits up to `t` for a
+/// stop signal.
+fn start_with(
+    start_service: impl FnOnce() -> Result<ServiceHandle, ServiceError> + Send + 'static,
+    mut wait_signal: impl FnMut(Duration) -> std::io::Result<Option<libc::c_int>>,
+) -> Started {
     let (tx, rx) = mpsc::channel();
-    // The thread inherits the blocked signal mask, as the service
-    // threads it starts do.
     let spawned = std::thread::Builder::new()
         .name("opipe-start".into())
         .spawn(move || {
-            let _ = tx.send(builder.start());
+            let _ = tx.send(start_service());
         });
     if let Err(e) = spawned {
         return Started::Failed(ServiceError::Io {
@@ -182,7 +191,7 @@ fn start(builder: ServiceBuilder, signals: &BlockedSignals) -> Started {
             }
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        match signals.wait_timeout(Duration::from_millis(20)) {
+        match wait_signal(Duration::from_millis(20)) {
             Ok(None) => {}
             Ok(Some(_)) => {
                 eprintln!("opipe serve: stop signal during start-up; not serving");
@@ -278,5 +287,92 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("opipe serve: error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A signal wait that reports SIGTERM once `after` has passed.
+    fn term_after(after: Duration) -> impl FnMut(Duration) -> std::io::Result<Option<i32>> {
+        let at = Instant::now() + after;
+        move |t| {
+            if Instant::now() >= at {
+                return Ok(Some(libc::SIGTERM));
+            }
+            std::thread::sleep(t);
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn stop_signal_during_a_start_that_hangs_ends_it() {
+        let t0 = Instant::now();
+        let r = start_with(
+            || {
+                std::thread::sleep(Duration::from_secs(8));
+                Err(ServiceError::NoPipes)
+            },
+            term_after(Duration::from_millis(100)),
+        );
+        let took = t0.elapsed();
+        assert!(matches!(r, Started::Stopped(c) if c == ExitCode::SUCCESS));
+        assert!(
+            took < START_ABANDON_AFTER + Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn stop_signal_during_a_start_that_then_succeeds_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let r = start_with(
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                Service::builder(d)
+                    .pipe("srvsvc")
+                    .backend(opipe::service::BackendChoice::Epoll)
+                    .start()
+            },
+            term_after(Duration::from_millis(20)),
+        );
+        assert!(matches!(r, Started::Stopped(c) if c == ExitCode::SUCCESS));
+        // Shut down and joined: its socket is gone.
+        assert!(!dir.path().join("srvsvc").exists());
+    }
+
+    #[test]
+    fn start_without_a_signal_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let r = start_with(
+            move || {
+                Service::builder(d)
+                    .pipe("srvsvc")
+                    .backend(opipe::service::BackendChoice::Epoll)
+                    .start()
+            },
+            |t| {
+                std::thread::sleep(t);
+                Ok(None)
+            },
+        );
+        let Started::Up(svc) = r else {
+            panic!("the service did not start");
+        };
+        assert!(dir.path().join("srvsvc").exists());
+        svc.shutdown().unwrap();
+        svc.join().unwrap();
+        let r = start_with(
+            || Err(ServiceError::NoPipes),
+            |t| {
+                std::thread::sleep(t);
+                Ok(None)
+            },
+        );
+        assert!(matches!(r, Started::Failed(ServiceError::NoPipes)));
     }
 }
