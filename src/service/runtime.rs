@@ -76,7 +76,7 @@ impl fmt::Display for ServiceError {
             }
             ServiceError::AddrInUse(p) => write!(
                 f,
-                "{}: address in use (another service is accepting on it)",
+                "{}: address in use (another service is listening on it)",
                 p.display()
             ),
             ServiceError::NotASocket(p) => write!(
