@@ -50,6 +50,9 @@ on_both_backends!(
     missing_dir_is_a_clear_error,
     usage_errors_exit_2,
     out_of_fds_pauses_accepts_and_serves_the_waiting_clients,
+    sockets_are_0600_under_umask_000_and_peers_checked,
+    socket_dir_writable_by_others_is_warned_about,
+    start_next_to_a_full_backlog_listener_fails_at_once,
 );
 
 /// The running `opipe serve`; killed and reaped on drop whatever happens.
@@ -246,14 +249,10 @@ fn bad_handshakes_are_closed_silently_and_leak_no_fd(backend: &str) {
         (
             "bad magic",
             Box::new(|s: &mut UnixStream| {
-                s.write_all(
-                    &PipeHeader {
-                        magic: !PIPE_MAGIC,
-                        uilen: 4,
-                    }
-                    .encode(),
-                )
-                .unwrap();
+                // A whole valid open but for the magic: only the magic
+                // check can refuse it.
+                s.write_all(&open_message_with_magic(&named_user("bob", 0), !PIPE_MAGIC))
+                    .unwrap();
             }),
         ),
         (
@@ -408,12 +407,19 @@ fn usage_errors_exit_2(backend: &str) {
     for args in [
         &[][..],                                   // no --pipe
         &["--pipe", "a/b"][..],                    // not a flat name
+        &["--pipe", "new\nline"][..],              // a control character
         &["--pipe", "x", "--handler", "nope"][..], // unknown handler
         &["--pipe", "x", "--threads", "0"][..],
     ] {
-        let (mut child, stderr) = spawn(dir.path(), &[args, &["--backend", backend]].concat());
-        let status = child.wait().unwrap();
-        let text: Vec<String> = stderr.iter().collect();
+        let (child, stderr) = spawn(dir.path(), &[args, &["--backend", backend]].concat());
+        // Killed and reaped on drop if it does not exit by itself.
+        let mut srv = Serve {
+            child,
+            dir: tempfile::tempdir().unwrap(),
+            stderr,
+        };
+        let status = srv.wait_exit();
+        let text: Vec<String> = srv.stderr.iter().collect();
         assert_eq!(status.code(), Some(2), "{args:?}: {text:?}");
         assert!(!text.is_empty(), "{args:?}: no message");
     }
@@ -455,4 +461,166 @@ fn out_of_fds_pauses_accepts_and_serves_the_waiting_clients(backend: &str) {
     srv.signal(libc::SIGTERM);
     assert!(srv.wait_exit().success());
     assert!(!srv.path("srvsvc").exists());
+}
+
+fn socket_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// `opipe serve --backend <backend> ARGS` under `umask 000`, banner awaited.
+fn serve_umask_000(backend: &str, args: &[&str]) -> Option<Serve> {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [args, &["--backend", backend]].concat();
+    let mut cmd = common::serve_command(env!("CARGO_BIN_EXE_opipe"), dir.path(), &args);
+    // SAFETY: runs in the forked child before exec; umask cannot fail and
+    // touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let (child, stderr) = common::spawn_with_stderr_lines(&mut cmd);
+    let mut s = Serve { child, dir, stderr };
+    match s.wait_banner() {
+        Ok(_) => Some(s),
+        Err((status, text)) if text.contains("io_uring is not available") => {
+            eprintln!("SKIPPED: {text} ({status})");
+            None
+        }
+        Err((status, text)) => panic!("opipe serve exited early: {status}: {text}"),
+    }
+}
+
+/// Stops `srv` with SIGTERM and returns its stderr lines after the banner.
+fn stop_and_collect(mut srv: Serve) -> String {
+    srv.signal(libc::SIGTERM);
+    assert!(srv.wait_exit().success());
+    let lines: Vec<String> = srv.stderr.iter().collect();
+    lines.join("\n")
+}
+
+fn sockets_are_0600_under_umask_000_and_peers_checked(backend: &str) {
+    use common::peer::*;
+    let Some(srv) = serve_umask_000(backend, &["--pipe", "srvsvc", "--pipe", "lsarpc"]) else {
+        return;
+    };
+    assert_eq!(socket_mode(&srv.path("srvsvc")), 0o600);
+    assert_eq!(socket_mode(&srv.path("lsarpc")), 0o600);
+    echo_once(&mut open_ok(&srv.path("srvsvc")), b"own uid");
+    if !can_switch_uid() {
+        eprintln!("SKIPPED: the peer checks need root (to run a client as uid {NOBODY})");
+        return;
+    }
+    let msg = encode_open_message(&named_user("nobody", 0)).unwrap();
+    open_dir_to_all(srv.dir.path());
+    // The default mode keeps `nobody` from connecting at all.
+    assert_eq!(
+        open_as_uid(&srv.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::ConnectDenied
+    );
+    drop(srv);
+
+    // Widened mode: reachable, but the peer check refuses it.
+    let Some(srv) = serve_umask_000(backend, &["--pipe", "srvsvc", "--socket-mode", "0666"]) else {
+        return;
+    };
+    assert_eq!(socket_mode(&srv.path("srvsvc")), 0o666);
+    open_dir_to_all(srv.dir.path());
+    assert_eq!(
+        open_as_uid(&srv.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::ClosedWithoutStatus
+    );
+    let text = stop_and_collect(srv);
+    assert!(text.contains("1 peers refused"), "{text}");
+    assert!(text.contains("0 opened"), "{text}");
+
+    // --allow-uid admits it.
+    let Some(srv) = serve_umask_000(
+        backend,
+        &[
+            "--pipe",
+            "srvsvc",
+            "--socket-mode",
+            "666",
+            "--allow-uid",
+            "65534",
+        ],
+    ) else {
+        return;
+    };
+    open_dir_to_all(srv.dir.path());
+    assert_eq!(
+        open_as_uid(&srv.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::Status(0)
+    );
+    let text = stop_and_collect(srv);
+    assert!(
+        text.contains("0 peers refused") && text.contains("1 opened"),
+        "{text}"
+    );
+
+    // A mode beyond 0777 is a usage error.
+    let dir = tempfile::tempdir().unwrap();
+    let (child, stderr) = spawn(
+        dir.path(),
+        &["--pipe", "x", "--socket-mode", "4777", "--backend", backend],
+    );
+    let mut srv = Serve { child, dir, stderr };
+    assert_eq!(srv.wait_exit().code(), Some(2));
+}
+
+fn socket_dir_writable_by_others_is_warned_about(backend: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (child, stderr) = spawn(dir.path(), &["--pipe", "srvsvc", "--backend", backend]);
+    let srv = Serve { child, dir, stderr };
+    let mut before = String::new();
+    let end = Instant::now() + IO_TIMEOUT;
+    loop {
+        match srv.stderr.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if line.contains("serving") => break,
+            Ok(line) => before.push_str(&line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if before.contains("io_uring is not available") {
+                    return eprintln!("SKIPPED: {before}");
+                }
+                panic!("opipe serve exited early: {before}");
+            }
+        }
+        assert!(Instant::now() < end, "no banner: {before}");
+    }
+    assert!(
+        before.contains("writable by other users") && before.contains("0777"),
+        "{before}"
+    );
+    // A warning, not a refusal: it serves.
+    echo_once(&mut open_ok(&srv.path("srvsvc")), b"served");
+}
+
+fn start_next_to_a_full_backlog_listener_fails_at_once(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let _full = common::FullListener::bind(&dir.path().join("srvsvc"));
+    let t0 = Instant::now();
+    let (child, stderr) = spawn(dir.path(), &["--pipe", "srvsvc", "--backend", backend]);
+    let mut srv = Serve { child, dir, stderr };
+    // Before, the probe's blocking connect waited for as long as the other
+    // listener lived, and SIGTERM could not stop it.
+    let status = common::wait_exit(&mut srv.child, Duration::from_secs(5));
+    let took = t0.elapsed();
+    let text: Vec<String> = srv.stderr.iter().collect();
+    let text = text.join("\n");
+    if text.contains("io_uring is not available") {
+        return eprintln!("SKIPPED: {text}");
+    }
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("address in use"), "{text}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }

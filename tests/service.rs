@@ -59,6 +59,9 @@ on_both_backends!(
     several_threads_share_the_listeners,
     idle_connections_hold_no_receive_buffer,
     receives_starved_of_buffers_are_rearmed,
+    sockets_get_their_mode_whatever_the_umask,
+    peers_of_other_uids_are_refused_before_the_handshake,
+    live_listener_with_a_full_backlog_is_in_use_at_once,
 );
 
 /// A service on `backend` in a fresh temporary directory; skips (returns
@@ -180,16 +183,12 @@ fn bad_magic_closes_without_status(backend: BackendChoice) {
         backend,
         |b| b,
         |s| {
-            // One write: were the 16 bytes to arrive after the service
-            // closed on the header, AF_UNIX would reset the connection
-            // (unread data) instead of showing an orderly close.
-            let mut msg = PipeHeader {
-                magic: PIPE_MAGIC ^ 0x20,
-                uilen: 16,
-            }
-            .encode()
-            .to_vec();
-            msg.extend_from_slice(&[0u8; 16]);
+            // A whole valid open whose only fault is the magic (one bit
+            // off): without the magic check it would be accepted. One
+            // write: were the body to arrive after the service closed on
+            // the header, AF_UNIX would reset the connection (unread data)
+            // instead of showing an orderly close.
+            let msg = open_message_with_magic(&named_user("mallory", 0), PIPE_MAGIC ^ 0x20);
             s.write_all(&msg).unwrap();
         },
     );
@@ -770,4 +769,128 @@ mod dcerpc {
         assert_eq!(len, reply);
         n
     }
+}
+
+fn socket_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn sockets_get_their_mode_whatever_the_umask(backend: BackendChoice) {
+    // The test process's umask (often 022) would leave 0755 on a plain
+    // bind; the mode is set exactly, never from the umask.
+    let Some(fx) = start(backend, |b| b.pipe("lsarpc")) else {
+        return;
+    };
+    assert_eq!(socket_mode(&fx.path("srvsvc")), 0o600);
+    assert_eq!(socket_mode(&fx.path("lsarpc")), 0o600);
+    // Nothing is left of the private directories the sockets were bound in.
+    let names: Vec<String> = std::fs::read_dir(fx.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    echo_once(&mut open_ok(&fx.path("lsarpc")), b"still served");
+    fx.stop();
+    let Some(fx) = start(backend, |b| b.socket_mode(0o660)) else {
+        return;
+    };
+    assert_eq!(socket_mode(&fx.path("srvsvc")), 0o660);
+    fx.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Service::builder(dir.path())
+        .pipe("x")
+        .backend(backend)
+        .socket_mode(0o4700)
+        .start()
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::Config(_)), "{e}");
+}
+
+fn peers_of_other_uids_are_refused_before_the_handshake(backend: BackendChoice) {
+    use common::peer::*;
+    if !can_switch_uid() {
+        eprintln!("SKIPPED: peers_of_other_uids_are_refused_before_the_handshake needs root (to run a client as uid {NOBODY})");
+        return;
+    }
+    let msg = encode_open_message(&named_user("nobody", 0)).unwrap();
+    // A socket everybody may reach (mode 0666 in a 0755 directory): only
+    // the peer check stands between `nobody` and an open.
+    let Some(fx) = start(backend, |b| b.socket_mode(0o666)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    let path = fx.path("srvsvc");
+    assert_eq!(
+        open_as_uid(&path, NOBODY, &msg),
+        PeerOutcome::ClosedWithoutStatus
+    );
+    let st = fx.wait_stats("the refused peer", |s| s.peers_refused == 1);
+    assert_eq!(
+        (
+            st.accepted,
+            st.refused,
+            st.handshakes_closed_silently,
+            st.handshakes_ok
+        ),
+        (1, 1, 0, 0),
+        "refused on accept, before any handshake: {st:#?}"
+    );
+    // The service's own uid is admitted.
+    echo_once(&mut open_ok(&path), b"own uid");
+    fx.stop();
+
+    // --allow-uid admits it.
+    let Some(fx) = start(backend, |b| b.socket_mode(0o666).allow_uid(NOBODY)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    assert_eq!(
+        open_as_uid(&fx.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::Status(0)
+    );
+    let st = fx.wait_stats("the admitted peer", |s| s.handshakes_ok == 1);
+    assert_eq!(st.peers_refused, 0);
+    fx.stop();
+
+    // With the default mode, `nobody` cannot even connect.
+    let Some(fx) = start(backend, |b| b.allow_uid(NOBODY)) else {
+        return;
+    };
+    open_dir_to_all(fx.dir.path());
+    assert_eq!(
+        open_as_uid(&fx.path("srvsvc"), NOBODY, &msg),
+        PeerOutcome::ConnectDenied
+    );
+    fx.stop();
+}
+
+fn live_listener_with_a_full_backlog_is_in_use_at_once(backend: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("srvsvc");
+    let _full = common::FullListener::bind(&path);
+    let p = path.clone();
+    let r = common::bounded(Duration::from_secs(5), move || {
+        let dir = p.parent().unwrap().to_owned();
+        let t0 = Instant::now();
+        let r = Service::builder(dir)
+            .pipe("srvsvc")
+            .backend(backend)
+            .start();
+        (r.map(|_| ()), t0.elapsed())
+    });
+    match r {
+        (Err(ServiceError::AddrInUse(p)), took) => {
+            assert_eq!(p, path);
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        (Err(ServiceError::Ring(e)), _) => eprintln!("SKIPPED: {e}"),
+        (other, _) => panic!("expected AddrInUse, got {other:?}"),
+    }
+    // The live listener's socket is left alone.
+    assert!(path.exists());
 }

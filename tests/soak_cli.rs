@@ -80,3 +80,74 @@ fn short_soak_by_transceives() {
     check_counts(&text);
     assert_eq!(number(&text, "sent"), 4000);
 }
+
+/// `opipe soak ARGS` with a 30 s bound: (exit code, stdout, stderr).
+fn soak_raw(args: &[&str], nofile: Option<u64>) -> (Option<i32>, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(OPIPE);
+    cmd.arg("soak").args(args);
+    if let Some(n) = nofile {
+        let lim = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit only
+        // reads `lim`, which the closure owns; no allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run opipe soak");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.expect("wait for opipe soak"),
+        Err(_) => {
+            // SAFETY: kill takes no pointers; the group is our child's own.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            panic!("opipe soak {args:?} ran over 30 s");
+        }
+    };
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn zero_duration_or_transceives_are_usage_errors() {
+    for args in [
+        &["--duration", "0"][..],
+        &["--transceives", "0"][..],
+        &["--pipes", "0"][..],
+    ] {
+        let (code, out, err) = soak_raw(args, None);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn more_pipes_than_fds_are_clamped_and_said() {
+    let (code, out, err) = soak_raw(
+        &["--pipes", "100000", "--transceives", "3000", "--seed", "9"],
+        Some(512),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("of the 100000 pipes asked for"), "{err}");
+    check_counts(&out);
+}

@@ -10,7 +10,17 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use opipe::engine::{BackendChoice, Engine, EngineConfig, Pipe, Transfer};
-use opipe::protocol::{ClientAddr, NetUserInfo, NtStatus, USER_FLAG_ANONYMOUS};
+use opipe::protocol::{
+    ClientAddr, NetUserInfo, NtStatus, MAX_USERINFO_STRING_BYTES, USER_FLAG_ANONYMOUS,
+};
+
+/// Longest `--timeout-ms` accepted (one hour).
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// How long after the engine's own open deadline the CLI stops waiting for
+/// an open. Only an engine that missed its deadline (a bug) gets here; the
+/// open is then cancelled and reported as `STATUS_CANCELLED`.
+const OPEN_BACKSTOP: Duration = Duration::from_secs(2);
 
 /// `--backend` values (`opipe serve`, `opipe call`, `opipe wait`, `opipe bench`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,17 +52,17 @@ pub struct CallArgs {
     /// SMB pipe path, e.g. '\PIPE\srvsvc' or 'srvsvc'.
     #[arg(long)]
     pipe: String,
-    /// User's domain.
-    #[arg(long, default_value = "WORKGROUP")]
+    /// User's domain (at most 1024 bytes, no NUL).
+    #[arg(long, default_value = "WORKGROUP", value_parser = parse_user_string)]
     domain: String,
-    /// User's account name.
-    #[arg(long, default_value = "opipe")]
+    /// User's account name (at most 1024 bytes, no NUL).
+    #[arg(long, default_value = "opipe", value_parser = parse_user_string)]
     user: String,
     /// Send the anonymous flag in the userinfo.
     #[arg(long)]
     anonymous: bool,
-    /// Client workstation name.
-    #[arg(long, default_value = "OPIPE-CLI")]
+    /// Client workstation name (at most 1024 bytes, no NUL).
+    #[arg(long, default_value = "OPIPE-CLI", value_parser = parse_user_string)]
     workstation: String,
     /// Client IPv4 address.
     #[arg(long, default_value = "127.0.0.1")]
@@ -66,8 +76,11 @@ pub struct CallArgs {
     /// MaxOutputResponse for transceive, read, peek and read-rest.
     #[arg(long, default_value_t = 4280)]
     max_out: usize,
-    /// A step not finished after this many ms is cancelled (STATUS_CANCELLED).
-    #[arg(long, default_value_t = 5000)]
+    /// The open's deadline (the engine's open timeout: a service that does
+    /// not answer in time gives STATUS_PIPE_NOT_AVAILABLE); a step not
+    /// finished after this many ms is cancelled (STATUS_CANCELLED).
+    #[arg(long, default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     timeout_ms: u64,
     /// Steps run in order on one open pipe: transceive:HEX, write:HEX, read,
     /// peek, read-rest (read until nothing is waiting).
@@ -91,6 +104,22 @@ pub enum Step {
     Peek,
     /// Reads of --max-out until nothing is waiting.
     ReadRest,
+}
+
+/// A userinfo string as the protocol carries it: at most
+/// [`MAX_USERINFO_STRING_BYTES`] bytes of UTF-8, no NUL (a longer one could
+/// not be encoded, and the open would fail with no explanation).
+fn parse_user_string(s: &str) -> Result<String, String> {
+    if s.len() > MAX_USERINFO_STRING_BYTES {
+        return Err(format!(
+            "{} bytes: the protocol carries at most {MAX_USERINFO_STRING_BYTES}",
+            s.len()
+        ));
+    }
+    if s.contains('\0') {
+        return Err("contains a NUL character".into());
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
@@ -136,13 +165,22 @@ fn step_json(op: &str, res: &Result<Transfer, NtStatus>) -> Value {
     json!({"op": op, "status": code, "status_name": name, "len": data.len(), "data_hex": hex(data)})
 }
 
-fn start_engine(dir: PathBuf, backend: BackendArg) -> Result<Engine, ExitCode> {
+/// An engine for `dir`; `open_timeout`, when given, is the engine's open
+/// deadline.
+fn start_engine(
+    dir: PathBuf,
+    backend: BackendArg,
+    open_timeout: Option<Duration>,
+) -> Result<Engine, ExitCode> {
     if !dir.is_dir() {
         eprintln!("opipe: --dir {}: not a directory", dir.display());
         return Err(ExitCode::from(2));
     }
     let mut cfg = EngineConfig::new(dir);
     cfg.backend = backend.into();
+    if let Some(t) = open_timeout {
+        cfg.open_timeout = t;
+    }
     Engine::new(cfg).map_err(|e| {
         eprintln!("opipe: {e}");
         ExitCode::from(1)
@@ -151,7 +189,12 @@ fn start_engine(dir: PathBuf, backend: BackendArg) -> Result<Engine, ExitCode> {
 
 /// Runs `opipe call`.
 pub fn run(a: CallArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone(), a.backend) {
+    let timeout = Duration::from_millis(a.timeout_ms);
+    // The engine's open deadline is --timeout-ms, and the CLI waits a
+    // little longer than that: a service that never answers the handshake
+    // always gives the deadline's STATUS_PIPE_NOT_AVAILABLE, never a race
+    // between it and a cancel of our own (STATUS_CANCELLED).
+    let engine = match start_engine(a.dir.clone(), a.backend, Some(timeout)) {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -165,13 +208,16 @@ pub fn run(a: CallArgs) -> ExitCode {
         flags: if a.anonymous { USER_FLAG_ANONYMOUS } else { 0 },
         ..Default::default()
     };
-    let timeout = Duration::from_millis(a.timeout_ms);
-    let opened = engine.open(&a.pipe, user, None).wait_timeout(timeout);
+    let opened = engine
+        .open(&a.pipe, user, None)
+        .wait_timeout(timeout + OPEN_BACKSTOP);
     let open_status = match &opened {
         Ok(_) => NtStatus::SUCCESS,
         Err(s) => *s,
     };
-    let mut any_error = open_status.is_error();
+    // Any status other than success means no pipe and no step run: a
+    // failed run (rc 1), whatever the status's severity.
+    let mut any_error = opened.is_err();
     let mut steps = Vec::new();
     if let Ok(pipe) = &opened {
         for step in &a.steps {
@@ -275,7 +321,7 @@ pub struct WaitArgs {
 
 /// Runs `opipe wait` (FSCTL_PIPE_WAIT).
 pub fn run_wait(a: WaitArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone(), a.backend) {
+    let engine = match start_engine(a.dir.clone(), a.backend, None) {
         Ok(e) => e,
         Err(code) => return code,
     };

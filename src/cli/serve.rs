@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -9,7 +10,9 @@ use clap::{Args, ValueEnum};
 use crate::call::BackendArg;
 
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
-use opipe::service::{DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError};
+use opipe::service::{
+    DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle,
+};
 
 /// Exit status for usage errors (bad arguments), as clap uses.
 const EXIT_USAGE: u8 = 2;
@@ -69,6 +72,33 @@ pub struct ServeArgs {
     /// Event loop: io_uring, or epoll where io_uring is switched off.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+
+    /// Permission bits of the sockets, in octal (default 0600: the
+    /// service's user only), set exactly whatever the umask. Widen it (e.g.
+    /// 0660) when the SMB server runs as another user.
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
+    socket_mode: u32,
+
+    /// Also admit peers running as this uid (repeat for more). The
+    /// service's own uid and root are always admitted; other peers are
+    /// closed before their handshake is read (checked by SO_PEERCRED).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+
+    /// Admit peers of every uid (no SO_PEERCRED check): the socket's mode
+    /// and directory are then the only guard.
+    #[arg(long, conflicts_with = "allow_uids")]
+    allow_any_uid: bool,
+}
+
+/// A socket mode in octal (`0660`, `660`, `0o660`): only the 0777 bits.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| format!("not an octal mode: {s:?}"))?;
+    if mode & !0o777 != 0 {
+        return Err(format!("{s}: only the permission bits 0777 may be given"));
+    }
+    Ok(mode)
 }
 
 impl ServeArgs {
@@ -77,7 +107,14 @@ impl ServeArgs {
             .deny_anonymous(self.deny_anonymous)
             .threads(usize::from(self.threads))
             .backend(self.backend.into())
-            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms));
+            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .socket_mode(self.socket_mode);
+        for &uid in &self.allow_uids {
+            b = b.allow_uid(uid);
+        }
+        if self.allow_any_uid {
+            b = b.allow_any_uid();
+        }
         for p in &self.pipes {
             b = b.pipe(p.clone());
         }
@@ -103,6 +140,77 @@ fn exit_code_for(e: &ServiceError) -> u8 {
     }
 }
 
+/// How start-up ended.
+enum Started {
+    Up(ServiceHandle),
+    Failed(ServiceError),
+    /// A stop signal came first; the exit code to return.
+    Stopped(ExitCode),
+}
+
+/// How long a stop signal during start-up waits for the start to finish
+/// (so that its sockets are removed) before the process exits anyway.
+const START_ABANDON_AFTER: Duration = Duration::from_secs(2);
+
+/// Starts the service on its own thread while this one keeps taking stop
+/// signals: SIGINT/SIGTERM during start-up stops the command at once,
+/// whatever the start is doing.
+fn start(builder: ServiceBuilder, signals: &BlockedSignals) -> Started {
+    start_with(move || builder.start(), |t| signals.wait_timeout(t))
+}
+
+/// [`start`] with the start and the signal wait given: `start_service`
+/// runs on its own thread (which inherits the blocked signal mask, as the
+/// service threads it starts do); `wait_signal(t)` waits up to `t` for a
+/// stop signal.
+fn start_with(
+    start_service: impl FnOnce() -> Result<ServiceHandle, ServiceError> + Send + 'static,
+    mut wait_signal: impl FnMut(Duration) -> std::io::Result<Option<libc::c_int>>,
+) -> Started {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("opipe-start".into())
+        .spawn(move || {
+            let _ = tx.send(start_service());
+        });
+    if let Err(e) = spawned {
+        return Started::Failed(ServiceError::Io {
+            what: "spawning the start-up thread".into(),
+            err: e,
+        });
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(Ok(svc)) => return Started::Up(svc),
+            Ok(Err(e)) => return Started::Failed(e),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Started::Failed(ServiceError::Io {
+                    what: "start-up".into(),
+                    err: std::io::Error::other("the start-up thread ended without an answer"),
+                })
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        match wait_signal(Duration::from_millis(20)) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                eprintln!("opipe serve: stop signal during start-up; not serving");
+                // A start that ends soon is undone properly (sockets
+                // removed); one that does not is abandoned with the process.
+                if let Ok(Ok(svc)) = rx.recv_timeout(START_ABANDON_AFTER) {
+                    let _ = svc.shutdown();
+                    let _ = svc.join();
+                }
+                return Started::Stopped(ExitCode::SUCCESS);
+            }
+            Err(e) => {
+                eprintln!("opipe serve: waiting for signals: {e}");
+                return Started::Stopped(ExitCode::from(EXIT_FAILURE));
+            }
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> ExitCode {
     // Block the stop signals before any thread exists, so that every
     // service thread inherits the mask and only sigwait below takes them.
@@ -116,12 +224,13 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // Thousands of connections need thousands of fds; a failure here only
     // lowers how many can be served.
     let _ = raise_nofile_limit();
-    let svc = match args.builder().start() {
-        Ok(s) => s,
-        Err(e) => {
+    let svc = match start(args.builder(), &signals) {
+        Started::Up(s) => s,
+        Started::Failed(e) => {
             eprintln!("opipe serve: error: {e}");
             return ExitCode::from(exit_code_for(&e));
         }
+        Started::Stopped(code) => return code,
     };
     let names: Vec<String> = svc
         .pipe_names()
@@ -156,7 +265,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
     eprintln!(
         "opipe serve: stopping: {} accepted, {} opened ({} refused with a status, {} closed \
          without one, {} of them timed out), {} handler errors, {} bytes in, {} bytes out, \
-         {} receives that found the buffer ring empty, {} backpressure pauses",
+         {} receives that found the buffer ring empty, {} backpressure pauses, {} peers refused \
+         (uid not allowed)",
         st.accepted,
         st.handshakes_ok,
         st.handshakes_rejected,
@@ -167,6 +277,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         st.bytes_out,
         st.recv_no_buffers,
         st.backpressure_pauses,
+        st.peers_refused,
     );
     let stopped = svc.shutdown().and_then(|()| svc.join());
     // A thread's own error, from join, says more than "a thread stopped".
@@ -176,5 +287,92 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("opipe serve: error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A signal wait that reports SIGTERM once `after` has passed.
+    fn term_after(after: Duration) -> impl FnMut(Duration) -> std::io::Result<Option<i32>> {
+        let at = Instant::now() + after;
+        move |t| {
+            if Instant::now() >= at {
+                return Ok(Some(libc::SIGTERM));
+            }
+            std::thread::sleep(t);
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn stop_signal_during_a_start_that_hangs_ends_it() {
+        let t0 = Instant::now();
+        let r = start_with(
+            || {
+                std::thread::sleep(Duration::from_secs(8));
+                Err(ServiceError::NoPipes)
+            },
+            term_after(Duration::from_millis(100)),
+        );
+        let took = t0.elapsed();
+        assert!(matches!(r, Started::Stopped(c) if c == ExitCode::SUCCESS));
+        assert!(
+            took < START_ABANDON_AFTER + Duration::from_secs(1),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn stop_signal_during_a_start_that_then_succeeds_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let r = start_with(
+            move || {
+                std::thread::sleep(Duration::from_millis(300));
+                Service::builder(d)
+                    .pipe("srvsvc")
+                    .backend(opipe::service::BackendChoice::Epoll)
+                    .start()
+            },
+            term_after(Duration::from_millis(20)),
+        );
+        assert!(matches!(r, Started::Stopped(c) if c == ExitCode::SUCCESS));
+        // Shut down and joined: its socket is gone.
+        assert!(!dir.path().join("srvsvc").exists());
+    }
+
+    #[test]
+    fn start_without_a_signal_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let r = start_with(
+            move || {
+                Service::builder(d)
+                    .pipe("srvsvc")
+                    .backend(opipe::service::BackendChoice::Epoll)
+                    .start()
+            },
+            |t| {
+                std::thread::sleep(t);
+                Ok(None)
+            },
+        );
+        let Started::Up(svc) = r else {
+            panic!("the service did not start");
+        };
+        assert!(dir.path().join("srvsvc").exists());
+        svc.shutdown().unwrap();
+        svc.join().unwrap();
+        let r = start_with(
+            || Err(ServiceError::NoPipes),
+            |t| {
+                std::thread::sleep(t);
+                Ok(None)
+            },
+        );
+        assert!(matches!(r, Started::Failed(ServiceError::NoPipes)));
     }
 }

@@ -34,6 +34,11 @@ const WORKERS: usize = 4;
 /// closes and reopens a pipe for no reason.
 const CANCEL_ONE_IN: u64 = 16;
 const REOPEN_ONE_IN: u64 = 200;
+/// The longest --duration (a week).
+const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+/// Descriptors kept free besides one per pipe: the engine's rings and
+/// eventfds, the service child's pipes, stdio, the temp dir.
+const FD_RESERVE: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct SoakArgs {
@@ -43,11 +48,12 @@ pub struct SoakArgs {
     pipes: u32,
 
     /// Run this long (default 10 s unless --transceives is given).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_DURATION_SECS))]
     duration: Option<u64>,
 
     /// Stop after this many transceives were sent.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     transceives: Option<u64>,
 
     /// Seed of every random choice (sizes, payloads, cancels, reopens).
@@ -401,13 +407,38 @@ pub fn run(args: SoakArgs) -> ExitCode {
 }
 
 fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    let _ = opipe::ring::sys::raise_nofile_limit();
+    let fds_start = sys::open_fd_count()?;
+    // One descriptor per pipe: ask for no more pipes than the (raised)
+    // limit allows, and say so, like bench does.
+    let pipes = match opipe::ring::sys::raise_nofile_limit() {
+        Ok(limit) => {
+            let fit = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(fds_start + FD_RESERVE)
+                .max(1);
+            let fit = u32::try_from(fit).unwrap_or(u32::MAX);
+            if fit < args.pipes {
+                eprintln!(
+                    "opipe soak: can open only {fit} of the {} pipes asked for (RLIMIT_NOFILE \
+                     {limit}, {fds_start} descriptors already open); running with {fit}",
+                    args.pipes
+                );
+            }
+            args.pipes.min(fit)
+        }
+        Err(e) => {
+            eprintln!(
+                "opipe soak: RLIMIT_NOFILE: {e}; running with the {} pipes asked for",
+                args.pipes
+            );
+            args.pipes
+        }
+    };
     let duration = match (args.duration, args.transceives) {
         (Some(d), _) => Some(Duration::from_secs(d)),
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
-    let fds_start = sys::open_fd_count()?;
     let dir = make_dir()?;
     let mut service = Service::start(&dir)?;
     let mut cfg = EngineConfig::new(&dir);
@@ -422,9 +453,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
     std::thread::scope(|s| -> Result<(), Box<dyn std::error::Error>> {
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
-                let ids: Vec<u32> = (0..args.pipes)
-                    .filter(|i| *i as usize % WORKERS == w)
-                    .collect();
+                let ids: Vec<u32> = (0..pipes).filter(|i| *i as usize % WORKERS == w).collect();
                 let worker = Worker {
                     engine: &engine,
                     counts: &counts,
@@ -502,8 +531,8 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let (open_failed, open_failed_by) = fmt_map(&counts.open_failed);
     let secs = took.as_secs_f64();
     println!(
-        "soak: pipes {}, seed {}, backend {backend}, duration {secs:.1} s, service restarts {restarts}",
-        args.pipes, args.seed
+        "soak: pipes {pipes}, seed {}, backend {backend}, duration {secs:.1} s, service restarts {restarts}",
+        args.seed
     );
     println!(
         "sent {sent}, answered {}, cancelled {}, failed {failed} ({failed_by}), mismatched {}, hung {}",

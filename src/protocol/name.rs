@@ -47,7 +47,8 @@ impl PipeName {
     /// length rule below is checked after lowering.
     ///
     /// Safety rule: the result must be a single path component (no `/`,
-    /// `\` or NUL; not `.` or `..`; not empty) of at most
+    /// `\`, NUL or other control character such as a newline or an escape;
+    /// not `.` or `..`; not empty) of at most
     /// [`MAX_PIPE_NAME_BYTES`] bytes. Anything else, including a name
     /// illumos would silently truncate, is
     /// `Err(NtStatus::OBJECT_NAME_INVALID)`. A name is never truncated.
@@ -74,7 +75,8 @@ impl PipeName {
             || name.len() > MAX_PIPE_NAME_BYTES
             || name == "."
             || name == ".."
-            || name.contains(['/', '\\', '\0'])
+            || name.contains(['/', '\\'])
+            || name.chars().any(char::is_control)
         {
             return Err(NtStatus::OBJECT_NAME_INVALID);
         }
@@ -183,6 +185,12 @@ mod tests {
         refused("/etc/passwd");
         refused("\\PIPE\\srv\0svc");
         refused("\0");
+        // Control characters (a newline in a file name, an escape) too.
+        refused("\\PIPE\\srv\nsvc");
+        refused("a\tb");
+        refused("x\u{1b}[2J");
+        refused("del\u{7f}");
+        refused("c1\u{85}");
         // Dots inside a name are fine.
         assert_eq!(ok("..."), "...");
         assert_eq!(ok("a.b"), "a.b");
@@ -251,6 +259,7 @@ mod tests {
                 prop_assert!(!s.is_empty() && s.len() <= MAX_PIPE_NAME_BYTES);
                 prop_assert!(s != "." && s != "..");
                 prop_assert!(!s.contains(['/', '\\', '\0']));
+                prop_assert!(!s.chars().any(char::is_control));
                 // The flat name under the prefix parses to itself.
                 prop_assert_eq!(PipeName::parse(&format!("\\PIPE\\{s}")), Ok(n.clone()));
             }

@@ -58,7 +58,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,8 +140,9 @@ pub trait Acceptor {
     type Session: Session;
 
     /// A connection arrived on listener number `listener` (its index in the
-    /// list given to the loop). `None` closes it at once.
-    fn accept(&mut self, listener: usize) -> Option<Self::Session>;
+    /// list given to the loop); `conn` is its socket, e.g. for the peer's
+    /// credentials. `None` closes it at once, before anything is read.
+    fn accept(&mut self, listener: usize, conn: BorrowedFd<'_>) -> Option<Self::Session>;
 }
 
 /// Sizes and limits of one event loop.
@@ -587,7 +588,7 @@ impl EventLoop {
             if self.shutting_down || st.conns.len() >= self.cfg.max_connections {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 drop(fd);
-            } else if let Some(session) = st.acceptor.accept(li) {
+            } else if let Some(session) = st.acceptor.accept(li, fd.as_fd()) {
                 self.add_conn(st, fd, session)?;
             } else {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -987,6 +988,7 @@ pub(crate) mod test_echo {
     use super::{Acceptor, CloseReason, Session, Verdict};
     use std::fs::File;
     use std::io::{Read, Write};
+    use std::os::fd::BorrowedFd;
     use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -1114,7 +1116,7 @@ pub(crate) mod test_echo {
 
     impl Acceptor for EchoAcceptor {
         type Session = Echo;
-        fn accept(&mut self, _listener: usize) -> Option<Echo> {
+        fn accept(&mut self, _listener: usize, _conn: BorrowedFd<'_>) -> Option<Echo> {
             Some(Echo {
                 deadline: Some(Instant::now() + Duration::from_millis(200)),
                 closes: self.0.clone(),

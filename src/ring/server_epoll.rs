@@ -63,7 +63,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,7 +322,7 @@ impl EpollLoop {
                         self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    match st.acceptor.accept(li) {
+                    match st.acceptor.accept(li, fd.as_fd()) {
                         Some(session) => self.add_conn(st, fd, session),
                         None => {
                             self.counters.refused.fetch_add(1, Ordering::Relaxed);

@@ -257,6 +257,65 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// Access control of the service's sockets.
+
+/// The calling process's effective uid (`geteuid(2)`).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end of a connected AF_UNIX socket,
+/// as the kernel recorded it at `connect(2)` (`SO_PEERCRED`, see
+/// `unix(7)`); the peer cannot forge it.
+pub fn peer_uid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid, writable ucred and `len` its size; the
+    // kernel writes at most `len` bytes; `fd` is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED: short answer"));
+    }
+    Ok(cred.uid)
+}
+
+/// A nonblocking `connect(2)` to the AF_UNIX stream socket at `path`, to
+/// tell whether a listener is alive there without waiting for it. AF_UNIX
+/// answers at once: `Ok` (queued on a live listener), `ECONNREFUSED` (no
+/// listener: a stale socket file), `EAGAIN` (a live listener whose backlog
+/// is full), `ENOENT` and the like. The connection, if any, is closed on
+/// return.
+pub fn probe_unix_listener(path: &std::path::Path) -> io::Result<()> {
+    let addr = super::driver::UnixAddr::new(path)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
+    let fd = super::sock::unix_stream_socket().map_err(io::Error::from_raw_os_error)?;
+    set_nonblocking(&fd)?;
+    let (ptr, len) = addr.as_raw();
+    // SAFETY: `fd` is open; `ptr`/`len` describe `addr`, alive for the call.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +351,24 @@ mod tests {
                 .unwrap(),
             Some(libc::SIGUSR2)
         );
+    }
+
+    #[test]
+    fn peer_uid_and_listener_probe() {
+        use std::os::fd::AsFd;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(peer_uid(a.as_fd()).unwrap(), effective_uid());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let err = probe_unix_listener(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let l = UnixListener::bind(&path).unwrap();
+        probe_unix_listener(&path).unwrap();
+        drop(l);
+        // The file stays, nobody listens: stale.
+        let err = probe_unix_listener(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
     }
 
     #[test]

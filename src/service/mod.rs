@@ -8,6 +8,11 @@
 //! hands accepted connections to a [`Handler`] made by a
 //! [`HandlerFactory`].
 //!
+//! Access control: the sockets get an exact mode (0600 by default,
+//! [`ServiceBuilder::socket_mode`]) whatever the umask, and each connecting
+//! process's uid (`SO_PEERCRED`) is checked before its handshake is read
+//! (the service's own uid and root, plus [`ServiceBuilder::allow_uid`]).
+//!
 //! Connections are served by one event loop per service thread: io_uring
 //! (`crate::ring::server`), or epoll (`crate::ring::server_epoll`) where
 //! io_uring is switched off; see [`BackendChoice`]. No thread per
@@ -42,6 +47,7 @@ pub use dcerpc::{DceRpc, DceRpcFactory};
 pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory};
 pub use runtime::{
     Service, ServiceBuilder, ServiceError, ServiceHandle, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_SOCKET_MODE,
 };
 pub use session::{AcceptAll, AcceptPolicy};
 pub use stats::Stats;

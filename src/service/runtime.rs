@@ -6,8 +6,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -17,12 +17,12 @@ use std::time::Duration;
 use crate::protocol::{NtStatus, PipeName};
 use crate::ring::server::{EventLoop, LoopConfig, LoopCounters};
 use crate::ring::server_epoll::EpollLoop;
-use crate::ring::sys::eventfd;
+use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
 use crate::ring::RingError;
 
 use super::backend::{resolve, Backend, BackendChoice};
 use super::handler::{EchoFactory, HandlerFactory};
-use super::session::{AcceptAll, AcceptPolicy, PipeAcceptor, PipeSlot, Shared};
+use super::session::{AcceptAll, AcceptPolicy, PeerUids, PipeAcceptor, PipeSlot, Shared};
 use super::stats::{Counters, Stats};
 
 /// Why a service could not start.
@@ -76,7 +76,7 @@ impl fmt::Display for ServiceError {
             }
             ServiceError::AddrInUse(p) => write!(
                 f,
-                "{}: address in use (another service is accepting on it)",
+                "{}: address in use (another service is listening on it)",
                 p.display()
             ),
             ServiceError::NotASocket(p) => write!(
@@ -140,7 +140,14 @@ pub struct ServiceBuilder {
     handshake_timeout: Duration,
     loop_cfg: LoopConfig,
     backend: BackendChoice,
+    socket_mode: u32,
+    allowed_uids: Vec<u32>,
+    any_uid: bool,
 }
+
+/// The default mode of a service's sockets: owner only. Connecting to an
+/// AF_UNIX socket needs write permission on it (`unix(7)`).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
 impl fmt::Debug for ServiceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,6 +160,9 @@ impl fmt::Debug for ServiceBuilder {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("loop_cfg", &self.loop_cfg)
             .field("backend", &self.backend)
+            .field("socket_mode", &format_args!("{:04o}", self.socket_mode))
+            .field("allowed_uids", &self.allowed_uids)
+            .field("any_uid", &self.any_uid)
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +174,9 @@ pub struct Service;
 impl Service {
     /// A service whose sockets live in `dir` (which must exist). Defaults:
     /// echo handler, every open accepted, no open limit, 1 thread, 10 s
-    /// handshake deadline, [`BackendChoice::Auto`].
+    /// handshake deadline, [`BackendChoice::Auto`], sockets of mode 0600
+    /// whatever the umask, and only peers running as the service's own uid
+    /// or root.
     pub fn builder(dir: impl Into<PathBuf>) -> ServiceBuilder {
         ServiceBuilder {
             dir: dir.into(),
@@ -177,6 +189,9 @@ impl Service {
             handshake_timeout: Duration::from_secs(10),
             loop_cfg: LoopConfig::default(),
             backend: BackendChoice::Auto,
+            socket_mode: DEFAULT_SOCKET_MODE,
+            allowed_uids: Vec::new(),
+            any_uid: false,
         }
     }
 }
@@ -262,8 +277,42 @@ impl ServiceBuilder {
         self
     }
 
+    /// The permission bits of the sockets (default 0600, [`DEFAULT_SOCKET_MODE`]);
+    /// set exactly, whatever the umask. Widen it (e.g. 0660 with a group
+    /// the SMB server is in) when the SMB server runs as another user.
+    /// Only the 0777 bits are allowed.
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.socket_mode = mode;
+        self
+    }
+
+    /// Also admits peers running as `uid` (the kernel's `SO_PEERCRED` of
+    /// the connection, checked on accept, before the handshake is read).
+    /// The service's own uid and root are always admitted; any other peer
+    /// is closed at once and counted in [`Stats::peers_refused`].
+    pub fn allow_uid(mut self, uid: u32) -> Self {
+        self.allowed_uids.push(uid);
+        self
+    }
+
+    /// Admits every peer that can reach the socket (no `SO_PEERCRED`
+    /// check; the socket's mode and directory are then the only guard).
+    pub fn allow_any_uid(mut self) -> Self {
+        self.any_uid = true;
+        self
+    }
+
     /// Creates the sockets, starts the threads and returns once every
     /// thread's event loop is up.
+    ///
+    /// Sockets are made with [`socket_mode`](Self::socket_mode) and no
+    /// moment of a wider one (see `Sockets::bind`). A socket file already
+    /// at a pipe's path is probed with a nonblocking connect: a live
+    /// listener (one that accepts, or one whose backlog is full) is
+    /// [`ServiceError::AddrInUse`]; a stale file is replaced. Start never
+    /// waits on another process. A directory writable by other users is
+    /// warned about (tracing `warn`): they could put their own socket
+    /// under a pipe's name while the service is down.
     ///
     /// With [`BackendChoice::Auto`], io_uring is probed first (a ring, the
     /// opcodes the loop needs, a provided-buffer ring); if that fails the
@@ -293,6 +342,22 @@ impl ServiceBuilder {
         if !self.dir.is_dir() {
             return Err(ServiceError::NoSuchDir(self.dir));
         }
+        if self.socket_mode & !0o777 != 0 {
+            return Err(ServiceError::Config(format!(
+                "socket mode {:o} has bits beyond 0777",
+                self.socket_mode
+            )));
+        }
+        warn_if_dir_writable_by_others(&self.dir);
+        let peers = if self.any_uid {
+            PeerUids::Any
+        } else {
+            let mut uids = vec![effective_uid(), 0];
+            uids.extend(&self.allowed_uids);
+            uids.sort_unstable();
+            uids.dedup();
+            PeerUids::Only(uids)
+        };
         let (backend, why) = resolve(self.backend);
         let fallback_reason = why.map(|e| e.to_string());
         if let Some(why) = &fallback_reason {
@@ -300,7 +365,7 @@ impl ServiceBuilder {
         }
         let mut sockets = Sockets::default();
         for name in &names {
-            sockets.bind(&self.dir.join(name.as_str()))?;
+            sockets.bind(&self.dir.join(name.as_str()), self.socket_mode)?;
         }
         let shutdown = Arc::new(eventfd().map_err(|err| ServiceError::Io {
             what: "eventfd".into(),
@@ -315,6 +380,7 @@ impl ServiceBuilder {
                     open: AtomicU64::new(0),
                 })
                 .collect(),
+            peers,
             factory: self.factory,
             policy: self.policy,
             deny_anonymous: self.deny_anonymous,
@@ -432,31 +498,68 @@ struct Sockets {
 }
 
 impl Sockets {
-    fn bind(&mut self, path: &Path) -> Result<(), ServiceError> {
+    /// Binds a listening socket at `path` with permission bits `mode`.
+    ///
+    /// The socket must never be reachable with a wider mode than `mode`,
+    /// whatever the umask (a process-wide setting a library must not
+    /// touch). So it is bound inside a fresh private directory
+    /// (`<dir>/.opipe.N`, created 0700 by us: nobody else may traverse it,
+    /// and connecting needs search permission on every directory of the
+    /// path), given its mode there with chmod, and only then linked under
+    /// its real name, which is the first moment another user can reach it.
+    /// The link is a hard link, which fails if the name exists, so a
+    /// listener that appeared meanwhile is never replaced; a stale file
+    /// found by the probe is removed first. Where the filesystem has no
+    /// hard links, a rename puts it in place instead.
+    fn bind(&mut self, path: &Path, mode: u32) -> Result<(), ServiceError> {
         let io_err = |what: &str, err| ServiceError::Io {
             what: format!("{what} {}", path.display()),
             err,
         };
-        let listener = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                let meta = std::fs::symlink_metadata(path).map_err(|e| io_err("stat", e))?;
-                if !meta.file_type().is_socket() {
-                    return Err(ServiceError::NotASocket(path.to_owned()));
-                }
-                match UnixStream::connect(path) {
-                    Ok(_) => return Err(ServiceError::AddrInUse(path.to_owned())),
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        // Stale: left by a service that is gone.
-                        std::fs::remove_file(path)
-                            .map_err(|e| io_err("removing stale socket", e))?;
-                        UnixListener::bind(path).map_err(|e| io_err("binding", e))?
-                    }
-                    Err(e) => return Err(io_err("probing existing socket", e)),
-                }
+        let stale = match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err("stat", e)),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ServiceError::NotASocket(path.to_owned()))
             }
-            Err(e) => return Err(io_err("binding", e)),
+            Ok(_) => match probe_unix_listener(path) {
+                // Queued on a live listener, or its backlog is full: a
+                // service is there, busy or not. Never waits.
+                Ok(()) => return Err(ServiceError::AddrInUse(path.to_owned())),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(ServiceError::AddrInUse(path.to_owned()))
+                }
+                // Left by a service that is gone.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_err("probing existing socket", e)),
+            },
         };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let private =
+            PrivateDir::create(dir).map_err(|e| io_err("making a private directory for", e))?;
+        let tmp = private.path.join("s");
+        let listener = UnixListener::bind(&tmp).map_err(|e| io_err("binding", e))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("setting the mode of", e))?;
+        if stale {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("removing stale socket", e))
+                }
+                _ => {}
+            }
+        }
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ServiceError::AddrInUse(path.to_owned()))
+            }
+            Err(_) => {
+                std::fs::rename(&tmp, path).map_err(|e| io_err("placing the socket at", e))?
+            }
+        }
+        drop(private);
         let meta = std::fs::symlink_metadata(path).map_err(|e| io_err("stat", e))?;
         self.items.push((
             path.to_owned(),
@@ -488,6 +591,54 @@ impl Sockets {
 impl Drop for Sockets {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// A directory only this process's user can enter (mode 0700 whatever the
+/// umask, which can only remove bits), removed with what is left in it on
+/// drop.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(parent: &Path) -> io::Result<PrivateDir> {
+        let mut last = None;
+        for n in 0..1000u32 {
+            let path = parent.join(format!(".opipe.{n}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                // Another service binding meanwhile, or a leftover.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free private directory name")))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.join("s"));
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Warns (tracing) when users other than the owner may create or remove
+/// files in `dir`: one of them could put a socket of theirs under a pipe's
+/// name while the service is down, or remove the service's.
+fn warn_if_dir_writable_by_others(dir: &Path) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        tracing::warn!(
+            "opipe service: socket directory {} is writable by other users (mode {mode:04o}){}; \
+             prefer a directory only the service's user can write",
+            dir.display(),
+            if mode & 0o1000 != 0 { ", sticky" } else { "" }
+        );
     }
 }
 

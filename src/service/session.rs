@@ -2,6 +2,7 @@
 //! the accept decision (anonymous users, policy, open limit), then the
 //! handler. Safe and sans-IO: the ring loop feeds it bytes.
 
+use std::os::fd::BorrowedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{encode_status_word, NetUserInfo, NtStatus, PipeName};
 use crate::ring::server::{Acceptor, CloseReason, LoopCounters, Session, Verdict};
+use crate::ring::sys::peer_uid;
 
 use super::handler::{Handler, HandlerError, HandlerFactory};
 use super::handshake::{Handshake, Step};
@@ -63,9 +65,35 @@ pub(crate) struct PipeSlot {
     pub open: AtomicU64,
 }
 
+/// Which peers may connect, by the uid the kernel recorded when they
+/// connected (`SO_PEERCRED`): checked on accept, before anything is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerUids {
+    /// Every peer that can reach the socket.
+    Any,
+    /// Only these uids.
+    Only(Vec<u32>),
+}
+
+impl PeerUids {
+    /// Whether the peer on `conn` may go on to its handshake. A socket
+    /// whose credentials cannot be read is refused.
+    fn admits(&self, conn: BorrowedFd<'_>) -> Result<(), Option<u32>> {
+        match self {
+            PeerUids::Any => Ok(()),
+            PeerUids::Only(uids) => match peer_uid(conn) {
+                Ok(uid) if uids.contains(&uid) => Ok(()),
+                Ok(uid) => Err(Some(uid)),
+                Err(_) => Err(None),
+            },
+        }
+    }
+}
+
 /// What every connection of a service shares.
 pub(crate) struct Shared {
     pub pipes: Vec<PipeSlot>,
+    pub peers: PeerUids,
     pub factory: Box<dyn HandlerFactory>,
     pub policy: Box<dyn AcceptPolicy>,
     pub deny_anonymous: bool,
@@ -310,9 +338,23 @@ pub(crate) struct PipeAcceptor {
 impl Acceptor for PipeAcceptor {
     type Session = PipeSession;
 
-    fn accept(&mut self, listener: usize) -> Option<PipeSession> {
-        (listener < self.shared.pipes.len())
-            .then(|| PipeSession::new(self.shared.clone(), listener, Instant::now()))
+    fn accept(&mut self, listener: usize, conn: BorrowedFd<'_>) -> Option<PipeSession> {
+        if listener >= self.shared.pipes.len() {
+            return None;
+        }
+        if let Err(uid) = self.shared.peers.admits(conn) {
+            bump(&self.shared.counters.peers_refused);
+            match uid {
+                Some(uid) => tracing::debug!("opipe service: refused a peer with uid {uid}"),
+                None => tracing::debug!("opipe service: refused a peer without credentials"),
+            }
+            return None;
+        }
+        Some(PipeSession::new(
+            self.shared.clone(),
+            listener,
+            Instant::now(),
+        ))
     }
 }
 
@@ -336,6 +378,7 @@ mod tests {
                 name: PipeName::parse("srvsvc").unwrap(),
                 open: AtomicU64::new(0),
             }],
+            peers: PeerUids::Any,
             factory: Box::new(EchoFactory),
             policy,
             deny_anonymous,
@@ -344,6 +387,35 @@ mod tests {
             counters: Counters::default(),
             loop_counters: Arc::new(LoopCounters::default()),
         })
+    }
+
+    #[test]
+    fn peers_are_admitted_by_uid() {
+        use std::os::fd::AsFd;
+        let me = crate::ring::sys::effective_uid();
+        let (conn, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        for (peers, admitted) in [
+            (PeerUids::Any, true),
+            (PeerUids::Only(vec![me]), true),
+            (PeerUids::Only(vec![me.wrapping_add(1), me]), true),
+            (PeerUids::Only(vec![me.wrapping_add(1)]), false),
+            (PeerUids::Only(Vec::new()), false),
+        ] {
+            let mut sh = shared(false, None, Box::new(AcceptAll));
+            Arc::get_mut(&mut sh).unwrap().peers = peers.clone();
+            let mut acc = PipeAcceptor { shared: sh.clone() };
+            let got = acc.accept(0, conn.as_fd());
+            assert_eq!(got.is_some(), admitted, "{peers:?}");
+            drop(got);
+            let st = stats(&sh);
+            assert_eq!(st.peers_refused, u64::from(!admitted), "{peers:?}");
+            assert_eq!(st.connections_open, 0);
+        }
+        // A listener index the service does not have is refused too.
+        let mut acc = PipeAcceptor {
+            shared: shared(false, None, Box::new(AcceptAll)),
+        };
+        assert!(acc.accept(1, conn.as_fd()).is_none());
     }
 
     fn stats(s: &Shared) -> Stats {

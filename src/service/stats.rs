@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub handshakes_closed_silently: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub handler_errors: AtomicU64,
+    pub peers_refused: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -28,8 +29,12 @@ pub(crate) fn bump(c: &AtomicU64) {
 pub struct Stats {
     /// Connections accepted from the listening sockets.
     pub accepted: u64,
-    /// Accepted connections closed at once (loop full, or shutting down).
+    /// Accepted connections closed at once, before anything was read
+    /// (loop full, shutting down, or a peer not allowed).
     pub refused: u64,
+    /// Of those, peers whose uid (`SO_PEERCRED`) is not allowed
+    /// ([`ServiceBuilder::allow_uid`](crate::service::ServiceBuilder::allow_uid)).
+    pub peers_refused: u64,
     /// Sockets currently held, in any phase (handshake, open, closing).
     pub connections_open: u64,
     /// Opens answered with status 0.
@@ -74,6 +79,7 @@ impl Stats {
         Stats {
             accepted: r(&l.accepted),
             refused: r(&l.refused),
+            peers_refused: r(&c.peers_refused),
             connections_open: r(&c.connections_open),
             handshakes_ok: r(&c.handshakes_ok),
             handshakes_rejected: r(&c.handshakes_rejected),

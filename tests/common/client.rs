@@ -59,3 +59,16 @@ pub fn echo_once(s: &mut UnixStream, msg: &[u8]) {
     s.read_exact(&mut got).unwrap();
     assert_eq!(got, msg);
 }
+
+/// A whole, valid open message for `u` whose only fault is its magic
+/// (`magic`): a service that skipped the magic check would accept it.
+pub fn open_message_with_magic(u: &NetUserInfo, magic: u32) -> Vec<u8> {
+    let mut msg = encode_open_message(u).unwrap();
+    let head: [u8; opipe::protocol::PIPE_HEADER_LEN] =
+        msg[..opipe::protocol::PIPE_HEADER_LEN].try_into().unwrap();
+    let mut hdr = opipe::protocol::PipeHeader::decode(&head);
+    assert_ne!(hdr.magic, magic, "the test magic must be wrong");
+    hdr.magic = magic;
+    msg[..opipe::protocol::PIPE_HEADER_LEN].copy_from_slice(&hdr.encode());
+    msg
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod peer;
 pub mod samba;
 pub mod seccomp;
 
@@ -350,4 +351,50 @@ pub fn spawn_with_stderr_lines(
         }
     });
     (child, rx)
+}
+
+/// A listener that never accepts, with its backlog full: a probe that
+/// waited for it would wait as long as it lives.
+pub struct FullListener {
+    _listener: std::os::unix::net::UnixListener,
+    _queued: Vec<std::os::fd::OwnedFd>,
+}
+
+impl FullListener {
+    pub fn bind(path: &std::path::Path) -> FullListener {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        // SAFETY: plain syscalls on descriptors we own; the sockaddr is
+        // built in place and outlives the connect calls.
+        unsafe {
+            assert_eq!(libc::listen(listener.as_raw_fd(), 1), 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, &b) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+                *d = b as libc::c_char;
+            }
+            let mut queued = Vec::new();
+            for _ in 0..16 {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                assert!(fd >= 0);
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                let rc = libc::connect(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                );
+                if rc != 0 {
+                    let e = std::io::Error::last_os_error();
+                    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
+                    return FullListener {
+                        _listener: listener,
+                        _queued: queued,
+                    };
+                }
+                queued.push(fd);
+            }
+        }
+        panic!("the backlog of a listen(1) socket never filled");
+    }
 }
