@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::call::BackendArg;
 
+use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError};
 
@@ -69,6 +70,19 @@ pub struct ServeArgs {
     /// Event loop: io_uring, or epoll where io_uring is switched off.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+
+    /// Reply bytes the whole service may hold (split among the threads);
+    /// over it, requests stop being read until replies drain. Connections
+    /// are paused, not dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    max_buffered_bytes: u64,
+
+    /// Unread reply bytes per connection above which its requests stop
+    /// being read (reading resumes below a quarter of it).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    max_conn_buffered_bytes: u64,
 }
 
 impl ServeArgs {
@@ -77,7 +91,9 @@ impl ServeArgs {
             .deny_anonymous(self.deny_anonymous)
             .threads(usize::from(self.threads))
             .backend(self.backend.into())
-            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms));
+            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .max_buffered_bytes(usize::try_from(self.max_buffered_bytes).unwrap_or(usize::MAX))
+            .output_limit(usize::try_from(self.max_conn_buffered_bytes).unwrap_or(usize::MAX));
         for p in &self.pipes {
             b = b.pipe(p.clone());
         }
