@@ -317,6 +317,11 @@ struct Conn<S> {
     sent: usize,
     /// Output produced while a send was in flight.
     pending: Vec<u8>,
+    /// Bytes received while the budget allowed this connection no more
+    /// output (completions already in the queue when its receive was
+    /// cancelled): given to the session, before anything received later,
+    /// once the budget allows.
+    stash: Vec<u8>,
     /// What the connection counts against the loop's [`Budget`].
     charge: usize,
 }
@@ -328,7 +333,23 @@ impl<S> Conn<S> {
 
     /// The memory the connection holds for output and its own receive.
     fn held_bytes(&self) -> usize {
-        self.sending.capacity() + self.pending.capacity() + self.own.capacity()
+        self.sending.capacity()
+            + self.pending.capacity()
+            + self.own.capacity()
+            + self.stash.capacity()
+    }
+}
+
+/// Gives received bytes to the session, or keeps them in the stash while
+/// the budget allows the connection no more output (or the stash already
+/// holds earlier bytes), so a batch of completions cannot multiply into
+/// output past the budget.
+fn feed_or_stash<S: Session>(c: &mut Conn<S>, data: &[u8], budget: &Budget) {
+    if c.stash.is_empty() && budget.allows(c.queued()) {
+        let v = c.session.on_data(data, &mut c.pending);
+        apply(c, v, CloseReason::Session);
+    } else {
+        c.stash.extend_from_slice(data);
     }
 }
 
@@ -720,6 +741,7 @@ impl EventLoop {
                 sending: Vec::new(),
                 sent: 0,
                 pending: Vec::new(),
+                stash: Vec::new(),
                 charge: 0,
             },
         );
@@ -759,16 +781,14 @@ impl EventLoop {
                     // buffer's capacity (`n` checked above), and the kernel
                     // is done with it (this is its final completion).
                     unsafe { own.set_len(n) };
-                    let v = c.session.on_data(&own, &mut c.pending);
-                    apply(c, v, CloseReason::Session);
+                    feed_or_stash(c, &own, &self.budget);
                 }
             } else {
                 self.bufs_touched = true;
                 match self.bufs.take(flags, res as usize) {
                     Ok(buf) => {
                         if c.phase == Phase::Open {
-                            let v = c.session.on_data(&buf, &mut c.pending);
-                            apply(c, v, CloseReason::Session);
+                            feed_or_stash(c, &buf, &self.budget);
                         }
                     }
                     Err(_) => {
@@ -855,6 +875,18 @@ impl EventLoop {
             }
         }
 
+        // Stashed input, once the budget allows (before any new receive).
+        if !c.stash.is_empty()
+            && matches!(c.phase, Phase::Open | Phase::Draining)
+            && !self.shutting_down
+            && self.budget.allows(c.queued())
+            && !c.session.has_backlog()
+        {
+            let stash = std::mem::take(&mut c.stash);
+            let v = c.session.on_data(&stash, &mut c.pending);
+            apply(c, v, CloseReason::Session);
+        }
+
         // Output.
         if c.phase == Phase::Aborting {
             c.pending = Vec::new();
@@ -892,7 +924,12 @@ impl EventLoop {
             let queued = c.queued();
             backpressure(&mut c.paused, queued, &self.cfg, &self.counters);
         }
-        if open && !c.paused && !c.session.has_backlog() && self.budget.allows(c.queued()) {
+        if open
+            && !c.paused
+            && !c.session.has_backlog()
+            && c.stash.is_empty()
+            && self.budget.allows(c.queued())
+        {
             if c.recv == RecvState::Idle {
                 c.recv = RecvState::Armed;
                 let sqe = if c.starved {
@@ -922,6 +959,7 @@ impl EventLoop {
                 c.recv == RecvState::Idle
                     && !c.send_inflight
                     && c.queued() == 0
+                    && c.stash.is_empty()
                     && !c.session.has_backlog()
             }
             Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
@@ -1014,7 +1052,10 @@ impl Budget {
     /// A connection's holding (`charge`) is now `bytes`.
     pub(crate) fn set(&mut self, charge: &mut usize, bytes: usize) {
         let old = std::mem::replace(charge, bytes);
-        if bytes >= old {
+        if bytes == old {
+            return;
+        }
+        if bytes > old {
             let d = bytes - old;
             self.held += d;
             let total = self
