@@ -164,6 +164,131 @@ fn epoll_budget_bounds_clients_that_never_read() {
     });
 }
 
+/// DCE/RPC clients that each ask for several 64 KiB responses at once and
+/// read nothing: the handler's output, many times the input, stays within
+/// the budget plus a receive batch; then every client reads its responses
+/// whole and in order.
+fn dcerpc_budget_bounds_clients_that_never_read(backend: BackendChoice) {
+    use opipe::protocol::dcerpc::{
+        decode_response, encode_bind, encode_request, pdu_len, DEFAULT_MAX_FRAG, NDR_SYNTAX,
+        PFC_LAST_FRAG, SRVSVC_SYNTAX,
+    };
+    use opipe::service::dcerpc::reply_stub_byte;
+    use opipe::service::DceRpcFactory;
+    const CLIENTS: usize = 200;
+    const CALLS: u32 = 4;
+    const REPLY: usize = 64 << 10;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let svc = match Service::builder(dir.path())
+        .pipe("srvsvc")
+        .backend(backend)
+        .recv_buffers(64, 16 * 1024)
+        .max_buffered_bytes(BUDGET)
+        .handler(DceRpcFactory::new(REPLY))
+        .start()
+    {
+        Ok(svc) => svc,
+        Err(ServiceError::Ring(e)) => return eprintln!("SKIPPED: {e}"),
+        Err(e) => panic!("service start failed: {e}"),
+    };
+    let path = dir.path().join("srvsvc");
+    let mut burst = encode_bind(
+        1,
+        (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
+        (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
+    );
+    for id in 0..CALLS {
+        burst.extend_from_slice(&encode_request(100 + id, 0, 15, b"args", DEFAULT_MAX_FRAG));
+    }
+    let mut clients: Vec<UnixStream> = (0..CLIENTS).map(|_| open_ok(&path)).collect();
+    // All at once, so that many completions come in one batch.
+    for c in &mut clients {
+        c.write_all(&burst).unwrap();
+    }
+    // Settled: nothing more moves.
+    let mut last = svc.stats();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let st = svc.stats();
+        if st.bytes_out == last.bytes_out && st.bytes_in == last.bytes_in {
+            break;
+        }
+        last = st;
+    }
+    let st = svc.stats();
+    eprintln!(
+        "{backend} dcerpc: {CLIENTS} clients; service holds {} (peak {}), {} budget pauses",
+        st.buffered_bytes, st.buffered_bytes_peak, st.budget_pauses
+    );
+    assert!(st.budget_pauses >= 1, "{st:?}");
+    assert!(
+        st.buffered_bytes_peak <= (BUDGET + (1 << 20) + (64 << 10)) as u64,
+        "{st:?}"
+    );
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                let mut calls = 0;
+                let mut stub = Vec::new();
+                let mut acked = false;
+                while calls < CALLS {
+                    let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "client {i}: end of stream after {calls} calls");
+                    buf.extend_from_slice(&chunk[..n]);
+                    // (pdu_len gives the length once the header is in.)
+                    while let Some(len) = pdu_len(&buf, DEFAULT_MAX_FRAG).unwrap() {
+                        if buf.len() < len {
+                            break;
+                        }
+                        let pdu: Vec<u8> = buf.drain(..len).collect();
+                        if !acked {
+                            acked = true; // the bind_ack
+                            continue;
+                        }
+                        let r = decode_response(&pdu).unwrap();
+                        assert_eq!(r.header.call_id, 100 + calls, "client {i}");
+                        stub.extend_from_slice(r.stub);
+                        if r.header.pfc_flags & PFC_LAST_FRAG != 0 {
+                            assert_eq!(stub.len(), REPLY, "client {i}");
+                            assert!(stub
+                                .iter()
+                                .enumerate()
+                                .all(|(k, &b)| b == reply_stub_byte(k)));
+                            stub.clear();
+                            calls += 1;
+                        }
+                    }
+                }
+                assert!(buf.is_empty(), "client {i}: bytes after the last response");
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    svc.shutdown().unwrap();
+    svc.join().unwrap();
+}
+
+#[test]
+fn uring_dcerpc_budget_bounds_clients_that_never_read() {
+    bounded(Duration::from_secs(120), || {
+        dcerpc_budget_bounds_clients_that_never_read(BackendChoice::IoUring)
+    });
+}
+
+#[test]
+fn epoll_dcerpc_budget_bounds_clients_that_never_read() {
+    bounded(Duration::from_secs(120), || {
+        dcerpc_budget_bounds_clients_that_never_read(BackendChoice::Epoll)
+    });
+}
+
 #[test]
 fn a_budget_below_the_minimum_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
