@@ -10,7 +10,7 @@
 //! ```text
 //! cargo run --release --example hostile_clients -- \
 //!     [--backend io_uring|epoll] [--clients N] [--handler echo|dcerpc] \
-//!     [--reply-size BYTES] [--max-buffered-bytes BYTES]
+//!     [--reply-size BYTES] [--max-buffered-bytes BYTES] [--idle]
 //! ```
 //!
 //! It prints one line: idle, settled and peak RSS with clients, RSS after
@@ -33,6 +33,8 @@ struct Opts {
     handler: String,
     reply_size: usize,
     max_buffered_bytes: Option<usize>,
+    /// Clients open and send nothing (the cost of an idle connection).
+    idle: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -42,6 +44,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         handler: "echo".into(),
         reply_size: 16 << 20,
         max_buffered_bytes: None,
+        idle: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -53,6 +56,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             "--handler" => o.handler = val()?,
             "--reply-size" => o.reply_size = num(val()?)?,
             "--max-buffered-bytes" => o.max_buffered_bytes = Some(num(val()?)?),
+            "--idle" => o.idle = true,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -196,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut quiet_rounds = 0;
     let mut peak_rss = 0;
     // Send until three rounds in a row (200 ms apart) move no byte, or 60 s.
-    while quiet_rounds < 3 && start.elapsed() < Duration::from_secs(60) {
+    while !o.idle && quiet_rounds < 3 && start.elapsed() < Duration::from_secs(60) {
         let mut round = 0;
         for c in &mut clients {
             if o.handler == "dcerpc" {
