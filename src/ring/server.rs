@@ -380,6 +380,9 @@ pub struct EventLoop {
     budget: Budget,
     /// A ring buffer was used since the ring's pages were last released.
     bufs_touched: bool,
+    /// Evicted connections whose fd is not closed yet (their receive's
+    /// cancel is under way): accepts wait for them rather than evict more.
+    evicting: usize,
     /// Operations submitted whose final completion has not been seen.
     inflight: usize,
     shutting_down: bool,
@@ -441,6 +444,7 @@ impl EventLoop {
             shutdown_fd,
             budget: Budget::new(cfg_budget, counters.clone()),
             bufs_touched: false,
+            evicting: 0,
             counters,
             inflight: 0,
             shutting_down: false,
@@ -527,9 +531,14 @@ impl EventLoop {
     /// deadline (the oldest, as every handshake gets the same time), to
     /// make room for a new one. Returns false when there is none.
     fn evict_one<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<bool> {
+        if self.evicting > 0 {
+            // One is closing already: its fd is what the accept needs.
+            return Ok(true);
+        }
         match pick_eviction(&mut st.deadlines, &mut st.conns, Instant::now()) {
             Some((idx, gen)) => {
                 self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                self.evicting += 1;
                 self.update(st, idx, gen)?;
                 Ok(true)
             }
@@ -967,6 +976,9 @@ impl EventLoop {
         if done {
             if let Some(mut c) = st.conns.take(idx) {
                 self.budget.set(&mut c.charge, 0);
+                if c.reason == CloseReason::Evicted {
+                    self.evicting = self.evicting.saturating_sub(1);
+                }
                 c.session.on_close(c.reason);
                 // Nothing is in flight on this fd: closing it is safe.
                 drop(c);
