@@ -194,3 +194,41 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn builder_of(extra: &[&str]) -> Result<String, clap::Error> {
+        let base = ["opipe", "--dir", "/tmp", "--pipe", "srvsvc"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        Ok(format!("{:?}", cli.serve.builder()))
+    }
+
+    #[test]
+    fn memory_limits_reach_the_service() {
+        let b = builder_of(&[]).unwrap();
+        assert!(b.contains("max_buffered_bytes: 268435456"), "{b}");
+        assert!(b.contains("output_high_water_bytes: 262144"), "{b}");
+        let b = builder_of(&[
+            "--max-buffered-bytes",
+            "4194304",
+            "--max-conn-buffered-bytes",
+            "65536",
+        ])
+        .unwrap();
+        assert!(b.contains("max_buffered_bytes: 4194304"), "{b}");
+        assert!(b.contains("output_high_water_bytes: 65536"), "{b}");
+        assert!(b.contains("output_low_water_bytes: 16384"), "{b}");
+        // Out of range: usage errors.
+        assert!(builder_of(&["--max-buffered-bytes", "1000"]).is_err());
+        assert!(builder_of(&["--max-conn-buffered-bytes", "0"]).is_err());
+    }
+}
