@@ -517,10 +517,11 @@ impl EventLoop {
                 self.update(st, idx, gen)?;
             }
         }
-        self.budget.trim_after_burst(st.conns.len() == 0);
-        if self.bufs_touched && st.conns.len() == 0 {
-            // No connection, so no receive in flight: the buffer ring's
-            // pages can go back until the next one arrives.
+        let idle = st.conns.len() == 0;
+        if self.budget.trim_after_burst(idle) && idle && self.bufs_touched {
+            // After a burst, with no connection, so no receive in flight:
+            // the buffer ring's pages can go back until the next one
+            // arrives.
             self.bufs_touched = false;
             self.bufs.release_pages();
         }
@@ -976,6 +977,7 @@ impl EventLoop {
         if done {
             if let Some(mut c) = st.conns.take(idx) {
                 self.budget.set(&mut c.charge, 0);
+                self.budget.closed();
                 if c.reason == CloseReason::Evicted {
                     self.evicting = self.evicting.saturating_sub(1);
                 }
@@ -1032,6 +1034,8 @@ pub(crate) struct Budget {
     changed: bool,
     /// The most `held` has been since the heap was last trimmed.
     peak_since_trim: usize,
+    /// Connections closed since the heap was last trimmed.
+    closed_since_trim: usize,
     counters: Arc<LoopCounters>,
 }
 
@@ -1047,6 +1051,7 @@ impl Budget {
             level: 0,
             changed: false,
             peak_since_trim: 0,
+            closed_since_trim: 0,
             counters,
         }
     }
@@ -1059,6 +1064,11 @@ impl Budget {
             1 => queued == 0,
             _ => false,
         }
+    }
+
+    /// A connection closed (its charge is set to 0 separately).
+    pub(crate) fn closed(&mut self) {
+        self.closed_since_trim += 1;
     }
 
     /// A connection's holding (`charge`) is now `bytes`.
@@ -1112,15 +1122,22 @@ impl Budget {
     /// After a burst, gives free heap memory back to the system (the
     /// allocator keeps it otherwise, per thread arena): once the bytes held
     /// fell to a quarter of a peak of at least [`TRIM_AFTER_BYTES`], or to
-    /// nothing with no connection left (`idle`) after at least 1 MiB.
-    pub(crate) fn trim_after_burst(&mut self, idle: bool) {
+    /// nothing with no connection left (`idle`) after at least 1 MiB or 64
+    /// connections (so not after every lone short connection). True when
+    /// it did.
+    pub(crate) fn trim_after_burst(&mut self, idle: bool) -> bool {
         let big_fall =
             self.peak_since_trim >= TRIM_AFTER_BYTES && self.held <= self.peak_since_trim / 4;
-        let emptied = idle && self.held == 0 && self.peak_since_trim >= 1 << 20;
+        let emptied = idle
+            && self.held == 0
+            && (self.peak_since_trim >= 1 << 20 || self.closed_since_trim >= 64);
         if big_fall || emptied {
             self.peak_since_trim = self.held;
+            self.closed_since_trim = 0;
             release_free_heap();
+            return true;
         }
+        false
     }
 }
 

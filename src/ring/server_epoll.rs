@@ -279,6 +279,7 @@ impl EpollLoop {
         for (idx, _) in st.conns.keys() {
             if let Some(mut c) = st.conns.take(idx) {
                 self.budget.set(&mut c.charge, 0);
+                self.budget.closed();
                 abort(&mut c, CloseReason::Shutdown);
                 c.session.on_close(c.reason);
             }
@@ -308,7 +309,7 @@ impl EpollLoop {
                     self.update(st, idx, gen);
                 }
             }
-            self.budget.trim_after_burst(st.conns.len() == 0);
+            let _trimmed = self.budget.trim_after_burst(st.conns.len() == 0);
         }
     }
 
@@ -555,6 +556,7 @@ impl EpollLoop {
         if done {
             if let Some(mut c) = st.conns.take(idx) {
                 self.budget.set(&mut c.charge, 0);
+                self.budget.closed();
                 c.session.on_close(c.reason);
                 // Closing the fd also takes it out of the epoll set.
                 drop(c);
@@ -589,6 +591,7 @@ impl EpollLoop {
                 Err(e) => {
                     if let Some(mut c) = st.conns.take(idx) {
                         self.budget.set(&mut c.charge, 0);
+                        self.budget.closed();
                         abort(&mut c, CloseReason::Error(e));
                         c.session.on_close(c.reason);
                     }
