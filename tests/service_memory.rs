@@ -31,11 +31,16 @@ fn pattern_byte(i: usize, j: usize) -> u8 {
     ((i * 31 + j) % 251) as u8
 }
 
-fn start(backend: BackendChoice, dir: &std::path::Path, budget: usize) -> Option<ServiceHandle> {
+fn start(
+    backend: BackendChoice,
+    dir: &std::path::Path,
+    budget: usize,
+    ring_bufs: u16,
+) -> Option<ServiceHandle> {
     match Service::builder(dir)
         .pipe("srvsvc")
         .backend(backend)
-        .recv_buffers(64, 16 * 1024)
+        .recv_buffers(ring_bufs, 16 * 1024)
         .max_buffered_bytes(budget)
         .start()
     {
@@ -51,17 +56,26 @@ fn start(backend: BackendChoice, dir: &std::path::Path, budget: usize) -> Option
 const BUDGET: usize = 4 << 20;
 const HOGS: usize = 120;
 
-fn budget_bounds_clients_that_never_read(backend: BackendChoice) {
+/// `hogs` clients write until the service stops reading them; the service
+/// holds at most `budget` plus a receive batch (`ring_bufs` x 16 KiB); then
+/// every client reads back what it wrote, whole and in order.
+fn budget_bounds_clients_that_never_read(
+    backend: BackendChoice,
+    budget: usize,
+    ring_bufs: u16,
+    hogs: usize,
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let Some(svc) = start(backend, dir.path(), BUDGET) else {
+    let Some(svc) = start(backend, dir.path(), budget, ring_bufs) else {
         return;
     };
     let path = dir.path().join("srvsvc");
     let before = rss_bytes();
 
     // Every client writes its pattern until the service stops taking it.
-    let mut hogs: Vec<(UnixStream, usize)> = (0..HOGS).map(|_| (open_ok(&path), 0)).collect();
+    let n_hogs = hogs;
+    let mut hogs: Vec<(UnixStream, usize)> = (0..n_hogs).map(|_| (open_ok(&path), 0)).collect();
     for (s, _) in &hogs {
         s.set_nonblocking(true).unwrap();
     }
@@ -93,21 +107,22 @@ fn budget_bounds_clients_that_never_read(backend: BackendChoice) {
     let st = svc.stats();
     let total: usize = hogs.iter().map(|(_, w)| w).sum();
     eprintln!(
-        "{backend}: {HOGS} clients wrote {total} bytes; service holds {} (peak {}), \
+        "{backend}: {n_hogs} clients wrote {total} bytes; service holds {} (peak {}), \
          {} budget pauses; RSS grew {grown}",
         st.buffered_bytes, st.buffered_bytes_peak, st.budget_pauses
     );
-    // The budget held: at most a batch of receives (64 x 16 KiB) over it.
+    // The budget held: at most a batch of receives over it.
+    let batch = usize::from(ring_bufs) * (16 << 10);
     assert!(st.budget_pauses >= 1, "{st:?}");
     assert!(
-        st.buffered_bytes_peak <= (BUDGET + (1 << 20) + (64 << 10)) as u64,
+        st.buffered_bytes_peak <= (budget + batch + (64 << 10)) as u64,
         "{st:?}"
     );
     // And so did the process's memory (before: about 400 KB per client,
-    // here 48 MB).
+    // 48 MB for 120).
     assert!(
-        grown < (BUDGET + (12 << 20)) as u64,
-        "RSS grew {grown} bytes with {HOGS} clients that never read"
+        grown < (budget + batch + (12 << 20)) as u64,
+        "RSS grew {grown} bytes with {n_hogs} clients that never read"
     );
 
     // Every client now reads: each gets back exactly what it wrote, in
@@ -153,14 +168,31 @@ fn budget_bounds_clients_that_never_read(backend: BackendChoice) {
 #[test]
 fn uring_budget_bounds_clients_that_never_read() {
     bounded(Duration::from_secs(120), || {
-        budget_bounds_clients_that_never_read(BackendChoice::IoUring)
+        budget_bounds_clients_that_never_read(BackendChoice::IoUring, BUDGET, 64, HOGS)
     });
 }
 
 #[test]
 fn epoll_budget_bounds_clients_that_never_read() {
     bounded(Duration::from_secs(120), || {
-        budget_bounds_clients_that_never_read(BackendChoice::Epoll)
+        budget_bounds_clients_that_never_read(BackendChoice::Epoll, BUDGET, 64, HOGS)
+    });
+}
+
+/// The smallest budget (256 KiB) under the default receive ring (512 x 16
+/// KiB, 8 MiB): input held back while paused can outweigh the budget, and
+/// must not keep the service paused once every reply was read.
+#[test]
+fn uring_budget_smaller_than_the_receive_ring_does_not_stall() {
+    bounded(Duration::from_secs(120), || {
+        budget_bounds_clients_that_never_read(BackendChoice::IoUring, 256 << 10, 512, 60)
+    });
+}
+
+#[test]
+fn epoll_budget_smaller_than_the_receive_ring_does_not_stall() {
+    bounded(Duration::from_secs(120), || {
+        budget_bounds_clients_that_never_read(BackendChoice::Epoll, 256 << 10, 512, 60)
     });
 }
 
@@ -286,6 +318,144 @@ fn uring_dcerpc_budget_bounds_clients_that_never_read() {
 fn epoll_dcerpc_budget_bounds_clients_that_never_read() {
     bounded(Duration::from_secs(120), || {
         dcerpc_budget_bounds_clients_that_never_read(BackendChoice::Epoll)
+    });
+}
+
+const RELEASE_CHILD_ENV: &str = "OPIPE_MEMORY_RELEASE_CHILD";
+
+/// The child of [`memory_goes_back_after_the_clients_close`]: a service with
+/// default limits until stdin closes; prints `READY <socket>` or `SKIPPED`.
+fn release_child(backend: BackendChoice) {
+    opipe::ring::sys::raise_nofile_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let svc = match Service::builder(dir.path())
+        .pipe("srvsvc")
+        .backend(backend)
+        .start()
+    {
+        Ok(s) => s,
+        Err(ServiceError::Ring(e)) => {
+            println!("SKIPPED {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    println!("READY {}", dir.path().join("srvsvc").display());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+    svc.shutdown().unwrap();
+    svc.join().unwrap();
+}
+
+fn child_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Kills the child (its own process group) if the test ends early.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// 400 clients fill the service (default budget) and never read, then
+/// close: the service's RSS comes back within twice its idle size (before:
+/// the thread's heap kept what the connections had freed).
+fn memory_goes_back_after_the_clients_close(backend: BackendChoice, name: &str) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    const CLIENTS: usize = 400;
+    // Its 400 clients would disturb the in-process RSS measurements.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(RELEASE_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = ChildGuard(cmd.spawn().expect("re-run the test binary"));
+    let pid = child.0.id();
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    let path = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
+        if let Some((_, p)) = line.trim_end().split_once("READY ") {
+            break std::path::PathBuf::from(p);
+        }
+        if let Some((_, why)) = line.split_once("SKIPPED ") {
+            return eprintln!("SKIPPED: {why}");
+        }
+    };
+    opipe::ring::sys::raise_nofile_limit().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = child_rss(pid);
+    let mut hogs: Vec<UnixStream> = (0..CLIENTS).map(|_| open_ok(&path)).collect();
+    for s in &hogs {
+        s.set_nonblocking(true).unwrap();
+    }
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut quiet = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut peak = 0;
+    while quiet < 3 && Instant::now() < end {
+        let mut moved = 0;
+        for s in &mut hogs {
+            while let Ok(n) = s.write(&chunk) {
+                moved += n;
+            }
+        }
+        peak = peak.max(child_rss(pid));
+        quiet = if moved == 0 { quiet + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(hogs);
+    // Give the service a moment to see every close.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut after = child_rss(pid);
+    while after > 2 * idle && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        after = child_rss(pid);
+    }
+    eprintln!("{backend}: service RSS idle {idle}, peak {peak}, after close {after}");
+    assert!(
+        peak > idle + (16 << 20),
+        "the clients did not load the service"
+    );
+    assert!(
+        after <= 2 * idle,
+        "RSS {after} after the clients closed, idle {idle}"
+    );
+    drop(child.0.stdin.take());
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn uring_memory_goes_back_after_the_clients_close() {
+    const NAME: &str = "uring_memory_goes_back_after_the_clients_close";
+    if std::env::var_os(RELEASE_CHILD_ENV).is_some() {
+        return release_child(BackendChoice::IoUring);
+    }
+    bounded(Duration::from_secs(120), || {
+        memory_goes_back_after_the_clients_close(BackendChoice::IoUring, NAME)
+    });
+}
+
+#[test]
+fn epoll_memory_goes_back_after_the_clients_close() {
+    const NAME: &str = "epoll_memory_goes_back_after_the_clients_close";
+    if std::env::var_os(RELEASE_CHILD_ENV).is_some() {
+        return release_child(BackendChoice::Epoll);
+    }
+    bounded(Duration::from_secs(120), || {
+        memory_goes_back_after_the_clients_close(BackendChoice::Epoll, NAME)
     });
 }
 

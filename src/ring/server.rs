@@ -324,6 +324,8 @@ struct Conn<S> {
     stash: Vec<u8>,
     /// What the connection counts against the loop's [`Budget`].
     charge: usize,
+    /// What its stash counts in the stats ([`Budget::set_parked`]).
+    stash_charge: usize,
 }
 
 impl<S> Conn<S> {
@@ -333,10 +335,7 @@ impl<S> Conn<S> {
 
     /// The memory the connection holds for output and its own receive.
     fn held_bytes(&self) -> usize {
-        self.sending.capacity()
-            + self.pending.capacity()
-            + self.own.capacity()
-            + self.stash.capacity()
+        self.sending.capacity() + self.pending.capacity() + self.own.capacity()
     }
 }
 
@@ -753,6 +752,7 @@ impl EventLoop {
                 pending: Vec::new(),
                 stash: Vec::new(),
                 charge: 0,
+                stash_charge: 0,
             },
         );
         self.update(st, idx, gen)
@@ -977,6 +977,7 @@ impl EventLoop {
         if done {
             if let Some(mut c) = st.conns.take(idx) {
                 self.budget.set(&mut c.charge, 0);
+                self.budget.set_parked(&mut c.stash_charge, 0);
                 self.budget.closed();
                 if c.reason == CloseReason::Evicted {
                     self.evicting = self.evicting.saturating_sub(1);
@@ -989,6 +990,8 @@ impl EventLoop {
         }
         let held = c.held_bytes();
         self.budget.set(&mut c.charge, held);
+        let stashed = c.stash.capacity();
+        self.budget.set_parked(&mut c.stash_charge, stashed);
         for sqe in sqes.into_iter().flatten() {
             self.push(sqe)?;
         }
@@ -1071,31 +1074,39 @@ impl Budget {
         self.closed_since_trim += 1;
     }
 
+    /// Input a connection holds back until the budget lets it produce
+    /// output (`charge`) is now `bytes`: counted in the stats, not in the
+    /// levels. It cannot grow past what the receives in flight when the
+    /// connection was paused brought in (the receive ring), and it is only
+    /// drained by the levels coming down, so it must not keep them up.
+    pub(crate) fn set_parked(&mut self, charge: &mut usize, bytes: usize) {
+        let old = std::mem::replace(charge, bytes);
+        self.count(old, bytes);
+    }
+
+    /// Moves the service-wide counters from `old` to `new` bytes.
+    fn count(&self, old: usize, new: usize) {
+        if new > old {
+            let d = (new - old) as u64;
+            let total = self.counters.buffered_bytes.fetch_add(d, Ordering::Relaxed) + d;
+            self.counters
+                .buffered_bytes_peak
+                .fetch_max(total, Ordering::Relaxed);
+        } else if new < old {
+            let d = (old - new) as u64;
+            self.counters.buffered_bytes.fetch_sub(d, Ordering::Relaxed);
+        }
+    }
+
     /// A connection's holding (`charge`) is now `bytes`.
     pub(crate) fn set(&mut self, charge: &mut usize, bytes: usize) {
         let old = std::mem::replace(charge, bytes);
         if bytes == old {
             return;
         }
-        if bytes > old {
-            let d = bytes - old;
-            self.held += d;
-            let total = self
-                .counters
-                .buffered_bytes
-                .fetch_add(d as u64, Ordering::Relaxed)
-                + d as u64;
-            self.counters
-                .buffered_bytes_peak
-                .fetch_max(total, Ordering::Relaxed);
-            self.peak_since_trim = self.peak_since_trim.max(self.held);
-        } else {
-            let d = old - bytes;
-            self.held -= d;
-            self.counters
-                .buffered_bytes
-                .fetch_sub(d as u64, Ordering::Relaxed);
-        }
+        self.count(old, bytes);
+        self.held = self.held - old + bytes;
+        self.peak_since_trim = self.peak_since_trim.max(self.held);
         let (soft, low) = (self.limit / 8 * 7, self.limit / 4 * 3);
         let level = match self.level {
             _ if self.held > self.limit => 2,
