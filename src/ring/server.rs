@@ -38,6 +38,18 @@
 //! overshoot the mark by what the completions already in the queue produce,
 //! never by more.
 //!
+//! Across connections, the loop's budget (`max_buffered_bytes`) stops
+//! reading first the connections with output waiting, then all of them,
+//! and re-arms them as the total comes down. Data that completions already
+//! in the queue bring to a paused connection is stashed and handed to its
+//! session, in order, once the budget allows.
+//!
+//! # Descriptors
+//!
+//! An accept that fails with `EMFILE`/`ENFILE` evicts the connection still
+//! in its handshake that is closest to its deadline (at least
+//! 250 ms old) and is retried once that connection's fd closed.
+//!
 //! # Closing
 //!
 //! A connection that must close stops receiving (its receive is cancelled),
@@ -163,9 +175,9 @@ pub struct LoopConfig {
     /// Connections this loop holds at most; more are closed on accept.
     pub max_connections: usize,
     /// Output bytes this loop's connections may hold in all (the capacity
-    /// of their output and own receive buffers): above it the loop stops
-    /// reading and stops asking sessions for more output, on every
-    /// connection, until they are back under three quarters of it.
+    /// of their output and own receive buffers). Above 7/8 of it only
+    /// connections with no output waiting are read; above it none, and no
+    /// session is asked for more output, until back at 3/4 resp. 7/8.
     /// Connections are paused, never dropped.
     pub max_buffered_bytes: usize,
 }

@@ -44,6 +44,11 @@
 //! A session with a backlog is asked for its next batch whenever the queue
 //! is at or below the low-water mark, at most [`BACKLOG_ROUNDS`] times per
 //! wake-up; past that the loop keeps `EPOLLOUT` armed so it comes back.
+//! The loop's budget of buffered bytes (shared with the io_uring loop) is
+//! checked before every `recv` and every batch: over it, connections leave
+//! `EPOLLIN` (first those with output waiting, then all) until it comes
+//! down. `EMFILE`/`ENFILE` on accept evicts the oldest connection still in
+//! its handshake and accepts again at once.
 //!
 //! # Closing and shutdown
 //!
