@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::call::BackendArg;
 
+use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{
     DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle,
@@ -73,6 +74,19 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
 
+    /// Reply bytes the whole service may hold (split among the threads);
+    /// over it, requests stop being read until replies drain. Connections
+    /// are paused, not dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    max_buffered_bytes: u64,
+
+    /// Unread reply bytes per connection above which its requests stop
+    /// being read (reading resumes below a quarter of it).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    max_conn_buffered_bytes: u64,
+
     /// Permission bits of the sockets, in octal (default 0600: the
     /// service's user only), set exactly whatever the umask. Widen it (e.g.
     /// 0660) when the SMB server runs as another user.
@@ -108,6 +122,8 @@ impl ServeArgs {
             .threads(usize::from(self.threads))
             .backend(self.backend.into())
             .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .max_buffered_bytes(usize::try_from(self.max_buffered_bytes).unwrap_or(usize::MAX))
+            .output_limit(usize::try_from(self.max_conn_buffered_bytes).unwrap_or(usize::MAX))
             .socket_mode(self.socket_mode);
         for &uid in &self.allow_uids {
             b = b.allow_uid(uid);
@@ -374,5 +390,39 @@ mod tests {
             },
         );
         assert!(matches!(r, Started::Failed(ServiceError::NoPipes)));
+    }
+
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn builder_of(extra: &[&str]) -> Result<String, clap::Error> {
+        let base = ["opipe", "--dir", "/tmp", "--pipe", "srvsvc"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        Ok(format!("{:?}", cli.serve.builder()))
+    }
+
+    #[test]
+    fn memory_limits_reach_the_service() {
+        let b = builder_of(&[]).unwrap();
+        assert!(b.contains("max_buffered_bytes: 268435456"), "{b}");
+        assert!(b.contains("output_high_water_bytes: 262144"), "{b}");
+        let b = builder_of(&[
+            "--max-buffered-bytes",
+            "4194304",
+            "--max-conn-buffered-bytes",
+            "65536",
+        ])
+        .unwrap();
+        assert!(b.contains("max_buffered_bytes: 4194304"), "{b}");
+        assert!(b.contains("output_high_water_bytes: 65536"), "{b}");
+        assert!(b.contains("output_low_water_bytes: 16384"), "{b}");
+        // Out of range: usage errors.
+        assert!(builder_of(&["--max-buffered-bytes", "1000"]).is_err());
+        assert!(builder_of(&["--max-conn-buffered-bytes", "0"]).is_err());
     }
 }

@@ -150,6 +150,23 @@ impl BufRing {
         Ok(br)
     }
 
+    /// Gives the pages of the buffer memory back to the system (they read
+    /// as zeros when next used). Only while no receive can be writing into
+    /// them: the caller has no receive selecting from this ring in flight.
+    pub fn release_pages(&self) {
+        let len = self.data_layout.size() & !(PAGE - 1);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: `data` is page aligned (its layout) and owns at least
+        // `len` bytes; MADV_DONTNEED only replaces the pages of our own
+        // allocation with zero pages, and the caller guarantees that the
+        // kernel is not writing into them meanwhile.
+        unsafe {
+            libc::madvise(self.data.as_ptr().cast(), len, libc::MADV_DONTNEED);
+        }
+    }
+
     /// The buffer group id to put in receive SQEs.
     pub fn bgid(&self) -> u16 {
         self.bgid

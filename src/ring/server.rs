@@ -38,6 +38,18 @@
 //! overshoot the mark by what the completions already in the queue produce,
 //! never by more.
 //!
+//! Across connections, the loop's budget (`max_buffered_bytes`) stops
+//! reading first the connections with output waiting, then all of them,
+//! and re-arms them as the total comes down. Data that completions already
+//! in the queue bring to a paused connection is stashed and handed to its
+//! session, in order, once the budget allows.
+//!
+//! # Descriptors
+//!
+//! An accept that fails with `EMFILE`/`ENFILE` evicts the connection still
+//! in its handshake that is closest to its deadline (at least
+//! 250 ms old) and is retried once that connection's fd closed.
+//!
 //! # Closing
 //!
 //! A connection that must close stops receiving (its receive is cancelled),
@@ -92,6 +104,9 @@ pub enum CloseReason {
     Deadline,
     /// The service is shutting down.
     Shutdown,
+    /// Still in its handshake when the process ran out of descriptors:
+    /// closed, the oldest first, to let a new connection in.
+    Evicted,
 }
 
 /// One connection's protocol logic. Called only on the loop's thread.
@@ -160,6 +175,12 @@ pub struct LoopConfig {
     pub output_low_water_bytes: usize,
     /// Connections this loop holds at most; more are closed on accept.
     pub max_connections: usize,
+    /// Output bytes this loop's connections may hold in all (the capacity
+    /// of their output and own receive buffers). Above 7/8 of it only
+    /// connections with no output waiting are read; above it none, and no
+    /// session is asked for more output, until back at 3/4 resp. 7/8.
+    /// Connections are paused, never dropped.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for LoopConfig {
@@ -171,9 +192,13 @@ impl Default for LoopConfig {
             output_high_water_bytes: 256 * 1024,
             output_low_water_bytes: 64 * 1024,
             max_connections: 1 << 20,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
+
+/// The default of [`LoopConfig::max_buffered_bytes`] (256 MiB).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 
 /// Counters of the loop machinery, shared by every loop of a service.
 #[derive(Debug, Default)]
@@ -193,6 +218,17 @@ pub struct LoopCounters {
     pub bytes_in: AtomicU64,
     /// Bytes sent on connections.
     pub bytes_out: AtomicU64,
+    /// Bytes the connections of every loop hold now (see
+    /// [`LoopConfig::max_buffered_bytes`]).
+    pub buffered_bytes: AtomicU64,
+    /// The most `buffered_bytes` has been.
+    pub buffered_bytes_peak: AtomicU64,
+    /// Times a loop stopped reading because its connections held more than
+    /// its budget.
+    pub budget_pauses: AtomicU64,
+    /// Connections still in their handshake closed to make room for a new
+    /// one when the process ran out of descriptors.
+    pub evicted: AtomicU64,
 }
 
 /// Operation kinds, stored in the top byte of `user_data`.
@@ -251,6 +287,8 @@ pub(crate) trait ConnPhase {
     fn deadline(&self) -> Option<Instant>;
     /// Runs its session's deadline (output goes where the loop sends from).
     fn on_deadline(&mut self) -> Verdict;
+    /// When it was accepted.
+    fn accepted_at(&self) -> Instant;
 }
 
 impl<S: Session> ConnPhase for Conn<S> {
@@ -265,11 +303,16 @@ impl<S: Session> ConnPhase for Conn<S> {
     fn on_deadline(&mut self) -> Verdict {
         self.session.on_deadline(&mut self.pending)
     }
+
+    fn accepted_at(&self) -> Instant {
+        self.accepted
+    }
 }
 
 struct Conn<S> {
     fd: OwnedFd,
     session: S,
+    accepted: Instant,
     phase: Phase,
     reason: CloseReason,
     recv: RecvState,
@@ -287,11 +330,38 @@ struct Conn<S> {
     sent: usize,
     /// Output produced while a send was in flight.
     pending: Vec<u8>,
+    /// Bytes received while the budget allowed this connection no more
+    /// output (completions already in the queue when its receive was
+    /// cancelled): given to the session, before anything received later,
+    /// once the budget allows.
+    stash: Vec<u8>,
+    /// What the connection counts against the loop's [`Budget`].
+    charge: usize,
+    /// What its stash counts in the stats ([`Budget::set_parked`]).
+    stash_charge: usize,
 }
 
 impl<S> Conn<S> {
     fn queued(&self) -> usize {
         self.sending.len() - self.sent + self.pending.len()
+    }
+
+    /// The memory the connection holds for output and its own receive.
+    fn held_bytes(&self) -> usize {
+        self.sending.capacity() + self.pending.capacity() + self.own.capacity()
+    }
+}
+
+/// Gives received bytes to the session, or keeps them in the stash while
+/// the budget allows the connection no more output (or the stash already
+/// holds earlier bytes), so a batch of completions cannot multiply into
+/// output past the budget.
+fn feed_or_stash<S: Session>(c: &mut Conn<S>, data: &[u8], budget: &Budget) {
+    if c.stash.is_empty() && budget.allows(c.queued()) {
+        let v = c.session.on_data(data, &mut c.pending);
+        apply(c, v, CloseReason::Session);
+    } else {
+        c.stash.extend_from_slice(data);
     }
 }
 
@@ -304,6 +374,12 @@ struct Listener {
 
 /// How long accepts pause after the process ran out of fds or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How soon accepts are retried after a connection was evicted to make room.
+pub(crate) const EVICT_RETRY: Duration = Duration::from_millis(2);
+/// A connection in its handshake is evicted only once it is this old: an
+/// honest client sends its open message right after connecting, so a
+/// handshake still unfinished after this is a slow or idle client.
+pub(crate) const EVICT_MIN_AGE: Duration = Duration::from_millis(250);
 
 /// One io_uring event loop. Create it on the thread that will run it.
 pub struct EventLoop {
@@ -313,6 +389,12 @@ pub struct EventLoop {
     listeners: Vec<Listener>,
     shutdown_fd: Arc<OwnedFd>,
     counters: Arc<LoopCounters>,
+    budget: Budget,
+    /// A ring buffer was used since the ring's pages were last released.
+    bufs_touched: bool,
+    /// Evicted connections whose fd is not closed yet (their receive's
+    /// cancel is under way): accepts wait for them rather than evict more.
+    evicting: usize,
     /// Operations submitted whose final completion has not been seen.
     inflight: usize,
     shutting_down: bool,
@@ -337,7 +419,7 @@ struct State<A: Acceptor> {
 }
 
 /// Output vectors bigger than this are not kept around on idle connections.
-const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+const KEEP_CAPACITY_BYTES: usize = 4 * 1024;
 
 impl EventLoop {
     /// Creates the ring (through [`new_ring`]) and the buffer ring. The loop
@@ -354,6 +436,7 @@ impl EventLoop {
                 "output low-water mark above the high-water mark",
             )));
         }
+        let cfg_budget = cfg.max_buffered_bytes;
         let (ring, _flags) = new_ring(cfg.sq_entries, cfg.sq_entries.saturating_mul(4))?;
         probe_features(&ring)?;
         let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_bytes)
@@ -371,6 +454,9 @@ impl EventLoop {
                 })
                 .collect(),
             shutdown_fd,
+            budget: Budget::new(cfg_budget, counters.clone()),
+            bufs_touched: false,
+            evicting: 0,
             counters,
             inflight: 0,
             shutting_down: false,
@@ -428,8 +514,48 @@ impl EventLoop {
                 for cqe in cqes.drain(..) {
                     self.dispatch(st, cqe)?;
                 }
+                self.check_budget(st)?;
             }
             self.fire_timers(st)?;
+            self.check_budget(st)?;
+        }
+    }
+
+    /// Once the budget went over (or back under): every connection stops
+    /// (or restarts) reading. Then, after a burst, free memory goes back.
+    fn check_budget<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        if self.budget.take_changed() {
+            for (idx, gen) in st.conns.keys() {
+                self.update(st, idx, gen)?;
+            }
+        }
+        let idle = st.conns.len() == 0;
+        if self.budget.trim_after_burst(idle) && idle && self.bufs_touched {
+            // After a burst, with no connection, so no receive in flight:
+            // the buffer ring's pages can go back until the next one
+            // arrives.
+            self.bufs_touched = false;
+            self.bufs.release_pages();
+        }
+        Ok(())
+    }
+
+    /// Closes the connection still in its handshake that is closest to its
+    /// deadline (the oldest, as every handshake gets the same time), to
+    /// make room for a new one. Returns false when there is none.
+    fn evict_one<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<bool> {
+        if self.evicting > 0 {
+            // One is closing already: its fd is what the accept needs.
+            return Ok(true);
+        }
+        match pick_eviction(&mut st.deadlines, &mut st.conns, Instant::now()) {
+            Some((idx, gen)) => {
+                self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                self.evicting += 1;
+                self.update(st, idx, gen)?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -595,10 +721,12 @@ impl EventLoop {
             }
         } else if res != -libc::ECANCELED {
             self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
-            if matches!(
-                -res,
-                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
-            ) {
+            let out_of_fds = matches!(-res, libc::EMFILE | libc::ENFILE);
+            if out_of_fds && !self.shutting_down && self.evict_one(st)? {
+                // The evicted connection's fd closes once its receive is
+                // cancelled: try again in a moment.
+                self.listeners[li].resume_at = Some(Instant::now() + EVICT_RETRY);
+            } else if out_of_fds || matches!(-res, libc::ENOMEM | libc::ENOBUFS) {
                 self.listeners[li].resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
             }
         }
@@ -623,6 +751,7 @@ impl EventLoop {
             Conn {
                 fd,
                 session,
+                accepted: Instant::now(),
                 phase: Phase::Open,
                 reason: CloseReason::Session,
                 recv: RecvState::Idle,
@@ -634,6 +763,9 @@ impl EventLoop {
                 sending: Vec::new(),
                 sent: 0,
                 pending: Vec::new(),
+                stash: Vec::new(),
+                charge: 0,
+                stash_charge: 0,
             },
         );
         self.update(st, idx, gen)
@@ -672,15 +804,14 @@ impl EventLoop {
                     // buffer's capacity (`n` checked above), and the kernel
                     // is done with it (this is its final completion).
                     unsafe { own.set_len(n) };
-                    let v = c.session.on_data(&own, &mut c.pending);
-                    apply(c, v, CloseReason::Session);
+                    feed_or_stash(c, &own, &self.budget);
                 }
             } else {
+                self.bufs_touched = true;
                 match self.bufs.take(flags, res as usize) {
                     Ok(buf) => {
                         if c.phase == Phase::Open {
-                            let v = c.session.on_data(&buf, &mut c.pending);
-                            apply(c, v, CloseReason::Session);
+                            feed_or_stash(c, &buf, &self.budget);
                         }
                     }
                     Err(_) => {
@@ -755,6 +886,7 @@ impl EventLoop {
         // the connection with its receive off: it is aborted instead.
         if matches!(c.phase, Phase::Open | Phase::Draining)
             && !self.shutting_down
+            && self.budget.allows(c.queued())
             && c.queued() <= self.cfg.output_low_water_bytes
             && c.session.has_backlog()
         {
@@ -764,6 +896,18 @@ impl EventLoop {
             if c.queued() == before && c.session.has_backlog() {
                 abort(c, CloseReason::Session);
             }
+        }
+
+        // Stashed input, once the budget allows (before any new receive).
+        if !c.stash.is_empty()
+            && matches!(c.phase, Phase::Open | Phase::Draining)
+            && !self.shutting_down
+            && self.budget.allows(c.queued())
+            && !c.session.has_backlog()
+        {
+            let stash = std::mem::take(&mut c.stash);
+            let v = c.session.on_data(&stash, &mut c.pending);
+            apply(c, v, CloseReason::Session);
         }
 
         // Output.
@@ -803,7 +947,12 @@ impl EventLoop {
             let queued = c.queued();
             backpressure(&mut c.paused, queued, &self.cfg, &self.counters);
         }
-        if open && !c.paused && !c.session.has_backlog() {
+        if open
+            && !c.paused
+            && !c.session.has_backlog()
+            && c.stash.is_empty()
+            && self.budget.allows(c.queued())
+        {
             if c.recv == RecvState::Idle {
                 c.recv = RecvState::Armed;
                 let sqe = if c.starved {
@@ -833,18 +982,29 @@ impl EventLoop {
                 c.recv == RecvState::Idle
                     && !c.send_inflight
                     && c.queued() == 0
+                    && c.stash.is_empty()
                     && !c.session.has_backlog()
             }
             Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
         };
         if done {
             if let Some(mut c) = st.conns.take(idx) {
+                self.budget.set(&mut c.charge, 0);
+                self.budget.set_parked(&mut c.stash_charge, 0);
+                self.budget.closed();
+                if c.reason == CloseReason::Evicted {
+                    self.evicting = self.evicting.saturating_sub(1);
+                }
                 c.session.on_close(c.reason);
                 // Nothing is in flight on this fd: closing it is safe.
                 drop(c);
             }
             return Ok(());
         }
+        let held = c.held_bytes();
+        self.budget.set(&mut c.charge, held);
+        let stashed = c.stash.capacity();
+        self.budget.set_parked(&mut c.stash_charge, stashed);
         for sqe in sqes.into_iter().flatten() {
             self.push(sqe)?;
         }
@@ -865,6 +1025,155 @@ impl EventLoop {
             self.update(st, idx, gen)?;
         }
         Ok(())
+    }
+}
+
+/// A loop's budget of buffered bytes ([`LoopConfig::max_buffered_bytes`]):
+/// what its connections hold in all (the capacity of their output and own
+/// receive buffers). Shared by both loops. Three levels:
+///
+/// * up to 7/8 of the limit, every connection is read;
+/// * above it, only connections with no reply waiting are read (a client
+///   that reads its replies goes on; one that does not holds what it has
+///   and gets no more), until the total is back at 3/4;
+/// * above the limit, no connection is read and no session is asked for
+///   more output, until the total is back at 7/8.
+///
+/// Connections are paused, never dropped.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    held: usize,
+    /// 0, 1 or 2, as above.
+    level: u8,
+    /// `level` changed since the loop last looked ([`Budget::take_changed`]).
+    changed: bool,
+    /// The most `held` has been since the heap was last trimmed.
+    peak_since_trim: usize,
+    /// Connections closed since the heap was last trimmed.
+    closed_since_trim: usize,
+    counters: Arc<LoopCounters>,
+}
+
+/// Free heap memory is given back to the system once a loop's buffered
+/// bytes fell from at least this much to a quarter of it.
+const TRIM_AFTER_BYTES: usize = 16 << 20;
+
+impl Budget {
+    pub(crate) fn new(limit: usize, counters: Arc<LoopCounters>) -> Budget {
+        Budget {
+            limit,
+            held: 0,
+            level: 0,
+            changed: false,
+            peak_since_trim: 0,
+            closed_since_trim: 0,
+            counters,
+        }
+    }
+
+    /// True when a connection with `queued` unsent output bytes may be
+    /// read and asked for more output.
+    pub(crate) fn allows(&self, queued: usize) -> bool {
+        match self.level {
+            0 => true,
+            1 => queued == 0,
+            _ => false,
+        }
+    }
+
+    /// A connection closed (its charge is set to 0 separately).
+    pub(crate) fn closed(&mut self) {
+        self.closed_since_trim += 1;
+    }
+
+    /// Input a connection holds back until the budget lets it produce
+    /// output (`charge`) is now `bytes`: counted in the stats, not in the
+    /// levels. It cannot grow past what the receives in flight when the
+    /// connection was paused brought in (the receive ring), and it is only
+    /// drained by the levels coming down, so it must not keep them up.
+    pub(crate) fn set_parked(&mut self, charge: &mut usize, bytes: usize) {
+        let old = std::mem::replace(charge, bytes);
+        self.count(old, bytes);
+    }
+
+    /// Moves the service-wide counters from `old` to `new` bytes.
+    fn count(&self, old: usize, new: usize) {
+        if new > old {
+            let d = (new - old) as u64;
+            let total = self.counters.buffered_bytes.fetch_add(d, Ordering::Relaxed) + d;
+            self.counters
+                .buffered_bytes_peak
+                .fetch_max(total, Ordering::Relaxed);
+        } else if new < old {
+            let d = (old - new) as u64;
+            self.counters.buffered_bytes.fetch_sub(d, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection's holding (`charge`) is now `bytes`.
+    pub(crate) fn set(&mut self, charge: &mut usize, bytes: usize) {
+        let old = std::mem::replace(charge, bytes);
+        if bytes == old {
+            return;
+        }
+        self.count(old, bytes);
+        self.held = self.held - old + bytes;
+        self.peak_since_trim = self.peak_since_trim.max(self.held);
+        let (soft, low) = (self.limit / 8 * 7, self.limit / 4 * 3);
+        let level = match self.level {
+            _ if self.held > self.limit => 2,
+            2 if self.held > soft => 2,
+            _ if self.held > soft => 1,
+            1 | 2 if self.held > low => 1,
+            _ => 0,
+        };
+        if level != self.level {
+            if self.level == 0 {
+                self.counters.budget_pauses.fetch_add(1, Ordering::Relaxed);
+            }
+            self.level = level;
+            self.changed = true;
+        }
+    }
+
+    /// True once after the level changed: every connection must then be
+    /// brought in line (its receive stopped or restarted).
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// After a burst, gives free heap memory back to the system (the
+    /// allocator keeps it otherwise, per thread arena): once the bytes held
+    /// fell to a quarter of a peak of at least [`TRIM_AFTER_BYTES`], or to
+    /// nothing with no connection left (`idle`) after at least 1 MiB or 64
+    /// connections (so not after every lone short connection). True when
+    /// it did.
+    pub(crate) fn trim_after_burst(&mut self, idle: bool) -> bool {
+        let big_fall =
+            self.peak_since_trim >= TRIM_AFTER_BYTES && self.held <= self.peak_since_trim / 4;
+        let emptied = idle
+            && self.held == 0
+            && (self.peak_since_trim >= 1 << 20 || self.closed_since_trim >= 64);
+        if big_fall || emptied {
+            self.peak_since_trim = self.held;
+            self.closed_since_trim = 0;
+            release_free_heap();
+            return true;
+        }
+        false
+    }
+}
+
+/// Gives the allocator's free memory back to the system (glibc keeps what
+/// a thread arena freed, even a whole burst's worth; other C libraries need
+/// nothing here).
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free
+    // lists; it takes the allocator's locks and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -908,6 +1217,37 @@ pub(crate) fn fire_deadlines<C: ConnPhase>(
             .is_some_and(|c| c.deadline().is_some())
     });
     fired
+}
+
+/// The connection to evict when the process is out of descriptors: the
+/// open connection whose session deadline (the handshake's) comes first,
+/// if it is at least [`EVICT_MIN_AGE`] old at `now`. Takes it from the
+/// heap, marks it aborted ([`CloseReason::Evicted`]) and returns it;
+/// entries of connections gone or past their handshake are dropped on the
+/// way.
+pub(crate) fn pick_eviction<C: ConnPhase>(
+    heap: &mut Deadlines,
+    conns: &mut Slab<C>,
+    now: Instant,
+) -> Option<(u32, u32)> {
+    while let Some(&Reverse((_, idx, gen))) = heap.peek() {
+        let Some(c) = conns.get_mut(idx, gen) else {
+            heap.pop();
+            continue;
+        };
+        if *c.phase_and_reason().0 != Phase::Open || c.deadline().is_none() {
+            heap.pop();
+            continue;
+        }
+        if now.saturating_duration_since(c.accepted_at()) < EVICT_MIN_AGE {
+            // The oldest handshake is young: nobody to evict yet.
+            return None;
+        }
+        heap.pop();
+        abort(c, CloseReason::Evicted);
+        return Some((idx, gen));
+    }
+    None
 }
 
 /// When either service loop must wake next: the earliest deadline or
@@ -1128,6 +1468,35 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_levels_and_hysteresis() {
+        let counters = Arc::new(LoopCounters::default());
+        let mut b = Budget::new(800, counters.clone());
+        let (mut x, mut y) = (0, 0);
+        b.set(&mut x, 700);
+        assert!(b.allows(5) && !b.take_changed());
+        // Over 7/8: only connections with nothing queued are read.
+        b.set(&mut y, 50);
+        assert!(b.allows(0) && !b.allows(1) && b.take_changed());
+        // Over the limit: nobody.
+        b.set(&mut y, 101);
+        assert!(!b.allows(0) && b.take_changed());
+        // Back to 7/8 (700): level 1; to 3/4 (600): everybody.
+        b.set(&mut y, 1);
+        assert!(!b.allows(0));
+        b.set(&mut y, 0);
+        assert!(b.allows(0) && !b.allows(1) && b.take_changed());
+        b.set(&mut x, 601);
+        assert!(!b.allows(1));
+        b.set(&mut x, 600);
+        assert!(b.allows(1) && b.take_changed());
+        assert_eq!(counters.buffered_bytes.load(Ordering::Relaxed), 600);
+        assert_eq!(counters.buffered_bytes_peak.load(Ordering::Relaxed), 801);
+        assert_eq!(counters.budget_pauses.load(Ordering::Relaxed), 1);
+        b.set(&mut x, 0);
+        assert_eq!(counters.buffered_bytes.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn echo_close_deadline_and_shutdown() {

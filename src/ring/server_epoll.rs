@@ -44,6 +44,11 @@
 //! A session with a backlog is asked for its next batch whenever the queue
 //! is at or below the low-water mark, at most [`BACKLOG_ROUNDS`] times per
 //! wake-up; past that the loop keeps `EPOLLOUT` armed so it comes back.
+//! The loop's budget of buffered bytes (shared with the io_uring loop) is
+//! checked before every `recv` and every batch: over it, connections leave
+//! `EPOLLIN` (first those with output waiting, then all) until it comes
+//! down. `EMFILE`/`ENFILE` on accept evicts the oldest connection still in
+//! its handshake and accepts again at once.
 //!
 //! # Closing and shutdown
 //!
@@ -69,8 +74,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::server::{
-    abort, apply, backpressure, fire_deadlines, next_wake, Acceptor, CloseReason, ConnPhase,
-    Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
+    abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
+    CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
 };
 
 /// Connections accepted per listener wake-up at most.
@@ -84,7 +89,7 @@ const EVENTS_PER_WAIT: usize = 256;
 /// How long accepts pause after the process ran out of fds or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Output vectors bigger than this are not kept around on idle connections.
-const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+const KEEP_CAPACITY_BYTES: usize = 4 * 1024;
 
 const EV_IN: u32 = libc::EPOLLIN as u32;
 const EV_OUT: u32 = libc::EPOLLOUT as u32;
@@ -130,6 +135,7 @@ fn token_parts(t: u64) -> Option<Token> {
 struct Conn<S> {
     fd: OwnedFd,
     session: S,
+    accepted: Instant,
     phase: Phase,
     reason: CloseReason,
     /// Not read because the output went over the high-water mark.
@@ -143,6 +149,8 @@ struct Conn<S> {
     sent: usize,
     /// The event mask registered with epoll.
     interest: u32,
+    /// What the connection counts against the loop's [`Budget`].
+    charge: usize,
 }
 
 impl<S> Conn<S> {
@@ -193,6 +201,7 @@ pub struct EpollLoop {
     /// Kept open (and registered) while the loop runs.
     _shutdown_fd: Arc<OwnedFd>,
     counters: Arc<LoopCounters>,
+    budget: Budget,
     scratch: Vec<u8>,
     events: Vec<libc::epoll_event>,
 }
@@ -249,12 +258,14 @@ impl EpollLoop {
             register_listener(&ep, &mut l, i).map_err(io::Error::from_raw_os_error)?;
             ls.push(l);
         }
+        let budget = Budget::new(cfg.max_buffered_bytes, counters.clone());
         Ok(EpollLoop {
             ep,
             scratch: vec![0u8; cfg.recv_buffer_bytes as usize],
             cfg,
             listeners: ls,
             _shutdown_fd: shutdown_fd,
+            budget,
             counters,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
         })
@@ -272,6 +283,8 @@ impl EpollLoop {
         let result = self.serve(&mut st);
         for (idx, _) in st.conns.keys() {
             if let Some(mut c) = st.conns.take(idx) {
+                self.budget.set(&mut c.charge, 0);
+                self.budget.closed();
                 abort(&mut c, CloseReason::Shutdown);
                 c.session.on_close(c.reason);
             }
@@ -294,6 +307,14 @@ impl EpollLoop {
                 }
             }
             self.fire_timers(st)?;
+            if self.budget.take_changed() {
+                // Over the budget (or back under): every connection leaves
+                // (or rejoins) the read set.
+                for (idx, gen) in st.conns.keys() {
+                    self.update(st, idx, gen);
+                }
+            }
+            let _trimmed = self.budget.trim_after_burst(st.conns.len() == 0);
         }
     }
 
@@ -333,6 +354,17 @@ impl EpollLoop {
                 Err(libc::EINTR) => {}
                 Err(e) => {
                     self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, libc::EMFILE | libc::ENFILE) {
+                        if let Some((idx, gen)) =
+                            pick_eviction(&mut st.deadlines, &mut st.conns, Instant::now())
+                        {
+                            // Closed at once: its fd is free for the next
+                            // accept, in this very batch.
+                            self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                            self.update(st, idx, gen);
+                            continue;
+                        }
+                    }
                     if matches!(
                         e,
                         libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
@@ -363,6 +395,7 @@ impl EpollLoop {
         let (idx, gen) = st.conns.insert(Conn {
             fd,
             session,
+            accepted: Instant::now(),
             phase: Phase::Open,
             reason: CloseReason::Session,
             paused: false,
@@ -371,6 +404,7 @@ impl EpollLoop {
             out: Vec::new(),
             sent: 0,
             interest: EV_IN,
+            charge: 0,
         });
         if let Err(e) = epoll_ctl(
             self.ep.as_raw_fd(),
@@ -398,20 +432,26 @@ impl EpollLoop {
         }
         if mask & (EV_IN | EV_HUP_ERR) != 0 {
             self.read(c);
+            let held = c.out.capacity();
+            self.budget.set(&mut c.charge, held);
         }
         self.update(st, idx, gen);
     }
 
-    /// True while the connection's input is wanted.
-    fn wants_input<S: Session>(c: &Conn<S>) -> bool {
-        c.phase == Phase::Open && !c.paused && !c.session.has_backlog()
+    /// True while the connection's input is wanted (and the loop is not
+    /// over its budget).
+    fn wants_input<S: Session>(&self, c: &Conn<S>) -> bool {
+        c.phase == Phase::Open
+            && !c.paused
+            && !c.session.has_backlog()
+            && self.budget.allows(c.queued())
     }
 
     /// Receives and feeds the session while it wants input, the socket has
     /// data and the budget lasts; sends the replies as they come.
     fn read<S: Session>(&mut self, c: &mut Conn<S>) {
         for _ in 0..READ_BUDGET {
-            if !Self::wants_input(c) {
+            if !self.wants_input(c) {
                 return;
             }
             match recv_nonblocking(&c.fd, &mut self.scratch) {
@@ -429,6 +469,8 @@ impl EpollLoop {
                     apply(c, v, CloseReason::Session);
                     self.flush(c);
                     self.check_pause(c);
+                    let held = c.out.capacity();
+                    self.budget.set(&mut c.charge, held);
                     if n < self.scratch.len() {
                         // A short receive emptied the socket.
                         return;
@@ -493,6 +535,7 @@ impl EpollLoop {
             if c.phase == Phase::Aborting
                 || c.queued() > self.cfg.output_low_water_bytes
                 || !c.session.has_backlog()
+                || !self.budget.allows(c.queued())
             {
                 break;
             }
@@ -517,20 +560,29 @@ impl EpollLoop {
         };
         if done {
             if let Some(mut c) = st.conns.take(idx) {
+                self.budget.set(&mut c.charge, 0);
+                self.budget.closed();
                 c.session.on_close(c.reason);
                 // Closing the fd also takes it out of the epoll set.
                 drop(c);
             }
             return;
         }
+        let held = c.out.capacity();
+        self.budget.set(&mut c.charge, held);
         let mut want = 0;
-        if Self::wants_input(c) {
+        if self.wants_input(c) {
             want |= EV_IN;
         }
         if c.queued() > 0 || c.kick {
             want |= EV_OUT;
         }
-        debug_assert!(want != 0, "a live connection must wait for something");
+        // Nothing to wait for only while the budget holds the connection:
+        // the sweep when the budget frees up brings it back.
+        debug_assert!(
+            want != 0 || !self.budget.allows(c.queued()),
+            "a live connection must wait for something"
+        );
         if want != c.interest {
             let raw = c.fd.as_raw_fd();
             match epoll_ctl(
@@ -543,6 +595,8 @@ impl EpollLoop {
                 Ok(()) => c.interest = want,
                 Err(e) => {
                     if let Some(mut c) = st.conns.take(idx) {
+                        self.budget.set(&mut c.charge, 0);
+                        self.budget.closed();
                         abort(&mut c, CloseReason::Error(e));
                         c.session.on_close(c.reason);
                     }
@@ -599,6 +653,10 @@ impl<S: Session> ConnPhase for Conn<S> {
         self.compact();
         self.session.on_deadline(&mut self.out)
     }
+
+    fn accepted_at(&self) -> Instant {
+        self.accepted
+    }
 }
 
 #[cfg(test)]
@@ -626,6 +684,7 @@ mod tests {
         let mut c = Conn {
             fd: OwnedFd::from(a),
             session: (),
+            accepted: Instant::now(),
             phase: Phase::Open,
             reason: CloseReason::Session,
             paused: false,
@@ -634,6 +693,7 @@ mod tests {
             out: b"abcdef".to_vec(),
             sent: 2,
             interest: 0,
+            charge: 0,
         };
         c.compact();
         assert_eq!((c.out.as_slice(), c.sent), (&b"abcdef"[..], 2));

@@ -11,15 +11,18 @@
 //!   same `call_id` and context carrying `reply_size` stub bytes
 //!   ([`reply_stub_byte`]), in fragments of at most 4280 bytes with the
 //!   first/last flags right.
-//! * Output is produced in batches of about [`OUTPUT_BATCH_BYTES`]: a burst
-//!   of small requests is answered as the client reads the replies, so a
-//!   client cannot make the service hold more than a batch plus one reply.
+//! * Output is produced in batches of about [`OUTPUT_BATCH_BYTES`], one
+//!   fragment at a time: a response is written as the client reads it (a
+//!   16 MiB reply is never built whole) and a burst of requests is answered
+//!   as the replies drain, so a client that never reads makes the service
+//!   hold at most a batch plus one fragment.
 
 use std::sync::Arc;
 
 use crate::protocol::dcerpc::{
-    decode_request, encode_bind_ack, encode_response, CommonHeader, PduReassembler,
-    DEFAULT_MAX_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND, PTYPE_REQUEST,
+    decode_request, encode_bind_ack, CommonHeader, PduReassembler, DEFAULT_MAX_FRAG,
+    PFC_FIRST_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND, PTYPE_REQUEST, PTYPE_RESPONSE,
+    RESPONSE_HEADER_LEN,
 };
 use crate::protocol::{NetUserInfo, PipeName};
 
@@ -63,9 +66,26 @@ pub struct DceRpc {
     reassembler: PduReassembler,
     sec_addr: String,
     stub: Arc<[u8]>,
-    /// Stopped at a full batch with input maybe left in the reassembler.
+    /// The response being written, fragment by fragment as the output
+    /// drains: a 16 MiB reply is never built whole.
+    reply: Option<Reply>,
+    /// Stopped at a full batch with a reply unfinished or input maybe left
+    /// in the reassembler.
     stalled: bool,
 }
+
+/// A response in progress: its call and the stub bytes already written.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    call_id: u32,
+    context_id: u16,
+    offset: usize,
+}
+
+/// Stub bytes per response fragment: the room after the 24-byte header in
+/// a [`DEFAULT_MAX_FRAG`] fragment, a multiple of 8 (as
+/// [`crate::protocol::dcerpc::encode_response`] cuts them).
+const STUB_PER_FRAG: usize = (DEFAULT_MAX_FRAG as usize - RESPONSE_HEADER_LEN) & !7;
 
 impl DceRpc {
     /// A handler for `pipe` answering requests with `stub`.
@@ -74,24 +94,64 @@ impl DceRpc {
             reassembler: PduReassembler::new(DEFAULT_MAX_FRAG),
             sec_addr: format!("\\PIPE\\{}", pipe.as_str()),
             stub,
+            reply: None,
             stalled: false,
         }
     }
 
-    /// Answers whole PDUs until the input runs out or `out` holds a batch.
+    /// Writes response fragments and answers whole PDUs until the input
+    /// runs out or this call wrote a batch ([`OUTPUT_BATCH_BYTES`], plus at
+    /// most one fragment or bind_ack). Always writes something when it has
+    /// anything to write, so every call makes progress.
     fn process(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
+        let start = out.len();
         self.stalled = false;
-        while let Some(pdu) = self.reassembler.next_pdu() {
-            self.answer(&pdu?, out)?;
-            if out.len() >= OUTPUT_BATCH_BYTES {
-                self.stalled = true;
-                break;
+        loop {
+            if out.len() - start >= OUTPUT_BATCH_BYTES {
+                self.stalled = self.reply.is_some() || self.reassembler.buffered() > 0;
+                return Ok(());
+            }
+            if let Some(mut r) = self.reply.take() {
+                self.write_fragment(&mut r, out);
+                if r.offset < self.stub.len() {
+                    self.reply = Some(r);
+                }
+                continue;
+            }
+            match self.reassembler.next_pdu() {
+                None => return Ok(()),
+                Some(pdu) => self.answer(&pdu?, out)?,
             }
         }
-        Ok(())
     }
 
-    fn answer(&self, pdu: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
+    /// Appends the next fragment of `r` (C706 12.6.4.10: `alloc_hint` the
+    /// stub bytes left from this fragment on, first/last flags) and moves
+    /// its offset on. An empty stub is one fragment, first and last.
+    fn write_fragment(&self, r: &mut Reply, out: &mut Vec<u8>) {
+        let remaining = self.stub.len() - r.offset;
+        let chunk = remaining.min(STUB_PER_FRAG);
+        let mut flags = 0;
+        if r.offset == 0 {
+            flags |= PFC_FIRST_FRAG;
+        }
+        if chunk == remaining {
+            flags |= PFC_LAST_FRAG;
+        }
+        // chunk <= STUB_PER_FRAG, so the fragment fits in a u16.
+        let frag_length = (RESPONSE_HEADER_LEN + chunk) as u16;
+        out.reserve(usize::from(frag_length));
+        out.extend_from_slice(
+            &CommonHeader::new(PTYPE_RESPONSE, flags, frag_length, r.call_id).encode(),
+        );
+        out.extend_from_slice(&u32::try_from(remaining).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&r.context_id.to_le_bytes());
+        out.extend_from_slice(&[0, 0]); // cancel_count, reserved
+        out.extend_from_slice(&self.stub[r.offset..r.offset + chunk]);
+        r.offset += chunk;
+    }
+
+    fn answer(&mut self, pdu: &[u8], out: &mut Vec<u8>) -> Result<(), HandlerError> {
         let header = CommonHeader::decode(pdu)?;
         match header.ptype {
             PTYPE_BIND | PTYPE_ALTER_CONTEXT => {
@@ -100,12 +160,15 @@ impl DceRpc {
             PTYPE_REQUEST => {
                 let req = decode_request(pdu)?;
                 if req.header.pfc_flags & PFC_LAST_FRAG != 0 {
-                    out.extend_from_slice(&encode_response(
-                        req.header.call_id,
-                        req.context_id,
-                        &self.stub,
-                        DEFAULT_MAX_FRAG,
-                    ));
+                    let mut r = Reply {
+                        call_id: req.header.call_id,
+                        context_id: req.context_id,
+                        offset: 0,
+                    };
+                    self.write_fragment(&mut r, out);
+                    if r.offset < self.stub.len() {
+                        self.reply = Some(r);
+                    }
                 }
             }
             p if PTYPES_IGNORED.contains(&p) => {}
@@ -134,8 +197,8 @@ impl Handler for DceRpc {
 mod tests {
     use super::*;
     use crate::protocol::dcerpc::{
-        decode_bind_ack, decode_response, encode_bind, encode_request, pdu_len, NDR_SYNTAX,
-        PFC_FIRST_FRAG, PTYPE_BIND_ACK, PTYPE_RESPONSE, SRVSVC_SYNTAX,
+        decode_bind_ack, decode_response, encode_bind, encode_request, encode_response,
+        encoded_call_len, pdu_len, NDR_SYNTAX, PTYPE_BIND_ACK, SRVSVC_SYNTAX,
     };
     use crate::service::testutil::user;
 
@@ -241,6 +304,58 @@ mod tests {
         }
         assert!(calls > 5);
         assert_eq!(total, 100 * (10_000 + 3 * 24));
+    }
+
+    /// Feeds `input` then resumes while there is a backlog; returns every
+    /// byte written and the most one call wrote.
+    fn drain(h: &mut dyn Handler, input: &[u8]) -> (Vec<u8>, usize) {
+        let mut all = Vec::new();
+        let mut out = Vec::new();
+        h.on_data(input, &mut out).unwrap();
+        let mut most = out.len();
+        all.append(&mut out);
+        while h.has_backlog() {
+            h.resume(&mut out).unwrap();
+            assert!(!out.is_empty(), "a resume with a backlog made no progress");
+            most = most.max(out.len());
+            all.append(&mut out);
+        }
+        (all, most)
+    }
+
+    #[test]
+    fn responses_written_fragment_by_fragment_match_the_encoder() {
+        for size in [0, 1, 4255, 4256, 4257, 10_000, 3 * 4256, 200_003] {
+            let mut h = handler(size);
+            let req = encode_request(5, 3, 1, b"x", DEFAULT_MAX_FRAG);
+            let (got, _) = drain(h.as_mut(), &req);
+            let stub: Vec<u8> = (0..size).map(reply_stub_byte).collect();
+            let want = encode_response(5, 3, &stub, DEFAULT_MAX_FRAG);
+            assert!(
+                got == want,
+                "reply of {size} bytes differs from encode_response"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sixteen_mebibyte_reply_is_never_built_whole() {
+        // Before: the whole 16 MiB response went into `out` at once.
+        let mut h = handler(16 << 20);
+        let mut burst = Vec::new();
+        for id in 0..3 {
+            burst.extend_from_slice(&encode_request(id, 0, 1, b"", DEFAULT_MAX_FRAG));
+        }
+        let mut out = Vec::new();
+        h.on_data(&burst, &mut out).unwrap();
+        assert!(h.has_backlog());
+        assert!(out.len() <= OUTPUT_BATCH_BYTES + 4280, "{}", out.len());
+        // Even with output already pending, each call makes progress and
+        // stays within a batch plus a fragment.
+        let (rest, most) = drain(h.as_mut(), &[]);
+        assert!(most <= OUTPUT_BATCH_BYTES + 4280, "{most}");
+        let total = out.len() + rest.len();
+        assert_eq!(total, 3 * encoded_call_len(16 << 20, DEFAULT_MAX_FRAG));
     }
 
     #[test]

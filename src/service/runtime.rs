@@ -196,6 +196,10 @@ impl Service {
     }
 }
 
+/// The smallest share of [`ServiceBuilder::max_buffered_bytes`] a thread
+/// may get: a thread must be able to hold a few replies.
+const MIN_THREAD_BUDGET_BYTES: usize = 256 << 10;
+
 /// The default handshake deadline.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -263,6 +267,18 @@ impl ServiceBuilder {
         self
     }
 
+    /// Output bytes the whole service may hold for its connections
+    /// (default 256 MiB, split evenly among the threads): over it, a
+    /// thread stops reading requests, and handlers stop producing replies,
+    /// until its connections are back under three quarters of its share.
+    /// Connections are paused, not dropped. With
+    /// [`output_limit`](Self::output_limit) per connection, this bounds the
+    /// service's memory whatever the number of clients that never read.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.loop_cfg.max_buffered_bytes = bytes;
+        self
+    }
+
     /// Connections each thread holds at most (default 1 Mi); more are
     /// closed as soon as they are accepted.
     pub fn max_connections_per_thread(mut self, n: usize) -> Self {
@@ -327,6 +343,14 @@ impl ServiceBuilder {
         }
         if self.pipes.is_empty() {
             return Err(ServiceError::NoPipes);
+        }
+        let thread_budget = self.loop_cfg.max_buffered_bytes / self.threads;
+        if thread_budget < MIN_THREAD_BUDGET_BYTES {
+            return Err(ServiceError::Config(format!(
+                "max buffered bytes {} is below {} KiB per thread",
+                self.loop_cfg.max_buffered_bytes,
+                MIN_THREAD_BUDGET_BYTES >> 10
+            )));
         }
         let mut names: Vec<PipeName> = Vec::new();
         for raw in &self.pipes {
@@ -399,7 +423,8 @@ impl ServiceBuilder {
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServiceError>>();
         for i in 0..self.threads {
-            let cfg = self.loop_cfg.clone();
+            let mut cfg = self.loop_cfg.clone();
+            cfg.max_buffered_bytes = thread_budget;
             let listeners = handle.sockets.fds();
             let (shutdown, counters, shared) = (
                 shutdown.clone(),

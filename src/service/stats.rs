@@ -62,6 +62,17 @@ pub struct Stats {
     pub backpressure_pauses: u64,
     /// Accept completions that failed.
     pub accept_errors: u64,
+    /// Bytes the connections hold now for their output (buffer capacity),
+    /// counted against [`max_buffered_bytes`](crate::service::ServiceBuilder::max_buffered_bytes).
+    pub buffered_bytes: u64,
+    /// The most `buffered_bytes` has been.
+    pub buffered_bytes_peak: u64,
+    /// Times a service thread stopped reading because its connections held
+    /// more than its share of the budget.
+    pub budget_pauses: u64,
+    /// Connections still in their handshake closed to let a new one in
+    /// when the process ran out of descriptors.
+    pub evicted: u64,
 }
 
 impl Stats {
@@ -92,6 +103,10 @@ impl Stats {
             recv_no_buffers: r(&l.recv_no_buffers),
             backpressure_pauses: r(&l.backpressure_pauses),
             accept_errors: r(&l.accept_errors),
+            buffered_bytes: r(&l.buffered_bytes),
+            buffered_bytes_peak: r(&l.buffered_bytes_peak),
+            budget_pauses: r(&l.budget_pauses),
+            evicted: r(&l.evicted),
         }
     }
 }
