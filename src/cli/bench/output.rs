@@ -142,8 +142,9 @@ fn round2(x: f64) -> f64 {
 /// The `--json` document: exactly one object, `{"results": [...]}`, one
 /// entry per run. With several rounds it also has `"summary"`: per engine
 /// and pipe count, the median of each figure over the rounds and the
-/// ratios against tokio and threads, each computed within a round (median,
-/// min, max over the rounds).
+/// ratios against tokio, threads and the `uring-min` reference (`null` where
+/// that one did not run), each computed within a round (median, min, max
+/// over the rounds).
 pub fn json(results: &[RunResult]) -> String {
     let rows: Vec<_> = results.iter().map(RunResult::to_json).collect();
     if rounds(results) <= 1 {
@@ -176,9 +177,10 @@ pub fn json(results: &[RunResult]) -> String {
                         })
                     })
                 };
-                v[format!("vs_{base}")] = json!({
+                v[format!("vs_{}", base.replace('-', "_"))] = json!({
                     "transceives_per_s": spread(|r| r.transceives_per_s),
                     "client_cpu_us_per_op": spread(|r| r.client_cpu_us_per_op),
+                    "p50_us": spread(|r| r.p50_us),
                 });
             }
             v
@@ -191,8 +193,9 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// The engines every other one is compared with, in the same round.
-const BASES: [&str; 2] = ["tokio", "threads"];
+/// The engines every other one is compared with, in the same round
+/// (`uring-min` is the reference for the engine's own overhead).
+const BASES: [&str; 3] = ["tokio", "threads", "uring-min"];
 
 /// How many rounds the results span.
 fn rounds(results: &[RunResult]) -> usize {
@@ -360,11 +363,17 @@ pub fn table(results: &[RunResult]) -> String {
     engines.sort_unstable();
     engines.dedup();
     if engines.len() > 1 {
+        // Columns for the bases that ran (tokio and threads always, as
+        // before; uring-min when it was asked for).
+        let bases: Vec<&str> = BASES
+            .into_iter()
+            .filter(|b| *b != "uring-min" || engines.contains(b))
+            .collect();
         let ratio_rows: Vec<Vec<String>> = groups
             .iter()
             .map(|g| {
                 let mut row = vec![g.engine.to_string(), g.pipes.to_string()];
-                for base in BASES {
+                for &base in &bases {
                     for f in [
                         (|r: &RunResult| r.transceives_per_s) as fn(&RunResult) -> f64,
                         |r: &RunResult| r.client_cpu_us_per_op,
@@ -381,18 +390,14 @@ pub fn table(results: &[RunResult]) -> String {
                 row
             })
             .collect();
+        let mut header = vec!["engine".to_string(), "pipes".to_string()];
+        for base in &bases {
+            header.push(format!("tps vs {base}"));
+            header.push(format!("CPU/op vs {base}"));
+        }
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
         out.push('\n');
-        out.push_str(&aligned(
-            &[
-                "engine",
-                "pipes",
-                "tps vs tokio",
-                "CPU/op vs tokio",
-                "tps vs threads",
-                "CPU/op vs threads",
-            ],
-            &ratio_rows,
-        ));
+        out.push_str(&aligned(&header, &ratio_rows));
     }
     out
 }
@@ -528,6 +533,38 @@ mod tests {
         assert_eq!(s["vs_tokio"]["transceives_per_s"]["min"], 1.2);
         assert_eq!(s["vs_tokio"]["transceives_per_s"]["max"], 1.5);
         assert!(s["vs_threads"]["transceives_per_s"].is_null());
+        assert!(s["vs_uring_min"]["client_cpu_us_per_op"].is_null());
+    }
+
+    #[test]
+    fn uring_min_is_a_base_when_it_ran() {
+        let mut v = three_rounds();
+        for (round, p50) in [(1, 40.0), (2, 50.0), (3, 45.0)] {
+            let mut m = in_round(row("uring-min", 100_000.0, 1.6), round);
+            m.p50_us = p50;
+            v.push(m);
+        }
+        for r in v.iter_mut().filter(|r| r.engine == "uring") {
+            r.p50_us = 50.0;
+        }
+        let t = table(&v);
+        assert!(t.contains("CPU/op vs uring-min"), "{t}");
+        let doc: serde_json::Value = serde_json::from_str(&json(&v)).unwrap();
+        let s = doc["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["engine"] == "uring")
+            .unwrap();
+        // Client CPU 2.0/speed against 1.6 in rounds of speed 1, 0.5, 2.
+        let cpu = &s["vs_uring_min"]["client_cpu_us_per_op"];
+        assert_eq!(cpu["median"], 1.25);
+        assert_eq!(cpu["min"], 0.625);
+        assert_eq!(cpu["max"], 2.5);
+        // p50 50 us against 40, 50, 45.
+        assert_eq!(s["vs_uring_min"]["p50_us"]["median"], 1.111);
+        // Without uring-min in the run, no such column.
+        assert!(!table(&three_rounds()).contains("uring-min"));
     }
 
     #[test]
