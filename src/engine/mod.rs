@@ -22,8 +22,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod core;
+mod command;
 mod request;
+mod ring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,11 +32,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use self::core::RingContext;
-use self::core::{
-    transfer_callback, Callback, Command, CommandQueue, Core, Notify, Outcome, PipeIo,
+pub use self::command::RingContext;
+use self::command::{
+    transfer_callback, Callback, Command, CommandQueue, Notify, Outcome, PipeIo, Shared,
 };
-use request::Shared;
+use self::ring::Core;
 pub use request::{CancelHandle, Request};
 
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};

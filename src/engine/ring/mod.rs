@@ -1,0 +1,623 @@
+//! The ring thread: one [`Core`] per ring owns the driver (io_uring's
+//! [`Driver`], or the epoll fallback: any [`OpDriver`], monomorphised), the
+//! table of open pipes and the table of requests in flight, and turns
+//! requests into SQE chains and completions into results.
+//!
+//! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry and
+//! by every operation in flight on it, so the descriptor is closed only after
+//! the pipe is closed AND the last operation's final completion arrived. A
+//! request keeps its op entry (and so its accounting on the pipe) until its
+//! last SQE completed, even when its caller was already told
+//! `STATUS_CANCELLED`.
+
+mod cancel;
+mod io;
+mod multishot;
+mod open;
+mod reply;
+mod wait;
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::command::{Command, CommandQueue, Notify, Outcome, PipeIo, RingContext, RingCore};
+use super::{EngineConfig, PipeId, Tree};
+use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
+use crate::slab::Slab;
+
+/// Replies of at least this size never report overflow (the seed's rule).
+pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
+
+// Steps, the low byte of a token.
+const ST_CONNECT: u8 = 1;
+const ST_HELLO: u8 = 2;
+const ST_STATUS: u8 = 3;
+const ST_DEADLINE: u8 = 4;
+const ST_SEND: u8 = 5;
+const ST_RECV: u8 = 6;
+const ST_MORE: u8 = 7;
+const ST_PEEK: u8 = 8;
+const ST_WAIT_CONNECT: u8 = 9;
+const ST_WAIT_TIMER: u8 = 10;
+const ST_MULTI: u8 = 11;
+
+/// Bytes a pipe's multishot receive may pile up in its pushback with no
+/// request waiting (replies to cancelled requests, unsolicited data) before
+/// the receive is stopped; the rest then stays in the socket, and the
+/// receive is re-armed once a request needs data and the pushback is empty.
+const MS_PUSHBACK_CAP: usize = 64 * 1024;
+
+/// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
+/// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
+pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
+
+/// The longest chain an op pushes (open: connect, hello, status).
+const MAX_CHAIN: usize = 3;
+
+/// A chain being built, without a heap allocation.
+#[derive(Default)]
+struct ChainBuf {
+    ops: [Option<(Op, u8)>; MAX_CHAIN],
+    len: usize,
+}
+
+impl ChainBuf {
+    fn push(&mut self, op: (Op, u8)) {
+        debug_assert!(self.len < MAX_CHAIN, "chain longer than MAX_CHAIN");
+        if let Some(slot) = self.ops.get_mut(self.len) {
+            *slot = Some(op);
+            self.len += 1;
+        }
+    }
+}
+
+impl IntoIterator for ChainBuf {
+    type Item = (Op, u8);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.into_iter().flatten()
+    }
+}
+
+fn token(op: u32, gen: u32, step: u8) -> u64 {
+    ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
+}
+
+fn untoken(t: u64) -> (u32, u32, u8) {
+    (
+        (t >> 32) as u32,
+        ((t >> 8) & 0x00ff_ffff) as u32,
+        (t & 0xff) as u8,
+    )
+}
+
+struct PipeEntry {
+    fd: Rc<OwnedFd>,
+    session: u64,
+    /// The first of the pipe's op entries not finished yet, linked through
+    /// `OpEntry::pipe_next` (a few at most): closing the pipe cancels these
+    /// without looking at any other pipe's ops, and no op means idle.
+    ops: Option<(u32, u32)>,
+    closing: bool,
+    close_waiters: Vec<Notify>,
+    /// Cancelled requests whose SQEs are still in the kernel. While any
+    /// is, new requests wait in `deferred`: a cancelled RECV still armed
+    /// must not take the reply meant for the next request.
+    draining: u32,
+    deferred: VecDeque<(PipeIo, Notify)>,
+    /// Bytes a cancelled receive took off the socket after all (it won the
+    /// race with its cancel). They belong to the stream: the next read,
+    /// transceive or peek gets them first, so nothing is lost or reordered.
+    /// With a multishot receive armed, every chunk that arrives while no
+    /// request waits for data lands here too.
+    pushback: Vec<u8>,
+    /// The pipe's multishot receive (its op entry), while armed.
+    ms: Option<(u32, u32)>,
+    /// The multishot receive is being stopped (pushback over its cap, or a
+    /// deferred read needs a receive of its own).
+    ms_stopping: bool,
+    /// The multishot receive saw the end of the stream.
+    eof: bool,
+    /// Requests waiting for the multishot receive's chunks, in the order
+    /// they started. While any waits, the pushback is empty: bytes that
+    /// arrive go to the first waiter, what it cannot take to the next.
+    waiters: VecDeque<(u32, u32)>,
+}
+
+impl PipeEntry {
+    /// The deferred requests that may start now: none while a cancelled
+    /// request still has SQEs in the kernel, a request waits for the
+    /// multishot receive, or that receive is being stopped.
+    fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
+        if self.draining == 0 && self.waiters.is_empty() && !self.ms_stopping {
+            std::mem::take(&mut self.deferred)
+        } else {
+            VecDeque::new()
+        }
+    }
+}
+
+enum Kind {
+    Open {
+        fd: Rc<OwnedFd>,
+        name: PipeName,
+        tree: Option<Tree>,
+        timer: Option<SqeId>,
+        status: Option<NtStatus>,
+    },
+    Transceive {
+        max_out: usize,
+        /// The request; moved into the Send op while it is in flight.
+        input: Vec<u8>,
+        /// Bytes of `input` the kernel confirmed sent.
+        sent: usize,
+        /// Registered mode: the slot holding the input, then the reply.
+        reg: Option<Rc<RegBuf>>,
+        out: Option<Vec<u8>>,
+        /// Some(more waiting?) once known.
+        more: Option<bool>,
+        /// The pooled receive found the pool empty: receive again, plain.
+        retry_recv: bool,
+        /// The pipe had pushed-back bytes: send only, the reply comes from
+        /// them.
+        from_pushback: bool,
+        /// Send only: the reply comes from the pipe's multishot receive.
+        via_ms: bool,
+        status: Option<NtStatus>,
+    },
+    Read {
+        max_out: usize,
+        out: Option<Vec<u8>>,
+        retry_recv: bool,
+        /// No SQE: the data comes from the pipe's multishot receive.
+        via_ms: bool,
+        status: Option<NtStatus>,
+    },
+    /// A pipe's multishot receive (no caller: its chunks go to the pipe's
+    /// waiting request or pushback).
+    Multishot,
+    Write {
+        data: Vec<u8>,
+        sent: usize,
+        status: Option<NtStatus>,
+    },
+    Peek {
+        room: usize,
+        data: Option<Vec<u8>>,
+        eof: bool,
+        status: Option<NtStatus>,
+    },
+    WaitPipe {
+        name: PipeName,
+        deadline: Instant,
+        attempt: u32,
+        connected: bool,
+        status: Option<NtStatus>,
+    },
+}
+
+struct OpEntry {
+    pipe: Option<PipeId>,
+    session: u64,
+    notify: Option<Notify>,
+    /// SQEs pushed and not yet completed.
+    pending: u32,
+    /// The current chain's SQE ids (at most [`MAX_CHAIN`]), how many there
+    /// are, and how many of them completed.
+    chain: [SqeId; MAX_CHAIN],
+    chain_len: u8,
+    chain_done: u8,
+    /// The next op of the same pipe (see `PipeEntry::ops`).
+    pipe_next: Option<(u32, u32)>,
+    /// The caller was told the request was cancelled; remaining CQEs only
+    /// release resources.
+    cancelled: bool,
+    kind: Kind,
+}
+
+/// Fills the unused places of `OpEntry::chain` (only the first `chain_len`
+/// are ids).
+const NO_SQE: SqeId = SqeId::NONE;
+
+impl OpEntry {
+    /// The id of the `i`-th SQE of the current chain, if there is one.
+    fn chain_id(&self, i: usize) -> Option<SqeId> {
+        (i < usize::from(self.chain_len)).then(|| self.chain[i])
+    }
+}
+
+/// The per-ring state, driven by [`run`] on the ring's own thread.
+pub(crate) struct Core<D: OpDriver = Driver> {
+    /// Open op entries in the table (see `EngineConfig::max_opens_in_flight`).
+    opening: usize,
+    /// Opens waiting for their turn, in the order they came.
+    queued_opens: VecDeque<QueuedOpen>,
+    drv: D,
+    cfg: Arc<EngineConfig>,
+    ring_index: usize,
+    pipes: Slab<PipeEntry>,
+    ops: Slab<OpEntry>,
+    queue: Arc<CommandQueue>,
+    file_ids: Arc<AtomicU64>,
+    done: Vec<Completion>,
+    /// Scratch for the SQE ids of the chain being pushed (no allocation).
+    ids: Vec<SqeId>,
+    stopping: bool,
+    /// The kernel refused a multishot receive: pipes use one receive per
+    /// request instead.
+    ms_disabled: bool,
+}
+
+/// An open waiting for its turn.
+struct QueuedOpen {
+    path: String,
+    user: Box<NetUserInfo>,
+    tree: Option<Tree>,
+    notify: Notify,
+}
+
+impl<D: OpDriver> RingCore for Core<D> {
+    fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        Core::start_io(self, pipe, io, notify)
+    }
+    fn ring_index(&self) -> usize {
+        self.ring_index
+    }
+}
+
+/// Maps a socket errno to the status the seed would give.
+pub(crate) fn socket_status(errno: i32) -> NtStatus {
+    match errno {
+        // A peer that went away: what the seed sees as EPIPE.
+        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ESHUTDOWN => NtStatus::PIPE_BROKEN,
+        libc::ENOBUFS | libc::ENOMEM => NtStatus::INSUFFICIENT_RESOURCES,
+        libc::ECANCELED => NtStatus::CANCELLED,
+        e => NtStatus::from_errno(e),
+    }
+}
+
+impl<D: OpDriver> Core<D> {
+    pub(crate) fn new(
+        drv: D,
+        cfg: Arc<EngineConfig>,
+        ring_index: usize,
+        queue: Arc<CommandQueue>,
+        file_ids: Arc<AtomicU64>,
+    ) -> Core<D> {
+        Core {
+            opening: 0,
+            queued_opens: VecDeque::new(),
+            drv,
+            cfg,
+            ring_index,
+            pipes: Slab::new(),
+            ops: Slab::new(),
+            queue,
+            file_ids,
+            done: Vec::with_capacity(256),
+            ids: Vec::with_capacity(MAX_CHAIN),
+            stopping: false,
+            ms_disabled: false,
+        }
+    }
+
+    /// The ring thread's loop: commands in, SQEs out, completions back.
+    pub(crate) fn run(mut self) {
+        let mut cmds = Vec::new();
+        let wake = self.queue.wake.clone();
+
+        loop {
+            self.queue.take(&mut cmds);
+            for c in cmds.drain(..) {
+                self.command(c);
+            }
+            self.start_queued_opens();
+            if self.stopping && self.ops.len() == 0 && self.pipes.len() == 0 {
+                break;
+            }
+            let res = if self.queue.is_pending() {
+                self.drv.submit_and_wait(0, None)
+            } else {
+                wake.prepare_park();
+                if self.queue.is_pending() {
+                    wake.unpark();
+                    self.drv.submit_and_wait(0, None)
+                } else {
+                    let r = self.drv.submit_and_wait(1, None);
+                    wake.unpark();
+                    r
+                }
+            };
+            if let Err(e) = res {
+                tracing::error!("opipe: ring {} submit failed: {e}", self.ring_index);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut done = std::mem::take(&mut self.done);
+            self.drv.reap(&mut done);
+
+            for c in done.drain(..) {
+                self.completion(c);
+            }
+            self.done = done;
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Open {
+                path,
+                user,
+                tree,
+                notify,
+            } => self.queued_opens.push_back(QueuedOpen {
+                path,
+                user,
+                tree,
+                notify,
+            }),
+            Command::Io { pipe, io, notify } => self.start_io(pipe, io, notify),
+            Command::Close { pipe, notify } => self.close_pipe(pipe, notify),
+            Command::Cancel { shared } => self.cancel_shared(&shared),
+            Command::Disconnect { session, notify } => {
+                self.disconnect(session);
+                if let Some(n) = notify {
+                    self.notify(n, Ok(Outcome::Done));
+                }
+            }
+            Command::WaitPipe {
+                name,
+                timeout,
+                notify,
+            } => self.start_wait(name, timeout, notify),
+            Command::Shutdown => {
+                self.stopping = true;
+                for q in std::mem::take(&mut self.queued_opens) {
+                    self.reject(q.notify, NtStatus::PIPE_NOT_AVAILABLE);
+                }
+                for (i, g) in self.ops.keys() {
+                    self.cancel_op(i, g, NtStatus::CANCELLED);
+                }
+                for (i, g) in self.pipes.keys() {
+                    self.close_pipe(
+                        PipeId {
+                            ring: self.ring_index,
+                            index: i,
+                            gen: g,
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, n: Notify, res: Result<Outcome, NtStatus>) {
+        match n {
+            Notify::Shared(s) => {
+                if let Some(Ok(Outcome::Opened { pipe, .. })) = s.complete(res) {
+                    // The caller gave up on this open: close what we opened.
+                    self.close_pipe(pipe, None);
+                }
+            }
+            Notify::Callback(f) => f(&mut RingContext::new(self), res),
+        }
+    }
+
+    fn reject(&mut self, n: Notify, status: NtStatus) {
+        self.notify(n, Err(status));
+    }
+
+    fn new_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Notify,
+        kind: Kind,
+    ) -> (u32, u32) {
+        let shared = match &notify {
+            Notify::Shared(s) => Some(s.clone()),
+            Notify::Callback(_) => None,
+        };
+        let key = self.insert_op(pipe, session, Some(notify), kind);
+        if let Some(s) = shared {
+            s.op_key
+                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+        }
+        key
+    }
+
+    /// Adds an op entry (first in its pipe's `ops` list); `notify` is
+    /// `None` for the engine's own ops (a pipe's multishot receive).
+    fn insert_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Option<Notify>,
+        kind: Kind,
+    ) -> (u32, u32) {
+        let pipe_next = pipe
+            .and_then(|p| self.pipes.get_mut(p.index, p.gen))
+            .and_then(|pe| pe.ops);
+        let key = self.ops.insert(OpEntry {
+            pipe,
+            session,
+            notify,
+            pending: 0,
+            chain: [NO_SQE; MAX_CHAIN],
+            chain_len: 0,
+            chain_done: 0,
+            pipe_next,
+            cancelled: false,
+            kind,
+        });
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.ops = Some(key);
+        }
+        key
+    }
+
+    fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
+        let mut ids = std::mem::take(&mut self.ids);
+        self.drv.push_chain(
+            ops.into_iter()
+                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            &mut ids,
+        );
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            debug_assert!(ids.len() <= MAX_CHAIN);
+            e.pending += ids.len() as u32;
+            e.chain = [NO_SQE; MAX_CHAIN];
+            for (slot, id) in e.chain.iter_mut().zip(&ids) {
+                *slot = *id;
+            }
+            e.chain_len = ids.len().min(MAX_CHAIN) as u8;
+            e.chain_done = 0;
+        }
+        self.ids = ids;
+    }
+
+    fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
+        let id = self.drv.push(op, token(key.0, key.1, st));
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            e.pending += 1;
+        }
+        id
+    }
+
+    fn completion(&mut self, c: Completion) {
+        let (index, gen, step) = untoken(c.token);
+        let key = (index, gen);
+        let cancelled = {
+            let Some(e) = self.ops.get_mut(index, gen) else {
+                return;
+            };
+            if !c.more {
+                e.pending = e.pending.saturating_sub(1);
+                if step != ST_DEADLINE && step != ST_WAIT_TIMER {
+                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
+                }
+            }
+            e.cancelled
+        };
+        match step {
+            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
+            ST_MULTI => return self.ms_step(key, c),
+            ST_WAIT_CONNECT | ST_WAIT_TIMER => {
+                let r = c.result;
+                drop(c);
+                self.wait_step(key, step, r);
+            }
+            _ => self.io_step(key, step, c),
+        }
+        if cancelled {
+            // Keep cancelling whatever part of the chain is still running.
+            self.cancel_chain(key);
+        }
+        let Some(e) = self.ops.get_mut(index, gen) else {
+            return;
+        };
+        if e.pending > 0 {
+            return;
+        }
+        // The chain is over: resume a send that fell short, or finish.
+        let resume = !e.cancelled
+            && match &e.kind {
+                Kind::Transceive {
+                    input,
+                    sent,
+                    retry_recv,
+                    status: None,
+                    ..
+                } => *sent < input.len() || *retry_recv,
+                Kind::Read {
+                    retry_recv,
+                    status: None,
+                    ..
+                } => *retry_recv,
+                Kind::Write {
+                    data,
+                    sent,
+                    status: None,
+                } => *sent < data.len(),
+                _ => false,
+            };
+        if resume {
+            let pipe = e.pipe;
+            match pipe.map(|p| self.pipe_fd(p)) {
+                Some(Ok((fd, _))) => return self.push_resume(key, fd),
+                Some(Err(s)) => self.fail_now(key, s),
+                None => {}
+            }
+            return;
+        }
+        if let Some(OpEntry {
+            kind:
+                Kind::WaitPipe {
+                    status: None,
+                    connected: false,
+                    ..
+                },
+            cancelled: false,
+            ..
+        }) = self.ops.get_mut(index, gen)
+        {
+            // A wait between attempts: wait_step pushed the next one.
+            return;
+        }
+        if let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    via_ms: true,
+                    out: None,
+                    status: None,
+                    ..
+                }
+                | Kind::Read {
+                    via_ms: true,
+                    out: None,
+                    status: None,
+                    ..
+                },
+            cancelled: false,
+            ..
+        }) = self.ops.get_mut(index, gen)
+        {
+            // Sent; the reply comes with the multishot receive's next chunk.
+            return;
+        }
+        self.finish(key);
+    }
+
+    fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            set_status(&mut e.kind, status);
+            if e.pending == 0 {
+                self.finish(key);
+            }
+        }
+    }
+}
+
+fn set_status(kind: &mut Kind, s: NtStatus) {
+    let slot = match kind {
+        Kind::Open { status, .. }
+        | Kind::Transceive { status, .. }
+        | Kind::Read { status, .. }
+        | Kind::Write { status, .. }
+        | Kind::Peek { status, .. }
+        | Kind::WaitPipe { status, .. } => status,
+        Kind::Multishot => return,
+    };
+    if slot.is_none() {
+        *slot = Some(s);
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
+}

@@ -1,0 +1,215 @@
+//! A pipe's multishot receive: arming it, handing its chunks to waiting
+//! requests or the pushback, stopping and re-arming it.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+use super::io::recv_op;
+use super::reply::take_pushback;
+use super::*;
+use crate::engine::PipeId;
+use crate::protocol::NtStatus;
+use crate::ring::{Completion, Op, OpDriver};
+
+impl<D: OpDriver> Core<D> {
+    /// Hands the pipe's pushback to its waiting requests, first come first
+    /// served, each at most its `max_out`. `nonempty`: the kernel said more
+    /// is queued on the socket.
+    pub(super) fn feed_waiters(&mut self, pipe: PipeId, nonempty: bool) {
+        loop {
+            let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+                return;
+            };
+            if pe.pushback.is_empty() {
+                return;
+            }
+            let Some(w) = pe.waiters.pop_front() else {
+                return;
+            };
+            let Some(e) = self.ops.get_mut(w.0, w.1) else {
+                continue;
+            };
+            let (out, more, max_out) = match &mut e.kind {
+                Kind::Transceive {
+                    out: out @ None,
+                    more,
+                    max_out,
+                    ..
+                } => (out, Some(more), *max_out),
+                Kind::Read {
+                    out: out @ None,
+                    max_out,
+                    ..
+                } => (out, None, *max_out),
+                _ => continue,
+            };
+            let data = take_pushback(&mut pe.pushback, max_out);
+            let left = !pe.pushback.is_empty();
+            *out = Some(data);
+            if let Some(m) = more {
+                *m = Some(left || nonempty);
+            }
+            if e.pending == 0 {
+                self.finish(w);
+            }
+        }
+    }
+
+    /// Queues `key` among the requests waiting for chunks of `pipe`'s
+    /// multishot receive, arming the receive if it is not.
+    pub(super) fn await_chunk(
+        &mut self,
+        pipe: PipeId,
+        key: (u32, u32),
+        fd: &Rc<OwnedFd>,
+        session: u64,
+    ) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        pe.waiters.push_back(key);
+        if pe.ms.is_some() {
+            // Armed, or being stopped: its end re-arms it for the waiter.
+            return;
+        }
+        self.arm_multishot(pipe, fd.clone(), session);
+    }
+
+    pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
+        let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
+        if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
+            pe.ms = Some(key);
+            pe.ms_stopping = false;
+        }
+        let op = Op::RecvMulti {
+            fd,
+            data: Vec::new(),
+        };
+        self.push_chain(key, [(op, ST_MULTI)]);
+    }
+
+    /// One completion of a pipe's multishot receive: a chunk for the
+    /// waiting request or the pushback; on the last one, re-arm for a
+    /// request still waiting, or end it.
+    pub(super) fn ms_step(&mut self, key: (u32, u32), c: Completion) {
+        let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (pipe, session, pending) = (e.pipe, e.session, e.pending);
+        let r = c.result;
+        let Op::RecvMulti { fd, data } = c.op else {
+            return;
+        };
+        if let Some(p) = pipe {
+            if r > 0 && !data.is_empty() {
+                self.ms_chunk(p, data, nonempty);
+            }
+        }
+        if c.more || pending > 0 {
+            return;
+        }
+        // The receive is over.
+        if r == -libc::EINVAL {
+            // No multishot receive on this kernel (before 6.0).
+            self.ms_disabled = true;
+        }
+        let mut resume = VecDeque::new();
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.ms = None;
+            pe.ms_stopping = false;
+            if r == 0 {
+                pe.eof = true;
+            }
+            resume = pe.startable();
+        }
+        self.finish(key);
+        let Some(p) = pipe else { return };
+        for (io, notify) in resume {
+            self.start_io(p, io, notify);
+        }
+        let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
+            return;
+        };
+        if pe.ms.is_some() {
+            return;
+        }
+        if pe.waiters.is_empty() || pe.closing {
+            return;
+        }
+        let fail = match r {
+            0 => Some(NtStatus::PIPE_BROKEN),
+            r if r > 0 => None,
+            r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINVAL => None,
+            r => Some(socket_status(-r)),
+        };
+        if fail.is_none() && !self.ms_disabled {
+            return self.arm_multishot(p, fd, session);
+        }
+        let waiters = std::mem::take(&mut pe.waiters);
+        for w in waiters {
+            match fail {
+                Some(s) => self.fail_now(w, s),
+                None => {
+                    // No multishot receive here: one receive per waiter.
+                    let Some(we) = self.ops.get_mut(w.0, w.1) else {
+                        continue;
+                    };
+                    let max_out = match &mut we.kind {
+                        Kind::Transceive {
+                            max_out, via_ms, ..
+                        }
+                        | Kind::Read {
+                            max_out, via_ms, ..
+                        } => {
+                            *via_ms = false;
+                            *max_out
+                        }
+                        _ => continue,
+                    };
+                    let op = recv_op(&self.drv, fd.clone(), max_out, true);
+                    self.push_chain(w, [(op, ST_RECV)]);
+                }
+            }
+        }
+    }
+
+    /// A chunk of `pipe`'s stream from its multishot receive: to the
+    /// waiting requests in order (each takes at most its `max_out`), the
+    /// rest to the pushback.
+    pub(super) fn ms_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        // Waiters exist only while the pushback is empty: the chunk is next.
+        if pe.pushback.is_empty() {
+            pe.pushback = data;
+        } else {
+            pe.pushback.append(&mut data);
+        }
+        self.feed_waiters(pipe, nonempty);
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        if pe.pushback.len() > MS_PUSHBACK_CAP {
+            // Nobody is reading: leave the rest in the socket.
+            self.stop_multishot(pipe);
+        }
+    }
+
+    /// Cancels the pipe's multishot receive, once; its final completion
+    /// (`ms_step`) then re-arms it for a waiter or starts deferred requests.
+    pub(super) fn stop_multishot(&mut self, pipe: PipeId) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        let Some(k) = pe.ms.filter(|_| !pe.ms_stopping) else {
+            return;
+        };
+        pe.ms_stopping = true;
+        if let Some(id) = self.ops.get_mut(k.0, k.1).and_then(|e| e.chain_id(0)) {
+            self.drv.cancel(id);
+        }
+    }
+}
