@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use self::command::RingContext;
 use self::command::{
@@ -384,7 +384,7 @@ fn ring_main<D: OpDriver>(
 ) {
     let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
     let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
-    Core::new(drv, cfg, index, queue, ids).run();
+    ring::run(Core::new(drv, cfg, index, ids, Instant::now()), &queue);
 }
 
 impl Engine {

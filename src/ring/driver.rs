@@ -169,10 +169,11 @@ pub enum Op {
         /// Bytes to read at most.
         len: u32,
     },
-    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count).
+    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count):
+    /// completes `-ETIME` when `after` has passed.
     Timer {
-        /// Duration, boxed so the kernel's pointer stays valid.
-        ts: Box<types::Timespec>,
+        /// How long from the push.
+        after: Duration,
     },
 }
 
@@ -240,6 +241,17 @@ impl Completion {
 struct Slot {
     token: u64,
     op: Op,
+    /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
+    /// in its SQE stays valid until the final completion.
+    _ts: Option<Box<types::Timespec>>,
+}
+
+/// The kernel's form of a `Timer` op's duration (`None` for other ops).
+fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
+    match op {
+        Op::Timer { after } => Some(Box::new(types::Timespec::from(*after))),
+        _ => None,
+    }
 }
 
 const KIND_OP: u64 = 0;
@@ -523,7 +535,7 @@ impl Driver {
         Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index), p.slot_bytes) })
     }
 
-    fn build_sqe(&self, op: &Op) -> squeue::Entry {
+    fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
         match op {
             Op::Connect { fd, addr } => opcode::Connect::new(
                 types::Fd(fd.as_raw_fd()),
@@ -590,7 +602,11 @@ impl Driver {
                     .offset(u64::MAX)
                     .build()
             }
-            Op::Timer { ts } => opcode::Timeout::new(&**ts as *const types::Timespec).build(),
+            Op::Timer { .. } => match ts {
+                Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
+                // Not reached: `push` builds every timer's spec.
+                None => opcode::Nop::new().build(),
+            },
         }
     }
 
@@ -610,8 +626,9 @@ impl Driver {
 
     /// Pushes one operation. Its [`Completion`] carries `token`.
     pub fn push(&mut self, op: Op, token: u64) -> SqeId {
-        let sqe = self.build_sqe(&op);
-        let (index, gen) = self.slots.insert(Slot { token, op });
+        let ts = timer_spec(&op);
+        let sqe = self.build_sqe(&op, ts.as_deref());
+        let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
         let ud = user_data(KIND_OP, index, gen);
         self.queue(sqe.user_data(ud));
         SqeId(ud)
@@ -626,8 +643,9 @@ impl Driver {
         // goes on every entry but the last without a temporary vector.
         let mut prev: Option<squeue::Entry> = None;
         for (op, token) in ops {
-            let sqe = self.build_sqe(&op);
-            let (index, gen) = self.slots.insert(Slot { token, op });
+            let ts = timer_spec(&op);
+            let sqe = self.build_sqe(&op, ts.as_deref());
+            let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
             let ud = user_data(KIND_OP, index, gen);
             ids.push(SqeId(ud));
             if let Some(p) = prev.take() {
@@ -795,7 +813,7 @@ impl Driver {
                             }
                             continue;
                         }
-                        let Some(Slot { token, mut op }) = self.slots.remove(index, gen) else {
+                        let Some(Slot { token, mut op, .. }) = self.slots.remove(index, gen) else {
                             continue;
                         };
                         let mut result = cqe.result();

@@ -44,7 +44,7 @@ impl<D: OpDriver> Core<D> {
     pub(super) fn release_pipe(&mut self, pipe: PipeId) {
         if let Some(p) = self.pipes.remove(pipe.index, pipe.gen) {
             // The socket closes here unless an op still holds it (none: `ops` is empty).
-            drop(p.fd);
+            self.drv.close(p.fd);
             for (_, n) in p.deferred {
                 self.reject(n, NtStatus::CANCELLED);
             }
@@ -78,7 +78,7 @@ impl<D: OpDriver> Core<D> {
         let deferred = std::mem::take(&mut p.deferred);
         // Shut the socket down both ways (as the seed does): whatever is in
         // flight on it completes, then the last completion releases the fd.
-        crate::ring::shutdown(&p.fd);
+        self.drv.shutdown(&p.fd);
         for (_, n) in deferred {
             self.reject(n, NtStatus::CANCELLED);
         }

@@ -242,9 +242,9 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     ring_index: usize,
     pipes: Slab<PipeEntry>,
     ops: Slab<OpEntry>,
-    queue: Arc<CommandQueue>,
     file_ids: Arc<AtomicU64>,
-    done: Vec<Completion>,
+    /// The time the loop last passed in (the core reads no clock itself).
+    now: Instant,
     /// Scratch for the SQE ids of the chain being pushed (no allocation).
     ids: Vec<SqeId>,
     stopping: bool,
@@ -286,8 +286,8 @@ impl<D: OpDriver> Core<D> {
         drv: D,
         cfg: Arc<EngineConfig>,
         ring_index: usize,
-        queue: Arc<CommandQueue>,
         file_ids: Arc<AtomicU64>,
+        now: Instant,
     ) -> Core<D> {
         Core {
             opening: 0,
@@ -297,54 +297,36 @@ impl<D: OpDriver> Core<D> {
             ring_index,
             pipes: Slab::new(),
             ops: Slab::new(),
-            queue,
             file_ids,
-            done: Vec::with_capacity(256),
+            now,
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
             ms_disabled: false,
         }
     }
 
-    /// The ring thread's loop: commands in, SQEs out, completions back.
-    pub(crate) fn run(mut self) {
-        let mut cmds = Vec::new();
-        let wake = self.queue.wake.clone();
+    /// A command from another thread (or a ring-thread callback's).
+    pub(crate) fn on_command(&mut self, c: Command, now: Instant) {
+        self.now = now;
+        self.command(c);
+    }
 
-        loop {
-            self.queue.take(&mut cmds);
-            for c in cmds.drain(..) {
-                self.command(c);
-            }
-            self.start_queued_opens();
-            if self.stopping && self.ops.len() == 0 && self.pipes.len() == 0 {
-                break;
-            }
-            let res = if self.queue.is_pending() {
-                self.drv.submit_and_wait(0, None)
-            } else {
-                wake.prepare_park();
-                if self.queue.is_pending() {
-                    wake.unpark();
-                    self.drv.submit_and_wait(0, None)
-                } else {
-                    let r = self.drv.submit_and_wait(1, None);
-                    wake.unpark();
-                    r
-                }
-            };
-            if let Err(e) = res {
-                tracing::error!("opipe: ring {} submit failed: {e}", self.ring_index);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let mut done = std::mem::take(&mut self.done);
-            self.drv.reap(&mut done);
+    /// One final completion (or multishot chunk) from the driver.
+    pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
+        self.now = now;
+        self.completion(c);
+    }
 
-            for c in done.drain(..) {
-                self.completion(c);
-            }
-            self.done = done;
-        }
+    /// Work that waits for room rather than for an event: opens waiting for
+    /// their turn start here. The loop calls it once per turn.
+    pub(crate) fn on_turn(&mut self, now: Instant) {
+        self.now = now;
+        self.start_queued_opens();
+    }
+
+    /// Shut down, and nothing left in flight: the loop may end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.stopping && self.ops.len() == 0 && self.pipes.len() == 0
     }
 
     fn command(&mut self, c: Command) {
@@ -620,4 +602,46 @@ fn set_status(kind: &mut Kind, s: NtStatus) {
 
 fn clamp_u32(n: usize) -> u32 {
     n.min(u32::MAX as usize) as u32
+}
+
+/// The ring thread's loop: commands in, SQEs out, completions back. The
+/// only part of a ring that waits, reads the clock or touches the queue;
+/// everything it learns goes to the core as an event with the time.
+pub(crate) fn run<D: OpDriver>(mut core: Core<D>, queue: &CommandQueue) {
+    let mut cmds = Vec::new();
+    let mut done = Vec::with_capacity(256);
+    let wake = queue.wake.clone();
+    loop {
+        queue.take(&mut cmds);
+        let now = Instant::now();
+        for c in cmds.drain(..) {
+            core.on_command(c, now);
+        }
+        core.on_turn(now);
+        if core.is_done() {
+            break;
+        }
+        let res = if queue.is_pending() {
+            core.drv.submit_and_wait(0, None)
+        } else {
+            wake.prepare_park();
+            if queue.is_pending() {
+                wake.unpark();
+                core.drv.submit_and_wait(0, None)
+            } else {
+                let r = core.drv.submit_and_wait(1, None);
+                wake.unpark();
+                r
+            }
+        };
+        if let Err(e) = res {
+            tracing::error!("opipe: ring {} submit failed: {e}", core.ring_index);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        core.drv.reap(&mut done);
+        let now = Instant::now();
+        for c in done.drain(..) {
+            core.on_completion(c, now);
+        }
+    }
 }

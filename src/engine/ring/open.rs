@@ -3,10 +3,7 @@
 //! made when it succeeds.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
-
-use io_uring::types::Timespec;
 
 use super::*;
 use crate::engine::command::{Notify, Outcome};
@@ -71,8 +68,8 @@ impl<D: OpDriver> Core<D> {
             Ok(m) => m,
             Err(_) => return self.reject(notify, NtStatus::INTERNAL_ERROR),
         };
-        let fd = match crate::ring::unix_stream_socket() {
-            Ok(fd) => Rc::new(fd),
+        let fd = match self.drv.unix_socket() {
+            Ok(fd) => fd,
             Err(errno) => {
                 let st = match errno {
                     libc::EMFILE | libc::ENFILE => NtStatus::TOO_MANY_OPENED_FILES,
@@ -124,8 +121,8 @@ impl<D: OpDriver> Core<D> {
                 ),
             ],
         );
-        let ts = Box::new(Timespec::from(self.cfg.open_timeout));
-        let timer = self.push_one(key, Op::Timer { ts }, ST_DEADLINE);
+        let after = self.cfg.open_timeout;
+        let timer = self.push_one(key, Op::Timer { after }, ST_DEADLINE);
         if let Some(OpEntry {
             kind: Kind::Open { timer: t, .. },
             ..

@@ -2,7 +2,6 @@
 //! belong to the stream, and building the caller's result.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 
 use super::*;
 use crate::engine::command::Outcome;
@@ -69,12 +68,13 @@ impl<D: OpDriver> Core<D> {
                 from_pushback: true,
                 ..
             } => {
+                let drv = &self.drv;
                 let t = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
                     Some(pe) => {
                         let data = take_pushback(&mut pe.pushback, max_out);
                         transceive_result(max_out, data, || {
                             !pe.pushback.is_empty()
-                                || crate::ring::fionread(pe.fd.as_raw_fd()).is_ok_and(|q| q > 0)
+                                || drv.queued_bytes(&pe.fd).is_some_and(|q| q > 0)
                         })
                     }
                     None => transceive_result(max_out, Vec::new(), || false),
@@ -146,7 +146,7 @@ impl<D: OpDriver> Core<D> {
     /// only, which must report the total even when its buffer is smaller.
     pub(super) fn available(&mut self, pipe: PipeId) -> Option<usize> {
         let p = self.pipes.get_mut(pipe.index, pipe.gen)?;
-        crate::ring::fionread(p.fd.as_raw_fd()).ok()
+        self.drv.queued_bytes(&p.fd)
     }
 }
 

@@ -2,10 +2,7 @@
 //! accepts or the deadline passes.
 
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
-
-use io_uring::types::Timespec;
+use std::time::Duration;
 
 use super::*;
 use crate::engine::command::Notify;
@@ -16,7 +13,7 @@ impl<D: OpDriver> Core<D> {
     pub(super) fn start_wait(&mut self, name: PipeName, timeout: Duration, notify: Notify) {
         // A timeout too long for the clock (Duration::MAX) waits "forever":
         // a year.
-        let now = Instant::now();
+        let now = self.now;
         let deadline = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
@@ -48,10 +45,10 @@ impl<D: OpDriver> Core<D> {
         let Some(addr) = UnixAddr::new(&path) else {
             return self.fail_now(key, NtStatus::OBJECT_NAME_INVALID);
         };
-        match crate::ring::unix_stream_socket() {
+        match self.drv.unix_socket() {
             Ok(fd) => {
                 let op = Op::Connect {
-                    fd: Rc::new(fd),
+                    fd,
                     addr: Box::new(addr),
                 };
                 self.push_chain(key, [(op, ST_WAIT_CONNECT)]);
@@ -80,7 +77,7 @@ impl<D: OpDriver> Core<D> {
         match step {
             ST_WAIT_CONNECT if r == 0 => *connected = true,
             ST_WAIT_CONNECT => {
-                let now = Instant::now();
+                let now = self.now;
                 if now >= *deadline {
                     *status = Some(NtStatus::IO_TIMEOUT);
                     return;
@@ -89,8 +86,7 @@ impl<D: OpDriver> Core<D> {
                 let wait =
                     Duration::from_millis((1u64 << (*attempt).min(6)).min(50)).min(*deadline - now);
                 *attempt += 1;
-                let ts = Box::new(Timespec::from(wait));
-                self.push_one(key, Op::Timer { ts }, ST_WAIT_TIMER);
+                self.push_one(key, Op::Timer { after: wait }, ST_WAIT_TIMER);
             }
             _ => {
                 if e.pending == 0 {
