@@ -261,6 +261,19 @@ impl Shared {
     pub(crate) fn is_done(&self) -> bool {
         !matches!(*lock(&self.state), State::Pending(_))
     }
+
+    /// The delivered result, taken (tests of the core).
+    #[cfg(test)]
+    pub(crate) fn try_take(&self) -> Option<Result<Outcome, NtStatus>> {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut *st, State::Taken) {
+            State::Done(r) => Some(r),
+            other => {
+                *st = other;
+                None
+            }
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -17,6 +17,11 @@ mod open;
 mod reply;
 mod wait;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;

@@ -1,0 +1,954 @@
+//! Deterministic tests of the per-ring core, driven through the scripted
+//! [`FakeDriver`]: no io_uring, no socket, no real clock. Each test plays
+//! the kernel's part in one chosen order and checks what the callers get.
+
+use std::rc::{Rc, Weak};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fake::{FakeDriver, K, SOCK_NONEMPTY};
+use super::*;
+use crate::engine::command::Shared;
+use crate::engine::Transfer;
+use crate::protocol::NtStatus;
+
+struct H {
+    core: Core<FakeDriver>,
+}
+
+fn harness() -> H {
+    harness_with(|_| {})
+}
+
+fn harness_with(f: impl FnOnce(&mut EngineConfig)) -> H {
+    let mut cfg = EngineConfig::new("/nonexistent/opipe-fake");
+    f(&mut cfg);
+    let now = Instant::now();
+    H {
+        core: Core::new(
+            FakeDriver::new(now),
+            Arc::new(cfg),
+            0,
+            Arc::new(AtomicU64::new(1)),
+            now,
+        ),
+    }
+}
+
+fn user(session: u64) -> Box<NetUserInfo> {
+    Box::new(NetUserInfo {
+        session_id: session,
+        account: "alice".into(),
+        ..Default::default()
+    })
+}
+
+impl H {
+    fn d(&mut self) -> &mut FakeDriver {
+        &mut self.core.drv
+    }
+
+    /// Gives the core everything the fake completed, until it is quiet.
+    fn turn(&mut self) {
+        loop {
+            let now = self.core.drv.now;
+            self.core.on_turn(now);
+            let ready = self.core.drv.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            for c in ready {
+                self.core.on_completion(c, now);
+            }
+        }
+    }
+
+    fn cmd(&mut self, c: Command) {
+        let now = self.core.drv.now;
+        self.core.on_command(c, now);
+        self.turn();
+    }
+
+    fn complete(&mut self, id: SqeId, r: i32) {
+        self.d().complete(id, r);
+        self.turn();
+    }
+
+    fn recv(&mut self, id: SqeId, bytes: &[u8]) {
+        self.d().complete_recv(id, bytes, 0);
+        self.turn();
+    }
+
+    fn chunk(&mut self, id: SqeId, bytes: &[u8]) {
+        self.d().chunk(id, bytes, 0);
+        self.turn();
+    }
+
+    fn honour(&mut self) {
+        self.d().honour_cancels();
+        self.turn();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.d().advance(d);
+        self.turn();
+    }
+
+    /// Completes the one send in flight in full.
+    fn send_all(&mut self) {
+        let id = self.d().one(K::Send);
+        let n = send_len(self.d().op(id));
+        self.complete(id, n as i32);
+    }
+
+    fn open_path(&mut self, path: &str, session: u64, tree: Option<Tree>) -> Arc<Shared> {
+        let s = Shared::new();
+        self.cmd(Command::Open {
+            path: path.into(),
+            user: user(session),
+            tree,
+            notify: Notify::Shared(s.clone()),
+        });
+        s
+    }
+
+    fn open(&mut self, session: u64) -> Arc<Shared> {
+        self.open_path("\\PIPE\\srvsvc", session, None)
+    }
+
+    /// Plays a successful handshake for the one open in flight.
+    fn handshake_ok(&mut self) {
+        let c = self.d().one(K::Connect);
+        self.complete(c, 0);
+        self.send_all();
+        let r = self.d().one(K::Recv);
+        self.recv(r, &[0, 0, 0, 0]);
+        // The deadline timer is no longer needed: the core cancels it.
+        self.honour();
+    }
+
+    fn open_ok(&mut self, session: u64) -> PipeId {
+        let s = self.open(session);
+        self.handshake_ok();
+        match done(&s) {
+            Ok(Outcome::Opened { pipe, .. }) => pipe,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    fn io(&mut self, pipe: PipeId, io: PipeIo) -> Arc<Shared> {
+        let s = Shared::new();
+        self.cmd(Command::Io {
+            pipe,
+            io,
+            notify: Notify::Shared(s.clone()),
+        });
+        s
+    }
+
+    fn transceive(&mut self, pipe: PipeId, input: &[u8], max_out: usize) -> Arc<Shared> {
+        self.io(
+            pipe,
+            PipeIo::Transceive {
+                input: input.to_vec(),
+                max_out,
+            },
+        )
+    }
+
+    fn read(&mut self, pipe: PipeId, max_out: usize) -> Arc<Shared> {
+        self.io(pipe, PipeIo::Read { max_out })
+    }
+
+    fn cancel(&mut self, s: &Arc<Shared>) {
+        s.cancel_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cmd(Command::Cancel { shared: s.clone() });
+    }
+
+    fn close(&mut self, pipe: PipeId) -> Arc<Shared> {
+        let s = Shared::new();
+        self.cmd(Command::Close {
+            pipe,
+            notify: Some(Notify::Shared(s.clone())),
+        });
+        s
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Arc<Shared> {
+        let s = Shared::new();
+        let name = PipeName::parse("srvsvc").expect("name");
+        self.cmd(Command::WaitPipe {
+            name,
+            timeout,
+            notify: Notify::Shared(s.clone()),
+        });
+        s
+    }
+
+    /// A weak hold on the descriptor of the one op of kind `k` in flight.
+    fn fd_of(&mut self, k: K) -> Weak<OwnedFd> {
+        let id = self.d().one(k);
+        match self.d().op(id).fd() {
+            Some(fd) => Rc::downgrade(fd),
+            None => panic!("{k:?} holds no descriptor"),
+        }
+    }
+}
+
+fn send_len(op: &Op) -> usize {
+    match op {
+        Op::Send { buf, start, .. } => buf.len() - start,
+        _ => panic!("not a send"),
+    }
+}
+
+fn send_start(op: &Op) -> usize {
+    match op {
+        Op::Send { start, .. } => *start,
+        _ => panic!("not a send"),
+    }
+}
+
+fn pending(s: &Arc<Shared>) -> bool {
+    !s.is_done()
+}
+
+fn done(s: &Arc<Shared>) -> Result<Outcome, NtStatus> {
+    match s.try_take() {
+        Some(r) => r,
+        None => panic!("request still pending"),
+    }
+}
+
+fn transfer(s: &Arc<Shared>) -> Transfer {
+    match done(s) {
+        Ok(Outcome::Transfer(t)) => t,
+        other => panic!("not a transfer: {other:?}"),
+    }
+}
+
+fn status(s: &Arc<Shared>) -> NtStatus {
+    match done(s) {
+        Err(st) => st,
+        Ok(o) => panic!("expected an error, got {o:?}"),
+    }
+}
+
+fn ok(data: &[u8]) -> Transfer {
+    Transfer {
+        status: NtStatus::SUCCESS,
+        data: data.to_vec(),
+    }
+}
+
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+// ---- open ------------------------------------------------------------------
+
+#[test]
+fn open_pushes_one_chain_and_a_deadline() {
+    let mut h = harness();
+    let s = h.open(7);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Connect, K::Send, K::Recv, K::Timer],
+        "connect -> hello -> status, plus the timer"
+    );
+    h.handshake_ok();
+    match done(&s) {
+        Ok(Outcome::Opened { info, .. }) => {
+            assert_eq!(info.session_id, 7);
+            assert_eq!(info.name.as_str(), "srvsvc");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.d().in_flight(), 0, "the timer was cancelled and reaped");
+}
+
+#[test]
+fn open_refused_connect_is_name_not_found_and_closes_the_socket() {
+    let mut h = harness();
+    let s = h.open(1);
+    let fd = h.fd_of(K::Connect);
+    let c = h.d().one(K::Connect);
+    h.complete(c, -libc::ECONNREFUSED);
+    // Its successors failed with the link; only the timer is left.
+    assert_eq!(h.d().kinds(), vec![K::Timer]);
+    assert!(pending(&s), "the open ends only after its last CQE");
+    h.honour();
+    assert_eq!(status(&s), NtStatus::OBJECT_NAME_NOT_FOUND);
+    assert!(fd.upgrade().is_none(), "the half-opened socket is closed");
+}
+
+#[test]
+fn open_deadline_before_status_cancels_the_receive() {
+    let mut h = harness();
+    let s = h.open(1);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.send_all();
+    let recv = h.d().one(K::Recv);
+    h.advance(Duration::from_secs(5));
+    assert!(
+        h.d().cancel_asked(recv),
+        "the deadline cancels the running step"
+    );
+    assert!(pending(&s));
+    h.honour();
+    assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+}
+
+#[test]
+fn open_status_then_deadline_in_one_batch_succeeds() {
+    let mut h = harness();
+    let s = h.open(1);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.send_all();
+    let recv = h.d().one(K::Recv);
+    // Both CQEs are reaped together, the status first.
+    h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
+    h.d().advance(Duration::from_secs(5));
+    h.turn();
+    assert!(matches!(done(&s), Ok(Outcome::Opened { .. })));
+}
+
+#[test]
+fn open_deadline_then_status_in_one_batch_fails_and_closes() {
+    let mut h = harness();
+    let s = h.open(1);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.send_all();
+    let fd = h.fd_of(K::Recv);
+    let recv = h.d().one(K::Recv);
+    // The timer's CQE comes first; the status word arrived anyway.
+    h.d().advance(Duration::from_secs(5));
+    h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
+    h.turn();
+    assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+    assert!(fd.upgrade().is_none());
+}
+
+#[test]
+fn open_returns_a_nonzero_status_word_as_is() {
+    let mut h = harness();
+    let s = h.open(1);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.send_all();
+    let recv = h.d().one(K::Recv);
+    h.recv(recv, &0xc000_00acu32.to_le_bytes());
+    h.honour();
+    assert_eq!(status(&s), NtStatus(0xc000_00ac));
+}
+
+#[test]
+fn open_short_status_word_is_pipe_not_available() {
+    let mut h = harness();
+    let s = h.open(1);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.send_all();
+    let recv = h.d().one(K::Recv);
+    h.recv(recv, &[0, 0]);
+    h.honour();
+    assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+}
+
+#[test]
+fn open_after_tree_disconnect_is_network_name_deleted() {
+    let mut h = harness();
+    let tree = Tree::new();
+    let s = h.open_path("\\PIPE\\srvsvc", 1, Some(tree.clone()));
+    let fd = h.fd_of(K::Connect);
+    tree.disconnect();
+    h.handshake_ok();
+    assert_eq!(status(&s), NtStatus::NETWORK_NAME_DELETED);
+    assert!(fd.upgrade().is_none());
+}
+
+#[test]
+fn open_bad_name_and_socket_failure_end_at_once() {
+    let mut h = harness();
+    let s = h.open_path("\\PIPE\\a/b", 1, None);
+    assert_eq!(status(&s), NtStatus::OBJECT_NAME_INVALID);
+    assert_eq!(h.d().sockets, 0, "no socket for a bad name");
+    h.d().socket_errno = Some(libc::EMFILE);
+    let s = h.open(1);
+    assert_eq!(status(&s), NtStatus::TOO_MANY_OPENED_FILES);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn opens_over_the_limit_wait_without_a_socket_and_can_be_cancelled() {
+    let mut h = harness_with(|c| c.max_opens_in_flight = 1);
+    let first = h.open(1);
+    let second = h.open(1);
+    let third = h.open(1);
+    assert_eq!(h.d().sockets, 1, "the others wait without a socket");
+    h.cancel(&second);
+    assert_eq!(status(&second), NtStatus::CANCELLED, "ends at once");
+    h.handshake_ok();
+    assert!(matches!(done(&first), Ok(Outcome::Opened { .. })));
+    assert_eq!(h.d().sockets, 2, "the third starts when the first ends");
+    h.handshake_ok();
+    assert!(matches!(done(&third), Ok(Outcome::Opened { .. })));
+}
+
+#[test]
+fn abandoned_open_closes_its_pipe() {
+    let mut h = harness();
+    let s = h.open(1);
+    let fd = h.fd_of(K::Connect);
+    s.abandoned
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.handshake_ok();
+    assert_eq!(h.d().closes, 1, "the pipe nobody took is closed");
+    assert!(fd.upgrade().is_none());
+    assert_eq!(h.core.pipes.len(), 0);
+}
+
+// ---- transceive on the multishot path ------------------------------------
+
+#[test]
+fn transceive_is_one_send_and_a_chunk() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    assert_eq!(h.d().kinds(), vec![K::RecvMulti, K::Send]);
+    h.send_all();
+    assert!(pending(&s), "sent; the reply comes with the next chunk");
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    // The receive stays armed: the next transceive is one SEND.
+    let s = h.transceive(p, b"ping", 4280);
+    assert_eq!(h.d().kinds(), vec![K::RecvMulti, K::Send]);
+    h.chunk(ms, b"pong2");
+    assert!(pending(&s), "the reply came before the send's CQE");
+    h.send_all();
+    assert_eq!(transfer(&s), ok(b"pong2"));
+}
+
+#[test]
+fn overflowed_reply_rest_is_read_from_memory() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 10);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    let reply = bytes(30);
+    h.chunk(ms, &reply);
+    let t = transfer(&s);
+    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+    assert_eq!(t.data, reply[..10]);
+    let r = h.read(p, 100);
+    assert_eq!(transfer(&r), ok(&reply[10..]));
+    assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for the read");
+}
+
+#[test]
+fn exact_fill_without_more_waiting_is_success() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 10);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, &bytes(10));
+    assert_eq!(transfer(&s).status, NtStatus::SUCCESS);
+    // The kernel saying more is queued makes the same fill an overflow.
+    let s = h.transceive(p, b"q", 10);
+    h.send_all();
+    h.d().chunk(ms, &bytes(10), SOCK_NONEMPTY);
+    h.turn();
+    assert_eq!(transfer(&s).status, NtStatus::BUFFER_OVERFLOW);
+}
+
+#[test]
+fn multishot_enobufs_rearms_for_the_waiter() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.complete(ms, -libc::ENOBUFS);
+    let ms2 = h.d().one(K::RecvMulti);
+    assert_ne!(ms, ms2, "re-armed");
+    assert!(pending(&s));
+    h.chunk(ms2, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+}
+
+#[test]
+fn multishot_ending_between_two_waiters_rearms_for_the_second() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let a = h.transceive(p, b"a", 4280);
+    let b = h.read(p, 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"first");
+    assert_eq!(transfer(&a), ok(b"first"));
+    assert!(pending(&b));
+    // The pool ran dry in the middle of the reply.
+    h.complete(ms, -libc::ENOBUFS);
+    let ms2 = h.d().one(K::RecvMulti);
+    h.chunk(ms2, b"second");
+    assert_eq!(transfer(&b), ok(b"second"));
+}
+
+#[test]
+fn multishot_end_of_stream_breaks_the_pipe() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.complete(ms, 0);
+    assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
+    // After end of stream the linked chain is used (and sees it too).
+    let s = h.transceive(p, b"ping", 4280);
+    assert_eq!(h.d().kinds(), vec![K::Send, K::RecvPooled]);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.complete(r, 0);
+    assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
+}
+
+#[test]
+fn kernel_without_multishot_falls_back_to_one_receive_per_request() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.complete(ms, -libc::EINVAL);
+    let r = h.d().one(K::RecvPooled);
+    h.recv(r, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    let _s = h.transceive(p, b"ping", 4280);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Send, K::RecvPooled],
+        "linked from now on"
+    );
+}
+
+#[test]
+fn pushback_over_its_cap_stops_the_receive() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    for _ in 0..16 {
+        h.chunk(ms, &bytes(4096));
+    }
+    assert!(!h.d().cancel_asked(ms), "64 KiB is still within the cap");
+    h.chunk(ms, &bytes(1));
+    assert!(h.d().cancel_asked(ms), "over the cap: nobody is reading");
+    h.honour();
+    assert_eq!(h.d().in_flight(), 0);
+    // The pushback is read first, in order, with no SQE.
+    let r = h.read(p, 4096);
+    assert_eq!(transfer(&r), ok(&bytes(4096)));
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn read_above_a_pool_buffer_waits_for_the_multishot_receive_to_stop() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    let r = h.read(p, 8192);
+    assert!(h.d().cancel_asked(ms), "two receives never race");
+    assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
+    h.honour();
+    let own = h.d().one(K::Recv);
+    h.recv(own, &bytes(5000));
+    assert_eq!(transfer(&r), ok(&bytes(5000)));
+}
+
+// ---- the linked chain -------------------------------------------------------
+
+fn linked() -> H {
+    harness_with(|c| c.multishot = false)
+}
+
+#[test]
+fn linked_transceive_and_read_ahead() {
+    let mut h = linked();
+    h.d().features.sock_nonempty = false;
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 10);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Send, K::RecvPooled, K::Peek],
+        "without SOCK_NONEMPTY a one-byte peek tells if more is waiting"
+    );
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    let reply = bytes(30);
+    h.recv(r, &reply);
+    let peek = h.d().one(K::Peek);
+    h.complete(peek, -libc::EAGAIN);
+    let t = transfer(&s);
+    assert_eq!(
+        t.status,
+        NtStatus::BUFFER_OVERFLOW,
+        "read ahead: more waits"
+    );
+    assert_eq!(t.data, reply[..10]);
+    let r = h.read(p, 100);
+    assert_eq!(transfer(&r), ok(&reply[10..]));
+}
+
+#[test]
+fn linked_enobufs_receives_again_with_its_own_buffer() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.complete(r, -libc::ENOBUFS);
+    assert!(pending(&s), "pool exhaustion costs speed, never a result");
+    let own = h.d().one(K::Recv);
+    h.recv(own, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+}
+
+#[test]
+fn linked_short_send_resumes_from_the_first_unsent_byte() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let input = bytes(100);
+    let s = h.transceive(p, &input, 4280);
+    let send = h.d().one(K::Send);
+    h.complete(send, 40);
+    assert_eq!(h.d().kinds(), vec![K::Send, K::RecvPooled], "a new chain");
+    let send = h.d().one(K::Send);
+    assert_eq!(send_start(h.d().op(send)), 40);
+    h.complete(send, 60);
+    let r = h.d().one(K::RecvPooled);
+    h.recv(r, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+}
+
+#[test]
+fn multishot_short_send_resumes() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, &bytes(100), 4280);
+    let send = h.d().one(K::Send);
+    h.complete(send, 30);
+    let send = h.d().one(K::Send);
+    assert_eq!(send_start(h.d().op(send)), 30);
+    h.complete(send, 70);
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+}
+
+#[test]
+fn short_write_resumes_and_counts_every_byte() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.io(p, PipeIo::Write { data: bytes(100) });
+    let send = h.d().one(K::Send);
+    h.complete(send, 1);
+    let send = h.d().one(K::Send);
+    assert_eq!(send_start(h.d().op(send)), 1);
+    h.complete(send, 99);
+    assert!(matches!(done(&s), Ok(Outcome::Written(100))));
+}
+
+#[test]
+fn failed_send_is_the_socket_status() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    let send = h.d().one(K::Send);
+    h.complete(send, -libc::EPIPE);
+    assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+// ---- cancel ----------------------------------------------------------------
+
+#[test]
+fn cancel_before_start_sends_nothing() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = Shared::new();
+    s.cancel_requested
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.cmd(Command::Io {
+        pipe: p,
+        io: PipeIo::Transceive {
+            input: b"x".to_vec(),
+            max_out: 10,
+        },
+        notify: Notify::Shared(s.clone()),
+    });
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn cancel_then_cqes_later_requests_wait_until_drained() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    let send = h.d().one(K::Send);
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED, "told at once");
+    assert!(h.d().cancel_asked(send));
+    let next = h.transceive(p, b"next", 4280);
+    assert_eq!(h.d().in_flight(), 2, "the next request waits for the drain");
+    h.honour();
+    assert_eq!(h.d().kinds(), vec![K::Send, K::RecvPooled]);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.recv(r, b"reply");
+    assert_eq!(transfer(&next), ok(b"reply"));
+}
+
+#[test]
+fn cancelled_receive_that_took_bytes_keeps_them_in_the_stream() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert!(h.d().cancel_asked(r));
+    // The receive won the race with its cancel.
+    h.recv(r, b"late reply");
+    let next = h.read(p, 100);
+    assert_eq!(transfer(&next), ok(b"late reply"));
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn cancel_after_the_result_changes_nothing() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.recv(r, b"pong");
+    h.cancel(&s);
+    assert_eq!(transfer(&s), ok(b"pong"));
+    assert!(
+        h.d().cancels.is_empty(),
+        "no cancel SQE for a finished request"
+    );
+    let next = h.transceive(p, b"x", 4280);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Send, K::RecvPooled],
+        "nothing to drain"
+    );
+    drop(next);
+}
+
+#[test]
+fn cancelled_waiter_leaves_the_late_chunk_to_the_next_read() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"late");
+    let r = h.read(p, 100);
+    assert_eq!(transfer(&r), ok(b"late"));
+}
+
+// ---- close, disconnect, stale handles ---------------------------------------
+
+#[test]
+fn close_with_ops_in_flight_ends_after_the_last_cqe() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    let fd = h.fd_of(K::Send);
+    let c = h.close(p);
+    assert_eq!(h.d().shutdowns, 1, "shut down both ways at once");
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert!(pending(&c), "the close waits for the kernel");
+    assert!(fd.upgrade().is_some(), "the descriptor outlives its SQEs");
+    // The send completes for real, the receive with its cancel.
+    h.send_all();
+    assert!(pending(&c));
+    h.honour();
+    assert!(matches!(done(&c), Ok(Outcome::Done)));
+    assert!(fd.upgrade().is_none(), "closed after the last CQE");
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn stale_handles_never_reach_another_pipe() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let c = h.close(p);
+    assert!(
+        matches!(done(&c), Ok(Outcome::Done)),
+        "idle: closed at once"
+    );
+    let s = h.transceive(p, b"x", 10);
+    assert_eq!(status(&s), NtStatus::INVALID_HANDLE);
+    let c = h.close(p);
+    assert_eq!(status(&c), NtStatus::FILE_CLOSED);
+    // The slot is reused with a new generation: the old id stays dead.
+    let q = h.open_ok(1);
+    assert_eq!((q.index, q.ring), (p.index, p.ring));
+    assert_ne!(q.gen, p.gen);
+    let s = h.transceive(p, b"x", 10);
+    assert_eq!(status(&s), NtStatus::INVALID_HANDLE);
+    let other_ring = PipeId { ring: 3, ..q };
+    let s = h.read(other_ring, 10);
+    assert_eq!(status(&s), NtStatus::INVALID_HANDLE);
+    assert_eq!(h.d().in_flight(), 0, "none of them pushed an SQE");
+}
+
+#[test]
+fn request_on_a_closing_pipe_is_file_closed() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let _s = h.transceive(p, b"ping", 4280);
+    let _c = h.close(p);
+    let s = h.read(p, 10);
+    assert_eq!(status(&s), NtStatus::FILE_CLOSED);
+}
+
+#[test]
+fn session_disconnect_ends_only_that_session() {
+    let mut h = harness();
+    let a = h.open_ok(1);
+    let b = h.open_ok(2);
+    let sa = h.transceive(a, b"a", 4280);
+    let sb = h.transceive(b, b"b", 4280);
+    let queued = {
+        h.core.cfg = Arc::new(EngineConfig {
+            max_opens_in_flight: 1,
+            ..(*h.core.cfg).clone()
+        });
+        let _running = h.open(1);
+        h.open(1)
+    };
+    h.cmd(Command::Disconnect {
+        session: 1,
+        notify: None,
+    });
+    assert_eq!(status(&sa), NtStatus::CANCELLED);
+    assert_eq!(status(&queued), NtStatus::CANCELLED, "its waiting open too");
+    assert!(pending(&sb));
+    h.honour();
+    let s = h.transceive(a, b"a", 4280);
+    assert_eq!(status(&s), NtStatus::INVALID_HANDLE);
+    // Session 2 goes on.
+    let ids = h.d().ids(K::Send);
+    let last = *ids.last().expect("b's send");
+    let n = send_len(h.d().op(last));
+    h.complete(last, n as i32);
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&sb), ok(b"pong"));
+}
+
+#[test]
+fn shutdown_cancels_everything_then_the_ring_may_end() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    let o = h.open(2);
+    h.cmd(Command::Shutdown);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert_eq!(status(&o), NtStatus::CANCELLED);
+    assert!(!h.core.is_done(), "SQEs still in the kernel");
+    h.honour();
+    assert!(h.core.is_done());
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+// ---- peek, limits ------------------------------------------------------------
+
+#[test]
+fn peek_of_an_empty_pipe_answers_at_once() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.io(p, PipeIo::Peek { max_out: 26 });
+    let id = h.d().one(K::Peek);
+    h.complete(id, -libc::EAGAIN);
+    let t = transfer(&s);
+    assert_eq!(t.status, NtStatus::SUCCESS);
+    assert_eq!(t.data.len(), 16, "the header alone");
+    assert_eq!(t.data[4..8], 0u32.to_le_bytes(), "nothing available");
+}
+
+#[test]
+fn peek_that_does_not_fit_reports_the_total() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.io(p, PipeIo::Peek { max_out: 26 });
+    let id = h.d().one(K::Peek);
+    h.d().queued = Some(50);
+    h.recv(id, &bytes(11));
+    let t = transfer(&s);
+    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+    assert_eq!(t.data.len(), 16 + 10);
+    assert_eq!(t.data[4..8], 50u32.to_le_bytes());
+}
+
+#[test]
+fn oversized_requests_are_refused_before_any_sqe() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.read(p, MAX_IO_BYTES + 1);
+    assert_eq!(status(&s), NtStatus::INVALID_PARAMETER);
+    let s = h.io(p, PipeIo::Peek { max_out: 3 });
+    assert_eq!(status(&s), NtStatus::BUFFER_TOO_SMALL);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+// ---- WAIT ----------------------------------------------------------------------
+
+#[test]
+fn wait_succeeds_when_the_listener_accepts() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_secs(1));
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    assert!(matches!(done(&s), Ok(Outcome::Done)));
+}
+
+#[test]
+fn wait_retries_with_backoff_until_its_deadline() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_millis(20));
+    let mut attempts = 0;
+    while pending(&s) {
+        attempts += 1;
+        assert!(attempts < 50, "the deadline must end it");
+        if let Some(c) = h.d().ids(K::Connect).first().copied() {
+            h.complete(c, -libc::ENOENT);
+        }
+        h.advance(Duration::from_millis(1));
+    }
+    assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
+    assert!(attempts > 2, "retried: {attempts}");
+}
