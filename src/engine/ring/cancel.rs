@@ -139,7 +139,7 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         let timer = match &mut e.kind {
-            Kind::Open { timer, .. } => timer.take(),
+            Kind::Open { timer, .. } | Kind::WaitPipe { timer, .. } => timer.take(),
             _ => None,
         };
         let notify = e.notify.take();

@@ -50,6 +50,7 @@ const ST_PEEK: u8 = 8;
 const ST_WAIT_CONNECT: u8 = 9;
 const ST_WAIT_TIMER: u8 = 10;
 const ST_MULTI: u8 = 11;
+const ST_WAIT_DEADLINE: u8 = 12;
 
 /// Bytes a pipe's multishot receive may pile up in its pushback with no
 /// request waiting (replies to cancelled requests, unsolicited data) before
@@ -201,9 +202,23 @@ enum Kind {
         name: PipeName,
         deadline: Instant,
         attempt: u32,
-        connected: bool,
+        phase: WaitPhase,
+        /// The timer that ends the wait at its deadline, while armed.
+        timer: Option<SqeId>,
+        /// `SUCCESS` once a connect was accepted.
         status: Option<NtStatus>,
     },
+}
+
+/// Where a WAIT is between its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitPhase {
+    /// A CONNECT is in flight.
+    Connecting,
+    /// The backoff timer before the next attempt is in flight.
+    BackingOff,
+    /// Decided (accepted, deadline, failure); what is in flight only drains.
+    Over,
 }
 
 struct OpEntry {
@@ -485,7 +500,7 @@ impl<D: OpDriver> Core<D> {
             };
             if !c.more {
                 e.pending = e.pending.saturating_sub(1);
-                if step != ST_DEADLINE && step != ST_WAIT_TIMER {
+                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
                     e.chain_done = (e.chain_done + 1).min(e.chain_len);
                 }
             }
@@ -494,7 +509,7 @@ impl<D: OpDriver> Core<D> {
         match step {
             ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
             ST_MULTI => return self.ms_step(key, c),
-            ST_WAIT_CONNECT | ST_WAIT_TIMER => {
+            ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
                 let r = c.result;
                 drop(c);
                 self.wait_step(key, step, r);
@@ -543,17 +558,13 @@ impl<D: OpDriver> Core<D> {
             return;
         }
         if let Some(OpEntry {
-            kind:
-                Kind::WaitPipe {
-                    status: None,
-                    connected: false,
-                    ..
-                },
+            kind: Kind::WaitPipe { status: None, .. },
             cancelled: false,
             ..
         }) = self.ops.get_mut(index, gen)
         {
             // A wait between attempts: wait_step pushed the next one.
+            debug_assert!(false, "a WAIT undecided with nothing in flight");
             return;
         }
         if let Some(OpEntry {

@@ -132,10 +132,12 @@ impl<D: OpDriver> Core<D> {
                 };
                 Ok(Outcome::Transfer(peek_reply(data, room, eof, avail)))
             }
-            Kind::WaitPipe {
-                status: Some(s), ..
-            } => Err(s),
-            Kind::WaitPipe { .. } => Ok(Outcome::Done),
+            Kind::WaitPipe { status, .. } => match status {
+                Some(NtStatus::SUCCESS) => Ok(Outcome::Done),
+                Some(s) => Err(s),
+                // Decided before its last CQE, always (see wait.rs).
+                None => Err(NtStatus::INTERNAL_ERROR),
+            },
             Kind::Multishot => Ok(Outcome::Done),
             Kind::Open { .. } => unreachable!("handled above"),
         };

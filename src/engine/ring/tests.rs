@@ -931,9 +931,67 @@ fn oversized_requests_are_refused_before_any_sqe() {
 fn wait_succeeds_when_the_listener_accepts() {
     let mut h = harness();
     let s = h.wait(Duration::from_secs(1));
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Timer, K::Connect],
+        "deadline + attempt"
+    );
     let c = h.d().one(K::Connect);
     h.complete(c, 0);
+    assert!(pending(&s), "ends with its deadline timer's CQE");
+    h.honour();
     assert!(matches!(done(&s), Ok(Outcome::Done)));
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn wait_ends_at_its_deadline_when_connect_never_completes() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_millis(500));
+    let c = h.d().one(K::Connect);
+    h.advance(Duration::from_millis(499));
+    assert!(pending(&s));
+    h.advance(Duration::from_millis(1));
+    assert!(
+        h.d().cancel_asked(c),
+        "the deadline cancels the stuck connect"
+    );
+    h.honour();
+    assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn wait_deadline_during_backoff_and_a_late_accept_in_one_batch() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_millis(3));
+    let c = h.d().one(K::Connect);
+    h.complete(c, -libc::ECONNREFUSED);
+    // The backoff timer and the deadline are both due.
+    h.advance(Duration::from_millis(3));
+    h.honour();
+    assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
+    assert_eq!(h.d().in_flight(), 0);
+    // An accept that comes with the deadline's CQE, after it: still a timeout.
+    let s = h.wait(Duration::from_millis(5));
+    let c = h.d().one(K::Connect);
+    h.d().advance(Duration::from_millis(5));
+    h.d().complete(c, 0);
+    h.turn();
+    assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
+}
+
+#[test]
+fn cancelled_wait_cancels_its_attempt_and_its_deadline() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_secs(5));
+    let timer = h.d().one(K::Timer);
+    let c = h.d().one(K::Connect);
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert!(h.d().cancel_asked(timer) && h.d().cancel_asked(c));
+    h.honour();
+    assert_eq!(h.d().in_flight(), 0);
 }
 
 #[test]
