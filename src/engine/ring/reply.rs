@@ -26,11 +26,16 @@ impl<D: OpDriver> Core<D> {
                 pe.waiters.remove(i);
             }
             if e.cancelled {
-                // Bytes the cancelled receive took after all stay in the stream.
+                // Bytes the cancelled request took after all stay in the
+                // stream, in FRONT of the pushback: they came off the socket
+                // before anything there (a multishot waiter takes the front
+                // of a chunk whose rest went to the pushback; a linked
+                // receive runs only while the pushback is empty).
                 if let Kind::Transceive { out: Some(d), .. } | Kind::Read { out: Some(d), .. } =
                     &mut e.kind
                 {
-                    pe.pushback.append(d);
+                    d.append(&mut pe.pushback);
+                    pe.pushback = std::mem::take(d);
                 }
                 pe.draining = pe.draining.saturating_sub(1);
             }

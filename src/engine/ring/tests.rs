@@ -1010,3 +1010,22 @@ fn wait_retries_with_backoff_until_its_deadline() {
     assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
     assert!(attempts > 2, "retried: {attempts}");
 }
+
+#[test]
+fn cancel_after_taking_the_front_of_a_chunk_keeps_stream_order() {
+    // Issue 12 item 9: the waiter took bytes 0..100 of a chunk while its
+    // SEND was still in flight; cancelled, those bytes must go back in
+    // FRONT of 100..300, not behind them.
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, &bytes(8 << 10), 100);
+    let ms = h.d().one(K::RecvMulti);
+    let reply = bytes(300);
+    h.chunk(ms, &reply);
+    assert!(pending(&s), "its send is still in flight");
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    h.honour();
+    let r = h.read(p, 1000);
+    assert_eq!(transfer(&r), ok(&reply));
+}
