@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use super::reply::take_pushback;
+use super::overflow;
 use super::*;
 use crate::engine::command::{Notify, Outcome, PipeIo};
 use crate::engine::{BufferMode, PipeId, Transfer};
@@ -45,142 +45,162 @@ impl<D: OpDriver> Core<D> {
             // than allocate it.
             return self.reject(notify, NtStatus::INVALID_PARAMETER);
         }
-        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
-            return self.reject(notify, NtStatus::INVALID_HANDLE);
-        };
-        if pe.draining > 0 {
-            // A cancelled request still has SQEs in the kernel: start this
-            // one when they are done (see PipeEntry::draining).
-            pe.deferred.push_back((io, notify));
+        let Some(from) = self.reply_from(pipe, &io, max_out) else {
+            // Deferred (see `reply_from`).
+            self.defer(pipe, io, notify);
             return;
+        };
+        let at = Start {
+            pipe,
+            fd,
+            session,
+            from,
+        };
+        match io {
+            PipeIo::Transceive { input, max_out } => {
+                self.start_transceive(at, input, max_out, notify)
+            }
+            PipeIo::Read { max_out } => self.start_read(at, max_out, notify),
+            PipeIo::Write { data } => self.start_write(at, data, notify),
+            PipeIo::Peek { max_out } => self.start_peek(at, max_out, notify),
         }
-        let has_pushback = !pe.pushback.is_empty();
+    }
+
+    /// Where the reply of a request that may start now comes from; `None`
+    /// when it must wait: a cancelled request still has SQEs in the kernel
+    /// (see `PipeEntry::draining`), or it needs a receive of its own (a read
+    /// above a pool buffer) while the multishot receive is armed or has
+    /// waiters, so two receives never race for the same bytes.
+    fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Option<ReplyFrom> {
+        let pool_buf = self.drv.recv_pool_buf_bytes();
+        let multishot_ok =
+            self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
+        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        if pe.draining > 0 {
+            return None;
+        }
+        if !pe.pushback.is_empty() {
+            return Some(ReplyFrom::Pushback);
+        }
         // The reply of a transceive, or a read's data, comes from the pipe's
         // multishot receive: the request is one SEND SQE or none at all.
         // Larger reads keep one receive of their own size (a chunk is at
         // most one pool buffer).
-        let pool_buf = self.drv.recv_pool_buf_bytes();
-        let via_ms = !has_pushback
-            && pool_buf > 0
-            && max_out <= pool_buf
-            && self.cfg.multishot
-            && !self.ms_disabled
-            && self.cfg.buffers == BufferMode::Plain
-            && !pe.eof
-            && !pe.closing;
+        if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
+            return Some(ReplyFrom::Multishot);
+        }
         let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
-        if reads_socket && !via_ms && !has_pushback && (pe.ms.is_some() || !pe.waiters.is_empty()) {
-            // A receive of its own (a read above a pool buffer) must not
-            // race the multishot receive: it starts once the waiting
-            // requests have their bytes and the receive has stopped (what
-            // it took by then is in the pushback, which comes first).
-            let stop = pe.waiters.is_empty();
-            pe.deferred.push_back((io, notify));
-            if stop {
-                self.stop_multishot(pipe);
-            }
-            return;
+        if reads_socket && (pe.multishot.is_some() || !pe.waiters.is_empty()) {
+            return None;
         }
-        match io {
-            PipeIo::Read { max_out } if has_pushback => {
-                let data = take_pushback(&mut pe.pushback, max_out);
-                let t = Transfer {
-                    status: NtStatus::SUCCESS,
-                    data,
-                };
-                self.notify(notify, Ok(Outcome::Transfer(t)))
-            }
-            PipeIo::Transceive { input, max_out } => {
-                let kind = Kind::Transceive {
-                    max_out,
-                    input,
-                    sent: 0,
-                    reg: None,
-                    out: None,
-                    more: None,
-                    retry_recv: false,
-                    from_pushback: has_pushback,
-                    via_ms,
-                    status: None,
-                };
-                let key = self.new_op(Some(pipe), session, notify, kind);
-                if via_ms {
-                    self.await_chunk(pipe, key, &fd, session);
-                }
-                self.push_transceive(key, fd);
-                if self
-                    .ops
-                    .get_mut(key.0, key.1)
-                    .is_some_and(|e| e.pending == 0)
-                {
-                    // Nothing to send and the reply is already here.
-                    self.finish(key);
-                }
-            }
-            PipeIo::Read { max_out } => {
-                let kind = Kind::Read {
-                    max_out,
-                    out: None,
-                    retry_recv: false,
-                    via_ms,
-                    status: None,
-                };
-                let key = self.new_op(Some(pipe), session, notify, kind);
-                if via_ms {
-                    // No SQE: the next chunk of the multishot receive ends it.
-                    self.await_chunk(pipe, key, &fd, session);
-                } else {
-                    let op = recv_op(&self.drv, fd, max_out, true);
-                    self.push_chain(key, [(op, ST_RECV)]);
-                }
-            }
-            PipeIo::Write { data } => {
-                let key = self.new_op(
-                    Some(pipe),
-                    session,
-                    notify,
-                    Kind::Write {
-                        data: Vec::new(),
-                        sent: 0,
-                        status: None,
-                    },
-                );
-                self.push_chain(
-                    key,
-                    vec![(
-                        Op::Send {
-                            fd,
-                            buf: data,
-                            start: 0,
-                        },
-                        ST_SEND,
-                    )],
-                );
-            }
-            PipeIo::Peek { max_out } => {
-                let room = match fsctl::peek_data_room(clamp_u32(max_out)) {
-                    Ok(room) => room,
-                    Err(s) => return self.reject(notify, s),
-                };
-                let kind = Kind::Peek {
-                    room,
-                    data: None,
-                    eof: false,
-                    status: None,
-                };
-                let key = self.new_op(Some(pipe), session, notify, kind);
-                // Ask for one byte more than fits, so a full buffer with more
-                // behind it is told apart from an exact fit.
-                let want = room.saturating_add(1);
-                let op = Op::Recv {
-                    fd,
-                    buf: Vec::with_capacity(want),
-                    len: clamp_u32(want),
-                    flags: crate::ring::driver::PEEK_NOWAIT,
-                };
-                self.push_chain(key, [(op, ST_PEEK)]);
-            }
+        Some(ReplyFrom::Chain)
+    }
+
+    /// Parks a request until `reply_from` lets it start. One that needs a
+    /// receive of its own stops the multishot receive (once no request
+    /// waits for it); what that receive took by then is in the pushback,
+    /// which comes first.
+    fn defer(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return self.reject(notify, NtStatus::INVALID_HANDLE);
+        };
+        let stop = pe.draining == 0 && pe.waiters.is_empty();
+        pe.deferred.push_back((io, notify));
+        if stop {
+            self.stop_multishot(pipe);
         }
+    }
+
+    fn start_transceive(&mut self, at: Start, input: Vec<u8>, max_out: usize, notify: Notify) {
+        let kind = Kind::Transceive {
+            max_out,
+            input,
+            sent: 0,
+            reg: None,
+            from: at.from,
+            reply: Reply::Awaited,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        if at.from == ReplyFrom::Multishot {
+            self.await_chunk(at.pipe, key, &at.fd, at.session);
+        }
+        self.push_transceive(key, at.fd);
+        if self
+            .ops
+            .get_mut(key.0, key.1)
+            .is_some_and(|e| e.pending == 0)
+        {
+            // Nothing to send and the reply is already here.
+            self.finish(key);
+        }
+    }
+
+    fn start_read(&mut self, at: Start, max_out: usize, notify: Notify) {
+        if at.from == ReplyFrom::Pushback {
+            let data = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
+                Some(pe) => overflow::take_pushback(&mut pe.pushback, max_out),
+                None => Vec::new(),
+            };
+            let t = Transfer {
+                status: NtStatus::SUCCESS,
+                data,
+            };
+            return self.notify(notify, Ok(Outcome::Transfer(t)));
+        }
+        let kind = Kind::Read {
+            max_out,
+            from: at.from,
+            reply: Reply::Awaited,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        if at.from == ReplyFrom::Multishot {
+            // No SQE: the next chunk of the multishot receive ends it.
+            self.await_chunk(at.pipe, key, &at.fd, at.session);
+        } else {
+            let op = recv_op(&self.drv, at.fd, max_out, true);
+            self.push_chain(key, [(op, ST_RECV)]);
+        }
+    }
+
+    fn start_write(&mut self, at: Start, data: Vec<u8>, notify: Notify) {
+        let kind = Kind::Write {
+            data: Vec::new(),
+            sent: 0,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        let op = Op::Send {
+            fd: at.fd,
+            buf: data,
+            start: 0,
+        };
+        self.push_chain(key, [(op, ST_SEND)]);
+    }
+
+    fn start_peek(&mut self, at: Start, max_out: usize, notify: Notify) {
+        let room = match fsctl::peek_data_room(clamp_u32(max_out)) {
+            Ok(room) => room,
+            Err(s) => return self.reject(notify, s),
+        };
+        let kind = Kind::Peek {
+            room,
+            data: None,
+            eof: false,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        // Ask for one byte more than fits, so a full buffer with more
+        // behind it is told apart from an exact fit.
+        let want = room.saturating_add(1);
+        let op = Op::Recv {
+            fd: at.fd,
+            buf: Vec::with_capacity(want),
+            len: clamp_u32(want),
+            flags: crate::ring::driver::PEEK_NOWAIT,
+        };
+        self.push_chain(key, [(op, ST_PEEK)]);
     }
 
     /// Pushes the transceive chain for what is left to send:
@@ -188,11 +208,11 @@ impl<D: OpDriver> Core<D> {
     /// data on the recv completion]. Registered mode: WRITE_FIXED ->
     /// READ_FIXED on the same slot (the read starts only after the write
     /// completed) -> peek; a short READ_FIXED breaks the link, which is fine:
-    /// short means nothing was left.
+    /// short means nothing was left. A reply from the pushback or the
+    /// multishot receive needs the send alone.
     pub(super) fn push_transceive(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
         let reg_mode = self.cfg.buffers == BufferMode::Registered;
         let slot_bytes = self.drv.reg_slot_bytes();
-        let nonempty_flag = self.drv.features().sock_nonempty;
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
@@ -200,261 +220,172 @@ impl<D: OpDriver> Core<D> {
             max_out,
             input,
             sent,
-            reg,
-            retry_recv,
-            from_pushback,
-            via_ms,
+            from,
             ..
         } = &mut e.kind
         else {
+            debug_assert!(false, "push_transceive on another kind of op");
             return;
         };
-        if *from_pushback || *via_ms {
-            // The reply is in the pipe's pushback, or comes from its
-            // multishot receive: just send the request.
+        if *from != ReplyFrom::Chain {
             if input.len() > *sent {
                 let (buf, start) = (std::mem::take(input), *sent);
                 self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
             }
             return;
         }
-        let max_out = *max_out;
-        let check_more = max_out < SMB_PIPE_MAX_MSGSIZE;
-        let mut chain = ChainBuf::default();
-        if reg_mode && max_out <= slot_bytes && input.len() <= slot_bytes {
-            let slot = match reg.take() {
-                Some(r) => r,
-                None => match self.drv.reg_alloc() {
-                    Some(r) => {
-                        if let Some(bytes) = self.drv.reg_bytes_mut(&r) {
-                            bytes[..input.len()].copy_from_slice(input);
-                        }
-                        r
-                    }
-                    // Registered pool exhausted.
-                    None => return self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
-                },
-            };
-            if input.len() > *sent {
-                let (start, end) = (*sent as u32, input.len() as u32);
-                chain.push((
-                    Op::WriteFixed {
-                        fd: fd.clone(),
-                        buf: slot.clone(),
-                        start,
-                        end,
-                    },
-                    ST_SEND,
-                ));
-            }
-            chain.push((
-                Op::ReadFixed {
-                    fd: fd.clone(),
-                    buf: slot.clone(),
-                    len: clamp_u32(max_out),
-                },
-                ST_RECV,
-            ));
-            *reg = Some(slot);
-            if check_more {
-                chain.push((more_probe(fd), ST_MORE));
-            }
+        if reg_mode && *max_out <= slot_bytes && input.len() <= slot_bytes {
+            self.push_registered_chain(key, fd);
         } else {
-            if input.len() > *sent {
-                let buf = std::mem::take(input);
-                chain.push((
-                    Op::Send {
-                        fd: fd.clone(),
-                        buf,
-                        start: *sent,
-                    },
-                    ST_SEND,
-                ));
-            }
-            let recv = recv_op(&self.drv, fd.clone(), max_out, !*retry_recv);
-            *retry_recv = false;
-            chain.push((recv, ST_RECV));
-            if check_more && !nonempty_flag {
-                chain.push((more_probe(fd), ST_MORE));
-            }
+            self.push_plain_chain(key, fd);
+        }
+    }
+
+    fn push_registered_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    max_out,
+                    input,
+                    sent,
+                    reg,
+                    ..
+                },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        else {
+            return;
+        };
+        let slot = match reg.take() {
+            Some(r) => r,
+            None => match self.drv.reg_alloc() {
+                Some(r) => {
+                    if let Some(bytes) = self.drv.reg_bytes_mut(&r) {
+                        bytes[..input.len()].copy_from_slice(input);
+                    }
+                    r
+                }
+                // Registered pool exhausted.
+                None => return self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
+            },
+        };
+        let mut chain = ChainBuf::default();
+        if input.len() > *sent {
+            let (start, end) = (*sent as u32, input.len() as u32);
+            let buf = slot.clone();
+            let fd = fd.clone();
+            chain.push((
+                Op::WriteFixed {
+                    fd,
+                    buf,
+                    start,
+                    end,
+                },
+                ST_SEND,
+            ));
+        }
+        let len = clamp_u32(*max_out);
+        let buf = slot.clone();
+        chain.push((
+            Op::ReadFixed {
+                fd: fd.clone(),
+                buf,
+                len,
+            },
+            ST_RECV,
+        ));
+        if overflow::may_overflow(*max_out) {
+            // READ completions carry no SOCK_NONEMPTY: always the probe.
+            chain.push((more_probe(fd), ST_MORE));
+        }
+        *reg = Some(slot);
+        self.push_chain(key, chain);
+    }
+
+    fn push_plain_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let nonempty_flag = self.drv.features().sock_nonempty;
+        let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    max_out,
+                    input,
+                    sent,
+                    reply,
+                    ..
+                },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        else {
+            return;
+        };
+        let mut chain = ChainBuf::default();
+        if input.len() > *sent {
+            let buf = std::mem::take(input);
+            let fd = fd.clone();
+            chain.push((
+                Op::Send {
+                    fd,
+                    buf,
+                    start: *sent,
+                },
+                ST_SEND,
+            ));
+        }
+        // After an empty pool, the retry brings its own buffer.
+        let pooled = !matches!(reply, Reply::Retry);
+        *reply = Reply::Awaited;
+        chain.push((recv_op(&self.drv, fd.clone(), *max_out, pooled), ST_RECV));
+        if overflow::may_overflow(*max_out) && !nonempty_flag {
+            chain.push((more_probe(fd), ST_MORE));
         }
         self.push_chain(key, chain);
     }
 
+    /// A completion of a transceive's, read's, write's or peek's SQE.
     pub(super) fn io_step(&mut self, key: (u32, u32), step: u8, c: Completion) {
-        let features = self.drv.features();
-        let sock_nonempty = c.sock_nonempty();
-        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+        // The kernel's flag is trusted only where the probe proved it.
+        let nonempty = (self.drv.features().sock_nonempty && self.cfg.buffers == BufferMode::Plain)
+            .then(|| c.sock_nonempty());
+        let Core { ops, drv, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
             return;
         };
         let r = c.result;
-        // A send that fell short (its link then cancelled the rest) is
-        // resumed when the chain is over; its -ECANCELED followers are no error.
-        let resuming = |input: &Vec<u8>, sent: usize| sent < input.len();
-        match (&mut e.kind, step, c.op) {
-            (
-                Kind::Transceive {
-                    status,
-                    input,
-                    sent,
+        match (&mut e.kind, step) {
+            (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op),
+            (Kind::Transceive { .. }, ST_RECV) => {
+                transceive_received(&mut e.kind, r, c.op, nonempty, drv)
+            }
+            (Kind::Transceive { reply, .. }, ST_MORE) => {
+                // Only a probe that ran after this chain's receive answers.
+                if let Reply::Got {
+                    more: more @ More::Unknown,
                     ..
-                },
-                ST_SEND,
-                op,
-            ) => {
-                let (start, end) = match op {
-                    Op::Send { buf, start, .. } => {
-                        let end = buf.len();
-                        *input = buf;
-                        (start, end)
-                    }
-                    Op::WriteFixed { start, end, .. } => (start as usize, end as usize),
-                    _ => return,
-                };
-                if r < 0 {
-                    if status.is_none() {
-                        *status = Some(socket_status(-r));
-                    }
-                } else {
-                    *sent = (start + r as usize).min(end);
+                } = reply
+                {
+                    *more = overflow::more_from_probe(r);
                 }
             }
-            (
-                Kind::Transceive {
-                    status,
-                    out,
-                    more,
-                    max_out,
-                    reg,
-                    input,
-                    sent,
-                    retry_recv,
-                    ..
-                },
-                ST_RECV,
-                op,
-            ) => {
-                let resend = resuming(input, *sent) && status.is_none();
-                if r == -libc::ECANCELED && resend {
-                    return;
-                }
-                if r == -libc::ENOBUFS && matches!(op, Op::RecvPooled { .. }) && status.is_none() {
-                    // The receive pool was empty: receive again with a
-                    // buffer of our own once this chain is over.
-                    *retry_recv = true;
-                    return;
-                }
-                if r <= 0 {
-                    if status.is_none() {
-                        *status = Some(if r == 0 {
-                            NtStatus::PIPE_BROKEN
-                        } else {
-                            socket_status(-r)
-                        });
-                    }
-                    return;
-                }
-                // What the receive asked for: more than `max_out` when it
-                // read ahead (see `recv_op`).
-                let asked = match &op {
-                    Op::Recv { len, .. }
-                    | Op::RecvPooled { len, .. }
-                    | Op::ReadFixed { len, .. } => *len as usize,
-                    _ => return,
-                };
-                let data = match op {
-                    Op::Recv { buf, .. } => buf,
-                    Op::RecvPooled { data, .. } => data,
-                    Op::ReadFixed { buf, .. } => {
-                        drop(buf);
-                        let n = (r as usize).min(*max_out);
-                        match reg.as_ref().and_then(|slot| self.drv.reg_bytes(slot)) {
-                            Some(bytes) => bytes[..n].to_vec(),
-                            None => return set_status(&mut e.kind, NtStatus::INTERNAL_ERROR),
-                        }
-                    }
-                    _ => return,
-                };
-                if data.len() < asked {
-                    // A short receive emptied the socket (a stream recv
-                    // copies until its buffer is full or the queue is empty).
-                    *more = Some(false);
-                } else if features.sock_nonempty && self.cfg.buffers == BufferMode::Plain {
-                    *more = Some(sock_nonempty);
-                }
-                *out = Some(data);
-            }
-            // 1: a byte is waiting; -EAGAIN: empty; 0: peer closed.
-            (
-                Kind::Transceive {
-                    more: more @ None, ..
-                },
-                ST_MORE,
-                _,
-            ) => *more = Some(r > 0),
-            (
-                Kind::Read {
-                    out,
-                    status,
-                    retry_recv,
-                    ..
-                },
-                ST_RECV,
-                op,
-            ) => {
-                let buf = match op {
-                    Op::Recv { buf, .. } => buf,
-                    Op::RecvPooled { data, .. } => {
-                        if r == -libc::ENOBUFS {
-                            *retry_recv = true;
-                            return;
-                        }
-                        data
-                    }
-                    _ => return,
-                };
-                if r > 0 {
-                    *out = Some(buf);
-                } else if status.is_none() {
-                    *status = Some(if r == 0 {
-                        NtStatus::PIPE_BROKEN
+            (Kind::Read { .. }, ST_RECV) => read_received(&mut e.kind, r, c.op),
+            (Kind::Write { status, data, sent }, ST_SEND) => match c.op {
+                Op::Send { buf, start, .. } => {
+                    if r < 0 {
+                        set_once(status, socket_status(-r));
                     } else {
-                        socket_status(-r)
-                    });
-                }
-            }
-            (Kind::Write { status, data, sent }, ST_SEND, Op::Send { buf, start, .. }) => {
-                if r < 0 {
-                    if status.is_none() {
-                        *status = Some(socket_status(-r));
+                        *sent = start + r as usize;
                     }
-                } else {
-                    *sent = start + r as usize;
+                    *data = buf;
                 }
-                *data = buf;
-            }
-            (
-                Kind::Peek {
-                    data, eof, status, ..
-                },
-                ST_PEEK,
-                Op::Recv { buf, len, .. },
-            ) => {
-                if r > 0 {
-                    *data = Some(buf);
-                } else if r == 0 && len > 0 {
-                    *eof = true;
-                    *data = Some(Vec::new());
-                } else if r == 0 || r == -libc::EAGAIN {
-                    *data = Some(Vec::new());
-                } else if status.is_none() {
-                    *status = Some(socket_status(-r));
-                }
-            }
-            _ => {}
+                _ => debug_assert!(false, "a write's SEND step on another op"),
+            },
+            (Kind::Peek { .. }, ST_PEEK) => peek_done(&mut e.kind, r, c.op),
+            (_, step) => debug_assert!(false, "I/O step {step} on an op of another kind"),
         }
     }
 
+    /// Pushes what a request whose chain ended early still needs: the
+    /// rest of a short send, or a receive with a buffer of its own after
+    /// the pool was empty.
     pub(super) fn push_resume(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
@@ -464,43 +395,187 @@ impl<D: OpDriver> Core<D> {
                 let (buf, start) = (std::mem::take(data), *sent);
                 self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
             }
-            Kind::Read {
-                max_out,
-                retry_recv,
-                ..
-            } => {
-                *retry_recv = false;
+            Kind::Read { max_out, reply, .. } => {
+                debug_assert!(matches!(reply, Reply::Retry));
+                *reply = Reply::Awaited;
                 let op = recv_op(&self.drv, fd, *max_out, false);
                 self.push_chain(key, [(op, ST_RECV)]);
             }
-            _ => self.push_transceive(key, fd),
+            Kind::Transceive { .. } => self.push_transceive(key, fd),
+            _ => debug_assert!(false, "resume of an op that cannot resume"),
         }
     }
 
     /// Moves what a read-ahead receive got beyond `max_out` to the front of
-    /// the pipe's pushback: requests on a pipe with pushback are served from
-    /// it, so anything already there came from a receive that started
-    /// after this one. True if anything was kept.
+    /// the pipe's pushback (see [`overflow::keep_read_ahead`]); the bytes
+    /// of a pipe that is gone go with it. True if anything was kept.
     pub(super) fn keep_read_ahead(
         &mut self,
         pipe: Option<PipeId>,
         data: &mut Vec<u8>,
         max_out: usize,
     ) -> bool {
-        if data.len() <= max_out {
-            return false;
-        }
-        let tail = data.split_off(max_out);
         match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            Some(pe) => {
-                let mut rest = tail;
-                rest.append(&mut pe.pushback);
-                pe.pushback = rest;
-                true
+            Some(pe) => overflow::keep_read_ahead(&mut pe.pushback, data, max_out),
+            None => {
+                data.truncate(max_out);
+                false
             }
-            // The pipe is gone: so are its bytes.
-            None => false,
         }
+    }
+}
+
+/// Where a request that may start now stands.
+struct Start {
+    pipe: PipeId,
+    fd: Rc<OwnedFd>,
+    session: u64,
+    from: ReplyFrom,
+}
+
+/// Sets a request's status unless an earlier cause set it.
+pub(super) fn set_once(status: &mut Option<NtStatus>, s: NtStatus) {
+    if status.is_none() {
+        *status = Some(s);
+    }
+}
+
+/// A transceive's SEND (or WRITE_FIXED) completed: count what was sent.
+fn transceive_sent(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Transceive {
+        status,
+        input,
+        sent,
+        ..
+    } = kind
+    else {
+        return;
+    };
+    let (start, end) = match op {
+        Op::Send { buf, start, .. } => {
+            let end = buf.len();
+            *input = buf;
+            (start, end)
+        }
+        Op::WriteFixed { start, end, .. } => (start as usize, end as usize),
+        _ => return debug_assert!(false, "a transceive's SEND step on another op"),
+    };
+    if r < 0 {
+        set_once(status, socket_status(-r));
+    } else {
+        *sent = (start + r as usize).min(end);
+    }
+}
+
+/// A transceive's receive completed: its reply, a retry after an empty
+/// pool, a failure, or (after a short send broke the link) nothing.
+fn transceive_received<D: OpDriver>(
+    kind: &mut Kind,
+    r: i32,
+    op: Op,
+    nonempty: Option<bool>,
+    drv: &D,
+) {
+    let Kind::Transceive {
+        status,
+        reply,
+        max_out,
+        reg,
+        input,
+        sent,
+        ..
+    } = kind
+    else {
+        return;
+    };
+    if r == -libc::ECANCELED && *sent < input.len() && status.is_none() {
+        // A send that fell short cancelled the rest of its chain: it is
+        // resumed when the chain is over; this is no error.
+        return;
+    }
+    if r == -libc::ENOBUFS && matches!(op, Op::RecvPooled { .. }) && status.is_none() {
+        // The receive pool was empty: receive again with a buffer of our
+        // own once this chain is over.
+        *reply = Reply::Retry;
+        return;
+    }
+    if r <= 0 {
+        let s = if r == 0 {
+            NtStatus::PIPE_BROKEN
+        } else {
+            socket_status(-r)
+        };
+        return set_once(status, s);
+    }
+    let (data, asked) = match op {
+        Op::Recv { buf, len, .. } => (buf, len as usize),
+        Op::RecvPooled { data, len, .. } => (data, len as usize),
+        Op::ReadFixed { buf, len, .. } => {
+            // The slot's bytes are readable once no op holds it.
+            drop(buf);
+            let n = (r as usize).min(*max_out);
+            match reg.as_ref().and_then(|slot| drv.reg_bytes(slot)) {
+                Some(bytes) => (bytes[..n].to_vec(), len as usize),
+                None => return set_once(status, NtStatus::INTERNAL_ERROR),
+            }
+        }
+        _ => return debug_assert!(false, "a transceive's receive step on another op"),
+    };
+    let more = overflow::more_after_receive(data.len(), asked, nonempty);
+    *reply = Reply::Got { data, more };
+}
+
+/// A read's receive completed.
+fn read_received(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Read { reply, status, .. } = kind else {
+        return;
+    };
+    let data = match op {
+        Op::Recv { buf, .. } => buf,
+        Op::RecvPooled { data, .. } => {
+            if r == -libc::ENOBUFS {
+                *reply = Reply::Retry;
+                return;
+            }
+            data
+        }
+        _ => return debug_assert!(false, "a read's receive step on another op"),
+    };
+    if r > 0 {
+        *reply = Reply::Got {
+            data,
+            more: More::Unknown,
+        };
+    } else {
+        let s = if r == 0 {
+            NtStatus::PIPE_BROKEN
+        } else {
+            socket_status(-r)
+        };
+        set_once(status, s);
+    }
+}
+
+/// A peek's `MSG_PEEK | MSG_DONTWAIT` receive completed.
+fn peek_done(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Peek {
+        data, eof, status, ..
+    } = kind
+    else {
+        return;
+    };
+    let Op::Recv { buf, len, .. } = op else {
+        return debug_assert!(false, "a peek's step on another op");
+    };
+    if r > 0 {
+        *data = Some(buf);
+    } else if r == 0 && len > 0 {
+        *eof = true;
+        *data = Some(Vec::new());
+    } else if r == 0 || r == -libc::EAGAIN {
+        *data = Some(Vec::new());
+    } else {
+        set_once(status, socket_status(-r));
     }
 }
 

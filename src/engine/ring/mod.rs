@@ -14,6 +14,7 @@ mod cancel;
 mod io;
 mod multishot;
 mod open;
+mod overflow;
 mod reply;
 mod wait;
 
@@ -49,14 +50,14 @@ const ST_MORE: u8 = 7;
 const ST_PEEK: u8 = 8;
 const ST_WAIT_CONNECT: u8 = 9;
 const ST_WAIT_TIMER: u8 = 10;
-const ST_MULTI: u8 = 11;
+const ST_MULTISHOT: u8 = 11;
 const ST_WAIT_DEADLINE: u8 = 12;
 
 /// Bytes a pipe's multishot receive may pile up in its pushback with no
 /// request waiting (replies to cancelled requests, unsolicited data) before
 /// the receive is stopped; the rest then stays in the socket, and the
 /// receive is re-armed once a request needs data and the pushback is empty.
-const MS_PUSHBACK_CAP: usize = 64 * 1024;
+const MULTISHOT_PUSHBACK_CAP: usize = 64 * 1024;
 
 /// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
 /// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
@@ -123,10 +124,10 @@ struct PipeEntry {
     /// request waits for data lands here too.
     pushback: Vec<u8>,
     /// The pipe's multishot receive (its op entry), while armed.
-    ms: Option<(u32, u32)>,
+    multishot: Option<(u32, u32)>,
     /// The multishot receive is being stopped (pushback over its cap, or a
     /// deferred read needs a receive of its own).
-    ms_stopping: bool,
+    multishot_stopping: bool,
     /// The multishot receive saw the end of the stream.
     eof: bool,
     /// Requests waiting for the multishot receive's chunks, in the order
@@ -140,7 +141,7 @@ impl PipeEntry {
     /// request still has SQEs in the kernel, a request waits for the
     /// multishot receive, or that receive is being stopped.
     fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
-        if self.draining == 0 && self.waiters.is_empty() && !self.ms_stopping {
+        if self.draining == 0 && self.waiters.is_empty() && !self.multishot_stopping {
             std::mem::take(&mut self.deferred)
         } else {
             VecDeque::new()
@@ -164,24 +165,16 @@ enum Kind {
         sent: usize,
         /// Registered mode: the slot holding the input, then the reply.
         reg: Option<Rc<RegBuf>>,
-        out: Option<Vec<u8>>,
-        /// Some(more waiting?) once known.
-        more: Option<bool>,
-        /// The pooled receive found the pool empty: receive again, plain.
-        retry_recv: bool,
-        /// The pipe had pushed-back bytes: send only, the reply comes from
-        /// them.
-        from_pushback: bool,
-        /// Send only: the reply comes from the pipe's multishot receive.
-        via_ms: bool,
+        from: ReplyFrom,
+        reply: Reply,
         status: Option<NtStatus>,
     },
     Read {
         max_out: usize,
-        out: Option<Vec<u8>>,
-        retry_recv: bool,
-        /// No SQE: the data comes from the pipe's multishot receive.
-        via_ms: bool,
+        /// [`ReplyFrom::Multishot`] (no SQE) or [`ReplyFrom::Chain`]; a read
+        /// of pushed-back bytes ends when it starts.
+        from: ReplyFrom,
+        reply: Reply,
         status: Option<NtStatus>,
     },
     /// A pipe's multishot receive (no caller: its chunks go to the pipe's
@@ -208,6 +201,43 @@ enum Kind {
         /// `SUCCESS` once a connect was accepted.
         status: Option<NtStatus>,
     },
+}
+
+/// Where a transceive's or a read's reply comes from, decided when it
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyFrom {
+    /// A receive of its own, linked after the send.
+    Chain,
+    /// The pipe's pushback, which already holds bytes: the request only
+    /// sends, and takes its reply from there when the send is done.
+    Pushback,
+    /// The next chunk of the pipe's multishot receive: the request only
+    /// sends (a read: no SQE at all) and waits among the pipe's `waiters`.
+    Multishot,
+}
+
+/// How far a receiving request's reply is.
+#[derive(Debug, Default)]
+enum Reply {
+    /// Nothing received yet.
+    #[default]
+    Awaited,
+    /// The pooled receive found the pool empty: when the chain is over,
+    /// receive again with a buffer of its own.
+    Retry,
+    /// Received (a read-ahead may hold more than `max_out`), and whether
+    /// more bytes wait behind it (see overflow.rs).
+    Got { data: Vec<u8>, more: More },
+}
+
+/// The overflow rule's question: are more bytes waiting behind a reply?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum More {
+    /// Not known (not asked: the rule may not need it).
+    Unknown,
+    Yes,
+    No,
 }
 
 /// Where a WAIT is between its attempts.
@@ -270,7 +300,7 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     stopping: bool,
     /// The kernel refused a multishot receive: pipes use one receive per
     /// request instead.
-    ms_disabled: bool,
+    multishot_disabled: bool,
 }
 
 /// An open waiting for its turn.
@@ -321,7 +351,7 @@ impl<D: OpDriver> Core<D> {
             now,
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
-            ms_disabled: false,
+            multishot_disabled: false,
         }
     }
 
@@ -508,7 +538,7 @@ impl<D: OpDriver> Core<D> {
         };
         match step {
             ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
-            ST_MULTI => return self.ms_step(key, c),
+            ST_MULTISHOT => return self.multishot_step(key, c),
             ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
                 let r = c.result;
                 drop(c);
@@ -520,75 +550,34 @@ impl<D: OpDriver> Core<D> {
             // Keep cancelling whatever part of the chain is still running.
             self.cancel_chain(key);
         }
-        let Some(e) = self.ops.get_mut(index, gen) else {
+        self.chain_over(key);
+    }
+
+    /// What an op does once none of its SQEs is in flight: resume (the
+    /// rest of a short send, a receive after an empty pool), keep waiting
+    /// (for a multishot chunk), or finish.
+    fn chain_over(&mut self, key: (u32, u32)) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
         if e.pending > 0 {
             return;
         }
-        // The chain is over: resume a send that fell short, or finish.
-        let resume = !e.cancelled
-            && match &e.kind {
-                Kind::Transceive {
-                    input,
-                    sent,
-                    retry_recv,
-                    status: None,
-                    ..
-                } => *sent < input.len() || *retry_recv,
-                Kind::Read {
-                    retry_recv,
-                    status: None,
-                    ..
-                } => *retry_recv,
-                Kind::Write {
-                    data,
-                    sent,
-                    status: None,
-                } => *sent < data.len(),
-                _ => false,
-            };
-        if resume {
-            let pipe = e.pipe;
-            match pipe.map(|p| self.pipe_fd(p)) {
-                Some(Ok((fd, _))) => return self.push_resume(key, fd),
-                Some(Err(s)) => self.fail_now(key, s),
-                None => {}
-            }
-            return;
-        }
-        if let Some(OpEntry {
-            kind: Kind::WaitPipe { status: None, .. },
-            cancelled: false,
-            ..
-        }) = self.ops.get_mut(index, gen)
-        {
-            // A wait between attempts: wait_step pushed the next one.
-            debug_assert!(false, "a WAIT undecided with nothing in flight");
-            return;
-        }
-        if let Some(OpEntry {
-            kind:
-                Kind::Transceive {
-                    via_ms: true,
-                    out: None,
-                    status: None,
-                    ..
-                }
-                | Kind::Read {
-                    via_ms: true,
-                    out: None,
-                    status: None,
-                    ..
-                },
-            cancelled: false,
-            ..
-        }) = self.ops.get_mut(index, gen)
-        {
+        let next = if e.cancelled {
+            Next::Finish
+        } else {
+            next_step(&e.kind)
+        };
+        match next {
+            Next::Finish => self.finish(key),
             // Sent; the reply comes with the multishot receive's next chunk.
-            return;
+            Next::Wait => {}
+            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
+                Some(Ok((fd, _))) => self.push_resume(key, fd),
+                Some(Err(s)) => self.fail_now(key, s),
+                None => debug_assert!(false, "a resumed request without a pipe"),
+            },
         }
-        self.finish(key);
     }
 
     fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
@@ -598,6 +587,54 @@ impl<D: OpDriver> Core<D> {
                 self.finish(key);
             }
         }
+    }
+}
+
+/// See [`Core::chain_over`].
+enum Next {
+    Finish,
+    Wait,
+    Resume,
+}
+
+fn next_step(kind: &Kind) -> Next {
+    match kind {
+        Kind::Transceive {
+            status: None,
+            input,
+            sent,
+            reply,
+            from,
+            ..
+        } => {
+            if *sent < input.len() || matches!(reply, Reply::Retry) {
+                Next::Resume
+            } else if *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited) {
+                Next::Wait
+            } else {
+                Next::Finish
+            }
+        }
+        Kind::Read {
+            status: None,
+            reply,
+            from,
+            ..
+        } => match reply {
+            Reply::Retry => Next::Resume,
+            Reply::Awaited if *from == ReplyFrom::Multishot => Next::Wait,
+            _ => Next::Finish,
+        },
+        Kind::Write {
+            status: None,
+            data,
+            sent,
+        } if *sent < data.len() => Next::Resume,
+        Kind::WaitPipe { status: None, .. } => {
+            debug_assert!(false, "a WAIT undecided with nothing in flight");
+            Next::Wait
+        }
+        _ => Next::Finish,
     }
 }
 

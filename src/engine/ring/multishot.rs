@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use super::io::recv_op;
-use super::reply::take_pushback;
+use super::overflow;
 use super::*;
 use crate::engine::PipeId;
 use crate::protocol::NtStatus;
@@ -30,26 +30,24 @@ impl<D: OpDriver> Core<D> {
             let Some(e) = self.ops.get_mut(w.0, w.1) else {
                 continue;
             };
-            let (out, more, max_out) = match &mut e.kind {
+            let (reply, max_out) = match &mut e.kind {
                 Kind::Transceive {
-                    out: out @ None,
-                    more,
+                    reply: reply @ Reply::Awaited,
                     max_out,
                     ..
-                } => (out, Some(more), *max_out),
-                Kind::Read {
-                    out: out @ None,
+                }
+                | Kind::Read {
+                    reply: reply @ Reply::Awaited,
                     max_out,
                     ..
-                } => (out, None, *max_out),
-                _ => continue,
+                } => (reply, *max_out),
+                _ => {
+                    debug_assert!(false, "a multishot waiter that awaits no reply");
+                    continue;
+                }
             };
-            let data = take_pushback(&mut pe.pushback, max_out);
-            let left = !pe.pushback.is_empty();
-            *out = Some(data);
-            if let Some(m) = more {
-                *m = Some(left || nonempty);
-            }
+            let (data, more) = overflow::waiter_share(&mut pe.pushback, max_out, nonempty);
+            *reply = Reply::Got { data, more };
             if e.pending == 0 {
                 self.finish(w);
             }
@@ -69,7 +67,7 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         pe.waiters.push_back(key);
-        if pe.ms.is_some() {
+        if pe.multishot.is_some() {
             // Armed, or being stopped: its end re-arms it for the waiter.
             return;
         }
@@ -79,20 +77,20 @@ impl<D: OpDriver> Core<D> {
     pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
         let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
         if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
-            pe.ms = Some(key);
-            pe.ms_stopping = false;
+            pe.multishot = Some(key);
+            pe.multishot_stopping = false;
         }
         let op = Op::RecvMulti {
             fd,
             data: Vec::new(),
         };
-        self.push_chain(key, [(op, ST_MULTI)]);
+        self.push_chain(key, [(op, ST_MULTISHOT)]);
     }
 
     /// One completion of a pipe's multishot receive: a chunk for the
     /// waiting request or the pushback; on the last one, re-arm for a
     /// request still waiting, or end it.
-    pub(super) fn ms_step(&mut self, key: (u32, u32), c: Completion) {
+    pub(super) fn multishot_step(&mut self, key: (u32, u32), c: Completion) {
         let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
@@ -104,7 +102,7 @@ impl<D: OpDriver> Core<D> {
         };
         if let Some(p) = pipe {
             if r > 0 && !data.is_empty() {
-                self.ms_chunk(p, data, nonempty);
+                self.multishot_chunk(p, data, nonempty);
             }
         }
         if c.more || pending > 0 {
@@ -113,12 +111,12 @@ impl<D: OpDriver> Core<D> {
         // The receive is over.
         if r == -libc::EINVAL {
             // No multishot receive on this kernel (before 6.0).
-            self.ms_disabled = true;
+            self.multishot_disabled = true;
         }
         let mut resume = VecDeque::new();
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            pe.ms = None;
-            pe.ms_stopping = false;
+            pe.multishot = None;
+            pe.multishot_stopping = false;
             if r == 0 {
                 pe.eof = true;
             }
@@ -132,7 +130,7 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
             return;
         };
-        if pe.ms.is_some() {
+        if pe.multishot.is_some() {
             return;
         }
         if pe.waiters.is_empty() || pe.closing {
@@ -144,7 +142,7 @@ impl<D: OpDriver> Core<D> {
             r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINVAL => None,
             r => Some(socket_status(-r)),
         };
-        if fail.is_none() && !self.ms_disabled {
+        if fail.is_none() && !self.multishot_disabled {
             return self.arm_multishot(p, fd, session);
         }
         let waiters = std::mem::take(&mut pe.waiters);
@@ -157,16 +155,15 @@ impl<D: OpDriver> Core<D> {
                         continue;
                     };
                     let max_out = match &mut we.kind {
-                        Kind::Transceive {
-                            max_out, via_ms, ..
-                        }
-                        | Kind::Read {
-                            max_out, via_ms, ..
-                        } => {
-                            *via_ms = false;
+                        Kind::Transceive { max_out, from, .. }
+                        | Kind::Read { max_out, from, .. } => {
+                            *from = ReplyFrom::Chain;
                             *max_out
                         }
-                        _ => continue,
+                        _ => {
+                            debug_assert!(false, "a multishot waiter that is no request");
+                            continue;
+                        }
                     };
                     let op = recv_op(&self.drv, fd.clone(), max_out, true);
                     self.push_chain(w, [(op, ST_RECV)]);
@@ -178,7 +175,7 @@ impl<D: OpDriver> Core<D> {
     /// A chunk of `pipe`'s stream from its multishot receive: to the
     /// waiting requests in order (each takes at most its `max_out`), the
     /// rest to the pushback.
-    pub(super) fn ms_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
@@ -192,22 +189,22 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        if pe.pushback.len() > MS_PUSHBACK_CAP {
+        if pe.pushback.len() > MULTISHOT_PUSHBACK_CAP {
             // Nobody is reading: leave the rest in the socket.
             self.stop_multishot(pipe);
         }
     }
 
     /// Cancels the pipe's multishot receive, once; its final completion
-    /// (`ms_step`) then re-arms it for a waiter or starts deferred requests.
+    /// (`multishot_step`) then re-arms it for a waiter or starts deferred requests.
     pub(super) fn stop_multishot(&mut self, pipe: PipeId) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        let Some(k) = pe.ms.filter(|_| !pe.ms_stopping) else {
+        let Some(k) = pe.multishot.filter(|_| !pe.multishot_stopping) else {
             return;
         };
-        pe.ms_stopping = true;
+        pe.multishot_stopping = true;
         if let Some(id) = self.ops.get_mut(k.0, k.1).and_then(|e| e.chain_id(0)) {
             self.drv.cancel(id);
         }

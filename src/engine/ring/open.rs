@@ -211,8 +211,8 @@ impl<D: OpDriver> Core<D> {
             draining: 0,
             deferred: VecDeque::new(),
             pushback: Vec::new(),
-            ms: None,
-            ms_stopping: false,
+            multishot: None,
+            multishot_stopping: false,
             eof: false,
             waiters: VecDeque::new(),
         });

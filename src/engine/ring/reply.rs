@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use super::overflow::{take_pushback, transceive_result};
 use super::*;
 use crate::engine::command::Outcome;
 use crate::engine::{PipeId, Transfer};
@@ -11,6 +12,8 @@ use crate::protocol::{fsctl, NtStatus};
 use crate::ring::OpDriver;
 
 impl<D: OpDriver> Core<D> {
+    /// Removes a request whose last SQE completed (or that needs none any
+    /// more), lets its pipe go on, and tells its caller the result.
     pub(super) fn finish(&mut self, key: (u32, u32)) {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
@@ -19,33 +22,10 @@ impl<D: OpDriver> Core<D> {
             // The next waiting open starts in the ring loop.
             self.opening -= 1;
         }
-        let mut resume = VecDeque::new();
-        if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
-                // A waiter that ends without its chunk (cancelled, failed).
-                pe.waiters.remove(i);
-            }
-            if e.cancelled {
-                // Bytes the cancelled request took after all stay in the
-                // stream, in FRONT of the pushback: they came off the socket
-                // before anything there (a multishot waiter takes the front
-                // of a chunk whose rest went to the pushback; a linked
-                // receive runs only while the pushback is empty).
-                if let Kind::Transceive { out: Some(d), .. } | Kind::Read { out: Some(d), .. } =
-                    &mut e.kind
-                {
-                    d.append(&mut pe.pushback);
-                    pe.pushback = std::mem::take(d);
-                }
-                pe.draining = pe.draining.saturating_sub(1);
-            }
-            resume = pe.startable();
-        }
+        let resume = self.leave_pipe(key, &mut e);
         if let Some(p) = e.pipe {
             self.pipe_op_done(p, key, e.pipe_next);
-        }
-        for (io, notify) in resume {
-            if let Some(p) = e.pipe {
+            for (io, notify) in resume {
                 self.start_io(p, io, notify);
             }
         }
@@ -57,86 +37,103 @@ impl<D: OpDriver> Core<D> {
             }
             self.drv.recycle(std::mem::take(input));
         }
-        if e.cancelled || e.notify.is_none() {
+        if e.cancelled {
             return;
         }
         if matches!(e.kind, Kind::Open { .. }) {
             return self.finish_open(e);
         }
-        let notify = e.notify.take().expect("checked");
-        let res = match e.kind {
+        let Some(notify) = e.notify.take() else {
+            return;
+        };
+        let res = self.result_of(e.pipe, e.kind);
+        self.notify(notify, res);
+    }
+
+    /// The finished op `key` leaves its pipe's waiters; a cancelled one
+    /// gives back the bytes it took and stops holding later requests back.
+    /// Returns the deferred requests that may start now.
+    fn leave_pipe(&mut self, key: (u32, u32), e: &mut OpEntry) -> VecDeque<(PipeIo, Notify)> {
+        let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
+            return VecDeque::new();
+        };
+        if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
+            // A waiter that ends without its chunk (cancelled, failed).
+            pe.waiters.remove(i);
+        }
+        if e.cancelled {
+            // Bytes the cancelled request took after all stay in the
+            // stream, in FRONT of the pushback: they came off the socket
+            // before anything there (a multishot waiter takes the front of
+            // a chunk whose rest went to the pushback; a linked receive runs
+            // only while the pushback is empty).
+            if let Kind::Transceive {
+                reply: Reply::Got { data: d, .. },
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Got { data: d, .. },
+                ..
+            } = &mut e.kind
+            {
+                d.append(&mut pe.pushback);
+                pe.pushback = std::mem::take(d);
+            }
+            pe.draining = pe.draining.saturating_sub(1);
+        }
+        pe.startable()
+    }
+
+    /// The caller's result of a finished request (not an open).
+    fn result_of(&mut self, pipe: Option<PipeId>, kind: Kind) -> Result<Outcome, NtStatus> {
+        match kind {
             Kind::Transceive {
+                status: Some(s), ..
+            }
+            | Kind::Read {
+                status: Some(s), ..
+            }
+            | Kind::Write {
+                status: Some(s), ..
+            }
+            | Kind::Peek {
                 status: Some(s), ..
             } => Err(s),
             Kind::Transceive {
                 max_out,
-                from_pushback: true,
+                from: ReplyFrom::Pushback,
                 ..
-            } => {
-                let drv = &self.drv;
-                let t = match e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-                    Some(pe) => {
-                        let data = take_pushback(&mut pe.pushback, max_out);
-                        transceive_result(max_out, data, || {
-                            !pe.pushback.is_empty()
-                                || drv.queued_bytes(&pe.fd).is_some_and(|q| q > 0)
-                        })
-                    }
-                    None => transceive_result(max_out, Vec::new(), || false),
+            } => Ok(Outcome::Transfer(self.reply_from_pushback(pipe, max_out))),
+            Kind::Transceive { reply, max_out, .. } => {
+                let (mut data, more) = match reply {
+                    Reply::Got { data, more } => (data, more),
+                    Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
                 };
-                Ok(Outcome::Transfer(t))
-            }
-            Kind::Transceive {
-                out, more, max_out, ..
-            } => {
-                let mut data = out.unwrap_or_default();
-                let read_ahead = self.keep_read_ahead(e.pipe, &mut data, max_out);
+                let read_ahead = self.keep_read_ahead(pipe, &mut data, max_out);
                 Ok(Outcome::Transfer(transceive_result(max_out, data, || {
-                    read_ahead || more.unwrap_or(false)
+                    read_ahead || more == More::Yes
                 })))
             }
-            Kind::Read {
-                status: Some(s), ..
-            } => Err(s),
-            Kind::Read { out, max_out, .. } => {
-                let mut data = out.unwrap_or_default();
-                self.keep_read_ahead(e.pipe, &mut data, max_out);
+            Kind::Read { reply, max_out, .. } => {
+                let mut data = match reply {
+                    Reply::Got { data, .. } => data,
+                    Reply::Awaited | Reply::Retry => Vec::new(),
+                };
+                self.keep_read_ahead(pipe, &mut data, max_out);
                 Ok(Outcome::Transfer(Transfer {
                     status: NtStatus::SUCCESS,
                     data,
                 }))
             }
-            Kind::Write {
-                status: Some(s), ..
-            } => Err(s),
             Kind::Write { sent, .. } => Ok(Outcome::Written(sent)),
             Kind::Peek {
-                status: Some(s), ..
-            } => Err(s),
-            Kind::Peek {
                 data, eof, room, ..
-            } => {
-                let mut data = data.unwrap_or_default();
-                let mut avail_extra = 0;
-                if let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-                    if !pe.pushback.is_empty() {
-                        // Pushed-back bytes come first in the stream.
-                        avail_extra = pe.pushback.len();
-                        let mut all = pe.pushback.clone();
-                        all.extend_from_slice(&data);
-                        data = all;
-                    }
-                }
-                // The total queued is only needed when the data did not fit.
-                let avail = if data.len() > room {
-                    e.pipe
-                        .and_then(|p| self.available(p))
-                        .map(|a| a + avail_extra)
-                } else {
-                    None
-                };
-                Ok(Outcome::Transfer(peek_reply(data, room, eof, avail)))
-            }
+            } => Ok(Outcome::Transfer(self.peek_result(
+                pipe,
+                data.unwrap_or_default(),
+                room,
+                eof,
+            ))),
             Kind::WaitPipe { status, .. } => match status {
                 Some(NtStatus::SUCCESS) => Ok(Outcome::Done),
                 Some(s) => Err(s),
@@ -144,9 +141,54 @@ impl<D: OpDriver> Core<D> {
                 None => Err(NtStatus::INTERNAL_ERROR),
             },
             Kind::Multishot => Ok(Outcome::Done),
-            Kind::Open { .. } => unreachable!("handled above"),
+            Kind::Open { .. } => {
+                debug_assert!(false, "an open's result is built by finish_open");
+                Err(NtStatus::INTERNAL_ERROR)
+            }
+        }
+    }
+
+    /// A transceive whose reply was already in the pipe's pushback: more
+    /// is waiting if some is left there or queued on the socket.
+    fn reply_from_pushback(&mut self, pipe: Option<PipeId>, max_out: usize) -> Transfer {
+        let drv = &self.drv;
+        match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            Some(pe) => {
+                let data = take_pushback(&mut pe.pushback, max_out);
+                transceive_result(max_out, data, || {
+                    !pe.pushback.is_empty() || drv.queued_bytes(&pe.fd).is_some_and(|q| q > 0)
+                })
+            }
+            None => transceive_result(max_out, Vec::new(), || false),
+        }
+    }
+
+    /// A peek's reply: pushed-back bytes first (they come first in the
+    /// stream), then what the socket showed.
+    fn peek_result(
+        &mut self,
+        pipe: Option<PipeId>,
+        mut data: Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Transfer {
+        let mut avail_extra = 0;
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            if !pe.pushback.is_empty() {
+                avail_extra = pe.pushback.len();
+                let mut all = pe.pushback.clone();
+                all.extend_from_slice(&data);
+                data = all;
+            }
+        }
+        // The total queued is only needed when the data did not fit.
+        let avail = if data.len() > room {
+            pipe.and_then(|p| self.available(p))
+                .map(|a| a + avail_extra)
+        } else {
+            None
         };
-        self.notify(notify, res);
+        peek_reply(data, room, eof, avail)
     }
 
     /// Bytes queued on a pipe's socket right now (FIONREAD). Used by PEEK
@@ -183,27 +225,4 @@ pub(super) fn peek_reply(
         status: fsctl::peek_status(data.len(), available),
         data: hdr.encode_with_data(&data),
     }
-}
-
-/// the buffer over instead of copying it (the common case: the rest of an
-/// overflowed reply, read in one go).
-pub(super) fn take_pushback(pushback: &mut Vec<u8>, max_out: usize) -> Vec<u8> {
-    if max_out >= pushback.len() {
-        std::mem::take(pushback)
-    } else {
-        pushback.drain(..max_out).collect()
-    }
-}
-
-/// ([`fsctl::transceive_status`]); `more` (is more waiting?) is asked only
-/// when the rule needs it, so the common case costs nothing.
-/// The first `max_out` bytes of a pipe's pushback. Taking all of it hands
-pub(super) fn transceive_result(
-    max_out: usize,
-    data: Vec<u8>,
-    more: impl FnOnce() -> bool,
-) -> Transfer {
-    let filled = max_out < SMB_PIPE_MAX_MSGSIZE && data.len() >= max_out;
-    let status = fsctl::transceive_status(clamp_u32(max_out), data.len(), filled && more());
-    Transfer { status, data }
 }

@@ -1029,3 +1029,31 @@ fn cancel_after_taking_the_front_of_a_chunk_keeps_stream_order() {
     let r = h.read(p, 1000);
     assert_eq!(transfer(&r), ok(&reply));
 }
+
+#[test]
+fn more_probe_of_an_enobufs_chain_does_not_answer_for_the_retry() {
+    // Without SOCK_NONEMPTY the chain ends with a one-byte peek. When the
+    // pooled receive finds the pool empty, that peek fails with the link;
+    // its -ECANCELED must not stand for "nothing more" in the retried
+    // receive's result.
+    let mut h = linked();
+    h.d().features.sock_nonempty = false;
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 10);
+    h.send_all();
+    let r = h.d().one(K::RecvPooled);
+    h.complete(r, -libc::ENOBUFS);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Recv, K::Peek],
+        "retried with its own buffer"
+    );
+    let own = h.d().one(K::Recv);
+    h.recv(own, &bytes(10));
+    let peek = h.d().one(K::Peek);
+    h.d().complete_recv(peek, &[0], 0);
+    h.turn();
+    let t = transfer(&s);
+    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "a byte was waiting");
+    assert_eq!(t.data, bytes(10));
+}
