@@ -374,6 +374,64 @@ fn conv_unit(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<(), NtStatus>
     }
 }
 
+/// Starts ring `index` on its own thread (the ring is created there: with
+/// SINGLE_ISSUER/DEFER_TASKRUN only that thread may use it) and waits until
+/// it is ready. Returns its handle and whether its kernel flags leftover
+/// data on receive completions.
+fn start_ring(
+    cfg: &Arc<EngineConfig>,
+    backend: Backend,
+    index: usize,
+    file_ids: &Arc<AtomicU64>,
+) -> Result<(RingHandle, bool), EngineError> {
+    let (tx, rx) = mpsc::channel();
+    let dcfg = DriverConfig {
+        sq_entries: cfg.sq_entries,
+        cq_entries: cfg.cq_entries,
+        reg_slots: if cfg.buffers == BufferMode::Registered {
+            cfg.reg_slots
+        } else {
+            0
+        },
+        reg_slot_bytes: cfg.reg_slot_bytes,
+        recv_pool_bufs: cfg.recv_pool_bufs,
+        recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
+    };
+    let (cfg2, ids) = (cfg.clone(), file_ids.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("opipe-ring-{index}"))
+        .spawn(move || {
+            ON_RING_THREAD.with(|f| f.set(true));
+            match backend {
+                Backend::IoUring => match Driver::new(&dcfg) {
+                    Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                    Err(e) => drop(tx.send(Err(EngineError::Ring(e)))),
+                },
+                Backend::Epoll => match EpollDriver::new() {
+                    Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                    Err(e) => drop(tx.send(Err(EngineError::Epoll(e)))),
+                },
+            }
+        })
+        .map_err(EngineError::Thread)?;
+    let (queue, nonempty) = match rx.recv() {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(EngineError::Config("ring thread died during start-up"));
+        }
+    };
+    let ring = RingHandle {
+        queue,
+        thread: Mutex::new(Some(thread)),
+    };
+    Ok((ring, nonempty))
+}
+
 /// A ring thread's body once its driver exists: report ready, then run.
 fn ring_main<D: OpDriver>(
     drv: D,
@@ -433,54 +491,9 @@ impl Engine {
             backend,
         };
         for index in 0..cfg.rings {
-            let (tx, rx) = mpsc::channel();
-            let dcfg = DriverConfig {
-                sq_entries: cfg.sq_entries,
-                cq_entries: cfg.cq_entries,
-                reg_slots: if cfg.buffers == BufferMode::Registered {
-                    cfg.reg_slots
-                } else {
-                    0
-                },
-                reg_slot_bytes: cfg.reg_slot_bytes,
-                recv_pool_bufs: cfg.recv_pool_bufs,
-                recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
-            };
-            let (cfg2, ids) = (cfg.clone(), file_ids.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("opipe-ring-{index}"))
-                .spawn(move || {
-                    ON_RING_THREAD.with(|f| f.set(true));
-                    // The ring is created on its own thread: with
-                    // SINGLE_ISSUER/DEFER_TASKRUN only this thread may use it.
-                    match backend {
-                        Backend::IoUring => match Driver::new(&dcfg) {
-                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
-                            Err(e) => drop(tx.send(Err(EngineError::Ring(e)))),
-                        },
-                        Backend::Epoll => match EpollDriver::new() {
-                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
-                            Err(e) => drop(tx.send(Err(EngineError::Epoll(e)))),
-                        },
-                    }
-                })
-                .map_err(EngineError::Thread)?;
-            let (queue, nonempty) = match rx.recv() {
-                Ok(Ok(started)) => started,
-                Ok(Err(e)) => {
-                    let _ = thread.join();
-                    return Err(e);
-                }
-                Err(_) => {
-                    let _ = thread.join();
-                    return Err(EngineError::Config("ring thread died during start-up"));
-                }
-            };
+            let (ring, nonempty) = start_ring(&cfg, backend, index, &file_ids)?;
             inner.sock_nonempty &= nonempty;
-            inner.rings.push(RingHandle {
-                queue,
-                thread: Mutex::new(Some(thread)),
-            });
+            inner.rings.push(ring);
         }
         Ok(Engine {
             inner: Arc::new(inner),

@@ -63,6 +63,10 @@ const MULTISHOT_PUSHBACK_CAP: usize = 64 * 1024;
 /// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
 pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
 
+/// Timers longer than this (`Duration::MAX`: "no deadline") are armed for
+/// this long: a year, which every clock and the kernel's timespec can hold.
+const LONGEST_TIMER: Duration = Duration::from_secs(365 * 86_400);
+
 /// The longest chain an op pushes (open: connect, hello, status).
 const MAX_CHAIN: usize = 3;
 

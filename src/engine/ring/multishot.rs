@@ -127,13 +127,18 @@ impl<D: OpDriver> Core<D> {
         for (io, notify) in resume {
             self.start_io(p, io, notify);
         }
+        self.multishot_ended(p, fd, session, r);
+    }
+
+    /// After a pipe's multishot receive ended with `r`: requests still
+    /// waiting get it re-armed (after an empty pool, a stop, a chunk), fail
+    /// (end of stream, an error), or get one receive each (no multishot
+    /// receive on this kernel).
+    fn multishot_ended(&mut self, p: PipeId, fd: Rc<OwnedFd>, session: u64, r: i32) {
         let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
             return;
         };
-        if pe.multishot.is_some() {
-            return;
-        }
-        if pe.waiters.is_empty() || pe.closing {
+        if pe.multishot.is_some() || pe.waiters.is_empty() || pe.closing {
             return;
         }
         let fail = match r {
@@ -149,27 +154,26 @@ impl<D: OpDriver> Core<D> {
         for w in waiters {
             match fail {
                 Some(s) => self.fail_now(w, s),
-                None => {
-                    // No multishot receive here: one receive per waiter.
-                    let Some(we) = self.ops.get_mut(w.0, w.1) else {
-                        continue;
-                    };
-                    let max_out = match &mut we.kind {
-                        Kind::Transceive { max_out, from, .. }
-                        | Kind::Read { max_out, from, .. } => {
-                            *from = ReplyFrom::Chain;
-                            *max_out
-                        }
-                        _ => {
-                            debug_assert!(false, "a multishot waiter that is no request");
-                            continue;
-                        }
-                    };
-                    let op = recv_op(&self.drv, fd.clone(), max_out, true);
-                    self.push_chain(w, [(op, ST_RECV)]);
-                }
+                None => self.receive_alone(w, &fd),
             }
         }
+    }
+
+    /// A waiter of a pipe whose kernel has no multishot receive gets a
+    /// receive of its own.
+    fn receive_alone(&mut self, w: (u32, u32), fd: &Rc<OwnedFd>) {
+        let Some(we) = self.ops.get_mut(w.0, w.1) else {
+            return;
+        };
+        let max_out = match &mut we.kind {
+            Kind::Transceive { max_out, from, .. } | Kind::Read { max_out, from, .. } => {
+                *from = ReplyFrom::Chain;
+                *max_out
+            }
+            _ => return debug_assert!(false, "a multishot waiter that is no request"),
+        };
+        let op = recv_op(&self.drv, fd.clone(), max_out, true);
+        self.push_chain(w, [(op, ST_RECV)]);
     }
 
     /// A chunk of `pipe`'s stream from its multishot receive: to the

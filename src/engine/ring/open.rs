@@ -92,36 +92,8 @@ impl<D: OpDriver> Core<D> {
                 status: None,
             },
         );
-        self.push_chain(
-            key,
-            [
-                (
-                    Op::Connect {
-                        fd: fd.clone(),
-                        addr: Box::new(addr),
-                    },
-                    ST_CONNECT,
-                ),
-                (
-                    Op::Send {
-                        fd: fd.clone(),
-                        buf: msg,
-                        start: 0,
-                    },
-                    ST_HELLO,
-                ),
-                (
-                    Op::Recv {
-                        fd,
-                        buf: Vec::with_capacity(4),
-                        len: 4,
-                        flags: libc::MSG_WAITALL,
-                    },
-                    ST_STATUS,
-                ),
-            ],
-        );
-        let after = self.cfg.open_timeout;
+        self.push_open_chain(key, fd, addr, msg);
+        let after = self.cfg.open_timeout.min(LONGEST_TIMER);
         let timer = self.push_one(key, Op::Timer { after }, ST_DEADLINE);
         if let Some(OpEntry {
             kind: Kind::Open { timer: t, .. },
@@ -130,6 +102,33 @@ impl<D: OpDriver> Core<D> {
         {
             *t = Some(timer);
         }
+    }
+
+    /// CONNECT -> SEND(header + userinfo) -> RECV(status word), linked.
+    fn push_open_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>, addr: UnixAddr, msg: Vec<u8>) {
+        let connect = Op::Connect {
+            fd: fd.clone(),
+            addr: Box::new(addr),
+        };
+        let hello = Op::Send {
+            fd: fd.clone(),
+            buf: msg,
+            start: 0,
+        };
+        let status = Op::Recv {
+            fd,
+            buf: Vec::with_capacity(4),
+            len: 4,
+            flags: libc::MSG_WAITALL,
+        };
+        self.push_chain(
+            key,
+            [
+                (connect, ST_CONNECT),
+                (hello, ST_HELLO),
+                (status, ST_STATUS),
+            ],
+        );
     }
 
     pub(super) fn open_step(&mut self, key: (u32, u32), step: u8, c: &Completion) {
@@ -167,8 +166,10 @@ impl<D: OpDriver> Core<D> {
             }
             ST_DEADLINE => {
                 *timer = None;
-                if c.result == -libc::ETIME && status.is_none() && chain_left > 0 {
-                    // Deadline passed with the handshake unfinished.
+                // The deadline passed with the handshake unfinished; or the
+                // timer itself failed (a duration the kernel refuses): then
+                // the open ends now rather than run with no deadline.
+                if c.result != -libc::ECANCELED && status.is_none() && chain_left > 0 {
                     *status = Some(NtStatus::PIPE_NOT_AVAILABLE);
                     self.cancel_chain(key);
                 }

@@ -1057,3 +1057,32 @@ fn more_probe_of_an_enobufs_chain_does_not_answer_for_the_retry() {
     assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "a byte was waiting");
     assert_eq!(t.data, bytes(10));
 }
+
+#[test]
+fn open_whose_deadline_timer_fails_does_not_run_without_one() {
+    // Issue 12 item 11: a TIMEOUT the kernel refuses (-EINVAL) must not
+    // leave the open without a deadline.
+    let mut h = harness();
+    let s = h.open(1);
+    let timer = h.d().one(K::Timer);
+    let connect = h.d().one(K::Connect);
+    h.complete(timer, -libc::EINVAL);
+    assert!(h.d().cancel_asked(connect), "the handshake is stopped");
+    h.honour();
+    assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+    assert_eq!(h.d().in_flight(), 0);
+}
+
+#[test]
+fn endless_timeouts_arm_timers_the_kernel_accepts() {
+    let mut h = harness_with(|c| c.open_timeout = Duration::MAX);
+    let _open = h.open(1);
+    let _wait = h.wait(Duration::MAX);
+    for t in h.d().ids(K::Timer) {
+        match h.d().op(t) {
+            Op::Timer { after } => assert_eq!(*after, LONGEST_TIMER),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(h.d().ids(K::Timer).len(), 2);
+}

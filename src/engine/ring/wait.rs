@@ -16,17 +16,11 @@ use crate::engine::command::Notify;
 use crate::protocol::{NtStatus, PipeName};
 use crate::ring::{Op, OpDriver, UnixAddr};
 
-/// A timeout too long for the clock (`Duration::MAX`) waits a year.
-const FOREVER: Duration = Duration::from_secs(365 * 86_400);
-
 impl<D: OpDriver> Core<D> {
     pub(super) fn start_wait(&mut self, name: PipeName, timeout: Duration, notify: Notify) {
         let now = self.now;
-        let timeout = if now.checked_add(timeout).is_some() {
-            timeout
-        } else {
-            FOREVER
-        };
+        // A timeout too long for the clock or the kernel waits a year.
+        let timeout = timeout.min(LONGEST_TIMER);
         let key = self.new_op(
             None,
             0,
