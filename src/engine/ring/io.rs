@@ -79,6 +79,10 @@ impl<D: OpDriver> Core<D> {
         if pe.draining > 0 {
             return None;
         }
+        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
+        if reads_socket && max_out == 0 {
+            return Some(ReplyFrom::Nothing);
+        }
         if !pe.pushback.is_empty() {
             return Some(ReplyFrom::Pushback);
         }
@@ -89,7 +93,6 @@ impl<D: OpDriver> Core<D> {
         if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
             return Some(ReplyFrom::Multishot);
         }
-        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
         if reads_socket && (pe.multishot.is_some() || !pe.waiters.is_empty()) {
             return None;
         }
@@ -137,6 +140,9 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn start_read(&mut self, at: Start, max_out: usize, notify: Notify) {
+        if at.from == ReplyFrom::Nothing {
+            return self.reject(notify, NtStatus::PIPE_BROKEN);
+        }
         if at.from == ReplyFrom::Pushback {
             let data = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
                 Some(pe) => overflow::take_pushback(&mut pe.pushback, max_out),

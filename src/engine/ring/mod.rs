@@ -219,6 +219,11 @@ enum ReplyFrom {
     /// The next chunk of the pipe's multishot receive: the request only
     /// sends (a read: no SQE at all) and waits among the pipe's `waiters`.
     Multishot,
+    /// No reply at all: `max_out` 0 asks for a zero-length read, which the
+    /// seed takes for the end of the stream (`recvcnt == 0`: `EPIPE`). The
+    /// request sends its input, then ends `STATUS_PIPE_BROKEN`, on every
+    /// backend and receive path alike.
+    Nothing,
 }
 
 /// How far a receiving request's reply is.

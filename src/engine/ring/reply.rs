@@ -104,6 +104,10 @@ impl<D: OpDriver> Core<D> {
                 from: ReplyFrom::Pushback,
                 ..
             } => Ok(Outcome::Transfer(self.reply_from_pushback(pipe, max_out))),
+            Kind::Transceive {
+                from: ReplyFrom::Nothing,
+                ..
+            } => Err(NtStatus::PIPE_BROKEN),
             Kind::Transceive { reply, max_out, .. } => {
                 let (mut data, more) = match reply {
                     Reply::Got { data, more } => (data, more),

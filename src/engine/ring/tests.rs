@@ -1086,3 +1086,39 @@ fn endless_timeouts_arm_timers_the_kernel_accepts() {
     }
     assert_eq!(h.d().ids(K::Timer).len(), 2);
 }
+
+#[test]
+fn zero_max_out_sends_then_is_pipe_broken_on_every_path() {
+    // Issue 12 item 10: one behaviour, the seed's (a zero-length read is
+    // its end of stream), whatever the receive path.
+    for multishot in [true, false] {
+        let mut h = harness_with(|c| c.multishot = multishot);
+        let p = h.open_ok(1);
+        let s = h.transceive(p, b"ping", 0);
+        assert_eq!(
+            h.d().kinds(),
+            vec![K::Send],
+            "the input is sent, nothing received"
+        );
+        h.send_all();
+        assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
+        let r = h.read(p, 0);
+        assert_eq!(status(&r), NtStatus::PIPE_BROKEN);
+        assert_eq!(h.d().in_flight(), 0);
+    }
+}
+
+#[test]
+fn zero_max_out_leaves_pushed_back_bytes_in_place() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 2);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"abcd");
+    assert_eq!(transfer(&s).status, NtStatus::BUFFER_OVERFLOW);
+    let r = h.read(p, 0);
+    assert_eq!(status(&r), NtStatus::PIPE_BROKEN);
+    let r = h.read(p, 10);
+    assert_eq!(transfer(&r), ok(b"cd"));
+}
