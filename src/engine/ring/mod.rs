@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::command::{Command, CommandQueue, Notify, Outcome, PipeIo, RingContext, RingCore};
+use super::command::{
+    Callback, Command, CommandQueue, Notify, Outcome, PipeIo, RingContext, RingCore,
+};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName};
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
@@ -310,7 +312,18 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// The kernel refused a multishot receive: pipes use one receive per
     /// request instead.
     multishot_disabled: bool,
+    /// Ring-thread callbacks running inside one another right now (a
+    /// callback's next read served from the pushback calls the next
+    /// callback inline).
+    callback_depth: u32,
+    /// Callbacks that would have nested deeper than
+    /// [`MAX_CALLBACK_DEPTH`]: they run when the current event is done.
+    later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
 }
+
+/// How deep ring-thread callbacks may nest before the next one waits for
+/// the current event to end (a bounded stack, whatever a callback does).
+const MAX_CALLBACK_DEPTH: u32 = 16;
 
 /// An open waiting for its turn.
 struct QueuedOpen {
@@ -361,6 +374,8 @@ impl<D: OpDriver> Core<D> {
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
             multishot_disabled: false,
+            callback_depth: 0,
+            later: VecDeque::new(),
         }
     }
 
@@ -368,12 +383,14 @@ impl<D: OpDriver> Core<D> {
     pub(crate) fn on_command(&mut self, c: Command, now: Instant) {
         self.now = now;
         self.command(c);
+        self.run_later();
     }
 
     /// One final completion (or multishot chunk) from the driver.
     pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
         self.now = now;
         self.completion(c);
+        self.run_later();
     }
 
     /// Work that waits for room rather than for an event: opens waiting for
@@ -381,6 +398,21 @@ impl<D: OpDriver> Core<D> {
     pub(crate) fn on_turn(&mut self, now: Instant) {
         self.now = now;
         self.start_queued_opens();
+        self.run_later();
+    }
+
+    /// Runs the callbacks that waited for the event to end (one after the
+    /// other: each may nest up to the limit again).
+    fn run_later(&mut self) {
+        while let Some((f, res)) = self.later.pop_front() {
+            self.call(f, res);
+        }
+    }
+
+    fn call(&mut self, f: Callback, res: Result<Outcome, NtStatus>) {
+        self.callback_depth += 1;
+        f(&mut RingContext::new(self), res);
+        self.callback_depth -= 1;
     }
 
     /// Shut down, and nothing left in flight: the loop may end.
@@ -445,7 +477,10 @@ impl<D: OpDriver> Core<D> {
                     self.close_pipe(pipe, None);
                 }
             }
-            Notify::Callback(f) => f(&mut RingContext::new(self), res),
+            Notify::Callback(f) if self.callback_depth >= MAX_CALLBACK_DEPTH => {
+                self.later.push_back((f, res))
+            }
+            Notify::Callback(f) => self.call(f, res),
         }
     }
 

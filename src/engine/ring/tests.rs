@@ -1122,3 +1122,65 @@ fn zero_max_out_leaves_pushed_back_bytes_in_place() {
     let r = h.read(p, 10);
     assert_eq!(transfer(&r), ok(b"cd"));
 }
+
+/// A ring-thread read loop: each callback reads one byte more.
+struct ReadLoop {
+    pipe: PipeId,
+    want: usize,
+    got: std::sync::Mutex<Vec<u8>>,
+    depth: std::sync::atomic::AtomicUsize,
+    deepest: std::sync::atomic::AtomicUsize,
+}
+
+fn read_on(ctx: &mut crate::engine::RingContext<'_>, st: Arc<ReadLoop>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pipe = st.pipe;
+    ctx.read_with(pipe, 1, move |ctx, r| {
+        let d = st.depth.fetch_add(1, SeqCst) + 1;
+        st.deepest.fetch_max(d, SeqCst);
+        let mut got = st.got.lock().unwrap_or_else(|e| e.into_inner());
+        got.extend(r.unwrap_or_default());
+        let more = got.len() < st.want;
+        drop(got);
+        if more {
+            read_on(ctx, st.clone());
+        }
+        st.depth.fetch_sub(1, SeqCst);
+    });
+}
+
+#[test]
+fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
+    // Issue 12 item 11: each read is served from the pushback and calls the
+    // next callback inline; 200 of them must not nest 200 deep.
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 1);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    let stream = bytes(201);
+    h.chunk(ms, &stream);
+    assert_eq!(transfer(&s).data, stream[..1]);
+    let st = Arc::new(ReadLoop {
+        pipe: p,
+        want: 200,
+        got: std::sync::Mutex::new(Vec::new()),
+        depth: Default::default(),
+        deepest: Default::default(),
+    });
+    let first = st.clone();
+    let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
+    h.cmd(Command::Io {
+        pipe: p,
+        io: PipeIo::Write { data: Vec::new() },
+        notify: Notify::Callback(cb),
+    });
+    h.send_all();
+    let got = st.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(got, stream[1..], "every byte, in order");
+    let deepest = st.deepest.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        deepest <= MAX_CALLBACK_DEPTH as usize,
+        "callbacks nested {deepest} deep"
+    );
+}
