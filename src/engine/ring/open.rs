@@ -137,7 +137,7 @@ impl<D: OpDriver> Core<D> {
         };
         let chain_left = usize::from(e.chain_len.saturating_sub(e.chain_done));
         let Kind::Open { status, timer, .. } = &mut e.kind else {
-            return;
+            return debug_assert!(false, "an open step on another kind of op");
         };
         match step {
             ST_CONNECT if c.result < 0 && status.is_none() => {
@@ -174,7 +174,9 @@ impl<D: OpDriver> Core<D> {
                     self.cancel_chain(key);
                 }
             }
-            _ => {}
+            // Connected or sent; or a later failure of a decided open.
+            ST_CONNECT | ST_HELLO => {}
+            other => debug_assert!(false, "open step {other}"),
         }
     }
 
@@ -187,7 +189,7 @@ impl<D: OpDriver> Core<D> {
             ..
         } = e.kind
         else {
-            return;
+            return debug_assert!(false, "finish_open of another kind of op");
         };
         let Some(notify) = e.notify else { return };
         let status = status.unwrap_or(NtStatus::PIPE_NOT_AVAILABLE);

@@ -84,7 +84,7 @@ impl<D: OpDriver> Core<D> {
             ..
         } = &mut e.kind
         else {
-            return;
+            return debug_assert!(false, "wait_over on another kind of op");
         };
         *phase = WaitPhase::Over;
         if st.is_none() {
