@@ -107,6 +107,10 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return self.reject(notify, NtStatus::INVALID_HANDLE);
         };
+        if pe.deferred.len() >= MAX_DEFERRED {
+            // A caller that piles requests on one stalled pipe.
+            return self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES);
+        }
         let stop = pe.draining == 0 && pe.waiters.is_empty();
         pe.deferred.push_back((io, notify));
         if stop {

@@ -321,6 +321,15 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
 }
 
+/// Requests one pipe holds back (behind a cancelled request's SQEs, or a
+/// receive being stopped) before more are refused with
+/// `STATUS_INSUFFICIENT_RESOURCES`. SMB credits keep a client far below.
+const MAX_DEFERRED: usize = 1024;
+
+/// Opens one ring keeps waiting for their turn before more are refused with
+/// `STATUS_INSUFFICIENT_RESOURCES`.
+const MAX_QUEUED_OPENS: usize = 65_536;
+
 /// How deep ring-thread callbacks may nest before the next one waits for
 /// the current event to end (a bounded stack, whatever a callback does).
 const MAX_CALLBACK_DEPTH: u32 = 16;
@@ -427,12 +436,17 @@ impl<D: OpDriver> Core<D> {
                 user,
                 tree,
                 notify,
-            } => self.queued_opens.push_back(QueuedOpen {
-                path,
-                user,
-                tree,
-                notify,
-            }),
+            } => {
+                if self.queued_opens.len() >= MAX_QUEUED_OPENS {
+                    return self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES);
+                }
+                self.queued_opens.push_back(QueuedOpen {
+                    path,
+                    user,
+                    tree,
+                    notify,
+                })
+            }
             Command::Io { pipe, io, notify } => self.start_io(pipe, io, notify),
             Command::Close { pipe, notify } => self.close_pipe(pipe, notify),
             Command::Cancel { shared } => self.cancel_shared(&shared),

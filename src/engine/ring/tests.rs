@@ -1184,3 +1184,30 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
         "callbacks nested {deepest} deep"
     );
 }
+
+#[test]
+fn requests_held_back_on_one_pipe_are_bounded() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.cancel(&s);
+    let held: Vec<_> = (0..MAX_DEFERRED).map(|_| h.read(p, 10)).collect();
+    let over = h.read(p, 10);
+    assert_eq!(status(&over), NtStatus::INSUFFICIENT_RESOURCES);
+    assert!(held.iter().all(pending), "the others keep their place");
+    let c = h.close(p);
+    h.honour();
+    assert!(held.iter().all(|r| status(r) == NtStatus::CANCELLED));
+    assert!(matches!(done(&c), Ok(Outcome::Done)));
+}
+
+#[test]
+fn opens_waiting_their_turn_are_bounded() {
+    let mut h = harness_with(|c| c.max_opens_in_flight = 1);
+    let _running = h.open(1);
+    let waiting: Vec<_> = (0..MAX_QUEUED_OPENS).map(|_| h.open(1)).collect();
+    let over = h.open(1);
+    assert_eq!(status(&over), NtStatus::INSUFFICIENT_RESOURCES);
+    assert!(pending(&waiting[0]) && pending(&waiting[MAX_QUEUED_OPENS - 1]));
+    assert_eq!(h.d().sockets, 1);
+}
