@@ -305,7 +305,11 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     ops: Slab<OpEntry>,
     file_ids: Arc<AtomicU64>,
     /// The time the loop last passed in (the core reads no clock itself).
+    /// Only WAIT relies on it; the loop reads the clock for commands and,
+    /// while `waits` > 0, for completions.
     now: Instant,
+    /// WAIT ops in the table.
+    waits: usize,
     /// Scratch for the SQE ids of the chain being pushed (no allocation).
     ids: Vec<SqeId>,
     stopping: bool,
@@ -380,6 +384,7 @@ impl<D: OpDriver> Core<D> {
             ops: Slab::new(),
             file_ids,
             now,
+            waits: 0,
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
             multishot_disabled: false,
@@ -722,9 +727,14 @@ pub(crate) fn run<D: OpDriver>(mut core: Core<D>, queue: &CommandQueue) {
     let mut cmds = Vec::new();
     let mut done = Vec::with_capacity(256);
     let wake = queue.wake.clone();
+    // The clock is read only when the core has a use for it (commands to
+    // start, a WAIT in flight): a ring busy with transceives reads none.
+    let mut now = core.now;
     loop {
         queue.take(&mut cmds);
-        let now = Instant::now();
+        if !cmds.is_empty() {
+            now = Instant::now();
+        }
         for c in cmds.drain(..) {
             core.on_command(c, now);
         }
@@ -750,7 +760,9 @@ pub(crate) fn run<D: OpDriver>(mut core: Core<D>, queue: &CommandQueue) {
             std::thread::sleep(Duration::from_millis(1));
         }
         core.drv.reap(&mut done);
-        let now = Instant::now();
+        if core.waits > 0 && !done.is_empty() {
+            now = Instant::now();
+        }
         for c in done.drain(..) {
             core.on_completion(c, now);
         }

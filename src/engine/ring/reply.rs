@@ -18,9 +18,11 @@ impl<D: OpDriver> Core<D> {
         let Some(mut e) = self.ops.remove(key.0, key.1) else {
             return;
         };
-        if matches!(e.kind, Kind::Open { .. }) {
+        match e.kind {
             // The next waiting open starts in the ring loop.
-            self.opening -= 1;
+            Kind::Open { .. } => self.opening -= 1,
+            Kind::WaitPipe { .. } => self.waits -= 1,
+            _ => {}
         }
         let resume = self.leave_pipe(key, &mut e);
         if let Some(p) = e.pipe {

@@ -959,6 +959,7 @@ fn wait_ends_at_its_deadline_when_connect_never_completes() {
     h.honour();
     assert_eq!(status(&s), NtStatus::IO_TIMEOUT);
     assert_eq!(h.d().in_flight(), 0);
+    assert_eq!(h.core.waits, 0, "the loop stops reading the clock");
 }
 
 #[test]

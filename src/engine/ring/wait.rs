@@ -21,6 +21,7 @@ impl<D: OpDriver> Core<D> {
         let now = self.now;
         // A timeout too long for the clock or the kernel waits a year.
         let timeout = timeout.min(LONGEST_TIMER);
+        self.waits += 1;
         let key = self.new_op(
             None,
             0,
