@@ -9,6 +9,17 @@
 //! request keeps its op entry (and so its accounting on the pipe) until its
 //! last SQE completed, even when its caller was already told
 //! `STATUS_CANCELLED`.
+//!
+//! Sans-IO: the core makes no syscall (sockets, FIONREAD, shutdown and
+//! close go through the [`OpDriver`]), reads no clock (the loop, [`run`],
+//! passes `now` with each event: [`Core::on_command`],
+//! [`Core::on_completion`], [`Core::on_turn`]) and logs nothing. So the
+//! whole state machine runs under the scripted `FakeDriver` in `tests.rs`.
+//!
+//! Files: `open` (opens and their deadline), `io` (how requests start and
+//! what each completion means), `overflow` (the overflow rule), `multishot`
+//! (a pipe's multishot receive), `reply` (finishing and results), `wait`
+//! (FSCTL_PIPE_WAIT), `cancel` (cancel, close, disconnect).
 
 mod cancel;
 mod io;

@@ -1212,3 +1212,85 @@ fn opens_waiting_their_turn_are_bounded() {
     assert!(pending(&waiting[0]) && pending(&waiting[MAX_QUEUED_OPENS - 1]));
     assert_eq!(h.d().sockets, 1);
 }
+
+#[test]
+fn cancel_while_sending_then_the_send_wins_cancels_the_receive() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    let send = h.d().one(K::Send);
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    // The send completed before its cancel: the receive started, and is
+    // cancelled in turn.
+    h.d().cancels.clear();
+    h.complete(send, 4);
+    let r = h.d().one(K::RecvPooled);
+    assert!(
+        h.d().cancel_asked(r),
+        "the next chain step is cancelled too"
+    );
+    let next = h.read(p, 10);
+    assert!(
+        pending(&next),
+        "held back until the receive is out of the kernel"
+    );
+    h.honour();
+    let own = h.d().one(K::RecvPooled);
+    h.recv(own, b"reply");
+    assert_eq!(transfer(&next), ok(b"reply"));
+}
+
+#[test]
+fn cancelled_receive_that_took_nothing_leaves_no_pushback() {
+    let mut h = linked();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 4280);
+    h.send_all();
+    h.cancel(&s);
+    h.honour();
+    assert!(h
+        .core
+        .pipes
+        .get_mut(p.index, p.gen)
+        .is_some_and(|pe| pe.pushback.is_empty()));
+    let next = h.transceive(p, b"x", 4280);
+    assert_eq!(
+        h.d().kinds(),
+        vec![K::Send, K::RecvPooled],
+        "starts at once, with a receive"
+    );
+    drop(next);
+}
+
+#[test]
+fn cancelled_open_whose_handshake_wins_still_closes_its_socket() {
+    let mut h = harness();
+    let s = h.open(1);
+    let fd = h.fd_of(K::Connect);
+    let c = h.d().one(K::Connect);
+    h.complete(c, 0);
+    h.cancel(&s);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    // The rest of the handshake completes anyway.
+    h.send_all();
+    let r = h.d().one(K::Recv);
+    h.recv(r, &[0, 0, 0, 0]);
+    h.honour();
+    assert_eq!(h.d().in_flight(), 0);
+    assert_eq!(h.core.pipes.len(), 0, "no pipe for a cancelled open");
+    assert!(fd.upgrade().is_none(), "its socket is closed");
+}
+
+#[test]
+fn cancelled_wait_stays_cancelled_when_the_listener_accepts_anyway() {
+    let mut h = harness();
+    let s = h.wait(Duration::from_secs(5));
+    let c = h.d().one(K::Connect);
+    h.cancel(&s);
+    h.complete(c, 0);
+    h.honour();
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    assert_eq!(h.d().in_flight(), 0);
+    assert_eq!(h.core.waits, 0);
+}
