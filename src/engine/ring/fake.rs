@@ -131,6 +131,11 @@ impl FakeDriver {
         self.flight.len()
     }
 
+    /// Ops in flight other than those of kind `k`.
+    pub(crate) fn in_flight_except(&self, k: K) -> usize {
+        self.flight.iter().filter(|f| kind_of(&f.op) != k).count()
+    }
+
     /// The op `id` while it is in flight.
     pub(crate) fn op(&self, id: SqeId) -> &Op {
         match self.flight.iter().find(|f| f.id == id.raw()) {

@@ -1294,3 +1294,143 @@ fn cancelled_wait_stays_cancelled_when_the_listener_accepts_anyway() {
     assert_eq!(h.d().in_flight(), 0);
     assert_eq!(h.core.waits, 0);
 }
+
+// ---- cancel against completions, every order ------------------------------
+
+/// What the caller and a following read got, for one scripted order.
+fn delivered(h: &mut H, s: &Arc<Shared>, p: PipeId, left_in_socket: &[u8]) -> Vec<u8> {
+    let mut got = match done(s) {
+        Ok(Outcome::Transfer(t)) => t.data,
+        Err(NtStatus::CANCELLED) => Vec::new(),
+        other => panic!("unexpected result {other:?}"),
+    };
+    assert_eq!(
+        h.d().in_flight_except(K::RecvMulti),
+        0,
+        "everything drained"
+    );
+    let r = h.read(p, 100);
+    if pending(&r) {
+        // Nothing pushed back: the read receives from the socket.
+        let id = match h.d().ids(K::RecvPooled).first() {
+            Some(id) => *id,
+            None => h.d().one(K::RecvMulti),
+        };
+        if left_in_socket.is_empty() {
+            return got;
+        }
+        if h.d().ids(K::RecvPooled).is_empty() {
+            h.chunk(id, left_in_socket);
+        } else {
+            h.recv(id, left_in_socket);
+        }
+    }
+    got.extend(transfer(&r).data);
+    got
+}
+
+#[test]
+fn linked_cancel_in_every_order_delivers_the_reply_exactly_once() {
+    const REPLY: &[u8] = b"the reply";
+    // Where the cancel comes (0: before the send's CQE, 1: between the
+    // send's and the receive's, 2: after both), and whether each op still
+    // running when cancelled wins its race.
+    for at in 0..3 {
+        for send_wins in [true, false] {
+            for recv_wins in [true, false] {
+                let mut h = linked();
+                let p = h.open_ok(1);
+                let s = h.transceive(p, b"ping", 100);
+                let send = h.d().one(K::Send);
+                let recv = h.d().one(K::RecvPooled);
+                let mut in_socket = REPLY.to_vec();
+                if at == 0 {
+                    h.cancel(&s);
+                }
+                if at > 0 || send_wins {
+                    h.complete(send, 4);
+                } else {
+                    h.complete(send, -libc::ECANCELED);
+                    // The service never got the request: no reply comes.
+                    in_socket.clear();
+                }
+                if at == 1 {
+                    h.cancel(&s);
+                }
+                if h.d().ids(K::RecvPooled).contains(&recv) {
+                    if at == 2 || recv_wins {
+                        h.recv(recv, REPLY);
+                        in_socket.clear();
+                    } else {
+                        h.complete(recv, -libc::ECANCELED);
+                    }
+                }
+                if at == 2 {
+                    h.cancel(&s);
+                }
+                let what = format!("cancel at {at}, send wins {send_wins}, recv wins {recv_wins}");
+                let expect: &[u8] = if at > 0 || send_wins { REPLY } else { b"" };
+                assert_eq!(delivered(&mut h, &s, p, &in_socket), expect, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn multishot_cancel_in_every_order_delivers_the_reply_exactly_once() {
+    const REPLY: &[u8] = b"the reply";
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Ev {
+        Cancel,
+        Send,
+        Chunk,
+    }
+    let orders = [
+        [Ev::Cancel, Ev::Send, Ev::Chunk],
+        [Ev::Cancel, Ev::Chunk, Ev::Send],
+        [Ev::Send, Ev::Cancel, Ev::Chunk],
+        [Ev::Send, Ev::Chunk, Ev::Cancel],
+        [Ev::Chunk, Ev::Cancel, Ev::Send],
+        [Ev::Chunk, Ev::Send, Ev::Cancel],
+    ];
+    for order in orders {
+        for send_wins in [true, false] {
+            let mut h = harness();
+            let p = h.open_ok(1);
+            let s = h.transceive(p, b"ping", 100);
+            let send = h.d().one(K::Send);
+            let ms = h.d().one(K::RecvMulti);
+            let mut cancelled = false;
+            let mut sent = true;
+            let mut chunked = false;
+            for ev in order {
+                match ev {
+                    Ev::Cancel => {
+                        h.cancel(&s);
+                        cancelled = true;
+                    }
+                    Ev::Send if cancelled && !send_wins => {
+                        h.complete(send, -libc::ECANCELED);
+                        sent = false;
+                    }
+                    Ev::Send => h.complete(send, 4),
+                    // A reply to a request the service never got cannot
+                    // come; one to a request it got comes as a chunk.
+                    Ev::Chunk if sent => {
+                        h.chunk(ms, REPLY);
+                        chunked = true;
+                    }
+                    Ev::Chunk => {}
+                }
+            }
+            // Bytes that came are the stream's, whatever became of the send
+            // (a scripted chunk before the send's CQE); a request the
+            // service got and whose reply did not come yet leaves it in the
+            // socket; one it never got has no reply.
+            let in_socket: &[u8] = if sent && !chunked { REPLY } else { b"" };
+            let what = format!("{order:?}, send wins {send_wins}");
+            let expect: &[u8] = if sent || chunked { REPLY } else { b"" };
+            assert_eq!(delivered(&mut h, &s, p, in_socket), expect, "{what}");
+        }
+    }
+}
