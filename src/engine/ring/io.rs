@@ -93,7 +93,7 @@ impl<D: OpDriver> Core<D> {
         if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
             return Some(ReplyFrom::Multishot);
         }
-        if reads_socket && (pe.multishot.is_some() || !pe.waiters.is_empty()) {
+        if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {
             return None;
         }
         Some(ReplyFrom::Chain)

@@ -140,11 +140,8 @@ struct PipeEntry {
     /// With a multishot receive armed, every chunk that arrives while no
     /// request waits for data lands here too.
     pushback: Vec<u8>,
-    /// The pipe's multishot receive (its op entry), while armed.
-    multishot: Option<(u32, u32)>,
-    /// The multishot receive is being stopped (pushback over its cap, or a
-    /// deferred read needs a receive of its own).
-    multishot_stopping: bool,
+    /// The pipe's multishot receive.
+    multishot: Multishot,
     /// The multishot receive saw the end of the stream.
     eof: bool,
     /// Requests waiting for the multishot receive's chunks, in the order
@@ -158,7 +155,8 @@ impl PipeEntry {
     /// request still has SQEs in the kernel, a request waits for the
     /// multishot receive, or that receive is being stopped.
     fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
-        if self.draining == 0 && self.waiters.is_empty() && !self.multishot_stopping {
+        let stopping = matches!(self.multishot, Multishot::Stopping(_));
+        if self.draining == 0 && self.waiters.is_empty() && !stopping {
             std::mem::take(&mut self.deferred)
         } else {
             VecDeque::new()
@@ -218,6 +216,25 @@ enum Kind {
         /// `SUCCESS` once a connect was accepted.
         status: Option<NtStatus>,
     },
+}
+
+/// A pipe's multishot receive (its op entry while it exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Multishot {
+    /// Not armed: the next request that waits for a chunk arms it.
+    Off,
+    /// Armed: its chunks go to the pipe's waiters, else the pushback.
+    Armed((u32, u32)),
+    /// Being cancelled (pushback over its cap, or a request needs a receive
+    /// of its own); its final completion re-arms it for a waiter or starts
+    /// the deferred requests.
+    Stopping((u32, u32)),
+}
+
+impl Multishot {
+    fn is_off(self) -> bool {
+        self == Multishot::Off
+    }
 }
 
 /// Where a transceive's or a read's reply comes from, decided when it

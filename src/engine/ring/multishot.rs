@@ -67,7 +67,7 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         pe.waiters.push_back(key);
-        if pe.multishot.is_some() {
+        if !pe.multishot.is_off() {
             // Armed, or being stopped: its end re-arms it for the waiter.
             return;
         }
@@ -77,8 +77,7 @@ impl<D: OpDriver> Core<D> {
     pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
         let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
         if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
-            pe.multishot = Some(key);
-            pe.multishot_stopping = false;
+            pe.multishot = Multishot::Armed(key);
         }
         let op = Op::RecvMulti {
             fd,
@@ -115,8 +114,7 @@ impl<D: OpDriver> Core<D> {
         }
         let mut resume = VecDeque::new();
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            pe.multishot = None;
-            pe.multishot_stopping = false;
+            pe.multishot = Multishot::Off;
             if r == 0 {
                 pe.eof = true;
             }
@@ -138,7 +136,7 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
             return;
         };
-        if pe.multishot.is_some() || pe.waiters.is_empty() || pe.closing {
+        if !pe.multishot.is_off() || pe.waiters.is_empty() || pe.closing {
             return;
         }
         let fail = match r {
@@ -205,10 +203,10 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        let Some(k) = pe.multishot.filter(|_| !pe.multishot_stopping) else {
+        let Multishot::Armed(k) = pe.multishot else {
             return;
         };
-        pe.multishot_stopping = true;
+        pe.multishot = Multishot::Stopping(k);
         if let Some(id) = self.ops.get_mut(k.0, k.1).and_then(|e| e.chain_id(0)) {
             self.drv.cancel(id);
         }

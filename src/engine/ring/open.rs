@@ -214,8 +214,7 @@ impl<D: OpDriver> Core<D> {
             draining: 0,
             deferred: VecDeque::new(),
             pushback: Vec::new(),
-            multishot: None,
-            multishot_stopping: false,
+            multishot: Multishot::Off,
             eof: false,
             waiters: VecDeque::new(),
         });
