@@ -11,7 +11,7 @@
 //! `STATUS_CANCELLED`.
 //!
 //! Sans-IO: the core makes no syscall (sockets, FIONREAD, shutdown and
-//! close go through the [`OpDriver`]), reads no clock (the loop, [`run`],
+//! close go through the [`OpDriver`]), reads no clock (the loop, [`run()`],
 //! passes `now` with each event: [`Core::on_command`],
 //! [`Core::on_completion`], [`Core::on_turn`]) and logs nothing. So the
 //! whole state machine runs under the scripted `FakeDriver` in `tests.rs`.
@@ -27,6 +27,7 @@ mod multishot;
 mod open;
 mod overflow;
 mod reply;
+mod run;
 mod wait;
 
 #[cfg(test)]
@@ -41,13 +42,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::command::{
-    Callback, Command, CommandQueue, Notify, Outcome, PipeIo, RingContext, RingCore,
-};
+use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName};
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
 use crate::slab::Slab;
+
+pub(crate) use run::run;
 
 /// Replies of at least this size never report overflow (the seed's rule).
 pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
@@ -320,7 +321,7 @@ impl OpEntry {
     }
 }
 
-/// The per-ring state, driven by [`run`] on the ring's own thread.
+/// The per-ring state, driven by [`run()`] on the ring's own thread.
 pub(crate) struct Core<D: OpDriver = Driver> {
     /// Open op entries in the table (see `EngineConfig::max_opens_in_flight`).
     opening: usize,
@@ -746,53 +747,4 @@ fn set_status(kind: &mut Kind, s: NtStatus) {
 
 fn clamp_u32(n: usize) -> u32 {
     n.min(u32::MAX as usize) as u32
-}
-
-/// The ring thread's loop: commands in, SQEs out, completions back. The
-/// only part of a ring that waits, reads the clock or touches the queue;
-/// everything it learns goes to the core as an event with the time.
-pub(crate) fn run<D: OpDriver>(mut core: Core<D>, queue: &CommandQueue) {
-    let mut cmds = Vec::new();
-    let mut done = Vec::with_capacity(256);
-    let wake = queue.wake.clone();
-    // The clock is read only when the core has a use for it (commands to
-    // start, a WAIT in flight): a ring busy with transceives reads none.
-    let mut now = core.now;
-    loop {
-        queue.take(&mut cmds);
-        if !cmds.is_empty() {
-            now = Instant::now();
-        }
-        for c in cmds.drain(..) {
-            core.on_command(c, now);
-        }
-        core.on_turn(now);
-        if core.is_done() {
-            break;
-        }
-        let res = if queue.is_pending() {
-            core.drv.submit_and_wait(0, None)
-        } else {
-            wake.prepare_park();
-            if queue.is_pending() {
-                wake.unpark();
-                core.drv.submit_and_wait(0, None)
-            } else {
-                let r = core.drv.submit_and_wait(1, None);
-                wake.unpark();
-                r
-            }
-        };
-        if let Err(e) = res {
-            tracing::error!("opipe: ring {} submit failed: {e}", core.ring_index);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        core.drv.reap(&mut done);
-        if core.waits > 0 && !done.is_empty() {
-            now = Instant::now();
-        }
-        for c in done.drain(..) {
-            core.on_completion(c, now);
-        }
-    }
 }
