@@ -442,7 +442,8 @@ fn ring_main<D: OpDriver>(
 ) {
     let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
     let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
-    ring::run(Core::new(drv, cfg, index, ids, Instant::now()), &queue);
+    let mut core = Core::new(drv, cfg, index, ids, Instant::now());
+    ring::run(&mut core, &queue);
 }
 
 impl Engine {

@@ -76,6 +76,9 @@ pub(crate) struct FakeDriver {
     pub(crate) pool_buf: usize,
     /// Buffers given back by the core.
     pub(crate) recycled: usize,
+    /// Calls of `submit_and_wait`, and the error each returns if set.
+    pub(crate) submits: usize,
+    pub(crate) submit_errno: Option<i32>,
 }
 
 impl FakeDriver {
@@ -97,6 +100,8 @@ impl FakeDriver {
             },
             pool_buf: 4280,
             recycled: 0,
+            submits: 0,
+            submit_errno: None,
         }
     }
 
@@ -327,7 +332,11 @@ impl OpDriver for FakeDriver {
     }
 
     fn submit_and_wait(&mut self, _want: usize, _timeout: Option<Duration>) -> io::Result<()> {
-        Ok(())
+        self.submits += 1;
+        match self.submit_errno {
+            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            None => Ok(()),
+        }
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {

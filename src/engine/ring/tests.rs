@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::fake::{FakeDriver, K, SOCK_NONEMPTY};
 use super::*;
+use crate::engine::command::CommandQueue;
 use crate::engine::command::Shared;
 use crate::engine::Transfer;
 use crate::protocol::NtStatus;
@@ -1433,4 +1434,33 @@ fn multishot_cancel_in_every_order_delivers_the_reply_exactly_once() {
             assert_eq!(delivered(&mut h, &s, p, in_socket), expect, "{what}");
         }
     }
+}
+
+#[test]
+fn persistent_submit_errors_back_off_and_shutdown_still_ends_the_loop() {
+    // Issue 12 item 11: a submit that keeps failing looped every 1 ms,
+    // logging each time. The loop (with its queue's eventfd: no ring, no
+    // socket) runs on its own thread over a fake whose submits all fail.
+    let wake = Arc::new(crate::ring::WakeFd::new().expect("eventfd"));
+    let queue = Arc::new(CommandQueue::new(wake));
+    let q = queue.clone();
+    let ring = std::thread::spawn(move || {
+        let now = Instant::now();
+        let mut drv = FakeDriver::new(now);
+        drv.submit_errno = Some(libc::EBADF);
+        let cfg = Arc::new(EngineConfig::new("/nonexistent/opipe-fake"));
+        let mut core = Core::new(drv, cfg, 0, Arc::new(AtomicU64::new(1)), now);
+        run(&mut core, &q);
+        core.drv.submits
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let t0 = Instant::now();
+    queue.push(Command::Shutdown);
+    let submits = ring.join().expect("the ring thread");
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "shutdown noticed"
+    );
+    // 1, 2, 4 .. 64, then 100 ms pauses: about 10 in 400 ms (400 at 1 ms).
+    assert!((3..=20).contains(&submits), "{submits} submits in 400 ms");
 }
