@@ -568,7 +568,9 @@ impl Engine {
     }
 
     /// FSCTL_PIPE_WAIT: waits until a listener for `name` (no `\PIPE\`
-    /// prefix needed) accepts, or `timeout` passes (`STATUS_IO_TIMEOUT`).
+    /// prefix needed) accepts, or `timeout` passes (`STATUS_IO_TIMEOUT`),
+    /// whatever the listener does (one that never accepts, its backlog
+    /// full, included).
     pub fn wait_for_pipe(&self, name: &str, timeout: Option<Duration>) -> Request<()> {
         let name = match PipeName::parse(name) {
             Ok(n) => n,
