@@ -136,6 +136,16 @@ impl FakeDriver {
         self.flight.len()
     }
 
+    /// The ops in flight that may complete now (not behind an op linked
+    /// before them), oldest first.
+    pub(crate) fn startable(&self) -> Vec<SqeId> {
+        self.flight
+            .iter()
+            .filter(|f| !f.behind)
+            .map(|f| SqeId::from_raw(f.id))
+            .collect()
+    }
+
     /// Ops in flight other than those of kind `k`.
     pub(crate) fn in_flight_except(&self, k: K) -> usize {
         self.flight.iter().filter(|f| kind_of(&f.op) != k).count()

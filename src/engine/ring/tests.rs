@@ -1464,3 +1464,228 @@ fn persistent_submit_errors_back_off_and_shutdown_still_ends_the_loop() {
     // 1, 2, 4 .. 64, then 100 ms pauses: about 10 in 400 ms (400 at 1 ms).
     assert!((3..=20).contains(&submits), "{submits} submits in 400 ms");
 }
+
+// ---- random schedules ---------------------------------------------------------
+
+/// A small deterministic generator (xorshift64*), so every schedule can be
+/// replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// The service's side of one schedule: every byte it sends is the next of
+/// one global pattern, so what the callers get must be exactly a prefix of
+/// it, in order, nothing lost or repeated.
+struct Stream {
+    produced: usize,
+    socket: std::collections::VecDeque<u8>,
+}
+
+impl Stream {
+    fn byte(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+    fn reply(&mut self, len: usize) {
+        for _ in 0..len {
+            self.socket.push_back(Stream::byte(self.produced));
+            self.produced += 1;
+        }
+    }
+    fn take(&mut self, max: usize) -> Vec<u8> {
+        let n = max.min(self.socket.len());
+        self.socket.drain(..n).collect()
+    }
+}
+
+/// Plays one kernel event on a startable op chosen at random (trying the
+/// others in turn when it can do nothing yet); false if none can.
+fn kernel_step(h: &mut H, rng: &mut Rng, st: &mut Stream) -> bool {
+    let ready = h.d().startable();
+    let first = rng.below(ready.len());
+    (0..ready.len()).any(|i| op_step(h, rng, st, ready[(first + i) % ready.len()]))
+}
+
+/// One kernel event on op `id`; false if it can do nothing yet (a receive
+/// with no data queued).
+fn op_step(h: &mut H, rng: &mut Rng, st: &mut Stream, id: SqeId) -> bool {
+    let cancelled = h.d().cancel_asked(id);
+    let nonempty_flag = |st: &Stream| {
+        if st.socket.is_empty() {
+            0
+        } else {
+            SOCK_NONEMPTY
+        }
+    };
+    match super::fake::kind_of(h.d().op(id)) {
+        K::Send => {
+            let n = send_len(h.d().op(id));
+            if cancelled && rng.chance(50) {
+                h.complete(id, -libc::ECANCELED);
+            } else {
+                let sent = if n > 1 && rng.chance(20) {
+                    1 + rng.below(n - 1)
+                } else {
+                    n
+                };
+                h.complete(id, sent as i32);
+                st.reply(1 + rng.below(12));
+            }
+        }
+        K::Recv | K::RecvPooled => {
+            let len = match h.d().op(id) {
+                Op::Recv { len, .. } | Op::RecvPooled { len, .. } => *len as usize,
+                _ => unreachable!(),
+            };
+            let pooled = matches!(h.d().op(id), Op::RecvPooled { .. });
+            if cancelled && rng.chance(50) {
+                h.complete(id, -libc::ECANCELED);
+            } else if pooled && rng.chance(10) {
+                h.complete(id, -libc::ENOBUFS);
+            } else if !st.socket.is_empty() {
+                let data = st.take(1 + rng.below(len));
+                let flags = nonempty_flag(st);
+                h.d().complete_recv(id, &data, flags);
+                h.turn();
+            } else {
+                return false;
+            }
+        }
+        K::Peek => {
+            let r = if st.socket.is_empty() {
+                -libc::EAGAIN
+            } else {
+                1
+            };
+            h.complete(id, r);
+        }
+        K::RecvMulti => {
+            if cancelled && rng.chance(50) {
+                h.complete(id, -libc::ECANCELED);
+            } else if rng.chance(5) {
+                h.complete(id, -libc::ENOBUFS);
+            } else if !st.socket.is_empty() {
+                let data = st.take(1 + rng.below(4280));
+                let flags = nonempty_flag(st);
+                h.d().chunk(id, &data, flags);
+                h.turn();
+            } else {
+                return false;
+            }
+        }
+        other => panic!("unexpected op {other:?}"),
+    }
+    true
+}
+
+/// What a finished request gave its caller (checked against the stream).
+fn collect(s: &Arc<Shared>, max_out: usize, got: &mut Vec<u8>) {
+    match done(s) {
+        Ok(Outcome::Transfer(t)) => {
+            assert!(
+                t.data.len() <= max_out.max(1),
+                "{} bytes for max_out {max_out}",
+                t.data.len()
+            );
+            got.extend(t.data);
+        }
+        Err(NtStatus::CANCELLED) | Err(NtStatus::PIPE_BROKEN) => {}
+        other => panic!("unexpected result {other:?}"),
+    }
+}
+
+/// One random schedule on one pipe: requests one at a time, random
+/// cancels, short sends, split replies, empty pools, lost and won cancel
+/// races, SOCK_NONEMPTY or the peek probe.
+fn random_schedule(seed: u64, multishot: bool) {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let nonempty = rng.chance(50);
+    let mut h = harness_with(|c| c.multishot = multishot);
+    h.d().features.sock_nonempty = nonempty;
+    let p = h.open_ok(1);
+    let mut st = Stream {
+        produced: 0,
+        socket: Default::default(),
+    };
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        let max_out = [1, 5, 4280][rng.below(3)];
+        let s = if rng.chance(70) {
+            h.transceive(p, &bytes(1 + rng.below(8)), max_out)
+        } else {
+            h.read(p, max_out)
+        };
+        let mut cancel_after = rng.chance(30).then(|| rng.below(4));
+        let mut steps = 0;
+        while pending(&s) {
+            if cancel_after == Some(steps) {
+                // Once: a request held back sees its flag when it starts.
+                cancel_after = None;
+                h.cancel(&s);
+                continue;
+            }
+            steps += 1;
+            if !kernel_step(&mut h, &mut rng, &mut st) {
+                // Nothing can happen but the service sending more.
+                st.reply(1 + rng.below(6));
+            }
+            assert!(steps < 1000, "seed {seed}: the request never ended");
+        }
+        collect(&s, max_out, &mut got);
+    }
+    // Drain: let the kernel finish everything in flight, then read the rest.
+    let mut guard = 0;
+    loop {
+        guard += 1;
+        assert!(guard < 10_000, "seed {seed}: no end to the drain");
+        if kernel_step(&mut h, &mut rng, &mut st) {
+            continue;
+        }
+        let pushed_back = h
+            .core
+            .pipes
+            .get_mut(p.index, p.gen)
+            .is_some_and(|pe| !pe.pushback.is_empty());
+        if st.socket.is_empty() && !pushed_back {
+            break;
+        }
+        let r = h.read(p, 4280);
+        while pending(&r) {
+            assert!(
+                kernel_step(&mut h, &mut rng, &mut st),
+                "seed {seed}: read stuck"
+            );
+        }
+        collect(&r, 4280, &mut got);
+    }
+    let want: Vec<u8> = (0..st.produced).map(Stream::byte).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "seed {seed} multishot {multishot}: bytes lost or repeated"
+    );
+    assert_eq!(
+        got, want,
+        "seed {seed} multishot {multishot}: bytes reordered"
+    );
+}
+
+#[test]
+fn random_schedules_deliver_the_stream_exactly_once_in_order() {
+    for seed in 1..=300 {
+        random_schedule(seed, true);
+        random_schedule(seed, false);
+    }
+}
