@@ -364,7 +364,8 @@ impl<D: OpDriver> Core<D> {
         match (&mut e.kind, step) {
             (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op),
             (Kind::Transceive { .. }, ST_RECV) => {
-                transceive_received(&mut e.kind, r, c.op, nonempty, drv)
+                transceive_received(&mut e.kind, r, c.op, nonempty, drv);
+                self.claim_reply(key);
             }
             (Kind::Transceive { reply, .. }, ST_MORE) => {
                 // Only a probe that ran after this chain's receive answers.
@@ -376,7 +377,10 @@ impl<D: OpDriver> Core<D> {
                     *more = overflow::more_from_probe(r);
                 }
             }
-            (Kind::Read { .. }, ST_RECV) => read_received(&mut e.kind, r, c.op),
+            (Kind::Read { .. }, ST_RECV) => {
+                read_received(&mut e.kind, r, c.op);
+                self.claim_reply(key);
+            }
             (Kind::Write { status, data, sent }, ST_SEND) => match c.op {
                 Op::Send { buf, start, .. } => {
                     if r < 0 {
@@ -416,21 +420,35 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// Moves what a read-ahead receive got beyond `max_out` to the front of
-    /// the pipe's pushback (see [`overflow::keep_read_ahead`]); the bytes
-    /// of a pipe that is gone go with it. True if anything was kept.
-    pub(super) fn keep_read_ahead(
-        &mut self,
-        pipe: Option<PipeId>,
-        data: &mut Vec<u8>,
-        max_out: usize,
-    ) -> bool {
-        match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            Some(pe) => overflow::keep_read_ahead(&mut pe.pushback, data, max_out),
-            None => {
-                data.truncate(max_out);
-                false
-            }
+    /// A receive of request `key` got bytes: they join the pipe's stream
+    /// behind what is already pushed back (that came off the socket
+    /// first), and the request's reply is the first `max_out` bytes of it
+    /// (see [`overflow::claim`]). Done when the receive completes, not when
+    /// the request finishes, so receives that complete meanwhile keep their
+    /// places in the stream.
+    fn claim_reply(&mut self, key: (u32, u32)) {
+        let Core { ops, pipes, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (Kind::Transceive {
+            reply: Reply::Got { data, more },
+            max_out,
+            ..
+        }
+        | Kind::Read {
+            reply: Reply::Got { data, more },
+            max_out,
+            ..
+        }) = &mut e.kind
+        else {
+            return;
+        };
+        let Some(pe) = e.pipe.and_then(|p| pipes.get_mut(p.index, p.gen)) else {
+            return;
+        };
+        if overflow::claim(&mut pe.pushback, data, *max_out) {
+            *more = More::Yes;
         }
     }
 }

@@ -74,17 +74,21 @@ pub(super) fn waiter_share(
     (data, more)
 }
 
-/// Moves what a read-ahead receive got beyond `max_out` to the FRONT of the
-/// pipe's pushback (anything already there came from a receive that
-/// started after this one). True if anything was kept.
-pub(super) fn keep_read_ahead(pushback: &mut Vec<u8>, data: &mut Vec<u8>, max_out: usize) -> bool {
-    if data.len() <= max_out {
-        return false;
+/// A receive's bytes (`data`) join the stream behind the pushback (which
+/// holds bytes that came off the socket before them); `data` becomes the
+/// first `max_out` bytes of that, the rest is the pushback. True if bytes
+/// are left waiting there (read ahead, or older bytes): more is waiting.
+pub(super) fn claim(pushback: &mut Vec<u8>, data: &mut Vec<u8>, max_out: usize) -> bool {
+    if pushback.is_empty() {
+        if data.len() <= max_out {
+            return false;
+        }
+        *pushback = data.split_off(max_out);
+        return true;
     }
-    let mut rest = data.split_off(max_out);
-    rest.append(pushback);
-    *pushback = rest;
-    true
+    pushback.append(data);
+    *data = take_pushback(pushback, max_out);
+    !pushback.is_empty()
 }
 
 /// A transceive's result by the seed's overflow rule; `more` is asked only
@@ -114,18 +118,23 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_goes_in_front_of_the_pushback() {
-        let mut pushback = b"later".to_vec();
+    fn a_receive_claims_the_oldest_bytes_of_the_stream() {
+        // Read ahead: the tail waits in the pushback.
+        let mut pushback = Vec::new();
         let mut data = b"0123456789".to_vec();
-        assert!(keep_read_ahead(&mut pushback, &mut data, 4));
-        assert_eq!(
-            (data.as_slice(), pushback.as_slice()),
-            (&b"0123"[..], &b"456789later"[..])
-        );
-        let (share, more) = waiter_share(&mut pushback, 6, false);
-        assert_eq!((share.as_slice(), more), (&b"456789"[..], More::Yes));
-        let (share, more) = waiter_share(&mut pushback, 6, false);
-        assert_eq!((share.as_slice(), more), (&b"later"[..], More::No));
+        assert!(claim(&mut pushback, &mut data, 4));
+        assert_eq!(data, b"0123");
+        assert_eq!(pushback, b"456789");
+        // A receive that completes while older bytes wait gets those first.
+        let mut data = b"abc".to_vec();
+        assert!(claim(&mut pushback, &mut data, 4));
+        assert_eq!(data, b"4567");
+        assert_eq!(pushback, b"89abc");
+        let mut data = Vec::new();
+        assert!(!claim(&mut pushback, &mut data, 10));
+        assert_eq!(data, b"89abc");
+        let (share, more) = waiter_share(&mut b"xyz".to_vec(), 2, false);
+        assert_eq!((share.as_slice(), more), (&b"xy"[..], More::Yes));
     }
 
     #[test]

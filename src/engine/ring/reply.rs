@@ -110,22 +110,22 @@ impl<D: OpDriver> Core<D> {
                 from: ReplyFrom::Nothing,
                 ..
             } => Err(NtStatus::PIPE_BROKEN),
+            // The reply was claimed from the stream when it arrived
+            // (`claim_reply`, `waiter_share`): at most `max_out` bytes.
             Kind::Transceive { reply, max_out, .. } => {
-                let (mut data, more) = match reply {
+                let (data, more) = match reply {
                     Reply::Got { data, more } => (data, more),
                     Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
                 };
-                let read_ahead = self.keep_read_ahead(pipe, &mut data, max_out);
                 Ok(Outcome::Transfer(transceive_result(max_out, data, || {
-                    read_ahead || more == More::Yes
+                    more == More::Yes
                 })))
             }
-            Kind::Read { reply, max_out, .. } => {
-                let mut data = match reply {
+            Kind::Read { reply, .. } => {
+                let data = match reply {
                     Reply::Got { data, .. } => data,
                     Reply::Awaited | Reply::Retry => Vec::new(),
                 };
-                self.keep_read_ahead(pipe, &mut data, max_out);
                 Ok(Outcome::Transfer(Transfer {
                     status: NtStatus::SUCCESS,
                     data,

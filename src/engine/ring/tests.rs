@@ -1522,6 +1522,15 @@ fn kernel_step(h: &mut H, rng: &mut Rng, st: &mut Stream) -> bool {
 /// with no data queued).
 fn op_step(h: &mut H, rng: &mut Rng, st: &mut Stream, id: SqeId) -> bool {
     let cancelled = h.d().cancel_asked(id);
+    // Receives on one socket take its bytes in the order they started (the
+    // kernel serves its waiters in turn); any may end by a cancel.
+    let receives = |k: K| matches!(k, K::Recv | K::RecvPooled | K::RecvMulti);
+    let oldest_receive = h
+        .d()
+        .startable()
+        .into_iter()
+        .find(|r| receives(super::fake::kind_of(h.d().op(*r))));
+    let may_take = oldest_receive == Some(id);
     let nonempty_flag = |st: &Stream| {
         if st.socket.is_empty() {
             0
@@ -1554,7 +1563,7 @@ fn op_step(h: &mut H, rng: &mut Rng, st: &mut Stream, id: SqeId) -> bool {
                 h.complete(id, -libc::ECANCELED);
             } else if pooled && rng.chance(10) {
                 h.complete(id, -libc::ENOBUFS);
-            } else if !st.socket.is_empty() {
+            } else if !st.socket.is_empty() && may_take {
                 let data = st.take(1 + rng.below(len));
                 let flags = nonempty_flag(st);
                 h.d().complete_recv(id, &data, flags);
@@ -1576,7 +1585,7 @@ fn op_step(h: &mut H, rng: &mut Rng, st: &mut Stream, id: SqeId) -> bool {
                 h.complete(id, -libc::ECANCELED);
             } else if rng.chance(5) {
                 h.complete(id, -libc::ENOBUFS);
-            } else if !st.socket.is_empty() {
+            } else if !st.socket.is_empty() && may_take {
                 let data = st.take(1 + rng.below(4280));
                 let flags = nonempty_flag(st);
                 h.d().chunk(id, &data, flags);
@@ -1688,4 +1697,35 @@ fn random_schedules_deliver_the_stream_exactly_once_in_order() {
         random_schedule(seed, true);
         random_schedule(seed, false);
     }
+}
+
+#[test]
+fn concurrent_receives_claim_their_bytes_in_completion_order() {
+    // Two receives in flight on one pipe (linked path): a transceive that
+    // reads ahead, and a read. The transceive's bytes beyond max_out must
+    // stay in front of what the read receives after them, although the
+    // transceive finishes last (its peek probe is still out).
+    let mut h = linked();
+    h.d().features.sock_nonempty = false;
+    let p = h.open_ok(1);
+    let a = h.transceive(p, b"q", 5);
+    let b = h.read(p, 4280);
+    h.send_all();
+    let (ra, rb) = match h.d().ids(K::RecvPooled)[..] {
+        [ra, rb] => (ra, rb),
+        _ => panic!("two receives: {:?}", h.d().kinds()),
+    };
+    let stream = bytes(23);
+    h.recv(ra, &stream[..20]);
+    h.recv(rb, &stream[20..]);
+    let probe = h.d().one(K::Peek);
+    h.complete(probe, -libc::EAGAIN);
+    let mut got = transfer(&a).data;
+    assert_eq!(got, stream[..5]);
+    got.extend(transfer(&b).data);
+    let r = h.read(p, 4280);
+    if !pending(&r) {
+        got.extend(transfer(&r).data);
+    }
+    assert_eq!(got, stream, "in stream order, request by request");
 }
