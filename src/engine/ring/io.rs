@@ -45,10 +45,9 @@ impl<D: OpDriver> Core<D> {
             // than allocate it.
             return self.reject(notify, NtStatus::INVALID_PARAMETER);
         }
-        let Some(from) = self.reply_from(pipe, &io, max_out) else {
-            // Deferred (see `reply_from`).
-            self.defer(pipe, io, notify);
-            return;
+        let from = match self.reply_from(pipe, &io, max_out) {
+            Ok(from) => from,
+            Err(hold) => return self.defer(pipe, io, notify, hold),
         };
         let at = Start {
             pipe,
@@ -66,44 +65,43 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// Where the reply of a request that may start now comes from; `None`
-    /// when it must wait: a cancelled request still has SQEs in the kernel
-    /// (see `PipeEntry::draining`), or it needs a receive of its own (a read
-    /// above a pool buffer) while the multishot receive is armed or has
-    /// waiters, so two receives never race for the same bytes.
-    fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Option<ReplyFrom> {
+    /// Where the reply of a request that may start now comes from, or why
+    /// it must wait (see [`Hold`]).
+    fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Result<ReplyFrom, Hold> {
         let pool_buf = self.drv.recv_pool_buf_bytes();
         let multishot_ok =
             self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
-        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return Err(Hold::Drain);
+        };
         if pe.draining > 0 {
-            return None;
+            return Err(Hold::Drain);
         }
         let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
         if reads_socket && max_out == 0 {
-            return Some(ReplyFrom::Nothing);
+            return Ok(ReplyFrom::Nothing);
         }
         if !pe.pushback.is_empty() {
-            return Some(ReplyFrom::Pushback);
+            return Ok(ReplyFrom::Pushback);
         }
         // The reply of a transceive, or a read's data, comes from the pipe's
         // multishot receive: the request is one SEND SQE or none at all.
         // Larger reads keep one receive of their own size (a chunk is at
         // most one pool buffer).
         if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
-            return Some(ReplyFrom::Multishot);
+            return Ok(ReplyFrom::Multishot);
         }
         if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {
-            return None;
+            return Err(Hold::OwnReceive);
         }
-        Some(ReplyFrom::Chain)
+        Ok(ReplyFrom::Chain)
     }
 
     /// Parks a request until `reply_from` lets it start. One that needs a
     /// receive of its own stops the multishot receive (once no request
     /// waits for it); what that receive took by then is in the pushback,
     /// which comes first.
-    fn defer(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+    fn defer(&mut self, pipe: PipeId, io: PipeIo, notify: Notify, hold: Hold) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return self.reject(notify, NtStatus::INVALID_HANDLE);
         };
@@ -111,7 +109,7 @@ impl<D: OpDriver> Core<D> {
             // A caller that piles requests on one stalled pipe.
             return self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES);
         }
-        let stop = pe.draining == 0 && pe.waiters.is_empty();
+        let stop = hold == Hold::OwnReceive && pe.waiters.is_empty();
         pe.deferred.push_back((io, notify));
         if stop {
             self.stop_multishot(pipe);
@@ -119,13 +117,27 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn start_transceive(&mut self, at: Start, input: Vec<u8>, max_out: usize, notify: Notify) {
+        // A reply from the pushback is the request's from the start: its
+        // bytes are the oldest waiting, and no later request may take them.
+        let reply = match (at.from, self.pipes.get_mut(at.pipe.index, at.pipe.gen)) {
+            (ReplyFrom::Pushback, Some(pe)) => {
+                let data = overflow::take_pushback(&mut pe.pushback, max_out);
+                let more = if pe.pushback.is_empty() {
+                    More::Unknown
+                } else {
+                    More::Yes
+                };
+                Reply::Got { data, more }
+            }
+            _ => Reply::Awaited,
+        };
         let kind = Kind::Transceive {
             max_out,
             input,
             sent: 0,
             reg: None,
             from: at.from,
-            reply: Reply::Awaited,
+            reply,
             status: None,
         };
         let key = self.new_op(Some(at.pipe), at.session, notify, kind);
@@ -451,6 +463,18 @@ impl<D: OpDriver> Core<D> {
             *more = More::Yes;
         }
     }
+}
+
+/// Why a request waits in its pipe's `deferred` queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// A cancelled request still has SQEs in the kernel (see
+    /// `PipeEntry::draining`): a stale receive must not take its reply.
+    Drain,
+    /// It needs a receive of its own (a read above a pool buffer) while the
+    /// multishot receive is armed or has waiters: two receives never race
+    /// for the same bytes.
+    OwnReceive,
 }
 
 /// Where a request that may start now stands.

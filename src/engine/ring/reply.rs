@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::overflow::{take_pushback, transceive_result};
+use super::overflow::transceive_result;
 use super::*;
 use crate::engine::command::Outcome;
 use crate::engine::{PipeId, Transfer};
@@ -104,8 +104,11 @@ impl<D: OpDriver> Core<D> {
             Kind::Transceive {
                 max_out,
                 from: ReplyFrom::Pushback,
+                reply,
                 ..
-            } => Ok(Outcome::Transfer(self.reply_from_pushback(pipe, max_out))),
+            } => Ok(Outcome::Transfer(
+                self.reply_from_pushback(pipe, max_out, reply),
+            )),
             Kind::Transceive {
                 from: ReplyFrom::Nothing,
                 ..
@@ -154,19 +157,27 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// A transceive whose reply was already in the pipe's pushback: more
-    /// is waiting if some is left there or queued on the socket.
-    fn reply_from_pushback(&mut self, pipe: Option<PipeId>, max_out: usize) -> Transfer {
+    /// A transceive whose reply it took from the pipe's pushback when it
+    /// started: more is waiting if some was left there then, is there now,
+    /// or is queued on the socket.
+    fn reply_from_pushback(
+        &mut self,
+        pipe: Option<PipeId>,
+        max_out: usize,
+        reply: Reply,
+    ) -> Transfer {
+        let (data, more) = match reply {
+            Reply::Got { data, more } => (data, more),
+            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
+        };
         let drv = &self.drv;
-        match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
-            Some(pe) => {
-                let data = take_pushback(&mut pe.pushback, max_out);
-                transceive_result(max_out, data, || {
+        let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen));
+        transceive_result(max_out, data, || {
+            more == More::Yes
+                || pe.is_some_and(|pe| {
                     !pe.pushback.is_empty() || drv.queued_bytes(&pe.fd).is_some_and(|q| q > 0)
                 })
-            }
-            None => transceive_result(max_out, Vec::new(), || false),
-        }
+        })
     }
 
     /// A peek's reply: pushed-back bytes first (they come first in the
