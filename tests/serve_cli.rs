@@ -607,7 +607,7 @@ fn socket_dir_writable_by_others_is_warned_about(backend: &str) {
 
 fn start_next_to_a_full_backlog_listener_fails_at_once(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let _full = common::FullListener::bind(&dir.path().join("srvsvc"));
+    let _full = common::full_backlog(&dir.path().join("srvsvc"));
     let t0 = Instant::now();
     let (child, stderr) = spawn(dir.path(), &["--pipe", "srvsvc", "--backend", backend]);
     let mut srv = Serve { child, dir, stderr };

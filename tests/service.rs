@@ -872,7 +872,7 @@ fn peers_of_other_uids_are_refused_before_the_handshake(backend: BackendChoice) 
 fn live_listener_with_a_full_backlog_is_in_use_at_once(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("srvsvc");
-    let _full = common::FullListener::bind(&path);
+    let _full = common::full_backlog(&path);
     let p = path.clone();
     let r = common::bounded(Duration::from_secs(5), move || {
         let dir = p.parent().unwrap().to_owned();

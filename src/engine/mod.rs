@@ -22,20 +22,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod core;
+mod command;
 mod request;
+mod ring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub use self::core::RingContext;
-use self::core::{
-    transfer_callback, Callback, Command, CommandQueue, Core, Notify, Outcome, PipeIo,
+pub use self::command::RingContext;
+use self::command::{
+    transfer_callback, Callback, Command, CommandQueue, Notify, Outcome, PipeIo, Shared,
 };
-use request::Shared;
+use self::ring::Core;
 pub use request::{CancelHandle, Request};
 
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
@@ -373,6 +374,64 @@ fn conv_unit(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<(), NtStatus>
     }
 }
 
+/// Starts ring `index` on its own thread (the ring is created there: with
+/// SINGLE_ISSUER/DEFER_TASKRUN only that thread may use it) and waits until
+/// it is ready. Returns its handle and whether its kernel flags leftover
+/// data on receive completions.
+fn start_ring(
+    cfg: &Arc<EngineConfig>,
+    backend: Backend,
+    index: usize,
+    file_ids: &Arc<AtomicU64>,
+) -> Result<(RingHandle, bool), EngineError> {
+    let (tx, rx) = mpsc::channel();
+    let dcfg = DriverConfig {
+        sq_entries: cfg.sq_entries,
+        cq_entries: cfg.cq_entries,
+        reg_slots: if cfg.buffers == BufferMode::Registered {
+            cfg.reg_slots
+        } else {
+            0
+        },
+        reg_slot_bytes: cfg.reg_slot_bytes,
+        recv_pool_bufs: cfg.recv_pool_bufs,
+        recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
+    };
+    let (cfg2, ids) = (cfg.clone(), file_ids.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("opipe-ring-{index}"))
+        .spawn(move || {
+            ON_RING_THREAD.with(|f| f.set(true));
+            match backend {
+                Backend::IoUring => match Driver::new(&dcfg) {
+                    Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                    Err(e) => drop(tx.send(Err(EngineError::Ring(e)))),
+                },
+                Backend::Epoll => match EpollDriver::new() {
+                    Ok(d) => ring_main(d, tx, cfg2, index, ids),
+                    Err(e) => drop(tx.send(Err(EngineError::Epoll(e)))),
+                },
+            }
+        })
+        .map_err(EngineError::Thread)?;
+    let (queue, nonempty) = match rx.recv() {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(EngineError::Config("ring thread died during start-up"));
+        }
+    };
+    let ring = RingHandle {
+        queue,
+        thread: Mutex::new(Some(thread)),
+    };
+    Ok((ring, nonempty))
+}
+
 /// A ring thread's body once its driver exists: report ready, then run.
 fn ring_main<D: OpDriver>(
     drv: D,
@@ -383,7 +442,8 @@ fn ring_main<D: OpDriver>(
 ) {
     let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
     let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
-    Core::new(drv, cfg, index, queue, ids).run();
+    let mut core = Core::new(drv, cfg, index, ids, Instant::now());
+    ring::run(&mut core, &queue);
 }
 
 impl Engine {
@@ -432,54 +492,9 @@ impl Engine {
             backend,
         };
         for index in 0..cfg.rings {
-            let (tx, rx) = mpsc::channel();
-            let dcfg = DriverConfig {
-                sq_entries: cfg.sq_entries,
-                cq_entries: cfg.cq_entries,
-                reg_slots: if cfg.buffers == BufferMode::Registered {
-                    cfg.reg_slots
-                } else {
-                    0
-                },
-                reg_slot_bytes: cfg.reg_slot_bytes,
-                recv_pool_bufs: cfg.recv_pool_bufs,
-                recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
-            };
-            let (cfg2, ids) = (cfg.clone(), file_ids.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("opipe-ring-{index}"))
-                .spawn(move || {
-                    ON_RING_THREAD.with(|f| f.set(true));
-                    // The ring is created on its own thread: with
-                    // SINGLE_ISSUER/DEFER_TASKRUN only this thread may use it.
-                    match backend {
-                        Backend::IoUring => match Driver::new(&dcfg) {
-                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
-                            Err(e) => drop(tx.send(Err(EngineError::Ring(e)))),
-                        },
-                        Backend::Epoll => match EpollDriver::new() {
-                            Ok(d) => ring_main(d, tx, cfg2, index, ids),
-                            Err(e) => drop(tx.send(Err(EngineError::Epoll(e)))),
-                        },
-                    }
-                })
-                .map_err(EngineError::Thread)?;
-            let (queue, nonempty) = match rx.recv() {
-                Ok(Ok(started)) => started,
-                Ok(Err(e)) => {
-                    let _ = thread.join();
-                    return Err(e);
-                }
-                Err(_) => {
-                    let _ = thread.join();
-                    return Err(EngineError::Config("ring thread died during start-up"));
-                }
-            };
+            let (ring, nonempty) = start_ring(&cfg, backend, index, &file_ids)?;
             inner.sock_nonempty &= nonempty;
-            inner.rings.push(RingHandle {
-                queue,
-                thread: Mutex::new(Some(thread)),
-            });
+            inner.rings.push(ring);
         }
         Ok(Engine {
             inner: Arc::new(inner),
@@ -553,7 +568,9 @@ impl Engine {
     }
 
     /// FSCTL_PIPE_WAIT: waits until a listener for `name` (no `\PIPE\`
-    /// prefix needed) accepts, or `timeout` passes (`STATUS_IO_TIMEOUT`).
+    /// prefix needed) accepts, or `timeout` passes (`STATUS_IO_TIMEOUT`),
+    /// whatever the listener does (one that never accepts, its backlog
+    /// full, included).
     pub fn wait_for_pipe(&self, name: &str, timeout: Option<Duration>) -> Request<()> {
         let name = match PipeName::parse(name) {
             Ok(n) => n,

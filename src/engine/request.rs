@@ -8,94 +8,14 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::core::{Command, Outcome};
+use super::command::{lock, Command, Outcome, Shared, State};
 use super::EngineInner;
 use crate::protocol::NtStatus;
-
-/// No op slot assigned yet.
-pub(crate) const NO_OP: u64 = u64::MAX;
-
-enum State {
-    Pending(Option<Waker>),
-    Done(Result<Outcome, NtStatus>),
-    Taken,
-}
-
-/// The cell shared by a request's caller and the ring thread.
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    cond: Condvar,
-    /// Set by a cancel before the ring thread saw the request.
-    pub(crate) cancel_requested: AtomicBool,
-    /// The ring-side op key once the ring thread started the request.
-    pub(crate) op_key: AtomicU64,
-    /// The caller dropped the request without taking its result.
-    abandoned: AtomicBool,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("op_key", &self.op_key)
-            .finish()
-    }
-}
-
-impl Shared {
-    pub(crate) fn new() -> Arc<Shared> {
-        Arc::new(Shared {
-            state: Mutex::new(State::Pending(None)),
-            cond: Condvar::new(),
-            cancel_requested: AtomicBool::new(false),
-            op_key: AtomicU64::new(NO_OP),
-            abandoned: AtomicBool::new(false),
-        })
-    }
-
-    /// Delivers the result. Returns it back when the caller abandoned the
-    /// request, so the ring thread can release what it holds (an opened pipe).
-    pub(crate) fn complete(
-        &self,
-        res: Result<Outcome, NtStatus>,
-    ) -> Option<Result<Outcome, NtStatus>> {
-        let waker = {
-            let mut st = lock(&self.state);
-            if self.abandoned.load(Ordering::Relaxed) {
-                return Some(res);
-            }
-            match std::mem::replace(&mut *st, State::Done(res)) {
-                State::Pending(w) => w,
-                // Completed twice: keep the first result.
-                other => {
-                    let second = std::mem::replace(&mut *st, other);
-                    return match second {
-                        State::Done(r) => Some(r),
-                        _ => None,
-                    };
-                }
-            }
-        };
-        self.cond.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
-        None
-    }
-
-    /// Whether the result has been delivered.
-    pub(crate) fn is_done(&self) -> bool {
-        !matches!(*lock(&self.state), State::Pending(_))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Turns the ring thread's outcome into the request's typed result.
 pub(crate) type Convert<T> = fn(&Arc<EngineInner>, usize, Outcome) -> Result<T, NtStatus>;

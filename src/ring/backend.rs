@@ -13,6 +13,7 @@
 //! pays nothing for the second backend).
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +147,28 @@ pub trait OpDriver {
     /// push it empty; false when the kernel writes into the buffer's spare
     /// capacity, which must then hold `len` bytes (io_uring).
     fn recv_allocates(&self) -> bool;
+
+    /// A new `AF_UNIX` stream socket for an open or a WAIT attempt
+    /// (`Err(errno)` when none can be made: `EMFILE`, `ENOBUFS`...).
+    fn unix_socket(&mut self) -> Result<Rc<OwnedFd>, i32> {
+        super::sock::unix_stream_socket().map(Rc::new)
+    }
+
+    /// Bytes queued on a socket right now (`FIONREAD`); `None` on error.
+    fn queued_bytes(&self, fd: &OwnedFd) -> Option<usize> {
+        super::sock::fionread(fd.as_raw_fd()).ok()
+    }
+
+    /// Shuts a socket down both ways (a closing pipe): what is in flight on
+    /// it completes.
+    fn shutdown(&mut self, fd: &OwnedFd) {
+        super::sock::shutdown(fd)
+    }
+
+    /// Lets go of a socket: it closes once no operation holds it either.
+    fn close(&mut self, fd: Rc<OwnedFd>) {
+        drop(fd)
+    }
 }
 
 impl OpDriver for Driver {

@@ -27,6 +27,10 @@ use super::bufring::BufRing;
 use super::setup::{new_ring, probe_features, Features, RingError, SetupFlags};
 use crate::slab::Slab;
 
+/// The most one SEND SQE moves (1 GiB): its length field is 32 bits, and
+/// the kernel moves at most about 2 GiB per call anyway.
+const MAX_SQE_BYTES: usize = 1 << 30;
+
 /// Buffer group id of the engine's receive pool.
 const RECV_POOL_GROUP: u16 = 0;
 
@@ -169,10 +173,11 @@ pub enum Op {
         /// Bytes to read at most.
         len: u32,
     },
-    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count).
+    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count):
+    /// completes `-ETIME` when `after` has passed.
     Timer {
-        /// Duration, boxed so the kernel's pointer stays valid.
-        ts: Box<types::Timespec>,
+        /// How long from the push.
+        after: Duration,
     },
 }
 
@@ -240,6 +245,17 @@ impl Completion {
 struct Slot {
     token: u64,
     op: Op,
+    /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
+    /// in its SQE stays valid until the final completion.
+    _ts: Option<Box<types::Timespec>>,
+}
+
+/// The kernel's form of a `Timer` op's duration (`None` for other ops).
+fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
+    match op {
+        Op::Timer { after } => Some(Box::new(types::Timespec::from(*after))),
+        _ => None,
+    }
 }
 
 const KIND_OP: u64 = 0;
@@ -523,7 +539,7 @@ impl Driver {
         Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index), p.slot_bytes) })
     }
 
-    fn build_sqe(&self, op: &Op) -> squeue::Entry {
+    fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
         match op {
             Op::Connect { fd, addr } => opcode::Connect::new(
                 types::Fd(fd.as_raw_fd()),
@@ -533,7 +549,10 @@ impl Driver {
             .build(),
             Op::Send { fd, buf, start } => {
                 let s = &buf[(*start).min(buf.len())..];
-                opcode::Send::new(types::Fd(fd.as_raw_fd()), s.as_ptr(), s.len() as u32)
+                // The SQE's length is 32 bits: a longer send goes in pieces
+                // (the engine resumes a short send from its first unsent byte).
+                let len = s.len().min(MAX_SQE_BYTES) as u32;
+                opcode::Send::new(types::Fd(fd.as_raw_fd()), s.as_ptr(), len)
                     .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
                     .build()
             }
@@ -590,7 +609,11 @@ impl Driver {
                     .offset(u64::MAX)
                     .build()
             }
-            Op::Timer { ts } => opcode::Timeout::new(&**ts as *const types::Timespec).build(),
+            Op::Timer { .. } => match ts {
+                Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
+                // Not reached: `push` builds every timer's spec.
+                None => opcode::Nop::new().build(),
+            },
         }
     }
 
@@ -610,8 +633,9 @@ impl Driver {
 
     /// Pushes one operation. Its [`Completion`] carries `token`.
     pub fn push(&mut self, op: Op, token: u64) -> SqeId {
-        let sqe = self.build_sqe(&op);
-        let (index, gen) = self.slots.insert(Slot { token, op });
+        let ts = timer_spec(&op);
+        let sqe = self.build_sqe(&op, ts.as_deref());
+        let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
         let ud = user_data(KIND_OP, index, gen);
         self.queue(sqe.user_data(ud));
         SqeId(ud)
@@ -626,8 +650,9 @@ impl Driver {
         // goes on every entry but the last without a temporary vector.
         let mut prev: Option<squeue::Entry> = None;
         for (op, token) in ops {
-            let sqe = self.build_sqe(&op);
-            let (index, gen) = self.slots.insert(Slot { token, op });
+            let ts = timer_spec(&op);
+            let sqe = self.build_sqe(&op, ts.as_deref());
+            let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
             let ud = user_data(KIND_OP, index, gen);
             ids.push(SqeId(ud));
             if let Some(p) = prev.take() {
@@ -795,7 +820,7 @@ impl Driver {
                             }
                             continue;
                         }
-                        let Some(Slot { token, mut op }) = self.slots.remove(index, gen) else {
+                        let Some(Slot { token, mut op, .. }) = self.slots.remove(index, gen) else {
                             continue;
                         };
                         let mut result = cqe.result();
@@ -971,5 +996,62 @@ mod tests {
         theirs.read_exact(&mut got).unwrap();
         // In the order pushed.
         assert!(got.chunks(8).enumerate().all(|(i, c)| c == [i as u8; 8]));
+    }
+
+    /// A send longer than 4 GiB is not cut to its length modulo 2^32 (which
+    /// sent 1 byte of 2^32 + 1 and reported it done): it moves what the
+    /// socket takes, like any send, and stays in flight for the rest.
+    #[test]
+    fn send_longer_than_u32_is_not_truncated() {
+        let cfg = DriverConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            reg_slots: 0,
+            reg_slot_bytes: 0,
+            recv_pool_bufs: 0,
+            recv_pool_buf_bytes: 0,
+        };
+        let mut drv = match Driver::new(&cfg) {
+            Ok(d) => d,
+            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+        };
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(ours));
+        // Zeroed and never written: the pages stay unallocated. Where the
+        // system refuses 4 GiB of address space, there is nothing to test.
+        let n = (1usize << 32) + 1;
+        let layout = std::alloc::Layout::array::<u8>(n).unwrap();
+        // SAFETY: a non-zero-sized layout, as alloc_zeroed requires.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return eprintln!("SKIPPED: 4 GiB of address space refused");
+        }
+        // SAFETY: `ptr` comes from the global allocator with the layout of
+        // `n` bytes (align 1), and all `n` bytes are initialised (zeroed).
+        let buf = unsafe { Vec::from_raw_parts(ptr, n, n) };
+        let id = drv.push(Op::Send { fd, buf, start: 0 }, 1);
+        let mut done = Vec::new();
+        drv.submit_and_wait(0, None).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drv.reap(&mut done);
+        assert!(
+            done.is_empty(),
+            "a send of 4 GiB + 1 completed: {:?}",
+            done.first().map(|c| c.result)
+        );
+        // The peer never reads: cancel; the send reports what it moved.
+        drv.cancel(id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while done.is_empty() && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            drv.reap(&mut done);
+        }
+        assert_eq!(done.len(), 1);
+        assert!(
+            done[0].result > 1 || done[0].result == -libc::ECANCELED,
+            "{}",
+            done[0].result
+        );
     }
 }

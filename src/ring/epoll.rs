@@ -54,8 +54,6 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::types::Timespec;
-
 use super::backend::{Backend, OpDriver};
 use super::driver::{Completion, Op, RegBuf, SqeId, WakeFd};
 use super::setup::Features;
@@ -65,21 +63,6 @@ const NONE: u32 = u32::MAX;
 const WAKE_KEY: u64 = u64::MAX;
 const EVENTS_MAX: usize = 256;
 const CONNECT_RETRY_MAX: Duration = Duration::from_millis(16);
-
-// `Timespec` is handed to the kernel as a `struct __kernel_timespec`
-// (two 64-bit fields); `timespec_duration` relies on that layout.
-const _: () = assert!(std::mem::size_of::<Timespec>() == 16);
-
-/// The duration a `Timer` op was built with.
-fn timespec_duration(ts: &Timespec) -> Duration {
-    // SAFETY: io_uring's `Timespec` is `#[repr(transparent)]` over the
-    // kernel's `__kernel_timespec { __s64 tv_sec; long long tv_nsec; }` (the
-    // crate passes pointers to it to the kernel as that struct) and is
-    // `Copy`; the size is checked at compile time above. Reading it as two
-    // i64 copies those two fields.
-    let [sec, nsec]: [i64; 2] = unsafe { std::mem::transmute_copy(ts) };
-    Duration::new(sec.max(0) as u64, nsec.clamp(0, 999_999_999) as u32)
-}
 
 use super::sys::last_errno as errno;
 
@@ -292,11 +275,11 @@ impl EpollDriver {
         s.state = State::Queued;
         let Some(op) = s.op.as_mut() else { return };
         match op {
-            Op::Timer { ts } => {
+            Op::Timer { after } => {
                 // A timer too long for the clock fires in a year.
                 let now = Instant::now();
                 let at = now
-                    .checked_add(timespec_duration(ts))
+                    .checked_add(*after)
                     .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
                 self.park_time(index, at);
             }
@@ -861,9 +844,7 @@ mod tests {
     }
 
     fn timer(d: Duration) -> Op {
-        Op::Timer {
-            ts: Box::new(Timespec::from(d)),
-        }
+        Op::Timer { after: d }
     }
 
     /// Runs the driver until `n` completions arrived (bounded), in order.
@@ -891,17 +872,6 @@ mod tests {
         match &c.op {
             Op::Recv { buf, .. } => buf,
             _ => panic!("not a recv"),
-        }
-    }
-
-    #[test]
-    fn timespec_reads_back() {
-        for d in [
-            Duration::ZERO,
-            Duration::new(5, 123_456_789),
-            Duration::from_millis(1),
-        ] {
-            assert_eq!(timespec_duration(&Timespec::from(d)), d);
         }
     }
 

@@ -353,48 +353,60 @@ pub fn spawn_with_stderr_lines(
     (child, rx)
 }
 
-/// A listener that never accepts, with its backlog full: a probe that
-/// waited for it would wait as long as it lives.
-pub struct FullListener {
-    _listener: std::os::unix::net::UnixListener,
-    _queued: Vec<std::os::fd::OwnedFd>,
+/// A listener that never accepts, with its backlog full: a connect to it
+/// then never completes (issue 12, item 1). Dropping it closes everything.
+pub struct FullBacklog {
+    _listener: UnixListener,
+    _fillers: Vec<std::os::fd::OwnedFd>,
 }
 
-impl FullListener {
-    pub fn bind(path: &std::path::Path) -> FullListener {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::ffi::OsStrExt;
-        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-        // SAFETY: plain syscalls on descriptors we own; the sockaddr is
-        // built in place and outlives the connect calls.
-        unsafe {
-            assert_eq!(libc::listen(listener.as_raw_fd(), 1), 0);
-            let mut addr: libc::sockaddr_un = std::mem::zeroed();
-            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            for (d, &b) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-                *d = b as libc::c_char;
-            }
-            let mut queued = Vec::new();
-            for _ in 0..16 {
-                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-                assert!(fd >= 0);
-                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-                let rc = libc::connect(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-                );
-                if rc != 0 {
-                    let e = std::io::Error::last_os_error();
-                    assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "{e}");
-                    return FullListener {
-                        _listener: listener,
-                        _queued: queued,
-                    };
-                }
-                queued.push(fd);
-            }
-        }
-        panic!("the backlog of a listen(1) socket never filled");
+/// Binds `path` with `listen(1)` and connects nonblocking sockets until the
+/// kernel refuses one with `EAGAIN` (the queue is full).
+pub fn full_backlog(path: &Path) -> FullBacklog {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let listener = UnixListener::bind(path).expect("bind");
+    // SAFETY: listen(2) on a descriptor we own.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 1) };
+    assert_eq!(rc, 0, "listen(1)");
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
     }
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        // SAFETY: plain syscall; the new descriptor is owned at once below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        assert!(raw >= 0, "socket");
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: `addr` is a valid sockaddr_un of the given size.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            assert_eq!(e, Some(libc::EAGAIN), "a full backlog refuses with EAGAIN");
+            return FullBacklog {
+                _listener: listener,
+                _fillers: fillers,
+            };
+        }
+        fillers.push(fd);
+    }
+    panic!("the backlog never filled");
 }

@@ -1,0 +1,281 @@
+//! What travels between caller threads and a ring thread: the commands
+//! (with how each one's result is delivered), the queue they go through,
+//! the result cell a [`Request`](super::Request) waits on, and the
+//! [`RingContext`] that ring-thread callbacks get.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
+use std::time::Duration;
+
+use super::{OpenInfo, PipeId, Transfer, Tree};
+use crate::protocol::{NetUserInfo, NtStatus, PipeName};
+use crate::ring::WakeFd;
+
+/// What a finished request produced, before typing at the API edge.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Opened { pipe: PipeId, info: OpenInfo },
+    Transfer(Transfer),
+    Written(usize),
+    Done,
+}
+
+/// A ring-thread callback: runs on the ring thread with access to the ring.
+pub(crate) type Callback = Box<dyn FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send>;
+
+pub(crate) enum Notify {
+    Shared(Arc<Shared>),
+    Callback(Callback),
+}
+
+/// What a request asks of a pipe.
+#[derive(Debug)]
+pub(crate) enum PipeIo {
+    Transceive { input: Vec<u8>, max_out: usize },
+    Read { max_out: usize },
+    Write { data: Vec<u8> },
+    Peek { max_out: usize },
+}
+
+/// Messages from other threads to a ring thread.
+pub(crate) enum Command {
+    Open {
+        path: String,
+        user: Box<NetUserInfo>,
+        tree: Option<Tree>,
+        notify: Notify,
+    },
+    Io {
+        pipe: PipeId,
+        io: PipeIo,
+        notify: Notify,
+    },
+    Close {
+        pipe: PipeId,
+        notify: Option<Notify>,
+    },
+    Cancel {
+        shared: Arc<Shared>,
+    },
+    Disconnect {
+        session: u64,
+        notify: Option<Notify>,
+    },
+    WaitPipe {
+        name: PipeName,
+        timeout: Duration,
+        notify: Notify,
+    },
+    Shutdown,
+}
+
+/// The queue other threads push commands into.
+pub(crate) struct CommandQueue {
+    cmds: Mutex<Vec<Command>>,
+    pending: AtomicBool,
+    pub(crate) wake: Arc<WakeFd>,
+}
+
+impl CommandQueue {
+    pub(crate) fn new(wake: Arc<WakeFd>) -> CommandQueue {
+        CommandQueue {
+            cmds: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+            wake,
+        }
+    }
+
+    pub(crate) fn push(&self, c: Command) {
+        self.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        self.pending.store(true, Ordering::SeqCst);
+        self.wake.wake();
+    }
+
+    pub(crate) fn take(&self, into: &mut Vec<Command>) {
+        if self.pending.swap(false, Ordering::SeqCst) {
+            std::mem::swap(
+                &mut *self.cmds.lock().unwrap_or_else(|e| e.into_inner()),
+                into,
+            );
+        }
+    }
+
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+}
+
+/// The ring thread's context, given to ring-thread callbacks so they can
+/// start the next request without leaving the thread.
+pub struct RingContext<'a> {
+    core: &'a mut (dyn RingCore + 'a),
+}
+
+impl<'a> RingContext<'a> {
+    pub(crate) fn new(core: &'a mut (dyn RingCore + 'a)) -> RingContext<'a> {
+        RingContext { core }
+    }
+}
+
+/// What a [`RingContext`] needs of its ring's core, whatever its driver.
+pub(crate) trait RingCore {
+    fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify);
+    fn ring_index(&self) -> usize;
+}
+
+impl std::fmt::Debug for RingContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingContext")
+            .field("ring", &self.core.ring_index())
+            .finish()
+    }
+}
+
+impl Outcome {
+    /// The transfer of a transceive, read or FSCTL outcome.
+    pub(crate) fn into_transfer(self) -> Result<Transfer, NtStatus> {
+        match self {
+            Outcome::Transfer(t) => Ok(t),
+            _ => Err(NtStatus::INTERNAL_ERROR),
+        }
+    }
+}
+
+/// Wraps a ring-thread transfer callback as the engine's untyped callback.
+pub(crate) fn transfer_callback(
+    f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
+) -> Callback {
+    Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer)))
+}
+
+impl RingContext<'_> {
+    /// Starts a transceive on `pipe` (which must live on this ring) whose
+    /// result is given to `f` on this ring thread.
+    pub fn transceive_with(
+        &mut self,
+        pipe: PipeId,
+        input: Vec<u8>,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
+    ) {
+        let cb = transfer_callback(f);
+        self.core.start_io(
+            pipe,
+            PipeIo::Transceive { input, max_out },
+            Notify::Callback(cb),
+        );
+    }
+
+    /// Starts one read of up to `max_out` bytes on `pipe` whose result is
+    /// given to `f` on this ring thread.
+    pub fn read_with(
+        &mut self,
+        pipe: PipeId,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Result<Vec<u8>, NtStatus>) + Send + 'static,
+    ) {
+        let cb: Callback =
+            Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer).map(|t| t.data)));
+        self.core
+            .start_io(pipe, PipeIo::Read { max_out }, Notify::Callback(cb));
+    }
+
+    /// Index of this ring in its engine.
+    pub fn ring_index(&self) -> usize {
+        self.core.ring_index()
+    }
+}
+
+/// No op slot assigned yet.
+pub(crate) const NO_OP: u64 = u64::MAX;
+
+pub(crate) enum State {
+    Pending(Option<Waker>),
+    Done(Result<Outcome, NtStatus>),
+    Taken,
+}
+
+/// The cell shared by a request's caller and the ring thread.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) cond: Condvar,
+    /// Set by a cancel before the ring thread saw the request.
+    pub(crate) cancel_requested: AtomicBool,
+    /// The ring-side op key once the ring thread started the request.
+    pub(crate) op_key: AtomicU64,
+    /// The caller dropped the request without taking its result.
+    pub(crate) abandoned: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("op_key", &self.op_key)
+            .finish()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State::Pending(None)),
+            cond: Condvar::new(),
+            cancel_requested: AtomicBool::new(false),
+            op_key: AtomicU64::new(NO_OP),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Delivers the result. Returns it back when the caller abandoned the
+    /// request, so the ring thread can release what it holds (an opened pipe).
+    pub(crate) fn complete(
+        &self,
+        res: Result<Outcome, NtStatus>,
+    ) -> Option<Result<Outcome, NtStatus>> {
+        let waker = {
+            let mut st = lock(&self.state);
+            if self.abandoned.load(Ordering::Relaxed) {
+                return Some(res);
+            }
+            match std::mem::replace(&mut *st, State::Done(res)) {
+                State::Pending(w) => w,
+                // Completed twice: keep the first result.
+                other => {
+                    let second = std::mem::replace(&mut *st, other);
+                    return match second {
+                        State::Done(r) => Some(r),
+                        _ => None,
+                    };
+                }
+            }
+        };
+        self.cond.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        None
+    }
+
+    /// Whether the result has been delivered.
+    pub(crate) fn is_done(&self) -> bool {
+        !matches!(*lock(&self.state), State::Pending(_))
+    }
+
+    /// The delivered result, taken (tests of the core).
+    #[cfg(test)]
+    pub(crate) fn try_take(&self) -> Option<Result<Outcome, NtStatus>> {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut *st, State::Taken) {
+            State::Done(r) => Some(r),
+            other => {
+                *st = other;
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,676 @@
+//! Requests on an open pipe: how each one starts (which SQEs, or none),
+//! the transceive chain, and what each completion means for it.
+
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use super::overflow;
+use super::*;
+use crate::engine::command::{Notify, Outcome, PipeIo};
+use crate::engine::{BufferMode, PipeId, Transfer};
+use crate::protocol::{fsctl, NtStatus};
+use crate::ring::{Completion, Op, OpDriver};
+
+impl<D: OpDriver> Core<D> {
+    pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
+        if pipe.ring != self.ring_index {
+            return Err(NtStatus::INVALID_HANDLE);
+        }
+        match self.pipes.get_mut(pipe.index, pipe.gen) {
+            None => Err(NtStatus::INVALID_HANDLE),
+            Some(p) if p.closing => Err(NtStatus::FILE_CLOSED),
+            Some(p) => Ok((p.fd.clone(), p.session)),
+        }
+    }
+
+    pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        if let Notify::Shared(s) = &notify {
+            if s.cancel_requested.load(Ordering::SeqCst) {
+                return self.reject(notify, NtStatus::CANCELLED);
+            }
+        }
+        let (fd, session) = match self.pipe_fd(pipe) {
+            Ok(x) => x,
+            Err(s) => return self.reject(notify, s),
+        };
+        let max_out = match &io {
+            PipeIo::Transceive { max_out, .. }
+            | PipeIo::Read { max_out }
+            | PipeIo::Peek { max_out } => *max_out,
+            PipeIo::Write { .. } => 0,
+        };
+        if max_out > MAX_IO_BYTES {
+            // Larger than any SMB2 read or IOCTL response: refuse rather
+            // than allocate it.
+            return self.reject(notify, NtStatus::INVALID_PARAMETER);
+        }
+        let from = match self.reply_from(pipe, &io, max_out) {
+            Ok(from) => from,
+            Err(hold) => return self.defer(pipe, io, notify, hold),
+        };
+        let at = Start {
+            pipe,
+            fd,
+            session,
+            from,
+        };
+        match io {
+            PipeIo::Transceive { input, max_out } => {
+                self.start_transceive(at, input, max_out, notify)
+            }
+            PipeIo::Read { max_out } => self.start_read(at, max_out, notify),
+            PipeIo::Write { data } => self.start_write(at, data, notify),
+            PipeIo::Peek { max_out } => self.start_peek(at, max_out, notify),
+        }
+    }
+
+    /// Where the reply of a request that may start now comes from, or why
+    /// it must wait (see [`Hold`]).
+    fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Result<ReplyFrom, Hold> {
+        let pool_buf = self.drv.recv_pool_buf_bytes();
+        let multishot_ok =
+            self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return Err(Hold::Drain);
+        };
+        if pe.draining > 0 {
+            return Err(Hold::Drain);
+        }
+        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
+        if reads_socket && max_out == 0 {
+            return Ok(ReplyFrom::Nothing);
+        }
+        if !pe.pushback.is_empty() {
+            return Ok(ReplyFrom::Pushback);
+        }
+        // The reply of a transceive, or a read's data, comes from the pipe's
+        // multishot receive: the request is one SEND SQE or none at all.
+        // Larger reads keep one receive of their own size (a chunk is at
+        // most one pool buffer).
+        if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
+            return Ok(ReplyFrom::Multishot);
+        }
+        if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {
+            return Err(Hold::OwnReceive);
+        }
+        Ok(ReplyFrom::Chain)
+    }
+
+    /// Parks a request until `reply_from` lets it start. One that needs a
+    /// receive of its own stops the multishot receive (once no request
+    /// waits for it); what that receive took by then is in the pushback,
+    /// which comes first.
+    fn defer(&mut self, pipe: PipeId, io: PipeIo, notify: Notify, hold: Hold) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return self.reject(notify, NtStatus::INVALID_HANDLE);
+        };
+        if pe.deferred.len() >= MAX_DEFERRED {
+            // A caller that piles requests on one stalled pipe.
+            return self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES);
+        }
+        let stop = hold == Hold::OwnReceive && pe.waiters.is_empty();
+        pe.deferred.push_back((io, notify));
+        if stop {
+            self.stop_multishot(pipe);
+        }
+    }
+
+    fn start_transceive(&mut self, at: Start, input: Vec<u8>, max_out: usize, notify: Notify) {
+        // A reply from the pushback is the request's from the start: its
+        // bytes are the oldest waiting, and no later request may take them.
+        let reply = match (at.from, self.pipes.get_mut(at.pipe.index, at.pipe.gen)) {
+            (ReplyFrom::Pushback, Some(pe)) => {
+                let data = overflow::take_pushback(&mut pe.pushback, max_out);
+                let more = if pe.pushback.is_empty() {
+                    More::Unknown
+                } else {
+                    More::Yes
+                };
+                Reply::Got { data, more }
+            }
+            _ => Reply::Awaited,
+        };
+        let kind = Kind::Transceive {
+            max_out,
+            input,
+            sent: 0,
+            reg: None,
+            from: at.from,
+            reply,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        if at.from == ReplyFrom::Multishot {
+            self.await_chunk(at.pipe, key, &at.fd, at.session);
+        }
+        self.push_transceive(key, at.fd);
+        if self
+            .ops
+            .get_mut(key.0, key.1)
+            .is_some_and(|e| e.pending == 0)
+        {
+            // Nothing to send and the reply is already here.
+            self.finish(key);
+        }
+    }
+
+    fn start_read(&mut self, at: Start, max_out: usize, notify: Notify) {
+        if at.from == ReplyFrom::Nothing {
+            return self.reject(notify, NtStatus::PIPE_BROKEN);
+        }
+        if at.from == ReplyFrom::Pushback {
+            let data = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
+                Some(pe) => overflow::take_pushback(&mut pe.pushback, max_out),
+                None => Vec::new(),
+            };
+            let t = Transfer {
+                status: NtStatus::SUCCESS,
+                data,
+            };
+            return self.notify(notify, Ok(Outcome::Transfer(t)));
+        }
+        let kind = Kind::Read {
+            max_out,
+            from: at.from,
+            reply: Reply::Awaited,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        if at.from == ReplyFrom::Multishot {
+            // No SQE: the next chunk of the multishot receive ends it.
+            self.await_chunk(at.pipe, key, &at.fd, at.session);
+        } else {
+            let op = recv_op(&self.drv, at.fd, max_out, true);
+            self.push_chain(key, [(op, ST_RECV)]);
+        }
+    }
+
+    fn start_write(&mut self, at: Start, data: Vec<u8>, notify: Notify) {
+        let kind = Kind::Write {
+            data: Vec::new(),
+            sent: 0,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        let op = Op::Send {
+            fd: at.fd,
+            buf: data,
+            start: 0,
+        };
+        self.push_chain(key, [(op, ST_SEND)]);
+    }
+
+    fn start_peek(&mut self, at: Start, max_out: usize, notify: Notify) {
+        let room = match fsctl::peek_data_room(clamp_u32(max_out)) {
+            Ok(room) => room,
+            Err(s) => return self.reject(notify, s),
+        };
+        let kind = Kind::Peek {
+            room,
+            data: None,
+            eof: false,
+            status: None,
+        };
+        let key = self.new_op(Some(at.pipe), at.session, notify, kind);
+        // Ask for one byte more than fits, so a full buffer with more
+        // behind it is told apart from an exact fit.
+        let want = room.saturating_add(1);
+        let op = Op::Recv {
+            fd: at.fd,
+            buf: Vec::with_capacity(want),
+            len: clamp_u32(want),
+            flags: crate::ring::driver::PEEK_NOWAIT,
+        };
+        self.push_chain(key, [(op, ST_PEEK)]);
+    }
+
+    /// Pushes the transceive chain for what is left to send:
+    /// send -> recv [-> one-byte peek, when the kernel cannot flag leftover
+    /// data on the recv completion]. Registered mode: WRITE_FIXED ->
+    /// READ_FIXED on the same slot (the read starts only after the write
+    /// completed) -> peek; a short READ_FIXED breaks the link, which is fine:
+    /// short means nothing was left. A reply from the pushback or the
+    /// multishot receive needs the send alone.
+    pub(super) fn push_transceive(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let reg_mode = self.cfg.buffers == BufferMode::Registered;
+        let slot_bytes = self.drv.reg_slot_bytes();
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let Kind::Transceive {
+            max_out,
+            input,
+            sent,
+            from,
+            ..
+        } = &mut e.kind
+        else {
+            debug_assert!(false, "push_transceive on another kind of op");
+            return;
+        };
+        if *from != ReplyFrom::Chain {
+            if input.len() > *sent {
+                let (buf, start) = (std::mem::take(input), *sent);
+                self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
+            }
+            return;
+        }
+        if reg_mode && *max_out <= slot_bytes && input.len() <= slot_bytes {
+            self.push_registered_chain(key, fd);
+        } else {
+            self.push_plain_chain(key, fd);
+        }
+    }
+
+    fn push_registered_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    max_out,
+                    input,
+                    sent,
+                    reg,
+                    ..
+                },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        else {
+            return;
+        };
+        let slot = match reg.take() {
+            Some(r) => r,
+            None => match self.drv.reg_alloc() {
+                Some(r) => {
+                    if let Some(bytes) = self.drv.reg_bytes_mut(&r) {
+                        bytes[..input.len()].copy_from_slice(input);
+                    }
+                    r
+                }
+                // Registered pool exhausted.
+                None => return self.fail_now(key, NtStatus::INSUFFICIENT_RESOURCES),
+            },
+        };
+        let mut chain = ChainBuf::default();
+        if input.len() > *sent {
+            let (start, end) = (*sent as u32, input.len() as u32);
+            let buf = slot.clone();
+            let fd = fd.clone();
+            chain.push((
+                Op::WriteFixed {
+                    fd,
+                    buf,
+                    start,
+                    end,
+                },
+                ST_SEND,
+            ));
+        }
+        let len = clamp_u32(*max_out);
+        let buf = slot.clone();
+        chain.push((
+            Op::ReadFixed {
+                fd: fd.clone(),
+                buf,
+                len,
+            },
+            ST_RECV,
+        ));
+        if overflow::may_overflow(*max_out) {
+            // READ completions carry no SOCK_NONEMPTY: always the probe.
+            chain.push((more_probe(fd), ST_MORE));
+        }
+        *reg = Some(slot);
+        self.push_chain(key, chain);
+    }
+
+    fn push_plain_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let nonempty_flag = self.drv.features().sock_nonempty;
+        let Some(OpEntry {
+            kind:
+                Kind::Transceive {
+                    max_out,
+                    input,
+                    sent,
+                    reply,
+                    ..
+                },
+            ..
+        }) = self.ops.get_mut(key.0, key.1)
+        else {
+            return;
+        };
+        let mut chain = ChainBuf::default();
+        if input.len() > *sent {
+            let buf = std::mem::take(input);
+            let fd = fd.clone();
+            chain.push((
+                Op::Send {
+                    fd,
+                    buf,
+                    start: *sent,
+                },
+                ST_SEND,
+            ));
+        }
+        // After an empty pool, the retry brings its own buffer.
+        let pooled = !matches!(reply, Reply::Retry);
+        *reply = Reply::Awaited;
+        chain.push((recv_op(&self.drv, fd.clone(), *max_out, pooled), ST_RECV));
+        if overflow::may_overflow(*max_out) && !nonempty_flag {
+            chain.push((more_probe(fd), ST_MORE));
+        }
+        self.push_chain(key, chain);
+    }
+
+    /// A completion of a transceive's, read's, write's or peek's SQE.
+    pub(super) fn io_step(&mut self, key: (u32, u32), step: u8, c: Completion) {
+        // The kernel's flag is trusted only where the probe proved it.
+        let nonempty = (self.drv.features().sock_nonempty && self.cfg.buffers == BufferMode::Plain)
+            .then(|| c.sock_nonempty());
+        let Core { ops, drv, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let r = c.result;
+        match (&mut e.kind, step) {
+            (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op),
+            (Kind::Transceive { .. }, ST_RECV) => {
+                transceive_received(&mut e.kind, r, c.op, nonempty, drv);
+                self.claim_reply(key);
+            }
+            (Kind::Transceive { reply, .. }, ST_MORE) => {
+                // Only a probe that ran after this chain's receive answers.
+                if let Reply::Got {
+                    more: more @ More::Unknown,
+                    ..
+                } = reply
+                {
+                    *more = overflow::more_from_probe(r);
+                }
+            }
+            (Kind::Read { .. }, ST_RECV) => {
+                read_received(&mut e.kind, r, c.op);
+                self.claim_reply(key);
+            }
+            (Kind::Write { status, data, sent }, ST_SEND) => match c.op {
+                Op::Send { buf, start, .. } => {
+                    if r < 0 {
+                        set_once(status, socket_status(-r));
+                    } else {
+                        *sent = start + r as usize;
+                    }
+                    *data = buf;
+                }
+                _ => debug_assert!(false, "a write's SEND step on another op"),
+            },
+            (Kind::Peek { .. }, ST_PEEK) => peek_done(&mut e.kind, r, c.op),
+            (_, step) => debug_assert!(false, "I/O step {step} on an op of another kind"),
+        }
+    }
+
+    /// Pushes what a request whose chain ended early still needs: the
+    /// rest of a short send, or a receive with a buffer of its own after
+    /// the pool was empty.
+    pub(super) fn push_resume(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        match &mut e.kind {
+            Kind::Write { data, sent, .. } => {
+                let (buf, start) = (std::mem::take(data), *sent);
+                self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
+            }
+            Kind::Read { max_out, reply, .. } => {
+                debug_assert!(matches!(reply, Reply::Retry));
+                *reply = Reply::Awaited;
+                let op = recv_op(&self.drv, fd, *max_out, false);
+                self.push_chain(key, [(op, ST_RECV)]);
+            }
+            Kind::Transceive { .. } => self.push_transceive(key, fd),
+            _ => debug_assert!(false, "resume of an op that cannot resume"),
+        }
+    }
+
+    /// A receive of request `key` got bytes: they join the pipe's stream
+    /// behind what is already pushed back (that came off the socket
+    /// first), and the request's reply is the first `max_out` bytes of it
+    /// (see [`overflow::claim`]). Done when the receive completes, not when
+    /// the request finishes, so receives that complete meanwhile keep their
+    /// places in the stream.
+    fn claim_reply(&mut self, key: (u32, u32)) {
+        let Core { ops, pipes, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (Kind::Transceive {
+            reply: Reply::Got { data, more },
+            max_out,
+            ..
+        }
+        | Kind::Read {
+            reply: Reply::Got { data, more },
+            max_out,
+            ..
+        }) = &mut e.kind
+        else {
+            return;
+        };
+        let Some(pe) = e.pipe.and_then(|p| pipes.get_mut(p.index, p.gen)) else {
+            return;
+        };
+        if overflow::claim(&mut pe.pushback, data, *max_out) {
+            *more = More::Yes;
+        }
+    }
+}
+
+/// Why a request waits in its pipe's `deferred` queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// A cancelled request still has SQEs in the kernel (see
+    /// `PipeEntry::draining`): a stale receive must not take its reply.
+    Drain,
+    /// It needs a receive of its own (a read above a pool buffer) while the
+    /// multishot receive is armed or has waiters: two receives never race
+    /// for the same bytes.
+    OwnReceive,
+}
+
+/// Where a request that may start now stands.
+struct Start {
+    pipe: PipeId,
+    fd: Rc<OwnedFd>,
+    session: u64,
+    from: ReplyFrom,
+}
+
+/// Sets a request's status unless an earlier cause set it.
+pub(super) fn set_once(status: &mut Option<NtStatus>, s: NtStatus) {
+    if status.is_none() {
+        *status = Some(s);
+    }
+}
+
+/// A transceive's SEND (or WRITE_FIXED) completed: count what was sent.
+fn transceive_sent(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Transceive {
+        status,
+        input,
+        sent,
+        ..
+    } = kind
+    else {
+        return;
+    };
+    let (start, end) = match op {
+        Op::Send { buf, start, .. } => {
+            let end = buf.len();
+            *input = buf;
+            (start, end)
+        }
+        Op::WriteFixed { start, end, .. } => (start as usize, end as usize),
+        _ => return debug_assert!(false, "a transceive's SEND step on another op"),
+    };
+    if r < 0 {
+        set_once(status, socket_status(-r));
+    } else {
+        *sent = (start + r as usize).min(end);
+    }
+}
+
+/// A transceive's receive completed: its reply, a retry after an empty
+/// pool, a failure, or (after a short send broke the link) nothing.
+fn transceive_received<D: OpDriver>(
+    kind: &mut Kind,
+    r: i32,
+    op: Op,
+    nonempty: Option<bool>,
+    drv: &D,
+) {
+    let Kind::Transceive {
+        status,
+        reply,
+        max_out,
+        reg,
+        input,
+        sent,
+        ..
+    } = kind
+    else {
+        return;
+    };
+    if r == -libc::ECANCELED && *sent < input.len() && status.is_none() {
+        // A send that fell short cancelled the rest of its chain: it is
+        // resumed when the chain is over; this is no error.
+        return;
+    }
+    if r == -libc::ENOBUFS && matches!(op, Op::RecvPooled { .. }) && status.is_none() {
+        // The receive pool was empty: receive again with a buffer of our
+        // own once this chain is over.
+        *reply = Reply::Retry;
+        return;
+    }
+    if r <= 0 {
+        let s = if r == 0 {
+            NtStatus::PIPE_BROKEN
+        } else {
+            socket_status(-r)
+        };
+        return set_once(status, s);
+    }
+    let (data, asked) = match op {
+        Op::Recv { buf, len, .. } => (buf, len as usize),
+        Op::RecvPooled { data, len, .. } => (data, len as usize),
+        Op::ReadFixed { buf, len, .. } => {
+            // The slot's bytes are readable once no op holds it.
+            drop(buf);
+            let n = (r as usize).min(*max_out);
+            match reg.as_ref().and_then(|slot| drv.reg_bytes(slot)) {
+                Some(bytes) => (bytes[..n].to_vec(), len as usize),
+                None => return set_once(status, NtStatus::INTERNAL_ERROR),
+            }
+        }
+        _ => return debug_assert!(false, "a transceive's receive step on another op"),
+    };
+    let more = overflow::more_after_receive(data.len(), asked, nonempty);
+    *reply = Reply::Got { data, more };
+}
+
+/// A read's receive completed.
+fn read_received(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Read { reply, status, .. } = kind else {
+        return;
+    };
+    let data = match op {
+        Op::Recv { buf, .. } => buf,
+        Op::RecvPooled { data, .. } => {
+            if r == -libc::ENOBUFS {
+                *reply = Reply::Retry;
+                return;
+            }
+            data
+        }
+        _ => return debug_assert!(false, "a read's receive step on another op"),
+    };
+    if r > 0 {
+        *reply = Reply::Got {
+            data,
+            more: More::Unknown,
+        };
+    } else {
+        let s = if r == 0 {
+            NtStatus::PIPE_BROKEN
+        } else {
+            socket_status(-r)
+        };
+        set_once(status, s);
+    }
+}
+
+/// A peek's `MSG_PEEK | MSG_DONTWAIT` receive completed.
+fn peek_done(kind: &mut Kind, r: i32, op: Op) {
+    let Kind::Peek {
+        data, eof, status, ..
+    } = kind
+    else {
+        return;
+    };
+    let Op::Recv { buf, len, .. } = op else {
+        return debug_assert!(false, "a peek's step on another op");
+    };
+    if r > 0 {
+        *data = Some(buf);
+    } else if r == 0 && len > 0 {
+        *eof = true;
+        *data = Some(Vec::new());
+    } else if r == 0 || r == -libc::EAGAIN {
+        *data = Some(Vec::new());
+    } else {
+        set_once(status, socket_status(-r));
+    }
+}
+
+/// The receive of one transceive or read: from the driver's receive pool
+/// when the request fits a pool buffer (no memory held while waiting),
+/// else into a buffer of its own.
+///
+/// A pooled receive reads ahead: it asks for a whole pool buffer even when
+/// `max_out` is smaller, because the pool buffer costs the same either way.
+/// Whatever arrives beyond `max_out` goes to the pipe's pushback (see
+/// [`Core::finish`]), so an overflowed reply's follow-up reads are served
+/// from memory instead of one more receive each.
+pub(super) fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
+    let pool_buf = drv.recv_pool_buf_bytes();
+    if pooled && max_out > 0 && max_out <= pool_buf {
+        Op::RecvPooled {
+            fd,
+            len: clamp_u32(pool_buf),
+            flags: 0,
+            data: Vec::new(),
+        }
+    } else {
+        Op::Recv {
+            fd,
+            // A driver that grows the buffer as bytes arrive gets it empty:
+            // a pipe waiting for its reply then holds no receive memory.
+            buf: if drv.recv_allocates() {
+                Vec::new()
+            } else {
+                Vec::with_capacity(max_out)
+            },
+            len: clamp_u32(max_out),
+            flags: 0,
+        }
+    }
+}
+
+/// A one-byte `MSG_PEEK | MSG_DONTWAIT` receive: 1 = more is waiting.
+pub(super) fn more_probe(fd: Rc<OwnedFd>) -> Op {
+    Op::Recv {
+        fd,
+        buf: Vec::with_capacity(1),
+        len: 1,
+        flags: crate::ring::driver::PEEK_NOWAIT,
+    }
+}

@@ -1,0 +1,750 @@
+//! The ring thread: one [`Core`] per ring owns the driver (io_uring's
+//! [`Driver`], or the epoll fallback: any [`OpDriver`], monomorphised), the
+//! table of open pipes and the table of requests in flight, and turns
+//! requests into SQE chains and completions into results.
+//!
+//! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry and
+//! by every operation in flight on it, so the descriptor is closed only after
+//! the pipe is closed AND the last operation's final completion arrived. A
+//! request keeps its op entry (and so its accounting on the pipe) until its
+//! last SQE completed, even when its caller was already told
+//! `STATUS_CANCELLED`.
+//!
+//! Sans-IO: the core makes no syscall (sockets, FIONREAD, shutdown and
+//! close go through the [`OpDriver`]), reads no clock (the loop, [`run()`],
+//! passes `now` with each event: [`Core::on_command`],
+//! [`Core::on_completion`], [`Core::on_turn`]) and logs nothing. So the
+//! whole state machine runs under the scripted `FakeDriver` in `tests.rs`.
+//!
+//! Files: `open` (opens and their deadline), `io` (how requests start and
+//! what each completion means), `overflow` (the overflow rule), `multishot`
+//! (a pipe's multishot receive), `reply` (finishing and results), `wait`
+//! (FSCTL_PIPE_WAIT), `cancel` (cancel, close, disconnect).
+
+mod cancel;
+mod io;
+mod multishot;
+mod open;
+mod overflow;
+mod reply;
+mod run;
+mod wait;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
+use super::{EngineConfig, PipeId, Tree};
+use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
+use crate::slab::Slab;
+
+pub(crate) use run::run;
+
+/// Replies of at least this size never report overflow (the seed's rule).
+pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
+
+// Steps, the low byte of a token.
+const ST_CONNECT: u8 = 1;
+const ST_HELLO: u8 = 2;
+const ST_STATUS: u8 = 3;
+const ST_DEADLINE: u8 = 4;
+const ST_SEND: u8 = 5;
+const ST_RECV: u8 = 6;
+const ST_MORE: u8 = 7;
+const ST_PEEK: u8 = 8;
+const ST_WAIT_CONNECT: u8 = 9;
+const ST_WAIT_TIMER: u8 = 10;
+const ST_MULTISHOT: u8 = 11;
+const ST_WAIT_DEADLINE: u8 = 12;
+
+/// Bytes a pipe's multishot receive may pile up in its pushback with no
+/// request waiting (replies to cancelled requests, unsolicited data) before
+/// the receive is stopped; the rest then stays in the socket, and the
+/// receive is re-armed once a request needs data and the pushback is empty.
+const MULTISHOT_PUSHBACK_CAP: usize = 64 * 1024;
+
+/// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
+/// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
+pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
+
+/// Timers longer than this (`Duration::MAX`: "no deadline") are armed for
+/// this long: a year, which every clock and the kernel's timespec can hold.
+const LONGEST_TIMER: Duration = Duration::from_secs(365 * 86_400);
+
+/// The longest chain an op pushes (open: connect, hello, status).
+const MAX_CHAIN: usize = 3;
+
+/// A chain being built, without a heap allocation.
+#[derive(Default)]
+struct ChainBuf {
+    ops: [Option<(Op, u8)>; MAX_CHAIN],
+    len: usize,
+}
+
+impl ChainBuf {
+    fn push(&mut self, op: (Op, u8)) {
+        debug_assert!(self.len < MAX_CHAIN, "chain longer than MAX_CHAIN");
+        if let Some(slot) = self.ops.get_mut(self.len) {
+            *slot = Some(op);
+            self.len += 1;
+        }
+    }
+}
+
+impl IntoIterator for ChainBuf {
+    type Item = (Op, u8);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.into_iter().flatten()
+    }
+}
+
+fn token(op: u32, gen: u32, step: u8) -> u64 {
+    ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
+}
+
+fn untoken(t: u64) -> (u32, u32, u8) {
+    (
+        (t >> 32) as u32,
+        ((t >> 8) & 0x00ff_ffff) as u32,
+        (t & 0xff) as u8,
+    )
+}
+
+struct PipeEntry {
+    fd: Rc<OwnedFd>,
+    session: u64,
+    /// The first of the pipe's op entries not finished yet, linked through
+    /// `OpEntry::pipe_next` (a few at most): closing the pipe cancels these
+    /// without looking at any other pipe's ops, and no op means idle.
+    ops: Option<(u32, u32)>,
+    closing: bool,
+    close_waiters: Vec<Notify>,
+    /// Cancelled requests whose SQEs are still in the kernel. While any
+    /// is, new requests wait in `deferred`: a cancelled RECV still armed
+    /// must not take the reply meant for the next request.
+    draining: u32,
+    deferred: VecDeque<(PipeIo, Notify)>,
+    /// Bytes a cancelled receive took off the socket after all (it won the
+    /// race with its cancel). They belong to the stream: the next read,
+    /// transceive or peek gets them first, so nothing is lost or reordered.
+    /// With a multishot receive armed, every chunk that arrives while no
+    /// request waits for data lands here too.
+    pushback: Vec<u8>,
+    /// The pipe's multishot receive.
+    multishot: Multishot,
+    /// The multishot receive saw the end of the stream.
+    eof: bool,
+    /// Requests waiting for the multishot receive's chunks, in the order
+    /// they started. While any waits, the pushback is empty: bytes that
+    /// arrive go to the first waiter, what it cannot take to the next.
+    waiters: VecDeque<(u32, u32)>,
+}
+
+impl PipeEntry {
+    /// The deferred requests that may start now: none while a cancelled
+    /// request still has SQEs in the kernel, a request waits for the
+    /// multishot receive, or that receive is being stopped.
+    fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
+        let stopping = matches!(self.multishot, Multishot::Stopping(_));
+        if self.draining == 0 && self.waiters.is_empty() && !stopping {
+            std::mem::take(&mut self.deferred)
+        } else {
+            VecDeque::new()
+        }
+    }
+}
+
+enum Kind {
+    Open {
+        fd: Rc<OwnedFd>,
+        name: PipeName,
+        tree: Option<Tree>,
+        timer: Option<SqeId>,
+        status: Option<NtStatus>,
+    },
+    Transceive {
+        max_out: usize,
+        /// The request; moved into the Send op while it is in flight.
+        input: Vec<u8>,
+        /// Bytes of `input` the kernel confirmed sent.
+        sent: usize,
+        /// Registered mode: the slot holding the input, then the reply.
+        reg: Option<Rc<RegBuf>>,
+        from: ReplyFrom,
+        reply: Reply,
+        status: Option<NtStatus>,
+    },
+    Read {
+        max_out: usize,
+        /// [`ReplyFrom::Multishot`] (no SQE) or [`ReplyFrom::Chain`]; a read
+        /// of pushed-back bytes ends when it starts.
+        from: ReplyFrom,
+        reply: Reply,
+        status: Option<NtStatus>,
+    },
+    /// A pipe's multishot receive (no caller: its chunks go to the pipe's
+    /// waiting request or pushback).
+    Multishot,
+    Write {
+        data: Vec<u8>,
+        sent: usize,
+        status: Option<NtStatus>,
+    },
+    Peek {
+        room: usize,
+        data: Option<Vec<u8>>,
+        eof: bool,
+        status: Option<NtStatus>,
+    },
+    WaitPipe {
+        name: PipeName,
+        deadline: Instant,
+        attempt: u32,
+        phase: WaitPhase,
+        /// The timer that ends the wait at its deadline, while armed.
+        timer: Option<SqeId>,
+        /// `SUCCESS` once a connect was accepted.
+        status: Option<NtStatus>,
+    },
+}
+
+/// A pipe's multishot receive (its op entry while it exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Multishot {
+    /// Not armed: the next request that waits for a chunk arms it.
+    Off,
+    /// Armed: its chunks go to the pipe's waiters, else the pushback.
+    Armed((u32, u32)),
+    /// Being cancelled (pushback over its cap, or a request needs a receive
+    /// of its own); its final completion re-arms it for a waiter or starts
+    /// the deferred requests.
+    Stopping((u32, u32)),
+}
+
+impl Multishot {
+    fn is_off(self) -> bool {
+        self == Multishot::Off
+    }
+}
+
+/// Where a transceive's or a read's reply comes from, decided when it
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyFrom {
+    /// A receive of its own, linked after the send.
+    Chain,
+    /// The pipe's pushback, which already holds bytes: the request only
+    /// sends, and takes its reply from there when the send is done.
+    Pushback,
+    /// The next chunk of the pipe's multishot receive: the request only
+    /// sends (a read: no SQE at all) and waits among the pipe's `waiters`.
+    Multishot,
+    /// No reply at all: `max_out` 0 asks for a zero-length read, which the
+    /// seed takes for the end of the stream (`recvcnt == 0`: `EPIPE`). The
+    /// request sends its input, then ends `STATUS_PIPE_BROKEN`, on every
+    /// backend and receive path alike.
+    Nothing,
+}
+
+/// How far a receiving request's reply is.
+#[derive(Debug, Default)]
+enum Reply {
+    /// Nothing received yet.
+    #[default]
+    Awaited,
+    /// The pooled receive found the pool empty: when the chain is over,
+    /// receive again with a buffer of its own.
+    Retry,
+    /// Received (a read-ahead may hold more than `max_out`), and whether
+    /// more bytes wait behind it (see overflow.rs).
+    Got { data: Vec<u8>, more: More },
+}
+
+/// The overflow rule's question: are more bytes waiting behind a reply?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum More {
+    /// Not known (not asked: the rule may not need it).
+    Unknown,
+    Yes,
+    No,
+}
+
+/// Where a WAIT is between its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitPhase {
+    /// A CONNECT is in flight.
+    Connecting,
+    /// The backoff timer before the next attempt is in flight.
+    BackingOff,
+    /// Decided (accepted, deadline, failure); what is in flight only drains.
+    Over,
+}
+
+struct OpEntry {
+    pipe: Option<PipeId>,
+    session: u64,
+    notify: Option<Notify>,
+    /// SQEs pushed and not yet completed.
+    pending: u32,
+    /// The current chain's SQE ids (at most [`MAX_CHAIN`]), how many there
+    /// are, and how many of them completed.
+    chain: [SqeId; MAX_CHAIN],
+    chain_len: u8,
+    chain_done: u8,
+    /// The next op of the same pipe (see `PipeEntry::ops`).
+    pipe_next: Option<(u32, u32)>,
+    /// The caller was told the request was cancelled; remaining CQEs only
+    /// release resources.
+    cancelled: bool,
+    kind: Kind,
+}
+
+/// Fills the unused places of `OpEntry::chain` (only the first `chain_len`
+/// are ids).
+const NO_SQE: SqeId = SqeId::NONE;
+
+impl OpEntry {
+    /// The id of the `i`-th SQE of the current chain, if there is one.
+    fn chain_id(&self, i: usize) -> Option<SqeId> {
+        (i < usize::from(self.chain_len)).then(|| self.chain[i])
+    }
+}
+
+/// The per-ring state, driven by [`run()`] on the ring's own thread.
+pub(crate) struct Core<D: OpDriver = Driver> {
+    /// Open op entries in the table (see `EngineConfig::max_opens_in_flight`).
+    opening: usize,
+    /// Opens waiting for their turn, in the order they came.
+    queued_opens: VecDeque<QueuedOpen>,
+    drv: D,
+    cfg: Arc<EngineConfig>,
+    ring_index: usize,
+    pipes: Slab<PipeEntry>,
+    ops: Slab<OpEntry>,
+    file_ids: Arc<AtomicU64>,
+    /// The time the loop last passed in (the core reads no clock itself).
+    /// Only WAIT relies on it; the loop reads the clock for commands and,
+    /// while `waits` > 0, for completions.
+    now: Instant,
+    /// WAIT ops in the table.
+    waits: usize,
+    /// Scratch for the SQE ids of the chain being pushed (no allocation).
+    ids: Vec<SqeId>,
+    stopping: bool,
+    /// The kernel refused a multishot receive: pipes use one receive per
+    /// request instead.
+    multishot_disabled: bool,
+    /// Ring-thread callbacks running inside one another right now (a
+    /// callback's next read served from the pushback calls the next
+    /// callback inline).
+    callback_depth: u32,
+    /// Callbacks that would have nested deeper than
+    /// [`MAX_CALLBACK_DEPTH`]: they run when the current event is done.
+    later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
+}
+
+/// Requests one pipe holds back (behind a cancelled request's SQEs, or a
+/// receive being stopped) before more are refused with
+/// `STATUS_INSUFFICIENT_RESOURCES`. SMB credits keep a client far below.
+const MAX_DEFERRED: usize = 1024;
+
+/// Opens one ring keeps waiting for their turn before more are refused with
+/// `STATUS_INSUFFICIENT_RESOURCES`.
+const MAX_QUEUED_OPENS: usize = 65_536;
+
+/// How deep ring-thread callbacks may nest before the next one waits for
+/// the current event to end (a bounded stack, whatever a callback does).
+const MAX_CALLBACK_DEPTH: u32 = 16;
+
+/// An open waiting for its turn.
+struct QueuedOpen {
+    path: String,
+    user: Box<NetUserInfo>,
+    tree: Option<Tree>,
+    notify: Notify,
+}
+
+impl<D: OpDriver> RingCore for Core<D> {
+    fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        Core::start_io(self, pipe, io, notify)
+    }
+    fn ring_index(&self) -> usize {
+        self.ring_index
+    }
+}
+
+/// Maps a socket errno to the status the seed would give.
+pub(crate) fn socket_status(errno: i32) -> NtStatus {
+    match errno {
+        // A peer that went away: what the seed sees as EPIPE.
+        libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ESHUTDOWN => NtStatus::PIPE_BROKEN,
+        libc::ENOBUFS | libc::ENOMEM => NtStatus::INSUFFICIENT_RESOURCES,
+        libc::ECANCELED => NtStatus::CANCELLED,
+        e => NtStatus::from_errno(e),
+    }
+}
+
+impl<D: OpDriver> Core<D> {
+    pub(crate) fn new(
+        drv: D,
+        cfg: Arc<EngineConfig>,
+        ring_index: usize,
+        file_ids: Arc<AtomicU64>,
+        now: Instant,
+    ) -> Core<D> {
+        Core {
+            opening: 0,
+            queued_opens: VecDeque::new(),
+            drv,
+            cfg,
+            ring_index,
+            pipes: Slab::new(),
+            ops: Slab::new(),
+            file_ids,
+            now,
+            waits: 0,
+            ids: Vec::with_capacity(MAX_CHAIN),
+            stopping: false,
+            multishot_disabled: false,
+            callback_depth: 0,
+            later: VecDeque::new(),
+        }
+    }
+
+    /// A command from another thread (or a ring-thread callback's).
+    pub(crate) fn on_command(&mut self, c: Command, now: Instant) {
+        self.now = now;
+        self.command(c);
+        self.run_later();
+    }
+
+    /// One final completion (or multishot chunk) from the driver.
+    pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
+        self.now = now;
+        self.completion(c);
+        self.run_later();
+    }
+
+    /// Work that waits for room rather than for an event: opens waiting for
+    /// their turn start here. The loop calls it once per turn.
+    pub(crate) fn on_turn(&mut self, now: Instant) {
+        self.now = now;
+        self.start_queued_opens();
+        self.run_later();
+    }
+
+    /// Runs the callbacks that waited for the event to end (one after the
+    /// other: each may nest up to the limit again).
+    fn run_later(&mut self) {
+        while let Some((f, res)) = self.later.pop_front() {
+            self.call(f, res);
+        }
+    }
+
+    fn call(&mut self, f: Callback, res: Result<Outcome, NtStatus>) {
+        self.callback_depth += 1;
+        f(&mut RingContext::new(self), res);
+        self.callback_depth -= 1;
+    }
+
+    /// Shut down, and nothing left in flight: the loop may end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.stopping && self.ops.len() == 0 && self.pipes.len() == 0
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Open {
+                path,
+                user,
+                tree,
+                notify,
+            } => {
+                if self.queued_opens.len() >= MAX_QUEUED_OPENS {
+                    return self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES);
+                }
+                self.queued_opens.push_back(QueuedOpen {
+                    path,
+                    user,
+                    tree,
+                    notify,
+                })
+            }
+            Command::Io { pipe, io, notify } => self.start_io(pipe, io, notify),
+            Command::Close { pipe, notify } => self.close_pipe(pipe, notify),
+            Command::Cancel { shared } => self.cancel_shared(&shared),
+            Command::Disconnect { session, notify } => {
+                self.disconnect(session);
+                if let Some(n) = notify {
+                    self.notify(n, Ok(Outcome::Done));
+                }
+            }
+            Command::WaitPipe {
+                name,
+                timeout,
+                notify,
+            } => self.start_wait(name, timeout, notify),
+            Command::Shutdown => {
+                self.stopping = true;
+                for q in std::mem::take(&mut self.queued_opens) {
+                    self.reject(q.notify, NtStatus::PIPE_NOT_AVAILABLE);
+                }
+                for (i, g) in self.ops.keys() {
+                    self.cancel_op(i, g, NtStatus::CANCELLED);
+                }
+                for (i, g) in self.pipes.keys() {
+                    self.close_pipe(
+                        PipeId {
+                            ring: self.ring_index,
+                            index: i,
+                            gen: g,
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, n: Notify, res: Result<Outcome, NtStatus>) {
+        match n {
+            Notify::Shared(s) => {
+                if let Some(Ok(Outcome::Opened { pipe, .. })) = s.complete(res) {
+                    // The caller gave up on this open: close what we opened.
+                    self.close_pipe(pipe, None);
+                }
+            }
+            Notify::Callback(f) if self.callback_depth >= MAX_CALLBACK_DEPTH => {
+                self.later.push_back((f, res))
+            }
+            Notify::Callback(f) => self.call(f, res),
+        }
+    }
+
+    fn reject(&mut self, n: Notify, status: NtStatus) {
+        self.notify(n, Err(status));
+    }
+
+    fn new_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Notify,
+        kind: Kind,
+    ) -> (u32, u32) {
+        let shared = match &notify {
+            Notify::Shared(s) => Some(s.clone()),
+            Notify::Callback(_) => None,
+        };
+        let key = self.insert_op(pipe, session, Some(notify), kind);
+        if let Some(s) = shared {
+            s.op_key
+                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+        }
+        key
+    }
+
+    /// Adds an op entry (first in its pipe's `ops` list); `notify` is
+    /// `None` for the engine's own ops (a pipe's multishot receive).
+    fn insert_op(
+        &mut self,
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Option<Notify>,
+        kind: Kind,
+    ) -> (u32, u32) {
+        let pipe_next = pipe
+            .and_then(|p| self.pipes.get_mut(p.index, p.gen))
+            .and_then(|pe| pe.ops);
+        let key = self.ops.insert(OpEntry {
+            pipe,
+            session,
+            notify,
+            pending: 0,
+            chain: [NO_SQE; MAX_CHAIN],
+            chain_len: 0,
+            chain_done: 0,
+            pipe_next,
+            cancelled: false,
+            kind,
+        });
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.ops = Some(key);
+        }
+        key
+    }
+
+    fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
+        let mut ids = std::mem::take(&mut self.ids);
+        self.drv.push_chain(
+            ops.into_iter()
+                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            &mut ids,
+        );
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            debug_assert!(ids.len() <= MAX_CHAIN);
+            e.pending += ids.len() as u32;
+            e.chain = [NO_SQE; MAX_CHAIN];
+            for (slot, id) in e.chain.iter_mut().zip(&ids) {
+                *slot = *id;
+            }
+            e.chain_len = ids.len().min(MAX_CHAIN) as u8;
+            e.chain_done = 0;
+        }
+        self.ids = ids;
+    }
+
+    fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
+        let id = self.drv.push(op, token(key.0, key.1, st));
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            e.pending += 1;
+        }
+        id
+    }
+
+    fn completion(&mut self, c: Completion) {
+        let (index, gen, step) = untoken(c.token);
+        let key = (index, gen);
+        let cancelled = {
+            let Some(e) = self.ops.get_mut(index, gen) else {
+                return;
+            };
+            if !c.more {
+                e.pending = e.pending.saturating_sub(1);
+                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
+                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
+                }
+            }
+            e.cancelled
+        };
+        match step {
+            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
+            ST_MULTISHOT => return self.multishot_step(key, c),
+            ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
+                let r = c.result;
+                drop(c);
+                self.wait_step(key, step, r);
+            }
+            _ => self.io_step(key, step, c),
+        }
+        if cancelled {
+            // Keep cancelling whatever part of the chain is still running.
+            self.cancel_chain(key);
+        }
+        self.chain_over(key);
+    }
+
+    /// What an op does once none of its SQEs is in flight: resume (the
+    /// rest of a short send, a receive after an empty pool), keep waiting
+    /// (for a multishot chunk), or finish.
+    fn chain_over(&mut self, key: (u32, u32)) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        if e.pending > 0 {
+            return;
+        }
+        let next = if e.cancelled {
+            Next::Finish
+        } else {
+            next_step(&e.kind)
+        };
+        match next {
+            Next::Finish => self.finish(key),
+            // Sent; the reply comes with the multishot receive's next chunk.
+            Next::Wait => {}
+            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
+                Some(Ok((fd, _))) => self.push_resume(key, fd),
+                Some(Err(s)) => self.fail_now(key, s),
+                None => debug_assert!(false, "a resumed request without a pipe"),
+            },
+        }
+    }
+
+    fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            set_status(&mut e.kind, status);
+            if e.pending == 0 {
+                self.finish(key);
+            }
+        }
+    }
+}
+
+/// See [`Core::chain_over`].
+enum Next {
+    Finish,
+    Wait,
+    Resume,
+}
+
+fn next_step(kind: &Kind) -> Next {
+    match kind {
+        Kind::Transceive {
+            status: None,
+            input,
+            sent,
+            reply,
+            from,
+            ..
+        } => {
+            if *sent < input.len() || matches!(reply, Reply::Retry) {
+                Next::Resume
+            } else if *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited) {
+                Next::Wait
+            } else {
+                Next::Finish
+            }
+        }
+        Kind::Read {
+            status: None,
+            reply,
+            from,
+            ..
+        } => match reply {
+            Reply::Retry => Next::Resume,
+            Reply::Awaited if *from == ReplyFrom::Multishot => Next::Wait,
+            _ => Next::Finish,
+        },
+        Kind::Write {
+            status: None,
+            data,
+            sent,
+        } if *sent < data.len() => Next::Resume,
+        Kind::WaitPipe { status: None, .. } => {
+            debug_assert!(false, "a WAIT undecided with nothing in flight");
+            Next::Wait
+        }
+        _ => Next::Finish,
+    }
+}
+
+fn set_status(kind: &mut Kind, s: NtStatus) {
+    let slot = match kind {
+        Kind::Open { status, .. }
+        | Kind::Transceive { status, .. }
+        | Kind::Read { status, .. }
+        | Kind::Write { status, .. }
+        | Kind::Peek { status, .. }
+        | Kind::WaitPipe { status, .. } => status,
+        Kind::Multishot => return,
+    };
+    if slot.is_none() {
+        *slot = Some(s);
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
+}

@@ -1,0 +1,214 @@
+//! A pipe's multishot receive: arming it, handing its chunks to waiting
+//! requests or the pushback, stopping and re-arming it.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+use super::io::recv_op;
+use super::overflow;
+use super::*;
+use crate::engine::PipeId;
+use crate::protocol::NtStatus;
+use crate::ring::{Completion, Op, OpDriver};
+
+impl<D: OpDriver> Core<D> {
+    /// Hands the pipe's pushback to its waiting requests, first come first
+    /// served, each at most its `max_out`. `nonempty`: the kernel said more
+    /// is queued on the socket.
+    pub(super) fn feed_waiters(&mut self, pipe: PipeId, nonempty: bool) {
+        loop {
+            let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+                return;
+            };
+            if pe.pushback.is_empty() {
+                return;
+            }
+            let Some(w) = pe.waiters.pop_front() else {
+                return;
+            };
+            let Some(e) = self.ops.get_mut(w.0, w.1) else {
+                continue;
+            };
+            let (reply, max_out) = match &mut e.kind {
+                Kind::Transceive {
+                    reply: reply @ Reply::Awaited,
+                    max_out,
+                    ..
+                }
+                | Kind::Read {
+                    reply: reply @ Reply::Awaited,
+                    max_out,
+                    ..
+                } => (reply, *max_out),
+                _ => {
+                    debug_assert!(false, "a multishot waiter that awaits no reply");
+                    continue;
+                }
+            };
+            let (data, more) = overflow::waiter_share(&mut pe.pushback, max_out, nonempty);
+            *reply = Reply::Got { data, more };
+            if e.pending == 0 {
+                self.finish(w);
+            }
+        }
+    }
+
+    /// Queues `key` among the requests waiting for chunks of `pipe`'s
+    /// multishot receive, arming the receive if it is not.
+    pub(super) fn await_chunk(
+        &mut self,
+        pipe: PipeId,
+        key: (u32, u32),
+        fd: &Rc<OwnedFd>,
+        session: u64,
+    ) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        pe.waiters.push_back(key);
+        if !pe.multishot.is_off() {
+            // Armed, or being stopped: its end re-arms it for the waiter.
+            return;
+        }
+        self.arm_multishot(pipe, fd.clone(), session);
+    }
+
+    pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
+        let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
+        if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
+            pe.multishot = Multishot::Armed(key);
+        }
+        let op = Op::RecvMulti {
+            fd,
+            data: Vec::new(),
+        };
+        self.push_chain(key, [(op, ST_MULTISHOT)]);
+    }
+
+    /// One completion of a pipe's multishot receive: a chunk for the
+    /// waiting request or the pushback; on the last one, re-arm for a
+    /// request still waiting, or end it.
+    pub(super) fn multishot_step(&mut self, key: (u32, u32), c: Completion) {
+        let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (pipe, session, pending) = (e.pipe, e.session, e.pending);
+        let r = c.result;
+        let Op::RecvMulti { fd, data } = c.op else {
+            return;
+        };
+        if let Some(p) = pipe {
+            if r > 0 && !data.is_empty() {
+                self.multishot_chunk(p, data, nonempty);
+            }
+        }
+        if c.more || pending > 0 {
+            return;
+        }
+        // The receive is over.
+        if r == -libc::EINVAL {
+            // No multishot receive on this kernel (before 6.0).
+            self.multishot_disabled = true;
+        }
+        let mut resume = VecDeque::new();
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            pe.multishot = Multishot::Off;
+            if r == 0 {
+                pe.eof = true;
+            }
+            resume = pe.startable();
+        }
+        self.finish(key);
+        let Some(p) = pipe else { return };
+        for (io, notify) in resume {
+            self.start_io(p, io, notify);
+        }
+        self.multishot_ended(p, fd, session, r);
+    }
+
+    /// After a pipe's multishot receive ended with `r`: requests still
+    /// waiting get it re-armed (after an empty pool, a stop, a chunk), fail
+    /// (end of stream, an error), or get one receive each (no multishot
+    /// receive on this kernel).
+    fn multishot_ended(&mut self, p: PipeId, fd: Rc<OwnedFd>, session: u64, r: i32) {
+        let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
+            return;
+        };
+        if !pe.multishot.is_off() || pe.waiters.is_empty() || pe.closing {
+            return;
+        }
+        let fail = match r {
+            0 => Some(NtStatus::PIPE_BROKEN),
+            r if r > 0 => None,
+            r if r == -libc::ENOBUFS || r == -libc::ECANCELED || r == -libc::EINVAL => None,
+            r => Some(socket_status(-r)),
+        };
+        if fail.is_none() && !self.multishot_disabled {
+            return self.arm_multishot(p, fd, session);
+        }
+        let waiters = std::mem::take(&mut pe.waiters);
+        for w in waiters {
+            match fail {
+                Some(s) => self.fail_now(w, s),
+                None => self.receive_alone(w, &fd),
+            }
+        }
+    }
+
+    /// A waiter of a pipe whose kernel has no multishot receive gets a
+    /// receive of its own.
+    fn receive_alone(&mut self, w: (u32, u32), fd: &Rc<OwnedFd>) {
+        let Some(we) = self.ops.get_mut(w.0, w.1) else {
+            return;
+        };
+        let max_out = match &mut we.kind {
+            Kind::Transceive { max_out, from, .. } | Kind::Read { max_out, from, .. } => {
+                *from = ReplyFrom::Chain;
+                *max_out
+            }
+            _ => return debug_assert!(false, "a multishot waiter that is no request"),
+        };
+        let op = recv_op(&self.drv, fd.clone(), max_out, true);
+        self.push_chain(w, [(op, ST_RECV)]);
+    }
+
+    /// A chunk of `pipe`'s stream from its multishot receive: to the
+    /// waiting requests in order (each takes at most its `max_out`), the
+    /// rest to the pushback.
+    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        // Waiters exist only while the pushback is empty: the chunk is next.
+        if pe.pushback.is_empty() {
+            pe.pushback = data;
+        } else {
+            pe.pushback.append(&mut data);
+        }
+        self.feed_waiters(pipe, nonempty);
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        if pe.pushback.len() > MULTISHOT_PUSHBACK_CAP {
+            // Nobody is reading: leave the rest in the socket.
+            self.stop_multishot(pipe);
+        }
+    }
+
+    /// Cancels the pipe's multishot receive, once; its final completion
+    /// (`multishot_step`) then re-arms it for a waiter or starts deferred requests.
+    pub(super) fn stop_multishot(&mut self, pipe: PipeId) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        let Multishot::Armed(k) = pe.multishot else {
+            return;
+        };
+        pe.multishot = Multishot::Stopping(k);
+        if let Some(id) = self.ops.get_mut(k.0, k.1).and_then(|e| e.chain_id(0)) {
+            self.drv.cancel(id);
+        }
+    }
+}

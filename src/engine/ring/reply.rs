@@ -1,0 +1,245 @@
+//! Finishing a request: releasing what it holds, keeping bytes that
+//! belong to the stream, and building the caller's result.
+
+use std::collections::VecDeque;
+
+use super::overflow::transceive_result;
+use super::*;
+use crate::engine::command::Outcome;
+use crate::engine::{PipeId, Transfer};
+use crate::protocol::PeekReply;
+use crate::protocol::{fsctl, NtStatus};
+use crate::ring::OpDriver;
+
+impl<D: OpDriver> Core<D> {
+    /// Removes a request whose last SQE completed (or that needs none any
+    /// more), lets its pipe go on, and tells its caller the result.
+    pub(super) fn finish(&mut self, key: (u32, u32)) {
+        let Some(mut e) = self.ops.remove(key.0, key.1) else {
+            return;
+        };
+        match e.kind {
+            // The next waiting open starts in the ring loop.
+            Kind::Open { .. } => self.opening -= 1,
+            Kind::WaitPipe { .. } => self.waits -= 1,
+            _ => {}
+        }
+        let resume = self.leave_pipe(key, &mut e);
+        if let Some(p) = e.pipe {
+            self.pipe_op_done(p, key, e.pipe_next);
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
+        }
+        // Registered slots go back to the pool (no op holds them any more);
+        // the sent request's buffer goes to the driver for a later reply.
+        if let Kind::Transceive { reg, input, .. } = &mut e.kind {
+            if let Some(r) = reg.take() {
+                self.drv.reg_release(r);
+            }
+            self.drv.recycle(std::mem::take(input));
+        }
+        if e.cancelled {
+            return;
+        }
+        if matches!(e.kind, Kind::Open { .. }) {
+            return self.finish_open(e);
+        }
+        let Some(notify) = e.notify.take() else {
+            return;
+        };
+        let res = self.result_of(e.pipe, e.kind);
+        self.notify(notify, res);
+    }
+
+    /// The finished op `key` leaves its pipe's waiters; a cancelled one
+    /// gives back the bytes it took and stops holding later requests back.
+    /// Returns the deferred requests that may start now.
+    fn leave_pipe(&mut self, key: (u32, u32), e: &mut OpEntry) -> VecDeque<(PipeIo, Notify)> {
+        let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
+            return VecDeque::new();
+        };
+        if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
+            // A waiter that ends without its chunk (cancelled, failed).
+            pe.waiters.remove(i);
+        }
+        if e.cancelled {
+            // Bytes the cancelled request took after all stay in the
+            // stream, in FRONT of the pushback: they came off the socket
+            // before anything there (a multishot waiter takes the front of
+            // a chunk whose rest went to the pushback; a linked receive runs
+            // only while the pushback is empty).
+            if let Kind::Transceive {
+                reply: Reply::Got { data: d, .. },
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Got { data: d, .. },
+                ..
+            } = &mut e.kind
+            {
+                d.append(&mut pe.pushback);
+                pe.pushback = std::mem::take(d);
+            }
+            pe.draining = pe.draining.saturating_sub(1);
+        }
+        pe.startable()
+    }
+
+    /// The caller's result of a finished request (not an open).
+    fn result_of(&mut self, pipe: Option<PipeId>, kind: Kind) -> Result<Outcome, NtStatus> {
+        match kind {
+            Kind::Transceive {
+                status: Some(s), ..
+            }
+            | Kind::Read {
+                status: Some(s), ..
+            }
+            | Kind::Write {
+                status: Some(s), ..
+            }
+            | Kind::Peek {
+                status: Some(s), ..
+            } => Err(s),
+            Kind::Transceive {
+                max_out,
+                from: ReplyFrom::Pushback,
+                reply,
+                ..
+            } => Ok(Outcome::Transfer(
+                self.reply_from_pushback(pipe, max_out, reply),
+            )),
+            Kind::Transceive {
+                from: ReplyFrom::Nothing,
+                ..
+            } => Err(NtStatus::PIPE_BROKEN),
+            // The reply was claimed from the stream when it arrived
+            // (`claim_reply`, `waiter_share`): at most `max_out` bytes.
+            Kind::Transceive { reply, max_out, .. } => {
+                let (data, more) = match reply {
+                    Reply::Got { data, more } => (data, more),
+                    Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
+                };
+                Ok(Outcome::Transfer(transceive_result(max_out, data, || {
+                    more == More::Yes
+                })))
+            }
+            Kind::Read { reply, .. } => {
+                let data = match reply {
+                    Reply::Got { data, .. } => data,
+                    Reply::Awaited | Reply::Retry => Vec::new(),
+                };
+                Ok(Outcome::Transfer(Transfer {
+                    status: NtStatus::SUCCESS,
+                    data,
+                }))
+            }
+            Kind::Write { sent, .. } => Ok(Outcome::Written(sent)),
+            Kind::Peek {
+                data, eof, room, ..
+            } => Ok(Outcome::Transfer(self.peek_result(
+                pipe,
+                data.unwrap_or_default(),
+                room,
+                eof,
+            ))),
+            Kind::WaitPipe { status, .. } => match status {
+                Some(NtStatus::SUCCESS) => Ok(Outcome::Done),
+                Some(s) => Err(s),
+                // Decided before its last CQE, always (see wait.rs).
+                None => Err(NtStatus::INTERNAL_ERROR),
+            },
+            Kind::Multishot => Ok(Outcome::Done),
+            Kind::Open { .. } => {
+                debug_assert!(false, "an open's result is built by finish_open");
+                Err(NtStatus::INTERNAL_ERROR)
+            }
+        }
+    }
+
+    /// A transceive whose reply it took from the pipe's pushback when it
+    /// started: more is waiting if some was left there then, is there now,
+    /// or is queued on the socket.
+    fn reply_from_pushback(
+        &mut self,
+        pipe: Option<PipeId>,
+        max_out: usize,
+        reply: Reply,
+    ) -> Transfer {
+        let (data, more) = match reply {
+            Reply::Got { data, more } => (data, more),
+            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
+        };
+        let drv = &self.drv;
+        let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen));
+        transceive_result(max_out, data, || {
+            more == More::Yes
+                || pe.is_some_and(|pe| {
+                    !pe.pushback.is_empty() || drv.queued_bytes(&pe.fd).is_some_and(|q| q > 0)
+                })
+        })
+    }
+
+    /// A peek's reply: pushed-back bytes first (they come first in the
+    /// stream), then what the socket showed.
+    fn peek_result(
+        &mut self,
+        pipe: Option<PipeId>,
+        mut data: Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Transfer {
+        let mut avail_extra = 0;
+        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            if !pe.pushback.is_empty() {
+                avail_extra = pe.pushback.len();
+                let mut all = pe.pushback.clone();
+                all.extend_from_slice(&data);
+                data = all;
+            }
+        }
+        // The total queued is only needed when the data did not fit.
+        let avail = if data.len() > room {
+            pipe.and_then(|p| self.available(p))
+                .map(|a| a + avail_extra)
+        } else {
+            None
+        };
+        peek_reply(data, room, eof, avail)
+    }
+
+    /// Bytes queued on a pipe's socket right now (FIONREAD). Used by PEEK
+    /// only, which must report the total even when its buffer is smaller.
+    pub(super) fn available(&mut self, pipe: PipeId) -> Option<usize> {
+        let p = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        self.drv.queued_bytes(&p.fd)
+    }
+}
+
+/// Builds the FSCTL_PIPE_PEEK output: the 16-byte header then the data that
+/// fits. `room` is how much data fits; `data` may hold one byte more (the
+/// probe for "cut short").
+pub(super) fn peek_reply(
+    mut data: Vec<u8>,
+    room: usize,
+    eof: bool,
+    avail: Option<usize>,
+) -> Transfer {
+    // `data` may hold one byte more than fits, which alone says "cut short".
+    let available = avail.unwrap_or(0).max(data.len());
+    data.truncate(room);
+    let hdr = PeekReply {
+        named_pipe_state: if eof {
+            fsctl::PIPE_STATE_CLOSING
+        } else {
+            fsctl::PIPE_STATE_CONNECTED
+        },
+        read_data_available: available.min(u32::MAX as usize) as u32,
+        number_of_messages: 0,
+        message_length: 0,
+    };
+    Transfer {
+        status: fsctl::peek_status(data.len(), available),
+        data: hdr.encode_with_data(&data),
+    }
+}
