@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::call::BackendArg;
 
+use opipe::protocol::Dialect;
 use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{
@@ -32,11 +33,40 @@ pub enum HandlerKind {
     Dcerpc,
 }
 
+/// The pipe dialect the service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServeDialect {
+    /// illumos smbd's: XDR netuserinfo handshake, byte stream, DIR/NAME.
+    Illumos,
+    /// Samba's: named-pipe-auth handshake, u16-framed messages,
+    /// DIR/np/NAME (smbd: `external_rpc_pipe:socket_dir = DIR`).
+    Samba,
+}
+
+impl From<ServeDialect> for Dialect {
+    fn from(d: ServeDialect) -> Dialect {
+        match d {
+            ServeDialect::Illumos => Dialect::Illumos,
+            ServeDialect::Samba => Dialect::Samba,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Directory for the pipe sockets (must exist).
+    /// Directory for the pipe sockets (must exist). In the samba dialect
+    /// the sockets are in DIR/np (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+
+    /// The pipe dialect: illumos (default) or samba.
+    #[arg(long, value_enum, default_value_t = ServeDialect::Illumos)]
+    dialect: ServeDialect,
+
+    /// Log every DCE/RPC bind (interface) and request (opnum) on stderr
+    /// (dcerpc handler; on by default in the samba dialect).
+    #[arg(long)]
+    log_calls: bool,
 
     /// A pipe name to serve, e.g. srvsvc (repeat for more).
     #[arg(long = "pipe", value_name = "NAME", required = true)]
@@ -118,6 +148,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 impl ServeArgs {
     fn builder(&self) -> ServiceBuilder {
         let mut b = Service::builder(&self.dir)
+            .dialect(self.dialect.into())
             .deny_anonymous(self.deny_anonymous)
             .threads(usize::from(self.threads))
             .backend(self.backend.into())
@@ -139,7 +170,10 @@ impl ServeArgs {
         }
         match self.handler {
             HandlerKind::Echo => b.handler(EchoFactory),
-            HandlerKind::Dcerpc => b.handler(DceRpcFactory::new(self.reply_size as usize)),
+            HandlerKind::Dcerpc => b.handler(
+                DceRpcFactory::new(self.reply_size as usize)
+                    .log_calls(self.log_calls || self.dialect == ServeDialect::Samba),
+            ),
         }
     }
 }
@@ -258,9 +292,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         HandlerKind::Dcerpc => format!("dcerpc (reply {} bytes)", args.reply_size),
     };
     eprintln!(
-        "opipe serve: serving {} with {handler} in {} ({} thread{}, {} backend); SIGINT or SIGTERM stops",
+        "opipe serve: serving {} with {handler} in {} ({} dialect, {} thread{}, {} backend); SIGINT or SIGTERM stops",
         names.join(", "),
-        args.dir.display(),
+        Dialect::from(args.dialect).socket_dir(&args.dir).display(),
+        Dialect::from(args.dialect),
         args.threads,
         if args.threads == 1 { "" } else { "s" },
         svc.backend(),
