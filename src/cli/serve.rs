@@ -13,7 +13,7 @@ use opipe::protocol::Dialect;
 use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{
-    DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle,
+    DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle, SrvsvcFactory,
 };
 
 /// Exit status for usage errors (bad arguments), as clap uses.
@@ -31,6 +31,10 @@ pub enum HandlerKind {
     /// Answer DCE/RPC binds with a bind_ack and requests with
     /// `--reply-size` bytes of stub data.
     Dcerpc,
+    /// A small SRVSVC server: NetrServerGetInfo level 101 (server name
+    /// `--server-name`) and NetrShareEnumAll level 1 (IPC$); every bind
+    /// and request logged.
+    Srvsvc,
 }
 
 /// The pipe dialect the service speaks.
@@ -75,6 +79,10 @@ pub struct ServeArgs {
     /// What answers on an open pipe.
     #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
     handler: HandlerKind,
+
+    /// The server name the srvsvc handler reports.
+    #[arg(long, value_name = "NAME", default_value = "OPIPE")]
+    server_name: String,
 
     /// Stub bytes in each DCE/RPC response (dcerpc handler).
     #[arg(long, value_name = "BYTES", default_value_t = 1024,
@@ -174,6 +182,7 @@ impl ServeArgs {
                 DceRpcFactory::new(self.reply_size as usize)
                     .log_calls(self.log_calls || self.dialect == ServeDialect::Samba),
             ),
+            HandlerKind::Srvsvc => b.handler(SrvsvcFactory::new(&self.server_name)),
         }
     }
 }
@@ -290,6 +299,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let handler = match args.handler {
         HandlerKind::Echo => "echo".to_owned(),
         HandlerKind::Dcerpc => format!("dcerpc (reply {} bytes)", args.reply_size),
+        HandlerKind::Srvsvc => format!("srvsvc (server {})", args.server_name),
     };
     eprintln!(
         "opipe serve: serving {} with {handler} in {} ({} dialect, {} thread{}, {} backend); SIGINT or SIGTERM stops",

@@ -32,7 +32,7 @@ use super::handler::{
 
 /// Packet types a client may send that need no answer: auth3 (16),
 /// co_cancel (18), orphaned (19).
-const PTYPES_IGNORED: [u8; 3] = [16, 18, 19];
+pub(crate) const PTYPES_IGNORED: [u8; 3] = [16, 18, 19];
 
 /// Byte `i` of every response's stub: `i mod 251`. A prime period makes a
 /// dropped, duplicated or reordered fragment show.
@@ -67,7 +67,7 @@ impl DceRpcFactory {
 
 /// A syntax as text: the UUID in its usual form, and the version
 /// (`major.minor`), with the name of the interfaces opipe knows.
-fn syntax_text(s: &SyntaxId) -> String {
+pub(crate) fn syntax_text(s: &SyntaxId) -> String {
     let u = &s.uuid;
     let name = if s.uuid == SRVSVC_SYNTAX.uuid {
         " (srvsvc)"

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::protocol::{DecodeError, NetUserInfo, PipeName};
+use crate::protocol::{DecodeError, EncodeError, NetUserInfo, PipeName};
 
 use super::caller::Caller;
 
@@ -40,6 +40,12 @@ impl fmt::Display for HandlerError {
 }
 
 impl std::error::Error for HandlerError {}
+
+impl From<EncodeError> for HandlerError {
+    fn from(e: EncodeError) -> HandlerError {
+        HandlerError::new(e.to_string())
+    }
+}
 
 impl From<DecodeError> for HandlerError {
     fn from(e: DecodeError) -> HandlerError {

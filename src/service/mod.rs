@@ -49,6 +49,7 @@ pub mod handler;
 pub mod handshake;
 mod runtime;
 mod session;
+pub mod srvsvc;
 mod stats;
 
 pub use backend::{Backend, BackendChoice};
@@ -61,6 +62,7 @@ pub use runtime::{
     DEFAULT_SOCKET_MODE,
 };
 pub use session::{AcceptAll, AcceptPolicy};
+pub use srvsvc::{Srvsvc, SrvsvcFactory};
 pub use stats::Stats;
 
 #[cfg(test)]
