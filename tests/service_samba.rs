@@ -49,6 +49,7 @@ on_both_backends!(
     dcerpc_bind_and_request_one_pdu_per_message,
     bad_npa_input_is_closed_without_a_reply,
     deny_anonymous_answers_access_denied_in_the_reply,
+    a_large_reply_written_in_batches_stays_one_pdu_per_message,
 );
 
 fn samba(backend: BackendChoice, dir: &Path) -> ServiceBuilder {
@@ -339,4 +340,44 @@ fn illumos_stays_the_default_and_its_path() {
     assert_eq!(svc.dialect(), Dialect::Illumos);
     assert_eq!(svc.socket_paths(), vec![dir.path().join("srvsvc")]);
     assert!(!dir.path().join("np").exists());
+}
+
+/// A 2 MiB reply is produced in batches as the client reads (the
+/// handler's backlog and resume path): every fragment still comes as one
+/// whole message, and a request sent meanwhile is answered after it.
+fn a_large_reply_written_in_batches_stays_one_pdu_per_message(backend: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let reply = 2 << 20;
+    let svc = samba(backend, dir.path())
+        .handler(DceRpcFactory::new(reply))
+        .start()
+        .unwrap();
+    let (mut s, r) = npa_open(&sock(dir.path()), &NpaIdentity::anonymous(), NpaLevel::V7);
+    assert_eq!(r.status, NtStatus::SUCCESS);
+    let mut burst =
+        frame_message(&encode_bind(1, SRVSVC_SYNTAX.into(), NDR_SYNTAX.into())).unwrap();
+    for call in [2u32, 3] {
+        burst.extend(frame_message(&encode_request(call, 0, 21, b"x", 4280)).unwrap());
+    }
+    s.write_all(&burst).unwrap();
+    decode_bind_ack(&read_msg(&mut s)).unwrap();
+    for call in [2u32, 3] {
+        let mut got = 0;
+        loop {
+            let msg = read_msg(&mut s);
+            let h = CommonHeader::decode(&msg).unwrap();
+            assert_eq!(usize::from(h.frag_length), msg.len(), "one PDU per message");
+            assert_eq!(h.call_id, call);
+            let r = decode_response(&msg).unwrap();
+            for (i, b) in r.stub.iter().enumerate() {
+                assert_eq!(*b, opipe::service::dcerpc::reply_stub_byte(got + i));
+            }
+            got += r.stub.len();
+            if r.header.pfc_flags & 2 != 0 {
+                break;
+            }
+        }
+        assert_eq!(got, reply);
+    }
+    assert_eq!(svc.stats().handler_errors, 0);
 }

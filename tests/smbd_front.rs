@@ -142,6 +142,40 @@ fn rpcclient_and_smbclient_through_smbd_reach_opipe_serve() {
     serve.wait_line("opnum 15 NetrShareEnumAll");
 }
 
+#[test]
+fn dcerpc_handler_behind_smbd_logs_the_bind_and_the_request() {
+    if !require_smbd("dcerpc_handler_behind_smbd_logs_the_bind_and_the_request") {
+        return;
+    }
+    let pipes = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(
+        pipes.path(),
+        &[
+            "--dialect",
+            "samba",
+            "--handler",
+            "dcerpc",
+            "--pipe",
+            "srvsvc",
+        ],
+    );
+    let Some(smbd) = Smbd::start("TESTSRV", pipes.path()) else {
+        return;
+    };
+    // The dcerpc handler answers every request with pattern bytes, which
+    // are no NetrServerGetInfo answer: rpcclient gets its reply and
+    // refuses what it holds (measured: "Result was WERR_INVALID_PARAMETER",
+    // exit 1).
+    let out = smbd.rpcclient("srvinfo");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("WERR_"), "rpcclient printed: {all}");
+    let open = serve.wait_line("open of srvsvc by anonymous");
+    assert!(open.contains("STATUS_SUCCESS"), "{open}");
+    serve.wait_line("bind call 1 context 0: 4b324fc8-1670-01d3-1278-5a47bf6ee188 v3.0");
+    serve.wait_line("request call 2 context 0 opnum 21");
+}
+
 /// Records each caller, then serves srvsvc.
 #[derive(Clone)]
 struct Recording {
