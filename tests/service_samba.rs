@@ -50,6 +50,7 @@ on_both_backends!(
     bad_npa_input_is_closed_without_a_reply,
     deny_anonymous_answers_access_denied_in_the_reply,
     a_large_reply_written_in_batches_stays_one_pdu_per_message,
+    refused_identities_get_samba_statuses_and_silence_times_out,
 );
 
 fn samba(backend: BackendChoice, dir: &Path) -> ServiceBuilder {
@@ -380,4 +381,49 @@ fn a_large_reply_written_in_batches_stays_one_pdu_per_message(backend: BackendCh
         assert_eq!(got, reply);
     }
     assert_eq!(svc.stats().handler_errors, 0);
+}
+
+/// A request that decodes but carries an identity Samba refuses is
+/// answered with Samba's status; a client silent inside the handshake is
+/// closed at the deadline with no reply.
+fn refused_identities_get_samba_statuses_and_silence_times_out(backend: BackendChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = samba(backend, dir.path())
+        .handshake_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let path = sock(dir.path());
+    let send = |req: opipe::protocol::NpaRequest| {
+        let mut s = connect(&path);
+        s.write_all(&req.encode().unwrap()).unwrap();
+        let mut reply = [0u8; opipe::protocol::npa::NPA_REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        NpaReply::decode(&reply).unwrap()
+    };
+    let mut req = NpaIdentity::anonymous().to_request(NpaLevel::V7);
+    req.remote_client_addr = Some("not-an-address".into());
+    assert_eq!(
+        send(req).status,
+        opipe::protocol::npa::STATUS_INVALID_ADDRESS
+    );
+    let mut req = NpaIdentity::anonymous().to_request(NpaLevel::V8);
+    req.session_info = None;
+    assert_eq!(
+        send(req),
+        NpaReply::error(NpaLevel::V8, NtStatus::ACCESS_DENIED)
+    );
+    // Half a length prefix, then nothing.
+    let started = Instant::now();
+    let mut s = connect(&path);
+    s.write_all(&[0, 0]).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let st = stats_until(&svc, "the timeout counted", |st| st.handshake_timeouts == 1);
+    assert_eq!((st.handshakes_rejected, st.handshakes_ok), (2, 0));
 }
