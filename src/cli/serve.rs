@@ -452,6 +452,20 @@ mod tests {
     }
 
     #[test]
+    fn dialect_reaches_the_service() {
+        let b = builder_of(&[]).unwrap();
+        assert!(b.contains("dialect: Illumos"), "{b}");
+        for extra in [
+            &["--dialect", "samba"][..],
+            &["--dialect", "samba", "--handler", "srvsvc"],
+        ] {
+            let b = builder_of(extra).unwrap();
+            assert!(b.contains("dialect: Samba"), "{b}");
+        }
+        assert!(builder_of(&["--dialect", "windows"]).is_err());
+    }
+
+    #[test]
     fn memory_limits_reach_the_service() {
         let b = builder_of(&[]).unwrap();
         assert!(b.contains("max_buffered_bytes: 268435456"), "{b}");
