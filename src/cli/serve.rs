@@ -9,10 +9,11 @@ use clap::{Args, ValueEnum};
 
 use crate::call::BackendArg;
 
+use opipe::protocol::Dialect;
 use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{
-    DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle,
+    DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle, SrvsvcFactory,
 };
 
 /// Exit status for usage errors (bad arguments), as clap uses.
@@ -30,13 +31,46 @@ pub enum HandlerKind {
     /// Answer DCE/RPC binds with a bind_ack and requests with
     /// `--reply-size` bytes of stub data.
     Dcerpc,
+    /// A small SRVSVC server: NetrServerGetInfo level 101 (server name
+    /// `--server-name`) and NetrShareEnumAll level 1 (IPC$); every bind
+    /// and request logged.
+    Srvsvc,
+}
+
+/// The pipe dialect the service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServeDialect {
+    /// illumos smbd's: XDR netuserinfo handshake, byte stream, DIR/NAME.
+    Illumos,
+    /// Samba's: named-pipe-auth handshake, u16-framed messages,
+    /// DIR/np/NAME (smbd: `external_rpc_pipe:socket_dir = DIR`).
+    Samba,
+}
+
+impl From<ServeDialect> for Dialect {
+    fn from(d: ServeDialect) -> Dialect {
+        match d {
+            ServeDialect::Illumos => Dialect::Illumos,
+            ServeDialect::Samba => Dialect::Samba,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Directory for the pipe sockets (must exist).
+    /// Directory for the pipe sockets (must exist). In the samba dialect
+    /// the sockets are in DIR/np (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+
+    /// The pipe dialect: illumos (default) or samba.
+    #[arg(long, value_enum, default_value_t = ServeDialect::Illumos)]
+    dialect: ServeDialect,
+
+    /// Log every DCE/RPC bind (interface) and request (opnum) on stderr
+    /// (dcerpc handler; on by default in the samba dialect).
+    #[arg(long)]
+    log_calls: bool,
 
     /// A pipe name to serve, e.g. srvsvc (repeat for more).
     #[arg(long = "pipe", value_name = "NAME", required = true)]
@@ -45,6 +79,10 @@ pub struct ServeArgs {
     /// What answers on an open pipe.
     #[arg(long, value_enum, default_value_t = HandlerKind::Echo)]
     handler: HandlerKind,
+
+    /// The server name the srvsvc handler reports.
+    #[arg(long, value_name = "NAME", default_value = "OPIPE")]
+    server_name: String,
 
     /// Stub bytes in each DCE/RPC response (dcerpc handler).
     #[arg(long, value_name = "BYTES", default_value_t = 1024,
@@ -118,6 +156,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 impl ServeArgs {
     fn builder(&self) -> ServiceBuilder {
         let mut b = Service::builder(&self.dir)
+            .dialect(self.dialect.into())
             .deny_anonymous(self.deny_anonymous)
             .threads(usize::from(self.threads))
             .backend(self.backend.into())
@@ -139,7 +178,11 @@ impl ServeArgs {
         }
         match self.handler {
             HandlerKind::Echo => b.handler(EchoFactory),
-            HandlerKind::Dcerpc => b.handler(DceRpcFactory::new(self.reply_size as usize)),
+            HandlerKind::Dcerpc => b.handler(
+                DceRpcFactory::new(self.reply_size as usize)
+                    .log_calls(self.log_calls || self.dialect == ServeDialect::Samba),
+            ),
+            HandlerKind::Srvsvc => b.handler(SrvsvcFactory::new(&self.server_name)),
         }
     }
 }
@@ -256,11 +299,13 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let handler = match args.handler {
         HandlerKind::Echo => "echo".to_owned(),
         HandlerKind::Dcerpc => format!("dcerpc (reply {} bytes)", args.reply_size),
+        HandlerKind::Srvsvc => format!("srvsvc (server {})", args.server_name),
     };
     eprintln!(
-        "opipe serve: serving {} with {handler} in {} ({} thread{}, {} backend); SIGINT or SIGTERM stops",
+        "opipe serve: serving {} with {handler} in {} ({} dialect, {} thread{}, {} backend); SIGINT or SIGTERM stops",
         names.join(", "),
-        args.dir.display(),
+        Dialect::from(args.dialect).socket_dir(&args.dir).display(),
+        Dialect::from(args.dialect),
         args.threads,
         if args.threads == 1 { "" } else { "s" },
         svc.backend(),
@@ -404,6 +449,20 @@ mod tests {
         let base = ["opipe", "--dir", "/tmp", "--pipe", "srvsvc"];
         let cli = Cli::try_parse_from(base.iter().chain(extra))?;
         Ok(format!("{:?}", cli.serve.builder()))
+    }
+
+    #[test]
+    fn dialect_reaches_the_service() {
+        let b = builder_of(&[]).unwrap();
+        assert!(b.contains("dialect: Illumos"), "{b}");
+        for extra in [
+            &["--dialect", "samba"][..],
+            &["--dialect", "samba", "--handler", "srvsvc"],
+        ] {
+            let b = builder_of(extra).unwrap();
+            assert!(b.contains("dialect: Samba"), "{b}");
+        }
+        assert!(builder_of(&["--dialect", "windows"]).is_err());
     }
 
     #[test]

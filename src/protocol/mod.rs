@@ -14,6 +14,8 @@
 //!   (section 2).
 //! * [`fsctl`]: PEEK, WAIT and TRANSCEIVE structures and status rules
 //!   (section 4, MS-FSCC).
+//! * [`dialect`]: a pipe's dialect (illumos or Samba): handshake, framing,
+//!   socket path.
 //! * [`npa`]: Samba's pipe dialect: the named-pipe-auth handshake (levels
 //!   7 and 8, with the NDR session info it carries) and the `u16` message
 //!   framing (`SAMBA.md`).
@@ -34,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod dcerpc;
+pub mod dialect;
 pub mod error;
 pub mod fsctl;
 pub mod header;
@@ -51,6 +54,7 @@ pub use dcerpc::{
     encoded_call_len, pdu_len, Bind, BindAck, CommonHeader, ContextResult, Fault, PduReassembler,
     PresentationContext, Request, Response, SyntaxId,
 };
+pub use dialect::{Dialect, UnknownDialect, SAMBA_NP_DIR};
 pub use error::{DecodeError, EncodeError};
 pub use fsctl::{
     peek_data_room, peek_status, transceive_status, PeekReply, WaitRequest, FSCTL_PIPE_PEEK,

@@ -6,7 +6,10 @@
 //! * `NetrShareEnumAll` (opnum 15) at level 1: share names, types and
 //!   comments (MS-SRVS 3.1.4.8, 2.2.4.23).
 //!
-//! Requests are encoded as Samba's `rpcclient` sends them; responses are
+//! Requests are encoded as Samba's `rpcclient` sends them, and the
+//! responses too for a service that answers them
+//! ([`encode_netr_server_get_info_101_response`],
+//! [`encode_netr_share_enum_all_1_response`]); responses are
 //! decoded with the bounds of `protocol/ndr.rs` (every count checked against
 //! a maximum and the input left).
 
@@ -124,6 +127,80 @@ pub fn decode_netr_server_get_info_101(
     let werror = r.u32("result")?;
     finish(&r)?;
     Ok((info, werror))
+}
+
+/// `WERR_INVALID_LEVEL`.
+pub const WERR_INVALID_LEVEL: u32 = 124;
+
+fn opt_utf16(
+    w: &mut NdrWriter,
+    field: &'static str,
+    s: &Option<String>,
+) -> Result<(), EncodeError> {
+    if let Some(s) = s {
+        w.string_utf16(field, s, MAX_SRVSVC_STRING_UNITS)?;
+    }
+    Ok(())
+}
+
+/// The response stub of `NetrServerGetInfo` at level 101 (`info` None: a
+/// NULL info pointer, as sent with an error), what
+/// [`decode_netr_server_get_info_101`] reads.
+pub fn encode_netr_server_get_info_101_response(
+    info: Option<&ServerInfo101>,
+    werror: u32,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = NdrWriter::new(0);
+    w.u32(101);
+    w.unique_ptr(info.is_some());
+    if let Some(i) = info {
+        w.u32(i.platform_id);
+        w.unique_ptr(i.server_name.is_some());
+        w.u32(i.version_major);
+        w.u32(i.version_minor);
+        w.u32(i.server_type);
+        w.unique_ptr(i.comment.is_some());
+        opt_utf16(&mut w, "server_name", &i.server_name)?;
+        opt_utf16(&mut w, "comment", &i.comment)?;
+    }
+    w.u32(werror);
+    Ok(w.into_bytes())
+}
+
+/// The response stub of `NetrShareEnumAll` at level 1 listing `shares`
+/// (`totalentries` = their count, no resume handle), what
+/// [`decode_netr_share_enum_all_1`] reads.
+pub fn encode_netr_share_enum_all_1_response(
+    shares: &[ShareInfo1],
+    werror: u32,
+) -> Result<Vec<u8>, EncodeError> {
+    if shares.len() > MAX_SHARES {
+        return Err(EncodeError::MessageTooLong {
+            len: shares.len(),
+            max: MAX_SHARES,
+        });
+    }
+    let count = shares.len() as u32;
+    let mut w = NdrWriter::new(0);
+    w.u32(1);
+    w.u32(1);
+    w.unique_ptr(true); // ctr1
+    w.u32(count);
+    w.unique_ptr(true); // ctr1.array
+    w.u32(count); // conformance
+    for sh in shares {
+        w.unique_ptr(sh.name.is_some());
+        w.u32(sh.share_type);
+        w.unique_ptr(sh.comment.is_some());
+    }
+    for sh in shares {
+        opt_utf16(&mut w, "share.name", &sh.name)?;
+        opt_utf16(&mut w, "share.comment", &sh.comment)?;
+    }
+    w.u32(count); // totalentries
+    w.unique_ptr(false); // resume_handle
+    w.u32(werror);
+    Ok(w.into_bytes())
 }
 
 /// The request stub of `NetrShareEnumAll(server_unc, level 1, max_buffer
@@ -263,6 +340,65 @@ mod tests {
         let mut long = stub.clone();
         long.push(0);
         assert!(decode_netr_server_get_info_101(&long).is_err());
+    }
+
+    #[test]
+    fn encoded_responses_decode() {
+        let info = ServerInfo101 {
+            platform_id: 500,
+            server_name: Some("OPIPE".into()),
+            version_major: 10,
+            version_minor: 0,
+            server_type: 0x9003,
+            comment: Some("opipe".into()),
+        };
+        let stub = encode_netr_server_get_info_101_response(Some(&info), 0).unwrap();
+        assert_eq!(stub, info101_with(&info));
+        assert_eq!(
+            decode_netr_server_get_info_101(&stub).unwrap(),
+            (Some(info), 0)
+        );
+        let none = encode_netr_server_get_info_101_response(None, WERR_INVALID_LEVEL).unwrap();
+        assert_eq!(
+            decode_netr_server_get_info_101(&none).unwrap(),
+            (None, WERR_INVALID_LEVEL)
+        );
+        let shares = vec![
+            ShareInfo1 {
+                name: Some("tmp".into()),
+                share_type: 0,
+                comment: Some(String::new()),
+            },
+            ShareInfo1 {
+                name: Some("IPC$".into()),
+                share_type: 0x8000_0003,
+                comment: None,
+            },
+        ];
+        let stub = encode_netr_share_enum_all_1_response(&shares, 0).unwrap();
+        let e = decode_netr_share_enum_all_1(&stub).unwrap();
+        assert_eq!(e.shares, shares);
+        assert_eq!((e.total_entries, e.resume_handle, e.werror), (2, None, 0));
+    }
+
+    /// The level-101 answer written field by field, as the test above
+    /// does for a fixed one.
+    fn info101_with(i: &ServerInfo101) -> Vec<u8> {
+        let mut w = NdrWriter::new(0);
+        w.u32(101);
+        w.unique_ptr(true);
+        w.u32(i.platform_id);
+        w.unique_ptr(true);
+        w.u32(i.version_major);
+        w.u32(i.version_minor);
+        w.u32(i.server_type);
+        w.unique_ptr(true);
+        w.string_utf16("n", i.server_name.as_deref().unwrap(), 100)
+            .unwrap();
+        w.string_utf16("c", i.comment.as_deref().unwrap(), 100)
+            .unwrap();
+        w.u32(0);
+        w.into_bytes()
     }
 
     #[test]

@@ -20,17 +20,19 @@
 use std::sync::Arc;
 
 use crate::protocol::dcerpc::{
-    decode_request, encode_bind_ack, CommonHeader, PduReassembler, DEFAULT_MAX_FRAG,
-    PFC_FIRST_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND, PTYPE_REQUEST, PTYPE_RESPONSE,
-    RESPONSE_HEADER_LEN,
+    decode_bind, decode_request, encode_bind_ack, CommonHeader, PduReassembler, SyntaxId,
+    DEFAULT_MAX_FRAG, PFC_FIRST_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND,
+    PTYPE_REQUEST, PTYPE_RESPONSE, RESPONSE_HEADER_LEN, SRVSVC_SYNTAX,
 };
 use crate::protocol::{NetUserInfo, PipeName};
 
-use super::handler::{Handler, HandlerError, HandlerFactory, OUTPUT_BATCH_BYTES};
+use super::handler::{
+    Handler, HandlerError, HandlerFactory, MessageBoundaries, OUTPUT_BATCH_BYTES,
+};
 
 /// Packet types a client may send that need no answer: auth3 (16),
 /// co_cancel (18), orphaned (19).
-const PTYPES_IGNORED: [u8; 3] = [16, 18, 19];
+pub(crate) const PTYPES_IGNORED: [u8; 3] = [16, 18, 19];
 
 /// Byte `i` of every response's stub: `i mod 251`. A prime period makes a
 /// dropped, duplicated or reordered fragment show.
@@ -43,6 +45,7 @@ pub fn reply_stub_byte(i: usize) -> u8 {
 #[derive(Debug, Clone)]
 pub struct DceRpcFactory {
     stub: Arc<[u8]>,
+    log_calls: bool,
 }
 
 impl DceRpcFactory {
@@ -50,13 +53,50 @@ impl DceRpcFactory {
     pub fn new(reply_size: usize) -> DceRpcFactory {
         DceRpcFactory {
             stub: (0..reply_size).map(reply_stub_byte).collect(),
+            log_calls: false,
         }
     }
+
+    /// Log (tracing `info`) every bind (interface) and request (opnum)
+    /// of its handlers (default off: a bench makes millions).
+    pub fn log_calls(mut self, yes: bool) -> DceRpcFactory {
+        self.log_calls = yes;
+        self
+    }
+}
+
+/// A syntax as text: the UUID in its usual form, and the version
+/// (`major.minor`), with the name of the interfaces opipe knows.
+pub(crate) fn syntax_text(s: &SyntaxId) -> String {
+    let u = &s.uuid;
+    let name = if s.uuid == SRVSVC_SYNTAX.uuid {
+        " (srvsvc)"
+    } else {
+        ""
+    };
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x} v{}.{}{name}",
+        u32::from_le_bytes([u[0], u[1], u[2], u[3]]),
+        u16::from_le_bytes([u[4], u[5]]),
+        u16::from_le_bytes([u[6], u[7]]),
+        u[8],
+        u[9],
+        u[10],
+        u[11],
+        u[12],
+        u[13],
+        u[14],
+        u[15],
+        s.version & 0xffff,
+        s.version >> 16
+    )
 }
 
 impl HandlerFactory for DceRpcFactory {
     fn open(&self, pipe: &PipeName, _user: &NetUserInfo) -> Box<dyn Handler> {
-        Box::new(DceRpc::new(pipe, self.stub.clone()))
+        let mut h = DceRpc::new(pipe, self.stub.clone());
+        h.log_calls = self.log_calls;
+        Box::new(h)
     }
 }
 
@@ -72,6 +112,8 @@ pub struct DceRpc {
     /// Stopped at a full batch with a reply unfinished or input maybe left
     /// in the reassembler.
     stalled: bool,
+    /// Log binds and requests (tracing `info`).
+    log_calls: bool,
 }
 
 /// A response in progress: its call and the stub bytes already written.
@@ -96,6 +138,7 @@ impl DceRpc {
             stub,
             reply: None,
             stalled: false,
+            log_calls: false,
         }
     }
 
@@ -155,10 +198,33 @@ impl DceRpc {
         let header = CommonHeader::decode(pdu)?;
         match header.ptype {
             PTYPE_BIND | PTYPE_ALTER_CONTEXT => {
+                if self.log_calls {
+                    if let Ok(bind) = decode_bind(pdu) {
+                        for c in &bind.contexts {
+                            tracing::info!(
+                                "opipe dcerpc: {} bind call {} context {}: {}",
+                                self.sec_addr,
+                                header.call_id,
+                                c.context_id,
+                                syntax_text(&c.abstract_syntax)
+                            );
+                        }
+                    }
+                }
                 out.extend_from_slice(&encode_bind_ack(pdu, &self.sec_addr, DEFAULT_MAX_FRAG)?);
             }
             PTYPE_REQUEST => {
                 let req = decode_request(pdu)?;
+                if self.log_calls {
+                    tracing::info!(
+                        "opipe dcerpc: {} request call {} context {} opnum {} ({} stub bytes)",
+                        self.sec_addr,
+                        req.header.call_id,
+                        req.context_id,
+                        req.opnum,
+                        req.stub.len()
+                    );
+                }
                 if req.header.pfc_flags & PFC_LAST_FRAG != 0 {
                     let mut r = Reply {
                         call_id: req.header.call_id,
@@ -190,6 +256,10 @@ impl Handler for DceRpc {
 
     fn resume(&mut self, out: &mut Vec<u8>) -> Result<(), HandlerError> {
         self.process(out)
+    }
+
+    fn message_boundaries(&self) -> MessageBoundaries {
+        MessageBoundaries::DceRpcPdus
     }
 }
 

@@ -8,7 +8,9 @@
 
 use std::fmt;
 
-use crate::protocol::{DecodeError, NetUserInfo, PipeName};
+use crate::protocol::{DecodeError, EncodeError, NetUserInfo, PipeName};
+
+use super::caller::Caller;
 
 /// Why a handler gave up on its connection. Returning it closes the
 /// connection after the output already produced has been sent.
@@ -39,10 +41,32 @@ impl fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
+impl From<EncodeError> for HandlerError {
+    fn from(e: EncodeError) -> HandlerError {
+        HandlerError::new(e.to_string())
+    }
+}
+
 impl From<DecodeError> for HandlerError {
     fn from(e: DecodeError) -> HandlerError {
         HandlerError::new(e.to_string())
     }
+}
+
+/// Where a handler's output is cut into messages on a message-mode pipe
+/// (the Samba dialect, whose every message carries a `u16` length and is
+/// what an SMB client's read or transceive returns whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageBoundaries {
+    /// What one call ([`Handler::on_data`] or [`Handler::resume`]) appends
+    /// is one message (cut in pieces of 65535 bytes, the most a message
+    /// holds, when longer). On a message-mode pipe each call gets one
+    /// whole message as input.
+    #[default]
+    PerCall,
+    /// The output is DCE/RPC PDUs: each one (by its `frag_length`) is one
+    /// message, never split nor merged with the next.
+    DceRpcPdus,
 }
 
 /// How much output a handler should produce per call before it stops and
@@ -82,6 +106,13 @@ pub trait Handler {
 
     /// The connection is closing (client gone, error, or shutdown).
     fn on_close(&mut self) {}
+
+    /// Where the output is cut into messages on a message-mode pipe
+    /// (default [`MessageBoundaries::PerCall`]); ignored on a byte-stream
+    /// pipe (the illumos dialect).
+    fn message_boundaries(&self) -> MessageBoundaries {
+        MessageBoundaries::PerCall
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Box<H> {
@@ -99,6 +130,10 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
 
     fn on_close(&mut self) {
         (**self).on_close()
+    }
+
+    fn message_boundaries(&self) -> MessageBoundaries {
+        (**self).message_boundaries()
     }
 }
 
@@ -125,6 +160,14 @@ impl<H: Handler + ?Sized> Handler for Box<H> {
 pub trait HandlerFactory: Send + Sync + 'static {
     /// A handler for an open of `pipe` by `user` that the policy accepted.
     fn open(&self, pipe: &PipeName, user: &NetUserInfo) -> Box<dyn Handler>;
+
+    /// The same, with everything the open told about the caller: the
+    /// dialect and, for Samba's, the whole identity (SIDs, unix token,
+    /// addresses). The default calls [`open`](Self::open) with
+    /// [`Caller::user`], the illumos view that both dialects have.
+    fn open_caller(&self, pipe: &PipeName, caller: &Caller) -> Box<dyn Handler> {
+        self.open(pipe, &caller.user)
+    }
 }
 
 impl<F, H> HandlerFactory for F

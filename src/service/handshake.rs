@@ -9,7 +9,15 @@
 
 use std::fmt;
 
-use crate::protocol::{DecodeError, NetUserInfo, PipeHeader, PIPE_HEADER_LEN};
+use crate::protocol::npa::NPA_LENGTH_PREFIX_LEN;
+use crate::protocol::{
+    npa_message_len, DecodeError, NetUserInfo, NpaRequest, PipeHeader, PIPE_HEADER_LEN,
+};
+
+/// The largest Samba (NPA) open request the service reads: 256 KiB, room
+/// for a token of a few thousand SIDs (smbd's are about 1 KiB). The buffer
+/// grows only as bytes arrive.
+pub const MAX_NPA_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Why a handshake failed; every failure closes the connection with no status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +26,9 @@ pub enum HandshakeError {
     BadHeader(DecodeError),
     /// The userinfo does not decode.
     BadUserInfo(DecodeError),
+    /// A Samba (NPA) request's length is out of bounds, or the request
+    /// does not decode (bad magic or level, truncated, trailing bytes).
+    BadNpa(DecodeError),
     /// The client closed (or the connection failed) before the handshake ended.
     Truncated,
     /// The handshake did not complete in time.
@@ -29,6 +40,7 @@ impl fmt::Display for HandshakeError {
         match self {
             HandshakeError::BadHeader(e) => write!(f, "bad open header: {e}"),
             HandshakeError::BadUserInfo(e) => write!(f, "bad netuserinfo: {e}"),
+            HandshakeError::BadNpa(e) => write!(f, "bad named-pipe-auth request: {e}"),
             HandshakeError::Truncated => f.write_str("connection ended inside the open handshake"),
             HandshakeError::TimedOut => f.write_str("open handshake timed out"),
         }
@@ -127,6 +139,93 @@ impl Handshake {
     }
 }
 
+/// What [`NpaHandshake::feed`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NpaStep {
+    /// The request is not complete yet: feed more.
+    NeedMore,
+    /// The request is complete and decoded; `consumed` bytes of the last
+    /// input belonged to it (the rest is the first framed data).
+    Complete {
+        /// The decoded request.
+        request: Box<NpaRequest>,
+        /// Bytes of the last `feed` input that the handshake used.
+        consumed: usize,
+    },
+    /// The input is not a valid request: close without a reply.
+    Failed(HandshakeError),
+}
+
+/// The service side of Samba's named-pipe-auth handshake, sans-IO: a `u32`
+/// big-endian length (checked against [`MAX_NPA_REQUEST_BYTES`] before
+/// anything else is read), then that many bytes, decoded whole with
+/// [`NpaRequest::decode`] (levels 7 and 8; trailing bytes refused).
+#[derive(Debug, Clone, Default)]
+pub struct NpaHandshake {
+    /// Every byte of the request so far, length prefix included.
+    buf: Vec<u8>,
+    /// `Some` once the prefix passed its check: the whole request's length.
+    total: Option<usize>,
+    finished: bool,
+}
+
+impl NpaHandshake {
+    /// A handshake waiting for its first byte.
+    pub fn new() -> NpaHandshake {
+        NpaHandshake::default()
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_seen(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True once `feed` answered `Complete` or `Failed`.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Feeds the next bytes received.
+    pub fn feed(&mut self, data: &[u8]) -> NpaStep {
+        if self.finished {
+            return NpaStep::NeedMore;
+        }
+        let mut used = 0;
+        if self.total.is_none() {
+            let take = (NPA_LENGTH_PREFIX_LEN - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            used += take;
+            let Ok(prefix) = <[u8; NPA_LENGTH_PREFIX_LEN]>::try_from(self.buf.as_slice()) else {
+                return NpaStep::NeedMore;
+            };
+            match npa_message_len(prefix, MAX_NPA_REQUEST_BYTES) {
+                Ok(total) => self.total = Some(total),
+                Err(e) => {
+                    self.finished = true;
+                    self.buf = Vec::new();
+                    return NpaStep::Failed(HandshakeError::BadNpa(e));
+                }
+            }
+        }
+        let total = self.total.unwrap_or(0);
+        let take = (total - self.buf.len()).min(data.len() - used);
+        self.buf.extend_from_slice(&data[used..used + take]);
+        used += take;
+        if self.buf.len() < total {
+            return NpaStep::NeedMore;
+        }
+        self.finished = true;
+        let buf = std::mem::take(&mut self.buf);
+        match NpaRequest::decode(&buf) {
+            Ok(request) => NpaStep::Complete {
+                request: Box::new(request),
+                consumed: used,
+            },
+            Err(e) => NpaStep::Failed(HandshakeError::BadNpa(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +309,76 @@ mod tests {
             Handshake::new().feed(&empty),
             Step::Failed(HandshakeError::BadUserInfo(_))
         ));
+    }
+
+    fn npa_request() -> Vec<u8> {
+        crate::protocol::NpaIdentity::anonymous()
+            .to_request(crate::protocol::NpaLevel::V7)
+            .encode()
+            .unwrap()
+    }
+
+    #[test]
+    fn npa_byte_by_byte_with_trailing_data() {
+        let mut msg = npa_request();
+        let n = msg.len();
+        msg.extend_from_slice(b"\x02\x00hi");
+        let mut hs = NpaHandshake::new();
+        for (i, b) in msg[..n - 1].iter().enumerate() {
+            assert_eq!(
+                hs.feed(std::slice::from_ref(b)),
+                NpaStep::NeedMore,
+                "byte {i}"
+            );
+        }
+        assert_eq!(hs.bytes_seen(), n - 1);
+        match hs.feed(&msg[n - 1..]) {
+            NpaStep::Complete { request, consumed } => {
+                assert_eq!(consumed, 1);
+                assert_eq!(request.level, crate::protocol::NpaLevel::V7);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(hs.is_finished());
+        assert_eq!(hs.feed(b"x"), NpaStep::NeedMore);
+    }
+
+    #[test]
+    fn npa_refusals() {
+        let good = npa_request();
+        let bad = |msg: &[u8]| {
+            matches!(
+                NpaHandshake::new().feed(msg),
+                NpaStep::Failed(HandshakeError::BadNpa(_))
+            )
+        };
+        // Over the bound: refused on the prefix alone, nothing allocated.
+        let mut hs = NpaHandshake::new();
+        let over = ((MAX_NPA_REQUEST_BYTES - 3) as u32).to_be_bytes();
+        assert!(matches!(hs.feed(&over), NpaStep::Failed(_)));
+        assert_eq!(hs.buf.capacity(), 0);
+        let max = ((MAX_NPA_REQUEST_BYTES - 4) as u32).to_be_bytes();
+        assert_eq!(NpaHandshake::new().feed(&max), NpaStep::NeedMore);
+        // Too short to hold a header.
+        assert!(bad(&[0, 0, 0, 4, b'N', b'P', b'A', b'M']));
+        let mut m = good.clone();
+        m[4] = b'X';
+        assert!(bad(&m), "magic");
+        let mut m = good.clone();
+        m[8] = 6;
+        m[12] = 6;
+        assert!(bad(&m), "level");
+        // Trailing bytes inside the declared length.
+        let mut m = good.clone();
+        m.extend_from_slice(&[0; 4]);
+        let len = (m.len() - 4) as u32;
+        m[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(bad(&m), "trailing");
+        // Truncated: the declared length is never reached.
+        assert_eq!(
+            NpaHandshake::new().feed(&good[..good.len() - 1]),
+            NpaStep::NeedMore
+        );
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! hands accepted connections to a [`Handler`] made by a
 //! [`HandlerFactory`].
 //!
+//! Dialects: by default the service speaks illumos smbd's handshake and
+//! byte stream on `<dir>/<name>`; with
+//! [`ServiceBuilder::dialect`]`(`[`Dialect::Samba`](crate::protocol::Dialect::Samba)`)` it speaks Samba's
+//! (named-pipe-auth request and reply, then `u16`-framed messages) on
+//! `<dir>/np/<name>`, where a real smbd with `external_rpc_pipe:socket_dir
+//! = <dir>` connects. Handlers see the caller of either dialect as a
+//! [`Caller`] ([`HandlerFactory::open_caller`]).
+//!
 //! Access control: the sockets get an exact mode (0600 by default,
 //! [`ServiceBuilder::socket_mode`]) whatever the umask, and each connecting
 //! process's uid (`SO_PEERCRED`) is checked before its handshake is read
@@ -35,21 +43,26 @@
 //! ```
 
 mod backend;
+mod caller;
 pub mod dcerpc;
 pub mod handler;
 pub mod handshake;
 mod runtime;
 mod session;
+pub mod srvsvc;
 mod stats;
 
 pub use backend::{Backend, BackendChoice};
+pub use caller::Caller;
 pub use dcerpc::{DceRpc, DceRpcFactory};
-pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory};
+pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory, MessageBoundaries};
+pub use handshake::MAX_NPA_REQUEST_BYTES;
 pub use runtime::{
     Service, ServiceBuilder, ServiceError, ServiceHandle, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_SOCKET_MODE,
 };
 pub use session::{AcceptAll, AcceptPolicy};
+pub use srvsvc::{Srvsvc, SrvsvcFactory};
 pub use stats::Stats;
 
 #[cfg(test)]

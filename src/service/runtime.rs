@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::protocol::{NtStatus, PipeName};
+use crate::protocol::{Dialect, NtStatus, PipeName};
 use crate::ring::server::{EventLoop, LoopConfig, LoopCounters};
 use crate::ring::server_epoll::EpollLoop;
 use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
@@ -131,6 +131,7 @@ impl From<ServiceError> for io::Error {
 /// ```
 pub struct ServiceBuilder {
     dir: PathBuf,
+    dialect: Dialect,
     pipes: Vec<String>,
     factory: Box<dyn HandlerFactory>,
     policy: Box<dyn AcceptPolicy>,
@@ -153,6 +154,7 @@ impl fmt::Debug for ServiceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceBuilder")
             .field("dir", &self.dir)
+            .field("dialect", &self.dialect)
             .field("pipes", &self.pipes)
             .field("deny_anonymous", &self.deny_anonymous)
             .field("max_opens", &self.max_opens)
@@ -180,6 +182,7 @@ impl Service {
     pub fn builder(dir: impl Into<PathBuf>) -> ServiceBuilder {
         ServiceBuilder {
             dir: dir.into(),
+            dialect: Dialect::Illumos,
             pipes: Vec::new(),
             factory: Box::new(EchoFactory),
             policy: Box::new(AcceptAll),
@@ -206,9 +209,30 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 impl ServiceBuilder {
     /// Serves the pipe `name`: a flat name such as `srvsvc` (lower-cased,
     /// like the SMB side does) or an SMB path such as `\PIPE\srvsvc`. The
-    /// socket is `<dir>/<name>`.
+    /// socket is `<dir>/<name>`, or `<dir>/np/<name>` in the Samba dialect.
     pub fn pipe(mut self, name: impl Into<String>) -> Self {
         self.pipes.push(name.into());
+        self
+    }
+
+    /// The dialect the service speaks (default [`Dialect::Illumos`]).
+    ///
+    /// [`Dialect::Samba`]: the sockets are `<dir>/np/<name>` (the `np`
+    /// directory is created with mode 0700 if missing; smbd connects as
+    /// root), each connection opens with Samba's named-pipe-auth request
+    /// (levels 7 and 8, at most
+    /// [`MAX_NPA_REQUEST_BYTES`](super::handshake::MAX_NPA_REQUEST_BYTES),
+    /// within the handshake timeout; bad input is closed without a reply
+    /// like bad illumos input), is decided like an illumos open (anonymous
+    /// users, policy, open limit) and answered with the NPA reply (message
+    /// mode, device state 0x05ff, allocation 4096, the status); after it,
+    /// every message both ways has a `u16` little-endian length, the
+    /// handler gets each received message whole in one call, and its
+    /// output is cut into messages by
+    /// [`Handler::message_boundaries`](super::Handler::message_boundaries).
+    /// Point smbd at it with `external_rpc_pipe:socket_dir = <dir>`.
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 
@@ -372,7 +396,20 @@ impl ServiceBuilder {
                 self.socket_mode
             )));
         }
-        warn_if_dir_writable_by_others(&self.dir);
+        let socket_dir = self.dialect.socket_dir(&self.dir);
+        if socket_dir != self.dir {
+            match std::fs::DirBuilder::new().mode(0o700).create(&socket_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && socket_dir.is_dir() => {}
+                Err(err) => {
+                    return Err(ServiceError::Io {
+                        what: format!("creating {}", socket_dir.display()),
+                        err,
+                    })
+                }
+            }
+        }
+        warn_if_dir_writable_by_others(&socket_dir);
         let peers = if self.any_uid {
             PeerUids::Any
         } else {
@@ -389,7 +426,7 @@ impl ServiceBuilder {
         }
         let mut sockets = Sockets::default();
         for name in &names {
-            sockets.bind(&self.dir.join(name.as_str()), self.socket_mode)?;
+            sockets.bind(&self.dialect.socket_path(&self.dir, name), self.socket_mode)?;
         }
         let shutdown = Arc::new(eventfd().map_err(|err| ServiceError::Io {
             what: "eventfd".into(),
@@ -397,6 +434,7 @@ impl ServiceBuilder {
         })?);
         let loop_counters = Arc::new(LoopCounters::default());
         let shared = Arc::new(Shared {
+            dialect: self.dialect,
             pipes: names
                 .into_iter()
                 .map(|name| PipeSlot {
@@ -692,6 +730,11 @@ impl ServiceHandle {
     /// The socket paths, in the order the pipes were given.
     pub fn socket_paths(&self) -> Vec<PathBuf> {
         self.sockets.paths()
+    }
+
+    /// The dialect the service speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.shared.dialect
     }
 
     /// The event loop backend the service threads run.

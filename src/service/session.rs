@@ -8,12 +8,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{encode_status_word, NetUserInfo, NtStatus, PipeName};
+use crate::protocol::npa::{FRAME_HEADER_LEN, MAX_FRAMED_MESSAGE};
+use crate::protocol::{
+    encode_status_word, Dialect, MessageUnframer, NetUserInfo, NpaIdentity, NpaLevel, NpaReply,
+    NpaRequest, NtStatus, PipeName,
+};
 use crate::ring::server::{Acceptor, CloseReason, LoopCounters, Session, Verdict};
 use crate::ring::sys::peer_uid;
 
-use super::handler::{Handler, HandlerError, HandlerFactory};
-use super::handshake::{Handshake, Step};
+use super::caller::Caller;
+use super::handler::{
+    Handler, HandlerError, HandlerFactory, MessageBoundaries, OUTPUT_BATCH_BYTES,
+};
+use super::handshake::{Handshake, NpaHandshake, NpaStep, Step};
 use super::stats::{bump, Counters};
 
 /// Decides whether an open is accepted. Runs on a service thread for each
@@ -37,6 +44,12 @@ pub trait AcceptPolicy: Send + Sync + 'static {
     /// The status to answer: [`NtStatus::SUCCESS`] accepts the open;
     /// anything else is sent to the client and the connection closed.
     fn check(&self, pipe: &PipeName, user: &NetUserInfo) -> NtStatus;
+
+    /// The same, with the whole caller (dialect, and Samba's identity);
+    /// the default calls [`check`](Self::check) with [`Caller::user`].
+    fn check_caller(&self, pipe: &PipeName, caller: &Caller) -> NtStatus {
+        self.check(pipe, &caller.user)
+    }
 }
 
 impl<F> AcceptPolicy for F
@@ -92,6 +105,7 @@ impl PeerUids {
 
 /// What every connection of a service shares.
 pub(crate) struct Shared {
+    pub dialect: Dialect,
     pub pipes: Vec<PipeSlot>,
     pub peers: PeerUids,
     pub factory: Box<dyn HandlerFactory>,
@@ -106,6 +120,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
+            .field("dialect", &self.dialect)
             .field("pipes", &self.pipes)
             .field("deny_anonymous", &self.deny_anonymous)
             .field("max_opens", &self.max_opens)
@@ -148,14 +163,14 @@ impl Shared {
     /// The accept decision for a decoded open, in illumos-compatible terms:
     /// anonymous users first (when denied), then the policy, then the open
     /// limit. Returns the status and, on success, the held open slot.
-    fn decide(self: &Arc<Self>, pipe: usize, user: &NetUserInfo) -> (NtStatus, Option<OpenSlot>) {
-        if self.deny_anonymous && user.is_anonymous() {
+    fn decide(self: &Arc<Self>, pipe: usize, caller: &Caller) -> (NtStatus, Option<OpenSlot>) {
+        if self.deny_anonymous && caller.is_anonymous() {
             return (NtStatus::ACCESS_DENIED, None);
         }
         // A panicking policy refuses the open rather than take the
         // service thread down.
         let status = catch_unwind(AssertUnwindSafe(|| {
-            self.policy.check(&self.pipes[pipe].name, user)
+            self.policy.check_caller(&self.pipes[pipe].name, caller)
         }))
         .unwrap_or(NtStatus::INTERNAL_ERROR);
         if status != NtStatus::SUCCESS {
@@ -168,8 +183,14 @@ impl Shared {
     }
 }
 
+/// The handshake of the service's dialect.
+enum Opening {
+    Illumos(Handshake),
+    Samba(NpaHandshake),
+}
+
 enum Phase {
-    Handshake(Handshake),
+    Handshake(Box<Opening>),
     Open(Box<dyn Handler>),
     /// Rejected, failed or ended: input is ignored until the loop closes.
     Done,
@@ -182,19 +203,69 @@ pub(crate) struct PipeSession {
     phase: Phase,
     deadline: Instant,
     slot: Option<OpenSlot>,
+    /// Message mode (Samba dialect), once open.
+    framing: Option<Box<Framing>>,
+}
+
+/// A message-mode pipe's framing: `u16` little-endian length before every
+/// message, both ways. The handler sees each received message whole, and
+/// its output is cut into messages by its [`MessageBoundaries`].
+#[derive(Default)]
+struct Framing {
+    input: MessageUnframer,
+    /// The handler's output before it is framed into `out`.
+    scratch: Vec<u8>,
+}
+
+/// The `frag_length` of the DCE/RPC PDU at the front of `data`, if it is
+/// one that fits.
+fn pdu_len_at(data: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_le_bytes([*data.get(8)?, *data.get(9)?]));
+    (len >= 16 && len <= data.len()).then_some(len)
+}
+
+/// Appends `data` to `out` as messages cut by `boundaries`; none longer
+/// than [`MAX_FRAMED_MESSAGE`].
+fn frame_into(out: &mut Vec<u8>, mut data: &[u8], boundaries: MessageBoundaries) {
+    out.reserve(data.len() + FRAME_HEADER_LEN);
+    while !data.is_empty() {
+        let n = match boundaries {
+            MessageBoundaries::PerCall => data.len(),
+            MessageBoundaries::DceRpcPdus => pdu_len_at(data).unwrap_or(data.len()),
+        }
+        .min(MAX_FRAMED_MESSAGE);
+        // n <= 65535: fits the header.
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+        out.extend_from_slice(&data[..n]);
+        data = &data[n..];
+    }
 }
 
 impl PipeSession {
     pub(crate) fn new(shared: Arc<Shared>, pipe: usize, now: Instant) -> PipeSession {
         bump(&shared.counters.connections_open);
         let deadline = now + shared.handshake_timeout;
+        let opening = match shared.dialect {
+            Dialect::Illumos => Opening::Illumos(Handshake::new()),
+            Dialect::Samba => Opening::Samba(NpaHandshake::new()),
+        };
         PipeSession {
             shared,
             pipe,
-            phase: Phase::Handshake(Handshake::new()),
+            phase: Phase::Handshake(Box::new(opening)),
             deadline,
             slot: None,
+            framing: None,
         }
+    }
+
+    fn fail_handshake(&mut self, e: &super::handshake::HandshakeError) -> Verdict {
+        tracing::debug!(
+            "opipe service: {} ({}): {e}; closed without an answer",
+            self.shared.pipes[self.pipe].name.as_str(),
+            self.shared.dialect
+        );
+        self.fail_silently()
     }
 
     fn fail_silently(&mut self) -> Verdict {
@@ -232,28 +303,96 @@ impl PipeSession {
         if data.is_empty() {
             return Verdict::Continue;
         }
-        self.with_handler(out, |h, out| h.on_data(data, out))
+        match &mut self.framing {
+            None => self.with_handler(out, |h, out| h.on_data(data, out)),
+            Some(f) => {
+                f.input.push(data);
+                self.pump(out)
+            }
+        }
+    }
+
+    /// Message mode: runs `f` on the handler with the scratch buffer, then
+    /// frames what it wrote into `out`.
+    fn framed_call(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: impl FnOnce(&mut dyn Handler, &mut Vec<u8>) -> Result<(), HandlerError>,
+    ) -> Verdict {
+        let mut scratch = match &mut self.framing {
+            Some(fr) => std::mem::take(&mut fr.scratch),
+            None => return self.with_handler(out, f),
+        };
+        let v = self.with_handler(&mut scratch, f);
+        let boundaries = match &self.phase {
+            Phase::Open(h) => h.message_boundaries(),
+            _ => MessageBoundaries::PerCall,
+        };
+        frame_into(out, &scratch, boundaries);
+        scratch.clear();
+        if let Some(fr) = &mut self.framing {
+            fr.scratch = scratch;
+        }
+        v
+    }
+
+    /// Message mode: hands whole received messages to the handler, one
+    /// call each, until none is left, the handler holds a backlog, or a
+    /// batch of output was written.
+    fn pump(&mut self, out: &mut Vec<u8>) -> Verdict {
+        let start = out.len();
+        loop {
+            let Phase::Open(h) = &self.phase else {
+                return Verdict::Continue;
+            };
+            if h.has_backlog() || out.len() - start >= OUTPUT_BATCH_BYTES {
+                return Verdict::Continue;
+            }
+            let Some(msg) = self.framing.as_mut().and_then(|f| f.input.next_message()) else {
+                return Verdict::Continue;
+            };
+            if msg.is_empty() {
+                continue;
+            }
+            let v = self.framed_call(out, |h, o| h.on_data(&msg, o));
+            if v != Verdict::Continue {
+                return v;
+            }
+        }
     }
 
     /// The open was decided: makes the handler (a panicking factory turns
-    /// the answer into STATUS_INTERNAL_ERROR) and writes the status word.
-    fn complete_open(&mut self, user: &NetUserInfo, out: &mut Vec<u8>) -> Verdict {
-        let (mut status, slot) = self.shared.decide(self.pipe, user);
+    /// the answer into STATUS_INTERNAL_ERROR) and writes the answer: the
+    /// status word (illumos) or the NPA reply at the request's `level`.
+    fn complete_open(
+        &mut self,
+        caller: &Caller,
+        level: Option<NpaLevel>,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        let (mut status, slot) = self.shared.decide(self.pipe, caller);
         let mut handler = None;
         if status == NtStatus::SUCCESS {
             let (shared, pipe) = (&self.shared, self.pipe);
             match catch_unwind(AssertUnwindSafe(|| {
-                shared.factory.open(&shared.pipes[pipe].name, user)
+                shared.factory.open_caller(&shared.pipes[pipe].name, caller)
             })) {
                 Ok(h) => handler = Some(h),
                 Err(_) => status = NtStatus::INTERNAL_ERROR,
             }
         }
-        out.extend_from_slice(&encode_status_word(status));
+        tracing::info!(
+            "opipe service: open of {} by {caller}: {status}",
+            self.shared.pipes[self.pipe].name.as_str()
+        );
+        self.answer(level, status, out);
         match handler {
             Some(h) => {
                 bump(&self.shared.counters.handshakes_ok);
                 self.slot = slot;
+                if level.is_some() {
+                    self.framing = Some(Box::default());
+                }
                 self.phase = Phase::Open(h);
                 Verdict::Continue
             }
@@ -264,32 +403,88 @@ impl PipeSession {
             }
         }
     }
+
+    fn answer(&self, level: Option<NpaLevel>, status: NtStatus, out: &mut Vec<u8>) {
+        match level {
+            None => out.extend_from_slice(&encode_status_word(status)),
+            Some(level) => out.extend_from_slice(&NpaReply::error(level, status).encode()),
+        }
+    }
+
+    /// A Samba request decoded: its identity (refused as Samba refuses
+    /// it: no session info or token, addresses that do not parse, the
+    /// SYSTEM token), then the same decision as an illumos open.
+    fn complete_npa(&mut self, req: &NpaRequest, out: &mut Vec<u8>) -> Verdict {
+        let refused = match NpaIdentity::from_request(req) {
+            Ok(id) if id.is_system() => Err((
+                NtStatus::ACCESS_DENIED,
+                "the SYSTEM token is refused on a pipe".to_owned(),
+            )),
+            Ok(id) => Ok(id),
+            Err(e) => Err((e.status(), e.to_string())),
+        };
+        match refused {
+            Ok(id) => self.complete_open(&Caller::from_npa(id), Some(req.level), out),
+            Err((status, why)) => {
+                tracing::info!(
+                    "opipe service: open of {} refused: {why}: {status}",
+                    self.shared.pipes[self.pipe].name.as_str()
+                );
+                self.answer(Some(req.level), status, out);
+                bump(&self.shared.counters.handshakes_rejected);
+                self.phase = Phase::Done;
+                Verdict::Close
+            }
+        }
+    }
 }
 
 impl Session for PipeSession {
     fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
-        let Phase::Handshake(hs) = &mut self.phase else {
+        let Phase::Handshake(opening) = &mut self.phase else {
             return self.feed_handler(data, out);
         };
-        match hs.feed(data) {
-            Step::NeedMore => Verdict::Continue,
-            Step::Failed(_) => self.fail_silently(),
-            Step::Complete { user, consumed } => match self.complete_open(&user, out) {
-                Verdict::Continue => self.feed_handler(&data[consumed..], out),
-                v => v,
+        let (verdict, consumed) = match opening.as_mut() {
+            Opening::Illumos(hs) => match hs.feed(data) {
+                Step::NeedMore => return Verdict::Continue,
+                Step::Failed(e) => return self.fail_handshake(&e),
+                Step::Complete { user, consumed } => (
+                    self.complete_open(&Caller::illumos(*user), None, out),
+                    consumed,
+                ),
             },
+            Opening::Samba(hs) => match hs.feed(data) {
+                NpaStep::NeedMore => return Verdict::Continue,
+                NpaStep::Failed(e) => return self.fail_handshake(&e),
+                NpaStep::Complete { request, consumed } => {
+                    (self.complete_npa(&request, out), consumed)
+                }
+            },
+        };
+        match verdict {
+            Verdict::Continue => self.feed_handler(&data[consumed..], out),
+            v => v,
         }
     }
 
     fn has_backlog(&self) -> bool {
         match &self.phase {
-            Phase::Open(h) => h.has_backlog(),
+            Phase::Open(h) => {
+                h.has_backlog()
+                    || self
+                        .framing
+                        .as_ref()
+                        .is_some_and(|f| f.input.buffered() > 0 && f.input.needed() == 0)
+            }
             _ => false,
         }
     }
 
     fn on_writable(&mut self, out: &mut Vec<u8>) -> Verdict {
-        self.with_handler(out, |h, out| h.resume(out))
+        match self.framed_call(out, |h, out| h.resume(out)) {
+            Verdict::Continue if self.framing.is_some() => self.pump(out),
+            v => v,
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -374,6 +569,7 @@ mod tests {
         policy: Box<dyn AcceptPolicy>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
+            dialect: Dialect::Illumos,
             pipes: vec![PipeSlot {
                 name: PipeName::parse("srvsvc").unwrap(),
                 open: AtomicU64::new(0),

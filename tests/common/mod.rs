@@ -6,6 +6,7 @@ pub mod client;
 pub mod peer;
 pub mod samba;
 pub mod seccomp;
+pub mod smbd;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -1,0 +1,261 @@
+//! A real SMB server for tests: Debian's `smbd` on a free loopback port,
+//! from a temp dir with its own `smb.conf` (the recipe in
+//! `/work/shared/SAMBA.md`), its named pipes pointed at a pipe service
+//! with `external_rpc_pipe:socket_dir`, in its own process group, stopped
+//! by that group's id on drop. And the real clients, run with a time bound.
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `samba` package installs the SMB server.
+pub const SMBD: &str = "/usr/sbin/smbd";
+/// The clients (Debian's `smbclient` package).
+pub const RPCCLIENT: &str = "/usr/bin/rpcclient";
+/// See [`RPCCLIENT`].
+pub const SMBCLIENT: &str = "/usr/bin/smbclient";
+
+/// How long smbd may take to listen, and a client to finish.
+pub const SMBD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Prints the loud skip notice and returns `false` when smbd or the
+/// clients are missing.
+pub fn require_smbd(test: &str) -> bool {
+    let missing: Vec<&str> = [SMBD, RPCCLIENT, SMBCLIENT]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: samba not installed ({} missing); {test} did not run. Install: \
+         apt-get install --no-install-recommends samba smbclient samba-common-bin",
+        missing.join(", ")
+    );
+    false
+}
+
+/// A running `smbd`.
+pub struct Smbd {
+    child: Child,
+    /// The temp dir that holds every file smbd writes.
+    pub dir: tempfile::TempDir,
+    /// The `smb.conf`.
+    pub conf: PathBuf,
+    /// The loopback TCP port it listens on.
+    pub port: u16,
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Smbd {
+    /// Starts `smbd` (`netbios name = <netbios_name>`, guest allowed, one
+    /// read-only share `tmp`) whose pipes go to sockets under
+    /// `<pipe_dir>/np/`, and waits (bounded) until it accepts on its port.
+    /// `None`, after a loud SKIPPED line, when Samba is not installed; a
+    /// start-up failure panics with smbd's log.
+    pub fn start(netbios_name: &str, pipe_dir: &Path) -> Option<Smbd> {
+        if !require_smbd("this smbd test") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("opipe-smbd")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path();
+        for sub in [
+            "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc", "share",
+        ] {
+            fs::create_dir_all(root.join(sub)).expect("smbd state dir");
+        }
+        let p = |sub: &str| root.join(sub).display().to_string();
+        let port = free_port();
+        let conf = root.join("smb.conf");
+        let text = format!(
+            "[global]\n\
+             netbios name = {netbios_name}\n\
+             workgroup = OPIPETEST\n\
+             server role = standalone server\n\
+             lock directory = {lock}\n\
+             state directory = {state}\n\
+             cache directory = {cache}\n\
+             private dir = {private}\n\
+             binddns dir = {binddns}\n\
+             pid directory = {pid}\n\
+             ncalrpc dir = {ncalrpc}\n\
+             log file = {log}\n\
+             log level = 1\n\
+             passdb backend = tdbsam:{passdb}\n\
+             interfaces = lo\n\
+             bind interfaces only = yes\n\
+             disable netbios = yes\n\
+             load printers = no\n\
+             disable spoolss = yes\n\
+             map to guest = Bad User\n\
+             rpc start on demand helpers = no\n\
+             smb ports = {port}\n\
+             external_rpc_pipe:socket_dir = {pipes}\n\
+             \n\
+             [tmp]\n\
+             path = {share}\n\
+             read only = yes\n\
+             guest ok = yes\n",
+            lock = p("lock"),
+            state = p("state"),
+            cache = p("cache"),
+            private = p("private"),
+            binddns = p("bind-dns"),
+            pid = p("pid"),
+            ncalrpc = p("ncalrpc"),
+            log = p("smbd.log"),
+            passdb = root.join("private/passdb.tdb").display(),
+            pipes = pipe_dir.display(),
+            share = p("share"),
+        );
+        fs::write(&conf, text).expect("write smb.conf");
+        let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
+        let child = Command::new(SMBD)
+            .args(["--foreground", "--no-process-group", "-s"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own group: the per-client smbd children join it, and Drop
+            // stops them all with one kill of the group.
+            .process_group(0)
+            .spawn()
+            .expect("spawn smbd");
+        let mut smbd = Smbd {
+            child,
+            dir,
+            conf,
+            port,
+        };
+        smbd.wait_listening(SMBD_TIMEOUT);
+        Some(smbd)
+    }
+
+    /// smbd's logs so far (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["stderr.log", "smbd.log"] {
+            let mut text = String::new();
+            if let Ok(mut f) = fs::File::open(self.dir.path().join(name)) {
+                let _ = f.read_to_string(&mut text);
+            }
+            out.push_str(&format!("--- {name}\n{text}\n"));
+        }
+        out
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("smbd exited ({status}) before listening\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "smbd did not listen on port {} within {timeout:?}\n{}",
+                self.port,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `rpcclient -U% -p PORT 127.0.0.1 -c <command>` (anonymous).
+    pub fn rpcclient(&self, command: &str) -> Output {
+        run_bounded(
+            Command::new(RPCCLIENT).args([
+                "-U%",
+                "-p",
+                &self.port.to_string(),
+                "127.0.0.1",
+                "-c",
+                command,
+            ]),
+            SMBD_TIMEOUT,
+        )
+    }
+
+    /// `smbclient -L //127.0.0.1 -p PORT -N` (guest).
+    pub fn smbclient_list(&self) -> Output {
+        run_bounded(
+            Command::new(SMBCLIENT).args(["-L", "//127.0.0.1", "-p", &self.port.to_string(), "-N"]),
+            SMBD_TIMEOUT,
+        )
+    }
+}
+
+impl Drop for Smbd {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SIGTERM to the parent smbd first, then whatever is left of its
+        // process group (process_group(0) made the group id its pid).
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child's, not yet waited for.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` in its own process group with stdout and stderr captured;
+/// kills the group and fails the test after `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).expect("stdout file"))
+        .stderr(fs::File::create(&err_path).expect("stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("spawn a samba client");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let pid = child.id() as i32;
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: fs::read(&out_path).unwrap_or_default(),
+        stderr: fs::read(&err_path).unwrap_or_default(),
+    }
+}
