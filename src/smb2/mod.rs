@@ -9,7 +9,8 @@
 //!   [`message`] puts header and body together ([`Request`], [`Response`]);
 //! * [`spnego`] and [`ntlmssp`]: the security tokens of anonymous and guest
 //!   logins (no signing, no keys);
-//! * [`status`]: the NT statuses the front adds.
+//! * [`status`]: the NT statuses the front adds;
+//! * [`server`]: a sans-IO IPC$ server core over a pipe backend trait.
 //!
 //! DESIGN.md, "The SMB2 front", says what was learnt from real clients.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod header;
 pub mod message;
 pub mod negotiate;
 pub mod ntlmssp;
+pub mod server;
 pub mod session;
 pub mod spnego;
 pub mod status;

@@ -1,0 +1,1319 @@
+//! A sans-IO SMB2 server core for IPC$: one [`Connection`] per TCP
+//! connection turns bytes in into framed responses out, and drives the
+//! pipes through a [`PipeBackend`]. No sockets, no clocks (the caller
+//! passes the time), no threads.
+//!
+//! What it serves: NEGOTIATE (2.0.2 to 3.1.1, and the SMB1 negotiate
+//! answered with the SMB2 upgrade), anonymous and guest SESSION_SETUP over
+//! SPNEGO/NTLMSSP (no signing), LOGOFF, TREE_CONNECT to IPC$ only,
+//! TREE_DISCONNECT, CREATE/CLOSE of pipes, IOCTL (TRANSCEIVE, PEEK, WAIT,
+//! VALIDATE_NEGOTIATE_INFO), READ (async when nothing waits; CANCEL
+//! cancels it), WRITE, QUERY_INFO (standard information), ECHO, compound
+//! chains and credits. Limits: [`ServerConfig`].
+
+mod backend;
+
+pub use backend::{Completion, OpId, PipeBackend, PipeData, PipeRef};
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::task::Poll;
+
+use super::file::{
+    CloseResponse, CreateResponse, FileId, IoctlRequest, IoctlResponse, QueryInfoResponse,
+    ReadResponse, WriteResponse, FSCTL_PIPE_PEEK, FSCTL_PIPE_TRANSCEIVE, FSCTL_PIPE_WAIT,
+    IOCTL_IS_FSCTL,
+};
+use super::frame::{frame, Unframer};
+use super::header::{
+    split_compound, Command, Header, HeaderIds, FLAGS_RELATED_OPERATIONS, FLAGS_SERVER_TO_REDIR,
+};
+use super::message::{ErrorResponse, Request, Response};
+use super::negotiate::{
+    NegotiateContext, NegotiateRequest, NegotiateResponse, Smb1Negotiate, DIALECT_202, DIALECT_210,
+    DIALECT_300, DIALECT_302, DIALECT_311, HASH_SHA512, SIGNING_ENABLED,
+};
+use super::ntlmssp::{self, Authenticate};
+use super::session::{
+    SessionSetupRequest, SessionSetupResponse, TreeConnectResponse, SESSION_FLAG_IS_GUEST,
+    SESSION_FLAG_IS_NULL, SHARE_TYPE_PIPE,
+};
+use super::spnego::{NegState, NegTokenInit, NegTokenResp, SpnegoToken, OID_NTLMSSP};
+use super::status;
+use crate::protocol::error::DecodeError;
+use crate::protocol::status::NtStatus;
+use crate::protocol::userinfo::{ClientAddr, NetUserInfo, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
+
+/// FSCTL_VALIDATE_NEGOTIATE_INFO (3.0 and 3.0.2 clients send it).
+pub const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
+/// SMB2_GLOBAL_CAP_LARGE_MTU.
+const CAP_LARGE_MTU: u32 = 0x0000_0004;
+/// STATUS_INFO_LENGTH_MISMATCH.
+const INFO_LENGTH_MISMATCH: NtStatus = NtStatus(0xC000_0004);
+/// The uid pipe opens of anonymous and guest sessions carry (nobody).
+pub const NOBODY_UID: u32 = 65534;
+
+/// The dialects served, lowest first.
+pub const DIALECTS: [u16; 5] = [
+    DIALECT_202,
+    DIALECT_210,
+    DIALECT_300,
+    DIALECT_302,
+    DIALECT_311,
+];
+
+/// Server-wide settings and limits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// ServerGuid.
+    pub server_guid: [u8; 16],
+    /// The NetBIOS name in NTLM challenges.
+    pub server_name: String,
+    /// Sessions per connection.
+    pub max_sessions: usize,
+    /// Tree connects per session.
+    pub max_trees_per_session: usize,
+    /// Open pipes per session.
+    pub max_opens_per_session: usize,
+    /// Outstanding (pending) backend operations per connection.
+    pub max_pending: usize,
+    /// The most credits a client may hold.
+    pub max_credits: u16,
+    /// MaxTransactSize, MaxReadSize and MaxWriteSize announced (and enforced).
+    pub max_io_bytes: u32,
+    /// The largest SMB2 message (a whole compound) accepted.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            server_guid: *b"opipe-smb2-front",
+            server_name: "OPIPE".into(),
+            max_sessions: 16,
+            max_trees_per_session: 16,
+            max_opens_per_session: 64,
+            max_pending: 64,
+            max_credits: 512,
+            max_io_bytes: 65536,
+            max_message_bytes: 4 * 65536 + 4096,
+        }
+    }
+}
+
+/// Why a connection was closed by the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// Bytes that are not SMB2 (framing, header, compound chain, or an
+    /// SMB1 message after the start).
+    Malformed(DecodeError),
+    /// A request outside the credit window, or the SMB1 negotiate offered
+    /// no SMB2 dialect, or a second NEGOTIATE.
+    Protocol(&'static str),
+    /// The connection was already closed.
+    Closed,
+}
+
+#[derive(Debug)]
+enum SessionState {
+    /// CHALLENGE sent; the AUTHENTICATE is awaited. `spnego`: whether the
+    /// client wraps NTLMSSP in SPNEGO.
+    Challenged {
+        spnego: bool,
+    },
+    Valid {
+        user: NetUserInfo,
+    },
+}
+
+#[derive(Debug)]
+struct Open {
+    pipe: PipeRef,
+    tree_id: u32,
+}
+
+#[derive(Debug)]
+struct Session {
+    state: SessionState,
+    trees: Vec<u32>,
+    opens: HashMap<FileId, Open>,
+}
+
+/// What a pending backend operation will answer.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Open { session_id: u64, tree_id: u32 },
+    Ioctl { ctl_code: u32, file_id: FileId },
+    Read,
+    Write,
+}
+
+/// The state of a compound chain being answered.
+#[derive(Debug, Default)]
+struct Chain {
+    parts: Vec<Vec<u8>>,
+    next: usize,
+    responses: Vec<Vec<u8>>,
+    /// Session, tree and file of the part before (related operations).
+    session_id: u64,
+    tree_id: u32,
+    file_id: Option<FileId>,
+    failed: Option<NtStatus>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    header: Header,
+    kind: Kind,
+    /// Set when an interim response went out (the answer is async).
+    async_id: Option<u64>,
+    /// The rest of the chain, when the op was not its last part.
+    chain: Option<Chain>,
+}
+
+enum Step {
+    Reply(NtStatus, Response),
+    Backend(Kind, OpId, Poll<Completion>),
+    /// CANCEL: no response.
+    Silent,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Connection {
+    cfg: ServerConfig,
+    client: SocketAddr,
+    unframer: Unframer,
+    out: Vec<u8>,
+    closed: bool,
+    dialect: Option<u16>,
+    client_guid: [u8; 16],
+    client_security_mode: u16,
+    client_capabilities: u32,
+    smb1_seen: bool,
+    /// Message ids below this are allowed (the credit window's top).
+    credit_limit: u64,
+    /// The highest message id seen plus one.
+    next_message_id: u64,
+    sessions: BTreeMap<u64, Session>,
+    next_session: u64,
+    next_tree: u32,
+    next_file: u64,
+    next_op: u64,
+    next_async: u64,
+    pending: BTreeMap<OpId, Pending>,
+    seed: u64,
+    /// An id the response being built assigns (SESSION_SETUP, TREE_CONNECT).
+    new_session: Option<u64>,
+    new_tree: Option<u32>,
+}
+
+/// splitmix64: the challenge and salt bytes (no secret rides on them:
+/// anonymous and guest logins check no response).
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn client_addr(ip: IpAddr) -> ClientAddr {
+    match ip {
+        IpAddr::V4(a) => ClientAddr::V4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => ClientAddr::V4(v4),
+            None => ClientAddr::V6(a),
+        },
+    }
+}
+
+impl Connection {
+    /// A connection from `client`; `seed` varies the server challenge and
+    /// preauth salt, and offsets session ids so that they differ between
+    /// connections (give each connection its own).
+    pub fn new(cfg: ServerConfig, client: SocketAddr, seed: u64) -> Connection {
+        let max = cfg.max_message_bytes;
+        Connection {
+            cfg,
+            client,
+            unframer: Unframer::new(max),
+            out: Vec::new(),
+            closed: false,
+            dialect: None,
+            client_guid: [0; 16],
+            client_security_mode: 0,
+            client_capabilities: 0,
+            smb1_seen: false,
+            credit_limit: 1,
+            next_message_id: 0,
+            sessions: BTreeMap::new(),
+            next_session: (mix(seed) & 0x0000_FFFF_FFFF_0000) | 1,
+            next_tree: 1,
+            next_file: 1,
+            next_op: 1,
+            next_async: 1,
+            pending: BTreeMap::new(),
+            seed,
+            new_session: None,
+            new_tree: None,
+        }
+    }
+
+    /// Framed bytes to send, taken.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether the core closed the connection (send what is left, then close).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Backend operations not yet completed.
+    pub fn pending_ops(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes from the client. `now` is the time as a FILETIME (100 ns since
+    /// 1601). On an error the connection is closed: its pipes are closed
+    /// and its sessions logged off through `backend`, and the caller drops
+    /// the socket.
+    pub fn receive(
+        &mut self,
+        bytes: &[u8],
+        now: u64,
+        backend: &mut dyn PipeBackend,
+    ) -> Result<(), ConnectionError> {
+        if self.closed {
+            return Err(ConnectionError::Closed);
+        }
+        self.unframer.push(bytes);
+        loop {
+            let msg = match self.unframer.next_message() {
+                Ok(Some(m)) => m.to_vec(),
+                Ok(None) => break,
+                Err(e) => return self.fail(backend, ConnectionError::Malformed(e)),
+            };
+            if let Err(e) = self.message(&msg, now, backend) {
+                return self.fail(backend, e);
+            }
+        }
+        self.unframer.compact();
+        Ok(())
+    }
+
+    /// Ends the connection (the client went away): cancels what is pending,
+    /// closes the pipes, logs the sessions off.
+    pub fn shutdown(&mut self, backend: &mut dyn PipeBackend) {
+        self.closed = true;
+        let ops: Vec<OpId> = self.pending.keys().copied().collect();
+        for op in ops {
+            backend.cancel(op);
+        }
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id, backend);
+        }
+    }
+
+    fn fail(
+        &mut self,
+        backend: &mut dyn PipeBackend,
+        e: ConnectionError,
+    ) -> Result<(), ConnectionError> {
+        tracing::debug!(client = %self.client, error = ?e, "smb2: closing connection");
+        self.shutdown(backend);
+        Err(e)
+    }
+
+    fn message(
+        &mut self,
+        msg: &[u8],
+        now: u64,
+        backend: &mut dyn PipeBackend,
+    ) -> Result<(), ConnectionError> {
+        if Smb1Negotiate::is_smb1(msg) {
+            return self.smb1_negotiate(msg, now);
+        }
+        let parts = split_compound(msg).map_err(ConnectionError::Malformed)?;
+        let chain = Chain {
+            parts: parts.into_iter().map(<[u8]>::to_vec).collect(),
+            ..Chain::default()
+        };
+        self.run_chain(chain, now, backend)
+    }
+
+    fn smb1_negotiate(&mut self, msg: &[u8], now: u64) -> Result<(), ConnectionError> {
+        if self.dialect.is_some() || self.smb1_seen || self.next_message_id != 0 {
+            return Err(ConnectionError::Protocol("SMB1 after the first message"));
+        }
+        let n = Smb1Negotiate::decode(msg).map_err(ConnectionError::Malformed)?;
+        let Some(rev) = n.smb2_answer() else {
+            return Err(ConnectionError::Protocol("SMB1 negotiate without SMB2"));
+        };
+        self.smb1_seen = true;
+        // The SMB1 request counts as message 0; one credit for the next.
+        self.next_message_id = 1;
+        self.credit_limit = 2;
+        let resp = self.negotiate_response(rev, now, &[]);
+        let mut h = Header::request(Command::Negotiate);
+        h.flags = FLAGS_SERVER_TO_REDIR;
+        h.credits = 1;
+        if rev == DIALECT_202 {
+            self.dialect = Some(DIALECT_202);
+        }
+        self.emit_parts(vec![self.encode_response(&h, &Response::Negotiate(resp))]);
+        Ok(())
+    }
+
+    fn run_chain(
+        &mut self,
+        mut chain: Chain,
+        now: u64,
+        backend: &mut dyn PipeBackend,
+    ) -> Result<(), ConnectionError> {
+        while chain.next < chain.parts.len() {
+            let idx = chain.next;
+            chain.next += 1;
+            let last = chain.next == chain.parts.len();
+            let part = std::mem::take(&mut chain.parts[idx]);
+            let mut header = Header::decode(&part).map_err(ConnectionError::Malformed)?;
+            if header.is_response() {
+                return Err(ConnectionError::Protocol("a response from the client"));
+            }
+            self.check_credits(&header)?;
+            if header.is_related() && idx > 0 {
+                header.session_id = chain.session_id;
+                if let HeaderIds::Sync { process_id, .. } = header.ids {
+                    header.ids = HeaderIds::Sync {
+                        process_id,
+                        tree_id: chain.tree_id,
+                    };
+                }
+            }
+            let step = if let (true, Some(st)) = (header.is_related(), chain.failed) {
+                Step::Reply(st, error_body())
+            } else {
+                match Request::decode(&part) {
+                    Ok((_, mut req)) => {
+                        if header.is_related() {
+                            relate_file_id(&mut req, chain.file_id);
+                        }
+                        self.dispatch(&header, req, now, backend)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "smb2: undecodable request body");
+                        Step::Reply(NtStatus::INVALID_PARAMETER, error_body())
+                    }
+                }
+            };
+            match step {
+                Step::Silent => {}
+                Step::Reply(st, resp) => self.add_response(&mut chain, &header, st, resp),
+                Step::Backend(kind, _op, Poll::Ready(c)) => {
+                    let (st, resp) = self.finish(kind, c, backend);
+                    self.add_response(&mut chain, &header, st, resp);
+                }
+                Step::Backend(kind, op, Poll::Pending) => {
+                    if last {
+                        // Interim STATUS_PENDING, then the answer later.
+                        let async_id = self.next_async;
+                        self.next_async += 1;
+                        let mut h = self.response_header(&header, NtStatus::PENDING);
+                        h.ids = HeaderIds::Async { async_id };
+                        h.credits = self.grant(&header);
+                        h.credit_charge = header.credit_charge;
+                        let interim =
+                            self.encode_response(&h, &Response::Error(ErrorResponse::default()));
+                        chain.responses.push(interim);
+                        self.emit_parts(std::mem::take(&mut chain.responses));
+                        self.pending.insert(
+                            op,
+                            Pending {
+                                header,
+                                kind,
+                                async_id: Some(async_id),
+                                chain: None,
+                            },
+                        );
+                    } else {
+                        self.pending.insert(
+                            op,
+                            Pending {
+                                header,
+                                kind,
+                                async_id: None,
+                                chain: Some(chain),
+                            },
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if !chain.responses.is_empty() {
+            self.emit_parts(std::mem::take(&mut chain.responses));
+        }
+        Ok(())
+    }
+
+    /// The result of a backend operation that returned `Poll::Pending`.
+    pub fn complete(
+        &mut self,
+        op: OpId,
+        completion: Completion,
+        now: u64,
+        backend: &mut dyn PipeBackend,
+    ) -> Result<(), ConnectionError> {
+        let Some(p) = self.pending.remove(&op) else {
+            tracing::debug!(?op, "smb2: completion of an unknown operation");
+            return Ok(());
+        };
+        if self.closed {
+            // Late completions after shutdown: close what they opened.
+            if let Completion::Open(Ok(pipe)) = completion {
+                backend.close(pipe);
+            }
+            return Ok(());
+        }
+        let (st, resp) = self.finish(p.kind, completion, backend);
+        match (p.async_id, p.chain) {
+            (Some(async_id), _) => {
+                let mut h = self.response_header(&p.header, st);
+                h.ids = HeaderIds::Async { async_id };
+                h.credits = 0;
+                let bytes = self.encode_response(&h, &resp);
+                self.emit_parts(vec![bytes]);
+                Ok(())
+            }
+            (None, Some(mut chain)) => {
+                self.add_response(&mut chain, &p.header, st, resp);
+                match self.run_chain(chain, now, backend) {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.fail(backend, e),
+                }
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    fn check_credits(&mut self, h: &Header) -> Result<(), ConnectionError> {
+        if h.command == Command::Cancel as u16 {
+            return Ok(());
+        }
+        let charge = u64::from(h.credit_charge.max(1));
+        let end = h.message_id.checked_add(charge);
+        match end {
+            Some(end) if end <= self.credit_limit => {
+                self.next_message_id = self.next_message_id.max(end);
+                Ok(())
+            }
+            _ => Err(ConnectionError::Protocol(
+                "MessageId outside the credit window",
+            )),
+        }
+    }
+
+    /// Credits granted on a response to `req`; raises the window.
+    fn grant(&mut self, req: &Header) -> u16 {
+        if req.command == Command::Cancel as u16 {
+            return 0;
+        }
+        let outstanding = self.credit_limit.saturating_sub(self.next_message_id);
+        let room = u64::from(self.cfg.max_credits).saturating_sub(outstanding);
+        let mut g = u64::from(req.credits.max(1)).min(room);
+        if g == 0 && outstanding == 0 {
+            g = 1;
+        }
+        self.credit_limit += g;
+        g as u16
+    }
+
+    fn response_header(&self, req: &Header, st: NtStatus) -> Header {
+        Header {
+            credit_charge: req.credit_charge,
+            status: st,
+            command: req.command,
+            credits: 0,
+            flags: FLAGS_SERVER_TO_REDIR | (req.flags & FLAGS_RELATED_OPERATIONS),
+            next_command: 0,
+            message_id: req.message_id,
+            ids: req.ids,
+            session_id: req.session_id,
+            signature: [0; 16],
+        }
+    }
+
+    fn add_response(&mut self, chain: &mut Chain, req: &Header, st: NtStatus, resp: Response) {
+        let mut h = self.response_header(req, st);
+        h.credits = self.grant(req);
+        // New ids a response makes (session setup, tree connect).
+        if let Some(id) = self.new_session.take() {
+            h.session_id = id;
+        }
+        if let Some(tree_id) = self.new_tree.take() {
+            if let HeaderIds::Sync { process_id, .. } = h.ids {
+                h.ids = HeaderIds::Sync {
+                    process_id,
+                    tree_id,
+                };
+            }
+        }
+        chain.session_id = h.session_id;
+        chain.tree_id = h.tree_id();
+        if let Response::Create(c) = &resp {
+            chain.file_id = Some(c.file_id);
+        }
+        if st.is_error()
+            && !(req.command == Command::SessionSetup as u16
+                && st == status::MORE_PROCESSING_REQUIRED)
+        {
+            chain.failed = Some(st);
+        }
+        let bytes = self.encode_response(&h, &resp);
+        chain.responses.push(bytes);
+    }
+
+    fn encode_response(&self, h: &Header, resp: &Response) -> Vec<u8> {
+        match resp.encode(h) {
+            Ok(b) => b,
+            Err(e) => {
+                // Only an oversized body gets here (the limits keep it
+                // out); answer with the error body instead.
+                tracing::warn!(error = %e, "smb2: response did not encode");
+                let h = Header {
+                    status: NtStatus::INTERNAL_ERROR,
+                    ..h.clone()
+                };
+                Response::Error(ErrorResponse::default())
+                    .encode(&h)
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Joins response parts into one compound message (8-aligned,
+    /// NextCommand set) and frames it.
+    fn emit_parts(&mut self, parts: Vec<Vec<u8>>) {
+        let n = parts.len();
+        let mut msg = Vec::new();
+        for (i, mut p) in parts.into_iter().enumerate() {
+            if i + 1 < n {
+                let len = p.len().div_ceil(8) * 8;
+                p.resize(len, 0);
+                p[20..24].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            msg.extend_from_slice(&p);
+        }
+        match frame(&msg) {
+            Ok(f) => self.out.extend_from_slice(&f),
+            Err(e) => tracing::warn!(error = %e, "smb2: response too long to frame"),
+        }
+    }
+
+    // ---- dispatch ------------------------------------------------------
+
+    fn dispatch(
+        &mut self,
+        h: &Header,
+        req: Request,
+        now: u64,
+        backend: &mut dyn PipeBackend,
+    ) -> Step {
+        if self.dialect.is_none() && !matches!(req, Request::Negotiate(_)) {
+            return Step::Reply(NtStatus::ACCESS_DENIED, error_body());
+        }
+        match req {
+            Request::Negotiate(n) => self.negotiate(n, now),
+            Request::SessionSetup(s) => self.session_setup(h, s, now),
+            Request::Echo => Step::Reply(NtStatus(0), Response::Echo),
+            Request::Cancel => {
+                self.cancel(h, backend);
+                Step::Silent
+            }
+            Request::Logoff => match self.valid_session(h.session_id) {
+                Ok(_) => {
+                    self.end_session(h.session_id, backend);
+                    Step::Reply(NtStatus(0), Response::Logoff)
+                }
+                Err(st) => Step::Reply(st, error_body()),
+            },
+            Request::TreeConnect(t) => self.tree_connect(h, t.share()),
+            Request::TreeDisconnect => match self.valid_tree(h) {
+                Ok(()) => {
+                    let tree_id = h.tree_id();
+                    if let Some(s) = self.sessions.get_mut(&h.session_id) {
+                        s.trees.retain(|t| *t != tree_id);
+                        let gone: Vec<FileId> = s
+                            .opens
+                            .iter()
+                            .filter(|(_, o)| o.tree_id == tree_id)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in gone {
+                            if let Some(o) = s.opens.remove(&id) {
+                                backend.close(o.pipe);
+                            }
+                        }
+                    }
+                    Step::Reply(NtStatus(0), Response::TreeDisconnect)
+                }
+                Err(st) => Step::Reply(st, error_body()),
+            },
+            Request::Create(c) => {
+                if let Err(st) = self.valid_tree(h) {
+                    return Step::Reply(st, error_body());
+                }
+                let Some(Session {
+                    state: SessionState::Valid { user },
+                    opens,
+                    ..
+                }) = self.sessions.get(&h.session_id)
+                else {
+                    return Step::Reply(status::USER_SESSION_DELETED, error_body());
+                };
+                if opens.len() >= self.cfg.max_opens_per_session {
+                    return Step::Reply(NtStatus::TOO_MANY_OPENED_FILES, error_body());
+                }
+                if c.name.is_empty() {
+                    return Step::Reply(NtStatus::OBJECT_NAME_INVALID, error_body());
+                }
+                let user = user.clone();
+                let kind = Kind::Open {
+                    session_id: h.session_id,
+                    tree_id: h.tree_id(),
+                };
+                self.start(
+                    kind,
+                    |op, b| b.open(op, &c.name, &user).map(Completion::Open),
+                    backend,
+                )
+            }
+            Request::Close(c) => match self.take_open(h, c.file_id) {
+                Ok(o) => {
+                    backend.close(o.pipe);
+                    Step::Reply(NtStatus(0), Response::Close(CloseResponse::default()))
+                }
+                Err(st) => Step::Reply(st, error_body()),
+            },
+            Request::Ioctl(io) => self.ioctl(h, io, backend),
+            Request::Read(r) => {
+                let pipe = match self.open_pipe(h, r.file_id) {
+                    Ok(p) => p,
+                    Err(st) => return Step::Reply(st, error_body()),
+                };
+                if r.length > self.cfg.max_io_bytes {
+                    return Step::Reply(NtStatus::INVALID_PARAMETER, error_body());
+                }
+                let max = r.length as usize;
+                self.start(
+                    Kind::Read,
+                    |op, b| b.read(op, pipe, max).map(Completion::Data),
+                    backend,
+                )
+            }
+            Request::Write(w) => {
+                let pipe = match self.open_pipe(h, w.file_id) {
+                    Ok(p) => p,
+                    Err(st) => return Step::Reply(st, error_body()),
+                };
+                if w.data.len() > self.cfg.max_io_bytes as usize {
+                    return Step::Reply(NtStatus::INVALID_PARAMETER, error_body());
+                }
+                self.start(
+                    Kind::Write,
+                    |op, b| b.write(op, pipe, w.data).map(Completion::Written),
+                    backend,
+                )
+            }
+            Request::QueryInfo(q) => {
+                if let Err(st) = self.open_pipe(h, q.file_id) {
+                    return Step::Reply(st, error_body());
+                }
+                // FILE_INFO / FileStandardInformation, as for a pipe:
+                // AllocationSize 4096, EndOfFile 0, one link, delete
+                // pending, not a directory.
+                if q.info_type != 1 {
+                    return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
+                }
+                if q.file_info_class != 5 {
+                    return Step::Reply(status::INVALID_INFO_CLASS, error_body());
+                }
+                if q.output_buffer_length < 24 {
+                    return Step::Reply(INFO_LENGTH_MISMATCH, error_body());
+                }
+                let mut out = Vec::with_capacity(24);
+                out.extend_from_slice(&4096u64.to_le_bytes());
+                out.extend_from_slice(&0u64.to_le_bytes());
+                out.extend_from_slice(&1u32.to_le_bytes());
+                out.extend_from_slice(&[1, 0, 0, 0]);
+                Step::Reply(
+                    NtStatus(0),
+                    Response::QueryInfo(QueryInfoResponse { output: out }),
+                )
+            }
+            Request::Other(_) => Step::Reply(NtStatus::NOT_SUPPORTED, error_body()),
+        }
+    }
+
+    /// Starts a backend operation unless the pending limit is reached.
+    fn start(
+        &mut self,
+        kind: Kind,
+        f: impl FnOnce(OpId, &mut dyn PipeBackend) -> Poll<Completion>,
+        backend: &mut dyn PipeBackend,
+    ) -> Step {
+        if self.pending.len() >= self.cfg.max_pending {
+            return Step::Reply(NtStatus::INSUFFICIENT_RESOURCES, error_body());
+        }
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        Step::Backend(kind, op, f(op, backend))
+    }
+
+    fn finish(
+        &mut self,
+        kind: Kind,
+        c: Completion,
+        backend: &mut dyn PipeBackend,
+    ) -> (NtStatus, Response) {
+        match (kind, c) {
+            (
+                Kind::Open {
+                    session_id,
+                    tree_id,
+                },
+                Completion::Open(Ok(pipe)),
+            ) => {
+                let file_id = FileId {
+                    persistent: self.next_file,
+                    volatile: mix(self.seed ^ self.next_file),
+                };
+                self.next_file += 1;
+                let Some(s) = self.sessions.get_mut(&session_id) else {
+                    backend.close(pipe);
+                    return (status::USER_SESSION_DELETED, error_body());
+                };
+                if !s.trees.contains(&tree_id) {
+                    backend.close(pipe);
+                    return (status::NETWORK_NAME_DELETED, error_body());
+                }
+                s.opens.insert(file_id, Open { pipe, tree_id });
+                (
+                    NtStatus(0),
+                    Response::Create(CreateResponse {
+                        oplock_level: 0,
+                        flags: 0,
+                        create_action: 1,
+                        creation_time: 0,
+                        last_access_time: 0,
+                        last_write_time: 0,
+                        change_time: 0,
+                        allocation_size: 4096,
+                        end_of_file: 0,
+                        file_attributes: 0x80,
+                        file_id,
+                        create_contexts: Vec::new(),
+                    }),
+                )
+            }
+            (Kind::Ioctl { ctl_code, file_id }, Completion::Data(Ok(d))) => (
+                d.status,
+                Response::Ioctl(IoctlResponse {
+                    ctl_code,
+                    file_id,
+                    flags: 0,
+                    input: Vec::new(),
+                    output: d.data,
+                }),
+            ),
+            (Kind::Ioctl { ctl_code, file_id }, Completion::Waited(Ok(()))) => (
+                NtStatus(0),
+                Response::Ioctl(IoctlResponse {
+                    ctl_code,
+                    file_id,
+                    flags: 0,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                }),
+            ),
+            (Kind::Read, Completion::Data(Ok(d))) => (
+                d.status,
+                Response::Read(ReadResponse {
+                    data_remaining: 0,
+                    data: d.data,
+                }),
+            ),
+            (Kind::Write, Completion::Written(Ok(n))) => (
+                NtStatus(0),
+                Response::Write(WriteResponse {
+                    count: u32::try_from(n).unwrap_or(u32::MAX),
+                }),
+            ),
+            (Kind::Open { .. }, Completion::Open(Err(st)))
+            | (_, Completion::Data(Err(st)))
+            | (_, Completion::Written(Err(st)))
+            | (_, Completion::Waited(Err(st))) => (error_status(st), error_body()),
+            (kind, c) => {
+                tracing::warn!(?kind, ?c, "smb2: completion of the wrong kind");
+                (NtStatus::INTERNAL_ERROR, error_body())
+            }
+        }
+    }
+
+    fn ioctl(&mut self, h: &Header, io: IoctlRequest, backend: &mut dyn PipeBackend) -> Step {
+        if io.flags & IOCTL_IS_FSCTL == 0 {
+            return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
+        }
+        if io.input.len() > self.cfg.max_io_bytes as usize {
+            return Step::Reply(NtStatus::INVALID_PARAMETER, error_body());
+        }
+        let max_out = io.max_output_response.min(self.cfg.max_io_bytes) as usize;
+        let kind = Kind::Ioctl {
+            ctl_code: io.ctl_code,
+            file_id: io.file_id,
+        };
+        match io.ctl_code {
+            FSCTL_PIPE_TRANSCEIVE | FSCTL_PIPE_PEEK => {
+                let pipe = match self.open_pipe(h, io.file_id) {
+                    Ok(p) => p,
+                    Err(st) => return Step::Reply(st, error_body()),
+                };
+                if io.ctl_code == FSCTL_PIPE_PEEK {
+                    self.start(
+                        kind,
+                        |op, b| b.peek(op, pipe, max_out).map(Completion::Data),
+                        backend,
+                    )
+                } else {
+                    let input = io.input;
+                    self.start(
+                        kind,
+                        |op, b| b.transceive(op, pipe, input, max_out).map(Completion::Data),
+                        backend,
+                    )
+                }
+            }
+            FSCTL_PIPE_WAIT => {
+                if let Err(st) = self.valid_tree(h) {
+                    return Step::Reply(st, error_body());
+                }
+                let input = io.input;
+                self.start(
+                    kind,
+                    |op, b| b.wait(op, &input).map(Completion::Waited),
+                    backend,
+                )
+            }
+            FSCTL_VALIDATE_NEGOTIATE_INFO => {
+                if let Err(st) = self.valid_tree(h) {
+                    return Step::Reply(st, error_body());
+                }
+                self.validate_negotiate(io)
+            }
+            _ => Step::Reply(NtStatus::INVALID_DEVICE_REQUEST, error_body()),
+        }
+    }
+
+    /// FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.3.5.15.12): the client's
+    /// view of the negotiate must match ours, else the connection is dropped.
+    fn validate_negotiate(&mut self, io: IoctlRequest) -> Step {
+        let bad = || Step::Reply(NtStatus::ACCESS_DENIED, error_body());
+        let i = &io.input;
+        if i.len() < 24 || io.max_output_response < 24 || self.dialect == Some(DIALECT_311) {
+            return bad();
+        }
+        let caps = u32::from_le_bytes([i[0], i[1], i[2], i[3]]);
+        let guid = &i[4..20];
+        let mode = u16::from_le_bytes([i[20], i[21]]);
+        let count = usize::from(u16::from_le_bytes([i[22], i[23]]));
+        let dialects: Vec<u16> = i[24..]
+            .chunks_exact(2)
+            .take(count)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        if caps != self.client_capabilities
+            || guid != self.client_guid
+            || mode != self.client_security_mode
+            || dialects.len() != count
+            || self.dialect != choose_dialect(&dialects)
+        {
+            self.closed = true;
+            return bad();
+        }
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.capabilities().to_le_bytes());
+        out.extend_from_slice(&self.cfg.server_guid);
+        out.extend_from_slice(&SIGNING_ENABLED.to_le_bytes());
+        out.extend_from_slice(&self.dialect.unwrap_or(0).to_le_bytes());
+        Step::Reply(
+            NtStatus(0),
+            Response::Ioctl(IoctlResponse {
+                ctl_code: io.ctl_code,
+                file_id: io.file_id,
+                flags: 0,
+                input: Vec::new(),
+                output: out,
+            }),
+        )
+    }
+
+    fn capabilities(&self) -> u32 {
+        match self.dialect {
+            Some(d) if d >= DIALECT_210 => CAP_LARGE_MTU,
+            _ => 0,
+        }
+    }
+
+    fn negotiate_response(
+        &self,
+        rev: u16,
+        now: u64,
+        contexts: &[NegotiateContext],
+    ) -> NegotiateResponse {
+        let hint = SpnegoToken::Init(NegTokenInit {
+            mech_types: vec![OID_NTLMSSP.to_vec()],
+            neg_hints: Some("not_defined_in_RFC4178@please_ignore".into()),
+            ..NegTokenInit::default()
+        });
+        NegotiateResponse {
+            security_mode: SIGNING_ENABLED,
+            dialect_revision: rev,
+            server_guid: self.cfg.server_guid,
+            capabilities: if rev >= DIALECT_210 && rev != 0x02FF {
+                CAP_LARGE_MTU
+            } else {
+                0
+            },
+            max_transact_size: self.cfg.max_io_bytes,
+            max_read_size: self.cfg.max_io_bytes,
+            max_write_size: self.cfg.max_io_bytes,
+            system_time: now,
+            server_start_time: 0,
+            security_buffer: hint.encode().unwrap_or_default(),
+            contexts: contexts.to_vec(),
+        }
+    }
+
+    fn negotiate(&mut self, n: NegotiateRequest, now: u64) -> Step {
+        if self.dialect.is_some() {
+            self.closed = true;
+            return Step::Reply(NtStatus::ACCESS_DENIED, error_body());
+        }
+        let Some(rev) = choose_dialect(&n.dialects) else {
+            return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
+        };
+        let mut contexts = Vec::new();
+        if rev == DIALECT_311 {
+            match n.preauth() {
+                Some((algs, _)) if algs.contains(&HASH_SHA512) => {}
+                _ => return Step::Reply(NtStatus::INVALID_PARAMETER, error_body()),
+            }
+            let salt: Vec<u8> = (0..4u64)
+                .flat_map(|i| mix(self.seed ^ (0x5A17 + i)).to_le_bytes())
+                .collect();
+            contexts.push(NegotiateContext::PreauthIntegrity {
+                hash_algorithms: vec![HASH_SHA512],
+                salt,
+            });
+        }
+        self.dialect = Some(rev);
+        self.client_guid = n.client_guid;
+        self.client_security_mode = n.security_mode;
+        self.client_capabilities = n.capabilities;
+        Step::Reply(
+            NtStatus(0),
+            Response::Negotiate(self.negotiate_response(rev, now, &contexts)),
+        )
+    }
+
+    fn session_setup(&mut self, h: &Header, s: SessionSetupRequest, now: u64) -> Step {
+        let fail = |st| Step::Reply(st, error_body());
+        // The NTLMSSP message, and whether SPNEGO wraps it.
+        let (inner, spnego) = if ntlmssp::message_type(&s.security_buffer).is_some() {
+            (s.security_buffer.clone(), false)
+        } else {
+            match SpnegoToken::decode(&s.security_buffer) {
+                Ok(t) => match t.mech_token() {
+                    Some(m) => (m.to_vec(), true),
+                    None => return fail(status::LOGON_FAILURE),
+                },
+                Err(_) => return fail(status::LOGON_FAILURE),
+            }
+        };
+        match ntlmssp::message_type(&inner) {
+            Some(1) if h.session_id == 0 => {
+                let Ok(neg) = ntlmssp::Negotiate::decode(&inner) else {
+                    return fail(NtStatus::INVALID_PARAMETER);
+                };
+                if self.sessions.len() >= self.cfg.max_sessions {
+                    return fail(status::REQUEST_NOT_ACCEPTED);
+                }
+                let id = self.next_session;
+                self.next_session += 1;
+                let challenge = self.challenge(&neg, id, now);
+                self.sessions.insert(
+                    id,
+                    Session {
+                        state: SessionState::Challenged { spnego },
+                        trees: Vec::new(),
+                        opens: HashMap::new(),
+                    },
+                );
+                let token = if spnego {
+                    SpnegoToken::Resp(NegTokenResp {
+                        neg_state: Some(NegState::AcceptIncomplete),
+                        supported_mech: Some(OID_NTLMSSP.to_vec()),
+                        response_token: Some(challenge),
+                        mech_list_mic: None,
+                    })
+                    .encode()
+                    .unwrap_or_default()
+                } else {
+                    challenge
+                };
+                // The new id rides in the response header.
+                self.new_session = Some(id);
+                Step::Reply(
+                    status::MORE_PROCESSING_REQUIRED,
+                    Response::SessionSetup(SessionSetupResponse {
+                        session_flags: 0,
+                        security_buffer: token,
+                    }),
+                )
+            }
+            Some(3) => {
+                let Some(sess) = self.sessions.get_mut(&h.session_id) else {
+                    return fail(status::USER_SESSION_DELETED);
+                };
+                let SessionState::Challenged { spnego } = sess.state else {
+                    return fail(NtStatus::INVALID_PARAMETER);
+                };
+                let Ok(auth) = Authenticate::decode(&inner) else {
+                    self.sessions.remove(&h.session_id);
+                    return fail(status::LOGON_FAILURE);
+                };
+                let anonymous = auth.is_anonymous();
+                let account = auth.user_name().unwrap_or_default();
+                let user = NetUserInfo {
+                    session_id: h.session_id,
+                    domain: auth.domain_name().unwrap_or_default(),
+                    account: if anonymous { String::new() } else { account },
+                    posix_uid: NOBODY_UID,
+                    workstation: auth
+                        .workstation_name()
+                        .ok()
+                        .filter(|w| !w.is_empty())
+                        .unwrap_or_else(|| self.client.ip().to_string()),
+                    client_addr: client_addr(self.client.ip()),
+                    native_os: 0,
+                    logon_time: filetime_to_unix(now),
+                    numopens: 0,
+                    flags: if anonymous {
+                        USER_FLAG_ANONYMOUS
+                    } else {
+                        USER_FLAG_GUEST
+                    },
+                };
+                sess.state = SessionState::Valid { user };
+                let token = if spnego {
+                    SpnegoToken::Resp(NegTokenResp {
+                        neg_state: Some(NegState::AcceptCompleted),
+                        ..NegTokenResp::default()
+                    })
+                    .encode()
+                    .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.new_session = Some(h.session_id);
+                Step::Reply(
+                    NtStatus(0),
+                    Response::SessionSetup(SessionSetupResponse {
+                        session_flags: if anonymous {
+                            SESSION_FLAG_IS_NULL
+                        } else {
+                            SESSION_FLAG_IS_GUEST
+                        },
+                        security_buffer: token,
+                    }),
+                )
+            }
+            _ => fail(status::LOGON_FAILURE),
+        }
+    }
+
+    fn challenge(&self, neg: &ntlmssp::Negotiate, id: u64, now: u64) -> Vec<u8> {
+        use ntlmssp::*;
+        let keep = NEGOTIATE_UNICODE
+            | NEGOTIATE_SIGN
+            | NEGOTIATE_NTLM
+            | NEGOTIATE_ALWAYS_SIGN
+            | NEGOTIATE_EXTENDED_SESSIONSECURITY
+            | NEGOTIATE_VERSION
+            | NEGOTIATE_128
+            | NEGOTIATE_KEY_EXCH
+            | NEGOTIATE_56;
+        let flags =
+            (neg.flags & keep) | REQUEST_TARGET | TARGET_TYPE_SERVER | NEGOTIATE_TARGET_INFO;
+        let name = self.cfg.server_name.to_ascii_uppercase();
+        let info = target_info(
+            &[
+                (av::NB_DOMAIN_NAME, &name),
+                (av::NB_COMPUTER_NAME, &name),
+                (av::DNS_DOMAIN_NAME, ""),
+                (av::DNS_COMPUTER_NAME, &name.to_ascii_lowercase()),
+            ],
+            Some(now),
+        )
+        .unwrap_or_default();
+        Challenge {
+            flags,
+            target_name: super::wire::string_to_utf16(&name),
+            server_challenge: mix(self.seed ^ id).to_le_bytes(),
+            target_info: info,
+            version: Some([6, 1, 0, 0, 0, 0, 0, 15]),
+        }
+        .encode()
+        .unwrap_or_default()
+    }
+
+    fn tree_connect(&mut self, h: &Header, share: &str) -> Step {
+        let max = self.cfg.max_trees_per_session;
+        let sess = match self.sessions.get_mut(&h.session_id) {
+            Some(
+                s @ Session {
+                    state: SessionState::Valid { .. },
+                    ..
+                },
+            ) => s,
+            _ => return Step::Reply(status::USER_SESSION_DELETED, error_body()),
+        };
+        if !share.eq_ignore_ascii_case("IPC$") {
+            return Step::Reply(status::BAD_NETWORK_NAME, error_body());
+        }
+        if sess.trees.len() >= max {
+            return Step::Reply(status::REQUEST_NOT_ACCEPTED, error_body());
+        }
+        let id = self.next_tree;
+        self.next_tree = self.next_tree.wrapping_add(1).max(1);
+        sess.trees.push(id);
+        self.new_tree = Some(id);
+        Step::Reply(
+            NtStatus(0),
+            Response::TreeConnect(TreeConnectResponse {
+                share_type: SHARE_TYPE_PIPE,
+                share_flags: 0,
+                capabilities: 0,
+                maximal_access: 0x001F_00A9,
+            }),
+        )
+    }
+
+    fn cancel(&mut self, h: &Header, backend: &mut dyn PipeBackend) {
+        let target = self.pending.iter().find(|(_, p)| match h.async_id() {
+            Some(a) => p.async_id == Some(a),
+            None => p.header.message_id == h.message_id && p.header.session_id == h.session_id,
+        });
+        if let Some((op, _)) = target {
+            backend.cancel(*op);
+        }
+    }
+
+    fn end_session(&mut self, id: u64, backend: &mut dyn PipeBackend) {
+        let ops: Vec<OpId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.header.session_id == id)
+            .map(|(op, _)| *op)
+            .collect();
+        for op in ops {
+            backend.cancel(op);
+        }
+        if let Some(s) = self.sessions.remove(&id) {
+            for (_, o) in s.opens {
+                backend.close(o.pipe);
+            }
+            if let SessionState::Valid { .. } = s.state {
+                backend.logoff(id);
+            }
+        }
+    }
+
+    fn valid_session(&self, id: u64) -> Result<&Session, NtStatus> {
+        match self.sessions.get(&id) {
+            Some(
+                s @ Session {
+                    state: SessionState::Valid { .. },
+                    ..
+                },
+            ) => Ok(s),
+            _ => Err(status::USER_SESSION_DELETED),
+        }
+    }
+
+    fn valid_tree(&self, h: &Header) -> Result<(), NtStatus> {
+        let s = self.valid_session(h.session_id)?;
+        if s.trees.contains(&h.tree_id()) {
+            Ok(())
+        } else {
+            Err(status::NETWORK_NAME_DELETED)
+        }
+    }
+
+    fn open_pipe(&self, h: &Header, file_id: FileId) -> Result<PipeRef, NtStatus> {
+        let s = self.valid_session(h.session_id)?;
+        match s.opens.get(&file_id) {
+            Some(o) => Ok(o.pipe),
+            None => Err(status::FILE_CLOSED),
+        }
+    }
+
+    fn take_open(&mut self, h: &Header, file_id: FileId) -> Result<Open, NtStatus> {
+        self.valid_session(h.session_id)?;
+        self.sessions
+            .get_mut(&h.session_id)
+            .and_then(|s| s.opens.remove(&file_id))
+            .ok_or(status::FILE_CLOSED)
+    }
+}
+
+fn error_body() -> Response {
+    Response::Error(ErrorResponse::default())
+}
+
+/// A failure status as the client sees it: success or warning values from
+/// a backend error are turned into an internal error.
+fn error_status(st: NtStatus) -> NtStatus {
+    if st.is_error() {
+        st
+    } else {
+        NtStatus::INTERNAL_ERROR
+    }
+}
+
+/// The highest dialect both sides speak.
+fn choose_dialect(offered: &[u16]) -> Option<u16> {
+    DIALECTS.iter().rev().copied().find(|d| offered.contains(d))
+}
+
+fn relate_file_id(req: &mut Request, prev: Option<FileId>) {
+    let id = match req {
+        Request::Close(r) => &mut r.file_id,
+        Request::Read(r) => &mut r.file_id,
+        Request::Write(r) => &mut r.file_id,
+        Request::Ioctl(r) => &mut r.file_id,
+        Request::QueryInfo(r) => &mut r.file_id,
+        _ => return,
+    };
+    if *id == FileId::RELATED {
+        if let Some(p) = prev {
+            *id = p;
+        }
+    }
+}
+
+/// FILETIME to seconds since the Unix epoch.
+fn filetime_to_unix(ft: u64) -> i64 {
+    (ft / 10_000_000) as i64 - 11_644_473_600
+}
