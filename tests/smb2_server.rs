@@ -830,3 +830,59 @@ fn requests_before_negotiate_or_session_are_refused() {
     assert!(!c.conn.is_closed());
     assert_eq!(HEADER_LEN, 64);
 }
+
+#[test]
+fn pending_in_the_middle_of_a_chain_holds_the_rest() {
+    let mut c = Client::login(ServerConfig::default());
+    c.fake.go_async = true;
+    let mut msg = Vec::new();
+    let reqs = [
+        Request::Create(create("srvsvc")),
+        transceive(FileId::RELATED, b"held", 100),
+        Request::Close(CloseRequest {
+            flags: 0,
+            file_id: FileId::RELATED,
+        }),
+    ];
+    for (i, req) in reqs.iter().enumerate() {
+        let mut h = c.header(Command::from_u16(req.command()).unwrap());
+        if i > 0 {
+            h.flags |= FLAGS_RELATED_OPERATIONS;
+        }
+        let mut b = req.encode(&h).unwrap();
+        if i + 1 < reqs.len() {
+            let len = b.len().div_ceil(8) * 8;
+            b.resize(len, 0);
+            b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        msg.extend_from_slice(&b);
+    }
+    let r = c.send_raw(&msg).unwrap();
+    assert!(
+        r.is_empty(),
+        "nothing goes out while the chain is held: {r:?}"
+    );
+    assert!(
+        c.fake.closed.is_empty(),
+        "the CLOSE waits for the transceive"
+    );
+    let (op, _, input) = c.fake.parked.pop().unwrap();
+    c.conn
+        .complete(
+            op,
+            Completion::Data(Ok(PipeData::ok(input))),
+            NOW,
+            &mut c.fake,
+        )
+        .unwrap();
+    let r = responses(&c.conn.take_output());
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(r
+        .iter()
+        .all(|(h, _)| h.status == NtStatus(0) && h.async_id().is_none()));
+    let Response::Ioctl(io) = &r[1].1 else {
+        panic!()
+    };
+    assert_eq!(io.output, b"held");
+    assert_eq!(c.fake.closed.len(), 1);
+}
