@@ -352,9 +352,11 @@ impl Authenticate {
         w.u32(3);
         let slots: Vec<usize> = (0..6).map(|i| w.len() + 8 * i).collect();
         w.bytes(&[0; 48]);
+        // A Version needs the flag; the flag alone is kept (where the
+        // payload starts says whether a Version is there).
         let flags = match self.version {
             Some(_) => self.flags | NEGOTIATE_VERSION,
-            None => self.flags & !NEGOTIATE_VERSION,
+            None => self.flags,
         };
         w.u32(flags);
         if let Some(v) = self.version {
@@ -428,6 +430,29 @@ mod tests {
         assert!(!back.is_anonymous());
         let bad = Authenticate { version: None, ..a };
         assert!(bad.encode().is_err());
+    }
+
+    #[test]
+    fn version_flag_without_room_for_version_round_trips() {
+        // Found by the fuzz target: NEGOTIATE_VERSION set, but the payload
+        // starts right after the fixed part, so there is no Version field.
+        let mut b = Authenticate {
+            flags: 0,
+            lm_response: vec![],
+            nt_response: vec![],
+            domain: vec![],
+            user: vec![],
+            workstation: vec![],
+            session_key: vec![],
+            version: None,
+            mic: None,
+        }
+        .encode()
+        .unwrap();
+        b[60..64].copy_from_slice(&u32::MAX.to_le_bytes());
+        let a = Authenticate::decode(&b).unwrap();
+        assert_eq!((a.flags, a.version), (u32::MAX, None));
+        assert_eq!(Authenticate::decode(&a.encode().unwrap()), Ok(a));
     }
 
     #[test]
