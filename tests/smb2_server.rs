@@ -428,14 +428,19 @@ impl Client {
         r.remove(0)
     }
 
-    /// NEGOTIATE, anonymous login, IPC$.
+    /// NEGOTIATE (2.0.2 and 3.1.1), anonymous login, IPC$.
     fn login(cfg: ServerConfig) -> Client {
+        Client::login_with(cfg, &[0x202, 0x311])
+    }
+
+    /// NEGOTIATE offering `dialects`, anonymous login, IPC$.
+    fn login_with(cfg: ServerConfig, dialects: &[u16]) -> Client {
         let mut c = Client::new(cfg);
         let (h, _) = c.call(Request::Negotiate(NegotiateRequest {
             security_mode: 1,
-            capabilities: 0,
-            client_guid: [1; 16],
-            dialects: vec![0x202, 0x311],
+            capabilities: 0x44,
+            client_guid: [3; 16],
+            dialects: dialects.to_vec(),
             contexts: vec![NegotiateContext::PreauthIntegrity {
                 hash_algorithms: vec![HASH_SHA512],
                 salt: vec![0; 32],
@@ -885,4 +890,67 @@ fn pending_in_the_middle_of_a_chain_holds_the_rest() {
     };
     assert_eq!(io.output, b"held");
     assert_eq!(c.fake.closed.len(), 1);
+}
+
+#[test]
+fn a_second_negotiate_closes_the_connection_and_its_pipes() {
+    let mut c = Client::login(ServerConfig::default());
+    c.open("srvsvc");
+    let h = c.header(Command::Negotiate);
+    let req = Request::Negotiate(NegotiateRequest {
+        security_mode: 1,
+        capabilities: 0,
+        client_guid: [1; 16],
+        dialects: vec![0x202],
+        contexts: vec![],
+        client_start_time: 0,
+    });
+    let e = c.send_raw(&req.encode(&h).unwrap()).unwrap_err();
+    assert!(matches!(e, ConnectionError::Protocol(_)), "{e:?}");
+    assert!(c.conn.is_closed());
+    assert_eq!(c.fake.closed.len(), 1, "its pipe was closed");
+    assert_eq!(c.fake.logoffs.len(), 1);
+}
+
+/// Logs in with 3.0.2 (so VALIDATE_NEGOTIATE_INFO applies) and sends it
+/// with `dialects_claimed` as the client's list.
+fn validate_negotiate(dialects_claimed: &[u16]) -> (Client, Result<Vec<Answer>, ConnectionError>) {
+    let mut c = Client::login_with(ServerConfig::default(), &[0x202, 0x302]);
+    let mut input = Vec::new();
+    input.extend_from_slice(&0x44u32.to_le_bytes());
+    input.extend_from_slice(&[3; 16]);
+    input.extend_from_slice(&1u16.to_le_bytes());
+    input.extend_from_slice(&(dialects_claimed.len() as u16).to_le_bytes());
+    for d in dialects_claimed {
+        input.extend_from_slice(&d.to_le_bytes());
+    }
+    let req = Request::Ioctl(IoctlRequest {
+        ctl_code: opipe::smb2::server::FSCTL_VALIDATE_NEGOTIATE_INFO,
+        file_id: FileId::RELATED,
+        max_input_response: 0,
+        max_output_response: 24,
+        flags: IOCTL_IS_FSCTL,
+        input,
+        output: vec![],
+    });
+    let h = c.header(Command::Ioctl);
+    let r = c.send_raw(&req.encode(&h).unwrap());
+    (c, r)
+}
+
+#[test]
+fn validate_negotiate_info_matches_or_closes() {
+    let (c, r) = validate_negotiate(&[0x202, 0x302]);
+    let r = r.unwrap();
+    assert_eq!(r[0].0.status, NtStatus(0));
+    let Response::Ioctl(io) = &r[0].1 else {
+        panic!()
+    };
+    assert_eq!(io.output.len(), 24);
+    assert_eq!(&io.output[22..24], &0x302u16.to_le_bytes());
+    assert!(!c.conn.is_closed());
+    // A downgrade attempt: the client thinks it offered 2.0.2 only.
+    let (c, r) = validate_negotiate(&[0x202]);
+    assert!(matches!(r, Err(ConnectionError::Protocol(_))), "{r:?}");
+    assert!(c.conn.is_closed());
 }

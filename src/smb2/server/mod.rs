@@ -107,8 +107,9 @@ pub enum ConnectionError {
     /// Bytes that are not SMB2 (framing, header, compound chain, or an
     /// SMB1 message after the start).
     Malformed(DecodeError),
-    /// A request outside the credit window, or the SMB1 negotiate offered
-    /// no SMB2 dialect, or a second NEGOTIATE.
+    /// A request outside the credit window, an SMB1 negotiate that offers
+    /// no SMB2 dialect, a second NEGOTIATE, a VALIDATE_NEGOTIATE_INFO that
+    /// does not match (their error response is still in the output).
     Protocol(&'static str),
     /// The connection was already closed.
     Closed,
@@ -206,6 +207,8 @@ pub struct Connection {
     /// An id the response being built assigns (SESSION_SETUP, TREE_CONNECT).
     new_session: Option<u64>,
     new_tree: Option<u32>,
+    /// Set by a request that ends the connection once it is answered.
+    close_after: Option<&'static str>,
 }
 
 /// splitmix64: the challenge and salt bytes (no secret rides on them:
@@ -256,6 +259,7 @@ impl Connection {
             seed,
             new_session: None,
             new_tree: None,
+            close_after: None,
         }
     }
 
@@ -296,6 +300,9 @@ impl Connection {
             };
             if let Err(e) = self.message(&msg, now, backend) {
                 return self.fail(backend, e);
+            }
+            if let Some(why) = self.close_after.take() {
+                return self.fail(backend, ConnectionError::Protocol(why));
             }
         }
         self.unframer.compact();
@@ -489,7 +496,10 @@ impl Connection {
             (None, Some(mut chain)) => {
                 self.add_response(&mut chain, &p.header, st, resp);
                 match self.run_chain(chain, now, backend) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => match self.close_after.take() {
+                        Some(why) => self.fail(backend, ConnectionError::Protocol(why)),
+                        None => Ok(()),
+                    },
                     Err(e) => self.fail(backend, e),
                 }
             }
@@ -938,7 +948,7 @@ impl Connection {
             || dialects.len() != count
             || self.dialect != choose_dialect(&dialects)
         {
-            self.closed = true;
+            self.close_after = Some("VALIDATE_NEGOTIATE_INFO does not match");
             return bad();
         }
         let mut out = Vec::with_capacity(24);
@@ -997,7 +1007,7 @@ impl Connection {
 
     fn negotiate(&mut self, n: NegotiateRequest, now: u64) -> Step {
         if self.dialect.is_some() {
-            self.closed = true;
+            self.close_after = Some("a second NEGOTIATE");
             return Step::Reply(NtStatus::ACCESS_DENIED, error_body());
         }
         let Some(rev) = choose_dialect(&n.dialects) else {
