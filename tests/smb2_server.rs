@@ -954,3 +954,55 @@ fn validate_negotiate_info_matches_or_closes() {
     assert!(matches!(r, Err(ConnectionError::Protocol(_))), "{r:?}");
     assert!(c.conn.is_closed());
 }
+
+mod mutated {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A logged-in connection with an open pipe gets a valid request with
+        /// bytes changed, cut or appended: no panic; either it is closed
+        /// (and then its pipe too) or it still answers.
+        #[test]
+        fn mutated_requests_never_panic_the_core(
+            which in 0usize..9,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in 0usize..40,
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut c = Client::login(ServerConfig::default());
+            let f = c.open("srvsvc");
+            let req = match which {
+                0 => transceive(f, b"abc", 100),
+                1 => read(f, 10),
+                2 => Request::Write(WriteRequest { offset: 0, file_id: f, channel: 0, remaining_bytes: 0, flags: 0, data: b"xyz".to_vec() }),
+                3 => Request::Close(CloseRequest { flags: 0, file_id: f }),
+                4 => Request::Create(create("srvsvc")),
+                5 => tree_connect(r"\\srv\IPC$"),
+                6 => Request::Logoff,
+                7 => Request::QueryInfo(QueryInfoRequest { info_type: 1, file_info_class: 5, output_buffer_length: 24, additional_information: 0, flags: 0, file_id: f, input: vec![] }),
+                _ => Request::Echo,
+            };
+            let h = c.header(Command::from_u16(req.command()).unwrap());
+            let mut b = req.encode(&h).unwrap();
+            for (at, v) in flips {
+                let i = at % b.len();
+                b[i] = v;
+            }
+            b.truncate(b.len().saturating_sub(cut));
+            b.extend_from_slice(&tail);
+            let r = c.send_raw(&b);
+            if c.conn.is_closed() {
+                prop_assert!(r.is_err());
+                prop_assert!(c.fake.open_pipes.is_empty(), "closed with a pipe open");
+            } else {
+                prop_assert!(r.is_ok());
+                c.mid += 1;
+                let (h, resp) = c.call(Request::Echo);
+                prop_assert_eq!((h.status, resp), (NtStatus(0), Response::Echo));
+            }
+        }
+    }
+}
