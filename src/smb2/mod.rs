@@ -3,9 +3,9 @@
 //! decoder checks what is left before it reads, and no allocation is sized
 //! by a peer's field beyond the maximum each module states.
 //!
-//! * [`frame`]: the 4-byte transport framing of SMB2 over TCP;
+//! * [`frame`](mod@frame): the 4-byte transport framing of SMB2 over TCP;
 //! * [`header`]: the 64-byte sync/async header and compound chains;
-//! * [`negotiate`], [`session`], [`file`]: the request and response bodies;
+//! * [`negotiate`], [`session`], [`file`](mod@file): the request and response bodies;
 //!   [`message`] puts header and body together ([`Request`], [`Response`]);
 //! * [`spnego`] and [`ntlmssp`]: the security tokens of anonymous and guest
 //!   logins (no signing, no keys);

@@ -152,7 +152,9 @@ enum Kind {
 /// The state of a compound chain being answered.
 #[derive(Debug, Default)]
 struct Chain {
-    parts: Vec<Vec<u8>>,
+    /// The whole message and where each part lies in it.
+    msg: Vec<u8>,
+    parts: Vec<std::ops::Range<usize>>,
     next: usize,
     responses: Vec<Vec<u8>>,
     /// Session, tree and file of the part before (related operations).
@@ -342,9 +344,18 @@ impl Connection {
         if Smb1Negotiate::is_smb1(msg) {
             return self.smb1_negotiate(msg, now);
         }
-        let parts = split_compound(msg).map_err(ConnectionError::Malformed)?;
+        let base = msg.as_ptr() as usize;
+        let parts = split_compound(msg)
+            .map_err(ConnectionError::Malformed)?
+            .into_iter()
+            .map(|p| {
+                let start = p.as_ptr() as usize - base;
+                start..start + p.len()
+            })
+            .collect();
         let chain = Chain {
-            parts: parts.into_iter().map(<[u8]>::to_vec).collect(),
+            msg: msg.to_vec(),
+            parts,
             ..Chain::default()
         };
         self.run_chain(chain, now, backend)
@@ -383,8 +394,14 @@ impl Connection {
             let idx = chain.next;
             chain.next += 1;
             let last = chain.next == chain.parts.len();
-            let part = std::mem::take(&mut chain.parts[idx]);
-            let mut header = Header::decode(&part).map_err(ConnectionError::Malformed)?;
+            let range = chain.parts[idx].clone();
+            let Some(part) = chain.msg.get(range) else {
+                return Err(ConnectionError::Protocol("compound part out of range"));
+            };
+            // The body is decoded (copying what it keeps) before anything
+            // else borrows the chain.
+            let decoded = Request::decode(part);
+            let mut header = Header::decode(part).map_err(ConnectionError::Malformed)?;
             if header.is_response() {
                 return Err(ConnectionError::Protocol("a response from the client"));
             }
@@ -401,7 +418,7 @@ impl Connection {
             let step = if let (true, Some(st)) = (header.is_related(), chain.failed) {
                 Step::Reply(st, error_body())
             } else {
-                match Request::decode(&part) {
+                match decoded {
                     Ok((_, mut req)) => {
                         if header.is_related() {
                             relate_file_id(&mut req, chain.file_id);
@@ -606,6 +623,16 @@ impl Connection {
     /// NextCommand set) and frames it.
     fn emit_parts(&mut self, parts: Vec<Vec<u8>>) {
         let n = parts.len();
+        if let [one] = parts.as_slice() {
+            match super::frame::frame_header(one.len()) {
+                Ok(h) => {
+                    self.out.extend_from_slice(&h);
+                    self.out.extend_from_slice(one);
+                }
+                Err(e) => tracing::warn!(error = %e, "smb2: response too long to frame"),
+            }
+            return;
+        }
         let mut msg = Vec::new();
         for (i, mut p) in parts.into_iter().enumerate() {
             if i + 1 < n {
