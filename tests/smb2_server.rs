@@ -1067,3 +1067,25 @@ fn measure_core_transceive() {
         el.as_nanos() as f64 / calls as f64
     );
 }
+
+/// A backend whose transceive reports an error status inside Ok data.
+#[test]
+fn an_error_status_inside_backend_data_is_an_error_answer() {
+    let mut c = Client::login(ServerConfig::default());
+    let f = c.open("srvsvc");
+    c.fake.go_async = true;
+    let h = c.header(Command::Ioctl);
+    c.send_raw(&transceive(f, b"x", 10).encode(&h).unwrap())
+        .unwrap();
+    let (op, _, _) = c.fake.parked.pop().unwrap();
+    let data = PipeData {
+        status: NtStatus::PIPE_BROKEN,
+        data: b"ignored".to_vec(),
+    };
+    c.conn
+        .complete(op, Completion::Data(Ok(data)), NOW, &mut c.fake)
+        .unwrap();
+    let r = responses(&c.conn.take_output());
+    assert_eq!(r[0].0.status, NtStatus::PIPE_BROKEN);
+    assert!(matches!(r[0].1, Response::Error(_)));
+}

@@ -28,7 +28,7 @@ use super::frame::{frame, Unframer};
 use super::header::{
     split_compound, Command, Header, HeaderIds, FLAGS_RELATED_OPERATIONS, FLAGS_SERVER_TO_REDIR,
 };
-use super::message::{ErrorResponse, Request, Response};
+use super::message::{is_error_body, ErrorResponse, Request, Response};
 use super::negotiate::{
     NegotiateContext, NegotiateRequest, NegotiateResponse, Smb1Negotiate, DIALECT_202, DIALECT_210,
     DIALECT_300, DIALECT_302, DIALECT_311, HASH_SHA512, SIGNING_ENABLED,
@@ -815,6 +815,10 @@ impl Connection {
         backend: &mut dyn PipeBackend,
     ) -> (NtStatus, Response) {
         match (kind, c) {
+            // A backend that reports an error inside its data: the error body.
+            (_, Completion::Data(Ok(d))) if is_error_body(0xFFFF, d.status) => {
+                (error_status(d.status), error_body())
+            }
             (
                 Kind::Open {
                     session_id,
