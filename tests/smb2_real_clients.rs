@@ -373,4 +373,32 @@ fn smbclient_and_rpcclient_through_the_core() {
     assert_ne!(opened[0].1.session_id, opened[1].1.session_id);
     assert!(server.errors.lock().unwrap().is_empty());
     eprintln!("smbclient and rpcclient exited 0 through the sans-IO core:\n{listing}\n{out}");
+
+    // More of rpcclient on one session: srvsvc and lsarpc, several opens.
+    let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
+    let (code, out) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    assert_eq!(code, Some(0), "rpcclient {cmds}:\n{out}");
+    for want in [
+        "OPIPESMB2",
+        "netname: tmp",
+        "netname: IPC$",
+        "Domain Name: OPIPETEST",
+        "SeBackupPrivilege",
+        "Account Name: Anonymous Logon",
+        "type:\t0x80000003",
+    ] {
+        assert!(
+            out.contains(want),
+            "rpcclient {cmds}: no {want:?} in\n{out}"
+        );
+    }
+    let opened = server.opened.lock().unwrap().clone();
+    assert!(
+        opened[2..].iter().any(|(name, _)| name == "lsarpc"),
+        "{opened:?}"
+    );
+    assert!(opened[2..]
+        .iter()
+        .all(|(_, u)| u.session_id == opened[2].1.session_id));
+    assert!(server.errors.lock().unwrap().is_empty());
 }
