@@ -374,6 +374,23 @@ fn smbclient_and_rpcclient_through_the_core() {
     assert!(server.errors.lock().unwrap().is_empty());
     eprintln!("smbclient and rpcclient exited 0 through the sans-IO core:\n{listing}\n{out}");
 
+    // smbclient opening with the SMB1 multi-protocol negotiate: answered
+    // with the SMB2 upgrade (0x02FF), then SMB2 as before.
+    let (code, nt1) = run(&[
+        SMBCLIENT,
+        "-L",
+        "//127.0.0.1",
+        "-p",
+        &port,
+        "-N",
+        "--option=client min protocol=NT1",
+    ]);
+    assert_eq!(code, Some(0), "smbclient -L (NT1 first):\n{nt1}");
+    assert!(
+        nt1.contains("IPC$") && nt1.contains("tmp"),
+        "smbclient -L (NT1 first):\n{nt1}"
+    );
+
     // More of rpcclient on one session: srvsvc and lsarpc, several opens.
     let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
     let (code, out) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
@@ -393,12 +410,14 @@ fn smbclient_and_rpcclient_through_the_core() {
         );
     }
     let opened = server.opened.lock().unwrap().clone();
+    assert_eq!(opened[2].0, "srvsvc", "the NT1-first smbclient's open");
+    assert_eq!(opened[2].1.flags, USER_FLAG_GUEST);
     assert!(
-        opened[2..].iter().any(|(name, _)| name == "lsarpc"),
+        opened[3..].iter().any(|(name, _)| name == "lsarpc"),
         "{opened:?}"
     );
-    assert!(opened[2..]
+    assert!(opened[3..]
         .iter()
-        .all(|(_, u)| u.session_id == opened[2].1.session_id));
+        .all(|(_, u)| u.session_id == opened[3].1.session_id));
     assert!(server.errors.lock().unwrap().is_empty());
 }
