@@ -579,6 +579,15 @@ fn refusals_answer_as_windows() {
         }
     }));
     assert_eq!(h.status, NtStatus::INVALID_DEVICE_REQUEST);
+    // A DFS referral request on IPC$: no DFS, as MS-SMB2 3.3.5.15.2 says.
+    let (h, _) = c.call(Request::Ioctl(IoctlRequest {
+        ctl_code: opipe::smb2::server::FSCTL_DFS_GET_REFERRALS,
+        ..match transceive(FileId::RELATED, b"\0\0", 4096) {
+            Request::Ioctl(io) => io,
+            _ => unreachable!(),
+        }
+    }));
+    assert_eq!(h.status, status::FS_DRIVER_REQUIRED);
     let (h, _) = c.call(transceive(
         FileId {
             persistent: 9,

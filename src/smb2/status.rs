@@ -21,3 +21,5 @@ pub const USER_SESSION_DELETED: NtStatus = NtStatus(0xC000_0203);
 pub const NETWORK_NAME_DELETED: NtStatus = NtStatus(0xC000_00C9);
 /// `STATUS_FILE_CLOSED`: an unknown FileId.
 pub const FILE_CLOSED: NtStatus = NtStatus(0xC000_0128);
+/// `STATUS_FS_DRIVER_REQUIRED`: a DFS referral request to a server without DFS.
+pub const FS_DRIVER_REQUIRED: NtStatus = NtStatus(0xC000_019C);

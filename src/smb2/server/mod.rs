@@ -46,6 +46,10 @@ use crate::protocol::userinfo::{ClientAddr, NetUserInfo, USER_FLAG_ANONYMOUS, US
 
 /// FSCTL_VALIDATE_NEGOTIATE_INFO (3.0 and 3.0.2 clients send it).
 pub const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
+/// FSCTL_DFS_GET_REFERRALS.
+pub const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
+/// FSCTL_DFS_GET_REFERRALS_EX.
+pub const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 /// SMB2_GLOBAL_CAP_LARGE_MTU.
 const CAP_LARGE_MTU: u32 = 0x0000_0004;
 /// STATUS_INFO_LENGTH_MISMATCH.
@@ -951,6 +955,10 @@ impl Connection {
                     return Step::Reply(st, error_body());
                 }
                 self.validate_negotiate(io)
+            }
+            // No DFS here (MS-SMB2 3.3.5.15.2).
+            FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => {
+                Step::Reply(status::FS_DRIVER_REQUIRED, error_body())
             }
             _ => Step::Reply(NtStatus::INVALID_DEVICE_REQUEST, error_body()),
         }
