@@ -6,8 +6,8 @@
 use opipe::protocol::NtStatus;
 use opipe::smb2::file::{
     CloseRequest, CloseResponse, CreateRequest, CreateResponse, FileId, IoctlRequest,
-    IoctlResponse, QueryInfoRequest, QueryInfoResponse, ReadRequest, ReadResponse, WriteRequest,
-    WriteResponse,
+    IoctlResponse, QueryInfoRequest, QueryInfoResponse, ReadRequest, ReadResponse, SetInfoRequest,
+    WriteRequest, WriteResponse,
 };
 use opipe::smb2::header::{FLAGS_ASYNC_COMMAND, FLAGS_SERVER_TO_REDIR};
 use opipe::smb2::negotiate::{NegotiateRequest, NegotiateResponse, DIALECT_311};
@@ -272,6 +272,17 @@ fn request() -> impl Strategy<Value = Request> {
                     input,
                 })
             }),
+        (any::<u8>(), any::<u8>(), any::<u32>(), file_id(), bytes(40)).prop_map(
+            |(info_type, file_info_class, additional_information, file_id, buffer)| {
+                Request::SetInfo(SetInfoRequest {
+                    info_type,
+                    file_info_class,
+                    additional_information,
+                    file_id,
+                    buffer,
+                })
+            }
+        ),
     ]
 }
 
@@ -408,6 +419,7 @@ fn response() -> impl Strategy<Value = (Response, NtStatus)> {
                 }
             )),
         Just((Response::Echo, ok)),
+        Just((Response::SetInfo, ok)),
         bytes(100).prop_map(move |output| (Response::QueryInfo(QueryInfoResponse { output }), ok)),
         (any::<u8>(), bytes(50), 0xC000_0001u32..0xC000_0200).prop_map(|(n, data, st)| (
             Response::Error(ErrorResponse {

@@ -13,8 +13,8 @@ use std::task::Poll;
 use opipe::protocol::userinfo::{NetUserInfo, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
 use opipe::protocol::NtStatus;
 use opipe::smb2::file::{
-    CloseRequest, CreateRequest, FileId, IoctlRequest, QueryInfoRequest, ReadRequest, WriteRequest,
-    FSCTL_PIPE_TRANSCEIVE, IOCTL_IS_FSCTL,
+    CloseRequest, CreateRequest, FileId, IoctlRequest, QueryInfoRequest, QueryInfoResponse,
+    ReadRequest, SetInfoRequest, WriteRequest, FSCTL_PIPE_TRANSCEIVE, IOCTL_IS_FSCTL,
 };
 use opipe::smb2::frame::frame_len;
 use opipe::smb2::header::{FLAGS_RELATED_OPERATIONS, HEADER_LEN};
@@ -1097,4 +1097,68 @@ fn an_error_status_inside_backend_data_is_an_error_answer() {
     let r = responses(&c.conn.take_output());
     assert_eq!(r[0].0.status, NtStatus::PIPE_BROKEN);
     assert!(matches!(r[0].1, Response::Error(_)));
+}
+
+#[test]
+fn pipe_information_query_and_set() {
+    let mut c = Client::login(ServerConfig::default());
+    let f = c.open("srvsvc");
+    let query = |class: u8, len: u32| {
+        Request::QueryInfo(QueryInfoRequest {
+            info_type: 1,
+            file_info_class: class,
+            output_buffer_length: len,
+            additional_information: 0,
+            flags: 0,
+            file_id: f,
+            input: vec![],
+        })
+    };
+    // FilePipeInformation: message read mode, queued completion.
+    let (h, r) = c.call(query(23, 8));
+    assert_eq!(h.status, NtStatus(0));
+    assert_eq!(
+        r,
+        Response::QueryInfo(QueryInfoResponse {
+            output: vec![1, 0, 0, 0, 0, 0, 0, 0]
+        })
+    );
+    // FilePipeLocalInformation: 40 bytes, message type, full duplex,
+    // connected, the client end.
+    let (h, r) = c.call(query(24, 100));
+    assert_eq!(h.status, NtStatus(0));
+    let Response::QueryInfo(q) = r else { panic!() };
+    let words: Vec<u32> = q
+        .output
+        .chunks(4)
+        .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        (words.len(), words[0], words[1], words[8], words[9]),
+        (10, 1, 2, 3, 0)
+    );
+    let (h, _) = c.call(query(24, 39));
+    assert_eq!(
+        h.status,
+        NtStatus(0xC000_0004),
+        "STATUS_INFO_LENGTH_MISMATCH"
+    );
+    let (h, _) = c.call(query(4, 100));
+    assert_eq!(h.status, status::INVALID_INFO_CLASS);
+    // SetNamedPipeHandleState(PIPE_READMODE_MESSAGE) as SET_INFO.
+    let set = |buf: Vec<u8>| {
+        Request::SetInfo(SetInfoRequest {
+            info_type: 1,
+            file_info_class: 23,
+            additional_information: 0,
+            file_id: f,
+            buffer: buf,
+        })
+    };
+    let (h, r) = c.call(set(vec![1, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!((h.status, r), (NtStatus(0), Response::SetInfo));
+    let (h, _) = c.call(set(vec![2, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(h.status, NtStatus::INVALID_PARAMETER);
+    let (h, _) = c.call(set(vec![1, 0, 0, 0]));
+    assert_eq!(h.status, NtStatus::INVALID_PARAMETER);
 }

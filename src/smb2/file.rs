@@ -1,6 +1,6 @@
 //! The requests on an open: CREATE (MS-SMB2 2.2.13, 2.2.14), CLOSE (2.2.15,
 //! 2.2.16), READ (2.2.19, 2.2.20), WRITE (2.2.21, 2.2.22), IOCTL (2.2.31,
-//! 2.2.32) and QUERY_INFO (2.2.37, 2.2.38).
+//! 2.2.32), QUERY_INFO (2.2.37, 2.2.38) and SET_INFO (2.2.39, 2.2.40).
 
 use super::header::HEADER_LEN;
 use super::wire::{len_u16, len_u32, slice_at, string_to_utf16, utf16_to_string, Reader, Writer};
@@ -785,6 +785,59 @@ impl QueryInfoResponse {
         w.u32(len_u32("OutputBufferLength", self.output.len())?);
         w.bytes(&self.output);
         if self.output.is_empty() {
+            w.u8(0);
+        }
+        Ok(())
+    }
+}
+
+/// A SET_INFO request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetInfoRequest {
+    /// InfoType (1 = file).
+    pub info_type: u8,
+    /// FileInfoClass.
+    pub file_info_class: u8,
+    /// AdditionalInformation.
+    pub additional_information: u32,
+    /// FileId.
+    pub file_id: FileId,
+    /// The buffer.
+    pub buffer: Vec<u8>,
+}
+
+impl SetInfoRequest {
+    pub(crate) fn decode(msg: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::at(msg, HEADER_LEN);
+        r.structure_size(33)?;
+        let info_type = r.u8("InfoType")?;
+        let file_info_class = r.u8("FileInfoClass")?;
+        let len = r.u32("BufferLength")?;
+        let off = r.u16("BufferOffset")?;
+        let _reserved = r.u16("Reserved")?;
+        let additional_information = r.u32("AdditionalInformation")?;
+        let file_id = FileId::read(&mut r)?;
+        let buffer = slice_at(msg, "Buffer", usize::from(off), len as usize, MAX_DATA)?;
+        Ok(SetInfoRequest {
+            info_type,
+            file_info_class,
+            additional_information,
+            file_id,
+            buffer: buffer.to_vec(),
+        })
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u16(33);
+        w.u8(self.info_type);
+        w.u8(self.file_info_class);
+        w.u32(len_u32("BufferLength", self.buffer.len())?);
+        w.u16(len_u16("BufferOffset", w.len() + 24)?);
+        w.u16(0);
+        w.u32(self.additional_information);
+        self.file_id.write(w);
+        w.bytes(&self.buffer);
+        if self.buffer.is_empty() {
             w.u8(0);
         }
         Ok(())

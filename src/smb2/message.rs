@@ -3,7 +3,8 @@
 
 use super::file::{
     CloseRequest, CloseResponse, CreateRequest, CreateResponse, IoctlRequest, IoctlResponse,
-    QueryInfoRequest, QueryInfoResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
+    QueryInfoRequest, QueryInfoResponse, ReadRequest, ReadResponse, SetInfoRequest, WriteRequest,
+    WriteResponse,
 };
 use super::header::{Command, Header, HEADER_LEN};
 use super::negotiate::{NegotiateRequest, NegotiateResponse};
@@ -47,6 +48,8 @@ pub enum Request {
     Echo,
     /// QUERY_INFO.
     QueryInfo(QueryInfoRequest),
+    /// SET_INFO.
+    SetInfo(SetInfoRequest),
     /// Any other command (FLUSH, LOCK, QUERY_DIRECTORY, ...): its body is
     /// not decoded; a pipe server answers it with an error.
     Other(u16),
@@ -82,6 +85,7 @@ impl Request {
             Request::Cancel => Command::Cancel,
             Request::Echo => Command::Echo,
             Request::QueryInfo(_) => Command::QueryInfo,
+            Request::SetInfo(_) => Command::SetInfo,
             Request::Other(c) => return *c,
         };
         c as u16
@@ -125,6 +129,7 @@ impl Request {
                 Request::Echo
             }
             Some(Command::QueryInfo) => Request::QueryInfo(QueryInfoRequest::decode(part)?),
+            Some(Command::SetInfo) => Request::SetInfo(SetInfoRequest::decode(part)?),
             _ => Request::Other(header.command),
         };
         Ok((header, body))
@@ -150,6 +155,7 @@ impl Request {
             Request::Write(b) => b.write(&mut w)?,
             Request::Ioctl(b) => b.write(&mut w)?,
             Request::QueryInfo(b) => b.write(&mut w)?,
+            Request::SetInfo(b) => b.write(&mut w)?,
             Request::Other(c) => {
                 return Err(EncodeError::NonCanonical {
                     field: "Command",
@@ -230,6 +236,8 @@ pub enum Response {
     Echo,
     /// QUERY_INFO (also with STATUS_BUFFER_OVERFLOW).
     QueryInfo(QueryInfoResponse),
+    /// SET_INFO.
+    SetInfo,
     /// The error body: any error status but the exceptions above, and the
     /// interim STATUS_PENDING response.
     Error(ErrorResponse),
@@ -264,6 +272,7 @@ impl Response {
             Response::Ioctl(_) => Command::Ioctl,
             Response::Echo => Command::Echo,
             Response::QueryInfo(_) => Command::QueryInfo,
+            Response::SetInfo => Command::SetInfo,
             Response::Error(_) => return None,
         };
         Some(c as u16)
@@ -305,6 +314,11 @@ impl Response {
                 Response::Echo
             }
             Some(Command::QueryInfo) => Response::QueryInfo(QueryInfoResponse::decode(part)?),
+            Some(Command::SetInfo) => {
+                let mut r = Reader::at(part, HEADER_LEN);
+                r.structure_size(2)?;
+                Response::SetInfo
+            }
             _ => {
                 return Err(DecodeError::InvalidValue {
                     field: "Command",
@@ -342,6 +356,7 @@ impl Response {
             Response::Write(b) => b.write(&mut w),
             Response::Ioctl(b) => b.write(&mut w)?,
             Response::QueryInfo(b) => b.write(&mut w)?,
+            Response::SetInfo => w.u16(2),
             Response::Error(b) => b.write(&mut w)?,
         }
         Ok(w.buf)

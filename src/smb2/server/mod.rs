@@ -8,7 +8,7 @@
 //! SPNEGO/NTLMSSP (no signing), LOGOFF, TREE_CONNECT to IPC$ only,
 //! TREE_DISCONNECT, CREATE/CLOSE of pipes, IOCTL (TRANSCEIVE, PEEK, WAIT,
 //! VALIDATE_NEGOTIATE_INFO), READ (async when nothing waits; CANCEL
-//! cancels it), WRITE, QUERY_INFO (standard information), ECHO, compound
+//! cancels it), WRITE, QUERY_INFO and SET_INFO of pipe information, ECHO, compound
 //! chains and credits. Limits: [`ServerConfig`].
 
 mod backend;
@@ -767,32 +767,14 @@ impl Connection {
                     backend,
                 )
             }
-            Request::QueryInfo(q) => {
-                if let Err(st) = self.open_pipe(h, q.file_id) {
-                    return Step::Reply(st, error_body());
-                }
-                // FILE_INFO / FileStandardInformation, as for a pipe:
-                // AllocationSize 4096, EndOfFile 0, one link, delete
-                // pending, not a directory.
-                if q.info_type != 1 {
-                    return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
-                }
-                if q.file_info_class != 5 {
-                    return Step::Reply(status::INVALID_INFO_CLASS, error_body());
-                }
-                if q.output_buffer_length < 24 {
-                    return Step::Reply(INFO_LENGTH_MISMATCH, error_body());
-                }
-                let mut out = Vec::with_capacity(24);
-                out.extend_from_slice(&4096u64.to_le_bytes());
-                out.extend_from_slice(&0u64.to_le_bytes());
-                out.extend_from_slice(&1u32.to_le_bytes());
-                out.extend_from_slice(&[1, 0, 0, 0]);
-                Step::Reply(
-                    NtStatus(0),
-                    Response::QueryInfo(QueryInfoResponse { output: out }),
-                )
-            }
+            Request::QueryInfo(q) => match self.open_pipe(h, q.file_id) {
+                Ok(_) => query_info(q.info_type, q.file_info_class, q.output_buffer_length),
+                Err(st) => Step::Reply(st, error_body()),
+            },
+            Request::SetInfo(q) => match self.open_pipe(h, q.file_id) {
+                Ok(_) => set_info(q.info_type, q.file_info_class, &q.buffer),
+                Err(st) => Step::Reply(st, error_body()),
+            },
             Request::Other(_) => Step::Reply(NtStatus::NOT_SUPPORTED, error_body()),
         }
     }
@@ -1327,6 +1309,62 @@ impl Connection {
     }
 }
 
+/// MS-FSCC information classes a pipe answers.
+const FILE_STANDARD_INFORMATION: u8 = 5;
+const FILE_PIPE_INFORMATION: u8 = 23;
+const FILE_PIPE_LOCAL_INFORMATION: u8 = 24;
+
+/// QUERY_INFO on a pipe: FileStandardInformation (AllocationSize 4096,
+/// EndOfFile 0, one link, delete pending, not a directory),
+/// FilePipeInformation (message read mode, queued completion) and
+/// FilePipeLocalInformation (a full-duplex message pipe, connected, the
+/// client end).
+fn query_info(info_type: u8, class: u8, max_out: u32) -> Step {
+    if info_type != 1 {
+        return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
+    }
+    let words: &[u32] = match class {
+        FILE_STANDARD_INFORMATION => &[4096, 0, 0, 0, 1, 1],
+        FILE_PIPE_INFORMATION => &[1, 0],
+        FILE_PIPE_LOCAL_INFORMATION => &[1, 2, u32::MAX, 1, 4096, 0, 4096, 4096, 3, 0],
+        _ => return Step::Reply(status::INVALID_INFO_CLASS, error_body()),
+    };
+    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if class == FILE_STANDARD_INFORMATION {
+        // DeletePending and Directory are single bytes, then 2 reserved.
+        out.truncate(20);
+        out.extend_from_slice(&[1, 0, 0, 0]);
+    }
+    if (max_out as usize) < out.len() {
+        return Step::Reply(INFO_LENGTH_MISMATCH, error_body());
+    }
+    Step::Reply(
+        NtStatus(0),
+        Response::QueryInfo(QueryInfoResponse { output: out }),
+    )
+}
+
+/// SET_INFO on a pipe: FilePipeInformation with a byte or message read
+/// mode and either completion mode is accepted (the pipe stays a message
+/// pipe); anything else is refused.
+fn set_info(info_type: u8, class: u8, buf: &[u8]) -> Step {
+    if info_type != 1 || class != FILE_PIPE_INFORMATION {
+        return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
+    }
+    let ok = match buf {
+        [a0, a1, a2, a3, b0, b1, b2, b3] => {
+            u32::from_le_bytes([*a0, *a1, *a2, *a3]) <= 1
+                && u32::from_le_bytes([*b0, *b1, *b2, *b3]) <= 1
+        }
+        _ => false,
+    };
+    if ok {
+        Step::Reply(NtStatus(0), Response::SetInfo)
+    } else {
+        Step::Reply(NtStatus::INVALID_PARAMETER, error_body())
+    }
+}
+
 fn error_body() -> Response {
     Response::Error(ErrorResponse::default())
 }
@@ -1353,6 +1391,7 @@ fn relate_file_id(req: &mut Request, prev: Option<FileId>) {
         Request::Write(r) => &mut r.file_id,
         Request::Ioctl(r) => &mut r.file_id,
         Request::QueryInfo(r) => &mut r.file_id,
+        Request::SetInfo(r) => &mut r.file_id,
         _ => return,
     };
     if *id == FileId::RELATED {
