@@ -11,38 +11,30 @@
 //! cancels it), WRITE, QUERY_INFO and SET_INFO of pipe information, ECHO, compound
 //! chains and credits. Limits: [`ServerConfig`].
 
+mod auth;
 mod backend;
+mod pipe;
 
 pub use backend::{Completion, OpId, PipeBackend, PipeData, PipeRef};
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::task::Poll;
 
-use super::file::{
-    CloseResponse, CreateResponse, FileId, IoctlRequest, IoctlResponse, QueryInfoResponse,
-    ReadResponse, WriteResponse, FSCTL_PIPE_PEEK, FSCTL_PIPE_TRANSCEIVE, FSCTL_PIPE_WAIT,
-    IOCTL_IS_FSCTL,
-};
+use super::file::{CloseResponse, FileId};
 use super::frame::{frame, Unframer};
 use super::header::{
     split_compound, Command, Header, HeaderIds, FLAGS_RELATED_OPERATIONS, FLAGS_SERVER_TO_REDIR,
 };
-use super::message::{is_error_body, ErrorResponse, Request, Response};
+use super::message::{ErrorResponse, Request, Response};
 use super::negotiate::{
-    NegotiateContext, NegotiateRequest, NegotiateResponse, Smb1Negotiate, DIALECT_202, DIALECT_210,
-    DIALECT_300, DIALECT_302, DIALECT_311, HASH_SHA512, SIGNING_ENABLED,
+    Smb1Negotiate, DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311,
 };
-use super::ntlmssp::{self, Authenticate};
-use super::session::{
-    SessionSetupRequest, SessionSetupResponse, TreeConnectResponse, SESSION_FLAG_IS_GUEST,
-    SESSION_FLAG_IS_NULL, SHARE_TYPE_PIPE,
-};
-use super::spnego::{NegState, NegTokenInit, NegTokenResp, SpnegoToken, OID_NTLMSSP};
+use super::session::{TreeConnectResponse, SHARE_TYPE_PIPE};
 use super::status;
 use crate::protocol::error::DecodeError;
 use crate::protocol::status::NtStatus;
-use crate::protocol::userinfo::{ClientAddr, NetUserInfo, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
+use crate::protocol::userinfo::NetUserInfo;
 
 /// FSCTL_VALIDATE_NEGOTIATE_INFO (3.0 and 3.0.2 clients send it).
 pub const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
@@ -226,16 +218,6 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn client_addr(ip: IpAddr) -> ClientAddr {
-    match ip {
-        IpAddr::V4(a) => ClientAddr::V4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => ClientAddr::V4(v4),
-            None => ClientAddr::V6(a),
-        },
-    }
-}
-
 impl Connection {
     /// A connection from `client`; `seed` varies the server challenge and
     /// preauth salt, and offsets session ids so that they differ between
@@ -363,29 +345,6 @@ impl Connection {
             ..Chain::default()
         };
         self.run_chain(chain, now, backend)
-    }
-
-    fn smb1_negotiate(&mut self, msg: &[u8], now: u64) -> Result<(), ConnectionError> {
-        if self.dialect.is_some() || self.smb1_seen || self.next_message_id != 0 {
-            return Err(ConnectionError::Protocol("SMB1 after the first message"));
-        }
-        let n = Smb1Negotiate::decode(msg).map_err(ConnectionError::Malformed)?;
-        let Some(rev) = n.smb2_answer() else {
-            return Err(ConnectionError::Protocol("SMB1 negotiate without SMB2"));
-        };
-        self.smb1_seen = true;
-        // The SMB1 request counts as message 0; one credit for the next.
-        self.next_message_id = 1;
-        self.credit_limit = 2;
-        let resp = self.negotiate_response(rev, now, &[]);
-        let mut h = Header::request(Command::Negotiate);
-        h.flags = FLAGS_SERVER_TO_REDIR;
-        h.credits = 1;
-        if rev == DIALECT_202 {
-            self.dialect = Some(DIALECT_202);
-        }
-        self.emit_parts(vec![self.encode_response(&h, &Response::Negotiate(resp))]);
-        Ok(())
     }
 
     fn run_chain(
@@ -768,445 +727,15 @@ impl Connection {
                 )
             }
             Request::QueryInfo(q) => match self.open_pipe(h, q.file_id) {
-                Ok(_) => query_info(q.info_type, q.file_info_class, q.output_buffer_length),
+                Ok(_) => pipe::query_info(q.info_type, q.file_info_class, q.output_buffer_length),
                 Err(st) => Step::Reply(st, error_body()),
             },
             Request::SetInfo(q) => match self.open_pipe(h, q.file_id) {
-                Ok(_) => set_info(q.info_type, q.file_info_class, &q.buffer),
+                Ok(_) => pipe::set_info(q.info_type, q.file_info_class, &q.buffer),
                 Err(st) => Step::Reply(st, error_body()),
             },
             Request::Other(_) => Step::Reply(NtStatus::NOT_SUPPORTED, error_body()),
         }
-    }
-
-    /// Starts a backend operation unless the pending limit is reached.
-    fn start(
-        &mut self,
-        kind: Kind,
-        f: impl FnOnce(OpId, &mut dyn PipeBackend) -> Poll<Completion>,
-        backend: &mut dyn PipeBackend,
-    ) -> Step {
-        if self.pending.len() >= self.cfg.max_pending {
-            return Step::Reply(NtStatus::INSUFFICIENT_RESOURCES, error_body());
-        }
-        let op = OpId(self.next_op);
-        self.next_op += 1;
-        Step::Backend(kind, op, f(op, backend))
-    }
-
-    fn finish(
-        &mut self,
-        kind: Kind,
-        c: Completion,
-        backend: &mut dyn PipeBackend,
-    ) -> (NtStatus, Response) {
-        match (kind, c) {
-            // A backend that reports an error inside its data: the error body.
-            (_, Completion::Data(Ok(d))) if is_error_body(0xFFFF, d.status) => {
-                (error_status(d.status), error_body())
-            }
-            (
-                Kind::Open {
-                    session_id,
-                    tree_id,
-                },
-                Completion::Open(Ok(pipe)),
-            ) => {
-                let file_id = FileId {
-                    persistent: self.next_file,
-                    volatile: mix(self.seed ^ self.next_file),
-                };
-                self.next_file += 1;
-                let Some(s) = self.sessions.get_mut(&session_id) else {
-                    backend.close(pipe);
-                    return (status::USER_SESSION_DELETED, error_body());
-                };
-                if !s.trees.contains(&tree_id) {
-                    backend.close(pipe);
-                    return (status::NETWORK_NAME_DELETED, error_body());
-                }
-                s.opens.insert(file_id, Open { pipe, tree_id });
-                (
-                    NtStatus(0),
-                    Response::Create(CreateResponse {
-                        oplock_level: 0,
-                        flags: 0,
-                        create_action: 1,
-                        creation_time: 0,
-                        last_access_time: 0,
-                        last_write_time: 0,
-                        change_time: 0,
-                        allocation_size: 4096,
-                        end_of_file: 0,
-                        file_attributes: 0x80,
-                        file_id,
-                        create_contexts: Vec::new(),
-                    }),
-                )
-            }
-            (Kind::Ioctl { ctl_code, file_id }, Completion::Data(Ok(d))) => (
-                d.status,
-                Response::Ioctl(IoctlResponse {
-                    ctl_code,
-                    file_id,
-                    flags: 0,
-                    input: Vec::new(),
-                    output: d.data,
-                }),
-            ),
-            (Kind::Ioctl { ctl_code, file_id }, Completion::Waited(Ok(()))) => (
-                NtStatus(0),
-                Response::Ioctl(IoctlResponse {
-                    ctl_code,
-                    file_id,
-                    flags: 0,
-                    input: Vec::new(),
-                    output: Vec::new(),
-                }),
-            ),
-            (Kind::Read, Completion::Data(Ok(d))) => (
-                d.status,
-                Response::Read(ReadResponse {
-                    data_remaining: 0,
-                    data: d.data,
-                }),
-            ),
-            (Kind::Write, Completion::Written(Ok(n))) => (
-                NtStatus(0),
-                Response::Write(WriteResponse {
-                    count: u32::try_from(n).unwrap_or(u32::MAX),
-                }),
-            ),
-            (Kind::Open { .. }, Completion::Open(Err(st)))
-            | (_, Completion::Data(Err(st)))
-            | (_, Completion::Written(Err(st)))
-            | (_, Completion::Waited(Err(st))) => (error_status(st), error_body()),
-            (kind, c) => {
-                tracing::warn!(?kind, ?c, "smb2: completion of the wrong kind");
-                (NtStatus::INTERNAL_ERROR, error_body())
-            }
-        }
-    }
-
-    fn ioctl(&mut self, h: &Header, io: IoctlRequest, backend: &mut dyn PipeBackend) -> Step {
-        if io.flags & IOCTL_IS_FSCTL == 0 {
-            return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
-        }
-        if io.input.len() > self.cfg.max_io_bytes as usize {
-            return Step::Reply(NtStatus::INVALID_PARAMETER, error_body());
-        }
-        let max_out = io.max_output_response.min(self.cfg.max_io_bytes) as usize;
-        let kind = Kind::Ioctl {
-            ctl_code: io.ctl_code,
-            file_id: io.file_id,
-        };
-        match io.ctl_code {
-            FSCTL_PIPE_TRANSCEIVE | FSCTL_PIPE_PEEK => {
-                let pipe = match self.open_pipe(h, io.file_id) {
-                    Ok(p) => p,
-                    Err(st) => return Step::Reply(st, error_body()),
-                };
-                if io.ctl_code == FSCTL_PIPE_PEEK {
-                    self.start(
-                        kind,
-                        |op, b| b.peek(op, pipe, max_out).map(Completion::Data),
-                        backend,
-                    )
-                } else {
-                    let input = io.input;
-                    self.start(
-                        kind,
-                        |op, b| b.transceive(op, pipe, input, max_out).map(Completion::Data),
-                        backend,
-                    )
-                }
-            }
-            FSCTL_PIPE_WAIT => {
-                if let Err(st) = self.valid_tree(h) {
-                    return Step::Reply(st, error_body());
-                }
-                let input = io.input;
-                self.start(
-                    kind,
-                    |op, b| b.wait(op, &input).map(Completion::Waited),
-                    backend,
-                )
-            }
-            FSCTL_VALIDATE_NEGOTIATE_INFO => {
-                if let Err(st) = self.valid_tree(h) {
-                    return Step::Reply(st, error_body());
-                }
-                self.validate_negotiate(io)
-            }
-            // No DFS here (MS-SMB2 3.3.5.15.2).
-            FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => {
-                Step::Reply(status::FS_DRIVER_REQUIRED, error_body())
-            }
-            _ => Step::Reply(NtStatus::INVALID_DEVICE_REQUEST, error_body()),
-        }
-    }
-
-    /// FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.3.5.15.12): the client's
-    /// view of the negotiate must match ours, else the connection is dropped.
-    fn validate_negotiate(&mut self, io: IoctlRequest) -> Step {
-        let bad = || Step::Reply(NtStatus::ACCESS_DENIED, error_body());
-        let i = &io.input;
-        if i.len() < 24 || io.max_output_response < 24 || self.dialect == Some(DIALECT_311) {
-            return bad();
-        }
-        let caps = u32::from_le_bytes([i[0], i[1], i[2], i[3]]);
-        let guid = &i[4..20];
-        let mode = u16::from_le_bytes([i[20], i[21]]);
-        let count = usize::from(u16::from_le_bytes([i[22], i[23]]));
-        let dialects: Vec<u16> = i[24..]
-            .chunks_exact(2)
-            .take(count)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        if caps != self.client_capabilities
-            || guid != self.client_guid
-            || mode != self.client_security_mode
-            || dialects.len() != count
-            || self.dialect != choose_dialect(&dialects)
-        {
-            self.close_after = Some("VALIDATE_NEGOTIATE_INFO does not match");
-            return bad();
-        }
-        let mut out = Vec::with_capacity(24);
-        out.extend_from_slice(&self.capabilities().to_le_bytes());
-        out.extend_from_slice(&self.cfg.server_guid);
-        out.extend_from_slice(&SIGNING_ENABLED.to_le_bytes());
-        out.extend_from_slice(&self.dialect.unwrap_or(0).to_le_bytes());
-        Step::Reply(
-            NtStatus(0),
-            Response::Ioctl(IoctlResponse {
-                ctl_code: io.ctl_code,
-                file_id: io.file_id,
-                flags: 0,
-                input: Vec::new(),
-                output: out,
-            }),
-        )
-    }
-
-    fn capabilities(&self) -> u32 {
-        match self.dialect {
-            Some(d) if d >= DIALECT_210 => CAP_LARGE_MTU,
-            _ => 0,
-        }
-    }
-
-    fn negotiate_response(
-        &self,
-        rev: u16,
-        now: u64,
-        contexts: &[NegotiateContext],
-    ) -> NegotiateResponse {
-        let hint = SpnegoToken::Init(NegTokenInit {
-            mech_types: vec![OID_NTLMSSP.to_vec()],
-            neg_hints: Some("not_defined_in_RFC4178@please_ignore".into()),
-            ..NegTokenInit::default()
-        });
-        NegotiateResponse {
-            security_mode: SIGNING_ENABLED,
-            dialect_revision: rev,
-            server_guid: self.cfg.server_guid,
-            capabilities: if rev >= DIALECT_210 && rev != 0x02FF {
-                CAP_LARGE_MTU
-            } else {
-                0
-            },
-            max_transact_size: self.cfg.max_io_bytes,
-            max_read_size: self.cfg.max_io_bytes,
-            max_write_size: self.cfg.max_io_bytes,
-            system_time: now,
-            server_start_time: 0,
-            security_buffer: hint.encode().unwrap_or_default(),
-            contexts: contexts.to_vec(),
-        }
-    }
-
-    fn negotiate(&mut self, n: NegotiateRequest, now: u64) -> Step {
-        if self.dialect.is_some() {
-            self.close_after = Some("a second NEGOTIATE");
-            return Step::Reply(NtStatus::ACCESS_DENIED, error_body());
-        }
-        let Some(rev) = choose_dialect(&n.dialects) else {
-            return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
-        };
-        let mut contexts = Vec::new();
-        if rev == DIALECT_311 {
-            match n.preauth() {
-                Some((algs, _)) if algs.contains(&HASH_SHA512) => {}
-                _ => return Step::Reply(NtStatus::INVALID_PARAMETER, error_body()),
-            }
-            let salt: Vec<u8> = (0..4u64)
-                .flat_map(|i| mix(self.seed ^ (0x5A17 + i)).to_le_bytes())
-                .collect();
-            contexts.push(NegotiateContext::PreauthIntegrity {
-                hash_algorithms: vec![HASH_SHA512],
-                salt,
-            });
-        }
-        self.dialect = Some(rev);
-        self.client_guid = n.client_guid;
-        self.client_security_mode = n.security_mode;
-        self.client_capabilities = n.capabilities;
-        Step::Reply(
-            NtStatus(0),
-            Response::Negotiate(self.negotiate_response(rev, now, &contexts)),
-        )
-    }
-
-    fn session_setup(&mut self, h: &Header, s: SessionSetupRequest, now: u64) -> Step {
-        let fail = |st| Step::Reply(st, error_body());
-        // The NTLMSSP message, and whether SPNEGO wraps it.
-        let (inner, spnego) = if ntlmssp::message_type(&s.security_buffer).is_some() {
-            (s.security_buffer.clone(), false)
-        } else {
-            match SpnegoToken::decode(&s.security_buffer) {
-                Ok(t) => match t.mech_token() {
-                    Some(m) => (m.to_vec(), true),
-                    None => return fail(status::LOGON_FAILURE),
-                },
-                Err(_) => return fail(status::LOGON_FAILURE),
-            }
-        };
-        match ntlmssp::message_type(&inner) {
-            Some(1) if h.session_id == 0 => {
-                let Ok(neg) = ntlmssp::Negotiate::decode(&inner) else {
-                    return fail(NtStatus::INVALID_PARAMETER);
-                };
-                if self.sessions.len() >= self.cfg.max_sessions {
-                    return fail(status::REQUEST_NOT_ACCEPTED);
-                }
-                let id = self.next_session;
-                self.next_session += 1;
-                let challenge = self.challenge(&neg, id, now);
-                self.sessions.insert(
-                    id,
-                    Session {
-                        state: SessionState::Challenged { spnego },
-                        trees: Vec::new(),
-                        opens: HashMap::new(),
-                    },
-                );
-                let token = if spnego {
-                    SpnegoToken::Resp(NegTokenResp {
-                        neg_state: Some(NegState::AcceptIncomplete),
-                        supported_mech: Some(OID_NTLMSSP.to_vec()),
-                        response_token: Some(challenge),
-                        mech_list_mic: None,
-                    })
-                    .encode()
-                    .unwrap_or_default()
-                } else {
-                    challenge
-                };
-                // The new id rides in the response header.
-                self.new_session = Some(id);
-                Step::Reply(
-                    status::MORE_PROCESSING_REQUIRED,
-                    Response::SessionSetup(SessionSetupResponse {
-                        session_flags: 0,
-                        security_buffer: token,
-                    }),
-                )
-            }
-            Some(3) => {
-                let Some(sess) = self.sessions.get_mut(&h.session_id) else {
-                    return fail(status::USER_SESSION_DELETED);
-                };
-                let SessionState::Challenged { spnego } = sess.state else {
-                    return fail(NtStatus::INVALID_PARAMETER);
-                };
-                let Ok(auth) = Authenticate::decode(&inner) else {
-                    self.sessions.remove(&h.session_id);
-                    return fail(status::LOGON_FAILURE);
-                };
-                let anonymous = auth.is_anonymous();
-                let account = auth.user_name().unwrap_or_default();
-                let user = NetUserInfo {
-                    session_id: h.session_id,
-                    domain: auth.domain_name().unwrap_or_default(),
-                    account: if anonymous { String::new() } else { account },
-                    posix_uid: NOBODY_UID,
-                    workstation: auth
-                        .workstation_name()
-                        .ok()
-                        .filter(|w| !w.is_empty())
-                        .unwrap_or_else(|| self.client.ip().to_string()),
-                    client_addr: client_addr(self.client.ip()),
-                    native_os: 0,
-                    logon_time: filetime_to_unix(now),
-                    numopens: 0,
-                    flags: if anonymous {
-                        USER_FLAG_ANONYMOUS
-                    } else {
-                        USER_FLAG_GUEST
-                    },
-                };
-                sess.state = SessionState::Valid { user };
-                let token = if spnego {
-                    SpnegoToken::Resp(NegTokenResp {
-                        neg_state: Some(NegState::AcceptCompleted),
-                        ..NegTokenResp::default()
-                    })
-                    .encode()
-                    .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                self.new_session = Some(h.session_id);
-                Step::Reply(
-                    NtStatus(0),
-                    Response::SessionSetup(SessionSetupResponse {
-                        session_flags: if anonymous {
-                            SESSION_FLAG_IS_NULL
-                        } else {
-                            SESSION_FLAG_IS_GUEST
-                        },
-                        security_buffer: token,
-                    }),
-                )
-            }
-            _ => fail(status::LOGON_FAILURE),
-        }
-    }
-
-    fn challenge(&self, neg: &ntlmssp::Negotiate, id: u64, now: u64) -> Vec<u8> {
-        use ntlmssp::*;
-        let keep = NEGOTIATE_UNICODE
-            | NEGOTIATE_SIGN
-            | NEGOTIATE_NTLM
-            | NEGOTIATE_ALWAYS_SIGN
-            | NEGOTIATE_EXTENDED_SESSIONSECURITY
-            | NEGOTIATE_VERSION
-            | NEGOTIATE_128
-            | NEGOTIATE_KEY_EXCH
-            | NEGOTIATE_56;
-        let flags =
-            (neg.flags & keep) | REQUEST_TARGET | TARGET_TYPE_SERVER | NEGOTIATE_TARGET_INFO;
-        let name = self.cfg.server_name.to_ascii_uppercase();
-        let info = target_info(
-            &[
-                (av::NB_DOMAIN_NAME, &name),
-                (av::NB_COMPUTER_NAME, &name),
-                (av::DNS_DOMAIN_NAME, ""),
-                (av::DNS_COMPUTER_NAME, &name.to_ascii_lowercase()),
-            ],
-            Some(now),
-        )
-        .unwrap_or_default();
-        Challenge {
-            flags,
-            target_name: super::wire::string_to_utf16(&name),
-            server_challenge: mix(self.seed ^ id).to_le_bytes(),
-            target_info: info,
-            version: Some([6, 1, 0, 0, 0, 0, 0, 15]),
-        }
-        .encode()
-        .unwrap_or_default()
     }
 
     fn tree_connect(&mut self, h: &Header, share: &str) -> Step {
@@ -1309,62 +838,6 @@ impl Connection {
     }
 }
 
-/// MS-FSCC information classes a pipe answers.
-const FILE_STANDARD_INFORMATION: u8 = 5;
-const FILE_PIPE_INFORMATION: u8 = 23;
-const FILE_PIPE_LOCAL_INFORMATION: u8 = 24;
-
-/// QUERY_INFO on a pipe: FileStandardInformation (AllocationSize 4096,
-/// EndOfFile 0, one link, delete pending, not a directory),
-/// FilePipeInformation (message read mode, queued completion) and
-/// FilePipeLocalInformation (a full-duplex message pipe, connected, the
-/// client end).
-fn query_info(info_type: u8, class: u8, max_out: u32) -> Step {
-    if info_type != 1 {
-        return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
-    }
-    let words: &[u32] = match class {
-        FILE_STANDARD_INFORMATION => &[4096, 0, 0, 0, 1, 1],
-        FILE_PIPE_INFORMATION => &[1, 0],
-        FILE_PIPE_LOCAL_INFORMATION => &[1, 2, u32::MAX, 1, 4096, 0, 4096, 4096, 3, 0],
-        _ => return Step::Reply(status::INVALID_INFO_CLASS, error_body()),
-    };
-    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    if class == FILE_STANDARD_INFORMATION {
-        // DeletePending and Directory are single bytes, then 2 reserved.
-        out.truncate(20);
-        out.extend_from_slice(&[1, 0, 0, 0]);
-    }
-    if (max_out as usize) < out.len() {
-        return Step::Reply(INFO_LENGTH_MISMATCH, error_body());
-    }
-    Step::Reply(
-        NtStatus(0),
-        Response::QueryInfo(QueryInfoResponse { output: out }),
-    )
-}
-
-/// SET_INFO on a pipe: FilePipeInformation with a byte or message read
-/// mode and either completion mode is accepted (the pipe stays a message
-/// pipe); anything else is refused.
-fn set_info(info_type: u8, class: u8, buf: &[u8]) -> Step {
-    if info_type != 1 || class != FILE_PIPE_INFORMATION {
-        return Step::Reply(NtStatus::NOT_SUPPORTED, error_body());
-    }
-    let ok = match buf {
-        [a0, a1, a2, a3, b0, b1, b2, b3] => {
-            u32::from_le_bytes([*a0, *a1, *a2, *a3]) <= 1
-                && u32::from_le_bytes([*b0, *b1, *b2, *b3]) <= 1
-        }
-        _ => false,
-    };
-    if ok {
-        Step::Reply(NtStatus(0), Response::SetInfo)
-    } else {
-        Step::Reply(NtStatus::INVALID_PARAMETER, error_body())
-    }
-}
-
 fn error_body() -> Response {
     Response::Error(ErrorResponse::default())
 }
@@ -1377,11 +850,6 @@ fn error_status(st: NtStatus) -> NtStatus {
     } else {
         NtStatus::INTERNAL_ERROR
     }
-}
-
-/// The highest dialect both sides speak.
-fn choose_dialect(offered: &[u16]) -> Option<u16> {
-    DIALECTS.iter().rev().copied().find(|d| offered.contains(d))
 }
 
 fn relate_file_id(req: &mut Request, prev: Option<FileId>) {
@@ -1399,9 +867,4 @@ fn relate_file_id(req: &mut Request, prev: Option<FileId>) {
             *id = p;
         }
     }
-}
-
-/// FILETIME to seconds since the Unix epoch.
-fn filetime_to_unix(ft: u64) -> i64 {
-    (ft / 10_000_000) as i64 - 11_644_473_600
 }
