@@ -421,3 +421,42 @@ fn smbclient_and_rpcclient_through_the_core() {
         .all(|(_, u)| u.session_id == opened[3].1.session_id));
     assert!(server.errors.lock().unwrap().is_empty());
 }
+
+/// Many clients at once, each on its own connection and session.
+#[test]
+fn concurrent_rpcclients_through_the_core() {
+    const CLIENTS: usize = 32;
+    if !clients_installed() {
+        return;
+    }
+    let Some(rpcd) = SambaRpcd::start("OPIPEMANY") else {
+        return;
+    };
+    let server = Server::start(&rpcd.ncalrpc_dir.join("np"));
+    let port = server.port.to_string();
+    let start = Instant::now();
+    let runs: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"])
+            })
+        })
+        .collect();
+    for r in runs {
+        let (code, out) = r.join().unwrap();
+        assert_eq!(code, Some(0), "rpcclient:\n{out}");
+        assert!(out.contains("OPIPEMANY"), "rpcclient:\n{out}");
+    }
+    let opened = server.opened.lock().unwrap().clone();
+    assert_eq!(opened.len(), CLIENTS);
+    let mut sessions: Vec<u64> = opened.iter().map(|(_, u)| u.session_id).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    assert_eq!(sessions.len(), CLIENTS, "one session id per client");
+    assert!(server.errors.lock().unwrap().is_empty());
+    eprintln!(
+        "{CLIENTS} concurrent rpcclient srvinfo through the core: {:?}",
+        start.elapsed()
+    );
+}
