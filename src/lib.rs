@@ -12,6 +12,8 @@
 //!   wait, cancel and close pipes, as runtime-agnostic futures.
 //! * [`service`]: the other end of the socket: a pipe service (handshake,
 //!   accept policy, handlers) that serves thousands of connections.
+//! * `smb2` (feature `smb2`, which `cli` enables): the SMB2 protocol layer
+//!   of an IPC$-only SMB2 server in front of the engine.
 //!
 //! The `opipe` command (feature `cli`, on by default) lives in `src/cli/`;
 //! embedders depend on the crate with `default-features = false` and compile
@@ -23,5 +25,7 @@ pub mod engine;
 pub mod protocol;
 pub mod ring;
 pub mod service;
+#[cfg(feature = "smb2")]
+pub mod smb2;
 
 mod slab;
