@@ -61,12 +61,11 @@ pub struct EngineConfig {
     /// The pipe directory (illumos: `/var/smb/pipe`).
     pub dir: PathBuf,
     /// Rings, each with its own thread (default 1). Pipes are spread over
-    /// them. On the 2-CPU benchmark machine, with the service on the same
-    /// CPUs, two rings did about as many transceives per second as one at
-    /// 1024 busy pipes and 30-35 % more at 4096 (perf/README.md): one ring
-    /// per CPU is what `opipe bench` uses.
+    /// them at open time. One ring per CPU is what `opipe bench` uses; what
+    /// one and two rings measured is in perf/README.md.
     pub rings: usize,
-    /// Buffer mode (default [`BufferMode::Plain`], measured faster here).
+    /// Buffer mode (default [`BufferMode::Plain`], the faster of the two on
+    /// AF_UNIX: perf/README.md).
     /// The epoll backend has no registered buffers and always runs
     /// [`BufferMode::Plain`]; [`Engine::config`] reports the effective mode.
     pub buffers: BufferMode,
@@ -81,11 +80,8 @@ pub struct EngineConfig {
     /// Completion queue entries per ring (default 16384). At least twice
     /// the busy pipes one ring drives is comfortable (a busy pipe can have
     /// a send's completion and a reply chunk pending at once). A smaller
-    /// queue costs little: the ring never submits more SQEs than the queue
-    /// has room for, and reaps first (measured: 4096 busy pipes on one ring
-    /// with 1024 entries and a 256-entry submission queue ran as fast as
-    /// with the defaults; before that rule, at a quarter of the speed with
-    /// p99.9 over 1 s, the kernel's overflow list being the hot path).
+    /// queue is safe: the ring never submits more SQEs than the queue has
+    /// room for, and reaps first (its cost is measured in perf/README.md).
     pub cq_entries: u32,
     /// Registered buffer slots per ring (Registered mode; default 1024).
     pub reg_slots: u16,
