@@ -12,6 +12,8 @@
 //!   wait, cancel and close pipes, as runtime-agnostic futures.
 //! * [`service`]: the other end of the socket: a pipe service (handshake,
 //!   accept policy, handlers) that serves thousands of connections.
+//! * [`rng`]: one seeded generator (splitmix64) for the soak, the tests
+//!   and the SMB2 front's challenge bytes.
 //! * `smb2` (feature `smb2`, which `cli` enables): the SMB2 protocol layer
 //!   of an IPC$-only SMB2 server in front of the engine.
 //!
@@ -24,6 +26,7 @@
 pub mod engine;
 pub mod protocol;
 pub mod ring;
+pub mod rng;
 pub mod service;
 #[cfg(feature = "smb2")]
 pub mod smb2;

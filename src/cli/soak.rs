@@ -66,21 +66,7 @@ pub struct SoakArgs {
     backend: crate::call::BackendArg,
 }
 
-/// A deterministic pseudo-random sequence (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use opipe::rng::SplitMix64 as Rng;
 
 /// A payload unique per request: `pipe`, `seq` up front (as far as the
 /// size allows), then bytes drawn from (seed, pipe, seq).
@@ -89,9 +75,10 @@ fn payload(seed: u64, pipe: u32, seq: u64, size: usize) -> Vec<u8> {
     v.extend_from_slice(&pipe.to_le_bytes());
     v.extend_from_slice(&seq.to_le_bytes());
     v.truncate(size);
-    let mut rng = Rng(seed ^ (u64::from(pipe) << 40) ^ seq.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut rng =
+        Rng::new(seed ^ (u64::from(pipe) << 40) ^ seq.wrapping_mul(0x2545_F491_4F6C_DD1D));
     while v.len() < size {
-        let w = rng.next().to_le_bytes();
+        let w = rng.next_u64().to_le_bytes();
         let n = (size - v.len()).min(8);
         v.extend_from_slice(&w[..n]);
     }
@@ -332,7 +319,7 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     fn run(&self, w: usize, ids: Vec<u32>) {
-        let mut rng = Rng(self.seed.wrapping_mul(31).wrapping_add(w as u64));
+        let mut rng = Rng::new(self.seed.wrapping_mul(31).wrapping_add(w as u64));
         let mut pipes: Vec<(u32, Option<Pipe>)> = ids
             .into_iter()
             .map(|i| (i, open(self.engine, u64::from(i), self.counts, self.stop)))

@@ -363,12 +363,8 @@ pub fn table(results: &[RunResult]) -> String {
     engines.sort_unstable();
     engines.dedup();
     if engines.len() > 1 {
-        // Columns for the bases that ran (tokio and threads always, as
-        // before; uring-min when it was asked for).
-        let bases: Vec<&str> = BASES
-            .into_iter()
-            .filter(|b| *b != "uring-min" || engines.contains(b))
-            .collect();
+        // Columns for the bases that ran.
+        let bases: Vec<&str> = BASES.into_iter().filter(|b| engines.contains(b)).collect();
         let ratio_rows: Vec<Vec<String>> = groups
             .iter()
             .map(|g| {

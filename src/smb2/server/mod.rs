@@ -209,13 +209,11 @@ pub struct Connection {
     close_after: Option<&'static str>,
 }
 
-/// splitmix64: the challenge and salt bytes (no secret rides on them:
-/// anonymous and guest logins check no response).
+/// The challenge and salt bytes, volatile file ids and session ids: a hash
+/// of the connection's seed (no secret rides on them: anonymous and guest
+/// logins check no response).
 fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::rng::SplitMix64::mix(x)
 }
 
 impl Connection {
