@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod call;
 mod serve;
+mod serve_child;
 mod soak;
 
 /// io_uring transport for SMB named pipes (illumos smb_opipe compatible).

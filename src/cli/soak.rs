@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use opipe::engine::{Engine, EngineConfig, Pipe, Request, Transfer};
 use opipe::protocol::{NetUserInfo, NtStatus};
 
 use crate::bench::sys;
+use crate::serve_child::ServeChild;
 
 /// The pipe name the soak serves and opens.
 const PIPE: &str = "soak";
@@ -122,56 +122,24 @@ impl Counts {
 }
 
 /// The `opipe serve --handler echo` child; killed and reaped when dropped.
-struct Service {
-    child: Option<Child>,
-}
-
-impl Service {
-    fn start(dir: &Path) -> std::io::Result<Service> {
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("serve")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--pipe", PIPE, "--handler", "echo"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        sys::kill_with_parent(&mut cmd);
-        let mut s = Service {
-            child: Some(cmd.spawn()?),
-        };
-        let begin = Instant::now();
-        loop {
-            if let Some(c) = s.child.as_mut() {
-                if let Some(st) = c.try_wait()? {
-                    s.child = None;
-                    return Err(std::io::Error::other(format!("the service exited: {st}")));
-                }
-            }
-            if UnixStream::connect(dir.join(PIPE)).is_ok() {
-                return Ok(s);
-            }
-            if begin.elapsed() > Duration::from_secs(10) {
-                return Err(std::io::Error::other("the service never accepted"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // The socket file stays: a successor may already listen on it (the
-        // directory is removed at the end of the soak).
-        self.kill();
-    }
+/// The socket file stays: a successor may already listen on it (the
+/// directory is removed at the end of the soak).
+fn start_service(dir: &Path) -> std::io::Result<ServeChild> {
+    let args: [&std::ffi::OsStr; 6] = [
+        "--dir".as_ref(),
+        dir.as_os_str(),
+        "--pipe".as_ref(),
+        PIPE.as_ref(),
+        "--handler".as_ref(),
+        "echo".as_ref(),
+    ];
+    ServeChild::start(
+        &args,
+        Stdio::null(),
+        &dir.join(PIPE),
+        Duration::from_secs(10),
+        String::new,
+    )
 }
 
 fn make_dir() -> std::io::Result<PathBuf> {
@@ -427,7 +395,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     let dir = make_dir()?;
-    let mut service = Service::start(&dir)?;
+    let mut service = start_service(&dir)?;
     let mut cfg = EngineConfig::new(&dir);
     cfg.open_timeout = Duration::from_secs(5);
     cfg.backend = args.backend.into();
@@ -466,9 +434,9 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     begin.elapsed().as_secs_f64(),
                     counts.sent.load(Ordering::Relaxed)
                 );
-                service.kill();
+                service.stop(Duration::ZERO);
                 std::thread::sleep(Duration::from_millis(300));
-                match Service::start(&dir) {
+                match start_service(&dir) {
                     Ok(svc) => service = svc,
                     Err(e) => {
                         restart_err = Some(e);

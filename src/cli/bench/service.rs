@@ -6,16 +6,17 @@
 //! an error, a panic unwinding) stops and reaps the process and removes its
 //! directory, so a bench never leaves a process or a socket behind.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::sys;
+use crate::serve_child::ServeChild;
 
 /// How long a freshly started service may take to accept its first connection.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +59,7 @@ pub struct ChildConfig {
 /// A running `opipe serve` child and its temporary pipe directory.
 #[derive(Debug)]
 pub struct ServiceChild {
-    child: Option<Child>,
+    child: Option<ServeChild>,
     addr: ServiceAddr,
     log: PathBuf,
 }
@@ -67,7 +68,6 @@ impl ServiceChild {
     /// Starts `<this binary> serve --dir <tmp> --pipe <name> --handler dcerpc
     /// --reply-size <stub>` and waits until its socket accepts connections.
     pub fn start(cfg: &ChildConfig) -> io::Result<ServiceChild> {
-        let exe = std::env::current_exe()?;
         let dir = make_private_dir()?;
         let log = dir.join("service.log");
         let addr = ServiceAddr {
@@ -81,27 +81,28 @@ impl ServiceChild {
             log,
         };
         let log_file = fs::File::create(&guard.log)?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--pipe")
-            .arg(&cfg.pipe)
-            .args(["--handler", "dcerpc"])
-            .arg("--reply-size")
-            .arg(cfg.reply_stub_bytes.to_string());
+        let mut args: Vec<OsString> = vec![
+            "--dir".into(),
+            dir.into(),
+            "--pipe".into(),
+            cfg.pipe.clone().into(),
+            "--handler".into(),
+            "dcerpc".into(),
+            "--reply-size".into(),
+            cfg.reply_stub_bytes.to_string().into(),
+        ];
         if let Some(t) = cfg.threads {
-            cmd.arg("--threads").arg(t.to_string());
+            args.extend(["--threads".into(), t.to_string().into()]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file));
-        // Should this process die without running its guard (SIGKILL), the
-        // service goes with it. Started from the main thread, which lives
-        // until the process ends.
-        sys::kill_with_parent(&mut cmd);
-        guard.child = Some(cmd.spawn()?);
-        guard.wait_ready()?;
+        // Started from the main thread, which lives until the process ends
+        // (the child dies with its parent thread).
+        guard.child = Some(ServeChild::start(
+            &args,
+            Stdio::from(log_file),
+            &guard.addr.socket_path(),
+            READY_TIMEOUT,
+            || guard.log_tail(),
+        )?);
         Ok(guard)
     }
 
@@ -112,7 +113,7 @@ impl ServiceChild {
 
     /// The child's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().and_then(ServeChild::pid)
     }
 
     /// What another thread must clean up if it has to end the process.
@@ -123,43 +124,11 @@ impl ServiceChild {
         }
     }
 
-    fn wait_ready(&mut self) -> io::Result<()> {
-        let path = self.addr.socket_path();
-        let begin = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    return Err(io::Error::other(format!(
-                        "the service exited before accepting connections ({status}){}",
-                        self.log_tail()
-                    )));
-                }
-            }
-            match UnixStream::connect(&path) {
-                // A bare connect and close: the service must shrug that off,
-                // like any peer that gives up before its handshake.
-                Ok(_) => return Ok(()),
-                Err(e) if begin.elapsed() > READY_TIMEOUT => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "the service did not accept on {} within {:?}: {e}{}",
-                            path.display(),
-                            READY_TIMEOUT,
-                            self.log_tail()
-                        ),
-                    ))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    }
-
     /// Fails if the child has exited (between runs: a dead service would
     /// make every later run a wall of errors).
     pub fn check_alive(&mut self) -> io::Result<()> {
         if let Some(child) = self.child.as_mut() {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = child.exited()? {
                 self.child = None;
                 return Err(io::Error::other(format!(
                     "the service exited ({status}){}",
@@ -183,31 +152,13 @@ impl ServiceChild {
         let from = lines.len().saturating_sub(10);
         format!("; service stderr:\n  {}", lines[from..].join("\n  "))
     }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            // Polite first, so a service can remove its sockets; then firm.
-            // Not reaped yet (try_wait said it runs): the pid is still ours.
-            sys::signal(child.id(), libc::SIGTERM);
-            let begin = Instant::now();
-            while begin.elapsed() < TERM_GRACE {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-    }
 }
 
 impl Drop for ServiceChild {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            child.stop(TERM_GRACE);
+        }
         let _ = fs::remove_dir_all(&self.addr.dir);
     }
 }
