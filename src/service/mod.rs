@@ -42,7 +42,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod backend;
 mod caller;
 pub mod dcerpc;
 pub mod handler;
@@ -52,7 +51,7 @@ mod session;
 pub mod srvsvc;
 mod stats;
 
-pub use backend::{Backend, BackendChoice};
+pub use crate::ring::{Backend, BackendChoice};
 pub use caller::Caller;
 pub use dcerpc::{DceRpc, DceRpcFactory};
 pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory, MessageBoundaries};

@@ -20,10 +20,11 @@ use crate::ring::server_epoll::EpollLoop;
 use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
 use crate::ring::RingError;
 
-use super::backend::{resolve, Backend, BackendChoice};
 use super::handler::{EchoFactory, HandlerFactory};
 use super::session::{AcceptAll, AcceptPolicy, PeerUids, PipeAcceptor, PipeSlot, Shared};
 use super::stats::{Counters, Stats};
+use crate::ring::backend::resolve;
+use crate::ring::{Backend, BackendChoice};
 
 /// Why a service could not start.
 #[derive(Debug)]
