@@ -13,8 +13,9 @@
 //!   with the reason) used by the engine and the service;
 //! * [`setup`] and [`bufring`]: ring creation with clear errors, kernel
 //!   feature probes, and the provided-buffer ring;
-//! * [`server`] and [`server_epoll`]: the pipe service's event loop (multishot
-//!   accept and receive on a provided-buffer ring) and its epoll twin;
+//! * [`service`]: the pipe service's event loops (io_uring: multishot accept
+//!   and receive on a provided-buffer ring; epoll: the same loop on
+//!   readiness), with what both share written once;
 //! * [`sock`] and [`sys`]: the few direct syscalls.
 
 pub mod backend;
@@ -22,8 +23,7 @@ pub mod bufring;
 pub mod driver;
 pub mod epoll;
 pub mod op;
-pub mod server;
-pub mod server_epoll;
+pub mod service;
 pub mod setup;
 pub mod sock;
 pub mod sys;

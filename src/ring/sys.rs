@@ -128,7 +128,7 @@ impl BlockedSignals {
 
 // ---------------------------------------------------------------------------
 // Thin epoll and nonblocking-socket wrappers shared by the epoll fallbacks
-// (`epoll.rs` for the engine, `server_epoll.rs` for the service). They
+// (`epoll.rs` for the engine, `service/epoll.rs` for the service). They
 // return the errno as an `i32` where the callers branch on it.
 
 pub(crate) fn last_errno() -> i32 {

@@ -22,7 +22,7 @@
 //! (the service's own uid and root, plus [`ServiceBuilder::allow_uid`]).
 //!
 //! Connections are served by one event loop per service thread: io_uring
-//! (`crate::ring::server`), or epoll (`crate::ring::server_epoll`) where
+//! (`crate::ring::service::uring`), or epoll (`crate::ring::service::epoll`) where
 //! io_uring is switched off; see [`BackendChoice`]. No thread per
 //! connection, and idle connections hold no receive buffer. Everything in this module is safe Rust; the
 //! handshake ([`handshake`]), the sessions and the handlers are sans-IO and

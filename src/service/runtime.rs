@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::protocol::{Dialect, NtStatus, PipeName};
-use crate::ring::server::{EventLoop, LoopConfig, LoopCounters};
-use crate::ring::server_epoll::EpollLoop;
+use crate::ring::service::EpollLoop;
+use crate::ring::service::{EventLoop, LoopConfig, LoopCounters};
 use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
 use crate::ring::RingError;
 
