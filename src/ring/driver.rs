@@ -216,19 +216,9 @@ impl Driver {
         self.features
     }
 
-    /// Set-up flags the kernel granted.
-    pub fn setup_flags(&self) -> SetupFlags {
-        self.flags
-    }
-
     /// The handle other threads use to wake this driver.
     pub fn wake_handle(&self) -> Arc<WakeFd> {
         self.wake.clone()
-    }
-
-    /// Operations pushed and not yet finally completed.
-    pub fn in_flight(&self) -> usize {
-        self.slots.len()
     }
 
     /// Takes a free registered slot, if there is a pool and a free slot.

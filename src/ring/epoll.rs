@@ -147,7 +147,8 @@ impl std::fmt::Debug for EpollDriver {
 
 impl EpollDriver {
     /// Operations pushed and not yet finally completed.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 

@@ -18,19 +18,23 @@
 //!   readiness), with what both share written once;
 //! * [`sock`] and [`sys`]: the few direct syscalls.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod bufring;
-pub mod driver;
-pub mod epoll;
-pub mod op;
+pub(crate) mod driver;
+pub(crate) mod epoll;
+pub(crate) mod op;
 pub mod service;
-pub mod setup;
-pub mod sock;
+pub(crate) mod setup;
+pub(crate) mod sock;
 pub mod sys;
 
 pub use backend::{Backend, BackendChoice};
-pub use driver::{Driver, DriverConfig};
-pub use epoll::EpollDriver;
-pub use op::{Completion, Features, Op, OpDriver, RegBuf, SqeId, UnixAddr, WakeFd};
-pub use setup::{io_uring_available, new_ring, probe_features, RingError, SetupFlags};
-pub use sock::{fionread, shutdown, unix_stream_socket};
+pub(crate) use driver::{Driver, DriverConfig};
+pub(crate) use epoll::EpollDriver;
+#[cfg(test)]
+pub(crate) use op::Features;
+pub(crate) use op::{Completion, Op, OpDriver, RegBuf, SqeId, UnixAddr, WakeFd};
+pub use setup::{new_ring, RingError, SetupFlags};
+pub use sock::fionread;
+#[cfg(test)]
+pub(crate) use sock::unix_stream_socket;

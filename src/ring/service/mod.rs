@@ -9,9 +9,9 @@
 //!   configuration, counters, connection phases, the memory budget,
 //!   deadline and eviction helpers). Neither loop imports the other.
 
-pub mod epoll;
-pub mod shared;
-pub mod uring;
+pub(crate) mod epoll;
+pub(crate) mod shared;
+pub(crate) mod uring;
 
 pub use epoll::EpollLoop;
 pub use shared::{
