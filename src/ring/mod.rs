@@ -3,20 +3,20 @@
 //! module with `unsafe` code; every unsafe block carries a `// SAFETY:`
 //! comment saying what it relies on.
 //!
-//! * [`op`]: the backend-neutral middle: [`Op`], [`Completion`], the
-//!   `user_data` token, and the [`OpDriver`] trait the engine drives;
-//! * [`driver`] (io_uring: chains, cancel, registered buffers) and
-//!   [`epoll`] (the same semantics with nonblocking syscalls + epoll, where
-//!   io_uring is refused): the two siblings that implement [`OpDriver`];
+//! * `op`: the backend-neutral middle: `Op`, `Completion`, the
+//!   `user_data` token, and the `OpDriver` trait the engine drives;
+//! * `driver` (io_uring: chains, cancel, registered buffers) and
+//!   `epoll` (the same semantics with nonblocking syscalls + epoll, where
+//!   io_uring is refused): the two siblings that implement `OpDriver`;
 //!   neither imports the other;
-//! * [`backend`]: the one backend resolution (io_uring probe, else epoll
+//! * `backend`: the one backend resolution (io_uring probe, else epoll
 //!   with the reason) used by the engine and the service;
-//! * [`setup`] and [`bufring`]: ring creation with clear errors, kernel
+//! * `setup` and [`bufring`]: ring creation with clear errors, kernel
 //!   feature probes, and the provided-buffer ring;
 //! * [`service`]: the pipe service's event loops (io_uring: multishot accept
 //!   and receive on a provided-buffer ring; epoll: the same loop on
 //!   readiness), with what both share written once;
-//! * [`sock`] and [`sys`]: the few direct syscalls.
+//! * `sock` and [`sys`]: the few direct syscalls.
 
 pub(crate) mod backend;
 pub mod bufring;

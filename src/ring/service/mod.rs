@@ -1,11 +1,11 @@
 //! The pipe service's event loops: one per service thread, accepting on
 //! the listeners and driving every connection's [`Session`].
 //!
-//! * [`uring`]: the io_uring loop ([`EventLoop`]: multishot accept and
+//! * `uring`: the io_uring loop ([`EventLoop`]: multishot accept and
 //!   receive on a provided-buffer ring);
-//! * [`epoll`]: the same loop on nonblocking syscalls + epoll
+//! * `epoll`: the same loop on nonblocking syscalls + epoll
 //!   ([`EpollLoop`]), for machines where io_uring is switched off;
-//! * [`shared`]: what both loops share (session and acceptor traits,
+//! * `shared`: what both loops share (session and acceptor traits,
 //!   configuration, counters, connection phases, the memory budget,
 //!   deadline and eviction helpers). Neither loop imports the other.
 
