@@ -6,16 +6,22 @@
 //! * [`protocol`]: the pure wire protocol of the illumos SMB server's pipe
 //!   transport (names, open header, netuserinfo XDR, NT statuses, FSCTL
 //!   structures, DCE/RPC framing). No sockets, no clocks.
-//! * [`ring`]: io_uring setup, probing and the SQE machinery. The only module
-//!   that contains `unsafe` code.
+//! * [`ring`]: the I/O layer: a backend-neutral middle (operations,
+//!   completions, one `user_data` token, the driver trait), the io_uring and
+//!   epoll drivers side by side, the one backend resolution, ring set-up and
+//!   probes, and the pipe service's two event loops (`ring::service`). The
+//!   only module that contains `unsafe` code.
 //! * [`engine`]: the SMB-server side: open, transceive, read, write, peek,
-//!   wait, cancel and close pipes, as runtime-agnostic futures.
+//!   wait, cancel and close pipes, as runtime-agnostic futures
+//!   (`#![forbid(unsafe_code)]`).
 //! * [`service`]: the other end of the socket: a pipe service (handshake,
-//!   accept policy, handlers) that serves thousands of connections.
+//!   accept policy, handlers) that serves thousands of connections on the
+//!   loops of `ring::service` (`#![forbid(unsafe_code)]`).
 //! * [`rng`]: one seeded generator (splitmix64) for the soak, the tests
 //!   and the SMB2 front's challenge bytes.
 //! * `smb2` (feature `smb2`, which `cli` enables): the SMB2 protocol layer
-//!   of an IPC$-only SMB2 server in front of the engine.
+//!   of an IPC$-only SMB2 server in front of the engine, and its sans-IO
+//!   server core (`#![forbid(unsafe_code)]`).
 //!
 //! The `opipe` command (feature `cli`, on by default) lives in `src/cli/`;
 //! embedders depend on the crate with `default-features = false` and compile

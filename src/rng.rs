@@ -5,6 +5,7 @@
 //!
 //! splitmix64 (Steele, Lea and Flood, 2014): one `u64` of state, full
 //! period, good enough statistics for tests. Not cryptographic.
+#![forbid(unsafe_code)]
 
 /// A splitmix64 sequence: the same seed gives the same numbers.
 #[derive(Debug, Clone)]

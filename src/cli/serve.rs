@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::call::BackendArg;
 
 use opipe::protocol::Dialect;
-use opipe::ring::server::DEFAULT_MAX_BUFFERED_BYTES;
+use opipe::ring::service::DEFAULT_MAX_BUFFERED_BYTES;
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 use opipe::service::{
     DceRpcFactory, EchoFactory, Service, ServiceBuilder, ServiceError, ServiceHandle, SrvsvcFactory,

@@ -22,6 +22,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod command;
 mod request;
 mod ring;
@@ -459,19 +461,10 @@ impl Engine {
                 "recv_pool_bufs must be 0 or a power of two",
             ));
         }
-        let backend = match cfg.backend {
-            BackendChoice::IoUring => Backend::IoUring,
-            BackendChoice::Epoll => Backend::Epoll,
-            BackendChoice::Auto => match crate::ring::io_uring_available() {
-                Ok(()) => Backend::IoUring,
-                Err(e) => {
-                    tracing::warn!(
-                        "opipe: io_uring unavailable ({e}); engine uses the epoll backend"
-                    );
-                    Backend::Epoll
-                }
-            },
-        };
+        let (backend, why) = crate::ring::backend::resolve(cfg.backend);
+        if let Some(e) = why {
+            tracing::warn!("opipe: io_uring unavailable ({e}); engine uses the epoll backend");
+        }
         if backend == Backend::Epoll {
             // No registered pool on epoll: the effective mode is Plain.
             cfg.buffers = BufferMode::Plain;

@@ -15,16 +15,16 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
-use super::setup::{new_ring, probe_features, Features, RingError, SetupFlags};
+use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
+use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
 /// The most one SEND SQE moves (1 GiB): its length field is 32 bits, and
@@ -33,212 +33,6 @@ const MAX_SQE_BYTES: usize = 1 << 30;
 
 /// Buffer group id of the engine's receive pool.
 const RECV_POOL_GROUP: u16 = 0;
-
-/// `MSG_PEEK | MSG_DONTWAIT`: look at queued bytes without consuming them or
-/// blocking; an empty socket answers `-EAGAIN` at once.
-pub const PEEK_NOWAIT: i32 = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-
-/// A `sockaddr_un` with its length, boxed so its address is stable.
-#[derive(Clone)]
-pub struct UnixAddr {
-    addr: libc::sockaddr_un,
-    len: libc::socklen_t,
-}
-
-impl std::fmt::Debug for UnixAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnixAddr").field("len", &self.len).finish()
-    }
-}
-
-impl UnixAddr {
-    /// Builds the address of a socket path; `None` when the path does not
-    /// fit `sun_path` (108 bytes with the NUL) or contains a NUL.
-    pub fn new(path: &std::path::Path) -> Option<UnixAddr> {
-        use std::os::unix::ffi::OsStrExt;
-        let bytes = path.as_os_str().as_bytes();
-        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-            return None;
-        }
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = src as libc::c_char;
-        }
-        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-        Some(UnixAddr { addr, len })
-    }
-
-    /// The address and its length, as `connect(2)` takes them.
-    pub(crate) fn as_raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
-        ((&self.addr as *const libc::sockaddr_un).cast(), self.len)
-    }
-}
-
-/// A registered buffer slot, owned by whoever holds this token.
-#[derive(Debug)]
-pub struct RegBuf {
-    index: u16,
-}
-
-impl RegBuf {
-    /// The slot's index in the registered table.
-    pub fn index(&self) -> u16 {
-        self.index
-    }
-}
-
-/// One io_uring operation and everything it owns until its final completion.
-#[derive(Debug)]
-pub enum Op {
-    /// `connect(2)` of `fd` to `addr`.
-    Connect {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// Where to connect.
-        addr: Box<UnixAddr>,
-    },
-    /// `send(2)` of `buf[start..]` with `MSG_WAITALL | MSG_NOSIGNAL`: the
-    /// kernel retries partial sends, so a short result means an error.
-    Send {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// The bytes to send (from `start`).
-        buf: Vec<u8>,
-        /// First byte of `buf` to send.
-        start: usize,
-    },
-    /// `recv(2)` into the spare capacity of `buf` (from `buf.len()` up to
-    /// `buf.len() + len`); on completion the driver extends `buf.len()` by
-    /// the byte count the kernel wrote.
-    Recv {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// Destination. io_uring writes into its spare capacity, which then
-        /// needs `len` bytes; a driver whose `recv_allocates` is true grows
-        /// it as bytes arrive instead.
-        buf: Vec<u8>,
-        /// How many bytes to ask for.
-        len: u32,
-        /// `recv` flags (`MSG_PEEK`, `MSG_DONTWAIT`, `MSG_WAITALL`).
-        flags: i32,
-    },
-    /// `recv(2)` of up to `len` bytes into a buffer the KERNEL picks from
-    /// the driver's provided-buffer ring when data arrives
-    /// (`IOSQE_BUFFER_SELECT`): a receive waiting for data holds no memory.
-    /// On completion the driver copies the bytes into `data` (exact size)
-    /// and puts the buffer back at once. `-ENOBUFS`: the pool was empty.
-    RecvPooled {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// How many bytes to ask for (at most the pool's buffer size).
-        len: u32,
-        /// `recv` flags.
-        flags: i32,
-        /// The received bytes, filled in on completion.
-        data: Vec<u8>,
-    },
-    /// A multishot `recv(2)` on the provided-buffer pool
-    /// (`IORING_RECV_MULTISHOT`): stays armed and completes once per chunk
-    /// of data that arrives, each time into a pool buffer the kernel picks.
-    /// Every chunk is delivered as a [`Completion`] with `more` set and the
-    /// bytes in this variant's `data`; the op stays in flight until a
-    /// completion without `more` (end of stream, error, `-ENOBUFS` when the
-    /// pool ran dry, or a cancel).
-    RecvMulti {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// One chunk's bytes (empty in the op that stays armed).
-        data: Vec<u8>,
-    },
-    /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
-    WriteFixed {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// The registered slot (shared with the read that follows).
-        buf: Rc<RegBuf>,
-        /// Offset of the first byte to write in the slot.
-        start: u32,
-        /// One past the last byte to write.
-        end: u32,
-    },
-    /// `IORING_OP_READ_FIXED` into registered slot `buf`, up to `len` bytes.
-    /// A short read fails the link (the kernel cancels what follows).
-    ReadFixed {
-        /// The socket.
-        fd: Rc<OwnedFd>,
-        /// The registered slot.
-        buf: Rc<RegBuf>,
-        /// Bytes to read at most.
-        len: u32,
-    },
-    /// A plain timer (`IORING_OP_TIMEOUT`, relative, no completion count):
-    /// completes `-ETIME` when `after` has passed.
-    Timer {
-        /// How long from the push.
-        after: Duration,
-    },
-}
-
-impl Op {
-    /// The descriptor this op holds, if any.
-    pub fn fd(&self) -> Option<&Rc<OwnedFd>> {
-        match self {
-            Op::Connect { fd, .. }
-            | Op::Send { fd, .. }
-            | Op::Recv { fd, .. }
-            | Op::RecvPooled { fd, .. }
-            | Op::RecvMulti { fd, .. }
-            | Op::WriteFixed { fd, .. }
-            | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } => None,
-        }
-    }
-}
-
-/// Identifies one pushed operation (its `user_data`), for cancelling it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SqeId(u64);
-
-impl SqeId {
-    /// A placeholder that names no operation (never handed out by a driver
-    /// as a pushed op's id; only for filling unused places).
-    pub(crate) const NONE: SqeId = SqeId(u64::MAX);
-
-    /// For other backends, which encode their own ids.
-    pub(crate) fn from_raw(v: u64) -> SqeId {
-        SqeId(v)
-    }
-    /// The encoded id.
-    pub(crate) fn raw(self) -> u64 {
-        self.0
-    }
-}
-
-/// The final completion of one operation, with its resources handed back.
-#[derive(Debug)]
-pub struct Completion {
-    /// The caller's token given at push time.
-    pub token: u64,
-    /// The CQE result: bytes or 0 on success, `-errno` on failure.
-    pub result: i32,
-    /// The CQE flags (`IORING_CQE_F_SOCK_NONEMPTY`, ...).
-    pub flags: u32,
-    /// The operation, with its buffer filled for receives.
-    pub op: Op,
-    /// The op stays in flight and completes again (a multishot receive's
-    /// chunk, `IORING_CQE_F_MORE`); false on an op's final completion.
-    pub more: bool,
-}
-
-impl Completion {
-    /// Whether the kernel reported that data is still queued on the socket
-    /// after this receive (only meaningful when [`Features::sock_nonempty`]).
-    pub fn sock_nonempty(&self) -> bool {
-        cqueue::sock_nonempty(self.flags)
-    }
-}
 
 /// An operation the kernel may still be using, and the token its
 /// completion carries.
@@ -258,61 +52,13 @@ fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
     }
 }
 
-const KIND_OP: u64 = 0;
-const KIND_CANCEL: u64 = 1;
-const KIND_WAKE: u64 = 2;
+/// [`Token`] kinds of this driver's SQEs.
+const KIND_OP: u8 = 0;
+const KIND_CANCEL: u8 = 1;
+const KIND_WAKE: u8 = 2;
 
-fn user_data(kind: u64, index: u32, gen: u32) -> u64 {
-    (kind << 62) | ((gen as u64 & 0x3fff_ffff) << 32) | index as u64
-}
-
-/// The eventfd other threads write to wake a parked driver, and the flag
-/// that says whether a write is needed (no syscall while the driver is busy).
-#[derive(Debug)]
-pub struct WakeFd {
-    fd: OwnedFd,
-    parked: AtomicBool,
-}
-
-impl WakeFd {
-    pub(crate) fn new() -> io::Result<WakeFd> {
-        // SAFETY: plain syscall with no pointer arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(WakeFd {
-            fd,
-            parked: AtomicBool::new(false),
-        })
-    }
-
-    /// Wakes the driver if it is parked (or about to park). Cheap otherwise.
-    pub fn wake(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
-
-    /// The eventfd, for a backend that polls it instead of reading it in the ring.
-    pub(crate) fn as_fd(&self) -> &OwnedFd {
-        &self.fd
-    }
-
-    /// Announces that the driver is about to park. The caller must re-check
-    /// its work queue after this and call [`WakeFd::unpark`] if it finds work.
-    pub fn prepare_park(&self) {
-        self.parked.store(true, Ordering::SeqCst);
-    }
-
-    /// Cancels a [`WakeFd::prepare_park`].
-    pub fn unpark(&self) {
-        self.parked.store(false, Ordering::SeqCst);
-    }
+fn user_data(kind: u8, index: u32, gen: u32) -> u64 {
+    Token::new(kind, gen, index).raw()
 }
 
 /// Registered-buffer pool: one allocation split into equal slots, registered
@@ -470,19 +216,9 @@ impl Driver {
         self.features
     }
 
-    /// Set-up flags the kernel granted.
-    pub fn setup_flags(&self) -> SetupFlags {
-        self.flags
-    }
-
     /// The handle other threads use to wake this driver.
     pub fn wake_handle(&self) -> Arc<WakeFd> {
         self.wake.clone()
-    }
-
-    /// Operations pushed and not yet finally completed.
-    pub fn in_flight(&self) -> usize {
-        self.slots.len()
     }
 
     /// Takes a free registered slot, if there is a pool and a free slot.
@@ -493,14 +229,14 @@ impl Driver {
             .as_mut()?
             .free
             .pop()
-            .map(|index| Rc::new(RegBuf { index }))
+            .map(|index| Rc::new(RegBuf::new(index)))
     }
 
     /// Returns a registered slot to the pool if `buf` is its last holder
     /// (no operation in flight uses it); otherwise just drops this hold.
     pub fn reg_release(&mut self, buf: Rc<RegBuf>) {
         if let (Ok(b), Some(pool)) = (Rc::try_unwrap(buf), self.reg.as_mut()) {
-            pool.free.push(b.index);
+            pool.free.push(b.index());
         }
     }
 
@@ -525,7 +261,7 @@ impl Driver {
         // SAFETY: the slot lies inside the pool allocation; no operation in
         // flight holds this slot (we hold the only Rc), so the kernel does not
         // write it while the shared borrow of `self` lives.
-        Some(unsafe { std::slice::from_raw_parts(p.slot_ptr(buf.index), p.slot_bytes) })
+        Some(unsafe { std::slice::from_raw_parts(p.slot_ptr(buf.index()), p.slot_bytes) })
     }
 
     /// The bytes of a registered slot, writable; same conditions as
@@ -536,17 +272,15 @@ impl Driver {
             return None;
         }
         // SAFETY: as in reg_bytes, and `&mut self` excludes other borrows.
-        Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index), p.slot_bytes) })
+        Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index()), p.slot_bytes) })
     }
 
     fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
         match op {
-            Op::Connect { fd, addr } => opcode::Connect::new(
-                types::Fd(fd.as_raw_fd()),
-                (&addr.addr as *const libc::sockaddr_un).cast(),
-                addr.len,
-            )
-            .build(),
+            Op::Connect { fd, addr } => {
+                let (ptr, len) = addr.as_raw();
+                opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len).build()
+            }
             Op::Send { fd, buf, start } => {
                 let s = &buf[(*start).min(buf.len())..];
                 // The SQE's length is 32 bits: a longer send goes in pieces
@@ -599,13 +333,13 @@ impl Driver {
                 end,
             } => {
                 let (ptr, len) = self.reg_range(buf, *start, *end);
-                opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index)
+                opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index())
                     .offset(u64::MAX)
                     .build()
             }
             Op::ReadFixed { fd, buf, len } => {
                 let (ptr, len) = self.reg_range(buf, 0, *len);
-                opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index)
+                opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index())
                     .offset(u64::MAX)
                     .build()
             }
@@ -623,7 +357,7 @@ impl Driver {
                 let end = (end as usize).min(p.slot_bytes);
                 let start = (start as usize).min(end);
                 (
-                    p.slot_ptr(buf.index).wrapping_add(start),
+                    p.slot_ptr(buf.index()).wrapping_add(start),
                     (end - start) as u32,
                 )
             }
@@ -638,7 +372,7 @@ impl Driver {
         let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
         let ud = user_data(KIND_OP, index, gen);
         self.queue(sqe.user_data(ud));
-        SqeId(ud)
+        SqeId::from_token(Token::from_raw(ud))
     }
 
     /// Pushes operations linked in order (`IOSQE_IO_LINK` on all but the
@@ -654,7 +388,7 @@ impl Driver {
             let sqe = self.build_sqe(&op, ts.as_deref());
             let (index, gen) = self.slots.insert(Slot { token, op, _ts: ts });
             let ud = user_data(KIND_OP, index, gen);
-            ids.push(SqeId(ud));
+            ids.push(SqeId::from_token(Token::from_raw(ud)));
             if let Some(p) = prev.take() {
                 self.queue(p.flags(squeue::Flags::IO_LINK));
             }
@@ -668,7 +402,7 @@ impl Driver {
     /// Asks the kernel to cancel one operation. Its completion then arrives
     /// as usual (with `-ECANCELED`, or its real result if it won the race).
     pub fn cancel(&mut self, id: SqeId) {
-        let e = opcode::AsyncCancel::new(id.0)
+        let e = opcode::AsyncCancel::new(id.token().raw())
             .build()
             .user_data(user_data(KIND_CANCEL, 0, 0));
         self.queue(e);
@@ -705,7 +439,7 @@ impl Driver {
             return;
         }
         let ptr = &mut *self.wake_buf as *mut u64 as *mut u8;
-        let e = opcode::Read::new(types::Fd(self.wake.fd.as_raw_fd()), ptr, 8)
+        let e = opcode::Read::new(types::Fd(self.wake.as_fd().as_raw_fd()), ptr, 8)
             .build()
             .user_data(user_data(KIND_WAKE, 0, 0));
         self.wake_armed = true;
@@ -808,11 +542,10 @@ impl Driver {
                 return;
             }
             for cqe in batch.iter_mut().take(n).filter_map(Option::take) {
-                let ud = cqe.user_data();
-                match ud >> 62 {
+                let ud = Token::from_raw(cqe.user_data());
+                match ud.kind() {
                     KIND_OP => {
-                        let index = (ud & 0xffff_ffff) as u32;
-                        let gen = ((ud >> 32) & 0x3fff_ffff) as u32;
+                        let (index, gen) = (ud.index(), ud.gen());
                         if cqueue::more(cqe.flags()) {
                             // A multishot receive's chunk: the op stays armed.
                             if let Some(c) = self.chunk(index, gen, &cqe) {
@@ -888,7 +621,7 @@ impl Drop for Driver {
             let mut sink = Vec::new();
             self.reap(&mut sink);
             if self.wake_armed {
-                self.wake.parked.store(true, Ordering::SeqCst);
+                self.wake.prepare_park();
                 self.wake.wake();
             }
         }
@@ -947,11 +680,87 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+impl OpDriver for Driver {
+    #[inline]
+    fn backend(&self) -> Backend {
+        Backend::IoUring
+    }
+    #[inline]
+    fn push(&mut self, op: Op, token: u64) -> SqeId {
+        Driver::push(self, op, token)
+    }
+    #[inline]
+    fn push_chain<I: IntoIterator<Item = (Op, u64)>>(&mut self, ops: I, ids: &mut Vec<SqeId>) {
+        Driver::push_chain(self, ops, ids)
+    }
+    #[inline]
+    fn cancel(&mut self, id: SqeId) {
+        Driver::cancel(self, id)
+    }
+    #[inline]
+    fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        Driver::submit_and_wait(self, want, timeout)
+    }
+    #[inline]
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        Driver::reap(self, out)
+    }
+    #[inline]
+    fn features(&self) -> Features {
+        Driver::features(self)
+    }
+    #[inline]
+    fn wake_handle(&self) -> Arc<WakeFd> {
+        Driver::wake_handle(self)
+    }
+    #[inline]
+    fn reg_alloc(&mut self) -> Option<Rc<RegBuf>> {
+        Driver::reg_alloc(self)
+    }
+    #[inline]
+    fn reg_release(&mut self, buf: Rc<RegBuf>) {
+        Driver::reg_release(self, buf)
+    }
+    #[inline]
+    fn reg_slot_bytes(&self) -> usize {
+        Driver::reg_slot_bytes(self)
+    }
+    #[inline]
+    fn recv_pool_buf_bytes(&self) -> usize {
+        Driver::recv_pool_buf_bytes(self)
+    }
+    #[inline]
+    fn reg_bytes(&self, buf: &Rc<RegBuf>) -> Option<&[u8]> {
+        Driver::reg_bytes(self, buf)
+    }
+    #[inline]
+    fn reg_bytes_mut(&mut self, buf: &Rc<RegBuf>) -> Option<&mut [u8]> {
+        Driver::reg_bytes_mut(self, buf)
+    }
+    #[inline]
+    fn recycle(&mut self, buf: Vec<u8>) {
+        Driver::recycle(self, buf)
+    }
+    #[inline]
+    fn recv_allocates(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn sock_nonempty_flag_is_the_kernels() {
+        assert!(cqueue::sock_nonempty(super::super::op::CQE_F_SOCK_NONEMPTY));
+        assert!(!cqueue::sock_nonempty(
+            !super::super::op::CQE_F_SOCK_NONEMPTY
+        ));
+    }
 
     /// A backlog four times the submission queue, every SQE a send that
     /// completes at once: the driver submits it in steps the completion

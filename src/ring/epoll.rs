@@ -54,9 +54,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::{Backend, OpDriver};
-use super::driver::{Completion, Op, RegBuf, SqeId, WakeFd};
-use super::setup::Features;
+use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
 
 const NONE: u32 = u32::MAX;
 /// epoll data of the wake eventfd (descriptor keys never have all bits set).
@@ -107,12 +105,15 @@ struct FdEntry {
     writers: VecDeque<(u32, u32)>,
 }
 
+/// The `epoll_data` of a descriptor's registration: the [`Token`] with the
+/// registration serial as its generation and the descriptor as its index.
 fn key_of(fd: RawFd, serial: u32) -> u64 {
-    ((serial as u64) << 32) | fd as u32 as u64
+    Token::new(0, serial, fd as u32).raw()
 }
 
-fn slot_id(index: u32, gen: u32) -> u64 {
-    ((gen as u64) << 32) | index as u64
+/// The id of the op in slot `index` at generation `gen`.
+fn slot_id(index: u32, gen: u32) -> SqeId {
+    SqeId::from_token(Token::new(0, gen, index))
 }
 
 /// The epoll backend: same operations, same completions as [`Driver`](super::Driver).
@@ -146,7 +147,8 @@ impl std::fmt::Debug for EpollDriver {
 
 impl EpollDriver {
     /// Operations pushed and not yet finally completed.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
@@ -204,7 +206,7 @@ impl EpollDriver {
             }
         };
         let s = &mut self.slots[index as usize];
-        s.gen = s.gen.wrapping_add(1);
+        s.gen = s.gen.wrapping_add(1) & Token::GEN_MASK;
         s.token = token;
         s.op = Some(op);
         s.state = state;
@@ -471,7 +473,7 @@ impl EpollDriver {
         if fresh {
             // A number seen before belonged to a descriptor now closed: the
             // kernel already removed that registration.
-            self.serial = self.serial.wrapping_add(1);
+            self.serial = self.serial.wrapping_add(1) & Token::GEN_MASK;
             self.fds.insert(
                 raw,
                 FdEntry {
@@ -571,8 +573,8 @@ impl EpollDriver {
 
     /// Retries the ops waiting on the descriptor behind `key`.
     fn on_event(&mut self, key: u64, events: u32) {
-        let raw = (key & 0xffff_ffff) as u32 as RawFd;
-        let serial = (key >> 32) as u32;
+        let token = Token::from_raw(key);
+        let (raw, serial) = (token.index() as RawFd, token.gen());
         let Some(e) = self.fds.get_mut(&raw) else {
             return;
         };
@@ -685,7 +687,7 @@ impl OpDriver for EpollDriver {
     fn push(&mut self, op: Op, token: u64) -> SqeId {
         let (i, g) = self.alloc(op, token, State::Queued);
         self.start.push_back((i, g));
-        SqeId::from_raw(slot_id(i, g))
+        slot_id(i, g)
     }
 
     fn push_chain<I: IntoIterator<Item = (Op, u64)>>(&mut self, ops: I, ids: &mut Vec<SqeId>) {
@@ -704,13 +706,12 @@ impl OpDriver for EpollDriver {
                 self.slots[prev as usize].next = i;
             }
             prev = i;
-            ids.push(SqeId::from_raw(slot_id(i, g)));
+            ids.push(slot_id(i, g));
         }
     }
 
     fn cancel(&mut self, id: SqeId) {
-        let raw = id.raw();
-        let (index, gen) = ((raw & 0xffff_ffff) as u32, (raw >> 32) as u32);
+        let (index, gen) = (id.token().index(), id.token().gen());
         if !self.live(index, gen) {
             return; // completed already: io_uring would answer -ENOENT
         }

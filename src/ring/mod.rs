@@ -1,30 +1,40 @@
-//! The io_uring layer: ring set-up, probing, and the SQE machinery used by
-//! the engine and the service. This is the only module with `unsafe` code;
-//! every unsafe block carries a `// SAFETY:` comment saying what it relies on.
+//! The I/O layer: ring set-up and probing, the operation drivers the
+//! engine runs on, and the pipe service's event loops. This is the only
+//! module with `unsafe` code; every unsafe block carries a `// SAFETY:`
+//! comment saying what it relies on.
 //!
-//! * [`setup`]: ring creation with clear errors, kernel feature probes;
-//! * [`backend`]: the [`OpDriver`] trait the engine drives, implemented by
-//!   [`driver`] (the engine's owned-resource SQE driver: chains, cancel,
-//!   registered buffers) and by [`epoll`] (the same semantics with
-//!   nonblocking syscalls + epoll, where io_uring is refused);
-//! * [`server`] and [`bufring`]: the pipe service's event loop (multishot
-//!   accept and receive on a provided-buffer ring);
-//! * [`server_epoll`]: the same service loop on epoll, for machines where
-//!   io_uring is switched off;
-//! * [`sock`] and [`sys`]: the few direct syscalls.
+//! * `op`: the backend-neutral middle: `Op`, `Completion`, the
+//!   `user_data` token, and the `OpDriver` trait the engine drives;
+//! * `driver` (io_uring: chains, cancel, registered buffers) and
+//!   `epoll` (the same semantics with nonblocking syscalls + epoll, where
+//!   io_uring is refused): the two siblings that implement `OpDriver`;
+//!   neither imports the other;
+//! * `backend`: the one backend resolution (io_uring probe, else epoll
+//!   with the reason) used by the engine and the service;
+//! * `setup` and [`bufring`]: ring creation with clear errors, kernel
+//!   feature probes, and the provided-buffer ring;
+//! * [`service`]: the pipe service's event loops (io_uring: multishot accept
+//!   and receive on a provided-buffer ring; epoll: the same loop on
+//!   readiness), with what both share written once;
+//! * `sock` and [`sys`]: the few direct syscalls.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod bufring;
-pub mod driver;
-pub mod epoll;
-pub mod server;
-pub mod server_epoll;
-pub mod setup;
-pub mod sock;
+pub(crate) mod driver;
+pub(crate) mod epoll;
+pub(crate) mod op;
+pub mod service;
+pub(crate) mod setup;
+pub(crate) mod sock;
 pub mod sys;
 
-pub use backend::{Backend, BackendChoice, OpDriver};
-pub use driver::{Completion, Driver, DriverConfig, Op, RegBuf, SqeId, UnixAddr, WakeFd};
-pub use epoll::EpollDriver;
-pub use setup::{io_uring_available, new_ring, probe_features, Features, RingError, SetupFlags};
-pub use sock::{fionread, shutdown, unix_stream_socket};
+pub use backend::{Backend, BackendChoice};
+pub(crate) use driver::{Driver, DriverConfig};
+pub(crate) use epoll::EpollDriver;
+#[cfg(test)]
+pub(crate) use op::Features;
+pub(crate) use op::{Completion, Op, OpDriver, RegBuf, SqeId, UnixAddr, WakeFd};
+pub use setup::{new_ring, RingError, SetupFlags};
+pub use sock::fionread;
+#[cfg(test)]
+pub(crate) use sock::unix_stream_socket;

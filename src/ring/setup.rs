@@ -11,6 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, types, IoUring, Probe};
 
+use super::op::Features;
+
 /// Why a ring could not be made or is not usable for opipe.
 #[derive(Debug)]
 pub enum RingError {
@@ -167,17 +169,6 @@ const REQUIRED_OPCODES: &[(u8, &str)] = &[
     (opcode::Close::CODE, "IORING_OP_CLOSE"),
     (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
 ];
-
-/// What the running kernel's io_uring can do, as far as opipe cares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Features {
-    /// The kernel sets `IORING_CQE_F_SOCK_NONEMPTY` on AF_UNIX stream
-    /// `RECV` completions that leave data queued (seen on 6.17+), and leaves
-    /// it clear when the queue is empty. Probed for real, never assumed.
-    pub sock_nonempty: bool,
-    /// `IORING_OP_SOCKET` exists (5.19+).
-    pub op_socket: bool,
-}
 
 fn require_opcodes(ring: &IoUring) -> Result<Probe, RingError> {
     let mut probe = Probe::new();

@@ -128,7 +128,7 @@ impl BlockedSignals {
 
 // ---------------------------------------------------------------------------
 // Thin epoll and nonblocking-socket wrappers shared by the epoll fallbacks
-// (`epoll.rs` for the engine, `server_epoll.rs` for the service). They
+// (`epoll.rs` for the engine, `service/epoll.rs` for the service). They
 // return the errno as an `i32` where the callers branch on it.
 
 pub(crate) fn last_errno() -> i32 {
@@ -303,7 +303,7 @@ pub fn peer_uid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
 /// is full), `ENOENT` and the like. The connection, if any, is closed on
 /// return.
 pub fn probe_unix_listener(path: &std::path::Path) -> io::Result<()> {
-    let addr = super::driver::UnixAddr::new(path)
+    let addr = super::op::UnixAddr::new(path)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
     let fd = super::sock::unix_stream_socket().map_err(io::Error::from_raw_os_error)?;
     set_nonblocking(&fd)?;

@@ -22,7 +22,7 @@
 //! (the service's own uid and root, plus [`ServiceBuilder::allow_uid`]).
 //!
 //! Connections are served by one event loop per service thread: io_uring
-//! (`crate::ring::server`), or epoll (`crate::ring::server_epoll`) where
+//! (`crate::ring::service::uring`), or epoll (`crate::ring::service::epoll`) where
 //! io_uring is switched off; see [`BackendChoice`]. No thread per
 //! connection, and idle connections hold no receive buffer. Everything in this module is safe Rust; the
 //! handshake ([`handshake`]), the sessions and the handlers are sans-IO and
@@ -42,7 +42,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod backend;
+#![forbid(unsafe_code)]
+
 mod caller;
 pub mod dcerpc;
 pub mod handler;
@@ -52,7 +53,7 @@ mod session;
 pub mod srvsvc;
 mod stats;
 
-pub use backend::{Backend, BackendChoice};
+pub use crate::ring::{Backend, BackendChoice};
 pub use caller::Caller;
 pub use dcerpc::{DceRpc, DceRpcFactory};
 pub use handler::{Echo, EchoFactory, Handler, HandlerError, HandlerFactory, MessageBoundaries};

@@ -15,15 +15,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::protocol::{Dialect, NtStatus, PipeName};
-use crate::ring::server::{EventLoop, LoopConfig, LoopCounters};
-use crate::ring::server_epoll::EpollLoop;
+use crate::ring::service::EpollLoop;
+use crate::ring::service::{EventLoop, LoopConfig, LoopCounters};
 use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
 use crate::ring::RingError;
 
-use super::backend::{resolve, Backend, BackendChoice};
 use super::handler::{EchoFactory, HandlerFactory};
 use super::session::{AcceptAll, AcceptPolicy, PeerUids, PipeAcceptor, PipeSlot, Shared};
 use super::stats::{Counters, Stats};
+use crate::ring::backend::resolve;
+use crate::ring::{Backend, BackendChoice};
 
 /// Why a service could not start.
 #[derive(Debug)]

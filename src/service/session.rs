@@ -13,7 +13,7 @@ use crate::protocol::{
     encode_status_word, Dialect, MessageUnframer, NetUserInfo, NpaIdentity, NpaLevel, NpaReply,
     NpaRequest, NtStatus, PipeName,
 };
-use crate::ring::server::{Acceptor, CloseReason, LoopCounters, Session, Verdict};
+use crate::ring::service::{Acceptor, CloseReason, LoopCounters, Session, Verdict};
 use crate::ring::sys::peer_uid;
 
 use super::caller::Caller;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ring::server::LoopCounters;
+use crate::ring::service::LoopCounters;
 
 /// Counters kept by the handshake and handler layer (the loop keeps its own
 /// in [`LoopCounters`]).

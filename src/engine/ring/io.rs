@@ -220,7 +220,7 @@ impl<D: OpDriver> Core<D> {
             fd: at.fd,
             buf: Vec::with_capacity(want),
             len: clamp_u32(want),
-            flags: crate::ring::driver::PEEK_NOWAIT,
+            flags: crate::ring::op::PEEK_NOWAIT,
         };
         self.push_chain(key, [(op, ST_PEEK)]);
     }
@@ -671,6 +671,6 @@ pub(super) fn more_probe(fd: Rc<OwnedFd>) -> Op {
         fd,
         buf: Vec::with_capacity(1),
         len: 1,
-        flags: crate::ring::driver::PEEK_NOWAIT,
+        flags: crate::ring::op::PEEK_NOWAIT,
     }
 }

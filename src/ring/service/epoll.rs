@@ -3,7 +3,7 @@
 //! profiles, RHEL 9 defaults; see KERNEL-NOTES.md).
 //!
 //! It drives the same [`Session`]s made by the same [`Acceptor`] as the
-//! io_uring loop in [`super::server`], takes the same [`LoopConfig`] and
+//! io_uring loop in [`super::uring`], takes the same [`LoopConfig`] and
 //! updates the same [`LoopCounters`], so the handshake, the accept policy,
 //! the limits, the handlers, the deadlines and the stats are shared; only
 //! the way bytes move differs.
@@ -59,7 +59,7 @@
 //! the fd, so an event for a closed connection whose fd number was reused
 //! is recognised and dropped.
 
-use super::sys::{
+use crate::ring::sys::{
     accept_nonblocking, epoll_ctl, epoll_new, epoll_wait, recv_nonblocking, send_nonblocking,
     set_nonblocking,
 };
@@ -73,10 +73,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::server::{
+use super::shared::{
     abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
     CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
 };
+use crate::ring::op::Token;
 
 /// Connections accepted per listener wake-up at most.
 pub const ACCEPT_BATCH: usize = 64;
@@ -96,36 +97,35 @@ const EV_OUT: u32 = libc::EPOLLOUT as u32;
 const EV_HUP_ERR: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 // ---------------------------------------------------------------------------
-// Event tokens: the kind in the top byte, then a 24-bit generation and a
-// 32-bit index, as in the io_uring loop's user_data.
+// Events: what an `epoll_data` names, packed as a [`Token`] (the kind,
+// a 24-bit generation, a 32-bit index), like the io_uring loop's user_data.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
+enum Event {
     Listener(usize),
     Conn(u32, u32),
     Shutdown,
 }
 
-const TOKEN_LISTENER: u64 = 1;
-const TOKEN_CONN: u64 = 2;
-const TOKEN_SHUTDOWN: u64 = 3;
+const TOKEN_LISTENER: u8 = 1;
+const TOKEN_CONN: u8 = 2;
+const TOKEN_SHUTDOWN: u8 = 3;
 
-fn token(t: Token) -> u64 {
+fn token(t: Event) -> u64 {
     match t {
-        Token::Listener(i) => (TOKEN_LISTENER << 56) | (i as u64 & 0xffff_ffff),
-        Token::Conn(idx, gen) => {
-            (TOKEN_CONN << 56) | ((u64::from(gen) & 0x00ff_ffff) << 32) | u64::from(idx)
-        }
-        Token::Shutdown => TOKEN_SHUTDOWN << 56,
+        Event::Listener(i) => Token::new(TOKEN_LISTENER, 0, i as u32),
+        Event::Conn(idx, gen) => Token::new(TOKEN_CONN, gen, idx),
+        Event::Shutdown => Token::new(TOKEN_SHUTDOWN, 0, 0),
     }
+    .raw()
 }
 
-fn token_parts(t: u64) -> Option<Token> {
-    let (gen, idx) = (((t >> 32) & 0x00ff_ffff) as u32, t as u32);
-    match t >> 56 {
-        TOKEN_LISTENER => Some(Token::Listener(idx as usize)),
-        TOKEN_CONN => Some(Token::Conn(idx, gen)),
-        TOKEN_SHUTDOWN => Some(Token::Shutdown),
+fn token_parts(t: u64) -> Option<Event> {
+    let t = Token::from_raw(t);
+    match t.kind() {
+        TOKEN_LISTENER => Some(Event::Listener(t.index() as usize)),
+        TOKEN_CONN => Some(Event::Conn(t.index(), t.gen())),
+        TOKEN_SHUTDOWN => Some(Event::Shutdown),
         _ => None,
     }
 }
@@ -244,7 +244,7 @@ impl EpollLoop {
             libc::EPOLL_CTL_ADD,
             shutdown_fd.as_raw_fd(),
             EV_IN,
-            token(Token::Shutdown),
+            token(Event::Shutdown),
         )
         .map_err(io::Error::from_raw_os_error)?;
         let mut ls = Vec::with_capacity(listeners.len());
@@ -300,9 +300,9 @@ impl EpollLoop {
                 let ev = self.events[i];
                 let (mask, tok) = (ev.events, ev.u64);
                 match token_parts(tok) {
-                    Some(Token::Shutdown) => return Ok(()),
-                    Some(Token::Listener(li)) => self.on_listener(st, li)?,
-                    Some(Token::Conn(idx, gen)) => self.on_conn(st, idx, gen, mask),
+                    Some(Event::Shutdown) => return Ok(()),
+                    Some(Event::Listener(li)) => self.on_listener(st, li)?,
+                    Some(Event::Conn(idx, gen)) => self.on_conn(st, idx, gen, mask),
                     None => {}
                 }
             }
@@ -411,7 +411,7 @@ impl EpollLoop {
             libc::EPOLL_CTL_ADD,
             raw,
             EV_IN,
-            token(Token::Conn(idx, gen)),
+            token(Event::Conn(idx, gen)),
         ) {
             if let Some(mut c) = st.conns.take(idx) {
                 c.session.on_close(CloseReason::Error(e));
@@ -590,7 +590,7 @@ impl EpollLoop {
                 libc::EPOLL_CTL_MOD,
                 raw,
                 want,
-                token(Token::Conn(idx, gen)),
+                token(Event::Conn(idx, gen)),
             ) {
                 Ok(()) => c.interest = want,
                 Err(e) => {
@@ -630,7 +630,7 @@ impl EpollLoop {
 /// Adds a listener to the set, with `EPOLLEXCLUSIVE` (Linux 4.5+) where
 /// the kernel takes it, so a connection wakes one service thread, not all.
 fn register_listener(ep: &OwnedFd, l: &mut Listener, i: usize) -> Result<(), i32> {
-    let (fd, tok) = (l.fd.as_raw_fd(), token(Token::Listener(i)));
+    let (fd, tok) = (l.fd.as_raw_fd(), token(Event::Listener(i)));
     let exclusive = EV_IN | libc::EPOLLEXCLUSIVE as u32;
     match epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, exclusive, tok) {
         Err(libc::EINVAL) => epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, EV_IN, tok)?,
@@ -667,11 +667,11 @@ mod tests {
     #[test]
     fn tokens_round_trip() {
         for t in [
-            Token::Listener(0),
-            Token::Listener(7),
-            Token::Conn(0, 1),
-            Token::Conn(u32::MAX, 0x00ff_ffff),
-            Token::Shutdown,
+            Event::Listener(0),
+            Event::Listener(7),
+            Event::Conn(0, 1),
+            Event::Conn(u32::MAX, 0x00ff_ffff),
+            Event::Shutdown,
         ] {
             assert_eq!(token_parts(token(t)), Some(t));
         }
@@ -716,11 +716,12 @@ mod tests {
             output_low_water_bytes: 1024,
             ..LoopConfig::default()
         };
-        let counters = crate::ring::server::test_echo::run_echo_script(move |l, s, k, acceptor| {
-            EpollLoop::new(cfg, vec![l], s, k)?.run(acceptor)?;
-            Ok(true)
-        })
-        .expect("epoll always runs");
+        let counters =
+            crate::ring::service::shared::test_echo::run_echo_script(move |l, s, k, acceptor| {
+                EpollLoop::new(cfg, vec![l], s, k)?.run(acceptor)?;
+                Ok(true)
+            })
+            .expect("epoll always runs");
         assert_eq!(counters.bytes_out.load(Ordering::Relaxed), 100_005);
     }
 }
