@@ -129,7 +129,7 @@ fn endless_open_timeout_and_wait_on_both_backends() {
             cfg.backend = backend;
             cfg.open_timeout = Duration::MAX;
             let Some(eng) = start_engine(cfg) else {
-                return;
+                continue;
             };
             let p = eng
                 .open("srvsvc", user(1), None)
