@@ -143,3 +143,158 @@ fn endless_open_timeout_and_wait_on_both_backends() {
         }
     });
 }
+
+/// Holds `eng`'s only ring thread inside a ring-thread callback of a
+/// transceive on `pipe` until the returned sender is used (or 10 s pass).
+fn hold_ring(pipe: &opipe::engine::Pipe) -> std::sync::mpsc::Sender<()> {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    pipe.transceive_with(b"gate".to_vec(), 100, move |_, res| {
+        assert_eq!(res.map(|t| t.data).ok().as_deref(), Some(&b"gate"[..]));
+        let _ = entered_tx.send(());
+        let _ = release_rx.recv_timeout(Duration::from_secs(10));
+    });
+    entered_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the ring thread ran the callback");
+    release_tx
+}
+
+/// The command queue between caller threads and a ring is bounded: with
+/// the ring thread busy (held in a callback) and `max_queued_commands`
+/// commands waiting, a new open, transceive, read, WAIT or callback
+/// request ends `STATUS_INSUFFICIENT_RESOURCES` at once; cancels are still
+/// taken; the queued requests then run normally. Both backends.
+#[test]
+fn full_command_queue_refuses_at_once() {
+    bounded(Duration::from_secs(60), || {
+        for backend in [
+            opipe::engine::BackendChoice::IoUring,
+            opipe::engine::BackendChoice::Epoll,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+            let mut cfg = EngineConfig::new(dir.path());
+            cfg.backend = backend;
+            cfg.rings = 1;
+            cfg.max_queued_commands = 8;
+            let Some(eng) = start_engine(cfg) else {
+                continue;
+            };
+            let p = eng.open("srvsvc", user(1), None).wait().unwrap();
+            // One queued transceive per pipe: each reply is its own.
+            let pipes: Vec<_> = (0..8)
+                .map(|i| eng.open("srvsvc", user(10 + i), None).wait().unwrap())
+                .collect();
+            let release = hold_ring(&p);
+            let queued: Vec<_> = pipes
+                .iter()
+                .zip(b'a'..)
+                .map(|(q, c)| q.transceive(vec![c], 100))
+                .collect();
+            // One cancel of a queued request is taken even now (and
+            // repeating it queues nothing more).
+            for _ in 0..100 {
+                queued[7].cancel();
+            }
+            let full = Some(Err(NtStatus::INSUFFICIENT_RESOURCES));
+            let what = format!("{backend:?}: not refused at once with the queue full");
+            let mut t = p.transceive(b"over".to_vec(), 100);
+            assert_eq!(
+                poll_once(&mut t).map(|r| r.map(drop)),
+                full,
+                "transceive {what}"
+            );
+            let mut r = p.read(100);
+            assert_eq!(poll_once(&mut r).map(|r| r.map(drop)), full, "read {what}");
+            let mut w = p.write(b"over".to_vec());
+            assert_eq!(poll_once(&mut w).map(|r| r.map(drop)), full, "write {what}");
+            let mut o = eng.open("srvsvc", user(2), None);
+            assert_eq!(poll_once(&mut o).map(|r| r.map(drop)), full, "open {what}");
+            let mut wt = eng.wait_for_pipe("srvsvc", None);
+            assert_eq!(poll_once(&mut wt), full, "WAIT {what}");
+            let (cb_tx, cb_rx) = std::sync::mpsc::channel();
+            p.transceive_with(b"over".to_vec(), 100, move |_, res| {
+                let _ = cb_tx.send(res.map(|t| t.data));
+            });
+            release.send(()).unwrap();
+            assert_eq!(
+                cb_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+                Err(NtStatus::INSUFFICIENT_RESOURCES),
+                "{backend:?}: callback request"
+            );
+            let mut got = Vec::new();
+            for (i, r) in queued.into_iter().enumerate() {
+                match r.wait_timeout(Duration::from_secs(5)) {
+                    Ok(t) => got.extend_from_slice(&t.data),
+                    Err(s) => {
+                        assert_eq!((i, s), (7, NtStatus::CANCELLED), "{backend:?}")
+                    }
+                }
+            }
+            assert_eq!(got, b"abcdefg", "{backend:?}: the queued requests ran");
+            // Room again: the pipe works.
+            assert_eq!(
+                p.transceive(b"ok".to_vec(), 100).wait().unwrap().data,
+                b"ok",
+                "{backend:?}"
+            );
+        }
+    });
+}
+
+/// Inputs above 16 MiB (SMB2 writes and IOCTLs are at most 8 MiB) are
+/// refused with `STATUS_INVALID_PARAMETER` before anything is sent; 16 MiB
+/// itself goes through. Both backends.
+#[test]
+fn oversized_input_is_invalid_parameter() {
+    bounded(Duration::from_secs(60), || {
+        for backend in [
+            opipe::engine::BackendChoice::IoUring,
+            opipe::engine::BackendChoice::Epoll,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+            // Takes what it is sent, answers nothing.
+            let sink: ConnFn = std::sync::Arc::new(|mut s: std::os::unix::net::UnixStream| {
+                let mut buf = vec![0u8; 65536];
+                while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+            });
+            let _sink = Scripted::spawn(dir.path(), "sink", Handshake::Accept, sink);
+            let mut cfg = EngineConfig::new(dir.path());
+            cfg.backend = backend;
+            let Some(eng) = start_engine(cfg) else {
+                continue;
+            };
+            let p = eng.open("srvsvc", user(1), None).wait().unwrap();
+            let big = vec![7u8; (16 << 20) + 1];
+            assert_eq!(
+                p.transceive(big.clone(), 100)
+                    .wait_timeout(Duration::from_secs(5))
+                    .unwrap_err(),
+                NtStatus::INVALID_PARAMETER,
+                "{backend:?}"
+            );
+            assert_eq!(
+                p.write(big)
+                    .wait_timeout(Duration::from_secs(5))
+                    .unwrap_err(),
+                NtStatus::INVALID_PARAMETER,
+                "{backend:?}"
+            );
+            // Nothing of them was sent: the next reply is the next request's.
+            assert_eq!(
+                p.transceive(b"next".to_vec(), 100).wait().unwrap().data,
+                b"next",
+                "{backend:?}"
+            );
+            let max = vec![9u8; 16 << 20];
+            let sink = eng.open("sink", user(2), None).wait().unwrap();
+            assert_eq!(
+                sink.write(max).wait_timeout(Duration::from_secs(20)),
+                Ok(16 << 20),
+                "{backend:?}: 16 MiB is allowed"
+            );
+        }
+    });
+}

@@ -110,6 +110,11 @@ pub struct EngineConfig {
     /// tables to the burst's size. `open_timeout` counts from an open's
     /// start, not from its wait in line; a waiting open can be cancelled.
     pub max_opens_in_flight: usize,
+    /// Commands (opens, I/O, WAITs, cancels, closes) that may wait for one
+    /// ring thread to take them (default 1 << 20). Beyond, a new request
+    /// ends `STATUS_INSUFFICIENT_RESOURCES` at once: callers that outrun a
+    /// ring cannot grow its queue without bound.
+    pub max_queued_commands: usize,
 }
 
 impl EngineConfig {
@@ -130,6 +135,7 @@ impl EngineConfig {
             recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
             multishot: true,
             max_opens_in_flight: 256,
+            max_queued_commands: command::MAX_QUEUED_COMMANDS,
         }
     }
 }
@@ -440,7 +446,10 @@ fn ring_main<D: OpDriver>(
     index: usize,
     ids: Arc<AtomicU64>,
 ) {
-    let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
+    let queue = Arc::new(CommandQueue::with_cap(
+        drv.wake_handle(),
+        cfg.max_queued_commands,
+    ));
     let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
     let mut core = Core::new(drv, cfg, index, ids, Instant::now());
     ring::run(&mut core, &queue);
@@ -454,6 +463,9 @@ impl Engine {
     pub fn new(mut cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.rings == 0 || cfg.rings > 64 {
             return Err(EngineError::Config("rings must be 1..=64"));
+        }
+        if cfg.max_queued_commands == 0 {
+            return Err(EngineError::Config("max_queued_commands must be positive"));
         }
         if cfg.sq_entries == 0 {
             return Err(EngineError::Config("sq_entries must be positive"));

@@ -429,3 +429,22 @@ pub fn full_backlog(path: &Path) -> FullBacklog {
     }
     panic!("the backlog never filled");
 }
+
+/// One poll of a request with a waker that does nothing: its result if it
+/// has finished (handed over: do not wait for it afterwards), else `None`.
+pub fn poll_once<T>(
+    r: &mut opipe::engine::Request<T>,
+) -> Option<Result<T, opipe::protocol::NtStatus>> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Nothing;
+    impl Wake for Nothing {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Nothing));
+    let mut cx = Context::from_waker(&waker);
+    match std::pin::Pin::new(r).poll(&mut cx) {
+        Poll::Ready(res) => Some(res),
+        Poll::Pending => None,
+    }
+}

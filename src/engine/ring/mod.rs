@@ -73,8 +73,9 @@ const ST_WAIT_DEADLINE: u8 = 12;
 /// receive is re-armed once a request needs data and the pushback is empty.
 const MULTISHOT_PUSHBACK_CAP: usize = 64 * 1024;
 
-/// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
-/// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
+/// Largest `max_out` a request may ask for, and largest input of a
+/// transceive or write (16 MiB, above SMB2's 8 MiB maximum read, write and
+/// transact sizes); more is `STATUS_INVALID_PARAMETER`.
 pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
 
 /// Timers longer than this (`Duration::MAX`: "no deadline") are armed for
@@ -495,6 +496,7 @@ impl<D: OpDriver> Core<D> {
                 timeout,
                 notify,
             } => self.start_wait(name, timeout, notify),
+            Command::Refused { notify } => self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES),
             Command::Shutdown => {
                 self.stopping = true;
                 for q in std::mem::take(&mut self.queued_opens) {
