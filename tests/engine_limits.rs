@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use opipe::engine::{Engine, EngineConfig, EngineError};
+use opipe::engine::{Backend, BackendChoice, Engine, EngineConfig, EngineError};
 use opipe::protocol::NtStatus;
 
 fn engine(dir: &std::path::Path, pool: u16) -> Option<Engine> {
@@ -17,40 +17,78 @@ fn engine(dir: &std::path::Path, pool: u16) -> Option<Engine> {
     start_engine(cfg)
 }
 
+/// The receive paths a pool test runs on: the pool exists on io_uring only
+/// (multishot and linked receives); the epoll half says so and checks the
+/// delivery alone.
+const POOL_PATHS: [(BackendChoice, bool); 3] = [
+    (BackendChoice::IoUring, true),
+    (BackendChoice::IoUring, false),
+    (BackendChoice::Epoll, true),
+];
+
+fn pool_engine(
+    dir: &std::path::Path,
+    pool: u16,
+    backend: BackendChoice,
+    multishot: bool,
+) -> Option<Engine> {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.recv_pool_bufs = pool;
+    cfg.backend = backend;
+    cfg.multishot = multishot;
+    let eng = start_engine(cfg)?;
+    if eng.backend() == Backend::Epoll {
+        eprintln!("epoll backend: no receive pool here, delivery checked only");
+    }
+    Some(eng)
+}
+
 #[test]
 fn exhausted_receive_pool_falls_back_and_delivers_every_reply() {
-    bounded(Duration::from_secs(60), || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-        let Some(eng) = engine(dir.path(), 2) else {
-            return;
-        };
-        let pipes: Vec<_> = (0..64)
-            .map(|i| eng.open("srvsvc", user(i), None).wait().unwrap())
-            .collect();
-        for round in 0..20 {
-            let reqs: Vec<_> = pipes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let msg = format!("{i}:{round}:{}", "z".repeat(i * 13 % 300)).into_bytes();
-                    (msg.clone(), p.transceive(msg, 1024))
-                })
+    bounded(Duration::from_secs(90), || {
+        for (backend, multishot) in POOL_PATHS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+            let Some(eng) = pool_engine(dir.path(), 2, backend, multishot) else {
+                continue;
+            };
+            let what = format!("{backend:?} multishot={multishot}");
+            let pipes: Vec<_> = (0..64)
+                .map(|i| eng.open("srvsvc", user(i), None).wait().unwrap())
                 .collect();
-            for (msg, r) in reqs {
-                let t = r.wait().expect("transceive");
-                assert_eq!(t.status, NtStatus::SUCCESS);
-                assert_eq!(t.data, msg);
+            for round in 0..20 {
+                let reqs: Vec<_> = pipes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let msg = format!("{i}:{round}:{}", "z".repeat(i * 13 % 300)).into_bytes();
+                        (msg.clone(), p.transceive(msg, 1024))
+                    })
+                    .collect();
+                for (msg, r) in reqs {
+                    let t = r.wait().expect("transceive");
+                    assert_eq!(t.status, NtStatus::SUCCESS, "{what}");
+                    assert_eq!(t.data, msg, "{what}");
+                }
             }
-        }
-        // Reads too: unsolicited data waits in the socket, pool empty or not.
-        let writes: Vec<_> = pipes.iter().map(|p| p.write(b"ping".to_vec())).collect();
-        for w in writes {
-            assert_eq!(w.wait().unwrap(), 4);
-        }
-        let reads: Vec<_> = pipes.iter().map(|p| p.read(100)).collect();
-        for r in reads {
-            assert_eq!(r.wait().unwrap(), b"ping");
+            // Reads too: unsolicited data waits in the socket, pool empty or not.
+            let writes: Vec<_> = pipes.iter().map(|p| p.write(b"ping".to_vec())).collect();
+            for w in writes {
+                assert_eq!(w.wait().unwrap(), 4, "{what}");
+            }
+            let reads: Vec<_> = pipes.iter().map(|p| p.read(100)).collect();
+            for r in reads {
+                assert_eq!(r.wait().unwrap(), b"ping", "{what}");
+            }
+            let fallbacks = eng.stats().recv_pool_fallbacks;
+            eprintln!("{what}: {fallbacks} receives found the pool empty and ran again");
+            match eng.backend() {
+                Backend::IoUring => assert!(
+                    fallbacks > 0,
+                    "{what}: the pool of 2 never ran dry: the fallback was not tested"
+                ),
+                Backend::Epoll => assert_eq!(fallbacks, 0, "{what}: epoll has no pool"),
+            }
         }
     });
 }
@@ -66,14 +104,21 @@ fn bad_pool_size_is_a_config_error() {
 #[test]
 fn pool_disabled_still_works() {
     bounded(Duration::from_secs(30), || {
-        let dir = tempfile::tempdir().unwrap();
-        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
-        let Some(eng) = engine(dir.path(), 0) else {
-            return;
-        };
-        let p = eng.open("srvsvc", user(1), None).wait().unwrap();
-        let t = p.transceive(b"x".to_vec(), 1024).wait().unwrap();
-        assert_eq!((t.status, t.data.len()), (NtStatus::BUFFER_OVERFLOW, 1024));
+        for (backend, multishot) in POOL_PATHS {
+            let dir = tempfile::tempdir().unwrap();
+            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, big_reply(3000));
+            let Some(eng) = pool_engine(dir.path(), 0, backend, multishot) else {
+                continue;
+            };
+            let p = eng.open("srvsvc", user(1), None).wait().unwrap();
+            let t = p.transceive(b"x".to_vec(), 1024).wait().unwrap();
+            assert_eq!(
+                (t.status, t.data.len()),
+                (NtStatus::BUFFER_OVERFLOW, 1024),
+                "{backend:?} multishot={multishot}"
+            );
+            assert_eq!(eng.stats().recv_pool_fallbacks, 0, "no pool, no fallback");
+        }
     });
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct CommandQueue {
     pending: AtomicBool,
     cap: usize,
     refused: AtomicU64,
+    /// The ring's `Core::pool_fallbacks`, as the loop last published it.
+    pool_fallbacks: AtomicU64,
     pub(crate) wake: Arc<WakeFd>,
 }
 
@@ -108,6 +110,7 @@ impl CommandQueue {
             pending: AtomicBool::new(false),
             cap: cap.max(1),
             refused: AtomicU64::new(0),
+            pool_fallbacks: AtomicU64::new(0),
             wake,
         }
     }
@@ -157,9 +160,17 @@ impl CommandQueue {
     }
 
     /// Requests refused because the queue was full, since the start.
-    #[cfg(test)]
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The ring loop publishes its count of receive-pool fallbacks.
+    pub(crate) fn publish_pool_fallbacks(&self, n: u64) {
+        self.pool_fallbacks.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn pool_fallbacks(&self) -> u64 {
+        self.pool_fallbacks.load(Ordering::Relaxed)
     }
 
     pub(crate) fn take(&self, into: &mut Vec<Command>) {

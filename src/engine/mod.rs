@@ -140,6 +140,21 @@ impl EngineConfig {
     }
 }
 
+/// Counters of an engine, summed over its rings (see [`Engine::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Receives that found the receive pool empty (`-ENOBUFS`) and ran
+    /// again: with a buffer of their own, or (a pipe's multishot receive)
+    /// re-armed for the requests still waiting (io_uring; 0 on epoll,
+    /// which has no pool).
+    pub recv_pool_fallbacks: u64,
+    /// Requests refused with `STATUS_INSUFFICIENT_RESOURCES` because a
+    /// ring's command queue was full (see
+    /// [`EngineConfig::max_queued_commands`]).
+    pub queue_full_refusals: u64,
+}
+
 /// Why an engine could not start.
 #[derive(Debug)]
 pub enum EngineError {
@@ -517,6 +532,17 @@ impl Engine {
     /// mode (always [`BufferMode::Plain`] on the epoll backend).
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// The engine's counters, summed over its rings (each ring publishes
+    /// its own after every batch of completions).
+    pub fn stats(&self) -> EngineStats {
+        let mut st = EngineStats::default();
+        for r in &self.inner.rings {
+            st.recv_pool_fallbacks += r.queue.pool_fallbacks();
+            st.queue_full_refusals += r.queue.refused();
+        }
+        st
     }
 
     /// The backend the rings run on (the outcome of [`BackendChoice::Auto`]).

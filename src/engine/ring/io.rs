@@ -360,6 +360,9 @@ impl<D: OpDriver> Core<D> {
         }
         // After an empty pool, the retry brings its own buffer.
         let pooled = !matches!(reply, Reply::Retry);
+        if !pooled {
+            self.pool_fallbacks += 1;
+        }
         *reply = Reply::Awaited;
         chain.push((recv_op(&self.drv, fd.clone(), *max_out, pooled), ST_RECV));
         if overflow::may_overflow(*max_out) && !nonempty_flag {
@@ -428,6 +431,7 @@ impl<D: OpDriver> Core<D> {
             }
             Kind::Read { max_out, reply, .. } => {
                 debug_assert!(matches!(reply, Reply::Retry));
+                self.pool_fallbacks += 1;
                 *reply = Reply::Awaited;
                 let op = recv_op(&self.drv, fd, *max_out, false);
                 self.push_chain(key, [(op, ST_RECV)]);

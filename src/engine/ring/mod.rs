@@ -353,6 +353,10 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// Callbacks that would have nested deeper than
     /// [`MAX_CALLBACK_DEPTH`]: they run when the current event is done.
     later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
+    /// Receives that found the pool empty (-ENOBUFS) and ran again: with a
+    /// buffer of their own, or (a multishot receive) re-armed for the
+    /// requests waiting (published through the command queue).
+    pool_fallbacks: u64,
 }
 
 /// Requests one pipe holds back (behind a cancelled request's SQEs, or a
@@ -420,6 +424,7 @@ impl<D: OpDriver> Core<D> {
             multishot_disabled: false,
             callback_depth: 0,
             later: VecDeque::new(),
+            pool_fallbacks: 0,
         }
     }
 
