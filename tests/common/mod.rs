@@ -174,10 +174,25 @@ pub fn io_uring_refused(
         )
 }
 
+/// With `OPIPE_TEST_REFUSE_IO_URING=1`, makes `io_uring_setup` fail with
+/// EPERM in the whole test process (a seccomp filter, once), so the suite
+/// runs as on a machine where io_uring is refused: every io_uring half must
+/// then say SKIPPED and every epoll half still run.
+pub fn maybe_refuse_io_uring() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("OPIPE_TEST_REFUSE_IO_URING").is_some_and(|v| v == "1") {
+        ONCE.call_once(|| {
+            seccomp::refuse_io_uring_here().expect("install the seccomp filter");
+            eprintln!("OPIPE_TEST_REFUSE_IO_URING=1: io_uring_setup refused in this process");
+        });
+    }
+}
+
 /// Starts an engine, or says loudly why the kernel cannot run it (`None`:
 /// io_uring refused here, for an io_uring engine only; any other error
 /// fails the test).
 pub fn start_engine(cfg: opipe::engine::EngineConfig) -> Option<opipe::engine::Engine> {
+    maybe_refuse_io_uring();
     let backend = cfg.backend;
     match opipe::engine::Engine::new(cfg) {
         Ok(e) => Some(e),
