@@ -194,8 +194,8 @@ fn endless_open_timeout_and_wait_on_both_backends() {
 fn hold_ring(pipe: &opipe::engine::Pipe) -> std::sync::mpsc::Sender<()> {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    pipe.transceive_with(b"gate".to_vec(), 100, move |_, res| {
-        assert_eq!(res.map(|t| t.data).ok().as_deref(), Some(&b"gate"[..]));
+    // (No assert on the ring thread: a panic there would end the ring.)
+    pipe.transceive_with(b"gate".to_vec(), 100, move |_, _| {
         let _ = entered_tx.send(());
         let _ = release_rx.recv_timeout(Duration::from_secs(10));
     });
