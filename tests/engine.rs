@@ -529,22 +529,62 @@ fn cancel_one_request_pipe_stays_usable_both_modes() {
     });
 }
 
+/// A cancel that reaches the ring before the request does: the ring thread
+/// is held in a ring-thread callback (so it cannot pick up commands) while
+/// the caller starts a request and cancels it. The request must end
+/// `STATUS_CANCELLED` and its bytes must never reach the service; a cancel
+/// after a request finished does nothing. Every backend and buffer mode.
 #[test]
 fn cancel_before_start_and_after_finish() {
     bounded(T, || {
-        each_backend("echo", Handshake::Accept, echo(), |_, eng| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conn = logged_echo(Duration::ZERO, Some(log.clone()));
+        each_backend_and_mode("echo", Handshake::Accept, conn, |backend, mode, eng| {
+            log.lock().unwrap().clear();
             let pipe = eng.open("echo", user(1), None).wait().unwrap();
+            // Hold the ring thread inside the callback of a first request.
+            let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+            pipe.transceive_with(b"gate".to_vec(), 100, move |_, res| {
+                let _ = entered_tx.send(());
+                // Bounded: a test that goes wrong must not hang the ring.
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+                let _ = gate_tx.send(res.map(|t| t.data));
+            });
+            entered_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the ring thread ran the callback");
+            // The ring thread is busy: this request and its cancel wait in
+            // the command queue, the cancel flag set before the start.
+            let r = pipe.transceive(b"never".to_vec(), 100);
+            r.cancel();
+            release_tx.send(()).unwrap();
+            let gate = gate_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(gate.unwrap(), b"gate", "{backend:?} {mode:?}");
+            assert_eq!(
+                r.wait_timeout(Duration::from_secs(5)).unwrap_err(),
+                NtStatus::CANCELLED,
+                "{backend:?} {mode:?}: cancelled before it started"
+            );
+            // After the end: the cancel does nothing.
             let r = pipe.transceive(b"abc".to_vec(), 100);
             let h = r.cancel_handle();
-            let res = r.wait();
-            h.cancel(); // after the end: nothing happens
-                        // Either it finished before the cancel reached the ring or it was cancelled.
-            match res {
-                Ok(t) => assert_eq!(t.data, b"abc"),
-                Err(s) => assert_eq!(s, NtStatus::CANCELLED),
-            }
+            let t = r.wait().expect("not cancelled yet");
+            h.cancel();
+            assert_eq!(t.data, b"abc", "{backend:?} {mode:?}");
             let t = pipe.transceive(b"def".to_vec(), 100).wait().unwrap();
-            assert_eq!(t.data, b"def");
+            assert_eq!(t.data, b"def", "{backend:?} {mode:?}");
+            // The service logs what it echoed just after writing it.
+            let until = Instant::now() + Duration::from_secs(2);
+            while log.lock().unwrap().len() < b"gateabcdef".len() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&log.lock().unwrap()),
+                "gateabcdef",
+                "{backend:?} {mode:?}: the cancelled request was sent"
+            );
         });
     });
 }

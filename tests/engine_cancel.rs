@@ -4,6 +4,11 @@
 //! read after a cancel), and never swallowed by a cancelled request. A
 //! cancelled request may not have been sent at all (cancelled before its
 //! send); every request that was not cancelled must find its reply.
+//!
+//! It runs on every receive path: io_uring with the multishot receive,
+//! io_uring with linked SEND+RECV chains (`multishot = false`, where the
+//! cancel-race rule `PipeEntry::draining` matters most), io_uring with
+//! registered buffers, and epoll.
 
 mod common;
 
@@ -11,10 +16,40 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use opipe::engine::{BackendChoice, EngineConfig};
+use opipe::engine::{BackendChoice, BufferMode, EngineConfig};
 use opipe::protocol::NtStatus;
 
-fn run(backend: BackendChoice) {
+/// Requests per run.
+const ROUNDS: u32 = 6000;
+
+/// The receive paths the race runs on.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Multishot,
+    Linked,
+    Registered,
+    Epoll,
+}
+
+fn config(dir: &std::path::Path, path: Path) -> EngineConfig {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.rings = 1;
+    match path {
+        Path::Multishot => cfg.backend = BackendChoice::IoUring,
+        Path::Linked => {
+            cfg.backend = BackendChoice::IoUring;
+            cfg.multishot = false;
+        }
+        Path::Registered => {
+            cfg.backend = BackendChoice::IoUring;
+            cfg.buffers = BufferMode::Registered;
+        }
+        Path::Epoll => cfg.backend = BackendChoice::Epoll,
+    }
+    cfg
+}
+
+fn run(path: Path) {
     let dir = tempfile::tempdir().unwrap();
     let echoed = Arc::new(Mutex::new(Vec::new()));
     let _svc = Scripted::spawn(
@@ -23,8 +58,7 @@ fn run(backend: BackendChoice) {
         Handshake::Accept,
         logged_echo(Duration::from_micros(300), Some(echoed.clone())),
     );
-    let mut cfg = EngineConfig::new(dir.path());
-    cfg.backend = backend;
+    let cfg = config(dir.path(), path);
     let Some(eng) = start_engine(cfg) else {
         return;
     };
@@ -52,28 +86,48 @@ fn run(backend: BackendChoice) {
     };
     let mut got: Vec<u8> = Vec::new();
     let mut not_cancelled = Vec::new();
-    for i in 0..400u32 {
+    // Every other cancel is followed at once by the next request, before
+    // the cancelled one is waited for: the cancel and the next start reach
+    // the ring together, while the cancelled request's receive may still be
+    // in the kernel (the case the cancel-race rule exists for).
+    let mut cancelled_pending: Option<(u32, opipe::engine::Request<_>)> = None;
+    let mut settle = |i: u32, res: Result<opipe::engine::Transfer, NtStatus>| match res {
+        Ok(t) => {
+            got.extend_from_slice(&t.data);
+            not_cancelled.push(i);
+        }
+        Err(s) => {
+            assert_eq!(s, NtStatus::CANCELLED);
+            assert!(
+                i % 5 != 0,
+                "uncancelled request {i} got no reply within 5 s (reply stolen)"
+            );
+        }
+    };
+    for i in 0..ROUNDS {
         let msg = format!("<{i}:{}>", "x".repeat((i % 7) as usize)).into_bytes();
         let req = pipe.transceive(msg, 4280);
-        // Cancel around the moment the reply comes back (0..600 us), or
-        // not at all (every 5th), so that a stolen reply shows as a hang.
-        std::thread::sleep(Duration::from_micros(u64::from(i * 37 % 600)));
+        if let Some((j, r)) = cancelled_pending.take() {
+            settle(j, r.wait_timeout(Duration::from_secs(5)));
+        }
+        // Cancel at once (every 3rd: while the request's chain is being
+        // started, when its receive may not be armed yet) or around the
+        // moment the reply comes back (0..600 us), or not at all (every 5th),
+        // so that a stolen reply shows as a hang.
+        if i % 3 != 0 {
+            std::thread::sleep(Duration::from_micros(u64::from(i * 37 % 600)));
+        }
         if i % 5 != 0 {
             req.cancel();
-        }
-        match req.wait_timeout(Duration::from_secs(5)) {
-            Ok(t) => {
-                got.extend_from_slice(&t.data);
-                not_cancelled.push(i);
-            }
-            Err(s) => {
-                assert_eq!(s, NtStatus::CANCELLED);
-                assert!(
-                    i % 5 != 0,
-                    "uncancelled request {i} got no reply within 5 s (reply stolen)"
-                );
+            if i % 2 == 0 {
+                cancelled_pending = Some((i, req));
+                continue;
             }
         }
+        settle(i, req.wait_timeout(Duration::from_secs(5)));
+    }
+    if let Some((j, r)) = cancelled_pending.take() {
+        settle(j, r.wait_timeout(Duration::from_secs(5)));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.join().unwrap();
@@ -121,23 +175,33 @@ fn run(backend: BackendChoice) {
     for i in &not_cancelled {
         assert!(seen.contains(i), "reply of uncancelled request {i} lost");
     }
-    let cancelled = 400 - not_cancelled.len();
+    let cancelled = ROUNDS as usize - not_cancelled.len();
     assert!(
         cancelled > 0,
         "no request was cancelled: the test did not test"
     );
     eprintln!(
-        "{backend:?}: {cancelled} of 400 cancelled, {} replies delivered whole and in order",
+        "{path:?}: {cancelled} of {ROUNDS} cancelled, {} replies delivered whole and in order",
         seen.len()
     );
 }
 
 #[test]
-fn cancel_races_lose_nothing_io_uring() {
-    bounded(Duration::from_secs(120), || run(BackendChoice::IoUring));
+fn cancel_races_lose_nothing_io_uring_multishot() {
+    bounded(Duration::from_secs(120), || run(Path::Multishot));
+}
+
+#[test]
+fn cancel_races_lose_nothing_io_uring_linked() {
+    bounded(Duration::from_secs(120), || run(Path::Linked));
+}
+
+#[test]
+fn cancel_races_lose_nothing_io_uring_registered() {
+    bounded(Duration::from_secs(120), || run(Path::Registered));
 }
 
 #[test]
 fn cancel_races_lose_nothing_epoll() {
-    bounded(Duration::from_secs(120), || run(BackendChoice::Epoll));
+    bounded(Duration::from_secs(120), || run(Path::Epoll));
 }

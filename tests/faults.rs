@@ -224,7 +224,7 @@ fn service_process_killed_with_requests_in_flight() {
             let base = fd_count();
             let mut svc = ServeChild::start(dir.path(), "srvsvc", "dcerpc");
             let Some(eng) = start_engine(cfg) else {
-                return;
+                continue;
             };
             let opens: Vec<_> = (0..PIPES)
                 .map(|i| eng.open("\\PIPE\\srvsvc", user(i as u64 % 4), None))
@@ -332,7 +332,7 @@ fn silent_handshake_ends_at_the_open_deadline() {
             cfg.dir = dir.path().to_owned();
             cfg.open_timeout = deadline;
             let Some(eng) = start_engine(cfg) else {
-                return;
+                continue;
             };
             // One alone.
             let t0 = Instant::now();
@@ -514,7 +514,7 @@ fn cancel_race(after: AfterCancel) {
         let svc = Scripted::spawn(dir.path(), "wkssvc", Handshake::Accept, jittery_echo());
         cfg.dir = dir.path().to_owned();
         let Some(eng) = start_engine(cfg) else {
-            return;
+            continue;
         };
         // The canceller: each handle is cancelled at its own random
         // moment (from 0 to 400 us after the request started).
@@ -658,7 +658,7 @@ fn open_file_limit_child() {
     for mut cfg in engine_configs() {
         cfg.dir = dir.path().to_owned();
         let Some(eng) = start_engine(cfg) else {
-            return;
+            continue;
         };
         // Room for about 40 more descriptors than are open now.
         let highest = std::fs::read_dir("/proc/self/fd")
@@ -763,7 +763,7 @@ fn session_disconnect_with_thousands_in_flight() {
             let svc = Scripted::spawn(dir.path(), "lsarpc", Handshake::Accept, hang_or_echo());
             cfg.dir = dir.path().to_owned();
             let Some(eng) = start_engine(cfg) else {
-                return;
+                continue;
             };
             let mut sessions: Vec<Vec<Pipe>> = Vec::new();
             for session in 1..=3u64 {

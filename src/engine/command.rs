@@ -67,29 +67,110 @@ pub(crate) enum Command {
         timeout: Duration,
         notify: Notify,
     },
+    /// A request with a ring-thread callback refused because the queue was
+    /// full: what it carried is dropped at once, the callback hears
+    /// `STATUS_INSUFFICIENT_RESOURCES` on the ring thread.
+    Refused {
+        notify: Notify,
+    },
     Shutdown,
 }
 
-/// The queue other threads push commands into.
+/// Commands a ring's queue holds (not yet taken by the ring thread) before
+/// it refuses new requests with `STATUS_INSUFFICIENT_RESOURCES` (the
+/// default of `EngineConfig::max_queued_commands`).
+pub const MAX_QUEUED_COMMANDS: usize = 1 << 20;
+
+/// The queue other threads push commands into, bounded: once `cap`
+/// commands wait for the ring thread, a new request (open, I/O, WAIT) ends
+/// `STATUS_INSUFFICIENT_RESOURCES` at once instead of growing the queue
+/// (with a ring-thread callback: a `Refused` marker without the request's
+/// data, answered on the ring thread). Commands that end or release
+/// something (cancel, close, session disconnect, shutdown) are always
+/// taken: a cancel is queued at most once per request, a close once per pipe.
 pub(crate) struct CommandQueue {
     cmds: Mutex<Vec<Command>>,
     pending: AtomicBool,
+    cap: usize,
+    refused: AtomicU64,
+    /// The ring's `Core::pool_fallbacks`, as the loop last published it.
+    pool_fallbacks: AtomicU64,
     pub(crate) wake: Arc<WakeFd>,
 }
 
 impl CommandQueue {
+    #[cfg(test)]
     pub(crate) fn new(wake: Arc<WakeFd>) -> CommandQueue {
+        CommandQueue::with_cap(wake, MAX_QUEUED_COMMANDS)
+    }
+
+    pub(crate) fn with_cap(wake: Arc<WakeFd>, cap: usize) -> CommandQueue {
         CommandQueue {
             cmds: Mutex::new(Vec::new()),
             pending: AtomicBool::new(false),
+            cap: cap.max(1),
+            refused: AtomicU64::new(0),
+            pool_fallbacks: AtomicU64::new(0),
             wake,
         }
     }
 
     pub(crate) fn push(&self, c: Command) {
-        self.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        {
+            let mut q = lock(&self.cmds);
+            let c = if q.len() >= self.cap {
+                match self.refuse(c) {
+                    Some(c) => c,
+                    None => return,
+                }
+            } else {
+                c
+            };
+            q.push(c);
+        }
         self.pending.store(true, Ordering::SeqCst);
         self.wake.wake();
+    }
+
+    /// A command that arrived with the queue full: a request with a shared
+    /// result ends now (`None`); a request with a callback becomes a small
+    /// `Refused` marker; anything else is queued as it is.
+    fn refuse(&self, c: Command) -> Option<Command> {
+        let notify = match c {
+            Command::Open { notify, .. }
+            | Command::Io { notify, .. }
+            | Command::WaitPipe { notify, .. } => notify,
+            other => return Some(other),
+        };
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                "opipe: command queue full ({} waiting): {n} requests refused with STATUS_INSUFFICIENT_RESOURCES",
+                self.cap
+            );
+        }
+        match notify {
+            Notify::Shared(s) => {
+                // Nothing was opened or started: nothing to release.
+                let _ = s.complete(Err(NtStatus::INSUFFICIENT_RESOURCES));
+                None
+            }
+            notify @ Notify::Callback(_) => Some(Command::Refused { notify }),
+        }
+    }
+
+    /// Requests refused because the queue was full, since the start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The ring loop publishes its count of receive-pool fallbacks.
+    pub(crate) fn publish_pool_fallbacks(&self, n: u64) {
+        self.pool_fallbacks.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn pool_fallbacks(&self) -> u64 {
+        self.pool_fallbacks.load(Ordering::Relaxed)
     }
 
     pub(crate) fn take(&self, into: &mut Vec<Command>) {
@@ -278,4 +359,68 @@ impl Shared {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(shared: &Arc<Shared>) -> Command {
+        Command::Io {
+            pipe: PipeId {
+                ring: 0,
+                index: 0,
+                gen: 0,
+            },
+            io: PipeIo::Read { max_out: 1 },
+            notify: Notify::Shared(shared.clone()),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_requests_and_keeps_control_commands() {
+        let wake = Arc::new(WakeFd::new().expect("eventfd"));
+        let q = CommandQueue::with_cap(wake, 2);
+        let (a, b, c) = (Shared::new(), Shared::new(), Shared::new());
+        q.push(io(&a));
+        q.push(io(&b));
+        q.push(io(&c));
+        assert!(!a.is_done() && !b.is_done());
+        assert!(matches!(
+            c.try_take(),
+            Some(Err(NtStatus::INSUFFICIENT_RESOURCES))
+        ));
+        q.push(Command::Cancel { shared: a.clone() });
+        q.push(Command::Shutdown);
+        let cb: Callback = Box::new(|_, _| {});
+        q.push(Command::Io {
+            pipe: PipeId {
+                ring: 0,
+                index: 0,
+                gen: 0,
+            },
+            io: PipeIo::Write {
+                data: vec![0; 1000],
+            },
+            notify: Notify::Callback(cb),
+        });
+        assert_eq!(q.refused(), 2);
+        let mut got = Vec::new();
+        q.take(&mut got);
+        let kinds: Vec<_> = got
+            .iter()
+            .map(|c| match c {
+                Command::Io { .. } => "io",
+                Command::Cancel { .. } => "cancel",
+                Command::Shutdown => "shutdown",
+                Command::Refused { .. } => "refused",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["io", "io", "cancel", "shutdown", "refused"]);
+        // Taken: room again.
+        let d = Shared::new();
+        q.push(io(&d));
+        assert!(!d.is_done());
+    }
 }

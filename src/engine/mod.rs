@@ -108,6 +108,11 @@ pub struct EngineConfig {
     /// tables to the burst's size. `open_timeout` counts from an open's
     /// start, not from its wait in line; a waiting open can be cancelled.
     pub max_opens_in_flight: usize,
+    /// Commands (opens, I/O, WAITs, cancels, closes) that may wait for one
+    /// ring thread to take them (default 1 << 20). Beyond, a new request
+    /// ends `STATUS_INSUFFICIENT_RESOURCES` at once: callers that outrun a
+    /// ring cannot grow its queue without bound.
+    pub max_queued_commands: usize,
 }
 
 impl EngineConfig {
@@ -128,8 +133,24 @@ impl EngineConfig {
             recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
             multishot: true,
             max_opens_in_flight: 256,
+            max_queued_commands: command::MAX_QUEUED_COMMANDS,
         }
     }
+}
+
+/// Counters of an engine, summed over its rings (see [`Engine::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Receives that found the receive pool empty (`-ENOBUFS`) and ran
+    /// again: with a buffer of their own, or (a pipe's multishot receive)
+    /// re-armed for the requests still waiting (io_uring; 0 on epoll,
+    /// which has no pool).
+    pub recv_pool_fallbacks: u64,
+    /// Requests refused with `STATUS_INSUFFICIENT_RESOURCES` because a
+    /// ring's command queue was full (see
+    /// [`EngineConfig::max_queued_commands`]).
+    pub queue_full_refusals: u64,
 }
 
 /// Why an engine could not start.
@@ -438,7 +459,10 @@ fn ring_main<D: OpDriver>(
     index: usize,
     ids: Arc<AtomicU64>,
 ) {
-    let queue = Arc::new(CommandQueue::new(drv.wake_handle()));
+    let queue = Arc::new(CommandQueue::with_cap(
+        drv.wake_handle(),
+        cfg.max_queued_commands,
+    ));
     let _ = tx.send(Ok((queue.clone(), drv.features().sock_nonempty)));
     let mut core = Core::new(drv, cfg, index, ids, Instant::now());
     ring::run(&mut core, &queue);
@@ -452,6 +476,9 @@ impl Engine {
     pub fn new(mut cfg: EngineConfig) -> Result<Engine, EngineError> {
         if cfg.rings == 0 || cfg.rings > 64 {
             return Err(EngineError::Config("rings must be 1..=64"));
+        }
+        if cfg.max_queued_commands == 0 {
+            return Err(EngineError::Config("max_queued_commands must be positive"));
         }
         if cfg.sq_entries == 0 {
             return Err(EngineError::Config("sq_entries must be positive"));
@@ -494,6 +521,17 @@ impl Engine {
     /// mode (always [`BufferMode::Plain`] on the epoll backend).
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// The engine's counters, summed over its rings (each ring publishes
+    /// its own after every batch of completions).
+    pub fn stats(&self) -> EngineStats {
+        let mut st = EngineStats::default();
+        for r in &self.inner.rings {
+            st.recv_pool_fallbacks += r.queue.pool_fallbacks();
+            st.queue_full_refusals += r.queue.refused();
+        }
+        st
     }
 
     /// The backend the rings run on (the outcome of [`BackendChoice::Auto`]).

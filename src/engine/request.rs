@@ -201,7 +201,11 @@ impl CancelHandle {
         if self.shared.is_done() {
             return;
         }
-        self.shared.cancel_requested.store(true, Ordering::SeqCst);
+        // Queued once per request: a caller repeating cancels cannot grow
+        // the ring's command queue.
+        if self.shared.cancel_requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.engine.send(
             self.ring,
             Command::Cancel {

@@ -158,16 +158,49 @@ pub fn logged_echo(delay: Duration, log: Option<Arc<Mutex<Vec<u8>>>>) -> ConnFn 
     })
 }
 
+/// Whether `e` says only that io_uring is refused on this machine (the one
+/// reason a test may skip its io_uring half): never for the epoll backend.
+pub fn io_uring_refused(
+    backend: opipe::engine::BackendChoice,
+    e: &opipe::engine::EngineError,
+) -> bool {
+    use opipe::ring::setup::RingError;
+    backend != opipe::engine::BackendChoice::Epoll
+        && matches!(
+            e,
+            opipe::engine::EngineError::Ring(
+                RingError::Unavailable { .. } | RingError::MissingOpcode { .. }
+            )
+        )
+}
+
+/// With `OPIPE_TEST_REFUSE_IO_URING=1`, makes `io_uring_setup` fail with
+/// EPERM in the whole test process (a seccomp filter, once), so the suite
+/// runs as on a machine where io_uring is refused: every io_uring half must
+/// then say SKIPPED and every epoll half still run.
+pub fn maybe_refuse_io_uring() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("OPIPE_TEST_REFUSE_IO_URING").is_some_and(|v| v == "1") {
+        ONCE.call_once(|| {
+            seccomp::refuse_io_uring_here().expect("install the seccomp filter");
+            eprintln!("OPIPE_TEST_REFUSE_IO_URING=1: io_uring_setup refused in this process");
+        });
+    }
+}
+
 /// Starts an engine, or says loudly why the kernel cannot run it (`None`:
-/// io_uring refused here; any other error fails the test).
+/// io_uring refused here, for an io_uring engine only; any other error
+/// fails the test).
 pub fn start_engine(cfg: opipe::engine::EngineConfig) -> Option<opipe::engine::Engine> {
+    maybe_refuse_io_uring();
+    let backend = cfg.backend;
     match opipe::engine::Engine::new(cfg) {
         Ok(e) => Some(e),
-        Err(opipe::engine::EngineError::Ring(e)) => {
-            eprintln!("SKIPPED: {e}");
+        Err(e) if io_uring_refused(backend, &e) => {
+            eprintln!("SKIPPED (the {backend:?} half only): {e}");
             None
         }
-        Err(e) => panic!("engine: {e}"),
+        Err(e) => panic!("engine on {backend:?}: {e}"),
     }
 }
 
@@ -410,4 +443,23 @@ pub fn full_backlog(path: &Path) -> FullBacklog {
         fillers.push(fd);
     }
     panic!("the backlog never filled");
+}
+
+/// One poll of a request with a waker that does nothing: its result if it
+/// has finished (handed over: do not wait for it afterwards), else `None`.
+pub fn poll_once<T>(
+    r: &mut opipe::engine::Request<T>,
+) -> Option<Result<T, opipe::protocol::NtStatus>> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Nothing;
+    impl Wake for Nothing {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Nothing));
+    let mut cx = Context::from_waker(&waker);
+    match std::pin::Pin::new(r).poll(&mut cx) {
+        Poll::Ready(res) => Some(res),
+        Poll::Pending => None,
+    }
 }

@@ -40,9 +40,14 @@ impl<D: OpDriver> Core<D> {
             | PipeIo::Peek { max_out } => *max_out,
             PipeIo::Write { .. } => 0,
         };
-        if max_out > MAX_IO_BYTES {
-            // Larger than any SMB2 read or IOCTL response: refuse rather
-            // than allocate it.
+        let input_len = match &io {
+            PipeIo::Transceive { input, .. } => input.len(),
+            PipeIo::Write { data } => data.len(),
+            PipeIo::Read { .. } | PipeIo::Peek { .. } => 0,
+        };
+        if max_out > MAX_IO_BYTES || input_len > MAX_IO_BYTES {
+            // Larger than any SMB2 read, write or IOCTL: refuse rather than
+            // allocate it (and no SQE length is ever truncated to 32 bits).
             return self.reject(notify, NtStatus::INVALID_PARAMETER);
         }
         let from = match self.reply_from(pipe, &io, max_out) {
@@ -355,6 +360,9 @@ impl<D: OpDriver> Core<D> {
         }
         // After an empty pool, the retry brings its own buffer.
         let pooled = !matches!(reply, Reply::Retry);
+        if !pooled {
+            self.pool_fallbacks += 1;
+        }
         *reply = Reply::Awaited;
         chain.push((recv_op(&self.drv, fd.clone(), *max_out, pooled), ST_RECV));
         if overflow::may_overflow(*max_out) && !nonempty_flag {
@@ -423,6 +431,7 @@ impl<D: OpDriver> Core<D> {
             }
             Kind::Read { max_out, reply, .. } => {
                 debug_assert!(matches!(reply, Reply::Retry));
+                self.pool_fallbacks += 1;
                 *reply = Reply::Awaited;
                 let op = recv_op(&self.drv, fd, *max_out, false);
                 self.push_chain(key, [(op, ST_RECV)]);

@@ -73,8 +73,9 @@ const ST_WAIT_DEADLINE: u8 = 12;
 /// receive is re-armed once a request needs data and the pushback is empty.
 const MULTISHOT_PUSHBACK_CAP: usize = 64 * 1024;
 
-/// Largest `max_out` a request may ask for (16 MiB, above SMB2's 8 MiB
-/// maximum read and transact sizes); more is `STATUS_INVALID_PARAMETER`.
+/// Largest `max_out` a request may ask for, and largest input of a
+/// transceive or write (16 MiB, above SMB2's 8 MiB maximum read, write and
+/// transact sizes); more is `STATUS_INVALID_PARAMETER`.
 pub(crate) const MAX_IO_BYTES: usize = 16 << 20;
 
 /// Timers longer than this (`Duration::MAX`: "no deadline") are armed for
@@ -352,6 +353,10 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// Callbacks that would have nested deeper than
     /// [`MAX_CALLBACK_DEPTH`]: they run when the current event is done.
     later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
+    /// Receives that found the pool empty (-ENOBUFS) and ran again: with a
+    /// buffer of their own, or (a multishot receive) re-armed for the
+    /// requests waiting (published through the command queue).
+    pool_fallbacks: u64,
 }
 
 /// Requests one pipe holds back (behind a cancelled request's SQEs, or a
@@ -419,6 +424,7 @@ impl<D: OpDriver> Core<D> {
             multishot_disabled: false,
             callback_depth: 0,
             later: VecDeque::new(),
+            pool_fallbacks: 0,
         }
     }
 
@@ -495,6 +501,7 @@ impl<D: OpDriver> Core<D> {
                 timeout,
                 notify,
             } => self.start_wait(name, timeout, notify),
+            Command::Refused { notify } => self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES),
             Command::Shutdown => {
                 self.stopping = true;
                 for q in std::mem::take(&mut self.queued_opens) {

@@ -146,6 +146,9 @@ impl<D: OpDriver> Core<D> {
             r => Some(socket_status(-r)),
         };
         if fail.is_none() && !self.multishot_disabled {
+            if r == -libc::ENOBUFS {
+                self.pool_fallbacks += 1;
+            }
             return self.arm_multishot(p, fd, session);
         }
         let waiters = std::mem::take(&mut pe.waiters);

@@ -71,6 +71,7 @@ pub(crate) fn run<D: OpDriver>(core: &mut Core<D>, queue: &CommandQueue) {
         for c in done.drain(..) {
             core.on_completion(c, now);
         }
+        queue.publish_pool_fallbacks(core.pool_fallbacks);
     }
 }
 
