@@ -164,7 +164,7 @@ pub fn io_uring_refused(
     backend: opipe::engine::BackendChoice,
     e: &opipe::engine::EngineError,
 ) -> bool {
-    use opipe::ring::setup::RingError;
+    use opipe::ring::RingError;
     backend != opipe::engine::BackendChoice::Epoll
         && matches!(
             e,
