@@ -57,21 +57,7 @@ fn assert_fds_back_to(base: usize) {
     assert_eq!(fd_count(), base, "descriptors leaked");
 }
 
-/// A deterministic pseudo-random sequence (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use opipe::rng::SplitMix64 as Rng;
 
 /// Whether a request has finished, without consuming it: one poll with a
 /// waker that does nothing.
@@ -389,9 +375,9 @@ fn record(magic: &[u8; 4], pipe: u32, seq: u32, len: usize) -> Vec<u8> {
     v.extend_from_slice(&pipe.to_le_bytes());
     v.extend_from_slice(&seq.to_le_bytes());
     v.extend_from_slice(&(len as u32).to_le_bytes());
-    let mut rng = Rng(u64::from(pipe) << 32 | u64::from(seq) | u64::from(magic[0]) << 56);
+    let mut rng = Rng::new(u64::from(pipe) << 32 | u64::from(seq) | u64::from(magic[0]) << 56);
     while v.len() < len {
-        v.push(rng.next() as u8);
+        v.push(rng.next_u64() as u8);
     }
     v
 }
@@ -447,7 +433,7 @@ fn read_until_suffix(p: &Pipe, got: &mut Vec<u8>, want: &[u8]) {
 fn jittery_echo() -> ConnFn {
     let seeds = Arc::new(AtomicU64::new(7));
     Arc::new(move |mut s: UnixStream| {
-        let mut rng = Rng(seeds.fetch_add(1, Ordering::Relaxed));
+        let mut rng = Rng::new(seeds.fetch_add(1, Ordering::Relaxed));
         let mut buf = vec![0u8; 65536];
         loop {
             match s.read(&mut buf) {
@@ -545,7 +531,7 @@ fn cancel_race(after: AfterCancel) {
                     let ctx = ctx.clone();
                     let (ok, cancelled, late, eng) = (&ok, &cancelled, &late, &eng);
                     s.spawn(move || {
-                        let mut rng = Rng(w as u64 + 1);
+                        let mut rng = Rng::new(w as u64 + 1);
                         for seq in 0..rounds as u32 {
                             let reqs: Vec<(Vec<u8>, Request<Transfer>)> = mine
                                 .iter()
