@@ -108,6 +108,7 @@ impl H {
         self.cmd(Command::Open {
             path: path.into(),
             user: user(session),
+            identity: None,
             tree,
             notify: Notify::Shared(s.clone()),
         });
@@ -1818,5 +1819,154 @@ fn random_concurrent_schedules_give_each_request_its_part_of_the_stream_in_order
     // send), as with any two transceives racing on one stream.
     for seed in 1..=300 {
         random_concurrent_schedule(seed, true);
+    }
+}
+
+// ---- Samba dialect: the NPA open --------------------------------------------
+
+mod samba_open {
+    use super::*;
+    use crate::engine::{Dialect, FileType};
+    use crate::protocol::npa::{NpaLevel, NpaReply, NpaRequest, STATUS_INVALID_LEVEL};
+
+    fn samba() -> H {
+        harness_with(|c| c.dialect = Dialect::Samba)
+    }
+
+    /// Connects and completes the send of the open in flight; returns the
+    /// level of the NPA request it sent and the reply's receive.
+    fn sent_request(h: &mut H) -> (NpaLevel, SqeId) {
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        let req = match h.d().op(send) {
+            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
+            _ => panic!("not a send"),
+        };
+        h.send_all();
+        let r = h.d().one(K::Recv);
+        match h.d().op(r) {
+            Op::Recv { len, flags, .. } => {
+                assert_eq!(*len, 36, "the whole reply, bounded");
+                assert_ne!(flags & libc::MSG_WAITALL, 0);
+            }
+            _ => panic!("not a receive"),
+        }
+        (req.level, r)
+    }
+
+    fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
+        match done(s) {
+            Ok(Outcome::Opened { info, .. }) => info,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_sends_level_7_and_keeps_the_replys_fields() {
+        let mut h = samba();
+        let s = h.open(7);
+        assert_eq!(h.d().kinds(), vec![K::Connect, K::Send, K::Recv, K::Timer]);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V7);
+        let reply = NpaReply {
+            file_type: 1,
+            device_state: 0x0123,
+            allocation_size: 777,
+            ..NpaReply::success(NpaLevel::V7)
+        };
+        h.recv(r, &reply.encode());
+        h.honour();
+        let info = opened(&s);
+        assert_eq!(info.session_id, 7);
+        assert_eq!(info.file_type, FileType::BytePipe);
+        assert_eq!(info.device_state, 0x0123);
+        assert_eq!(info.allocation_size, 777);
+        assert_eq!(h.d().in_flight(), 0);
+    }
+
+    #[test]
+    fn refusal_status_is_returned_as_is_without_a_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        let reply = NpaReply::error(NpaLevel::V7, NtStatus::ACCESS_DENIED);
+        h.recv(r, &reply.encode());
+        h.honour();
+        assert_eq!(status(&s), NtStatus::ACCESS_DENIED);
+        assert_eq!(h.d().in_flight(), 0, "no second attempt");
+    }
+
+    #[test]
+    fn close_before_any_reply_byte_retries_once_at_level_8_and_remembers_it() {
+        let mut h = samba();
+        let s = h.open(1);
+        let fd = h.fd_of(K::Recv);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V7);
+        // Samba 4.17 closes the socket on a level it does not know.
+        h.recv(r, &[]);
+        h.honour();
+        assert!(pending(&s), "the open goes on at the other level");
+        assert!(fd.upgrade().is_none(), "the first socket is closed");
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(r, &NpaReply::success(NpaLevel::V8).encode());
+        h.honour();
+        opened(&s);
+        // The next open tries level 8 first.
+        let s2 = h.open(2);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(r, &NpaReply::success(NpaLevel::V8).encode());
+        h.honour();
+        opened(&s2);
+    }
+
+    #[test]
+    fn invalid_level_twice_is_returned_after_one_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        h.recv(
+            r,
+            &NpaReply::error(NpaLevel::V7, STATUS_INVALID_LEVEL).encode(),
+        );
+        h.honour();
+        assert!(pending(&s));
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(
+            r,
+            &NpaReply::error(NpaLevel::V8, STATUS_INVALID_LEVEL).encode(),
+        );
+        h.honour();
+        assert_eq!(status(&s), STATUS_INVALID_LEVEL);
+        assert_eq!(h.d().in_flight(), 0, "no third attempt");
+    }
+
+    #[test]
+    fn short_or_garbled_reply_is_pipe_not_available() {
+        for bad in [&b"NPAM"[..], &[0xffu8; 36][..]] {
+            let mut h = samba();
+            let s = h.open(1);
+            let (_, r) = sent_request(&mut h);
+            h.recv(r, bad);
+            h.honour();
+            assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE, "{bad:?}");
+            assert_eq!(h.d().in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn deadline_during_the_reply_is_pipe_not_available_without_a_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        h.advance(Duration::from_secs(5));
+        assert!(h.d().cancel_asked(r));
+        h.honour();
+        assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+        assert_eq!(h.d().in_flight(), 0);
     }
 }
