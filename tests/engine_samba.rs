@@ -61,3 +61,208 @@ fn opens_srvsvc_on_both_backends_and_a_missing_pipe_is_not_found() {
         }
     });
 }
+
+// ---- DCE/RPC through the engine -----------------------------------------------
+
+use opipe::engine::Pipe;
+use opipe::protocol::dcerpc::{
+    decode_bind_ack, decode_fault, decode_response, encode_bind, encode_request, CommonHeader,
+    DEFAULT_MAX_FRAG, NDR_SYNTAX, PFC_LAST_FRAG, PTYPE_FAULT, PTYPE_RESPONSE, RESULT_ACCEPTANCE,
+    SRVSVC_SYNTAX,
+};
+use opipe::protocol::srvsvc::{
+    decode_netr_server_get_info_101, decode_netr_share_enum_all_1, encode_netr_server_get_info,
+    encode_netr_share_enum_all_1, OPNUM_NETR_SERVER_GET_INFO, OPNUM_NETR_SHARE_ENUM_ALL,
+};
+
+const MAX_OUT: usize = 4280;
+
+fn bind(pipe: &Pipe) {
+    let t = pipe
+        .transceive(
+            encode_bind(1, SRVSVC_SYNTAX.into(), NDR_SYNTAX.into()),
+            MAX_OUT,
+        )
+        .wait()
+        .expect("bind transceive");
+    assert_eq!(t.status, NtStatus::SUCCESS);
+    let ack = decode_bind_ack(&t.data).unwrap_or_else(|e| panic!("bind_ack {:02x?}: {e}", t.data));
+    assert_eq!(ack.results[0].result, RESULT_ACCEPTANCE, "{ack:?}");
+}
+
+/// One call: its request in one transceive (one fragment), the response's
+/// fragments one message each (later ones by reads), stubs joined.
+fn call(pipe: &Pipe, call_id: u32, opnum: u16, stub: &[u8]) -> Vec<u8> {
+    let pdus = encode_request(call_id, 0, opnum, stub, DEFAULT_MAX_FRAG);
+    let h = CommonHeader::decode(&pdus).expect("request header");
+    assert_eq!(usize::from(h.frag_length), pdus.len(), "one fragment");
+    let mut msg = pipe.transceive(pdus, MAX_OUT).wait().expect("call").data;
+    let mut out = Vec::new();
+    loop {
+        let h = CommonHeader::decode(&msg).expect("response header");
+        assert_eq!(
+            usize::from(h.frag_length),
+            msg.len(),
+            "one message is one PDU"
+        );
+        assert_eq!(h.call_id, call_id);
+        match h.ptype {
+            PTYPE_RESPONSE => {
+                out.extend_from_slice(decode_response(&msg).expect("response").stub);
+                if h.pfc_flags & PFC_LAST_FRAG != 0 {
+                    return out;
+                }
+            }
+            PTYPE_FAULT => panic!("fault {:?}", decode_fault(&msg)),
+            other => panic!("PDU type {other}"),
+        }
+        msg = pipe.read(MAX_OUT).wait().expect("next fragment");
+    }
+}
+
+fn server_name(pipe: &Pipe, call_id: u32) -> String {
+    let unc = format!("\\\\{NETBIOS_NAME}");
+    let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
+    let answer = call(pipe, call_id, OPNUM_NETR_SERVER_GET_INFO, &stub);
+    let (info, werror) = decode_netr_server_get_info_101(&answer).expect("info101");
+    assert_eq!(werror, 0);
+    info.and_then(|i| i.server_name).unwrap_or_default()
+}
+
+#[test]
+fn server_get_info_and_share_enum_on_both_backends() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    common::bounded(Duration::from_secs(60), move || {
+        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+            let Some(e) = engine(&rpcd, backend) else {
+                continue;
+            };
+            let pipe = e
+                .open("\\PIPE\\srvsvc", common::user(1), None)
+                .wait()
+                .expect("open");
+            bind(&pipe);
+            assert_eq!(server_name(&pipe, 2), NETBIOS_NAME, "{backend:?}");
+            let unc = format!("\\\\{NETBIOS_NAME}");
+            let stub = encode_netr_share_enum_all_1(Some(&unc)).expect("stub");
+            let answer = call(&pipe, 3, OPNUM_NETR_SHARE_ENUM_ALL, &stub);
+            let shares = decode_netr_share_enum_all_1(&answer).expect("shares");
+            assert_eq!(shares.werror, 0);
+            let names: Vec<_> = shares
+                .shares
+                .iter()
+                .filter_map(|s| s.name.as_deref())
+                .collect();
+            assert!(
+                names.contains(&"tmp") && names.contains(&"IPC$"),
+                "{names:?}"
+            );
+            pipe.close().wait().expect("close");
+        }
+    });
+}
+
+#[test]
+fn a_bind_ack_read_in_small_pieces_overflows_then_completes() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    common::bounded(Duration::from_secs(60), move || {
+        let Some(e) = engine(&rpcd, BackendChoice::Auto) else {
+            return;
+        };
+        let pipe = e
+            .open("srvsvc", common::user(1), None)
+            .wait()
+            .expect("open");
+        let first = pipe
+            .transceive(encode_bind(1, SRVSVC_SYNTAX.into(), NDR_SYNTAX.into()), 16)
+            .wait()
+            .expect("bind");
+        assert_eq!(first.status, NtStatus::BUFFER_OVERFLOW);
+        let mut whole = first.data;
+        let h = CommonHeader::decode(&whole).expect("header in the first 16 bytes");
+        while whole.len() < usize::from(h.frag_length) {
+            whole.extend(pipe.read(16).wait().expect("rest"));
+        }
+        assert_eq!(whole.len(), usize::from(h.frag_length));
+        decode_bind_ack(&whole).expect("bind_ack put back together");
+        // The pipe is on a message boundary again.
+        assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
+    });
+}
+
+#[test]
+fn sixty_four_pipes_at_once() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    common::bounded(Duration::from_secs(60), move || {
+        let Some(e) = engine(&rpcd, BackendChoice::Auto) else {
+            return;
+        };
+        let opens: Vec<_> = (0..64)
+            .map(|i| e.open("srvsvc", common::user(i), None))
+            .collect();
+        let pipes: Vec<Pipe> = opens.into_iter().map(|o| o.wait().expect("open")).collect();
+        // Binds one pipe at a time: samba-dcerpcd 4.17.12 standalone left
+        // some of 8 concurrent binds unanswered for over 5 s, a blocking
+        // std client as well as the engine (measured; see DESIGN.md).
+        for p in &pipes {
+            bind(p);
+        }
+        let unc = format!("\\\\{NETBIOS_NAME}");
+        let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
+        let calls: Vec<_> = pipes
+            .iter()
+            .map(|p| {
+                let pdu = encode_request(2, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
+                p.transceive(pdu, MAX_OUT)
+            })
+            .collect();
+        for c in calls {
+            let t = c.wait().expect("call");
+            let r = decode_response(&t.data).expect("response");
+            let (info, _) = decode_netr_server_get_info_101(r.stub).expect("info101");
+            assert_eq!(
+                info.and_then(|i| i.server_name).as_deref(),
+                Some(NETBIOS_NAME)
+            );
+        }
+    });
+}
+
+#[test]
+fn cancel_and_close_mid_call_then_the_engine_goes_on() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    common::bounded(Duration::from_secs(60), move || {
+        let Some(e) = engine(&rpcd, BackendChoice::Auto) else {
+            return;
+        };
+        let pipe = e
+            .open("srvsvc", common::user(1), None)
+            .wait()
+            .expect("open");
+        bind(&pipe);
+        // A read with nothing coming: cancelled.
+        let r = pipe.read(MAX_OUT);
+        r.cancel_handle().cancel();
+        assert_eq!(r.wait().err(), Some(NtStatus::CANCELLED));
+        // The pipe still works, on a message boundary.
+        assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
+        // A read pending when the pipe is closed ends.
+        let r = pipe.read(MAX_OUT);
+        pipe.close().wait().expect("close");
+        assert!(r.wait().is_err());
+        let pipe = e
+            .open("srvsvc", common::user(2), None)
+            .wait()
+            .expect("reopen");
+        bind(&pipe);
+        assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
+    });
+}

@@ -141,6 +141,9 @@ struct PipeEntry {
     /// With a multishot receive armed, every chunk that arrives while no
     /// request waits for data lands here too.
     pushback: Vec<u8>,
+    /// Message mode (Samba dialect): bytes of the message being delivered
+    /// still at the pushback's front (see overflow.rs); 0 otherwise.
+    msg_left: usize,
     /// The pipe's multishot receive.
     multishot: Multishot,
     /// The multishot receive saw the end of the stream.
@@ -201,6 +204,8 @@ enum Kind {
     Write {
         data: Vec<u8>,
         sent: usize,
+        /// The caller's byte count (message mode: `data` is framed).
+        payload: usize,
         status: Option<NtStatus>,
     },
     Peek {
@@ -395,6 +400,13 @@ struct QueuedOpen {
     identity: Option<Box<NpaIdentity>>,
     tree: Option<Tree>,
     notify: Notify,
+}
+
+impl<D: OpDriver> Core<D> {
+    /// Whether this engine's pipes carry messages (the Samba dialect).
+    fn message_mode(&self) -> bool {
+        self.cfg.dialect.is_message_mode()
+    }
 }
 
 impl<D: OpDriver> RingCore for Core<D> {
@@ -746,6 +758,7 @@ fn next_step(kind: &Kind) -> Next {
             status: None,
             data,
             sent,
+            ..
         } if *sent < data.len() => Next::Resume,
         Kind::WaitPipe { status: None, .. } => {
             debug_assert!(false, "a WAIT undecided with nothing in flight");

@@ -297,6 +297,7 @@ impl<D: OpDriver> Core<D> {
             draining: 0,
             deferred: VecDeque::new(),
             pushback: Vec::new(),
+            msg_left: 0,
             multishot: Multishot::Off,
             eof: false,
             waiters: VecDeque::new(),

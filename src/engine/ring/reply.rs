@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::overflow::transceive_result;
+use super::overflow::{self, message_result, transceive_result};
 use super::*;
 use crate::engine::command::Outcome;
 use crate::engine::{PipeId, Transfer};
@@ -78,8 +78,12 @@ impl<D: OpDriver> Core<D> {
                 ..
             } = &mut e.kind
             {
-                d.append(&mut pe.pushback);
-                pe.pushback = std::mem::take(d);
+                if self.cfg.dialect.is_message_mode() {
+                    overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);
+                } else {
+                    d.append(&mut pe.pushback);
+                    pe.pushback = std::mem::take(d);
+                }
             }
             pe.draining = pe.draining.saturating_sub(1);
         }
@@ -88,6 +92,7 @@ impl<D: OpDriver> Core<D> {
 
     /// The caller's result of a finished request (not an open).
     fn result_of(&mut self, pipe: Option<PipeId>, kind: Kind) -> Result<Outcome, NtStatus> {
+        let msg_mode = self.message_mode();
         match kind {
             Kind::Transceive {
                 status: Some(s), ..
@@ -101,6 +106,18 @@ impl<D: OpDriver> Core<D> {
             | Kind::Peek {
                 status: Some(s), ..
             } => Err(s),
+            // Message mode: the framing decided whether more of the
+            // message is left (overflow.rs).
+            Kind::Transceive {
+                from: ReplyFrom::Chain | ReplyFrom::Pushback,
+                reply: Reply::Got { data, more },
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Got { data, more },
+                ..
+            } if msg_mode => Ok(Outcome::Transfer(message_result(data, more == More::Yes))),
+            Kind::Write { payload, .. } if msg_mode => Ok(Outcome::Written(payload)),
             Kind::Transceive {
                 max_out,
                 from: ReplyFrom::Pushback,

@@ -1970,3 +1970,172 @@ mod samba_open {
         assert_eq!(h.d().in_flight(), 0);
     }
 }
+
+// ---- Samba dialect: message mode -------------------------------------------
+
+mod samba_messages {
+    use super::*;
+    use crate::engine::Dialect;
+    use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
+
+    fn samba() -> H {
+        harness_with(|c| c.dialect = Dialect::Samba)
+    }
+
+    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+        msgs.iter()
+            .flat_map(|m| frame_message(m).expect("short message"))
+            .collect()
+    }
+
+    fn open_ok(h: &mut H) -> PipeId {
+        let s = h.open(1);
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        h.send_all();
+        let r = h.d().one(K::Recv);
+        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
+        h.honour();
+        match done(&s) {
+            Ok(Outcome::Opened { pipe, .. }) => pipe,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    /// The bytes of the one send in flight, completed in full.
+    fn sent(h: &mut H) -> Vec<u8> {
+        let id = h.d().one(K::Send);
+        let buf = match h.d().op(id) {
+            Op::Send { buf, .. } => buf.clone(),
+            _ => panic!("not a send"),
+        };
+        h.complete(id, buf.len() as i32);
+        buf
+    }
+
+    #[test]
+    fn transceive_frames_its_input_and_waits_for_the_whole_reply_message() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"bind", 4280);
+        assert_eq!(
+            h.d().kinds(),
+            vec![K::Send, K::RecvPooled],
+            "linked, no multishot and no probe in message mode"
+        );
+        assert_eq!(sent(&mut h), framed(&[b"bind"]));
+        let raw = framed(&[b"bind_ack!"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..1]);
+        assert!(pending(&s), "half a header is no reply");
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[1..5]);
+        assert!(pending(&s), "part of a message is no reply");
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[5..]);
+        assert_eq!(transfer(&s), ok(b"bind_ack!"));
+    }
+
+    #[test]
+    fn several_messages_in_one_chunk_are_one_reply_each_without_more_sqes() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &framed(&[b"first", b"second", b"third"]));
+        assert_eq!(transfer(&s), ok(b"first"));
+        let r = h.read(p, 4280);
+        assert_eq!(transfer(&r), ok(b"second"));
+        // A transceive whose reply is already here only sends.
+        let s = h.transceive(p, b"q2", 4280);
+        assert_eq!(h.d().kinds(), vec![K::Send]);
+        sent(&mut h);
+        assert_eq!(transfer(&s), ok(b"third"));
+        assert_eq!(h.d().in_flight(), 0);
+    }
+
+    #[test]
+    fn message_longer_than_max_out_overflows_and_the_rest_comes_by_reads() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        // Above 4280 too: message mode overflows whatever max_out.
+        let long = bytes(5000);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let raw = framed(&[&long, b"next"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..4280]);
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[4280..]);
+        let t = transfer(&s);
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+        assert_eq!(t.data, long[..4280]);
+        let r = h.read(p, 500);
+        let t = transfer(&r);
+        assert_eq!(
+            (t.status, &t.data[..]),
+            (NtStatus::BUFFER_OVERFLOW, &long[4280..4780])
+        );
+        let r = h.read(p, 500);
+        assert_eq!(transfer(&r), ok(&long[4780..]), "the end of the message");
+        let r = h.read(p, 500);
+        assert_eq!(transfer(&r), ok(b"next"), "the next message, not glued on");
+    }
+
+    #[test]
+    fn cancel_mid_message_keeps_the_message_for_the_next_read() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.read(p, 4280);
+        let raw = framed(&[b"whole message"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..6]);
+        assert!(pending(&s));
+        h.cancel(&s);
+        h.honour();
+        assert_eq!(status(&s), NtStatus::CANCELLED);
+        let s = h.read(p, 4280);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[6..]);
+        assert_eq!(transfer(&s), ok(b"whole message"));
+    }
+
+    #[test]
+    fn cancelled_reader_that_got_its_reply_gives_it_back() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.read(p, 4);
+        let r = h.d().one(K::RecvPooled);
+        h.cancel(&s);
+        // The receive wins the race with its cancel.
+        h.recv(r, &framed(&[b"abcdefgh"]));
+        h.honour();
+        assert_eq!(status(&s), NtStatus::CANCELLED);
+        let s = h.read(p, 100);
+        assert_eq!(
+            transfer(&s),
+            ok(b"abcdefgh"),
+            "nothing lost, nothing reordered"
+        );
+    }
+
+    #[test]
+    fn long_write_is_split_into_messages_and_counts_the_callers_bytes() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let data = bytes(70_000);
+        let s = h.io(p, PipeIo::Write { data: data.clone() });
+        let wire = sent(&mut h);
+        assert_eq!(wire.len(), 70_004);
+        assert_eq!(&wire[..2], &u16::MAX.to_le_bytes());
+        assert_eq!(
+            &wire[65_537..65_539],
+            &((70_000 - 65_535) as u16).to_le_bytes()
+        );
+        match done(&s) {
+            Ok(Outcome::Written(n)) => assert_eq!(n, 70_000),
+            other => panic!("{other:?}"),
+        }
+    }
+}
