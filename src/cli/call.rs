@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use opipe::engine::{BackendChoice, Engine, EngineConfig, Pipe, Transfer};
+use opipe::engine::{BackendChoice, Dialect, Engine, EngineConfig, Pipe, Transfer};
 use opipe::protocol::{
     ClientAddr, NetUserInfo, NtStatus, MAX_USERINFO_STRING_BYTES, USER_FLAG_ANONYMOUS,
+    USER_FLAG_GUEST,
 };
 
 /// Longest `--timeout-ms` accepted (one hour).
@@ -43,12 +44,34 @@ impl From<BackendArg> for BackendChoice {
     }
 }
 
+/// `--dialect` values (`opipe call`, `opipe wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DialectArg {
+    /// illumos smbd's handshake, byte stream, `<dir>/<name>`.
+    Illumos,
+    /// Samba's NPA handshake, u16-framed messages, `<dir>/np/<name>`.
+    Samba,
+}
+
+impl From<DialectArg> for Dialect {
+    fn from(d: DialectArg) -> Dialect {
+        match d {
+            DialectArg::Illumos => Dialect::Illumos,
+            DialectArg::Samba => Dialect::Samba,
+        }
+    }
+}
+
 /// Arguments of `opipe call`.
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Directory holding the pipe sockets.
+    /// Directory holding the pipe sockets (Samba dialect: the directory
+    /// that holds `np/`, e.g. samba-dcerpcd's `ncalrpc dir`).
     #[arg(long)]
     dir: PathBuf,
+    /// The pipe's dialect.
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
     /// SMB pipe path, e.g. '\PIPE\srvsvc' or 'srvsvc'.
     #[arg(long)]
     pipe: String,
@@ -58,9 +81,14 @@ pub struct CallArgs {
     /// User's account name (at most 1024 bytes, no NUL).
     #[arg(long, default_value = "opipe", value_parser = parse_user_string)]
     user: String,
-    /// Send the anonymous flag in the userinfo.
-    #[arg(long)]
+    /// Send the anonymous flag in the userinfo (Samba dialect: a null
+    /// session, S-1-5-7).
+    #[arg(long, conflicts_with = "guest")]
     anonymous: bool,
+    /// Send the guest flag in the userinfo (Samba dialect: the guest
+    /// account's token).
+    #[arg(long)]
+    guest: bool,
     /// Client workstation name (at most 1024 bytes, no NUL).
     #[arg(long, default_value = "OPIPE-CLI", value_parser = parse_user_string)]
     workstation: String,
@@ -169,6 +197,7 @@ fn step_json(op: &str, res: &Result<Transfer, NtStatus>) -> Value {
 /// deadline.
 fn start_engine(
     dir: PathBuf,
+    dialect: DialectArg,
     backend: BackendArg,
     open_timeout: Option<Duration>,
 ) -> Result<Engine, ExitCode> {
@@ -177,6 +206,7 @@ fn start_engine(
         return Err(ExitCode::from(2));
     }
     let mut cfg = EngineConfig::new(dir);
+    cfg.dialect = dialect.into();
     cfg.backend = backend.into();
     if let Some(t) = open_timeout {
         cfg.open_timeout = t;
@@ -194,7 +224,7 @@ pub fn run(a: CallArgs) -> ExitCode {
     // little longer than that: a service that never answers the handshake
     // always gives the deadline's STATUS_PIPE_NOT_AVAILABLE, never a race
     // between it and a cancel of our own (STATUS_CANCELLED).
-    let engine = match start_engine(a.dir.clone(), a.backend, Some(timeout)) {
+    let engine = match start_engine(a.dir.clone(), a.dialect, a.backend, Some(timeout)) {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -205,7 +235,13 @@ pub fn run(a: CallArgs) -> ExitCode {
         posix_uid: a.uid,
         workstation: a.workstation.clone(),
         client_addr: ClientAddr::V4(a.client_ip),
-        flags: if a.anonymous { USER_FLAG_ANONYMOUS } else { 0 },
+        flags: if a.anonymous {
+            USER_FLAG_ANONYMOUS
+        } else if a.guest {
+            USER_FLAG_GUEST
+        } else {
+            0
+        },
         ..Default::default()
     };
     let opened = engine
@@ -268,7 +304,7 @@ fn run_step(
                     .map(|_| ok(Vec::new())),
             )]
         }
-        Step::Read => vec![("read", pipe.read(max_out).wait_timeout(timeout).map(ok))],
+        Step::Read => vec![("read", pipe.read_message(max_out).wait_timeout(timeout))],
         Step::Peek => vec![("peek", pipe.peek(max_out).wait_timeout(timeout))],
         Step::ReadRest => {
             // Read while PEEK says bytes are waiting (bounded by a byte budget).
@@ -311,6 +347,10 @@ pub struct WaitArgs {
     /// Pipe name (with or without '\PIPE\').
     #[arg(long)]
     pipe: String,
+    /// The pipe's dialect (where its socket is: `<dir>/<name>` or
+    /// `<dir>/np/<name>`).
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
     /// How long to wait for a listener.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -321,7 +361,7 @@ pub struct WaitArgs {
 
 /// Runs `opipe wait` (FSCTL_PIPE_WAIT).
 pub fn run_wait(a: WaitArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone(), a.backend, None) {
+    let engine = match start_engine(a.dir.clone(), a.dialect, a.backend, None) {
         Ok(e) => e,
         Err(code) => return code,
     };

@@ -731,7 +731,17 @@ impl Pipe {
         self.io(PipeIo::Read { max_out }, conv_data)
     }
 
-    /// Sends all of `data`; the result is the byte count.
+    /// [`Pipe::read`] with its status: in the Samba dialect (message mode)
+    /// a message longer than `max_out` gives `STATUS_BUFFER_OVERFLOW` and
+    /// the rest by the next reads, as an SMB2 READ of a message pipe does;
+    /// in the illumos dialect (a byte stream) the status is always success.
+    pub fn read_message(&self, max_out: usize) -> Request<Transfer> {
+        self.io(PipeIo::Read { max_out }, conv_transfer)
+    }
+
+    /// Sends all of `data`; the result is the byte count. In the Samba
+    /// dialect `data` goes as one message (a longer one than 65535 bytes
+    /// as several; the count is still `data`'s).
     pub fn write(&self, data: Vec<u8>) -> Request<usize> {
         self.io(PipeIo::Write { data }, conv_written)
     }
