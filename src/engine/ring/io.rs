@@ -259,7 +259,12 @@ impl<D: OpDriver> Core<D> {
         let key = self.new_op(Some(at.pipe), at.session, notify, kind);
         // Ask for one byte more than fits, so a full buffer with more
         // behind it is told apart from an exact fit.
-        let want = room.saturating_add(1);
+        // Message mode: enough to see a whole message of the longest kind.
+        let want = if self.message_mode() {
+            crate::protocol::npa::FRAME_HEADER_LEN + crate::protocol::npa::MAX_FRAMED_MESSAGE
+        } else {
+            room.saturating_add(1)
+        };
         let op = Op::Recv {
             fd: at.fd,
             buf: Vec::with_capacity(want),

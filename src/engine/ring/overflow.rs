@@ -164,6 +164,27 @@ pub(super) fn give_back_message(pushback: &mut Vec<u8>, msg_left: &mut usize, da
     *pushback = std::mem::take(data);
 }
 
+/// PEEK of a message pipe over `buf` (the pushback, then what the socket
+/// showed): the current message's bytes (`None` while no message is
+/// whole) and how many whole messages `buf` holds.
+pub(super) fn peek_messages(buf: &[u8], msg_left: usize) -> (Option<&[u8]>, usize) {
+    let (first, mut rest) = if msg_left > 0 {
+        let cur = buf.get(..msg_left);
+        (cur, buf.get(msg_left..).unwrap_or_default())
+    } else {
+        match unframe_message(buf) {
+            Some((m, used)) => (Some(m), &buf[used..]),
+            None => (None, buf),
+        }
+    };
+    let mut count = usize::from(first.is_some());
+    while let Some((_, used)) = unframe_message(rest) {
+        count += 1;
+        rest = &rest[used..];
+    }
+    (first, count)
+}
+
 /// A message pipe's reply: `STATUS_BUFFER_OVERFLOW` when more of its
 /// message is left, whatever `max_out` (unlike the byte stream's seed rule).
 pub(super) fn message_result(data: Vec<u8>, more: bool) -> Transfer {

@@ -2121,6 +2121,43 @@ mod samba_messages {
     }
 
     #[test]
+    fn peek_reports_the_next_message_and_the_messages_in_view() {
+        use crate::protocol::PeekReply;
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let r = h.d().one(K::RecvPooled);
+        let raw = framed(&[b"first", b"second"]);
+        h.recv(r, &raw);
+        assert_eq!(transfer(&s), ok(b"first"));
+        // One more whole message and half of another on the socket.
+        let s = h.io(p, PipeIo::Peek { max_out: 16 + 4 });
+        let id = h.d().one(K::Peek);
+        let mut on_socket = framed(&[b"third"]);
+        on_socket.extend_from_slice(&framed(&[b"fourth"])[..3]);
+        h.d().complete_recv(id, &on_socket, 0);
+        h.turn();
+        let t = transfer(&s);
+        assert_eq!(
+            t.status,
+            NtStatus::BUFFER_OVERFLOW,
+            "the message is cut short"
+        );
+        let (hdr, data) = PeekReply::decode(&t.data).expect("peek reply");
+        assert_eq!(data, b"seco");
+        assert_eq!(hdr.read_data_available, 6);
+        assert_eq!(hdr.message_length, 6);
+        assert_eq!(
+            hdr.number_of_messages, 2,
+            "second and third; not the half one"
+        );
+        // PEEK took nothing: the read still gets the whole message.
+        let r = h.read(p, 100);
+        assert_eq!(transfer(&r), ok(b"second"));
+    }
+
+    #[test]
     fn long_write_is_split_into_messages_and_counts_the_callers_bytes() {
         let mut h = samba();
         let p = open_ok(&mut h);
