@@ -266,3 +266,77 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
         assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
     });
 }
+
+// ---- against opipe's own service in the Samba dialect -------------------------
+
+use opipe::service::{EchoFactory, Service};
+
+#[test]
+fn message_boundaries_against_opipe_serve_samba_on_both_backends() {
+    common::bounded(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let svc = Service::builder(dir.path())
+            .dialect(Dialect::Samba)
+            .pipe("srvsvc")
+            .handler(EchoFactory)
+            .start()
+            .expect("service");
+        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+            let mut cfg = EngineConfig::new(dir.path());
+            cfg.dialect = Dialect::Samba;
+            cfg.backend = backend;
+            let Some(e) = common::start_engine(cfg) else {
+                continue;
+            };
+            let pipe = e
+                .open("\\PIPE\\srvsvc", common::user(9), None)
+                .wait()
+                .expect("open");
+            // One message longer than max_out: overflow, then the rest.
+            let long = common::pattern(10_000);
+            let t = pipe
+                .transceive(long.clone(), 4280)
+                .wait()
+                .expect("transceive");
+            assert_eq!((t.status, t.data.len()), (NtStatus::BUFFER_OVERFLOW, 4280));
+            let mut got = t.data;
+            let t = pipe.read_message(4280).wait().expect("read");
+            assert_eq!((t.status, t.data.len()), (NtStatus::BUFFER_OVERFLOW, 4280));
+            got.extend(t.data);
+            let t = pipe.read_message(4280).wait().expect("read");
+            assert_eq!(t.status, NtStatus::SUCCESS, "the end of the message");
+            got.extend(t.data);
+            assert_eq!(got, long, "{backend:?}");
+            // Two writes, two echoes: read back as two messages, not glued.
+            assert_eq!(pipe.write(b"one".to_vec()).wait(), Ok(3));
+            assert_eq!(pipe.write(b"two!".to_vec()).wait(), Ok(4));
+            assert_eq!(pipe.read(4280).wait().expect("read"), b"one");
+            assert_eq!(pipe.read(4280).wait().expect("read"), b"two!");
+            // A write longer than a message goes as two; the echo comes
+            // back as two messages.
+            let big = common::pattern(70_000);
+            assert_eq!(pipe.write(big.clone()).wait(), Ok(70_000));
+            let first = pipe.read(65_535).wait().expect("read");
+            let second = pipe.read(65_535).wait().expect("read");
+            assert_eq!((first.len(), second.len()), (65_535, 4_465));
+            assert_eq!([first, second].concat(), big);
+            // PEEK sees the next message whole before it is read.
+            pipe.write(b"peeked".to_vec()).wait().expect("write");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let hdr = loop {
+                let t = pipe.peek(64).wait().expect("peek");
+                let (hdr, data) = opipe::protocol::PeekReply::decode(&t.data).expect("peek");
+                if hdr.number_of_messages > 0 {
+                    assert_eq!(data, b"peeked");
+                    break hdr;
+                }
+                assert!(std::time::Instant::now() < deadline, "the echo never came");
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            assert_eq!((hdr.message_length, hdr.read_data_available), (6, 6));
+            assert_eq!(pipe.read(64).wait().expect("read"), b"peeked");
+            pipe.close().wait().expect("close");
+        }
+        drop(svc);
+    });
+}
