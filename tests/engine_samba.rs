@@ -264,6 +264,36 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
             .expect("reopen");
         bind(&pipe);
         assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
+        // A call cancelled in flight: if its request went out, its whole
+        // response stays in the pipe, ahead of the next call's; either
+        // way every reply is one whole PDU.
+        let unc = format!("\\\\{NETBIOS_NAME}");
+        let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
+        let pdu = encode_request(3, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
+        let r = pipe.transceive(pdu, MAX_OUT);
+        r.cancel_handle().cancel();
+        let first = r.wait();
+        let pdu = encode_request(4, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
+        let mut msg = pipe.transceive(pdu, MAX_OUT).wait().expect("call 4").data;
+        let mut seen = Vec::new();
+        loop {
+            let h = CommonHeader::decode(&msg).expect("a whole PDU");
+            assert_eq!(usize::from(h.frag_length), msg.len());
+            seen.push(h.call_id);
+            if h.call_id == 4 {
+                break;
+            }
+            assert_eq!(
+                h.call_id, 3,
+                "only the cancelled call's response comes first"
+            );
+            msg = pipe.read_message(MAX_OUT).wait().expect("next").data;
+        }
+        assert!(seen.len() <= 2, "{seen:?}");
+        if first.is_ok() {
+            assert_eq!(seen, vec![4], "a call that completed left nothing behind");
+        }
+        pipe.close().wait().expect("close");
     });
 }
 
