@@ -1886,6 +1886,31 @@ mod samba_open {
     }
 
     #[test]
+    fn an_explicit_identity_is_sent_instead_of_the_mapped_one() {
+        use crate::protocol::NpaIdentity;
+        let mut h = samba();
+        let id = NpaIdentity::guest("DOM", &"S-1-5-21-1-2-3".parse().expect("sid"));
+        let s = Shared::new();
+        h.cmd(Command::Open {
+            path: "srvsvc".into(),
+            user: user(5),
+            identity: Some(Box::new(id.clone())),
+            tree: None,
+            notify: Notify::Shared(s.clone()),
+        });
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        let req = match h.d().op(send) {
+            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
+            _ => panic!("not a send"),
+        };
+        assert_eq!(req, id.to_request(NpaLevel::V7));
+        let mapped = NpaIdentity::from_net_user_info(&user(5));
+        assert_ne!(req, mapped.to_request(NpaLevel::V7));
+    }
+
+    #[test]
     fn refusal_status_is_returned_as_is_without_a_retry() {
         let mut h = samba();
         let s = h.open(1);
