@@ -299,6 +299,7 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
 
 // ---- against opipe's own service in the Samba dialect -------------------------
 
+use opipe::engine::BufferMode;
 use opipe::service::{EchoFactory, Service};
 
 #[test]
@@ -311,10 +312,16 @@ fn message_boundaries_against_opipe_serve_samba_on_both_backends() {
             .handler(EchoFactory)
             .start()
             .expect("service");
-        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+        let runs = [
+            (BackendChoice::IoUring, BufferMode::Plain),
+            (BackendChoice::IoUring, BufferMode::Registered),
+            (BackendChoice::Epoll, BufferMode::Plain),
+        ];
+        for (backend, buffers) in runs {
             let mut cfg = EngineConfig::new(dir.path());
             cfg.dialect = Dialect::Samba;
             cfg.backend = backend;
+            cfg.buffers = buffers;
             let Some(e) = common::start_engine(cfg) else {
                 continue;
             };
