@@ -125,5 +125,21 @@ fn wait_finds_samba_pipes_under_np() {
         let (code, j, stderr) = opipe(&a);
         assert_eq!(j["open_status_name"], "STATUS_SUCCESS", "{j} {stderr}");
         assert_eq!(code, 0, "{j}");
+        // And as a user given by SID.
+        let mut a = args(&["call", "--dialect", "samba", "--dir", &dir, "--pipe"]);
+        a.extend(args(&["srvsvc", "--user", "alice", "--uid", "1000"]));
+        a.extend(args(&[
+            "--sid",
+            "S-1-5-21-11-22-33-1000",
+            "--step",
+            "write:00",
+        ]));
+        let (code, j, stderr) = opipe(&a);
+        assert_eq!(j["open_status_name"], "STATUS_SUCCESS", "{j} {stderr}");
+        assert_eq!(code, 0, "{j}");
+        let mut a = args(&["call", "--dialect", "samba", "--dir", &dir, "--pipe"]);
+        a.extend(args(&["srvsvc", "--sid", "S-1-5-bad", "--step", "read"]));
+        let (code, _, stderr) = opipe(&a);
+        assert_eq!(code, 2, "a bad SID is a usage error: {stderr}");
     });
 }

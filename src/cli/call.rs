@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use opipe::engine::{BackendChoice, Dialect, Engine, EngineConfig, Pipe, Transfer};
+use opipe::engine::{BackendChoice, Dialect, Engine, EngineConfig, OpenOptions, Pipe, Transfer};
+use opipe::protocol::npa::{DomSid, NpaIdentity};
 use opipe::protocol::{
     ClientAddr, NetUserInfo, NtStatus, MAX_USERINFO_STRING_BYTES, USER_FLAG_ANONYMOUS,
     USER_FLAG_GUEST,
@@ -87,8 +88,12 @@ pub struct CallArgs {
     anonymous: bool,
     /// Send the guest flag in the userinfo (Samba dialect: the guest
     /// account's token).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sid")]
     guest: bool,
+    /// Samba dialect: open as the authenticated user with this SID
+    /// (`S-1-5-21-...`), account --user in --domain, uid and gid --uid.
+    #[arg(long, conflicts_with = "anonymous", value_parser = parse_sid)]
+    sid: Option<DomSid>,
     /// Client workstation name (at most 1024 bytes, no NUL).
     #[arg(long, default_value = "OPIPE-CLI", value_parser = parse_user_string)]
     workstation: String,
@@ -148,6 +153,10 @@ fn parse_user_string(s: &str) -> Result<String, String> {
         return Err("contains a NUL character".into());
     }
     Ok(s.to_owned())
+}
+
+fn parse_sid(s: &str) -> Result<DomSid, String> {
+    s.parse::<DomSid>().map_err(|e| e.to_string())
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
@@ -244,8 +253,20 @@ pub fn run(a: CallArgs) -> ExitCode {
         },
         ..Default::default()
     };
+    let options = OpenOptions {
+        identity: a.sid.clone().map(|sid| {
+            // The addresses and session GUID as the mapping makes them.
+            let mapped = NpaIdentity::from_net_user_info(&user);
+            NpaIdentity {
+                client_name: mapped.client_name,
+                client_addr: mapped.client_addr,
+                session_guid: mapped.session_guid,
+                ..NpaIdentity::user(&a.user, &a.domain, sid, &[], a.uid, a.uid, &[])
+            }
+        }),
+    };
     let opened = engine
-        .open(&a.pipe, user, None)
+        .open_with(&a.pipe, user, options, None)
         .wait_timeout(timeout + OPEN_BACKSTOP);
     let open_status = match &opened {
         Ok(_) => NtStatus::SUCCESS,
