@@ -9,9 +9,11 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use opipe::engine::{BackendChoice, Engine, EngineConfig, Pipe, Transfer};
+use opipe::engine::{BackendChoice, Dialect, Engine, EngineConfig, OpenOptions, Pipe, Transfer};
+use opipe::protocol::npa::{DomSid, NpaIdentity};
 use opipe::protocol::{
     ClientAddr, NetUserInfo, NtStatus, MAX_USERINFO_STRING_BYTES, USER_FLAG_ANONYMOUS,
+    USER_FLAG_GUEST,
 };
 
 /// Longest `--timeout-ms` accepted (one hour).
@@ -43,12 +45,34 @@ impl From<BackendArg> for BackendChoice {
     }
 }
 
+/// `--dialect` values (`opipe call`, `opipe wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DialectArg {
+    /// illumos smbd's handshake, byte stream, `<dir>/<name>`.
+    Illumos,
+    /// Samba's NPA handshake, u16-framed messages, `<dir>/np/<name>`.
+    Samba,
+}
+
+impl From<DialectArg> for Dialect {
+    fn from(d: DialectArg) -> Dialect {
+        match d {
+            DialectArg::Illumos => Dialect::Illumos,
+            DialectArg::Samba => Dialect::Samba,
+        }
+    }
+}
+
 /// Arguments of `opipe call`.
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Directory holding the pipe sockets.
+    /// Directory holding the pipe sockets (Samba dialect: the directory
+    /// that holds `np/`, e.g. samba-dcerpcd's `ncalrpc dir`).
     #[arg(long)]
     dir: PathBuf,
+    /// The pipe's dialect.
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
     /// SMB pipe path, e.g. '\PIPE\srvsvc' or 'srvsvc'.
     #[arg(long)]
     pipe: String,
@@ -58,9 +82,18 @@ pub struct CallArgs {
     /// User's account name (at most 1024 bytes, no NUL).
     #[arg(long, default_value = "opipe", value_parser = parse_user_string)]
     user: String,
-    /// Send the anonymous flag in the userinfo.
-    #[arg(long)]
+    /// Send the anonymous flag in the userinfo (Samba dialect: a null
+    /// session, S-1-5-7).
+    #[arg(long, conflicts_with = "guest")]
     anonymous: bool,
+    /// Send the guest flag in the userinfo (Samba dialect: the guest
+    /// account's token).
+    #[arg(long, conflicts_with = "sid")]
+    guest: bool,
+    /// Samba dialect: open as the authenticated user with this SID
+    /// (`S-1-5-21-...`), account --user in --domain, uid and gid --uid.
+    #[arg(long, conflicts_with = "anonymous", value_parser = parse_sid)]
+    sid: Option<DomSid>,
     /// Client workstation name (at most 1024 bytes, no NUL).
     #[arg(long, default_value = "OPIPE-CLI", value_parser = parse_user_string)]
     workstation: String,
@@ -122,6 +155,10 @@ fn parse_user_string(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+fn parse_sid(s: &str) -> Result<DomSid, String> {
+    s.parse::<DomSid>().map_err(|e| e.to_string())
+}
+
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err(format!("odd number of hex digits in {s:?}"));
@@ -169,6 +206,7 @@ fn step_json(op: &str, res: &Result<Transfer, NtStatus>) -> Value {
 /// deadline.
 fn start_engine(
     dir: PathBuf,
+    dialect: DialectArg,
     backend: BackendArg,
     open_timeout: Option<Duration>,
 ) -> Result<Engine, ExitCode> {
@@ -177,6 +215,7 @@ fn start_engine(
         return Err(ExitCode::from(2));
     }
     let mut cfg = EngineConfig::new(dir);
+    cfg.dialect = dialect.into();
     cfg.backend = backend.into();
     if let Some(t) = open_timeout {
         cfg.open_timeout = t;
@@ -194,7 +233,7 @@ pub fn run(a: CallArgs) -> ExitCode {
     // little longer than that: a service that never answers the handshake
     // always gives the deadline's STATUS_PIPE_NOT_AVAILABLE, never a race
     // between it and a cancel of our own (STATUS_CANCELLED).
-    let engine = match start_engine(a.dir.clone(), a.backend, Some(timeout)) {
+    let engine = match start_engine(a.dir.clone(), a.dialect, a.backend, Some(timeout)) {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -205,11 +244,29 @@ pub fn run(a: CallArgs) -> ExitCode {
         posix_uid: a.uid,
         workstation: a.workstation.clone(),
         client_addr: ClientAddr::V4(a.client_ip),
-        flags: if a.anonymous { USER_FLAG_ANONYMOUS } else { 0 },
+        flags: if a.anonymous {
+            USER_FLAG_ANONYMOUS
+        } else if a.guest {
+            USER_FLAG_GUEST
+        } else {
+            0
+        },
         ..Default::default()
     };
+    let options = OpenOptions {
+        identity: a.sid.clone().map(|sid| {
+            // The addresses and session GUID as the mapping makes them.
+            let mapped = NpaIdentity::from_net_user_info(&user);
+            NpaIdentity {
+                client_name: mapped.client_name,
+                client_addr: mapped.client_addr,
+                session_guid: mapped.session_guid,
+                ..NpaIdentity::user(&a.user, &a.domain, sid, &[], a.uid, a.uid, &[])
+            }
+        }),
+    };
     let opened = engine
-        .open(&a.pipe, user, None)
+        .open_with(&a.pipe, user, options, None)
         .wait_timeout(timeout + OPEN_BACKSTOP);
     let open_status = match &opened {
         Ok(_) => NtStatus::SUCCESS,
@@ -268,7 +325,7 @@ fn run_step(
                     .map(|_| ok(Vec::new())),
             )]
         }
-        Step::Read => vec![("read", pipe.read(max_out).wait_timeout(timeout).map(ok))],
+        Step::Read => vec![("read", pipe.read_message(max_out).wait_timeout(timeout))],
         Step::Peek => vec![("peek", pipe.peek(max_out).wait_timeout(timeout))],
         Step::ReadRest => {
             // Read while PEEK says bytes are waiting (bounded by a byte budget).
@@ -311,6 +368,10 @@ pub struct WaitArgs {
     /// Pipe name (with or without '\PIPE\').
     #[arg(long)]
     pipe: String,
+    /// The pipe's dialect (where its socket is: `<dir>/<name>` or
+    /// `<dir>/np/<name>`).
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
     /// How long to wait for a listener.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -321,7 +382,7 @@ pub struct WaitArgs {
 
 /// Runs `opipe wait` (FSCTL_PIPE_WAIT).
 pub fn run_wait(a: WaitArgs) -> ExitCode {
-    let engine = match start_engine(a.dir.clone(), a.backend, None) {
+    let engine = match start_engine(a.dir.clone(), a.dialect, a.backend, None) {
         Ok(e) => e,
         Err(code) => return code,
     };

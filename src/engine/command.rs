@@ -9,7 +9,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 use super::{OpenInfo, PipeId, Transfer, Tree};
-use crate::protocol::{NetUserInfo, NtStatus, PipeName};
+use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
 use crate::ring::WakeFd;
 
 /// What a finished request produced, before typing at the API edge.
@@ -43,6 +43,9 @@ pub(crate) enum Command {
     Open {
         path: String,
         user: Box<NetUserInfo>,
+        /// Samba dialect: the identity to send instead of the one mapped
+        /// from `user`.
+        identity: Option<Box<NpaIdentity>>,
         tree: Option<Tree>,
         notify: Notify,
     },

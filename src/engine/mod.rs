@@ -41,7 +41,9 @@ use self::command::{
 use self::ring::Core;
 pub use request::{CancelHandle, Request};
 
-use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
+use crate::protocol::npa::{NpaReply, FILE_TYPE_BYTE_MODE};
+pub use crate::protocol::Dialect;
+use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NtStatus, PipeName, WaitRequest};
 pub use crate::ring::{Backend, BackendChoice};
 use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, RingError};
 
@@ -60,8 +62,13 @@ pub enum BufferMode {
 /// Engine settings. [`EngineConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// The pipe directory (illumos: `/var/smb/pipe`).
+    /// The pipe directory (illumos: `/var/smb/pipe`; Samba: the directory
+    /// that holds `np/`, e.g. samba-dcerpcd's ncalrpc dir).
     pub dir: PathBuf,
+    /// The pipes' dialect (default [`Dialect::Illumos`]): the handshake an
+    /// open runs, the framing after it, and the socket path
+    /// (`<dir>/<name>` or `<dir>/np/<name>`).
+    pub dialect: Dialect,
     /// Rings, each with its own thread (default 1). Pipes are spread over
     /// them at open time. One ring per CPU is what `opipe bench` uses; what
     /// one and two rings measured is in perf/README.md.
@@ -120,6 +127,7 @@ impl EngineConfig {
     pub fn new(dir: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             dir: dir.into(),
+            dialect: Dialect::Illumos,
             rings: 1,
             buffers: BufferMode::Plain,
             backend: BackendChoice::Auto,
@@ -151,6 +159,16 @@ pub struct EngineStats {
     /// ring's command queue was full (see
     /// [`EngineConfig::max_queued_commands`]).
     pub queue_full_refusals: u64,
+}
+
+/// Per-open options of [`Engine::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Samba dialect: the caller's identity as sent in the NPA request
+    /// (SIDs, uid/gid, groups, addresses). `None`: mapped from the
+    /// `NetUserInfo` by [`NpaIdentity::from_net_user_info`]. Ignored in
+    /// the illumos dialect.
+    pub identity: Option<NpaIdentity>,
 }
 
 /// Why an engine could not start.
@@ -228,6 +246,8 @@ pub struct OpenInfo {
 pub enum FileType {
     /// `SMB_FTYPE_MESG_PIPE`.
     MessagePipe,
+    /// A byte-mode pipe (a Samba-dialect service may answer so).
+    BytePipe,
 }
 
 /// Action taken by an open.
@@ -256,6 +276,18 @@ impl OpenInfo {
             size: 0,
             links: 1,
         }
+    }
+
+    /// A Samba-dialect open: the file type, device state and allocation
+    /// size are the ones the service's NPA reply gave.
+    fn apply_npa_reply(&mut self, reply: &NpaReply) {
+        self.file_type = if reply.file_type == FILE_TYPE_BYTE_MODE {
+            FileType::BytePipe
+        } else {
+            FileType::MessagePipe
+        };
+        self.device_state = reply.device_state;
+        self.allocation_size = reply.allocation_size;
     }
 
     /// The name as the seed's getname reports it: `\` + flat name.
@@ -549,9 +581,28 @@ impl Engine {
     /// Opens the pipe named by the SMB path `path` (e.g. `\PIPE\srvsvc`)
     /// for `user`: name validation first (a bad name is
     /// `STATUS_OBJECT_NAME_INVALID` before any socket is made), then connect,
-    /// send the header and userinfo, and receive the status word as one
-    /// linked SQE chain under a deadline. Failures map as the seed maps them.
+    /// send the open message and receive its answer as one linked SQE chain
+    /// under a deadline. Failures map as the seed maps them. In the Samba
+    /// dialect the identity sent is [`NpaIdentity::from_net_user_info`] of
+    /// `user` (see [`Engine::open_with`] to pass one).
     pub fn open(&self, path: &str, user: NetUserInfo, tree: Option<&Tree>) -> Request<Pipe> {
+        self.open_with(path, user, OpenOptions::default(), tree)
+    }
+
+    /// [`Engine::open`] with options. In the Samba dialect the open
+    /// sends Samba's NPA request (level 7 first; a level the server refuses,
+    /// by `STATUS_INVALID_LEVEL` or by closing before any reply byte as
+    /// Samba 4.17 does, is retried once at the other level, and the level
+    /// that worked is the one later opens of the ring try first) and
+    /// returns the reply's status as is; the pipe's [`OpenInfo`] carries the
+    /// reply's file type, device state and allocation size.
+    pub fn open_with(
+        &self,
+        path: &str,
+        user: NetUserInfo,
+        options: OpenOptions,
+        tree: Option<&Tree>,
+    ) -> Request<Pipe> {
         if let Err(s) = PipeName::parse(path) {
             return Request::ready(self.inner.clone(), Err(s), conv_pipe);
         }
@@ -562,6 +613,7 @@ impl Engine {
             Command::Open {
                 path: path.to_owned(),
                 user: Box::new(user),
+                identity: options.identity.map(Box::new),
                 tree: tree.cloned(),
                 notify: Notify::Shared(shared.clone()),
             },
@@ -706,7 +758,17 @@ impl Pipe {
         self.io(PipeIo::Read { max_out }, conv_data)
     }
 
-    /// Sends all of `data`; the result is the byte count.
+    /// [`Pipe::read`] with its status: in the Samba dialect (message mode)
+    /// a message longer than `max_out` gives `STATUS_BUFFER_OVERFLOW` and
+    /// the rest by the next reads, as an SMB2 READ of a message pipe does;
+    /// in the illumos dialect (a byte stream) the status is always success.
+    pub fn read_message(&self, max_out: usize) -> Request<Transfer> {
+        self.io(PipeIo::Read { max_out }, conv_transfer)
+    }
+
+    /// Sends all of `data`; the result is the byte count. In the Samba
+    /// dialect `data` goes as one message (a longer one than 65535 bytes
+    /// as several; the count is still `data`'s).
     pub fn write(&self, data: Vec<u8>) -> Request<usize> {
         self.io(PipeIo::Write { data }, conv_written)
     }

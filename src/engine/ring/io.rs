@@ -74,8 +74,13 @@ impl<D: OpDriver> Core<D> {
     /// it must wait (see [`Hold`]).
     fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Result<ReplyFrom, Hold> {
         let pool_buf = self.drv.recv_pool_buf_bytes();
-        let multishot_ok =
-            self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
+        // Message pipes (Samba dialect) receive through linked chains only:
+        // a reply waits for its whole message (see overflow.rs).
+        let msg_mode = self.message_mode();
+        let multishot_ok = self.cfg.multishot
+            && !self.multishot_disabled
+            && self.cfg.buffers == BufferMode::Plain
+            && !msg_mode;
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return Err(Hold::Drain);
         };
@@ -86,7 +91,11 @@ impl<D: OpDriver> Core<D> {
         if reads_socket && max_out == 0 {
             return Ok(ReplyFrom::Nothing);
         }
-        if !pe.pushback.is_empty() {
+        if msg_mode {
+            if overflow::message_ready(&pe.pushback, pe.msg_left) {
+                return Ok(ReplyFrom::Pushback);
+            }
+        } else if !pe.pushback.is_empty() {
             return Ok(ReplyFrom::Pushback);
         }
         // The reply of a transceive, or a read's data, comes from the pipe's
@@ -122,9 +131,27 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn start_transceive(&mut self, at: Start, input: Vec<u8>, max_out: usize, notify: Notify) {
+        let msg_mode = self.message_mode();
+        let input = if msg_mode {
+            overflow::frame_messages(&input)
+        } else {
+            input
+        };
         // A reply from the pushback is the request's from the start: its
         // bytes are the oldest waiting, and no later request may take them.
         let reply = match (at.from, self.pipes.get_mut(at.pipe.index, at.pipe.gen)) {
+            (ReplyFrom::Pushback, Some(pe)) if msg_mode => {
+                match overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out) {
+                    Some((data, more)) => Reply::Got {
+                        data,
+                        more: if more { More::Yes } else { More::No },
+                    },
+                    None => {
+                        debug_assert!(false, "reply_from saw a whole message");
+                        Reply::Awaited
+                    }
+                }
+            }
             (ReplyFrom::Pushback, Some(pe)) => {
                 let data = overflow::take_pushback(&mut pe.pushback, max_out);
                 let more = if pe.pushback.is_empty() {
@@ -165,13 +192,22 @@ impl<D: OpDriver> Core<D> {
             return self.reject(notify, NtStatus::PIPE_BROKEN);
         }
         if at.from == ReplyFrom::Pushback {
-            let data = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
-                Some(pe) => overflow::take_pushback(&mut pe.pushback, max_out),
-                None => Vec::new(),
-            };
-            let t = Transfer {
-                status: NtStatus::SUCCESS,
-                data,
+            let msg_mode = self.message_mode();
+            let t = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
+                Some(pe) if msg_mode => {
+                    let (data, more) =
+                        overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out)
+                            .unwrap_or_default();
+                    overflow::message_result(data, more)
+                }
+                Some(pe) => Transfer {
+                    status: NtStatus::SUCCESS,
+                    data: overflow::take_pushback(&mut pe.pushback, max_out),
+                },
+                None => Transfer {
+                    status: NtStatus::SUCCESS,
+                    data: Vec::new(),
+                },
             };
             return self.notify(notify, Ok(Outcome::Transfer(t)));
         }
@@ -186,15 +222,23 @@ impl<D: OpDriver> Core<D> {
             // No SQE: the next chunk of the multishot receive ends it.
             self.await_chunk(at.pipe, key, &at.fd, at.session);
         } else {
-            let op = recv_op(&self.drv, at.fd, max_out, true);
+            let want = self.recv_want(max_out);
+            let op = recv_op(&self.drv, at.fd, want, true);
             self.push_chain(key, [(op, ST_RECV)]);
         }
     }
 
     fn start_write(&mut self, at: Start, data: Vec<u8>, notify: Notify) {
+        let payload = data.len();
+        let data = if self.message_mode() {
+            overflow::frame_messages(&data)
+        } else {
+            data
+        };
         let kind = Kind::Write {
             data: Vec::new(),
             sent: 0,
+            payload,
             status: None,
         };
         let key = self.new_op(Some(at.pipe), at.session, notify, kind);
@@ -220,7 +264,12 @@ impl<D: OpDriver> Core<D> {
         let key = self.new_op(Some(at.pipe), at.session, notify, kind);
         // Ask for one byte more than fits, so a full buffer with more
         // behind it is told apart from an exact fit.
-        let want = room.saturating_add(1);
+        // Message mode: enough to see a whole message of the longest kind.
+        let want = if self.message_mode() {
+            crate::protocol::npa::FRAME_HEADER_LEN + crate::protocol::npa::MAX_FRAMED_MESSAGE
+        } else {
+            room.saturating_add(1)
+        };
         let op = Op::Recv {
             fd: at.fd,
             buf: Vec::with_capacity(want),
@@ -238,7 +287,8 @@ impl<D: OpDriver> Core<D> {
     /// short means nothing was left. A reply from the pushback or the
     /// multishot receive needs the send alone.
     pub(super) fn push_transceive(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
-        let reg_mode = self.cfg.buffers == BufferMode::Registered;
+        // Message mode receives raw frames into plain buffers.
+        let reg_mode = self.cfg.buffers == BufferMode::Registered && !self.message_mode();
         let slot_bytes = self.drv.reg_slot_bytes();
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
@@ -330,7 +380,11 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn push_plain_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
-        let nonempty_flag = self.drv.features().sock_nonempty;
+        let msg_mode = self.message_mode();
+        // Message mode needs no probe: the framing says whether more of
+        // the message is left.
+        let nonempty_flag = self.drv.features().sock_nonempty || msg_mode;
+        let pool_buf = self.drv.recv_pool_buf_bytes();
         let Some(OpEntry {
             kind:
                 Kind::Transceive {
@@ -364,7 +418,12 @@ impl<D: OpDriver> Core<D> {
             self.pool_fallbacks += 1;
         }
         *reply = Reply::Awaited;
-        chain.push((recv_op(&self.drv, fd.clone(), *max_out, pooled), ST_RECV));
+        let want = if msg_mode {
+            overflow::message_recv_len(*max_out, pool_buf)
+        } else {
+            *max_out
+        };
+        chain.push((recv_op(&self.drv, fd.clone(), want, pooled), ST_RECV));
         if overflow::may_overflow(*max_out) && !nonempty_flag {
             chain.push((more_probe(fd), ST_MORE));
         }
@@ -401,7 +460,12 @@ impl<D: OpDriver> Core<D> {
                 read_received(&mut e.kind, r, c.op);
                 self.claim_reply(key);
             }
-            (Kind::Write { status, data, sent }, ST_SEND) => match c.op {
+            (
+                Kind::Write {
+                    status, data, sent, ..
+                },
+                ST_SEND,
+            ) => match c.op {
                 Op::Send { buf, start, .. } => {
                     if r < 0 {
                         set_once(status, socket_status(-r));
@@ -433,7 +497,9 @@ impl<D: OpDriver> Core<D> {
                 debug_assert!(matches!(reply, Reply::Retry));
                 self.pool_fallbacks += 1;
                 *reply = Reply::Awaited;
-                let op = recv_op(&self.drv, fd, *max_out, false);
+                let max_out = *max_out;
+                let want = self.recv_want(max_out);
+                let op = recv_op(&self.drv, fd, want, false);
                 self.push_chain(key, [(op, ST_RECV)]);
             }
             Kind::Transceive { .. } => self.push_transceive(key, fd),
@@ -448,6 +514,9 @@ impl<D: OpDriver> Core<D> {
     /// the request finishes, so receives that complete meanwhile keep their
     /// places in the stream.
     fn claim_reply(&mut self, key: (u32, u32)) {
+        if self.message_mode() {
+            return self.claim_message_reply(key);
+        }
         let Core { ops, pipes, .. } = self;
         let Some(e) = ops.get_mut(key.0, key.1) else {
             return;
@@ -470,6 +539,43 @@ impl<D: OpDriver> Core<D> {
         };
         if overflow::claim(&mut pe.pushback, data, *max_out) {
             *more = More::Yes;
+        }
+    }
+}
+
+impl<D: OpDriver> Core<D> {
+    /// How many bytes a read's own receive asks for.
+    fn recv_want(&self, max_out: usize) -> usize {
+        if self.message_mode() {
+            overflow::message_recv_len(max_out, self.drv.recv_pool_buf_bytes())
+        } else {
+            max_out
+        }
+    }
+
+    /// [`Core::claim_reply`] for a message pipe: the raw bytes join the
+    /// stream; the reply is the next message (or part of it), or, while
+    /// that message is not whole, none yet: the request receives again
+    /// when its chain is over.
+    fn claim_message_reply(&mut self, key: (u32, u32)) {
+        let Core { ops, pipes, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        let (Kind::Transceive { reply, max_out, .. } | Kind::Read { reply, max_out, .. }) =
+            &mut e.kind
+        else {
+            return;
+        };
+        let Reply::Got { data, more } = reply else {
+            return;
+        };
+        let Some(pe) = e.pipe.and_then(|p| pipes.get_mut(p.index, p.gen)) else {
+            return;
+        };
+        match overflow::claim_message(&mut pe.pushback, &mut pe.msg_left, data, *max_out) {
+            Some(m) => *more = if m { More::Yes } else { More::No },
+            None => *reply = Reply::Retry,
         }
     }
 }

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
-use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName};
+use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
 use crate::slab::Slab;
 
@@ -142,6 +142,9 @@ struct PipeEntry {
     /// With a multishot receive armed, every chunk that arrives while no
     /// request waits for data lands here too.
     pushback: Vec<u8>,
+    /// Message mode (Samba dialect): bytes of the message being delivered
+    /// still at the pushback's front (see overflow.rs); 0 otherwise.
+    msg_left: usize,
     /// The pipe's multishot receive.
     multishot: Multishot,
     /// The multishot receive saw the end of the stream.
@@ -173,6 +176,8 @@ enum Kind {
         tree: Option<Tree>,
         timer: Option<SqeId>,
         status: Option<NtStatus>,
+        /// Samba dialect only: the handshake's level, reply and retry.
+        samba: Option<Box<SambaOpen>>,
     },
     Transceive {
         max_out: usize,
@@ -200,6 +205,8 @@ enum Kind {
     Write {
         data: Vec<u8>,
         sent: usize,
+        /// The caller's byte count (message mode: `data` is framed).
+        payload: usize,
         status: Option<NtStatus>,
     },
     Peek {
@@ -346,6 +353,10 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// The kernel refused a multishot receive: pipes use one receive per
     /// request instead.
     multishot_disabled: bool,
+    /// Samba dialect: the NPA level an open tries first (7 until an open
+    /// succeeded at the other level; the engine has one socket dir, so this
+    /// is the level remembered for it).
+    npa_level: NpaLevel,
     /// Ring-thread callbacks running inside one another right now (a
     /// callback's next read served from the pushback calls the next
     /// callback inline).
@@ -372,12 +383,35 @@ const MAX_QUEUED_OPENS: usize = 65_536;
 /// the current event to end (a bounded stack, whatever a callback does).
 const MAX_CALLBACK_DEPTH: u32 = 16;
 
+/// What a Samba-dialect open keeps besides the illumos fields: the level
+/// it tries, what it needs to try once more at the other level, and the
+/// reply it got.
+struct SambaOpen {
+    level: NpaLevel,
+    /// This attempt is already the retry at the other level.
+    retried: bool,
+    /// The server refused the level (`STATUS_INVALID_LEVEL`, or Samba
+    /// 4.17's close before any reply byte): try the other one.
+    retry: bool,
+    reply: Option<NpaReply>,
+    user: Box<NetUserInfo>,
+    identity: Option<Box<NpaIdentity>>,
+}
+
 /// An open waiting for its turn.
 struct QueuedOpen {
     path: String,
     user: Box<NetUserInfo>,
+    identity: Option<Box<NpaIdentity>>,
     tree: Option<Tree>,
     notify: Notify,
+}
+
+impl<D: OpDriver> Core<D> {
+    /// Whether this engine's pipes carry messages (the Samba dialect).
+    fn message_mode(&self) -> bool {
+        self.cfg.dialect.is_message_mode()
+    }
 }
 
 impl<D: OpDriver> RingCore for Core<D> {
@@ -422,6 +456,7 @@ impl<D: OpDriver> Core<D> {
             ids: Vec::with_capacity(MAX_CHAIN),
             stopping: false,
             multishot_disabled: false,
+            npa_level: NpaLevel::V7,
             callback_depth: 0,
             later: VecDeque::new(),
             pool_fallbacks: 0,
@@ -474,6 +509,7 @@ impl<D: OpDriver> Core<D> {
             Command::Open {
                 path,
                 user,
+                identity,
                 tree,
                 notify,
             } => {
@@ -483,6 +519,7 @@ impl<D: OpDriver> Core<D> {
                 self.queued_opens.push_back(QueuedOpen {
                     path,
                     user,
+                    identity,
                     tree,
                     notify,
                 })
@@ -728,6 +765,7 @@ fn next_step(kind: &Kind) -> Next {
             status: None,
             data,
             sent,
+            ..
         } if *sent < data.len() => Next::Resume,
         Kind::WaitPipe { status: None, .. } => {
             debug_assert!(false, "a WAIT undecided with nothing in flight");

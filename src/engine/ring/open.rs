@@ -8,7 +8,11 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::engine::command::{Notify, Outcome};
 use crate::engine::{OpenInfo, PipeId, Tree};
-use crate::protocol::{encode_open_message, NetUserInfo, NtStatus, PipeName};
+use crate::protocol::npa::{NPA_REPLY_LEN, STATUS_INVALID_LEVEL};
+use crate::protocol::{
+    encode_open_message, Dialect, NetUserInfo, NpaIdentity, NpaReply, NtStatus, PipeName,
+    STATUS_WORD_LEN,
+};
 use crate::ring::{Completion, Op, OpDriver, UnixAddr};
 
 impl<D: OpDriver> Core<D> {
@@ -26,7 +30,7 @@ impl<D: OpDriver> Core<D> {
                     continue;
                 }
             }
-            self.start_open(&q.path, &q.user, q.tree, q.notify);
+            self.start_open(q);
         }
     }
 
@@ -47,26 +51,56 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    pub(super) fn start_open(
+    pub(super) fn start_open(&mut self, q: QueuedOpen) {
+        let name = match PipeName::parse(&q.path) {
+            Ok(n) => n,
+            Err(s) => return self.reject(q.notify, s),
+        };
+        let samba = (self.cfg.dialect == Dialect::Samba).then(|| {
+            Box::new(SambaOpen {
+                level: self.npa_level,
+                retried: false,
+                retry: false,
+                reply: None,
+                user: q.user.clone(),
+                identity: q.identity,
+            })
+        });
+        self.start_attempt(name, &q.user, q.tree, q.notify, samba);
+    }
+
+    /// One attempt at an open: a socket, the linked chain, the deadline.
+    fn start_attempt(
         &mut self,
-        path: &str,
+        name: PipeName,
         user: &NetUserInfo,
         tree: Option<Tree>,
         notify: Notify,
+        samba: Option<Box<SambaOpen>>,
     ) {
-        let name = match PipeName::parse(path) {
-            Ok(n) => n,
-            Err(s) => return self.reject(notify, s),
-        };
         if self.stopping {
             return self.reject(notify, NtStatus::PIPE_NOT_AVAILABLE);
         }
-        let Some(addr) = UnixAddr::new(&self.cfg.dir.join(name.as_str())) else {
+        let path = self.cfg.dialect.socket_path(&self.cfg.dir, &name);
+        let Some(addr) = UnixAddr::new(&path) else {
             return self.reject(notify, NtStatus::OBJECT_NAME_INVALID);
         };
-        let msg = match encode_open_message(user) {
+        let msg = match &samba {
+            None => encode_open_message(user),
+            Some(sa) => {
+                let req = match &sa.identity {
+                    Some(id) => id.to_request(sa.level),
+                    None => NpaIdentity::from_net_user_info(user).to_request(sa.level),
+                };
+                req.encode()
+            }
+        };
+        let msg = match msg {
             Ok(m) => m,
-            Err(_) => return self.reject(notify, NtStatus::INTERNAL_ERROR),
+            Err(e) => {
+                tracing::debug!("opipe: open message of {name} not encodable: {e}");
+                return self.reject(notify, NtStatus::INTERNAL_ERROR);
+            }
         };
         let fd = match self.drv.unix_socket() {
             Ok(fd) => fd,
@@ -80,6 +114,11 @@ impl<D: OpDriver> Core<D> {
             }
         };
         self.opening += 1;
+        let reply_len = if samba.is_some() {
+            NPA_REPLY_LEN
+        } else {
+            STATUS_WORD_LEN
+        };
         let key = self.new_op(
             None,
             user.session_id,
@@ -90,9 +129,10 @@ impl<D: OpDriver> Core<D> {
                 tree,
                 timer: None,
                 status: None,
+                samba,
             },
         );
-        self.push_open_chain(key, fd, addr, msg);
+        self.push_open_chain(key, fd, addr, msg, reply_len);
         let after = self.cfg.open_timeout.min(LONGEST_TIMER);
         let timer = self.push_one(key, Op::Timer { after }, ST_DEADLINE);
         if let Some(OpEntry {
@@ -104,8 +144,19 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// CONNECT -> SEND(header + userinfo) -> RECV(status word), linked.
-    fn push_open_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>, addr: UnixAddr, msg: Vec<u8>) {
+    /// CONNECT -> SEND(open message) -> RECV(its answer), linked. The
+    /// answer is `reply_len` bytes: the illumos status word, or Samba's
+    /// NPA reply (36 bytes at both levels, length prefix included; the
+    /// decoder checks the prefix). MSG_WAITALL: a close before the whole
+    /// answer is a short result.
+    fn push_open_chain(
+        &mut self,
+        key: (u32, u32),
+        fd: Rc<OwnedFd>,
+        addr: UnixAddr,
+        msg: Vec<u8>,
+        reply_len: usize,
+    ) {
         let connect = Op::Connect {
             fd: fd.clone(),
             addr: Box::new(addr),
@@ -117,8 +168,8 @@ impl<D: OpDriver> Core<D> {
         };
         let status = Op::Recv {
             fd,
-            buf: Vec::with_capacity(4),
-            len: 4,
+            buf: Vec::with_capacity(reply_len),
+            len: reply_len as u32,
             flags: libc::MSG_WAITALL,
         };
         self.push_chain(
@@ -136,7 +187,13 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         let chain_left = usize::from(e.chain_len.saturating_sub(e.chain_done));
-        let Kind::Open { status, timer, .. } = &mut e.kind else {
+        let Kind::Open {
+            status,
+            timer,
+            samba,
+            ..
+        } = &mut e.kind
+        else {
             return debug_assert!(false, "an open step on another kind of op");
         };
         match step {
@@ -152,8 +209,9 @@ impl<D: OpDriver> Core<D> {
             }
             ST_STATUS => {
                 if status.is_none() {
-                    *status = Some(match &c.op {
-                        Op::Recv { buf, .. } if c.result == 4 && buf.len() == 4 => {
+                    *status = Some(match (&c.op, samba.as_deref_mut()) {
+                        (Op::Recv { buf, .. }, Some(sa)) => samba_answer(sa, c.result, buf),
+                        (Op::Recv { buf, .. }, None) if c.result == 4 && buf.len() == 4 => {
                             crate::protocol::decode_status_word([buf[0], buf[1], buf[2], buf[3]])
                         }
                         _ => NtStatus::PIPE_NOT_AVAILABLE,
@@ -186,6 +244,7 @@ impl<D: OpDriver> Core<D> {
             name,
             tree,
             status,
+            samba,
             ..
         } = e.kind
         else {
@@ -193,6 +252,23 @@ impl<D: OpDriver> Core<D> {
         };
         let Some(notify) = e.notify else { return };
         let status = status.unwrap_or(NtStatus::PIPE_NOT_AVAILABLE);
+        let (samba, retry) = match samba {
+            Some(sa) if sa.retry && !sa.retried => (None, Some(sa)),
+            other => (other, None),
+        };
+        if let Some(mut sa) = retry {
+            drop(fd);
+            let level = sa.level.other();
+            tracing::debug!(
+                "opipe: {name} refused NPA level {}; trying level {level}",
+                sa.level
+            );
+            sa.level = level;
+            sa.retried = true;
+            sa.retry = false;
+            let user = sa.user.clone();
+            return self.start_attempt(name, &user, tree, notify, Some(sa));
+        }
         if status != NtStatus::SUCCESS {
             // `fd` drops here: the half-opened socket is closed.
             return self.reject(notify, status);
@@ -204,7 +280,14 @@ impl<D: OpDriver> Core<D> {
             return self.reject(notify, NtStatus::CANCELLED);
         }
         let file_id = self.file_ids.fetch_add(1, Ordering::Relaxed);
-        let info = OpenInfo::new(name, file_id, e.session);
+        let mut info = OpenInfo::new(name, file_id, e.session);
+        if let Some(sa) = &samba {
+            // The level that worked is the one the next open tries first.
+            self.npa_level = sa.level;
+            if let Some(reply) = &sa.reply {
+                info.apply_npa_reply(reply);
+            }
+        }
         let (index, gen) = self.pipes.insert(PipeEntry {
             fd,
             session: e.session,
@@ -214,6 +297,7 @@ impl<D: OpDriver> Core<D> {
             draining: 0,
             deferred: VecDeque::new(),
             pushback: Vec::new(),
+            msg_left: 0,
             multishot: Multishot::Off,
             eof: false,
             waiters: VecDeque::new(),
@@ -224,5 +308,33 @@ impl<D: OpDriver> Core<D> {
             gen,
         };
         self.notify(notify, Ok(Outcome::Opened { pipe, info }));
+    }
+}
+
+/// The status a Samba-dialect open's reply (`result`, `buf`) decides. A
+/// refused level (`STATUS_INVALID_LEVEL`, or a close before any reply
+/// byte, which is what Samba 4.17 does) on the first attempt marks the
+/// open for one retry at the other level; the level that worked is kept.
+fn samba_answer(sa: &mut SambaOpen, result: i32, buf: &[u8]) -> NtStatus {
+    if result == 0 {
+        sa.retry = !sa.retried;
+        return NtStatus::PIPE_NOT_AVAILABLE;
+    }
+    if result < 0 || usize::try_from(result) != Ok(buf.len()) {
+        return NtStatus::PIPE_NOT_AVAILABLE;
+    }
+    match NpaReply::decode(buf) {
+        Ok(reply) if reply.status == STATUS_INVALID_LEVEL => {
+            sa.retry = !sa.retried;
+            reply.status
+        }
+        Ok(reply) => {
+            sa.reply = Some(reply);
+            reply.status
+        }
+        Err(e) => {
+            tracing::debug!("opipe: bad NPA reply: {e}");
+            NtStatus::PIPE_NOT_AVAILABLE
+        }
     }
 }

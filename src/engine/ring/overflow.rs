@@ -14,7 +14,8 @@
 
 use super::{More, SMB_PIPE_MAX_MSGSIZE};
 use crate::engine::Transfer;
-use crate::protocol::fsctl;
+use crate::protocol::npa::{unframe_message, FRAME_HEADER_LEN, MAX_FRAMED_MESSAGE};
+use crate::protocol::{fsctl, NtStatus};
 
 /// Whether a reply of `max_out` bytes can overflow at all (so whether a
 /// transceive chain needs a way to answer "more waiting?").
@@ -103,10 +104,219 @@ pub(super) fn transceive_result(
     Transfer { status, data }
 }
 
+// ---------------------------------------------------------------------------
+// Message mode (the Samba dialect)
+// ---------------------------------------------------------------------------
+//
+// A message pipe's pushback holds the raw stream (u16 LE length, then the
+// message); `msg_left` counts the bytes of the message being delivered
+// that are still at the pushback's front, its header already taken (0:
+// the front is a header). A request's reply is taken only once its whole
+// message is buffered: a transceive's reply is one message, a message
+// longer than `max_out` gives `max_out` bytes with STATUS_BUFFER_OVERFLOW
+// and the rest to the next reads, as SMB message-mode pipes do.
+
+/// Whether a message pipe's pushback holds a deliverable message.
+pub(super) fn message_ready(pushback: &[u8], msg_left: usize) -> bool {
+    msg_left > 0 || unframe_message(pushback).is_some()
+}
+
+/// The next reply of a message pipe: at most `max_out` bytes of the
+/// current message, and whether more of that message is left; `None`
+/// (nothing taken) while the message is incomplete.
+pub(super) fn take_message(
+    pushback: &mut Vec<u8>,
+    msg_left: &mut usize,
+    max_out: usize,
+) -> Option<(Vec<u8>, bool)> {
+    if *msg_left == 0 {
+        let (msg, _) = unframe_message(pushback)?;
+        let len = msg.len();
+        pushback.drain(..FRAME_HEADER_LEN);
+        *msg_left = len;
+    }
+    let n = max_out.min(*msg_left);
+    let data = take_pushback(pushback, n);
+    *msg_left -= n;
+    Some((data, *msg_left > 0))
+}
+
+/// A receive's raw bytes (`data`) join a message pipe's stream behind the
+/// pushback; `data` becomes the next reply. `None`: the message is not
+/// whole yet (`data` is then empty, its bytes wait in the pushback).
+pub(super) fn claim_message(
+    pushback: &mut Vec<u8>,
+    msg_left: &mut usize,
+    data: &mut Vec<u8>,
+    max_out: usize,
+) -> Option<bool> {
+    pushback.append(data);
+    let (reply, more) = take_message(pushback, msg_left, max_out)?;
+    *data = reply;
+    Some(more)
+}
+
+/// A cancelled request gives its reply back: it goes in front of the
+/// pushback as the rest of the current message.
+pub(super) fn give_back_message(pushback: &mut Vec<u8>, msg_left: &mut usize, data: &mut Vec<u8>) {
+    *msg_left += data.len();
+    data.append(pushback);
+    *pushback = std::mem::take(data);
+}
+
+/// PEEK of a message pipe over `buf` (the pushback, then what the socket
+/// showed): the current message's bytes (`None` while no message is
+/// whole) and how many whole messages `buf` holds.
+pub(super) fn peek_messages(buf: &[u8], msg_left: usize) -> (Option<&[u8]>, usize) {
+    let (first, mut rest) = if msg_left > 0 {
+        let cur = buf.get(..msg_left);
+        (cur, buf.get(msg_left..).unwrap_or_default())
+    } else {
+        match unframe_message(buf) {
+            Some((m, used)) => (Some(m), &buf[used..]),
+            None => (None, buf),
+        }
+    };
+    let mut count = usize::from(first.is_some());
+    while let Some((_, used)) = unframe_message(rest) {
+        count += 1;
+        rest = &rest[used..];
+    }
+    (first, count)
+}
+
+/// A message pipe's reply: `STATUS_BUFFER_OVERFLOW` when more of its
+/// message is left, whatever `max_out` (unlike the byte stream's seed rule).
+pub(super) fn message_result(data: Vec<u8>, more: bool) -> Transfer {
+    let status = if more {
+        NtStatus::BUFFER_OVERFLOW
+    } else {
+        NtStatus::SUCCESS
+    };
+    Transfer { status, data }
+}
+
+/// `data` as messages: one per [`MAX_FRAMED_MESSAGE`] bytes (a longer
+/// write is split, as Samba's own writer splits it; an empty write is
+/// one empty message).
+pub(super) fn frame_messages(data: &[u8]) -> Vec<u8> {
+    let n = data.len().div_ceil(MAX_FRAMED_MESSAGE).max(1);
+    let mut out = Vec::with_capacity(data.len() + n * FRAME_HEADER_LEN);
+    let mut chunks = data.chunks(MAX_FRAMED_MESSAGE);
+    for _ in 0..n {
+        let c = chunks.next().unwrap_or_default();
+        // A chunk is at most u16::MAX bytes long.
+        out.extend_from_slice(&(c.len() as u16).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// The bytes a message-mode receive asks for: a whole pool buffer when
+/// the reply fits one (read ahead as the stream does; a longer message
+/// takes more receives), else the reply and its header.
+pub(super) fn message_recv_len(max_out: usize, pool_buf: usize) -> usize {
+    if pool_buf > 0 && max_out <= pool_buf {
+        pool_buf
+    } else {
+        max_out.saturating_add(FRAME_HEADER_LEN)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::NtStatus;
+
+    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+        msgs.iter().flat_map(|m| frame_messages(m)).collect()
+    }
+
+    #[test]
+    fn message_split_across_chunks_is_taken_whole() {
+        let raw = framed(&[b"hello world"]);
+        let (mut pb, mut left) = (Vec::new(), 0);
+        for cut in [1, 5] {
+            let mut part = raw[..cut].to_vec();
+            let already = pb.len();
+            part.drain(..already.min(part.len()));
+            assert_eq!(claim_message(&mut pb, &mut left, &mut part, 100), None);
+            assert!(part.is_empty() && !message_ready(&pb, left));
+        }
+        let mut rest = raw[5..].to_vec();
+        assert_eq!(
+            claim_message(&mut pb, &mut left, &mut rest, 100),
+            Some(false)
+        );
+        assert_eq!(rest, b"hello world");
+        assert!(pb.is_empty() && left == 0);
+    }
+
+    #[test]
+    fn several_messages_in_one_chunk_are_one_reply_each() {
+        let mut data = framed(&[b"one", b"", b"three"]);
+        let (mut pb, mut left) = (Vec::new(), 0);
+        assert_eq!(
+            claim_message(&mut pb, &mut left, &mut data, 100),
+            Some(false)
+        );
+        assert_eq!(data, b"one");
+        assert!(message_ready(&pb, left));
+        assert_eq!(
+            take_message(&mut pb, &mut left, 100),
+            Some((Vec::new(), false))
+        );
+        assert_eq!(
+            take_message(&mut pb, &mut left, 100),
+            Some((b"three".to_vec(), false))
+        );
+        assert_eq!(take_message(&mut pb, &mut left, 100), None);
+    }
+
+    #[test]
+    fn message_longer_than_max_out_overflows_then_gives_the_rest() {
+        let mut pb = framed(&[b"0123456789", b"next"]);
+        let mut left = 0;
+        assert_eq!(
+            take_message(&mut pb, &mut left, 4),
+            Some((b"0123".to_vec(), true))
+        );
+        assert_eq!(
+            take_message(&mut pb, &mut left, 4),
+            Some((b"4567".to_vec(), true))
+        );
+        // A cancelled reader gives its part back in front.
+        let mut back = b"4567".to_vec();
+        give_back_message(&mut pb, &mut left, &mut back);
+        assert_eq!(
+            take_message(&mut pb, &mut left, 100),
+            Some((b"456789".to_vec(), false))
+        );
+        assert_eq!(
+            take_message(&mut pb, &mut left, 100),
+            Some((b"next".to_vec(), false))
+        );
+        assert_eq!(
+            message_result(b"ab".to_vec(), true).status,
+            NtStatus::BUFFER_OVERFLOW
+        );
+        assert_eq!(
+            message_result(vec![0; 5000], false).status,
+            NtStatus::SUCCESS
+        );
+    }
+
+    #[test]
+    fn long_writes_are_split_into_messages() {
+        let data = vec![7u8; MAX_FRAMED_MESSAGE + 10];
+        let raw = frame_messages(&data);
+        assert_eq!(raw.len(), data.len() + 4);
+        let (mut pb, mut left) = (raw, 0);
+        let (a, _) = take_message(&mut pb, &mut left, usize::MAX).unwrap();
+        let (b, _) = take_message(&mut pb, &mut left, usize::MAX).unwrap();
+        assert_eq!((a.len(), b.len()), (MAX_FRAMED_MESSAGE, 10));
+        assert_eq!(frame_messages(b""), vec![0, 0]);
+    }
 
     #[test]
     fn more_answers() {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::overflow::transceive_result;
+use super::overflow::{self, message_result, transceive_result};
 use super::*;
 use crate::engine::command::Outcome;
 use crate::engine::{PipeId, Transfer};
@@ -78,8 +78,12 @@ impl<D: OpDriver> Core<D> {
                 ..
             } = &mut e.kind
             {
-                d.append(&mut pe.pushback);
-                pe.pushback = std::mem::take(d);
+                if self.cfg.dialect.is_message_mode() {
+                    overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);
+                } else {
+                    d.append(&mut pe.pushback);
+                    pe.pushback = std::mem::take(d);
+                }
             }
             pe.draining = pe.draining.saturating_sub(1);
         }
@@ -88,6 +92,7 @@ impl<D: OpDriver> Core<D> {
 
     /// The caller's result of a finished request (not an open).
     fn result_of(&mut self, pipe: Option<PipeId>, kind: Kind) -> Result<Outcome, NtStatus> {
+        let msg_mode = self.message_mode();
         match kind {
             Kind::Transceive {
                 status: Some(s), ..
@@ -101,6 +106,18 @@ impl<D: OpDriver> Core<D> {
             | Kind::Peek {
                 status: Some(s), ..
             } => Err(s),
+            // Message mode: the framing decided whether more of the
+            // message is left (overflow.rs).
+            Kind::Transceive {
+                from: ReplyFrom::Chain | ReplyFrom::Pushback,
+                reply: Reply::Got { data, more },
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Got { data, more },
+                ..
+            } if msg_mode => Ok(Outcome::Transfer(message_result(data, more == More::Yes))),
+            Kind::Write { payload, .. } if msg_mode => Ok(Outcome::Written(payload)),
             Kind::Transceive {
                 max_out,
                 from: ReplyFrom::Pushback,
@@ -189,6 +206,9 @@ impl<D: OpDriver> Core<D> {
         room: usize,
         eof: bool,
     ) -> Transfer {
+        if self.message_mode() {
+            return self.peek_message_result(pipe, data, room, eof);
+        }
         let mut avail_extra = 0;
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             if !pe.pushback.is_empty() {
@@ -206,6 +226,46 @@ impl<D: OpDriver> Core<D> {
             None
         };
         peek_reply(data, room, eof, avail)
+    }
+
+    /// PEEK of a message pipe: the current message (up to `room` bytes),
+    /// its length as `ReadDataAvailable` and `MessageLength`, and the whole
+    /// messages in view as `NumberOfMessages`; a message not whole yet is
+    /// not reported.
+    fn peek_message_result(
+        &mut self,
+        pipe: Option<PipeId>,
+        data: Vec<u8>,
+        room: usize,
+        eof: bool,
+    ) -> Transfer {
+        let (all, msg_left) = match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+            Some(pe) if !pe.pushback.is_empty() => {
+                let mut all = pe.pushback.clone();
+                all.extend_from_slice(&data);
+                (all, pe.msg_left)
+            }
+            Some(pe) => (data, pe.msg_left),
+            None => (data, 0),
+        };
+        let (msg, count) = overflow::peek_messages(&all, msg_left);
+        let msg = msg.unwrap_or_default();
+        let shown = &msg[..msg.len().min(room)];
+        let len = clamp_u32(msg.len());
+        let hdr = PeekReply {
+            named_pipe_state: if eof {
+                fsctl::PIPE_STATE_CLOSING
+            } else {
+                fsctl::PIPE_STATE_CONNECTED
+            },
+            read_data_available: len,
+            number_of_messages: clamp_u32(count),
+            message_length: len,
+        };
+        Transfer {
+            status: fsctl::peek_status(shown.len(), msg.len()),
+            data: hdr.encode_with_data(shown),
+        }
     }
 
     /// Bytes queued on a pipe's socket right now (FIONREAD). Used by PEEK

@@ -108,6 +108,7 @@ impl H {
         self.cmd(Command::Open {
             path: path.into(),
             user: user(session),
+            identity: None,
             tree,
             notify: Notify::Shared(s.clone()),
         });
@@ -1818,5 +1819,385 @@ fn random_concurrent_schedules_give_each_request_its_part_of_the_stream_in_order
     // send), as with any two transceives racing on one stream.
     for seed in 1..=300 {
         random_concurrent_schedule(seed, true);
+    }
+}
+
+// ---- Samba dialect: the NPA open --------------------------------------------
+
+mod samba_open {
+    use super::*;
+    use crate::engine::{Dialect, FileType};
+    use crate::protocol::npa::{NpaLevel, NpaReply, NpaRequest, STATUS_INVALID_LEVEL};
+
+    fn samba() -> H {
+        harness_with(|c| c.dialect = Dialect::Samba)
+    }
+
+    /// Connects and completes the send of the open in flight; returns the
+    /// level of the NPA request it sent and the reply's receive.
+    fn sent_request(h: &mut H) -> (NpaLevel, SqeId) {
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        let req = match h.d().op(send) {
+            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
+            _ => panic!("not a send"),
+        };
+        h.send_all();
+        let r = h.d().one(K::Recv);
+        match h.d().op(r) {
+            Op::Recv { len, flags, .. } => {
+                assert_eq!(*len, 36, "the whole reply, bounded");
+                assert_ne!(flags & libc::MSG_WAITALL, 0);
+            }
+            _ => panic!("not a receive"),
+        }
+        (req.level, r)
+    }
+
+    fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
+        match done(s) {
+            Ok(Outcome::Opened { info, .. }) => info,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_sends_level_7_and_keeps_the_replys_fields() {
+        let mut h = samba();
+        let s = h.open(7);
+        assert_eq!(h.d().kinds(), vec![K::Connect, K::Send, K::Recv, K::Timer]);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V7);
+        let reply = NpaReply {
+            file_type: 1,
+            device_state: 0x0123,
+            allocation_size: 777,
+            ..NpaReply::success(NpaLevel::V7)
+        };
+        h.recv(r, &reply.encode());
+        h.honour();
+        let info = opened(&s);
+        assert_eq!(info.session_id, 7);
+        assert_eq!(info.file_type, FileType::BytePipe);
+        assert_eq!(info.device_state, 0x0123);
+        assert_eq!(info.allocation_size, 777);
+        assert_eq!(h.d().in_flight(), 0);
+    }
+
+    #[test]
+    fn an_explicit_identity_is_sent_instead_of_the_mapped_one() {
+        use crate::protocol::NpaIdentity;
+        let mut h = samba();
+        let id = NpaIdentity::guest("DOM", &"S-1-5-21-1-2-3".parse().expect("sid"));
+        let s = Shared::new();
+        h.cmd(Command::Open {
+            path: "srvsvc".into(),
+            user: user(5),
+            identity: Some(Box::new(id.clone())),
+            tree: None,
+            notify: Notify::Shared(s.clone()),
+        });
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        let req = match h.d().op(send) {
+            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
+            _ => panic!("not a send"),
+        };
+        assert_eq!(req, id.to_request(NpaLevel::V7));
+        let mapped = NpaIdentity::from_net_user_info(&user(5));
+        assert_ne!(req, mapped.to_request(NpaLevel::V7));
+    }
+
+    #[test]
+    fn refusal_status_is_returned_as_is_without_a_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        let reply = NpaReply::error(NpaLevel::V7, NtStatus::ACCESS_DENIED);
+        h.recv(r, &reply.encode());
+        h.honour();
+        assert_eq!(status(&s), NtStatus::ACCESS_DENIED);
+        assert_eq!(h.d().in_flight(), 0, "no second attempt");
+    }
+
+    #[test]
+    fn close_before_any_reply_byte_retries_once_at_level_8_and_remembers_it() {
+        let mut h = samba();
+        let s = h.open(1);
+        let fd = h.fd_of(K::Recv);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V7);
+        // Samba 4.17 closes the socket on a level it does not know.
+        h.recv(r, &[]);
+        h.honour();
+        assert!(pending(&s), "the open goes on at the other level");
+        assert!(fd.upgrade().is_none(), "the first socket is closed");
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(r, &NpaReply::success(NpaLevel::V8).encode());
+        h.honour();
+        opened(&s);
+        // The next open tries level 8 first.
+        let s2 = h.open(2);
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(r, &NpaReply::success(NpaLevel::V8).encode());
+        h.honour();
+        opened(&s2);
+    }
+
+    #[test]
+    fn invalid_level_twice_is_returned_after_one_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        h.recv(
+            r,
+            &NpaReply::error(NpaLevel::V7, STATUS_INVALID_LEVEL).encode(),
+        );
+        h.honour();
+        assert!(pending(&s));
+        let (level, r) = sent_request(&mut h);
+        assert_eq!(level, NpaLevel::V8);
+        h.recv(
+            r,
+            &NpaReply::error(NpaLevel::V8, STATUS_INVALID_LEVEL).encode(),
+        );
+        h.honour();
+        assert_eq!(status(&s), STATUS_INVALID_LEVEL);
+        assert_eq!(h.d().in_flight(), 0, "no third attempt");
+    }
+
+    #[test]
+    fn short_or_garbled_reply_is_pipe_not_available() {
+        for bad in [&b"NPAM"[..], &[0xffu8; 36][..]] {
+            let mut h = samba();
+            let s = h.open(1);
+            let (_, r) = sent_request(&mut h);
+            h.recv(r, bad);
+            h.honour();
+            assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE, "{bad:?}");
+            assert_eq!(h.d().in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn deadline_during_the_reply_is_pipe_not_available_without_a_retry() {
+        let mut h = samba();
+        let s = h.open(1);
+        let (_, r) = sent_request(&mut h);
+        h.advance(Duration::from_secs(5));
+        assert!(h.d().cancel_asked(r));
+        h.honour();
+        assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
+        assert_eq!(h.d().in_flight(), 0);
+    }
+}
+
+// ---- Samba dialect: message mode -------------------------------------------
+
+mod samba_messages {
+    use super::*;
+    use crate::engine::Dialect;
+    use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
+
+    fn samba() -> H {
+        harness_with(|c| c.dialect = Dialect::Samba)
+    }
+
+    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+        msgs.iter()
+            .flat_map(|m| frame_message(m).expect("short message"))
+            .collect()
+    }
+
+    fn open_ok(h: &mut H) -> PipeId {
+        let s = h.open(1);
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        h.send_all();
+        let r = h.d().one(K::Recv);
+        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
+        h.honour();
+        match done(&s) {
+            Ok(Outcome::Opened { pipe, .. }) => pipe,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    /// The bytes of the one send in flight, completed in full.
+    fn sent(h: &mut H) -> Vec<u8> {
+        let id = h.d().one(K::Send);
+        let buf = match h.d().op(id) {
+            Op::Send { buf, .. } => buf.clone(),
+            _ => panic!("not a send"),
+        };
+        h.complete(id, buf.len() as i32);
+        buf
+    }
+
+    #[test]
+    fn transceive_frames_its_input_and_waits_for_the_whole_reply_message() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"bind", 4280);
+        assert_eq!(
+            h.d().kinds(),
+            vec![K::Send, K::RecvPooled],
+            "linked, no multishot and no probe in message mode"
+        );
+        assert_eq!(sent(&mut h), framed(&[b"bind"]));
+        let raw = framed(&[b"bind_ack!"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..1]);
+        assert!(pending(&s), "half a header is no reply");
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[1..5]);
+        assert!(pending(&s), "part of a message is no reply");
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[5..]);
+        assert_eq!(transfer(&s), ok(b"bind_ack!"));
+    }
+
+    #[test]
+    fn several_messages_in_one_chunk_are_one_reply_each_without_more_sqes() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &framed(&[b"first", b"second", b"third"]));
+        assert_eq!(transfer(&s), ok(b"first"));
+        let r = h.read(p, 4280);
+        assert_eq!(transfer(&r), ok(b"second"));
+        // A transceive whose reply is already here only sends.
+        let s = h.transceive(p, b"q2", 4280);
+        assert_eq!(h.d().kinds(), vec![K::Send]);
+        sent(&mut h);
+        assert_eq!(transfer(&s), ok(b"third"));
+        assert_eq!(h.d().in_flight(), 0);
+    }
+
+    #[test]
+    fn message_longer_than_max_out_overflows_and_the_rest_comes_by_reads() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        // Above 4280 too: message mode overflows whatever max_out.
+        let long = bytes(5000);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let raw = framed(&[&long, b"next"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..4280]);
+        let r = h.d().one(K::Recv);
+        h.recv(r, &raw[4280..]);
+        let t = transfer(&s);
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+        assert_eq!(t.data, long[..4280]);
+        let r = h.read(p, 500);
+        let t = transfer(&r);
+        assert_eq!(
+            (t.status, &t.data[..]),
+            (NtStatus::BUFFER_OVERFLOW, &long[4280..4780])
+        );
+        let r = h.read(p, 500);
+        assert_eq!(transfer(&r), ok(&long[4780..]), "the end of the message");
+        let r = h.read(p, 500);
+        assert_eq!(transfer(&r), ok(b"next"), "the next message, not glued on");
+    }
+
+    #[test]
+    fn cancel_mid_message_keeps_the_message_for_the_next_read() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.read(p, 4280);
+        let raw = framed(&[b"whole message"]);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[..6]);
+        assert!(pending(&s));
+        h.cancel(&s);
+        h.honour();
+        assert_eq!(status(&s), NtStatus::CANCELLED);
+        let s = h.read(p, 4280);
+        let r = h.d().one(K::RecvPooled);
+        h.recv(r, &raw[6..]);
+        assert_eq!(transfer(&s), ok(b"whole message"));
+    }
+
+    #[test]
+    fn cancelled_reader_that_got_its_reply_gives_it_back() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.read(p, 4);
+        let r = h.d().one(K::RecvPooled);
+        h.cancel(&s);
+        // The receive wins the race with its cancel.
+        h.recv(r, &framed(&[b"abcdefgh"]));
+        h.honour();
+        assert_eq!(status(&s), NtStatus::CANCELLED);
+        let s = h.read(p, 100);
+        assert_eq!(
+            transfer(&s),
+            ok(b"abcdefgh"),
+            "nothing lost, nothing reordered"
+        );
+    }
+
+    #[test]
+    fn peek_reports_the_next_message_and_the_messages_in_view() {
+        use crate::protocol::PeekReply;
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"q", 4280);
+        sent(&mut h);
+        let r = h.d().one(K::RecvPooled);
+        let raw = framed(&[b"first", b"second"]);
+        h.recv(r, &raw);
+        assert_eq!(transfer(&s), ok(b"first"));
+        // One more whole message and half of another on the socket.
+        let s = h.io(p, PipeIo::Peek { max_out: 16 + 4 });
+        let id = h.d().one(K::Peek);
+        let mut on_socket = framed(&[b"third"]);
+        on_socket.extend_from_slice(&framed(&[b"fourth"])[..3]);
+        h.d().complete_recv(id, &on_socket, 0);
+        h.turn();
+        let t = transfer(&s);
+        assert_eq!(
+            t.status,
+            NtStatus::BUFFER_OVERFLOW,
+            "the message is cut short"
+        );
+        let (hdr, data) = PeekReply::decode(&t.data).expect("peek reply");
+        assert_eq!(data, b"seco");
+        assert_eq!(hdr.read_data_available, 6);
+        assert_eq!(hdr.message_length, 6);
+        assert_eq!(
+            hdr.number_of_messages, 2,
+            "second and third; not the half one"
+        );
+        // PEEK took nothing: the read still gets the whole message.
+        let r = h.read(p, 100);
+        assert_eq!(transfer(&r), ok(b"second"));
+    }
+
+    #[test]
+    fn long_write_is_split_into_messages_and_counts_the_callers_bytes() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let data = bytes(70_000);
+        let s = h.io(p, PipeIo::Write { data: data.clone() });
+        let wire = sent(&mut h);
+        assert_eq!(wire.len(), 70_004);
+        assert_eq!(&wire[..2], &u16::MAX.to_le_bytes());
+        assert_eq!(
+            &wire[65_537..65_539],
+            &((70_000 - 65_535) as u16).to_le_bytes()
+        );
+        match done(&s) {
+            Ok(Outcome::Written(n)) => assert_eq!(n, 70_000),
+            other => panic!("{other:?}"),
+        }
     }
 }

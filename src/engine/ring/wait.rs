@@ -47,7 +47,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn wait_attempt(&mut self, key: (u32, u32)) {
-        let dir = self.cfg.dir.clone();
+        let (dir, dialect) = (self.cfg.dir.clone(), self.cfg.dialect);
         let Some(OpEntry {
             kind: Kind::WaitPipe { name, phase, .. },
             ..
@@ -56,7 +56,8 @@ impl<D: OpDriver> Core<D> {
             return;
         };
         *phase = WaitPhase::Connecting;
-        let path: PathBuf = dir.join(name.as_str());
+        // `<dir>/<name>`, or `<dir>/np/<name>` in the Samba dialect.
+        let path: PathBuf = dialect.socket_path(&dir, name);
         let Some(addr) = UnixAddr::new(&path) else {
             return self.wait_over(key, NtStatus::OBJECT_NAME_INVALID);
         };
