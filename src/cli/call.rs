@@ -9,12 +9,14 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use opipe::engine::{BackendChoice, Dialect, Engine, EngineConfig, OpenOptions, Pipe, Transfer};
+use opipe::engine::{Engine, EngineConfig, OpenOptions, Pipe, Transfer};
 use opipe::protocol::npa::{DomSid, NpaIdentity};
 use opipe::protocol::{
     ClientAddr, NetUserInfo, NtStatus, MAX_USERINFO_STRING_BYTES, USER_FLAG_ANONYMOUS,
     USER_FLAG_GUEST,
 };
+
+use crate::args::{BackendArg, DialectArg};
 
 /// Longest `--timeout-ms` accepted (one hour).
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -23,45 +25,6 @@ const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// an open. Only an engine that missed its deadline (a bug) gets here; the
 /// open is then cancelled and reported as `STATUS_CANCELLED`.
 const OPEN_BACKSTOP: Duration = Duration::from_secs(2);
-
-/// `--backend` values (`opipe serve`, `opipe call`, `opipe wait`, `opipe bench`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
-    /// io_uring where the kernel grants it, else epoll (said once on stderr).
-    Auto,
-    /// io_uring only: fail where it is refused.
-    IoUring,
-    /// The epoll fallback (same semantics, plain buffers).
-    Epoll,
-}
-
-impl From<BackendArg> for BackendChoice {
-    fn from(b: BackendArg) -> BackendChoice {
-        match b {
-            BackendArg::Auto => BackendChoice::Auto,
-            BackendArg::IoUring => BackendChoice::IoUring,
-            BackendArg::Epoll => BackendChoice::Epoll,
-        }
-    }
-}
-
-/// `--dialect` values (`opipe call`, `opipe wait`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DialectArg {
-    /// illumos smbd's handshake, byte stream, `<dir>/<name>`.
-    Illumos,
-    /// Samba's NPA handshake, u16-framed messages, `<dir>/np/<name>`.
-    Samba,
-}
-
-impl From<DialectArg> for Dialect {
-    fn from(d: DialectArg) -> Dialect {
-        match d {
-            DialectArg::Illumos => Dialect::Illumos,
-            DialectArg::Samba => Dialect::Samba,
-        }
-    }
-}
 
 /// Arguments of `opipe call`.
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::call::BackendArg;
+use crate::args::{BackendArg, DialectArg};
 
 use opipe::protocol::Dialect;
 use opipe::ring::service::DEFAULT_MAX_BUFFERED_BYTES;
@@ -37,25 +37,6 @@ pub enum HandlerKind {
     Srvsvc,
 }
 
-/// The pipe dialect the service speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ServeDialect {
-    /// illumos smbd's: XDR netuserinfo handshake, byte stream, DIR/NAME.
-    Illumos,
-    /// Samba's: named-pipe-auth handshake, u16-framed messages,
-    /// DIR/np/NAME (smbd: `external_rpc_pipe:socket_dir = DIR`).
-    Samba,
-}
-
-impl From<ServeDialect> for Dialect {
-    fn from(d: ServeDialect) -> Dialect {
-        match d {
-            ServeDialect::Illumos => Dialect::Illumos,
-            ServeDialect::Samba => Dialect::Samba,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory for the pipe sockets (must exist). In the samba dialect
@@ -64,8 +45,8 @@ pub struct ServeArgs {
     dir: PathBuf,
 
     /// The pipe dialect: illumos (default) or samba.
-    #[arg(long, value_enum, default_value_t = ServeDialect::Illumos)]
-    dialect: ServeDialect,
+    #[arg(long, value_enum, default_value_t = DialectArg::Illumos)]
+    dialect: DialectArg,
 
     /// Log every DCE/RPC bind (interface) and request (opnum) on stderr
     /// (dcerpc handler; on by default in the samba dialect).
@@ -180,7 +161,7 @@ impl ServeArgs {
             HandlerKind::Echo => b.handler(EchoFactory),
             HandlerKind::Dcerpc => b.handler(
                 DceRpcFactory::new(self.reply_size as usize)
-                    .log_calls(self.log_calls || self.dialect == ServeDialect::Samba),
+                    .log_calls(self.log_calls || self.dialect == DialectArg::Samba),
             ),
             HandlerKind::Srvsvc => b.handler(SrvsvcFactory::new(&self.server_name)),
         }

@@ -63,7 +63,7 @@ pub struct SoakArgs {
     /// I/O backend of the engine: auto picks io_uring where it works, else
     /// epoll.
     #[arg(long, value_enum, default_value = "auto")]
-    backend: crate::call::BackendArg,
+    backend: crate::args::BackendArg,
 }
 
 use opipe::rng::SplitMix64 as Rng;

@@ -90,7 +90,7 @@ pub struct BenchArgs {
     /// I/O backend of opipe's engine (uring, uring-registered): auto picks
     /// io_uring where it works, else epoll.
     #[arg(long, value_enum, default_value = "auto")]
-    backend: crate::call::BackendArg,
+    backend: crate::args::BackendArg,
 
     /// How opipe's io_uring engine receives replies: one multishot receive
     /// per pipe (a transceive is one SEND SQE), or a linked SEND -> RECV
