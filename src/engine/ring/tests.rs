@@ -1468,22 +1468,19 @@ fn persistent_submit_errors_back_off_and_shutdown_still_ends_the_loop() {
 
 // ---- random schedules ---------------------------------------------------------
 
-/// A small deterministic generator (xorshift64*), so every schedule can be
-/// replayed from its seed.
-struct Rng(u64);
+/// The schedules' choices, from the crate's one seeded generator, so every
+/// schedule can be replayed from its seed.
+struct Rng(crate::rng::SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    fn new(seed: u64) -> Rng {
+        Rng(crate::rng::SplitMix64::new(seed))
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.below(n.max(1) as u64) as usize
     }
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.0.below(100) < percent
     }
 }
 
@@ -1620,7 +1617,7 @@ fn collect(s: &Arc<Shared>, max_out: usize, got: &mut Vec<u8>) {
 /// cancels, short sends, split replies, empty pools, lost and won cancel
 /// races, SOCK_NONEMPTY or the peek probe.
 fn random_schedule(seed: u64, multishot: bool) {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let nonempty = rng.chance(50);
     let mut h = harness_with(|c| c.multishot = multishot);
     h.d().features.sock_nonempty = nonempty;
@@ -1737,7 +1734,7 @@ fn concurrent_receives_claim_their_bytes_in_completion_order() {
 /// after it took its reply gives its bytes back to the front of the
 /// stream, behind which a later request may already have finished.
 fn random_concurrent_schedule(seed: u64, multishot: bool) {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut h = harness_with(|c| c.multishot = multishot);
     h.d().features.sock_nonempty = rng.chance(50);
     let p = h.open_ok(1);
