@@ -65,50 +65,11 @@ impl SambaRpcd {
             .expect("temp dir");
         let root = dir.path();
         let ncalrpc_dir = root.join("ncalrpc");
-        for sub in [
-            "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc",
-        ] {
-            fs::create_dir_all(root.join(sub)).expect("samba state dir");
-        }
         let conf = root.join("smb.conf");
-        let p = |sub: &str| root.join(sub).display().to_string();
         let text = format!(
-            "[global]\n\
-             netbios name = {netbios_name}\n\
-             workgroup = OPIPETEST\n\
-             server role = standalone server\n\
-             lock directory = {lock}\n\
-             state directory = {state}\n\
-             cache directory = {cache}\n\
-             private dir = {private}\n\
-             binddns dir = {binddns}\n\
-             pid directory = {pid}\n\
-             ncalrpc dir = {ncalrpc}\n\
-             log file = {log}\n\
-             log level = 1\n\
-             passdb backend = tdbsam:{passdb}\n\
-             interfaces = lo\n\
-             bind interfaces only = yes\n\
-             disable netbios = yes\n\
-             load printers = no\n\
-             disable spoolss = yes\n\
-             map to guest = Bad User\n\
-             rpc start on demand helpers = no\n\
-             \n\
-             [tmp]\n\
-             path = {tmp}\n\
-             read only = yes\n\
-             guest ok = yes\n",
-            lock = p("lock"),
-            state = p("state"),
-            cache = p("cache"),
-            private = p("private"),
-            binddns = p("bind-dns"),
-            pid = p("pid"),
-            ncalrpc = ncalrpc_dir.display(),
-            log = p("samba.log"),
-            passdb = root.join("private/passdb.tdb").display(),
-            tmp = root.display(),
+            "{}\n[tmp]\npath = {}\nread only = yes\nguest ok = yes\n",
+            global_conf(root, netbios_name, "samba.log"),
+            root.display()
         );
         fs::write(&conf, text).expect("write smb.conf");
         let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
@@ -210,4 +171,49 @@ impl Drop for SambaRpcd {
         }
         let _ = self.child.wait();
     }
+}
+
+/// The `[global]` section of a Samba that lives wholly in `root` (every
+/// state path under it, loopback only, no printers or netbios, RPC servers
+/// not started on demand), as `../shared/SAMBA.md` describes; the state
+/// directories are made. Used by this fixture and the smbd one.
+pub fn global_conf(root: &Path, netbios_name: &str, log_name: &str) -> String {
+    for sub in [
+        "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc",
+    ] {
+        fs::create_dir_all(root.join(sub)).expect("samba state dir");
+    }
+    let p = |sub: &str| root.join(sub).display().to_string();
+    format!(
+        "[global]\n\
+         netbios name = {netbios_name}\n\
+         workgroup = OPIPETEST\n\
+         server role = standalone server\n\
+         lock directory = {lock}\n\
+         state directory = {state}\n\
+         cache directory = {cache}\n\
+         private dir = {private}\n\
+         binddns dir = {binddns}\n\
+         pid directory = {pid}\n\
+         ncalrpc dir = {ncalrpc}\n\
+         log file = {log}\n\
+         log level = 1\n\
+         passdb backend = tdbsam:{passdb}\n\
+         interfaces = lo\n\
+         bind interfaces only = yes\n\
+         disable netbios = yes\n\
+         load printers = no\n\
+         disable spoolss = yes\n\
+         map to guest = Bad User\n\
+         rpc start on demand helpers = no\n",
+        lock = p("lock"),
+        state = p("state"),
+        cache = p("cache"),
+        private = p("private"),
+        binddns = p("bind-dns"),
+        pid = p("pid"),
+        ncalrpc = p("ncalrpc"),
+        log = p(log_name),
+        passdb = root.join("private/passdb.tdb").display(),
+    )
 }

@@ -72,54 +72,20 @@ impl Smbd {
             .tempdir()
             .expect("temp dir");
         let root = dir.path();
-        for sub in [
-            "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc", "share",
-        ] {
-            fs::create_dir_all(root.join(sub)).expect("smbd state dir");
-        }
-        let p = |sub: &str| root.join(sub).display().to_string();
+        fs::create_dir_all(root.join("share")).expect("smbd share dir");
         let port = free_port();
         let conf = root.join("smb.conf");
         let text = format!(
-            "[global]\n\
-             netbios name = {netbios_name}\n\
-             workgroup = OPIPETEST\n\
-             server role = standalone server\n\
-             lock directory = {lock}\n\
-             state directory = {state}\n\
-             cache directory = {cache}\n\
-             private dir = {private}\n\
-             binddns dir = {binddns}\n\
-             pid directory = {pid}\n\
-             ncalrpc dir = {ncalrpc}\n\
-             log file = {log}\n\
-             log level = 1\n\
-             passdb backend = tdbsam:{passdb}\n\
-             interfaces = lo\n\
-             bind interfaces only = yes\n\
-             disable netbios = yes\n\
-             load printers = no\n\
-             disable spoolss = yes\n\
-             map to guest = Bad User\n\
-             rpc start on demand helpers = no\n\
-             smb ports = {port}\n\
+            "{}smb ports = {port}\n\
              external_rpc_pipe:socket_dir = {pipes}\n\
              \n\
              [tmp]\n\
              path = {share}\n\
              read only = yes\n\
              guest ok = yes\n",
-            lock = p("lock"),
-            state = p("state"),
-            cache = p("cache"),
-            private = p("private"),
-            binddns = p("bind-dns"),
-            pid = p("pid"),
-            ncalrpc = p("ncalrpc"),
-            log = p("smbd.log"),
-            passdb = root.join("private/passdb.tdb").display(),
+            super::samba::global_conf(root, netbios_name, "smbd.log"),
             pipes = pipe_dir.display(),
-            share = p("share"),
+            share = root.join("share").display(),
         );
         fs::write(&conf, text).expect("write smb.conf");
         let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
