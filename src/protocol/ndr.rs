@@ -310,15 +310,10 @@ impl<'a> NdrReader<'a> {
         Ok(n)
     }
 
-    /// A `[string]` pointee (UTF-8): maximum count, offset, actual count,
-    /// bytes. Refuses an offset other than 0, an actual count other than the
-    /// maximum count, a count of 0 or over `max + 1` (the NUL), a missing
-    /// final NUL, an embedded NUL and invalid UTF-8.
-    pub(crate) fn string(
-        &mut self,
-        field: &'static str,
-        max: usize,
-    ) -> Result<String, DecodeError> {
+    /// The header of a conformant-varying string of at most `max`
+    /// characters plus its NUL: maximum count, offset 0, actual count equal
+    /// to the maximum; returns the count (NUL included, at least 1).
+    fn string_count(&mut self, field: &'static str, max: usize) -> Result<usize, DecodeError> {
         let size = self.u32(field)?;
         let offset = self.u32(field)?;
         let actual = self.u32(field)?;
@@ -350,6 +345,19 @@ impl<'a> NdrReader<'a> {
                 max: max as u64 + 1,
             });
         }
+        Ok(n)
+    }
+
+    /// A `[string]` pointee (UTF-8): maximum count, offset, actual count,
+    /// bytes. Refuses an offset other than 0, an actual count other than the
+    /// maximum count, a count of 0 or over `max + 1` (the NUL), a missing
+    /// final NUL, an embedded NUL and invalid UTF-8.
+    pub(crate) fn string(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<String, DecodeError> {
+        let n = self.string_count(field, max)?;
         let bytes = self.take(field, n)?;
         let (last, text) = match bytes.split_last() {
             Some(split) => split,
@@ -383,37 +391,7 @@ impl<'a> NdrReader<'a> {
         field: &'static str,
         max: usize,
     ) -> Result<String, DecodeError> {
-        let size = self.u32(field)?;
-        let offset = self.u32(field)?;
-        let actual = self.u32(field)?;
-        if offset != 0 {
-            return Err(DecodeError::InvalidValue {
-                field,
-                value: u64::from(offset),
-            });
-        }
-        if actual != size {
-            return Err(DecodeError::LengthMismatch {
-                field,
-                declared: u64::from(actual),
-                expected: u64::from(size),
-            });
-        }
-        let n = usize::try_from(actual).unwrap_or(usize::MAX);
-        if n == 0 {
-            return Err(DecodeError::TooShort {
-                field,
-                len: 0,
-                min: 1,
-            });
-        }
-        if n > max.saturating_add(1) {
-            return Err(DecodeError::TooLong {
-                field,
-                len: u64::from(actual),
-                max: max as u64 + 1,
-            });
-        }
+        let n = self.string_count(field, max)?;
         let bytes = self.take(field, n * 2)?;
         let units: Vec<u16> = bytes
             .chunks_exact(2)
