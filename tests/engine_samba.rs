@@ -297,6 +297,88 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
     });
 }
 
+/// The pids of the `rpcd_*` workers named `name` in `samba-dcerpcd`'s
+/// process group (`/proc/<pid>/stat` field 5 is the group).
+fn workers(rpcd: &SambaRpcd, name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(name) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the ")" that ends the command name: state, ppid, pgrp.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i32>().ok());
+        if pgrp == Some(rpcd.pid()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_engine_survives_rpcd_classic_being_killed() {
+    let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
+        return;
+    };
+    common::bounded(Duration::from_secs(90), move || {
+        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+            let Some(e) = engine(&rpcd, backend) else {
+                continue;
+            };
+            let pipe = e
+                .open("srvsvc", common::user(1), None)
+                .wait()
+                .expect("open");
+            bind(&pipe);
+            assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
+            let victims = workers(&rpcd, "rpcd_classic");
+            assert!(!victims.is_empty(), "{backend:?}: no rpcd_classic running");
+            for pid in &victims {
+                // SAFETY: kill(2) has no memory-safety preconditions; the
+                // pid is a worker in our own samba-dcerpcd's group.
+                unsafe {
+                    libc::kill(*pid, libc::SIGKILL);
+                }
+            }
+            // The pipe it served is broken: the next call says so, at once.
+            let unc = format!("\\\\{NETBIOS_NAME}");
+            let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
+            let pdu = encode_request(3, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
+            let dead = pipe.transceive(pdu, MAX_OUT).wait();
+            assert_eq!(dead.err(), Some(NtStatus::PIPE_BROKEN), "{backend:?}");
+            pipe.close().wait().expect("close of the broken pipe");
+            // The engine goes on: new opens work once samba-dcerpcd has a
+            // worker for srvsvc again.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let name = loop {
+                let attempt = e.open("srvsvc", common::user(2), None).wait().map(|p| {
+                    bind(&p);
+                    server_name(&p, 2)
+                });
+                match attempt {
+                    Ok(name) => break name,
+                    Err(status) => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "{backend:?}: no srvsvc after the kill: {status}\n{}",
+                            rpcd.logs()
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            };
+            assert_eq!(name, NETBIOS_NAME, "{backend:?}");
+        }
+    });
+}
+
 // ---- against opipe's own service in the Samba dialect -------------------------
 
 use opipe::engine::BufferMode;
