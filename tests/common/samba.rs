@@ -148,28 +148,9 @@ impl SambaRpcd {
 
 impl Drop for SambaRpcd {
     fn drop(&mut self) {
-        let pid = self.pid();
-        // SIGTERM to samba-dcerpcd alone first, so that it stops and reaps
-        // its rpcd_* workers itself.
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child's, not yet waited for.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Whatever is left of its process group (workers included) goes
-        // now: process_group(0) made the group id its pid.
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        // samba-dcerpcd stops and reaps its rpcd_* workers itself on
+        // SIGTERM; what is left of its group goes after 3 s.
+        stop_group(&mut self.child);
     }
 }
 
@@ -216,4 +197,28 @@ pub fn global_conf(root: &Path, netbios_name: &str, log_name: &str) -> String {
         log = p(log_name),
         passdb = root.join("private/passdb.tdb").display(),
     )
+}
+
+/// Stops a daemon started with `process_group(0)` (so its group id is its
+/// pid): SIGTERM to the daemon alone, up to 3 s for it to exit, then
+/// SIGKILL to whatever is left of its group (its workers), and reaps it.
+pub fn stop_group(child: &mut std::process::Child) {
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+    // own child's, not yet waited for.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above; a negative pid names the process group.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let _ = child.wait();
 }

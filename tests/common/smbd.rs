@@ -168,26 +168,8 @@ impl Smbd {
 
 impl Drop for Smbd {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SIGTERM to the parent smbd first, then whatever is left of its
-        // process group (process_group(0) made the group id its pid).
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child's, not yet waited for.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        // The parent smbd first, then its per-client children.
+        super::samba::stop_group(&mut self.child);
     }
 }
 
