@@ -12,7 +12,9 @@
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
 //! * `phases`: the four meeting points of a run (opened, go, done, close);
 //! * [`monitor`]: progress line and stall watchdog; [`output`]: table and JSON;
-//! * [`spec`]: what one run is asked to do, and the size definitions.
+//! * [`spec`]: what one run is asked to do, and the size definitions;
+//! * [`smb2`]: `--smb2`, SMB2 servers (`opipe smb2`, Samba's smbd) in
+//!   front of one pipe service, with an SMB2 load client of its own.
 
 pub mod exchange;
 pub mod measure;
@@ -23,6 +25,7 @@ mod peers;
 mod phases;
 pub mod record;
 pub mod service;
+pub mod smb2;
 pub mod spec;
 pub mod sys;
 
@@ -168,6 +171,26 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "dir", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
+
+    /// Benchmark SMB2 servers instead of engines: `opipe smb2` and Samba's
+    /// smbd (when /usr/sbin/smbd exists), both in front of one `opipe serve
+    /// --dialect samba --handler srvsvc`, driven by an SMB2 load client
+    /// (anonymous login, IPC$, srvsvc, bind, then FSCTL_PIPE_TRANSCEIVE of
+    /// NetrServerGetInfo in a closed loop). --pipes counts connections
+    /// (the set: --pipes 1,64,512). Reports calls/s, the server's
+    /// CPU per call (smbd: all its processes), p50/p99/p99.9, and the
+    /// opipe/smbd ratios.
+    #[arg(long, conflicts_with_all = ["engine", "dir", "requests", "request_size",
+          "reply_size", "max_out", "uring_recv", "rings", "sq_entries", "cq_entries", "pipe"])]
+    smb2: bool,
+
+    /// With --smb2: the pipe service behind both SMB servers.
+    #[arg(long, value_enum, default_value = "opipe-serve", requires = "smb2")]
+    target: smb2::Smb2Target,
+
+    /// With --smb2: the binary whose `smb2` subcommand is measured (default: this one).
+    #[arg(long, hide = true, value_name = "PATH", requires = "smb2")]
+    smb2_exe: Option<PathBuf>,
 }
 
 /// `--uring-recv` values.
@@ -269,6 +292,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
 
 /// The whole bench; `Ok(false)` when some run had errors or did not run.
 fn bench(args: &BenchArgs) -> Result<bool, String> {
+    if args.smb2 {
+        return smb2::bench(args);
+    }
     let (peers, mut all_ok) = build_peers(args);
     if peers.is_empty() {
         return Err("no engine to run".into());

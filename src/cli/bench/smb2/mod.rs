@@ -1,0 +1,321 @@
+//! `opipe bench --smb2`: `opipe smb2` against Samba's `smbd`, both in
+//! front of the SAME pipe service, driven by one small SMB2 load client.
+//!
+//! ```text
+//!                     +-> opipe smb2 --dialect samba --+
+//! load client (TCP) --|                                |--> opipe serve --dialect samba
+//!                     +-> smbd (external_rpc_pipe) ----+    --handler srvsvc
+//! ```
+//!
+//! * [`client`]: the load client (anonymous login, IPC$, srvsvc, bind,
+//!   then FSCTL_PIPE_TRANSCEIVE of NetrServerGetInfo in a closed loop);
+//! * [`runner`]: one measured run (N connections, one server);
+//! * [`service`]: the pipe service; [`front`]: `opipe smb2`;
+//!   [`smbd`]: the real smbd; [`daemon`]: their process-group guard;
+//! * [`group`]: the CPU of a process group that forks (smbd: all its
+//!   processes, exited ones included);
+//! * [`report`]: the table, the ratios and the JSON.
+//!
+//! Rounds: every round runs every connection count on both servers, the
+//! servers taking turns (the order swapped every round); ratios are
+//! taken within a round.
+
+pub mod client;
+pub mod daemon;
+pub mod front;
+pub mod group;
+pub mod report;
+pub mod runner;
+pub mod service;
+pub mod smbd;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use serde_json::json;
+
+use opipe::ring::sys::BlockedSignals;
+
+use super::{note, BenchArgs, FdBudget, DEFAULT_DURATION};
+use crate::args::BackendArg;
+use client::Target;
+use daemon::Cleanup;
+use front::{Front, FrontConfig};
+use report::Row;
+use runner::RunPlan;
+use service::PipeService;
+use smbd::Smbd;
+
+/// How long after a run the servers get to close its connections (smbd:
+/// its per-connection processes gone) before the next run starts.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--target`: the pipe service behind both SMB servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Smb2Target {
+    /// `opipe serve --dialect samba --handler srvsvc`: fast, so that the
+    /// SMB server's own cost shows.
+    OpipeServe,
+    /// Samba's own `samba-dcerpcd` (not done yet: refused with a message).
+    SambaRpcd,
+}
+
+/// One of the SMB servers under test.
+enum Server {
+    Opipe(Front),
+    Smbd(Smbd),
+}
+
+impl Server {
+    fn name(&self) -> &'static str {
+        match self {
+            Server::Opipe(_) => report::OPIPE,
+            Server::Smbd(_) => report::SMBD,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Server::Opipe(f) => f.addr,
+            Server::Smbd(s) => s.addr,
+        }
+    }
+
+    fn pgid(&self) -> u32 {
+        match self {
+            Server::Opipe(f) => f.pgid(),
+            Server::Smbd(s) => s.pgid(),
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self {
+            Server::Opipe(f) => f.check_alive(),
+            Server::Smbd(s) => s.check_alive(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        match self {
+            Server::Opipe(f) => f.log_tail(),
+            Server::Smbd(s) => s.log_tail(),
+        }
+    }
+}
+
+/// Runs `opipe bench --smb2`; `Ok(false)` when a run had errors or did
+/// not run.
+pub fn bench(args: &BenchArgs) -> Result<bool, String> {
+    if args.target == Smb2Target::SambaRpcd {
+        return Err(
+            "--target samba-rpcd is not implemented yet: the --smb2 bench runs in \
+                    front of `opipe serve --dialect samba --handler srvsvc` only (the default \
+                    --target opipe-serve)"
+                .into(),
+        );
+    }
+    let exe = match &args.smb2_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?,
+    };
+    // As the pipe bench does: signals taken by one thread that cleans up.
+    let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let fds = FdBudget::take()?;
+    let cleanup = Cleanup::default();
+    on_signal(signals, cleanup.clone());
+
+    let mut notes = Vec::new();
+    let mut service =
+        PipeService::start(args.threads, &cleanup).map_err(|e| format!("the pipe service: {e}"))?;
+    note(format!(
+        "pipe service started: pid {}, {}/np/srvsvc (opipe serve --dialect samba --handler srvsvc)",
+        service.pid().unwrap_or(0),
+        service.dir().display()
+    ));
+    let mut servers = Vec::new();
+    let mut status = serde_json::Map::new();
+    match start_opipe(args, exe, &service, &cleanup) {
+        Ok(f) => {
+            note(format!(
+                "opipe smb2 started on {} (pgid {})",
+                f.addr,
+                f.pgid()
+            ));
+            status.insert(report::OPIPE.into(), json!("ran"));
+            servers.push(Server::Opipe(f));
+        }
+        Err(why) => {
+            let msg = format!("opipe smb2 NOT measured: {why}");
+            note(&msg);
+            status.insert(report::OPIPE.into(), json!(format!("not run: {why}")));
+            notes.push(msg);
+        }
+    }
+    if smbd::installed() {
+        let s = Smbd::start(service.dir(), &cleanup).map_err(|e| format!("smbd: {e}"))?;
+        note(format!("smbd started on {} (pgid {})", s.addr, s.pgid()));
+        status.insert(report::SMBD.into(), json!("ran"));
+        servers.push(Server::Smbd(s));
+    } else {
+        let msg = format!("smbd NOT measured: {} is not installed", smbd::SMBD);
+        note(&msg);
+        status.insert(report::SMBD.into(), json!(format!("not run: {msg}")));
+        notes.push(msg);
+    }
+    if servers.is_empty() {
+        return Err("no SMB server to measure".into());
+    }
+
+    let (rows, ok) = run_rounds(args, &mut servers, &mut service, &fds);
+    drop(servers);
+    drop(service);
+    if args.json {
+        println!(
+            "{}",
+            report::json(&rows, &serde_json::Value::Object(status), &notes)
+        );
+    } else {
+        print!("{}", report::table(&rows, &notes));
+    }
+    Ok(ok && !rows.is_empty())
+}
+
+/// `opipe smb2` in front of `service`, or why it cannot run.
+fn start_opipe(
+    args: &BenchArgs,
+    exe: PathBuf,
+    service: &PipeService,
+    cleanup: &Cleanup,
+) -> Result<Front, String> {
+    front::available(&exe)?;
+    let cfg = FrontConfig {
+        exe,
+        pipe_dir: service.dir().to_owned(),
+        backend: match args.backend {
+            BackendArg::Auto => None,
+            BackendArg::IoUring => Some("io-uring"),
+            BackendArg::Epoll => Some("epoll"),
+        },
+        threads: None,
+    };
+    Front::start(&cfg, cleanup).map_err(|e| format!("it did not start: {e}"))
+}
+
+/// Every round, every connection count, every server in turn.
+fn run_rounds(
+    args: &BenchArgs,
+    servers: &mut [Server],
+    service: &mut PipeService,
+    fds: &FdBudget,
+) -> (Vec<Row>, bool) {
+    let duration = args.duration.unwrap_or(DEFAULT_DURATION);
+    let rounds = args.rounds as usize;
+    let mut rows = Vec::new();
+    let mut all_ok = true;
+    for round in 1..=rounds {
+        for &asked in &args.pipes {
+            let connections = asked.min(fds.pipes_max);
+            if connections < asked && round == 1 {
+                note(format!(
+                    "can open only {connections} of the {asked} connections asked for \
+                     (RLIMIT_NOFILE {}); running with {connections}",
+                    fds.limit
+                ));
+            }
+            let order: Vec<usize> = if round % 2 == 1 {
+                (0..servers.len()).collect()
+            } else {
+                (0..servers.len()).rev().collect()
+            };
+            for i in order {
+                let server = &mut servers[i];
+                note(format!(
+                    "{}{} with {connections} connections, {:.1} s",
+                    if rounds > 1 {
+                        format!("round {round}/{rounds}: ")
+                    } else {
+                        String::new()
+                    },
+                    server.name(),
+                    duration.as_secs_f64()
+                ));
+                let base = group::group_cpu(server.pgid()).map_or(1, |g| g.processes);
+                let plan = RunPlan {
+                    target: Target {
+                        addr: server.addr(),
+                        server_name: service::SERVER_NAME.into(),
+                    },
+                    connections,
+                    duration,
+                    stall: args.stall_timeout,
+                    server_pgid: server.pgid(),
+                    service_pid: service.pid(),
+                };
+                match runner::run(&plan) {
+                    Ok(m) => {
+                        for e in &m.recorded.error_samples {
+                            note(format!("{}: {e}", server.name()));
+                        }
+                        let row = Row::new(server.name(), connections, round, &m);
+                        all_ok &= row.errors == 0;
+                        rows.push(row);
+                    }
+                    Err(e) => {
+                        note(format!(
+                            "{} with {connections} connections did not run: {e}{}",
+                            server.name(),
+                            server.log_tail()
+                        ));
+                        all_ok = false;
+                    }
+                }
+                settle(server.pgid(), base);
+                // A dead server or service makes every later run a wall of
+                // errors: stop and report what ran.
+                if let Err(e) = server.check_alive().and_then(|()| service.check_alive()) {
+                    note(format!("error: {e}"));
+                    return (rows, false);
+                }
+            }
+        }
+    }
+    (rows, all_ok)
+}
+
+/// Waits (bounded) until the group is back to `processes` members: smbd's
+/// per-connection processes of the last run gone.
+fn settle(pgid: u32, processes: usize) {
+    let begin = Instant::now();
+    while begin.elapsed() < SETTLE_TIMEOUT {
+        match group::group_cpu(pgid) {
+            Ok(g) if g.processes > processes => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
+    note(format!(
+        "warning: the server's process group {pgid} still has more than {processes} \
+         processes {SETTLE_TIMEOUT:?} after its connections closed"
+    ));
+}
+
+/// Kills the server groups, removes the directories and exits 130 when
+/// one of `signals` arrives. The pipe service and the group leaders die
+/// with this process (PR_SET_PDEATHSIG).
+fn on_signal(signals: BlockedSignals, cleanup: Cleanup) {
+    let spawned = std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                note(format!("signal {sig}: stopping the servers and exiting"));
+                cleanup.now();
+                std::process::exit(130);
+            }
+        });
+    if let Err(e) = spawned {
+        note(format!(
+            "warning: no signal thread ({e}); an interrupt may leave the servers running"
+        ));
+    }
+}
