@@ -28,6 +28,8 @@ pub mod report;
 pub mod runner;
 pub mod service;
 pub mod smbd;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
