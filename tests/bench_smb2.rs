@@ -1,0 +1,341 @@
+//! `opipe bench --smb2` end to end: the real binary, its own pipe service,
+//! a real Samba smbd on a loopback port, and `opipe smb2` when this build
+//! has it (else the clear message). Short runs (0.3-0.5 s), every command
+//! bounded, and no smbd process left behind (checked by process group).
+//! Skipped, loudly, where smbd is not installed.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::smbd::{require_smbd, run_bounded};
+
+/// A whole bench run may take this long before the test fails.
+const BENCH_LIMIT: Duration = Duration::from_secs(180);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn opipe(args: &[&str]) -> Output {
+    run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_opipe")).args(args),
+        BENCH_LIMIT,
+    )
+}
+
+/// Runs `opipe bench --smb2 --json <args>`, which must exit 0; returns
+/// the JSON document and stderr.
+fn bench_json(args: &[&str]) -> (Value, String) {
+    let mut all = vec!["bench", "--smb2", "--json"];
+    all.extend_from_slice(args);
+    let out = opipe(&all);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "opipe {all:?} failed:\n{err}");
+    let stdout = text(&out.stdout);
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{err}"));
+    (v, err)
+}
+
+/// The numbers after `(pgid ` in the bench's notes: the server groups.
+fn pgids(stderr: &str) -> Vec<u32> {
+    stderr
+        .split("(pgid ")
+        .skip(1)
+        .filter_map(|s| s.split(')').next()?.parse().ok())
+        .collect()
+}
+
+/// Whether any process of group `pgid` is alive.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return false;
+        };
+        // Field 5 (pgrp) is the third after the command name.
+        stat[close + 1..].split_whitespace().nth(2) == Some(&pgid.to_string())
+    })
+}
+
+/// No process of the groups the bench started is left (bounded wait:
+/// killed processes are reaped by whoever adopted them).
+fn assert_no_server_left(stderr: &str, expect_groups: usize) {
+    let groups = pgids(stderr);
+    assert_eq!(groups.len(), expect_groups, "{stderr}");
+    for g in groups {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_alive(g) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!group_alive(g), "process group {g} outlived the bench");
+    }
+    // And the pipe service's directory is gone.
+    let dir = stderr
+        .split("pipe service started: pid ")
+        .nth(1)
+        .and_then(|s| s.split(", ").nth(1))
+        .and_then(|s| s.split("/np/srvsvc").next())
+        .unwrap_or_else(|| panic!("no pipe service line in {stderr}"));
+    assert!(!Path::new(dir).exists(), "{dir} left behind");
+}
+
+/// A run's row is sane: every connection set up, calls made and verified,
+/// no error, CPU and latencies positive and ordered.
+fn check_row(r: &Value) {
+    let f = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {r}"))
+    };
+    assert_eq!(r["connected"], r["connections"], "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["dialect"], "3.1.1", "{r}");
+    assert!(f("calls") >= 10.0, "{r}");
+    assert!(f("calls_per_s") > 0.0, "{r}");
+    // Some CPU, and less than a second per call.
+    assert!(f("server_cpu_us_per_call") > 0.0, "{r}");
+    assert!(f("server_cpu_us_per_call") < 1e6, "{r}");
+    assert!(f("service_cpu_us_per_call") > 0.0, "{r}");
+    assert!(f("p50_us") > 0.0, "{r}");
+    assert!(
+        f("p50_us") <= f("p99_us") && f("p99_us") <= f("p999_us"),
+        "{r}"
+    );
+    assert!(f("elapsed_s") >= 0.3, "{r}");
+    // The server's processes: smbd forks one per connection.
+    if r["server"] == "smbd" {
+        assert!(
+            f("server_processes") > f("connections"),
+            "one smbd per connection and the parent: {r}"
+        );
+    }
+}
+
+fn rows<'a>(v: &'a Value, server: &str) -> Vec<&'a Value> {
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["server"] == server)
+        .collect()
+}
+
+#[test]
+fn smbd_is_measured_and_opipe_smb2_too_or_said_missing() {
+    if !require_smbd("smbd_is_measured_and_opipe_smb2_too_or_said_missing") {
+        return;
+    }
+    let (v, err) = bench_json(&["--pipes", "1,4", "--duration", "0.5", "--rounds", "1"]);
+    let smbd = rows(&v, "smbd");
+    assert_eq!(smbd.len(), 2, "{v}");
+    for r in &smbd {
+        check_row(r);
+    }
+    assert_eq!(smbd[0]["connections"], 1);
+    assert_eq!(smbd[1]["connections"], 4);
+    assert_eq!(v["servers"]["smbd"], "ran");
+    let opipe = rows(&v, "opipe-smb2");
+    if v["servers"]["opipe-smb2"] == "ran" {
+        assert_eq!(opipe.len(), 2, "{v}");
+        for r in &opipe {
+            check_row(r);
+        }
+        let ratio = &v["summary"][1]["opipe_vs_smbd"]["calls_per_s"]["median"];
+        assert!(ratio.as_f64().is_some_and(|x| x > 0.0), "{v}");
+        assert_no_server_left(&err, 2);
+    } else {
+        // Said clearly, in the JSON, in its notes and on stderr.
+        assert!(opipe.is_empty(), "{v}");
+        let why = v["servers"]["opipe-smb2"].as_str().expect("a reason");
+        assert!(
+            why.starts_with("not run:") && why.contains("no `opipe smb2` subcommand"),
+            "{why}"
+        );
+        assert!(v["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("opipe smb2 NOT measured")));
+        assert!(err.contains("opipe smb2 NOT measured"), "{err}");
+        assert!(v["summary"][0]["opipe_vs_smbd"]["calls_per_s"].is_null());
+        assert_no_server_left(&err, 1);
+    }
+}
+
+/// Writes a stand-in for `opipe smb2` into `dir`: a script keeping the
+/// subcommand's contract (`smb2 --help` exits 0; `smb2 --listen ... --dir
+/// DIR` prints `listening on 127.0.0.1:<port>` once it accepts, and runs
+/// until signalled) with a real smbd behind it pointed at DIR.
+fn stand_in(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("stand-in");
+    fs::create_dir_all(&root).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!(
+        "{}smb ports = {port}\n",
+        common::samba::global_conf(&root, "STANDIN", "smbd.log")
+    );
+    fs::write(root.join("base.conf"), base).unwrap();
+    let script = format!(
+        r#"#!/bin/bash
+[ "$1" = smb2 ] || exit 2
+shift
+[ "$1" = --help ] && exit 0
+while [ $# -gt 0 ]; do
+    case "$1" in --dir) pipes="$2"; shift;; esac
+    shift
+done
+root='{root}'
+{{ cat "$root/base.conf"; echo "external_rpc_pipe:socket_dir = $pipes"; }} > "$root/smb.conf"
+/usr/sbin/smbd --foreground --no-process-group -s "$root/smb.conf" </dev/null >/dev/null 2>&1 &
+for i in $(seq 400); do
+    (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break
+    sleep 0.05
+done
+echo "listening on 127.0.0.1:{port}"
+wait
+"#,
+        root = root.display()
+    );
+    let exe = dir.join("fake-opipe");
+    fs::write(&exe, script).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
+#[test]
+fn a_second_server_behind_the_contract_is_measured_and_compared() {
+    if !require_smbd("a_second_server_behind_the_contract_is_measured_and_compared") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = stand_in(tmp.path());
+    let exe = exe.to_str().unwrap();
+    let (v, err) = bench_json(&[
+        "--pipes",
+        "2",
+        "--duration",
+        "0.3",
+        "--rounds",
+        "2",
+        "--smb2-exe",
+        exe,
+    ]);
+    assert_eq!(v["servers"]["opipe-smb2"], "ran", "{v}\n{err}");
+    let (front, smbd) = (rows(&v, "opipe-smb2"), rows(&v, "smbd"));
+    assert_eq!((front.len(), smbd.len()), (2, 2), "{v}");
+    for r in front.iter().chain(&smbd) {
+        check_row(r);
+    }
+    // The order is swapped in round 2: the stand-in first in round 1 only.
+    let order: Vec<(u64, &str)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["round"].as_u64().unwrap(), r["server"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (1, "opipe-smb2"),
+            (1, "smbd"),
+            (2, "smbd"),
+            (2, "opipe-smb2")
+        ]
+    );
+    let s = &v["summary"][0];
+    assert_eq!(s["rounds_compared"], 2, "{s}");
+    for k in ["calls_per_s", "server_cpu_us_per_call", "p50_us", "p99_us"] {
+        let m = &s["opipe_vs_smbd"][k];
+        let (lo, med, hi) = (
+            m["min"].as_f64().unwrap(),
+            m["median"].as_f64().unwrap(),
+            m["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < lo && lo <= med && med <= hi, "{k}: {m}");
+    }
+    assert!(s["opipe_smb2"]["calls_per_s"].as_f64().unwrap() > 0.0);
+    assert_no_server_left(&err, 2);
+}
+
+#[test]
+fn the_table_names_both_servers_and_the_ratios() {
+    if !require_smbd("the_table_names_both_servers_and_the_ratios") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = stand_in(tmp.path());
+    let out = opipe(&[
+        "bench",
+        "--smb2",
+        "--pipes",
+        "1",
+        "--duration",
+        "0.3",
+        "--smb2-exe",
+        exe.to_str().unwrap(),
+    ]);
+    let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    assert!(stdout.contains("server us/call"), "{stdout}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("opipe-smb2 ").contains("3.1.1"), "{stdout}");
+    assert!(line("smbd ").contains("3.1.1"), "{stdout}");
+    // 1 connection: ratios, and a verdict on the goal (p50 no worse
+    // than smbd's): "met" or "not met".
+    let ratios = line("1 conns");
+    assert!(ratios.contains('x') && ratios.ends_with("met"), "{stdout}");
+    assert_no_server_left(&err, 2);
+}
+
+#[test]
+fn samba_rpcd_target_is_refused_with_a_clear_message() {
+    let out = opipe(&["bench", "--smb2", "--target", "samba-rpcd", "--pipes", "1"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--target samba-rpcd is not implemented yet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn engine_options_do_not_mix_with_smb2() {
+    for extra in [
+        &["--engine", "tokio"][..],
+        &["--request-size", "128"],
+        &["--requests", "10"],
+    ] {
+        let mut args = vec!["bench", "--smb2"];
+        args.extend_from_slice(extra);
+        let out = opipe(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = opipe(&["bench", "--target", "samba-rpcd"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
