@@ -50,6 +50,8 @@ use opipe::smb2::{Command, Header, Request, Response};
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// MaxOutputResponse of every transceive (what `rpcclient` asks).
 pub const MAX_OUT_BYTES: u32 = dcerpc::DEFAULT_MAX_FRAG as u32;
+/// Bytes read from the socket at once (a response is far smaller).
+const RX_BUFFER_BYTES: usize = 16 * 1024;
 /// Credits asked in every request: enough that one request in flight
 /// never runs out, whatever the server grants back.
 const CREDITS_ASKED: u16 = 8;
@@ -136,8 +138,13 @@ pub struct Connection {
     /// Where the DCE/RPC PDU starts in `call`.
     pdu_at: usize,
     call_id: u32,
-    /// The last message read (one response, framing header stripped).
+    /// What was read from the socket: the last message read (one
+    /// response, framing header stripped) is `rx[msg_at..msg_end]`, and
+    /// `rx[msg_end..rx_end]` what came after it.
     rx: Vec<u8>,
+    msg_at: usize,
+    msg_end: usize,
+    rx_end: usize,
     expect_name: String,
     negotiated: Negotiated,
 }
@@ -162,7 +169,10 @@ impl Connection {
             call: Vec::new(),
             pdu_at: 0,
             call_id: 1,
-            rx: Vec::with_capacity(4096),
+            rx: vec![0; RX_BUFFER_BYTES],
+            msg_at: 0,
+            msg_end: 0,
+            rx_end: 0,
             expect_name: target.server_name.clone(),
             negotiated: Negotiated {
                 dialect: 0,
@@ -251,26 +261,8 @@ impl Connection {
         message_id: u64,
     ) -> Result<Header, ClientError> {
         for _ in 0..=MAX_INTERIM {
-            let mut fh = [0u8; FRAME_HEADER_LEN];
-            self.stream
-                .read_exact(&mut fh)
-                .await
-                .map_err(|e| fail(step, read_error(e)))?;
-            let len = frame_len(fh).map_err(|e| fail(step, e))?;
-            if !(HEADER_LEN..=MAX_MESSAGE_BYTES).contains(&len) {
-                return Err(fail(
-                    step,
-                    format!(
-                        "a {len}-byte message (from {HEADER_LEN} to {MAX_MESSAGE_BYTES} accepted)"
-                    ),
-                ));
-            }
-            self.rx.resize(len, 0);
-            self.stream
-                .read_exact(&mut self.rx)
-                .await
-                .map_err(|e| fail(step, read_error(e)))?;
-            let h = Header::decode(&self.rx).map_err(|e| fail(step, e))?;
+            self.next_message(step).await?;
+            let h = Header::decode(self.message()).map_err(|e| fail(step, e))?;
             if !h.is_response() || h.next_command != 0 {
                 return Err(fail(step, "not a single response"));
             }
@@ -292,6 +284,65 @@ impl Connection {
         Err(fail(step, "too many interim responses"))
     }
 
+    /// The last message read.
+    fn message(&self) -> &[u8] {
+        &self.rx[self.msg_at..self.msg_end]
+    }
+
+    /// Reads the next message: from what is buffered if it is all there,
+    /// else with as few reads as it takes (usually one: a response
+    /// arrives whole). A message longer than the buffer grows it, up to
+    /// [`MAX_MESSAGE_BYTES`].
+    async fn next_message(&mut self, step: &'static str) -> Result<(), ClientError> {
+        let mut at = self.msg_end;
+        loop {
+            let have = self.rx_end - at;
+            if have >= FRAME_HEADER_LEN {
+                let fh = [
+                    self.rx[at],
+                    self.rx[at + 1],
+                    self.rx[at + 2],
+                    self.rx[at + 3],
+                ];
+                let len = frame_len(fh).map_err(|e| fail(step, e))?;
+                if !(HEADER_LEN..=MAX_MESSAGE_BYTES).contains(&len) {
+                    return Err(fail(
+                        step,
+                        format!(
+                            "a {len}-byte message (from {HEADER_LEN} to \
+                             {MAX_MESSAGE_BYTES} accepted)"
+                        ),
+                    ));
+                }
+                if have >= FRAME_HEADER_LEN + len {
+                    self.msg_at = at + FRAME_HEADER_LEN;
+                    self.msg_end = self.msg_at + len;
+                    return Ok(());
+                }
+                if self.rx.len() < FRAME_HEADER_LEN + len {
+                    self.rx.resize(FRAME_HEADER_LEN + len, 0);
+                }
+            }
+            // Keep the partial message at the front, then read more.
+            if at > 0 {
+                self.rx.copy_within(at..self.rx_end, 0);
+                self.rx_end -= at;
+                at = 0;
+                self.msg_at = 0;
+                self.msg_end = 0;
+            }
+            let n = self
+                .stream
+                .read(&mut self.rx[self.rx_end..])
+                .await
+                .map_err(|e| fail(step, read_error(e)))?;
+            if n == 0 {
+                return Err(fail(step, "the server closed the connection"));
+            }
+            self.rx_end += n;
+        }
+    }
+
     /// The decoded response in `self.rx`, which must succeed (or carry
     /// `also_ok`).
     fn response(
@@ -303,7 +354,7 @@ impl Connection {
         if header.status.0 != 0 && Some(header.status) != also_ok {
             return Err(fail(step, format!("answered {}", header.status)));
         }
-        let (_, body) = Response::decode(&self.rx).map_err(|e| fail(step, e))?;
+        let (_, body) = Response::decode(self.message()).map_err(|e| fail(step, e))?;
         Ok(body)
     }
 
