@@ -158,7 +158,19 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| fail("connect", format!("TCP_NODELAY: {e}")))?;
-        let mut c = Connection {
+        let mut c = Connection::on(stream, target);
+        c.negotiate().await?;
+        c.session_setup().await?;
+        c.tree_connect(target.addr).await?;
+        c.create().await?;
+        c.bind().await?;
+        c.build_call()?;
+        Ok(c)
+    }
+
+    /// A connection on `stream` that has not negotiated anything yet.
+    fn on(stream: TcpStream, target: &Target) -> Connection {
+        Connection {
             stream,
             message_id: 0,
             credits: 1,
@@ -178,14 +190,7 @@ impl Connection {
                 dialect: 0,
                 session_flags: 0,
             },
-        };
-        c.negotiate().await?;
-        c.session_setup().await?;
-        c.tree_connect(target.addr).await?;
-        c.create().await?;
-        c.bind().await?;
-        c.build_call()?;
-        Ok(c)
+        }
     }
 
     /// What the setup negotiated.
@@ -653,6 +658,79 @@ mod tests {
         };
         let stub = srvsvc::encode_netr_server_get_info_101_response(Some(&info), werror).unwrap();
         dcerpc::encode_response(call_id, 0, &stub, dcerpc::DEFAULT_MAX_FRAG)
+    }
+
+    /// A message of `len` bytes (framing header not counted): an SMB2
+    /// header with `tag` as its MessageId, then a byte pattern.
+    fn message(len: usize, tag: u64) -> Vec<u8> {
+        let mut h = Header::request(Command::Echo);
+        h.message_id = tag;
+        let mut m = h.encode().to_vec();
+        m.extend((HEADER_LEN..len).map(|i| i as u8));
+        m
+    }
+
+    /// A connection whose server writes `chunks` (a pause between each),
+    /// then closes.
+    async fn fed(chunks: Vec<Vec<u8>>) -> Connection {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for c in chunks {
+                s.write_all(&c).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        let target = Target {
+            addr,
+            server_name: String::new(),
+        };
+        Connection::on(TcpStream::connect(addr).await.unwrap(), &target)
+    }
+
+    #[test]
+    fn messages_are_cut_from_any_split_of_the_stream() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = frame(&message(100, 1)).unwrap();
+            let b = frame(&message(40_000, 2)).unwrap(); // over the buffer
+            let c = frame(&message(64, 3)).unwrap();
+            let mut stream: Vec<u8> = [a.clone(), b.clone(), c.clone()].concat();
+            // Split: 2 bytes of a's header, then a's rest with half of b,
+            // then b's rest with all of c at once.
+            let tail = stream.split_off(a.len() + b.len() / 2);
+            let middle = stream.split_off(2);
+            let mut conn = fed(vec![stream, middle, tail]).await;
+            for want in [&a, &b, &c] {
+                conn.next_message("test").await.unwrap();
+                assert_eq!(conn.message(), &want[FRAME_HEADER_LEN..]);
+            }
+            let e = conn.next_message("test").await.unwrap_err();
+            assert!(e.to_string().contains("closed the connection"), "{e}");
+        });
+    }
+
+    #[test]
+    fn oversized_and_tiny_frames_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let big = (MAX_MESSAGE_BYTES as u32 + 1).to_be_bytes().to_vec();
+            let e = fed(vec![big]).await.next_message("t").await.unwrap_err();
+            assert!(e.to_string().contains("accepted"), "{e}");
+            let tiny = frame(&[0xFE, b'S', b'M', b'B']).unwrap();
+            let e = fed(vec![tiny]).await.next_message("t").await.unwrap_err();
+            assert!(e.to_string().contains("a 4-byte message"), "{e}");
+            let nbss = vec![0x85, 0, 0, 0];
+            assert!(fed(vec![nbss]).await.next_message("t").await.is_err());
+        });
     }
 
     #[test]
