@@ -85,10 +85,10 @@ fn assert_no_server_left(stderr: &str, expect_groups: usize) {
     }
     // And the pipe service's directory is gone.
     let dir = stderr
-        .split("pipe service started: pid ")
-        .nth(1)
-        .and_then(|s| s.split(", ").nth(1))
-        .and_then(|s| s.split("/np/srvsvc").next())
+        .lines()
+        .find(|l| l.contains("pipe service started: "))
+        .and_then(|l| l.split_whitespace().find(|w| w.ends_with("/np/srvsvc")))
+        .and_then(|w| w.strip_suffix("/np/srvsvc"))
         .unwrap_or_else(|| panic!("no pipe service line in {stderr}"));
     assert!(!Path::new(dir).exists(), "{dir} left behind");
 }
@@ -309,14 +309,31 @@ fn the_table_names_both_servers_and_the_ratios() {
 }
 
 #[test]
-fn samba_rpcd_target_is_refused_with_a_clear_message() {
-    let out = opipe(&["bench", "--smb2", "--target", "samba-rpcd", "--pipes", "1"]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+fn samba_rpcd_can_be_the_pipe_service_behind_the_servers() {
+    if !require_smbd("samba_rpcd_can_be_the_pipe_service_behind_the_servers") {
+        return;
+    }
+    let (v, err) = bench_json(&[
+        "--target",
+        "samba-rpcd",
+        "--pipes",
+        "2",
+        "--duration",
+        "0.3",
+    ]);
     assert!(
-        err.contains("--target samba-rpcd is not implemented yet"),
-        "{err}"
+        v["pipe_service"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("samba-dcerpcd")),
+        "{v}"
     );
+    // Every reply was checked against samba-dcerpcd's NetBIOS name (errors 0).
+    let smbd = rows(&v, "smbd");
+    assert_eq!(smbd.len(), 1, "{v}");
+    check_row(smbd[0]);
+    // samba-dcerpcd's group, smbd's, and opipe smb2's when it ran.
+    let opipe_ran = v["servers"]["opipe-smb2"] == "ran";
+    assert_no_server_left(&err, 2 + usize::from(opipe_ran));
 }
 
 #[test]
@@ -336,6 +353,7 @@ fn engine_options_do_not_mix_with_smb2() {
             text(&out.stderr)
         );
     }
+    // --target and --smb2-exe belong to --smb2.
     let out = opipe(&["bench", "--target", "samba-rpcd"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

@@ -25,13 +25,14 @@ pub mod daemon;
 pub mod front;
 pub mod group;
 pub mod report;
+pub mod rpcd;
 pub mod runner;
 pub mod service;
 pub mod smbd;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -45,7 +46,8 @@ use client::Target;
 use daemon::Cleanup;
 use front::{Front, FrontConfig};
 use report::Row;
-use runner::RunPlan;
+use rpcd::Rpcd;
+use runner::{RunPlan, ServiceCpu};
 use service::PipeService;
 use smbd::Smbd;
 
@@ -59,8 +61,85 @@ pub enum Smb2Target {
     /// `opipe serve --dialect samba --handler srvsvc`: fast, so that the
     /// SMB server's own cost shows.
     OpipeServe,
-    /// Samba's own `samba-dcerpcd` (not done yet: refused with a message).
+    /// Samba's own `samba-dcerpcd` standalone, its `rpcd_*` workers
+    /// answering (its CPU, all its processes, is `svc us/call`).
     SambaRpcd,
+}
+
+/// The pipe service both SMB servers stand in front of.
+enum Backend {
+    Serve(PipeService),
+    Rpcd(Rpcd),
+}
+
+impl Backend {
+    fn start(args: &BenchArgs, cleanup: &Cleanup) -> Result<Backend, String> {
+        match args.target {
+            Smb2Target::OpipeServe => {
+                let s = PipeService::start(args.threads, cleanup)
+                    .map_err(|e| format!("the pipe service: {e}"))?;
+                note(format!(
+                    "pipe service started: pid {}, {}/np/srvsvc \
+                     (opipe serve --dialect samba --handler srvsvc)",
+                    s.pid().unwrap_or(0),
+                    s.dir().display()
+                ));
+                Ok(Backend::Serve(s))
+            }
+            Smb2Target::SambaRpcd => {
+                if !rpcd::installed() {
+                    return Err(format!(
+                        "--target samba-rpcd needs {}, which is not installed",
+                        rpcd::SAMBA_DCERPCD
+                    ));
+                }
+                let r = Rpcd::start(cleanup).map_err(|e| format!("samba-dcerpcd: {e}"))?;
+                note(format!(
+                    "pipe service started: samba-dcerpcd (pgid {}), {}/np/srvsvc",
+                    r.pgid(),
+                    r.dir().display()
+                ));
+                Ok(Backend::Rpcd(r))
+            }
+        }
+    }
+
+    /// The directory whose `np/` holds the pipe sockets.
+    fn dir(&self) -> &Path {
+        match self {
+            Backend::Serve(s) => s.dir(),
+            Backend::Rpcd(r) => r.dir(),
+        }
+    }
+
+    /// What NetrServerGetInfo answers.
+    fn server_name(&self) -> &'static str {
+        match self {
+            Backend::Serve(_) => service::SERVER_NAME,
+            Backend::Rpcd(_) => rpcd::NETBIOS_NAME,
+        }
+    }
+
+    fn cpu(&self) -> Option<ServiceCpu> {
+        match self {
+            Backend::Serve(s) => s.pid().map(ServiceCpu::Pid),
+            Backend::Rpcd(r) => Some(ServiceCpu::Group(r.pgid())),
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Backend::Serve(_) => "opipe serve --dialect samba --handler srvsvc",
+            Backend::Rpcd(_) => "samba-dcerpcd (Samba's rpcd_* workers)",
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self {
+            Backend::Serve(s) => s.check_alive(),
+            Backend::Rpcd(r) => r.check_alive(),
+        }
+    }
 }
 
 /// One of the SMB servers under test.
@@ -109,14 +188,6 @@ impl Server {
 /// Runs `opipe bench --smb2`; `Ok(false)` when a run had errors or did
 /// not run.
 pub fn bench(args: &BenchArgs) -> Result<bool, String> {
-    if args.target == Smb2Target::SambaRpcd {
-        return Err(
-            "--target samba-rpcd is not implemented yet: the --smb2 bench runs in \
-                    front of `opipe serve --dialect samba --handler srvsvc` only (the default \
-                    --target opipe-serve)"
-                .into(),
-        );
-    }
     let exe = match &args.smb2_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| format!("this binary's path: {e}"))?,
@@ -129,13 +200,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
     on_signal(signals, cleanup.clone());
 
     let mut notes = Vec::new();
-    let mut service =
-        PipeService::start(args.threads, &cleanup).map_err(|e| format!("the pipe service: {e}"))?;
-    note(format!(
-        "pipe service started: pid {}, {}/np/srvsvc (opipe serve --dialect samba --handler srvsvc)",
-        service.pid().unwrap_or(0),
-        service.dir().display()
-    ));
+    let mut service = Backend::start(args, &cleanup)?;
     let mut servers = Vec::new();
     let mut status = serde_json::Map::new();
     match start_opipe(args, exe, &service, &cleanup) {
@@ -171,15 +236,14 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
     }
 
     let (rows, ok) = run_rounds(args, &mut servers, &mut service, &fds);
+    let backend = service.describe();
     drop(servers);
     drop(service);
     if args.json {
-        println!(
-            "{}",
-            report::json(&rows, &serde_json::Value::Object(status), &notes)
-        );
+        let servers = serde_json::Value::Object(status);
+        println!("{}", report::json(&rows, backend, &servers, &notes));
     } else {
-        print!("{}", report::table(&rows, &notes));
+        print!("{}", report::table(&rows, backend, &notes));
     }
     Ok(ok && !rows.is_empty())
 }
@@ -188,7 +252,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
 fn start_opipe(
     args: &BenchArgs,
     exe: PathBuf,
-    service: &PipeService,
+    service: &Backend,
     cleanup: &Cleanup,
 ) -> Result<Front, String> {
     front::available(&exe)?;
@@ -209,7 +273,7 @@ fn start_opipe(
 fn run_rounds(
     args: &BenchArgs,
     servers: &mut [Server],
-    service: &mut PipeService,
+    service: &mut Backend,
     fds: &FdBudget,
 ) -> (Vec<Row>, bool) {
     let duration = args.duration.unwrap_or(DEFAULT_DURATION);
@@ -247,13 +311,13 @@ fn run_rounds(
                 let plan = RunPlan {
                     target: Target {
                         addr: server.addr(),
-                        server_name: service::SERVER_NAME.into(),
+                        server_name: service.server_name().into(),
                     },
                     connections,
                     duration,
                     stall: args.stall_timeout,
                     server_pgid: server.pgid(),
-                    service_pid: service.pid(),
+                    service: service.cpu(),
                 };
                 match runner::run(&plan) {
                     Ok(m) => {

@@ -297,8 +297,9 @@ fn rounds(rows: &[Row]) -> usize {
 }
 
 /// The text report: a line per note, the (median) table, the ratios.
-pub fn table(rows: &[Row], notes: &[String]) -> String {
+pub fn table(rows: &[Row], pipe_service: &str, notes: &[String]) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "pipe service behind both servers: {pipe_service}");
     for n in notes {
         let _ = writeln!(out, "note: {n}");
     }
@@ -385,11 +386,16 @@ pub fn table(rows: &[Row], notes: &[String]) -> String {
     out
 }
 
-/// The `--json` document: `{"servers": {...}, "notes": [...], "results":
-/// [...], "summary": [...]}`: every run, then per connection count and
-/// server the medians, and the opipe/smbd ratios (median, min, max over
-/// the rounds; null where a server did not run).
-pub fn json(rows: &[Row], servers: &serde_json::Value, notes: &[String]) -> String {
+/// The `--json` document: `{"pipe_service": "...", "servers": {...},
+/// "notes": [...], "results": [...], "summary": [...]}`: every run, then
+/// per connection count and server the medians, and the opipe/smbd ratios
+/// (median, min, max over the rounds; null where a server did not run).
+pub fn json(
+    rows: &[Row],
+    pipe_service: &str,
+    servers: &serde_json::Value,
+    notes: &[String],
+) -> String {
     let results: Vec<_> = rows.iter().map(Row::to_json).collect();
     let meds = medians(rows);
     let summary: Vec<_> = ratios(rows)
@@ -417,6 +423,7 @@ pub fn json(rows: &[Row], servers: &serde_json::Value, notes: &[String]) -> Stri
         })
         .collect();
     json!({
+        "pipe_service": pipe_service,
         "servers": servers,
         "notes": notes,
         "results": results,
@@ -478,12 +485,15 @@ mod tests {
     #[test]
     fn table_and_json_show_both_servers_and_the_notes() {
         let rows = vec![row(OPIPE, 4, 1, 300.0, 10.0), row(SMBD, 4, 1, 100.0, 40.0)];
-        let t = table(&rows, &["hello".into()]);
-        assert!(t.starts_with("note: hello\n"), "{t}");
+        let t = table(&rows, "svc", &["hello".into()]);
+        assert!(
+            t.starts_with("pipe service behind both servers: svc\nnote: hello\n"),
+            "{t}"
+        );
         assert!(t.contains("opipe-smb2") && t.contains("smbd"), "{t}");
         assert!(t.contains("3.00x"), "{t}");
         let v: serde_json::Value =
-            serde_json::from_str(&json(&rows, &json!({"smbd": "ran"}), &[])).unwrap();
+            serde_json::from_str(&json(&rows, "svc", &json!({"smbd": "ran"}), &[])).unwrap();
         assert_eq!(v["results"].as_array().unwrap().len(), 2);
         assert_eq!(
             v["summary"][0]["opipe_vs_smbd"]["calls_per_s"]["median"],
@@ -491,14 +501,16 @@ mod tests {
         );
         assert_eq!(v["summary"][0]["smbd"]["calls_per_s"], 100.0);
         assert_eq!(v["servers"]["smbd"], "ran");
+        assert_eq!(v["pipe_service"], "svc");
     }
 
     #[test]
     fn smbd_alone_has_no_ratios() {
         let rows = vec![row(SMBD, 4, 1, 100.0, 40.0)];
-        let t = table(&rows, &[]);
+        let t = table(&rows, "svc", &[]);
         assert!(!t.contains("opipe/smbd"), "{t}");
-        let v: serde_json::Value = serde_json::from_str(&json(&rows, &json!({}), &[])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&rows, "svc", &json!({}), &[])).unwrap();
         assert!(v["summary"][0]["opipe_smb2"].is_null());
         assert!(v["summary"][0]["opipe_vs_smbd"]["calls_per_s"].is_null());
     }

@@ -38,8 +38,29 @@ pub struct RunPlan {
     pub stall: Duration,
     /// The server's process group.
     pub server_pgid: u32,
-    /// The pipe service's pid (its CPU is reported apart), if the bench runs it.
-    pub service_pid: Option<u32>,
+    /// The pipe service's processes (its CPU is reported apart).
+    pub service: Option<ServiceCpu>,
+}
+
+/// Where the pipe service's CPU is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceCpu {
+    /// One process (all its threads): `opipe serve`.
+    Pid(u32),
+    /// A process group: samba-dcerpcd and its workers.
+    Group(u32),
+}
+
+impl ServiceCpu {
+    fn now(self) -> Result<Duration, String> {
+        match self {
+            ServiceCpu::Pid(pid) => sys::other_process_cpu_time(pid)
+                .map_err(|e| format!("the pipe service's CPU clock: {e}")),
+            ServiceCpu::Group(g) => group::group_cpu(g)
+                .map(|g| g.cpu)
+                .map_err(|e| format!("/proc: {e}")),
+        }
+    }
 }
 
 /// What one run measured.
@@ -73,13 +94,7 @@ struct Sample {
 impl Sample {
     fn now(plan: &RunPlan) -> Result<Sample, String> {
         let server = group::group_cpu(plan.server_pgid).map_err(|e| format!("/proc: {e}"))?;
-        let service = match plan.service_pid {
-            Some(pid) => Some(
-                sys::other_process_cpu_time(pid)
-                    .map_err(|e| format!("the pipe service's CPU clock: {e}"))?,
-            ),
-            None => None,
-        };
+        let service = plan.service.map(ServiceCpu::now).transpose()?;
         let client = sys::process_cpu_time().map_err(|e| format!("getrusage: {e}"))?;
         Ok(Sample {
             at: Instant::now(),

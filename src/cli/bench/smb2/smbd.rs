@@ -3,7 +3,7 @@
 //! directory holding its `smb.conf` and every file it writes, in its own
 //! process group (it forks one child per connection), its named pipes
 //! pointed at the bench's pipe service with `external_rpc_pipe:socket_dir`
-//! (the recipe of `/work/shared/SAMBA.md`).
+//! (the recipe of Samba's notes in the project's shared facts, SAMBA.md).
 
 use std::fs;
 use std::io;
@@ -39,16 +39,22 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The whole `smb.conf`: every state path under `root`, loopback only,
-/// no printers or NetBIOS, guest mapping for anonymous logins, RPC
-/// helpers not started on demand and every pipe sent to
-/// `<pipe_dir>/np/<name>`; logging at level 0 (the bench measures smbd,
-/// not its logger).
-fn config(root: &Path, port: u16, pipe_dir: &Path) -> String {
+/// The `[global]` section of a Samba daemon that lives wholly in `root`
+/// (every state path under it, its directories made), named
+/// `netbios_name`: loopback only, no printers or NetBIOS, guest mapping
+/// for anonymous logins, RPC helpers not started on demand, logging at
+/// level 0 into `root/<log>` (the bench measures the daemon, not its
+/// logger). Shared by smbd and samba-dcerpcd.
+pub fn samba_global(root: &Path, netbios_name: &str, log: &str) -> io::Result<String> {
+    for sub in [
+        "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc",
+    ] {
+        fs::create_dir_all(root.join(sub))?;
+    }
     let p = |sub: &str| root.join(sub).display().to_string();
-    format!(
+    Ok(format!(
         "[global]\n\
-         netbios name = OPIPEBENCH\n\
+         netbios name = {netbios_name}\n\
          workgroup = OPIPEBENCH\n\
          server role = standalone server\n\
          lock directory = {lock}\n\
@@ -67,9 +73,7 @@ fn config(root: &Path, port: u16, pipe_dir: &Path) -> String {
          load printers = no\n\
          disable spoolss = yes\n\
          map to guest = Bad User\n\
-         rpc start on demand helpers = no\n\
-         smb ports = {port}\n\
-         external_rpc_pipe:socket_dir = {pipes}\n",
+         rpc start on demand helpers = no\n",
         lock = p("lock"),
         state = p("state"),
         cache = p("cache"),
@@ -77,10 +81,9 @@ fn config(root: &Path, port: u16, pipe_dir: &Path) -> String {
         binddns = p("bind-dns"),
         pid = p("pid"),
         ncalrpc = p("ncalrpc"),
-        log = p("smbd.log"),
+        log = p(log),
         passdb = root.join("private/passdb.tdb").display(),
-        pipes = pipe_dir.display(),
-    )
+    ))
 }
 
 impl Smbd {
@@ -89,13 +92,13 @@ impl Smbd {
     pub fn start(pipe_dir: &Path, cleanup: &Cleanup) -> io::Result<Smbd> {
         let dir = private_dir("opipe-bench-smbd")?;
         let prepare = || -> io::Result<(u16, fs::File)> {
-            for sub in [
-                "lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc",
-            ] {
-                fs::create_dir_all(dir.join(sub))?;
-            }
             let port = free_port()?;
-            fs::write(dir.join("smb.conf"), config(&dir, port, pipe_dir))?;
+            let conf = format!(
+                "{}smb ports = {port}\nexternal_rpc_pipe:socket_dir = {}\n",
+                samba_global(&dir, "OPIPEBENCH", "smbd.log")?,
+                pipe_dir.display()
+            );
+            fs::write(dir.join("smb.conf"), conf)?;
             Ok((port, fs::File::create(dir.join("stderr.log"))?))
         };
         let (port, stderr) = match prepare() {

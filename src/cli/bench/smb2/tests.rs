@@ -168,7 +168,7 @@ fn a_run_measures_smbd_s_processes_and_leaves_none() {
         duration: Duration::from_millis(300),
         stall: Duration::from_secs(20),
         server_pgid: rig.pgid(),
-        service_pid: None,
+        service: None,
     };
     let m = runner::run(&plan).unwrap();
     assert_eq!(m.connected, 3);
