@@ -91,7 +91,7 @@ pub struct BenchArgs {
     engine: Vec<EngineArg>,
 
     /// I/O backend of opipe's engine (uring, uring-registered): auto picks
-    /// io_uring where it works, else epoll.
+    /// io_uring where it works, else epoll. With --smb2: `opipe smb2 --backend`.
     #[arg(long, value_enum, default_value = "auto")]
     backend: crate::args::BackendArg,
 

@@ -87,6 +87,9 @@ impl Backend {
                 Ok(Backend::Serve(s))
             }
             Smb2Target::SambaRpcd => {
+                if args.threads.is_some() {
+                    return Err("--threads is for opipe serve, not --target samba-rpcd".into());
+                }
                 if !rpcd::installed() {
                     return Err(format!(
                         "--target samba-rpcd needs {}, which is not installed",
