@@ -337,6 +337,38 @@ fn samba_rpcd_can_be_the_pipe_service_behind_the_servers() {
 }
 
 #[test]
+fn a_second_server_that_fails_to_start_is_reported_and_smbd_still_runs() {
+    if !require_smbd("a_second_server_that_fails_to_start_is_reported_and_smbd_still_runs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("broken-opipe");
+    fs::write(
+        &exe,
+        "#!/bin/sh\n[ \"$2\" = --help ] && exit 0\necho 'no io_uring today' >&2\nexit 3\n",
+    )
+    .unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let (v, err) = bench_json(&[
+        "--pipes",
+        "1",
+        "--duration",
+        "0.3",
+        "--smb2-exe",
+        exe.to_str().unwrap(),
+    ]);
+    let why = v["servers"]["opipe-smb2"].as_str().expect("a reason");
+    assert!(
+        why.contains("exited (exit status: 3) before saying where it listens")
+            && why.contains("no io_uring today"),
+        "{why}"
+    );
+    assert_eq!(rows(&v, "smbd").len(), 1, "{v}");
+    check_row(rows(&v, "smbd")[0]);
+    assert_no_server_left(&err, 1);
+}
+
+#[test]
 fn engine_options_do_not_mix_with_smb2() {
     for extra in [
         &["--engine", "tokio"][..],

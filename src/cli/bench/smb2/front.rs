@@ -136,7 +136,22 @@ impl Front {
                         )));
                     }
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Its stdout closed without a line: it is exiting.
+                    let grace = Instant::now();
+                    while daemon.exited().is_none() && grace.elapsed() < Duration::from_secs(2) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let how = daemon.exited().map_or_else(
+                        || "closed its stdout".to_owned(),
+                        |s| format!("exited ({s})"),
+                    );
+                    return Err(io::Error::other(format!(
+                        "opipe smb2 {how} before saying where it listens{}",
+                        daemon.log_tail(&LOGS)
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(io::Error::other(format!(
                         "opipe smb2 did not say where it listens within {READY_TIMEOUT:?}{}",
                         daemon.log_tail(&LOGS)
