@@ -229,9 +229,10 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
         status.insert(report::SMBD.into(), json!("ran"));
         servers.push(Server::Smbd(s));
     } else {
-        let msg = format!("smbd NOT measured: {} is not installed", smbd::SMBD);
+        let why = format!("{} is not installed", smbd::SMBD);
+        let msg = format!("smbd NOT measured: {why}");
         note(&msg);
-        status.insert(report::SMBD.into(), json!(format!("not run: {msg}")));
+        status.insert(report::SMBD.into(), json!(format!("not run: {why}")));
         notes.push(msg);
     }
     if servers.is_empty() {
