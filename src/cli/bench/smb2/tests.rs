@@ -180,3 +180,142 @@ fn a_run_measures_smbd_s_processes_and_leaves_none() {
     assert!(m.elapsed >= Duration::from_millis(300));
     rig.stop();
 }
+
+/// opipe's own SMB2 core (`opipe::smb2::server`, what `opipe smb2` is
+/// built on) on a blocking loopback TCP server, its pipes answered at once
+/// by the srvsvc handler of the pipe service: the load client must work
+/// against it as against smbd.
+mod core {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::task::Poll;
+
+    use opipe::protocol::{NetUserInfo, NtStatus, PipeName};
+    use opipe::service::{Handler, HandlerFactory, SrvsvcFactory};
+    use opipe::smb2::server::{
+        Connection as Core, OpId, PipeBackend, PipeData, PipeRef, ServerConfig,
+    };
+
+    use super::*;
+
+    struct Pipes {
+        factory: SrvsvcFactory,
+        open: HashMap<u64, Box<dyn Handler>>,
+        next: u64,
+    }
+
+    impl PipeBackend for Pipes {
+        fn open(
+            &mut self,
+            _: OpId,
+            name: &str,
+            user: &NetUserInfo,
+        ) -> Poll<Result<PipeRef, NtStatus>> {
+            let Ok(pipe) = PipeName::parse(name) else {
+                return Poll::Ready(Err(NtStatus::OBJECT_NAME_NOT_FOUND));
+            };
+            self.next += 1;
+            self.open.insert(self.next, self.factory.open(&pipe, user));
+            Poll::Ready(Ok(PipeRef(self.next)))
+        }
+
+        fn transceive(
+            &mut self,
+            _: OpId,
+            pipe: PipeRef,
+            input: Vec<u8>,
+            _max_out: usize,
+        ) -> Poll<Result<PipeData, NtStatus>> {
+            let Some(h) = self.open.get_mut(&pipe.0) else {
+                return Poll::Ready(Err(NtStatus::INVALID_HANDLE));
+            };
+            let mut out = Vec::new();
+            Poll::Ready(match h.on_data(&input, &mut out) {
+                Ok(()) => Ok(PipeData::ok(out)),
+                Err(_) => Err(NtStatus::PIPE_BROKEN),
+            })
+        }
+
+        fn peek(&mut self, _: OpId, _: PipeRef, _: usize) -> Poll<Result<PipeData, NtStatus>> {
+            Poll::Ready(Err(NtStatus::NOT_SUPPORTED))
+        }
+
+        fn wait(&mut self, _: OpId, _: &[u8]) -> Poll<Result<(), NtStatus>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn read(&mut self, _: OpId, _: PipeRef, _: usize) -> Poll<Result<PipeData, NtStatus>> {
+            Poll::Ready(Err(NtStatus::NOT_SUPPORTED))
+        }
+
+        fn write(&mut self, _: OpId, _: PipeRef, _: Vec<u8>) -> Poll<Result<usize, NtStatus>> {
+            Poll::Ready(Err(NtStatus::NOT_SUPPORTED))
+        }
+
+        fn cancel(&mut self, _: OpId) {}
+
+        fn close(&mut self, pipe: PipeRef) {
+            self.open.remove(&pipe.0);
+        }
+
+        fn logoff(&mut self, _: u64) {}
+    }
+
+    /// Serves `connections` connections, one thread each, then ends.
+    fn serve(connections: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for seed in 0..connections as u64 {
+                let (mut s, peer) = l.accept().unwrap();
+                std::thread::spawn(move || {
+                    let mut core = Core::new(ServerConfig::default(), peer, seed);
+                    let mut pipes = Pipes {
+                        factory: SrvsvcFactory::new(NAME),
+                        open: HashMap::new(),
+                        next: 0,
+                    };
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let r = core.receive(&buf[..n], 0, &mut pipes);
+                        if s.write_all(&core.take_output()).is_err() || r.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn the_client_works_against_opipe_s_own_smb2_core() {
+        let target = Target {
+            addr: serve(2),
+            server_name: NAME.into(),
+        };
+        let out = rt().block_on(async {
+            let mut flags = Vec::new();
+            for _ in 0..2 {
+                let mut c =
+                    tokio::time::timeout(Duration::from_secs(20), Connection::open(&target))
+                        .await
+                        .expect("bounded")
+                        .unwrap_or_else(|e| panic!("{e}"));
+                for _ in 0..50 {
+                    c.call().await.unwrap_or_else(|e| panic!("{e}"));
+                }
+                flags.push(c.negotiated());
+            }
+            flags
+        });
+        for n in out {
+            assert_eq!(n.dialect, 0x0311, "{n:?}");
+        }
+    }
+}
