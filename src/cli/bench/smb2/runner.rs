@@ -85,6 +85,7 @@ pub struct RunMeasure {
 }
 
 struct Sample {
+    /// When the sample was complete.
     at: Instant,
     server: GroupCpu,
     service: Option<Duration>,
@@ -172,6 +173,9 @@ async fn drive(plan: &RunPlan) -> Result<RunMeasure, String> {
         }
     })
     .await;
+    // The phase ends with the last call; the scan of /proc after it is
+    // not part of it (the servers are idle by then).
+    let end = Instant::now();
     let after = Sample::now(plan)?;
     drop(kept);
     if joined.is_err() {
@@ -184,7 +188,7 @@ async fn drive(plan: &RunPlan) -> Result<RunMeasure, String> {
         connected,
         negotiated,
         recorded: recorder.merged(),
-        elapsed: after.at - before.at,
+        elapsed: end - before.at,
         server_cpu: after.server.cpu.saturating_sub(before.server.cpu),
         server_processes: after.server.processes,
         service_cpu: match (before.service, after.service) {
