@@ -1,8 +1,9 @@
 //! The few raw system calls the bench harness needs beyond `std` and
 //! `opipe::ring::sys`: CPU time (`getrusage(2)`), resident memory and open
 //! descriptors (`/proc/self`), the bytes queued on a socket
-//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, and signals for the
-//! service child. Every `unsafe` block of the bench lives here, but for the
+//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, signals for the
+//! service child and the `--smb2` servers' process groups, and the clock
+//! tick of `/proc/<pid>/stat`. Every `unsafe` block of the bench lives here, but for the
 //! raw SQE push of the `uring-min` reference (`peers/uring_min.rs`); both are
 //! CLI-only, so the library's rule (unsafe only in `ring`) holds.
 
@@ -141,6 +142,34 @@ pub fn signal(pid: u32, signal: libc::c_int) {
         unsafe {
             libc::kill(pid, signal);
         }
+    }
+}
+
+/// Sends `signal` to every process of group `pgid` (`kill(2)` with
+/// `-pgid`). The caller must have started the group's leader and not yet
+/// reaped it, so that the id is not reused. Ids 0 and 1 are refused
+/// (`kill(0)` and `kill(-1)` would reach far more).
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    match libc::pid_t::try_from(pgid) {
+        Ok(pgid) if pgid > 1 => {
+            // SAFETY: kill takes no pointers; a vanished group only gives ESRCH.
+            unsafe {
+                libc::kill(-pgid, signal);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`_SC_CLK_TCK`;
+/// 100, Linux's USER_HZ, should sysconf fail).
+pub fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf takes no pointers and only returns a value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
     }
 }
 

@@ -55,7 +55,7 @@ impl Cleanup {
     pub fn now(&self) {
         let list = self.list();
         for &g in &list.groups {
-            group::signal_group(g, libc::SIGKILL);
+            sys::signal_group(g, libc::SIGKILL);
         }
         for d in &list.dirs {
             let _ = fs::remove_dir_all(d);
@@ -179,7 +179,7 @@ impl Daemon {
         }
         // The leader may be a zombie still (not reaped): the group id is
         // not reused before that.
-        group::signal_group(self.pgid, libc::SIGKILL);
+        sys::signal_group(self.pgid, libc::SIGKILL);
         let _ = child.wait();
         let begin = Instant::now();
         while group::group_alive(self.pgid) && begin.elapsed() < TERM_GRACE {

@@ -15,15 +15,12 @@
 //!   that have exited and that it reaped (and of theirs, recursively).
 //!
 //! So a per-connection smbd that comes and goes between two samples still
-//! counts, through the parent smbd that reaps it. What is missed: a
+//! counts, through the parent smbd that reaps it. What can go wrong: a
 //! process that exits and is reaped between the moment the scan read it
 //! and the moment it reads its parent is counted twice (in itself and in
 //! the parent's `cutime`); a child reaped by a process outside the group
-//! is lost. Neither happens while a run's connections stay open, which is
+//! is missed. Neither happens while a run's connections stay open, which is
 //! when the bench samples.
-//!
-//! This file holds the only `unsafe` of the `--smb2` bench: `kill(2)` on a
-//! process group and `sysconf(_SC_CLK_TCK)`.
 
 use std::fs;
 use std::io;
@@ -97,29 +94,9 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// Nanoseconds per clock tick of `/proc/<pid>/stat` (`_SC_CLK_TCK`, 100
-/// on Linux when it cannot be read).
+/// Nanoseconds per clock tick of `/proc/<pid>/stat`.
 fn clock_tick_ns() -> u64 {
-    // SAFETY: sysconf takes no pointers and only returns a value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    1_000_000_000 / hz
-}
-
-/// Sends `signal` to every process of group `pgid` (`kill(2)` with
-/// `-pgid`). The caller must have started the group's leader and not yet
-/// reaped it, so that the id is not reused.
-pub fn signal_group(pgid: u32, signal: libc::c_int) {
-    match libc::pid_t::try_from(pgid) {
-        // Never 0 or 1: kill(0) and kill(-1) would reach far more.
-        Ok(pgid) if pgid > 1 => {
-            // SAFETY: kill takes no pointers; a vanished group only gives ESRCH.
-            unsafe {
-                libc::kill(-pgid, signal);
-            }
-        }
-        _ => {}
-    }
+    1_000_000_000 / sys::clock_ticks_per_s()
 }
 
 /// Whether any process of group `pgid` is still there (zombies count).
@@ -174,7 +151,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        signal_group(pgid, libc::SIGKILL);
+        sys::signal_group(pgid, libc::SIGKILL);
         let _ = child.wait();
         assert!(seen.processes >= 1, "{seen:?}");
         assert!(seen.cpu >= Duration::from_millis(10), "{seen:?}");
