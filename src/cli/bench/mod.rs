@@ -185,7 +185,7 @@ pub struct BenchArgs {
     smb2: bool,
 
     /// With --smb2: the pipe service behind both SMB servers.
-    #[arg(long, value_enum, default_value = "opipe-serve", requires = "smb2")]
+    #[arg(long, value_enum, default_value = "opipe", requires = "smb2")]
     target: smb2::Smb2Target,
 
     /// With --smb2: the binary whose `smb2` subcommand is measured (default: this one).

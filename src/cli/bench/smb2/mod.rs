@@ -60,7 +60,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Smb2Target {
     /// `opipe serve --dialect samba --handler srvsvc`: fast, so that the
     /// SMB server's own cost shows.
-    OpipeServe,
+    Opipe,
     /// Samba's own `samba-dcerpcd` standalone, its `rpcd_*` workers
     /// answering (its CPU, all its processes, is `svc us/call`).
     SambaRpcd,
@@ -75,7 +75,7 @@ enum Backend {
 impl Backend {
     fn start(args: &BenchArgs, cleanup: &Cleanup) -> Result<Backend, String> {
         match args.target {
-            Smb2Target::OpipeServe => {
+            Smb2Target::Opipe => {
                 let s = PipeService::start(args.threads, cleanup)
                     .map_err(|e| format!("the pipe service: {e}"))?;
                 note(format!(
