@@ -8,6 +8,7 @@
 //!   transceive, and `uring-min`, the least an event-driven io_uring client
 //!   does, a file each;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
+//! * [`framed`]: Samba's message framing for the peers that frame for themselves;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
 //! * `phases`: the four meeting points of a run (opened, go, done, close);
@@ -15,6 +16,7 @@
 //! * [`spec`]: what one run is asked to do, and the size definitions.
 
 pub mod exchange;
+pub mod framed;
 pub mod measure;
 pub mod monitor;
 pub mod output;
@@ -34,10 +36,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use opipe::engine::BufferMode;
-use opipe::protocol::PipeName;
+use opipe::protocol::{Dialect, PipeName};
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
-use exchange::Exchange;
+use crate::args::DialectArg;
+use crate::samba::{self, SambaRpcd};
+use exchange::{Call, Exchange};
 use measure::{Budget, StopRule};
 use monitor::{Monitor, Watch};
 use output::RunResult;
@@ -76,6 +80,20 @@ const FD_RESERVE: usize = 64;
 /// filled the buffer and bytes are still queued (FIONREAD), counts
 /// STATUS_BUFFER_OVERFLOW, as the illumos SMB server does; the rest of the
 /// reply is then read with ordinary reads.
+///
+/// --dialect samba speaks Samba's pipe dialect instead of illumos': an
+/// anonymous named-pipe-auth open (level 7) on <dir>/np/<name>, then every
+/// message behind a u16 length; a transceive's first read is then the first
+/// reply message, cut at --max-out (STATUS_BUFFER_OVERFLOW when longer).
+/// Engines: uring, uring-registered, threads, tokio (tokio-uring, floor and
+/// uring-min speak only illumos: skipped from `all`, refused when named).
+///
+/// --target samba-rpcd (with --dialect samba) starts Samba's own RPC server,
+/// samba-dcerpcd, in a temporary directory instead of `opipe serve`; every
+/// pipe opens srvsvc and binds once, and each transceive is a real
+/// NetrServerGetInfo level 101 call whose reply is decoded and must name the
+/// configured server (a wrong reply counts as an error). Request and reply
+/// sizes are then those of that call (--request-size/--reply-size unused).
 ///
 /// Exit status: 0 when every run completed without errors, 1 when any run
 /// had errors or could not run, 2 on usage errors.
@@ -168,7 +186,37 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "dir", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
+
+    /// The pipes' dialect: illumos (default) or samba (named-pipe-auth
+    /// handshake, u16-framed messages, sockets in <dir>/np/).
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
+
+    /// The service to drive: opipe (`opipe serve --handler dcerpc`, or the
+    /// one --dir names) or samba-rpcd (Samba's samba-dcerpcd, started here;
+    /// needs --dialect samba).
+    #[arg(long, value_enum, default_value = "opipe",
+          conflicts_with_all = ["dir", "threads"])]
+    target: TargetArg,
+
+    /// Pipes that open (connect, handshake, bind) at once; 0: all at once.
+    /// Default: 0 against opipe, 1 against samba-rpcd, whose 4.17 leaves
+    /// some binds unanswered for seconds when many arrive at once.
+    #[arg(long, value_name = "N")]
+    open_concurrency: Option<usize>,
 }
+
+/// `--target` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetArg {
+    /// opipe's own pipe service.
+    Opipe,
+    /// Samba's samba-dcerpcd and its rpcd_classic (srvsvc), real calls.
+    SambaRpcd,
+}
+
+/// The server name samba-dcerpcd is configured with (`netbios name`).
+const SAMBA_SERVER_NAME: &str = "OPIPEBENCH";
 
 /// `--uring-recv` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,6 +250,18 @@ enum EngineArg {
     UringMin,
     /// threads, tokio, tokio-uring and uring.
     All,
+}
+
+/// Whether an engine speaks `dialect` (the references and tokio-uring
+/// speak only illumos).
+fn speaks(engine: EngineArg, dialect: Dialect) -> bool {
+    match dialect {
+        Dialect::Illumos => true,
+        Dialect::Samba => matches!(
+            engine,
+            EngineArg::Threads | EngineArg::Tokio | EngineArg::Uring | EngineArg::UringRegistered
+        ),
+    }
 }
 
 /// The peer of an engine, or why this build cannot run it. Engines are
@@ -280,8 +340,8 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(|e| format!("blocking signals: {e}"))?;
     let fds = FdBudget::take()?;
-    let (addr, mut child) = service_for(args)?;
-    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    let mut target = Target::start(args)?;
+    let abort = target.abort();
     on_signal(signals, abort.clone());
     let watch = Watch {
         draw: std::io::stderr().is_terminal(),
@@ -289,8 +349,8 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         abort,
     };
 
-    let (results, runs_ok) = run_rounds(args, &peers, &addr, &mut child, &watch, &fds);
-    drop(child);
+    let (results, runs_ok) = run_rounds(args, &peers, &mut target, &watch, &fds);
+    drop(target);
 
     if args.json {
         println!("{}", output::json(&results));
@@ -336,7 +396,25 @@ fn build_peers(args: &BenchArgs) -> (Vec<Box<dyn Peer>>, bool) {
     };
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
+    let dialect = Dialect::from(args.dialect);
+    let named = |e: EngineArg| args.engine.contains(&e);
     for e in engines_asked(args) {
+        if !speaks(e, dialect) {
+            let name = e.to_possible_value().map(|v| v.get_name().to_owned());
+            let name = name.unwrap_or_default();
+            if named(e) {
+                note(format!(
+                    "error: {name} speaks only the illumos dialect, not {dialect} \
+                     (samba: uring, uring-registered, threads, tokio)"
+                ));
+                all_ok = false;
+            } else {
+                note(format!(
+                    "{name} skipped: it speaks only the illumos dialect"
+                ));
+            }
+            continue;
+        }
         match peer_for(e, &tuning) {
             Ok(p) => peers.push(p),
             Err(why) => {
@@ -373,13 +451,112 @@ impl FdBudget {
     }
 }
 
+/// What the runs drive and what each transceive is.
+struct Target {
+    addr: ServiceAddr,
+    /// The `opipe serve` child, when the bench started one.
+    child: Option<ServiceChild>,
+    /// samba-dcerpcd, with `--target samba-rpcd`.
+    rpcd: Option<SambaRpcd>,
+    call: Call,
+    request: WireSize,
+    reply: WireSize,
+    open_concurrency: usize,
+}
+
+impl Target {
+    /// Starts (or finds, with `--dir`) the service and settles the call.
+    fn start(args: &BenchArgs) -> Result<Target, String> {
+        let dialect = Dialect::from(args.dialect);
+        if args.target == TargetArg::SambaRpcd {
+            if dialect != Dialect::Samba {
+                return Err(
+                    "--target samba-rpcd speaks Samba's dialect: add --dialect samba".into(),
+                );
+            }
+            let rpcd = SambaRpcd::start(SAMBA_SERVER_NAME)?;
+            let addr = ServiceAddr {
+                dir: rpcd.ncalrpc_dir(),
+                pipe: samba::PIPE.into(),
+                dialect,
+            };
+            note(format!(
+                "samba-dcerpcd started: pid {}, socket {addr}, server name {}",
+                rpcd.pid().unwrap_or(0),
+                rpcd.server_name()
+            ));
+            let probe = samba::probe(&addr.dir, rpcd.server_name())?;
+            let size = |n: usize| WireSize::from_wire(n).map_err(|e| format!("probe call: {e}"));
+            note(format!(
+                "each transceive: NetrServerGetInfo level 101, a {}-byte request, a {}-byte \
+                 reply naming {} (checked on every reply)",
+                probe.request_bytes,
+                probe.reply_bytes,
+                rpcd.server_name()
+            ));
+            return Ok(Target {
+                call: Call::ServerInfo {
+                    server_name: rpcd.server_name().to_owned(),
+                },
+                request: size(probe.request_bytes)?,
+                reply: size(probe.reply_bytes)?,
+                open_concurrency: args.open_concurrency.unwrap_or(1),
+                addr,
+                child: None,
+                rpcd: Some(rpcd),
+            });
+        }
+        let (addr, child) = service_for(args, dialect)?;
+        Ok(Target {
+            addr,
+            child,
+            rpcd: None,
+            call: Call::Pattern,
+            request: args.request_size,
+            reply: args.reply_size,
+            open_concurrency: args.open_concurrency.unwrap_or(0),
+        })
+    }
+
+    /// What the signal and stall paths must clean up.
+    fn abort(&self) -> Abort {
+        match (&self.child, &self.rpcd) {
+            (Some(c), _) => c.abort(),
+            (None, Some(r)) => r.abort(),
+            (None, None) => Abort::default(),
+        }
+    }
+
+    /// The pid whose CPU time is measured as the service's: the `opipe
+    /// serve` child. samba-dcerpcd hands the calls to rpcd_classic, another
+    /// process, so its CPU is not measured.
+    fn service_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(ServiceChild::pid)
+    }
+
+    /// Fails when the service the bench started has died.
+    fn check_alive(&mut self) -> Result<(), String> {
+        if let Some(c) = self.child.as_mut() {
+            c.check_alive().map_err(|e| e.to_string())?;
+        }
+        if let Some(r) = self.rpcd.as_mut() {
+            r.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
 /// The service the runs drive: the one `--dir` names, or a child
 /// `opipe serve` started here (stopped when the returned guard drops).
-fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
+fn service_for(
+    args: &BenchArgs,
+    dialect: Dialect,
+) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
     if let Some(dir) = &args.dir {
         let addr = ServiceAddr {
             dir: dir.clone(),
             pipe: args.pipe.clone(),
+            dialect,
         };
         note(format!(
             "using the service at {addr}; it must answer with {} stub bytes per reply \
@@ -392,6 +569,7 @@ fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), 
         pipe: args.pipe.clone(),
         reply_stub_bytes: args.reply_size.stub_bytes,
         threads: args.threads,
+        dialect,
     })
     .map_err(|e| format!("starting the pipe service: {e}"))?;
     note(format!(
@@ -407,8 +585,7 @@ fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), 
 fn run_rounds(
     args: &BenchArgs,
     peers: &[Box<dyn Peer>],
-    addr: &ServiceAddr,
-    child: &mut Option<ServiceChild>,
+    target: &mut Target,
     watch: &Watch,
     fds: &FdBudget,
 ) -> (Vec<RunResult>, bool) {
@@ -417,7 +594,7 @@ fn run_rounds(
         (None, Some(d)) => StopRule::Duration(d),
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
-    let service_pid = child.as_ref().and_then(ServiceChild::pid);
+    let service_pid = target.service_pid();
     let mut results = Vec::new();
     let mut all_ok = true;
     let rounds = args.rounds as usize;
@@ -433,10 +610,13 @@ fn run_rounds(
         for peer in peers {
             let spec = RunSpec {
                 pipes,
-                request: args.request_size,
-                reply: args.reply_size,
+                request: target.request,
+                reply: target.reply,
                 max_out: args.max_out,
                 stop,
+                dialect: target.addr.dialect,
+                call: target.call.clone(),
+                open_concurrency: target.open_concurrency,
             };
             note(format!(
                 "{}running {} with {pipes} pipes, {}",
@@ -451,7 +631,7 @@ fn run_rounds(
                     StopRule::Requests(n) => format!("{n} transceives"),
                 }
             ));
-            match run_one(peer.as_ref(), spec, addr, service_pid, watch) {
+            match run_one(peer.as_ref(), spec, &target.addr, service_pid, watch) {
                 Ok(mut r) => {
                     r.round = round;
                     all_ok &= r.errors == 0;
@@ -467,7 +647,7 @@ fn run_rounds(
             }
             // A dead service would make every later run a wall of errors:
             // stop, and report what ran.
-            if let Some(Err(e)) = child.as_mut().map(ServiceChild::check_alive) {
+            if let Err(e) = target.check_alive() {
                 note(format!("error: {e}"));
                 return (results, false);
             }
@@ -503,7 +683,7 @@ fn run_one(
 ) -> Result<RunResult, BenchError> {
     let fds_before = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
     let run = Arc::new(Run {
-        exchange: Exchange::new(&spec),
+        exchange: Exchange::new(&spec).map_err(BenchError::Unavailable)?,
         recorder: Recorder::new(),
         budget: Budget::new(spec.stop),
         service: addr.clone(),

@@ -133,6 +133,21 @@ pub fn kill_and_reap(pid: u32) {
     }
 }
 
+/// Sends SIGKILL to the process group `pgid` leads (`kill(2)` with a
+/// negative id): the workers a daemon started in its own group. The caller
+/// must know `pgid` is its own child, not yet reaped, that leads its group.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        if pgid > 1 {
+            // SAFETY: kill takes no pointers; a stale group only fails
+            // with ESRCH.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Sends `signal` to process `pid` (`kill(2)`). The caller must know `pid`
 /// is its own child that has not been reaped yet, so the id is not reused.
 pub fn signal(pid: u32, signal: libc::c_int) {
