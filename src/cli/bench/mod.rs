@@ -204,6 +204,12 @@ pub struct BenchArgs {
     /// some binds unanswered for seconds when many arrive at once.
     #[arg(long, value_name = "N")]
     open_concurrency: Option<usize>,
+
+    /// The server name every samba-rpcd reply must carry, instead of the
+    /// configured one (for tests: a wrong name makes every reply fail
+    /// verification).
+    #[arg(long, hide = true, value_name = "NAME")]
+    expect_server_name: Option<String>,
 }
 
 /// `--target` values.
@@ -494,9 +500,10 @@ impl Target {
                 probe.reply_bytes,
                 rpcd.server_name()
             ));
+            let expected = args.expect_server_name.as_deref();
             return Ok(Target {
                 call: Call::ServerInfo {
-                    server_name: rpcd.server_name().to_owned(),
+                    server_name: expected.unwrap_or(rpcd.server_name()).to_owned(),
                 },
                 request: size(probe.request_bytes)?,
                 reply: size(probe.reply_bytes)?,
@@ -698,6 +705,13 @@ fn run_one(
     let recorded = run.recorder.merged();
     for msg in &recorded.error_samples {
         note(format!("{}: {msg}", peer.name()));
+    }
+    if recorded.bad_replies > 0 {
+        note(format!(
+            "{}: {} replies FAILED verification",
+            peer.name(),
+            recorded.bad_replies
+        ));
     }
     if recorded.errors > recorded.error_samples.len() as u64 {
         note(format!(

@@ -102,6 +102,11 @@ impl Run {
                 self.recorder.transceive(pipe, ns, done.overflow);
                 Some(done.end)
             }
+            Err(e @ TransceiveError::BadReply(_)) => {
+                self.recorder
+                    .bad_reply(pipe, || format!("transceive {call_id}: {e}"));
+                None
+            }
             Err(e) => {
                 self.recorder
                     .error(pipe, || format!("transceive {call_id}: {e}"));
