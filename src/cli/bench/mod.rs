@@ -535,10 +535,14 @@ impl Target {
     }
 
     /// The pid whose CPU time is measured as the service's: the `opipe
-    /// serve` child. samba-dcerpcd hands the calls to rpcd_classic, another
-    /// process, so its CPU is not measured.
+    /// serve` child, or samba-dcerpcd with the `rpcd_*` workers of its
+    /// process group (`sys::service_cpu_time`).
     fn service_pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(ServiceChild::pid)
+        match (&self.child, &self.rpcd) {
+            (Some(c), _) => c.pid(),
+            (None, Some(r)) => r.pid(),
+            (None, None) => None,
+        }
     }
 
     /// Fails when the service the bench started has died.
