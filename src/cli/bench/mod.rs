@@ -571,7 +571,7 @@ fn service_for(
         };
         note(format!(
             "using the service at {addr}; it must answer with {} stub bytes per reply \
-             (serve --handler dcerpc --reply-size {})",
+             (serve --handler dcerpc --reply-size {} --dialect {dialect})",
             args.reply_size.stub_bytes, args.reply_size.stub_bytes
         ));
         return Ok((addr, None));
