@@ -199,9 +199,10 @@ pub struct BenchArgs {
           conflicts_with_all = ["dir", "threads"])]
     target: TargetArg,
 
-    /// Pipes that open (connect, handshake, bind) at once; 0: all at once.
-    /// Default: 0 against opipe, 1 against samba-rpcd, whose 4.17 leaves
-    /// some binds unanswered for seconds when many arrive at once.
+    /// Pipes that open (handshake and bind; threads: the connect too) at
+    /// once; 0: all at once. Default: 0 against opipe, 1 against
+    /// samba-rpcd, whose 4.17 can leave binds unanswered for seconds when
+    /// many arrive at once on fresh connections.
     #[arg(long, value_name = "N")]
     open_concurrency: Option<usize>,
 
