@@ -346,3 +346,41 @@ fn sigterm_stops_samba_dcerpcd_and_its_workers() {
     assert_eq!(status.code(), Some(130));
     rpcd_gone(&seen);
 }
+
+#[test]
+fn a_samba_service_that_never_answers_the_handshake_fails_the_opens_in_time() {
+    // A listener under np/ nobody accepts on: connects succeed (the
+    // backlog), the NPA request is written, its reply never comes. Each
+    // pipe's open gives up after 10 s and says why; the bench exits 1.
+    let dir = std::env::temp_dir().join(format!("opipe-bench-npstuck-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("np")).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("np/stuck")).unwrap();
+    let begin = Instant::now();
+    for engine in ["threads", "tokio"] {
+        let out = opipe(&[
+            "bench",
+            "--dialect",
+            "samba",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--pipe",
+            "stuck",
+            "--engine",
+            engine,
+            "--pipes",
+            "2",
+            "--requests",
+            "10",
+            "--stall-timeout",
+            "30",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no answer to the handshake or bind within 10s"),
+            "{engine}: {}",
+            stderr(&out)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(begin.elapsed() < Duration::from_secs(40));
+}

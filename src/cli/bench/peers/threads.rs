@@ -134,7 +134,20 @@ impl OpenGate {
 }
 
 fn pipe_thread(run: &Run, pipe: usize, roster: &Roster, gate: &OpenGate) {
-    let conn = run.opened(pipe, gate.pass(|| open_conn(run, pipe)));
+    let opened = gate.pass(|| open_conn(run, pipe)).map_err(|e| match e {
+        TransceiveError::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            TransceiveError::Open(format!(
+                "no answer to the handshake or bind within {OPEN_TIMEOUT:?}"
+            ))
+        }
+        e => e,
+    });
+    let conn = run.opened(pipe, opened);
     let barrier = roster.wait();
     phases::pipe_blocking(&barrier, conn, |c| drive(run, pipe, c));
 }
