@@ -61,6 +61,7 @@ fn all_verified(v: &Value, pipes: u64, requests: u64) -> Vec<String> {
     for r in results {
         assert_eq!(r["errors"], 0, "{r}");
         assert_eq!(r["verify_failures"], 0, "{r}");
+        assert_eq!(r["dialect"], "samba", "{r}");
         assert_eq!(r["pipes_opened"], pipes, "{r}");
         assert_eq!(r["transceives"], requests, "{r}");
         assert!(r["transceives_per_s"].as_f64().unwrap() > 0.0, "{r}");
@@ -264,6 +265,7 @@ fn samba_rpcd_target_calls_netr_server_get_info_and_verifies_each_reply() {
         // NetrServerGetInfo(\\OPIPEBENCH, 101): a 72-byte request; the
         // reply carries the name and Samba's version comment.
         assert_eq!(r["request_size"], 72, "{r}");
+        assert_eq!(r["call"], "NetrServerGetInfo", "{r}");
         assert!(r["reply_size"].as_u64().unwrap() > 100, "{r}");
         // samba-dcerpcd's group (its rpcd_classic workers) is measured (in
         // clock ticks: 0 is possible in a run this short).

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
+use super::exchange::Call;
 use super::measure::Measured;
 use super::record::Recorded;
 use super::spec::RunSpec;
@@ -62,6 +63,11 @@ pub struct RunResult {
     pub verify_failures: u64,
     /// Which round of `--rounds` this run belongs to (1-based).
     pub round: usize,
+    /// The pipes' dialect (`illumos` or `samba`).
+    pub dialect: &'static str,
+    /// What each transceive was: `pattern` (opipe's dcerpc handler) or
+    /// `NetrServerGetInfo` (Samba's rpcd_classic).
+    pub call: &'static str,
 }
 
 impl RunResult {
@@ -109,6 +115,11 @@ impl RunResult {
             errors: rec.errors,
             verify_failures: rec.bad_replies,
             round: 1,
+            dialect: spec.dialect.as_str(),
+            call: match spec.call {
+                Call::Pattern => "pattern",
+                Call::ServerInfo { .. } => "NetrServerGetInfo",
+            },
         }
     }
 
@@ -130,6 +141,8 @@ impl RunResult {
             "bytes_per_pipe": round2(self.bytes_per_pipe),
             "errors": self.errors,
             "verify_failures": self.verify_failures,
+            "dialect": self.dialect,
+            "call": self.call,
             "backend": self.backend,
             "engine_detail": self.engine_detail,
             "pipes_opened": self.pipes_opened,
@@ -470,6 +483,8 @@ mod tests {
             errors: 0,
             verify_failures: 0,
             round: 1,
+            dialect: "illumos",
+            call: "pattern",
         }
     }
 
