@@ -354,7 +354,11 @@ fn a_samba_service_that_never_answers_the_handshake_fails_the_opens_in_time() {
     // A listener under np/ nobody accepts on: connects succeed (the
     // backlog), the NPA request is written, its reply never comes. Each
     // pipe's open gives up after 10 s and says why; the bench exits 1.
-    let dir = std::env::temp_dir().join(format!("opipe-bench-npstuck-{}", std::process::id()));
+    let tmp = tempfile::Builder::new()
+        .prefix("opipe-bench-npstuck")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("np")).unwrap();
     let _listener = std::os::unix::net::UnixListener::bind(dir.join("np/stuck")).unwrap();
     let begin = Instant::now();
@@ -383,6 +387,5 @@ fn a_samba_service_that_never_answers_the_handshake_fails_the_opens_in_time() {
             stderr(&out)
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(begin.elapsed() < Duration::from_secs(40));
 }
