@@ -81,6 +81,34 @@ fn short_soak_by_transceives() {
     assert_eq!(number(&text, "sent"), 4000);
 }
 
+#[test]
+fn short_soak_in_the_samba_dialect() {
+    // The engine opens with Samba's handshake and frames every message;
+    // the service (`serve --dialect samba --handler echo`) echoes each
+    // message as one. Same checks, on both backends.
+    for backend in ["auto", "epoll"] {
+        let (code, out, err) = soak_raw(
+            &[
+                "--dialect",
+                "samba",
+                "--pipes",
+                "60",
+                "--transceives",
+                "4000",
+                "--seed",
+                "11",
+                "--backend",
+                backend,
+            ],
+            None,
+        );
+        assert_eq!(code, Some(0), "{backend}: {out}{err}");
+        check_counts(&out);
+        assert!(out.contains("dialect samba"), "{out}");
+        assert_eq!(number(&out, "sent"), 4000);
+    }
+}
+
 /// `opipe soak ARGS` with a 30 s bound: (exit code, stdout, stderr).
 fn soak_raw(args: &[&str], nofile: Option<u64>) -> (Option<i32>, String, String) {
     use std::os::unix::process::CommandExt;

@@ -25,7 +25,8 @@ impl From<BackendArg> for BackendChoice {
     }
 }
 
-/// `--dialect` values (`opipe serve`, `opipe call`, `opipe wait`).
+/// `--dialect` values (`opipe serve`, `opipe call`, `opipe wait`,
+/// `opipe bench`, `opipe soak`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DialectArg {
     /// illumos smbd's: XDR netuserinfo handshake, byte stream, `<dir>/<name>`.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod args;
 mod bench;
 mod call;
+mod samba;
 mod serve;
 mod serve_child;
 mod soak;

@@ -1,5 +1,7 @@
 //! `opipe soak`: a long fault-laden run of the engine against an
-//! `opipe serve --handler echo` child. Random sizes (1 byte to 64 KiB),
+//! `opipe serve --handler echo` child, in either dialect (`--dialect
+//! samba`: the engine opens with Samba's named-pipe-auth handshake and
+//! frames every message, the service echoes each message as one). Random sizes (1 byte to 64 KiB),
 //! random cancels, random close/reopen, and the service killed and started
 //! again halfway. At the end it prints the counts and exits 0 only if every
 //! answered reply matched its request byte for byte, no request hung, and
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use opipe::engine::{Engine, EngineConfig, Pipe, Request, Transfer};
-use opipe::protocol::{NetUserInfo, NtStatus};
+use opipe::protocol::{Dialect, NetUserInfo, NtStatus};
 
 use crate::bench::sys;
 use crate::serve_child::ServeChild;
@@ -64,6 +66,11 @@ pub struct SoakArgs {
     /// epoll.
     #[arg(long, value_enum, default_value = "auto")]
     backend: crate::args::BackendArg,
+
+    /// The pipes' dialect: illumos (default) or samba (named-pipe-auth
+    /// handshake, u16-framed messages, sockets in <dir>/np/).
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: crate::args::DialectArg,
 }
 
 use opipe::rng::SplitMix64 as Rng;
@@ -124,19 +131,21 @@ impl Counts {
 /// The `opipe serve --handler echo` child; killed and reaped when dropped.
 /// The socket file stays: a successor may already listen on it (the
 /// directory is removed at the end of the soak).
-fn start_service(dir: &Path) -> std::io::Result<ServeChild> {
-    let args: [&std::ffi::OsStr; 6] = [
+fn start_service(dir: &Path, dialect: Dialect) -> std::io::Result<ServeChild> {
+    let args: [&std::ffi::OsStr; 8] = [
         "--dir".as_ref(),
         dir.as_os_str(),
         "--pipe".as_ref(),
         PIPE.as_ref(),
         "--handler".as_ref(),
         "echo".as_ref(),
+        "--dialect".as_ref(),
+        dialect.as_str().as_ref(),
     ];
     ServeChild::start(
         &args,
         Stdio::null(),
-        &dir.join(PIPE),
+        &dialect.socket_dir(dir).join(PIPE),
         Duration::from_secs(10),
         String::new,
     )
@@ -395,8 +404,10 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     let dir = make_dir()?;
-    let mut service = start_service(&dir)?;
+    let dialect = Dialect::from(args.dialect);
+    let mut service = start_service(&dir, dialect)?;
     let mut cfg = EngineConfig::new(&dir);
+    cfg.dialect = dialect;
     cfg.open_timeout = Duration::from_secs(5);
     cfg.backend = args.backend.into();
     let engine = Engine::new(cfg)?;
@@ -436,7 +447,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 );
                 service.stop(Duration::ZERO);
                 std::thread::sleep(Duration::from_millis(300));
-                match start_service(&dir) {
+                match start_service(&dir, dialect) {
                     Ok(svc) => service = svc,
                     Err(e) => {
                         restart_err = Some(e);
@@ -486,7 +497,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let (open_failed, open_failed_by) = fmt_map(&counts.open_failed);
     let secs = took.as_secs_f64();
     println!(
-        "soak: pipes {pipes}, seed {}, backend {backend}, duration {secs:.1} s, service restarts {restarts}",
+        "soak: pipes {pipes}, seed {}, backend {backend}, dialect {dialect}, duration {secs:.1} s, service restarts {restarts}",
         args.seed
     );
     println!(

@@ -14,6 +14,19 @@
 //!    the request's call id, first/last flags) and the stub bytes against the
 //!    pattern the service writes. A reply that fails is an error, never a
 //!    transceive.
+//!
+//! In Samba's dialect ([`Dialect::Samba`]) the open is the named-pipe-auth
+//! handshake of an anonymous caller, every message travels behind a `u16`
+//! length, and a transceive's first read is the first reply MESSAGE, cut at
+//! `max_out` (`STATUS_BUFFER_OVERFLOW` when it is longer, the rest read by
+//! the next read, as an SMB server does on a message-mode pipe). What is
+//! sent and verified is the same; the peers' framing is in
+//! [`framed`](super::framed).
+//!
+//! Two calls can be measured ([`Call`]): the pattern call of `opipe serve
+//! --handler dcerpc`, or, against Samba's own `rpcd_classic` (`--target
+//! samba-rpcd`), a real `NetrServerGetInfo` level 101 after one bind, whose
+//! reply is decoded and must name the configured server.
 
 use std::fmt;
 use std::io;
@@ -21,9 +34,13 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use opipe::protocol::dcerpc;
+use opipe::protocol::npa::{FILE_TYPE_MESSAGE_MODE, NPA_REPLY_LEN};
+use opipe::protocol::srvsvc::{
+    decode_netr_server_get_info_101, encode_netr_server_get_info, OPNUM_NETR_SERVER_GET_INFO,
+};
 use opipe::protocol::{
-    decode_status_word, encode_open_message, transceive_status, ClientAddr, NetUserInfo, NtStatus,
-    SMB_PIPE_MAX_MSGSIZE, STATUS_WORD_LEN,
+    decode_status_word, encode_open_message, transceive_status, ClientAddr, Dialect, NetUserInfo,
+    NpaIdentity, NpaLevel, NpaReply, NtStatus, SMB_PIPE_MAX_MSGSIZE, STATUS_WORD_LEN,
 };
 use opipe::service::dcerpc::reply_stub_byte;
 
@@ -36,6 +53,56 @@ const CONTEXT_ID: u16 = 0;
 const OPNUM: u16 = 0;
 /// The byte every request stub is filled with (the service ignores it).
 const REQUEST_STUB_BYTE: u8 = 0x5a;
+/// Call id of the one bind a [`Call::ServerInfo`] pipe makes after its open
+/// (the transceives count from 1 again: Samba does not mind).
+pub const BIND_CALL_ID: u32 = 1;
+/// The `NetrServerGetInfo` level asked for.
+const SERVER_INFO_LEVEL: u32 = 101;
+
+/// What each measured transceive is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A request of `--request-size` answered by `opipe serve --handler
+    /// dcerpc` with `--reply-size` bytes of its stub pattern.
+    Pattern,
+    /// srvsvc `NetrServerGetInfo(\\<server_name>, 101)` after one bind per
+    /// pipe; the reply must decode to `server_name` with `WERR_OK`.
+    ServerInfo {
+        /// The server name the reply must carry (Samba's `netbios name`).
+        server_name: String,
+    },
+}
+
+impl Call {
+    /// The request stub and operation number of every transceive.
+    fn request_stub(&self, stub_bytes: usize) -> Result<(Vec<u8>, u16), String> {
+        match self {
+            Call::Pattern => Ok((vec![REQUEST_STUB_BYTE; stub_bytes], OPNUM)),
+            Call::ServerInfo { server_name } => {
+                let unc = format!("\\\\{server_name}");
+                encode_netr_server_get_info(Some(&unc), SERVER_INFO_LEVEL)
+                    .map(|stub| (stub, OPNUM_NETR_SERVER_GET_INFO))
+                    .map_err(|e| format!("encoding NetrServerGetInfo: {e}"))
+            }
+        }
+    }
+
+    /// The request PDU of one `NetrServerGetInfo` call with `call_id`: what
+    /// `--target samba-rpcd` sends (and measures the size of).
+    pub fn server_info_request(server_name: &str, call_id: u32) -> Result<Vec<u8>, String> {
+        let call = Call::ServerInfo {
+            server_name: server_name.to_owned(),
+        };
+        let (stub, opnum) = call.request_stub(0)?;
+        Ok(dcerpc::encode_request(
+            call_id,
+            CONTEXT_ID,
+            opnum,
+            &stub,
+            dcerpc::DEFAULT_MAX_FRAG,
+        ))
+    }
+}
 
 /// Why one transceive (or open) failed.
 #[derive(Debug)]
@@ -88,30 +155,146 @@ pub fn check_open_status(word: [u8; STATUS_WORD_BYTES]) -> Result<(), Transceive
 /// Request encoding and reply verification for one run.
 #[derive(Debug)]
 pub struct Exchange {
+    dialect: Dialect,
+    call: Call,
     request_stub: Vec<u8>,
+    opnum: u16,
     reply: WireSize,
     max_out: usize,
-    /// The stub bytes every reply must carry, from the service's pattern.
+    /// The stub bytes every reply must carry, from the service's pattern
+    /// ([`Call::Pattern`]).
     expected_stub: Vec<u8>,
 }
 
 impl Exchange {
-    /// Prepares the exchange of `spec`.
-    pub fn new(spec: &RunSpec) -> Exchange {
-        Exchange {
-            request_stub: vec![REQUEST_STUB_BYTE; spec.request.stub_bytes],
+    /// Prepares the exchange of `spec`; fails only when the request of a
+    /// [`Call::ServerInfo`] cannot be encoded (a server name too long).
+    pub fn new(spec: &RunSpec) -> Result<Exchange, String> {
+        let (request_stub, opnum) = spec.call.request_stub(spec.request.stub_bytes)?;
+        Ok(Exchange {
+            dialect: spec.dialect,
+            call: spec.call.clone(),
+            request_stub,
+            opnum,
             reply: spec.reply,
             max_out: spec.max_out,
-            expected_stub: expected_reply_stub(spec.reply.stub_bytes),
+            expected_stub: match spec.call {
+                Call::Pattern => expected_reply_stub(spec.reply.stub_bytes),
+                Call::ServerInfo { .. } => Vec::new(),
+            },
+        })
+    }
+
+    /// The pipes' dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The open handshake message of pipe number `pipe`. illumos: the
+    /// 8-byte pipe header and the XDR netuserinfo of a fixed bench user
+    /// (session id = pipe number + 1). Samba: the level-7 named-pipe-auth
+    /// request of [`Exchange::identity`].
+    pub fn open_message(&self, pipe: usize) -> Result<Vec<u8>, TransceiveError> {
+        match self.dialect {
+            Dialect::Illumos => encode_open_message(&self.user(pipe)),
+            Dialect::Samba => self.identity(pipe).to_request(NpaLevel::V7).encode(),
+        }
+        .map_err(|e| TransceiveError::Open(format!("encoding: {e}")))
+    }
+
+    /// Bytes of the open handshake's answer: the 4-byte status word, or
+    /// Samba's 36-byte reply.
+    pub fn open_reply_len(&self) -> usize {
+        match self.dialect {
+            Dialect::Illumos => STATUS_WORD_BYTES,
+            Dialect::Samba => NPA_REPLY_LEN,
         }
     }
 
-    /// The open handshake message of pipe number `pipe`: the 8-byte pipe
-    /// header and the XDR netuserinfo of a fixed bench user (session id =
-    /// pipe number).
-    pub fn open_message(&self, pipe: usize) -> Result<Vec<u8>, TransceiveError> {
-        encode_open_message(&self.user(pipe))
-            .map_err(|e| TransceiveError::Open(format!("encoding: {e}")))
+    /// Checks the open handshake's answer (exactly
+    /// [`open_reply_len`](Self::open_reply_len) bytes): success, and in
+    /// Samba's dialect a message-mode pipe at the level asked for.
+    pub fn check_open_reply(&self, reply: &[u8]) -> Result<(), TransceiveError> {
+        match self.dialect {
+            Dialect::Illumos => {
+                let word: [u8; STATUS_WORD_BYTES] = reply
+                    .try_into()
+                    .map_err(|_| TransceiveError::Open(format!("a {}-byte answer", reply.len())))?;
+                check_open_status(word)
+            }
+            Dialect::Samba => {
+                let r = NpaReply::decode(reply)
+                    .map_err(|e| TransceiveError::Open(format!("bad NPA reply: {e}")))?;
+                if r.status != NtStatus::SUCCESS {
+                    return Err(TransceiveError::Open(format!(
+                        "the service answered {}",
+                        r.status
+                    )));
+                }
+                if r.level != NpaLevel::V7 || r.file_type != FILE_TYPE_MESSAGE_MODE {
+                    return Err(TransceiveError::Open(format!(
+                        "NPA reply at level {} with file type {} (asked level 7, message mode)",
+                        r.level, r.file_type
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The identity pipe number `pipe` opens with in Samba's dialect: an
+    /// anonymous caller (the token Samba gives `rpcclient -U%`), the session
+    /// GUID's first 8 bytes the pipe number + 1.
+    pub fn identity(&self, pipe: usize) -> NpaIdentity {
+        let mut id = NpaIdentity::anonymous();
+        id.session_guid[..8].copy_from_slice(&(pipe as u64 + 1).to_le_bytes());
+        id
+    }
+
+    /// The bind PDU every pipe sends once after its open, if the call needs
+    /// one ([`Call::ServerInfo`]: srvsvc over NDR, call id [`BIND_CALL_ID`]).
+    pub fn bind_request(&self) -> Option<Vec<u8>> {
+        match self.call {
+            Call::Pattern => None,
+            Call::ServerInfo { .. } => Some(dcerpc::encode_bind(
+                BIND_CALL_ID,
+                dcerpc::SRVSVC_SYNTAX.into(),
+                dcerpc::NDR_SYNTAX.into(),
+            )),
+        }
+    }
+
+    /// Checks the answer to [`bind_request`](Self::bind_request): a
+    /// bind_ack for its call id that accepts the context.
+    pub fn check_bind_ack(&self, pdu: &[u8]) -> Result<(), TransceiveError> {
+        let ack = dcerpc::decode_bind_ack(pdu)
+            .map_err(|e| TransceiveError::Open(format!("bind: not a bind_ack: {e}")))?;
+        if ack.header.call_id != BIND_CALL_ID {
+            return Err(TransceiveError::Open(format!(
+                "bind: bind_ack for call {}, sent {BIND_CALL_ID}",
+                ack.header.call_id
+            )));
+        }
+        match ack.results.first() {
+            Some(r) if r.result == dcerpc::RESULT_ACCEPTANCE => Ok(()),
+            Some(r) => Err(TransceiveError::Open(format!(
+                "bind: srvsvc refused (result {}, reason {})",
+                r.result, r.reason
+            ))),
+            None => Err(TransceiveError::Open("bind: no context result".into())),
+        }
+    }
+
+    /// The request of one transceive as written to the socket by a peer
+    /// that frames for itself: [`request`](Self::request), in Samba's
+    /// dialect behind its `u16` length as one message (more than 65535
+    /// bytes as several, as opipe's engine writes them).
+    pub fn wire_request(&self, call_id: u32) -> Vec<u8> {
+        let pdus = self.request(call_id);
+        match self.dialect {
+            Dialect::Illumos => pdus,
+            Dialect::Samba => super::framed::framed(&pdus),
+        }
     }
 
     /// The bench user of pipe number `pipe` (session id = pipe number + 1).
@@ -142,7 +325,7 @@ impl Exchange {
             out,
             call_id,
             CONTEXT_ID,
-            OPNUM,
+            self.opnum,
             &self.request_stub,
             dcerpc::DEFAULT_MAX_FRAG,
         )
@@ -211,7 +394,20 @@ impl Exchange {
         })
     }
 
-    /// Verifies a whole reply to the request with `call_id`.
+    /// MaxOutputResponse: the length of a transceive's one read.
+    pub fn max_out(&self) -> usize {
+        self.max_out
+    }
+
+    /// Bytes of every whole reply.
+    pub fn reply_len(&self) -> usize {
+        self.reply.wire_bytes
+    }
+
+    /// Verifies a whole reply to the request with `call_id`: length, every
+    /// fragment's header, then the stub: the service's pattern, or for
+    /// [`Call::ServerInfo`] a `NetrServerGetInfo` level-101 answer that
+    /// decodes, with `WERR_OK` and the expected server name.
     pub fn verify(&self, reply: &[u8], call_id: u32) -> Result<(), TransceiveError> {
         if reply.len() != self.reply.wire_bytes {
             return Err(bad(format!(
@@ -220,43 +416,32 @@ impl Exchange {
                 self.reply.wire_bytes
             )));
         }
-        let mut at = 0;
-        let mut stub_at = 0;
-        let mut fragment = 0;
-        while at < reply.len() {
-            let rest = &reply[at..];
-            let len = match dcerpc::pdu_len(rest, dcerpc::DEFAULT_MAX_FRAG) {
-                Ok(Some(len)) if len <= rest.len() => len,
-                Ok(_) => {
-                    return Err(bad(format!(
-                        "fragment {fragment} at byte {at} runs past the reply's {} bytes",
-                        reply.len()
-                    )))
+        match &self.call {
+            Call::Pattern => self.verify_pattern(reply, call_id),
+            Call::ServerInfo { server_name } => {
+                let mut stub = Vec::new();
+                for_each_fragment(reply, call_id, |_, s| {
+                    stub.extend_from_slice(s);
+                    Ok(())
+                })?;
+                let (info, werror) = decode_netr_server_get_info_101(&stub)
+                    .map_err(|e| bad(format!("NetrServerGetInfo reply: {e}")))?;
+                if werror != 0 {
+                    return Err(bad(format!("NetrServerGetInfo answered WERROR {werror}")));
                 }
-                Err(e) => return Err(bad(format!("fragment {fragment} at byte {at}: {e}"))),
-            };
-            let pdu = dcerpc::decode_response(&rest[..len])
-                .map_err(|e| bad(format!("fragment {fragment} at byte {at}: {e}")))?;
-            let h = pdu.header;
-            if h.call_id != call_id {
-                return Err(bad(format!(
-                    "fragment {fragment}: call id {} answers no request of ours (sent {call_id})",
-                    h.call_id
-                )));
+                let name = info.and_then(|i| i.server_name);
+                if name.as_deref() != Some(server_name.as_str()) {
+                    return Err(bad(format!(
+                        "NetrServerGetInfo names server {name:?}, expected {server_name:?}"
+                    )));
+                }
+                Ok(())
             }
-            let last = at + len == reply.len();
-            let want_flags = (if fragment == 0 {
-                dcerpc::PFC_FIRST_FRAG
-            } else {
-                0
-            }) | (if last { dcerpc::PFC_LAST_FRAG } else { 0 });
-            let have_flags = h.pfc_flags & (dcerpc::PFC_FIRST_FRAG | dcerpc::PFC_LAST_FRAG);
-            if have_flags != want_flags {
-                return Err(bad(format!(
-                    "fragment {fragment}: flags {have_flags:#04x}, expected {want_flags:#04x}"
-                )));
-            }
-            let stub = pdu.stub;
+        }
+    }
+
+    fn verify_pattern(&self, reply: &[u8], call_id: u32) -> Result<(), TransceiveError> {
+        let stub_bytes = for_each_fragment(reply, call_id, |stub_at, stub| {
             let want = self
                 .expected_stub
                 .get(stub_at..stub_at + stub.len())
@@ -270,18 +455,69 @@ impl Exchange {
                     want[i]
                 )));
             }
-            stub_at += stub.len();
-            at += len;
-            fragment += 1;
-        }
-        if stub_at != self.reply.stub_bytes {
+            Ok(())
+        })?;
+        if stub_bytes != self.reply.stub_bytes {
             return Err(bad(format!(
-                "{stub_at} stub bytes, expected {}",
+                "{stub_bytes} stub bytes, expected {}",
                 self.reply.stub_bytes
             )));
         }
         Ok(())
     }
+}
+
+/// Walks the response fragments of `reply` (to the request with `call_id`),
+/// checking each one's header and first/last flags, and hands `on_stub`
+/// each fragment's stub with its offset in the whole stub. Returns the
+/// stub bytes seen.
+fn for_each_fragment(
+    reply: &[u8],
+    call_id: u32,
+    mut on_stub: impl FnMut(usize, &[u8]) -> Result<(), TransceiveError>,
+) -> Result<usize, TransceiveError> {
+    let mut at = 0;
+    let mut stub_at = 0;
+    let mut fragment = 0;
+    while at < reply.len() {
+        let rest = &reply[at..];
+        let len = match dcerpc::pdu_len(rest, dcerpc::DEFAULT_MAX_FRAG) {
+            Ok(Some(len)) if len <= rest.len() => len,
+            Ok(_) => {
+                return Err(bad(format!(
+                    "fragment {fragment} at byte {at} runs past the reply's {} bytes",
+                    reply.len()
+                )))
+            }
+            Err(e) => return Err(bad(format!("fragment {fragment} at byte {at}: {e}"))),
+        };
+        let pdu = dcerpc::decode_response(&rest[..len])
+            .map_err(|e| bad(format!("fragment {fragment} at byte {at}: {e}")))?;
+        let h = pdu.header;
+        if h.call_id != call_id {
+            return Err(bad(format!(
+                "fragment {fragment}: call id {} answers no request of ours (sent {call_id})",
+                h.call_id
+            )));
+        }
+        let last = at + len == reply.len();
+        let want_flags = (if fragment == 0 {
+            dcerpc::PFC_FIRST_FRAG
+        } else {
+            0
+        }) | (if last { dcerpc::PFC_LAST_FRAG } else { 0 });
+        let have_flags = h.pfc_flags & (dcerpc::PFC_FIRST_FRAG | dcerpc::PFC_LAST_FRAG);
+        if have_flags != want_flags {
+            return Err(bad(format!(
+                "fragment {fragment}: flags {have_flags:#04x}, expected {want_flags:#04x}"
+            )));
+        }
+        on_stub(stub_at, pdu.stub)?;
+        stub_at += pdu.stub.len();
+        at += len;
+        fragment += 1;
+    }
+    Ok(stub_at)
 }
 
 /// How much of a reply has arrived.
@@ -337,7 +573,11 @@ mod tests {
             reply: WireSize::from_wire(reply).unwrap(),
             max_out,
             stop: StopRule::Requests(1),
+            dialect: Dialect::Illumos,
+            call: Call::Pattern,
+            open_concurrency: 0,
         })
+        .unwrap()
     }
 
     /// The reply a correct service sends, built with the protocol's encoder.
@@ -490,7 +730,11 @@ mod tests {
             reply: WireSize::from_wire(64).unwrap(),
             max_out: 4280,
             stop: StopRule::Requests(1),
+            dialect: Dialect::Illumos,
+            call: Call::Pattern,
+            open_concurrency: 0,
         })
+        .unwrap()
         .open_message(0)
         .is_ok());
     }

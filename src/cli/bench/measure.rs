@@ -108,8 +108,7 @@ impl Clock {
     /// measured over the same phase (`None` for a service the bench did not
     /// start: its other clients would be counted too).
     pub fn start(budget: &Budget, service_pid: Option<u32>) -> io::Result<Clock> {
-        let service =
-            service_pid.and_then(|pid| sys::other_process_cpu_time(pid).ok().map(|t| (pid, t)));
+        let service = service_pid.and_then(|pid| sys::service_cpu_time(pid).ok().map(|t| (pid, t)));
         let cpu_start = sys::process_cpu_time()?;
         let start = Instant::now();
         budget.arm(start);
@@ -126,7 +125,7 @@ impl Clock {
         let elapsed = self.start.elapsed();
         let cpu = sys::process_cpu_time()?.saturating_sub(self.cpu_start);
         let service_cpu = self.service.and_then(|(pid, at_start)| {
-            let now = sys::other_process_cpu_time(pid).ok()?;
+            let now = sys::service_cpu_time(pid).ok()?;
             Some(now.saturating_sub(at_start))
         });
         // The run's peak: what a peer frees before its last transceive

@@ -8,6 +8,7 @@
 //!   transceive, and `uring-min`, the least an event-driven io_uring client
 //!   does, a file each;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
+//! * [`framed`]: Samba's message framing for the peers that frame for themselves;
 //! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
 //! * `phases`: the four meeting points of a run (opened, go, done, close);
@@ -17,6 +18,7 @@
 //!   front of one pipe service, with an SMB2 load client of its own.
 
 pub mod exchange;
+pub mod framed;
 pub mod measure;
 pub mod monitor;
 pub mod output;
@@ -37,10 +39,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use opipe::engine::BufferMode;
-use opipe::protocol::PipeName;
+use opipe::protocol::{Dialect, PipeName};
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
-use exchange::Exchange;
+use crate::args::DialectArg;
+use crate::samba::{self, SambaRpcd};
+use exchange::{Call, Exchange};
 use measure::{Budget, StopRule};
 use monitor::{Monitor, Watch};
 use output::RunResult;
@@ -79,6 +83,20 @@ const FD_RESERVE: usize = 64;
 /// filled the buffer and bytes are still queued (FIONREAD), counts
 /// STATUS_BUFFER_OVERFLOW, as the illumos SMB server does; the rest of the
 /// reply is then read with ordinary reads.
+///
+/// --dialect samba speaks Samba's pipe dialect instead of illumos': an
+/// anonymous named-pipe-auth open (level 7) on <dir>/np/<name>, then every
+/// message behind a u16 length; a transceive's first read is then the first
+/// reply message, cut at --max-out (STATUS_BUFFER_OVERFLOW when longer).
+/// Engines: uring, uring-registered, threads, tokio (tokio-uring, floor and
+/// uring-min speak only illumos: skipped from `all`, refused when named).
+///
+/// --target samba-rpcd (with --dialect samba) starts Samba's own RPC server,
+/// samba-dcerpcd, in a temporary directory instead of `opipe serve`; every
+/// pipe opens srvsvc and binds once, and each transceive is a real
+/// NetrServerGetInfo level 101 call whose reply is decoded and must name the
+/// configured server (a wrong reply counts as an error). Request and reply
+/// sizes are then those of that call (--request-size/--reply-size unused).
 ///
 /// Exit status: 0 when every run completed without errors, 1 when any run
 /// had errors or could not run, 2 on usage errors.
@@ -184,14 +202,48 @@ pub struct BenchArgs {
           "reply_size", "max_out", "uring_recv", "rings", "sq_entries", "cq_entries", "pipe"])]
     smb2: bool,
 
-    /// With --smb2: the pipe service behind both SMB servers.
-    #[arg(long, value_enum, default_value = "opipe", requires = "smb2")]
-    target: smb2::Smb2Target,
-
     /// With --smb2: the binary whose `smb2` subcommand is measured (default: this one).
     #[arg(long, hide = true, value_name = "PATH", requires = "smb2")]
     smb2_exe: Option<PathBuf>,
+
+    /// The pipes' dialect: illumos (default) or samba (named-pipe-auth
+    /// handshake, u16-framed messages, sockets in <dir>/np/).
+    #[arg(long, value_enum, default_value = "illumos")]
+    dialect: DialectArg,
+
+    /// The service to drive: opipe (`opipe serve --handler dcerpc`, or the
+    /// one --dir names) or samba-rpcd (Samba's samba-dcerpcd, started here;
+    /// needs --dialect samba, except with --smb2, where it is the pipe
+    /// service behind both SMB servers).
+    #[arg(long, value_enum, default_value = "opipe",
+          conflicts_with_all = ["dir", "threads"])]
+    target: TargetArg,
+
+    /// Pipes that open (handshake and bind; threads: the connect too) at
+    /// once; 0: all at once. Default: 0 against opipe, 1 against
+    /// samba-rpcd, whose 4.17 can leave binds unanswered for seconds when
+    /// many arrive at once on fresh connections.
+    #[arg(long, value_name = "N")]
+    open_concurrency: Option<usize>,
+
+    /// The server name every samba-rpcd reply must carry, instead of the
+    /// configured one (for tests: a wrong name makes every reply fail
+    /// verification).
+    #[arg(long, hide = true, value_name = "NAME")]
+    expect_server_name: Option<String>,
 }
+
+/// `--target` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TargetArg {
+    /// opipe's own pipe service.
+    Opipe,
+    /// Samba's samba-dcerpcd and its rpcd_classic (srvsvc), real calls.
+    SambaRpcd,
+}
+
+/// The server name samba-dcerpcd is configured with (`netbios name`).
+const SAMBA_SERVER_NAME: &str = "OPIPEBENCH";
 
 /// `--uring-recv` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -225,6 +277,18 @@ enum EngineArg {
     UringMin,
     /// threads, tokio, tokio-uring and uring.
     All,
+}
+
+/// Whether an engine speaks `dialect` (the references and tokio-uring
+/// speak only illumos).
+fn speaks(engine: EngineArg, dialect: Dialect) -> bool {
+    match dialect {
+        Dialect::Illumos => true,
+        Dialect::Samba => matches!(
+            engine,
+            EngineArg::Threads | EngineArg::Tokio | EngineArg::Uring | EngineArg::UringRegistered
+        ),
+    }
 }
 
 /// The peer of an engine, or why this build cannot run it. Engines are
@@ -306,8 +370,8 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(|e| format!("blocking signals: {e}"))?;
     let fds = FdBudget::take()?;
-    let (addr, mut child) = service_for(args)?;
-    let abort = child.as_ref().map(ServiceChild::abort).unwrap_or_default();
+    let mut target = Target::start(args)?;
+    let abort = target.abort();
     on_signal(signals, abort.clone());
     let watch = Watch {
         draw: std::io::stderr().is_terminal(),
@@ -315,8 +379,8 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
         abort,
     };
 
-    let (results, runs_ok) = run_rounds(args, &peers, &addr, &mut child, &watch, &fds);
-    drop(child);
+    let (results, runs_ok) = run_rounds(args, &peers, &mut target, &watch, &fds);
+    drop(target);
 
     if args.json {
         println!("{}", output::json(&results));
@@ -362,7 +426,25 @@ fn build_peers(args: &BenchArgs) -> (Vec<Box<dyn Peer>>, bool) {
     };
     let mut peers: Vec<Box<dyn Peer>> = Vec::new();
     let mut all_ok = true;
+    let dialect = Dialect::from(args.dialect);
+    let named = |e: EngineArg| args.engine.contains(&e);
     for e in engines_asked(args) {
+        if !speaks(e, dialect) {
+            let name = e.to_possible_value().map(|v| v.get_name().to_owned());
+            let name = name.unwrap_or_default();
+            if named(e) {
+                note(format!(
+                    "error: {name} speaks only the illumos dialect, not {dialect} \
+                     (samba: uring, uring-registered, threads, tokio)"
+                ));
+                all_ok = false;
+            } else {
+                note(format!(
+                    "{name} skipped: it speaks only the illumos dialect"
+                ));
+            }
+            continue;
+        }
         match peer_for(e, &tuning) {
             Ok(p) => peers.push(p),
             Err(why) => {
@@ -399,17 +481,121 @@ impl FdBudget {
     }
 }
 
+/// What the runs drive and what each transceive is.
+struct Target {
+    addr: ServiceAddr,
+    /// The `opipe serve` child, when the bench started one.
+    child: Option<ServiceChild>,
+    /// samba-dcerpcd, with `--target samba-rpcd`.
+    rpcd: Option<SambaRpcd>,
+    call: Call,
+    request: WireSize,
+    reply: WireSize,
+    open_concurrency: usize,
+}
+
+impl Target {
+    /// Starts (or finds, with `--dir`) the service and settles the call.
+    fn start(args: &BenchArgs) -> Result<Target, String> {
+        let dialect = Dialect::from(args.dialect);
+        if args.target == TargetArg::SambaRpcd {
+            if dialect != Dialect::Samba {
+                return Err(
+                    "--target samba-rpcd speaks Samba's dialect: add --dialect samba".into(),
+                );
+            }
+            let rpcd = SambaRpcd::start(SAMBA_SERVER_NAME)?;
+            let addr = ServiceAddr {
+                dir: rpcd.ncalrpc_dir(),
+                pipe: samba::PIPE.into(),
+                dialect,
+            };
+            note(format!(
+                "samba-dcerpcd started: pid {}, socket {addr}, server name {}",
+                rpcd.pid().unwrap_or(0),
+                rpcd.server_name()
+            ));
+            let probe = samba::probe(&addr.dir, rpcd.server_name())?;
+            let size = |n: usize| WireSize::from_wire(n).map_err(|e| format!("probe call: {e}"));
+            note(format!(
+                "each transceive: NetrServerGetInfo level 101, a {}-byte request, a {}-byte \
+                 reply naming {} (checked on every reply)",
+                probe.request_bytes,
+                probe.reply_bytes,
+                rpcd.server_name()
+            ));
+            let expected = args.expect_server_name.as_deref();
+            return Ok(Target {
+                call: Call::ServerInfo {
+                    server_name: expected.unwrap_or(rpcd.server_name()).to_owned(),
+                },
+                request: size(probe.request_bytes)?,
+                reply: size(probe.reply_bytes)?,
+                open_concurrency: args.open_concurrency.unwrap_or(1),
+                addr,
+                child: None,
+                rpcd: Some(rpcd),
+            });
+        }
+        let (addr, child) = service_for(args, dialect)?;
+        Ok(Target {
+            addr,
+            child,
+            rpcd: None,
+            call: Call::Pattern,
+            request: args.request_size,
+            reply: args.reply_size,
+            open_concurrency: args.open_concurrency.unwrap_or(0),
+        })
+    }
+
+    /// What the signal and stall paths must clean up.
+    fn abort(&self) -> Abort {
+        match (&self.child, &self.rpcd) {
+            (Some(c), _) => c.abort(),
+            (None, Some(r)) => r.abort(),
+            (None, None) => Abort::default(),
+        }
+    }
+
+    /// The pid whose CPU time is measured as the service's: the `opipe
+    /// serve` child, or samba-dcerpcd with the `rpcd_*` workers of its
+    /// process group (`sys::service_cpu_time`).
+    fn service_pid(&self) -> Option<u32> {
+        match (&self.child, &self.rpcd) {
+            (Some(c), _) => c.pid(),
+            (None, Some(r)) => r.pid(),
+            (None, None) => None,
+        }
+    }
+
+    /// Fails when the service the bench started has died.
+    fn check_alive(&mut self) -> Result<(), String> {
+        if let Some(c) = self.child.as_mut() {
+            c.check_alive().map_err(|e| e.to_string())?;
+        }
+        if let Some(r) = self.rpcd.as_mut() {
+            r.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
 /// The service the runs drive: the one `--dir` names, or a child
 /// `opipe serve` started here (stopped when the returned guard drops).
-fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
+fn service_for(
+    args: &BenchArgs,
+    dialect: Dialect,
+) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
     if let Some(dir) = &args.dir {
         let addr = ServiceAddr {
             dir: dir.clone(),
             pipe: args.pipe.clone(),
+            dialect,
         };
         note(format!(
             "using the service at {addr}; it must answer with {} stub bytes per reply \
-             (serve --handler dcerpc --reply-size {})",
+             (serve --handler dcerpc --reply-size {} --dialect {dialect})",
             args.reply_size.stub_bytes, args.reply_size.stub_bytes
         ));
         return Ok((addr, None));
@@ -418,6 +604,7 @@ fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), 
         pipe: args.pipe.clone(),
         reply_stub_bytes: args.reply_size.stub_bytes,
         threads: args.threads,
+        dialect,
     })
     .map_err(|e| format!("starting the pipe service: {e}"))?;
     note(format!(
@@ -433,8 +620,7 @@ fn service_for(args: &BenchArgs) -> Result<(ServiceAddr, Option<ServiceChild>), 
 fn run_rounds(
     args: &BenchArgs,
     peers: &[Box<dyn Peer>],
-    addr: &ServiceAddr,
-    child: &mut Option<ServiceChild>,
+    target: &mut Target,
     watch: &Watch,
     fds: &FdBudget,
 ) -> (Vec<RunResult>, bool) {
@@ -443,7 +629,7 @@ fn run_rounds(
         (None, Some(d)) => StopRule::Duration(d),
         (None, None) => StopRule::Duration(DEFAULT_DURATION),
     };
-    let service_pid = child.as_ref().and_then(ServiceChild::pid);
+    let service_pid = target.service_pid();
     let mut results = Vec::new();
     let mut all_ok = true;
     let rounds = args.rounds as usize;
@@ -459,10 +645,13 @@ fn run_rounds(
         for peer in peers {
             let spec = RunSpec {
                 pipes,
-                request: args.request_size,
-                reply: args.reply_size,
+                request: target.request,
+                reply: target.reply,
                 max_out: args.max_out,
                 stop,
+                dialect: target.addr.dialect,
+                call: target.call.clone(),
+                open_concurrency: target.open_concurrency,
             };
             note(format!(
                 "{}running {} with {pipes} pipes, {}",
@@ -477,7 +666,7 @@ fn run_rounds(
                     StopRule::Requests(n) => format!("{n} transceives"),
                 }
             ));
-            match run_one(peer.as_ref(), spec, addr, service_pid, watch) {
+            match run_one(peer.as_ref(), spec, &target.addr, service_pid, watch) {
                 Ok(mut r) => {
                     r.round = round;
                     all_ok &= r.errors == 0;
@@ -493,7 +682,7 @@ fn run_rounds(
             }
             // A dead service would make every later run a wall of errors:
             // stop, and report what ran.
-            if let Some(Err(e)) = child.as_mut().map(ServiceChild::check_alive) {
+            if let Err(e) = target.check_alive() {
                 note(format!("error: {e}"));
                 return (results, false);
             }
@@ -529,7 +718,7 @@ fn run_one(
 ) -> Result<RunResult, BenchError> {
     let fds_before = sys::open_fd_count().map_err(BenchError::io("/proc/self/fd"))?;
     let run = Arc::new(Run {
-        exchange: Exchange::new(&spec),
+        exchange: Exchange::new(&spec).map_err(BenchError::Unavailable)?,
         recorder: Recorder::new(),
         budget: Budget::new(spec.stop),
         service: addr.clone(),
@@ -544,6 +733,13 @@ fn run_one(
     let recorded = run.recorder.merged();
     for msg in &recorded.error_samples {
         note(format!("{}: {msg}", peer.name()));
+    }
+    if recorded.bad_replies > 0 {
+        note(format!(
+            "{}: {} replies FAILED verification",
+            peer.name(),
+            recorded.bad_replies
+        ));
     }
     if recorded.errors > recorded.error_samples.len() as u64 {
         note(format!(

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
+use super::exchange::Call;
 use super::measure::Measured;
 use super::record::Recorded;
 use super::spec::RunSpec;
@@ -57,8 +58,16 @@ pub struct RunResult {
     pub bytes_per_pipe: f64,
     /// Failed opens + failed or wrong transceives.
     pub errors: u64,
+    /// Of those, replies that arrived but failed verification (wrong
+    /// length, header, stub pattern or, against samba-rpcd, server name).
+    pub verify_failures: u64,
     /// Which round of `--rounds` this run belongs to (1-based).
     pub round: usize,
+    /// The pipes' dialect (`illumos` or `samba`).
+    pub dialect: &'static str,
+    /// What each transceive was: `pattern` (opipe's dcerpc handler) or
+    /// `NetrServerGetInfo` (Samba's rpcd_classic).
+    pub call: &'static str,
 }
 
 impl RunResult {
@@ -104,7 +113,13 @@ impl RunResult {
             client_rss_bytes: measured.rss_open_bytes,
             bytes_per_pipe: grown / spec.pipes.max(1) as f64,
             errors: rec.errors,
+            verify_failures: rec.bad_replies,
             round: 1,
+            dialect: spec.dialect.as_str(),
+            call: match spec.call {
+                Call::Pattern => "pattern",
+                Call::ServerInfo { .. } => "NetrServerGetInfo",
+            },
         }
     }
 
@@ -125,6 +140,9 @@ impl RunResult {
             "client_rss_bytes": self.client_rss_bytes,
             "bytes_per_pipe": round2(self.bytes_per_pipe),
             "errors": self.errors,
+            "verify_failures": self.verify_failures,
+            "dialect": self.dialect,
+            "call": self.call,
             "backend": self.backend,
             "engine_detail": self.engine_detail,
             "pipes_opened": self.pipes_opened,
@@ -166,6 +184,7 @@ pub fn json(results: &[RunResult]) -> String {
                 "p999_us": round2(m.p999_us),
                 "bytes_per_pipe": round2(m.bytes_per_pipe),
                 "errors": m.errors,
+                "verify_failures": m.verify_failures,
             });
             for base in BASES {
                 let spread = |f: fn(&RunResult) -> f64| {
@@ -234,6 +253,7 @@ impl Group<'_> {
         m.client_rss_bytes = med(|r| r.client_rss_bytes as f64) as u64;
         m.bytes_per_pipe = med(|r| r.bytes_per_pipe);
         m.errors = self.runs.iter().map(|r| r.errors).sum();
+        m.verify_failures = self.runs.iter().map(|r| r.verify_failures).sum();
         m.transceives = self.runs.iter().map(|r| r.transceives).sum();
         m
     }
@@ -461,7 +481,10 @@ mod tests {
             client_rss_bytes: 8 << 20,
             bytes_per_pipe: 4096.0,
             errors: 0,
+            verify_failures: 0,
             round: 1,
+            dialect: "illumos",
+            call: "pattern",
         }
     }
 
@@ -597,6 +620,7 @@ mod tests {
             "client_rss_bytes",
             "bytes_per_pipe",
             "errors",
+            "verify_failures",
             "backend",
         ] {
             assert!(!r[key].is_null(), "missing {key}");

@@ -6,9 +6,14 @@
 //! 1. take a [`Baseline`](super::measure::Baseline) before opening anything
 //!    (after its runtime or ring exists),
 //! 2. open `run.spec.pipes` pipes to `run.service`, each with the full open
-//!    handshake ([`Exchange::open_message`](super::exchange::Exchange::open_message),
-//!    then [`check_open_status`](super::exchange::check_open_status) on the
-//!    4-byte answer), each outcome recorded with [`Run::opened`],
+//!    handshake of the run's dialect ([`Exchange::open_message`](super::exchange::Exchange::open_message),
+//!    then [`check_open_reply`](super::exchange::Exchange::check_open_reply)
+//!    on the answer of [`open_reply_len`](super::exchange::Exchange::open_reply_len)
+//!    bytes) and the bind the call needs
+//!    ([`bind_request`](super::exchange::Exchange::bind_request)), at most
+//!    `run.spec.open_concurrency` at once (0: no limit), each outcome
+//!    recorded with [`Run::opened`]; in Samba's dialect every message is
+//!    framed ([`framed`](super::framed), or the engine's own framing),
 //! 3. start the [`Clock`](super::measure::Clock) once all are open (this
 //!    arms `run.budget`),
 //! 4. on every pipe, transceive while `run.budget.take(now)` allows, each one
@@ -101,6 +106,11 @@ impl Run {
                 let ns = u64::try_from(ns).unwrap_or(u64::MAX);
                 self.recorder.transceive(pipe, ns, done.overflow);
                 Some(done.end)
+            }
+            Err(e @ TransceiveError::BadReply(_)) => {
+                self.recorder
+                    .bad_reply(pipe, || format!("transceive {call_id}: {e}"));
+                None
             }
             Err(e) => {
                 self.recorder

@@ -36,6 +36,7 @@ struct Shard {
     overflows: u64,
     opened: u64,
     errors: u64,
+    bad_replies: u64,
     error_samples: Vec<String>,
 }
 
@@ -52,6 +53,8 @@ pub struct Recorded {
     pub opened: u64,
     /// Failed opens plus failed or wrong transceives.
     pub errors: u64,
+    /// Of those, replies that failed verification.
+    pub bad_replies: u64,
     /// The first few error messages, for the report.
     pub error_samples: Vec<String>,
 }
@@ -72,6 +75,7 @@ impl Recorder {
                     overflows: 0,
                     opened: 0,
                     errors: 0,
+                    bad_replies: 0,
                     error_samples: Vec::new(),
                 }))
             })
@@ -110,6 +114,13 @@ impl Recorder {
         }
     }
 
+    /// Pipe `pipe` received a reply that failed verification (also an
+    /// error).
+    pub fn bad_reply(&self, pipe: usize, what: impl FnOnce() -> String) {
+        self.error(pipe, what);
+        self.shard(pipe).bad_replies += 1;
+    }
+
     /// Pipes opened plus transceives done so far: a progress figure that
     /// moves while anything at all is happening.
     pub fn progress(&self) -> (u64, u64) {
@@ -128,6 +139,7 @@ impl Recorder {
             overflows: 0,
             opened: 0,
             errors: 0,
+            bad_replies: 0,
             error_samples: Vec::new(),
         };
         for p in self.shards.iter() {
@@ -139,6 +151,7 @@ impl Recorder {
             out.overflows += s.overflows;
             out.opened += s.opened;
             out.errors += s.errors;
+            out.bad_replies += s.bad_replies;
             for m in &s.error_samples {
                 if out.error_samples.len() < ERROR_SAMPLES_MAX {
                     out.error_samples.push(m.clone());
@@ -167,13 +180,17 @@ mod tests {
             r.transceive(pipe, 1000 + pipe as u64, pipe % 10 == 0);
         }
         r.error(3, || "boom".to_string());
+        r.bad_reply(4, || "wrong".to_string());
         assert_eq!(r.progress(), (100, 100));
         let done = r.merged();
         assert_eq!(done.transceives, 100);
         assert_eq!(done.overflows, 10);
         assert_eq!(done.opened, 100);
-        assert_eq!(done.errors, 1);
-        assert_eq!(done.error_samples, vec!["pipe 3: boom".to_string()]);
+        assert_eq!((done.errors, done.bad_replies), (2, 1));
+        assert_eq!(
+            done.error_samples,
+            vec!["pipe 3: boom".to_string(), "pipe 4: wrong".to_string()]
+        );
         assert_eq!(done.latency_ns.len(), 100);
         assert!(done.latency_ns.value_at_quantile(0.5) >= 1040);
     }

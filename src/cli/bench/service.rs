@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opipe::protocol::Dialect;
+
 use super::sys;
 use crate::serve_child::ServeChild;
 
@@ -23,19 +25,23 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a service gets to exit after SIGTERM before it is killed.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
-/// Where a pipe service listens: `<dir>/<pipe>`.
+/// Where a pipe service listens: `<dir>/<pipe>` (illumos) or
+/// `<dir>/np/<pipe>` (Samba).
 #[derive(Debug, Clone)]
 pub struct ServiceAddr {
-    /// The pipe directory (illumos: `/var/smb/pipe`).
+    /// The pipe directory (illumos: `/var/smb/pipe`; Samba: the directory
+    /// that holds `np/`, e.g. samba-dcerpcd's ncalrpc dir).
     pub dir: PathBuf,
-    /// The pipe's flat name, e.g. `bench` or `srvsvc`.
+    /// The pipe's flat name, e.g. `bench` or `srvsvc` (lower case).
     pub pipe: String,
+    /// The pipes' dialect, which decides the socket path.
+    pub dialect: Dialect,
 }
 
 impl ServiceAddr {
     /// The path of the listening socket.
     pub fn socket_path(&self) -> PathBuf {
-        self.dir.join(&self.pipe)
+        self.dialect.socket_dir(&self.dir).join(&self.pipe)
     }
 }
 
@@ -54,6 +60,8 @@ pub struct ChildConfig {
     pub reply_stub_bytes: usize,
     /// `serve --threads`, if given.
     pub threads: Option<u16>,
+    /// `serve --dialect`.
+    pub dialect: Dialect,
 }
 
 /// A running `opipe serve` child and its temporary pipe directory.
@@ -73,6 +81,7 @@ impl ServiceChild {
         let addr = ServiceAddr {
             dir: dir.clone(),
             pipe: cfg.pipe.clone(),
+            dialect: cfg.dialect,
         };
         // From here on the guard owns `dir`: every early return cleans up.
         let mut guard = ServiceChild {
@@ -90,6 +99,8 @@ impl ServiceChild {
             "dcerpc".into(),
             "--reply-size".into(),
             cfg.reply_stub_bytes.to_string().into(),
+            "--dialect".into(),
+            cfg.dialect.as_str().into(),
         ];
         if let Some(t) = cfg.threads {
             args.extend(["--threads".into(), t.to_string().into()]);
@@ -121,6 +132,7 @@ impl ServiceChild {
         Abort {
             child_pid: self.pid(),
             dir: Some(self.addr.dir.clone()),
+            group: false,
         }
     }
 
@@ -192,12 +204,28 @@ fn make_private_dir() -> io::Result<PathBuf> {
 pub struct Abort {
     child_pid: Option<u32>,
     dir: Option<PathBuf>,
+    /// The child leads its own process group (samba-dcerpcd and its
+    /// workers): the whole group is killed.
+    group: bool,
 }
 
 impl Abort {
+    /// Kills child `pid` and, with `group`, the process group it leads,
+    /// then removes `dir`.
+    pub fn new(child_pid: Option<u32>, dir: Option<PathBuf>, group: bool) -> Abort {
+        Abort {
+            child_pid,
+            dir,
+            group,
+        }
+    }
+
     /// Cleans up and exits the process with `code`.
     pub fn exit(&self, code: u8) -> ! {
         if let Some(pid) = self.child_pid {
+            if self.group {
+                sys::kill_group(pid);
+            }
             sys::kill_and_reap(pid);
         }
         if let Some(dir) = &self.dir {

@@ -19,8 +19,9 @@
 //! The 64/64 default is a 64-byte request PDU (24-byte header, 40 stub
 //! bytes) and a single 64-byte response PDU (24-byte header, 40 stub bytes).
 
-use opipe::protocol::dcerpc;
+use opipe::protocol::{dcerpc, Dialect};
 
+use super::exchange::Call;
 use super::measure::StopRule;
 
 /// Bytes of a request or response PDU header (common header + 8).
@@ -124,6 +125,14 @@ pub struct RunSpec {
     pub max_out: usize,
     /// When to stop.
     pub stop: StopRule,
+    /// The pipes' dialect (handshake, framing, socket path).
+    pub dialect: Dialect,
+    /// What each transceive is.
+    pub call: Call,
+    /// Pipes that may be opening (connect, handshake and bind) at once;
+    /// 0: no limit. samba-dcerpcd 4.17 leaves some binds unanswered when
+    /// many arrive at once on fresh connections.
+    pub open_concurrency: usize,
 }
 
 impl RunSpec {

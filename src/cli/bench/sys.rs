@@ -48,6 +48,52 @@ pub fn other_process_cpu_time(pid: u32) -> io::Result<Duration> {
     ))
 }
 
+/// CPU time of a service the bench started: [`other_process_cpu_time`] of
+/// `pid`, plus what the processes of the group `pid` leads have used (the
+/// `rpcd_*` workers of samba-dcerpcd: the live ones from their
+/// `/proc/<pid>/stat`, the ones `pid` has reaped from its own `cutime` and
+/// `cstime`), in clock ticks. For a service that leads no group (`opipe
+/// serve`) this is its own CPU time.
+pub fn service_cpu_time(pid: u32) -> io::Result<Duration> {
+    let own = other_process_cpu_time(pid)?;
+    let mut ticks = 0u64;
+    if let Some(f) = stat_fields(pid) {
+        // cutime, cstime: its reaped children.
+        ticks += f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0);
+    }
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(other) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if other == pid {
+            continue;
+        }
+        if let Some(f) = stat_fields(other) {
+            // pgrp; utime, stime.
+            if f.get(2) == Some(&u64::from(pid)) {
+                ticks += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+            }
+        }
+    }
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
+    Ok(own + Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
+/// The numeric fields of `/proc/<pid>/stat` after the command name (the
+/// state, field 0, reads as 0): ppid 1, pgrp 2, utime 11, stime 12,
+/// cutime 13, cstime 14.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .collect(),
+    )
+}
+
 fn timeval(tv: libc::timeval) -> Duration {
     Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
 }
@@ -134,6 +180,21 @@ pub fn kill_and_reap(pid: u32) {
     }
 }
 
+/// Sends SIGKILL to the process group `pgid` leads (`kill(2)` with a
+/// negative id): the workers a daemon started in its own group. The caller
+/// must know `pgid` is its own child, not yet reaped, that leads its group.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+        if pgid > 1 {
+            // SAFETY: kill takes no pointers; a stale group only fails
+            // with ESRCH.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Sends `signal` to process `pid` (`kill(2)`). The caller must know `pid`
 /// is its own child that has not been reaped yet, so the id is not reused.
 pub fn signal(pid: u32, signal: libc::c_int) {
@@ -183,6 +244,37 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
         assert_eq!(parse_vm_rss("VmRSS: 12 MB\n"), None);
         assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn service_cpu_counts_the_group_it_leads() {
+        use std::os::unix::process::CommandExt;
+        use std::time::{Duration, Instant};
+        // A group leader that only waits, and a member that burns CPU
+        // until the group is killed: the member's time counts.
+        let mut leader = Command::new("sh")
+            .args(["-c", "sh -c 'while :; do :; done' & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = leader.id();
+        // Bounded, and patient with a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut group, mut own);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            group = service_cpu_time(pid).unwrap();
+            own = other_process_cpu_time(pid).unwrap();
+            if group >= own + Duration::from_millis(100) || Instant::now() > deadline {
+                break;
+            }
+        }
+        kill_group(pid);
+        let _ = leader.wait();
+        assert!(
+            group >= own + Duration::from_millis(100),
+            "group {group:?}, leader alone {own:?}"
+        );
     }
 
     #[test]

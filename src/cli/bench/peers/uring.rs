@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use opipe::engine::{
-    Backend, BackendChoice, BufferMode, Engine, EngineConfig, PipeId, RingContext, Transfer,
+    Backend, BackendChoice, BufferMode, Engine, EngineConfig, OpenOptions, Pipe, PipeId,
+    RingContext, Transfer,
 };
 use opipe::protocol::NtStatus;
 
@@ -55,6 +56,7 @@ impl Peer for UringPeer {
     fn run(&self, run: &Arc<Run>) -> Result<PeerRun, BenchError> {
         let pipes = run.spec.pipes;
         let mut cfg = EngineConfig::new(&run.service.dir);
+        cfg.dialect = run.spec.dialect;
         cfg.buffers = self.buffers;
         let t = &self.tuning;
         cfg.backend = t.backend;
@@ -74,20 +76,7 @@ impl Peer for UringPeer {
         let engine = Engine::new(cfg).map_err(|e| BenchError::Unavailable(e.to_string()))?;
         let before = Baseline::now().map_err(BenchError::io("reading VmRSS"))?;
 
-        let path = format!("\\PIPE\\{}", run.service.pipe);
-        let opens: Vec<_> = (0..pipes)
-            .map(|i| engine.open(&path, run.exchange.user(i), None))
-            .collect();
-        let opened: Vec<_> = opens
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let r = r
-                    .wait()
-                    .map_err(|s| TransceiveError::Open(format!("the engine answered {s}")));
-                run.opened(i, r).map(|p| (i, p))
-            })
-            .collect();
+        let opened = open_all(&engine, run);
 
         let done = Arc::new(Countdown::new(opened.len()));
         let clock = Clock::start(&run.budget, run.service_pid)
@@ -149,6 +138,67 @@ impl Peer for UringPeer {
             measured,
         })
     }
+}
+
+/// How long one pipe's bind may take.
+const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens every pipe through the engine (in batches of
+/// `RunSpec::open_concurrency`, all at once for 0), each followed by the
+/// bind the call needs; records each outcome.
+fn open_all(engine: &Engine, run: &Run) -> Vec<(usize, Pipe)> {
+    let pipes = run.spec.pipes;
+    let path = format!("\\PIPE\\{}", run.service.pipe);
+    let batch = match run.spec.open_concurrency {
+        0 => pipes.max(1),
+        n => n,
+    };
+    let mut opened = Vec::with_capacity(pipes);
+    for first in (0..pipes).step_by(batch) {
+        let ids = first..(first + batch).min(pipes);
+        let opens: Vec<_> = ids
+            .clone()
+            .map(|i| {
+                let options = OpenOptions {
+                    identity: Some(run.exchange.identity(i)),
+                };
+                engine.open_with(&path, run.exchange.user(i), options, None)
+            })
+            .collect();
+        let mut batch_open = Vec::with_capacity(opens.len());
+        for (i, r) in ids.clone().zip(opens) {
+            match r.wait() {
+                Ok(p) => batch_open.push((i, p)),
+                Err(s) => {
+                    let e = TransceiveError::Open(format!("the engine answered {s}"));
+                    let _ = run.opened::<()>(i, Err(e));
+                }
+            }
+        }
+        let binds: Vec<_> = batch_open
+            .iter()
+            .map(|(_, p)| {
+                run.exchange
+                    .bind_request()
+                    .map(|b| p.transceive(b, opipe::protocol::SMB_PIPE_MAX_MSGSIZE))
+            })
+            .collect();
+        for ((i, p), bind) in batch_open.into_iter().zip(binds) {
+            let bound = match bind {
+                None => Ok(p),
+                Some(r) => match r.wait_timeout(BIND_TIMEOUT) {
+                    Ok(t) => run.exchange.check_bind_ack(&t.data).map(|()| p),
+                    Err(s) => Err(TransceiveError::Open(format!(
+                        "bind: the engine answered {s}"
+                    ))),
+                },
+            };
+            if let Some(p) = run.opened(i, bound) {
+                opened.push((i, p));
+            }
+        }
+    }
+    opened
 }
 
 /// Counts pipes still transceiving; the bench thread waits for zero.

@@ -35,12 +35,11 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use serde_json::json;
 
 use opipe::ring::sys::BlockedSignals;
 
-use super::{note, BenchArgs, FdBudget, DEFAULT_DURATION};
+use super::{note, BenchArgs, FdBudget, TargetArg, DEFAULT_DURATION};
 use crate::args::BackendArg;
 use client::Target;
 use daemon::Cleanup;
@@ -55,17 +54,6 @@ use smbd::Smbd;
 /// its per-connection processes gone) before the next run starts.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `--target`: the pipe service behind both SMB servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Smb2Target {
-    /// `opipe serve --dialect samba --handler srvsvc`: fast, so that the
-    /// SMB server's own cost shows.
-    Opipe,
-    /// Samba's own `samba-dcerpcd` standalone, its `rpcd_*` workers
-    /// answering (its CPU, all its processes, is `svc us/call`).
-    SambaRpcd,
-}
-
 /// The pipe service both SMB servers stand in front of.
 enum Backend {
     Serve(PipeService),
@@ -75,7 +63,7 @@ enum Backend {
 impl Backend {
     fn start(args: &BenchArgs, cleanup: &Cleanup) -> Result<Backend, String> {
         match args.target {
-            Smb2Target::Opipe => {
+            TargetArg::Opipe => {
                 let s = PipeService::start(args.threads, cleanup)
                     .map_err(|e| format!("the pipe service: {e}"))?;
                 note(format!(
@@ -86,7 +74,7 @@ impl Backend {
                 ));
                 Ok(Backend::Serve(s))
             }
-            Smb2Target::SambaRpcd => {
+            TargetArg::SambaRpcd => {
                 if args.threads.is_some() {
                     return Err("--threads is for opipe serve, not --target samba-rpcd".into());
                 }
