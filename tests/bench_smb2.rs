@@ -385,7 +385,16 @@ fn engine_options_do_not_mix_with_smb2() {
             text(&out.stderr)
         );
     }
-    // --target and --smb2-exe belong to --smb2.
-    let out = opipe(&["bench", "--target", "samba-rpcd"]);
+    // --smb2-exe belongs to --smb2.
+    let out = opipe(&["bench", "--smb2-exe", "/bin/true"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // --target is shared with the pipe bench, where samba-rpcd needs
+    // Samba's dialect (with --smb2 the dialect is Samba's anyway).
+    let out = opipe(&["bench", "--target", "samba-rpcd", "--engine", "tokio"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("add --dialect samba"),
+        "{}",
+        text(&out.stderr)
+    );
 }
