@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,6 +20,7 @@ use clap::Args;
 use opipe::engine::{Engine, EngineConfig, Pipe, Request, Transfer};
 use opipe::protocol::{Dialect, NetUserInfo, NtStatus};
 
+use crate::bench::daemon::private_dir;
 use crate::bench::sys;
 use crate::serve_child::ServeChild;
 
@@ -149,20 +149,6 @@ fn start_service(dir: &Path, dialect: Dialect) -> std::io::Result<ServeChild> {
         Duration::from_secs(10),
         String::new,
     )
-}
-
-fn make_dir() -> std::io::Result<PathBuf> {
-    for attempt in 0..100u32 {
-        let dir = std::env::temp_dir().join(format!("opipe-soak-{}-{attempt}", std::process::id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other(
-        "could not make a temporary directory",
-    ))
 }
 
 fn user(session: u64) -> NetUserInfo {
@@ -403,7 +389,7 @@ fn soak(args: &SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
-    let dir = make_dir()?;
+    let dir = private_dir("opipe-soak")?;
     let dialect = Dialect::from(args.dialect);
     let mut service = start_service(&dir, dialect)?;
     let mut cfg = EngineConfig::new(&dir);

@@ -9,14 +9,19 @@
 //!   does, a file each;
 //! * [`exchange`]: the transceive semantics and reply verification all peers share;
 //! * [`framed`]: Samba's message framing for the peers that frame for themselves;
-//! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS, latency histogram;
+//! * [`measure`], [`record`], [`sys`]: stop rule, CPU/RSS (of a process
+//!   group too), latency histogram;
 //! * [`service`]: the `opipe serve` child process and its clean-up guard;
+//! * [`daemon`]: the guard of a server in its own process group (Samba's
+//!   daemons, `opipe smb2`), private temp dirs, and the [`Cleanup`](daemon::Cleanup)
+//!   list the signal thread and the stall watchdog end the bench with;
 //! * `phases`: the four meeting points of a run (opened, go, done, close);
 //! * [`monitor`]: progress line and stall watchdog; [`output`]: table and JSON;
 //! * [`spec`]: what one run is asked to do, and the size definitions;
 //! * [`smb2`]: `--smb2`, SMB2 servers (`opipe smb2`, Samba's smbd) in
 //!   front of one pipe service, with an SMB2 load client of its own.
 
+pub mod daemon;
 pub mod exchange;
 pub mod framed;
 pub mod measure;
@@ -43,7 +48,9 @@ use opipe::protocol::{Dialect, PipeName};
 use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
 
 use crate::args::DialectArg;
-use crate::samba::{self, SambaRpcd};
+use crate::samba::probe::probe;
+use crate::samba::rpcd::{self, Rpcd};
+use daemon::Cleanup;
 use exchange::{Call, Exchange};
 use measure::{Budget, StopRule};
 use monitor::{Monitor, Watch};
@@ -51,7 +58,7 @@ use output::RunResult;
 use peer::{BenchError, Peer, Run};
 use peers::{floor, threads, tokio_uring, uring, uring_min};
 use record::Recorder;
-use service::{Abort, ChildConfig, ServiceAddr, ServiceChild};
+use service::{ChildConfig, ChildHandler, ServiceAddr, ServiceChild};
 use spec::{RunSpec, WireSize};
 
 /// Default length of each run when neither --duration nor --requests is given.
@@ -370,13 +377,13 @@ fn bench(args: &BenchArgs) -> Result<bool, String> {
     let signals = BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(|e| format!("blocking signals: {e}"))?;
     let fds = FdBudget::take()?;
-    let mut target = Target::start(args)?;
-    let abort = target.abort();
-    on_signal(signals, abort.clone());
+    let cleanup = Cleanup::default();
+    on_signal(signals, cleanup.clone(), "the service");
+    let mut target = Target::start(args, &cleanup)?;
     let watch = Watch {
         draw: std::io::stderr().is_terminal(),
         stall: args.stall_timeout,
-        abort,
+        abort: cleanup,
     };
 
     let (results, runs_ok) = run_rounds(args, &peers, &mut target, &watch, &fds);
@@ -487,7 +494,7 @@ struct Target {
     /// The `opipe serve` child, when the bench started one.
     child: Option<ServiceChild>,
     /// samba-dcerpcd, with `--target samba-rpcd`.
-    rpcd: Option<SambaRpcd>,
+    rpcd: Option<Rpcd>,
     call: Call,
     request: WireSize,
     reply: WireSize,
@@ -496,7 +503,8 @@ struct Target {
 
 impl Target {
     /// Starts (or finds, with `--dir`) the service and settles the call.
-    fn start(args: &BenchArgs) -> Result<Target, String> {
+    /// What it starts is listed in `cleanup` while it runs.
+    fn start(args: &BenchArgs, cleanup: &Cleanup) -> Result<Target, String> {
         let dialect = Dialect::from(args.dialect);
         if args.target == TargetArg::SambaRpcd {
             if dialect != Dialect::Samba {
@@ -504,18 +512,18 @@ impl Target {
                     "--target samba-rpcd speaks Samba's dialect: add --dialect samba".into(),
                 );
             }
-            let rpcd = SambaRpcd::start(SAMBA_SERVER_NAME)?;
+            let rpcd = Rpcd::start(SAMBA_SERVER_NAME, cleanup)?;
             let addr = ServiceAddr {
                 dir: rpcd.ncalrpc_dir(),
-                pipe: samba::PIPE.into(),
+                pipe: rpcd::PIPE.into(),
                 dialect,
             };
             note(format!(
                 "samba-dcerpcd started: pid {}, socket {addr}, server name {}",
-                rpcd.pid().unwrap_or(0),
+                rpcd.pgid(),
                 rpcd.server_name()
             ));
-            let probe = samba::probe(&addr.dir, rpcd.server_name())?;
+            let probe = probe(&addr.dir, rpcd.server_name())?;
             let size = |n: usize| WireSize::from_wire(n).map_err(|e| format!("probe call: {e}"));
             note(format!(
                 "each transceive: NetrServerGetInfo level 101, a {}-byte request, a {}-byte \
@@ -537,7 +545,7 @@ impl Target {
                 rpcd: Some(rpcd),
             });
         }
-        let (addr, child) = service_for(args, dialect)?;
+        let (addr, child) = service_for(args, dialect, cleanup)?;
         Ok(Target {
             addr,
             child,
@@ -549,22 +557,13 @@ impl Target {
         })
     }
 
-    /// What the signal and stall paths must clean up.
-    fn abort(&self) -> Abort {
-        match (&self.child, &self.rpcd) {
-            (Some(c), _) => c.abort(),
-            (None, Some(r)) => r.abort(),
-            (None, None) => Abort::default(),
-        }
-    }
-
     /// The pid whose CPU time is measured as the service's: the `opipe
     /// serve` child, or samba-dcerpcd with the `rpcd_*` workers of its
     /// process group (`sys::service_cpu_time`).
     fn service_pid(&self) -> Option<u32> {
         match (&self.child, &self.rpcd) {
             (Some(c), _) => c.pid(),
-            (None, Some(r)) => r.pid(),
+            (None, Some(r)) => Some(r.pgid()),
             (None, None) => None,
         }
     }
@@ -572,7 +571,7 @@ impl Target {
     /// Fails when the service the bench started has died.
     fn check_alive(&mut self) -> Result<(), String> {
         if let Some(c) = self.child.as_mut() {
-            c.check_alive().map_err(|e| e.to_string())?;
+            c.check_alive()?;
         }
         if let Some(r) = self.rpcd.as_mut() {
             r.check_alive()?;
@@ -586,6 +585,7 @@ impl Target {
 fn service_for(
     args: &BenchArgs,
     dialect: Dialect,
+    cleanup: &Cleanup,
 ) -> Result<(ServiceAddr, Option<ServiceChild>), String> {
     if let Some(dir) = &args.dir {
         let addr = ServiceAddr {
@@ -600,13 +600,16 @@ fn service_for(
         ));
         return Ok((addr, None));
     }
-    let c = ServiceChild::start(&ChildConfig {
+    let cfg = ChildConfig {
         pipe: args.pipe.clone(),
-        reply_stub_bytes: args.reply_size.stub_bytes,
+        handler: ChildHandler::Dcerpc {
+            reply_stub_bytes: args.reply_size.stub_bytes,
+        },
         threads: args.threads,
         dialect,
-    })
-    .map_err(|e| format!("starting the pipe service: {e}"))?;
+    };
+    let c = ServiceChild::start(&cfg, cleanup)
+        .map_err(|e| format!("starting the pipe service: {e}"))?;
     note(format!(
         "service started: pid {}, socket {}",
         c.pid().unwrap_or(0),
@@ -691,19 +694,21 @@ fn run_rounds(
     (results, all_ok)
 }
 
-/// Cleans up and exits 130 when one of `signals` arrives.
-fn on_signal(signals: BlockedSignals, abort: Abort) {
+/// Cleans up what `cleanup` lists (`what`: the service, the servers) and
+/// exits 130 when one of `signals` arrives. The children also die with this
+/// process should it die otherwise (PR_SET_PDEATHSIG).
+fn on_signal(signals: BlockedSignals, cleanup: Cleanup, what: &'static str) {
     let spawned = std::thread::Builder::new()
         .name("bench-signals".into())
         .spawn(move || {
             if let Ok(sig) = signals.wait() {
-                note(format!("signal {sig}: stopping the service and exiting"));
-                abort.exit(130);
+                note(format!("signal {sig}: stopping {what} and exiting"));
+                cleanup.exit(130);
             }
         });
     if let Err(e) = spawned {
         note(format!(
-            "warning: no signal thread ({e}); an interrupt may leave the service"
+            "warning: no signal thread ({e}); an interrupt may leave {what} running"
         ));
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::daemon::Cleanup;
 use super::measure::StopRule;
 use super::peer::Run;
-use super::service::Abort;
 
 const TICK: Duration = Duration::from_millis(250);
 
@@ -23,7 +23,7 @@ pub struct Watch {
     /// long is stuck: the bench cleans up with `abort` and exits 1.
     pub stall: Duration,
     /// The clean-up.
-    pub abort: Abort,
+    pub abort: Cleanup,
 }
 
 /// The running monitor; [`Monitor::stop`] ends it.

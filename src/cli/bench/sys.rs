@@ -1,9 +1,10 @@
 //! The few raw system calls the bench harness needs beyond `std` and
 //! `opipe::ring::sys`: CPU time (`getrusage(2)`), resident memory and open
 //! descriptors (`/proc/self`), the bytes queued on a socket
-//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, signals for the
-//! service child and the `--smb2` servers' process groups, and the clock
-//! tick of `/proc/<pid>/stat`. Every `unsafe` block of the bench lives here, but for the
+//! (`ioctl(FIONREAD)`, see `unix(7)`), heap trimming, and the process-group
+//! toolkit of the servers the CLI starts (the CPU of a group, reaped
+//! members included, from `/proc/<pid>/stat` and its clock tick; signals to
+//! a child or a whole group). Every `unsafe` block of the bench lives here, but for the
 //! raw SQE push of the `uring-min` reference (`peers/uring_min.rs`); both are
 //! CLI-only, so the library's rule (unsafe only in `ring`) holds.
 
@@ -48,50 +49,113 @@ pub fn other_process_cpu_time(pid: u32) -> io::Result<Duration> {
     ))
 }
 
-/// CPU time of a service the bench started: [`other_process_cpu_time`] of
-/// `pid`, plus what the processes of the group `pid` leads have used (the
-/// `rpcd_*` workers of samba-dcerpcd: the live ones from their
-/// `/proc/<pid>/stat`, the ones `pid` has reaped from its own `cutime` and
-/// `cstime`), in clock ticks. For a service that leads no group (`opipe
-/// serve`) this is its own CPU time.
-pub fn service_cpu_time(pid: u32) -> io::Result<Duration> {
-    let own = other_process_cpu_time(pid)?;
-    let mut ticks = 0u64;
-    if let Some(f) = stat_fields(pid) {
-        // cutime, cstime: its reaped children.
-        ticks += f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0);
-    }
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(other) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if other == pid {
-            continue;
-        }
-        if let Some(f) = stat_fields(other) {
-            // pgrp; utime, stime.
-            if f.get(2) == Some(&u64::from(pid)) {
-                ticks += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-            }
-        }
-    }
-    // SAFETY: sysconf takes no pointers.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
-    Ok(own + Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+/// What one scan of a process group found.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupCpu {
+    /// CPU of the live members plus what they reaped.
+    pub cpu: Duration,
+    /// Live members (zombies included).
+    pub processes: usize,
 }
 
-/// The numeric fields of `/proc/<pid>/stat` after the command name (the
-/// state, field 0, reads as 0): ppid 1, pgrp 2, utime 11, stime 12,
-/// cutime 13, cstime 14.
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(
-        rest.split_whitespace()
-            .map(|f| f.parse::<u64>().unwrap_or(0))
-            .collect(),
-    )
+/// The CPU of process group `pgid`, which may fork and reap (smbd's
+/// per-connection processes, samba-dcerpcd's `rpcd_*` workers): `/proc`
+/// is scanned for the processes whose group it is, and each adds
+///
+/// * its own CPU (user + system, every thread, finished threads included):
+///   its CPU-time clock ([`other_process_cpu_time`]), or `utime + stime`
+///   of `/proc/<pid>/stat` should that fail;
+/// * `cutime + cstime` of `/proc/<pid>/stat`: the CPU of its children that
+///   have exited and that it reaped (and of theirs, recursively).
+///
+/// So a member that comes and goes between two samples still counts,
+/// through the one that reaps it. What can go wrong: a process that exits
+/// and is reaped between the moment the scan read it and the moment it
+/// reads its parent is counted twice; a child reaped by a process outside
+/// the group is missed. Neither happens while a run's connections stay
+/// open, which is when the bench samples.
+///
+/// An error only when `/proc` cannot be listed; members that vanish during
+/// the scan are skipped.
+pub fn group_cpu(pgid: u32) -> io::Result<GroupCpu> {
+    let mut out = GroupCpu::default();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(s) = read_stat(pid) else { continue };
+        if s.pgrp != pgid {
+            continue;
+        }
+        out.processes += 1;
+        out.cpu += cpu_with_reaped(pid, &s);
+    }
+    Ok(out)
+}
+
+/// Whether any process of group `pgid` is still there (zombies count).
+pub fn group_alive(pgid: u32) -> bool {
+    group_cpu(pgid).is_ok_and(|g| g.processes > 0)
+}
+
+/// CPU time of a service the bench started, `pid`: when it leads a process
+/// group (samba-dcerpcd and its `rpcd_*` workers), [`group_cpu`] of that
+/// group; when not (`opipe serve`), its own CPU plus what it reaped.
+pub fn service_cpu_time(pid: u32) -> io::Result<Duration> {
+    let group = group_cpu(pid)?;
+    if group.processes > 0 {
+        return Ok(group.cpu);
+    }
+    let stat = read_stat(pid)
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat cannot be read")))?;
+    Ok(cpu_with_reaped(pid, &stat))
+}
+
+/// One process's CPU (its clock, else its ticks) plus its reaped children's.
+fn cpu_with_reaped(pid: u32, s: &Stat) -> Duration {
+    let own = other_process_cpu_time(pid).unwrap_or_else(|_| ticks(s.utime + s.stime));
+    own + ticks(s.cutime + s.cstime)
+}
+
+/// `n` clock ticks of `/proc/<pid>/stat`.
+fn ticks(n: u64) -> Duration {
+    Duration::from_nanos(n.saturating_mul(1_000_000_000) / clock_ticks_per_s())
+}
+
+/// The fields of `/proc/<pid>/stat` used here (proc(5)), times in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    pgrp: u32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses `/proc/<pid>/stat`. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: the fields
+/// are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": field 3 (state) is f[0], so field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(Stat {
+        pgrp: u32::try_from(num(5)?).ok()?,
+        utime: num(14)?,
+        stime: num(15)?,
+        cutime: num(16)?,
+        cstime: num(17)?,
+    })
 }
 
 fn timeval(tv: libc::timeval) -> Duration {
@@ -180,21 +244,6 @@ pub fn kill_and_reap(pid: u32) {
     }
 }
 
-/// Sends SIGKILL to the process group `pgid` leads (`kill(2)` with a
-/// negative id): the workers a daemon started in its own group. The caller
-/// must know `pgid` is its own child, not yet reaped, that leads its group.
-pub fn kill_group(pgid: u32) {
-    if let Ok(pgid) = libc::pid_t::try_from(pgid) {
-        if pgid > 1 {
-            // SAFETY: kill takes no pointers; a stale group only fails
-            // with ESRCH.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 /// Sends `signal` to process `pid` (`kill(2)`). The caller must know `pid`
 /// is its own child that has not been reaped yet, so the id is not reused.
 pub fn signal(pid: u32, signal: libc::c_int) {
@@ -224,7 +273,7 @@ pub fn signal_group(pgid: u32, signal: libc::c_int) {
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`_SC_CLK_TCK`;
 /// 100, Linux's USER_HZ, should sysconf fail).
-pub fn clock_ticks_per_s() -> u64 {
+fn clock_ticks_per_s() -> u64 {
     // SAFETY: sysconf takes no pointers and only returns a value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 {
@@ -269,12 +318,68 @@ mod tests {
                 break;
             }
         }
-        kill_group(pid);
+        signal_group(pid, libc::SIGKILL);
         let _ = leader.wait();
         assert!(
             group >= own + Duration::from_millis(100),
             "group {group:?}, leader alone {own:?}"
         );
+    }
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let line = "4242 (smbd: (client) x) S 1 4200 4200 0 -1 4194560 10 0 0 0 \
+                    7 3 11 13 20 0 1 0 100 0 0";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                pgrp: 4200,
+                utime: 7,
+                stime: 3,
+                cutime: 11,
+                cstime: 13,
+            })
+        );
+        assert_eq!(parse_stat("4242 (x) S 1"), None);
+        assert_eq!(parse_stat("no parenthesis"), None);
+    }
+
+    #[test]
+    fn a_group_counts_its_exited_children() {
+        use std::os::unix::process::CommandExt;
+        use std::time::Instant;
+        // A shell that burns CPU in a child it reaps, then waits: the
+        // child's time must show up through the shell's cutime.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "sh -c 'i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done'; sleep 30",
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = GroupCpu::default();
+        // Wait until only the shell and its sleep are left, the busy child reaped.
+        while Instant::now() < deadline {
+            seen = group_cpu(pgid).unwrap();
+            let shell = read_stat(pgid).unwrap();
+            if shell.cutime + shell.cstime > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_group(pgid, libc::SIGKILL);
+        let _ = child.wait();
+        assert!(seen.processes >= 1, "{seen:?}");
+        assert!(seen.cpu >= Duration::from_millis(10), "{seen:?}");
+        // The killed sleep is reaped by whoever adopted it: soon.
+        let gone = Instant::now() + Duration::from_secs(5);
+        while group_alive(pgid) && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!group_alive(pgid));
     }
 
     #[test]

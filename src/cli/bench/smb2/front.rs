@@ -15,12 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::daemon::{private_dir, Cleanup, Daemon};
+use crate::bench::daemon::{private_dir, Cleanup, Daemon};
 
 /// How long `opipe smb2` may take to say where it listens.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Its stderr, for error messages.
-const LOGS: [&str; 1] = ["stderr.log"];
+const LOGS: &[&str] = &["stderr.log"];
 
 /// What to start `opipe smb2` with.
 #[derive(Debug, Clone)]
@@ -69,7 +69,8 @@ pub fn available(exe: &Path) -> Result<(), String> {
 /// A running `opipe smb2`.
 #[derive(Debug)]
 pub struct Front {
-    daemon: Daemon,
+    /// Its guard (liveness, logs, the stop).
+    pub daemon: Daemon,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -98,7 +99,7 @@ impl Front {
         if let Some(t) = cfg.threads {
             cmd.args(["--threads", &t.to_string()]);
         }
-        let mut daemon = Daemon::spawn(cmd, dir, cleanup)?;
+        let mut daemon = Daemon::spawn(cmd, "opipe smb2", LOGS, dir, cleanup)?;
         let stdout = daemon.take_stdout();
         let (tx, rx) = mpsc::channel();
         // Reads its stdout to the end, so that it never blocks on a full
@@ -121,19 +122,17 @@ impl Front {
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
                     let addr = parse_listening(&line).ok_or_else(|| {
-                        io::Error::other(format!(
-                            "opipe smb2 printed {line:?} instead of `listening on <ip>:<port>`{}",
-                            daemon.log_tail(&LOGS)
+                        daemon.error(format_args!(
+                            "printed {line:?} instead of `listening on <ip>:<port>`"
                         ))
                     })?;
                     return Ok(Front { daemon, addr });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
                     if let Some(status) = daemon.exited() {
-                        return Err(io::Error::other(format!(
-                            "opipe smb2 exited ({status}) before listening{}",
-                            daemon.log_tail(&LOGS)
-                        )));
+                        return Err(
+                            daemon.error(format_args!("exited ({status}) before listening"))
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -146,15 +145,11 @@ impl Front {
                         || "closed its stdout".to_owned(),
                         |s| format!("exited ({s})"),
                     );
-                    return Err(io::Error::other(format!(
-                        "opipe smb2 {how} before saying where it listens{}",
-                        daemon.log_tail(&LOGS)
-                    )));
+                    return Err(daemon.error(format_args!("{how} before saying where it listens")));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(io::Error::other(format!(
-                        "opipe smb2 did not say where it listens within {READY_TIMEOUT:?}{}",
-                        daemon.log_tail(&LOGS)
+                    return Err(daemon.error(format_args!(
+                        "did not say where it listens within {READY_TIMEOUT:?}"
                     )))
                 }
             }
@@ -164,22 +159,6 @@ impl Front {
     /// Its process group.
     pub fn pgid(&self) -> u32 {
         self.daemon.pgid()
-    }
-
-    /// Fails, with its log, if it has exited.
-    pub fn check_alive(&mut self) -> Result<(), String> {
-        match self.daemon.exited() {
-            None => Ok(()),
-            Some(status) => Err(format!(
-                "opipe smb2 exited ({status}){}",
-                self.daemon.log_tail(&LOGS)
-            )),
-        }
-    }
-
-    /// The end of its stderr.
-    pub fn log_tail(&self) -> String {
-        self.daemon.log_tail(&LOGS)
     }
 }
 

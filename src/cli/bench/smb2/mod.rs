@@ -10,10 +10,11 @@
 //! * [`client`]: the load client (anonymous login, IPC$, srvsvc, bind,
 //!   then FSCTL_PIPE_TRANSCEIVE of NetrServerGetInfo in a closed loop);
 //! * [`runner`]: one measured run (N connections, one server);
-//! * [`service`]: the pipe service; [`front`]: `opipe smb2`;
-//!   [`smbd`]: the real smbd; [`daemon`]: their process-group guard;
-//! * [`group`]: the CPU of a process group that forks (smbd: all its
-//!   processes, exited ones included);
+//! * [`front`]: `opipe smb2`; the real smbd and samba-dcerpcd are
+//!   [`crate::samba`]'s, the `opipe serve` child the pipe bench's
+//!   ([`crate::bench::service`]), their process-group guard
+//!   [`crate::bench::daemon`], the CPU of a group that forks (smbd: all its
+//!   processes, exited ones included) [`crate::bench::sys::group_cpu`];
 //! * [`report`]: the table, the ratios and the JSON.
 //!
 //! Rounds: every round runs every connection count on both servers, the
@@ -21,34 +22,36 @@
 //! taken within a round.
 
 pub mod client;
-pub mod daemon;
 pub mod front;
-pub mod group;
 pub mod report;
-pub mod rpcd;
 pub mod runner;
-pub mod service;
-pub mod smbd;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use opipe::protocol::Dialect;
 use opipe::ring::sys::BlockedSignals;
 
-use super::{note, BenchArgs, FdBudget, TargetArg, DEFAULT_DURATION};
+use super::daemon::{Cleanup, Daemon};
+use super::service::{ChildConfig, ChildHandler, ServiceChild};
+use super::{note, on_signal, sys, BenchArgs, FdBudget, TargetArg, DEFAULT_DURATION};
 use crate::args::BackendArg;
+use crate::samba::rpcd::{self, Rpcd};
+use crate::samba::smbd::{self, Smbd};
 use client::Target;
-use daemon::Cleanup;
 use front::{Front, FrontConfig};
 use report::Row;
-use rpcd::Rpcd;
-use runner::{RunPlan, ServiceCpu};
-use service::PipeService;
-use smbd::Smbd;
+use runner::RunPlan;
+
+/// The server name the `opipe serve` pipe service reports (not smbd's
+/// NetBIOS name: a reply carrying it came from the pipe service).
+const SERVE_NAME: &str = "OPIPESVC";
+/// samba-dcerpcd's NetBIOS name: what its srvsvc reports.
+const RPCD_NAME: &str = "OPIPERPCD";
 
 /// How long after a run the servers get to close its connections (smbd:
 /// its per-connection processes gone) before the next run starts.
@@ -56,7 +59,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pipe service both SMB servers stand in front of.
 enum Backend {
-    Serve(PipeService),
+    Serve(ServiceChild),
     Rpcd(Rpcd),
 }
 
@@ -64,13 +67,21 @@ impl Backend {
     fn start(args: &BenchArgs, cleanup: &Cleanup) -> Result<Backend, String> {
         match args.target {
             TargetArg::Opipe => {
-                let s = PipeService::start(args.threads, cleanup)
+                let cfg = ChildConfig {
+                    pipe: rpcd::PIPE.into(),
+                    handler: ChildHandler::Srvsvc {
+                        server_name: SERVE_NAME.into(),
+                    },
+                    threads: args.threads,
+                    dialect: Dialect::Samba,
+                };
+                let s = ServiceChild::start(&cfg, cleanup)
                     .map_err(|e| format!("the pipe service: {e}"))?;
                 note(format!(
-                    "pipe service started: pid {}, {}/np/srvsvc \
+                    "pipe service started: pid {}, {} \
                      (opipe serve --dialect samba --handler srvsvc)",
                     s.pid().unwrap_or(0),
-                    s.dir().display()
+                    s.addr()
                 ));
                 Ok(Backend::Serve(s))
             }
@@ -78,17 +89,12 @@ impl Backend {
                 if args.threads.is_some() {
                     return Err("--threads is for opipe serve, not --target samba-rpcd".into());
                 }
-                if !rpcd::installed() {
-                    return Err(format!(
-                        "--target samba-rpcd needs {}, which is not installed",
-                        rpcd::SAMBA_DCERPCD
-                    ));
-                }
-                let r = Rpcd::start(cleanup).map_err(|e| format!("samba-dcerpcd: {e}"))?;
+                let r = Rpcd::start(RPCD_NAME, cleanup)?;
                 note(format!(
-                    "pipe service started: samba-dcerpcd (pgid {}), {}/np/srvsvc",
+                    "pipe service started: samba-dcerpcd (pgid {}), {}/np/{}",
                     r.pgid(),
-                    r.dir().display()
+                    r.ncalrpc_dir().display(),
+                    rpcd::PIPE
                 ));
                 Ok(Backend::Rpcd(r))
             }
@@ -96,25 +102,26 @@ impl Backend {
     }
 
     /// The directory whose `np/` holds the pipe sockets.
-    fn dir(&self) -> &Path {
+    fn dir(&self) -> PathBuf {
         match self {
-            Backend::Serve(s) => s.dir(),
-            Backend::Rpcd(r) => r.dir(),
+            Backend::Serve(s) => s.addr().dir.clone(),
+            Backend::Rpcd(r) => r.ncalrpc_dir(),
         }
     }
 
     /// What NetrServerGetInfo answers.
     fn server_name(&self) -> &'static str {
         match self {
-            Backend::Serve(_) => service::SERVER_NAME,
-            Backend::Rpcd(_) => rpcd::NETBIOS_NAME,
+            Backend::Serve(_) => SERVE_NAME,
+            Backend::Rpcd(_) => RPCD_NAME,
         }
     }
 
-    fn cpu(&self) -> Option<ServiceCpu> {
+    /// The pid whose CPU is the service's (samba-dcerpcd: with its group).
+    fn pid(&self) -> Option<u32> {
         match self {
-            Backend::Serve(s) => s.pid().map(ServiceCpu::Pid),
-            Backend::Rpcd(r) => Some(ServiceCpu::Group(r.pgid())),
+            Backend::Serve(s) => s.pid(),
+            Backend::Rpcd(r) => Some(r.pgid()),
         }
     }
 
@@ -154,24 +161,11 @@ impl Server {
         }
     }
 
-    fn pgid(&self) -> u32 {
+    /// Its process-group guard.
+    fn daemon(&mut self) -> &mut Daemon {
         match self {
-            Server::Opipe(f) => f.pgid(),
-            Server::Smbd(s) => s.pgid(),
-        }
-    }
-
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self {
-            Server::Opipe(f) => f.check_alive(),
-            Server::Smbd(s) => s.check_alive(),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        match self {
-            Server::Opipe(f) => f.log_tail(),
-            Server::Smbd(s) => s.log_tail(),
+            Server::Opipe(f) => &mut f.daemon,
+            Server::Smbd(s) => &mut s.daemon,
         }
     }
 }
@@ -188,7 +182,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
         .map_err(|e| format!("blocking signals: {e}"))?;
     let fds = FdBudget::take()?;
     let cleanup = Cleanup::default();
-    on_signal(signals, cleanup.clone());
+    on_signal(signals, cleanup.clone(), "the servers");
 
     let mut notes = Vec::new();
     let mut service = Backend::start(args, &cleanup)?;
@@ -212,7 +206,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool, String> {
         }
     }
     if smbd::installed() {
-        let s = Smbd::start(service.dir(), &cleanup).map_err(|e| format!("smbd: {e}"))?;
+        let s = Smbd::start(&service.dir(), &cleanup).map_err(|e| format!("smbd: {e}"))?;
         note(format!("smbd started on {} (pgid {})", s.addr, s.pgid()));
         status.insert(report::SMBD.into(), json!("ran"));
         servers.push(Server::Smbd(s));
@@ -250,7 +244,7 @@ fn start_opipe(
     front::available(&exe)?;
     let cfg = FrontConfig {
         exe,
-        pipe_dir: service.dir().to_owned(),
+        pipe_dir: service.dir(),
         backend: match args.backend {
             BackendArg::Auto => None,
             BackendArg::IoUring => Some("io-uring"),
@@ -299,7 +293,8 @@ fn run_rounds(
                     server.name(),
                     duration.as_secs_f64()
                 ));
-                let base = group::group_cpu(server.pgid()).map_or(1, |g| g.processes);
+                let pgid = server.daemon().pgid();
+                let base = sys::group_cpu(pgid).map_or(1, |g| g.processes);
                 let plan = RunPlan {
                     target: Target {
                         addr: server.addr(),
@@ -308,8 +303,8 @@ fn run_rounds(
                     connections,
                     duration,
                     stall: args.stall_timeout,
-                    server_pgid: server.pgid(),
-                    service: service.cpu(),
+                    server_pgid: pgid,
+                    service_pid: service.pid(),
                 };
                 match runner::run(&plan) {
                     Ok(m) => {
@@ -324,15 +319,19 @@ fn run_rounds(
                         note(format!(
                             "{} with {connections} connections did not run: {e}{}",
                             server.name(),
-                            server.log_tail()
+                            server.daemon().log_tail()
                         ));
                         all_ok = false;
                     }
                 }
-                settle(server.pgid(), base);
+                settle(pgid, base);
                 // A dead server or service makes every later run a wall of
                 // errors: stop and report what ran.
-                if let Err(e) = server.check_alive().and_then(|()| service.check_alive()) {
+                if let Err(e) = server
+                    .daemon()
+                    .check_alive()
+                    .and_then(|()| service.check_alive())
+                {
                     note(format!("error: {e}"));
                     return (rows, false);
                 }
@@ -347,7 +346,7 @@ fn run_rounds(
 fn settle(pgid: u32, processes: usize) {
     let begin = Instant::now();
     while begin.elapsed() < SETTLE_TIMEOUT {
-        match group::group_cpu(pgid) {
+        match sys::group_cpu(pgid) {
             Ok(g) if g.processes > processes => std::thread::sleep(Duration::from_millis(20)),
             _ => return,
         }
@@ -356,24 +355,4 @@ fn settle(pgid: u32, processes: usize) {
         "warning: the server's process group {pgid} still has more than {processes} \
          processes {SETTLE_TIMEOUT:?} after its connections closed"
     ));
-}
-
-/// Kills the server groups, removes the directories and exits 130 when
-/// one of `signals` arrives. The pipe service and the group leaders die
-/// with this process (PR_SET_PDEATHSIG).
-fn on_signal(signals: BlockedSignals, cleanup: Cleanup) {
-    let spawned = std::thread::Builder::new()
-        .name("bench-signals".into())
-        .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                note(format!("signal {sig}: stopping the servers and exiting"));
-                cleanup.now();
-                std::process::exit(130);
-            }
-        });
-    if let Err(e) = spawned {
-        note(format!(
-            "warning: no signal thread ({e}); an interrupt may leave the servers running"
-        ));
-    }
 }

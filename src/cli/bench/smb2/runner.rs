@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::client::{Connection, Negotiated, Target};
-use super::group::{self, GroupCpu};
 use crate::bench::record::{Recorded, Recorder};
-use crate::bench::sys;
+use crate::bench::sys::{self, GroupCpu};
 
 /// Connections set up at once (smbd's listen backlog is small, and a
 /// refused SYN costs a 1 s retry).
@@ -38,29 +37,9 @@ pub struct RunPlan {
     pub stall: Duration,
     /// The server's process group.
     pub server_pgid: u32,
-    /// The pipe service's processes (its CPU is reported apart).
-    pub service: Option<ServiceCpu>,
-}
-
-/// Where the pipe service's CPU is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceCpu {
-    /// One process (all its threads): `opipe serve`.
-    Pid(u32),
-    /// A process group: samba-dcerpcd and its workers.
-    Group(u32),
-}
-
-impl ServiceCpu {
-    fn now(self) -> Result<Duration, String> {
-        match self {
-            ServiceCpu::Pid(pid) => sys::other_process_cpu_time(pid)
-                .map_err(|e| format!("the pipe service's CPU clock: {e}")),
-            ServiceCpu::Group(g) => group::group_cpu(g)
-                .map(|g| g.cpu)
-                .map_err(|e| format!("/proc: {e}")),
-        }
-    }
+    /// The pipe service's pid (its CPU, with its process group's when it
+    /// leads one, is reported apart: [`sys::service_cpu_time`]).
+    pub service_pid: Option<u32>,
 }
 
 /// What one run measured.
@@ -94,8 +73,12 @@ struct Sample {
 
 impl Sample {
     fn now(plan: &RunPlan) -> Result<Sample, String> {
-        let server = group::group_cpu(plan.server_pgid).map_err(|e| format!("/proc: {e}"))?;
-        let service = plan.service.map(ServiceCpu::now).transpose()?;
+        let server = sys::group_cpu(plan.server_pgid).map_err(|e| format!("/proc: {e}"))?;
+        let service = plan
+            .service_pid
+            .map(sys::service_cpu_time)
+            .transpose()
+            .map_err(|e| format!("the pipe service's CPU: {e}"))?;
         let client = sys::process_cpu_time().map_err(|e| format!("getrusage: {e}"))?;
         Ok(Sample {
             at: Instant::now(),

@@ -9,10 +9,10 @@ use opipe::protocol::Dialect;
 use opipe::service::{Service, ServiceHandle, SrvsvcFactory};
 
 use super::client::{Connection, Target};
-use super::daemon::{private_dir, Cleanup};
-use super::group;
 use super::runner::{self, RunPlan};
-use super::smbd::{self, Smbd};
+use crate::bench::daemon::{private_dir, Cleanup};
+use crate::bench::sys;
+use crate::samba::smbd::{self, Smbd};
 
 const NAME: &str = "UNITSVC";
 
@@ -65,7 +65,7 @@ impl Rig {
         let pgid = self.pgid();
         drop(self.smbd.take());
         assert!(
-            !group::group_alive(pgid),
+            !sys::group_alive(pgid),
             "smbd's group {pgid} outlived its guard"
         );
     }
@@ -121,7 +121,7 @@ fn four_connections_through_smbd_make_100_verified_calls_each() {
         let n = r
             .expect("bounded")
             .expect("joined")
-            .unwrap_or_else(|e| panic!("{e}{}", rig.smbd.as_ref().unwrap().log_tail()));
+            .unwrap_or_else(|e| panic!("{e}{}", rig.smbd.as_ref().unwrap().daemon.log_tail()));
         // smbd picks the highest dialect offered (its SessionFlags for an
         // anonymous login are 0: it maps anonymous to guest internally
         // and sets neither IS_NULL nor IS_GUEST).
@@ -168,7 +168,7 @@ fn a_run_measures_smbd_s_processes_and_leaves_none() {
         duration: Duration::from_millis(300),
         stall: Duration::from_secs(20),
         server_pgid: rig.pgid(),
-        service: None,
+        service_pid: None,
     };
     let m = runner::run(&plan).unwrap();
     assert_eq!(m.connected, 3);
