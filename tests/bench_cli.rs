@@ -1,10 +1,13 @@
 //! `opipe bench` end to end: the real binary, its own service child, real
 //! sockets. Every run is bounded by --requests, so these take seconds.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use common::cli::{opipe, sigterm, spawn_until, stderr};
 
 const KEYS: &[&str] = &[
     "engine",
@@ -25,32 +28,11 @@ const KEYS: &[&str] = &[
     "backend",
 ];
 
-fn opipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .args(args)
-        .output()
-        .expect("runs opipe")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs a JSON bench; `None` (after saying so) when the engine cannot run
-/// on this machine (io_uring switched off).
+/// Runs a JSON bench, which must exit 0; `None` (after saying so) when
+/// the engine cannot run on this machine (io_uring switched off).
 fn bench_json(args: &[&str]) -> Option<(Value, String)> {
-    let mut all = vec!["bench", "--json"];
-    all.extend_from_slice(args);
-    let out = opipe(&all);
-    let err = stderr(&out);
-    if err.contains("engine unavailable") {
-        eprintln!("SKIPPED: {err}");
-        return None;
-    }
-    assert_eq!(out.status.code(), Some(0), "opipe {all:?} failed:\n{err}");
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    let (code, v, err) = common::cli::bench_json(args)?;
+    assert_eq!(code, Some(0), "opipe bench --json {args:?} failed:\n{err}");
     Some((v, err))
 }
 
@@ -368,10 +350,8 @@ fn a_service_that_never_answers_is_given_up_on() {
 
 #[test]
 fn sigterm_stops_the_service_and_removes_its_directory() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .args([
+    let (mut child, seen) = spawn_until(
+        &[
             "bench",
             "--engine",
             "threads",
@@ -379,24 +359,11 @@ fn sigterm_stops_the_service_and_removes_its_directory() {
             "2",
             "--duration",
             "60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    while !seen.contains("running threads") {
-        let line = lines.next().expect("bench stderr ended").unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-    }
+        ],
+        "running threads",
+    );
     let (pid, socket) = service_of(&seen);
-    let bench_pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill takes no pointers; `bench_pid` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(bench_pid, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(sigterm(&mut child).code(), Some(130));
     assert!(!socket.parent().unwrap().exists());
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         assert!(

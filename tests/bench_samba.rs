@@ -4,26 +4,17 @@
 //! loudly where Samba is not installed). Every run is bounded by
 //! --requests.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::cli::{opipe, sigterm, spawn_until, stderr};
+
 const SAMBA_DCERPCD: &str = "/usr/libexec/samba/samba-dcerpcd";
 const SERVER_NAME: &str = "OPIPEBENCH";
-
-fn opipe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .args(args)
-        .output()
-        .expect("runs opipe")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn samba_installed(test: &str) -> bool {
     if Path::new(SAMBA_DCERPCD).exists() {
@@ -36,21 +27,22 @@ fn samba_installed(test: &str) -> bool {
     false
 }
 
-/// Runs `opipe bench --json ARGS`; the exit code, the JSON and stderr.
-/// `None` (after saying so) when opipe's engine cannot run here.
+/// `opipe bench --json --dialect samba ARGS` (see [`common::cli::bench_json`]).
 fn bench_json(args: &[&str]) -> Option<(Option<i32>, Value, String)> {
-    let mut all = vec!["bench", "--json"];
+    let mut all = vec!["--dialect", "samba"];
     all.extend_from_slice(args);
-    let out = opipe(&all);
-    let err = stderr(&out);
-    if err.contains("engine unavailable") {
-        eprintln!("SKIPPED: {err}");
+    common::cli::bench_json(&all)
+}
+
+/// [`bench_json`] against samba-dcerpcd with the three engines that speak
+/// Samba's dialect; `None` where Samba is not installed (said loudly).
+fn rpcd_bench_json(test: &str, args: &[&str]) -> Option<(Option<i32>, Value, String)> {
+    if !samba_installed(test) {
         return None;
     }
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{err}"));
-    Some((out.status.code(), v, err))
+    let mut all = vec!["--target", "samba-rpcd", "--engine", "threads,tokio,uring"];
+    all.extend_from_slice(args);
+    bench_json(&all)
 }
 
 /// Every run of `v` verified all its `requests` transceives, on `pipes`
@@ -74,8 +66,6 @@ fn all_verified(v: &Value, pipes: u64, requests: u64) -> Vec<String> {
 #[test]
 fn samba_dialect_against_opipe_serve_verifies_every_reply() {
     let Some((code, v, err)) = bench_json(&[
-        "--dialect",
-        "samba",
         "--engine",
         "threads,tokio,uring",
         "--pipes",
@@ -107,8 +97,6 @@ fn samba_dialect_reassembles_fragments_and_overflows_on_messages() {
     // first message (4280 bytes) is cut: STATUS_BUFFER_OVERFLOW on every
     // transceive, the rest read on.
     let Some((code, v, err)) = bench_json(&[
-        "--dialect",
-        "samba",
         "--engine",
         "threads,tokio,uring",
         "--pipes",
@@ -151,9 +139,7 @@ fn illumos_only_engines_are_refused_or_skipped_in_the_samba_dialect() {
         );
     }
     // In `all` tokio-uring is skipped with a note; the others run.
-    let Some((code, v, err)) =
-        bench_json(&["--dialect", "samba", "--pipes", "2", "--requests", "40"])
-    else {
+    let Some((code, v, err)) = bench_json(&["--pipes", "2", "--requests", "40"]) else {
         return;
     };
     assert_eq!(code, Some(0), "{err}");
@@ -193,22 +179,10 @@ fn rpcd_of(err: &str) -> (i32, PathBuf) {
 
 /// Live (not zombie) processes whose process group is `pgid`.
 fn group_members(pgid: i32) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // After the ")" that ends the command name: state, ppid, pgrp.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" {
-            out.push(stat.clone());
-        }
-    }
-    out
+    let pgid = u32::try_from(pgid).unwrap();
+    let mut members = common::group_processes(pgid);
+    members.retain(|stat| stat.rsplit_once(')').unwrap().1.split_whitespace().next() != Some("Z"));
+    members
 }
 
 /// [`group_members`] once they are gone, or after 5 s.
@@ -235,21 +209,10 @@ fn rpcd_gone(err: &str) {
 
 #[test]
 fn samba_rpcd_target_calls_netr_server_get_info_and_verifies_each_reply() {
-    if !samba_installed("samba_rpcd_target_calls_netr_server_get_info") {
-        return;
-    }
-    let Some((code, v, err)) = bench_json(&[
-        "--dialect",
-        "samba",
-        "--target",
-        "samba-rpcd",
-        "--engine",
-        "threads,tokio,uring",
-        "--pipes",
-        "1,8",
-        "--requests",
-        "200",
-    ]) else {
+    let Some((code, v, err)) = rpcd_bench_json(
+        "samba_rpcd_target_calls_netr_server_get_info",
+        &["--pipes", "1,8", "--requests", "200"],
+    ) else {
         return;
     };
     assert_eq!(code, Some(0), "{err}");
@@ -277,23 +240,17 @@ fn samba_rpcd_target_calls_netr_server_get_info_and_verifies_each_reply() {
 
 #[test]
 fn samba_rpcd_replies_naming_another_server_are_counted_as_verify_failures() {
-    if !samba_installed("samba_rpcd_replies_naming_another_server") {
-        return;
-    }
-    let Some((code, v, err)) = bench_json(&[
-        "--dialect",
-        "samba",
-        "--target",
-        "samba-rpcd",
-        "--engine",
-        "threads,tokio,uring",
-        "--pipes",
-        "3",
-        "--requests",
-        "30",
-        "--expect-server-name",
-        "SOMEONEELSE",
-    ]) else {
+    let Some((code, v, err)) = rpcd_bench_json(
+        "samba_rpcd_replies_naming_another_server",
+        &[
+            "--pipes",
+            "3",
+            "--requests",
+            "30",
+            "--expect-server-name",
+            "SOMEONEELSE",
+        ],
+    ) else {
         return;
     };
     assert_eq!(code, Some(1), "{err}");
@@ -312,8 +269,8 @@ fn sigterm_stops_samba_dcerpcd_and_its_workers() {
     if !samba_installed("sigterm_stops_samba_dcerpcd_and_its_workers") {
         return;
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opipe"))
-        .args([
+    let (mut child, seen) = spawn_until(
+        &[
             "bench",
             "--dialect",
             "samba",
@@ -325,27 +282,14 @@ fn sigterm_stops_samba_dcerpcd_and_its_workers() {
             "2",
             "--duration",
             "60",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    while !seen.contains("running threads") {
-        let line = lines.next().expect("bench stderr ended").unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-    }
+        ],
+        "running threads",
+    );
     // Transceiving: rpcd_classic workers exist now.
     std::thread::sleep(Duration::from_millis(300));
     let (pid, _) = rpcd_of(&seen);
     assert!(!group_members(pid).is_empty());
-    let bench_pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill takes no pointers; `bench_pid` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(bench_pid, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(sigterm(&mut child).code(), Some(130));
     rpcd_gone(&seen);
 }
 

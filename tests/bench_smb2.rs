@@ -10,38 +10,24 @@ use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::smbd::{require_smbd, run_bounded};
-
-/// A whole bench run may take this long before the test fails.
-const BENCH_LIMIT: Duration = Duration::from_secs(180);
+use common::cli::{opipe, stderr};
+use common::smbd::require_smbd;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn opipe(args: &[&str]) -> Output {
-    run_bounded(
-        Command::new(env!("CARGO_BIN_EXE_opipe")).args(args),
-        BENCH_LIMIT,
-    )
-}
-
 /// Runs `opipe bench --smb2 --json <args>`, which must exit 0; returns
 /// the JSON document and stderr.
 fn bench_json(args: &[&str]) -> (Value, String) {
-    let mut all = vec!["bench", "--smb2", "--json"];
+    let mut all = vec!["--smb2"];
     all.extend_from_slice(args);
-    let out = opipe(&all);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "opipe {all:?} failed:\n{err}");
-    let stdout = text(&out.stdout);
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}\n{err}"));
+    let (code, v, err) = common::cli::bench_json(&all).expect("--smb2 needs no io_uring");
+    assert_eq!(code, Some(0), "opipe bench --json {all:?} failed:\n{err}");
     (v, err)
 }
 
@@ -56,19 +42,7 @@ fn pgids(stderr: &str) -> Vec<u32> {
 
 /// Whether any process of group `pgid` is alive.
 fn group_alive(pgid: u32) -> bool {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten().any(|e| {
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-            return false;
-        };
-        let Some(close) = stat.rfind(')') else {
-            return false;
-        };
-        // Field 5 (pgrp) is the third after the command name.
-        stat[close + 1..].split_whitespace().nth(2) == Some(&pgid.to_string())
-    })
+    !common::group_processes(pgid).is_empty()
 }
 
 /// No process of the groups the bench started is left (bounded wait:
@@ -217,14 +191,25 @@ wait
     exe
 }
 
-#[test]
-fn a_second_server_behind_the_contract_is_measured_and_compared() {
-    if !require_smbd("a_second_server_behind_the_contract_is_measured_and_compared") {
-        return;
+/// A temp dir holding a [`stand_in`] and the stand-in's path; `None`
+/// where smbd is not installed (said loudly, naming `test`).
+fn with_stand_in(test: &str) -> Option<(tempfile::TempDir, String)> {
+    if !require_smbd(test) {
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let exe = stand_in(tmp.path());
-    let exe = exe.to_str().unwrap();
+    let exe = stand_in(tmp.path()).to_str().unwrap().to_owned();
+    Some((tmp, exe))
+}
+
+#[test]
+fn a_second_server_behind_the_contract_is_measured_and_compared() {
+    let Some((_tmp, exe)) =
+        with_stand_in("a_second_server_behind_the_contract_is_measured_and_compared")
+    else {
+        return;
+    };
+    let exe = exe.as_str();
     let (v, err) = bench_json(&[
         "--pipes",
         "2",
@@ -274,11 +259,9 @@ fn a_second_server_behind_the_contract_is_measured_and_compared() {
 
 #[test]
 fn the_table_names_both_servers_and_the_ratios() {
-    if !require_smbd("the_table_names_both_servers_and_the_ratios") {
+    let Some((_tmp, exe)) = with_stand_in("the_table_names_both_servers_and_the_ratios") else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = stand_in(tmp.path());
+    };
     let out = opipe(&[
         "bench",
         "--smb2",
@@ -287,9 +270,9 @@ fn the_table_names_both_servers_and_the_ratios() {
         "--duration",
         "0.3",
         "--smb2-exe",
-        exe.to_str().unwrap(),
+        &exe,
     ]);
-    let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    let (stdout, err) = (text(&out.stdout), stderr(&out));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
     assert!(stdout.contains("server us/call"), "{stdout}");
     let line = |name: &str| {
@@ -378,23 +361,18 @@ fn engine_options_do_not_mix_with_smb2() {
         let mut args = vec!["bench", "--smb2"];
         args.extend_from_slice(extra);
         let out = opipe(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
     // --smb2-exe belongs to --smb2.
     let out = opipe(&["bench", "--smb2-exe", "/bin/true"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // --target is shared with the pipe bench, where samba-rpcd needs
     // Samba's dialect (with --smb2 the dialect is Samba's anyway).
     let out = opipe(&["bench", "--target", "samba-rpcd", "--engine", "tokio"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        text(&out.stderr).contains("add --dialect samba"),
+        stderr(&out).contains("add --dialect samba"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 }

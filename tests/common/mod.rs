@@ -463,3 +463,95 @@ pub fn poll_once<T>(
         Poll::Pending => None,
     }
 }
+
+/// The `/proc/<pid>/stat` lines of the processes whose process group is
+/// `pgid`, zombies included (the state is the first field after the `)`
+/// that ends the command name).
+pub fn group_processes(pgid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp.
+        if rest.split_whitespace().nth(2) == Some(&pgid.to_string()) {
+            out.push(stat.clone());
+        }
+    }
+    out
+}
+
+/// Helpers for the tests that run the `opipe` binary itself.
+#[cfg(feature = "cli")]
+pub mod cli {
+    use std::process::{Child, Command, ExitStatus, Output, Stdio};
+    use std::time::Duration;
+
+    /// How long one `opipe` command may take before the test fails.
+    pub const LIMIT: Duration = Duration::from_secs(180);
+
+    /// `opipe ARGS`, run to its end (bounded by [`LIMIT`]).
+    pub fn opipe(args: &[&str]) -> Output {
+        super::smbd::run_bounded(Command::new(env!("CARGO_BIN_EXE_opipe")).args(args), LIMIT)
+    }
+
+    /// Its stderr, as text.
+    pub fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs `opipe bench --json ARGS`: the exit code, the JSON on stdout
+    /// and stderr. `None` (after saying so) when opipe's engine cannot run
+    /// on this machine (io_uring switched off).
+    pub fn bench_json(args: &[&str]) -> Option<(Option<i32>, serde_json::Value, String)> {
+        let mut all = vec!["bench", "--json"];
+        all.extend_from_slice(args);
+        let out = opipe(&all);
+        let err = stderr(&out);
+        if err.contains("engine unavailable") {
+            eprintln!("SKIPPED: {err}");
+            return None;
+        }
+        let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+        let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "opipe {all:?} ({}): stdout is not one JSON object ({e}):\n{stdout}\n{err}",
+                out.status
+            )
+        });
+        Some((out.status.code(), v, err))
+    }
+
+    /// Starts `opipe ARGS` (stdout discarded) and reads its stderr until a
+    /// line holds `marker` (bounded by [`LIMIT`]); the child and the stderr
+    /// read so far.
+    pub fn spawn_until(args: &[&str], marker: &str) -> (Child, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_opipe"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let (child, lines) = super::spawn_with_stderr_lines(&mut cmd);
+        let mut seen = String::new();
+        while !seen.contains(marker) {
+            let line = lines
+                .recv_timeout(LIMIT)
+                .unwrap_or_else(|e| panic!("no {marker:?} on stderr ({e}):\n{seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        (child, seen)
+    }
+
+    /// SIGTERM to our child `child`; its exit status (bounded by [`LIMIT`]).
+    pub fn sigterm(child: &mut Child) -> ExitStatus {
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill takes no pointers; `pid` is our unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        super::wait_exit(child, LIMIT)
+    }
+}

@@ -36,7 +36,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::exchange::{Exchange, TransceiveError};
+use super::exchange::{Exchange, ReplyProgress, TransceiveError};
 use super::measure::{Budget, Measured};
 use super::record::Recorder;
 use super::service::ServiceAddr;
@@ -74,6 +74,22 @@ pub struct Run {
 }
 
 impl Run {
+    /// A transceive whose whole reply, `buf[..reply.len()]`, was read at
+    /// `end`: verified, and what [`transceived`](Self::transceived) records.
+    pub fn completed(
+        &self,
+        end: Instant,
+        buf: &[u8],
+        reply: ReplyProgress,
+        call_id: u32,
+    ) -> Result<Completed, TransceiveError> {
+        self.exchange.verify(&buf[..reply.len()], call_id)?;
+        Ok(Completed {
+            end,
+            overflow: reply.overflow(),
+        })
+    }
+
     /// Records the outcome of pipe `pipe`'s open (connect + handshake) and
     /// gives back the pipe when it opened.
     pub fn opened<P>(&self, pipe: usize, outcome: Result<P, TransceiveError>) -> Option<P> {

@@ -256,12 +256,7 @@ fn receive_messages(
         }
         inbox.filled(n);
     };
-    let end = Instant::now();
-    run.exchange.verify(&buf[..reply.len()], call_id)?;
-    Ok(Completed {
-        end,
-        overflow: reply.overflow(),
-    })
+    run.completed(Instant::now(), buf, reply, call_id)
 }
 
 /// The reading half of [`transceive`], once the request is written: one
@@ -279,12 +274,7 @@ pub(super) fn receive_reply(
         let k = read_once(stream, &mut buf[rest])?;
         reply.advance(k)?;
     }
-    let end = Instant::now();
-    run.exchange.verify(&buf[..reply.len()], call_id)?;
-    Ok(Completed {
-        end,
-        overflow: reply.overflow(),
-    })
+    run.completed(Instant::now(), buf, reply, call_id)
 }
 
 /// One `read(2)`, retried only on EINTR: the seed's single receive.

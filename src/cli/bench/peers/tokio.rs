@@ -180,12 +180,7 @@ async fn transceive(
         let k = stream.read(&mut buf[rest]).await?;
         reply.advance(k)?;
     }
-    let end = Instant::now();
-    run.exchange.verify(&buf[..reply.len()], call_id)?;
-    Ok(Completed {
-        end,
-        overflow: reply.overflow(),
-    })
+    run.completed(Instant::now(), buf, reply, call_id)
 }
 
 /// [`transceive`] in Samba's dialect: write the framed request, then the
@@ -210,10 +205,5 @@ async fn transceive_messages(
         }
         inbox.filled(n);
     };
-    let end = Instant::now();
-    run.exchange.verify(&buf[..reply.len()], call_id)?;
-    Ok(Completed {
-        end,
-        overflow: reply.overflow(),
-    })
+    run.completed(Instant::now(), buf, reply, call_id)
 }

@@ -13,7 +13,7 @@ use tokio_uring::net::UnixStream;
 
 use crate::bench::exchange::{self, ReplyProgress, TransceiveError};
 use crate::bench::measure::Baseline;
-use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
+use crate::bench::peer::{BenchError, Peer, PeerRun, Run};
 use crate::bench::phases;
 
 /// Submission queue entries of the runtime's ring.
@@ -112,13 +112,7 @@ async fn drive(run: &Run, pipe: usize, stream: &UnixStream) {
         let start = Instant::now();
         let (outcome, back) = transceive(run, stream, request, buf).await;
         buf = back;
-        let outcome = outcome.and_then(|(end, reply)| {
-            run.exchange.verify(&buf[..reply.len()], call_id)?;
-            Ok(Completed {
-                end,
-                overflow: reply.overflow(),
-            })
-        });
+        let outcome = outcome.and_then(|(end, reply)| run.completed(end, &buf, reply, call_id));
         match run.transceived(pipe, call_id, start, outcome) {
             Some(end) => now = end,
             None => return,
