@@ -290,3 +290,94 @@ impl Drop for Daemon {
         self.cleanup.forget_dir(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sh -c script` as a daemon, with a log in its private dir.
+    fn shell(script: &str, cleanup: &Cleanup) -> Daemon {
+        let dir = private_dir("opipe-unit-daemon").unwrap();
+        fs::write(dir.join("log"), "first\nlast words\n").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Daemon::spawn(cmd, "the shell", &["log"], dir, cleanup).unwrap()
+    }
+
+    /// Waits (bounded) until group `pgid` has at least `n` processes.
+    fn members(pgid: u32, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sys::group_cpu(pgid).unwrap().processes < n {
+            assert!(Instant::now() < deadline, "group {pgid}: fewer than {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (bounded) until nothing of group `pgid` is left.
+    fn gone(pgid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::group_alive(pgid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        !sys::group_alive(pgid)
+    }
+
+    #[test]
+    fn drop_stops_the_whole_group_and_removes_the_dir() {
+        let cleanup = Cleanup::default();
+        // A leader that ignores SIGTERM, and a member it forked.
+        let d = shell("trap '' TERM; sleep 30 & sleep 30; wait", &cleanup);
+        let (pgid, dir) = (d.pgid(), d.dir().to_owned());
+        members(pgid, 3);
+        assert_eq!(cleanup.list().groups, [pgid]);
+        drop(d);
+        assert!(!sys::group_alive(pgid), "group {pgid} outlived its guard");
+        assert!(!dir.exists());
+        let list = cleanup.list();
+        assert!(list.groups.is_empty() && list.dirs.is_empty(), "{list:?}");
+    }
+
+    #[test]
+    fn cleanup_kills_the_listed_groups_and_children_and_removes_the_dirs() {
+        let cleanup = Cleanup::default();
+        let d = shell("sleep 30 & sleep 30; wait", &cleanup);
+        let (pgid, dir) = (d.pgid(), d.dir().to_owned());
+        members(pgid, 3);
+        let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
+        cleanup.child(plain.id());
+        cleanup.now();
+        // Both our children were killed and reaped by `now`.
+        assert!(plain.try_wait().is_err(), "the plain child is not reaped");
+        assert!(gone(pgid), "group {pgid} outlived the clean-up");
+        assert!(!dir.exists());
+        // Its guard must not signal a group id that may be reused now.
+        std::mem::forget(d);
+    }
+
+    #[test]
+    fn waiting_for_a_daemon_that_exits_or_is_late_says_so_with_its_log() {
+        let cleanup = Cleanup::default();
+        let mut d = shell("exit 3", &cleanup);
+        let e = d
+            .wait_until("ready", Duration::from_secs(10), || false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the shell exited (exit status: 3) before ready"),
+            "{e}"
+        );
+        assert!(e.ends_with("\n  log:\n    first\n    last words"), "{e}");
+        let mut d = shell("sleep 30", &cleanup);
+        let e = d
+            .wait_until("ready", Duration::from_millis(100), || false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("the shell not ready within 100ms"), "{e}");
+        let mut ready = 0;
+        d.wait_until("ready", Duration::from_secs(10), || {
+            ready += 1;
+            ready == 3
+        })
+        .unwrap();
+    }
+}
