@@ -330,7 +330,14 @@ mod tests {
         let (pgid, dir) = (d.pgid(), d.dir().to_owned());
         members(pgid, 3);
         assert_eq!(cleanup.list().groups, [pgid]);
+        let begin = Instant::now();
         drop(d);
+        // SIGTERM ignored: 3 s of grace, then SIGKILL to the group.
+        assert!(
+            begin.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            begin.elapsed()
+        );
         assert!(!sys::group_alive(pgid), "group {pgid} outlived its guard");
         assert!(!dir.exists());
         let list = cleanup.list();
