@@ -230,8 +230,8 @@ fn samba_rpcd_target_calls_netr_server_get_info_and_verifies_each_reply() {
         assert_eq!(r["request_size"], 72, "{r}");
         assert_eq!(r["call"], "NetrServerGetInfo", "{r}");
         assert!(r["reply_size"].as_u64().unwrap() > 100, "{r}");
-        // samba-dcerpcd's group (its rpcd_classic workers) is measured (in
-        // clock ticks: 0 is possible in a run this short).
+        // samba-dcerpcd's group (its rpcd_classic workers) is measured
+        // (reaped workers in clock ticks: 0 is possible in a run this short).
         let svc = r["service_cpu_us_per_op"].as_f64();
         assert!(svc.is_some_and(|c| c >= 0.0), "{r}");
     }
