@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use common::cli::{opipe, sigterm, spawn_until, stderr};
+use common::cli::{opipe, sigterm, spawn_long_bench, stderr};
 
 const KEYS: &[&str] = &[
     "engine",
@@ -350,18 +350,7 @@ fn a_service_that_never_answers_is_given_up_on() {
 
 #[test]
 fn sigterm_stops_the_service_and_removes_its_directory() {
-    let (mut child, seen) = spawn_until(
-        &[
-            "bench",
-            "--engine",
-            "threads",
-            "--pipes",
-            "2",
-            "--duration",
-            "60",
-        ],
-        "running threads",
-    );
+    let (mut child, seen) = spawn_long_bench(&[]);
     let (pid, socket) = service_of(&seen);
     assert_eq!(sigterm(&mut child).code(), Some(130));
     assert!(!socket.parent().unwrap().exists());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::cli::{opipe, sigterm, spawn_until, stderr};
+use common::cli::{opipe, sigterm, spawn_long_bench, stderr};
 
 const SAMBA_DCERPCD: &str = "/usr/libexec/samba/samba-dcerpcd";
 const SERVER_NAME: &str = "OPIPEBENCH";
@@ -269,22 +269,7 @@ fn sigterm_stops_samba_dcerpcd_and_its_workers() {
     if !samba_installed("sigterm_stops_samba_dcerpcd_and_its_workers") {
         return;
     }
-    let (mut child, seen) = spawn_until(
-        &[
-            "bench",
-            "--dialect",
-            "samba",
-            "--target",
-            "samba-rpcd",
-            "--engine",
-            "threads",
-            "--pipes",
-            "2",
-            "--duration",
-            "60",
-        ],
-        "running threads",
-    );
+    let (mut child, seen) = spawn_long_bench(&["--dialect", "samba", "--target", "samba-rpcd"]);
     // Transceiving: rpcd_classic workers exist now.
     std::thread::sleep(Duration::from_millis(300));
     let (pid, _) = rpcd_of(&seen);

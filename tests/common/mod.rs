@@ -547,6 +547,15 @@ pub mod cli {
         (child, seen)
     }
 
+    /// `opipe bench EXTRA --engine threads --pipes 2 --duration 60`, once
+    /// it is transceiving (see [`spawn_until`]).
+    pub fn spawn_long_bench(extra: &[&str]) -> (Child, String) {
+        let mut args = vec!["bench"];
+        args.extend_from_slice(extra);
+        args.extend(["--engine", "threads", "--pipes", "2", "--duration", "60"]);
+        spawn_until(&args, "running threads")
+    }
+
     /// SIGTERM to our child `child`; its exit status (bounded by [`LIMIT`]).
     pub fn sigterm(child: &mut Child) -> ExitStatus {
         let pid = libc::pid_t::try_from(child.id()).unwrap();

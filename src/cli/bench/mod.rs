@@ -345,6 +345,15 @@ fn parse_pipe_name(s: &str) -> Result<String, String> {
         .map_err(|status| format!("`{s}` is not a valid pipe name ({status})"))
 }
 
+/// `round 2/3: ` before a run's note when there are several rounds.
+fn round_prefix(round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!("round {round}/{rounds}: ")
+    } else {
+        String::new()
+    }
+}
+
 fn note(msg: impl std::fmt::Display) {
     eprintln!("opipe bench: {msg}");
 }
@@ -658,11 +667,7 @@ fn run_rounds(
             };
             note(format!(
                 "{}running {} with {pipes} pipes, {}",
-                if rounds > 1 {
-                    format!("round {round}/{rounds}: ")
-                } else {
-                    String::new()
-                },
+                round_prefix(round, rounds),
                 peer.name(),
                 match stop {
                     StopRule::Duration(d) => format!("{:.1} s", d.as_secs_f64()),

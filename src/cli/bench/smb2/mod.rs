@@ -38,7 +38,7 @@ use opipe::ring::sys::BlockedSignals;
 
 use super::daemon::{Cleanup, Daemon};
 use super::service::{ChildConfig, ChildHandler, ServiceChild};
-use super::{note, on_signal, sys, BenchArgs, FdBudget, TargetArg, DEFAULT_DURATION};
+use super::{note, on_signal, round_prefix, sys, BenchArgs, FdBudget, TargetArg, DEFAULT_DURATION};
 use crate::args::BackendArg;
 use crate::samba::rpcd::{self, Rpcd};
 use crate::samba::smbd::{self, Smbd};
@@ -285,11 +285,7 @@ fn run_rounds(
                 let server = &mut servers[i];
                 note(format!(
                     "{}{} with {connections} connections, {:.1} s",
-                    if rounds > 1 {
-                        format!("round {round}/{rounds}: ")
-                    } else {
-                        String::new()
-                    },
+                    round_prefix(round, rounds),
                     server.name(),
                     duration.as_secs_f64()
                 ));
