@@ -266,13 +266,7 @@ fn help_defines_sizes_on_the_wire() {
 
 /// `service started: pid N, socket PATH` from the bench's stderr.
 fn service_of(err: &str) -> (u32, PathBuf) {
-    let line = err
-        .lines()
-        .find(|l| l.contains("service started: pid "))
-        .unwrap_or_else(|| panic!("no service line in:\n{err}"));
-    let rest = line.split("pid ").nth(1).unwrap();
-    let (pid, socket) = rest.split_once(", socket ").unwrap();
-    (pid.parse().unwrap(), PathBuf::from(socket))
+    common::cli::started(err, "service")
 }
 
 #[test]

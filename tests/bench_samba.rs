@@ -166,27 +166,19 @@ fn samba_rpcd_target_needs_the_samba_dialect() {
 }
 
 /// The pid and socket from the bench's "samba-dcerpcd started" line.
-fn rpcd_of(err: &str) -> (i32, PathBuf) {
-    let line = err
-        .lines()
-        .find(|l| l.contains("samba-dcerpcd started: pid "))
-        .unwrap_or_else(|| panic!("no samba-dcerpcd line in:\n{err}"));
-    let rest = line.split("pid ").nth(1).unwrap();
-    let (pid, rest) = rest.split_once(", socket ").unwrap();
-    let socket = rest.split(", server name").next().unwrap();
-    (pid.parse().unwrap(), PathBuf::from(socket))
+fn rpcd_of(err: &str) -> (u32, PathBuf) {
+    common::cli::started(err, "samba-dcerpcd")
 }
 
 /// Live (not zombie) processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<String> {
-    let pgid = u32::try_from(pgid).unwrap();
+fn group_members(pgid: u32) -> Vec<String> {
     let mut members = common::group_processes(pgid);
     members.retain(|stat| stat.rsplit_once(')').unwrap().1.split_whitespace().next() != Some("Z"));
     members
 }
 
 /// [`group_members`] once they are gone, or after 5 s.
-fn group_members_after_a_while(pgid: i32) -> Vec<String> {
+fn group_members_after_a_while(pgid: u32) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = group_members(pgid);

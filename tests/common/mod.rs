@@ -556,6 +556,20 @@ pub mod cli {
         spawn_until(&args, "running threads")
     }
 
+    /// The pid and socket of the bench's `<what> started: pid N, socket
+    /// PATH[, ...]` line on stderr `err`.
+    pub fn started(err: &str, what: &str) -> (u32, std::path::PathBuf) {
+        let head = format!("{what} started: pid ");
+        let line = err
+            .lines()
+            .find(|l| l.contains(&head))
+            .unwrap_or_else(|| panic!("no {head:?} line in:\n{err}"));
+        let rest = line.split(&head).nth(1).unwrap();
+        let (pid, rest) = rest.split_once(", socket ").unwrap();
+        let socket = rest.split(", ").next().unwrap();
+        (pid.parse().unwrap(), std::path::PathBuf::from(socket))
+    }
+
     /// SIGTERM to our child `child`; its exit status (bounded by [`LIMIT`]).
     pub fn sigterm(child: &mut Child) -> ExitStatus {
         let pid = libc::pid_t::try_from(child.id()).unwrap();
