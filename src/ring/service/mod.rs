@@ -15,6 +15,7 @@ pub(crate) mod uring;
 
 pub use epoll::EpollLoop;
 pub use shared::{
-    Acceptor, CloseReason, LoopConfig, LoopCounters, Session, Verdict, DEFAULT_MAX_BUFFERED_BYTES,
+    Acceptor, CloseReason, ConnWaker, LoopConfig, LoopCounters, Session, Verdict, WakerSlot,
+    DEFAULT_MAX_BUFFERED_BYTES,
 };
 pub use uring::EventLoop;
