@@ -151,15 +151,18 @@ impl WakeQueue {
     }
 
     /// The connections woken since the last call, as (index, generation).
-    /// Each is woken again by its next wake. Order: clear the signal, empty
-    /// the eventfd, then take the queue, so that a wake racing with this is
-    /// either taken now or signals again.
+    /// Each is woken again by its next wake. Order: empty the eventfd, clear
+    /// the signal, then take the queue. A waker that finds the signal clear
+    /// writes the eventfd after that, so the loop comes back; one that finds
+    /// it set pushed before the clear, so its entry is in this take. (The
+    /// other order could clear a signal whose write was just drained, and
+    /// no wake would ever write again.)
     pub(crate) fn take(&self) -> Vec<(u32, u32)> {
-        self.signalled.store(false, Ordering::SeqCst);
         let mut n = [0u8; 8];
         // SAFETY: reads at most 8 bytes into `n`, which lives for the call;
         // the fd is nonblocking (EAGAIN when nothing was written).
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
+        self.signalled.store(false, Ordering::SeqCst);
         let list = std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
         list.into_iter()
             .map(|e| {
@@ -912,6 +915,65 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wakers on several threads against a loop that waits on the eventfd
+    /// (poll(2)) and takes: every wake is seen, none is stranded behind a
+    /// signal already drained.
+    #[test]
+    fn no_wake_is_lost_under_contention() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 10_000;
+        let q = WakeQueue::new().unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        let seen: Vec<Arc<AtomicU64>> = (0..THREADS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let wakers: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let w = WakerSlot::new(&q, i as u32, 1).waker();
+                let seen = seen[i].clone();
+                std::thread::spawn(move || {
+                    for r in 0..ROUNDS as u64 {
+                        w.wake();
+                        // Wait (bounded) until the loop saw this round.
+                        let t = Instant::now();
+                        while seen.load(Ordering::SeqCst) <= r {
+                            assert!(
+                                t.elapsed() < Duration::from_secs(5),
+                                "wake {r} of waker {i} lost"
+                            );
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let loop_done = done.clone();
+        let consumer = {
+            let q = q.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                while loop_done.load(Ordering::SeqCst) == 0 {
+                    let mut p = libc::pollfd {
+                        fd: q.raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one pollfd that lives for the call.
+                    if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                        // Only a readable eventfd may lead to a take.
+                        continue;
+                    }
+                    for (idx, _) in q.take() {
+                        seen[idx as usize].fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        for w in wakers {
+            w.join().unwrap();
+        }
+        done.store(1, Ordering::SeqCst);
+        consumer.join().unwrap();
+    }
 
     #[test]
     fn budget_levels_and_hysteresis() {
