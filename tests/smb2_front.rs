@@ -399,6 +399,17 @@ impl Raw {
     }
 }
 
+/// One read, retried when a signal interrupted it (a socket with a
+/// receive timeout is not restarted: signal(7)).
+fn read_retrying(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 fn session_setup(tok: SpnegoToken) -> Request {
     Request::SessionSetup(SessionSetupRequest {
         flags: 0,
@@ -420,6 +431,10 @@ struct Stack {
 
 impl Stack {
     fn start(backend: BackendChoice, threads: usize) -> Stack {
+        Stack::start_with(backend, threads, Duration::from_secs(30))
+    }
+
+    fn start_with(backend: BackendChoice, threads: usize, login_timeout: Duration) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let svc = Service::builder(dir.path())
             .pipe("srvsvc")
@@ -434,6 +449,7 @@ impl Stack {
             .listen("127.0.0.1:0".parse().unwrap())
             .backend(backend)
             .threads(threads)
+            .login_timeout(login_timeout)
             .start()
             .unwrap();
         Stack {
@@ -528,7 +544,16 @@ fn a_blocking_read_is_cancelled_by_smb2_cancel_and_the_pipe_still_transceives() 
         c.s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut b = [0u8; 1];
-        assert!(c.s.peek(&mut b).is_err(), "{backend:?}: the read answered");
+        let peeked = loop {
+            match c.s.peek(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => break r,
+            }
+        };
+        assert!(
+            matches!(&peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{backend:?}: the read answered: {peeked:?}"
+        );
         c.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut h = Header::request(Command::Cancel);
         h.message_id = read_mid;
@@ -617,7 +642,7 @@ fn malformed_bytes_close_only_their_own_connection() {
         junk.extend_from_slice(&[0xAB; 100]);
         bad.s.write_all(&junk).unwrap();
         let mut b = [0u8; 64];
-        match bad.s.read(&mut b) {
+        match read_retrying(&mut bad.s, &mut b) {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             other => panic!("{backend:?}: the bad connection was not closed: {other:?}"),
@@ -628,5 +653,28 @@ fn malformed_bytes_close_only_their_own_connection() {
         let st = stack.front().stats();
         assert_eq!(st.errors, 1, "{st:?}");
         assert_eq!(st.connections_open, 1, "{st:?}");
+    });
+}
+
+#[test]
+fn a_connection_that_never_logs_in_is_closed_at_its_deadline() {
+    each_backend(|backend| {
+        let stack = Stack::start_with(backend, 1, Duration::from_millis(300));
+        let mut idle = Raw::connect(stack.addr());
+        let mut ok = Raw::login(stack.addr());
+        let t = Instant::now();
+        let mut b = [0u8; 8];
+        match read_retrying(&mut idle.s, &mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{backend:?}: the idle connection was not closed: {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // The logged-in one outlives its deadline.
+        std::thread::sleep(Duration::from_millis(400));
+        let (h, _) = ok.call(Request::Echo);
+        assert_eq!(h.status, NtStatus(0));
+        let st = stack.front().stats();
+        assert_eq!((st.login_timeouts, st.connections_open), (1, 1), "{st:?}");
     });
 }

@@ -121,8 +121,15 @@ pub fn run(args: Smb2Args) -> ExitCode {
     let joined = front.join();
     eprintln!(
         "opipe smb2: stopped: {} connections ({} refused), {} sessions, {} opens, {} calls \
-         ({} failed), {} connection errors",
-        st.connections, st.refused, st.sessions, st.opens, st.calls, st.failed_calls, st.errors
+         ({} failed), {} connection errors, {} login timeouts",
+        st.connections,
+        st.refused,
+        st.sessions,
+        st.opens,
+        st.calls,
+        st.failed_calls,
+        st.errors,
+        st.login_timeouts
     );
     match stopped.and(joined).and(waited) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use self::backend::EngineBackend;
 use self::session::FrontSession;
@@ -54,6 +55,7 @@ pub(crate) struct FrontCounters {
     pub(crate) calls: AtomicU64,
     pub(crate) failed_calls: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) login_timeouts: AtomicU64,
 }
 
 /// A snapshot of a front's counters.
@@ -76,6 +78,8 @@ pub struct FrontStats {
     pub failed_calls: u64,
     /// Connections closed for malformed input or a protocol violation.
     pub errors: u64,
+    /// Connections closed because no session was set up in time.
+    pub login_timeouts: u64,
 }
 
 /// Entry point; see [`Smb2Front::builder`].
@@ -95,6 +99,7 @@ impl Smb2Front {
             backend: BackendChoice::Auto,
             server: ServerConfig::default(),
             loop_cfg: LoopConfig::default(),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }
@@ -108,7 +113,12 @@ pub struct Smb2FrontBuilder {
     backend: BackendChoice,
     server: ServerConfig,
     loop_cfg: LoopConfig,
+    login_timeout: Duration,
 }
+
+/// How long a new connection has to set up a session (default of
+/// [`Smb2FrontBuilder::login_timeout`]).
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for Smb2FrontBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,6 +128,7 @@ impl fmt::Debug for Smb2FrontBuilder {
             .field("max_connections", &self.max_connections)
             .field("backend", &self.backend)
             .field("server", &self.server)
+            .field("login_timeout", &self.login_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +165,23 @@ impl Smb2FrontBuilder {
     /// later; only what waits on a peer is answered `STATUS_PENDING`).
     pub fn server_config(mut self, cfg: ServerConfig) -> Self {
         self.server = cfg;
+        self
+    }
+
+    /// A connection that has not set up a session after `d` is closed
+    /// (default [`DEFAULT_LOGIN_TIMEOUT`]).
+    pub fn login_timeout(mut self, d: Duration) -> Self {
+        self.login_timeout = d;
+        self
+    }
+
+    /// Unsent response bytes per connection above which its requests stop
+    /// being read (default 256 KiB; reading resumes below a quarter), and
+    /// response bytes each thread may hold in all (default 256 MiB).
+    pub fn output_limits(mut self, per_connection: usize, per_thread: usize) -> Self {
+        self.loop_cfg.output_high_water_bytes = per_connection;
+        self.loop_cfg.output_low_water_bytes = per_connection / 4;
+        self.loop_cfg.max_buffered_bytes = per_thread;
         self
     }
 
@@ -203,6 +231,7 @@ impl Smb2FrontBuilder {
                     ^ u64::from(std::process::id()),
             ),
             next_conn: AtomicU64::new(0),
+            login_timeout: self.login_timeout,
         });
         let mut handle = Smb2FrontHandle {
             shared,
@@ -296,6 +325,7 @@ struct Shared {
     counters: Arc<FrontCounters>,
     seed: u64,
     next_conn: AtomicU64,
+    login_timeout: Duration,
 }
 
 /// Makes a [`FrontSession`] for each accepted TCP connection.
@@ -344,6 +374,7 @@ impl Acceptor for FrontAcceptor {
             s.seed ^ crate::rng::SplitMix64::mix(n),
             backend,
             s.counters.clone(),
+            Instant::now() + s.login_timeout,
         ))
     }
 }
@@ -403,6 +434,7 @@ impl Smb2FrontHandle {
             calls: c.calls.load(Ordering::Relaxed),
             failed_calls: c.failed_calls.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            login_timeouts: c.login_timeouts.load(Ordering::Relaxed),
         }
     }
 

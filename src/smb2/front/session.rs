@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::backend::EngineBackend;
 use super::FrontCounters;
@@ -26,6 +26,8 @@ pub(crate) struct FrontSession {
     counters: Arc<FrontCounters>,
     /// Sessions of `conn` already counted.
     sessions_counted: u64,
+    /// The connection is closed if no session is set up by then.
+    login_deadline: Instant,
 }
 
 impl FrontSession {
@@ -35,12 +37,14 @@ impl FrontSession {
         seed: u64,
         backend: EngineBackend,
         counters: Arc<FrontCounters>,
+        login_deadline: Instant,
     ) -> Self {
         FrontSession {
             conn: Connection::new(cfg, client, seed),
             backend,
             counters,
             sessions_counted: 0,
+            login_deadline,
         }
     }
 
@@ -87,6 +91,18 @@ impl Session for FrontSession {
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.drive(out)
+    }
+
+    /// Until a session is set up: the login deadline (a connection that
+    /// never logs in is closed; these are also the ones evicted first when
+    /// the process runs out of descriptors).
+    fn deadline(&self) -> Option<Instant> {
+        (self.conn.sessions_started() == 0).then_some(self.login_deadline)
+    }
+
+    fn on_deadline(&mut self, _out: &mut Vec<u8>) -> Verdict {
+        self.counters.login_timeouts.fetch_add(1, Ordering::Relaxed);
+        Verdict::Abort
     }
 
     fn on_wake(&mut self, out: &mut Vec<u8>) -> Verdict {
