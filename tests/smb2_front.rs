@@ -678,3 +678,53 @@ fn a_connection_that_never_logs_in_is_closed_at_its_deadline() {
         assert_eq!((st.login_timeouts, st.connections_open), (1, 1), "{st:?}");
     });
 }
+
+/// Not a check: calls/s of FSCTL_PIPE_TRANSCEIVE through the front (raw
+/// clients in a closed loop, 1 and 64 connections) in front of the
+/// in-process dcerpc service. `cargo test --release --test smb2_front
+/// measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_front_transceive() {
+    for backend in backends() {
+        for conns in [1usize, 64] {
+            let stack = Stack::start(backend, 1);
+            let addr = stack.addr();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let t0 = Instant::now();
+            let threads: Vec<_> = (0..conns)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let mut c = Raw::login(addr);
+                        let fid = c.open("srvsvc");
+                        let mut lat = Vec::new();
+                        let mut n = 0u32;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let t = Instant::now();
+                            n += 1;
+                            c.bind(fid, n);
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut lat: Vec<Duration> = threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect();
+            let secs = t0.elapsed().as_secs_f64();
+            lat.sort();
+            let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+            eprintln!(
+                "{backend:?} {conns:>3} conns: {:>8.0} calls/s, p50 {:?}, p99 {:?}",
+                lat.len() as f64 / secs,
+                p(0.5),
+                p(0.99)
+            );
+        }
+    }
+}
