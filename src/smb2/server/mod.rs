@@ -325,7 +325,7 @@ impl Connection {
                 Ok(None) => break,
                 Err(e) => return self.fail(backend, ConnectionError::Malformed(e)),
             };
-            if let Err(e) = self.message(&msg, now, backend) {
+            if let Err(e) = self.message(msg, now, backend) {
                 return self.fail(backend, e);
             }
             if let Some(why) = self.close_after.take() {
@@ -362,15 +362,15 @@ impl Connection {
 
     fn message(
         &mut self,
-        msg: &[u8],
+        msg: Vec<u8>,
         now: u64,
         backend: &mut dyn PipeBackend,
     ) -> Result<(), ConnectionError> {
-        if Smb1Negotiate::is_smb1(msg) {
-            return self.smb1_negotiate(msg, now);
+        if Smb1Negotiate::is_smb1(&msg) {
+            return self.smb1_negotiate(&msg, now);
         }
         let base = msg.as_ptr() as usize;
-        let parts = split_compound(msg)
+        let parts = split_compound(&msg)
             .map_err(ConnectionError::Malformed)?
             .into_iter()
             .map(|p| {
@@ -379,7 +379,7 @@ impl Connection {
             })
             .collect();
         let chain = Chain {
-            msg: msg.to_vec(),
+            msg,
             parts,
             ..Chain::default()
         };
