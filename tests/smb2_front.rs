@@ -728,3 +728,47 @@ fn measure_front_transceive() {
         }
     }
 }
+
+/// The command's contract without Samba: `opipe smb2` in front of an
+/// in-process `opipe serve` (illumos): the `listening on` line, service
+/// through two threads, `--max-connections` (the third connection is
+/// closed at once), and on SIGTERM exit 0 with the summary line.
+#[test]
+fn the_command_listens_limits_connections_and_stops_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::builder(dir.path())
+        .pipe("srvsvc")
+        .handler(DceRpcFactory::new(64))
+        .backend(BackendChoice::Epoll)
+        .start()
+        .unwrap();
+    let d = dir.path().to_str().unwrap().to_owned();
+    let front = FrontProc::start(&["--dir", &d, "--threads", "2", "--max-connections", "2"]);
+    let mut a = Raw::login(front.addr);
+    let fid = a.open("srvsvc");
+    a.bind(fid, 1);
+    let mut b = Raw::login(front.addr);
+    let fid_b = b.open("srvsvc");
+    b.bind(fid_b, 1);
+    let mut c = Raw::connect(front.addr);
+    let mut buf = [0u8; 8];
+    match read_retrying(&mut c.s, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a third connection was served: {other:?}"),
+    }
+    a.bind(fid, 2);
+    drop((a, b, c));
+    let (code, err) = front.stop();
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("opipe smb2: stopped:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+    assert!(
+        summary.contains("3 connections (1 refused), 2 sessions, 2 opens, 3 calls (0 failed)"),
+        "{summary}"
+    );
+    svc.shutdown().unwrap();
+    svc.join().unwrap();
+}
