@@ -185,7 +185,9 @@ impl WakeQueue {
 
 #[derive(Debug)]
 struct WakeEntry {
-    queue: Arc<WakeQueue>,
+    /// Weak: a queued entry holds its queue otherwise, and wakes that come
+    /// after the loop ended would keep both (and the eventfd) alive.
+    queue: std::sync::Weak<WakeQueue>,
     idx: u32,
     gen: u32,
     /// In the queue already (a second wake before the loop looked is free).
@@ -198,8 +200,12 @@ impl std::task::Wake for WakeEntry {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        let Some(queue) = self.queue.upgrade() else {
+            // The loop is gone.
+            return;
+        };
         if !self.queued.swap(true, Ordering::SeqCst) {
-            self.queue.push(self.clone());
+            queue.push(self.clone());
         }
     }
 }
@@ -243,7 +249,7 @@ impl<'a> WakerSlot<'a> {
     pub fn waker(&self) -> ConnWaker {
         ConnWaker {
             entry: Arc::new(WakeEntry {
-                queue: self.queue.clone(),
+                queue: Arc::downgrade(self.queue),
                 idx: self.idx,
                 gen: self.gen,
                 queued: AtomicBool::new(false),
@@ -919,6 +925,26 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that outlives its loop wakes nothing and keeps nothing
+    /// alive: the queue (and its eventfd) go with the loop.
+    #[test]
+    fn a_waker_outliving_its_loop_holds_nothing() {
+        let q = WakeQueue::new().unwrap();
+        let w = WakerSlot::new(&q, 0, 1).waker();
+        w.wake();
+        assert_eq!(q.take(), vec![(0, 1)]);
+        // Queued, never taken: the loop ends with it in its queue.
+        w.wake();
+        let weak = Arc::downgrade(&q);
+        drop(q);
+        assert!(
+            weak.upgrade().is_none(),
+            "a queued waker keeps its queue alive"
+        );
+        w.wake();
+        w.waker().wake_by_ref();
+    }
 
     /// Wakers on several threads against a loop that waits on the eventfd
     /// (poll(2)) and takes: every wake is seen, none is stranded behind a
