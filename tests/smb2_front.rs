@@ -198,6 +198,43 @@ fn real_clients_through_the_front(backend: &str) {
     assert_eq!(code, Some(0), "rpcclient:\n{out}\n{}", front.stderr());
     assert!(out.contains(name), "rpcclient srvinfo:\n{out}");
 
+    // smbclient opening with the SMB1 multi-protocol negotiate (answered
+    // with the SMB2 upgrade).
+    let (code, nt1) = run(&[
+        SMBCLIENT,
+        "-L",
+        "//127.0.0.1",
+        "-p",
+        &port,
+        "-N",
+        "--option=client min protocol=NT1",
+    ]);
+    assert_eq!(code, Some(0), "smbclient -L (NT1 first):\n{nt1}");
+    assert!(nt1.contains("IPC$"), "smbclient -L (NT1 first):\n{nt1}");
+
+    // More of rpcclient on one session: srvsvc and lsarpc, several opens,
+    // replies longer than a transceive's first read.
+    let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
+    let (code, more) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    assert_eq!(
+        code,
+        Some(0),
+        "rpcclient {cmds}:\n{more}\n{}",
+        front.stderr()
+    );
+    for want in [
+        name,
+        "netname: tmp",
+        "netname: IPC$",
+        "SeBackupPrivilege",
+        "Account Name: Anonymous Logon",
+    ] {
+        assert!(
+            more.contains(want),
+            "rpcclient {cmds}: no {want:?} in\n{more}"
+        );
+    }
+
     let (code, err) = front.stop();
     assert_eq!(code, Some(0), "opipe smb2 exit; stderr:\n{err}");
     let summary = err
@@ -205,7 +242,8 @@ fn real_clients_through_the_front(backend: &str) {
         .find(|l| l.starts_with("opipe smb2: stopped:"))
         .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
     assert!(
-        summary.contains(" 2 sessions, 2 opens,") && summary.contains(" 0 connection errors"),
+        summary.contains("4 connections (0 refused), 4 sessions,")
+            && summary.contains(" 0 connection errors"),
         "{summary}"
     );
     eprintln!("[{backend}] smbclient -L through opipe smb2:\n{listing}\n[{backend}] rpcclient srvinfo:\n{out}\n{summary}");
