@@ -871,11 +871,18 @@ fn closed_loop(
         .map(|_| {
             let (stop, ready) = (stop.clone(), ready.clone());
             std::thread::spawn(move || {
-                let mut c = Raw::login(addr);
-                c.allow_interim = true;
-                let fid = c.open("srvsvc");
-                c.bind(fid, 1);
+                // A client that fails to set up still reaches the barrier.
+                let setup = std::panic::catch_unwind(move || {
+                    let mut c = Raw::login(addr);
+                    c.allow_interim = true;
+                    let fid = c.open("srvsvc");
+                    c.bind(fid, 1);
+                    (c, fid)
+                });
                 ready.wait();
+                let Ok((mut c, fid)) = setup else {
+                    return Vec::new();
+                };
                 let mut lat = Vec::new();
                 let mut n = 1u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
