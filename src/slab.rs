@@ -47,6 +47,15 @@ impl<T> Slab<T> {
         (idx, *g)
     }
 
+    /// Gives back a slot reserved with [`Slab::vacant`] and never filled
+    /// (its generation stays bumped, so the key it had is stale).
+    pub(crate) fn release(&mut self, idx: u32) {
+        // Only a reserved, unfilled slot (the caller calls this once).
+        if self.slots.get(idx as usize).is_some_and(|s| s.is_none()) {
+            self.free.push(idx);
+        }
+    }
+
     /// Fills a slot reserved with [`Slab::vacant`].
     pub(crate) fn insert_at(&mut self, idx: u32, value: T) {
         debug_assert!(self.slots[idx as usize].is_none());

@@ -15,7 +15,9 @@ use opipe::protocol::{NetUserInfo, NtStatus};
 use opipe::smb2::file::CreateRequest;
 use opipe::smb2::negotiate::{NegotiateContext, NegotiateRequest};
 use opipe::smb2::ntlmssp::{self, Authenticate, Challenge, Negotiate};
-use opipe::smb2::server::{Connection, OpId, PipeBackend, PipeData, PipeRef, ServerConfig};
+use opipe::smb2::server::{
+    Connection, InterimPolicy, OpId, PipeBackend, PipeData, PipeRef, ServerConfig,
+};
 use opipe::smb2::session::{SessionSetupRequest, TreeConnectRequest};
 use opipe::smb2::spnego::{NegTokenInit, NegTokenResp, SpnegoToken, OID_NTLMSSP};
 use opipe::smb2::{
@@ -89,11 +91,15 @@ fn call(conn: &mut Connection, fake: &mut Fake, h: &Header, req: &Request) -> He
     Response::decode(&out[4..]).expect("answer decodes").0
 }
 
-/// A connection logged in anonymously on IPC$ with two pipes open;
-/// returns it with the next message id, session and tree ids.
-fn logged_in(fake: &mut Fake) -> (Connection, u64, u64, u32) {
+/// A connection logged in anonymously on IPC$ with two pipes open, with
+/// interim responses as `interim` says; returns it with the next message
+/// id, session and tree ids.
+fn logged_in(fake: &mut Fake, interim: InterimPolicy) -> (Connection, u64, u64, u32) {
     let mut conn = Connection::new(
-        ServerConfig::default(),
+        ServerConfig {
+            interim,
+            ..ServerConfig::default()
+        },
         "127.0.0.1:1".parse().expect("addr"),
         5,
     );
@@ -237,7 +243,14 @@ fuzz_target!(|data: &[u8]| {
     // 'B' into messages, each framed, with the session and tree ids of the
     // login written in where the header has room for them.
     let mut fake = Fake::default();
-    let (mut conn, mid0, session_id, tree_id) = logged_in(&mut fake);
+    // Odd first byte: the policy of the engine front (pending operations
+    // other than READ held without an interim response).
+    let interim = if data.first().is_some_and(|b| b & 1 == 1) {
+        InterimPolicy::BlockingOnly
+    } else {
+        InterimPolicy::Always
+    };
+    let (mut conn, mid0, session_id, tree_id) = logged_in(&mut fake, interim);
     for (i, piece) in data.split(|&b| b == 0xFF).enumerate() {
         let mut msg = piece.to_vec();
         if msg.len() >= 64 {

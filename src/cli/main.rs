@@ -10,6 +10,7 @@ mod call;
 mod samba;
 mod serve;
 mod serve_child;
+mod smb2;
 mod soak;
 
 /// io_uring transport for SMB named pipes (illumos smb_opipe compatible).
@@ -32,6 +33,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A long fault-laden run against a restarted echo service; prints counts.
     Soak(soak::SoakArgs),
+    /// An IPC$-only SMB2 server on TCP in front of the pipes (real SMB
+    /// clients reach them); prints `listening on IP:PORT`.
+    Smb2(smb2::Smb2Args),
 }
 
 /// Library diagnostics (tracing events) go to stderr as plain lines, at the
@@ -60,5 +64,6 @@ fn main() -> ExitCode {
         Command::Wait(args) => call::run_wait(args),
         Command::Bench(args) => bench::main(args),
         Command::Soak(args) => soak::run(args),
+        Command::Smb2(args) => smb2::run(args),
     }
 }

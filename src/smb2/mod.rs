@@ -10,7 +10,8 @@
 //! * [`spnego`] and [`ntlmssp`]: the security tokens of anonymous and guest
 //!   logins (no signing, no keys);
 //! * [`status`]: the NT statuses the front adds;
-//! * [`server`]: a sans-IO IPC$ server core over a pipe backend trait.
+//! * [`server`]: a sans-IO IPC$ server core over a pipe backend trait;
+//! * [`front`]: the server on TCP, on the service loops, over the engine.
 //!
 //! DESIGN.md, "The SMB2 front", says what was learnt from real clients.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 
 pub mod file;
 pub mod frame;
+pub mod front;
 pub mod header;
 pub mod message;
 pub mod negotiate;

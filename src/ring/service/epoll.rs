@@ -20,6 +20,9 @@
 //!   triggering brings the loop back for the rest). `EMFILE`, `ENFILE`,
 //!   `ENOMEM` and `ENOBUFS` take the listener out of the set for
 //!   100 ms, like the io_uring loop pauses its multishot accept;
+//! * the loop's wake eventfd (`EPOLLIN`): connections woken from other
+//!   threads ([`ConnWaker`](super::ConnWaker)) get
+//!   [`Session::on_wake`];
 //! * every connection, with `EPOLLIN` while the session wants input and
 //!   `EPOLLOUT` only while output is waiting for room in the socket. The
 //!   registered mask is cached so `epoll_ctl` runs only when it changes.
@@ -76,6 +79,7 @@ use std::time::{Duration, Instant};
 use super::shared::{
     abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
     CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
+    WakeQueue, WakerSlot,
 };
 use crate::ring::op::Token;
 
@@ -105,17 +109,20 @@ enum Event {
     Listener(usize),
     Conn(u32, u32),
     Shutdown,
+    Wake,
 }
 
 const TOKEN_LISTENER: u8 = 1;
 const TOKEN_CONN: u8 = 2;
 const TOKEN_SHUTDOWN: u8 = 3;
+const TOKEN_WAKE: u8 = 4;
 
 fn token(t: Event) -> u64 {
     match t {
         Event::Listener(i) => Token::new(TOKEN_LISTENER, 0, i as u32),
         Event::Conn(idx, gen) => Token::new(TOKEN_CONN, gen, idx),
         Event::Shutdown => Token::new(TOKEN_SHUTDOWN, 0, 0),
+        Event::Wake => Token::new(TOKEN_WAKE, 0, 0),
     }
     .raw()
 }
@@ -126,6 +133,7 @@ fn token_parts(t: u64) -> Option<Event> {
         TOKEN_LISTENER => Some(Event::Listener(t.index() as usize)),
         TOKEN_CONN => Some(Event::Conn(t.index(), t.gen())),
         TOKEN_SHUTDOWN => Some(Event::Shutdown),
+        TOKEN_WAKE => Some(Event::Wake),
         _ => None,
     }
 }
@@ -200,6 +208,8 @@ pub struct EpollLoop {
     listeners: Vec<Listener>,
     /// Kept open (and registered) while the loop runs.
     _shutdown_fd: Arc<OwnedFd>,
+    /// Connections woken from other threads; its eventfd is in the set.
+    wake: Arc<WakeQueue>,
     counters: Arc<LoopCounters>,
     budget: Budget,
     scratch: Vec<u8>,
@@ -247,6 +257,15 @@ impl EpollLoop {
             token(Event::Shutdown),
         )
         .map_err(io::Error::from_raw_os_error)?;
+        let wake = WakeQueue::new()?;
+        epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            wake.raw_fd(),
+            EV_IN,
+            token(Event::Wake),
+        )
+        .map_err(io::Error::from_raw_os_error)?;
         let mut ls = Vec::with_capacity(listeners.len());
         for (i, fd) in listeners.into_iter().enumerate() {
             set_nonblocking(&fd)?;
@@ -265,6 +284,7 @@ impl EpollLoop {
             cfg,
             listeners: ls,
             _shutdown_fd: shutdown_fd,
+            wake,
             budget,
             counters,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
@@ -303,6 +323,7 @@ impl EpollLoop {
                     Some(Event::Shutdown) => return Ok(()),
                     Some(Event::Listener(li)) => self.on_listener(st, li)?,
                     Some(Event::Conn(idx, gen)) => self.on_conn(st, idx, gen, mask),
+                    Some(Event::Wake) => self.on_wakes(st),
                     None => {}
                 }
             }
@@ -343,9 +364,12 @@ impl EpollLoop {
                         self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    match st.acceptor.accept(li, fd.as_fd()) {
-                        Some(session) => self.add_conn(st, fd, session),
+                    let (idx, gen) = st.conns.vacant();
+                    let slot = WakerSlot::new(&self.wake, idx, gen);
+                    match st.acceptor.accept_with_waker(li, fd.as_fd(), slot) {
+                        Some(session) => self.add_conn(st, idx, gen, fd, session),
                         None => {
+                            st.conns.release(idx);
                             self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -389,23 +413,33 @@ impl EpollLoop {
         Ok(())
     }
 
-    fn add_conn<A: Acceptor>(&mut self, st: &mut State<A>, fd: OwnedFd, session: A::Session) {
+    fn add_conn<A: Acceptor>(
+        &mut self,
+        st: &mut State<A>,
+        idx: u32,
+        gen: u32,
+        fd: OwnedFd,
+        session: A::Session,
+    ) {
         let deadline = session.deadline();
         let raw = fd.as_raw_fd();
-        let (idx, gen) = st.conns.insert(Conn {
-            fd,
-            session,
-            accepted: Instant::now(),
-            phase: Phase::Open,
-            reason: CloseReason::Session,
-            paused: false,
-            blocked: false,
-            kick: false,
-            out: Vec::new(),
-            sent: 0,
-            interest: EV_IN,
-            charge: 0,
-        });
+        st.conns.insert_at(
+            idx,
+            Conn {
+                fd,
+                session,
+                accepted: Instant::now(),
+                phase: Phase::Open,
+                reason: CloseReason::Session,
+                paused: false,
+                blocked: false,
+                kick: false,
+                out: Vec::new(),
+                sent: 0,
+                interest: EV_IN,
+                charge: 0,
+            },
+        );
         if let Err(e) = epoll_ctl(
             self.ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
@@ -420,6 +454,22 @@ impl EpollLoop {
         }
         if let Some(t) = deadline {
             st.deadlines.push(Reverse((t, idx, gen)));
+        }
+    }
+
+    /// The wake eventfd fired: every woken connection still open (the
+    /// generation matches) produces what is ready, and is brought up to date.
+    fn on_wakes<A: Acceptor>(&mut self, st: &mut State<A>) {
+        for (idx, gen) in self.wake.take() {
+            let Some(c) = st.conns.get_mut(idx, gen) else {
+                continue;
+            };
+            if matches!(c.phase, Phase::Open | Phase::Draining) {
+                c.compact();
+                let v = c.session.on_wake(&mut c.out);
+                apply(c, v, CloseReason::Session);
+            }
+            self.update(st, idx, gen);
         }
     }
 
@@ -723,5 +773,13 @@ mod tests {
             })
             .expect("epoll always runs");
         assert_eq!(counters.bytes_out.load(Ordering::Relaxed), 100_005);
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_produces_output_and_stale_wakes_are_dropped() {
+        crate::ring::service::shared::test_echo::run_wake_script(|l, s, k, acceptor| {
+            EpollLoop::new(LoopConfig::default(), vec![l], s, k)?.run(acceptor)?;
+            Ok(true)
+        });
     }
 }

@@ -7,14 +7,17 @@
 //!   ([`EpollLoop`]), for machines where io_uring is switched off;
 //! * `shared`: what both loops share (session and acceptor traits,
 //!   configuration, counters, connection phases, the memory budget,
-//!   deadline and eviction helpers). Neither loop imports the other.
+//!   deadline and eviction helpers). Neither loop imports the other;
+//! * `tcp`: TCP listeners and accepted-socket options (the SMB2 front).
 
 pub(crate) mod epoll;
 pub(crate) mod shared;
+pub mod tcp;
 pub(crate) mod uring;
 
 pub use epoll::EpollLoop;
 pub use shared::{
-    Acceptor, CloseReason, LoopConfig, LoopCounters, Session, Verdict, DEFAULT_MAX_BUFFERED_BYTES,
+    Acceptor, CloseReason, ConnWaker, LoopConfig, LoopCounters, Session, Verdict, WakerSlot,
+    DEFAULT_MAX_BUFFERED_BYTES,
 };
 pub use uring::EventLoop;

@@ -6,9 +6,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::slab::Slab;
@@ -80,6 +80,14 @@ pub trait Session {
 
     /// The connection is closed (its fd is closed right after this call).
     fn on_close(&mut self, _reason: CloseReason) {}
+
+    /// Its [`ConnWaker`] was woken (from any thread): produce what is
+    /// ready. Called on the loop's thread, once per batch of wakes, while
+    /// the connection is open or draining; never after
+    /// [`on_close`](Self::on_close).
+    fn on_wake(&mut self, _out: &mut Vec<u8>) -> Verdict {
+        Verdict::Continue
+    }
 }
 
 /// Makes a [`Session`] for each accepted connection.
@@ -91,6 +99,163 @@ pub trait Acceptor {
     /// list given to the loop); `conn` is its socket, e.g. for the peer's
     /// credentials. `None` closes it at once, before anything is read.
     fn accept(&mut self, listener: usize, conn: BorrowedFd<'_>) -> Option<Self::Session>;
+
+    /// [`accept`](Self::accept) for sessions that are woken from other
+    /// threads: `waker` makes the connection's [`ConnWaker`] (only when
+    /// asked, so a service that never wakes pays nothing). By default the
+    /// waker is ignored and [`accept`](Self::accept) runs.
+    fn accept_with_waker(
+        &mut self,
+        listener: usize,
+        conn: BorrowedFd<'_>,
+        waker: WakerSlot<'_>,
+    ) -> Option<Self::Session> {
+        let _ = waker;
+        self.accept(listener, conn)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waking a connection from another thread.
+
+/// A loop's queue of woken connections and the eventfd that tells the loop
+/// to look at it.
+#[derive(Debug)]
+pub(crate) struct WakeQueue {
+    /// Nonblocking eventfd the loop watches (readable while signalled).
+    fd: OwnedFd,
+    /// The fd was written since the loop last cleared this: further wakes
+    /// only queue (one write per batch).
+    signalled: AtomicBool,
+    ready: Mutex<Vec<Arc<WakeEntry>>>,
+}
+
+impl WakeQueue {
+    pub(crate) fn new() -> std::io::Result<Arc<WakeQueue>> {
+        // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(WakeQueue {
+            // SAFETY: `fd` was just returned by eventfd; nobody else owns it.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            signalled: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The eventfd the loop polls.
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// The connections woken since the last call, as (index, generation).
+    /// Each is woken again by its next wake. Order: empty the eventfd, clear
+    /// the signal, then take the queue. A waker that finds the signal clear
+    /// writes the eventfd after that, so the loop comes back; one that finds
+    /// it set pushed before the clear, so its entry is in this take. (The
+    /// other order could clear a signal whose write was just drained, and
+    /// no wake would ever write again.)
+    pub(crate) fn take(&self) -> Vec<(u32, u32)> {
+        let mut n = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `n`, which lives for the call;
+        // the fd is nonblocking (EAGAIN when nothing was written).
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
+        self.signalled.store(false, Ordering::SeqCst);
+        let list = std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
+        list.into_iter()
+            .map(|e| {
+                e.queued.store(false, Ordering::SeqCst);
+                (e.idx, e.gen)
+            })
+            .collect()
+    }
+
+    fn push(&self, e: Arc<WakeEntry>) {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+        if !self.signalled.swap(true, Ordering::SeqCst) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from `one`, which lives for the call.
+            // A full counter (EAGAIN) is still readable: nothing is lost.
+            let _ = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WakeEntry {
+    /// Weak: a queued entry holds its queue otherwise, and wakes that come
+    /// after the loop ended would keep both (and the eventfd) alive.
+    queue: std::sync::Weak<WakeQueue>,
+    idx: u32,
+    gen: u32,
+    /// In the queue already (a second wake before the loop looked is free).
+    queued: AtomicBool,
+}
+
+impl std::task::Wake for WakeEntry {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(queue) = self.queue.upgrade() else {
+            // The loop is gone.
+            return;
+        };
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            queue.push(self.clone());
+        }
+    }
+}
+
+/// Wakes one connection of a service loop from any thread: the loop then
+/// calls its session's [`Session::on_wake`]. Cheap to clone; a wake of a
+/// connection that has closed meanwhile (even if its slot was reused) is
+/// dropped by the loop (the key carries a generation).
+#[derive(Debug, Clone)]
+pub struct ConnWaker {
+    entry: Arc<WakeEntry>,
+}
+
+impl ConnWaker {
+    /// Wakes the connection (several wakes before the loop runs count as one).
+    pub fn wake(&self) {
+        std::task::Wake::wake_by_ref(&self.entry);
+    }
+
+    /// The same, as a [`std::task::Waker`] (e.g. to poll engine requests).
+    pub fn waker(&self) -> std::task::Waker {
+        std::task::Waker::from(self.entry.clone())
+    }
+}
+
+/// What [`Acceptor::accept_with_waker`] gets to make a connection's
+/// [`ConnWaker`] with.
+#[derive(Debug)]
+pub struct WakerSlot<'a> {
+    queue: &'a Arc<WakeQueue>,
+    idx: u32,
+    gen: u32,
+}
+
+impl<'a> WakerSlot<'a> {
+    pub(crate) fn new(queue: &'a Arc<WakeQueue>, idx: u32, gen: u32) -> Self {
+        WakerSlot { queue, idx, gen }
+    }
+
+    /// The waker of the connection being accepted.
+    pub fn waker(&self) -> ConnWaker {
+        ConnWaker {
+            entry: Arc::new(WakeEntry {
+                queue: Arc::downgrade(self.queue),
+                idx: self.idx,
+                gen: self.gen,
+                queued: AtomicBool::new(false),
+            }),
+        }
+    }
 }
 
 /// Sizes and limits of one event loop.
@@ -618,6 +783,132 @@ pub(crate) mod test_echo {
         Some(counters)
     }
 
+    /// A session woken from another thread: "go" starts a thread that
+    /// wakes it 20 ms later; each wake answers "woken"; `wakes` counts them.
+    pub(crate) struct Woken {
+        waker: super::ConnWaker,
+        wakes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Session for Woken {
+        fn on_data(&mut self, data: &[u8], _out: &mut Vec<u8>) -> Verdict {
+            if data == b"bye" {
+                return Verdict::Close;
+            }
+            let w = self.waker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                w.wake();
+                w.waker().wake();
+            });
+            Verdict::Continue
+        }
+        fn on_wake(&mut self, out: &mut Vec<u8>) -> Verdict {
+            self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            out.extend_from_slice(b"woken");
+            Verdict::Continue
+        }
+    }
+
+    /// Makes [`Woken`] sessions; keeps every waker it gave out.
+    pub(crate) struct WokenAcceptor {
+        pub(crate) wakers: Arc<Mutex<Vec<super::ConnWaker>>>,
+        pub(crate) wakes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Acceptor for WokenAcceptor {
+        type Session = Woken;
+        fn accept(&mut self, _listener: usize, _conn: BorrowedFd<'_>) -> Option<Woken> {
+            None
+        }
+        fn accept_with_waker(
+            &mut self,
+            _listener: usize,
+            _conn: BorrowedFd<'_>,
+            waker: super::WakerSlot<'_>,
+        ) -> Option<Woken> {
+            let waker = waker.waker();
+            self.wakers.lock().unwrap().push(waker.clone());
+            Some(Woken {
+                waker,
+                wakes: self.wakes.clone(),
+            })
+        }
+    }
+
+    /// Runs a loop (started by `run` like in [`run_echo_script`]) with a
+    /// [`WokenAcceptor`]: a wake from another thread produces output; a
+    /// wake of a closed connection whose slot was reused reaches nobody.
+    pub(crate) fn run_wake_script(
+        run: impl FnOnce(
+                Arc<std::os::fd::OwnedFd>,
+                Arc<std::os::fd::OwnedFd>,
+                Arc<super::LoopCounters>,
+                WokenAcceptor,
+            ) -> std::io::Result<bool>
+            + Send
+            + 'static,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wake");
+        let listener: std::os::fd::OwnedFd = std::os::unix::net::UnixListener::bind(&path)
+            .unwrap()
+            .into();
+        let listener = Arc::new(listener);
+        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
+        let counters = Arc::new(super::LoopCounters::default());
+        let wakers = Arc::new(Mutex::new(Vec::new()));
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let acceptor = WokenAcceptor {
+            wakers: wakers.clone(),
+            wakes: wakes.clone(),
+        };
+        let t = {
+            let (s, k) = (shutdown.clone(), counters.clone());
+            std::thread::spawn(move || run(listener, s, k, acceptor))
+        };
+        let mut a = UnixStream::connect(&path).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        a.write_all(b"go").unwrap();
+        let mut got = [0u8; 5];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"woken");
+        // The two wakes of that thread came as one (or two) on_wake calls.
+        std::thread::sleep(Duration::from_millis(50));
+        let first = wakes.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&first), "{first}");
+        a.write_all(b"bye").unwrap();
+        // Then the end of the stream (after the second wake's answer, if
+        // the two wakes came apart).
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest.len(), 5 * (first - 1), "{rest:?}");
+        // A new connection takes the freed slot with a new generation: the
+        // old waker must not reach it.
+        let mut b = UnixStream::connect(&path).unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        b.write_all(b"x").ok();
+        std::thread::sleep(Duration::from_millis(100));
+        let before = wakes.load(Ordering::SeqCst);
+        let old = wakers.lock().unwrap()[0].clone();
+        old.wake();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            wakes.load(Ordering::SeqCst),
+            before,
+            "a stale wake reached a new connection"
+        );
+        File::from(shutdown.try_clone().unwrap())
+            .write_all(&1u64.to_ne_bytes())
+            .unwrap();
+        if !t.join().unwrap().unwrap() {
+            eprintln!("SKIPPED: this service loop cannot run here");
+        }
+        drop(old);
+    }
+
     pub(crate) struct EchoAcceptor(pub(crate) Arc<Mutex<Vec<CloseReason>>>);
 
     impl Acceptor for EchoAcceptor {
@@ -634,6 +925,85 @@ pub(crate) mod test_echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that outlives its loop wakes nothing and keeps nothing
+    /// alive: the queue (and its eventfd) go with the loop.
+    #[test]
+    fn a_waker_outliving_its_loop_holds_nothing() {
+        let q = WakeQueue::new().unwrap();
+        let w = WakerSlot::new(&q, 0, 1).waker();
+        w.wake();
+        assert_eq!(q.take(), vec![(0, 1)]);
+        // Queued, never taken: the loop ends with it in its queue.
+        w.wake();
+        let weak = Arc::downgrade(&q);
+        drop(q);
+        assert!(
+            weak.upgrade().is_none(),
+            "a queued waker keeps its queue alive"
+        );
+        w.wake();
+        w.waker().wake_by_ref();
+    }
+
+    /// Wakers on several threads against a loop that waits on the eventfd
+    /// (poll(2)) and takes: every wake is seen, none is stranded behind a
+    /// signal already drained.
+    #[test]
+    fn no_wake_is_lost_under_contention() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 10_000;
+        let q = WakeQueue::new().unwrap();
+        let done = Arc::new(AtomicU64::new(0));
+        let seen: Vec<Arc<AtomicU64>> = (0..THREADS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let wakers: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let w = WakerSlot::new(&q, i as u32, 1).waker();
+                let seen = seen[i].clone();
+                std::thread::spawn(move || {
+                    for r in 0..ROUNDS as u64 {
+                        w.wake();
+                        // Wait (bounded) until the loop saw this round.
+                        let t = Instant::now();
+                        while seen.load(Ordering::SeqCst) <= r {
+                            assert!(
+                                t.elapsed() < Duration::from_secs(5),
+                                "wake {r} of waker {i} lost"
+                            );
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let loop_done = done.clone();
+        let consumer = {
+            let q = q.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                while loop_done.load(Ordering::SeqCst) == 0 {
+                    let mut p = libc::pollfd {
+                        fd: q.raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one pollfd that lives for the call.
+                    if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                        // Only a readable eventfd may lead to a take.
+                        continue;
+                    }
+                    for (idx, _) in q.take() {
+                        seen[idx as usize].fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        for w in wakers {
+            w.join().unwrap();
+        }
+        done.store(1, Ordering::SeqCst);
+        consumer.join().unwrap();
+    }
 
     #[test]
     fn budget_levels_and_hysteresis() {

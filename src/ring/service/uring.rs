@@ -11,7 +11,8 @@
 //! * per connection: at most one multishot `RECV` selecting from the loop's
 //!   [`BufRing`] and at most one `SEND` of the connection's own output
 //!   buffer (partial sends are resubmitted from where they stopped);
-//! * one `POLL_ADD` on the shutdown eventfd;
+//! * one `POLL_ADD` on the shutdown eventfd, and one on the loop's wake
+//!   eventfd (re-armed after each wake; see [`ConnWaker`]);
 //! * `ASYNC_CANCEL`s, which refer only to a target's `user_data`.
 //!
 //! # Buffers
@@ -77,10 +78,12 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+#[cfg(doc)]
+use super::shared::ConnWaker;
 use super::shared::{
     abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
     CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
-    EVICT_RETRY,
+    WakeQueue, WakerSlot, EVICT_RETRY,
 };
 use crate::ring::bufring::BufRing;
 use crate::ring::op::Token;
@@ -94,6 +97,7 @@ enum Kind {
     Send = 3,
     Cancel = 4,
     ShutdownPoll = 5,
+    WakePoll = 6,
 }
 
 fn ud(kind: Kind, idx: u32, gen: u32) -> u64 {
@@ -108,6 +112,7 @@ fn ud_parts(ud: u64) -> (Option<Kind>, u32, u32) {
         3 => Some(Kind::Send),
         4 => Some(Kind::Cancel),
         5 => Some(Kind::ShutdownPoll),
+        6 => Some(Kind::WakePoll),
         _ => None,
     };
     (kind, t.gen(), t.index())
@@ -215,6 +220,10 @@ pub struct EventLoop {
     cfg: LoopConfig,
     listeners: Vec<Listener>,
     shutdown_fd: Arc<OwnedFd>,
+    /// Connections woken from other threads, and the eventfd that says so.
+    wake: Arc<WakeQueue>,
+    /// The poll on the wake eventfd is in flight.
+    wake_armed: bool,
     counters: Arc<LoopCounters>,
     budget: Budget,
     /// A ring buffer was used since the ring's pages were last released.
@@ -268,6 +277,7 @@ impl EventLoop {
         probe_features(&ring)?;
         let bufs = BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_bytes)
             .map_err(RingError::Io)?;
+        let wake = WakeQueue::new().map_err(RingError::Io)?;
         Ok(EventLoop {
             ring,
             bufs,
@@ -281,6 +291,8 @@ impl EventLoop {
                 })
                 .collect(),
             shutdown_fd,
+            wake,
+            wake_armed: false,
             budget: Budget::new(cfg_budget, counters.clone()),
             bufs_touched: false,
             evicting: 0,
@@ -321,6 +333,7 @@ impl EventLoop {
                 .build()
                 .user_data(ud(Kind::ShutdownPoll, 0, 0));
         self.push(poll)?;
+        self.arm_wake()?;
         for i in 0..self.listeners.len() {
             self.arm_accept(i)?;
         }
@@ -469,6 +482,33 @@ impl EventLoop {
         self.push(sqe)
     }
 
+    fn arm_wake(&mut self) -> io::Result<()> {
+        if self.wake_armed || self.shutting_down {
+            return Ok(());
+        }
+        self.wake_armed = true;
+        let sqe = opcode::PollAdd::new(types::Fd(self.wake.raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(Kind::WakePoll, 0, 0));
+        self.push(sqe)
+    }
+
+    /// The wake eventfd fired: every woken connection still open (the
+    /// generation matches) produces what is ready; then the poll is re-armed.
+    fn on_wakes<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<()> {
+        for (idx, gen) in self.wake.take() {
+            let Some(c) = st.conns.get_mut(idx, gen) else {
+                continue;
+            };
+            if matches!(c.phase, Phase::Open | Phase::Draining) && !self.shutting_down {
+                let v = c.session.on_wake(&mut c.pending);
+                apply(c, v, CloseReason::Session);
+            }
+            self.update(st, idx, gen)?;
+        }
+        self.arm_wake()
+    }
+
     fn cancel(&mut self, target: u64) -> io::Result<()> {
         let sqe = opcode::AsyncCancel::new(target)
             .build()
@@ -490,6 +530,10 @@ impl EventLoop {
             Some(Kind::Send) => self.on_send(st, idx, gen, res),
             Some(Kind::Cancel) => Ok(()),
             Some(Kind::ShutdownPoll) => self.begin_shutdown(st),
+            Some(Kind::WakePoll) => {
+                self.wake_armed = false;
+                self.on_wakes(st)
+            }
             None => {
                 // Not ours; never happens. Return a buffer if it took one.
                 self.bufs.discard(flags);
@@ -505,6 +549,9 @@ impl EventLoop {
             return Ok(());
         }
         self.shutting_down = true;
+        if self.wake_armed {
+            self.cancel(ud(Kind::WakePoll, 0, 0))?;
+        }
         for i in 0..self.listeners.len() {
             self.listeners[i].resume_at = None;
             if self.listeners[i].armed {
@@ -541,10 +588,16 @@ impl EventLoop {
             if self.shutting_down || st.conns.len() >= self.cfg.max_connections {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 drop(fd);
-            } else if let Some(session) = st.acceptor.accept(li, fd.as_fd()) {
-                self.add_conn(st, fd, session)?;
             } else {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                let (idx, gen) = st.conns.vacant();
+                let slot = WakerSlot::new(&self.wake, idx, gen);
+                match st.acceptor.accept_with_waker(li, fd.as_fd(), slot) {
+                    Some(session) => self.add_conn(st, idx, gen, fd, session)?,
+                    None => {
+                        st.conns.release(idx);
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         } else if res != -libc::ECANCELED {
             self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
@@ -566,10 +619,11 @@ impl EventLoop {
     fn add_conn<A: Acceptor>(
         &mut self,
         st: &mut State<A>,
+        idx: u32,
+        gen: u32,
         fd: OwnedFd,
         session: A::Session,
     ) -> io::Result<()> {
-        let (idx, gen) = st.conns.vacant();
         if let Some(t) = session.deadline() {
             st.deadlines.push(Reverse((t, idx, gen)));
         }
@@ -874,6 +928,20 @@ mod tests {
                 Err(RingError::Unavailable { .. }) => Ok(false),
                 Err(e) => Err(e.into()),
             }
+        });
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_produces_output_and_stale_wakes_are_dropped() {
+        super::super::shared::test_echo::run_wake_script(|l, s, k, acceptor| match EventLoop::new(
+            LoopConfig::default(),
+            vec![l],
+            s,
+            k,
+        ) {
+            Ok(ev) => ev.run(acceptor).map(|_| true),
+            Err(RingError::Unavailable { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         });
     }
 }

@@ -249,6 +249,7 @@ impl Connection {
                     },
                 };
                 sess.state = SessionState::Valid { user };
+                self.sessions_started += 1;
                 let token = if spnego {
                     SpnegoToken::Resp(NegTokenResp {
                         neg_state: Some(NegState::AcceptCompleted),

@@ -79,6 +79,24 @@ pub struct ServerConfig {
     pub max_io_bytes: u32,
     /// The largest SMB2 message (a whole compound) accepted.
     pub max_message_bytes: usize,
+    /// Which operations that go pending get an interim `STATUS_PENDING`
+    /// response at once.
+    pub interim: InterimPolicy,
+}
+
+/// When an operation the backend left pending is answered with an interim
+/// `STATUS_PENDING` (and later asynchronously).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterimPolicy {
+    /// Every pending operation that ends a chain (a backend that answers
+    /// most operations at once, pending only what blocks).
+    Always,
+    /// Only the operations that wait on the pipe's peer: READ and
+    /// FSCTL_PIPE_WAIT. Others (CREATE, WRITE, TRANSCEIVE, PEEK) are
+    /// answered synchronously when they complete, however late (a backend
+    /// whose every operation completes later, like the engine). CANCEL
+    /// reaches either kind.
+    BlockingOnly,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +111,7 @@ impl Default for ServerConfig {
             max_credits: 512,
             max_io_bytes: 65536,
             max_message_bytes: 4 * 65536 + 4096,
+            interim: InterimPolicy::Always,
         }
     }
 }
@@ -207,6 +226,8 @@ pub struct Connection {
     new_tree: Option<u32>,
     /// Set by a request that ends the connection once it is answered.
     close_after: Option<&'static str>,
+    /// Sessions that completed their SESSION_SETUP.
+    sessions_started: u64,
 }
 
 /// The challenge and salt bytes, volatile file ids and session ids: a hash
@@ -246,6 +267,7 @@ impl Connection {
             new_session: None,
             new_tree: None,
             close_after: None,
+            sessions_started: 0,
         }
     }
 
@@ -262,6 +284,25 @@ impl Connection {
     /// Backend operations not yet completed.
     pub fn pending_ops(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Sessions set up on this connection so far (anonymous or guest).
+    pub fn sessions_started(&self) -> u64 {
+        self.sessions_started
+    }
+
+    fn interim_now(&self, kind: Kind) -> bool {
+        match self.cfg.interim {
+            InterimPolicy::Always => true,
+            InterimPolicy::BlockingOnly => matches!(
+                kind,
+                Kind::Read
+                    | Kind::Ioctl {
+                        ctl_code: super::file::FSCTL_PIPE_WAIT,
+                        ..
+                    }
+            ),
+        }
     }
 
     /// Bytes from the client. `now` is the time as a FILETIME (100 ns since
@@ -284,7 +325,7 @@ impl Connection {
                 Ok(None) => break,
                 Err(e) => return self.fail(backend, ConnectionError::Malformed(e)),
             };
-            if let Err(e) = self.message(&msg, now, backend) {
+            if let Err(e) = self.message(msg, now, backend) {
                 return self.fail(backend, e);
             }
             if let Some(why) = self.close_after.take() {
@@ -321,15 +362,15 @@ impl Connection {
 
     fn message(
         &mut self,
-        msg: &[u8],
+        msg: Vec<u8>,
         now: u64,
         backend: &mut dyn PipeBackend,
     ) -> Result<(), ConnectionError> {
-        if Smb1Negotiate::is_smb1(msg) {
-            return self.smb1_negotiate(msg, now);
+        if Smb1Negotiate::is_smb1(&msg) {
+            return self.smb1_negotiate(&msg, now);
         }
         let base = msg.as_ptr() as usize;
-        let parts = split_compound(msg)
+        let parts = split_compound(&msg)
             .map_err(ConnectionError::Malformed)?
             .into_iter()
             .map(|p| {
@@ -338,7 +379,7 @@ impl Connection {
             })
             .collect();
         let chain = Chain {
-            msg: msg.to_vec(),
+            msg,
             parts,
             ..Chain::default()
         };
@@ -400,7 +441,7 @@ impl Connection {
                     self.add_response(&mut chain, &header, st, resp);
                 }
                 Step::Backend(kind, op, Poll::Pending) => {
-                    if last {
+                    if last && self.interim_now(kind) {
                         // Interim STATUS_PENDING, then the answer later.
                         let async_id = self.next_async;
                         self.next_async += 1;

@@ -1,0 +1,469 @@
+//! The SMB2 front: an IPC$-only SMB2 server on TCP that embeds the engine.
+//!
+//! Each thread runs one service event loop (io_uring, or epoll where
+//! io_uring is refused) on a shared TCP listener; every accepted
+//! connection gets a [`Connection`](super::server::Connection) (the
+//! sans-IO SMB2 core) whose pipe operations become [`Engine`] requests.
+//! A request's completion wakes the connection on its loop
+//! ([`ConnWaker`](crate::ring::service::ConnWaker)), which feeds the
+//! result back to the core and sends the response.
+//!
+//! ```no_run
+//! use opipe::engine::{Engine, EngineConfig};
+//! use opipe::smb2::front::Smb2Front;
+//! let engine = Engine::new(EngineConfig::new("/var/smb/pipe"))?;
+//! let front = Smb2Front::builder(engine)
+//!     .listen("127.0.0.1:4450".parse()?)
+//!     .threads(2)
+//!     .start()?;
+//! println!("listening on {}", front.local_addr());
+//! // ... later:
+//! front.shutdown()?;
+//! front.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod backend;
+mod session;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::backend::EngineBackend;
+use self::session::FrontSession;
+use super::server::{InterimPolicy, ServerConfig};
+use crate::engine::Engine;
+use crate::ring::backend::resolve;
+use crate::ring::service::tcp::{peer_addr, set_tcp_nodelay, tcp_listener};
+use crate::ring::service::{Acceptor, EpollLoop, EventLoop, LoopConfig, LoopCounters, WakerSlot};
+use crate::ring::sys::eventfd;
+use crate::ring::{Backend, BackendChoice};
+
+/// Counters of a front, shared by its threads (see [`FrontStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct FrontCounters {
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) sessions: AtomicU64,
+    pub(crate) opens: AtomicU64,
+    pub(crate) calls: AtomicU64,
+    pub(crate) failed_calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) login_timeouts: AtomicU64,
+}
+
+/// A snapshot of a front's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FrontStats {
+    /// TCP connections accepted from the kernel.
+    pub connections: u64,
+    /// Connections refused (over [`Smb2FrontBuilder::max_connections`]).
+    pub refused: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// SMB sessions set up (anonymous or guest).
+    pub sessions: u64,
+    /// Pipes opened on the engine.
+    pub opens: u64,
+    /// Pipe operations completed (transceive, read, write, peek, wait).
+    pub calls: u64,
+    /// Of those and of the opens, the ones that ended with an error status.
+    pub failed_calls: u64,
+    /// Connections closed for malformed input or a protocol violation.
+    pub errors: u64,
+    /// Connections closed because no session was set up in time.
+    pub login_timeouts: u64,
+}
+
+/// Entry point; see [`Smb2Front::builder`].
+#[derive(Debug)]
+pub struct Smb2Front;
+
+impl Smb2Front {
+    /// A front over `engine` (whose dialect and directory say where the
+    /// pipes are). Defaults: 127.0.0.1:4450, one thread, 16 384
+    /// connections, [`BackendChoice::Auto`], [`ServerConfig::default`].
+    pub fn builder(engine: Engine) -> Smb2FrontBuilder {
+        Smb2FrontBuilder {
+            engine,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4450)),
+            threads: 1,
+            max_connections: 16 * 1024,
+            backend: BackendChoice::Auto,
+            server: ServerConfig::default(),
+            loop_cfg: LoopConfig::default(),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+        }
+    }
+}
+
+/// Configures and starts an SMB2 front.
+pub struct Smb2FrontBuilder {
+    engine: Engine,
+    listen: SocketAddr,
+    threads: usize,
+    max_connections: usize,
+    backend: BackendChoice,
+    server: ServerConfig,
+    loop_cfg: LoopConfig,
+    login_timeout: Duration,
+}
+
+/// How long a new connection has to set up a session (default of
+/// [`Smb2FrontBuilder::login_timeout`]).
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl fmt::Debug for Smb2FrontBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smb2FrontBuilder")
+            .field("listen", &self.listen)
+            .field("threads", &self.threads)
+            .field("max_connections", &self.max_connections)
+            .field("backend", &self.backend)
+            .field("server", &self.server)
+            .field("login_timeout", &self.login_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Smb2FrontBuilder {
+    /// The TCP address to listen on (port 0: a free port, see
+    /// [`Smb2FrontHandle::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Loop threads (1..=1024), each accepting from the one listener.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Connections open at once at most; more are closed as they come.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// The event loop backend (default [`BackendChoice::Auto`]).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = choice;
+        self
+    }
+
+    /// The SMB2 server settings and per-connection limits. Its
+    /// [`interim`](ServerConfig::interim) policy is set to
+    /// [`InterimPolicy::BlockingOnly`] (every engine request completes
+    /// later; only what waits on a peer is answered `STATUS_PENDING`).
+    pub fn server_config(mut self, cfg: ServerConfig) -> Self {
+        self.server = cfg;
+        self
+    }
+
+    /// A connection that has not set up a session after `d` is closed
+    /// (default [`DEFAULT_LOGIN_TIMEOUT`]).
+    pub fn login_timeout(mut self, d: Duration) -> Self {
+        self.login_timeout = d;
+        self
+    }
+
+    /// Unsent response bytes per connection above which its requests stop
+    /// being read (default 256 KiB; reading resumes below a quarter), and
+    /// response bytes each thread may hold in all (default 256 MiB).
+    pub fn output_limits(mut self, per_connection: usize, per_thread: usize) -> Self {
+        self.loop_cfg.output_high_water_bytes = per_connection;
+        self.loop_cfg.output_low_water_bytes = per_connection / 4;
+        self.loop_cfg.max_buffered_bytes = per_thread;
+        self
+    }
+
+    /// The NetBIOS name in NTLM challenges (default `OPIPE`).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server.server_name = name.into();
+        self
+    }
+
+    /// Binds the listener, starts the threads and returns once every
+    /// thread's loop is up.
+    pub fn start(self) -> io::Result<Smb2FrontHandle> {
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("thread count {} not in 1..=1024", self.threads),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max connections must be at least 1",
+            ));
+        }
+        let (backend, why) = resolve(self.backend);
+        let fallback_reason = why.map(|e| e.to_string());
+        if let Some(why) = &fallback_reason {
+            tracing::warn!("opipe smb2: using epoll: {why}");
+        }
+        let (listener, local_addr) = tcp_listener(self.listen)?;
+        let listener = Arc::new(listener);
+        let shutdown = Arc::new(eventfd()?);
+        let loop_counters = Arc::new(LoopCounters::default());
+        let counters = Arc::new(FrontCounters::default());
+        let mut server = self.server;
+        server.interim = InterimPolicy::BlockingOnly;
+        let shared = Arc::new(Shared {
+            engine: self.engine,
+            server,
+            max_connections: self.max_connections as u64,
+            counters,
+            seed: crate::rng::SplitMix64::mix(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+                    ^ u64::from(std::process::id()),
+            ),
+            next_conn: AtomicU64::new(0),
+            login_timeout: self.login_timeout,
+        });
+        let mut handle = Smb2FrontHandle {
+            shared,
+            loop_counters: loop_counters.clone(),
+            threads: Vec::new(),
+            shutdown_fd: shutdown.clone(),
+            local_addr,
+            backend,
+            fallback_reason,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        for i in 0..self.threads {
+            let cfg = self.loop_cfg.clone();
+            let listeners = vec![listener.clone()];
+            let (shutdown, counters, shared) = (
+                shutdown.clone(),
+                loop_counters.clone(),
+                handle.shared.clone(),
+            );
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("opipe-smb2-{i}"))
+                .spawn(move || {
+                    let acceptor = FrontAcceptor { shared };
+                    let r = match backend {
+                        Backend::IoUring => {
+                            match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
+                                Ok(ev) => {
+                                    let _ = ready.send(Ok(()));
+                                    ev.run(acceptor)
+                                }
+                                Err(e) => {
+                                    let _ = ready.send(Err(io::Error::other(e.to_string())));
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        Backend::Epoll => {
+                            match EpollLoop::new(cfg, listeners, shutdown.clone(), counters) {
+                                Ok(ev) => {
+                                    let _ = ready.send(Ok(()));
+                                    ev.run(acceptor)
+                                }
+                                Err(e) => {
+                                    let _ = ready.send(Err(e));
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    };
+                    if r.is_err() {
+                        // Stop the whole front rather than serve on with a
+                        // dead thread.
+                        let _ = signal(&shutdown);
+                    }
+                    r
+                });
+            match spawned {
+                Ok(t) => handle.threads.push(t),
+                Err(e) => {
+                    let _ = handle.shutdown();
+                    let _ = handle.join_threads();
+                    return Err(e);
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..self.threads {
+            let r = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("a front thread ended at start")));
+            if let Err(e) = r {
+                let _ = handle.shutdown();
+                let _ = handle.join_threads();
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+}
+
+fn signal(fd: &OwnedFd) -> io::Result<()> {
+    File::from(fd.try_clone()?).write_all(&1u64.to_ne_bytes())
+}
+
+/// What every thread of a front shares.
+struct Shared {
+    engine: Engine,
+    server: ServerConfig,
+    max_connections: u64,
+    counters: Arc<FrontCounters>,
+    seed: u64,
+    next_conn: AtomicU64,
+    login_timeout: Duration,
+}
+
+/// Makes a [`FrontSession`] for each accepted TCP connection.
+struct FrontAcceptor {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for FrontAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl Acceptor for FrontAcceptor {
+    type Session = FrontSession;
+
+    fn accept(&mut self, _listener: usize, _conn: BorrowedFd<'_>) -> Option<FrontSession> {
+        // The loops call accept_with_waker; a session without a waker
+        // could never hear of its engine requests.
+        None
+    }
+
+    fn accept_with_waker(
+        &mut self,
+        _listener: usize,
+        conn: BorrowedFd<'_>,
+        waker: WakerSlot<'_>,
+    ) -> Option<FrontSession> {
+        let s = &self.shared;
+        let open = s.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        if open >= s.max_connections {
+            s.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!("opipe smb2: connection refused: at the connection limit");
+            return None;
+        }
+        if let Err(e) = set_tcp_nodelay(conn.as_fd()) {
+            tracing::debug!(error = %e, "opipe smb2: TCP_NODELAY");
+        }
+        let client = peer_addr(conn).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let n = s.next_conn.fetch_add(1, Ordering::Relaxed);
+        let backend =
+            EngineBackend::new(s.engine.clone(), waker.waker().waker(), s.counters.clone());
+        Some(FrontSession::new(
+            s.server.clone(),
+            client,
+            s.seed ^ crate::rng::SplitMix64::mix(n),
+            backend,
+            s.counters.clone(),
+            Instant::now() + s.login_timeout,
+        ))
+    }
+}
+
+/// A running front. Dropping it does not stop it: call
+/// [`shutdown`](Self::shutdown) and [`join`](Self::join).
+pub struct Smb2FrontHandle {
+    shared: Arc<Shared>,
+    loop_counters: Arc<LoopCounters>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    shutdown_fd: Arc<OwnedFd>,
+    local_addr: SocketAddr,
+    backend: Backend,
+    fallback_reason: Option<String>,
+}
+
+impl fmt::Debug for Smb2FrontHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smb2FrontHandle")
+            .field("local_addr", &self.local_addr)
+            .field("threads", &self.threads.len())
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Smb2FrontHandle {
+    /// The address the listener is bound to (the port picked, for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The event loop backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why [`BackendChoice::Auto`] fell back to epoll, if it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// The engine behind the front.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> FrontStats {
+        let c = &self.shared.counters;
+        FrontStats {
+            connections: self.loop_counters.accepted.load(Ordering::Relaxed),
+            refused: self.loop_counters.refused.load(Ordering::Relaxed),
+            connections_open: c.connections_open.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+            opens: c.opens.load(Ordering::Relaxed),
+            calls: c.calls.load(Ordering::Relaxed),
+            failed_calls: c.failed_calls.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            login_timeouts: c.login_timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// True once a thread has ended (after a shutdown, or a failure).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// Asks every thread to close its connections and stop.
+    pub fn shutdown(&self) -> io::Result<()> {
+        signal(&self.shutdown_fd)
+    }
+
+    fn join_threads(&mut self) -> io::Result<()> {
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a front thread panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Waits for the threads to end (after [`shutdown`](Self::shutdown));
+    /// the first thread error, if any.
+    pub fn join(mut self) -> io::Result<()> {
+        self.join_threads()
+    }
+}
