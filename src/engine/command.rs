@@ -8,6 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{OpenInfo, PipeId, Transfer, Tree};
 use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
 use crate::ring::WakeFd;
@@ -32,9 +34,9 @@ pub(crate) enum Notify {
 /// What a request asks of a pipe.
 #[derive(Debug)]
 pub(crate) enum PipeIo {
-    Transceive { input: Vec<u8>, max_out: usize },
+    Transceive { input: Bytes, max_out: usize },
     Read { max_out: usize },
-    Write { data: Vec<u8> },
+    Write { data: Bytes },
     Peek { max_out: usize },
 }
 
@@ -239,14 +241,17 @@ impl RingContext<'_> {
     pub fn transceive_with(
         &mut self,
         pipe: PipeId,
-        input: Vec<u8>,
+        input: impl Into<Bytes>,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
         let cb = transfer_callback(f);
         self.core.start_io(
             pipe,
-            PipeIo::Transceive { input, max_out },
+            PipeIo::Transceive {
+                input: input.into(),
+                max_out,
+            },
             Notify::Callback(cb),
         );
     }
@@ -403,7 +408,7 @@ mod tests {
                 gen: 0,
             },
             io: PipeIo::Write {
-                data: vec![0; 1000],
+                data: vec![0; 1000].into(),
             },
             notify: Notify::Callback(cb),
         });

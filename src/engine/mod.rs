@@ -24,6 +24,10 @@
 
 #![forbid(unsafe_code)]
 
+/// Request inputs are [`Bytes`] (re-exported, so callers need no
+/// dependency of their own to share a buffer).
+pub use bytes::Bytes;
+
 mod command;
 mod request;
 mod ring;
@@ -729,7 +733,12 @@ impl Pipe {
     /// `max_out` bytes, as ONE linked SQE chain. The status is
     /// `STATUS_BUFFER_OVERFLOW` exactly when the seed gives it: `max_out` <
     /// 4280, the read filled it, and more bytes are waiting.
-    pub fn transceive(&self, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+    ///
+    /// `input` is anything that becomes [`Bytes`] without a copy (a
+    /// `Vec<u8>`, a `&'static [u8]`, a `Bytes` the caller shares): the
+    /// engine sends that buffer itself.
+    pub fn transceive(&self, input: impl Into<Bytes>, max_out: usize) -> Request<Transfer> {
+        let input = input.into();
         self.io(PipeIo::Transceive { input, max_out }, conv_transfer)
     }
 
@@ -737,11 +746,12 @@ impl Pipe {
     /// result, and can start the next request there without a thread hop.
     pub fn transceive_with(
         &self,
-        input: Vec<u8>,
+        input: impl Into<Bytes>,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
         let cb = transfer_callback(f);
+        let input = input.into();
         self.engine.send(
             self.id.ring,
             Command::Io {
@@ -769,7 +779,8 @@ impl Pipe {
     /// Sends all of `data`; the result is the byte count. In the Samba
     /// dialect `data` goes as one message (a longer one than 65535 bytes
     /// as several; the count is still `data`'s).
-    pub fn write(&self, data: Vec<u8>) -> Request<usize> {
+    pub fn write(&self, data: impl Into<Bytes>) -> Request<usize> {
+        let data = data.into();
         self.io(PipeIo::Write { data }, conv_written)
     }
 
@@ -782,7 +793,7 @@ impl Pipe {
     /// The FSCTL dispatcher for an SMB2 IOCTL on this pipe: TRANSCEIVE and
     /// PEEK; WAIT belongs to [`Engine::fsctl_wait`] (no open handle), and any
     /// other code is `STATUS_INVALID_DEVICE_REQUEST`.
-    pub fn fsctl(&self, code: u32, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+    pub fn fsctl(&self, code: u32, input: impl Into<Bytes>, max_out: usize) -> Request<Transfer> {
         match code {
             fsctl::FSCTL_PIPE_TRANSCEIVE => self.transceive(input, max_out),
             fsctl::FSCTL_PIPE_PEEK => self.peek(max_out),

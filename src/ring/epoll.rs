@@ -839,7 +839,7 @@ mod tests {
     fn send(fd: &Rc<OwnedFd>, data: &[u8]) -> Op {
         Op::Send {
             fd: fd.clone(),
-            buf: data.to_vec(),
+            buf: data.to_vec().into(),
             start: 0,
         }
     }

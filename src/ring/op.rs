@@ -135,8 +135,10 @@ pub enum Op {
     Send {
         /// The socket.
         fd: Rc<OwnedFd>,
-        /// The bytes to send (from `start`).
-        buf: Vec<u8>,
+        /// The bytes to send (from `start`): a caller's shared buffer is
+        /// sent as it is, without a copy (the `Bytes` keeps it alive and
+        /// unchanged until the final completion).
+        buf: bytes::Bytes,
         /// First byte of `buf` to send.
         start: usize,
     },
@@ -422,6 +424,15 @@ pub trait OpDriver {
     /// Takes back a buffer no operation holds any more (a finished
     /// request's), for the driver to receive into later; may drop it.
     fn recycle(&mut self, buf: Vec<u8>);
+
+    /// [`OpDriver::recycle`] for a sent request's bytes: its buffer is
+    /// taken back only when no one else holds it (a caller's shared
+    /// buffer, or a static one, is just let go, never copied).
+    fn recycle_sent(&mut self, buf: bytes::Bytes) {
+        if let Ok(b) = buf.try_into_mut() {
+            self.recycle(Vec::from(b));
+        }
+    }
 
     /// True when the driver grows an `Op::Recv` buffer itself as bytes
     /// arrive (epoll: the receive runs on readiness), so the engine may

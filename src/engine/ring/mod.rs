@@ -42,6 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
@@ -182,7 +184,7 @@ enum Kind {
     Transceive {
         max_out: usize,
         /// The request; moved into the Send op while it is in flight.
-        input: Vec<u8>,
+        input: Bytes,
         /// Bytes of `input` the kernel confirmed sent.
         sent: usize,
         /// Registered mode: the slot holding the input, then the reply.
@@ -203,7 +205,7 @@ enum Kind {
     /// waiting request or pushback).
     Multishot,
     Write {
-        data: Vec<u8>,
+        data: Bytes,
         sent: usize,
         /// The caller's byte count (message mode: `data` is framed).
         payload: usize,

@@ -163,7 +163,7 @@ impl<D: OpDriver> Core<D> {
         };
         let hello = Op::Send {
             fd: fd.clone(),
-            buf: msg,
+            buf: msg.into(),
             start: 0,
         };
         let status = Op::Recv {

@@ -37,7 +37,7 @@ impl<D: OpDriver> Core<D> {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
-            self.drv.recycle(std::mem::take(input));
+            self.drv.recycle_sent(std::mem::take(input));
         }
         if e.cancelled {
             return;

@@ -153,7 +153,7 @@ impl H {
         self.io(
             pipe,
             PipeIo::Transceive {
-                input: input.to_vec(),
+                input: input.to_vec().into(),
                 max_out,
             },
         )
@@ -437,6 +437,40 @@ fn transceive_is_one_send_and_a_chunk() {
     assert_eq!(transfer(&s), ok(b"pong2"));
 }
 
+/// A caller's shared `Bytes` is sent as it is (the SEND points at the
+/// caller's bytes) and, being still the caller's too, is not taken into
+/// the driver's spare buffers; a `Vec` handed over is.
+#[test]
+fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let shared = Bytes::from(b"shared request".to_vec());
+    let before = h.d().recycled;
+    let s = h.io(
+        p,
+        PipeIo::Transceive {
+            input: shared.clone(),
+            max_out: 4280,
+        },
+    );
+    let id = h.d().one(K::Send);
+    match h.d().op(id) {
+        Op::Send { buf, .. } => assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy"),
+        _ => panic!("not a send"),
+    }
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    assert_eq!(h.d().recycled, before, "the caller's buffer is not taken");
+    assert_eq!(&shared[..], b"shared request", "and left as it was");
+    let s = h.transceive(p, b"owned", 4280);
+    h.send_all();
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    assert_eq!(h.d().recycled, before + 1, "an owned buffer is recycled");
+}
+
 #[test]
 fn overflowed_reply_rest_is_read_from_memory() {
     let mut h = harness();
@@ -666,7 +700,12 @@ fn multishot_short_send_resumes() {
 fn short_write_resumes_and_counts_every_byte() {
     let mut h = harness();
     let p = h.open_ok(1);
-    let s = h.io(p, PipeIo::Write { data: bytes(100) });
+    let s = h.io(
+        p,
+        PipeIo::Write {
+            data: bytes(100).into(),
+        },
+    );
     let send = h.d().one(K::Send);
     h.complete(send, 1);
     let send = h.d().one(K::Send);
@@ -698,7 +737,7 @@ fn cancel_before_start_sends_nothing() {
     h.cmd(Command::Io {
         pipe: p,
         io: PipeIo::Transceive {
-            input: b"x".to_vec(),
+            input: b"x".to_vec().into(),
             max_out: 10,
         },
         notify: Notify::Shared(s.clone()),
@@ -1175,7 +1214,7 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
     let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
     h.cmd(Command::Io {
         pipe: p,
-        io: PipeIo::Write { data: Vec::new() },
+        io: PipeIo::Write { data: Bytes::new() },
         notify: Notify::Callback(cb),
     });
     h.send_all();
@@ -2010,7 +2049,7 @@ mod samba_messages {
     fn sent(h: &mut H) -> Vec<u8> {
         let id = h.d().one(K::Send);
         let buf = match h.d().op(id) {
-            Op::Send { buf, .. } => buf.clone(),
+            Op::Send { buf, .. } => buf.to_vec(),
             _ => panic!("not a send"),
         };
         h.complete(id, buf.len() as i32);
@@ -2166,7 +2205,12 @@ mod samba_messages {
         let mut h = samba();
         let p = open_ok(&mut h);
         let data = bytes(70_000);
-        let s = h.io(p, PipeIo::Write { data: data.clone() });
+        let s = h.io(
+            p,
+            PipeIo::Write {
+                data: data.clone().into(),
+            },
+        );
         let wire = sent(&mut h);
         assert_eq!(wire.len(), 70_004);
         assert_eq!(&wire[..2], &u16::MAX.to_le_bytes());
