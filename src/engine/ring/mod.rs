@@ -26,6 +26,7 @@ mod io;
 mod multishot;
 mod open;
 mod overflow;
+mod pushback;
 mod reply;
 mod run;
 mod wait;
@@ -50,6 +51,7 @@ use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtSta
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
 use crate::slab::Slab;
 
+use pushback::Pushback;
 pub(crate) use run::run;
 
 /// Replies of at least this size never report overflow (the seed's rule).
@@ -143,7 +145,7 @@ struct PipeEntry {
     /// transceive or peek gets them first, so nothing is lost or reordered.
     /// With a multishot receive armed, every chunk that arrives while no
     /// request waits for data lands here too.
-    pushback: Vec<u8>,
+    pushback: Pushback,
     /// Message mode (Samba dialect): bytes of the message being delivered
     /// still at the pushback's front (see overflow.rs); 0 otherwise.
     msg_left: usize,

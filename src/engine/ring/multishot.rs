@@ -180,16 +180,12 @@ impl<D: OpDriver> Core<D> {
     /// A chunk of `pipe`'s stream from its multishot receive: to the
     /// waiting requests in order (each takes at most its `max_out`), the
     /// rest to the pushback.
-    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, data: Vec<u8>, nonempty: bool) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
         // Waiters exist only while the pushback is empty: the chunk is next.
-        if pe.pushback.is_empty() {
-            pe.pushback = data;
-        } else {
-            pe.pushback.append(&mut data);
-        }
+        pe.pushback.append(data);
         self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;

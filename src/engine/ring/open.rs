@@ -296,7 +296,7 @@ impl<D: OpDriver> Core<D> {
             close_waiters: Vec::new(),
             draining: 0,
             deferred: VecDeque::new(),
-            pushback: Vec::new(),
+            pushback: Pushback::default(),
             msg_left: 0,
             multishot: Multishot::Off,
             eof: false,

@@ -81,8 +81,7 @@ impl<D: OpDriver> Core<D> {
                 if self.cfg.dialect.is_message_mode() {
                     overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);
                 } else {
-                    d.append(&mut pe.pushback);
-                    pe.pushback = std::mem::take(d);
+                    pe.pushback.give_back(std::mem::take(d));
                 }
             }
             pe.draining = pe.draining.saturating_sub(1);
@@ -213,7 +212,7 @@ impl<D: OpDriver> Core<D> {
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             if !pe.pushback.is_empty() {
                 avail_extra = pe.pushback.len();
-                let mut all = pe.pushback.clone();
+                let mut all = pe.pushback.as_slice().to_vec();
                 all.extend_from_slice(&data);
                 data = all;
             }
@@ -241,7 +240,7 @@ impl<D: OpDriver> Core<D> {
     ) -> Transfer {
         let (all, msg_left) = match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             Some(pe) if !pe.pushback.is_empty() => {
-                let mut all = pe.pushback.clone();
+                let mut all = pe.pushback.as_slice().to_vec();
                 all.extend_from_slice(&data);
                 (all, pe.msg_left)
             }

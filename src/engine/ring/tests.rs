@@ -1417,6 +1417,44 @@ fn linked_cancel_in_every_order_delivers_the_reply_exactly_once() {
     }
 }
 
+/// The pushback's read offset across overflow and cancel: a chunk longer
+/// than a pool buffer behind a small `max_out` leaves the rest in place
+/// behind an offset; a waiter cancelled after it took its share gives the
+/// share back in front of that rest; the stream comes out whole, in order.
+#[test]
+fn a_cancelled_waiters_share_goes_back_in_front_of_a_long_pushback() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 1000);
+    let send = h.d().one(K::Send);
+    let ms = h.d().one(K::RecvMulti);
+    let stream = bytes(10_000);
+    h.chunk(ms, &stream);
+    assert!(
+        pending(&s),
+        "the share is taken; the send is still in flight"
+    );
+    h.cancel(&s);
+    h.complete(send, -libc::ECANCELED);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    // A transceive overflows from the pushback: the first 1000 bytes.
+    let t = h.transceive(p, b"ping", 1000);
+    h.send_all();
+    let t = transfer(&t);
+    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+    assert_eq!(t.data, stream[..1000]);
+    // Reads in pieces, then the rest at once.
+    let r = h.read(p, 3000);
+    assert_eq!(transfer(&r), ok(&stream[1000..4000]));
+    let r = h.read(p, 100_000);
+    assert_eq!(transfer(&r), ok(&stream[4000..]));
+    assert!(h
+        .core
+        .pipes
+        .get_mut(p.index, p.gen)
+        .is_some_and(|pe| pe.pushback.is_empty()));
+}
+
 #[test]
 fn multishot_cancel_in_every_order_delivers_the_reply_exactly_once() {
     const REPLY: &[u8] = b"the reply";
