@@ -400,7 +400,7 @@ fn conv_pipe(engine: &Arc<EngineInner>, _ring: usize, o: Outcome) -> Result<Pipe
         Outcome::Opened { pipe, info } => Ok(Pipe {
             engine: engine.clone(),
             id: pipe,
-            info,
+            info: *info,
             closed: false,
         }),
         _ => Err(NtStatus::INTERNAL_ERROR),

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId, Token};
 use crate::slab::Slab;
 
 use pushback::Pushback;
@@ -114,16 +114,23 @@ impl IntoIterator for ChainBuf {
     }
 }
 
-fn token(op: u32, gen: u32, step: u8) -> u64 {
-    ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
+/// The token of an SQE of op `key` at `step`: the one `user_data` layout
+/// of `ring` ([`Token`]), the step as its kind (op table generations are
+/// 24 bits, as a token keeps them).
+fn token(key: (u32, u32), step: u8) -> u64 {
+    Token::new(step, key.1, key.0).raw()
 }
 
-fn untoken(t: u64) -> (u32, u32, u8) {
-    (
-        (t >> 32) as u32,
-        ((t >> 8) & 0x00ff_ffff) as u32,
-        (t & 0xff) as u8,
-    )
+/// The key a request's [`Shared`](super::command::Shared) cell records
+/// (`op_key`) once it started: the same layout, kind 0 (never `NO_OP`).
+fn op_key(key: (u32, u32)) -> u64 {
+    Token::new(0, key.1, key.0).raw()
+}
+
+/// The op key of an [`op_key`] value.
+fn from_op_key(k: u64) -> (u32, u32) {
+    let t = Token::from_raw(k);
+    (t.index(), t.gen())
 }
 
 struct PipeEntry {
@@ -597,8 +604,7 @@ impl<D: OpDriver> Core<D> {
         };
         let key = self.insert_op(pipe, session, Some(notify), kind);
         if let Some(s) = shared {
-            s.op_key
-                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+            s.op_key.store(op_key(key), Ordering::SeqCst);
         }
         key
     }
@@ -636,8 +642,7 @@ impl<D: OpDriver> Core<D> {
     fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
         let mut ids = std::mem::take(&mut self.ids);
         self.drv.push_chain(
-            ops.into_iter()
-                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            ops.into_iter().map(|(op, st)| (op, token(key, st))),
             &mut ids,
         );
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
@@ -654,7 +659,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
-        let id = self.drv.push(op, token(key.0, key.1, st));
+        let id = self.drv.push(op, token(key, st));
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             e.pending += 1;
         }
@@ -662,7 +667,8 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn completion(&mut self, c: Completion) {
-        let (index, gen, step) = untoken(c.token);
+        let t = Token::from_raw(c.token);
+        let (index, gen, step) = (t.index(), t.gen(), t.kind());
         let key = (index, gen);
         let cancelled = {
             let Some(e) = self.ops.get_mut(index, gen) else {

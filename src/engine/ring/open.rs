@@ -307,6 +307,7 @@ impl<D: OpDriver> Core<D> {
             index,
             gen,
         };
+        let info = Box::new(info);
         self.notify(notify, Ok(Outcome::Opened { pipe, info }));
     }
 }

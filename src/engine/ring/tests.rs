@@ -1913,7 +1913,7 @@ mod samba_open {
 
     fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
         match done(s) {
-            Ok(Outcome::Opened { info, .. }) => info,
+            Ok(Outcome::Opened { info, .. }) => *info,
             other => panic!("open: {other:?}"),
         }
     }
@@ -2260,5 +2260,17 @@ mod samba_messages {
             Ok(Outcome::Written(n)) => assert_eq!(n, 70_000),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[test]
+fn op_keys_and_sqe_tokens_use_the_ring_token_layout() {
+    use crate::engine::command::NO_OP;
+    for key in [(0, 0), (7, 5), (u32::MAX, 0x00ff_ffff)] {
+        let k = op_key(key);
+        assert_ne!(k, NO_OP, "a started request never looks unstarted");
+        assert_eq!(from_op_key(k), key);
+        let t = Token::from_raw(token(key, ST_MULTISHOT));
+        assert_eq!((t.index(), t.gen(), t.kind()), (key.0, key.1, ST_MULTISHOT));
     }
 }
