@@ -16,12 +16,16 @@
 //! [`Core::on_completion`], [`Core::on_turn`]) and logs nothing. So the
 //! whole state machine runs under the scripted `FakeDriver` in `tests.rs`.
 //!
-//! Files: `open` (opens and their deadline), `io` (how requests start and
-//! what each completion means), `overflow` (the overflow rule), `multishot`
-//! (a pipe's multishot receive), `reply` (finishing and results), `wait`
-//! (FSCTL_PIPE_WAIT), `cancel` (cancel, close, disconnect).
+//! Files: `complete` (routing a completion, and what an op does once its
+//! chain is over), `open` (opens and their deadline), `io` (how requests
+//! start and what each completion means), `overflow` (the overflow rule),
+//! `pushback` (a pipe's bytes waiting for a reply, behind a read offset),
+//! `multishot` (a pipe's multishot receive), `reply` (finishing and
+//! results), `wait` (FSCTL_PIPE_WAIT), `cancel` (cancel, close,
+//! disconnect).
 
 mod cancel;
+mod complete;
 mod io;
 mod multishot;
 mod open;
@@ -288,6 +292,16 @@ enum Reply {
     /// Received (a read-ahead may hold more than `max_out`), and whether
     /// more bytes wait behind it (see overflow.rs).
     Got { data: Vec<u8>, more: More },
+}
+
+impl Reply {
+    /// The bytes received (none if nothing was) and whether more wait.
+    fn into_data(self) -> (Vec<u8>, More) {
+        match self {
+            Reply::Got { data, more } => (data, more),
+            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
+        }
+    }
 }
 
 /// The overflow rule's question: are more bytes waiting behind a reply?
@@ -664,139 +678,6 @@ impl<D: OpDriver> Core<D> {
             e.pending += 1;
         }
         id
-    }
-
-    fn completion(&mut self, c: Completion) {
-        let t = Token::from_raw(c.token);
-        let (index, gen, step) = (t.index(), t.gen(), t.kind());
-        let key = (index, gen);
-        let cancelled = {
-            let Some(e) = self.ops.get_mut(index, gen) else {
-                return;
-            };
-            if !c.more {
-                e.pending = e.pending.saturating_sub(1);
-                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
-                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
-                }
-            }
-            e.cancelled
-        };
-        match step {
-            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
-            ST_MULTISHOT => return self.multishot_step(key, c),
-            ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
-                let r = c.result;
-                drop(c);
-                self.wait_step(key, step, r);
-            }
-            _ => self.io_step(key, step, c),
-        }
-        if cancelled {
-            // Keep cancelling whatever part of the chain is still running.
-            self.cancel_chain(key);
-        }
-        self.chain_over(key);
-    }
-
-    /// What an op does once none of its SQEs is in flight: resume (the
-    /// rest of a short send, a receive after an empty pool), keep waiting
-    /// (for a multishot chunk), or finish.
-    fn chain_over(&mut self, key: (u32, u32)) {
-        let Some(e) = self.ops.get_mut(key.0, key.1) else {
-            return;
-        };
-        if e.pending > 0 {
-            return;
-        }
-        let next = if e.cancelled {
-            Next::Finish
-        } else {
-            next_step(&e.kind)
-        };
-        match next {
-            Next::Finish => self.finish(key),
-            // Sent; the reply comes with the multishot receive's next chunk.
-            Next::Wait => {}
-            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
-                Some(Ok((fd, _))) => self.push_resume(key, fd),
-                Some(Err(s)) => self.fail_now(key, s),
-                None => debug_assert!(false, "a resumed request without a pipe"),
-            },
-        }
-    }
-
-    fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
-        if let Some(e) = self.ops.get_mut(key.0, key.1) {
-            set_status(&mut e.kind, status);
-            if e.pending == 0 {
-                self.finish(key);
-            }
-        }
-    }
-}
-
-/// See [`Core::chain_over`].
-enum Next {
-    Finish,
-    Wait,
-    Resume,
-}
-
-fn next_step(kind: &Kind) -> Next {
-    match kind {
-        Kind::Transceive {
-            status: None,
-            input,
-            sent,
-            reply,
-            from,
-            ..
-        } => {
-            if *sent < input.len() || matches!(reply, Reply::Retry) {
-                Next::Resume
-            } else if *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited) {
-                Next::Wait
-            } else {
-                Next::Finish
-            }
-        }
-        Kind::Read {
-            status: None,
-            reply,
-            from,
-            ..
-        } => match reply {
-            Reply::Retry => Next::Resume,
-            Reply::Awaited if *from == ReplyFrom::Multishot => Next::Wait,
-            _ => Next::Finish,
-        },
-        Kind::Write {
-            status: None,
-            data,
-            sent,
-            ..
-        } if *sent < data.len() => Next::Resume,
-        Kind::WaitPipe { status: None, .. } => {
-            debug_assert!(false, "a WAIT undecided with nothing in flight");
-            Next::Wait
-        }
-        _ => Next::Finish,
-    }
-}
-
-fn set_status(kind: &mut Kind, s: NtStatus) {
-    let slot = match kind {
-        Kind::Open { status, .. }
-        | Kind::Transceive { status, .. }
-        | Kind::Read { status, .. }
-        | Kind::Write { status, .. }
-        | Kind::Peek { status, .. }
-        | Kind::WaitPipe { status, .. } => status,
-        Kind::Multishot => return,
-    };
-    if slot.is_none() {
-        *slot = Some(s);
     }
 }
 

@@ -132,24 +132,15 @@ impl<D: OpDriver> Core<D> {
             // The reply was claimed from the stream when it arrived
             // (`claim_reply`, `waiter_share`): at most `max_out` bytes.
             Kind::Transceive { reply, max_out, .. } => {
-                let (data, more) = match reply {
-                    Reply::Got { data, more } => (data, more),
-                    Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
-                };
+                let (data, more) = reply.into_data();
                 Ok(Outcome::Transfer(transceive_result(max_out, data, || {
                     more == More::Yes
                 })))
             }
-            Kind::Read { reply, .. } => {
-                let data = match reply {
-                    Reply::Got { data, .. } => data,
-                    Reply::Awaited | Reply::Retry => Vec::new(),
-                };
-                Ok(Outcome::Transfer(Transfer {
-                    status: NtStatus::SUCCESS,
-                    data,
-                }))
-            }
+            Kind::Read { reply, .. } => Ok(Outcome::Transfer(Transfer {
+                status: NtStatus::SUCCESS,
+                data: reply.into_data().0,
+            })),
             Kind::Write { sent, .. } => Ok(Outcome::Written(sent)),
             Kind::Peek {
                 data, eof, room, ..
@@ -182,10 +173,7 @@ impl<D: OpDriver> Core<D> {
         max_out: usize,
         reply: Reply,
     ) -> Transfer {
-        let (data, more) = match reply {
-            Reply::Got { data, more } => (data, more),
-            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
-        };
+        let (data, more) = reply.into_data();
         let drv = &self.drv;
         let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen));
         transceive_result(max_out, data, || {
