@@ -19,6 +19,10 @@
 //! let pipe = engine.open("\\PIPE\\srvsvc", user, None).wait()?;
 //! let reply = pipe.transceive(b"request bytes".to_vec(), 4280).wait()?;
 //! println!("{} {} bytes", reply.status, reply.data.len());
+//! // Inputs are `Bytes`: a shared buffer is sent in place, without a copy.
+//! let request = opipe::engine::Bytes::from_static(b"request bytes");
+//! let again = pipe.transceive(request.clone(), 4280).wait()?;
+//! assert_eq!(again.data, reply.data);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
