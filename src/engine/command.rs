@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{OpenInfo, PipeId, Transfer, Tree};
 use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
-use crate::ring::WakeFd;
+use crate::ring::{SendBuf, WakeFd};
 
 /// What a finished request produced, before typing at the API edge.
 #[derive(Debug)]
@@ -39,9 +39,9 @@ pub(crate) enum Notify {
 /// What a request asks of a pipe.
 #[derive(Debug)]
 pub(crate) enum PipeIo {
-    Transceive { input: Bytes, max_out: usize },
+    Transceive { input: SendBuf, max_out: usize },
     Read { max_out: usize },
-    Write { data: Bytes },
+    Write { data: SendBuf },
     Peek { max_out: usize },
 }
 
@@ -246,7 +246,7 @@ impl RingContext<'_> {
     pub fn transceive_with(
         &mut self,
         pipe: PipeId,
-        input: impl Into<Bytes>,
+        input: impl Into<Bytes> + 'static,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
@@ -254,7 +254,7 @@ impl RingContext<'_> {
         self.core.start_io(
             pipe,
             PipeIo::Transceive {
-                input: input.into(),
+                input: SendBuf::from_input(input),
                 max_out,
             },
             Notify::Callback(cb),

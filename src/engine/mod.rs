@@ -58,7 +58,7 @@ pub use types::{
 pub use crate::protocol::Dialect;
 use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
 pub use crate::ring::{Backend, BackendChoice};
-use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver};
+use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, SendBuf};
 
 struct RingHandle {
     queue: Arc<CommandQueue>,
@@ -464,8 +464,12 @@ impl Pipe {
     /// `input` is anything that becomes [`Bytes`] without a copy (a
     /// `Vec<u8>`, a `&'static [u8]`, a `Bytes` the caller shares): the
     /// engine sends that buffer itself.
-    pub fn transceive(&self, input: impl Into<Bytes>, max_out: usize) -> Request<Transfer> {
-        let input = input.into();
+    pub fn transceive(
+        &self,
+        input: impl Into<Bytes> + 'static,
+        max_out: usize,
+    ) -> Request<Transfer> {
+        let input = SendBuf::from_input(input);
         self.io(PipeIo::Transceive { input, max_out }, conv_transfer)
     }
 
@@ -473,12 +477,12 @@ impl Pipe {
     /// result, and can start the next request there without a thread hop.
     pub fn transceive_with(
         &self,
-        input: impl Into<Bytes>,
+        input: impl Into<Bytes> + 'static,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
         let cb = transfer_callback(f);
-        let input = input.into();
+        let input = SendBuf::from_input(input);
         self.engine.send(
             self.id.ring,
             Command::Io {
@@ -506,8 +510,8 @@ impl Pipe {
     /// Sends all of `data`; the result is the byte count. In the Samba
     /// dialect `data` goes as one message (a longer one than 65535 bytes
     /// as several; the count is still `data`'s).
-    pub fn write(&self, data: impl Into<Bytes>) -> Request<usize> {
-        let data = data.into();
+    pub fn write(&self, data: impl Into<Bytes> + 'static) -> Request<usize> {
+        let data = SendBuf::from_input(data);
         self.io(PipeIo::Write { data }, conv_written)
     }
 
@@ -520,7 +524,12 @@ impl Pipe {
     /// The FSCTL dispatcher for an SMB2 IOCTL on this pipe: TRANSCEIVE and
     /// PEEK; WAIT belongs to [`Engine::fsctl_wait`] (no open handle), and any
     /// other code is `STATUS_INVALID_DEVICE_REQUEST`.
-    pub fn fsctl(&self, code: u32, input: impl Into<Bytes>, max_out: usize) -> Request<Transfer> {
+    pub fn fsctl(
+        &self,
+        code: u32,
+        input: impl Into<Bytes> + 'static,
+        max_out: usize,
+    ) -> Request<Transfer> {
         match code {
             fsctl::FSCTL_PIPE_TRANSCEIVE => self.transceive(input, max_out),
             fsctl::FSCTL_PIPE_PEEK => self.peek(max_out),

@@ -845,7 +845,7 @@ mod tests {
         // SAFETY: `ptr` comes from the global allocator with the layout of
         // `n` bytes (align 1), and all `n` bytes are initialised (zeroed).
         let buf = unsafe { Vec::from_raw_parts(ptr, n, n) };
-        let buf = bytes::Bytes::from(buf);
+        let buf = super::super::op::SendBuf::from(buf);
         let id = drv.push(Op::Send { fd, buf, start: 0 }, 1);
         let mut done = Vec::new();
         drv.submit_and_wait(0, None).unwrap();

@@ -47,12 +47,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId, Token};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, SqeId, Token};
 use crate::slab::Slab;
 
 use pushback::Pushback;
@@ -197,7 +195,7 @@ enum Kind {
     Transceive {
         max_out: usize,
         /// The request; moved into the Send op while it is in flight.
-        input: Bytes,
+        input: SendBuf,
         /// Bytes of `input` the kernel confirmed sent.
         sent: usize,
         /// Registered mode: the slot holding the input, then the reply.
@@ -218,7 +216,7 @@ enum Kind {
     /// waiting request or pushback).
     Multishot,
     Write {
-        data: Bytes,
+        data: SendBuf,
         sent: usize,
         /// The caller's byte count (message mode: `data` is framed).
         payload: usize,

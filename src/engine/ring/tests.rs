@@ -444,12 +444,12 @@ fn transceive_is_one_send_and_a_chunk() {
 fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
     let mut h = harness();
     let p = h.open_ok(1);
-    let shared = Bytes::from(b"shared request".to_vec());
+    let shared = bytes::Bytes::from(b"shared request".to_vec());
     let before = h.d().recycled;
     let s = h.io(
         p,
         PipeIo::Transceive {
-            input: shared.clone(),
+            input: shared.clone().into(),
             max_out: 4280,
         },
     );
@@ -1214,7 +1214,9 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
     let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
     h.cmd(Command::Io {
         pipe: p,
-        io: PipeIo::Write { data: Bytes::new() },
+        io: PipeIo::Write {
+            data: SendBuf::default(),
+        },
         notify: Notify::Callback(cb),
     });
     h.send_all();
