@@ -343,6 +343,8 @@ impl Driver {
                     .offset(u64::MAX)
                     .build()
             }
+            // Not pushed: only a completion carries it.
+            Op::Chunk { .. } => opcode::Nop::new().build(),
             Op::Timer { .. } => match ts {
                 Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
                 // Not reached: `push` builds every timer's spec.
@@ -558,10 +560,10 @@ impl Reaped<'_> {
             // A multishot receive's chunk, its bytes copied out of the pool
             // buffer (which goes back at once): the op stays armed.
             let slot = self.slots.get_mut(index, gen)?;
-            let Op::RecvMulti { fd, .. } = &slot.op else {
+            if !matches!(slot.op, Op::RecvMulti { .. }) {
                 return None;
-            };
-            let (fd, token) = (fd.clone(), slot.token);
+            }
+            let token = slot.token;
             let mut data = Vec::new();
             if let Some(pool) = self.pool.as_deref_mut() {
                 copy_out(pool, self.spare, cqe.flags(), &mut result, &mut data);
@@ -570,7 +572,7 @@ impl Reaped<'_> {
                 token,
                 result,
                 flags: cqe.flags(),
-                op: Op::RecvMulti { fd, data },
+                op: Op::Chunk { data },
                 more: true,
             });
         }

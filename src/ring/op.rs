@@ -240,6 +240,14 @@ pub enum Op {
         /// One chunk's bytes (empty in the op that stays armed).
         data: Vec<u8>,
     },
+    /// One chunk of a multishot receive, as a [`Completion`] with `more`
+    /// carries it: the bytes only (the receive, which holds the
+    /// descriptor, stays in flight), so a chunk costs no touch of the
+    /// descriptor's `Rc`. Never pushed.
+    Chunk {
+        /// The chunk's bytes.
+        data: Vec<u8>,
+    },
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -280,7 +288,7 @@ impl Op {
             | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } => None,
+            Op::Timer { .. } | Op::Chunk { .. } => None,
         }
     }
 }

@@ -96,8 +96,10 @@ impl<D: OpDriver> Core<D> {
         };
         let (pipe, session, pending) = (e.pipe, e.session, e.pending);
         let r = c.result;
-        let Op::RecvMulti { fd, data } = c.op else {
-            return;
+        let (fd, data) = match c.op {
+            Op::Chunk { data } => (None, data),
+            Op::RecvMulti { fd, data } => (Some(fd), data),
+            _ => return debug_assert!(false, "a multishot step of another op"),
         };
         if let Some(p) = pipe {
             if r > 0 && !data.is_empty() {
@@ -125,7 +127,10 @@ impl<D: OpDriver> Core<D> {
         for (io, notify) in resume {
             self.start_io(p, io, notify);
         }
-        self.multishot_ended(p, fd, session, r);
+        match fd {
+            Some(fd) => self.multishot_ended(p, fd, session, r),
+            None => debug_assert!(false, "a multishot receive ended by a chunk"),
+        }
     }
 
     /// After a pipe's multishot receive ended with `r`: requests still

@@ -295,7 +295,8 @@ impl EpollDriver {
             Op::WriteFixed { .. }
             | Op::ReadFixed { .. }
             | Op::RecvPooled { .. }
-            | Op::RecvMulti { .. } => self.complete(index, -libc::EOPNOTSUPP),
+            | Op::RecvMulti { .. }
+            | Op::Chunk { .. } => self.complete(index, -libc::EOPNOTSUPP),
         }
     }
 
