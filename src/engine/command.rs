@@ -8,14 +8,21 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{OpenInfo, PipeId, Transfer, Tree};
 use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
-use crate::ring::WakeFd;
+use crate::ring::{SendBuf, WakeFd};
 
 /// What a finished request produced, before typing at the API edge.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    Opened { pipe: PipeId, info: OpenInfo },
+    /// Boxed: an open is rare, and every transfer's result is moved a few
+    /// times on its way to the caller (88 bytes unboxed, 40 boxed).
+    Opened {
+        pipe: PipeId,
+        info: Box<OpenInfo>,
+    },
     Transfer(Transfer),
     Written(usize),
     Done,
@@ -32,9 +39,9 @@ pub(crate) enum Notify {
 /// What a request asks of a pipe.
 #[derive(Debug)]
 pub(crate) enum PipeIo {
-    Transceive { input: Vec<u8>, max_out: usize },
+    Transceive { input: SendBuf, max_out: usize },
     Read { max_out: usize },
-    Write { data: Vec<u8> },
+    Write { data: SendBuf },
     Peek { max_out: usize },
 }
 
@@ -239,14 +246,17 @@ impl RingContext<'_> {
     pub fn transceive_with(
         &mut self,
         pipe: PipeId,
-        input: Vec<u8>,
+        input: impl Into<Bytes> + 'static,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
         let cb = transfer_callback(f);
         self.core.start_io(
             pipe,
-            PipeIo::Transceive { input, max_out },
+            PipeIo::Transceive {
+                input: SendBuf::from_input(input),
+                max_out,
+            },
             Notify::Callback(cb),
         );
     }
@@ -403,7 +413,7 @@ mod tests {
                 gen: 0,
             },
             io: PipeIo::Write {
-                data: vec![0; 1000],
+                data: vec![0; 1000].into(),
             },
             notify: Notify::Callback(cb),
         });

@@ -19,17 +19,26 @@
 //! let pipe = engine.open("\\PIPE\\srvsvc", user, None).wait()?;
 //! let reply = pipe.transceive(b"request bytes".to_vec(), 4280).wait()?;
 //! println!("{} {} bytes", reply.status, reply.data.len());
+//! // Inputs are `Bytes`: a shared buffer is sent in place, without a copy.
+//! let request = opipe::engine::Bytes::from_static(b"request bytes");
+//! let again = pipe.transceive(request.clone(), 4280).wait()?;
+//! assert_eq!(again.data, reply.data);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![forbid(unsafe_code)]
 
+/// Request inputs are [`Bytes`] (re-exported, so callers need no
+/// dependency of their own to share a buffer).
+pub use bytes::Bytes;
+
 mod command;
+mod config;
 mod request;
 mod ring;
+mod types;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,295 +48,17 @@ use self::command::{
     transfer_callback, Callback, Command, CommandQueue, Notify, Outcome, PipeIo, Shared,
 };
 use self::ring::Core;
+pub use config::{BufferMode, EngineConfig, EngineError, EngineStats, OpenOptions};
 pub use request::{CancelHandle, Request};
+pub use types::{
+    FileType, OpenAction, OpenInfo, PipeId, Transfer, Tree, FILE_ATTRIBUTE_NORMAL,
+    PIPE_DEVICE_STATE,
+};
 
-use crate::protocol::npa::{NpaReply, FILE_TYPE_BYTE_MODE};
 pub use crate::protocol::Dialect;
-use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NtStatus, PipeName, WaitRequest};
+use crate::protocol::{fsctl, NetUserInfo, NtStatus, PipeName, WaitRequest};
 pub use crate::ring::{Backend, BackendChoice};
-use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, RingError};
-
-/// How socket data moves between the ring and user memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BufferMode {
-    /// `IORING_OP_SEND` / `IORING_OP_RECV` on ordinary heap buffers; the
-    /// received bytes land directly in the `Vec` handed to the caller.
-    Plain,
-    /// `IORING_OP_WRITE_FIXED` / `READ_FIXED` on a pool of buffers
-    /// registered with the ring (copied in and out). Requests larger than a
-    /// slot use plain buffers; a full pool is `STATUS_INSUFFICIENT_RESOURCES`.
-    Registered,
-}
-
-/// Engine settings. [`EngineConfig::new`] gives the defaults.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// The pipe directory (illumos: `/var/smb/pipe`; Samba: the directory
-    /// that holds `np/`, e.g. samba-dcerpcd's ncalrpc dir).
-    pub dir: PathBuf,
-    /// The pipes' dialect (default [`Dialect::Illumos`]): the handshake an
-    /// open runs, the framing after it, and the socket path
-    /// (`<dir>/<name>` or `<dir>/np/<name>`).
-    pub dialect: Dialect,
-    /// Rings, each with its own thread (default 1). Pipes are spread over
-    /// them at open time. One ring per CPU is what `opipe bench` uses; what
-    /// one and two rings measured is in perf/README.md.
-    pub rings: usize,
-    /// Buffer mode (default [`BufferMode::Plain`], the faster of the two on
-    /// AF_UNIX: perf/README.md).
-    /// The epoll backend has no registered buffers and always runs
-    /// [`BufferMode::Plain`]; [`Engine::config`] reports the effective mode.
-    pub buffers: BufferMode,
-    /// I/O backend (default [`BackendChoice::Auto`]).
-    pub backend: BackendChoice,
-    /// Deadline of an open's connect + handshake (default 5 s).
-    pub open_timeout: Duration,
-    /// WAIT's timeout when the request does not specify one (default 5 s).
-    pub wait_default_timeout: Duration,
-    /// Submission queue entries per ring (default 4096).
-    pub sq_entries: u32,
-    /// Completion queue entries per ring (default 16384). At least twice
-    /// the busy pipes one ring drives is comfortable (a busy pipe can have
-    /// a send's completion and a reply chunk pending at once). A smaller
-    /// queue is safe: the ring never submits more SQEs than the queue has
-    /// room for, and reaps first (its cost is measured in perf/README.md).
-    pub cq_entries: u32,
-    /// Registered buffer slots per ring (Registered mode; default 1024).
-    pub reg_slots: u16,
-    /// Bytes per registered slot (default 8192).
-    pub reg_slot_bytes: usize,
-    /// Buffers in each ring's receive pool (a power of two, default 256;
-    /// 0 disables the pool). Receives of up to `recv_pool_buf_bytes` use a
-    /// buffer the kernel picks when data ARRIVES, so a pipe waiting for a
-    /// reply holds no receive memory.
-    pub recv_pool_bufs: u16,
-    /// Bytes per receive-pool buffer (default 4280, the pipe message size).
-    pub recv_pool_buf_bytes: u32,
-    /// Receive through one multishot receive per active pipe (default
-    /// true; io_uring with plain buffers and a receive pool): a transceive
-    /// is then ONE SEND SQE, its reply the receive's next chunk, and a read
-    /// needs no SQE. False: a linked SEND -> RECV chain per transceive.
-    pub multishot: bool,
-    /// Opens (connect + handshake) one ring runs at once (default 256; 0:
-    /// no limit). Later opens wait their turn in order, so a burst of
-    /// thousands (a logon storm, a benchmark opening every pipe at once)
-    /// neither floods the service's listen queue nor grows the ring's
-    /// tables to the burst's size. `open_timeout` counts from an open's
-    /// start, not from its wait in line; a waiting open can be cancelled.
-    pub max_opens_in_flight: usize,
-    /// Commands (opens, I/O, WAITs, cancels, closes) that may wait for one
-    /// ring thread to take them (default 1 << 20). Beyond, a new request
-    /// ends `STATUS_INSUFFICIENT_RESOURCES` at once: callers that outrun a
-    /// ring cannot grow its queue without bound.
-    pub max_queued_commands: usize,
-}
-
-impl EngineConfig {
-    /// Defaults for pipes under `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> EngineConfig {
-        EngineConfig {
-            dir: dir.into(),
-            dialect: Dialect::Illumos,
-            rings: 1,
-            buffers: BufferMode::Plain,
-            backend: BackendChoice::Auto,
-            open_timeout: Duration::from_secs(5),
-            wait_default_timeout: Duration::from_secs(5),
-            sq_entries: 4096,
-            cq_entries: 16384,
-            reg_slots: 1024,
-            reg_slot_bytes: 8192,
-            recv_pool_bufs: 256,
-            recv_pool_buf_bytes: fsctl::SMB_PIPE_MAX_MSGSIZE as u32,
-            multishot: true,
-            max_opens_in_flight: 256,
-            max_queued_commands: command::MAX_QUEUED_COMMANDS,
-        }
-    }
-}
-
-/// Counters of an engine, summed over its rings (see [`Engine::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EngineStats {
-    /// Receives that found the receive pool empty (`-ENOBUFS`) and ran
-    /// again: with a buffer of their own, or (a pipe's multishot receive)
-    /// re-armed for the requests still waiting (io_uring; 0 on epoll,
-    /// which has no pool).
-    pub recv_pool_fallbacks: u64,
-    /// Requests refused with `STATUS_INSUFFICIENT_RESOURCES` because a
-    /// ring's command queue was full (see
-    /// [`EngineConfig::max_queued_commands`]).
-    pub queue_full_refusals: u64,
-}
-
-/// Per-open options of [`Engine::open_with`].
-#[derive(Debug, Clone, Default)]
-pub struct OpenOptions {
-    /// Samba dialect: the caller's identity as sent in the NPA request
-    /// (SIDs, uid/gid, groups, addresses). `None`: mapped from the
-    /// `NetUserInfo` by [`NpaIdentity::from_net_user_info`]. Ignored in
-    /// the illumos dialect.
-    pub identity: Option<NpaIdentity>,
-}
-
-/// Why an engine could not start.
-#[derive(Debug)]
-pub enum EngineError {
-    /// io_uring could not be set up (the message says why, in plain words).
-    Ring(RingError),
-    /// A ring thread could not be spawned.
-    Thread(std::io::Error),
-    /// The epoll backend could not be set up (epoll_create1, eventfd).
-    Epoll(std::io::Error),
-    /// The configuration is unusable.
-    Config(&'static str),
-}
-
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EngineError::Ring(e) => write!(f, "{e}"),
-            EngineError::Thread(e) => write!(f, "cannot start a ring thread: {e}"),
-            EngineError::Epoll(e) => write!(f, "epoll set-up failed: {e}"),
-            EngineError::Config(what) => write!(f, "bad engine configuration: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            EngineError::Ring(e) => Some(e),
-            EngineError::Thread(e) => Some(e),
-            EngineError::Epoll(e) => Some(e),
-            EngineError::Config(_) => None,
-        }
-    }
-}
-
-/// Identifies an open pipe inside its engine (ring, slot, generation).
-/// Plain data: a stale id is answered with `STATUS_INVALID_HANDLE`, it can
-/// never reach another pipe's socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PipeId {
-    ring: usize,
-    index: u32,
-    gen: u32,
-}
-
-/// What the seed fills in for an opened pipe (`smb_opipe_open`, getattr).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenInfo {
-    /// The normalised flat name (`srvsvc`).
-    pub name: PipeName,
-    /// SMB session the pipe belongs to.
-    pub session_id: u64,
-    /// A file id unique per pipe (per engine).
-    pub file_id: u64,
-    /// Always "message pipe".
-    pub file_type: FileType,
-    /// 0x05ff: message read mode, message type, unlimited instances.
-    pub device_state: u16,
-    /// Always "opened".
-    pub action: OpenAction,
-    /// DOS attributes: NORMAL (0x80).
-    pub dos_attributes: u32,
-    /// Allocation size: 4280.
-    pub allocation_size: u64,
-    /// End of file: 0.
-    pub size: u64,
-    /// Link count: 1.
-    pub links: u32,
-}
-
-/// File type of an opened pipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
-    /// `SMB_FTYPE_MESG_PIPE`.
-    MessagePipe,
-    /// A byte-mode pipe (a Samba-dialect service may answer so).
-    BytePipe,
-}
-
-/// Action taken by an open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenAction {
-    /// `SMB_OACT_OPENED`.
-    Opened,
-}
-
-/// `FILE_ATTRIBUTE_NORMAL`.
-pub const FILE_ATTRIBUTE_NORMAL: u32 = 0x80;
-/// Device state of every pipe: `SMB_PIPE_READMODE_MESSAGE | SMB_PIPE_TYPE_MESSAGE | SMB_PIPE_UNLIMITED_INSTANCES`.
-pub const PIPE_DEVICE_STATE: u16 = 0x05ff;
-
-impl OpenInfo {
-    fn new(name: PipeName, file_id: u64, session_id: u64) -> OpenInfo {
-        OpenInfo {
-            name,
-            session_id,
-            file_id,
-            file_type: FileType::MessagePipe,
-            device_state: PIPE_DEVICE_STATE,
-            action: OpenAction::Opened,
-            dos_attributes: FILE_ATTRIBUTE_NORMAL,
-            allocation_size: fsctl::SMB_PIPE_MAX_MSGSIZE as u64,
-            size: 0,
-            links: 1,
-        }
-    }
-
-    /// A Samba-dialect open: the file type, device state and allocation
-    /// size are the ones the service's NPA reply gave.
-    fn apply_npa_reply(&mut self, reply: &NpaReply) {
-        self.file_type = if reply.file_type == FILE_TYPE_BYTE_MODE {
-            FileType::BytePipe
-        } else {
-            FileType::MessagePipe
-        };
-        self.device_state = reply.device_state;
-        self.allocation_size = reply.allocation_size;
-    }
-
-    /// The name as the seed's getname reports it: `\` + flat name.
-    pub fn smb_name(&self) -> String {
-        self.name.smb_name()
-    }
-}
-
-/// Data and status of a transceive, read or FSCTL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    /// `STATUS_SUCCESS`, or `STATUS_BUFFER_OVERFLOW` (a warning: the data is
-    /// valid and more is waiting to be read).
-    pub status: NtStatus,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
-
-/// A tree connect (share connection) as the SMB server sees it. An open
-/// that completes after its tree was disconnected fails with
-/// `STATUS_NETWORK_NAME_DELETED` and its socket is closed.
-#[derive(Debug, Clone, Default)]
-pub struct Tree {
-    disconnected: Arc<AtomicBool>,
-}
-
-impl Tree {
-    /// A connected tree.
-    pub fn new() -> Tree {
-        Tree::default()
-    }
-    /// Marks the tree disconnected.
-    pub fn disconnect(&self) {
-        self.disconnected.store(true, Ordering::SeqCst);
-    }
-    /// Whether the tree is still connected.
-    pub fn is_connected(&self) -> bool {
-        !self.disconnected.load(Ordering::SeqCst)
-    }
-}
+use crate::ring::{Driver, DriverConfig, EpollDriver, OpDriver, SendBuf};
 
 struct RingHandle {
     queue: Arc<CommandQueue>,
@@ -396,7 +127,7 @@ fn conv_pipe(engine: &Arc<EngineInner>, _ring: usize, o: Outcome) -> Result<Pipe
         Outcome::Opened { pipe, info } => Ok(Pipe {
             engine: engine.clone(),
             id: pipe,
-            info,
+            info: *info,
             closed: false,
         }),
         _ => Err(NtStatus::INTERNAL_ERROR),
@@ -583,7 +314,7 @@ impl Engine {
     /// `STATUS_OBJECT_NAME_INVALID` before any socket is made), then connect,
     /// send the open message and receive its answer as one linked SQE chain
     /// under a deadline. Failures map as the seed maps them. In the Samba
-    /// dialect the identity sent is [`NpaIdentity::from_net_user_info`] of
+    /// dialect the identity sent is [`NpaIdentity::from_net_user_info`](crate::protocol::NpaIdentity::from_net_user_info) of
     /// `user` (see [`Engine::open_with`] to pass one).
     pub fn open(&self, path: &str, user: NetUserInfo, tree: Option<&Tree>) -> Request<Pipe> {
         self.open_with(path, user, OpenOptions::default(), tree)
@@ -729,7 +460,16 @@ impl Pipe {
     /// `max_out` bytes, as ONE linked SQE chain. The status is
     /// `STATUS_BUFFER_OVERFLOW` exactly when the seed gives it: `max_out` <
     /// 4280, the read filled it, and more bytes are waiting.
-    pub fn transceive(&self, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+    ///
+    /// `input` is anything that becomes [`Bytes`] without a copy (a
+    /// `Vec<u8>`, a `&'static [u8]`, a `Bytes` the caller shares): the
+    /// engine sends that buffer itself.
+    pub fn transceive(
+        &self,
+        input: impl Into<Bytes> + 'static,
+        max_out: usize,
+    ) -> Request<Transfer> {
+        let input = SendBuf::from_input(input);
         self.io(PipeIo::Transceive { input, max_out }, conv_transfer)
     }
 
@@ -737,11 +477,12 @@ impl Pipe {
     /// result, and can start the next request there without a thread hop.
     pub fn transceive_with(
         &self,
-        input: Vec<u8>,
+        input: impl Into<Bytes> + 'static,
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
     ) {
         let cb = transfer_callback(f);
+        let input = SendBuf::from_input(input);
         self.engine.send(
             self.id.ring,
             Command::Io {
@@ -769,7 +510,8 @@ impl Pipe {
     /// Sends all of `data`; the result is the byte count. In the Samba
     /// dialect `data` goes as one message (a longer one than 65535 bytes
     /// as several; the count is still `data`'s).
-    pub fn write(&self, data: Vec<u8>) -> Request<usize> {
+    pub fn write(&self, data: impl Into<Bytes> + 'static) -> Request<usize> {
+        let data = SendBuf::from_input(data);
         self.io(PipeIo::Write { data }, conv_written)
     }
 
@@ -782,7 +524,12 @@ impl Pipe {
     /// The FSCTL dispatcher for an SMB2 IOCTL on this pipe: TRANSCEIVE and
     /// PEEK; WAIT belongs to [`Engine::fsctl_wait`] (no open handle), and any
     /// other code is `STATUS_INVALID_DEVICE_REQUEST`.
-    pub fn fsctl(&self, code: u32, input: Vec<u8>, max_out: usize) -> Request<Transfer> {
+    pub fn fsctl(
+        &self,
+        code: u32,
+        input: impl Into<Bytes> + 'static,
+        max_out: usize,
+    ) -> Request<Transfer> {
         match code {
             fsctl::FSCTL_PIPE_TRANSCEIVE => self.transceive(input, max_out),
             fsctl::FSCTL_PIPE_PEEK => self.peek(max_out),

@@ -343,6 +343,8 @@ impl Driver {
                     .offset(u64::MAX)
                     .build()
             }
+            // Not pushed: only a completion carries it.
+            Op::Chunk { .. } => opcode::Nop::new().build(),
             Op::Timer { .. } => match ts {
                 Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
                 // Not reached: `push` builds every timer's spec.
@@ -501,96 +503,103 @@ impl Driver {
         cq.capacity().saturating_sub(cq.len())
     }
 
-    /// The completion for one chunk of the multishot receive in slot
-    /// `index`, its bytes copied out of the pool buffer (which goes back at
-    /// once). `None` if the slot holds no multishot receive.
-    fn chunk(&mut self, index: u32, gen: u32, cqe: &cqueue::Entry) -> Option<Completion> {
-        let slot = self.slots.get_mut(index, gen)?;
-        let Op::RecvMulti { fd, .. } = &slot.op else {
-            return None;
-        };
-        let (fd, token) = (fd.clone(), slot.token);
+    /// Reaps every ready CQE. Final completions of pushed operations are
+    /// appended to `out`; cancel and wake-up completions are handled here.
+    /// The CQEs are read in place (no copy into a batch first), the
+    /// queue's head published every 64 so the kernel can post meanwhile.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        let Driver {
+            ring,
+            slots,
+            recv_pool,
+            spare,
+            wake_armed,
+            ..
+        } = self;
+        let mut cq = ring.completion();
+        loop {
+            cq.sync();
+            if cq.is_empty() {
+                return;
+            }
+            for cqe in cq.by_ref().take(64) {
+                let ud = Token::from_raw(cqe.user_data());
+                match ud.kind() {
+                    KIND_OP => {
+                        let mut reaped = Reaped {
+                            slots: &mut *slots,
+                            pool: recv_pool.as_mut(),
+                            spare: &mut *spare,
+                        };
+                        if let Some(c) = reaped.op(ud.index(), ud.gen(), &cqe) {
+                            out.push(c);
+                        }
+                    }
+                    KIND_WAKE => *wake_armed = false,
+                    _ => {} // cancel requests: the target's own CQE tells.
+                }
+            }
+        }
+    }
+}
+
+/// What [`Driver::reap`] needs besides the completion queue it holds.
+struct Reaped<'a> {
+    slots: &'a mut Slab<Slot>,
+    pool: Option<&'a mut BufRing>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+impl Reaped<'_> {
+    /// The completion of one CQE of the op in slot `index`: a multishot
+    /// receive's chunk (the op stays), or the op's final completion with
+    /// its resources handed back. `None`: a stale or unknown slot.
+    fn op(&mut self, index: u32, gen: u32, cqe: &cqueue::Entry) -> Option<Completion> {
         let mut result = cqe.result();
-        let mut data = Vec::new();
-        if let Some(pool) = self.recv_pool.as_mut() {
-            copy_out(pool, &mut self.spare, cqe.flags(), &mut result, &mut data);
+        if cqueue::more(cqe.flags()) {
+            // A multishot receive's chunk, its bytes copied out of the pool
+            // buffer (which goes back at once): the op stays armed.
+            let slot = self.slots.get_mut(index, gen)?;
+            if !matches!(slot.op, Op::RecvMulti { .. }) {
+                return None;
+            }
+            let token = slot.token;
+            let mut data = Vec::new();
+            if let Some(pool) = self.pool.as_deref_mut() {
+                copy_out(pool, self.spare, cqe.flags(), &mut result, &mut data);
+            }
+            return Some(Completion {
+                token,
+                result,
+                flags: cqe.flags(),
+                op: Op::Chunk { data },
+                more: true,
+            });
+        }
+        let Slot { token, mut op, .. } = self.slots.remove(index, gen)?;
+        // A pooled receive's bytes; a multishot receive's final completion
+        // may still carry a chunk too.
+        if let (Op::RecvPooled { data, .. } | Op::RecvMulti { data, .. }, Some(pool)) =
+            (&mut op, self.pool.as_deref_mut())
+        {
+            copy_out(pool, self.spare, cqe.flags(), &mut result, data);
+        }
+        if let Op::Recv { buf, .. } = &mut op {
+            if result > 0 {
+                let n = (result as usize).min(buf.capacity() - buf.len());
+                // SAFETY: the kernel initialised `n` bytes of spare
+                // capacity starting at `buf.len()` (the pointer given in
+                // build_sqe), and `n` is bounded by the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
         }
         Some(Completion {
             token,
             result,
             flags: cqe.flags(),
-            op: Op::RecvMulti { fd, data },
-            more: true,
+            op,
+            more: false,
         })
-    }
-
-    /// Reaps every ready CQE. Final completions of pushed operations are
-    /// appended to `out`; cancel and wake-up completions are handled here.
-    pub fn reap(&mut self, out: &mut Vec<Completion>) {
-        loop {
-            let mut batch: [Option<cqueue::Entry>; 64] = [const { None }; 64];
-            let mut n = 0;
-            {
-                let mut cq = self.ring.completion();
-                cq.sync();
-                for (slot, cqe) in batch.iter_mut().zip(&mut cq) {
-                    *slot = Some(cqe);
-                    n += 1;
-                }
-            }
-            if n == 0 {
-                return;
-            }
-            for cqe in batch.iter_mut().take(n).filter_map(Option::take) {
-                let ud = Token::from_raw(cqe.user_data());
-                match ud.kind() {
-                    KIND_OP => {
-                        let (index, gen) = (ud.index(), ud.gen());
-                        if cqueue::more(cqe.flags()) {
-                            // A multishot receive's chunk: the op stays armed.
-                            if let Some(c) = self.chunk(index, gen, &cqe) {
-                                out.push(c);
-                            }
-                            continue;
-                        }
-                        let Some(Slot { token, mut op, .. }) = self.slots.remove(index, gen) else {
-                            continue;
-                        };
-                        let mut result = cqe.result();
-                        // A pooled receive's bytes; a multishot receive's
-                        // final completion may still carry a chunk too.
-                        if let (
-                            Op::RecvPooled { data, .. } | Op::RecvMulti { data, .. },
-                            Some(pool),
-                        ) = (&mut op, self.recv_pool.as_mut())
-                        {
-                            copy_out(pool, &mut self.spare, cqe.flags(), &mut result, data);
-                        }
-                        if let Op::Recv { buf, .. } = &mut op {
-                            if result > 0 {
-                                let n = (result as usize).min(buf.capacity() - buf.len());
-                                // SAFETY: the kernel initialised `n` bytes of
-                                // spare capacity starting at `buf.len()`
-                                // (the pointer given in build_sqe), and `n`
-                                // is bounded by the spare capacity.
-                                unsafe { buf.set_len(buf.len() + n) };
-                            }
-                        }
-                        out.push(Completion {
-                            token,
-                            result,
-                            flags: cqe.flags(),
-                            op,
-                            more: false,
-                        });
-                    }
-                    KIND_WAKE => {
-                        self.wake_armed = false;
-                    }
-                    _ => {} // cancel requests: the target's own CQE tells.
-                }
-            }
-        }
     }
 }
 
@@ -642,8 +651,6 @@ impl Drop for Driver {
     }
 }
 
-/// EINTR, a timed-out wait, a full CQ (EBUSY: overflowed completions wait to
-/// be reaped) or EAGAIN (no memory for task work right now): reap and retry.
 /// Copies a pooled receive's `*result` bytes out of the pool buffer the
 /// completion `flags` name and gives the buffer back at once (the guard
 /// returns it on drop); a completion without bytes just releases any buffer
@@ -673,6 +680,8 @@ fn copy_out(
     }
 }
 
+/// EINTR, a timed-out wait, a full CQ (EBUSY: overflowed completions wait to
+/// be reaped) or EAGAIN (no memory for task work right now): reap and retry.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -786,7 +795,7 @@ mod tests {
         for i in 0..SENDS {
             let op = Op::Send {
                 fd: fd.clone(),
-                buf: vec![i as u8; 8],
+                buf: vec![i as u8; 8].into(),
                 start: 0,
             };
             drv.push(op, i as u64);
@@ -838,6 +847,7 @@ mod tests {
         // SAFETY: `ptr` comes from the global allocator with the layout of
         // `n` bytes (align 1), and all `n` bytes are initialised (zeroed).
         let buf = unsafe { Vec::from_raw_parts(ptr, n, n) };
+        let buf = super::super::op::SendBuf::from(buf);
         let id = drv.push(Op::Send { fd, buf, start: 0 }, 1);
         let mut done = Vec::new();
         drv.submit_and_wait(0, None).unwrap();

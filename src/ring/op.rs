@@ -64,6 +64,63 @@ impl Token {
 /// blocking; an empty socket answers `-EAGAIN` at once.
 pub const PEEK_NOWAIT: i32 = libc::MSG_PEEK | libc::MSG_DONTWAIT;
 
+/// The bytes of a send, owned by the op until its final completion.
+///
+/// `Owned`: a `Vec<u8>` handed over (taken back after the send as a spare
+/// to receive into, so a caller that hands over its buffers costs no
+/// allocation per request). `Shared`: a `bytes::Bytes` (a caller's shared
+/// buffer, a static one), sent in place without a copy; the `Bytes` keeps
+/// it alive and unchanged until the final completion.
+#[derive(Debug, Clone)]
+pub enum SendBuf {
+    /// A buffer of the op's own.
+    Owned(Vec<u8>),
+    /// A shared (or static) buffer.
+    Shared(bytes::Bytes),
+}
+
+impl SendBuf {
+    /// A request input as the API takes it (`impl Into<Bytes>`): a
+    /// `Vec<u8>` is kept as it is (`Owned`: converting it to `Bytes` and
+    /// back to reuse it would cost a heap cell when its length is not its
+    /// capacity, and a copy), anything else becomes `Bytes`.
+    pub fn from_input<B: Into<bytes::Bytes> + 'static>(input: B) -> SendBuf {
+        let mut slot = Some(input);
+        if let Some(v) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Vec<u8>>>() {
+            return SendBuf::Owned(v.take().unwrap_or_default());
+        }
+        SendBuf::Shared(slot.map(Into::into).unwrap_or_default())
+    }
+}
+
+impl Default for SendBuf {
+    fn default() -> SendBuf {
+        SendBuf::Owned(Vec::new())
+    }
+}
+
+impl std::ops::Deref for SendBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SendBuf::Owned(v) => v,
+            SendBuf::Shared(b) => b,
+        }
+    }
+}
+
+impl From<Vec<u8>> for SendBuf {
+    fn from(v: Vec<u8>) -> SendBuf {
+        SendBuf::Owned(v)
+    }
+}
+
+impl From<bytes::Bytes> for SendBuf {
+    fn from(b: bytes::Bytes) -> SendBuf {
+        SendBuf::Shared(b)
+    }
+}
+
 /// A `sockaddr_un` with its length, boxed so its address is stable.
 #[derive(Clone)]
 pub struct UnixAddr {
@@ -135,8 +192,8 @@ pub enum Op {
     Send {
         /// The socket.
         fd: Rc<OwnedFd>,
-        /// The bytes to send (from `start`).
-        buf: Vec<u8>,
+        /// The bytes to send (from `start`): see [`SendBuf`].
+        buf: SendBuf,
         /// First byte of `buf` to send.
         start: usize,
     },
@@ -183,6 +240,14 @@ pub enum Op {
         /// One chunk's bytes (empty in the op that stays armed).
         data: Vec<u8>,
     },
+    /// One chunk of a multishot receive, as a [`Completion`] with `more`
+    /// carries it: the bytes only (the receive, which holds the
+    /// descriptor, stays in flight), so a chunk costs no touch of the
+    /// descriptor's `Rc`. Never pushed.
+    Chunk {
+        /// The chunk's bytes.
+        data: Vec<u8>,
+    },
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -223,7 +288,7 @@ impl Op {
             | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } => None,
+            Op::Timer { .. } | Op::Chunk { .. } => None,
         }
     }
 }
@@ -423,6 +488,21 @@ pub trait OpDriver {
     /// request's), for the driver to receive into later; may drop it.
     fn recycle(&mut self, buf: Vec<u8>);
 
+    /// [`OpDriver::recycle`] for a sent request's bytes: an owned buffer
+    /// is taken back as it is; a shared one only when no one else holds it
+    /// any more (a caller's `Bytes` clone, or a static one, is just let go,
+    /// never copied).
+    fn recycle_sent(&mut self, buf: SendBuf) {
+        match buf {
+            SendBuf::Owned(v) => self.recycle(v),
+            SendBuf::Shared(b) => {
+                if let Ok(b) = b.try_into_mut() {
+                    self.recycle(Vec::from(b));
+                }
+            }
+        }
+    }
+
     /// True when the driver grows an `Op::Recv` buffer itself as bytes
     /// arrive (epoll: the receive runs on readiness), so the engine may
     /// push it empty; false when the kernel writes into the buffer's spare
@@ -455,6 +535,21 @@ pub trait OpDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vec_input_stays_owned_and_anything_else_is_shared() {
+        let v = b"abc".to_vec();
+        let ptr = v.as_ptr();
+        match SendBuf::from_input(v) {
+            SendBuf::Owned(v) => assert_eq!(v.as_ptr(), ptr, "the same buffer"),
+            SendBuf::Shared(_) => panic!("a Vec became Bytes"),
+        }
+        let b = bytes::Bytes::from_static(b"xyz");
+        assert!(matches!(SendBuf::from_input(b.clone()), SendBuf::Shared(s) if s == b));
+        let s: &'static [u8] = b"static";
+        assert!(matches!(SendBuf::from_input(s), SendBuf::Shared(_)));
+        assert_eq!(&*SendBuf::from_input(String::from("str")), b"str");
+    }
 
     #[test]
     fn token_round_trips_and_masks_the_generation() {

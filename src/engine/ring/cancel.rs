@@ -109,7 +109,7 @@ impl<D: OpDriver> Core<D> {
                 |q: &QueuedOpen| matches!(&q.notify, Notify::Shared(s) if Arc::ptr_eq(s, shared));
             return self.reject_queued_opens(mine, NtStatus::CANCELLED);
         }
-        let (i, g) = ((k >> 32) as u32, (k & 0xffff_ffff) as u32);
+        let (i, g) = from_op_key(k);
         let same = self.ops.get_mut(i, g).is_some_and(|e| match &e.notify {
             Some(Notify::Shared(s)) => Arc::ptr_eq(s, shared),
             _ => false,

@@ -37,7 +37,7 @@ pub(crate) fn kind_of(op: &Op) -> K {
         Op::Recv { flags, .. } if flags & libc::MSG_PEEK != 0 => K::Peek,
         Op::Recv { .. } => K::Recv,
         Op::RecvPooled { .. } => K::RecvPooled,
-        Op::RecvMulti { .. } => K::RecvMulti,
+        Op::RecvMulti { .. } | Op::Chunk { .. } => K::RecvMulti,
         Op::WriteFixed { .. } => K::WriteFixed,
         Op::ReadFixed { .. } => K::ReadFixed,
         Op::Timer { .. } => K::Timer,
@@ -249,15 +249,14 @@ impl FakeDriver {
         let Some(f) = self.flight.iter().find(|f| f.id == id.raw()) else {
             panic!("op {id:?} not in flight");
         };
-        let Op::RecvMulti { fd, .. } = &f.op else {
+        if !matches!(f.op, Op::RecvMulti { .. }) {
             panic!("not a multishot receive");
-        };
+        }
         self.ready.push_back(Completion {
             token: f.token,
             result: bytes.len() as i32,
             flags,
-            op: Op::RecvMulti {
-                fd: fd.clone(),
+            op: Op::Chunk {
                 data: bytes.to_vec(),
             },
             more: true,

@@ -130,10 +130,10 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    fn start_transceive(&mut self, at: Start, input: Vec<u8>, max_out: usize, notify: Notify) {
+    fn start_transceive(&mut self, at: Start, input: SendBuf, max_out: usize, notify: Notify) {
         let msg_mode = self.message_mode();
         let input = if msg_mode {
-            overflow::frame_messages(&input)
+            SendBuf::Owned(overflow::frame_messages(&input))
         } else {
             input
         };
@@ -228,15 +228,15 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    fn start_write(&mut self, at: Start, data: Vec<u8>, notify: Notify) {
+    fn start_write(&mut self, at: Start, data: SendBuf, notify: Notify) {
         let payload = data.len();
         let data = if self.message_mode() {
-            overflow::frame_messages(&data)
+            SendBuf::Owned(overflow::frame_messages(&data))
         } else {
             data
         };
         let kind = Kind::Write {
-            data: Vec::new(),
+            data: SendBuf::default(),
             sent: 0,
             payload,
             status: None,

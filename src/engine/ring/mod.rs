@@ -16,16 +16,21 @@
 //! [`Core::on_completion`], [`Core::on_turn`]) and logs nothing. So the
 //! whole state machine runs under the scripted `FakeDriver` in `tests.rs`.
 //!
-//! Files: `open` (opens and their deadline), `io` (how requests start and
-//! what each completion means), `overflow` (the overflow rule), `multishot`
-//! (a pipe's multishot receive), `reply` (finishing and results), `wait`
-//! (FSCTL_PIPE_WAIT), `cancel` (cancel, close, disconnect).
+//! Files: `complete` (routing a completion, and what an op does once its
+//! chain is over), `open` (opens and their deadline), `io` (how requests
+//! start and what each completion means), `overflow` (the overflow rule),
+//! `pushback` (a pipe's bytes waiting for a reply, behind a read offset),
+//! `multishot` (a pipe's multishot receive), `reply` (finishing and
+//! results), `wait` (FSCTL_PIPE_WAIT), `cancel` (cancel, close,
+//! disconnect).
 
 mod cancel;
+mod complete;
 mod io;
 mod multishot;
 mod open;
 mod overflow;
+mod pushback;
 mod reply;
 mod run;
 mod wait;
@@ -45,9 +50,10 @@ use std::time::{Duration, Instant};
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SqeId};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, SqeId, Token};
 use crate::slab::Slab;
 
+use pushback::Pushback;
 pub(crate) use run::run;
 
 /// Replies of at least this size never report overflow (the seed's rule).
@@ -110,16 +116,23 @@ impl IntoIterator for ChainBuf {
     }
 }
 
-fn token(op: u32, gen: u32, step: u8) -> u64 {
-    ((op as u64) << 32) | (((gen & 0x00ff_ffff) as u64) << 8) | step as u64
+/// The token of an SQE of op `key` at `step`: the one `user_data` layout
+/// of `ring` ([`Token`]), the step as its kind (op table generations are
+/// 24 bits, as a token keeps them).
+fn token(key: (u32, u32), step: u8) -> u64 {
+    Token::new(step, key.1, key.0).raw()
 }
 
-fn untoken(t: u64) -> (u32, u32, u8) {
-    (
-        (t >> 32) as u32,
-        ((t >> 8) & 0x00ff_ffff) as u32,
-        (t & 0xff) as u8,
-    )
+/// The key a request's [`Shared`](super::command::Shared) cell records
+/// (`op_key`) once it started: the same layout, kind 0 (never `NO_OP`).
+fn op_key(key: (u32, u32)) -> u64 {
+    Token::new(0, key.1, key.0).raw()
+}
+
+/// The op key of an [`op_key`] value.
+fn from_op_key(k: u64) -> (u32, u32) {
+    let t = Token::from_raw(k);
+    (t.index(), t.gen())
 }
 
 struct PipeEntry {
@@ -141,7 +154,7 @@ struct PipeEntry {
     /// transceive or peek gets them first, so nothing is lost or reordered.
     /// With a multishot receive armed, every chunk that arrives while no
     /// request waits for data lands here too.
-    pushback: Vec<u8>,
+    pushback: Pushback,
     /// Message mode (Samba dialect): bytes of the message being delivered
     /// still at the pushback's front (see overflow.rs); 0 otherwise.
     msg_left: usize,
@@ -182,7 +195,7 @@ enum Kind {
     Transceive {
         max_out: usize,
         /// The request; moved into the Send op while it is in flight.
-        input: Vec<u8>,
+        input: SendBuf,
         /// Bytes of `input` the kernel confirmed sent.
         sent: usize,
         /// Registered mode: the slot holding the input, then the reply.
@@ -203,7 +216,7 @@ enum Kind {
     /// waiting request or pushback).
     Multishot,
     Write {
-        data: Vec<u8>,
+        data: SendBuf,
         sent: usize,
         /// The caller's byte count (message mode: `data` is framed).
         payload: usize,
@@ -277,6 +290,16 @@ enum Reply {
     /// Received (a read-ahead may hold more than `max_out`), and whether
     /// more bytes wait behind it (see overflow.rs).
     Got { data: Vec<u8>, more: More },
+}
+
+impl Reply {
+    /// The bytes received (none if nothing was) and whether more wait.
+    fn into_data(self) -> (Vec<u8>, More) {
+        match self {
+            Reply::Got { data, more } => (data, more),
+            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
+        }
+    }
 }
 
 /// The overflow rule's question: are more bytes waiting behind a reply?
@@ -593,8 +616,7 @@ impl<D: OpDriver> Core<D> {
         };
         let key = self.insert_op(pipe, session, Some(notify), kind);
         if let Some(s) = shared {
-            s.op_key
-                .store(((key.0 as u64) << 32) | key.1 as u64, Ordering::SeqCst);
+            s.op_key.store(op_key(key), Ordering::SeqCst);
         }
         key
     }
@@ -632,8 +654,7 @@ impl<D: OpDriver> Core<D> {
     fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
         let mut ids = std::mem::take(&mut self.ids);
         self.drv.push_chain(
-            ops.into_iter()
-                .map(|(op, st)| (op, token(key.0, key.1, st))),
+            ops.into_iter().map(|(op, st)| (op, token(key, st))),
             &mut ids,
         );
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
@@ -650,143 +671,11 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
-        let id = self.drv.push(op, token(key.0, key.1, st));
+        let id = self.drv.push(op, token(key, st));
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             e.pending += 1;
         }
         id
-    }
-
-    fn completion(&mut self, c: Completion) {
-        let (index, gen, step) = untoken(c.token);
-        let key = (index, gen);
-        let cancelled = {
-            let Some(e) = self.ops.get_mut(index, gen) else {
-                return;
-            };
-            if !c.more {
-                e.pending = e.pending.saturating_sub(1);
-                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
-                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
-                }
-            }
-            e.cancelled
-        };
-        match step {
-            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
-            ST_MULTISHOT => return self.multishot_step(key, c),
-            ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
-                let r = c.result;
-                drop(c);
-                self.wait_step(key, step, r);
-            }
-            _ => self.io_step(key, step, c),
-        }
-        if cancelled {
-            // Keep cancelling whatever part of the chain is still running.
-            self.cancel_chain(key);
-        }
-        self.chain_over(key);
-    }
-
-    /// What an op does once none of its SQEs is in flight: resume (the
-    /// rest of a short send, a receive after an empty pool), keep waiting
-    /// (for a multishot chunk), or finish.
-    fn chain_over(&mut self, key: (u32, u32)) {
-        let Some(e) = self.ops.get_mut(key.0, key.1) else {
-            return;
-        };
-        if e.pending > 0 {
-            return;
-        }
-        let next = if e.cancelled {
-            Next::Finish
-        } else {
-            next_step(&e.kind)
-        };
-        match next {
-            Next::Finish => self.finish(key),
-            // Sent; the reply comes with the multishot receive's next chunk.
-            Next::Wait => {}
-            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
-                Some(Ok((fd, _))) => self.push_resume(key, fd),
-                Some(Err(s)) => self.fail_now(key, s),
-                None => debug_assert!(false, "a resumed request without a pipe"),
-            },
-        }
-    }
-
-    fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
-        if let Some(e) = self.ops.get_mut(key.0, key.1) {
-            set_status(&mut e.kind, status);
-            if e.pending == 0 {
-                self.finish(key);
-            }
-        }
-    }
-}
-
-/// See [`Core::chain_over`].
-enum Next {
-    Finish,
-    Wait,
-    Resume,
-}
-
-fn next_step(kind: &Kind) -> Next {
-    match kind {
-        Kind::Transceive {
-            status: None,
-            input,
-            sent,
-            reply,
-            from,
-            ..
-        } => {
-            if *sent < input.len() || matches!(reply, Reply::Retry) {
-                Next::Resume
-            } else if *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited) {
-                Next::Wait
-            } else {
-                Next::Finish
-            }
-        }
-        Kind::Read {
-            status: None,
-            reply,
-            from,
-            ..
-        } => match reply {
-            Reply::Retry => Next::Resume,
-            Reply::Awaited if *from == ReplyFrom::Multishot => Next::Wait,
-            _ => Next::Finish,
-        },
-        Kind::Write {
-            status: None,
-            data,
-            sent,
-            ..
-        } if *sent < data.len() => Next::Resume,
-        Kind::WaitPipe { status: None, .. } => {
-            debug_assert!(false, "a WAIT undecided with nothing in flight");
-            Next::Wait
-        }
-        _ => Next::Finish,
-    }
-}
-
-fn set_status(kind: &mut Kind, s: NtStatus) {
-    let slot = match kind {
-        Kind::Open { status, .. }
-        | Kind::Transceive { status, .. }
-        | Kind::Read { status, .. }
-        | Kind::Write { status, .. }
-        | Kind::Peek { status, .. }
-        | Kind::WaitPipe { status, .. } => status,
-        Kind::Multishot => return,
-    };
-    if slot.is_none() {
-        *slot = Some(s);
     }
 }
 

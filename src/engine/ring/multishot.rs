@@ -96,8 +96,10 @@ impl<D: OpDriver> Core<D> {
         };
         let (pipe, session, pending) = (e.pipe, e.session, e.pending);
         let r = c.result;
-        let Op::RecvMulti { fd, data } = c.op else {
-            return;
+        let (fd, data) = match c.op {
+            Op::Chunk { data } => (None, data),
+            Op::RecvMulti { fd, data } => (Some(fd), data),
+            _ => return debug_assert!(false, "a multishot step of another op"),
         };
         if let Some(p) = pipe {
             if r > 0 && !data.is_empty() {
@@ -125,7 +127,10 @@ impl<D: OpDriver> Core<D> {
         for (io, notify) in resume {
             self.start_io(p, io, notify);
         }
-        self.multishot_ended(p, fd, session, r);
+        match fd {
+            Some(fd) => self.multishot_ended(p, fd, session, r),
+            None => debug_assert!(false, "a multishot receive ended by a chunk"),
+        }
     }
 
     /// After a pipe's multishot receive ended with `r`: requests still
@@ -180,16 +185,12 @@ impl<D: OpDriver> Core<D> {
     /// A chunk of `pipe`'s stream from its multishot receive: to the
     /// waiting requests in order (each takes at most its `max_out`), the
     /// rest to the pushback.
-    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, mut data: Vec<u8>, nonempty: bool) {
+    pub(super) fn multishot_chunk(&mut self, pipe: PipeId, data: Vec<u8>, nonempty: bool) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
         // Waiters exist only while the pushback is empty: the chunk is next.
-        if pe.pushback.is_empty() {
-            pe.pushback = data;
-        } else {
-            pe.pushback.append(&mut data);
-        }
+        pe.pushback.append(data);
         self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;

@@ -163,7 +163,7 @@ impl<D: OpDriver> Core<D> {
         };
         let hello = Op::Send {
             fd: fd.clone(),
-            buf: msg,
+            buf: msg.into(),
             start: 0,
         };
         let status = Op::Recv {
@@ -296,7 +296,7 @@ impl<D: OpDriver> Core<D> {
             close_waiters: Vec::new(),
             draining: 0,
             deferred: VecDeque::new(),
-            pushback: Vec::new(),
+            pushback: Pushback::default(),
             msg_left: 0,
             multishot: Multishot::Off,
             eof: false,
@@ -307,6 +307,7 @@ impl<D: OpDriver> Core<D> {
             index,
             gen,
         };
+        let info = Box::new(info);
         self.notify(notify, Ok(Outcome::Opened { pipe, info }));
     }
 }

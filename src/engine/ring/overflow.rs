@@ -12,6 +12,7 @@
 //! 5. for a reply served from the pushback, what is left there or queued
 //!    on the socket (FIONREAD through the driver).
 
+use super::pushback::Pushback;
 use super::{More, SMB_PIPE_MAX_MSGSIZE};
 use crate::engine::Transfer;
 use crate::protocol::npa::{unframe_message, FRAME_HEADER_LEN, MAX_FRAMED_MESSAGE};
@@ -48,21 +49,17 @@ pub(super) fn more_from_probe(result: i32) -> More {
     }
 }
 
-/// The first `max_out` bytes of a pipe's pushback. Taking all of it hands
-/// the buffer over instead of copying it (the common case: the rest of an
-/// overflowed reply, read in one go).
-pub(super) fn take_pushback(pushback: &mut Vec<u8>, max_out: usize) -> Vec<u8> {
-    if max_out >= pushback.len() {
-        std::mem::take(pushback)
-    } else {
-        pushback.drain(..max_out).collect()
-    }
+/// The first `max_out` bytes of a pipe's pushback (see [`Pushback::take`]:
+/// taking all of it hands the buffer over instead of copying it, the
+/// common case of the rest of an overflowed reply read in one go).
+pub(super) fn take_pushback(pushback: &mut Pushback, max_out: usize) -> Vec<u8> {
+    pushback.take(max_out)
 }
 
 /// A multishot waiter's share of the pushback (the chunk that just came):
 /// at most `max_out` bytes, and whether more waits behind them.
 pub(super) fn waiter_share(
-    pushback: &mut Vec<u8>,
+    pushback: &mut Pushback,
     max_out: usize,
     nonempty: bool,
 ) -> (Vec<u8>, More) {
@@ -79,15 +76,11 @@ pub(super) fn waiter_share(
 /// holds bytes that came off the socket before them); `data` becomes the
 /// first `max_out` bytes of that, the rest is the pushback. True if bytes
 /// are left waiting there (read ahead, or older bytes): more is waiting.
-pub(super) fn claim(pushback: &mut Vec<u8>, data: &mut Vec<u8>, max_out: usize) -> bool {
-    if pushback.is_empty() {
-        if data.len() <= max_out {
-            return false;
-        }
-        *pushback = data.split_off(max_out);
-        return true;
+pub(super) fn claim(pushback: &mut Pushback, data: &mut Vec<u8>, max_out: usize) -> bool {
+    if pushback.is_empty() && data.len() <= max_out {
+        return false;
     }
-    pushback.append(data);
+    pushback.append(std::mem::take(data));
     *data = take_pushback(pushback, max_out);
     !pushback.is_empty()
 }
@@ -117,22 +110,22 @@ pub(super) fn transceive_result(
 // and the rest to the next reads, as SMB message-mode pipes do.
 
 /// Whether a message pipe's pushback holds a deliverable message.
-pub(super) fn message_ready(pushback: &[u8], msg_left: usize) -> bool {
-    msg_left > 0 || unframe_message(pushback).is_some()
+pub(super) fn message_ready(pushback: &Pushback, msg_left: usize) -> bool {
+    msg_left > 0 || unframe_message(pushback.as_slice()).is_some()
 }
 
 /// The next reply of a message pipe: at most `max_out` bytes of the
 /// current message, and whether more of that message is left; `None`
 /// (nothing taken) while the message is incomplete.
 pub(super) fn take_message(
-    pushback: &mut Vec<u8>,
+    pushback: &mut Pushback,
     msg_left: &mut usize,
     max_out: usize,
 ) -> Option<(Vec<u8>, bool)> {
     if *msg_left == 0 {
-        let (msg, _) = unframe_message(pushback)?;
+        let (msg, _) = unframe_message(pushback.as_slice())?;
         let len = msg.len();
-        pushback.drain(..FRAME_HEADER_LEN);
+        pushback.advance(FRAME_HEADER_LEN);
         *msg_left = len;
     }
     let n = max_out.min(*msg_left);
@@ -145,12 +138,12 @@ pub(super) fn take_message(
 /// pushback; `data` becomes the next reply. `None`: the message is not
 /// whole yet (`data` is then empty, its bytes wait in the pushback).
 pub(super) fn claim_message(
-    pushback: &mut Vec<u8>,
+    pushback: &mut Pushback,
     msg_left: &mut usize,
     data: &mut Vec<u8>,
     max_out: usize,
 ) -> Option<bool> {
-    pushback.append(data);
+    pushback.append(std::mem::take(data));
     let (reply, more) = take_message(pushback, msg_left, max_out)?;
     *data = reply;
     Some(more)
@@ -158,10 +151,9 @@ pub(super) fn claim_message(
 
 /// A cancelled request gives its reply back: it goes in front of the
 /// pushback as the rest of the current message.
-pub(super) fn give_back_message(pushback: &mut Vec<u8>, msg_left: &mut usize, data: &mut Vec<u8>) {
+pub(super) fn give_back_message(pushback: &mut Pushback, msg_left: &mut usize, data: &mut Vec<u8>) {
     *msg_left += data.len();
-    data.append(pushback);
-    *pushback = std::mem::take(data);
+    pushback.give_back(std::mem::take(data));
 }
 
 /// PEEK of a message pipe over `buf` (the pushback, then what the socket
@@ -228,6 +220,12 @@ mod tests {
     use super::*;
     use crate::protocol::NtStatus;
 
+    fn pushback(bytes: Vec<u8>) -> Pushback {
+        let mut p = Pushback::default();
+        p.append(bytes);
+        p
+    }
+
     fn framed(msgs: &[&[u8]]) -> Vec<u8> {
         msgs.iter().flat_map(|m| frame_messages(m)).collect()
     }
@@ -235,7 +233,7 @@ mod tests {
     #[test]
     fn message_split_across_chunks_is_taken_whole() {
         let raw = framed(&[b"hello world"]);
-        let (mut pb, mut left) = (Vec::new(), 0);
+        let (mut pb, mut left) = (Pushback::default(), 0);
         for cut in [1, 5] {
             let mut part = raw[..cut].to_vec();
             let already = pb.len();
@@ -255,7 +253,7 @@ mod tests {
     #[test]
     fn several_messages_in_one_chunk_are_one_reply_each() {
         let mut data = framed(&[b"one", b"", b"three"]);
-        let (mut pb, mut left) = (Vec::new(), 0);
+        let (mut pb, mut left) = (Pushback::default(), 0);
         assert_eq!(
             claim_message(&mut pb, &mut left, &mut data, 100),
             Some(false)
@@ -275,7 +273,7 @@ mod tests {
 
     #[test]
     fn message_longer_than_max_out_overflows_then_gives_the_rest() {
-        let mut pb = framed(&[b"0123456789", b"next"]);
+        let mut pb = pushback(framed(&[b"0123456789", b"next"]));
         let mut left = 0;
         assert_eq!(
             take_message(&mut pb, &mut left, 4),
@@ -311,7 +309,7 @@ mod tests {
         let data = vec![7u8; MAX_FRAMED_MESSAGE + 10];
         let raw = frame_messages(&data);
         assert_eq!(raw.len(), data.len() + 4);
-        let (mut pb, mut left) = (raw, 0);
+        let (mut pb, mut left) = (pushback(raw), 0);
         let (a, _) = take_message(&mut pb, &mut left, usize::MAX).unwrap();
         let (b, _) = take_message(&mut pb, &mut left, usize::MAX).unwrap();
         assert_eq!((a.len(), b.len()), (MAX_FRAMED_MESSAGE, 10));
@@ -330,20 +328,20 @@ mod tests {
     #[test]
     fn a_receive_claims_the_oldest_bytes_of_the_stream() {
         // Read ahead: the tail waits in the pushback.
-        let mut pushback = Vec::new();
+        let mut pb = Pushback::default();
         let mut data = b"0123456789".to_vec();
-        assert!(claim(&mut pushback, &mut data, 4));
+        assert!(claim(&mut pb, &mut data, 4));
         assert_eq!(data, b"0123");
-        assert_eq!(pushback, b"456789");
+        assert_eq!(pb.as_slice(), b"456789");
         // A receive that completes while older bytes wait gets those first.
         let mut data = b"abc".to_vec();
-        assert!(claim(&mut pushback, &mut data, 4));
+        assert!(claim(&mut pb, &mut data, 4));
         assert_eq!(data, b"4567");
-        assert_eq!(pushback, b"89abc");
+        assert_eq!(pb.as_slice(), b"89abc");
         let mut data = Vec::new();
-        assert!(!claim(&mut pushback, &mut data, 10));
+        assert!(!claim(&mut pb, &mut data, 10));
         assert_eq!(data, b"89abc");
-        let (share, more) = waiter_share(&mut b"xyz".to_vec(), 2, false);
+        let (share, more) = waiter_share(&mut pushback(b"xyz".to_vec()), 2, false);
         assert_eq!((share.as_slice(), more), (&b"xy"[..], More::Yes));
     }
 

@@ -37,7 +37,7 @@ impl<D: OpDriver> Core<D> {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
-            self.drv.recycle(std::mem::take(input));
+            self.drv.recycle_sent(std::mem::take(input));
         }
         if e.cancelled {
             return;
@@ -81,8 +81,7 @@ impl<D: OpDriver> Core<D> {
                 if self.cfg.dialect.is_message_mode() {
                     overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);
                 } else {
-                    d.append(&mut pe.pushback);
-                    pe.pushback = std::mem::take(d);
+                    pe.pushback.give_back(std::mem::take(d));
                 }
             }
             pe.draining = pe.draining.saturating_sub(1);
@@ -133,24 +132,15 @@ impl<D: OpDriver> Core<D> {
             // The reply was claimed from the stream when it arrived
             // (`claim_reply`, `waiter_share`): at most `max_out` bytes.
             Kind::Transceive { reply, max_out, .. } => {
-                let (data, more) = match reply {
-                    Reply::Got { data, more } => (data, more),
-                    Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
-                };
+                let (data, more) = reply.into_data();
                 Ok(Outcome::Transfer(transceive_result(max_out, data, || {
                     more == More::Yes
                 })))
             }
-            Kind::Read { reply, .. } => {
-                let data = match reply {
-                    Reply::Got { data, .. } => data,
-                    Reply::Awaited | Reply::Retry => Vec::new(),
-                };
-                Ok(Outcome::Transfer(Transfer {
-                    status: NtStatus::SUCCESS,
-                    data,
-                }))
-            }
+            Kind::Read { reply, .. } => Ok(Outcome::Transfer(Transfer {
+                status: NtStatus::SUCCESS,
+                data: reply.into_data().0,
+            })),
             Kind::Write { sent, .. } => Ok(Outcome::Written(sent)),
             Kind::Peek {
                 data, eof, room, ..
@@ -183,10 +173,7 @@ impl<D: OpDriver> Core<D> {
         max_out: usize,
         reply: Reply,
     ) -> Transfer {
-        let (data, more) = match reply {
-            Reply::Got { data, more } => (data, more),
-            Reply::Awaited | Reply::Retry => (Vec::new(), More::Unknown),
-        };
+        let (data, more) = reply.into_data();
         let drv = &self.drv;
         let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen));
         transceive_result(max_out, data, || {
@@ -213,7 +200,7 @@ impl<D: OpDriver> Core<D> {
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             if !pe.pushback.is_empty() {
                 avail_extra = pe.pushback.len();
-                let mut all = pe.pushback.clone();
+                let mut all = pe.pushback.as_slice().to_vec();
                 all.extend_from_slice(&data);
                 data = all;
             }
@@ -241,7 +228,7 @@ impl<D: OpDriver> Core<D> {
     ) -> Transfer {
         let (all, msg_left) = match pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             Some(pe) if !pe.pushback.is_empty() => {
-                let mut all = pe.pushback.clone();
+                let mut all = pe.pushback.as_slice().to_vec();
                 all.extend_from_slice(&data);
                 (all, pe.msg_left)
             }

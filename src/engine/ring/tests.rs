@@ -153,7 +153,7 @@ impl H {
         self.io(
             pipe,
             PipeIo::Transceive {
-                input: input.to_vec(),
+                input: input.to_vec().into(),
                 max_out,
             },
         )
@@ -437,6 +437,40 @@ fn transceive_is_one_send_and_a_chunk() {
     assert_eq!(transfer(&s), ok(b"pong2"));
 }
 
+/// A caller's shared `Bytes` is sent as it is (the SEND points at the
+/// caller's bytes) and, being still the caller's too, is not taken into
+/// the driver's spare buffers; a `Vec` handed over is.
+#[test]
+fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let shared = bytes::Bytes::from(b"shared request".to_vec());
+    let before = h.d().recycled;
+    let s = h.io(
+        p,
+        PipeIo::Transceive {
+            input: shared.clone().into(),
+            max_out: 4280,
+        },
+    );
+    let id = h.d().one(K::Send);
+    match h.d().op(id) {
+        Op::Send { buf, .. } => assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy"),
+        _ => panic!("not a send"),
+    }
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    assert_eq!(h.d().recycled, before, "the caller's buffer is not taken");
+    assert_eq!(&shared[..], b"shared request", "and left as it was");
+    let s = h.transceive(p, b"owned", 4280);
+    h.send_all();
+    h.chunk(ms, b"pong");
+    assert_eq!(transfer(&s), ok(b"pong"));
+    assert_eq!(h.d().recycled, before + 1, "an owned buffer is recycled");
+}
+
 #[test]
 fn overflowed_reply_rest_is_read_from_memory() {
     let mut h = harness();
@@ -666,7 +700,12 @@ fn multishot_short_send_resumes() {
 fn short_write_resumes_and_counts_every_byte() {
     let mut h = harness();
     let p = h.open_ok(1);
-    let s = h.io(p, PipeIo::Write { data: bytes(100) });
+    let s = h.io(
+        p,
+        PipeIo::Write {
+            data: bytes(100).into(),
+        },
+    );
     let send = h.d().one(K::Send);
     h.complete(send, 1);
     let send = h.d().one(K::Send);
@@ -698,7 +737,7 @@ fn cancel_before_start_sends_nothing() {
     h.cmd(Command::Io {
         pipe: p,
         io: PipeIo::Transceive {
-            input: b"x".to_vec(),
+            input: b"x".to_vec().into(),
             max_out: 10,
         },
         notify: Notify::Shared(s.clone()),
@@ -1175,7 +1214,9 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
     let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
     h.cmd(Command::Io {
         pipe: p,
-        io: PipeIo::Write { data: Vec::new() },
+        io: PipeIo::Write {
+            data: SendBuf::default(),
+        },
         notify: Notify::Callback(cb),
     });
     h.send_all();
@@ -1376,6 +1417,44 @@ fn linked_cancel_in_every_order_delivers_the_reply_exactly_once() {
             }
         }
     }
+}
+
+/// The pushback's read offset across overflow and cancel: a chunk longer
+/// than a pool buffer behind a small `max_out` leaves the rest in place
+/// behind an offset; a waiter cancelled after it took its share gives the
+/// share back in front of that rest; the stream comes out whole, in order.
+#[test]
+fn a_cancelled_waiters_share_goes_back_in_front_of_a_long_pushback() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"ping", 1000);
+    let send = h.d().one(K::Send);
+    let ms = h.d().one(K::RecvMulti);
+    let stream = bytes(10_000);
+    h.chunk(ms, &stream);
+    assert!(
+        pending(&s),
+        "the share is taken; the send is still in flight"
+    );
+    h.cancel(&s);
+    h.complete(send, -libc::ECANCELED);
+    assert_eq!(status(&s), NtStatus::CANCELLED);
+    // A transceive overflows from the pushback: the first 1000 bytes.
+    let t = h.transceive(p, b"ping", 1000);
+    h.send_all();
+    let t = transfer(&t);
+    assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+    assert_eq!(t.data, stream[..1000]);
+    // Reads in pieces, then the rest at once.
+    let r = h.read(p, 3000);
+    assert_eq!(transfer(&r), ok(&stream[1000..4000]));
+    let r = h.read(p, 100_000);
+    assert_eq!(transfer(&r), ok(&stream[4000..]));
+    assert!(h
+        .core
+        .pipes
+        .get_mut(p.index, p.gen)
+        .is_some_and(|pe| pe.pushback.is_empty()));
 }
 
 #[test]
@@ -1836,7 +1915,7 @@ mod samba_open {
 
     fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
         match done(s) {
-            Ok(Outcome::Opened { info, .. }) => info,
+            Ok(Outcome::Opened { info, .. }) => *info,
             other => panic!("open: {other:?}"),
         }
     }
@@ -2010,7 +2089,7 @@ mod samba_messages {
     fn sent(h: &mut H) -> Vec<u8> {
         let id = h.d().one(K::Send);
         let buf = match h.d().op(id) {
-            Op::Send { buf, .. } => buf.clone(),
+            Op::Send { buf, .. } => buf.to_vec(),
             _ => panic!("not a send"),
         };
         h.complete(id, buf.len() as i32);
@@ -2166,7 +2245,12 @@ mod samba_messages {
         let mut h = samba();
         let p = open_ok(&mut h);
         let data = bytes(70_000);
-        let s = h.io(p, PipeIo::Write { data: data.clone() });
+        let s = h.io(
+            p,
+            PipeIo::Write {
+                data: data.clone().into(),
+            },
+        );
         let wire = sent(&mut h);
         assert_eq!(wire.len(), 70_004);
         assert_eq!(&wire[..2], &u16::MAX.to_le_bytes());
@@ -2178,5 +2262,17 @@ mod samba_messages {
             Ok(Outcome::Written(n)) => assert_eq!(n, 70_000),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[test]
+fn op_keys_and_sqe_tokens_use_the_ring_token_layout() {
+    use crate::engine::command::NO_OP;
+    for key in [(0, 0), (7, 5), (u32::MAX, 0x00ff_ffff)] {
+        let k = op_key(key);
+        assert_ne!(k, NO_OP, "a started request never looks unstarted");
+        assert_eq!(from_op_key(k), key);
+        let t = Token::from_raw(token(key, ST_MULTISHOT));
+        assert_eq!((t.index(), t.gen(), t.kind()), (key.0, key.1, ST_MULTISHOT));
     }
 }

@@ -173,9 +173,8 @@ impl PipeBackend for EngineBackend {
         max_out: usize,
     ) -> Poll<Result<PipeData, NtStatus>> {
         match self.pipe(pipe) {
-            #[allow(clippy::useless_conversion)]
             Ok(p) => {
-                let r = p.transceive(input.into(), max_out);
+                let r = p.transceive(input, max_out);
                 self.pending(op, InFlight::Data(r))
             }
             Err(st) => Poll::Ready(Err(st)),
@@ -219,9 +218,8 @@ impl PipeBackend for EngineBackend {
 
     fn write(&mut self, op: OpId, pipe: PipeRef, data: Vec<u8>) -> Poll<Result<usize, NtStatus>> {
         match self.pipe(pipe) {
-            #[allow(clippy::useless_conversion)]
             Ok(p) => {
-                let r = p.write(data.into());
+                let r = p.write(data);
                 self.pending(op, InFlight::Written(r))
             }
             Err(st) => Poll::Ready(Err(st)),

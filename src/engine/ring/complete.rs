@@ -1,0 +1,142 @@
+//! What a completion means for the op it belongs to: routing it by step
+//! to the open, WAIT, multishot or I/O code, and what the op does once
+//! none of its SQEs is in flight (resume, keep waiting, or finish).
+
+use super::*;
+use crate::protocol::NtStatus;
+use crate::ring::{Completion, OpDriver, Token};
+
+impl<D: OpDriver> Core<D> {
+    pub(super) fn completion(&mut self, c: Completion) {
+        let t = Token::from_raw(c.token);
+        let (index, gen, step) = (t.index(), t.gen(), t.kind());
+        let key = (index, gen);
+        let cancelled = {
+            let Some(e) = self.ops.get_mut(index, gen) else {
+                return;
+            };
+            if !c.more {
+                e.pending = e.pending.saturating_sub(1);
+                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
+                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
+                }
+            }
+            e.cancelled
+        };
+        match step {
+            ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
+            ST_MULTISHOT => return self.multishot_step(key, c),
+            ST_WAIT_CONNECT | ST_WAIT_TIMER | ST_WAIT_DEADLINE => {
+                let r = c.result;
+                drop(c);
+                self.wait_step(key, step, r);
+            }
+            _ => self.io_step(key, step, c),
+        }
+        if cancelled {
+            // Keep cancelling whatever part of the chain is still running.
+            self.cancel_chain(key);
+        }
+        self.chain_over(key);
+    }
+
+    /// What an op does once none of its SQEs is in flight: resume (the
+    /// rest of a short send, a receive after an empty pool), keep waiting
+    /// (for a multishot chunk), or finish.
+    pub(super) fn chain_over(&mut self, key: (u32, u32)) {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+            return;
+        };
+        if e.pending > 0 {
+            return;
+        }
+        let next = if e.cancelled {
+            Next::Finish
+        } else {
+            next_step(&e.kind)
+        };
+        match next {
+            Next::Finish => self.finish(key),
+            // Sent; the reply comes with the multishot receive's next chunk.
+            Next::Wait => {}
+            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
+                Some(Ok((fd, _))) => self.push_resume(key, fd),
+                Some(Err(s)) => self.fail_now(key, s),
+                None => debug_assert!(false, "a resumed request without a pipe"),
+            },
+        }
+    }
+
+    pub(super) fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            set_status(&mut e.kind, status);
+            if e.pending == 0 {
+                self.finish(key);
+            }
+        }
+    }
+}
+
+/// See [`Core::chain_over`].
+enum Next {
+    Finish,
+    Wait,
+    Resume,
+}
+
+fn next_step(kind: &Kind) -> Next {
+    match kind {
+        Kind::Transceive {
+            status: None,
+            input,
+            sent,
+            reply,
+            from,
+            ..
+        } => {
+            if *sent < input.len() || matches!(reply, Reply::Retry) {
+                Next::Resume
+            } else if *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited) {
+                Next::Wait
+            } else {
+                Next::Finish
+            }
+        }
+        Kind::Read {
+            status: None,
+            reply,
+            from,
+            ..
+        } => match reply {
+            Reply::Retry => Next::Resume,
+            Reply::Awaited if *from == ReplyFrom::Multishot => Next::Wait,
+            _ => Next::Finish,
+        },
+        Kind::Write {
+            status: None,
+            data,
+            sent,
+            ..
+        } if *sent < data.len() => Next::Resume,
+        Kind::WaitPipe { status: None, .. } => {
+            debug_assert!(false, "a WAIT undecided with nothing in flight");
+            Next::Wait
+        }
+        _ => Next::Finish,
+    }
+}
+
+fn set_status(kind: &mut Kind, s: NtStatus) {
+    let slot = match kind {
+        Kind::Open { status, .. }
+        | Kind::Transceive { status, .. }
+        | Kind::Read { status, .. }
+        | Kind::Write { status, .. }
+        | Kind::Peek { status, .. }
+        | Kind::WaitPipe { status, .. } => status,
+        Kind::Multishot => return,
+    };
+    if slot.is_none() {
+        *slot = Some(s);
+    }
+}
