@@ -3,27 +3,24 @@
 //! shutdown eventfd, and the handle.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{Dialect, NtStatus, PipeName};
-use crate::ring::service::EpollLoop;
-use crate::ring::service::{EventLoop, LoopConfig, LoopCounters};
-use crate::ring::sys::{effective_uid, eventfd, probe_unix_listener};
+use crate::ring::service::runner::{resolve_backend, LoopRole, LoopStartError, LoopThreads};
+use crate::ring::service::{LoopConfig, LoopCounters};
+use crate::ring::sys::{effective_uid, probe_unix_listener};
 use crate::ring::RingError;
 
 use super::handler::{EchoFactory, HandlerFactory};
 use super::session::{AcceptAll, AcceptPolicy, PeerUids, PipeAcceptor, PipeSlot, Shared};
 use super::stats::{Counters, Stats};
-use crate::ring::backend::resolve;
 use crate::ring::{Backend, BackendChoice};
 
 /// Why a service could not start.
@@ -420,19 +417,11 @@ impl ServiceBuilder {
             uids.dedup();
             PeerUids::Only(uids)
         };
-        let (backend, why) = resolve(self.backend);
-        let fallback_reason = why.map(|e| e.to_string());
-        if let Some(why) = &fallback_reason {
-            tracing::warn!("opipe service: using epoll: {why}");
-        }
+        let (backend, fallback_reason) = resolve_backend(self.backend, ROLE);
         let mut sockets = Sockets::default();
         for name in &names {
             sockets.bind(&self.dialect.socket_path(&self.dir, name), self.socket_mode)?;
         }
-        let shutdown = Arc::new(eventfd().map_err(|err| ServiceError::Io {
-            what: "eventfd".into(),
-            err,
-        })?);
         let loop_counters = Arc::new(LoopCounters::default());
         let shared = Arc::new(Shared {
             dialect: self.dialect,
@@ -452,97 +441,54 @@ impl ServiceBuilder {
             counters: Counters::default(),
             loop_counters: loop_counters.clone(),
         });
-        let mut handle = ServiceHandle {
+        let mut cfg = self.loop_cfg;
+        cfg.max_buffered_bytes = thread_budget;
+        let loops = LoopThreads::start(
+            ROLE,
+            backend,
+            self.threads,
+            &cfg,
+            &sockets.fds(),
+            &loop_counters,
+            || PipeAcceptor {
+                shared: shared.clone(),
+            },
+        )
+        .map_err(|e| match e {
+            LoopStartError::Eventfd(err) => ServiceError::Io {
+                what: "eventfd".into(),
+                err,
+            },
+            LoopStartError::Ring(e) => ServiceError::Ring(e),
+            LoopStartError::Epoll(err) => ServiceError::Io {
+                what: "setting up epoll".into(),
+                err,
+            },
+            LoopStartError::Spawn(err) => ServiceError::Io {
+                what: "spawning a service thread".into(),
+                err,
+            },
+            LoopStartError::Ended => ServiceError::Io {
+                what: "service thread start-up".into(),
+                err: io::Error::other("a service thread ended during start-up"),
+            },
+        })?;
+        Ok(ServiceHandle {
             shared,
-            threads: Vec::new(),
-            shutdown_fd: shutdown.clone(),
+            loops,
             sockets,
             backend,
             fallback_reason,
-        };
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServiceError>>();
-        for i in 0..self.threads {
-            let mut cfg = self.loop_cfg.clone();
-            cfg.max_buffered_bytes = thread_budget;
-            let listeners = handle.sockets.fds();
-            let (shutdown, counters, shared) = (
-                shutdown.clone(),
-                loop_counters.clone(),
-                handle.shared.clone(),
-            );
-            let ready = ready_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("opipe-svc-{i}"))
-                .spawn(move || {
-                    // The loop is made on the thread that runs it.
-                    let acceptor = PipeAcceptor { shared };
-                    let r = match backend {
-                        Backend::IoUring => {
-                            match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(ServiceError::Ring(e)));
-                                    return Ok(());
-                                }
-                            }
-                        }
-                        Backend::Epoll => {
-                            match EpollLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(err) => {
-                                    let _ = ready.send(Err(ServiceError::Io {
-                                        what: "setting up epoll".into(),
-                                        err,
-                                    }));
-                                    return Ok(());
-                                }
-                            }
-                        }
-                    };
-                    if r.is_err() {
-                        // Fail loudly: stop the whole service rather
-                        // than serve on with a dead thread.
-                        let _ = signal_eventfd(&shutdown);
-                    }
-                    r
-                });
-            match spawned {
-                Ok(t) => handle.threads.push(t),
-                Err(err) => {
-                    return Err(ServiceError::Io {
-                        what: "spawning a service thread".into(),
-                        err,
-                    })
-                }
-            }
-        }
-        drop(ready_tx);
-        for _ in 0..handle.threads.len() {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(ServiceError::Io {
-                        what: "service thread start-up".into(),
-                        err: io::Error::other("a service thread ended during start-up"),
-                    })
-                }
-            }
-        }
-        Ok(handle)
+        })
     }
 }
 
-/// Makes the shutdown eventfd readable (for every loop watching it).
-fn signal_eventfd(fd: &OwnedFd) -> io::Result<()> {
-    File::from(fd.try_clone()?).write_all(&1u64.to_ne_bytes())
-}
+/// The service's loop threads.
+const ROLE: LoopRole = LoopRole {
+    thread_prefix: "opipe-svc",
+    log: "service",
+    noun: "service",
+};
 
 /// A configured name as a pipe name: flat names are taken as the part after
 /// `\PIPE\` (so `pipeline` stays `pipeline`); SMB paths are parsed as such.
@@ -710,8 +656,7 @@ fn warn_if_dir_writable_by_others(dir: &Path) {
 /// threads and removes its sockets.
 pub struct ServiceHandle {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<io::Result<()>>>,
-    shutdown_fd: Arc<OwnedFd>,
+    loops: LoopThreads,
     sockets: Sockets,
     backend: Backend,
     fallback_reason: Option<String>,
@@ -721,7 +666,7 @@ impl fmt::Debug for ServiceHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceHandle")
             .field("sockets", &self.sockets.paths())
-            .field("threads", &self.threads.len())
+            .field("threads", &self.loops.len())
             .field("backend", &self.backend)
             .finish()
     }
@@ -769,14 +714,14 @@ impl ServiceHandle {
     /// Asks every service thread to stop: accepts end, every connection is
     /// closed. Returns at once; [`join`](Self::join) waits.
     pub fn shutdown(&self) -> io::Result<()> {
-        signal_eventfd(&self.shutdown_fd)
+        self.loops.shutdown()
     }
 
     /// True once any service thread has ended: after [`shutdown`](Self::shutdown),
     /// or after a thread failed (which shuts the whole service down;
     /// [`join`](Self::join) returns the error).
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().any(|t| t.is_finished())
+        self.loops.is_finished()
     }
 
     /// Waits for the threads to end (call [`shutdown`](Self::shutdown)
@@ -787,16 +732,7 @@ impl ServiceHandle {
     }
 
     fn join_threads(&mut self) -> io::Result<()> {
-        let mut result = Ok(());
-        for t in self.threads.drain(..) {
-            let r = match t.join() {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::other("a service thread panicked")),
-            };
-            if result.is_ok() {
-                result = r;
-            }
-        }
+        let result = self.loops.join();
         self.sockets.remove();
         result
     }
@@ -804,7 +740,7 @@ impl ServiceHandle {
 
 impl Drop for ServiceHandle {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if self.loops.len() != 0 {
             let _ = self.shutdown();
             let _ = self.join_threads();
         }

@@ -8,9 +8,13 @@
 //! * `shared`: what both loops share (session and acceptor traits,
 //!   configuration, counters, connection phases, the memory budget,
 //!   deadline and eviction helpers). Neither loop imports the other;
+//! * `runner`: N loop threads over the listeners with an acceptor
+//!   factory, start-up and shutdown/join (the pipe service and the SMB2
+//!   front both run on it);
 //! * `tcp`: TCP listeners and accepted-socket options (the SMB2 front).
 
 pub(crate) mod epoll;
+pub(crate) mod runner;
 pub(crate) mod shared;
 pub mod tcp;
 pub(crate) mod uring;

@@ -27,23 +27,20 @@ mod backend;
 mod session;
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::backend::EngineBackend;
 use self::session::FrontSession;
 use super::server::{InterimPolicy, ServerConfig};
 use crate::engine::Engine;
-use crate::ring::backend::resolve;
+use crate::ring::service::runner::{resolve_backend, LoopRole, LoopStartError, LoopThreads};
 use crate::ring::service::tcp::{peer_addr, set_tcp_nodelay, tcp_listener};
-use crate::ring::service::{Acceptor, EpollLoop, EventLoop, LoopConfig, LoopCounters, WakerSlot};
-use crate::ring::sys::eventfd;
+use crate::ring::service::{Acceptor, LoopConfig, LoopCounters, WakerSlot};
 use crate::ring::{Backend, BackendChoice};
 
 /// Counters of a front, shared by its threads (see [`FrontStats`]).
@@ -206,14 +203,8 @@ impl Smb2FrontBuilder {
                 "max connections must be at least 1",
             ));
         }
-        let (backend, why) = resolve(self.backend);
-        let fallback_reason = why.map(|e| e.to_string());
-        if let Some(why) = &fallback_reason {
-            tracing::warn!("opipe smb2: using epoll: {why}");
-        }
+        let (backend, fallback_reason) = resolve_backend(self.backend, ROLE);
         let (listener, local_addr) = tcp_listener(self.listen)?;
-        let listener = Arc::new(listener);
-        let shutdown = Arc::new(eventfd()?);
         let loop_counters = Arc::new(LoopCounters::default());
         let counters = Arc::new(FrontCounters::default());
         let mut server = self.server;
@@ -233,89 +224,39 @@ impl Smb2FrontBuilder {
             next_conn: AtomicU64::new(0),
             login_timeout: self.login_timeout,
         });
-        let mut handle = Smb2FrontHandle {
+        let loops = LoopThreads::start(
+            ROLE,
+            backend,
+            self.threads,
+            &self.loop_cfg,
+            &[Arc::new(listener)],
+            &loop_counters,
+            || FrontAcceptor {
+                shared: shared.clone(),
+            },
+        )
+        .map_err(|e| match e {
+            LoopStartError::Eventfd(e) | LoopStartError::Epoll(e) | LoopStartError::Spawn(e) => e,
+            LoopStartError::Ring(e) => io::Error::other(e.to_string()),
+            LoopStartError::Ended => io::Error::other("a front thread ended at start"),
+        })?;
+        Ok(Smb2FrontHandle {
             shared,
-            loop_counters: loop_counters.clone(),
-            threads: Vec::new(),
-            shutdown_fd: shutdown.clone(),
+            loop_counters,
+            loops,
             local_addr,
             backend,
             fallback_reason,
-        };
-        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
-        for i in 0..self.threads {
-            let cfg = self.loop_cfg.clone();
-            let listeners = vec![listener.clone()];
-            let (shutdown, counters, shared) = (
-                shutdown.clone(),
-                loop_counters.clone(),
-                handle.shared.clone(),
-            );
-            let ready = ready_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("opipe-smb2-{i}"))
-                .spawn(move || {
-                    let acceptor = FrontAcceptor { shared };
-                    let r = match backend {
-                        Backend::IoUring => {
-                            match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(io::Error::other(e.to_string())));
-                                    return Ok(());
-                                }
-                            }
-                        }
-                        Backend::Epoll => {
-                            match EpollLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(e));
-                                    return Ok(());
-                                }
-                            }
-                        }
-                    };
-                    if r.is_err() {
-                        // Stop the whole front rather than serve on with a
-                        // dead thread.
-                        let _ = signal(&shutdown);
-                    }
-                    r
-                });
-            match spawned {
-                Ok(t) => handle.threads.push(t),
-                Err(e) => {
-                    let _ = handle.shutdown();
-                    let _ = handle.join_threads();
-                    return Err(e);
-                }
-            }
-        }
-        drop(ready_tx);
-        for _ in 0..self.threads {
-            let r = ready_rx
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("a front thread ended at start")));
-            if let Err(e) = r {
-                let _ = handle.shutdown();
-                let _ = handle.join_threads();
-                return Err(e);
-            }
-        }
-        Ok(handle)
+        })
     }
 }
 
-fn signal(fd: &OwnedFd) -> io::Result<()> {
-    File::from(fd.try_clone()?).write_all(&1u64.to_ne_bytes())
-}
+/// The front's loop threads.
+const ROLE: LoopRole = LoopRole {
+    thread_prefix: "opipe-smb2",
+    log: "smb2",
+    noun: "front",
+};
 
 /// What every thread of a front shares.
 struct Shared {
@@ -384,8 +325,7 @@ impl Acceptor for FrontAcceptor {
 pub struct Smb2FrontHandle {
     shared: Arc<Shared>,
     loop_counters: Arc<LoopCounters>,
-    threads: Vec<JoinHandle<io::Result<()>>>,
-    shutdown_fd: Arc<OwnedFd>,
+    loops: LoopThreads,
     local_addr: SocketAddr,
     backend: Backend,
     fallback_reason: Option<String>,
@@ -395,7 +335,7 @@ impl fmt::Debug for Smb2FrontHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Smb2FrontHandle")
             .field("local_addr", &self.local_addr)
-            .field("threads", &self.threads.len())
+            .field("threads", &self.loops.len())
             .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
@@ -440,30 +380,17 @@ impl Smb2FrontHandle {
 
     /// True once a thread has ended (after a shutdown, or a failure).
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().any(|t| t.is_finished())
+        self.loops.is_finished()
     }
 
     /// Asks every thread to close its connections and stop.
     pub fn shutdown(&self) -> io::Result<()> {
-        signal(&self.shutdown_fd)
-    }
-
-    fn join_threads(&mut self) -> io::Result<()> {
-        let mut first = Ok(());
-        for t in self.threads.drain(..) {
-            let r = t
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a front thread panicked")));
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+        self.loops.shutdown()
     }
 
     /// Waits for the threads to end (after [`shutdown`](Self::shutdown));
     /// the first thread error, if any.
     pub fn join(mut self) -> io::Result<()> {
-        self.join_threads()
+        self.loops.join()
     }
 }
