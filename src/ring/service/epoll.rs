@@ -77,9 +77,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::shared::{
-    abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
+    abort, admit, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
     CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
-    WakeQueue, WakerSlot,
+    WakeQueue,
 };
 use crate::ring::op::Token;
 
@@ -249,23 +249,13 @@ impl EpollLoop {
             ));
         }
         let ep = epoll_new()?;
-        epoll_ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            shutdown_fd.as_raw_fd(),
-            EV_IN,
-            token(Event::Shutdown),
-        )
-        .map_err(io::Error::from_raw_os_error)?;
+        let watch = |fd: i32, event: Event| {
+            epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, EV_IN, token(event))
+                .map_err(io::Error::from_raw_os_error)
+        };
+        watch(shutdown_fd.as_raw_fd(), Event::Shutdown)?;
         let wake = WakeQueue::new()?;
-        epoll_ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            wake.raw_fd(),
-            EV_IN,
-            token(Event::Wake),
-        )
-        .map_err(io::Error::from_raw_os_error)?;
+        watch(wake.raw_fd(), Event::Wake)?;
         let mut ls = Vec::with_capacity(listeners.len());
         for (i, fd) in listeners.into_iter().enumerate() {
             set_nonblocking(&fd)?;
@@ -359,19 +349,16 @@ impl EpollLoop {
         for _ in 0..ACCEPT_BATCH {
             match accept_nonblocking(&self.listeners[li].fd) {
                 Ok(fd) => {
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    if st.conns.len() >= self.cfg.max_connections {
-                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let (idx, gen) = st.conns.vacant();
-                    let slot = WakerSlot::new(&self.wake, idx, gen);
-                    match st.acceptor.accept_with_waker(li, fd.as_fd(), slot) {
-                        Some(session) => self.add_conn(st, idx, gen, fd, session),
-                        None => {
-                            st.conns.release(idx);
-                            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                    let full = st.conns.len() >= self.cfg.max_connections;
+                    if let Some((idx, gen, session)) = admit(
+                        &mut st.acceptor,
+                        &mut st.conns,
+                        &self.wake,
+                        &self.counters,
+                        (li, fd.as_fd()),
+                        full,
+                    ) {
+                        self.add_conn(st, idx, gen, fd, session);
                     }
                 }
                 Err(libc::EAGAIN) => break,

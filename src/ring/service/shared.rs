@@ -258,6 +258,37 @@ impl<'a> WakerSlot<'a> {
     }
 }
 
+/// An accepted connection (from listener `conn.0`, counted as accepted)
+/// offered to the acceptor with the waker of the slot it would take;
+/// `full`: refused without asking (at the connection limit, shutting
+/// down). The slot and the session, or `None` (counted as refused; the
+/// caller closes the connection).
+pub(crate) fn admit<A: Acceptor, C>(
+    acceptor: &mut A,
+    conns: &mut Slab<C>,
+    wake: &Arc<WakeQueue>,
+    counters: &LoopCounters,
+    conn: (usize, BorrowedFd<'_>),
+    full: bool,
+) -> Option<(u32, u32, A::Session)> {
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let admitted = if full {
+        None
+    } else {
+        let (idx, gen) = conns.vacant();
+        let slot = WakerSlot::new(wake, idx, gen);
+        let session = acceptor.accept_with_waker(conn.0, conn.1, slot);
+        if session.is_none() {
+            conns.release(idx);
+        }
+        session.map(|s| (idx, gen, s))
+    };
+    if admitted.is_none() {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    admitted
+}
+
 /// Sizes and limits of one event loop.
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
@@ -733,6 +764,29 @@ pub(crate) mod test_echo {
         c
     }
 
+    /// What a loop under test runs on: a temp dir (kept alive by the
+    /// caller), an AF_UNIX listener at `<dir>/<name>`, the shutdown
+    /// eventfd and the counters.
+    #[allow(clippy::type_complexity)]
+    fn loop_fixture(
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Arc<std::os::fd::OwnedFd>,
+        Arc<std::os::fd::OwnedFd>,
+        Arc<super::LoopCounters>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let listener: std::os::fd::OwnedFd = std::os::unix::net::UnixListener::bind(&path)
+            .unwrap()
+            .into();
+        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
+        let counters = Arc::new(super::LoopCounters::default());
+        (dir, path, Arc::new(listener), shutdown, counters)
+    }
+
     /// Runs [`client_script`] against a service loop started by `run` on a
     /// listener in a temp dir (with the shutdown eventfd, the counters and
     /// an [`EchoAcceptor`]) and checks how the three connections closed.
@@ -748,14 +802,7 @@ pub(crate) mod test_echo {
             + Send
             + 'static,
     ) -> Option<Arc<super::LoopCounters>> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("echo");
-        let listener: std::os::fd::OwnedFd = std::os::unix::net::UnixListener::bind(&path)
-            .unwrap()
-            .into();
-        let listener = Arc::new(listener);
-        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
-        let counters = Arc::new(super::LoopCounters::default());
+        let (_dir, path, listener, shutdown, counters) = loop_fixture("echo");
         let closes = Arc::new(Mutex::new(Vec::new()));
         let t = {
             let (s, k, c) = (shutdown.clone(), counters.clone(), closes.clone());
@@ -850,14 +897,7 @@ pub(crate) mod test_echo {
             + 'static,
     ) {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wake");
-        let listener: std::os::fd::OwnedFd = std::os::unix::net::UnixListener::bind(&path)
-            .unwrap()
-            .into();
-        let listener = Arc::new(listener);
-        let shutdown = Arc::new(crate::ring::sys::eventfd().unwrap());
-        let counters = Arc::new(super::LoopCounters::default());
+        let (_dir, path, listener, shutdown, counters) = loop_fixture("wake");
         let wakers = Arc::new(Mutex::new(Vec::new()));
         let wakes = Arc::new(AtomicUsize::new(0));
         let acceptor = WokenAcceptor {

@@ -81,9 +81,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 #[cfg(doc)]
 use super::shared::ConnWaker;
 use super::shared::{
-    abort, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
+    abort, admit, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
     CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
-    WakeQueue, WakerSlot, EVICT_RETRY,
+    WakeQueue, EVICT_RETRY,
 };
 use crate::ring::bufring::BufRing;
 use crate::ring::op::Token;
@@ -584,20 +584,16 @@ impl EventLoop {
             // SAFETY: a non-negative accept result is a new fd the kernel
             // just created for us; nobody else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
-            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-            if self.shutting_down || st.conns.len() >= self.cfg.max_connections {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                drop(fd);
-            } else {
-                let (idx, gen) = st.conns.vacant();
-                let slot = WakerSlot::new(&self.wake, idx, gen);
-                match st.acceptor.accept_with_waker(li, fd.as_fd(), slot) {
-                    Some(session) => self.add_conn(st, idx, gen, fd, session)?,
-                    None => {
-                        st.conns.release(idx);
-                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+            let full = self.shutting_down || st.conns.len() >= self.cfg.max_connections;
+            if let Some((idx, gen, session)) = admit(
+                &mut st.acceptor,
+                &mut st.conns,
+                &self.wake,
+                &self.counters,
+                (li, fd.as_fd()),
+                full,
+            ) {
+                self.add_conn(st, idx, gen, fd, session)?;
             }
         } else if res != -libc::ECANCELED {
             self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
