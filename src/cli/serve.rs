@@ -251,15 +251,40 @@ fn start_with(
     }
 }
 
-pub fn run(args: ServeArgs) -> ExitCode {
-    // Block the stop signals before any thread exists, so that every
-    // service thread inherits the mask and only sigwait below takes them.
-    let signals = match BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("opipe serve: cannot block signals: {e}");
-            return ExitCode::from(EXIT_FAILURE);
+/// Blocks SIGINT and SIGTERM in the calling thread. Call it before any
+/// other thread exists, so that every thread inherits the mask and only
+/// the waits on the result take them. On failure, says so on stderr
+/// (`opipe <command>: ...`) and gives the exit code.
+pub(crate) fn block_stop_signals(command: &str) -> Result<BlockedSignals, ExitCode> {
+    BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| {
+        eprintln!("opipe {command}: cannot block signals: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+/// Serves until a stop signal (`Ok`), or until the server ends by itself
+/// (`finished`: a `<what>` thread failed, which shut the server down).
+pub(crate) fn wait_for_stop(
+    signals: &BlockedSignals,
+    finished: impl Fn() -> bool,
+    what: &str,
+) -> std::io::Result<()> {
+    loop {
+        match signals.wait_timeout(Duration::from_millis(500)) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if finished() => {
+                return Err(std::io::Error::other(format!("a {what} thread stopped")));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
         }
+    }
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let signals = match block_stop_signals("serve") {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     // Thousands of connections need thousands of fds; a failure here only
     // lowers how many can be served.
@@ -291,18 +316,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         if args.threads == 1 { "" } else { "s" },
         svc.backend(),
     );
-    // Serve until a stop signal, or until the service ends by itself
-    // (a service thread failed: it shut the service down).
-    let waited = loop {
-        match signals.wait_timeout(Duration::from_millis(500)) {
-            Ok(Some(_)) => break Ok(()),
-            Ok(None) if svc.is_finished() => {
-                break Err(std::io::Error::other("a service thread stopped"));
-            }
-            Ok(None) => {}
-            Err(e) => break Err(e),
-        }
-    };
+    let waited = wait_for_stop(&signals, || svc.is_finished(), "service");
     let st = svc.stats();
     eprintln!(
         "opipe serve: stopping: {} accepted, {} opened ({} refused with a status, {} closed \

@@ -10,14 +10,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 
 use crate::args::{BackendArg, DialectArg};
+use crate::serve::{block_stop_signals, wait_for_stop};
 
 use opipe::engine::{Engine, EngineConfig};
-use opipe::ring::sys::{raise_nofile_limit, BlockedSignals};
+use opipe::ring::sys::raise_nofile_limit;
 use opipe::smb2::front::Smb2Front;
 
 const EXIT_FAILURE: u8 = 1;
@@ -58,14 +58,9 @@ pub struct Smb2Args {
 }
 
 pub fn run(args: Smb2Args) -> ExitCode {
-    // Block the stop signals before any thread exists, so every thread
-    // inherits the mask and only the wait below takes them.
-    let signals = match BlockedSignals::block(&[libc::SIGINT, libc::SIGTERM]) {
+    let signals = match block_stop_signals("smb2") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("opipe smb2: cannot block signals: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
     let _ = raise_nofile_limit();
     let mut ecfg = EngineConfig::new(&args.dir);
@@ -106,16 +101,7 @@ pub fn run(args: Smb2Args) -> ExitCode {
         if args.threads == 1 { "" } else { "s" },
         front.backend(),
     );
-    let waited = loop {
-        match signals.wait_timeout(Duration::from_millis(500)) {
-            Ok(Some(_)) => break Ok(()),
-            Ok(None) if front.is_finished() => {
-                break Err(std::io::Error::other("a front thread stopped"));
-            }
-            Ok(None) => {}
-            Err(e) => break Err(e),
-        }
-    };
+    let waited = wait_for_stop(&signals, || front.is_finished(), "front");
     let stopped = front.shutdown();
     let st = front.stats();
     let joined = front.join();
