@@ -18,30 +18,23 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
 use common::samba::SambaRpcd;
+use common::smb2::{
+    clients_installed, login, negotiate, open, read, run_client, transceive, Ids, Smb2Call,
+    RPCCLIENT, SMBCLIENT,
+};
 use opipe::engine::{BackendChoice, Engine, EngineConfig};
 use opipe::protocol::dcerpc::{encode_bind, NDR_SYNTAX, SRVSVC_SYNTAX};
 use opipe::protocol::NtStatus;
 use opipe::service::{DceRpcFactory, Service, ServiceHandle};
-use opipe::smb2::file::{
-    CreateRequest, FileId, IoctlRequest, ReadRequest, FSCTL_PIPE_TRANSCEIVE, IOCTL_IS_FSCTL,
-};
+use opipe::smb2::file::FileId;
 use opipe::smb2::frame::frame_len;
 use opipe::smb2::front::{Smb2Front, Smb2FrontHandle};
-use opipe::smb2::negotiate::{NegotiateContext, NegotiateRequest, HASH_SHA512};
-use opipe::smb2::ntlmssp;
-use opipe::smb2::session::{SessionSetupRequest, TreeConnectRequest};
-use opipe::smb2::spnego::{NegTokenInit, NegTokenResp, SpnegoToken, OID_NTLMSSP};
-use opipe::smb2::status;
 use opipe::smb2::{frame, split_compound, Command, Header, HeaderIds, Request, Response};
 
-const SMBCLIENT: &str = "/usr/bin/smbclient";
-const RPCCLIENT: &str = "/usr/bin/rpcclient";
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
@@ -133,40 +126,6 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<i32> {
     }
 }
 
-/// Runs a client to completion (bounded, own process group); returns
-/// (exit code, stdout+stderr).
-fn run(argv: &[&str]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let err = out.try_clone().unwrap();
-    let mut child = Proc::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let code = wait_bounded(&mut child, CLIENT_TIMEOUT);
-    if code.is_none() {
-        // SAFETY: as in `signal`; the group is the child's own.
-        unsafe {
-            libc::kill(-(child.id() as i32), libc::SIGKILL);
-        }
-    }
-    let _ = child.wait();
-    (code, std::fs::read_to_string(&out_path).unwrap_or_default())
-}
-
-fn clients_installed() -> bool {
-    if Path::new(SMBCLIENT).exists() && Path::new(RPCCLIENT).exists() {
-        return true;
-    }
-    eprintln!("SKIPPED: smbclient/rpcclient not installed; install smbclient");
-    false
-}
-
 // ---------------------------------------------------------------------------
 // Real clients through `opipe smb2 --dialect samba`.
 
@@ -182,7 +141,7 @@ fn real_clients_through_the_front(backend: &str) {
     let front = FrontProc::start(&["--dir", &dir, "--dialect", "samba", "--backend", backend]);
     let port = front.addr.port().to_string();
 
-    let (code, listing) = run(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
+    let (code, listing) = run_client(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
     assert_eq!(
         code,
         Some(0),
@@ -194,13 +153,13 @@ fn real_clients_through_the_front(backend: &str) {
         "smbclient -L:\n{listing}"
     );
 
-    let (code, out) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
+    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
     assert_eq!(code, Some(0), "rpcclient:\n{out}\n{}", front.stderr());
     assert!(out.contains(name), "rpcclient srvinfo:\n{out}");
 
     // smbclient opening with the SMB1 multi-protocol negotiate (answered
     // with the SMB2 upgrade).
-    let (code, nt1) = run(&[
+    let (code, nt1) = run_client(&[
         SMBCLIENT,
         "-L",
         "//127.0.0.1",
@@ -215,7 +174,7 @@ fn real_clients_through_the_front(backend: &str) {
     // More of rpcclient on one session: srvsvc and lsarpc, several opens,
     // replies longer than a transceive's first read.
     let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
-    let (code, more) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    let (code, more) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
     assert_eq!(
         code,
         Some(0),
@@ -266,12 +225,26 @@ fn smbclient_and_rpcclient_through_opipe_smb2_on_epoll() {
 
 struct Raw {
     s: TcpStream,
-    mid: u64,
-    session_id: u64,
-    tree_id: u32,
+    ids: Ids,
     /// Accept an interim STATUS_PENDING before a transceive's answer (smbd
     /// sends them; the front must not).
     allow_interim: bool,
+}
+
+impl Smb2Call for Raw {
+    fn ids(&mut self) -> &mut Ids {
+        &mut self.ids
+    }
+
+    fn call(&mut self, req: Request) -> (Header, Response) {
+        let cmd = req.command();
+        self.send(req);
+        let mut r = self
+            .recv()
+            .unwrap_or_else(|| panic!("no response to command {cmd:#x}"));
+        assert_eq!(r.len(), 1, "{r:?}");
+        r.remove(0)
+    }
 }
 
 impl Raw {
@@ -281,24 +254,9 @@ impl Raw {
         s.set_nodelay(true).unwrap();
         Raw {
             s,
-            mid: 0,
-            session_id: 0,
-            tree_id: 0,
+            ids: Ids::default(),
             allow_interim: false,
         }
-    }
-
-    fn header(&mut self, cmd: Command) -> Header {
-        let mut h = Header::request(cmd);
-        h.message_id = self.mid;
-        self.mid += 1;
-        h.credits = 64;
-        h.session_id = self.session_id;
-        h.ids = HeaderIds::Sync {
-            process_id: 0xFEFF,
-            tree_id: self.tree_id,
-        };
-        h
     }
 
     fn send_header(&mut self, h: &Header, req: Request) {
@@ -308,7 +266,7 @@ impl Raw {
 
     /// Sends `req`; returns its message id.
     fn send(&mut self, req: Request) -> u64 {
-        let h = self.header(Command::from_u16(req.command()).unwrap());
+        let h = self.ids.header(Command::from_u16(req.command()).unwrap());
         self.send_header(&h, req);
         h.message_id
     }
@@ -332,96 +290,25 @@ impl Raw {
         )
     }
 
-    fn call(&mut self, req: Request) -> (Header, Response) {
-        let cmd = req.command();
-        self.send(req);
-        let mut r = self
-            .recv()
-            .unwrap_or_else(|| panic!("no response to command {cmd:#x}"));
-        assert_eq!(r.len(), 1, "{r:?}");
-        r.remove(0)
-    }
-
     /// NEGOTIATE 3.1.1, anonymous NTLMSSP login, IPC$.
     fn login(addr: SocketAddr) -> Raw {
         let mut c = Raw::connect(addr);
-        let (h, _) = c.call(Request::Negotiate(NegotiateRequest {
-            security_mode: 1,
-            capabilities: 0x44,
-            client_guid: {
-                // One per connection (smbd hands connections with the same
-                // ClientGuid to the same process).
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut g = [3u8; 16];
-                g[..8].copy_from_slice(&n.to_le_bytes());
-                g
-            },
-            dialects: vec![0x202, 0x311],
-            contexts: vec![NegotiateContext::PreauthIntegrity {
-                hash_algorithms: vec![HASH_SHA512],
-                salt: vec![0; 32],
-            }],
-            client_start_time: 0,
-        }));
-        assert_eq!(h.status, NtStatus(0));
-        let neg = ntlmssp::Negotiate {
-            flags: ntlmssp::NEGOTIATE_UNICODE | ntlmssp::NEGOTIATE_NTLM,
-            domain: vec![],
-            workstation: vec![],
-            version: None,
-        };
-        let tok = SpnegoToken::Init(NegTokenInit {
-            mech_types: vec![OID_NTLMSSP.to_vec()],
-            mech_token: Some(neg.encode().unwrap()),
-            ..Default::default()
-        });
-        let (h, _) = c.call(session_setup(tok));
-        assert_eq!(h.status, status::MORE_PROCESSING_REQUIRED);
-        c.session_id = h.session_id;
-        let auth = ntlmssp::Authenticate {
-            flags: ntlmssp::NEGOTIATE_UNICODE,
-            lm_response: vec![],
-            nt_response: vec![],
-            domain: vec![],
-            user: vec![],
-            workstation: vec![],
-            session_key: vec![],
-            version: None,
-            mic: None,
-        };
-        let tok = SpnegoToken::Resp(NegTokenResp {
-            response_token: Some(auth.encode().unwrap()),
-            ..Default::default()
-        });
-        let (h, _) = c.call(session_setup(tok));
-        assert_eq!(h.status, NtStatus(0));
-        let (h, _) = c.call(Request::TreeConnect(TreeConnectRequest {
-            flags: 0,
-            path: r"\\127.0.0.1\IPC$".into(),
-        }));
-        assert_eq!(h.status, NtStatus(0));
-        c.tree_id = h.tree_id();
+        // One ClientGuid per connection (smbd hands connections with the
+        // same ClientGuid to the same process).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guid = [3u8; 16];
+        guid[..8].copy_from_slice(&n.to_le_bytes());
+        login(
+            &mut c,
+            negotiate(guid, &[0x202, 0x311]),
+            r"\\127.0.0.1\IPC$",
+        );
         c
     }
 
     fn open(&mut self, name: &str) -> FileId {
-        match self.call(Request::Create(CreateRequest {
-            security_flags: 0,
-            requested_oplock_level: 0,
-            impersonation_level: 2,
-            smb_create_flags: 0,
-            desired_access: 0x0012_019f,
-            file_attributes: 0,
-            share_access: 3,
-            create_disposition: 1,
-            create_options: 0,
-            name: name.into(),
-            create_contexts: vec![],
-        })) {
-            (h, Response::Create(c)) if h.status == NtStatus(0) => c.file_id,
-            other => panic!("create {name}: {other:?}"),
-        }
+        open(self, name)
     }
 
     /// FSCTL_PIPE_TRANSCEIVE of a DCE/RPC bind to srvsvc: the first
@@ -432,15 +319,7 @@ impl Raw {
             (SRVSVC_SYNTAX.uuid, SRVSVC_SYNTAX.version),
             (NDR_SYNTAX.uuid, NDR_SYNTAX.version),
         );
-        let (mut h, mut r) = self.call(Request::Ioctl(IoctlRequest {
-            ctl_code: FSCTL_PIPE_TRANSCEIVE,
-            file_id,
-            max_input_response: 0,
-            max_output_response: 4280,
-            flags: IOCTL_IS_FSCTL,
-            input: bind,
-            output: vec![],
-        }));
+        let (mut h, mut r) = self.call(transceive(file_id, &bind, 4280));
         if self.allow_interim && h.status == NtStatus::PENDING {
             (h, r) = self.recv().expect("the answer").remove(0);
         }
@@ -461,17 +340,6 @@ fn read_retrying(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
             r => return r,
         }
     }
-}
-
-fn session_setup(tok: SpnegoToken) -> Request {
-    Request::SessionSetup(SessionSetupRequest {
-        flags: 0,
-        security_mode: 1,
-        capabilities: 0,
-        channel: 0,
-        previous_session_id: 0,
-        security_buffer: tok.encode().unwrap(),
-    })
 }
 
 /// `opipe serve` (illumos, dcerpc handler, pipe srvsvc) and the front on
@@ -578,16 +446,7 @@ fn a_blocking_read_is_cancelled_by_smb2_cancel_and_the_pipe_still_transceives() 
         let fid = c.open("srvsvc");
         c.bind(fid, 1);
         // Nothing waits on the pipe: the READ goes async.
-        let read_mid = c.send(Request::Read(ReadRequest {
-            padding: 0x50,
-            flags: 0,
-            length: 1024,
-            offset: 0,
-            file_id: fid,
-            minimum_count: 0,
-            channel: 0,
-            remaining_bytes: 0,
-        }));
+        let read_mid = c.send(read(fid, 1024));
         let r = c.recv().unwrap();
         let (h, _) = &r[0];
         assert_eq!(h.status, NtStatus::PENDING, "{backend:?}: {r:?}");
@@ -610,7 +469,7 @@ fn a_blocking_read_is_cancelled_by_smb2_cancel_and_the_pipe_still_transceives() 
         c.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut h = Header::request(Command::Cancel);
         h.message_id = read_mid;
-        h.session_id = c.session_id;
+        h.session_id = c.ids.session_id;
         h.ids = HeaderIds::Async { async_id };
         c.send_header(&h, Request::Cancel);
         let r = c.recv().unwrap();
@@ -742,41 +601,9 @@ fn measure_front_transceive() {
     for backend in backends() {
         for conns in [1usize, 64] {
             let stack = Stack::start(backend, 1);
-            let addr = stack.addr();
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let t0 = Instant::now();
-            let threads: Vec<_> = (0..conns)
-                .map(|_| {
-                    let stop = stop.clone();
-                    std::thread::spawn(move || {
-                        let mut c = Raw::login(addr);
-                        let fid = c.open("srvsvc");
-                        let mut lat = Vec::new();
-                        let mut n = 0u32;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let t = Instant::now();
-                            n += 1;
-                            c.bind(fid, n);
-                            lat.push(t.elapsed());
-                        }
-                        lat
-                    })
-                })
-                .collect();
-            std::thread::sleep(Duration::from_secs(3));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mut lat: Vec<Duration> = threads
-                .into_iter()
-                .flat_map(|t| t.join().unwrap())
-                .collect();
-            let secs = t0.elapsed().as_secs_f64();
-            lat.sort();
-            let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+            let (rate, p50, p99, _) = closed_loop(stack.addr(), conns, 3, None);
             eprintln!(
-                "{backend:?} {conns:>3} conns: {:>8.0} calls/s, p50 {:?}, p99 {:?}",
-                lat.len() as f64 / secs,
-                p(0.5),
-                p(0.99)
+                "{backend:?} {conns:>3} conns: {rate:>8.0} calls/s, p50 {p50:?}, p99 {p99:?}"
             );
         }
     }
@@ -858,13 +685,18 @@ fn cpu_ticks_of(needle: &str) -> u64 {
 }
 
 /// Closed-loop transceives (a DCE/RPC bind each) on `conns` connections
-/// for `secs`: (calls/s, p50, p99, server CPU us per call).
+/// for `secs`: (calls/s, p50, p99, server CPU us per call). `server`: a
+/// string in the command line of the server process whose CPU is counted
+/// (and which may answer `STATUS_PENDING` first, as smbd does); `None`:
+/// the front in this process, which must answer at once (CPU 0).
 fn closed_loop(
     addr: SocketAddr,
     conns: usize,
     secs: u64,
-    server: &str,
+    server: Option<&str>,
 ) -> (f64, Duration, Duration, f64) {
+    let allow_interim = server.is_some();
+    let cpu_ticks = || server.map_or(0, cpu_ticks_of);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ready = std::sync::Arc::new(std::sync::Barrier::new(conns + 1));
     let threads: Vec<_> = (0..conns)
@@ -874,7 +706,7 @@ fn closed_loop(
                 // A client that fails to set up still reaches the barrier.
                 let setup = std::panic::catch_unwind(move || {
                     let mut c = Raw::login(addr);
-                    c.allow_interim = true;
+                    c.allow_interim = allow_interim;
                     let fid = c.open("srvsvc");
                     c.bind(fid, 1);
                     (c, fid)
@@ -896,11 +728,11 @@ fn closed_loop(
         })
         .collect();
     ready.wait();
-    let cpu0 = cpu_ticks_of(server);
+    let cpu0 = cpu_ticks();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let cpu1 = cpu_ticks_of(server);
+    let cpu1 = cpu_ticks();
     let elapsed = t0.elapsed().as_secs_f64();
     // A client that failed counts no calls (a panic here would skip the
     // servers' clean stop on some paths; this is a measurement).
@@ -946,7 +778,7 @@ fn measure_against_smbd() {
             ("opipe smb2", front.addr, "\0smb2\0--listen\0"),
             ("smbd", smbd_addr, conf.as_str()),
         ] {
-            let (rate, p50, p99, cpu) = closed_loop(addr, conns, 3, needle);
+            let (rate, p50, p99, cpu) = closed_loop(addr, conns, 3, Some(needle));
             eprintln!(
                 "{name:>10} {conns:>3} conns: {rate:>8.0} calls/s  p50 {p50:>10.1?}  p99 {p99:>10.1?}  server CPU {cpu:>6.1} us/call"
             );

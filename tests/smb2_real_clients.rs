@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -25,15 +23,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::samba::SambaRpcd;
+use common::smb2::{clients_installed, run_client, RPCCLIENT, SMBCLIENT};
 use opipe::protocol::npa::{
     frame_message, read_npa_message, FramedReader, NpaIdentity, NpaLevel, NpaReply, NPA_REPLY_LEN,
 };
 use opipe::protocol::{NetUserInfo, NtStatus, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
 use opipe::smb2::server::{Connection, OpId, PipeBackend, PipeData, PipeRef, ServerConfig};
-
-const SMBCLIENT: &str = "/usr/bin/smbclient";
-const RPCCLIENT: &str = "/usr/bin/rpcclient";
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now_filetime() -> u64 {
     let d = SystemTime::now()
@@ -279,59 +274,6 @@ fn serve(
     conn.shutdown(&mut backend);
 }
 
-/// A client process in its own process group, killed by pid on drop.
-struct ClientProc(Child);
-
-impl Drop for ClientProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) has no memory-safety preconditions; the group
-            // id is our own child's pid (process_group(0)), not yet reaped.
-            unsafe {
-                libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-            }
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs a client to completion (bounded); returns (exit code, stdout+stderr).
-fn run(argv: &[&str]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out_path = dir.path().join("out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let err = out.try_clone().unwrap();
-    let child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut p = ClientProc(child);
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let code = loop {
-        if let Ok(Some(st)) = p.0.try_wait() {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(p);
-    (code, std::fs::read_to_string(&out_path).unwrap_or_default())
-}
-
-fn clients_installed() -> bool {
-    if Path::new(SMBCLIENT).exists() && Path::new(RPCCLIENT).exists() {
-        return true;
-    }
-    eprintln!("SKIPPED: smbclient/rpcclient not installed; install smbclient");
-    false
-}
-
 #[test]
 fn smbclient_and_rpcclient_through_the_core() {
     if !clients_installed() {
@@ -343,7 +285,7 @@ fn smbclient_and_rpcclient_through_the_core() {
     let server = Server::start(&rpcd.ncalrpc_dir.join("np"));
     let port = server.port.to_string();
 
-    let (code, listing) = run(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
+    let (code, listing) = run_client(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
     assert_eq!(
         code,
         Some(0),
@@ -355,7 +297,7 @@ fn smbclient_and_rpcclient_through_the_core() {
         "smbclient -L:\n{listing}"
     );
 
-    let (code, out) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
+    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
     assert_eq!(
         code,
         Some(0),
@@ -376,7 +318,7 @@ fn smbclient_and_rpcclient_through_the_core() {
 
     // smbclient opening with the SMB1 multi-protocol negotiate: answered
     // with the SMB2 upgrade (0x02FF), then SMB2 as before.
-    let (code, nt1) = run(&[
+    let (code, nt1) = run_client(&[
         SMBCLIENT,
         "-L",
         "//127.0.0.1",
@@ -393,7 +335,7 @@ fn smbclient_and_rpcclient_through_the_core() {
 
     // More of rpcclient on one session: srvsvc and lsarpc, several opens.
     let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
-    let (code, out) = run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
     assert_eq!(code, Some(0), "rpcclient {cmds}:\n{out}");
     for want in [
         "OPIPESMB2",
@@ -439,7 +381,7 @@ fn concurrent_rpcclients_through_the_core() {
         .map(|_| {
             let port = port.clone();
             std::thread::spawn(move || {
-                run(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"])
+                run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"])
             })
         })
         .collect();

@@ -6,15 +6,18 @@
 //! refusals, limits and malformed input.
 #![cfg(feature = "smb2")]
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::task::Poll;
 
+use common::smb2::{create, login, negotiate, open, read, transceive, tree_connect, Ids, Smb2Call};
 use opipe::protocol::userinfo::{NetUserInfo, USER_FLAG_ANONYMOUS, USER_FLAG_GUEST};
 use opipe::protocol::NtStatus;
 use opipe::smb2::file::{
-    CloseRequest, CreateRequest, FileId, IoctlRequest, QueryInfoRequest, QueryInfoResponse,
-    ReadRequest, SetInfoRequest, WriteRequest, FSCTL_PIPE_TRANSCEIVE, IOCTL_IS_FSCTL,
+    CloseRequest, FileId, IoctlRequest, QueryInfoRequest, QueryInfoResponse, SetInfoRequest,
+    WriteRequest, FSCTL_PIPE_TRANSCEIVE, IOCTL_IS_FSCTL,
 };
 use opipe::smb2::frame::frame_len;
 use opipe::smb2::header::{FLAGS_RELATED_OPERATIONS, HEADER_LEN};
@@ -23,11 +26,8 @@ use opipe::smb2::ntlmssp;
 use opipe::smb2::server::{
     Completion, Connection, ConnectionError, OpId, PipeBackend, PipeData, PipeRef, ServerConfig,
 };
-use opipe::smb2::session::{
-    SessionSetupRequest, TreeConnectRequest, SESSION_FLAG_IS_GUEST, SESSION_FLAG_IS_NULL,
-    SHARE_TYPE_PIPE,
-};
-use opipe::smb2::spnego::{NegTokenInit, NegTokenResp, SpnegoToken, OID_NTLMSSP};
+use opipe::smb2::session::{SESSION_FLAG_IS_GUEST, SESSION_FLAG_IS_NULL, SHARE_TYPE_PIPE};
+use opipe::smb2::spnego::SpnegoToken;
 use opipe::smb2::status;
 use opipe::smb2::{frame, split_compound, Command, Header, HeaderIds, Request, Response};
 
@@ -392,39 +392,12 @@ fn replay_smbclient_smb1_upgrade() {
 struct Client {
     conn: Connection,
     fake: Fake,
-    mid: u64,
-    session_id: u64,
-    tree_id: u32,
+    ids: Ids,
 }
 
-impl Client {
-    fn new(cfg: ServerConfig) -> Client {
-        Client {
-            conn: Connection::new(cfg, client(), 99),
-            fake: Fake::default(),
-            mid: 0,
-            session_id: 0,
-            tree_id: 0,
-        }
-    }
-
-    fn header(&mut self, cmd: Command) -> Header {
-        let mut h = Header::request(cmd);
-        h.message_id = self.mid;
-        self.mid += 1;
-        h.credits = 64;
-        h.session_id = self.session_id;
-        h.ids = HeaderIds::Sync {
-            process_id: 0xFEFF,
-            tree_id: self.tree_id,
-        };
-        h
-    }
-
-    fn send_raw(&mut self, msg: &[u8]) -> Result<Vec<(Header, Response)>, ConnectionError> {
-        self.conn
-            .receive(&frame(msg).unwrap(), NOW, &mut self.fake)?;
-        Ok(responses(&self.conn.take_output()))
+impl Smb2Call for Client {
+    fn ids(&mut self) -> &mut Ids {
+        &mut self.ids
     }
 
     fn call(&mut self, req: Request) -> (Header, Response) {
@@ -433,6 +406,26 @@ impl Client {
         let mut r = self.send_raw(&bytes).unwrap();
         assert_eq!(r.len(), 1, "{r:?}");
         r.remove(0)
+    }
+}
+
+impl Client {
+    fn new(cfg: ServerConfig) -> Client {
+        Client {
+            conn: Connection::new(cfg, client(), 99),
+            fake: Fake::default(),
+            ids: Ids::default(),
+        }
+    }
+
+    fn header(&mut self, cmd: Command) -> Header {
+        self.ids.header(cmd)
+    }
+
+    fn send_raw(&mut self, msg: &[u8]) -> Result<Vec<(Header, Response)>, ConnectionError> {
+        self.conn
+            .receive(&frame(msg).unwrap(), NOW, &mut self.fake)?;
+        Ok(responses(&self.conn.take_output()))
     }
 
     /// NEGOTIATE (2.0.2 and 3.1.1), anonymous login, IPC$.
@@ -443,52 +436,7 @@ impl Client {
     /// NEGOTIATE offering `dialects`, anonymous login, IPC$.
     fn login_with(cfg: ServerConfig, dialects: &[u16]) -> Client {
         let mut c = Client::new(cfg);
-        let (h, _) = c.call(Request::Negotiate(NegotiateRequest {
-            security_mode: 1,
-            capabilities: 0x44,
-            client_guid: [3; 16],
-            dialects: dialects.to_vec(),
-            contexts: vec![NegotiateContext::PreauthIntegrity {
-                hash_algorithms: vec![HASH_SHA512],
-                salt: vec![0; 32],
-            }],
-            client_start_time: 0,
-        }));
-        assert_eq!(h.status, NtStatus(0));
-        let neg = ntlmssp::Negotiate {
-            flags: ntlmssp::NEGOTIATE_UNICODE | ntlmssp::NEGOTIATE_NTLM,
-            domain: vec![],
-            workstation: vec![],
-            version: None,
-        };
-        let tok = SpnegoToken::Init(NegTokenInit {
-            mech_types: vec![OID_NTLMSSP.to_vec()],
-            mech_token: Some(neg.encode().unwrap()),
-            ..Default::default()
-        });
-        let (h, _) = c.call(session_setup(tok));
-        assert_eq!(h.status, status::MORE_PROCESSING_REQUIRED);
-        c.session_id = h.session_id;
-        let auth = ntlmssp::Authenticate {
-            flags: ntlmssp::NEGOTIATE_UNICODE,
-            lm_response: vec![],
-            nt_response: vec![],
-            domain: vec![],
-            user: vec![],
-            workstation: vec![],
-            session_key: vec![],
-            version: None,
-            mic: None,
-        };
-        let tok = SpnegoToken::Resp(NegTokenResp {
-            response_token: Some(auth.encode().unwrap()),
-            ..Default::default()
-        });
-        let (h, _) = c.call(session_setup(tok));
-        assert_eq!(h.status, NtStatus(0));
-        let (h, _) = c.call(tree_connect(r"\\srv\IPC$"));
-        assert_eq!(h.status, NtStatus(0));
-        c.tree_id = h.tree_id();
+        login(&mut c, negotiate([3; 16], dialects), r"\\srv\IPC$");
         c
     }
 
@@ -497,70 +445,8 @@ impl Client {
     }
 
     fn open(&mut self, name: &str) -> FileId {
-        match self.create(name) {
-            (h, Response::Create(c)) if h.status == NtStatus(0) => c.file_id,
-            other => panic!("create {name}: {other:?}"),
-        }
+        open(self, name)
     }
-}
-
-fn session_setup(tok: SpnegoToken) -> Request {
-    Request::SessionSetup(SessionSetupRequest {
-        flags: 0,
-        security_mode: 1,
-        capabilities: 0,
-        channel: 0,
-        previous_session_id: 0,
-        security_buffer: tok.encode().unwrap(),
-    })
-}
-
-fn tree_connect(path: &str) -> Request {
-    Request::TreeConnect(TreeConnectRequest {
-        flags: 0,
-        path: path.into(),
-    })
-}
-
-fn create(name: &str) -> CreateRequest {
-    CreateRequest {
-        security_flags: 0,
-        requested_oplock_level: 0,
-        impersonation_level: 2,
-        smb_create_flags: 0,
-        desired_access: 0x0012_019f,
-        file_attributes: 0,
-        share_access: 3,
-        create_disposition: 1,
-        create_options: 0,
-        name: name.into(),
-        create_contexts: vec![],
-    }
-}
-
-fn transceive(file_id: FileId, input: &[u8], max_out: u32) -> Request {
-    Request::Ioctl(IoctlRequest {
-        ctl_code: FSCTL_PIPE_TRANSCEIVE,
-        file_id,
-        max_input_response: 0,
-        max_output_response: max_out,
-        flags: IOCTL_IS_FSCTL,
-        input: input.to_vec(),
-        output: vec![],
-    })
-}
-
-fn read(file_id: FileId, length: u32) -> Request {
-    Request::Read(ReadRequest {
-        padding: 0x50,
-        flags: 0,
-        length,
-        offset: 0,
-        file_id,
-        minimum_count: 0,
-        channel: 0,
-        remaining_bytes: 0,
-    })
 }
 
 #[test]
@@ -719,7 +605,7 @@ fn logoff_closes_pipes_and_cancels_reads() {
     let h = c.header(Command::Read);
     c.send_raw(&read(a, 100).encode(&h).unwrap()).unwrap();
     let (op, _) = c.fake.reads[0];
-    let sid = c.session_id;
+    let sid = c.ids.session_id;
     let (h, r) = c.call(Request::Logoff);
     assert_eq!((h.status, r), (NtStatus(0), Response::Logoff));
     assert_eq!(c.fake.closed.len(), 2);
@@ -1015,7 +901,7 @@ mod mutated {
                 prop_assert!(c.fake.open_pipes.is_empty(), "closed with a pipe open");
             } else {
                 prop_assert!(r.is_ok());
-                c.mid += 1;
+                c.ids.mid += 1;
                 let (h, resp) = c.call(Request::Echo);
                 prop_assert_eq!((h.status, resp), (NtStatus(0), Response::Echo));
             }

@@ -6,6 +6,8 @@ pub mod client;
 pub mod peer;
 pub mod samba;
 pub mod seccomp;
+#[cfg(feature = "smb2")]
+pub mod smb2;
 pub mod smbd;
 
 use std::io::{Read, Write};
