@@ -162,6 +162,25 @@ struct Conn<S> {
 }
 
 impl<S> Conn<S> {
+    /// A connection just accepted: open, read (interest `EPOLLIN`), no
+    /// output.
+    fn new(fd: OwnedFd, session: S) -> Conn<S> {
+        Conn {
+            fd,
+            session,
+            accepted: Instant::now(),
+            phase: Phase::Open,
+            reason: CloseReason::Session,
+            paused: false,
+            blocked: false,
+            kick: false,
+            out: Vec::new(),
+            sent: 0,
+            interest: EV_IN,
+            charge: 0,
+        }
+    }
+
     fn queued(&self) -> usize {
         self.out.len() - self.sent
     }
@@ -410,23 +429,7 @@ impl EpollLoop {
     ) {
         let deadline = session.deadline();
         let raw = fd.as_raw_fd();
-        st.conns.insert_at(
-            idx,
-            Conn {
-                fd,
-                session,
-                accepted: Instant::now(),
-                phase: Phase::Open,
-                reason: CloseReason::Session,
-                paused: false,
-                blocked: false,
-                kick: false,
-                out: Vec::new(),
-                sent: 0,
-                interest: EV_IN,
-                charge: 0,
-            },
-        );
+        st.conns.insert_at(idx, Conn::new(fd, session));
         if let Err(e) = epoll_ctl(
             self.ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
@@ -719,18 +722,9 @@ mod tests {
     fn compaction_keeps_the_unsent_rest() {
         let (a, _b) = UnixStream::pair().unwrap();
         let mut c = Conn {
-            fd: OwnedFd::from(a),
-            session: (),
-            accepted: Instant::now(),
-            phase: Phase::Open,
-            reason: CloseReason::Session,
-            paused: false,
-            blocked: false,
-            kick: false,
             out: b"abcdef".to_vec(),
             sent: 2,
-            interest: 0,
-            charge: 0,
+            ..Conn::new(OwnedFd::from(a), ())
         };
         c.compact();
         assert_eq!((c.out.as_slice(), c.sent), (&b"abcdef"[..], 2));

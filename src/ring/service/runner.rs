@@ -100,31 +100,29 @@ impl LoopThreads {
                 .name(format!("{}-{i}", role.thread_prefix))
                 .spawn(move || {
                     // The loop is made on the thread that runs it.
-                    let r = match backend {
+                    let made = match backend {
                         Backend::IoUring => {
-                            match EventLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(LoopStartError::Ring(e)));
-                                    return Ok(());
-                                }
-                            }
+                            EventLoop::new(cfg, listeners, shutdown.clone(), counters)
+                                .map(AnyLoop::Uring)
+                                .map_err(LoopStartError::Ring)
                         }
                         Backend::Epoll => {
-                            match EpollLoop::new(cfg, listeners, shutdown.clone(), counters) {
-                                Ok(ev) => {
-                                    let _ = ready.send(Ok(()));
-                                    ev.run(acceptor)
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(LoopStartError::Epoll(e)));
-                                    return Ok(());
-                                }
-                            }
+                            EpollLoop::new(cfg, listeners, shutdown.clone(), counters)
+                                .map(AnyLoop::Epoll)
+                                .map_err(LoopStartError::Epoll)
                         }
+                    };
+                    let ev = match made {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    let r = match ev {
+                        AnyLoop::Uring(ev) => ev.run(acceptor),
+                        AnyLoop::Epoll(ev) => ev.run(acceptor),
                     };
                     if r.is_err() {
                         // Fail loudly: stop every loop rather than serve
@@ -189,6 +187,14 @@ impl LoopThreads {
         }
         first
     }
+}
+
+/// One thread's loop, on either backend (one per thread, on its stack,
+/// moved once: the size difference costs nothing).
+#[allow(clippy::large_enum_variant)]
+enum AnyLoop {
+    Uring(EventLoop),
+    Epoll(EpollLoop),
 }
 
 /// Makes the shutdown eventfd readable (for every loop watching it).
