@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::samba::SambaRpcd;
 use common::smb2::{
-    clients_installed, login, negotiate, open, read, run_client, transceive, Ids, Smb2Call,
-    RPCCLIENT, SMBCLIENT,
+    clients_installed, login, negotiate, open, read, rpcclient, smbclient_list, transceive, Ids,
+    Smb2Call,
 };
 use opipe::engine::{BackendChoice, Engine, EngineConfig};
 use opipe::protocol::dcerpc::{encode_bind, NDR_SYNTAX, SRVSVC_SYNTAX};
@@ -105,6 +105,14 @@ impl Drop for FrontProc {
     }
 }
 
+/// The `opipe smb2: stopped: ...` line of `stderr`.
+fn summary_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("opipe smb2: stopped:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"))
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
     // child, not yet reaped.
@@ -141,7 +149,7 @@ fn real_clients_through_the_front(backend: &str) {
     let front = FrontProc::start(&["--dir", &dir, "--dialect", "samba", "--backend", backend]);
     let port = front.addr.port().to_string();
 
-    let (code, listing) = run_client(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
+    let (code, listing) = smbclient_list(&port, &[]);
     assert_eq!(
         code,
         Some(0),
@@ -153,28 +161,20 @@ fn real_clients_through_the_front(backend: &str) {
         "smbclient -L:\n{listing}"
     );
 
-    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
+    let (code, out) = rpcclient(&port, "srvinfo");
     assert_eq!(code, Some(0), "rpcclient:\n{out}\n{}", front.stderr());
     assert!(out.contains(name), "rpcclient srvinfo:\n{out}");
 
     // smbclient opening with the SMB1 multi-protocol negotiate (answered
     // with the SMB2 upgrade).
-    let (code, nt1) = run_client(&[
-        SMBCLIENT,
-        "-L",
-        "//127.0.0.1",
-        "-p",
-        &port,
-        "-N",
-        "--option=client min protocol=NT1",
-    ]);
+    let (code, nt1) = smbclient_list(&port, &["--option=client min protocol=NT1"]);
     assert_eq!(code, Some(0), "smbclient -L (NT1 first):\n{nt1}");
     assert!(nt1.contains("IPC$"), "smbclient -L (NT1 first):\n{nt1}");
 
     // More of rpcclient on one session: srvsvc and lsarpc, several opens,
     // replies longer than a transceive's first read.
     let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
-    let (code, more) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    let (code, more) = rpcclient(&port, cmds);
     assert_eq!(
         code,
         Some(0),
@@ -196,10 +196,7 @@ fn real_clients_through_the_front(backend: &str) {
 
     let (code, err) = front.stop();
     assert_eq!(code, Some(0), "opipe smb2 exit; stderr:\n{err}");
-    let summary = err
-        .lines()
-        .find(|l| l.starts_with("opipe smb2: stopped:"))
-        .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+    let summary = summary_line(&err);
     assert!(
         summary.contains("4 connections (0 refused), 4 sessions,")
             && summary.contains(" 0 connection errors"),
@@ -641,10 +638,7 @@ fn the_command_listens_limits_connections_and_stops_with_a_summary() {
     drop((a, b, c));
     let (code, err) = front.stop();
     assert_eq!(code, Some(0), "stderr:\n{err}");
-    let summary = err
-        .lines()
-        .find(|l| l.starts_with("opipe smb2: stopped:"))
-        .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+    let summary = summary_line(&err);
     assert!(
         summary.contains("3 connections (1 refused), 2 sessions, 2 opens, 3 calls (0 failed)"),
         "{summary}"

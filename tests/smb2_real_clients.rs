@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::samba::SambaRpcd;
-use common::smb2::{clients_installed, run_client, RPCCLIENT, SMBCLIENT};
+use common::smb2::{clients_installed, rpcclient, smbclient_list};
 use opipe::protocol::npa::{
     frame_message, read_npa_message, FramedReader, NpaIdentity, NpaLevel, NpaReply, NPA_REPLY_LEN,
 };
@@ -285,7 +285,7 @@ fn smbclient_and_rpcclient_through_the_core() {
     let server = Server::start(&rpcd.ncalrpc_dir.join("np"));
     let port = server.port.to_string();
 
-    let (code, listing) = run_client(&[SMBCLIENT, "-L", "//127.0.0.1", "-p", &port, "-N"]);
+    let (code, listing) = smbclient_list(&port, &[]);
     assert_eq!(
         code,
         Some(0),
@@ -297,7 +297,7 @@ fn smbclient_and_rpcclient_through_the_core() {
         "smbclient -L:\n{listing}"
     );
 
-    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"]);
+    let (code, out) = rpcclient(&port, "srvinfo");
     assert_eq!(
         code,
         Some(0),
@@ -318,15 +318,7 @@ fn smbclient_and_rpcclient_through_the_core() {
 
     // smbclient opening with the SMB1 multi-protocol negotiate: answered
     // with the SMB2 upgrade (0x02FF), then SMB2 as before.
-    let (code, nt1) = run_client(&[
-        SMBCLIENT,
-        "-L",
-        "//127.0.0.1",
-        "-p",
-        &port,
-        "-N",
-        "--option=client min protocol=NT1",
-    ]);
+    let (code, nt1) = smbclient_list(&port, &["--option=client min protocol=NT1"]);
     assert_eq!(code, Some(0), "smbclient -L (NT1 first):\n{nt1}");
     assert!(
         nt1.contains("IPC$") && nt1.contains("tmp"),
@@ -335,7 +327,7 @@ fn smbclient_and_rpcclient_through_the_core() {
 
     // More of rpcclient on one session: srvsvc and lsarpc, several opens.
     let cmds = "srvinfo;netshareenumall;lsaquery;enumprivs;getusername;netsharegetinfo IPC$";
-    let (code, out) = run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", cmds]);
+    let (code, out) = rpcclient(&port, cmds);
     assert_eq!(code, Some(0), "rpcclient {cmds}:\n{out}");
     for want in [
         "OPIPESMB2",
@@ -380,9 +372,7 @@ fn concurrent_rpcclients_through_the_core() {
     let runs: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let port = port.clone();
-            std::thread::spawn(move || {
-                run_client(&[RPCCLIENT, "-U%", "-p", &port, "127.0.0.1", "-c", "srvinfo"])
-            })
+            std::thread::spawn(move || rpcclient(&port, "srvinfo"))
         })
         .collect();
     for r in runs {

@@ -194,6 +194,21 @@ pub fn clients_installed() -> bool {
     false
 }
 
+/// `smbclient -L //127.0.0.1 -p <port> -N` (a guest listing the shares)
+/// with `options` (e.g. `--option=client min protocol=NT1`), through
+/// [`run_client`].
+pub fn smbclient_list(port: &str, options: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec![SMBCLIENT, "-L", "//127.0.0.1", "-p", port, "-N"];
+    argv.extend_from_slice(options);
+    run_client(&argv)
+}
+
+/// `rpcclient -U% -p <port> 127.0.0.1 -c <commands>` (anonymous), through
+/// [`run_client`].
+pub fn rpcclient(port: &str, commands: &str) -> (Option<i32>, String) {
+    run_client(&[RPCCLIENT, "-U%", "-p", port, "127.0.0.1", "-c", commands])
+}
+
 /// Runs a client to completion in its own process group, for at most
 /// [`CLIENT_TIMEOUT`] (then the group is killed and the code is `None`);
 /// returns (exit code, stdout and stderr as they interleaved).
