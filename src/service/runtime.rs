@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{Dialect, NtStatus, PipeName};
-use crate::ring::service::runner::{resolve_backend, LoopRole, LoopStartError, LoopThreads};
+use crate::ring::service::runner::{check_thread_count, LoopRole, LoopStartError, LoopThreads};
 use crate::ring::service::{LoopConfig, LoopCounters};
 use crate::ring::sys::{effective_uid, probe_unix_listener};
 use crate::ring::RingError;
@@ -357,12 +357,7 @@ impl ServiceBuilder {
     /// service runs on epoll and one line on stderr says so and why
     /// ([`ServiceHandle::fallback_reason`] has the same text).
     pub fn start(self) -> Result<ServiceHandle, ServiceError> {
-        if self.threads == 0 || self.threads > 1024 {
-            return Err(ServiceError::Config(format!(
-                "thread count {} not in 1..=1024",
-                self.threads
-            )));
-        }
+        check_thread_count(self.threads).map_err(ServiceError::Config)?;
         if self.pipes.is_empty() {
             return Err(ServiceError::NoPipes);
         }
@@ -417,7 +412,6 @@ impl ServiceBuilder {
             uids.dedup();
             PeerUids::Only(uids)
         };
-        let (backend, fallback_reason) = resolve_backend(self.backend, ROLE);
         let mut sockets = Sockets::default();
         for name in &names {
             sockets.bind(&self.dialect.socket_path(&self.dir, name), self.socket_mode)?;
@@ -445,7 +439,7 @@ impl ServiceBuilder {
         cfg.max_buffered_bytes = thread_budget;
         let loops = LoopThreads::start(
             ROLE,
-            backend,
+            self.backend,
             self.threads,
             &cfg,
             &sockets.fds(),
@@ -477,8 +471,6 @@ impl ServiceBuilder {
             shared,
             loops,
             sockets,
-            backend,
-            fallback_reason,
         })
     }
 }
@@ -658,8 +650,6 @@ pub struct ServiceHandle {
     shared: Arc<Shared>,
     loops: LoopThreads,
     sockets: Sockets,
-    backend: Backend,
-    fallback_reason: Option<String>,
 }
 
 impl fmt::Debug for ServiceHandle {
@@ -667,7 +657,7 @@ impl fmt::Debug for ServiceHandle {
         f.debug_struct("ServiceHandle")
             .field("sockets", &self.sockets.paths())
             .field("threads", &self.loops.len())
-            .field("backend", &self.backend)
+            .field("backend", &self.loops.backend())
             .finish()
     }
 }
@@ -685,13 +675,13 @@ impl ServiceHandle {
 
     /// The event loop backend the service threads run.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.loops.backend()
     }
 
     /// Why [`BackendChoice::Auto`] fell back to epoll (the io_uring set-up
     /// error, as text); `None` when the backend is the one asked for.
     pub fn fallback_reason(&self) -> Option<&str> {
-        self.fallback_reason.as_deref()
+        self.loops.fallback_reason()
     }
 
     /// The pipe names served, in the order they were given.

@@ -43,9 +43,20 @@ pub(crate) enum LoopStartError {
     Ended,
 }
 
+/// The most loop threads one runner starts.
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// Checks a thread count (1..=[`MAX_THREADS`]); the complaint otherwise.
+pub(crate) fn check_thread_count(n: usize) -> Result<(), String> {
+    if n == 0 || n > MAX_THREADS {
+        return Err(format!("thread count {n} not in 1..={MAX_THREADS}"));
+    }
+    Ok(())
+}
+
 /// The backend `choice` resolves to, and why `Auto` fell back to epoll
 /// (also logged as a warning), if it did.
-pub(crate) fn resolve_backend(choice: BackendChoice, role: LoopRole) -> (Backend, Option<String>) {
+fn resolve_backend(choice: BackendChoice, role: LoopRole) -> (Backend, Option<String>) {
     let (backend, why) = resolve(choice);
     let fallback_reason = why.map(|e| e.to_string());
     if let Some(why) = &fallback_reason {
@@ -62,10 +73,13 @@ pub(crate) struct LoopThreads {
     threads: Vec<JoinHandle<io::Result<()>>>,
     shutdown_fd: Arc<OwnedFd>,
     role: LoopRole,
+    backend: Backend,
+    fallback_reason: Option<String>,
 }
 
 impl LoopThreads {
-    /// Starts `threads` loops on `backend`, each over every listener with
+    /// Resolves `backend` (see [`BackendChoice`]) and starts `threads`
+    /// loops on it, each over every listener with
     /// `cfg` and an acceptor from `acceptor`, and returns once every loop
     /// is up. A loop that ends with an error shuts every loop down rather
     /// than leave the others serving with a dead thread. On failure, the
@@ -73,7 +87,7 @@ impl LoopThreads {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start<A, F>(
         role: LoopRole,
-        backend: Backend,
+        backend: BackendChoice,
         threads: usize,
         cfg: &LoopConfig,
         listeners: &[Arc<OwnedFd>],
@@ -84,11 +98,14 @@ impl LoopThreads {
         A: Acceptor + Send + 'static,
         F: FnMut() -> A,
     {
+        let (backend, fallback_reason) = resolve_backend(backend, role);
         let shutdown_fd = Arc::new(eventfd().map_err(LoopStartError::Eventfd)?);
         let mut loops = LoopThreads {
             threads: Vec::with_capacity(threads),
             shutdown_fd,
             role,
+            backend,
+            fallback_reason,
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), LoopStartError>>();
         for i in 0..threads {
@@ -154,6 +171,17 @@ impl LoopThreads {
     fn stop(&mut self) {
         let _ = self.shutdown();
         let _ = self.join();
+    }
+
+    /// The backend the loops run on.
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Why [`BackendChoice::Auto`] fell back to epoll (the io_uring set-up
+    /// error, as text); `None` when the backend is the one asked for.
+    pub(crate) fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
     }
 
     /// Number of threads not joined yet.
@@ -236,7 +264,7 @@ mod tests {
         let made = AtomicUsize::new(0);
         let mut loops = LoopThreads::start(
             ROLE,
-            Backend::Epoll,
+            BackendChoice::Epoll,
             3,
             &LoopConfig::default(),
             &[Arc::new(listener)],
@@ -248,11 +276,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loops.len(), 3);
+        assert_eq!(loops.backend(), Backend::Epoll);
+        assert_eq!(loops.fallback_reason(), None);
         assert_eq!(made.load(Ordering::Relaxed), 3);
         assert!(!loops.is_finished());
         loops.shutdown().unwrap();
         loops.join().unwrap();
         assert_eq!(loops.len(), 0);
+    }
+
+    #[test]
+    fn thread_counts() {
+        assert!(check_thread_count(0).is_err());
+        assert!(check_thread_count(1).is_ok());
+        assert!(check_thread_count(MAX_THREADS).is_ok());
+        let e = check_thread_count(MAX_THREADS + 1).unwrap_err();
+        assert_eq!(e, "thread count 1025 not in 1..=1024");
     }
 
     #[test]
@@ -263,7 +302,7 @@ mod tests {
         };
         let r = LoopThreads::start(
             ROLE,
-            Backend::Epoll,
+            BackendChoice::Epoll,
             2,
             &cfg,
             &[],

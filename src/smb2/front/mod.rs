@@ -38,7 +38,7 @@ use self::backend::EngineBackend;
 use self::session::FrontSession;
 use super::server::{InterimPolicy, ServerConfig};
 use crate::engine::Engine;
-use crate::ring::service::runner::{resolve_backend, LoopRole, LoopStartError, LoopThreads};
+use crate::ring::service::runner::{check_thread_count, LoopRole, LoopStartError, LoopThreads};
 use crate::ring::service::tcp::{peer_addr, set_tcp_nodelay, tcp_listener};
 use crate::ring::service::{Acceptor, LoopConfig, LoopCounters, WakerSlot};
 use crate::ring::{Backend, BackendChoice};
@@ -191,19 +191,14 @@ impl Smb2FrontBuilder {
     /// Binds the listener, starts the threads and returns once every
     /// thread's loop is up.
     pub fn start(self) -> io::Result<Smb2FrontHandle> {
-        if self.threads == 0 || self.threads > 1024 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("thread count {} not in 1..=1024", self.threads),
-            ));
-        }
+        check_thread_count(self.threads)
+            .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
         if self.max_connections == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "max connections must be at least 1",
             ));
         }
-        let (backend, fallback_reason) = resolve_backend(self.backend, ROLE);
         let (listener, local_addr) = tcp_listener(self.listen)?;
         let loop_counters = Arc::new(LoopCounters::default());
         let counters = Arc::new(FrontCounters::default());
@@ -226,7 +221,7 @@ impl Smb2FrontBuilder {
         });
         let loops = LoopThreads::start(
             ROLE,
-            backend,
+            self.backend,
             self.threads,
             &self.loop_cfg,
             &[Arc::new(listener)],
@@ -245,8 +240,6 @@ impl Smb2FrontBuilder {
             loop_counters,
             loops,
             local_addr,
-            backend,
-            fallback_reason,
         })
     }
 }
@@ -327,8 +320,6 @@ pub struct Smb2FrontHandle {
     loop_counters: Arc<LoopCounters>,
     loops: LoopThreads,
     local_addr: SocketAddr,
-    backend: Backend,
-    fallback_reason: Option<String>,
 }
 
 impl fmt::Debug for Smb2FrontHandle {
@@ -336,7 +327,7 @@ impl fmt::Debug for Smb2FrontHandle {
         f.debug_struct("Smb2FrontHandle")
             .field("local_addr", &self.local_addr)
             .field("threads", &self.loops.len())
-            .field("backend", &self.backend)
+            .field("backend", &self.loops.backend())
             .finish_non_exhaustive()
     }
 }
@@ -349,12 +340,12 @@ impl Smb2FrontHandle {
 
     /// The event loop backend in use.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.loops.backend()
     }
 
     /// Why [`BackendChoice::Auto`] fell back to epoll, if it did.
     pub fn fallback_reason(&self) -> Option<&str> {
-        self.fallback_reason.as_deref()
+        self.loops.fallback_reason()
     }
 
     /// The engine behind the front.
