@@ -145,6 +145,23 @@ impl EngineBackend {
     fn pipe(&self, pipe: PipeRef) -> Result<&Pipe, NtStatus> {
         self.pipes.get(&pipe.0).ok_or(NtStatus::INVALID_HANDLE)
     }
+
+    /// Starts a request on an open pipe (`STATUS_INVALID_HANDLE` for one
+    /// that is not) and keeps it in flight as `op`.
+    fn on_pipe<T>(
+        &mut self,
+        op: OpId,
+        pipe: PipeRef,
+        start: impl FnOnce(&Pipe) -> InFlight,
+    ) -> Poll<Result<T, NtStatus>> {
+        match self.pipe(pipe) {
+            Ok(p) => {
+                let r = start(p);
+                self.pending(op, r)
+            }
+            Err(st) => Poll::Ready(Err(st)),
+        }
+    }
 }
 
 impl PipeBackend for EngineBackend {
@@ -172,13 +189,7 @@ impl PipeBackend for EngineBackend {
         input: Vec<u8>,
         max_out: usize,
     ) -> Poll<Result<PipeData, NtStatus>> {
-        match self.pipe(pipe) {
-            Ok(p) => {
-                let r = p.transceive(input, max_out);
-                self.pending(op, InFlight::Data(r))
-            }
-            Err(st) => Poll::Ready(Err(st)),
-        }
+        self.on_pipe(op, pipe, |p| InFlight::Data(p.transceive(input, max_out)))
     }
 
     fn peek(
@@ -187,13 +198,7 @@ impl PipeBackend for EngineBackend {
         pipe: PipeRef,
         max_out: usize,
     ) -> Poll<Result<PipeData, NtStatus>> {
-        match self.pipe(pipe) {
-            Ok(p) => {
-                let r = p.peek(max_out);
-                self.pending(op, InFlight::Data(r))
-            }
-            Err(st) => Poll::Ready(Err(st)),
-        }
+        self.on_pipe(op, pipe, |p| InFlight::Data(p.peek(max_out)))
     }
 
     fn wait(&mut self, op: OpId, input: &[u8]) -> Poll<Result<(), NtStatus>> {
@@ -207,23 +212,11 @@ impl PipeBackend for EngineBackend {
         pipe: PipeRef,
         max_out: usize,
     ) -> Poll<Result<PipeData, NtStatus>> {
-        match self.pipe(pipe) {
-            Ok(p) => {
-                let r = p.read_message(max_out);
-                self.pending(op, InFlight::Data(r))
-            }
-            Err(st) => Poll::Ready(Err(st)),
-        }
+        self.on_pipe(op, pipe, |p| InFlight::Data(p.read_message(max_out)))
     }
 
     fn write(&mut self, op: OpId, pipe: PipeRef, data: Vec<u8>) -> Poll<Result<usize, NtStatus>> {
-        match self.pipe(pipe) {
-            Ok(p) => {
-                let r = p.write(data);
-                self.pending(op, InFlight::Written(r))
-            }
-            Err(st) => Poll::Ready(Err(st)),
-        }
+        self.on_pipe(op, pipe, |p| InFlight::Written(p.write(data)))
     }
 
     fn cancel(&mut self, op: OpId) {
