@@ -84,7 +84,6 @@ impl LoopThreads {
     /// is up. A loop that ends with an error shuts every loop down rather
     /// than leave the others serving with a dead thread. On failure, the
     /// threads already started are stopped and joined.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start<A, F>(
         role: LoopRole,
         backend: BackendChoice,
