@@ -422,6 +422,13 @@ impl Client {
         self.ids.header(cmd)
     }
 
+    /// One request with a header of the caller's.
+    fn call_with(&mut self, h: Header, req: Request) -> (Header, Response) {
+        let mut r = self.send_raw(&req.encode(&h).unwrap()).unwrap();
+        assert_eq!(r.len(), 1, "{r:?}");
+        r.remove(0)
+    }
+
     fn send_raw(&mut self, msg: &[u8]) -> Result<Vec<(Header, Response)>, ConnectionError> {
         self.conn
             .receive(&frame(msg).unwrap(), NOW, &mut self.fake)?;
@@ -713,6 +720,25 @@ fn message_ids_outside_the_credit_window_close() {
 }
 
 #[test]
+fn a_message_id_used_twice_closes() {
+    let mut c = Client::login(ServerConfig::default());
+    let h = c.header(Command::Echo);
+    let (r, _) = c.call_with(h.clone(), Request::Echo);
+    assert_eq!(r.status, NtStatus(0));
+    // The same id again, although well inside the credit window.
+    let e = c.send_raw(&Request::Echo.encode(&h).unwrap()).unwrap_err();
+    assert_eq!(e, ConnectionError::Protocol("MessageId used twice"));
+    assert!(c.conn.is_closed());
+    // Out of order is fine: a later id first, then the skipped one.
+    let mut c = Client::login(ServerConfig::default());
+    let first = c.header(Command::Echo);
+    let second = c.header(Command::Echo);
+    assert_eq!(c.call_with(second, Request::Echo).0.status, NtStatus(0));
+    assert_eq!(c.call_with(first, Request::Echo).0.status, NtStatus(0));
+    assert!(!c.conn.is_closed());
+}
+
+#[test]
 fn requests_before_negotiate_or_session_are_refused() {
     let mut c = Client::new(ServerConfig::default());
     let (h, _) = c.call(Request::Echo);
@@ -901,7 +927,15 @@ mod mutated {
                 prop_assert!(c.fake.open_pipes.is_empty(), "closed with a pipe open");
             } else {
                 prop_assert!(r.is_ok());
-                c.ids.mid += 1;
+                // The mutated request used the ids its (mutated) header
+                // names: the next request takes one past them (a CANCEL
+                // uses none).
+                if let Ok(mh) = Header::decode(&b) {
+                    if mh.command != Command::Cancel as u16 {
+                        let end = mh.message_id.saturating_add(u64::from(mh.credit_charge.max(1)));
+                        c.ids.mid = c.ids.mid.max(end);
+                    }
+                }
                 let (h, resp) = c.call(Request::Echo);
                 prop_assert_eq!((h.status, resp), (NtStatus(0), Response::Echo));
             }

@@ -26,7 +26,7 @@ use crate::smb2::status;
 
 impl Connection {
     pub(super) fn smb1_negotiate(&mut self, msg: &[u8], now: u64) -> Result<(), ConnectionError> {
-        if self.dialect.is_some() || self.smb1_seen || self.next_message_id != 0 {
+        if self.dialect.is_some() || self.smb1_seen || self.seq.any_used() {
             return Err(ConnectionError::Protocol("SMB1 after the first message"));
         }
         let n = Smb1Negotiate::decode(msg).map_err(ConnectionError::Malformed)?;
@@ -35,8 +35,10 @@ impl Connection {
         };
         self.smb1_seen = true;
         // The SMB1 request counts as message 0; one credit for the next.
-        self.next_message_id = 1;
-        self.credit_limit = 2;
+        self.seq
+            .consume(0, 1)
+            .map_err(|e| ConnectionError::Protocol(e.reason()))?;
+        self.seq.grant(1, 1, 1);
         let resp = self.negotiate_response(rev, now, &[]);
         let mut h = Header::request(Command::Negotiate);
         h.flags = FLAGS_SERVER_TO_REDIR;

@@ -13,6 +13,7 @@
 
 mod auth;
 mod backend;
+mod credits;
 mod pipe;
 
 pub use backend::{Completion, OpId, PipeBackend, PipeData, PipeRef};
@@ -35,6 +36,7 @@ use super::status;
 use crate::protocol::error::DecodeError;
 use crate::protocol::status::NtStatus;
 use crate::protocol::userinfo::NetUserInfo;
+use credits::SeqWindow;
 
 /// FSCTL_VALIDATE_NEGOTIATE_INFO (3.0 and 3.0.2 clients send it).
 pub const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
@@ -46,6 +48,9 @@ pub const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 const CAP_LARGE_MTU: u32 = 0x0000_0004;
 /// STATUS_INFO_LENGTH_MISMATCH.
 const INFO_LENGTH_MISMATCH: NtStatus = NtStatus(0xC000_0004);
+/// How far (in credits) the window may span past the oldest unused id:
+/// a client that leaves an id unused gets no more credits beyond it.
+const MAX_SEQ_SPAN_FACTOR: u64 = 4;
 /// The uid pipe opens of anonymous and guest sessions carry (nobody).
 pub const NOBODY_UID: u32 = 65534;
 
@@ -209,10 +214,8 @@ pub struct Connection {
     client_security_mode: u16,
     client_capabilities: u32,
     smb1_seen: bool,
-    /// Message ids below this are allowed (the credit window's top).
-    credit_limit: u64,
-    /// The highest message id seen plus one.
-    next_message_id: u64,
+    /// The MessageIds granted and used (MS-SMB2's command sequence window).
+    seq: SeqWindow,
     sessions: BTreeMap<u64, Session>,
     next_session: u64,
     next_tree: u32,
@@ -254,8 +257,7 @@ impl Connection {
             client_security_mode: 0,
             client_capabilities: 0,
             smb1_seen: false,
-            credit_limit: 1,
-            next_message_id: 0,
+            seq: SeqWindow::new(),
             sessions: BTreeMap::new(),
             next_session: (mix(seed) & 0x0000_FFFF_FFFF_0000) | 1,
             next_tree: 1,
@@ -531,16 +533,9 @@ impl Connection {
             return Ok(());
         }
         let charge = u64::from(h.credit_charge.max(1));
-        let end = h.message_id.checked_add(charge);
-        match end {
-            Some(end) if end <= self.credit_limit => {
-                self.next_message_id = self.next_message_id.max(end);
-                Ok(())
-            }
-            _ => Err(ConnectionError::Protocol(
-                "MessageId outside the credit window",
-            )),
-        }
+        self.seq
+            .consume(h.message_id, charge)
+            .map_err(|e| ConnectionError::Protocol(e.reason()))
     }
 
     /// Credits granted on a response to `req`; raises the window.
@@ -548,14 +543,9 @@ impl Connection {
         if req.command == Command::Cancel as u16 {
             return 0;
         }
-        let outstanding = self.credit_limit.saturating_sub(self.next_message_id);
-        let room = u64::from(self.cfg.max_credits).saturating_sub(outstanding);
-        let mut g = u64::from(req.credits.max(1)).min(room);
-        if g == 0 && outstanding == 0 {
-            g = 1;
-        }
-        self.credit_limit += g;
-        g as u16
+        let max = self.cfg.max_credits;
+        self.seq
+            .grant(req.credits, max, MAX_SEQ_SPAN_FACTOR * u64::from(max))
     }
 
     fn response_header(&self, req: &Header, st: NtStatus) -> Header {
