@@ -2424,4 +2424,59 @@ mod samba_multishot {
         assert!(!h.d().cancel_asked(ms));
         assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
     }
+
+    /// Random message lengths (empty ones too), random chunk boundaries and
+    /// random `max_out`s, with transceives and reads mixed: the replies,
+    /// put back together by their BUFFER_OVERFLOW flags, are exactly the
+    /// messages, in order, each ending on a SUCCESS.
+    #[test]
+    fn random_chunks_and_max_outs_deliver_every_message_whole_and_in_order() {
+        for seed in 0..300u64 {
+            let mut rng = Rng::new(seed);
+            let mut h = samba();
+            let p = open_ok(&mut h);
+            let msgs: Vec<Vec<u8>> = (0..12)
+                .map(|i| {
+                    let len = if rng.chance(10) { 0 } else { rng.below(9000) };
+                    (0..len).map(|j| (i * 31 + j) as u8).collect()
+                })
+                .collect();
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+            let raw = framed(&refs);
+            let (mut at, mut ms) = (0, None);
+            let (mut got, mut cur) = (Vec::new(), Vec::new());
+            while got.len() < msgs.len() {
+                let max_out = 1 + rng.below(6000);
+                let s = if rng.chance(50) {
+                    h.transceive(p, b"q", max_out)
+                } else {
+                    h.read(p, max_out)
+                };
+                while h.d().kinds().contains(&K::Send) {
+                    h.send_all();
+                }
+                while pending(&s) {
+                    assert!(
+                        at < raw.len(),
+                        "seed {seed}: waits with the stream all sent"
+                    );
+                    let id = *ms.get_or_insert_with(|| h.d().one(K::RecvMulti));
+                    let end = (at + 1 + rng.below(4096)).min(raw.len());
+                    h.chunk(id, &raw[at..end]);
+                    at = end;
+                }
+                let t = transfer(&s);
+                assert!(t.data.len() <= max_out, "seed {seed}");
+                cur.extend_from_slice(&t.data);
+                match t.status {
+                    NtStatus::SUCCESS => got.push(std::mem::take(&mut cur)),
+                    NtStatus::BUFFER_OVERFLOW => assert_eq!(t.data.len(), max_out),
+                    other => panic!("seed {seed}: {other:?}"),
+                }
+            }
+            assert_eq!(got, msgs, "seed {seed}");
+            assert_eq!(at, raw.len());
+            assert_eq!(h.d().kinds(), vec![K::RecvMulti], "seed {seed}");
+        }
+    }
 }
