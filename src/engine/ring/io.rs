@@ -74,13 +74,13 @@ impl<D: OpDriver> Core<D> {
     /// it must wait (see [`Hold`]).
     fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Result<ReplyFrom, Hold> {
         let pool_buf = self.drv.recv_pool_buf_bytes();
-        // Message pipes (Samba dialect) receive through linked chains only:
-        // a reply waits for its whole message (see overflow.rs).
+        // Message pipes (Samba dialect) take the multishot receive too: its
+        // chunks join the raw stream in the pushback and a waiter gets its
+        // reply once the whole message is there (`feed_waiters`), so a reply
+        // of any `max_out` fits, however many chunks its message spans.
         let msg_mode = self.message_mode();
-        let multishot_ok = self.cfg.multishot
-            && !self.multishot_disabled
-            && self.cfg.buffers == BufferMode::Plain
-            && !msg_mode;
+        let multishot_ok =
+            self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return Err(Hold::Drain);
         };
@@ -100,9 +100,11 @@ impl<D: OpDriver> Core<D> {
         }
         // The reply of a transceive, or a read's data, comes from the pipe's
         // multishot receive: the request is one SEND SQE or none at all.
-        // Larger reads keep one receive of their own size (a chunk is at
-        // most one pool buffer).
-        if multishot_ok && pool_buf > 0 && max_out <= pool_buf && !pe.eof && !pe.closing {
+        // Larger reads of a byte stream keep one receive of their own size
+        // (a chunk is at most one pool buffer); a message is put together
+        // from as many chunks as it takes.
+        let fits = msg_mode || max_out <= pool_buf;
+        if multishot_ok && pool_buf > 0 && fits && !pe.eof && !pe.closing {
             return Ok(ReplyFrom::Multishot);
         }
         if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {

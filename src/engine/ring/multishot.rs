@@ -16,12 +16,19 @@ impl<D: OpDriver> Core<D> {
     /// Hands the pipe's pushback to its waiting requests, first come first
     /// served, each at most its `max_out`. `nonempty`: the kernel said more
     /// is queued on the socket.
+    /// A message pipe's waiter gets the next message (at most `max_out`
+    /// of it) once that message is whole in the pushback, never a part.
     pub(super) fn feed_waiters(&mut self, pipe: PipeId, nonempty: bool) {
+        let msg_mode = self.message_mode();
         loop {
             let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
                 return;
             };
             if pe.pushback.is_empty() {
+                return;
+            }
+            if msg_mode && !overflow::message_ready(&pe.pushback, pe.msg_left) {
+                // Half a header or half a message: the next chunk says more.
                 return;
             }
             let Some(w) = pe.waiters.pop_front() else {
@@ -46,7 +53,18 @@ impl<D: OpDriver> Core<D> {
                     continue;
                 }
             };
-            let (data, more) = overflow::waiter_share(&mut pe.pushback, max_out, nonempty);
+            let (data, more) = if msg_mode {
+                match overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out) {
+                    Some((data, more)) => (data, if more { More::Yes } else { More::No }),
+                    None => {
+                        debug_assert!(false, "message_ready saw a whole message");
+                        pe.waiters.push_front(w);
+                        return;
+                    }
+                }
+            } else {
+                overflow::waiter_share(&mut pe.pushback, max_out, nonempty)
+            };
             *reply = Reply::Got { data, more };
             if e.pending == 0 {
                 self.finish(w);
@@ -189,7 +207,8 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
-        // Waiters exist only while the pushback is empty: the chunk is next.
+        // Waiters exist only while the pushback holds no reply for them
+        // (empty, or part of a message): the chunk comes after it.
         pe.pushback.append(data);
         self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {

@@ -108,7 +108,7 @@ impl<D: OpDriver> Core<D> {
             // Message mode: the framing decided whether more of the
             // message is left (overflow.rs).
             Kind::Transceive {
-                from: ReplyFrom::Chain | ReplyFrom::Pushback,
+                from: ReplyFrom::Chain | ReplyFrom::Pushback | ReplyFrom::Multishot,
                 reply: Reply::Got { data, more },
                 ..
             }

@@ -2061,8 +2061,13 @@ mod samba_messages {
     use crate::engine::Dialect;
     use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
 
+    /// The linked receive path (`--uring-recv linked`); the multishot
+    /// path of message pipes is `samba_multishot` below.
     fn samba() -> H {
-        harness_with(|c| c.dialect = Dialect::Samba)
+        harness_with(|c| {
+            c.dialect = Dialect::Samba;
+            c.multishot = false;
+        })
     }
 
     fn framed(msgs: &[&[u8]]) -> Vec<u8> {
@@ -2104,7 +2109,7 @@ mod samba_messages {
         assert_eq!(
             h.d().kinds(),
             vec![K::Send, K::RecvPooled],
-            "linked, no multishot and no probe in message mode"
+            "linked, and no probe in message mode"
         );
         assert_eq!(sent(&mut h), framed(&[b"bind"]));
         let raw = framed(&[b"bind_ack!"]);
@@ -2274,5 +2279,204 @@ fn op_keys_and_sqe_tokens_use_the_ring_token_layout() {
         assert_eq!(from_op_key(k), key);
         let t = Token::from_raw(token(key, ST_MULTISHOT));
         assert_eq!((t.index(), t.gen(), t.kind()), (key.0, key.1, ST_MULTISHOT));
+    }
+}
+
+// ---- Samba dialect: message pipes on the multishot receive -------------------
+
+mod samba_multishot {
+    use super::*;
+    use crate::engine::Dialect;
+    use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
+
+    fn samba() -> H {
+        harness_with(|c| c.dialect = Dialect::Samba)
+    }
+
+    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+        msgs.iter()
+            .flat_map(|m| frame_message(m).expect("short message"))
+            .collect()
+    }
+
+    fn open_ok(h: &mut H) -> PipeId {
+        let s = h.open(1);
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        h.send_all();
+        let r = h.d().one(K::Recv);
+        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
+        h.honour();
+        match done(&s) {
+            Ok(Outcome::Opened { pipe, .. }) => pipe,
+            other => panic!("open: {other:?}"),
+        }
+    }
+
+    /// A reply that arrives in pieces (half a header, the rest of the
+    /// header and part of the body, the end) is one reply once whole; the
+    /// transceive is one SEND and the receive stays armed for the next.
+    #[test]
+    fn transceive_is_one_send_and_its_reply_message_may_come_in_pieces() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.transceive(p, b"call", 4280);
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti, K::Send]);
+        h.send_all();
+        let ms = h.d().one(K::RecvMulti);
+        let raw = framed(&[b"the reply"]);
+        h.chunk(ms, &raw[..1]);
+        assert!(pending(&s), "half a header is no reply");
+        h.chunk(ms, &raw[1..5]);
+        assert!(pending(&s), "part of a message is no reply");
+        h.chunk(ms, &raw[5..]);
+        assert_eq!(transfer(&s), ok(b"the reply"));
+        let s = h.transceive(p, b"call", 4280);
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti, K::Send], "still armed");
+        // The next reply's header comes glued to nothing, its body later.
+        let raw = framed(&[b"second"]);
+        h.chunk(ms, &raw[..2]);
+        h.send_all();
+        assert!(pending(&s));
+        h.chunk(ms, &raw[2..]);
+        assert_eq!(transfer(&s), ok(b"second"));
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
+    }
+
+    #[test]
+    fn messages_in_one_chunk_go_to_the_waiters_one_each_and_the_rest_waits() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let a = h.transceive(p, b"q", 4280);
+        let b = h.read(p, 4280);
+        h.send_all();
+        let ms = h.d().one(K::RecvMulti);
+        let raw = framed(&[b"first", b"", b"third"]);
+        // The chunk ends inside the third message.
+        h.chunk(ms, &raw[..raw.len() - 2]);
+        assert_eq!(transfer(&a), ok(b"first"));
+        assert_eq!(transfer(&b), ok(b""), "an empty message is a reply");
+        let c = h.read(p, 4280);
+        assert!(pending(&c), "the third is not whole yet");
+        h.chunk(ms, &raw[raw.len() - 2..]);
+        assert_eq!(transfer(&c), ok(b"third"));
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
+    }
+
+    #[test]
+    fn message_longer_than_max_out_overflows_and_the_rest_is_read_from_memory() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let long = bytes(6000);
+        // 4280: message mode overflows whatever max_out (the byte stream's
+        // seed rule would not).
+        let s = h.transceive(p, b"q", 4280);
+        h.send_all();
+        let ms = h.d().one(K::RecvMulti);
+        let raw = framed(&[&long, b"next"]);
+        for part in raw.chunks(4096) {
+            h.chunk(ms, part);
+        }
+        let t = transfer(&s);
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+        assert_eq!(t.data, long[..4280]);
+        // Reads above a pool buffer stay on the multishot receive too: a
+        // message is put together from the chunks whatever its length.
+        let r = h.read(p, 65_536);
+        assert_eq!(transfer(&r), ok(&long[4280..]), "the end of the message");
+        assert!(!h.d().cancel_asked(ms));
+        let r = h.read(p, 65_536);
+        assert_eq!(transfer(&r), ok(b"next"), "the next message, not glued on");
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
+    }
+
+    #[test]
+    fn cancelled_waiter_leaves_the_half_arrived_message_to_the_next_read() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let s = h.read(p, 4280);
+        let ms = h.d().one(K::RecvMulti);
+        let raw = framed(&[b"whole message"]);
+        h.chunk(ms, &raw[..6]);
+        assert!(pending(&s));
+        h.cancel(&s);
+        assert_eq!(status(&s), NtStatus::CANCELLED);
+        let s = h.read(p, 4280);
+        h.chunk(ms, &raw[6..]);
+        assert_eq!(transfer(&s), ok(b"whole message"));
+    }
+
+    /// The longest message, in pool-sized chunks to a waiting read: the
+    /// receive is not stopped on the way (while a request waits, the
+    /// pushback holds at most the message it waits for).
+    #[test]
+    fn the_longest_message_reaches_its_waiter_without_a_stop() {
+        let mut h = samba();
+        let p = open_ok(&mut h);
+        let big = bytes(65_535);
+        let s = h.read(p, 65_535);
+        let ms = h.d().one(K::RecvMulti);
+        for part in framed(&[&big]).chunks(4096) {
+            assert!(pending(&s));
+            h.chunk(ms, part);
+        }
+        assert_eq!(transfer(&s), ok(&big));
+        assert!(!h.d().cancel_asked(ms));
+        assert_eq!(h.d().kinds(), vec![K::RecvMulti]);
+    }
+
+    /// Random message lengths (empty ones too), random chunk boundaries and
+    /// random `max_out`s, with transceives and reads mixed: the replies,
+    /// put back together by their BUFFER_OVERFLOW flags, are exactly the
+    /// messages, in order, each ending on a SUCCESS.
+    #[test]
+    fn random_chunks_and_max_outs_deliver_every_message_whole_and_in_order() {
+        for seed in 0..300u64 {
+            let mut rng = Rng::new(seed);
+            let mut h = samba();
+            let p = open_ok(&mut h);
+            let msgs: Vec<Vec<u8>> = (0..12)
+                .map(|i| {
+                    let len = if rng.chance(10) { 0 } else { rng.below(9000) };
+                    (0..len).map(|j| (i * 31 + j) as u8).collect()
+                })
+                .collect();
+            let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+            let raw = framed(&refs);
+            let (mut at, mut ms) = (0, None);
+            let (mut got, mut cur) = (Vec::new(), Vec::new());
+            while got.len() < msgs.len() {
+                let max_out = 1 + rng.below(6000);
+                let s = if rng.chance(50) {
+                    h.transceive(p, b"q", max_out)
+                } else {
+                    h.read(p, max_out)
+                };
+                while h.d().kinds().contains(&K::Send) {
+                    h.send_all();
+                }
+                while pending(&s) {
+                    assert!(
+                        at < raw.len(),
+                        "seed {seed}: waits with the stream all sent"
+                    );
+                    let id = *ms.get_or_insert_with(|| h.d().one(K::RecvMulti));
+                    let end = (at + 1 + rng.below(4096)).min(raw.len());
+                    h.chunk(id, &raw[at..end]);
+                    at = end;
+                }
+                let t = transfer(&s);
+                assert!(t.data.len() <= max_out, "seed {seed}");
+                cur.extend_from_slice(&t.data);
+                match t.status {
+                    NtStatus::SUCCESS => got.push(std::mem::take(&mut cur)),
+                    NtStatus::BUFFER_OVERFLOW => assert_eq!(t.data.len(), max_out),
+                    other => panic!("seed {seed}: {other:?}"),
+                }
+            }
+            assert_eq!(got, msgs, "seed {seed}");
+            assert_eq!(at, raw.len());
+            assert_eq!(h.d().kinds(), vec![K::RecvMulti], "seed {seed}");
+        }
     }
 }
