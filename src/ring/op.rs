@@ -457,8 +457,19 @@ pub trait OpDriver {
     /// are ready (0: do not wait), `timeout` passes, or the wake handle fires.
     fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// Appends every final completion ready so far to `out`.
-    fn reap(&mut self, out: &mut Vec<Completion>);
+    /// The next completion ready (a final one, or a multishot chunk), if
+    /// any. The ring loop takes them one at a time and hands each to the
+    /// engine at once, so a batch of completions is never copied into a
+    /// buffer first (at 1 024 busy pipes that buffer outgrew the L1 cache).
+    fn reap_one(&mut self) -> Option<Completion>;
+
+    /// Appends every completion ready so far to `out` (tests).
+    #[cfg(test)]
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        while let Some(c) = self.reap_one() {
+            out.push(c);
+        }
+    }
 
     /// What the backend can do (SOCK_NONEMPTY on receive completions...).
     fn features(&self) -> Features;

@@ -3,14 +3,35 @@
 //! none of its SQEs is in flight (resume, keep waiting, or finish).
 
 use super::*;
+use crate::engine::PipeId;
 use crate::protocol::NtStatus;
-use crate::ring::{Completion, OpDriver, Token};
+use crate::ring::{Completion, Op, OpDriver, Token};
 
 impl<D: OpDriver> Core<D> {
     pub(super) fn completion(&mut self, c: Completion) {
         let t = Token::from_raw(c.token);
         let (index, gen, step) = (t.index(), t.gen(), t.kind());
-        let key = (index, gen);
+        let mut key = (index, gen);
+        if step == ST_MULTISHOT {
+            // The token names the pipe (see `arm_multishot`).
+            let pipe = PipeId {
+                ring: self.ring_index,
+                index,
+                gen,
+            };
+            if c.more {
+                return self.multishot_chunk_cqe(pipe, c);
+            }
+            match self
+                .pipes
+                .get_mut(index, gen)
+                .and_then(|pe| pe.multishot.key())
+            {
+                Some(k) => key = k,
+                None => return debug_assert!(false, "a multishot receive its pipe does not know"),
+            }
+        }
+        let (index, gen) = key;
         let cancelled = {
             let Some(e) = self.ops.get_mut(index, gen) else {
                 return;
@@ -38,6 +59,21 @@ impl<D: OpDriver> Core<D> {
             self.cancel_chain(key);
         }
         self.chain_over(key);
+    }
+
+    /// A chunk of a pipe's multishot receive (the receive stays armed): to
+    /// the pipe's waiting requests or its pushback. Routed by the pipe,
+    /// which the chunk needs anyway; the receive's op entry is not touched
+    /// (with many busy pipes, one cache miss less per reply).
+    fn multishot_chunk_cqe(&mut self, pipe: PipeId, c: Completion) {
+        let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
+        match c.op {
+            Op::Chunk { data } if c.result > 0 && !data.is_empty() => {
+                self.multishot_chunk(pipe, data, nonempty)
+            }
+            Op::Chunk { .. } => {}
+            _ => debug_assert!(false, "a multishot chunk of another op"),
+        }
     }
 
     /// What an op does once none of its SQEs is in flight: resume (the

@@ -159,6 +159,14 @@ impl FakeDriver {
         }
     }
 
+    /// The token the core gave op `id`, while it is in flight.
+    pub(crate) fn token(&self, id: SqeId) -> u64 {
+        match self.flight.iter().find(|f| f.id == id.raw()) {
+            Some(f) => f.token,
+            None => panic!("op {id:?} not in flight"),
+        }
+    }
+
     /// Whether the core asked to cancel `id`.
     pub(crate) fn cancel_asked(&self, id: SqeId) -> bool {
         self.cancels.contains(&id)
@@ -348,8 +356,8 @@ impl OpDriver for FakeDriver {
         }
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.extend(self.ready.drain(..));
+    fn reap_one(&mut self) -> Option<Completion> {
+        self.ready.pop_front()
     }
 
     fn features(&self) -> Features {

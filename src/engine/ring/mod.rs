@@ -34,6 +34,7 @@ mod pushback;
 mod reply;
 mod run;
 mod wait;
+mod waiters;
 
 #[cfg(test)]
 mod fake;
@@ -55,6 +56,7 @@ use crate::slab::Slab;
 
 use pushback::Pushback;
 pub(crate) use run::run;
+use waiters::Waiters;
 
 /// Replies of at least this size never report overflow (the seed's rule).
 pub(crate) const SMB_PIPE_MAX_MSGSIZE: usize = fsctl::SMB_PIPE_MAX_MSGSIZE;
@@ -165,7 +167,7 @@ struct PipeEntry {
     /// Requests waiting for the multishot receive's chunks, in the order
     /// they started. While any waits, the pushback is empty: bytes that
     /// arrive go to the first waiter, what it cannot take to the next.
-    waiters: VecDeque<(u32, u32)>,
+    waiters: Waiters,
 }
 
 impl PipeEntry {
@@ -256,6 +258,14 @@ enum Multishot {
 impl Multishot {
     fn is_off(self) -> bool {
         self == Multishot::Off
+    }
+
+    /// The receive's op key while it exists.
+    fn key(self) -> Option<(u32, u32)> {
+        match self {
+            Multishot::Off => None,
+            Multishot::Armed(k) | Multishot::Stopping(k) => Some(k),
+        }
     }
 }
 
@@ -652,9 +662,21 @@ impl<D: OpDriver> Core<D> {
     }
 
     fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
+        self.push_chain_as(key, key, ops)
+    }
+
+    /// [`Core::push_chain`] for op `key` with tokens that name `by`
+    /// instead (a multishot receive's SQE names its pipe: see
+    /// [`Core::completion`]).
+    fn push_chain_as(
+        &mut self,
+        key: (u32, u32),
+        by: (u32, u32),
+        ops: impl IntoIterator<Item = (Op, u8)>,
+    ) {
         let mut ids = std::mem::take(&mut self.ids);
         self.drv.push_chain(
-            ops.into_iter().map(|(op, st)| (op, token(key, st))),
+            ops.into_iter().map(|(op, st)| (op, token(by, st))),
             &mut ids,
         );
         if let Some(e) = self.ops.get_mut(key.0, key.1) {

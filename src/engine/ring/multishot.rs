@@ -101,7 +101,9 @@ impl<D: OpDriver> Core<D> {
             fd,
             data: Vec::new(),
         };
-        self.push_chain(key, [(op, ST_MULTISHOT)]);
+        // Its token names the pipe, not the op: a chunk goes to the pipe
+        // without a look at the op entry (see `Core::completion`).
+        self.push_chain_as(key, (pipe.index, pipe.gen), [(op, ST_MULTISHOT)]);
     }
 
     /// One completion of a pipe's multishot receive: a chunk for the

@@ -300,7 +300,7 @@ impl<D: OpDriver> Core<D> {
             msg_left: 0,
             multishot: Multishot::Off,
             eof: false,
-            waiters: VecDeque::new(),
+            waiters: Waiters::default(),
         });
         let pipe = PipeId {
             ring: self.ring_index,

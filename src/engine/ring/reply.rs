@@ -59,10 +59,8 @@ impl<D: OpDriver> Core<D> {
         let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
             return VecDeque::new();
         };
-        if let Some(i) = pe.waiters.iter().position(|k| *k == key) {
-            // A waiter that ends without its chunk (cancelled, failed).
-            pe.waiters.remove(i);
-        }
+        // A waiter that ends without its chunk (cancelled, failed).
+        pe.waiters.remove(key);
         if e.cancelled {
             // Bytes the cancelled request took after all stay in the
             // stream, in FRONT of the pushback: they came off the socket

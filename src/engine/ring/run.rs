@@ -13,7 +13,6 @@ use crate::ring::OpDriver;
 /// everything it learns goes to the core as an event with the time.
 pub(crate) fn run<D: OpDriver>(core: &mut Core<D>, queue: &CommandQueue) {
     let mut cmds = Vec::new();
-    let mut done = Vec::with_capacity(256);
     let wake = queue.wake.clone();
     // The clock is read only when the core has a use for it (commands to
     // start, a WAIT in flight): a ring busy with transceives reads none.
@@ -64,11 +63,14 @@ pub(crate) fn run<D: OpDriver>(core: &mut Core<D>, queue: &CommandQueue) {
                 std::thread::sleep(submit_backoff(failures));
             }
         }
-        core.drv.reap(&mut done);
-        if core.waits > 0 && !done.is_empty() {
-            now = Instant::now();
-        }
-        for c in done.drain(..) {
+        // Each completion goes to the core as it is read: none is copied
+        // into a batch first.
+        let mut first = true;
+        while let Some(c) = core.drv.reap_one() {
+            if first && core.waits > 0 {
+                now = Instant::now();
+            }
+            first = false;
             core.on_completion(c, now);
         }
         queue.publish_pool_fallbacks(core.pool_fallbacks);

@@ -437,6 +437,58 @@ fn transceive_is_one_send_and_a_chunk() {
     assert_eq!(transfer(&s), ok(b"pong2"));
 }
 
+/// A multishot receive's SQE names its pipe, not its op entry, and each
+/// chunk goes to the pipe whose receive took it: with several pipes and
+/// more op entries than pipes, the two kinds of key differ.
+#[test]
+fn multishot_chunks_are_routed_by_the_pipe_their_receive_names() {
+    let mut h = harness();
+    let a = h.open_ok(1);
+    let b = h.open_ok(1);
+    let sa = h.transceive(a, b"to a", 4280);
+    h.send_all();
+    let sb = h.transceive(b, b"to b", 4280);
+    h.send_all();
+    let ms = h.d().ids(K::RecvMulti);
+    assert_eq!(ms.len(), 2);
+    let (ma, mb) = (ms[0], ms[1]);
+    for (id, pipe) in [(ma, a), (mb, b)] {
+        let t = Token::from_raw(h.d().token(id));
+        assert_eq!(
+            (t.kind(), t.index(), t.gen()),
+            (ST_MULTISHOT, pipe.index, pipe.gen)
+        );
+    }
+    let mb_key = h
+        .core
+        .pipes
+        .get_mut(b.index, b.gen)
+        .unwrap()
+        .multishot
+        .key();
+    assert_ne!(
+        mb_key,
+        Some((b.index, b.gen)),
+        "op and pipe keys differ here"
+    );
+    h.chunk(mb, b"for b");
+    assert_eq!(transfer(&sb), ok(b"for b"));
+    assert!(pending(&sa), "a chunk of b's receive is not a's");
+    h.chunk(ma, b"for a");
+    assert_eq!(transfer(&sa), ok(b"for a"));
+    // The receive's end goes to its op entry through the pipe.
+    h.d().complete(mb, -libc::ECANCELED);
+    h.turn();
+    assert!(h
+        .core
+        .pipes
+        .get_mut(b.index, b.gen)
+        .unwrap()
+        .multishot
+        .is_off());
+    assert!(mb_key.is_some_and(|k| h.core.ops.get_mut(k.0, k.1).is_none()));
+}
+
 /// A caller's shared `Bytes` is sent as it is (the SEND points at the
 /// caller's bytes) and, being still the caller's too, is not taken into
 /// the driver's spare buffers; a `Vec` handed over is.

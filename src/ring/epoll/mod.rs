@@ -127,7 +127,7 @@ pub struct EpollDriver {
     in_flight: usize,
     /// Ops to try at the next submit, in order.
     start: VecDeque<(u32, u32)>,
-    ready: Vec<Completion>,
+    ready: VecDeque<Completion>,
     fds: HashMap<RawFd, FdEntry>,
     serial: u32,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
@@ -173,7 +173,7 @@ impl EpollDriver {
             free: Vec::new(),
             in_flight: 0,
             start: VecDeque::new(),
-            ready: Vec::new(),
+            ready: VecDeque::new(),
             fds: HashMap::new(),
             serial: 0,
             timers: BinaryHeap::new(),
@@ -251,7 +251,7 @@ impl EpollDriver {
             let token = s.token;
             self.free.push(index);
             self.in_flight -= 1;
-            self.ready.push(Completion {
+            self.ready.push_back(Completion {
                 token,
                 result,
                 flags: 0,
@@ -623,8 +623,8 @@ impl OpDriver for EpollDriver {
         }
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.ready);
+    fn reap_one(&mut self) -> Option<Completion> {
+        self.ready.pop_front()
     }
 
     fn features(&self) -> Features {
