@@ -27,6 +27,14 @@ impl Waiters {
         }
     }
 
+    /// Puts `key` back in front (a waiter taken off that could not be
+    /// served yet).
+    pub(super) fn push_front(&mut self, key: (u32, u32)) {
+        if let Some(first) = self.first.replace(key) {
+            self.rest.push_front(first);
+        }
+    }
+
     pub(super) fn pop_front(&mut self) -> Option<(u32, u32)> {
         let first = self.first.take()?;
         self.first = self.rest.pop_front();
@@ -85,6 +93,18 @@ mod tests {
         w.push_back((6, 0));
         w.push_back((7, 0));
         assert_eq!(w.into_iter().collect::<Vec<_>>(), vec![(6, 0), (7, 0)]);
+    }
+
+    #[test]
+    fn push_front_puts_a_waiter_back_before_the_others() {
+        let mut w = Waiters::default();
+        w.push_front((1, 0));
+        assert_eq!(w.first, Some((1, 0)));
+        w.push_back((2, 0));
+        let k = w.pop_front().unwrap();
+        w.push_front(k);
+        w.push_front((0, 0));
+        assert_eq!(w.into_iter().collect::<Vec<_>>(), [(0, 0), (1, 0), (2, 0)]);
     }
 
     #[test]
