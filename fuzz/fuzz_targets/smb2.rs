@@ -142,17 +142,7 @@ fn logged_in(fake: &mut Fake, interim: InterimPolicy) -> (Connection, u64, u64, 
     let r = call(&mut conn, fake, &h, &ss(SpnegoToken::Init(init)));
     h.session_id = r.session_id;
     h.message_id = 2;
-    let t3 = Authenticate {
-        flags: ntlmssp::NEGOTIATE_UNICODE,
-        lm_response: vec![],
-        nt_response: vec![],
-        domain: vec![],
-        user: vec![],
-        workstation: vec![],
-        session_key: vec![],
-        version: None,
-        mic: None,
-    };
+    let t3 = Authenticate::anonymous(ntlmssp::NEGOTIATE_UNICODE);
     let resp = NegTokenResp {
         response_token: Some(t3.encode().expect("t3")),
         ..Default::default()

@@ -154,17 +154,7 @@ pub fn login<C: Smb2Call>(c: &mut C, negotiate: Request, tree: &str) {
     let (h, _) = c.call(session_setup(tok));
     assert_eq!(h.status, status::MORE_PROCESSING_REQUIRED);
     c.ids().session_id = h.session_id;
-    let auth = ntlmssp::Authenticate {
-        flags: ntlmssp::NEGOTIATE_UNICODE,
-        lm_response: vec![],
-        nt_response: vec![],
-        domain: vec![],
-        user: vec![],
-        workstation: vec![],
-        session_key: vec![],
-        version: None,
-        mic: None,
-    };
+    let auth = ntlmssp::Authenticate::anonymous(ntlmssp::NEGOTIATE_UNICODE);
     let tok = SpnegoToken::Resp(NegTokenResp {
         response_token: Some(auth.encode().unwrap()),
         ..Default::default()
