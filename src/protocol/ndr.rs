@@ -359,25 +359,7 @@ impl<'a> NdrReader<'a> {
     ) -> Result<String, DecodeError> {
         let n = self.string_count(field, max)?;
         let bytes = self.take(field, n)?;
-        let (last, text) = match bytes.split_last() {
-            Some(split) => split,
-            None => {
-                return Err(DecodeError::TooShort {
-                    field,
-                    len: 0,
-                    min: 1,
-                })
-            }
-        };
-        if *last != 0 {
-            return Err(DecodeError::InvalidValue {
-                field,
-                value: u64::from(*last),
-            });
-        }
-        if text.contains(&0) {
-            return Err(DecodeError::EmbeddedNul { field });
-        }
+        let text = nul_terminated(field, bytes)?;
         std::str::from_utf8(text)
             .map(str::to_owned)
             .map_err(|_| DecodeError::InvalidUtf8 { field })
@@ -397,25 +379,7 @@ impl<'a> NdrReader<'a> {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
-        let (last, text) = match units.split_last() {
-            Some(split) => split,
-            None => {
-                return Err(DecodeError::TooShort {
-                    field,
-                    len: 0,
-                    min: 1,
-                })
-            }
-        };
-        if *last != 0 {
-            return Err(DecodeError::InvalidValue {
-                field,
-                value: u64::from(*last),
-            });
-        }
-        if text.contains(&0) {
-            return Err(DecodeError::EmbeddedNul { field });
-        }
+        let text = nul_terminated(field, &units)?;
         String::from_utf16(text).map_err(|_| DecodeError::InvalidUtf16 { field })
     }
 
@@ -424,6 +388,31 @@ impl<'a> NdrReader<'a> {
         let n = self.count(field, max, 1)?;
         Ok(self.take(field, n)?.to_vec())
     }
+}
+
+/// The text of a conformant-varying string's units: the last unit must be
+/// its NUL terminator and no other unit may be NUL.
+fn nul_terminated<'a, T: Copy + Default + PartialEq + Into<u64>>(
+    field: &'static str,
+    units: &'a [T],
+) -> Result<&'a [T], DecodeError> {
+    let Some((last, text)) = units.split_last() else {
+        return Err(DecodeError::TooShort {
+            field,
+            len: 0,
+            min: 1,
+        });
+    };
+    if *last != T::default() {
+        return Err(DecodeError::InvalidValue {
+            field,
+            value: (*last).into(),
+        });
+    }
+    if text.contains(&T::default()) {
+        return Err(DecodeError::EmbeddedNul { field });
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
