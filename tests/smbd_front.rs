@@ -105,6 +105,7 @@ fn rpcclient_and_smbclient_through_smbd_reach_opipe_serve() {
             "OPIPESRV",
             "--pipe",
             "srvsvc",
+            "--log-calls",
         ],
     );
     let Some(smbd) = Smbd::start("TESTSRV", pipes.path()) else {
@@ -157,6 +158,7 @@ fn dcerpc_handler_behind_smbd_logs_the_bind_and_the_request() {
             "dcerpc",
             "--pipe",
             "srvsvc",
+            "--log-calls",
         ],
     );
     let Some(smbd) = Smbd::start("TESTSRV", pipes.path()) else {

@@ -49,7 +49,8 @@ pub struct ServeArgs {
     dialect: DialectArg,
 
     /// Log every DCE/RPC bind (interface) and request (opnum) on stderr
-    /// (dcerpc handler; on by default in the samba dialect).
+    /// (dcerpc and srvsvc handlers; off by default: a line per call costs
+    /// more than the call).
     #[arg(long)]
     log_calls: bool,
 
@@ -159,11 +160,12 @@ impl ServeArgs {
         }
         match self.handler {
             HandlerKind::Echo => b.handler(EchoFactory),
-            HandlerKind::Dcerpc => b.handler(
-                DceRpcFactory::new(self.reply_size as usize)
-                    .log_calls(self.log_calls || self.dialect == DialectArg::Samba),
-            ),
-            HandlerKind::Srvsvc => b.handler(SrvsvcFactory::new(&self.server_name)),
+            HandlerKind::Dcerpc => {
+                b.handler(DceRpcFactory::new(self.reply_size as usize).log_calls(self.log_calls))
+            }
+            HandlerKind::Srvsvc => {
+                b.handler(SrvsvcFactory::new(&self.server_name).log_calls(self.log_calls))
+            }
         }
     }
 }

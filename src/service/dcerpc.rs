@@ -198,20 +198,8 @@ impl DceRpc {
         let header = CommonHeader::decode(pdu)?;
         match header.ptype {
             PTYPE_BIND | PTYPE_ALTER_CONTEXT => {
-                if self.log_calls {
-                    if let Ok(bind) = decode_bind(pdu) {
-                        for c in &bind.contexts {
-                            tracing::info!(
-                                "opipe dcerpc: {} bind call {} context {}: {}",
-                                self.sec_addr,
-                                header.call_id,
-                                c.context_id,
-                                syntax_text(&c.abstract_syntax)
-                            );
-                        }
-                    }
-                }
-                out.extend_from_slice(&encode_bind_ack(pdu, &self.sec_addr, DEFAULT_MAX_FRAG)?);
+                let log_as = self.log_calls.then_some("dcerpc");
+                answer_bind(pdu, header.call_id, &self.sec_addr, log_as, out)?;
             }
             PTYPE_REQUEST => {
                 let req = decode_request(pdu)?;
@@ -261,6 +249,31 @@ impl Handler for DceRpc {
     fn message_boundaries(&self) -> MessageBoundaries {
         MessageBoundaries::DceRpcPdus
     }
+}
+
+/// Answers a BIND or ALTER_CONTEXT with a BIND_ACK accepting every
+/// context (appended to `out`); with `log_as` (the handler's name), each
+/// context's interface is logged first (tracing `info`).
+pub(super) fn answer_bind(
+    pdu: &[u8],
+    call_id: u32,
+    sec_addr: &str,
+    log_as: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<(), HandlerError> {
+    if let Some(name) = log_as {
+        if let Ok(bind) = decode_bind(pdu) {
+            for c in &bind.contexts {
+                tracing::info!(
+                    "opipe {name}: {sec_addr} bind call {call_id} context {}: {}",
+                    c.context_id,
+                    syntax_text(&c.abstract_syntax)
+                );
+            }
+        }
+    }
+    out.extend_from_slice(&encode_bind_ack(pdu, sec_addr, DEFAULT_MAX_FRAG)?);
+    Ok(())
 }
 
 #[cfg(test)]

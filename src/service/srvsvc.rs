@@ -2,15 +2,16 @@
 //! 101) and `NetrShareEnumAll` (opnum 15, level 1) with configured
 //! values, so that a real SMB client behind a real smbd (`rpcclient -c
 //! srvinfo`, `smbclient -L`) gets a real answer from an opipe service.
-//! Other opnums get a fault (`nca_s_op_rng_error`). Every bind and request
-//! is logged (tracing `info`).
+//! Other opnums get a fault (`nca_s_op_rng_error`). With
+//! [`SrvsvcFactory::log_calls`], every bind and request is logged (tracing
+//! `info`).
 
 use std::sync::Arc;
 
 use crate::protocol::dcerpc::{
-    decode_bind, decode_request, encode_bind_ack, encode_fault, encode_response, CommonHeader,
-    PduReassembler, DEFAULT_MAX_FRAG, NCA_S_OP_RNG_ERROR, PFC_FIRST_FRAG, PFC_LAST_FRAG,
-    PTYPE_ALTER_CONTEXT, PTYPE_BIND, PTYPE_REQUEST,
+    decode_request, encode_fault, encode_response, CommonHeader, PduReassembler, DEFAULT_MAX_FRAG,
+    NCA_S_OP_RNG_ERROR, PFC_FIRST_FRAG, PFC_LAST_FRAG, PTYPE_ALTER_CONTEXT, PTYPE_BIND,
+    PTYPE_REQUEST,
 };
 use crate::protocol::srvsvc::{
     encode_netr_server_get_info_101_response, encode_netr_share_enum_all_1_response, ServerInfo101,
@@ -18,7 +19,7 @@ use crate::protocol::srvsvc::{
 };
 use crate::protocol::{NetUserInfo, PipeName};
 
-use super::dcerpc::{syntax_text, PTYPES_IGNORED};
+use super::dcerpc::{answer_bind, PTYPES_IGNORED};
 use super::handler::{Handler, HandlerError, HandlerFactory, MessageBoundaries};
 
 /// The largest request stub (all fragments of one call) accepted.
@@ -28,6 +29,7 @@ pub const MAX_SRVSVC_REQUEST_STUB: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct SrvsvcFactory {
     answers: Arc<Answers>,
+    log_calls: bool,
 }
 
 #[derive(Debug)]
@@ -62,7 +64,15 @@ impl SrvsvcFactory {
     pub fn with(info: ServerInfo101, shares: Vec<ShareInfo1>) -> SrvsvcFactory {
         SrvsvcFactory {
             answers: Arc::new(Answers { info, shares }),
+            log_calls: false,
         }
+    }
+
+    /// Logs every bind (interface) and request (opnum) at `info` (off by
+    /// default: a line per call costs more than the call).
+    pub fn log_calls(mut self, yes: bool) -> SrvsvcFactory {
+        self.log_calls = yes;
+        self
     }
 }
 
@@ -73,6 +83,7 @@ impl HandlerFactory for SrvsvcFactory {
             sec_addr: format!("\\PIPE\\{}", pipe.as_str()),
             answers: self.answers.clone(),
             stub: Vec::new(),
+            log_calls: self.log_calls,
         })
     }
 }
@@ -85,6 +96,7 @@ pub struct Srvsvc {
     answers: Arc<Answers>,
     /// The stub of the request being received (multi-fragment calls).
     stub: Vec<u8>,
+    log_calls: bool,
 }
 
 impl Srvsvc {
@@ -92,18 +104,8 @@ impl Srvsvc {
         let header = CommonHeader::decode(pdu)?;
         match header.ptype {
             PTYPE_BIND | PTYPE_ALTER_CONTEXT => {
-                if let Ok(bind) = decode_bind(pdu) {
-                    for c in &bind.contexts {
-                        tracing::info!(
-                            "opipe srvsvc: {} bind call {} context {}: {}",
-                            self.sec_addr,
-                            header.call_id,
-                            c.context_id,
-                            syntax_text(&c.abstract_syntax)
-                        );
-                    }
-                }
-                out.extend_from_slice(&encode_bind_ack(pdu, &self.sec_addr, DEFAULT_MAX_FRAG)?);
+                let log_as = self.log_calls.then_some("srvsvc");
+                answer_bind(pdu, header.call_id, &self.sec_addr, log_as, out)?;
             }
             PTYPE_REQUEST => {
                 let req = decode_request(pdu)?;
@@ -126,10 +128,12 @@ impl Srvsvc {
                             .last_chunk::<4>()
                             .map(|b| u32::from_le_bytes(*b))
                             .unwrap_or(0);
-                        tracing::info!(
-                            "opipe srvsvc: {} request call {call_id} opnum 21 NetrServerGetInfo level {level}",
-                            self.sec_addr
-                        );
+                        if self.log_calls {
+                            tracing::info!(
+                                "opipe srvsvc: {} request call {call_id} opnum 21 NetrServerGetInfo level {level}",
+                                self.sec_addr
+                            );
+                        }
                         Some(if level == 101 {
                             encode_netr_server_get_info_101_response(Some(&self.answers.info), 0)?
                         } else {
@@ -137,20 +141,29 @@ impl Srvsvc {
                         })
                     }
                     OPNUM_NETR_SHARE_ENUM_ALL => {
-                        tracing::info!(
-                            "opipe srvsvc: {} request call {call_id} opnum 15 NetrShareEnumAll",
-                            self.sec_addr
-                        );
+                        if self.log_calls {
+                            tracing::info!(
+                                "opipe srvsvc: {} request call {call_id} opnum 15 NetrShareEnumAll",
+                                self.sec_addr
+                            );
+                        }
                         Some(encode_netr_share_enum_all_1_response(
                             &self.answers.shares,
                             0,
                         )?)
                     }
                     opnum => {
-                        tracing::info!(
-                            "opipe srvsvc: {} request call {call_id} opnum {opnum}: not served, fault",
-                            self.sec_addr
-                        );
+                        if self.log_calls {
+                            tracing::info!(
+                                "opipe srvsvc: {} request call {call_id} opnum {opnum}: not served, fault",
+                                self.sec_addr
+                            );
+                        } else {
+                            tracing::debug!(
+                                "opipe srvsvc: {} request call {call_id} opnum {opnum}: not served, fault",
+                                self.sec_addr
+                            );
+                        }
                         None
                     }
                 };
