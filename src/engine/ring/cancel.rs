@@ -167,17 +167,19 @@ impl<D: OpDriver> Core<D> {
 
     pub(super) fn disconnect(&mut self, session: u64) {
         self.reject_queued_opens(|q| q.user.session_id == session, NtStatus::CANCELLED);
+        self.end_sessions(|s| s == session);
+    }
+
+    /// Cancels the ops and closes the pipes of the sessions `which` picks
+    /// (a disconnect: one session; a shutdown: all of them).
+    pub(super) fn end_sessions(&mut self, which: impl Fn(u64) -> bool) {
         for (i, g) in self.ops.keys() {
-            if self.ops.get_mut(i, g).is_some_and(|e| e.session == session) {
+            if self.ops.get_mut(i, g).is_some_and(|e| which(e.session)) {
                 self.cancel_op(i, g, NtStatus::CANCELLED);
             }
         }
         for (i, g) in self.pipes.keys() {
-            if self
-                .pipes
-                .get_mut(i, g)
-                .is_some_and(|p| p.session == session)
-            {
+            if self.pipes.get_mut(i, g).is_some_and(|p| which(p.session)) {
                 self.close_pipe(
                     PipeId {
                         ring: self.ring_index,
