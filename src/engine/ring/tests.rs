@@ -119,20 +119,37 @@ impl H {
         self.open_path("\\PIPE\\srvsvc", session, None)
     }
 
-    /// Plays a successful handshake for the one open in flight.
-    fn handshake_ok(&mut self) {
+    /// Connects the one open in flight and sends its handshake in full;
+    /// returns the receive of the answer.
+    fn handshake_sent(&mut self) -> SqeId {
         let c = self.d().one(K::Connect);
         self.complete(c, 0);
         self.send_all();
-        let r = self.d().one(K::Recv);
-        self.recv(r, &[0, 0, 0, 0]);
+        self.d().one(K::Recv)
+    }
+
+    /// Plays a successful handshake for the one open in flight.
+    fn handshake_ok(&mut self) {
+        self.handshake_answered(&[0, 0, 0, 0]);
+    }
+
+    /// Plays a handshake for the one open in flight, answered with `reply`.
+    fn handshake_answered(&mut self, reply: &[u8]) {
+        let r = self.handshake_sent();
+        self.recv(r, reply);
         // The deadline timer is no longer needed: the core cancels it.
         self.honour();
     }
 
     fn open_ok(&mut self, session: u64) -> PipeId {
+        self.open_answered(session, &[0, 0, 0, 0])
+    }
+
+    /// Opens a pipe whose handshake is answered with `reply` (an open
+    /// that must succeed).
+    fn open_answered(&mut self, session: u64, reply: &[u8]) -> PipeId {
         let s = self.open(session);
-        self.handshake_ok();
+        self.handshake_answered(reply);
         match done(&s) {
             Ok(Outcome::Opened { pipe, .. }) => pipe,
             other => panic!("open: {other:?}"),
@@ -290,10 +307,7 @@ fn open_refused_connect_is_name_not_found_and_closes_the_socket() {
 fn open_deadline_before_status_cancels_the_receive() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.advance(Duration::from_secs(5));
     assert!(
         h.d().cancel_asked(recv),
@@ -308,10 +322,7 @@ fn open_deadline_before_status_cancels_the_receive() {
 fn open_status_then_deadline_in_one_batch_succeeds() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     // Both CQEs are reaped together, the status first.
     h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
     h.d().advance(Duration::from_secs(5));
@@ -323,11 +334,8 @@ fn open_status_then_deadline_in_one_batch_succeeds() {
 fn open_deadline_then_status_in_one_batch_fails_and_closes() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
+    let recv = h.handshake_sent();
     let fd = h.fd_of(K::Recv);
-    let recv = h.d().one(K::Recv);
     // The timer's CQE comes first; the status word arrived anyway.
     h.d().advance(Duration::from_secs(5));
     h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
@@ -340,10 +348,7 @@ fn open_deadline_then_status_in_one_batch_fails_and_closes() {
 fn open_returns_a_nonzero_status_word_as_is() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.recv(recv, &0xc000_00acu32.to_le_bytes());
     h.honour();
     assert_eq!(status(&s), NtStatus(0xc000_00ac));
@@ -353,10 +358,7 @@ fn open_returns_a_nonzero_status_word_as_is() {
 fn open_short_status_word_is_pipe_not_available() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.recv(recv, &[0, 0]);
     h.honour();
     assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
@@ -1946,13 +1948,7 @@ mod samba_open {
     /// Connects and completes the send of the open in flight; returns the
     /// level of the NPA request it sent and the reply's receive.
     fn sent_request(h: &mut H) -> (NpaLevel, SqeId) {
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        let send = h.d().one(K::Send);
-        let req = match h.d().op(send) {
-            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
-            _ => panic!("not a send"),
-        };
+        let req = connected_request(h);
         h.send_all();
         let r = h.d().one(K::Recv);
         match h.d().op(r) {
@@ -1963,6 +1959,18 @@ mod samba_open {
             _ => panic!("not a receive"),
         }
         (req.level, r)
+    }
+
+    /// Connects the open in flight; returns the NPA request of its send
+    /// (still in flight).
+    fn connected_request(h: &mut H) -> NpaRequest {
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        match h.d().op(send) {
+            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
+            _ => panic!("not a send"),
+        }
     }
 
     fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
@@ -2008,13 +2016,7 @@ mod samba_open {
             tree: None,
             notify: Notify::Shared(s.clone()),
         });
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        let send = h.d().one(K::Send);
-        let req = match h.d().op(send) {
-            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
-            _ => panic!("not a send"),
-        };
+        let req = connected_request(&mut h);
         assert_eq!(req, id.to_request(NpaLevel::V7));
         let mapped = NpaIdentity::from_net_user_info(&user(5));
         assert_ne!(req, mapped.to_request(NpaLevel::V7));
@@ -2122,24 +2124,15 @@ mod samba_messages {
         })
     }
 
-    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+    pub(super) fn framed(msgs: &[&[u8]]) -> Vec<u8> {
         msgs.iter()
             .flat_map(|m| frame_message(m).expect("short message"))
             .collect()
     }
 
-    fn open_ok(h: &mut H) -> PipeId {
-        let s = h.open(1);
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        h.send_all();
-        let r = h.d().one(K::Recv);
-        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
-        h.honour();
-        match done(&s) {
-            Ok(Outcome::Opened { pipe, .. }) => pipe,
-            other => panic!("open: {other:?}"),
-        }
+    /// A Samba pipe, opened with a level 7 NPA reply.
+    pub(super) fn open_ok(h: &mut H) -> PipeId {
+        h.open_answered(1, &NpaReply::success(NpaLevel::V7).encode())
     }
 
     /// The bytes of the one send in flight, completed in full.
@@ -2337,32 +2330,12 @@ fn op_keys_and_sqe_tokens_use_the_ring_token_layout() {
 // ---- Samba dialect: message pipes on the multishot receive -------------------
 
 mod samba_multishot {
+    use super::samba_messages::{framed, open_ok};
     use super::*;
     use crate::engine::Dialect;
-    use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
 
     fn samba() -> H {
         harness_with(|c| c.dialect = Dialect::Samba)
-    }
-
-    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
-        msgs.iter()
-            .flat_map(|m| frame_message(m).expect("short message"))
-            .collect()
-    }
-
-    fn open_ok(h: &mut H) -> PipeId {
-        let s = h.open(1);
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        h.send_all();
-        let r = h.d().one(K::Recv);
-        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
-        h.honour();
-        match done(&s) {
-            Ok(Outcome::Opened { pipe, .. }) => pipe,
-            other => panic!("open: {other:?}"),
-        }
     }
 
     /// A reply that arrives in pieces (half a header, the rest of the
