@@ -216,6 +216,13 @@ impl H {
     }
 }
 
+/// A next transceive on `p` starts at once: its send and a receive.
+fn assert_next_starts_at_once(h: &mut H, p: PipeId, why: &str) {
+    let next = h.transceive(p, b"x", 4280);
+    assert_eq!(h.d().kinds(), vec![K::Send, K::RecvPooled], "{why}");
+    drop(next);
+}
+
 fn send_len(op: &Op) -> usize {
     match op {
         Op::Send { buf, start, .. } => buf.len() - start,
@@ -850,13 +857,7 @@ fn cancel_after_the_result_changes_nothing() {
         h.d().cancels.is_empty(),
         "no cancel SQE for a finished request"
     );
-    let next = h.transceive(p, b"x", 4280);
-    assert_eq!(
-        h.d().kinds(),
-        vec![K::Send, K::RecvPooled],
-        "nothing to drain"
-    );
-    drop(next);
+    assert_next_starts_at_once(&mut h, p, "nothing to drain");
 }
 
 #[test]
@@ -1351,13 +1352,7 @@ fn cancelled_receive_that_took_nothing_leaves_no_pushback() {
         .pipes
         .get_mut(p.index, p.gen)
         .is_some_and(|pe| pe.pushback.is_empty()));
-    let next = h.transceive(p, b"x", 4280);
-    assert_eq!(
-        h.d().kinds(),
-        vec![K::Send, K::RecvPooled],
-        "starts at once, with a receive"
-    );
-    drop(next);
+    assert_next_starts_at_once(&mut h, p, "starts at once, with a receive");
 }
 
 #[test]
