@@ -151,8 +151,17 @@ impl<D: OpDriver> Core<D> {
             self.reject(n, status);
         }
         // A request waiting only for a multishot chunk has no CQE to come.
-        if self.ops.get_mut(i, g).is_some_and(|e| e.pending == 0) {
-            self.finish((i, g));
+        self.finish_if_idle((i, g));
+    }
+
+    /// Finishes op `key` when none of its CQEs is still to come.
+    pub(super) fn finish_if_idle(&mut self, key: (u32, u32)) {
+        if self
+            .ops
+            .get_mut(key.0, key.1)
+            .is_some_and(|e| e.pending == 0)
+        {
+            self.finish(key);
         }
     }
 
