@@ -156,6 +156,15 @@ impl H {
         }
     }
 
+    /// Opens a pipe (session 1) and sends a "ping" transceive in full; its
+    /// reply is still to come.
+    fn ping_sent(&mut self) -> (PipeId, Arc<Shared>) {
+        let p = self.open_ok(1);
+        let s = self.transceive(p, b"ping", 4280);
+        self.send_all();
+        (p, s)
+    }
+
     fn io(&mut self, pipe: PipeId, io: PipeIo) -> Arc<Shared> {
         let s = Shared::new();
         self.cmd(Command::Io {
@@ -569,9 +578,7 @@ fn exact_fill_without_more_waiting_is_success() {
 #[test]
 fn multishot_enobufs_rearms_for_the_waiter() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (_, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, -libc::ENOBUFS);
     let ms2 = h.d().one(K::RecvMulti);
@@ -602,9 +609,7 @@ fn multishot_ending_between_two_waiters_rearms_for_the_second() {
 #[test]
 fn multishot_end_of_stream_breaks_the_pipe() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, 0);
     assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
@@ -620,9 +625,7 @@ fn multishot_end_of_stream_breaks_the_pipe() {
 #[test]
 fn kernel_without_multishot_falls_back_to_one_receive_per_request() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, -libc::EINVAL);
     let r = h.d().one(K::RecvPooled);
@@ -639,9 +642,7 @@ fn kernel_without_multishot_falls_back_to_one_receive_per_request() {
 #[test]
 fn pushback_over_its_cap_stops_the_receive() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
     assert_eq!(transfer(&s), ok(b"pong"));
@@ -662,9 +663,7 @@ fn pushback_over_its_cap_stops_the_receive() {
 #[test]
 fn read_above_a_pool_buffer_waits_for_the_multishot_receive_to_stop() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
     assert_eq!(transfer(&s), ok(b"pong"));
@@ -714,9 +713,7 @@ fn linked_transceive_and_read_ahead() {
 #[test]
 fn linked_enobufs_receives_again_with_its_own_buffer() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (_, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.complete(r, -libc::ENOBUFS);
     assert!(pending(&s), "pool exhaustion costs speed, never a result");
@@ -829,9 +826,7 @@ fn cancel_then_cqes_later_requests_wait_until_drained() {
 #[test]
 fn cancelled_receive_that_took_bytes_keeps_them_in_the_stream() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.cancel(&s);
     assert_eq!(status(&s), NtStatus::CANCELLED);
@@ -846,9 +841,7 @@ fn cancelled_receive_that_took_bytes_keeps_them_in_the_stream() {
 #[test]
 fn cancel_after_the_result_changes_nothing() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.recv(r, b"pong");
     h.cancel(&s);
@@ -863,9 +856,7 @@ fn cancel_after_the_result_changes_nothing() {
 #[test]
 fn cancelled_waiter_leaves_the_late_chunk_to_the_next_read() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     h.cancel(&s);
     assert_eq!(status(&s), NtStatus::CANCELLED);
     // No CQE to wait for: freed at once; the multishot receive is left.
@@ -1344,9 +1335,7 @@ fn cancel_while_sending_then_the_send_wins_cancels_the_receive() {
 #[test]
 fn cancelled_receive_that_took_nothing_leaves_no_pushback() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     h.cancel(&s);
     h.honour();
     assert!(h
