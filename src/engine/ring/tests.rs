@@ -233,8 +233,13 @@ fn assert_next_starts_at_once(h: &mut H, p: PipeId, why: &str) {
 }
 
 fn send_len(op: &Op) -> usize {
+    send_buf(op).len() - send_start(op)
+}
+
+/// The whole buffer of a send (from its first byte, not from `start`).
+fn send_buf(op: &Op) -> &[u8] {
     match op {
-        Op::Send { buf, start, .. } => buf.len() - start,
+        Op::Send { buf, .. } => buf,
         _ => panic!("not a send"),
     }
 }
@@ -524,10 +529,8 @@ fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
         },
     );
     let id = h.d().one(K::Send);
-    match h.d().op(id) {
-        Op::Send { buf, .. } => assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy"),
-        _ => panic!("not a send"),
-    }
+    let buf = send_buf(h.d().op(id));
+    assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy");
     h.send_all();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
@@ -1953,10 +1956,7 @@ mod samba_open {
         let c = h.d().one(K::Connect);
         h.complete(c, 0);
         let send = h.d().one(K::Send);
-        match h.d().op(send) {
-            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
-            _ => panic!("not a send"),
-        }
+        NpaRequest::decode(send_buf(h.d().op(send))).expect("an NPA request")
     }
 
     fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
@@ -2124,10 +2124,7 @@ mod samba_messages {
     /// The bytes of the one send in flight, completed in full.
     fn sent(h: &mut H) -> Vec<u8> {
         let id = h.d().one(K::Send);
-        let buf = match h.d().op(id) {
-            Op::Send { buf, .. } => buf.to_vec(),
-            _ => panic!("not a send"),
-        };
+        let buf = send_buf(h.d().op(id)).to_vec();
         h.complete(id, buf.len() as i32);
         buf
     }
