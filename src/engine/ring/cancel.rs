@@ -151,8 +151,17 @@ impl<D: OpDriver> Core<D> {
             self.reject(n, status);
         }
         // A request waiting only for a multishot chunk has no CQE to come.
-        if self.ops.get_mut(i, g).is_some_and(|e| e.pending == 0) {
-            self.finish((i, g));
+        self.finish_if_idle((i, g));
+    }
+
+    /// Finishes op `key` when none of its CQEs is still to come.
+    pub(super) fn finish_if_idle(&mut self, key: (u32, u32)) {
+        if self
+            .ops
+            .get_mut(key.0, key.1)
+            .is_some_and(|e| e.pending == 0)
+        {
+            self.finish(key);
         }
     }
 
@@ -167,17 +176,19 @@ impl<D: OpDriver> Core<D> {
 
     pub(super) fn disconnect(&mut self, session: u64) {
         self.reject_queued_opens(|q| q.user.session_id == session, NtStatus::CANCELLED);
+        self.end_sessions(|s| s == session);
+    }
+
+    /// Cancels the ops and closes the pipes of the sessions `which` picks
+    /// (a disconnect: one session; a shutdown: all of them).
+    pub(super) fn end_sessions(&mut self, which: impl Fn(u64) -> bool) {
         for (i, g) in self.ops.keys() {
-            if self.ops.get_mut(i, g).is_some_and(|e| e.session == session) {
+            if self.ops.get_mut(i, g).is_some_and(|e| which(e.session)) {
                 self.cancel_op(i, g, NtStatus::CANCELLED);
             }
         }
         for (i, g) in self.pipes.keys() {
-            if self
-                .pipes
-                .get_mut(i, g)
-                .is_some_and(|p| p.session == session)
-            {
+            if self.pipes.get_mut(i, g).is_some_and(|p| which(p.session)) {
                 self.close_pipe(
                     PipeId {
                         ring: self.ring_index,

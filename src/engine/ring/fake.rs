@@ -151,20 +151,22 @@ impl FakeDriver {
         self.flight.iter().filter(|f| kind_of(&f.op) != k).count()
     }
 
-    /// The op `id` while it is in flight.
-    pub(crate) fn op(&self, id: SqeId) -> &Op {
+    /// The record of `id` (panics when it is not in flight: a test bug).
+    fn flight(&self, id: SqeId) -> &InFlight {
         match self.flight.iter().find(|f| f.id == id.raw()) {
-            Some(f) => &f.op,
+            Some(f) => f,
             None => panic!("op {id:?} not in flight"),
         }
     }
 
+    /// The op `id` while it is in flight.
+    pub(crate) fn op(&self, id: SqeId) -> &Op {
+        &self.flight(id).op
+    }
+
     /// The token the core gave op `id`, while it is in flight.
     pub(crate) fn token(&self, id: SqeId) -> u64 {
-        match self.flight.iter().find(|f| f.id == id.raw()) {
-            Some(f) => f.token,
-            None => panic!("op {id:?} not in flight"),
-        }
+        self.flight(id).token
     }
 
     /// Whether the core asked to cancel `id`.
@@ -254,9 +256,7 @@ impl FakeDriver {
 
     /// One chunk of the multishot receive `id`, which stays armed.
     pub(crate) fn chunk(&mut self, id: SqeId, bytes: &[u8], flags: u32) {
-        let Some(f) = self.flight.iter().find(|f| f.id == id.raw()) else {
-            panic!("op {id:?} not in flight");
-        };
+        let f = self.flight(id);
         if !matches!(f.op, Op::RecvMulti { .. }) {
             panic!("not a multishot receive");
         }

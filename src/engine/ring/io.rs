@@ -179,14 +179,8 @@ impl<D: OpDriver> Core<D> {
             self.await_chunk(at.pipe, key, &at.fd, at.session);
         }
         self.push_transceive(key, at.fd);
-        if self
-            .ops
-            .get_mut(key.0, key.1)
-            .is_some_and(|e| e.pending == 0)
-        {
-            // Nothing to send and the reply is already here.
-            self.finish(key);
-        }
+        // Nothing to send and the reply is already here.
+        self.finish_if_idle(key);
     }
 
     fn start_read(&mut self, at: Start, max_out: usize, notify: Notify) {

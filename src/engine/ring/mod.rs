@@ -574,22 +574,8 @@ impl<D: OpDriver> Core<D> {
             Command::Refused { notify } => self.reject(notify, NtStatus::INSUFFICIENT_RESOURCES),
             Command::Shutdown => {
                 self.stopping = true;
-                for q in std::mem::take(&mut self.queued_opens) {
-                    self.reject(q.notify, NtStatus::PIPE_NOT_AVAILABLE);
-                }
-                for (i, g) in self.ops.keys() {
-                    self.cancel_op(i, g, NtStatus::CANCELLED);
-                }
-                for (i, g) in self.pipes.keys() {
-                    self.close_pipe(
-                        PipeId {
-                            ring: self.ring_index,
-                            index: i,
-                            gen: g,
-                        },
-                        None,
-                    );
-                }
+                self.reject_queued_opens(|_| true, NtStatus::PIPE_NOT_AVAILABLE);
+                self.end_sessions(|_| true);
             }
         }
     }

@@ -119,24 +119,50 @@ impl H {
         self.open_path("\\PIPE\\srvsvc", session, None)
     }
 
-    /// Plays a successful handshake for the one open in flight.
-    fn handshake_ok(&mut self) {
+    /// Connects the one open in flight and sends its handshake in full;
+    /// returns the receive of the answer.
+    fn handshake_sent(&mut self) -> SqeId {
         let c = self.d().one(K::Connect);
         self.complete(c, 0);
         self.send_all();
-        let r = self.d().one(K::Recv);
-        self.recv(r, &[0, 0, 0, 0]);
+        self.d().one(K::Recv)
+    }
+
+    /// Plays a successful handshake for the one open in flight.
+    fn handshake_ok(&mut self) {
+        self.handshake_answered(&[0, 0, 0, 0]);
+    }
+
+    /// Plays a handshake for the one open in flight, answered with `reply`.
+    fn handshake_answered(&mut self, reply: &[u8]) {
+        let r = self.handshake_sent();
+        self.recv(r, reply);
         // The deadline timer is no longer needed: the core cancels it.
         self.honour();
     }
 
     fn open_ok(&mut self, session: u64) -> PipeId {
+        self.open_answered(session, &[0, 0, 0, 0])
+    }
+
+    /// Opens a pipe whose handshake is answered with `reply` (an open
+    /// that must succeed).
+    fn open_answered(&mut self, session: u64, reply: &[u8]) -> PipeId {
         let s = self.open(session);
-        self.handshake_ok();
+        self.handshake_answered(reply);
         match done(&s) {
             Ok(Outcome::Opened { pipe, .. }) => pipe,
             other => panic!("open: {other:?}"),
         }
+    }
+
+    /// Opens a pipe (session 1) and sends a "ping" transceive in full; its
+    /// reply is still to come.
+    fn ping_sent(&mut self) -> (PipeId, Arc<Shared>) {
+        let p = self.open_ok(1);
+        let s = self.transceive(p, b"ping", 4280);
+        self.send_all();
+        (p, s)
     }
 
     fn io(&mut self, pipe: PipeId, io: PipeIo) -> Arc<Shared> {
@@ -199,9 +225,21 @@ impl H {
     }
 }
 
+/// A next transceive on `p` starts at once: its send and a receive.
+fn assert_next_starts_at_once(h: &mut H, p: PipeId, why: &str) {
+    let next = h.transceive(p, b"x", 4280);
+    assert_eq!(h.d().kinds(), vec![K::Send, K::RecvPooled], "{why}");
+    drop(next);
+}
+
 fn send_len(op: &Op) -> usize {
+    send_buf(op).len() - send_start(op)
+}
+
+/// The whole buffer of a send (from its first byte, not from `start`).
+fn send_buf(op: &Op) -> &[u8] {
     match op {
-        Op::Send { buf, start, .. } => buf.len() - start,
+        Op::Send { buf, .. } => buf,
         _ => panic!("not a send"),
     }
 }
@@ -290,10 +328,7 @@ fn open_refused_connect_is_name_not_found_and_closes_the_socket() {
 fn open_deadline_before_status_cancels_the_receive() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.advance(Duration::from_secs(5));
     assert!(
         h.d().cancel_asked(recv),
@@ -308,10 +343,7 @@ fn open_deadline_before_status_cancels_the_receive() {
 fn open_status_then_deadline_in_one_batch_succeeds() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     // Both CQEs are reaped together, the status first.
     h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
     h.d().advance(Duration::from_secs(5));
@@ -323,11 +355,8 @@ fn open_status_then_deadline_in_one_batch_succeeds() {
 fn open_deadline_then_status_in_one_batch_fails_and_closes() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
+    let recv = h.handshake_sent();
     let fd = h.fd_of(K::Recv);
-    let recv = h.d().one(K::Recv);
     // The timer's CQE comes first; the status word arrived anyway.
     h.d().advance(Duration::from_secs(5));
     h.d().complete_recv(recv, &[0, 0, 0, 0], 0);
@@ -340,10 +369,7 @@ fn open_deadline_then_status_in_one_batch_fails_and_closes() {
 fn open_returns_a_nonzero_status_word_as_is() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.recv(recv, &0xc000_00acu32.to_le_bytes());
     h.honour();
     assert_eq!(status(&s), NtStatus(0xc000_00ac));
@@ -353,10 +379,7 @@ fn open_returns_a_nonzero_status_word_as_is() {
 fn open_short_status_word_is_pipe_not_available() {
     let mut h = harness();
     let s = h.open(1);
-    let c = h.d().one(K::Connect);
-    h.complete(c, 0);
-    h.send_all();
-    let recv = h.d().one(K::Recv);
+    let recv = h.handshake_sent();
     h.recv(recv, &[0, 0]);
     h.honour();
     assert_eq!(status(&s), NtStatus::PIPE_NOT_AVAILABLE);
@@ -506,10 +529,8 @@ fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
         },
     );
     let id = h.d().one(K::Send);
-    match h.d().op(id) {
-        Op::Send { buf, .. } => assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy"),
-        _ => panic!("not a send"),
-    }
+    let buf = send_buf(h.d().op(id));
+    assert_eq!(buf.as_ptr(), shared.as_ptr(), "no copy");
     h.send_all();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
@@ -560,9 +581,7 @@ fn exact_fill_without_more_waiting_is_success() {
 #[test]
 fn multishot_enobufs_rearms_for_the_waiter() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (_, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, -libc::ENOBUFS);
     let ms2 = h.d().one(K::RecvMulti);
@@ -593,9 +612,7 @@ fn multishot_ending_between_two_waiters_rearms_for_the_second() {
 #[test]
 fn multishot_end_of_stream_breaks_the_pipe() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, 0);
     assert_eq!(status(&s), NtStatus::PIPE_BROKEN);
@@ -611,9 +628,7 @@ fn multishot_end_of_stream_breaks_the_pipe() {
 #[test]
 fn kernel_without_multishot_falls_back_to_one_receive_per_request() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.complete(ms, -libc::EINVAL);
     let r = h.d().one(K::RecvPooled);
@@ -630,9 +645,7 @@ fn kernel_without_multishot_falls_back_to_one_receive_per_request() {
 #[test]
 fn pushback_over_its_cap_stops_the_receive() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
     assert_eq!(transfer(&s), ok(b"pong"));
@@ -653,9 +666,7 @@ fn pushback_over_its_cap_stops_the_receive() {
 #[test]
 fn read_above_a_pool_buffer_waits_for_the_multishot_receive_to_stop() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"pong");
     assert_eq!(transfer(&s), ok(b"pong"));
@@ -705,9 +716,7 @@ fn linked_transceive_and_read_ahead() {
 #[test]
 fn linked_enobufs_receives_again_with_its_own_buffer() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (_, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.complete(r, -libc::ENOBUFS);
     assert!(pending(&s), "pool exhaustion costs speed, never a result");
@@ -820,9 +829,7 @@ fn cancel_then_cqes_later_requests_wait_until_drained() {
 #[test]
 fn cancelled_receive_that_took_bytes_keeps_them_in_the_stream() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.cancel(&s);
     assert_eq!(status(&s), NtStatus::CANCELLED);
@@ -837,9 +844,7 @@ fn cancelled_receive_that_took_bytes_keeps_them_in_the_stream() {
 #[test]
 fn cancel_after_the_result_changes_nothing() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     let r = h.d().one(K::RecvPooled);
     h.recv(r, b"pong");
     h.cancel(&s);
@@ -848,23 +853,17 @@ fn cancel_after_the_result_changes_nothing() {
         h.d().cancels.is_empty(),
         "no cancel SQE for a finished request"
     );
-    let next = h.transceive(p, b"x", 4280);
-    assert_eq!(
-        h.d().kinds(),
-        vec![K::Send, K::RecvPooled],
-        "nothing to drain"
-    );
-    drop(next);
+    assert_next_starts_at_once(&mut h, p, "nothing to drain");
 }
 
 #[test]
 fn cancelled_waiter_leaves_the_late_chunk_to_the_next_read() {
     let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     h.cancel(&s);
     assert_eq!(status(&s), NtStatus::CANCELLED);
+    // No CQE to wait for: freed at once; the multishot receive is left.
+    assert_eq!(h.core.ops.len(), 1);
     let ms = h.d().one(K::RecvMulti);
     h.chunk(ms, b"late");
     let r = h.read(p, 100);
@@ -1339,9 +1338,7 @@ fn cancel_while_sending_then_the_send_wins_cancels_the_receive() {
 #[test]
 fn cancelled_receive_that_took_nothing_leaves_no_pushback() {
     let mut h = linked();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, b"ping", 4280);
-    h.send_all();
+    let (p, s) = h.ping_sent();
     h.cancel(&s);
     h.honour();
     assert!(h
@@ -1349,13 +1346,7 @@ fn cancelled_receive_that_took_nothing_leaves_no_pushback() {
         .pipes
         .get_mut(p.index, p.gen)
         .is_some_and(|pe| pe.pushback.is_empty()));
-    let next = h.transceive(p, b"x", 4280);
-    assert_eq!(
-        h.d().kinds(),
-        vec![K::Send, K::RecvPooled],
-        "starts at once, with a receive"
-    );
-    drop(next);
+    assert_next_starts_at_once(&mut h, p, "starts at once, with a receive");
 }
 
 #[test]
@@ -1946,13 +1937,7 @@ mod samba_open {
     /// Connects and completes the send of the open in flight; returns the
     /// level of the NPA request it sent and the reply's receive.
     fn sent_request(h: &mut H) -> (NpaLevel, SqeId) {
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        let send = h.d().one(K::Send);
-        let req = match h.d().op(send) {
-            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
-            _ => panic!("not a send"),
-        };
+        let req = connected_request(h);
         h.send_all();
         let r = h.d().one(K::Recv);
         match h.d().op(r) {
@@ -1963,6 +1948,15 @@ mod samba_open {
             _ => panic!("not a receive"),
         }
         (req.level, r)
+    }
+
+    /// Connects the open in flight; returns the NPA request of its send
+    /// (still in flight).
+    fn connected_request(h: &mut H) -> NpaRequest {
+        let c = h.d().one(K::Connect);
+        h.complete(c, 0);
+        let send = h.d().one(K::Send);
+        NpaRequest::decode(send_buf(h.d().op(send))).expect("an NPA request")
     }
 
     fn opened(s: &Arc<Shared>) -> crate::engine::OpenInfo {
@@ -2008,13 +2002,7 @@ mod samba_open {
             tree: None,
             notify: Notify::Shared(s.clone()),
         });
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        let send = h.d().one(K::Send);
-        let req = match h.d().op(send) {
-            Op::Send { buf, .. } => NpaRequest::decode(buf).expect("an NPA request"),
-            _ => panic!("not a send"),
-        };
+        let req = connected_request(&mut h);
         assert_eq!(req, id.to_request(NpaLevel::V7));
         let mapped = NpaIdentity::from_net_user_info(&user(5));
         assert_ne!(req, mapped.to_request(NpaLevel::V7));
@@ -2122,33 +2110,21 @@ mod samba_messages {
         })
     }
 
-    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
+    pub(super) fn framed(msgs: &[&[u8]]) -> Vec<u8> {
         msgs.iter()
             .flat_map(|m| frame_message(m).expect("short message"))
             .collect()
     }
 
-    fn open_ok(h: &mut H) -> PipeId {
-        let s = h.open(1);
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        h.send_all();
-        let r = h.d().one(K::Recv);
-        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
-        h.honour();
-        match done(&s) {
-            Ok(Outcome::Opened { pipe, .. }) => pipe,
-            other => panic!("open: {other:?}"),
-        }
+    /// A Samba pipe, opened with a level 7 NPA reply.
+    pub(super) fn open_ok(h: &mut H) -> PipeId {
+        h.open_answered(1, &NpaReply::success(NpaLevel::V7).encode())
     }
 
     /// The bytes of the one send in flight, completed in full.
     fn sent(h: &mut H) -> Vec<u8> {
         let id = h.d().one(K::Send);
-        let buf = match h.d().op(id) {
-            Op::Send { buf, .. } => buf.to_vec(),
-            _ => panic!("not a send"),
-        };
+        let buf = send_buf(h.d().op(id)).to_vec();
         h.complete(id, buf.len() as i32);
         buf
     }
@@ -2337,32 +2313,12 @@ fn op_keys_and_sqe_tokens_use_the_ring_token_layout() {
 // ---- Samba dialect: message pipes on the multishot receive -------------------
 
 mod samba_multishot {
+    use super::samba_messages::{framed, open_ok};
     use super::*;
     use crate::engine::Dialect;
-    use crate::protocol::npa::{frame_message, NpaLevel, NpaReply};
 
     fn samba() -> H {
         harness_with(|c| c.dialect = Dialect::Samba)
-    }
-
-    fn framed(msgs: &[&[u8]]) -> Vec<u8> {
-        msgs.iter()
-            .flat_map(|m| frame_message(m).expect("short message"))
-            .collect()
-    }
-
-    fn open_ok(h: &mut H) -> PipeId {
-        let s = h.open(1);
-        let c = h.d().one(K::Connect);
-        h.complete(c, 0);
-        h.send_all();
-        let r = h.d().one(K::Recv);
-        h.recv(r, &NpaReply::success(NpaLevel::V7).encode());
-        h.honour();
-        match done(&s) {
-            Ok(Outcome::Opened { pipe, .. }) => pipe,
-            other => panic!("open: {other:?}"),
-        }
     }
 
     /// A reply that arrives in pieces (half a header, the rest of the

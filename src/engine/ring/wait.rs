@@ -97,13 +97,7 @@ impl<D: OpDriver> Core<D> {
             self.drv.cancel(t);
         }
         self.cancel_chain(key);
-        if self
-            .ops
-            .get_mut(key.0, key.1)
-            .is_some_and(|e| e.pending == 0)
-        {
-            self.finish(key);
-        }
+        self.finish_if_idle(key);
     }
 
     pub(super) fn wait_step(&mut self, key: (u32, u32), step: u8, r: i32) {
