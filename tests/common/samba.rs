@@ -222,3 +222,18 @@ pub fn stop_group(child: &mut std::process::Child) {
     }
     let _ = child.wait();
 }
+
+/// The shares every test `smb.conf` here defines are in a NetrShareEnumAll
+/// answer, which succeeded.
+pub fn assert_tmp_and_ipc(shares: &opipe::protocol::srvsvc::ShareEnum1) {
+    assert_eq!(shares.werror, 0);
+    let names: Vec<_> = shares
+        .shares
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .collect();
+    assert!(
+        names.contains(&"tmp") && names.contains(&"IPC$"),
+        "{names:?}"
+    );
+}
