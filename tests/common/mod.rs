@@ -2,6 +2,7 @@
 //! dirs, written with std threads so they can misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod client;
 pub mod peer;
 pub mod samba;
