@@ -233,13 +233,18 @@ pub fn wait_ready(
 /// pid): SIGTERM to the daemon alone, up to 3 s for it to exit, then
 /// SIGKILL to whatever is left of its group (its workers), and reaps it.
 pub fn stop_group(child: &mut std::process::Child) {
+    stop_group_within(child, Duration::from_secs(3));
+}
+
+/// [`stop_group`] with `grace` for the SIGTERM.
+pub fn stop_group_within(child: &mut std::process::Child, grace: Duration) {
     let pid = child.id() as i32;
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
     // own child's, not yet waited for.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             break;
