@@ -26,23 +26,6 @@ use opipe::service::{
 
 use common::client::{connect, IO_TIMEOUT};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::IoUring)
-            })*
-        }
-        mod epoll {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::Epoll)
-            })*
-        }
-    };
-}
-
 on_both_backends!(
     anonymous_open_then_framed_echo_keeps_message_boundaries,
     user_identity_reaches_the_handler_factory,

@@ -11,6 +11,26 @@ pub mod seccomp;
 pub mod smb2;
 pub mod smbd;
 
+/// Runs each listed test once per backend, as `uring::NAME` and
+/// `epoll::NAME`; each takes the `BackendChoice` to start its service on.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name(opipe::service::BackendChoice::IoUring)
+            })*
+        }
+        mod epoll {
+            $(#[test]
+            fn $name() {
+                super::$name(opipe::service::BackendChoice::Epoll)
+            })*
+        }
+    };
+}
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
