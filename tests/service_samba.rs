@@ -92,13 +92,16 @@ impl HandlerFactory for Recorder {
     }
 }
 
+/// A Samba-dialect service in `dir` whose callers `Recorder` keeps.
+fn recording(backend: BackendChoice, dir: &Path) -> (Recorder, ServiceHandle) {
+    let rec = Recorder::default();
+    let svc = samba(backend, dir).handler(rec.clone()).start().unwrap();
+    (rec, svc)
+}
+
 fn anonymous_open_then_framed_echo_keeps_message_boundaries(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::default();
-    let svc = samba(backend, dir.path())
-        .handler(rec.clone())
-        .start()
-        .unwrap();
+    let (rec, svc) = recording(backend, dir.path());
     assert_eq!(svc.socket_paths(), vec![sock(dir.path())]);
     let np = std::fs::metadata(dir.path().join("np")).unwrap();
     assert_eq!(np.permissions().mode() & 0o777, 0o700);
@@ -139,11 +142,7 @@ fn anonymous_open_then_framed_echo_keeps_message_boundaries(backend: BackendChoi
 
 fn user_identity_reaches_the_handler_factory(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::default();
-    let svc = samba(backend, dir.path())
-        .handler(rec.clone())
-        .start()
-        .unwrap();
+    let (rec, svc) = recording(backend, dir.path());
     let mut id = NpaIdentity::user(
         "alice",
         "TESTDOM",
