@@ -45,10 +45,6 @@ pub struct SambaRpcd {
     pub dir: tempfile::TempDir,
     /// The `ncalrpc dir`: its `np/` holds the pipe sockets.
     pub ncalrpc_dir: PathBuf,
-    /// The `smb.conf`.
-    pub conf: PathBuf,
-    /// The configured `netbios name`.
-    pub netbios_name: String,
 }
 
 impl SambaRpcd {
@@ -82,8 +78,6 @@ impl SambaRpcd {
             child,
             dir,
             ncalrpc_dir,
-            conf,
-            netbios_name: netbios_name.to_owned(),
         };
         rpcd.wait_for_pipe("srvsvc", START_TIMEOUT);
         Some(rpcd)
