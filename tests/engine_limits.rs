@@ -164,29 +164,42 @@ fn endless_wait_timeout_is_not_a_panic() {
 #[test]
 fn endless_open_timeout_and_wait_on_both_backends() {
     bounded(Duration::from_secs(30), || {
-        for backend in [
-            opipe::engine::BackendChoice::IoUring,
-            opipe::engine::BackendChoice::Epoll,
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-            let mut cfg = EngineConfig::new(dir.path());
-            cfg.backend = backend;
-            cfg.open_timeout = Duration::MAX;
-            let Some(eng) = start_engine(cfg) else {
-                continue;
-            };
-            let p = eng
-                .open("srvsvc", user(1), None)
-                .wait_timeout(Duration::MAX)
-                .expect("open");
-            let t = p
-                .transceive(b"long".to_vec(), 100)
-                .wait_timeout(Duration::MAX)
-                .unwrap();
-            assert_eq!(t.data, b"long", "{backend:?}");
-        }
+        on_both_backends(
+            |cfg| {
+                cfg.open_timeout = Duration::MAX;
+            },
+            |backend, eng, _| {
+                let p = eng
+                    .open("srvsvc", user(1), None)
+                    .wait_timeout(Duration::MAX)
+                    .expect("open");
+                let t = p
+                    .transceive(b"long".to_vec(), 100)
+                    .wait_timeout(Duration::MAX)
+                    .unwrap();
+                assert_eq!(t.data, b"long", "{backend:?}");
+            },
+        );
     });
+}
+
+/// Runs `f` once per backend, in a fresh dir with an echo `srvsvc`, on an
+/// engine of that backend whose config `tweak` adjusts; a backend the
+/// kernel refuses is skipped.
+fn on_both_backends(
+    tweak: impl Fn(&mut EngineConfig),
+    mut f: impl FnMut(BackendChoice, &Engine, &std::path::Path),
+) {
+    for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+        let dir = tempfile::tempdir().unwrap();
+        let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.backend = backend;
+        tweak(&mut cfg);
+        if let Some(eng) = start_engine(cfg) {
+            f(backend, &eng, dir.path());
+        }
+    }
 }
 
 /// Holds `eng`'s only ring thread inside a ring-thread callback of a
@@ -213,86 +226,80 @@ fn hold_ring(pipe: &opipe::engine::Pipe) -> std::sync::mpsc::Sender<()> {
 #[test]
 fn full_command_queue_refuses_at_once() {
     bounded(Duration::from_secs(60), || {
-        for backend in [
-            opipe::engine::BackendChoice::IoUring,
-            opipe::engine::BackendChoice::Epoll,
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-            let mut cfg = EngineConfig::new(dir.path());
-            cfg.backend = backend;
-            cfg.rings = 1;
-            cfg.max_queued_commands = 8;
-            let Some(eng) = start_engine(cfg) else {
-                continue;
-            };
-            let p = eng.open("srvsvc", user(1), None).wait().unwrap();
-            // One queued transceive per pipe: each reply is its own.
-            let pipes: Vec<_> = (0..8)
-                .map(|i| eng.open("srvsvc", user(10 + i), None).wait().unwrap())
-                .collect();
-            let release = hold_ring(&p);
-            let mut queued: Vec<_> = pipes[..6]
-                .iter()
-                .zip(b'a'..)
-                .map(|(q, c)| q.transceive(vec![c], 100))
-                .collect();
-            // One cancel of a queued request is taken even now, and repeating
-            // it queues nothing more: 7 commands wait, so one more request
-            // fits (the 8th) ...
-            for _ in 0..100 {
-                queued[5].cancel();
-            }
-            let mut g = pipes[6].transceive(b"g".to_vec(), 100);
-            assert!(
+        on_both_backends(
+            |cfg| {
+                cfg.rings = 1;
+                cfg.max_queued_commands = 8;
+            },
+            |backend, eng, _| {
+                let p = eng.open("srvsvc", user(1), None).wait().unwrap();
+                // One queued transceive per pipe: each reply is its own.
+                let pipes: Vec<_> = (0..8)
+                    .map(|i| eng.open("srvsvc", user(10 + i), None).wait().unwrap())
+                    .collect();
+                let release = hold_ring(&p);
+                let mut queued: Vec<_> = pipes[..6]
+                    .iter()
+                    .zip(b'a'..)
+                    .map(|(q, c)| q.transceive(vec![c], 100))
+                    .collect();
+                // One cancel of a queued request is taken even now, and repeating
+                // it queues nothing more: 7 commands wait, so one more request
+                // fits (the 8th) ...
+                for _ in 0..100 {
+                    queued[5].cancel();
+                }
+                let mut g = pipes[6].transceive(b"g".to_vec(), 100);
+                assert!(
                 poll_once(&mut g).is_none(),
                 "{backend:?}: refused with 7 of 8 commands waiting (cancels queued more than once?)"
             );
-            queued.push(g);
-            // ... and the queue is full now.
-            let full = Some(Err(NtStatus::INSUFFICIENT_RESOURCES));
-            let what = format!("{backend:?}: not refused at once with the queue full");
-            let mut t = p.transceive(b"over".to_vec(), 100);
-            assert_eq!(
-                poll_once(&mut t).map(|r| r.map(drop)),
-                full,
-                "transceive {what}"
-            );
-            let mut r = p.read(100);
-            assert_eq!(poll_once(&mut r).map(|r| r.map(drop)), full, "read {what}");
-            let mut w = p.write(b"over".to_vec());
-            assert_eq!(poll_once(&mut w).map(|r| r.map(drop)), full, "write {what}");
-            let mut o = eng.open("srvsvc", user(2), None);
-            assert_eq!(poll_once(&mut o).map(|r| r.map(drop)), full, "open {what}");
-            let mut wt = eng.wait_for_pipe("srvsvc", None);
-            assert_eq!(poll_once(&mut wt), full, "WAIT {what}");
-            let (cb_tx, cb_rx) = std::sync::mpsc::channel();
-            p.transceive_with(b"over".to_vec(), 100, move |_, res| {
-                let _ = cb_tx.send(res.map(|t| t.data));
-            });
-            release.send(()).unwrap();
-            assert_eq!(
-                cb_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
-                Err(NtStatus::INSUFFICIENT_RESOURCES),
-                "{backend:?}: callback request"
-            );
-            let mut got = Vec::new();
-            for (i, r) in queued.into_iter().enumerate() {
-                match r.wait_timeout(Duration::from_secs(5)) {
-                    Ok(t) => got.extend_from_slice(&t.data),
-                    Err(s) => {
-                        assert_eq!((i, s), (5, NtStatus::CANCELLED), "{backend:?}")
+                queued.push(g);
+                // ... and the queue is full now.
+                let full = Some(Err(NtStatus::INSUFFICIENT_RESOURCES));
+                let what = format!("{backend:?}: not refused at once with the queue full");
+                let mut t = p.transceive(b"over".to_vec(), 100);
+                assert_eq!(
+                    poll_once(&mut t).map(|r| r.map(drop)),
+                    full,
+                    "transceive {what}"
+                );
+                let mut r = p.read(100);
+                assert_eq!(poll_once(&mut r).map(|r| r.map(drop)), full, "read {what}");
+                let mut w = p.write(b"over".to_vec());
+                assert_eq!(poll_once(&mut w).map(|r| r.map(drop)), full, "write {what}");
+                let mut o = eng.open("srvsvc", user(2), None);
+                assert_eq!(poll_once(&mut o).map(|r| r.map(drop)), full, "open {what}");
+                let mut wt = eng.wait_for_pipe("srvsvc", None);
+                assert_eq!(poll_once(&mut wt), full, "WAIT {what}");
+                let (cb_tx, cb_rx) = std::sync::mpsc::channel();
+                p.transceive_with(b"over".to_vec(), 100, move |_, res| {
+                    let _ = cb_tx.send(res.map(|t| t.data));
+                });
+                release.send(()).unwrap();
+                assert_eq!(
+                    cb_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+                    Err(NtStatus::INSUFFICIENT_RESOURCES),
+                    "{backend:?}: callback request"
+                );
+                let mut got = Vec::new();
+                for (i, r) in queued.into_iter().enumerate() {
+                    match r.wait_timeout(Duration::from_secs(5)) {
+                        Ok(t) => got.extend_from_slice(&t.data),
+                        Err(s) => {
+                            assert_eq!((i, s), (5, NtStatus::CANCELLED), "{backend:?}")
+                        }
                     }
                 }
-            }
-            assert_eq!(got, b"abcdeg", "{backend:?}: the queued requests ran");
-            // Room again: the pipe works.
-            assert_eq!(
-                p.transceive(b"ok".to_vec(), 100).wait().unwrap().data,
-                b"ok",
-                "{backend:?}"
-            );
-        }
+                assert_eq!(got, b"abcdeg", "{backend:?}: the queued requests ran");
+                // Room again: the pipe works.
+                assert_eq!(
+                    p.transceive(b"ok".to_vec(), 100).wait().unwrap().data,
+                    b"ok",
+                    "{backend:?}"
+                );
+            },
+        );
     });
 }
 
@@ -302,52 +309,45 @@ fn full_command_queue_refuses_at_once() {
 #[test]
 fn oversized_input_is_invalid_parameter() {
     bounded(Duration::from_secs(60), || {
-        for backend in [
-            opipe::engine::BackendChoice::IoUring,
-            opipe::engine::BackendChoice::Epoll,
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let _svc = Scripted::spawn(dir.path(), "srvsvc", Handshake::Accept, echo());
-            // Takes what it is sent, answers nothing.
-            let sink: ConnFn = std::sync::Arc::new(|mut s: std::os::unix::net::UnixStream| {
-                let mut buf = vec![0u8; 65536];
-                while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
-            });
-            let _sink = Scripted::spawn(dir.path(), "sink", Handshake::Accept, sink);
-            let mut cfg = EngineConfig::new(dir.path());
-            cfg.backend = backend;
-            let Some(eng) = start_engine(cfg) else {
-                continue;
-            };
-            let p = eng.open("srvsvc", user(1), None).wait().unwrap();
-            let big = vec![7u8; (16 << 20) + 1];
-            assert_eq!(
-                p.transceive(big.clone(), 100)
-                    .wait_timeout(Duration::from_secs(5))
-                    .unwrap_err(),
-                NtStatus::INVALID_PARAMETER,
-                "{backend:?}"
-            );
-            assert_eq!(
-                p.write(big)
-                    .wait_timeout(Duration::from_secs(5))
-                    .unwrap_err(),
-                NtStatus::INVALID_PARAMETER,
-                "{backend:?}"
-            );
-            // Nothing of them was sent: the next reply is the next request's.
-            assert_eq!(
-                p.transceive(b"next".to_vec(), 100).wait().unwrap().data,
-                b"next",
-                "{backend:?}"
-            );
-            let max = vec![9u8; 16 << 20];
-            let sink = eng.open("sink", user(2), None).wait().unwrap();
-            assert_eq!(
-                sink.write(max).wait_timeout(Duration::from_secs(20)),
-                Ok(16 << 20),
-                "{backend:?}: 16 MiB is allowed"
-            );
-        }
+        on_both_backends(
+            |_| {},
+            |backend, eng, dir| {
+                // Takes what it is sent, answers nothing.
+                let sink: ConnFn = std::sync::Arc::new(|mut s: std::os::unix::net::UnixStream| {
+                    let mut buf = vec![0u8; 65536];
+                    while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+                });
+                let _sink = Scripted::spawn(dir, "sink", Handshake::Accept, sink);
+                let p = eng.open("srvsvc", user(1), None).wait().unwrap();
+                let big = vec![7u8; (16 << 20) + 1];
+                assert_eq!(
+                    p.transceive(big.clone(), 100)
+                        .wait_timeout(Duration::from_secs(5))
+                        .unwrap_err(),
+                    NtStatus::INVALID_PARAMETER,
+                    "{backend:?}"
+                );
+                assert_eq!(
+                    p.write(big)
+                        .wait_timeout(Duration::from_secs(5))
+                        .unwrap_err(),
+                    NtStatus::INVALID_PARAMETER,
+                    "{backend:?}"
+                );
+                // Nothing of them was sent: the next reply is the next request's.
+                assert_eq!(
+                    p.transceive(b"next".to_vec(), 100).wait().unwrap().data,
+                    b"next",
+                    "{backend:?}"
+                );
+                let max = vec![9u8; 16 << 20];
+                let sink = eng.open("sink", user(2), None).wait().unwrap();
+                assert_eq!(
+                    sink.write(max).wait_timeout(Duration::from_secs(20)),
+                    Ok(16 << 20),
+                    "{backend:?}: 16 MiB is allowed"
+                );
+            },
+        );
     });
 }

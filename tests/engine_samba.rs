@@ -21,6 +21,15 @@ fn engine(rpcd: &SambaRpcd, backend: BackendChoice) -> Option<Engine> {
     common::start_engine(cfg)
 }
 
+/// Runs `f` on an engine of each backend (one the kernel refuses is skipped).
+fn on_both_backends(rpcd: &SambaRpcd, mut f: impl FnMut(BackendChoice, &Engine)) {
+    for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
+        if let Some(e) = engine(rpcd, backend) {
+            f(backend, &e);
+        }
+    }
+}
+
 #[test]
 fn opens_srvsvc_on_both_backends_and_a_missing_pipe_is_not_found() {
     let Some(rpcd) = SambaRpcd::start(NETBIOS_NAME) else {
@@ -28,10 +37,7 @@ fn opens_srvsvc_on_both_backends_and_a_missing_pipe_is_not_found() {
     };
     let logs = rpcd.logs();
     common::bounded(Duration::from_secs(60), move || {
-        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
-            let Some(e) = engine(&rpcd, backend) else {
-                continue;
-            };
+        on_both_backends(&rpcd, |backend, e| {
             // Mapped from the NetUserInfo, then an explicit anonymous one.
             let pipe = e
                 .open("\\PIPE\\SRVSVC", common::user(3), None)
@@ -58,7 +64,7 @@ fn opens_srvsvc_on_both_backends_and_a_missing_pipe_is_not_found() {
                 Some(NtStatus::OBJECT_NAME_NOT_FOUND),
                 "{backend:?}"
             );
-        }
+        });
     });
 }
 
@@ -76,6 +82,16 @@ use opipe::protocol::srvsvc::{
 };
 
 const MAX_OUT: usize = 4280;
+
+/// Opens `name` for `session` and binds srvsvc on it.
+fn open_bound(e: &Engine, name: &str, session: u64) -> Pipe {
+    let pipe = e
+        .open(name, common::user(session), None)
+        .wait()
+        .unwrap_or_else(|s| panic!("open {name}: {s}"));
+    bind(&pipe);
+    pipe
+}
 
 fn bind(pipe: &Pipe) {
     let t = pipe
@@ -120,10 +136,25 @@ fn call(pipe: &Pipe, call_id: u32, opnum: u16, stub: &[u8]) -> Vec<u8> {
     }
 }
 
-fn server_name(pipe: &Pipe, call_id: u32) -> String {
+/// The stub of a NetrServerGetInfo level 101 for this server.
+fn get_info_stub() -> Vec<u8> {
     let unc = format!("\\\\{NETBIOS_NAME}");
-    let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
-    let answer = call(pipe, call_id, OPNUM_NETR_SERVER_GET_INFO, &stub);
+    encode_netr_server_get_info(Some(&unc), 101).expect("stub")
+}
+
+/// A NetrServerGetInfo level 101 request PDU (one fragment).
+fn get_info_request(call_id: u32) -> Vec<u8> {
+    encode_request(
+        call_id,
+        0,
+        OPNUM_NETR_SERVER_GET_INFO,
+        &get_info_stub(),
+        DEFAULT_MAX_FRAG,
+    )
+}
+
+fn server_name(pipe: &Pipe, call_id: u32) -> String {
+    let answer = call(pipe, call_id, OPNUM_NETR_SERVER_GET_INFO, &get_info_stub());
     let (info, werror) = decode_netr_server_get_info_101(&answer).expect("info101");
     assert_eq!(werror, 0);
     info.and_then(|i| i.server_name).unwrap_or_default()
@@ -135,32 +166,16 @@ fn server_get_info_and_share_enum_on_both_backends() {
         return;
     };
     common::bounded(Duration::from_secs(60), move || {
-        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
-            let Some(e) = engine(&rpcd, backend) else {
-                continue;
-            };
-            let pipe = e
-                .open("\\PIPE\\srvsvc", common::user(1), None)
-                .wait()
-                .expect("open");
-            bind(&pipe);
+        on_both_backends(&rpcd, |backend, e| {
+            let pipe = open_bound(e, "\\PIPE\\srvsvc", 1);
             assert_eq!(server_name(&pipe, 2), NETBIOS_NAME, "{backend:?}");
             let unc = format!("\\\\{NETBIOS_NAME}");
             let stub = encode_netr_share_enum_all_1(Some(&unc)).expect("stub");
             let answer = call(&pipe, 3, OPNUM_NETR_SHARE_ENUM_ALL, &stub);
             let shares = decode_netr_share_enum_all_1(&answer).expect("shares");
-            assert_eq!(shares.werror, 0);
-            let names: Vec<_> = shares
-                .shares
-                .iter()
-                .filter_map(|s| s.name.as_deref())
-                .collect();
-            assert!(
-                names.contains(&"tmp") && names.contains(&"IPC$"),
-                "{names:?}"
-            );
+            common::samba::assert_tmp_and_ipc(&shares);
             pipe.close().wait().expect("close");
-        }
+        });
     });
 }
 
@@ -213,14 +228,9 @@ fn sixty_four_pipes_at_once() {
         for p in &pipes {
             bind(p);
         }
-        let unc = format!("\\\\{NETBIOS_NAME}");
-        let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
         let calls: Vec<_> = pipes
             .iter()
-            .map(|p| {
-                let pdu = encode_request(2, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
-                p.transceive(pdu, MAX_OUT)
-            })
+            .map(|p| p.transceive(get_info_request(2), MAX_OUT))
             .collect();
         for c in calls {
             let t = c.wait().expect("call");
@@ -243,11 +253,7 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
         let Some(e) = engine(&rpcd, BackendChoice::Auto) else {
             return;
         };
-        let pipe = e
-            .open("srvsvc", common::user(1), None)
-            .wait()
-            .expect("open");
-        bind(&pipe);
+        let pipe = open_bound(&e, "srvsvc", 1);
         // A read with nothing coming: cancelled.
         let r = pipe.read(MAX_OUT);
         r.cancel_handle().cancel();
@@ -258,23 +264,19 @@ fn cancel_and_close_mid_call_then_the_engine_goes_on() {
         let r = pipe.read(MAX_OUT);
         pipe.close().wait().expect("close");
         assert!(r.wait().is_err());
-        let pipe = e
-            .open("srvsvc", common::user(2), None)
-            .wait()
-            .expect("reopen");
-        bind(&pipe);
+        let pipe = open_bound(&e, "srvsvc", 2);
         assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
         // A call cancelled in flight: if its request went out, its whole
         // response stays in the pipe, ahead of the next call's; either
         // way every reply is one whole PDU.
-        let unc = format!("\\\\{NETBIOS_NAME}");
-        let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
-        let pdu = encode_request(3, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
-        let r = pipe.transceive(pdu, MAX_OUT);
+        let r = pipe.transceive(get_info_request(3), MAX_OUT);
         r.cancel_handle().cancel();
         let first = r.wait();
-        let pdu = encode_request(4, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
-        let mut msg = pipe.transceive(pdu, MAX_OUT).wait().expect("call 4").data;
+        let mut msg = pipe
+            .transceive(get_info_request(4), MAX_OUT)
+            .wait()
+            .expect("call 4")
+            .data;
         let mut seen = Vec::new();
         loop {
             let h = CommonHeader::decode(&msg).expect("a whole PDU");
@@ -328,15 +330,8 @@ fn the_engine_survives_rpcd_classic_being_killed() {
         return;
     };
     common::bounded(Duration::from_secs(90), move || {
-        for backend in [BackendChoice::IoUring, BackendChoice::Epoll] {
-            let Some(e) = engine(&rpcd, backend) else {
-                continue;
-            };
-            let pipe = e
-                .open("srvsvc", common::user(1), None)
-                .wait()
-                .expect("open");
-            bind(&pipe);
+        on_both_backends(&rpcd, |backend, e| {
+            let pipe = open_bound(e, "srvsvc", 1);
             assert_eq!(server_name(&pipe, 2), NETBIOS_NAME);
             let victims = workers(&rpcd, "rpcd_classic");
             assert!(!victims.is_empty(), "{backend:?}: no rpcd_classic running");
@@ -348,10 +343,7 @@ fn the_engine_survives_rpcd_classic_being_killed() {
                 }
             }
             // The pipe it served is broken: the next call says so, at once.
-            let unc = format!("\\\\{NETBIOS_NAME}");
-            let stub = encode_netr_server_get_info(Some(&unc), 101).expect("stub");
-            let pdu = encode_request(3, 0, OPNUM_NETR_SERVER_GET_INFO, &stub, DEFAULT_MAX_FRAG);
-            let dead = pipe.transceive(pdu, MAX_OUT).wait();
+            let dead = pipe.transceive(get_info_request(3), MAX_OUT).wait();
             assert_eq!(dead.err(), Some(NtStatus::PIPE_BROKEN), "{backend:?}");
             pipe.close().wait().expect("close of the broken pipe");
             // The engine goes on: new opens work once samba-dcerpcd has a
@@ -375,7 +367,7 @@ fn the_engine_survives_rpcd_classic_being_killed() {
                 }
             };
             assert_eq!(name, NETBIOS_NAME, "{backend:?}");
-        }
+        });
     });
 }
 

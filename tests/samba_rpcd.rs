@@ -139,16 +139,7 @@ fn anonymous_open_bind_and_server_get_info() {
     );
     let shares = decode_netr_share_enum_all_1(&answer)
         .unwrap_or_else(|e| panic!("NetrShareEnumAll answer {answer:02x?}: {e}"));
-    assert_eq!(shares.werror, 0);
-    let names: Vec<_> = shares
-        .shares
-        .iter()
-        .filter_map(|s| s.name.as_deref())
-        .collect();
-    assert!(
-        names.contains(&"tmp") && names.contains(&"IPC$"),
-        "{names:?}"
-    );
+    common::samba::assert_tmp_and_ipc(&shares);
 }
 
 #[test]

@@ -21,25 +21,6 @@ use opipe::service::{
 
 use common::client::*;
 
-/// Runs each listed test once per backend, as `uring::NAME` and
-/// `epoll::NAME`; each takes the [`BackendChoice`] to start its service on.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::IoUring)
-            })*
-        }
-        mod epoll {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::Epoll)
-            })*
-        }
-    };
-}
-
 on_both_backends!(
     good_handshake_then_echo,
     bad_magic_closes_without_status,

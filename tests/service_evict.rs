@@ -7,17 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opipe::protocol::{decode_status_word, encode_open_message, NtStatus};
-use opipe::service::{BackendChoice, Service, ServiceError};
+use opipe::service::{BackendChoice, Service};
 
-use common::bounded;
+use common::child;
 use common::client::*;
 
 const CHILD_ENV: &str = "OPIPE_EVICT_CHILD";
@@ -29,7 +26,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The child: a service with few descriptors until stdin closes; prints
 /// `READY <socket>` (or `SKIPPED ...`), then `EVICTED <n>` at the end.
-fn child(backend: BackendChoice) {
+fn serve(backend: BackendChoice) {
     let lim = libc::rlimit {
         rlim_cur: NOFILE,
         rlim_max: NOFILE,
@@ -37,57 +34,22 @@ fn child(backend: BackendChoice) {
     // SAFETY (test code): setrlimit with a valid struct.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let dir = tempfile::tempdir().unwrap();
-    let svc = match Service::builder(dir.path())
+    let started = Service::builder(dir.path())
         .pipe("srvsvc")
         .backend(backend)
         .handshake_timeout(HANDSHAKE_TIMEOUT)
-        .start()
-    {
-        Ok(s) => s,
-        Err(ServiceError::Ring(e)) => {
-            println!("SKIPPED {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+        .start();
+    let Some(svc) = child::serve_until_stdin_closes(dir.path(), "srvsvc", started) else {
+        return;
     };
-    println!("READY {}", dir.path().join("srvsvc").display());
-    std::io::stdout().flush().unwrap();
-    let _ = std::io::stdin().read(&mut [0u8; 1]);
     println!("EVICTED {}", svc.stats().evicted);
     svc.shutdown().unwrap();
     svc.join().unwrap();
 }
 
-/// Kills the child (in its own process group) if the test ends early.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn honest_client_gets_in_past_slow_handshakes(backend: BackendChoice, name: &str) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .process_group(0);
-    let mut child = ChildGuard(cmd.spawn().expect("re-run the test binary"));
-    let mut out = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    let path = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
-        // (libtest may print the test name on the same line.)
-        if let Some((_, p)) = line.trim_end().split_once("READY ") {
-            break PathBuf::from(p);
-        }
-        if let Some((_, why)) = line.split_once("SKIPPED ") {
-            return eprintln!("SKIPPED: {why}");
-        }
+    let Some((mut child, out, path)) = child::spawn(name, CHILD_ENV) else {
+        return;
     };
 
     // Slow clients fill the service's descriptors (and its listen queue
@@ -141,22 +103,24 @@ fn honest_client_gets_in_past_slow_handshakes(backend: BackendChoice, name: &str
 
 #[test]
 fn uring_honest_client_gets_in_past_slow_handshakes() {
-    const NAME: &str = "uring_honest_client_gets_in_past_slow_handshakes";
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return child(BackendChoice::IoUring);
-    }
-    bounded(Duration::from_secs(60), || {
-        honest_client_gets_in_past_slow_handshakes(BackendChoice::IoUring, NAME)
-    });
+    child::child_or_parent(
+        CHILD_ENV,
+        "uring_honest_client_gets_in_past_slow_handshakes",
+        BackendChoice::IoUring,
+        Duration::from_secs(60),
+        serve,
+        honest_client_gets_in_past_slow_handshakes,
+    );
 }
 
 #[test]
 fn epoll_honest_client_gets_in_past_slow_handshakes() {
-    const NAME: &str = "epoll_honest_client_gets_in_past_slow_handshakes";
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return child(BackendChoice::Epoll);
-    }
-    bounded(Duration::from_secs(60), || {
-        honest_client_gets_in_past_slow_handshakes(BackendChoice::Epoll, NAME)
-    });
+    child::child_or_parent(
+        CHILD_ENV,
+        "epoll_honest_client_gets_in_past_slow_handshakes",
+        BackendChoice::Epoll,
+        Duration::from_secs(60),
+        serve,
+        honest_client_gets_in_past_slow_handshakes,
+    );
 }

@@ -329,21 +329,13 @@ const RELEASE_CHILD_ENV: &str = "OPIPE_MEMORY_RELEASE_CHILD";
 fn release_child(backend: BackendChoice) {
     opipe::ring::sys::raise_nofile_limit().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let svc = match Service::builder(dir.path())
+    let started = Service::builder(dir.path())
         .pipe("srvsvc")
         .backend(backend)
-        .start()
-    {
-        Ok(s) => s,
-        Err(ServiceError::Ring(e)) => {
-            println!("SKIPPED {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+        .start();
+    let Some(svc) = common::child::serve_until_stdin_closes(dir.path(), "srvsvc", started) else {
+        return;
     };
-    println!("READY {}", dir.path().join("srvsvc").display());
-    std::io::stdout().flush().unwrap();
-    let _ = std::io::stdin().read(&mut [0u8; 1]);
     svc.shutdown().unwrap();
     svc.join().unwrap();
 }
@@ -356,45 +348,17 @@ fn child_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Kills the child (its own process group) if the test ends early.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// 400 clients fill the service (default budget) and never read, then
 /// close: the service's RSS comes back within twice its idle size (before:
 /// the thread's heap kept what the connections had freed).
 fn memory_goes_back_after_the_clients_close(backend: BackendChoice, name: &str) {
-    use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
     const CLIENTS: usize = 400;
     // Its 400 clients would disturb the in-process RSS measurements.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(RELEASE_CHILD_ENV, "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .process_group(0);
-    let mut child = ChildGuard(cmd.spawn().expect("re-run the test binary"));
-    let pid = child.0.id();
-    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    let path = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
-        if let Some((_, p)) = line.trim_end().split_once("READY ") {
-            break std::path::PathBuf::from(p);
-        }
-        if let Some((_, why)) = line.split_once("SKIPPED ") {
-            return eprintln!("SKIPPED: {why}");
-        }
+    let Some((mut child, _out, path)) = common::child::spawn(name, RELEASE_CHILD_ENV) else {
+        return;
     };
+    let pid = child.0.id();
     opipe::ring::sys::raise_nofile_limit().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let idle = child_rss(pid);
@@ -440,24 +404,26 @@ fn memory_goes_back_after_the_clients_close(backend: BackendChoice, name: &str) 
 
 #[test]
 fn uring_memory_goes_back_after_the_clients_close() {
-    const NAME: &str = "uring_memory_goes_back_after_the_clients_close";
-    if std::env::var_os(RELEASE_CHILD_ENV).is_some() {
-        return release_child(BackendChoice::IoUring);
-    }
-    bounded(Duration::from_secs(120), || {
-        memory_goes_back_after_the_clients_close(BackendChoice::IoUring, NAME)
-    });
+    common::child::child_or_parent(
+        RELEASE_CHILD_ENV,
+        "uring_memory_goes_back_after_the_clients_close",
+        BackendChoice::IoUring,
+        Duration::from_secs(120),
+        release_child,
+        memory_goes_back_after_the_clients_close,
+    );
 }
 
 #[test]
 fn epoll_memory_goes_back_after_the_clients_close() {
-    const NAME: &str = "epoll_memory_goes_back_after_the_clients_close";
-    if std::env::var_os(RELEASE_CHILD_ENV).is_some() {
-        return release_child(BackendChoice::Epoll);
-    }
-    bounded(Duration::from_secs(120), || {
-        memory_goes_back_after_the_clients_close(BackendChoice::Epoll, NAME)
-    });
+    common::child::child_or_parent(
+        RELEASE_CHILD_ENV,
+        "epoll_memory_goes_back_after_the_clients_close",
+        BackendChoice::Epoll,
+        Duration::from_secs(120),
+        release_child,
+        memory_goes_back_after_the_clients_close,
+    );
 }
 
 #[test]

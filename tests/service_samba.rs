@@ -26,23 +26,6 @@ use opipe::service::{
 
 use common::client::{connect, IO_TIMEOUT};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::IoUring)
-            })*
-        }
-        mod epoll {
-            $(#[test]
-            fn $name() {
-                super::$name(opipe::service::BackendChoice::Epoll)
-            })*
-        }
-    };
-}
-
 on_both_backends!(
     anonymous_open_then_framed_echo_keeps_message_boundaries,
     user_identity_reaches_the_handler_factory,
@@ -109,13 +92,16 @@ impl HandlerFactory for Recorder {
     }
 }
 
+/// A Samba-dialect service in `dir` whose callers `Recorder` keeps.
+fn recording(backend: BackendChoice, dir: &Path) -> (Recorder, ServiceHandle) {
+    let rec = Recorder::default();
+    let svc = samba(backend, dir).handler(rec.clone()).start().unwrap();
+    (rec, svc)
+}
+
 fn anonymous_open_then_framed_echo_keeps_message_boundaries(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::default();
-    let svc = samba(backend, dir.path())
-        .handler(rec.clone())
-        .start()
-        .unwrap();
+    let (rec, svc) = recording(backend, dir.path());
     assert_eq!(svc.socket_paths(), vec![sock(dir.path())]);
     let np = std::fs::metadata(dir.path().join("np")).unwrap();
     assert_eq!(np.permissions().mode() & 0o777, 0o700);
@@ -156,11 +142,7 @@ fn anonymous_open_then_framed_echo_keeps_message_boundaries(backend: BackendChoi
 
 fn user_identity_reaches_the_handler_factory(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let rec = Recorder::default();
-    let svc = samba(backend, dir.path())
-        .handler(rec.clone())
-        .start()
-        .unwrap();
+    let (rec, svc) = recording(backend, dir.path());
     let mut id = NpaIdentity::user(
         "alice",
         "TESTDOM",

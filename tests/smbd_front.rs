@@ -64,23 +64,33 @@ impl Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on our own child, not yet waited for.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        common::samba::stop_group_within(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// `opipe serve --dialect samba <handler> --pipe srvsvc` with smbd in
+/// front of it; fields drop in order: smbd, then the service, then its dir.
+struct Front {
+    smbd: Smbd,
+    serve: Serve,
+    _pipes: tempfile::TempDir,
+}
+
+impl Front {
+    /// `None` (after a loud skip notice) when smbd is not installed.
+    fn start(test: &str, handler: &[&str]) -> Option<Front> {
+        if !require_smbd(test) {
+            return None;
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // SAFETY: as above; its process group is its pid.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        let pipes = tempfile::tempdir().unwrap();
+        let args = [&["--dialect", "samba"], handler, &["--pipe", "srvsvc"]].concat();
+        let serve = Serve::start(pipes.path(), &args);
+        let smbd = Smbd::start("TESTSRV", pipes.path())?;
+        Some(Front {
+            smbd,
+            serve,
+            _pipes: pipes,
+        })
     }
 }
 
@@ -90,27 +100,19 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn rpcclient_and_smbclient_through_smbd_reach_opipe_serve() {
-    if !require_smbd("rpcclient_and_smbclient_through_smbd_reach_opipe_serve") {
-        return;
-    }
-    let pipes = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(
-        pipes.path(),
+    let Some(mut front) = Front::start(
+        "rpcclient_and_smbclient_through_smbd_reach_opipe_serve",
         &[
-            "--dialect",
-            "samba",
             "--handler",
             "srvsvc",
             "--server-name",
             "OPIPESRV",
-            "--pipe",
-            "srvsvc",
             "--log-calls",
         ],
-    );
-    let Some(smbd) = Smbd::start("TESTSRV", pipes.path()) else {
+    ) else {
         return;
     };
+    let Front { smbd, serve, .. } = &mut front;
 
     let out = smbd.rpcclient("srvinfo");
     let stdout = text(&out.stdout);
@@ -145,25 +147,13 @@ fn rpcclient_and_smbclient_through_smbd_reach_opipe_serve() {
 
 #[test]
 fn dcerpc_handler_behind_smbd_logs_the_bind_and_the_request() {
-    if !require_smbd("dcerpc_handler_behind_smbd_logs_the_bind_and_the_request") {
-        return;
-    }
-    let pipes = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(
-        pipes.path(),
-        &[
-            "--dialect",
-            "samba",
-            "--handler",
-            "dcerpc",
-            "--pipe",
-            "srvsvc",
-            "--log-calls",
-        ],
-    );
-    let Some(smbd) = Smbd::start("TESTSRV", pipes.path()) else {
+    let Some(mut front) = Front::start(
+        "dcerpc_handler_behind_smbd_logs_the_bind_and_the_request",
+        &["--handler", "dcerpc", "--log-calls"],
+    ) else {
         return;
     };
+    let Front { smbd, serve, .. } = &mut front;
     // The dcerpc handler answers every request with pattern bytes, which
     // are no NetrServerGetInfo answer: rpcclient gets its reply and
     // refuses what it holds (measured: "Result was WERR_INVALID_PARAMETER",

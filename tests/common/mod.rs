@@ -2,6 +2,7 @@
 //! dirs, written with std threads so they can misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod client;
 pub mod peer;
 pub mod samba;
@@ -9,6 +10,26 @@ pub mod seccomp;
 #[cfg(feature = "smb2")]
 pub mod smb2;
 pub mod smbd;
+
+/// Runs each listed test once per backend, as `uring::NAME` and
+/// `epoll::NAME`; each takes the `BackendChoice` to start its service on.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(#[test]
+            fn $name() {
+                super::$name(opipe::service::BackendChoice::IoUring)
+            })*
+        }
+        mod epoll {
+            $(#[test]
+            fn $name() {
+                super::$name(opipe::service::BackendChoice::Epoll)
+            })*
+        }
+    };
+}
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

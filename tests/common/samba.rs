@@ -45,10 +45,6 @@ pub struct SambaRpcd {
     pub dir: tempfile::TempDir,
     /// The `ncalrpc dir`: its `np/` holds the pipe sockets.
     pub ncalrpc_dir: PathBuf,
-    /// The `smb.conf`.
-    pub conf: PathBuf,
-    /// The configured `netbios name`.
-    pub netbios_name: String,
 }
 
 impl SambaRpcd {
@@ -72,24 +68,16 @@ impl SambaRpcd {
             root.display()
         );
         fs::write(&conf, text).expect("write smb.conf");
-        let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
-        let child = Command::new(SAMBA_DCERPCD)
-            .args(["-F", "--no-process-group", "--libexec-rpcds", "-s"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Its own group: the rpcd_* workers it starts join it, and Drop
-            // stops them all with one kill of the group.
-            .process_group(0)
-            .spawn()
-            .expect("spawn samba-dcerpcd");
+        // The rpcd_* workers it starts join its group.
+        let child = spawn_daemon(
+            SAMBA_DCERPCD,
+            &["-F", "--no-process-group", "--libexec-rpcds", "-s"],
+            &conf,
+        );
         let mut rpcd = SambaRpcd {
             child,
             dir,
             ncalrpc_dir,
-            conf,
-            netbios_name: netbios_name.to_owned(),
         };
         rpcd.wait_for_pipe("srvsvc", START_TIMEOUT);
         Some(rpcd)
@@ -107,42 +95,21 @@ impl SambaRpcd {
 
     /// Samba's logs so far (for failure messages).
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in ["stderr.log", "samba.log"] {
-            let mut text = String::new();
-            if let Ok(mut f) = fs::File::open(self.dir.path().join(name)) {
-                let _ = f.read_to_string(&mut text);
-            }
-            out.push_str(&format!("--- {name}\n{text}\n"));
-        }
-        out
+        daemon_logs(self.dir.path(), "samba.log")
     }
 
     /// Waits until `np/<name>` accepts a connection; panics with the logs
     /// after `timeout` or if `samba-dcerpcd` exits.
     pub fn wait_for_pipe(&mut self, name: &str, timeout: Duration) {
         let path = self.pipe_path(name);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "samba-dcerpcd exited ({status}) before {} appeared\n{}",
-                    path.display(),
-                    self.logs()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} did not appear within {timeout:?}\n{}",
-                    path.display(),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let dir = self.dir.path().to_owned();
+        wait_ready(
+            &mut self.child,
+            &format!("samba-dcerpcd's {}", path.display()),
+            timeout,
+            || daemon_logs(&dir, "samba.log"),
+            || std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        );
     }
 }
 
@@ -199,17 +166,79 @@ pub fn global_conf(root: &Path, netbios_name: &str, log_name: &str) -> String {
     )
 }
 
+/// Starts `bin <args> <conf>` with its stderr in `stderr.log` beside
+/// `conf`, in its own process group: the processes it starts join that
+/// group, and [`stop_group`] stops them all with one kill of it.
+pub fn spawn_daemon(bin: &str, args: &[&str], conf: &Path) -> Child {
+    let dir = conf.parent().expect("smb.conf in a dir");
+    let stderr = fs::File::create(dir.join("stderr.log")).expect("stderr log");
+    Command::new(bin)
+        .args(args)
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+}
+
+/// A daemon's `stderr.log` and its log file `log_name` in `dir`, so far
+/// (for failure messages).
+pub fn daemon_logs(dir: &Path, log_name: &str) -> String {
+    let mut out = String::new();
+    for name in ["stderr.log", log_name] {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(dir.join(name)) {
+            let _ = f.read_to_string(&mut text);
+        }
+        out.push_str(&format!("--- {name}\n{text}\n"));
+    }
+    out
+}
+
+/// Polls `ready` until it holds; panics with `logs()` when `child` exits
+/// first or after `timeout`. `what` names what is awaited.
+pub fn wait_ready(
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+    mut ready: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("exited ({status}) before {what}\n{}", logs());
+        }
+        assert!(
+            Instant::now() <= deadline,
+            "no {what} within {timeout:?}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Stops a daemon started with `process_group(0)` (so its group id is its
 /// pid): SIGTERM to the daemon alone, up to 3 s for it to exit, then
 /// SIGKILL to whatever is left of its group (its workers), and reaps it.
 pub fn stop_group(child: &mut std::process::Child) {
+    stop_group_within(child, Duration::from_secs(3));
+}
+
+/// [`stop_group`] with `grace` for the SIGTERM.
+pub fn stop_group_within(child: &mut std::process::Child, grace: Duration) {
     let pid = child.id() as i32;
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
     // own child's, not yet waited for.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             break;
@@ -221,4 +250,19 @@ pub fn stop_group(child: &mut std::process::Child) {
         libc::kill(-pid, libc::SIGKILL);
     }
     let _ = child.wait();
+}
+
+/// The shares every test `smb.conf` here defines are in a NetrShareEnumAll
+/// answer, which succeeded.
+pub fn assert_tmp_and_ipc(shares: &opipe::protocol::srvsvc::ShareEnum1) {
+    assert_eq!(shares.werror, 0);
+    let names: Vec<_> = shares
+        .shares
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .collect();
+    assert!(
+        names.contains(&"tmp") && names.contains(&"IPC$"),
+        "{names:?}"
+    );
 }

@@ -5,7 +5,6 @@
 //! by that group's id on drop. And the real clients, run with a time bound.
 
 use std::fs;
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -88,18 +87,9 @@ impl Smbd {
             share = root.join("share").display(),
         );
         fs::write(&conf, text).expect("write smb.conf");
-        let stderr = fs::File::create(root.join("stderr.log")).expect("stderr log");
-        let child = Command::new(SMBD)
-            .args(["--foreground", "--no-process-group", "-s"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Its own group: the per-client smbd children join it, and Drop
-            // stops them all with one kill of the group.
-            .process_group(0)
-            .spawn()
-            .expect("spawn smbd");
+        // The per-client smbd children join its group.
+        let child =
+            super::samba::spawn_daemon(SMBD, &["--foreground", "--no-process-group", "-s"], &conf);
         let mut smbd = Smbd {
             child,
             dir,
@@ -112,34 +102,19 @@ impl Smbd {
 
     /// smbd's logs so far (for failure messages).
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in ["stderr.log", "smbd.log"] {
-            let mut text = String::new();
-            if let Ok(mut f) = fs::File::open(self.dir.path().join(name)) {
-                let _ = f.read_to_string(&mut text);
-            }
-            out.push_str(&format!("--- {name}\n{text}\n"));
-        }
-        out
+        super::samba::daemon_logs(self.dir.path(), "smbd.log")
     }
 
     fn wait_listening(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("smbd exited ({status}) before listening\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "smbd did not listen on port {} within {timeout:?}\n{}",
-                self.port,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port;
+        let dir = self.dir.path().to_owned();
+        super::samba::wait_ready(
+            &mut self.child,
+            &format!("smbd listening on port {port}"),
+            timeout,
+            || super::samba::daemon_logs(&dir, "smbd.log"),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
     }
 
     /// `rpcclient -U% -p PORT 127.0.0.1 -c <command>` (anonymous).

@@ -26,14 +26,8 @@ import threading
 import time
 
 OUT = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.path.insert(0, os.path.dirname(OUT))
+from samba_root import free_port, global_conf, make_root, wait_port  # noqa: E402
 
 
 PORT = free_port()
@@ -82,50 +76,17 @@ def listen(path, captured):
     return t
 
 
-def wait_port(port, deadline):
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 def main():
     root = tempfile.mkdtemp(prefix="opipe-capture")
     smbd = None
     captured = {}
     try:
-        for sub in ["lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc", "sock/np"]:
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-        os.chmod(os.path.join(root, "sock/np"), 0o700)
-        p = lambda sub: os.path.join(root, sub)  # noqa: E731
+        p = make_root(root, ["sock/np"])
+        os.chmod(p("sock/np"), 0o700)
         conf = p("smb.conf")
         with open(conf, "w") as f:
-            f.write(f"""[global]
-netbios name = TESTSRV
-workgroup = OPIPETEST
-server role = standalone server
-lock directory = {p('lock')}
-state directory = {p('state')}
-cache directory = {p('cache')}
-private dir = {p('private')}
-binddns dir = {p('bind-dns')}
-pid directory = {p('pid')}
-ncalrpc dir = {p('ncalrpc')}
-log file = {p('smbd.log')}
-passdb backend = tdbsam:{p('private/passdb.tdb')}
-interfaces = lo
-bind interfaces only = yes
-smb ports = {PORT}
-disable netbios = yes
-load printers = no
-disable spoolss = yes
-map to guest = Bad User
-rpc start on demand helpers = no
-external_rpc_pipe:socket_dir = {p('sock')}
-""")
+            f.write(global_conf(p, "smbd.log", PORT)
+                    + f"external_rpc_pipe:socket_dir = {p('sock')}\n")
         listen(p("sock/np/srvsvc"), captured)
         smbd = subprocess.Popen(
             ["/usr/sbin/smbd", "--foreground", "--no-process-group", "-s", conf],

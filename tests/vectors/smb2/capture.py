@@ -33,24 +33,8 @@ import threading
 import time
 
 OUT = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, deadline):
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+sys.path.insert(0, os.path.dirname(OUT))
+from samba_root import free_port, global_conf, make_root, wait_port  # noqa: E402
 
 
 def frames(buf):
@@ -130,34 +114,11 @@ def main():
     root = tempfile.mkdtemp(prefix="opipe-smb2-capture")
     procs = []
     try:
-        for sub in ["lock", "state", "cache", "private", "bind-dns", "pid", "ncalrpc", "share"]:
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-        p = lambda sub: os.path.join(root, sub)  # noqa: E731
+        p = make_root(root, ["share"])
         port = free_port()
         conf = p("smb.conf")
         with open(conf, "w") as f:
-            f.write(f"""[global]
-netbios name = TESTSRV
-workgroup = OPIPETEST
-server role = standalone server
-lock directory = {p('lock')}
-state directory = {p('state')}
-cache directory = {p('cache')}
-private dir = {p('private')}
-binddns dir = {p('bind-dns')}
-pid directory = {p('pid')}
-ncalrpc dir = {p('ncalrpc')}
-log file = {p('samba.log')}
-passdb backend = tdbsam:{p('private/passdb.tdb')}
-interfaces = lo
-bind interfaces only = yes
-smb ports = {port}
-disable netbios = yes
-load printers = no
-disable spoolss = yes
-map to guest = Bad User
-rpc start on demand helpers = no
-
+            f.write(global_conf(p, "samba.log", port) + f"""
 [tmp]
 path = {p('share')}
 read only = yes
