@@ -451,6 +451,42 @@ impl Client {
         self.call(Request::Create(create(name)))
     }
 
+    /// A related compound CREATE + IOCTL(transceive `data`) + CLOSE, each
+    /// part after the first with FLAGS_RELATED_OPERATIONS (and, with
+    /// `wildcard_ids`, the session and tree ids all ones, as clients send).
+    fn related_create_ioctl_close(&mut self, data: &[u8], wildcard_ids: bool) -> Vec<u8> {
+        let mut msg = Vec::new();
+        let reqs = [
+            Request::Create(create("srvsvc")),
+            transceive(FileId::RELATED, data, 100),
+            Request::Close(CloseRequest {
+                flags: 0,
+                file_id: FileId::RELATED,
+            }),
+        ];
+        for (i, req) in reqs.iter().enumerate() {
+            let mut h = self.header(Command::from_u16(req.command()).unwrap());
+            if i > 0 {
+                h.flags |= FLAGS_RELATED_OPERATIONS;
+                if wildcard_ids {
+                    h.session_id = u64::MAX;
+                    h.ids = HeaderIds::Sync {
+                        process_id: 0xFEFF,
+                        tree_id: u32::MAX,
+                    };
+                }
+            }
+            let mut b = req.encode(&h).unwrap();
+            if i + 1 < reqs.len() {
+                let len = b.len().div_ceil(8) * 8;
+                b.resize(len, 0);
+                b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            msg.extend_from_slice(&b);
+        }
+        msg
+    }
+
     fn open(&mut self, name: &str) -> FileId {
         open(self, name)
     }
@@ -626,33 +662,7 @@ fn logoff_closes_pipes_and_cancels_reads() {
 #[test]
 fn related_compound_create_ioctl_close() {
     let mut c = Client::login(ServerConfig::default());
-    let mut msg = Vec::new();
-    let reqs = [
-        Request::Create(create("srvsvc")),
-        transceive(FileId::RELATED, b"abc", 100),
-        Request::Close(CloseRequest {
-            flags: 0,
-            file_id: FileId::RELATED,
-        }),
-    ];
-    for (i, req) in reqs.iter().enumerate() {
-        let mut h = c.header(Command::from_u16(req.command()).unwrap());
-        if i > 0 {
-            h.flags |= FLAGS_RELATED_OPERATIONS;
-            h.session_id = u64::MAX;
-            h.ids = HeaderIds::Sync {
-                process_id: 0xFEFF,
-                tree_id: u32::MAX,
-            };
-        }
-        let mut b = req.encode(&h).unwrap();
-        if i + 1 < reqs.len() {
-            let len = b.len().div_ceil(8) * 8;
-            b.resize(len, 0);
-            b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
-        }
-        msg.extend_from_slice(&b);
-    }
+    let msg = c.related_create_ioctl_close(b"abc", true);
     let r = c.send_raw(&msg).unwrap();
     assert_eq!(r.len(), 3, "one compound answer of three parts");
     assert!(r.iter().all(|(h, _)| h.status == NtStatus(0)), "{r:?}");
@@ -768,28 +778,7 @@ fn requests_before_negotiate_or_session_are_refused() {
 fn pending_in_the_middle_of_a_chain_holds_the_rest() {
     let mut c = Client::login(ServerConfig::default());
     c.fake.go_async = true;
-    let mut msg = Vec::new();
-    let reqs = [
-        Request::Create(create("srvsvc")),
-        transceive(FileId::RELATED, b"held", 100),
-        Request::Close(CloseRequest {
-            flags: 0,
-            file_id: FileId::RELATED,
-        }),
-    ];
-    for (i, req) in reqs.iter().enumerate() {
-        let mut h = c.header(Command::from_u16(req.command()).unwrap());
-        if i > 0 {
-            h.flags |= FLAGS_RELATED_OPERATIONS;
-        }
-        let mut b = req.encode(&h).unwrap();
-        if i + 1 < reqs.len() {
-            let len = b.len().div_ceil(8) * 8;
-            b.resize(len, 0);
-            b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
-        }
-        msg.extend_from_slice(&b);
-    }
+    let msg = c.related_create_ioctl_close(b"held", false);
     let r = c.send_raw(&msg).unwrap();
     assert!(
         r.is_empty(),
