@@ -444,10 +444,7 @@ impl ReadResponse {
         w.u32(len_u32("DataLength", self.data.len())?);
         w.u32(self.data_remaining);
         w.u32(0);
-        w.bytes(&self.data);
-        if self.data.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.data);
         Ok(())
     }
 }
@@ -504,10 +501,7 @@ impl WriteRequest {
         w.u16(0);
         w.u16(0);
         w.u32(self.flags);
-        w.bytes(&self.data);
-        if self.data.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.data);
         Ok(())
     }
 }
@@ -766,10 +760,7 @@ impl QueryInfoRequest {
         w.u32(self.additional_information);
         w.u32(self.flags);
         self.file_id.write(w);
-        w.bytes(&self.input);
-        if self.input.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.input);
         Ok(())
     }
 }
@@ -797,10 +788,7 @@ impl QueryInfoResponse {
         w.u16(9);
         w.u16(len_u16("OutputBufferOffset", w.len() + 6)?);
         w.u32(len_u32("OutputBufferLength", self.output.len())?);
-        w.bytes(&self.output);
-        if self.output.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.output);
         Ok(())
     }
 }
@@ -850,10 +838,7 @@ impl SetInfoRequest {
         w.u16(0);
         w.u32(self.additional_information);
         self.file_id.write(w);
-        w.bytes(&self.buffer);
-        if self.buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.buffer);
         Ok(())
     }
 }

@@ -71,10 +71,7 @@ impl SessionSetupRequest {
         w.u16(len_u16("SecurityBufferOffset", w.len() + 12)?);
         w.u16(len_u16("SecurityBufferLength", self.security_buffer.len())?);
         w.u64(self.previous_session_id);
-        w.bytes(&self.security_buffer);
-        if self.security_buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.security_buffer);
         Ok(())
     }
 }
@@ -114,10 +111,7 @@ impl SessionSetupResponse {
         w.u16(self.session_flags);
         w.u16(len_u16("SecurityBufferOffset", w.len() + 4)?);
         w.u16(len_u16("SecurityBufferLength", self.security_buffer.len())?);
-        w.bytes(&self.security_buffer);
-        if self.security_buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.security_buffer);
         Ok(())
     }
 }
@@ -170,10 +164,7 @@ impl TreeConnectRequest {
         w.u16(self.flags);
         w.u16(len_u16("PathOffset", w.len() + 4)?);
         w.u16(len_u16("PathLength", path.len())?);
-        w.bytes(&path);
-        if path.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&path);
         Ok(())
     }
 }
