@@ -1,7 +1,7 @@
 //! SESSION_SETUP (MS-SMB2 2.2.5, 2.2.6) and TREE_CONNECT (2.2.9, 2.2.10).
 
 use super::header::HEADER_LEN;
-use super::negotiate::MAX_SECURITY_BUFFER;
+use super::negotiate::security_buffer;
 use super::wire::{len_u16, slice_at, string_to_utf16, utf16_to_string, Reader, Writer};
 use crate::protocol::error::{DecodeError, EncodeError};
 
@@ -44,14 +44,7 @@ impl SessionSetupRequest {
         let off = r.u16("SecurityBufferOffset")?;
         let len = r.u16("SecurityBufferLength")?;
         let previous_session_id = r.u64("PreviousSessionId")?;
-        let security_buffer = slice_at(
-            msg,
-            "SecurityBuffer",
-            usize::from(off),
-            usize::from(len),
-            MAX_SECURITY_BUFFER,
-        )?
-        .to_vec();
+        let security_buffer = security_buffer(msg, off, len)?;
         Ok(SessionSetupRequest {
             flags,
             security_mode,
@@ -92,14 +85,7 @@ impl SessionSetupResponse {
         let session_flags = r.u16("SessionFlags")?;
         let off = r.u16("SecurityBufferOffset")?;
         let len = r.u16("SecurityBufferLength")?;
-        let security_buffer = slice_at(
-            msg,
-            "SecurityBuffer",
-            usize::from(off),
-            usize::from(len),
-            MAX_SECURITY_BUFFER,
-        )?
-        .to_vec();
+        let security_buffer = security_buffer(msg, off, len)?;
         Ok(SessionSetupResponse {
             session_flags,
             security_buffer,
