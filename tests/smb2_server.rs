@@ -451,6 +451,19 @@ impl Client {
         self.call(Request::Create(create(name)))
     }
 
+    /// Completes the last parked transceive with `answer(its input)` and
+    /// returns what the connection sends then.
+    fn answer_parked(
+        &mut self,
+        answer: impl FnOnce(Vec<u8>) -> PipeData,
+    ) -> Vec<(Header, Response)> {
+        let (op, _, input) = self.fake.parked.pop().unwrap();
+        self.conn
+            .complete(op, Completion::Data(Ok(answer(input))), NOW, &mut self.fake)
+            .unwrap();
+        responses(&self.conn.take_output())
+    }
+
     /// A related compound CREATE + IOCTL(transceive `data`) + CLOSE, each
     /// part after the first with FLAGS_RELATED_OPERATIONS (and, with
     /// `wildcard_ids`, the session and tree ids all ones, as clients send).
@@ -571,17 +584,8 @@ fn async_transceive_gets_interim_then_answer() {
     assert_eq!(ih.message_id, h.message_id);
     assert!(ih.async_id().is_some() && ih.credits >= 1);
     assert!(matches!(ir, Response::Error(_)));
-    let (op, _, input) = c.fake.parked.pop().unwrap();
     assert_eq!(c.conn.pending_ops(), 1);
-    c.conn
-        .complete(
-            op,
-            Completion::Data(Ok(PipeData::ok(input))),
-            NOW,
-            &mut c.fake,
-        )
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    let r = c.answer_parked(PipeData::ok);
     let (fh, fr) = &r[0];
     assert_eq!(
         (fh.status, fh.message_id, fh.async_id()),
@@ -788,16 +792,7 @@ fn pending_in_the_middle_of_a_chain_holds_the_rest() {
         c.fake.closed.is_empty(),
         "the CLOSE waits for the transceive"
     );
-    let (op, _, input) = c.fake.parked.pop().unwrap();
-    c.conn
-        .complete(
-            op,
-            Completion::Data(Ok(PipeData::ok(input))),
-            NOW,
-            &mut c.fake,
-        )
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    let r = c.answer_parked(PipeData::ok);
     assert_eq!(r.len(), 3, "{r:?}");
     assert!(r
         .iter()
@@ -995,15 +990,10 @@ fn an_error_status_inside_backend_data_is_an_error_answer() {
     let h = c.header(Command::Ioctl);
     c.send_raw(&transceive(f, b"x", 10).encode(&h).unwrap())
         .unwrap();
-    let (op, _, _) = c.fake.parked.pop().unwrap();
-    let data = PipeData {
+    let r = c.answer_parked(|_| PipeData {
         status: NtStatus::PIPE_BROKEN,
         data: b"ignored".to_vec(),
-    };
-    c.conn
-        .complete(op, Completion::Data(Ok(data)), NOW, &mut c.fake)
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    });
     assert_eq!(r[0].0.status, NtStatus::PIPE_BROKEN);
     assert!(matches!(r[0].1, Response::Error(_)));
 }
