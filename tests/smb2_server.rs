@@ -451,6 +451,55 @@ impl Client {
         self.call(Request::Create(create(name)))
     }
 
+    /// Completes the last parked transceive with `answer(its input)` and
+    /// returns what the connection sends then.
+    fn answer_parked(
+        &mut self,
+        answer: impl FnOnce(Vec<u8>) -> PipeData,
+    ) -> Vec<(Header, Response)> {
+        let (op, _, input) = self.fake.parked.pop().unwrap();
+        self.conn
+            .complete(op, Completion::Data(Ok(answer(input))), NOW, &mut self.fake)
+            .unwrap();
+        responses(&self.conn.take_output())
+    }
+
+    /// A related compound CREATE + IOCTL(transceive `data`) + CLOSE, each
+    /// part after the first with FLAGS_RELATED_OPERATIONS (and, with
+    /// `wildcard_ids`, the session and tree ids all ones, as clients send).
+    fn related_create_ioctl_close(&mut self, data: &[u8], wildcard_ids: bool) -> Vec<u8> {
+        let mut msg = Vec::new();
+        let reqs = [
+            Request::Create(create("srvsvc")),
+            transceive(FileId::RELATED, data, 100),
+            Request::Close(CloseRequest {
+                flags: 0,
+                file_id: FileId::RELATED,
+            }),
+        ];
+        for (i, req) in reqs.iter().enumerate() {
+            let mut h = self.header(Command::from_u16(req.command()).unwrap());
+            if i > 0 {
+                h.flags |= FLAGS_RELATED_OPERATIONS;
+                if wildcard_ids {
+                    h.session_id = u64::MAX;
+                    h.ids = HeaderIds::Sync {
+                        process_id: 0xFEFF,
+                        tree_id: u32::MAX,
+                    };
+                }
+            }
+            let mut b = req.encode(&h).unwrap();
+            if i + 1 < reqs.len() {
+                let len = b.len().div_ceil(8) * 8;
+                b.resize(len, 0);
+                b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            msg.extend_from_slice(&b);
+        }
+        msg
+    }
+
     fn open(&mut self, name: &str) -> FileId {
         open(self, name)
     }
@@ -535,17 +584,8 @@ fn async_transceive_gets_interim_then_answer() {
     assert_eq!(ih.message_id, h.message_id);
     assert!(ih.async_id().is_some() && ih.credits >= 1);
     assert!(matches!(ir, Response::Error(_)));
-    let (op, _, input) = c.fake.parked.pop().unwrap();
     assert_eq!(c.conn.pending_ops(), 1);
-    c.conn
-        .complete(
-            op,
-            Completion::Data(Ok(PipeData::ok(input))),
-            NOW,
-            &mut c.fake,
-        )
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    let r = c.answer_parked(PipeData::ok);
     let (fh, fr) = &r[0];
     assert_eq!(
         (fh.status, fh.message_id, fh.async_id()),
@@ -626,33 +666,7 @@ fn logoff_closes_pipes_and_cancels_reads() {
 #[test]
 fn related_compound_create_ioctl_close() {
     let mut c = Client::login(ServerConfig::default());
-    let mut msg = Vec::new();
-    let reqs = [
-        Request::Create(create("srvsvc")),
-        transceive(FileId::RELATED, b"abc", 100),
-        Request::Close(CloseRequest {
-            flags: 0,
-            file_id: FileId::RELATED,
-        }),
-    ];
-    for (i, req) in reqs.iter().enumerate() {
-        let mut h = c.header(Command::from_u16(req.command()).unwrap());
-        if i > 0 {
-            h.flags |= FLAGS_RELATED_OPERATIONS;
-            h.session_id = u64::MAX;
-            h.ids = HeaderIds::Sync {
-                process_id: 0xFEFF,
-                tree_id: u32::MAX,
-            };
-        }
-        let mut b = req.encode(&h).unwrap();
-        if i + 1 < reqs.len() {
-            let len = b.len().div_ceil(8) * 8;
-            b.resize(len, 0);
-            b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
-        }
-        msg.extend_from_slice(&b);
-    }
+    let msg = c.related_create_ioctl_close(b"abc", true);
     let r = c.send_raw(&msg).unwrap();
     assert_eq!(r.len(), 3, "one compound answer of three parts");
     assert!(r.iter().all(|(h, _)| h.status == NtStatus(0)), "{r:?}");
@@ -768,28 +782,7 @@ fn requests_before_negotiate_or_session_are_refused() {
 fn pending_in_the_middle_of_a_chain_holds_the_rest() {
     let mut c = Client::login(ServerConfig::default());
     c.fake.go_async = true;
-    let mut msg = Vec::new();
-    let reqs = [
-        Request::Create(create("srvsvc")),
-        transceive(FileId::RELATED, b"held", 100),
-        Request::Close(CloseRequest {
-            flags: 0,
-            file_id: FileId::RELATED,
-        }),
-    ];
-    for (i, req) in reqs.iter().enumerate() {
-        let mut h = c.header(Command::from_u16(req.command()).unwrap());
-        if i > 0 {
-            h.flags |= FLAGS_RELATED_OPERATIONS;
-        }
-        let mut b = req.encode(&h).unwrap();
-        if i + 1 < reqs.len() {
-            let len = b.len().div_ceil(8) * 8;
-            b.resize(len, 0);
-            b[20..24].copy_from_slice(&(len as u32).to_le_bytes());
-        }
-        msg.extend_from_slice(&b);
-    }
+    let msg = c.related_create_ioctl_close(b"held", false);
     let r = c.send_raw(&msg).unwrap();
     assert!(
         r.is_empty(),
@@ -799,16 +792,7 @@ fn pending_in_the_middle_of_a_chain_holds_the_rest() {
         c.fake.closed.is_empty(),
         "the CLOSE waits for the transceive"
     );
-    let (op, _, input) = c.fake.parked.pop().unwrap();
-    c.conn
-        .complete(
-            op,
-            Completion::Data(Ok(PipeData::ok(input))),
-            NOW,
-            &mut c.fake,
-        )
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    let r = c.answer_parked(PipeData::ok);
     assert_eq!(r.len(), 3, "{r:?}");
     assert!(r
         .iter()
@@ -1006,15 +990,10 @@ fn an_error_status_inside_backend_data_is_an_error_answer() {
     let h = c.header(Command::Ioctl);
     c.send_raw(&transceive(f, b"x", 10).encode(&h).unwrap())
         .unwrap();
-    let (op, _, _) = c.fake.parked.pop().unwrap();
-    let data = PipeData {
+    let r = c.answer_parked(|_| PipeData {
         status: NtStatus::PIPE_BROKEN,
         data: b"ignored".to_vec(),
-    };
-    c.conn
-        .complete(op, Completion::Data(Ok(data)), NOW, &mut c.fake)
-        .unwrap();
-    let r = responses(&c.conn.take_output());
+    });
     assert_eq!(r[0].0.status, NtStatus::PIPE_BROKEN);
     assert!(matches!(r[0].1, Response::Error(_)));
 }

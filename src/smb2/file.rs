@@ -444,10 +444,7 @@ impl ReadResponse {
         w.u32(len_u32("DataLength", self.data.len())?);
         w.u32(self.data_remaining);
         w.u32(0);
-        w.bytes(&self.data);
-        if self.data.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.data);
         Ok(())
     }
 }
@@ -504,10 +501,7 @@ impl WriteRequest {
         w.u16(0);
         w.u16(0);
         w.u32(self.flags);
-        w.bytes(&self.data);
-        if self.data.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.data);
         Ok(())
     }
 }
@@ -537,6 +531,38 @@ impl WriteResponse {
         w.u16(0);
         w.u16(0);
     }
+}
+
+/// Where an IOCTL's output buffer goes when its input buffer starts at
+/// `buf_at`: there too when there is no input, else at the first 8-byte
+/// boundary after the input.
+fn ioctl_output_at(buf_at: usize, input: &[u8]) -> usize {
+    if input.is_empty() {
+        buf_at
+    } else {
+        (buf_at + input.len()).div_ceil(8) * 8
+    }
+}
+
+/// Writes an IOCTL's buffers: the input, then the output 8-byte aligned
+/// (the layout `ioctl_output_at` gives the offsets of).
+fn write_ioctl_buffers(w: &mut Writer, input: &[u8], output: &[u8]) {
+    w.bytes(input);
+    if !output.is_empty() {
+        w.align(8);
+        w.bytes(output);
+    }
+}
+
+/// Reads an IOCTL's input and output buffers from their (offset, count).
+fn read_ioctl_buffers(
+    msg: &[u8],
+    (in_off, in_len): (u32, u32),
+    (out_off, out_len): (u32, u32),
+) -> Result<(Vec<u8>, Vec<u8>), DecodeError> {
+    let input = slice_at(msg, "Input", in_off as usize, in_len as usize, MAX_DATA)?;
+    let output = slice_at(msg, "Output", out_off as usize, out_len as usize, MAX_DATA)?;
+    Ok((input.to_vec(), output.to_vec()))
 }
 
 /// An IOCTL request.
@@ -573,16 +599,15 @@ impl IoctlRequest {
         let max_output_response = r.u32("MaxOutputResponse")?;
         let flags = r.u32("Flags")?;
         let _reserved2 = r.u32("Reserved2")?;
-        let input = slice_at(msg, "Input", in_off as usize, in_len as usize, MAX_DATA)?;
-        let output = slice_at(msg, "Output", out_off as usize, out_len as usize, MAX_DATA)?;
+        let (input, output) = read_ioctl_buffers(msg, (in_off, in_len), (out_off, out_len))?;
         Ok(IoctlRequest {
             ctl_code,
             file_id,
             max_input_response,
             max_output_response,
             flags,
-            input: input.to_vec(),
-            output: output.to_vec(),
+            input,
+            output,
         })
     }
 
@@ -592,11 +617,7 @@ impl IoctlRequest {
         w.u32(self.ctl_code);
         self.file_id.write(w);
         let buf_at = w.len() + 32;
-        let out_at = if self.input.is_empty() {
-            buf_at
-        } else {
-            (buf_at + self.input.len()).div_ceil(8) * 8
-        };
+        let out_at = ioctl_output_at(buf_at, &self.input);
         w.u32(len_u32("InputOffset", buf_at)?);
         w.u32(len_u32("InputCount", self.input.len())?);
         w.u32(self.max_input_response);
@@ -612,11 +633,7 @@ impl IoctlRequest {
         w.u32(self.max_output_response);
         w.u32(self.flags);
         w.u32(0);
-        w.bytes(&self.input);
-        if !self.output.is_empty() {
-            w.align(8);
-            w.bytes(&self.output);
-        }
+        write_ioctl_buffers(w, &self.input, &self.output);
         Ok(())
     }
 }
@@ -649,14 +666,13 @@ impl IoctlResponse {
         let out_len = r.u32("OutputCount")?;
         let flags = r.u32("Flags")?;
         let _reserved2 = r.u32("Reserved2")?;
-        let input = slice_at(msg, "Input", in_off as usize, in_len as usize, MAX_DATA)?;
-        let output = slice_at(msg, "Output", out_off as usize, out_len as usize, MAX_DATA)?;
+        let (input, output) = read_ioctl_buffers(msg, (in_off, in_len), (out_off, out_len))?;
         Ok(IoctlResponse {
             ctl_code,
             file_id,
             flags,
-            input: input.to_vec(),
-            output: output.to_vec(),
+            input,
+            output,
         })
     }
 
@@ -666,22 +682,14 @@ impl IoctlResponse {
         w.u32(self.ctl_code);
         self.file_id.write(w);
         let buf_at = w.len() + 24;
-        let out_at = if self.input.is_empty() {
-            buf_at
-        } else {
-            (buf_at + self.input.len()).div_ceil(8) * 8
-        };
+        let out_at = ioctl_output_at(buf_at, &self.input);
         w.u32(len_u32("InputOffset", buf_at)?);
         w.u32(len_u32("InputCount", self.input.len())?);
         w.u32(len_u32("OutputOffset", out_at)?);
         w.u32(len_u32("OutputCount", self.output.len())?);
         w.u32(self.flags);
         w.u32(0);
-        w.bytes(&self.input);
-        if !self.output.is_empty() {
-            w.align(8);
-            w.bytes(&self.output);
-        }
+        write_ioctl_buffers(w, &self.input, &self.output);
         Ok(())
     }
 }
@@ -752,10 +760,7 @@ impl QueryInfoRequest {
         w.u32(self.additional_information);
         w.u32(self.flags);
         self.file_id.write(w);
-        w.bytes(&self.input);
-        if self.input.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.input);
         Ok(())
     }
 }
@@ -783,10 +788,7 @@ impl QueryInfoResponse {
         w.u16(9);
         w.u16(len_u16("OutputBufferOffset", w.len() + 6)?);
         w.u32(len_u32("OutputBufferLength", self.output.len())?);
-        w.bytes(&self.output);
-        if self.output.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.output);
         Ok(())
     }
 }
@@ -836,10 +838,7 @@ impl SetInfoRequest {
         w.u16(0);
         w.u32(self.additional_information);
         self.file_id.write(w);
-        w.bytes(&self.buffer);
-        if self.buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.buffer);
         Ok(())
     }
 }

@@ -201,10 +201,7 @@ impl ErrorResponse {
         w.u8(self.error_context_count);
         w.u8(0);
         w.u32(len_u32("ByteCount", self.error_data.len())?);
-        w.bytes(&self.error_data);
-        if self.error_data.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.error_data);
         Ok(())
     }
 }

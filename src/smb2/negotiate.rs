@@ -44,6 +44,19 @@ pub const MAX_CONTEXT_DATA: usize = 1024;
 /// The most bytes of a security buffer (SPNEGO blob).
 pub const MAX_SECURITY_BUFFER: usize = 16 * 1024;
 
+/// The SecurityBuffer of a NEGOTIATE or SESSION_SETUP message, from its
+/// offset and length, at most MAX_SECURITY_BUFFER bytes.
+pub(crate) fn security_buffer(msg: &[u8], off: u16, len: u16) -> Result<Vec<u8>, DecodeError> {
+    let b = slice_at(
+        msg,
+        "SecurityBuffer",
+        usize::from(off),
+        usize::from(len),
+        MAX_SECURITY_BUFFER,
+    )?;
+    Ok(b.to_vec())
+}
+
 /// One negotiate context. The typed forms are used only when they account
 /// for every byte of the data; anything else is kept as `Other`, so that a
 /// decoded context encodes back to the same bytes.
@@ -384,14 +397,7 @@ impl NegotiateResponse {
         let sb_off = r.u16("SecurityBufferOffset")?;
         let sb_len = r.u16("SecurityBufferLength")?;
         let ctx_off = r.u32("NegotiateContextOffset")?;
-        let security_buffer = slice_at(
-            msg,
-            "SecurityBuffer",
-            usize::from(sb_off),
-            usize::from(sb_len),
-            MAX_SECURITY_BUFFER,
-        )?
-        .to_vec();
+        let security_buffer = security_buffer(msg, sb_off, sb_len)?;
         let contexts = if dialect_revision == DIALECT_311 {
             decode_contexts(msg, ctx_off as usize, usize::from(ctx_count))?
         } else {

@@ -129,6 +129,24 @@ fn write_payloads(w: &mut Writer, slots: &[usize], bufs: &[&[u8]]) -> Result<(),
     Ok(())
 }
 
+/// The Version field, there when the flags carry NEGOTIATE_VERSION.
+fn read_version(r: &mut Reader<'_>, flags: u32) -> Result<Option<[u8; 8]>, DecodeError> {
+    if flags & NEGOTIATE_VERSION != 0 {
+        Ok(Some(r.bytes8("Version")?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// NegotiateFlags as written: NEGOTIATE_VERSION set exactly when a
+/// Version is written (NEGOTIATE and CHALLENGE).
+fn flags_with_version(flags: u32, version: Option<[u8; 8]>) -> u32 {
+    match version {
+        Some(_) => flags | NEGOTIATE_VERSION,
+        None => flags & !NEGOTIATE_VERSION,
+    }
+}
+
 fn string(flags: u32, field: &'static str, b: &[u8]) -> Result<String, DecodeError> {
     if flags & NEGOTIATE_UNICODE != 0 {
         utf16_to_string(field, b)
@@ -157,11 +175,7 @@ impl Negotiate {
         let flags = r.u32("NegotiateFlags")?;
         let d = fields(&mut r, "DomainNameFields")?;
         let w = fields(&mut r, "WorkstationFields")?;
-        let version = if flags & NEGOTIATE_VERSION != 0 {
-            Some(r.bytes8("Version")?)
-        } else {
-            None
-        };
+        let version = read_version(&mut r, flags)?;
         Ok(Negotiate {
             flags,
             domain: payload(b, "DomainName", d)?,
@@ -175,11 +189,7 @@ impl Negotiate {
         let mut w = Writer::new();
         w.bytes(SIGNATURE);
         w.u32(1);
-        let flags = match self.version {
-            Some(_) => self.flags | NEGOTIATE_VERSION,
-            None => self.flags & !NEGOTIATE_VERSION,
-        };
-        w.u32(flags);
+        w.u32(flags_with_version(self.flags, self.version));
         let slots = [w.len(), w.len() + 8];
         w.bytes(&[0; 16]);
         if let Some(v) = self.version {
@@ -214,11 +224,7 @@ impl Challenge {
         let server_challenge = r.bytes8("ServerChallenge")?;
         let _reserved = r.bytes8("Reserved")?;
         let ti = fields(&mut r, "TargetInfoFields")?;
-        let version = if flags & NEGOTIATE_VERSION != 0 {
-            Some(r.bytes8("Version")?)
-        } else {
-            None
-        };
+        let version = read_version(&mut r, flags)?;
         Ok(Challenge {
             flags,
             target_name: payload(b, "TargetName", tn)?,
@@ -235,11 +241,7 @@ impl Challenge {
         w.u32(2);
         let tn = w.len();
         w.bytes(&[0; 8]);
-        let flags = match self.version {
-            Some(_) => self.flags | NEGOTIATE_VERSION,
-            None => self.flags & !NEGOTIATE_VERSION,
-        };
-        w.u32(flags);
+        w.u32(flags_with_version(self.flags, self.version));
         w.bytes(&self.server_challenge);
         w.bytes(&[0; 8]);
         let ti = w.len();
@@ -331,8 +333,8 @@ impl Authenticate {
             .map(|(off, _)| *off)
             .min()
             .unwrap_or(AUTH_FIXED);
-        let version = if flags & NEGOTIATE_VERSION != 0 && start >= AUTH_FIXED + 8 {
-            Some(r.bytes8("Version")?)
+        let version = if start >= AUTH_FIXED + 8 {
+            read_version(&mut r, flags)?
         } else {
             None
         };
@@ -423,6 +425,58 @@ impl Authenticate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negotiate_and_challenge_set_the_version_flag_by_the_version() {
+        const V: [u8; 8] = [6, 1, 0, 0, 0, 0, 0, 15];
+        let n = Negotiate {
+            flags: NEGOTIATE_UNICODE | NEGOTIATE_VERSION,
+            domain: Vec::new(),
+            workstation: b"WS".to_vec(),
+            version: None,
+        };
+        let back = Negotiate::decode(&n.encode().unwrap()).unwrap();
+        assert_eq!(back.flags, NEGOTIATE_UNICODE, "no Version, no flag");
+        assert_eq!(back.version, None);
+        let n = Negotiate {
+            flags: NEGOTIATE_UNICODE,
+            version: Some(V),
+            ..n
+        };
+        let back = Negotiate::decode(&n.encode().unwrap()).unwrap();
+        assert_eq!(back.flags, NEGOTIATE_UNICODE | NEGOTIATE_VERSION);
+        assert_eq!(
+            back,
+            Negotiate {
+                flags: back.flags,
+                ..n
+            }
+        );
+        let c = Challenge {
+            flags: NEGOTIATE_VERSION,
+            target_name: b"T".to_vec(),
+            server_challenge: [7; 8],
+            target_info: Vec::new(),
+            version: None,
+        };
+        let back = Challenge::decode(&c.encode().unwrap()).unwrap();
+        assert_eq!(back.flags, 0, "no Version, no flag");
+        assert_eq!(back.version, None);
+        let c = Challenge {
+            flags: 0,
+            version: Some(V),
+            ..c
+        };
+        let back = Challenge::decode(&c.encode().unwrap()).unwrap();
+        assert_eq!(back.flags, NEGOTIATE_VERSION);
+        assert_eq!(
+            back,
+            Challenge {
+                flags: back.flags,
+                ..c
+            }
+        );
+    }
 
     #[test]
     fn authenticate_layout_and_flags() {

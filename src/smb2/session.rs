@@ -1,7 +1,7 @@
 //! SESSION_SETUP (MS-SMB2 2.2.5, 2.2.6) and TREE_CONNECT (2.2.9, 2.2.10).
 
 use super::header::HEADER_LEN;
-use super::negotiate::MAX_SECURITY_BUFFER;
+use super::negotiate::security_buffer;
 use super::wire::{len_u16, slice_at, string_to_utf16, utf16_to_string, Reader, Writer};
 use crate::protocol::error::{DecodeError, EncodeError};
 
@@ -44,14 +44,7 @@ impl SessionSetupRequest {
         let off = r.u16("SecurityBufferOffset")?;
         let len = r.u16("SecurityBufferLength")?;
         let previous_session_id = r.u64("PreviousSessionId")?;
-        let security_buffer = slice_at(
-            msg,
-            "SecurityBuffer",
-            usize::from(off),
-            usize::from(len),
-            MAX_SECURITY_BUFFER,
-        )?
-        .to_vec();
+        let security_buffer = security_buffer(msg, off, len)?;
         Ok(SessionSetupRequest {
             flags,
             security_mode,
@@ -71,10 +64,7 @@ impl SessionSetupRequest {
         w.u16(len_u16("SecurityBufferOffset", w.len() + 12)?);
         w.u16(len_u16("SecurityBufferLength", self.security_buffer.len())?);
         w.u64(self.previous_session_id);
-        w.bytes(&self.security_buffer);
-        if self.security_buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.security_buffer);
         Ok(())
     }
 }
@@ -95,14 +85,7 @@ impl SessionSetupResponse {
         let session_flags = r.u16("SessionFlags")?;
         let off = r.u16("SecurityBufferOffset")?;
         let len = r.u16("SecurityBufferLength")?;
-        let security_buffer = slice_at(
-            msg,
-            "SecurityBuffer",
-            usize::from(off),
-            usize::from(len),
-            MAX_SECURITY_BUFFER,
-        )?
-        .to_vec();
+        let security_buffer = security_buffer(msg, off, len)?;
         Ok(SessionSetupResponse {
             session_flags,
             security_buffer,
@@ -114,10 +97,7 @@ impl SessionSetupResponse {
         w.u16(self.session_flags);
         w.u16(len_u16("SecurityBufferOffset", w.len() + 4)?);
         w.u16(len_u16("SecurityBufferLength", self.security_buffer.len())?);
-        w.bytes(&self.security_buffer);
-        if self.security_buffer.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&self.security_buffer);
         Ok(())
     }
 }
@@ -170,10 +150,7 @@ impl TreeConnectRequest {
         w.u16(self.flags);
         w.u16(len_u16("PathOffset", w.len() + 4)?);
         w.u16(len_u16("PathLength", path.len())?);
-        w.bytes(&path);
-        if path.is_empty() {
-            w.u8(0);
-        }
+        w.variable(&path);
         Ok(())
     }
 }

@@ -254,37 +254,22 @@ impl SpnegoToken {
                 for o in &t.mech_types {
                     put(&mut oids, 0x06, o)?;
                 }
-                let mut list = Vec::new();
-                put(&mut list, 0x30, &oids)?;
-                put(&mut seq, 0xa0, &list)?;
+                put_explicit(&mut seq, 0xa0, 0x30, &oids)?;
                 if let Some(tok) = &t.mech_token {
-                    let mut c = Vec::new();
-                    put(&mut c, 0x04, tok)?;
-                    put(&mut seq, 0xa2, &c)?;
+                    put_explicit(&mut seq, 0xa2, 0x04, tok)?;
                 }
                 if let Some(h) = &t.neg_hints {
-                    let mut name = Vec::new();
-                    put(&mut name, 0x1b, h.as_bytes())?;
                     let mut field = Vec::new();
-                    put(&mut field, 0xa0, &name)?;
-                    let mut hints = Vec::new();
-                    put(&mut hints, 0x30, &field)?;
-                    put(&mut seq, 0xa3, &hints)?;
+                    put_explicit(&mut field, 0xa0, 0x1b, h.as_bytes())?;
+                    put_explicit(&mut seq, 0xa3, 0x30, &field)?;
                 }
                 if let Some(m) = &t.mech_list_mic {
-                    let mut c = Vec::new();
-                    put(&mut c, 0x04, m)?;
-                    put(
-                        &mut seq,
-                        if t.neg_hints.is_some() { 0xa4 } else { 0xa3 },
-                        &c,
-                    )?;
+                    let tag = if t.neg_hints.is_some() { 0xa4 } else { 0xa3 };
+                    put_explicit(&mut seq, tag, 0x04, m)?;
                 }
-                let mut init = Vec::new();
-                put(&mut init, 0x30, &seq)?;
                 let mut inner = Vec::new();
                 put(&mut inner, 0x06, OID_SPNEGO)?;
-                put(&mut inner, 0xa0, &init)?;
+                put_explicit(&mut inner, 0xa0, 0x30, &seq)?;
                 let mut out = Vec::new();
                 put(&mut out, 0x60, &inner)?;
                 Ok(out)
@@ -292,9 +277,7 @@ impl SpnegoToken {
             SpnegoToken::Resp(t) => {
                 let mut seq = Vec::new();
                 if let Some(s) = t.neg_state {
-                    let mut c = Vec::new();
-                    put(&mut c, 0x0a, &[s as u8])?;
-                    put(&mut seq, 0xa0, &c)?;
+                    put_explicit(&mut seq, 0xa0, 0x0a, &[s as u8])?;
                 }
                 for (tag, inner_tag, v) in [
                     (0xa1, 0x06, &t.supported_mech),
@@ -302,19 +285,28 @@ impl SpnegoToken {
                     (0xa3, 0x04, &t.mech_list_mic),
                 ] {
                     if let Some(v) = v {
-                        let mut c = Vec::new();
-                        put(&mut c, inner_tag, v)?;
-                        put(&mut seq, tag, &c)?;
+                        put_explicit(&mut seq, tag, inner_tag, v)?;
                     }
                 }
-                let mut body = Vec::new();
-                put(&mut body, 0x30, &seq)?;
                 let mut out = Vec::new();
-                put(&mut out, 0xa1, &body)?;
+                put_explicit(&mut out, 0xa1, 0x30, &seq)?;
                 Ok(out)
             }
         }
     }
+}
+
+/// Appends `content` as a TLV of `inner_tag` inside one of `tag` (an
+/// explicit context tag around a value, or a SEQUENCE in one).
+fn put_explicit(
+    out: &mut Vec<u8>,
+    tag: u8,
+    inner_tag: u8,
+    content: &[u8],
+) -> Result<(), EncodeError> {
+    let mut inner = Vec::new();
+    put(&mut inner, inner_tag, content)?;
+    put(out, tag, &inner)
 }
 
 /// Appends one TLV with a minimal DER length.

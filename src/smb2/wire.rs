@@ -178,6 +178,16 @@ impl Writer {
         self.buf.extend_from_slice(v);
     }
 
+    /// Writes the variable part of a message: `v`, or one zero byte when
+    /// `v` is empty (an odd StructureSize counts one byte of it, MS-SMB2 2.2).
+    pub(crate) fn variable(&mut self, v: &[u8]) {
+        if v.is_empty() {
+            self.u8(0);
+        } else {
+            self.bytes(v);
+        }
+    }
+
     /// Zero bytes up to a multiple of `n`.
     pub(crate) fn align(&mut self, n: usize) {
         while self.buf.len() % n != 0 {
@@ -240,6 +250,15 @@ mod tests {
         let mut r = Reader::at(&b, 7);
         assert_eq!(r.remaining(), 0);
         assert!(r.u8("z").is_err());
+    }
+
+    #[test]
+    fn the_variable_part_is_never_empty() {
+        let mut w = Writer::new();
+        w.variable(&[]);
+        assert_eq!(w.len(), 1, "an empty buffer is written as one zero byte");
+        w.variable(b"ab");
+        assert_eq!(w.len(), 3, "a buffer is written as it is, unpadded");
     }
 
     #[test]
