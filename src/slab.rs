@@ -10,97 +10,104 @@ const GEN_MASK: u32 = 0x00ff_ffff;
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
-    slots: Vec<Option<T>>,
-    gens: Vec<u32>,
+    /// Each slot's generation sits beside its value: a lookup checks the
+    /// key and reads the value from the same cache line.
+    slots: Vec<Slot<T>>,
     free: Vec<u32>,
     len: usize,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    gen: u32,
+    value: Option<T>,
 }
 
 impl<T> Slab<T> {
     pub(crate) fn new() -> Self {
         Slab {
             slots: Vec::new(),
-            gens: Vec::new(),
             free: Vec::new(),
             len: 0,
         }
     }
 
-    /// Values stored.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Reserves an empty slot with a fresh generation, for a value that
-    /// needs its own key before it exists; fill it with [`Slab::insert_at`].
+    /// Reserves a slot (its generation bumped) without filling it: fill it
+    /// with [`Slab::insert_at`] or give it back with [`Slab::release`].
     pub(crate) fn vacant(&mut self) -> (u32, u32) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(None);
-                self.gens.push(0);
+                self.slots.push(Slot {
+                    gen: 0,
+                    value: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
-        let g = &mut self.gens[idx as usize];
-        *g = g.wrapping_add(1) & GEN_MASK;
-        (idx, *g)
+        let slot = &mut self.slots[idx as usize];
+        slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+        (idx, slot.gen)
     }
 
-    /// Gives back a slot reserved with [`Slab::vacant`] and never filled
-    /// (its generation stays bumped, so the key it had is stale).
+    /// Gives back a slot [`Slab::vacant`] reserved and nobody filled.
     pub(crate) fn release(&mut self, idx: u32) {
-        // Only a reserved, unfilled slot (the caller calls this once).
-        if self.slots.get(idx as usize).is_some_and(|s| s.is_none()) {
+        if self
+            .slots
+            .get(idx as usize)
+            .is_some_and(|s| s.value.is_none())
+        {
             self.free.push(idx);
         }
     }
 
-    /// Fills a slot reserved with [`Slab::vacant`].
     pub(crate) fn insert_at(&mut self, idx: u32, value: T) {
-        debug_assert!(self.slots[idx as usize].is_none());
-        self.slots[idx as usize] = Some(value);
+        let slot = &mut self.slots[idx as usize];
+        debug_assert!(slot.value.is_none());
+        slot.value = Some(value);
         self.len += 1;
     }
 
-    /// Stores `value`; returns its key.
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> (u32, u32) {
         let key = self.vacant();
         self.insert_at(key.0, value);
         key
     }
 
-    /// The value under a key, if that key is still current.
+    #[inline]
     pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut T> {
-        if self.gens.get(idx as usize) != Some(&gen) {
-            return None;
+        match self.slots.get_mut(idx as usize) {
+            Some(slot) if slot.gen == gen => slot.value.as_mut(),
+            _ => None,
         }
-        self.slots.get_mut(idx as usize)?.as_mut()
     }
 
-    /// Removes the value under a key, if that key is still current.
+    #[inline]
     pub(crate) fn remove(&mut self, idx: u32, gen: u32) -> Option<T> {
-        if self.gens.get(idx as usize) != Some(&gen) {
-            return None;
+        match self.slots.get(idx as usize) {
+            Some(slot) if slot.gen == gen => self.take(idx),
+            _ => None,
         }
-        self.take(idx)
     }
 
-    /// Removes whatever is in slot `idx`.
     pub(crate) fn take(&mut self, idx: u32) -> Option<T> {
-        let v = self.slots.get_mut(idx as usize)?.take()?;
+        let v = self.slots.get_mut(idx as usize)?.value.take()?;
         self.free.push(idx);
         self.len -= 1;
         Some(v)
     }
 
-    /// The keys of every stored value.
     pub(crate) fn keys(&self) -> Vec<(u32, u32)> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.is_some())
-            .map(|(i, _)| (i as u32, self.gens[i]))
+            .filter(|(_, s)| s.value.is_some())
+            .map(|(i, s)| (i as u32, s.gen))
             .collect()
     }
 }

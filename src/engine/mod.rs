@@ -160,6 +160,17 @@ fn conv_unit(_: &Arc<EngineInner>, _: usize, o: Outcome) -> Result<(), NtStatus>
 /// SINGLE_ISSUER/DEFER_TASKRUN only that thread may use it) and waits until
 /// it is ready. Returns its handle and whether its kernel flags leftover
 /// data on receive completions.
+/// Slots of each io_uring ring's registered file table: one per descriptor
+/// the process may hold (the kernel refuses more), at most
+/// [`MAX_FILE_SLOTS`]. Pipes opened beyond it keep plain descriptors.
+fn file_table_slots() -> u32 {
+    crate::ring::sys::nofile_soft_limit().map_or(0, |n| n.min(MAX_FILE_SLOTS) as u32)
+}
+
+/// The largest registered file table a ring asks for (16 bytes of kernel
+/// memory per slot).
+const MAX_FILE_SLOTS: u64 = 65_536;
+
 fn start_ring(
     cfg: &Arc<EngineConfig>,
     backend: Backend,
@@ -176,6 +187,7 @@ fn start_ring(
             0
         },
         reg_slot_bytes: cfg.reg_slot_bytes,
+        file_slots: file_table_slots(),
         recv_pool_bufs: cfg.recv_pool_bufs,
         recv_pool_buf_bytes: cfg.recv_pool_buf_bytes,
     };

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +103,9 @@ pub struct DriverConfig {
     pub reg_slots: u16,
     /// Bytes per registered slot.
     pub reg_slot_bytes: usize,
+    /// Slots of the registered file table for adopted pipe sockets (0:
+    /// none; the kernel refuses more than RLIMIT_NOFILE).
+    pub file_slots: u32,
     /// Buffers in the provided-buffer receive pool (a power of two; 0: none).
     pub recv_pool_bufs: u16,
     /// Bytes per receive-pool buffer.
@@ -133,7 +136,80 @@ pub struct Driver {
     /// request's), reused for the next pooled receives (multishot chunks
     /// and one-shot) so that a reply costs no allocation once warm.
     spare: Vec<Vec<u8>>,
+    /// CQEs copied out of the completion queue and not handed out yet
+    /// (from `batch_at` on): [`Driver::reap_one`] reads the queue up to
+    /// [`REAP_BATCH`] entries at a time, so the queue's indices are read and
+    /// its head published once per batch, not once per CQE.
+    batch: Vec<cqueue::Entry>,
+    batch_at: usize,
+    /// Pipe sockets registered with the ring (`None`: the kernel refused a
+    /// file table); see [`FixedFiles`].
+    files: Option<FixedFiles>,
 }
+
+/// The ring's table of registered files ("fixed files"): an SQE on an
+/// adopted pipe socket names its slot instead of its descriptor, so the
+/// kernel neither looks the descriptor up nor takes and drops a reference
+/// to the file for each operation. Sockets the table has no room for keep
+/// their descriptor.
+struct FixedFiles {
+    /// By descriptor number: its slot + 1, or 0 when it has none.
+    slot_of: Vec<u32>,
+    /// Slots never used or given back.
+    free: Vec<u32>,
+}
+
+impl FixedFiles {
+    /// A sparse table of `slots` entries (none registered yet), or `None`
+    /// when the kernel refuses one (before 5.19, or over RLIMIT_NOFILE).
+    fn new(ring: &IoUring, slots: u32) -> Option<FixedFiles> {
+        if slots == 0 {
+            return None;
+        }
+        match ring.submitter().register_files_sparse(slots) {
+            Ok(()) => Some(FixedFiles {
+                slot_of: Vec::new(),
+                free: (0..slots).rev().collect(),
+            }),
+            Err(e) => {
+                tracing::debug!("opipe: no registered file table ({e}); plain descriptors");
+                None
+            }
+        }
+    }
+
+    fn slot(&self, fd: RawFd) -> Option<u32> {
+        let i = usize::try_from(fd).ok()?;
+        self.slot_of.get(i).and_then(|&s| s.checked_sub(1))
+    }
+}
+
+/// How an SQE names its socket: a registered slot or the descriptor.
+#[derive(Clone, Copy)]
+enum FdRef {
+    Fixed(u32),
+    Raw(RawFd),
+}
+
+/// Builds an opcode with `$fd` (an [`FdRef`]) as `types::Fixed` or
+/// `types::Fd`, whichever it is (the builders take either type).
+macro_rules! with_fd {
+    ($fd:expr, |$t:ident| $build:expr) => {
+        match $fd {
+            FdRef::Fixed(slot) => {
+                let $t = types::Fixed(slot);
+                $build
+            }
+            FdRef::Raw(raw) => {
+                let $t = types::Fd(raw);
+                $build
+            }
+        }
+    };
+}
+
+/// CQEs [`Driver::reap_one`] copies out of the completion queue at once.
+const REAP_BATCH: usize = 64;
 
 /// At most this many spare buffers per ring, each at most one pool buffer
 /// large (so they hold at most 64 x 4280 bytes).
@@ -181,6 +257,7 @@ impl Driver {
         } else {
             None
         };
+        let files = FixedFiles::new(&ring, cfg.file_slots);
         let recv_pool = if cfg.recv_pool_bufs > 0 && cfg.recv_pool_buf_bytes > 0 {
             Some(
                 BufRing::new(
@@ -207,6 +284,9 @@ impl Driver {
             reg,
             recv_pool,
             spare: Vec::new(),
+            batch: Vec::with_capacity(REAP_BATCH),
+            batch_at: 0,
+            files,
         })
     }
 
@@ -285,6 +365,70 @@ impl Driver {
         Some(unsafe { std::slice::from_raw_parts_mut(p.slot_ptr(buf.index()), p.slot_bytes) })
     }
 
+    /// Registers `fd` (a pipe's socket) in the ring's file table, if there
+    /// is one with a free slot: SQEs on it then name the slot. Without a
+    /// slot it keeps working by its descriptor.
+    pub fn adopt(&mut self, fd: &OwnedFd) {
+        let Some(files) = self.files.as_mut() else {
+            return;
+        };
+        let raw = fd.as_raw_fd();
+        let Ok(i) = usize::try_from(raw) else {
+            return;
+        };
+        if files.slot(raw).is_some() {
+            return;
+        }
+        let Some(slot) = files.free.pop() else {
+            return;
+        };
+        match self.ring.submitter().register_files_update(slot, &[raw]) {
+            Ok(_) => {
+                if files.slot_of.len() <= i {
+                    files.slot_of.resize(i + 1, 0);
+                }
+                files.slot_of[i] = slot + 1;
+            }
+            Err(e) => {
+                tracing::debug!("opipe: registering a pipe socket failed ({e}); plain descriptor");
+                files.free.push(slot);
+            }
+        }
+    }
+
+    /// Lets go of a socket: takes it out of the file table first (the
+    /// table holds the file open, so a socket left there would never
+    /// close), then drops this handle; the descriptor closes once no
+    /// operation holds it either. Operations already in the kernel keep
+    /// their own reference to the file.
+    pub fn close(&mut self, fd: Rc<OwnedFd>) {
+        let raw = fd.as_raw_fd();
+        if let Some(files) = self.files.as_mut() {
+            if let Some(slot) = files.slot(raw) {
+                match self.ring.submitter().register_files_update(slot, &[-1]) {
+                    Ok(_) => files.free.push(slot),
+                    // The slot stays taken (never reused): the socket closes
+                    // when the ring does.
+                    Err(e) => tracing::warn!(
+                        "opipe: unregistering a pipe socket failed ({e}); it closes with its ring"
+                    ),
+                }
+                files.slot_of[raw as usize] = 0;
+            }
+        }
+        drop(fd)
+    }
+
+    /// How an SQE names `fd`: its registered slot, or the descriptor.
+    #[inline]
+    fn fd_ref(&self, fd: &OwnedFd) -> FdRef {
+        let raw = fd.as_raw_fd();
+        match self.files.as_ref().and_then(|f| f.slot(raw)) {
+            Some(slot) => FdRef::Fixed(slot),
+            None => FdRef::Raw(raw),
+        }
+    }
+
     fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
         match op {
             Op::Connect { fd, addr } => {
@@ -296,9 +440,9 @@ impl Driver {
                 // The SQE's length is 32 bits: a longer send goes in pieces
                 // (the engine resumes a short send from its first unsent byte).
                 let len = s.len().min(MAX_SQE_BYTES) as u32;
-                opcode::Send::new(types::Fd(fd.as_raw_fd()), s.as_ptr(), len)
+                with_fd!(self.fd_ref(fd), |t| opcode::Send::new(t, s.as_ptr(), len)
                     .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-                    .build()
+                    .build())
             }
             Op::Recv {
                 fd,
@@ -310,23 +454,23 @@ impl Driver {
                 let len = (*len as usize).min(spare) as u32;
                 // The spare capacity starts right after the initialised part.
                 let ptr = buf.as_ptr().wrapping_add(buf.len()) as *mut u8;
-                opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, len)
+                with_fd!(self.fd_ref(fd), |t| opcode::Recv::new(t, ptr, len)
                     .flags(*flags)
-                    .build()
+                    .build())
             }
             Op::RecvPooled { fd, len, flags, .. } => {
                 let (bgid, max) = match &self.recv_pool {
                     Some(p) => (p.bgid(), p.buf_len()),
                     None => (RECV_POOL_GROUP, 0),
                 };
-                opcode::Recv::new(
-                    types::Fd(fd.as_raw_fd()),
+                with_fd!(self.fd_ref(fd), |t| opcode::Recv::new(
+                    t,
                     std::ptr::null_mut(),
                     (*len).min(max),
                 )
                 .flags(*flags)
                 .buf_group(bgid)
-                .build()
+                .build())
                 .flags(squeue::Flags::BUFFER_SELECT)
             }
             Op::RecvMulti { fd, .. } => {
@@ -334,7 +478,7 @@ impl Driver {
                     .recv_pool
                     .as_ref()
                     .map_or(RECV_POOL_GROUP, BufRing::bgid);
-                opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), bgid).build()
+                with_fd!(self.fd_ref(fd), |t| opcode::RecvMulti::new(t, bgid).build())
             }
             Op::WriteFixed {
                 fd,
@@ -343,15 +487,25 @@ impl Driver {
                 end,
             } => {
                 let (ptr, len) = self.reg_range(buf, *start, *end);
-                opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index())
-                    .offset(u64::MAX)
-                    .build()
+                with_fd!(self.fd_ref(fd), |t| opcode::WriteFixed::new(
+                    t,
+                    ptr,
+                    len,
+                    buf.index()
+                )
+                .offset(u64::MAX)
+                .build())
             }
             Op::ReadFixed { fd, buf, len } => {
                 let (ptr, len) = self.reg_range(buf, 0, *len);
-                opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, buf.index())
-                    .offset(u64::MAX)
-                    .build()
+                with_fd!(self.fd_ref(fd), |t| opcode::ReadFixed::new(
+                    t,
+                    ptr,
+                    len,
+                    buf.index()
+                )
+                .offset(u64::MAX)
+                .build())
             }
             // Not pushed: only a completion carries it.
             Op::Chunk { .. } => opcode::Nop::new().build(),
@@ -533,40 +687,43 @@ impl Driver {
     }
 
     /// The next completion of a pushed operation (a final one, or a
-    /// multishot chunk), read in place from the completion queue; cancel
-    /// and wake-up CQEs on the way are handled here. The queue's head is
-    /// published on return, so the kernel may post into the room at once.
+    /// multishot chunk), from the CQEs last copied out of the completion
+    /// queue (a batch at a time, see `refill_batch`); cancel and wake-up
+    /// CQEs on the way are handled here.
     pub fn reap_one(&mut self) -> Option<Completion> {
-        let Driver {
-            ring,
-            slots,
-            multi,
-            recv_pool,
-            spare,
-            wake_armed,
-            ..
-        } = self;
-        // Dropping the queue view publishes the head.
-        let cq = ring.completion();
-        for cqe in cq {
+        loop {
+            if self.batch_at == self.batch.len() && !self.refill_batch() {
+                return None;
+            }
+            let cqe = self.batch[self.batch_at].clone();
+            self.batch_at += 1;
             let ud = Token::from_raw(cqe.user_data());
             match ud.kind() {
                 KIND_OP => {
                     let mut reaped = Reaped {
-                        slots: &mut *slots,
-                        multi: &mut *multi,
-                        pool: recv_pool.as_mut(),
-                        spare: &mut *spare,
+                        slots: &mut self.slots,
+                        multi: &mut self.multi,
+                        pool: self.recv_pool.as_mut(),
+                        spare: &mut self.spare,
                     };
                     if let Some(c) = reaped.op(ud, &cqe) {
                         return Some(c);
                     }
                 }
-                KIND_WAKE => *wake_armed = false,
+                KIND_WAKE => self.wake_armed = false,
                 _ => {} // cancel requests: the target's own CQE tells.
             }
         }
-        None
+    }
+
+    /// Copies up to [`REAP_BATCH`] ready CQEs into `batch`; false when
+    /// none is ready. Dropping the queue view publishes the head, so the
+    /// kernel may post into the room at once.
+    fn refill_batch(&mut self) -> bool {
+        self.batch.clear();
+        self.batch_at = 0;
+        self.batch.extend(self.ring.completion().take(REAP_BATCH));
+        !self.batch.is_empty()
     }
 }
 
@@ -794,6 +951,14 @@ impl OpDriver for Driver {
     fn recv_allocates(&self) -> bool {
         false
     }
+    #[inline]
+    fn adopt(&mut self, fd: &OwnedFd) {
+        Driver::adopt(self, fd)
+    }
+    #[inline]
+    fn close(&mut self, fd: Rc<OwnedFd>) {
+        Driver::close(self, fd)
+    }
 }
 
 #[cfg(test)]
@@ -822,6 +987,7 @@ mod tests {
             cq_entries: 32,
             reg_slots: 0,
             reg_slot_bytes: 0,
+            file_slots: 0,
             recv_pool_bufs: 0,
             recv_pool_buf_bytes: 0,
         };
@@ -867,6 +1033,7 @@ mod tests {
             cq_entries: 16,
             reg_slots: 0,
             reg_slot_bytes: 0,
+            file_slots: 0,
             recv_pool_bufs: 8,
             recv_pool_buf_bytes: 64,
         };
@@ -933,6 +1100,7 @@ mod tests {
             cq_entries: 16,
             reg_slots: 0,
             reg_slot_bytes: 0,
+            file_slots: 0,
             recv_pool_bufs: 0,
             recv_pool_buf_bytes: 0,
         };
@@ -979,5 +1147,71 @@ mod tests {
             "{}",
             done[0].result
         );
+    }
+
+    /// An adopted socket's SQEs name its registered slot (the sends still
+    /// arrive, in order), and closing it takes it out of the ring's file
+    /// table: the peer sees the end of the stream at once, though the table
+    /// alone would hold the socket open. The slot then serves the next
+    /// adopted socket.
+    #[test]
+    fn an_adopted_socket_is_sent_to_by_slot_and_closes_when_let_go() {
+        let cfg = DriverConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            reg_slots: 0,
+            reg_slot_bytes: 0,
+            file_slots: 4,
+            recv_pool_bufs: 0,
+            recv_pool_buf_bytes: 0,
+        };
+        let mut drv = match Driver::new(&cfg) {
+            Ok(d) => d,
+            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+        };
+        if drv.files.is_none() {
+            return eprintln!("SKIPPED: no registered file table on this kernel");
+        }
+        for round in 0..3u8 {
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            let fd = Rc::new(OwnedFd::from(ours));
+            drv.adopt(&fd);
+            assert!(
+                matches!(drv.fd_ref(&fd), FdRef::Fixed(_)),
+                "round {round}: adopted into a slot"
+            );
+            for i in 0..3u8 {
+                let op = Op::Send {
+                    fd: fd.clone(),
+                    buf: vec![round * 10 + i; 8].into(),
+                    start: 0,
+                };
+                drv.push(op, u64::from(i));
+            }
+            let mut done = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while done.len() < 3 && std::time::Instant::now() < deadline {
+                drv.submit_and_wait(1, Some(Duration::from_millis(50)))
+                    .unwrap();
+                drv.reap(&mut done);
+            }
+            assert!(done.iter().all(|c| c.result == 8), "round {round}: sent");
+            let mut got = [0u8; 24];
+            theirs.read_exact(&mut got).unwrap();
+            assert_eq!(got[..8], [round * 10; 8]);
+            assert_eq!(got[16..], [round * 10 + 2; 8]);
+            // Every op's copy of the handle is gone with its completion:
+            // this is the last one.
+            drop(done);
+            drv.close(fd);
+            theirs
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut rest = [0u8; 1];
+            let n = theirs
+                .read(&mut rest)
+                .expect("end of stream, not a timeout");
+            assert_eq!(n, 0, "round {round}: the peer sees the socket closed");
+        }
     }
 }

@@ -537,6 +537,11 @@ pub trait OpDriver {
         super::sock::shutdown(fd)
     }
 
+    /// A pipe's socket that will carry the pipe's operations from now on:
+    /// the driver may make it cheaper to name (io_uring: a registered file,
+    /// so no SQE on it looks the descriptor up). [`OpDriver::close`] undoes it.
+    fn adopt(&mut self, _fd: &OwnedFd) {}
+
     /// Lets go of a socket: it closes once no operation holds it either.
     fn close(&mut self, fd: Rc<OwnedFd>) {
         drop(fd)

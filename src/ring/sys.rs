@@ -44,6 +44,20 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The soft `RLIMIT_NOFILE` (`getrlimit(2)`): how many descriptors this
+/// process may hold right now.
+pub fn nofile_soft_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// A set of signals blocked in the calling thread (and in every thread it
 /// spawns afterwards), to be received synchronously with [`wait`](Self::wait).
 ///

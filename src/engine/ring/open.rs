@@ -288,6 +288,8 @@ impl<D: OpDriver> Core<D> {
                 info.apply_npa_reply(reply);
             }
         }
+        // From here on every op of the pipe names this socket.
+        self.drv.adopt(&fd);
         let (index, gen) = self.pipes.insert(PipeEntry {
             fd,
             session: e.session,
