@@ -17,7 +17,11 @@ pub(crate) struct Slab<T> {
     len: usize,
 }
 
+/// `repr(C)`: the generation first, so the check and the value's first
+/// bytes share a cache line (left to itself the compiler put the
+/// generation after a 208-byte value, a cache miss of its own).
 #[derive(Debug)]
+#[repr(C)]
 struct Slot<T> {
     gen: u32,
     value: Option<T>,
