@@ -303,7 +303,7 @@ impl<D: OpDriver> Core<D> {
         if *from != ReplyFrom::Chain {
             if input.len() > *sent {
                 let (buf, start) = (std::mem::take(input), *sent);
-                self.push_chain(key, [(Op::Send { fd, buf, start }, ST_SEND)]);
+                self.push_single_as(key, key, Op::Send { fd, buf, start }, ST_SEND);
             }
             return;
         }

@@ -678,6 +678,20 @@ impl<D: OpDriver> Core<D> {
         self.ids = ids;
     }
 
+    /// A chain of one op (a transceive's SEND, a multishot receive): what
+    /// [`Core::push_chain_as`] does, without building an iterator and a
+    /// scratch list of ids for a single SQE.
+    fn push_single_as(&mut self, key: (u32, u32), by: (u32, u32), op: Op, st: u8) {
+        let id = self.drv.push(op, token(by, st));
+        if let Some(e) = self.ops.get_mut(key.0, key.1) {
+            e.pending += 1;
+            e.chain = [NO_SQE; MAX_CHAIN];
+            e.chain[0] = id;
+            e.chain_len = 1;
+            e.chain_done = 0;
+        }
+    }
+
     fn push_one(&mut self, key: (u32, u32), op: Op, st: u8) -> SqeId {
         let id = self.drv.push(op, token(key, st));
         if let Some(e) = self.ops.get_mut(key.0, key.1) {

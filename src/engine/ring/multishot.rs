@@ -103,7 +103,7 @@ impl<D: OpDriver> Core<D> {
         };
         // Its token names the pipe, not the op: a chunk goes to the pipe
         // without a look at the op entry (see `Core::completion`).
-        self.push_chain_as(key, (pipe.index, pipe.gen), [(op, ST_MULTISHOT)]);
+        self.push_single_as(key, (pipe.index, pipe.gen), op, ST_MULTISHOT);
     }
 
     /// One completion of a pipe's multishot receive: a chunk for the
