@@ -26,14 +26,7 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (`setrlimit(2)`), so a
 /// service can hold thousands of connections. Returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut lim = nofile_limits()?;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a valid rlimit struct, read above.
@@ -44,9 +37,14 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// The soft `RLIMIT_NOFILE` (`getrlimit(2)`): how many descriptors this
-/// process may hold right now.
+/// The soft `RLIMIT_NOFILE`: how many descriptors this process may hold
+/// right now.
 pub fn nofile_soft_limit() -> io::Result<u64> {
+    nofile_limits().map(|lim| lim.rlim_cur)
+}
+
+/// `getrlimit(RLIMIT_NOFILE)`.
+fn nofile_limits() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -55,7 +53,7 @@ pub fn nofile_soft_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur)
+    Ok(lim)
 }
 
 /// A set of signals blocked in the calling thread (and in every thread it
