@@ -3,7 +3,8 @@
 //! engine's generality: one ring per thread (`--rings`, as for the engine;
 //! SINGLE_ISSUER|DEFER_TASKRUN where granted), one `SEND` SQE per request,
 //! and the reply from the pipe's multishot `RECV` on a provided-buffer ring,
-//! armed once per pipe. No command queue, no op table, no cancellation, no
+//! armed once per pipe; every SQE names its socket by a slot of the ring's
+//! registered file table (as the engine's do), where the kernel grants one. No command queue, no op table, no cancellation, no
 //! pushback: it relies on this bench's closed loop (one request in flight
 //! per pipe) to know which request a chunk answers.
 //!
@@ -48,6 +49,8 @@ const RECV_BIT: u64 = 1;
 struct Lane {
     pipe: usize,
     stream: UnixStream,
+    /// The socket's slot in the ring's registered file table, if any.
+    fixed: Option<u32>,
     call_id: u32,
     start: Instant,
     /// The request being sent; the kernel reads it until its send completes.
@@ -140,6 +143,7 @@ impl Lane {
         Lane {
             pipe,
             stream,
+            fixed: None,
             call_id: 0,
             start: Instant::now(),
             request: Vec::new(),
@@ -189,6 +193,8 @@ fn ring_thread(
             return Err(e);
         }
     };
+    register_files(&ring, &mut lanes);
+    let files = lanes.iter().all(|l| l.fixed.is_some());
     let result = drive(run, &mut ring, &mut bufs, &mut lanes);
     barrier.wait(); // done
     barrier.wait(); // close
@@ -196,10 +202,11 @@ fn ring_thread(
     drop(ring);
     drop(lanes);
     result?;
-    Ok(if flags.defer_taskrun {
-        "DEFER_TASKRUN"
-    } else {
-        "no DEFER_TASKRUN"
+    Ok(match (flags.defer_taskrun, files) {
+        (true, true) => "DEFER_TASKRUN, registered files",
+        (true, false) => "DEFER_TASKRUN, descriptors",
+        (false, true) => "no DEFER_TASKRUN, registered files",
+        (false, false) => "no DEFER_TASKRUN, descriptors",
     })
 }
 
@@ -235,6 +242,34 @@ fn teardown(ring: &mut IoUring, bufs: &mut BufRing, lanes: &[Lane]) {
     }
 }
 
+/// Registers every lane's socket with the ring (slot k: lane k), so no SQE
+/// looks a descriptor up; without a table (refused) they keep descriptors.
+fn register_files(ring: &IoUring, lanes: &mut [Lane]) {
+    let fds: Vec<i32> = lanes.iter().map(|l| l.stream.as_raw_fd()).collect();
+    if fds.is_empty() || ring.submitter().register_files(&fds).is_err() {
+        return;
+    }
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        lane.fixed = u32::try_from(k).ok();
+    }
+}
+
+/// Builds an opcode on `lane`'s socket: by registered slot, or by descriptor.
+macro_rules! on_socket {
+    ($lane:expr, |$t:ident| $build:expr) => {
+        match $lane.fixed {
+            Some(slot) => {
+                let $t = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $t = types::Fd($lane.stream.as_raw_fd());
+                $build
+            }
+        }
+    };
+}
+
 fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> Result<(), BenchError> {
     loop {
         // SAFETY: the SQE's buffers (a lane's request, or none for a
@@ -249,8 +284,7 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> Result<(), BenchError> {
 }
 
 fn arm(ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), BenchError> {
-    let sqe = opcode::RecvMulti::new(types::Fd(lane.stream.as_raw_fd()), BGID)
-        .build()
+    let sqe = on_socket!(lane, |t| opcode::RecvMulti::new(t, BGID).build())
         .user_data(((k as u64) << 1) | RECV_BIT);
     push(ring, &sqe)?;
     lane.armed = true;
@@ -264,12 +298,8 @@ fn send(run: &Run, ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), 
     lane.progress = None;
     lane.start = Instant::now();
     let len = u32::try_from(lane.request.len()).unwrap_or(u32::MAX);
-    let sqe = opcode::Send::new(
-        types::Fd(lane.stream.as_raw_fd()),
-        lane.request.as_ptr(),
-        len,
-    )
-    .build()
+    let sqe = on_socket!(lane, |t| opcode::Send::new(t, lane.request.as_ptr(), len)
+        .build())
     .user_data((k as u64) << 1);
     push(ring, &sqe)?;
     lane.sending = true;
