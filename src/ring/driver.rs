@@ -690,6 +690,7 @@ impl Driver {
     /// multishot chunk), from the CQEs last copied out of the completion
     /// queue (a batch at a time, see `refill_batch`); cancel and wake-up
     /// CQEs on the way are handled here.
+    #[inline(always)]
     pub fn reap_one(&mut self) -> Option<Completion> {
         loop {
             if self.batch_at == self.batch.len() && !self.refill_batch() {
@@ -739,6 +740,7 @@ impl Reaped<'_> {
     /// The completion of one CQE of the op `ud` names: a multishot
     /// receive's chunk (the op stays), or the op's final completion with
     /// its resources handed back. `None`: a stale or unknown slot.
+    #[inline(always)]
     fn op(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
         let (index, gen) = (ud.index(), ud.gen());
         let mut result = cqe.result();

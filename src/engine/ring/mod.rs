@@ -504,6 +504,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// One final completion (or multishot chunk) from the driver.
+    #[inline(always)]
     pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
         self.now = now;
         self.completion(c);
