@@ -63,6 +63,8 @@ const NONE: u32 = u32::MAX;
 /// epoll data of the wake eventfd (descriptor keys never have all bits set).
 const WAKE_KEY: u64 = u64::MAX;
 const EVENTS_MAX: usize = 256;
+/// `epoll_wait` batches taken in one look at readiness.
+const POLL_BATCHES_MAX: usize = 64;
 const CONNECT_RETRY_MAX: Duration = Duration::from_millis(16);
 
 use super::sys::last_errno as errno;
@@ -491,19 +493,21 @@ impl EpollDriver {
     }
 
     /// One epoll_wait of at most `timeout_ms` (-1: no limit), then more
-    /// without waiting while each fills its batch. Returns whether the
-    /// wake eventfd fired.
+    /// without waiting while each fills its batch (at most
+    /// `POLL_BATCHES_MAX` in all: descriptors that keep getting new edges
+    /// cannot hold the thread here). Returns whether the wake eventfd fired.
     fn poll(&mut self, timeout_ms: i32) -> io::Result<bool> {
         let mut woke = false;
         let mut timeout_ms = timeout_ms;
-        loop {
+        for _ in 0..POLL_BATCHES_MAX {
             let (fired, full) = self.poll_batch(timeout_ms)?;
             woke |= fired;
             if !full {
-                return Ok(woke);
+                break;
             }
             timeout_ms = 0;
         }
+        Ok(woke)
     }
 
     /// One epoll_wait of at most `timeout_ms`: whether the wake eventfd
