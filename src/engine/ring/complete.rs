@@ -106,10 +106,8 @@ impl<D: OpDriver> Core<D> {
     pub(super) fn fail_now(&mut self, key: (u32, u32), status: NtStatus) {
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             set_status(&mut e.kind, status);
-            if e.pending == 0 {
-                self.finish(key);
-            }
         }
+        self.finish_if_idle(key);
     }
 }
 

@@ -66,9 +66,7 @@ impl<D: OpDriver> Core<D> {
                 overflow::waiter_share(&mut pe.pushback, max_out, nonempty)
             };
             *reply = Reply::Got { data, more };
-            if e.pending == 0 {
-                self.finish(w);
-            }
+            self.finish_if_idle(w);
         }
     }
 

@@ -561,6 +561,23 @@ fn overflowed_reply_rest_is_read_from_memory() {
     assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for the read");
 }
 
+/// A transceive with nothing to send whose reply is already held: no SQE
+/// at all, so it must end at once, not wait for a completion.
+#[test]
+fn empty_transceive_of_a_held_reply_ends_at_once() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, b"q", 10);
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    let reply = bytes(30);
+    h.chunk(ms, &reply);
+    assert_eq!(transfer(&s).status, NtStatus::BUFFER_OVERFLOW);
+    let s = h.transceive(p, b"", 100);
+    assert_eq!(transfer(&s), ok(&reply[10..]));
+    assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for it");
+}
+
 #[test]
 fn exact_fill_without_more_waiting_is_success() {
     let mut h = harness();

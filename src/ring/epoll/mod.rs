@@ -23,7 +23,10 @@
 //!   `MSG_WAITALL` = until `len` bytes, EOF or an error; with `MSG_DONTWAIT`
 //!   (the `MSG_PEEK` probe) never waits: `-EAGAIN` when empty;
 //! * `Timer`: `-ETIME` at its deadline (a min-heap gives `epoll_wait` its
-//!   timeout);
+//!   timeout). Readiness is polled before due timers fire, so an op whose
+//!   descriptor became ready while this thread was away (preempted past a
+//!   deadline on a loaded machine) completes before the timer guarding it,
+//!   the order io_uring, which sees both as they happen, would give;
 //! * chains: only the head runs; the next starts when it completes without
 //!   breaking the link (a negative result, a short send, a short
 //!   `MSG_WAITALL` receive break it, a short plain receive does not); a
@@ -60,6 +63,8 @@ const NONE: u32 = u32::MAX;
 /// epoll data of the wake eventfd (descriptor keys never have all bits set).
 const WAKE_KEY: u64 = u64::MAX;
 const EVENTS_MAX: usize = 256;
+/// `epoll_wait` batches taken in one look at readiness.
+const POLL_BATCHES_MAX: usize = 64;
 const CONNECT_RETRY_MAX: Duration = Duration::from_millis(16);
 
 use super::sys::last_errno as errno;
@@ -417,6 +422,20 @@ impl EpollDriver {
         self.run_started();
     }
 
+    /// Fires the timers due now, after taking in every readiness event
+    /// already there (more than one `epoll_wait` batch if need be): what
+    /// became ready before this look completes first. Returns whether the
+    /// wake eventfd fired.
+    fn expire_timers(&mut self) -> io::Result<bool> {
+        let now = Instant::now();
+        if !self.next_deadline().is_some_and(|at| at <= now) {
+            return Ok(false);
+        }
+        let woke = self.poll(0)?;
+        self.fire_timers(now);
+        Ok(woke)
+    }
+
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, i, g))) = self.timers.peek().copied() {
             if self.live(i, g) && self.slots[i as usize].state == State::WaitTime {
@@ -473,9 +492,27 @@ impl EpollDriver {
         self.run_started();
     }
 
-    /// One epoll_wait of at most `timeout_ms` (-1: no limit). Returns
-    /// whether the wake eventfd fired.
+    /// One epoll_wait of at most `timeout_ms` (-1: no limit), then more
+    /// without waiting while each fills its batch (at most
+    /// `POLL_BATCHES_MAX` in all: descriptors that keep getting new edges
+    /// cannot hold the thread here). Returns whether the wake eventfd fired.
     fn poll(&mut self, timeout_ms: i32) -> io::Result<bool> {
+        let mut woke = false;
+        let mut timeout_ms = timeout_ms;
+        for _ in 0..POLL_BATCHES_MAX {
+            let (fired, full) = self.poll_batch(timeout_ms)?;
+            woke |= fired;
+            if !full {
+                break;
+            }
+            timeout_ms = 0;
+        }
+        Ok(woke)
+    }
+
+    /// One epoll_wait of at most `timeout_ms`: whether the wake eventfd
+    /// fired, and whether the batch was full (more may be waiting).
+    fn poll_batch(&mut self, timeout_ms: i32) -> io::Result<(bool, bool)> {
         self.events.clear();
         // SAFETY: `events` has room for EVENTS_MAX entries, which the kernel
         // fills (at most maxevents) and we then mark as initialised.
@@ -490,7 +527,7 @@ impl EpollDriver {
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.raw_os_error() == Some(libc::EINTR) {
-                Ok(false)
+                Ok((false, false))
             } else {
                 Err(e)
             };
@@ -516,8 +553,9 @@ impl EpollDriver {
                 self.on_event(key, mask);
             }
         }
+        let full = events.len() == EVENTS_MAX;
         self.events = events;
-        Ok(woke)
+        Ok((woke, full))
     }
 
     fn has_waiters(&self) -> bool {
@@ -590,13 +628,13 @@ impl OpDriver for EpollDriver {
     fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         self.run_started();
-        self.fire_timers(Instant::now());
+        let mut woke = self.expire_timers()?;
         loop {
             let enough = want == 0 || self.ready.len() >= want;
             if enough && !self.has_waiters() {
                 return Ok(());
             }
-            let timeout_ms = if enough {
+            let timeout_ms = if enough || woke {
                 0
             } else {
                 let now = Instant::now();
@@ -614,8 +652,8 @@ impl OpDriver for EpollDriver {
                     }
                 }
             };
-            let woke = self.poll(timeout_ms)?;
-            self.fire_timers(Instant::now());
+            woke |= self.poll(timeout_ms)?;
+            woke |= self.expire_timers()?;
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if timeout_ms == 0 || woke || expired || self.ready.len() >= want {
                 return Ok(());

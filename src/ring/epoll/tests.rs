@@ -292,6 +292,48 @@ fn timers_fire_in_deadline_order_and_cancel() {
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
+/// The driver's thread away (preempted on a loaded machine) while a
+/// receive's data arrives and, later, the deadline guarding it passes:
+/// when the driver looks again, the receive completes before the timer,
+/// as io_uring, which sees both as they happen, would order them.
+#[test]
+fn data_that_arrived_while_away_beats_a_timer_that_expired_meanwhile() {
+    let mut d = EpollDriver::new().unwrap();
+    let (fd, mut peer) = pair();
+    d.push(recv(&fd, 4, libc::MSG_WAITALL), 1);
+    d.push(timer(Duration::from_millis(20)), 2);
+    d.submit_and_wait(0, None).unwrap();
+    assert_eq!(d.in_flight(), 2, "the receive waits, the timer runs");
+    peer.write_all(b"ansr").unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    let c = collect(&mut d, 2);
+    assert_eq!(results(&c), [(1, 4), (2, -libc::ETIME)]);
+    assert_eq!(data(&c[0]), b"ansr");
+}
+
+/// The same with more ready descriptors than one `epoll_wait` returns:
+/// every receive whose data was there completes before the timer.
+#[test]
+fn all_data_that_arrived_while_away_beats_the_timer_not_just_one_batch() {
+    const N: usize = EVENTS_MAX + 40;
+    let mut d = EpollDriver::new().unwrap();
+    let pairs: Vec<_> = (0..N).map(|_| pair()).collect();
+    for (i, (fd, _)) in pairs.iter().enumerate() {
+        d.push(recv(fd, 1, 0), i as u64);
+    }
+    d.push(timer(Duration::from_millis(20)), N as u64);
+    d.submit_and_wait(0, None).unwrap();
+    assert_eq!(d.in_flight(), N + 1);
+    for (_, peer) in &pairs {
+        (&*peer).write_all(b"x").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(60));
+    let c = collect(&mut d, N + 1);
+    let last = c.last().map(|c| (c.token, c.result));
+    assert_eq!(last, Some((N as u64, -libc::ETIME)), "the timer comes last");
+    assert!(c[..N].iter().all(|c| c.result == 1));
+}
+
 #[test]
 fn wake_interrupts_the_wait() {
     let mut d = EpollDriver::new().unwrap();
