@@ -544,10 +544,10 @@ fn a_shared_input_is_sent_without_a_copy_and_not_recycled() {
     assert_eq!(h.d().recycled, before + 1, "an owned buffer is recycled");
 }
 
-#[test]
-fn overflowed_reply_rest_is_read_from_memory() {
-    let mut h = harness();
-    let p = h.open_ok(1);
+/// A transceive of `max_out` 10 on `p` whose 30-byte reply comes in one
+/// multishot chunk: it ends `STATUS_BUFFER_OVERFLOW` with the first 10
+/// bytes, and the rest stays in the pushback. Returns the whole reply.
+fn overflow_by_20(h: &mut H, p: PipeId) -> Vec<u8> {
     let s = h.transceive(p, b"q", 10);
     h.send_all();
     let ms = h.d().one(K::RecvMulti);
@@ -556,6 +556,14 @@ fn overflowed_reply_rest_is_read_from_memory() {
     let t = transfer(&s);
     assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
     assert_eq!(t.data, reply[..10]);
+    reply
+}
+
+#[test]
+fn overflowed_reply_rest_is_read_from_memory() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let reply = overflow_by_20(&mut h, p);
     let r = h.read(p, 100);
     assert_eq!(transfer(&r), ok(&reply[10..]));
     assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for the read");
@@ -567,12 +575,7 @@ fn overflowed_reply_rest_is_read_from_memory() {
 fn empty_transceive_of_a_held_reply_ends_at_once() {
     let mut h = harness();
     let p = h.open_ok(1);
-    let s = h.transceive(p, b"q", 10);
-    h.send_all();
-    let ms = h.d().one(K::RecvMulti);
-    let reply = bytes(30);
-    h.chunk(ms, &reply);
-    assert_eq!(transfer(&s).status, NtStatus::BUFFER_OVERFLOW);
+    let reply = overflow_by_20(&mut h, p);
     let s = h.transceive(p, b"", 100);
     assert_eq!(transfer(&s), ok(&reply[10..]));
     assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for it");
