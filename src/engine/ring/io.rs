@@ -13,15 +13,44 @@ use crate::protocol::{fsctl, NtStatus};
 use crate::ring::{Completion, Op, OpDriver};
 
 impl<D: OpDriver> Core<D> {
-    pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
+    /// An open pipe of this ring that takes requests (not closing).
+    fn live_pipe(&mut self, pipe: PipeId) -> Result<&mut PipeEntry, NtStatus> {
         if pipe.ring != self.ring_index {
             return Err(NtStatus::INVALID_HANDLE);
         }
         match self.pipes.get_mut(pipe.index, pipe.gen) {
             None => Err(NtStatus::INVALID_HANDLE),
             Some(p) if p.closing => Err(NtStatus::FILE_CLOSED),
-            Some(p) => Ok((p.fd.clone(), p.session)),
+            Some(p) => Ok(p),
         }
+    }
+
+    /// A live pipe's socket (a new handle on it) and session.
+    pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
+        self.live_pipe(pipe).map(|p| (p.fd.clone(), p.session))
+    }
+
+    /// A read the pipe's pushback answers at once: at most `max_out` of its
+    /// bytes (message mode: of its next message).
+    fn read_pushback(&mut self, pipe: PipeId, max_out: usize, notify: Notify) {
+        let msg_mode = self.message_mode();
+        let t = match self.pipes.get_mut(pipe.index, pipe.gen) {
+            Some(pe) if msg_mode => {
+                let (data, more) =
+                    overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out)
+                        .unwrap_or_default();
+                overflow::message_result(data, more)
+            }
+            Some(pe) => Transfer {
+                status: NtStatus::SUCCESS,
+                data: overflow::take_pushback(&mut pe.pushback, max_out),
+            },
+            None => Transfer {
+                status: NtStatus::SUCCESS,
+                data: Vec::new(),
+            },
+        };
+        self.notify(notify, Ok(Outcome::Transfer(t)))
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
@@ -30,10 +59,9 @@ impl<D: OpDriver> Core<D> {
                 return self.reject(notify, NtStatus::CANCELLED);
             }
         }
-        let (fd, session) = match self.pipe_fd(pipe) {
-            Ok(x) => x,
-            Err(s) => return self.reject(notify, s),
-        };
+        if let Err(s) = self.live_pipe(pipe) {
+            return self.reject(notify, s);
+        }
         let max_out = match &io {
             PipeIo::Transceive { max_out, .. }
             | PipeIo::Read { max_out }
@@ -53,6 +81,15 @@ impl<D: OpDriver> Core<D> {
         let from = match self.reply_from(pipe, &io, max_out) {
             Ok(from) => from,
             Err(hold) => return self.defer(pipe, io, notify, hold),
+        };
+        if let (PipeIo::Read { max_out }, ReplyFrom::Pushback) = (&io, from) {
+            // No op and no SQE: the socket is not needed (nor its count
+            // touched, a cache miss per request with many pipes).
+            return self.read_pushback(pipe, *max_out, notify);
+        }
+        let (fd, session) = match self.pipe_fd(pipe) {
+            Ok(x) => x,
+            Err(s) => return self.reject(notify, s),
         };
         let at = Start {
             pipe,
@@ -188,24 +225,7 @@ impl<D: OpDriver> Core<D> {
             return self.reject(notify, NtStatus::PIPE_BROKEN);
         }
         if at.from == ReplyFrom::Pushback {
-            let msg_mode = self.message_mode();
-            let t = match self.pipes.get_mut(at.pipe.index, at.pipe.gen) {
-                Some(pe) if msg_mode => {
-                    let (data, more) =
-                        overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out)
-                            .unwrap_or_default();
-                    overflow::message_result(data, more)
-                }
-                Some(pe) => Transfer {
-                    status: NtStatus::SUCCESS,
-                    data: overflow::take_pushback(&mut pe.pushback, max_out),
-                },
-                None => Transfer {
-                    status: NtStatus::SUCCESS,
-                    data: Vec::new(),
-                },
-            };
-            return self.notify(notify, Ok(Outcome::Transfer(t)));
+            return self.read_pushback(at.pipe, max_out, notify);
         }
         let kind = Kind::Read {
             max_out,
