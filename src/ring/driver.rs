@@ -761,17 +761,26 @@ impl Reaped<'_> {
             // Built first and filled in place: the bytes' buffer is
             // written once, where the core reads it (building it aside and
             // moving it in measured a store-forwarding stall per chunk).
-            let mut c = Completion {
+            let mut out = Some(Completion {
                 token,
                 result,
                 flags: cqe.flags(),
                 op: Op::Chunk { data: Vec::new() },
                 more: true,
-            };
-            if let (Some(pool), Op::Chunk { data }) = (self.pool.as_deref_mut(), &mut c.op) {
-                copy_out(pool, self.spare, c.flags, &mut c.result, data);
+            });
+            if let (
+                Some(pool),
+                Some(Completion {
+                    op: Op::Chunk { data },
+                    result,
+                    flags,
+                    ..
+                }),
+            ) = (self.pool.as_deref_mut(), &mut out)
+            {
+                copy_out(pool, self.spare, *flags, result, data);
             }
-            return Some(c);
+            return out;
         }
         let Slot { token, mut op, .. } = self.slots.remove(index, gen)?;
         if matches!(op, Op::RecvMulti { .. }) {
