@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,9 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
+use super::files::{with_fd, FdRef, FixedFiles};
 use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
+use super::reap::Reaped;
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
@@ -36,9 +38,9 @@ const RECV_POOL_GROUP: u16 = 0;
 
 /// An operation the kernel may still be using, and the token its
 /// completion carries.
-struct Slot {
-    token: u64,
-    op: Op,
+pub(super) struct Slot {
+    pub(super) token: u64,
+    pub(super) op: Op,
     /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
     /// in its SQE stays valid until the final completion.
     _ts: Option<Box<types::Timespec>>,
@@ -54,7 +56,7 @@ fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
 
 /// No multishot receive in this slot (`Driver::multi`): no SQE's
 /// user_data is all ones (its kind would be 255).
-const NOT_MULTI: u64 = u64::MAX;
+pub(super) const NOT_MULTI: u64 = u64::MAX;
 
 /// [`Token`] kinds of this driver's SQEs.
 const KIND_OP: u8 = 0;
@@ -145,67 +147,6 @@ pub struct Driver {
     /// Pipe sockets registered with the ring (`None`: the kernel refused a
     /// file table); see [`FixedFiles`].
     files: Option<FixedFiles>,
-}
-
-/// The ring's table of registered files ("fixed files"): an SQE on an
-/// adopted pipe socket names its slot instead of its descriptor, so the
-/// kernel neither looks the descriptor up nor takes and drops a reference
-/// to the file for each operation. Sockets the table has no room for keep
-/// their descriptor.
-struct FixedFiles {
-    /// By descriptor number: its slot + 1, or 0 when it has none.
-    slot_of: Vec<u32>,
-    /// Slots never used or given back.
-    free: Vec<u32>,
-}
-
-impl FixedFiles {
-    /// A sparse table of `slots` entries (none registered yet), or `None`
-    /// when the kernel refuses one (before 5.19, or over RLIMIT_NOFILE).
-    fn new(ring: &IoUring, slots: u32) -> Option<FixedFiles> {
-        if slots == 0 {
-            return None;
-        }
-        match ring.submitter().register_files_sparse(slots) {
-            Ok(()) => Some(FixedFiles {
-                slot_of: Vec::new(),
-                free: (0..slots).rev().collect(),
-            }),
-            Err(e) => {
-                tracing::debug!("opipe: no registered file table ({e}); plain descriptors");
-                None
-            }
-        }
-    }
-
-    fn slot(&self, fd: RawFd) -> Option<u32> {
-        let i = usize::try_from(fd).ok()?;
-        self.slot_of.get(i).and_then(|&s| s.checked_sub(1))
-    }
-}
-
-/// How an SQE names its socket: a registered slot or the descriptor.
-#[derive(Clone, Copy)]
-enum FdRef {
-    Fixed(u32),
-    Raw(RawFd),
-}
-
-/// Builds an opcode with `$fd` (an [`FdRef`]) as `types::Fixed` or
-/// `types::Fd`, whichever it is (the builders take either type).
-macro_rules! with_fd {
-    ($fd:expr, |$t:ident| $build:expr) => {
-        match $fd {
-            FdRef::Fixed(slot) => {
-                let $t = types::Fixed(slot);
-                $build
-            }
-            FdRef::Raw(raw) => {
-                let $t = types::Fd(raw);
-                $build
-            }
-        }
-    };
 }
 
 /// CQEs [`Driver::reap_one`] copies out of the completion queue at once.
@@ -369,30 +310,8 @@ impl Driver {
     /// is one with a free slot: SQEs on it then name the slot. Without a
     /// slot it keeps working by its descriptor.
     pub fn adopt(&mut self, fd: &OwnedFd) {
-        let Some(files) = self.files.as_mut() else {
-            return;
-        };
-        let raw = fd.as_raw_fd();
-        let Ok(i) = usize::try_from(raw) else {
-            return;
-        };
-        if files.slot(raw).is_some() {
-            return;
-        }
-        let Some(slot) = files.free.pop() else {
-            return;
-        };
-        match self.ring.submitter().register_files_update(slot, &[raw]) {
-            Ok(_) => {
-                if files.slot_of.len() <= i {
-                    files.slot_of.resize(i + 1, 0);
-                }
-                files.slot_of[i] = slot + 1;
-            }
-            Err(e) => {
-                tracing::debug!("opipe: registering a pipe socket failed ({e}); plain descriptor");
-                files.free.push(slot);
-            }
+        if let Some(files) = self.files.as_mut() {
+            files.register(&self.ring, fd.as_raw_fd());
         }
     }
 
@@ -402,19 +321,8 @@ impl Driver {
     /// operation holds it either. Operations already in the kernel keep
     /// their own reference to the file.
     pub fn close(&mut self, fd: Rc<OwnedFd>) {
-        let raw = fd.as_raw_fd();
         if let Some(files) = self.files.as_mut() {
-            if let Some(slot) = files.slot(raw) {
-                match self.ring.submitter().register_files_update(slot, &[-1]) {
-                    Ok(_) => files.free.push(slot),
-                    // The slot stays taken (never reused): the socket closes
-                    // when the ring does.
-                    Err(e) => tracing::warn!(
-                        "opipe: unregistering a pipe socket failed ({e}); it closes with its ring"
-                    ),
-                }
-                files.slot_of[raw as usize] = 0;
-            }
+            files.unregister(&self.ring, fd.as_raw_fd());
         }
         drop(fd)
     }
@@ -422,11 +330,7 @@ impl Driver {
     /// How an SQE names `fd`: its registered slot, or the descriptor.
     #[inline]
     fn fd_ref(&self, fd: &OwnedFd) -> FdRef {
-        let raw = fd.as_raw_fd();
-        match self.files.as_ref().and_then(|f| f.slot(raw)) {
-            Some(slot) => FdRef::Fixed(slot),
-            None => FdRef::Raw(raw),
-        }
+        FdRef::of(self.files.as_ref(), fd.as_raw_fd())
     }
 
     fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
@@ -728,92 +632,6 @@ impl Driver {
     }
 }
 
-/// What [`Driver::reap`] needs besides the completion queue it holds.
-struct Reaped<'a> {
-    slots: &'a mut Slab<Slot>,
-    multi: &'a mut Vec<(u64, u64)>,
-    pool: Option<&'a mut BufRing>,
-    spare: &'a mut Vec<Vec<u8>>,
-}
-
-impl Reaped<'_> {
-    /// The completion of one CQE of the op `ud` names: a multishot
-    /// receive's chunk (the op stays), or the op's final completion with
-    /// its resources handed back. `None`: a stale or unknown slot.
-    #[inline(always)]
-    fn op(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
-        let (index, gen) = (ud.index(), ud.gen());
-        let mut result = cqe.result();
-        if cqueue::more(cqe.flags()) {
-            // A multishot receive's chunk, its bytes copied out of the pool
-            // buffer (which goes back at once): the op stays armed. Its
-            // token comes from `multi`: the slot is not touched.
-            let token = match self.multi.get(index as usize) {
-                Some(&(live, token)) if live == ud.raw() => token,
-                _ => {
-                    // Nobody to give it to: the pool buffer goes back.
-                    if let Some(pool) = self.pool.as_deref_mut() {
-                        pool.discard(cqe.flags());
-                    }
-                    return None;
-                }
-            };
-            // Built first and filled in place: the bytes' buffer is
-            // written once, where the core reads it (building it aside and
-            // moving it in measured a store-forwarding stall per chunk).
-            let mut out = Some(Completion {
-                token,
-                result,
-                flags: cqe.flags(),
-                op: Op::Chunk { data: Vec::new() },
-                more: true,
-            });
-            if let (
-                Some(pool),
-                Some(Completion {
-                    op: Op::Chunk { data },
-                    result,
-                    flags,
-                    ..
-                }),
-            ) = (self.pool.as_deref_mut(), &mut out)
-            {
-                copy_out(pool, self.spare, *flags, result, data);
-            }
-            return out;
-        }
-        let Slot { token, mut op, .. } = self.slots.remove(index, gen)?;
-        if matches!(op, Op::RecvMulti { .. }) {
-            if let Some(m) = self.multi.get_mut(index as usize) {
-                *m = (NOT_MULTI, 0);
-            }
-        }
-        // A pooled receive's bytes; a multishot receive's final completion
-        // may still carry a chunk too.
-        if let (Op::RecvPooled { data, .. } | Op::RecvMulti { data, .. }, Some(pool)) =
-            (&mut op, self.pool.as_deref_mut())
-        {
-            copy_out(pool, self.spare, cqe.flags(), &mut result, data);
-        }
-        if let Op::Recv { buf, .. } = &mut op {
-            if result > 0 {
-                let n = (result as usize).min(buf.capacity() - buf.len());
-                // SAFETY: the kernel initialised `n` bytes of spare
-                // capacity starting at `buf.len()` (the pointer given in
-                // build_sqe), and `n` is bounded by the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-            }
-        }
-        Some(Completion {
-            token,
-            result,
-            flags: cqe.flags(),
-            op,
-            more: false,
-        })
-    }
-}
-
 impl Drop for Driver {
     fn drop(&mut self) {
         // Operations still in flight reference memory in `self.slots`: cancel
@@ -859,35 +677,6 @@ impl Drop for Driver {
             }
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         }
-    }
-}
-
-/// Copies a pooled receive's `*result` bytes out of the pool buffer the
-/// completion `flags` name and gives the buffer back at once (the guard
-/// returns it on drop); a completion without bytes just releases any buffer
-/// it names. A buffer id the pool does not know turns `*result` into `-EIO`.
-/// An unallocated `data` takes one of the `spare` buffers first, so a
-/// pooled receive (multishot chunk or one-shot) costs no allocation once
-/// finished requests have given theirs back.
-fn copy_out(
-    pool: &mut BufRing,
-    spare: &mut Vec<Vec<u8>>,
-    flags: u32,
-    result: &mut i32,
-    data: &mut Vec<u8>,
-) {
-    if *result > 0 {
-        if data.capacity() == 0 {
-            if let Some(buf) = spare.pop() {
-                *data = buf;
-            }
-        }
-        match pool.take(flags, *result as usize) {
-            Ok(b) => data.extend_from_slice(&b),
-            Err(_) => *result = -libc::EIO,
-        }
-    } else {
-        pool.discard(flags);
     }
 }
 

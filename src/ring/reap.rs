@@ -1,0 +1,127 @@
+//! Turning one CQE of an operation into its [`Completion`]: a multishot
+//! receive's chunk (found through the driver's compact `multi` table, the
+//! op's slot untouched) or an op's final completion with its resources
+//! handed back, a pooled receive's bytes copied out of the pool buffer
+//! (which goes back at once).
+
+use io_uring::cqueue;
+
+use super::bufring::BufRing;
+use super::driver::{Slot, NOT_MULTI};
+use super::op::{Completion, Op, Token};
+use crate::slab::Slab;
+
+/// What [`Driver::reap_one`](super::driver::Driver::reap_one) needs besides the CQE.
+pub(super) struct Reaped<'a> {
+    pub(super) slots: &'a mut Slab<Slot>,
+    pub(super) multi: &'a mut Vec<(u64, u64)>,
+    pub(super) pool: Option<&'a mut BufRing>,
+    pub(super) spare: &'a mut Vec<Vec<u8>>,
+}
+
+impl Reaped<'_> {
+    /// The completion of one CQE of the op `ud` names: a multishot
+    /// receive's chunk (the op stays), or the op's final completion with
+    /// its resources handed back. `None`: a stale or unknown slot.
+    #[inline(always)]
+    pub(super) fn op(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
+        let (index, gen) = (ud.index(), ud.gen());
+        let mut result = cqe.result();
+        if cqueue::more(cqe.flags()) {
+            // A multishot receive's chunk, its bytes copied out of the pool
+            // buffer (which goes back at once): the op stays armed. Its
+            // token comes from `multi`: the slot is not touched.
+            let token = match self.multi.get(index as usize) {
+                Some(&(live, token)) if live == ud.raw() => token,
+                _ => {
+                    // Nobody to give it to: the pool buffer goes back.
+                    if let Some(pool) = self.pool.as_deref_mut() {
+                        pool.discard(cqe.flags());
+                    }
+                    return None;
+                }
+            };
+            // Built first and filled in place: the bytes' buffer is
+            // written once, where the core reads it (building it aside and
+            // moving it in measured a store-forwarding stall per chunk).
+            let mut out = Some(Completion {
+                token,
+                result,
+                flags: cqe.flags(),
+                op: Op::Chunk { data: Vec::new() },
+                more: true,
+            });
+            if let (
+                Some(pool),
+                Some(Completion {
+                    op: Op::Chunk { data },
+                    result,
+                    flags,
+                    ..
+                }),
+            ) = (self.pool.as_deref_mut(), &mut out)
+            {
+                copy_out(pool, self.spare, *flags, result, data);
+            }
+            return out;
+        }
+        let Slot { token, mut op, .. } = self.slots.remove(index, gen)?;
+        if matches!(op, Op::RecvMulti { .. }) {
+            if let Some(m) = self.multi.get_mut(index as usize) {
+                *m = (NOT_MULTI, 0);
+            }
+        }
+        // A pooled receive's bytes; a multishot receive's final completion
+        // may still carry a chunk too.
+        if let (Op::RecvPooled { data, .. } | Op::RecvMulti { data, .. }, Some(pool)) =
+            (&mut op, self.pool.as_deref_mut())
+        {
+            copy_out(pool, self.spare, cqe.flags(), &mut result, data);
+        }
+        if let Op::Recv { buf, .. } = &mut op {
+            if result > 0 {
+                let n = (result as usize).min(buf.capacity() - buf.len());
+                // SAFETY: the kernel initialised `n` bytes of spare
+                // capacity starting at `buf.len()` (the pointer given in
+                // build_sqe), and `n` is bounded by the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+        }
+        Some(Completion {
+            token,
+            result,
+            flags: cqe.flags(),
+            op,
+            more: false,
+        })
+    }
+}
+
+/// Copies a pooled receive's `*result` bytes out of the pool buffer the
+/// completion `flags` name and gives the buffer back at once (the guard
+/// returns it on drop); a completion without bytes just releases any buffer
+/// it names. A buffer id the pool does not know turns `*result` into `-EIO`.
+/// An unallocated `data` takes one of the `spare` buffers first, so a
+/// pooled receive (multishot chunk or one-shot) costs no allocation once
+/// finished requests have given theirs back.
+fn copy_out(
+    pool: &mut BufRing,
+    spare: &mut Vec<Vec<u8>>,
+    flags: u32,
+    result: &mut i32,
+    data: &mut Vec<u8>,
+) {
+    if *result > 0 {
+        if data.capacity() == 0 {
+            if let Some(buf) = spare.pop() {
+                *data = buf;
+            }
+        }
+        match pool.take(flags, *result as usize) {
+            Ok(b) => data.extend_from_slice(&b),
+            Err(_) => *result = -libc::EIO,
+        }
+    } else {
+        pool.discard(flags);
+    }
+}
