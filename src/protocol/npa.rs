@@ -1294,6 +1294,22 @@ pub fn frame_message(msg: &[u8]) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// `data` as messages: one per [`MAX_FRAMED_MESSAGE`] bytes (a longer
+/// write is split, as Samba's own writer splits it; an empty write is one
+/// empty message).
+pub fn frame_messages(data: &[u8]) -> Vec<u8> {
+    let n = data.len().div_ceil(MAX_FRAMED_MESSAGE).max(1);
+    let mut out = Vec::with_capacity(data.len() + n * FRAME_HEADER_LEN);
+    let mut chunks = data.chunks(MAX_FRAMED_MESSAGE);
+    for _ in 0..n {
+        let c = chunks.next().unwrap_or_default();
+        // A chunk is at most u16::MAX bytes long.
+        out.extend_from_slice(&(c.len() as u16).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
 /// The first whole message at the front of `buf` and the bytes it took
 /// (header included), or `None` while it is incomplete.
 pub fn unframe_message(buf: &[u8]) -> Option<(&[u8], usize)> {

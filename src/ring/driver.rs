@@ -25,7 +25,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::bufring::BufRing;
 use super::files::{with_fd, FdRef, FixedFiles};
 use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
-use super::reap::Reaped;
+use super::reap::{Reaped, Slot, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
@@ -36,16 +36,6 @@ const MAX_SQE_BYTES: usize = 1 << 30;
 /// Buffer group id of the engine's receive pool.
 const RECV_POOL_GROUP: u16 = 0;
 
-/// An operation the kernel may still be using, and the token its
-/// completion carries.
-pub(super) struct Slot {
-    pub(super) token: u64,
-    pub(super) op: Op,
-    /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
-    /// in its SQE stays valid until the final completion.
-    _ts: Option<Box<types::Timespec>>,
-}
-
 /// The kernel's form of a `Timer` op's duration (`None` for other ops).
 fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
     match op {
@@ -53,10 +43,6 @@ fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
         _ => None,
     }
 }
-
-/// No multishot receive in this slot (`Driver::multi`): no SQE's
-/// user_data is all ones (its kind would be 255).
-pub(super) const NOT_MULTI: u64 = u64::MAX;
 
 /// [`Token`] kinds of this driver's SQEs.
 const KIND_OP: u8 = 0;

@@ -4,14 +4,27 @@
 //! handed back, a pooled receive's bytes copied out of the pool buffer
 //! (which goes back at once).
 
-use io_uring::cqueue;
+use io_uring::{cqueue, types};
 
 use super::bufring::BufRing;
-use super::driver::{Slot, NOT_MULTI};
 use super::op::{Completion, Op, Token};
 use crate::slab::Slab;
 
-/// What [`Driver::reap_one`](super::driver::Driver::reap_one) needs besides the CQE.
+/// An operation the kernel may still be using, and the token its
+/// completion carries.
+pub(super) struct Slot {
+    pub(super) token: u64,
+    pub(super) op: Op,
+    /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
+    /// in its SQE stays valid until the final completion.
+    pub(super) _ts: Option<Box<types::Timespec>>,
+}
+
+/// No multishot receive in this slot (`Driver::multi`): no SQE's
+/// user_data is all ones (its kind would be 255).
+pub(super) const NOT_MULTI: u64 = u64::MAX;
+
+/// What the driver's `reap_one` needs besides the CQE.
 pub(super) struct Reaped<'a> {
     pub(super) slots: &'a mut Slab<Slot>,
     pub(super) multi: &'a mut Vec<(u64, u64)>,

@@ -20,8 +20,8 @@
 //! length, and a transceive's first read is the first reply MESSAGE, cut at
 //! `max_out` (`STATUS_BUFFER_OVERFLOW` when it is longer, the rest read by
 //! the next read, as an SMB server does on a message-mode pipe). What is
-//! sent and verified is the same; the peers' framing is in
-//! [`framed`](super::framed).
+//! sent and verified is the same; the peers read and write
+//! the framing with `bench/framed.rs` and the library's `frame_messages`.
 //!
 //! Two calls can be measured ([`Call`]): the pattern call of `opipe serve
 //! --handler dcerpc`, or, against Samba's own `rpcd_classic` (`--target
@@ -34,7 +34,7 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use opipe::protocol::dcerpc;
-use opipe::protocol::npa::{FILE_TYPE_MESSAGE_MODE, NPA_REPLY_LEN};
+use opipe::protocol::npa::{frame_messages, FILE_TYPE_MESSAGE_MODE, NPA_REPLY_LEN};
 use opipe::protocol::srvsvc::{
     decode_netr_server_get_info_101, encode_netr_server_get_info, OPNUM_NETR_SERVER_GET_INFO,
 };
@@ -44,6 +44,7 @@ use opipe::protocol::{
 };
 use opipe::service::dcerpc::reply_stub_byte;
 
+pub use super::spec::Call;
 use super::spec::{RunSpec, WireSize};
 
 /// Bytes of the open handshake's reply (one native-order NT status).
@@ -58,20 +59,6 @@ const REQUEST_STUB_BYTE: u8 = 0x5a;
 pub const BIND_CALL_ID: u32 = 1;
 /// The `NetrServerGetInfo` level asked for.
 const SERVER_INFO_LEVEL: u32 = 101;
-
-/// What each measured transceive is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
-    /// A request of `--request-size` answered by `opipe serve --handler
-    /// dcerpc` with `--reply-size` bytes of its stub pattern.
-    Pattern,
-    /// srvsvc `NetrServerGetInfo(\\<server_name>, 101)` after one bind per
-    /// pipe; the reply must decode to `server_name` with `WERR_OK`.
-    ServerInfo {
-        /// The server name the reply must carry (Samba's `netbios name`).
-        server_name: String,
-    },
-}
 
 impl Call {
     /// The request stub and operation number of every transceive.
@@ -293,7 +280,7 @@ impl Exchange {
         let pdus = self.request(call_id);
         match self.dialect {
             Dialect::Illumos => pdus,
-            Dialect::Samba => super::framed::framed(&pdus),
+            Dialect::Samba => frame_messages(&pdus),
         }
     }
 

@@ -22,21 +22,6 @@ use opipe::protocol::NtStatus;
 
 use super::exchange::{Exchange, ReplyProgress, TransceiveError};
 
-/// `data` as Samba writes it: one message behind its `u16` length, or
-/// several of at most 65535 bytes each.
-pub fn framed(data: &[u8]) -> Vec<u8> {
-    let messages = data.len().div_ceil(MAX_FRAMED_MESSAGE).max(1);
-    let mut out = Vec::with_capacity(data.len() + messages * FRAME_HEADER_LEN);
-    let mut chunks = data.chunks(MAX_FRAMED_MESSAGE);
-    for _ in 0..messages {
-        let chunk = chunks.next().unwrap_or(&[]);
-        // A chunk is at most MAX_FRAMED_MESSAGE (u16::MAX) bytes.
-        out.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out
-}
-
 /// Bytes read from a message-mode socket, not yet taken as messages. Holds
 /// at most one whole message plus whatever one read brought after it
 /// (64 KiB and a header).
@@ -185,6 +170,7 @@ mod tests {
     use crate::bench::exchange::Call;
     use crate::bench::measure::StopRule;
     use crate::bench::spec::{RunSpec, WireSize};
+    use opipe::protocol::npa::frame_messages as framed;
     use opipe::protocol::{dcerpc, Dialect};
 
     fn exchange(reply: usize, max_out: usize) -> Exchange {

@@ -21,8 +21,21 @@
 
 use opipe::protocol::{dcerpc, Dialect};
 
-use super::exchange::Call;
 use super::measure::StopRule;
+
+/// What each measured transceive is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A request of `--request-size` answered by `opipe serve --handler
+    /// dcerpc` with `--reply-size` bytes of its stub pattern.
+    Pattern,
+    /// srvsvc `NetrServerGetInfo(\\<server_name>, 101)` after one bind per
+    /// pipe; the reply must decode to `server_name` with `WERR_OK`.
+    ServerInfo {
+        /// The server name the reply must carry (Samba's `netbios name`).
+        server_name: String,
+    },
+}
 
 /// Bytes of a request or response PDU header (common header + 8).
 pub const PDU_HEADER_BYTES: usize = dcerpc::REQUEST_HEADER_LEN;

@@ -10,13 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use opipe::protocol::dcerpc::{self, PFC_LAST_FRAG};
-use opipe::protocol::npa::NPA_REPLY_LEN;
+use opipe::protocol::npa::{frame_messages, NPA_REPLY_LEN};
 use opipe::protocol::srvsvc::decode_netr_server_get_info_101;
 use opipe::protocol::{Dialect, NpaIdentity, NpaLevel, NpaReply, NtStatus};
 
 use super::rpcd::PIPE;
 use crate::bench::exchange::{Call, BIND_CALL_ID};
-use crate::bench::framed::{framed, Inbox};
+use crate::bench::framed::Inbox;
 
 /// How long the probe's handshake, bind and call may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,14 +56,15 @@ pub fn probe(dir: &Path, server_name: &str) -> Result<Probe, String> {
         dcerpc::SRVSVC_SYNTAX.into(),
         dcerpc::NDR_SYNTAX.into(),
     );
-    s.write_all(&framed(&bind)).map_err(|e| fail("bind", &e))?;
+    s.write_all(&frame_messages(&bind))
+        .map_err(|e| fail("bind", &e))?;
     let ack = next_message(&mut s, &mut inbox).map_err(|e| fail("bind", &e))?;
     let ack = dcerpc::decode_bind_ack(&ack).map_err(|e| fail("bind_ack", &e))?;
     if ack.results.first().map(|r| r.result) != Some(dcerpc::RESULT_ACCEPTANCE) {
         return Err(fail("bind", &"srvsvc refused"));
     }
     let request = Call::server_info_request(server_name, 2)?;
-    s.write_all(&framed(&request))
+    s.write_all(&frame_messages(&request))
         .map_err(|e| fail("NetrServerGetInfo", &e))?;
     let (mut reply_bytes, mut stub) = (0, Vec::new());
     loop {

@@ -15,7 +15,7 @@
 use super::pushback::Pushback;
 use super::{More, SMB_PIPE_MAX_MSGSIZE};
 use crate::engine::Transfer;
-use crate::protocol::npa::{unframe_message, FRAME_HEADER_LEN, MAX_FRAMED_MESSAGE};
+use crate::protocol::npa::{unframe_message, FRAME_HEADER_LEN};
 use crate::protocol::{fsctl, NtStatus};
 
 /// Whether a reply of `max_out` bytes can overflow at all (so whether a
@@ -188,21 +188,7 @@ pub(super) fn message_result(data: Vec<u8>, more: bool) -> Transfer {
     Transfer { status, data }
 }
 
-/// `data` as messages: one per [`MAX_FRAMED_MESSAGE`] bytes (a longer
-/// write is split, as Samba's own writer splits it; an empty write is
-/// one empty message).
-pub(super) fn frame_messages(data: &[u8]) -> Vec<u8> {
-    let n = data.len().div_ceil(MAX_FRAMED_MESSAGE).max(1);
-    let mut out = Vec::with_capacity(data.len() + n * FRAME_HEADER_LEN);
-    let mut chunks = data.chunks(MAX_FRAMED_MESSAGE);
-    for _ in 0..n {
-        let c = chunks.next().unwrap_or_default();
-        // A chunk is at most u16::MAX bytes long.
-        out.extend_from_slice(&(c.len() as u16).to_le_bytes());
-        out.extend_from_slice(c);
-    }
-    out
-}
+pub(super) use crate::protocol::npa::frame_messages;
 
 /// The bytes a message-mode receive asks for: a whole pool buffer when
 /// the reply fits one (read ahead as the stream does; a longer message
@@ -218,6 +204,7 @@ pub(super) fn message_recv_len(max_out: usize, pool_buf: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::npa::MAX_FRAMED_MESSAGE;
     use crate::protocol::NtStatus;
 
     fn pushback(bytes: Vec<u8>) -> Pushback {

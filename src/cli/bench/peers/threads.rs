@@ -176,7 +176,7 @@ fn open_conn(run: &Run, pipe: usize) -> Result<Conn, TransceiveError> {
     let mut stream = handshake(run, pipe, stream)?;
     let mut inbox = x.dialect().is_message_mode().then(Inbox::new);
     if let (Some(bind), Some(inbox)) = (x.bind_request(), inbox.as_mut()) {
-        stream.write_all(&crate::bench::framed::framed(&bind))?;
+        stream.write_all(&opipe::protocol::npa::frame_messages(&bind))?;
         let ack = loop {
             if let Some(m) = inbox.next_message() {
                 break m;

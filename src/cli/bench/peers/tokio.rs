@@ -11,10 +11,11 @@ use tokio::net::UnixStream;
 use tokio::sync::{Barrier, Semaphore};
 
 use crate::bench::exchange::TransceiveError;
-use crate::bench::framed::{framed, Inbox, ReplyCollector};
+use crate::bench::framed::{Inbox, ReplyCollector};
 use crate::bench::measure::Baseline;
 use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use crate::bench::phases;
+use opipe::protocol::npa::frame_messages as framed;
 
 /// One tokio task per pipe on the multi-threaded runtime.
 #[derive(Debug, Default)]
