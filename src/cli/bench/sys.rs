@@ -363,9 +363,12 @@ mod tests {
         let mut seen = GroupCpu::default();
         // Wait until only the shell and its sleep are left, the busy child reaped.
         while Instant::now() < deadline {
-            seen = group_cpu(pgid).unwrap();
             let shell = read_stat(pgid).unwrap();
             if shell.cutime + shell.cstime > 0 {
+                // Read the group after the reap is seen (read before, the
+                // busy child could still be running, or just gone and not
+                // yet in the shell's cutime: a figure far too small).
+                seen = group_cpu(pgid).unwrap();
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
