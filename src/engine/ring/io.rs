@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use super::overflow;
 use super::*;
-use crate::engine::command::{Notify, Outcome, PipeIo};
-use crate::engine::{BufferMode, PipeId, Transfer};
+use crate::engine::command::{Notify, PipeIo};
+use crate::engine::{BufferMode, PipeId};
 use crate::protocol::{fsctl, NtStatus};
 use crate::ring::{Completion, Op, OpDriver};
 
@@ -28,29 +28,6 @@ impl<D: OpDriver> Core<D> {
     /// A live pipe's socket (a new handle on it) and session.
     pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
         self.live_pipe(pipe).map(|p| (p.fd.clone(), p.session))
-    }
-
-    /// A read the pipe's pushback answers at once: at most `max_out` of its
-    /// bytes (message mode: of its next message).
-    fn read_pushback(&mut self, pipe: PipeId, max_out: usize, notify: Notify) {
-        let msg_mode = self.message_mode();
-        let t = match self.pipes.get_mut(pipe.index, pipe.gen) {
-            Some(pe) if msg_mode => {
-                let (data, more) =
-                    overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out)
-                        .unwrap_or_default();
-                overflow::message_result(data, more)
-            }
-            Some(pe) => Transfer {
-                status: NtStatus::SUCCESS,
-                data: overflow::take_pushback(&mut pe.pushback, max_out),
-            },
-            None => Transfer {
-                status: NtStatus::SUCCESS,
-                data: Vec::new(),
-            },
-        };
-        self.notify(notify, Ok(Outcome::Transfer(t)))
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {

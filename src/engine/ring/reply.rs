@@ -12,6 +12,29 @@ use crate::protocol::{fsctl, NtStatus};
 use crate::ring::OpDriver;
 
 impl<D: OpDriver> Core<D> {
+    /// A read the pipe's pushback answers at once: at most `max_out` of its
+    /// bytes (message mode: of its next message).
+    pub(super) fn read_pushback(&mut self, pipe: PipeId, max_out: usize, notify: Notify) {
+        let msg_mode = self.message_mode();
+        let t = match self.pipes.get_mut(pipe.index, pipe.gen) {
+            Some(pe) if msg_mode => {
+                let (data, more) =
+                    overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out)
+                        .unwrap_or_default();
+                overflow::message_result(data, more)
+            }
+            Some(pe) => Transfer {
+                status: NtStatus::SUCCESS,
+                data: overflow::take_pushback(&mut pe.pushback, max_out),
+            },
+            None => Transfer {
+                status: NtStatus::SUCCESS,
+                data: Vec::new(),
+            },
+        };
+        self.notify(notify, Ok(Outcome::Transfer(t)))
+    }
+
     /// Removes a request whose last SQE completed (or that needs none any
     /// more), lets its pipe go on, and tells its caller the result.
     pub(super) fn finish(&mut self, key: (u32, u32)) {
