@@ -41,6 +41,14 @@
 //! checked against its `MAX_*` constant and against the input left before
 //! anything is allocated, trailing bytes are refused (Samba decodes with
 //! `ndr_pull_struct_blob_all`), and nothing panics.
+//!
+//! # Parts
+//!
+//! `level.rs` (levels 7 and 8), `sid.rs` (SIDs), `token.rs` (the security
+//! and unix tokens), `session.rs` (the rest of the session info),
+//! `handshake.rs` (request and reply), `framing.rs` (the messages after),
+//! `identity.rs` (the caller as an SMB server knows it, to a request and
+//! back).
 
 mod framing;
 mod handshake;
