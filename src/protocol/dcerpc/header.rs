@@ -209,7 +209,7 @@ impl CommonHeader {
     /// Decodes the first 16 bytes of `buf` (which may hold more: the rest
     /// of the PDU). Refuses a short buffer, `rpc_vers` other than 5, and an
     /// integer representation other than big- or little-endian. The lengths
-    /// are not checked here: see [`pdu_len`].
+    /// are not checked here: see [`pdu_len`](super::pdu_len).
     pub fn decode(buf: &[u8]) -> Result<CommonHeader, DecodeError> {
         let (head, _) =
             buf.split_first_chunk::<COMMON_HEADER_LEN>()
