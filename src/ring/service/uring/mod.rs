@@ -4,6 +4,10 @@
 //! The loop knows nothing of pipes: each connection is driven by a
 //! [`Session`] (bytes in, bytes out, a verdict), made by an [`Acceptor`].
 //!
+//! This file holds the loop itself (ring, listeners, completion dispatch,
+//! wakes, timers, shutdown); `accept` the accept path, `conn` one
+//! connection's state and `conn_io` its receive and send path.
+//!
 //! # Operations in flight
 //!
 //! * per listener: one multishot `ACCEPT` (re-armed when it ends; paused for
@@ -66,13 +70,15 @@
 //! returns when no operation of its ring is in flight any more. Only then is
 //! the buffer ring unregistered and freed.
 
+mod accept;
+mod conn;
+mod conn_io;
+
 use crate::slab::Slab;
-use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,13 +87,13 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 #[cfg(doc)]
 use super::shared::ConnWaker;
 use super::shared::{
-    abort, admit, apply, backpressure, fire_deadlines, next_wake, pick_eviction, Acceptor, Budget,
-    CloseReason, ConnPhase, Deadlines, LoopConfig, LoopCounters, Phase, Session, Verdict,
-    WakeQueue, EVICT_RETRY,
+    abort, apply, fire_deadlines, next_wake, Acceptor, Budget, CloseReason, Deadlines, LoopConfig,
+    LoopCounters, Phase, Session, WakeQueue,
 };
 use crate::ring::bufring::BufRing;
 use crate::ring::op::Token;
 use crate::ring::setup::{new_ring, probe_features, RingError};
+use conn::Conn;
 
 /// Operation kinds: the kind of a [`Token`] in `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,100 +124,12 @@ fn ud_parts(ud: u64) -> (Option<Kind>, u32, u32) {
     (kind, t.gen(), t.index())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RecvState {
-    /// No receive in flight.
-    Idle,
-    /// A receive is in flight: the multishot one, or (`Conn::own` has a
-    /// capacity) one into the connection's own buffer.
-    Armed,
-    /// A cancel was sent; the final completion is still to come.
-    Cancelling,
-}
-
-impl<S: Session> ConnPhase for Conn<S> {
-    fn phase_and_reason(&mut self) -> (&mut Phase, &mut CloseReason) {
-        (&mut self.phase, &mut self.reason)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.session.deadline()
-    }
-
-    fn on_deadline(&mut self) -> Verdict {
-        self.session.on_deadline(&mut self.pending)
-    }
-
-    fn accepted_at(&self) -> Instant {
-        self.accepted
-    }
-}
-
-struct Conn<S> {
-    fd: OwnedFd,
-    session: S,
-    accepted: Instant,
-    phase: Phase,
-    reason: CloseReason,
-    recv: RecvState,
-    /// A receive ended with -ENOBUFS: the next one uses `own`.
-    starved: bool,
-    /// The buffer of a receive of the connection's own, lent to the kernel
-    /// (its capacity) while it is in flight; no capacity otherwise.
-    own: Vec<u8>,
-    /// Receive cancelled because of backpressure.
-    paused: bool,
-    send_inflight: bool,
-    send_cancelling: bool,
-    /// Output lent to the send in flight (bytes `sent..` still to go).
-    sending: Vec<u8>,
-    sent: usize,
-    /// Output produced while a send was in flight.
-    pending: Vec<u8>,
-    /// Bytes received while the budget allowed this connection no more
-    /// output (completions already in the queue when its receive was
-    /// cancelled): given to the session, before anything received later,
-    /// once the budget allows.
-    stash: Vec<u8>,
-    /// What the connection counts against the loop's [`Budget`].
-    charge: usize,
-    /// What its stash counts in the stats ([`Budget::set_parked`]).
-    stash_charge: usize,
-}
-
-impl<S> Conn<S> {
-    fn queued(&self) -> usize {
-        self.sending.len() - self.sent + self.pending.len()
-    }
-
-    /// The memory the connection holds for output and its own receive.
-    fn held_bytes(&self) -> usize {
-        self.sending.capacity() + self.pending.capacity() + self.own.capacity()
-    }
-}
-
-/// Gives received bytes to the session, or keeps them in the stash while
-/// the budget allows the connection no more output (or the stash already
-/// holds earlier bytes), so a batch of completions cannot multiply into
-/// output past the budget.
-fn feed_or_stash<S: Session>(c: &mut Conn<S>, data: &[u8], budget: &Budget) {
-    if c.stash.is_empty() && budget.allows(c.queued()) {
-        let v = c.session.on_data(data, &mut c.pending);
-        apply(c, v, CloseReason::Session);
-    } else {
-        c.stash.extend_from_slice(data);
-    }
-}
-
 struct Listener {
     fd: Arc<OwnedFd>,
     armed: bool,
     /// Accepts paused until then (after EMFILE and friends).
     resume_at: Option<Instant>,
 }
-
-/// How long accepts pause after the process ran out of fds or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One io_uring event loop. Create it on the thread that will run it.
 pub struct EventLoop {
@@ -253,9 +171,6 @@ struct State<A: Acceptor> {
     conns: Slab<Conn<A::Session>>,
     deadlines: Deadlines,
 }
-
-/// Output vectors bigger than this are not kept around on idle connections.
-const KEEP_CAPACITY_BYTES: usize = 4 * 1024;
 
 impl EventLoop {
     /// Creates the ring (through [`new_ring`]) and the buffer ring. The loop
@@ -380,25 +295,6 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Closes the connection still in its handshake that is closest to its
-    /// deadline (the oldest, as every handshake gets the same time), to
-    /// make room for a new one. Returns false when there is none.
-    fn evict_one<A: Acceptor>(&mut self, st: &mut State<A>) -> io::Result<bool> {
-        if self.evicting > 0 {
-            // One is closing already: its fd is what the accept needs.
-            return Ok(true);
-        }
-        match pick_eviction(&mut st.deadlines, &mut st.conns, Instant::now()) {
-            Some((idx, gen)) => {
-                self.counters.evicted.fetch_add(1, Ordering::Relaxed);
-                self.evicting += 1;
-                self.update(st, idx, gen)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
     /// Waits for the end of every operation in flight, at most `limit`.
     fn drain<A: Acceptor>(&mut self, st: &mut State<A>, limit: Duration) -> io::Result<()> {
         let end = Instant::now() + limit;
@@ -467,19 +363,6 @@ impl EventLoop {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    fn arm_accept(&mut self, i: usize) -> io::Result<()> {
-        let l = &mut self.listeners[i];
-        if l.armed || self.shutting_down || l.resume_at.is_some() {
-            return Ok(());
-        }
-        l.armed = true;
-        let sqe = opcode::AcceptMulti::new(types::Fd(l.fd.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(Kind::Accept, i as u32, 0));
-        self.push(sqe)
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
@@ -563,327 +446,6 @@ impl EventLoop {
                 abort(c, CloseReason::Shutdown);
             }
             self.update(st, idx, gen)?;
-        }
-        Ok(())
-    }
-
-    fn on_accept<A: Acceptor>(
-        &mut self,
-        st: &mut State<A>,
-        li: usize,
-        res: i32,
-        more: bool,
-    ) -> io::Result<()> {
-        if li >= self.listeners.len() {
-            return Ok(());
-        }
-        if !more {
-            self.listeners[li].armed = false;
-        }
-        if res >= 0 {
-            // SAFETY: a non-negative accept result is a new fd the kernel
-            // just created for us; nobody else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
-            let full = self.shutting_down || st.conns.len() >= self.cfg.max_connections;
-            if let Some((idx, gen, session)) = admit(
-                &mut st.acceptor,
-                &mut st.conns,
-                &self.wake,
-                &self.counters,
-                (li, fd.as_fd()),
-                full,
-            ) {
-                self.add_conn(st, idx, gen, fd, session)?;
-            }
-        } else if res != -libc::ECANCELED {
-            self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
-            let out_of_fds = matches!(-res, libc::EMFILE | libc::ENFILE);
-            if out_of_fds && !self.shutting_down && self.evict_one(st)? {
-                // The evicted connection's fd closes once its receive is
-                // cancelled: try again in a moment.
-                self.listeners[li].resume_at = Some(Instant::now() + EVICT_RETRY);
-            } else if out_of_fds || matches!(-res, libc::ENOMEM | libc::ENOBUFS) {
-                self.listeners[li].resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
-            }
-        }
-        if !self.listeners[li].armed {
-            self.arm_accept(li)?;
-        }
-        Ok(())
-    }
-
-    fn add_conn<A: Acceptor>(
-        &mut self,
-        st: &mut State<A>,
-        idx: u32,
-        gen: u32,
-        fd: OwnedFd,
-        session: A::Session,
-    ) -> io::Result<()> {
-        if let Some(t) = session.deadline() {
-            st.deadlines.push(Reverse((t, idx, gen)));
-        }
-        st.conns.insert_at(
-            idx,
-            Conn {
-                fd,
-                session,
-                accepted: Instant::now(),
-                phase: Phase::Open,
-                reason: CloseReason::Session,
-                recv: RecvState::Idle,
-                starved: false,
-                own: Vec::new(),
-                paused: false,
-                send_inflight: false,
-                send_cancelling: false,
-                sending: Vec::new(),
-                sent: 0,
-                pending: Vec::new(),
-                stash: Vec::new(),
-                charge: 0,
-                stash_charge: 0,
-            },
-        );
-        self.update(st, idx, gen)
-    }
-
-    fn on_recv<A: Acceptor>(
-        &mut self,
-        st: &mut State<A>,
-        idx: u32,
-        gen: u32,
-        res: i32,
-        flags: u32,
-        more: bool,
-    ) -> io::Result<()> {
-        let Some(c) = st.conns.get_mut(idx, gen) else {
-            // A receive always keeps its connection alive; never happens.
-            self.bufs.discard(flags);
-            return Ok(());
-        };
-        if !more {
-            c.recv = RecvState::Idle;
-        }
-        // The receive's own buffer, if it had one: the kernel is done with it.
-        let own = std::mem::take(&mut c.own);
-        if res > 0 {
-            self.counters
-                .bytes_in
-                .fetch_add(res as u64, Ordering::Relaxed);
-            if own.capacity() > 0 {
-                let n = res as usize;
-                if n > own.capacity() {
-                    abort(c, CloseReason::Error(libc::EIO));
-                } else if c.phase == Phase::Open {
-                    let mut own = own;
-                    // SAFETY: the receive wrote `n` bytes at the start of the
-                    // buffer's capacity (`n` checked above), and the kernel
-                    // is done with it (this is its final completion).
-                    unsafe { own.set_len(n) };
-                    feed_or_stash(c, &own, &self.budget);
-                }
-            } else {
-                self.bufs_touched = true;
-                match self.bufs.take(flags, res as usize) {
-                    Ok(buf) => {
-                        if c.phase == Phase::Open {
-                            feed_or_stash(c, &buf, &self.budget);
-                        }
-                    }
-                    Err(_) => {
-                        // `take` put back a buffer it could not hand out.
-                        abort(c, CloseReason::Error(libc::EIO));
-                    }
-                }
-            }
-        } else if res == 0 {
-            if c.phase == Phase::Open {
-                c.phase = Phase::Draining;
-                c.reason = CloseReason::PeerClosed;
-            }
-        } else if res == -libc::ENOBUFS {
-            self.counters
-                .recv_no_buffers
-                .fetch_add(1, Ordering::Relaxed);
-            c.starved = true;
-        } else if res != -libc::ECANCELED {
-            abort(c, CloseReason::Error(-res));
-        }
-        self.update(st, idx, gen)
-    }
-
-    fn on_send<A: Acceptor>(
-        &mut self,
-        st: &mut State<A>,
-        idx: u32,
-        gen: u32,
-        res: i32,
-    ) -> io::Result<()> {
-        let Some(c) = st.conns.get_mut(idx, gen) else {
-            return Ok(());
-        };
-        c.send_inflight = false;
-        c.send_cancelling = false;
-        if res > 0 {
-            let n = res as usize;
-            c.sent += n;
-            self.counters
-                .bytes_out
-                .fetch_add(n as u64, Ordering::Relaxed);
-            c.session.on_sent(n);
-            if c.sent >= c.sending.len() {
-                c.sending.clear();
-                c.sent = 0;
-                if c.sending.capacity() > KEEP_CAPACITY_BYTES {
-                    c.sending = Vec::new();
-                }
-            }
-        } else if res == 0 {
-            abort(c, CloseReason::Error(libc::EPIPE));
-        } else if res != -libc::ECANCELED || c.phase != Phase::Aborting {
-            abort(c, CloseReason::Error(-res));
-        }
-        self.update(st, idx, gen)
-    }
-
-    /// Brings a connection's operations in line with its state: sends what
-    /// is queued, pauses or resumes receiving, cancels what must stop, and
-    /// closes it when nothing is in flight any more.
-    fn update<A: Acceptor>(&mut self, st: &mut State<A>, idx: u32, gen: u32) -> io::Result<()> {
-        let Some(c) = st.conns.get_mut(idx, gen) else {
-            return Ok(());
-        };
-        let fd = c.fd.as_raw_fd();
-        let mut sqes: [Option<squeue::Entry>; 2] = [None, None];
-
-        // A session with a backlog produces its next batch once the output
-        // has drained (also when draining: the peer may have closed only
-        // its sending side). A session that makes no progress would stall
-        // the connection with its receive off: it is aborted instead.
-        if matches!(c.phase, Phase::Open | Phase::Draining)
-            && !self.shutting_down
-            && self.budget.allows(c.queued())
-            && c.queued() <= self.cfg.output_low_water_bytes
-            && c.session.has_backlog()
-        {
-            let before = c.queued();
-            let v = c.session.on_writable(&mut c.pending);
-            apply(c, v, CloseReason::Session);
-            if c.queued() == before && c.session.has_backlog() {
-                abort(c, CloseReason::Session);
-            }
-        }
-
-        // Stashed input, once the budget allows (before any new receive).
-        if !c.stash.is_empty()
-            && matches!(c.phase, Phase::Open | Phase::Draining)
-            && !self.shutting_down
-            && self.budget.allows(c.queued())
-            && !c.session.has_backlog()
-        {
-            let stash = std::mem::take(&mut c.stash);
-            let v = c.session.on_data(&stash, &mut c.pending);
-            apply(c, v, CloseReason::Session);
-        }
-
-        // Output.
-        if c.phase == Phase::Aborting {
-            c.pending = Vec::new();
-            if c.send_inflight && !c.send_cancelling {
-                c.send_cancelling = true;
-                sqes[0] = Some(
-                    opcode::AsyncCancel::new(ud(Kind::Send, idx, gen))
-                        .build()
-                        .user_data(ud(Kind::Cancel, 0, 0)),
-                );
-            }
-        } else if !c.send_inflight {
-            if c.sent >= c.sending.len() && !c.pending.is_empty() {
-                std::mem::swap(&mut c.sending, &mut c.pending);
-                c.sent = 0;
-            }
-            if c.sent < c.sending.len() {
-                let rest = &c.sending[c.sent..];
-                let len = rest.len().min(u32::MAX as usize) as u32;
-                c.send_inflight = true;
-                sqes[0] = Some(
-                    opcode::Send::new(types::Fd(fd), rest.as_ptr(), len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                        .user_data(ud(Kind::Send, idx, gen)),
-                );
-            }
-        }
-
-        // Input: not while shutting down or closing, not while the output
-        // is over the high-water mark (until it is back under the low one),
-        // not while the session holds a backlog.
-        let open = c.phase == Phase::Open && !self.shutting_down;
-        if open {
-            let queued = c.queued();
-            backpressure(&mut c.paused, queued, &self.cfg, &self.counters);
-        }
-        if open
-            && !c.paused
-            && !c.session.has_backlog()
-            && c.stash.is_empty()
-            && self.budget.allows(c.queued())
-        {
-            if c.recv == RecvState::Idle {
-                c.recv = RecvState::Armed;
-                let sqe = if c.starved {
-                    // The ring ran dry for this connection: one receive
-                    // into a buffer of its own, then back to the ring.
-                    c.starved = false;
-                    let len = self.bufs.buf_len();
-                    c.own = Vec::with_capacity(len as usize);
-                    opcode::Recv::new(types::Fd(fd), c.own.as_mut_ptr(), len).build()
-                } else {
-                    opcode::RecvMulti::new(types::Fd(fd), self.bufs.bgid()).build()
-                };
-                sqes[1] = Some(sqe.user_data(ud(Kind::Recv, idx, gen)));
-            }
-        } else if c.recv == RecvState::Armed {
-            c.recv = RecvState::Cancelling;
-            sqes[1] = Some(
-                opcode::AsyncCancel::new(ud(Kind::Recv, idx, gen))
-                    .build()
-                    .user_data(ud(Kind::Cancel, 0, 0)),
-            );
-        }
-
-        let done = match c.phase {
-            Phase::Open => false,
-            Phase::Draining => {
-                c.recv == RecvState::Idle
-                    && !c.send_inflight
-                    && c.queued() == 0
-                    && c.stash.is_empty()
-                    && !c.session.has_backlog()
-            }
-            Phase::Aborting => c.recv == RecvState::Idle && !c.send_inflight,
-        };
-        if done {
-            if let Some(mut c) = st.conns.take(idx) {
-                self.budget.set(&mut c.charge, 0);
-                self.budget.set_parked(&mut c.stash_charge, 0);
-                self.budget.closed();
-                if c.reason == CloseReason::Evicted {
-                    self.evicting = self.evicting.saturating_sub(1);
-                }
-                c.session.on_close(c.reason);
-                // Nothing is in flight on this fd: closing it is safe.
-                drop(c);
-            }
-            return Ok(());
-        }
-        let held = c.held_bytes();
-        self.budget.set(&mut c.charge, held);
-        let stashed = c.stash.capacity();
-        self.budget.set_parked(&mut c.stash_charge, stashed);
-        for sqe in sqes.into_iter().flatten() {
-            self.push(sqe)?;
         }
         Ok(())
     }
