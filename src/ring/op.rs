@@ -431,7 +431,7 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// An owned-resource operation driver (see [`Driver`] for the contract of
+/// An owned-resource operation driver (see [`Driver`](super::driver::Driver) for the contract of
 /// each method; every implementation follows it exactly).
 pub trait OpDriver {
     /// The backend this driver is (no caller inside the crate today; kept
