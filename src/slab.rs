@@ -36,12 +36,13 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Values stored.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Reserves a slot (its generation bumped) without filling it: fill it
-    /// with [`Slab::insert_at`] or give it back with [`Slab::release`].
+    /// Reserves an empty slot with a fresh generation, for a value that
+    /// needs its own key before it exists; fill it with [`Slab::insert_at`].
     pub(crate) fn vacant(&mut self) -> (u32, u32) {
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -58,8 +59,10 @@ impl<T> Slab<T> {
         (idx, slot.gen)
     }
 
-    /// Gives back a slot [`Slab::vacant`] reserved and nobody filled.
+    /// Gives back a slot reserved with [`Slab::vacant`] and never filled
+    /// (its generation stays bumped, so the key it had is stale).
     pub(crate) fn release(&mut self, idx: u32) {
+        // Only a reserved, unfilled slot (the caller calls this once).
         if self
             .slots
             .get(idx as usize)
@@ -69,6 +72,7 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Fills a slot reserved with [`Slab::vacant`].
     pub(crate) fn insert_at(&mut self, idx: u32, value: T) {
         let slot = &mut self.slots[idx as usize];
         debug_assert!(slot.value.is_none());
@@ -76,6 +80,7 @@ impl<T> Slab<T> {
         self.len += 1;
     }
 
+    /// Stores `value`; returns its key.
     #[inline]
     pub(crate) fn insert(&mut self, value: T) -> (u32, u32) {
         let key = self.vacant();
@@ -83,6 +88,7 @@ impl<T> Slab<T> {
         key
     }
 
+    /// The value under a key, if that key is still current.
     #[inline]
     pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut T> {
         match self.slots.get_mut(idx as usize) {
@@ -91,6 +97,7 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Removes the value under a key, if that key is still current.
     #[inline]
     pub(crate) fn remove(&mut self, idx: u32, gen: u32) -> Option<T> {
         match self.slots.get(idx as usize) {
@@ -99,6 +106,7 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Removes whatever is in slot `idx`.
     pub(crate) fn take(&mut self, idx: u32) -> Option<T> {
         let v = self.slots.get_mut(idx as usize)?.value.take()?;
         self.free.push(idx);
@@ -106,6 +114,7 @@ impl<T> Slab<T> {
         Some(v)
     }
 
+    /// The keys of every stored value.
     pub(crate) fn keys(&self) -> Vec<(u32, u32)> {
         self.slots
             .iter()

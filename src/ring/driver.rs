@@ -757,6 +757,30 @@ mod tests {
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
+    /// A small ring: 8 SQ and 16 CQ entries, no pools, no file table.
+    fn small_config() -> DriverConfig {
+        DriverConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            reg_slots: 0,
+            reg_slot_bytes: 0,
+            file_slots: 0,
+            recv_pool_bufs: 0,
+            recv_pool_buf_bytes: 0,
+        }
+    }
+
+    /// A driver on `cfg`, or `None` (skipped, loudly) without io_uring.
+    fn test_driver(cfg: DriverConfig) -> Option<Driver> {
+        match Driver::new(&cfg) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("SKIPPED: no io_uring here ({e})");
+                None
+            }
+        }
+    }
+
     #[test]
     fn sock_nonempty_flag_is_the_kernels() {
         assert!(cqueue::sock_nonempty(super::super::op::CQE_F_SOCK_NONEMPTY));
@@ -771,18 +795,12 @@ mod tests {
     /// send completes.
     #[test]
     fn backlog_submission_never_overflows_the_completion_queue() {
-        let cfg = DriverConfig {
+        let Some(mut drv) = test_driver(DriverConfig {
             sq_entries: 16,
             cq_entries: 32,
-            reg_slots: 0,
-            reg_slot_bytes: 0,
-            file_slots: 0,
-            recv_pool_bufs: 0,
-            recv_pool_buf_bytes: 0,
-        };
-        let mut drv = match Driver::new(&cfg) {
-            Ok(d) => d,
-            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+            ..small_config()
+        }) else {
+            return;
         };
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = Rc::new(OwnedFd::from(ours));
@@ -817,18 +835,12 @@ mod tests {
     /// slot that holds no multishot receive is dropped.
     #[test]
     fn multishot_chunks_carry_the_token_without_the_slot() {
-        let cfg = DriverConfig {
-            sq_entries: 8,
-            cq_entries: 16,
-            reg_slots: 0,
-            reg_slot_bytes: 0,
-            file_slots: 0,
+        let Some(mut drv) = test_driver(DriverConfig {
             recv_pool_bufs: 8,
             recv_pool_buf_bytes: 64,
-        };
-        let mut drv = match Driver::new(&cfg) {
-            Ok(d) => d,
-            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+            ..small_config()
+        }) else {
+            return;
         };
         let (ours, theirs) = UnixStream::pair().unwrap();
         let fd = Rc::new(OwnedFd::from(ours));
@@ -884,18 +896,8 @@ mod tests {
     /// socket takes, like any send, and stays in flight for the rest.
     #[test]
     fn send_longer_than_u32_is_not_truncated() {
-        let cfg = DriverConfig {
-            sq_entries: 8,
-            cq_entries: 16,
-            reg_slots: 0,
-            reg_slot_bytes: 0,
-            file_slots: 0,
-            recv_pool_bufs: 0,
-            recv_pool_buf_bytes: 0,
-        };
-        let mut drv = match Driver::new(&cfg) {
-            Ok(d) => d,
-            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+        let Some(mut drv) = test_driver(small_config()) else {
+            return;
         };
         let (ours, _theirs) = UnixStream::pair().unwrap();
         let fd = Rc::new(OwnedFd::from(ours));
@@ -945,18 +947,11 @@ mod tests {
     /// adopted socket.
     #[test]
     fn an_adopted_socket_is_sent_to_by_slot_and_closes_when_let_go() {
-        let cfg = DriverConfig {
-            sq_entries: 8,
-            cq_entries: 16,
-            reg_slots: 0,
-            reg_slot_bytes: 0,
+        let Some(mut drv) = test_driver(DriverConfig {
             file_slots: 4,
-            recv_pool_bufs: 0,
-            recv_pool_buf_bytes: 0,
-        };
-        let mut drv = match Driver::new(&cfg) {
-            Ok(d) => d,
-            Err(e) => return eprintln!("SKIPPED: no io_uring here ({e})"),
+            ..small_config()
+        }) else {
+            return;
         };
         if drv.files.is_none() {
             return eprintln!("SKIPPED: no registered file table on this kernel");

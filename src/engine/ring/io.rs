@@ -201,9 +201,8 @@ impl<D: OpDriver> Core<D> {
         if at.from == ReplyFrom::Nothing {
             return self.reject(notify, NtStatus::PIPE_BROKEN);
         }
-        if at.from == ReplyFrom::Pushback {
-            return self.read_pushback(at.pipe, max_out, notify);
-        }
+        // A read the pushback answers never gets here (`start_io`).
+        debug_assert!(at.from != ReplyFrom::Pushback);
         let kind = Kind::Read {
             max_out,
             from: at.from,

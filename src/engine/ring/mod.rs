@@ -648,47 +648,36 @@ impl<D: OpDriver> Core<D> {
         key
     }
 
+    /// Pushes `ops` as one linked chain of op `key` and records it as the
+    /// op's current chain.
     fn push_chain(&mut self, key: (u32, u32), ops: impl IntoIterator<Item = (Op, u8)>) {
-        self.push_chain_as(key, key, ops)
-    }
-
-    /// [`Core::push_chain`] for op `key` with tokens that name `by`
-    /// instead (a multishot receive's SQE names its pipe: see
-    /// [`Core::completion`]).
-    fn push_chain_as(
-        &mut self,
-        key: (u32, u32),
-        by: (u32, u32),
-        ops: impl IntoIterator<Item = (Op, u8)>,
-    ) {
         let mut ids = std::mem::take(&mut self.ids);
         self.drv.push_chain(
-            ops.into_iter().map(|(op, st)| (op, token(by, st))),
+            ops.into_iter().map(|(op, st)| (op, token(key, st))),
             &mut ids,
         );
+        self.record_chain(key, &ids);
+        self.ids = ids;
+    }
+
+    /// A chain of one op (a transceive's SEND, a multishot receive), with
+    /// no iterator or scratch list of ids; its token names `by` (a
+    /// multishot receive's SQE names its pipe: see [`Core::completion`]).
+    fn push_single_as(&mut self, key: (u32, u32), by: (u32, u32), op: Op, st: u8) {
+        let id = self.drv.push(op, token(by, st));
+        self.record_chain(key, &[id]);
+    }
+
+    /// Op `key`'s current chain is now `ids` (just pushed, none done).
+    fn record_chain(&mut self, key: (u32, u32), ids: &[SqeId]) {
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
             debug_assert!(ids.len() <= MAX_CHAIN);
             e.pending += ids.len() as u32;
             e.chain = [NO_SQE; MAX_CHAIN];
-            for (slot, id) in e.chain.iter_mut().zip(&ids) {
+            for (slot, id) in e.chain.iter_mut().zip(ids) {
                 *slot = *id;
             }
             e.chain_len = ids.len().min(MAX_CHAIN) as u8;
-            e.chain_done = 0;
-        }
-        self.ids = ids;
-    }
-
-    /// A chain of one op (a transceive's SEND, a multishot receive): what
-    /// [`Core::push_chain_as`] does, without building an iterator and a
-    /// scratch list of ids for a single SQE.
-    fn push_single_as(&mut self, key: (u32, u32), by: (u32, u32), op: Op, st: u8) {
-        let id = self.drv.push(op, token(by, st));
-        if let Some(e) = self.ops.get_mut(key.0, key.1) {
-            e.pending += 1;
-            e.chain = [NO_SQE; MAX_CHAIN];
-            e.chain[0] = id;
-            e.chain_len = 1;
             e.chain_done = 0;
         }
     }

@@ -285,12 +285,22 @@ impl CommonHeader {
     }
 }
 
-/// The smallest `frag_length` a PDU of type `ptype` can have.
-pub(super) fn min_frag_length(ptype: u8) -> usize {
-    match ptype {
+/// The header's `frag_length`, refused when shorter than a PDU of its
+/// type can be.
+pub(super) fn frag_length(header: &CommonHeader) -> Result<usize, DecodeError> {
+    let len = usize::from(header.frag_length);
+    let min = match header.ptype {
         PTYPE_REQUEST | PTYPE_RESPONSE | PTYPE_FAULT => REQUEST_HEADER_LEN,
         _ => COMMON_HEADER_LEN,
+    };
+    if len < min {
+        return Err(DecodeError::TooShort {
+            field: "frag_length",
+            len: len as u64,
+            min: min as u64,
+        });
     }
+    Ok(len)
 }
 
 /// Checks that `pdu` is exactly one PDU of one of `ptypes` and returns its
@@ -309,15 +319,7 @@ pub(super) fn split_pdu<'a>(
             value: u64::from(header.ptype),
         });
     }
-    let frag_length = usize::from(header.frag_length);
-    let min = min_frag_length(header.ptype);
-    if frag_length < min {
-        return Err(DecodeError::TooShort {
-            field: "frag_length",
-            len: frag_length as u64,
-            min: min as u64,
-        });
-    }
+    let frag_length = frag_length(&header)?;
     if pdu.len() < frag_length {
         return Err(DecodeError::UnexpectedEnd {
             field: "PDU",

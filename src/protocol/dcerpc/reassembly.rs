@@ -1,7 +1,7 @@
 //! Cutting a byte stream into whole PDUs by their `frag_length`
 //! ([`pdu_len`], [`PduReassembler`]).
 
-use super::header::{min_frag_length, CommonHeader, COMMON_HEADER_LEN};
+use super::header::{frag_length, CommonHeader, COMMON_HEADER_LEN};
 use crate::protocol::error::DecodeError;
 
 /// How long the PDU at the start of `buf` is, from its `frag_length`
@@ -17,15 +17,7 @@ pub fn pdu_len(buf: &[u8], max_frag: u16) -> Result<Option<usize>, DecodeError> 
         return Ok(None);
     }
     let header = CommonHeader::decode(buf)?;
-    let len = usize::from(header.frag_length);
-    let min = min_frag_length(header.ptype);
-    if len < min {
-        return Err(DecodeError::TooShort {
-            field: "frag_length",
-            len: len as u64,
-            min: min as u64,
-        });
-    }
+    let len = frag_length(&header)?;
     if len > usize::from(max_frag) {
         return Err(DecodeError::TooLong {
             field: "frag_length",

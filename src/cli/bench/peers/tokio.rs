@@ -15,7 +15,7 @@ use crate::bench::framed::{Inbox, ReplyCollector};
 use crate::bench::measure::Baseline;
 use crate::bench::peer::{BenchError, Completed, Peer, PeerRun, Run};
 use crate::bench::phases;
-use opipe::protocol::npa::frame_messages as framed;
+use opipe::protocol::npa::frame_messages;
 
 /// One tokio task per pipe on the multi-threaded runtime.
 #[derive(Debug, Default)]
@@ -126,7 +126,7 @@ async fn open(
     x.check_open_reply(answer)?;
     let mut inbox = x.dialect().is_message_mode().then(Inbox::new);
     if let (Some(bind), Some(inbox)) = (x.bind_request(), inbox.as_mut()) {
-        s.write_all(&framed(&bind)).await?;
+        s.write_all(&frame_messages(&bind)).await?;
         let ack = loop {
             if let Some(m) = inbox.next_message() {
                 break m;

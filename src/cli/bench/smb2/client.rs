@@ -440,16 +440,10 @@ impl Connection {
             .mech_token()
             .ok_or_else(|| fail(STEP, "no NTLMSSP CHALLENGE in the answer"))?;
         let challenge = ntlmssp::Challenge::decode(challenge).map_err(|e| fail(STEP, e))?;
+        // MS-NLMP's anonymous response: a one-byte zero LM response.
         let auth = ntlmssp::Authenticate {
-            flags: (challenge.flags & flags) | ntlmssp::ANONYMOUS,
             lm_response: vec![0],
-            nt_response: Vec::new(),
-            domain: Vec::new(),
-            user: Vec::new(),
-            workstation: Vec::new(),
-            session_key: Vec::new(),
-            version: None,
-            mic: None,
+            ..ntlmssp::Authenticate::anonymous((challenge.flags & flags) | ntlmssp::ANONYMOUS)
         }
         .encode()
         .map_err(|e| fail(STEP, e))?;
