@@ -213,6 +213,9 @@ impl<'a> RingContext<'a> {
 pub(crate) trait RingCore {
     fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify);
     fn ring_index(&self) -> usize;
+    /// Takes back a buffer a callback is done with (see
+    /// [`RingContext::read_append_with`]).
+    fn recycle(&mut self, buf: Vec<u8>);
 }
 
 impl std::fmt::Debug for RingContext<'_> {
@@ -273,6 +276,29 @@ impl RingContext<'_> {
             Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer).map(|t| t.data)));
         self.core
             .start_io(pipe, PipeIo::Read { max_out }, Notify::Callback(cb));
+    }
+
+    /// [`RingContext::read_with`] that APPENDS what it reads to `buf`: `f`
+    /// gets `buf` back with the count appended (on failure `buf` as it
+    /// was, and the status). The buffer the bytes came in goes back to the
+    /// ring for a later receive, so reading the rest of an overflowed
+    /// reply behind its first part costs one copy and no allocation.
+    pub fn read_append_with(
+        &mut self,
+        pipe: PipeId,
+        mut buf: Vec<u8>,
+        max_out: usize,
+        f: impl FnOnce(&mut RingContext<'_>, Vec<u8>, Result<usize, NtStatus>) + Send + 'static,
+    ) {
+        self.read_with(pipe, max_out, move |ctx, res| match res {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                let n = data.len();
+                ctx.core.recycle(data);
+                f(ctx, buf, Ok(n))
+            }
+            Err(s) => f(ctx, buf, Err(s)),
+        })
     }
 
     /// Index of this ring in its engine.

@@ -204,6 +204,51 @@ impl BufRing {
         })
     }
 
+    /// Takes the buffer a completion names out of the ring until
+    /// [`BufRing::give_back`]: the lent bytes are read with
+    /// [`BufRing::lent`] meanwhile, without the guard's borrow of the ring
+    /// (a driver lends a multishot chunk to the engine this way, which
+    /// copies each share straight to where it belongs).
+    pub(crate) fn lend(&mut self, flags: u32, len: usize) -> Result<Lent, BufError> {
+        let buf = self.take(flags, len)?;
+        let lent = Lent {
+            bid: buf.bid,
+            len: buf.len,
+        };
+        // Out of the ring until `give_back`.
+        std::mem::forget(buf);
+        Ok(lent)
+    }
+
+    /// The bytes of a buffer lent by [`BufRing::lend`]; empty once it was
+    /// given back (the kernel may be writing it again).
+    pub(crate) fn lent(&self, lent: Lent) -> &[u8] {
+        if lent.bid >= self.count || self.in_ring[usize::from(lent.bid)] {
+            return &[];
+        }
+        // SAFETY: `bid < count` and `len <= buf_len` (checked by `take` in
+        // `lend`), so the range is inside the data allocation. The buffer
+        // is out of the ring (checked above): the kernel filled it before
+        // posting the completion and will not write it again until
+        // `give_back` publishes it, which needs `&mut self`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.data
+                    .as_ptr()
+                    .add(usize::from(lent.bid) * self.buf_len as usize),
+                lent.len,
+            )
+        }
+    }
+
+    /// Puts a lent buffer back into the ring (once: a second call, or one
+    /// for a buffer already back, does nothing).
+    pub(crate) fn give_back(&mut self, lent: Lent) {
+        if lent.bid < self.count && !self.in_ring[usize::from(lent.bid)] {
+            self.put_back(lent.bid);
+        }
+    }
+
     /// Returns the buffer a completion names without reading it (for a
     /// completion whose data nobody wants).
     pub fn discard(&mut self, flags: u32) {
@@ -272,6 +317,14 @@ impl Drop for BufRing {
             alloc::dealloc(self.data.as_ptr(), self.data_layout);
         }
     }
+}
+
+/// A buffer lent out of the ring by [`BufRing::lend`]: its id and how many
+/// bytes the kernel put in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lent {
+    bid: u16,
+    len: usize,
 }
 
 /// The bytes of one received buffer; the buffer goes back into the ring when

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::bufring::BufRing;
+use super::bufring::{BufRing, Lent};
 use super::files::{with_fd, FdRef, FixedFiles};
 use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
 use super::reap::{Reaped, Slot, NOT_MULTI};
@@ -124,6 +124,9 @@ pub struct Driver {
     /// request's), reused for the next pooled receives (multishot chunks
     /// and one-shot) so that a reply costs no allocation once warm.
     spare: Vec<Vec<u8>>,
+    /// The pool buffer of the chunk last reaped, lent to the engine until
+    /// the next reap ([`Op::LentChunk`]).
+    lent: Option<Lent>,
     /// CQEs copied out of the completion queue and not handed out yet
     /// (from `batch_at` on): [`Driver::reap_one`] reads the queue up to
     /// [`REAP_BATCH`] entries at a time, so the queue's indices are read and
@@ -137,10 +140,6 @@ pub struct Driver {
 
 /// CQEs [`Driver::reap_one`] copies out of the completion queue at once.
 const REAP_BATCH: usize = 64;
-
-/// At most this many spare buffers per ring, each at most one pool buffer
-/// large (so they hold at most 64 x 4280 bytes).
-const MAX_SPARE: usize = 64;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,6 +210,7 @@ impl Driver {
             reg,
             recv_pool,
             spare: Vec::new(),
+            lent: None,
             batch: Vec::with_capacity(REAP_BATCH),
             batch_at: 0,
             files,
@@ -222,7 +222,15 @@ impl Driver {
     /// larger than a receive-pool buffer.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
-        if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < MAX_SPARE {
+        // As many spares as pool buffers, each at most one pool buffer
+        // large: at most the pool's memory again. Fewer (64) ran dry at
+        // 1 024 busy pipes, where a batch of replies takes a spare each
+        // before the sends that give them back complete.
+        let max_spare = self
+            .recv_pool
+            .as_ref()
+            .map_or(0, |p| usize::from(p.count()));
+        if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < max_spare {
             buf.clear();
             self.spare.push(buf);
         }
@@ -398,7 +406,7 @@ impl Driver {
                 .build())
             }
             // Not pushed: only a completion carries it.
-            Op::Chunk { .. } => opcode::Nop::new().build(),
+            Op::Chunk { .. } | Op::LentChunk => opcode::Nop::new().build(),
             Op::Timer { .. } => match ts {
                 Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
                 // Not reached: `push` builds every timer's spec.
@@ -582,6 +590,12 @@ impl Driver {
     /// CQEs on the way are handled here.
     #[inline(always)]
     pub fn reap_one(&mut self) -> Option<Completion> {
+        // The last chunk's reader is done with it.
+        if let Some(lent) = self.lent.take() {
+            if let Some(pool) = self.recv_pool.as_mut() {
+                pool.give_back(lent);
+            }
+        }
         loop {
             if self.batch_at == self.batch.len() && !self.refill_batch() {
                 return None;
@@ -596,6 +610,7 @@ impl Driver {
                         multi: &mut self.multi,
                         pool: self.recv_pool.as_mut(),
                         spare: &mut self.spare,
+                        lent: &mut self.lent,
                     };
                     if let Some(c) = reaped.op(ud, &cqe) {
                         return Some(c);
@@ -737,6 +752,21 @@ impl OpDriver for Driver {
         Driver::recycle(self, buf)
     }
     #[inline]
+    fn spare_buf(&mut self) -> Vec<u8> {
+        // A new one is as large as a pool buffer, like most recycled ones:
+        // a buffer that later holds a whole reply never has to grow.
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.recv_pool_buf_bytes()))
+    }
+    #[inline]
+    fn lent_chunk(&self) -> &[u8] {
+        match (self.lent, self.recv_pool.as_ref()) {
+            (Some(lent), Some(pool)) => pool.lent(lent),
+            _ => &[],
+        }
+    }
+    #[inline]
     fn recv_allocates(&self) -> bool {
         false
     }
@@ -830,9 +860,10 @@ mod tests {
     }
 
     /// A multishot receive's chunks carry its token (found through the
-    /// driver's `multi` table, not the slot), one completion each, and its
-    /// final completion clears the table's entry; a chunk CQE naming a
-    /// slot that holds no multishot receive is dropped.
+    /// driver's `multi` table, not the slot), one completion each, their
+    /// bytes lent in the pool buffer until the next reap, and its final
+    /// completion clears the table's entry; a chunk CQE naming a slot that
+    /// holds no multishot receive is dropped.
     #[test]
     fn multishot_chunks_carry_the_token_without_the_slot() {
         let Some(mut drv) = test_driver(DriverConfig {
@@ -859,23 +890,27 @@ mod tests {
                 drv.submit_and_wait(1, Some(Duration::from_millis(50)))
                     .unwrap();
                 while let Some(c) = drv.reap_one() {
-                    got.push(c);
+                    // Lent until the next reap: read now.
+                    let bytes = drv.lent_chunk().to_vec();
+                    got.push((c, bytes));
                 }
             }
             got
         };
         let mut writer = &theirs;
-        for chunk in [&b"one"[..], b"two"] {
-            std::io::Write::write_all(&mut writer, chunk).unwrap();
+        // More chunks than the pool has buffers: each lent buffer goes back
+        // at the next reap, or the pool would run dry (ENOBUFS ends the
+        // receive).
+        for i in 0..20u8 {
+            let chunk = [b'a' + i; 3];
+            std::io::Write::write_all(&mut writer, &chunk).unwrap();
             let got = wait_for(&mut drv, 1);
             assert_eq!(got.len(), 1);
-            let c = &got[0];
+            let (c, bytes) = &got[0];
             assert!(c.more, "a chunk, the receive stays armed");
             assert_eq!((c.token, c.result), (42, 3));
-            match &c.op {
-                Op::Chunk { data } => assert_eq!(data, chunk),
-                _ => panic!("not a chunk"),
-            }
+            assert!(matches!(c.op, Op::LentChunk), "lent in the pool buffer");
+            assert_eq!(bytes, &chunk);
         }
         // A chunk CQE whose slot holds no multishot receive: dropped.
         let stale = drv.multi[index];
@@ -886,8 +921,8 @@ mod tests {
         drop(theirs);
         let got = wait_for(&mut drv, 1);
         assert_eq!(got.len(), 1);
-        assert!(!got[0].more, "the end of the stream ends the receive");
-        assert_eq!(got[0].token, 42);
+        assert!(!got[0].0.more, "the end of the stream ends the receive");
+        assert_eq!(got[0].0.token, 42);
         assert_eq!(drv.multi[index].0, NOT_MULTI, "the entry is cleared");
     }
 

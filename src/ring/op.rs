@@ -248,6 +248,12 @@ pub enum Op {
         /// The chunk's bytes.
         data: Vec<u8>,
     },
+    /// One chunk of a multishot receive whose bytes the driver LENDS: they
+    /// stay in its receive-pool buffer, read with [`OpDriver::lent_chunk`],
+    /// until the driver's next `reap_one` puts the buffer back. The engine
+    /// copies each share straight to its request or the pushback, with no
+    /// buffer in between. Never pushed.
+    LentChunk,
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -288,7 +294,7 @@ impl Op {
             | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } | Op::Chunk { .. } => None,
+            Op::Timer { .. } | Op::Chunk { .. } | Op::LentChunk => None,
         }
     }
 }
@@ -498,6 +504,18 @@ pub trait OpDriver {
     /// Takes back a buffer no operation holds any more (a finished
     /// request's), for the driver to receive into later; may drop it.
     fn recycle(&mut self, buf: Vec<u8>);
+
+    /// An empty buffer to copy received bytes into: one given back by
+    /// [`OpDriver::recycle`] if the driver keeps any, else a new one.
+    fn spare_buf(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// The bytes of the [`Op::LentChunk`] completion last reaped (empty
+    /// when the last one was something else).
+    fn lent_chunk(&self) -> &[u8] {
+        &[]
+    }
 
     /// [`OpDriver::recycle`] for a sent request's bytes: an owned buffer
     /// is taken back as it is; a shared one only when no one else holds it

@@ -1,12 +1,13 @@
 //! Turning one CQE of an operation into its [`Completion`]: a multishot
 //! receive's chunk (found through the driver's compact `multi` table, the
-//! op's slot untouched) or an op's final completion with its resources
-//! handed back, a pooled receive's bytes copied out of the pool buffer
-//! (which goes back at once).
+//! op's slot untouched, its bytes lent in the pool buffer until the next
+//! reap) or an op's final completion with its resources handed back, a
+//! pooled receive's bytes copied out of the pool buffer (which goes back
+//! at once).
 
 use io_uring::{cqueue, types};
 
-use super::bufring::BufRing;
+use super::bufring::{BufRing, Lent};
 use super::op::{Completion, Op, Token};
 use crate::slab::Slab;
 
@@ -30,6 +31,8 @@ pub(super) struct Reaped<'a> {
     pub(super) multi: &'a mut Vec<(u64, u64)>,
     pub(super) pool: Option<&'a mut BufRing>,
     pub(super) spare: &'a mut Vec<Vec<u8>>,
+    /// Where a chunk's lent pool buffer is noted (see `Op::LentChunk`).
+    pub(super) lent: &'a mut Option<Lent>,
 }
 
 impl Reaped<'_> {
@@ -41,9 +44,8 @@ impl Reaped<'_> {
         let (index, gen) = (ud.index(), ud.gen());
         let mut result = cqe.result();
         if cqueue::more(cqe.flags()) {
-            // A multishot receive's chunk, its bytes copied out of the pool
-            // buffer (which goes back at once): the op stays armed. Its
-            // token comes from `multi`: the slot is not touched.
+            // A multishot receive's chunk: the op stays armed. Its token
+            // comes from `multi`: the slot is not touched.
             let token = match self.multi.get(index as usize) {
                 Some(&(live, token)) if live == ud.raw() => token,
                 _ => {
@@ -54,29 +56,33 @@ impl Reaped<'_> {
                     return None;
                 }
             };
-            // Built first and filled in place: the bytes' buffer is
-            // written once, where the core reads it (building it aside and
-            // moving it in measured a store-forwarding stall per chunk).
-            let mut out = Some(Completion {
+            // The bytes stay in the pool buffer, lent to the core until the
+            // next reap (`Driver::reap_one` gives it back): the core copies
+            // each share once, straight to where it goes.
+            let op = match self.pool.as_deref_mut() {
+                Some(pool) if result > 0 => match pool.lend(cqe.flags(), result as usize) {
+                    Ok(lent) => {
+                        *self.lent = Some(lent);
+                        Op::LentChunk
+                    }
+                    Err(_) => {
+                        result = -libc::EIO;
+                        Op::Chunk { data: Vec::new() }
+                    }
+                },
+                Some(pool) => {
+                    pool.discard(cqe.flags());
+                    Op::Chunk { data: Vec::new() }
+                }
+                None => Op::Chunk { data: Vec::new() },
+            };
+            return Some(Completion {
                 token,
                 result,
                 flags: cqe.flags(),
-                op: Op::Chunk { data: Vec::new() },
+                op,
                 more: true,
             });
-            if let (
-                Some(pool),
-                Some(Completion {
-                    op: Op::Chunk { data },
-                    result,
-                    flags,
-                    ..
-                }),
-            ) = (self.pool.as_deref_mut(), &mut out)
-            {
-                copy_out(pool, self.spare, *flags, result, data);
-            }
-            return out;
         }
         let Slot { token, mut op, .. } = self.slots.remove(index, gen)?;
         if matches!(op, Op::RecvMulti { .. }) {

@@ -73,7 +73,8 @@ impl<D: OpDriver> Core<D> {
             Op::Chunk { data } if c.result > 0 && !data.is_empty() => {
                 self.multishot_chunk(pipe, data, nonempty)
             }
-            Op::Chunk { .. } => {}
+            Op::LentChunk if c.result > 0 => self.multishot_lent_chunk(pipe, nonempty),
+            Op::Chunk { .. } | Op::LentChunk => {}
             _ => debug_assert!(false, "a multishot chunk of another op"),
         }
     }

@@ -37,7 +37,7 @@ pub(crate) fn kind_of(op: &Op) -> K {
         Op::Recv { flags, .. } if flags & libc::MSG_PEEK != 0 => K::Peek,
         Op::Recv { .. } => K::Recv,
         Op::RecvPooled { .. } => K::RecvPooled,
-        Op::RecvMulti { .. } | Op::Chunk { .. } => K::RecvMulti,
+        Op::RecvMulti { .. } | Op::Chunk { .. } | Op::LentChunk => K::RecvMulti,
         Op::WriteFixed { .. } => K::WriteFixed,
         Op::ReadFixed { .. } => K::ReadFixed,
         Op::Timer { .. } => K::Timer,
@@ -79,6 +79,15 @@ pub(crate) struct FakeDriver {
     /// Calls of `submit_and_wait`, and the error each returns if set.
     pub(crate) submits: usize,
     pub(crate) submit_errno: Option<i32>,
+    /// Chunks come as owned bytes (`Op::Chunk`) instead of lent ones
+    /// (`Op::LentChunk`, as the io_uring driver gives them).
+    pub(crate) owned_chunks: bool,
+    /// The bytes of the lent chunks in `ready`, in order, and of the one
+    /// last reaped (valid until the next reap, as a pool buffer is).
+    lent_queue: VecDeque<Vec<u8>>,
+    lent_now: Vec<u8>,
+    /// Buffers handed out by `spare_buf`.
+    pub(crate) spares_taken: usize,
 }
 
 impl FakeDriver {
@@ -102,6 +111,10 @@ impl FakeDriver {
             recycled: 0,
             submits: 0,
             submit_errno: None,
+            owned_chunks: false,
+            lent_queue: VecDeque::new(),
+            lent_now: Vec::new(),
+            spares_taken: 0,
         }
     }
 
@@ -172,11 +185,6 @@ impl FakeDriver {
     /// Whether the core asked to cancel `id`.
     pub(crate) fn cancel_asked(&self, id: SqeId) -> bool {
         self.cancels.contains(&id)
-    }
-
-    /// Completions waiting for the core.
-    pub(crate) fn take_ready(&mut self) -> Vec<Completion> {
-        self.ready.drain(..).collect()
     }
 
     fn take(&mut self, id: SqeId) -> InFlight {
@@ -260,13 +268,20 @@ impl FakeDriver {
         if !matches!(f.op, Op::RecvMulti { .. }) {
             panic!("not a multishot receive");
         }
+        let token = f.token;
+        let op = if self.owned_chunks {
+            Op::Chunk {
+                data: bytes.to_vec(),
+            }
+        } else {
+            self.lent_queue.push_back(bytes.to_vec());
+            Op::LentChunk
+        };
         self.ready.push_back(Completion {
-            token: f.token,
+            token,
             result: bytes.len() as i32,
             flags,
-            op: Op::Chunk {
-                data: bytes.to_vec(),
-            },
+            op,
             more: true,
         });
     }
@@ -357,7 +372,22 @@ impl OpDriver for FakeDriver {
     }
 
     fn reap_one(&mut self) -> Option<Completion> {
-        self.ready.pop_front()
+        // The last lent chunk goes back: its bytes are gone.
+        self.lent_now = Vec::new();
+        let c = self.ready.pop_front()?;
+        if matches!(c.op, Op::LentChunk) {
+            self.lent_now = self.lent_queue.pop_front().unwrap_or_default();
+        }
+        Some(c)
+    }
+
+    fn lent_chunk(&self) -> &[u8] {
+        &self.lent_now
+    }
+
+    fn spare_buf(&mut self) -> Vec<u8> {
+        self.spares_taken += 1;
+        Vec::new()
     }
 
     fn features(&self) -> Features {

@@ -454,6 +454,9 @@ impl<D: OpDriver> RingCore for Core<D> {
     fn ring_index(&self) -> usize {
         self.ring_index
     }
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.drv.recycle(buf)
+    }
 }
 
 /// Maps a socket errno to the status the seed would give.

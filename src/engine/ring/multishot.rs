@@ -210,6 +210,13 @@ impl<D: OpDriver> Core<D> {
         // Waiters exist only while the pushback holds no reply for them
         // (empty, or part of a message): the chunk comes after it.
         pe.pushback.append(data);
+        self.feed_pushback(pipe, nonempty);
+    }
+
+    /// After a chunk joined `pipe`'s pushback: its waiting requests take
+    /// their shares; if the pushback still holds too much, nobody is
+    /// reading and the receive stops.
+    fn feed_pushback(&mut self, pipe: PipeId, nonempty: bool) {
         self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
@@ -217,6 +224,77 @@ impl<D: OpDriver> Core<D> {
         if pe.pushback.len() > MULTISHOT_PUSHBACK_CAP {
             // Nobody is reading: leave the rest in the socket.
             self.stop_multishot(pipe);
+        }
+    }
+
+    /// A chunk whose bytes the driver lends in its pool buffer
+    /// ([`Op::LentChunk`]): each share is copied once, from there to where
+    /// it goes. The common case (a byte pipe, nothing in the pushback, a
+    /// request waiting) copies the waiter's share into its reply and only
+    /// the rest into the pushback; any other case copies the chunk into
+    /// the pushback and feeds the waiters from there.
+    pub(super) fn multishot_lent_chunk(&mut self, pipe: PipeId, nonempty: bool) {
+        let len = self.drv.lent_chunk().len();
+        let Some((w, max_out)) = self.direct_waiter(pipe) else {
+            let mut data = self.drv.spare_buf();
+            data.extend_from_slice(self.drv.lent_chunk());
+            return self.multishot_chunk(pipe, data, nonempty);
+        };
+        let n = len.min(max_out);
+        let mut share = self.drv.spare_buf();
+        let mut rest = Vec::new();
+        if n < len {
+            // An overflow: the caller will likely append the rest behind
+            // this share (`read_append_with`), so it gets room for all.
+            share.reserve(len);
+            rest = self.drv.spare_buf();
+        }
+        let bytes = self.drv.lent_chunk();
+        share.extend_from_slice(&bytes[..n]);
+        rest.extend_from_slice(&bytes[n..]);
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        pe.waiters.pop_front();
+        pe.pushback.append(rest);
+        let more = overflow::more_behind(&pe.pushback, nonempty);
+        let left = !pe.pushback.is_empty();
+        if let Some(e) = self.ops.get_mut(w.0, w.1) {
+            if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut e.kind {
+                *reply = Reply::Got { data: share, more };
+            }
+        }
+        self.finish_if_idle(w);
+        if left {
+            // The rest goes to the next waiters, or waits for a read.
+            self.feed_pushback(pipe, nonempty);
+        }
+    }
+
+    /// The request a lent chunk's front goes to directly, and its
+    /// `max_out`: the first waiter of a byte pipe whose pushback is empty
+    /// (else `None`: the chunk takes the general way).
+    fn direct_waiter(&mut self, pipe: PipeId) -> Option<((u32, u32), usize)> {
+        if self.message_mode() {
+            return None;
+        }
+        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        if !pe.pushback.is_empty() {
+            return None;
+        }
+        let w = *pe.waiters.front()?;
+        match &self.ops.get_mut(w.0, w.1)?.kind {
+            Kind::Transceive {
+                reply: Reply::Awaited,
+                max_out,
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Awaited,
+                max_out,
+                ..
+            } => Some((w, *max_out)),
+            _ => None,
         }
     }
 

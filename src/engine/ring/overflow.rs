@@ -64,12 +64,17 @@ pub(super) fn waiter_share(
     nonempty: bool,
 ) -> (Vec<u8>, More) {
     let data = take_pushback(pushback, max_out);
-    let more = if !pushback.is_empty() || nonempty {
+    (data, more_behind(pushback, nonempty))
+}
+
+/// Whether more is waiting behind a share just taken: bytes left in the
+/// pushback, or queued on the socket (`nonempty`, the kernel's flag).
+pub(super) fn more_behind(pushback: &Pushback, nonempty: bool) -> More {
+    if !pushback.is_empty() || nonempty {
         More::Yes
     } else {
         More::No
-    };
-    (data, more)
+    }
 }
 
 /// A receive's bytes (`data`) join the stream behind the pushback (which

@@ -55,12 +55,15 @@ impl H {
         loop {
             let now = self.core.drv.now;
             self.core.on_turn(now);
-            let ready = self.core.drv.take_ready();
-            if ready.is_empty() {
-                return;
-            }
-            for c in ready {
+            // One at a time, as the ring loop reaps: a lent chunk's bytes
+            // last until the next reap.
+            let mut any = false;
+            while let Some(c) = self.core.drv.reap_one() {
+                any = true;
                 self.core.on_completion(c, now);
+            }
+            if !any {
+                return;
             }
         }
     }
@@ -567,6 +570,70 @@ fn overflowed_reply_rest_is_read_from_memory() {
     let r = h.read(p, 100);
     assert_eq!(transfer(&r), ok(&reply[10..]));
     assert_eq!(h.d().kinds(), vec![K::RecvMulti], "no SQE for the read");
+}
+
+/// A chunk lent in the pool buffer that overflows the waiting transceive:
+/// the waiter's share and the rest are each copied once from there (one
+/// spare buffer each; no copy of the whole chunk first), and the next read
+/// gets the rest. Owned chunks (the general way) give the same bytes.
+#[test]
+fn a_lent_chunk_is_copied_once_to_the_waiter_and_once_to_the_pushback() {
+    for owned in [false, true] {
+        let mut h = harness();
+        h.d().owned_chunks = owned;
+        let p = h.open_ok(1);
+        let before = h.d().spares_taken;
+        let reply = overflow_by_20(&mut h, p);
+        let spares = h.d().spares_taken - before;
+        assert_eq!(spares, if owned { 0 } else { 2 }, "owned chunks: {owned}");
+        let r = h.read(p, 100);
+        assert_eq!(transfer(&r), ok(&reply[10..]), "owned chunks: {owned}");
+    }
+}
+
+/// `read_append_with` appends to the caller's buffer and gives back the
+/// one the bytes came in; a failed read leaves the buffer as it was.
+#[test]
+fn read_append_appends_and_recycles_the_pushback_buffer() {
+    type Got = std::sync::Mutex<Vec<(Vec<u8>, Result<usize, NtStatus>)>>;
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let reply = overflow_by_20(&mut h, p);
+    let got: Arc<Got> = Arc::default();
+    let recycled = h.d().recycled;
+    let g = got.clone();
+    let cb: crate::engine::command::Callback = Box::new(move |ctx, _| {
+        let first = reply[..10].to_vec();
+        ctx.read_append_with(p, first, 100, move |ctx, buf, res| {
+            g.lock().unwrap().push((buf, res));
+            // The pipe's stream is empty now: this one waits, then fails.
+            let g2 = g.clone();
+            ctx.read_append_with(p, b"kept".to_vec(), 100, move |_, buf, res| {
+                g2.lock().unwrap().push((buf, res));
+            });
+        });
+    });
+    h.cmd(Command::Io {
+        pipe: p,
+        io: PipeIo::Write {
+            data: SendBuf::default(),
+        },
+        notify: Notify::Callback(cb),
+    });
+    h.send_all();
+    let whole = bytes(30);
+    {
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0], (whole, Ok(20)));
+    }
+    assert_eq!(h.d().recycled, recycled + 1, "the rest's buffer went back");
+    // The second read fails when the pipe closes under it.
+    let ms = h.d().one(K::RecvMulti);
+    h.complete(ms, 0);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1], (b"kept".to_vec(), Err(NtStatus::PIPE_BROKEN)));
 }
 
 /// A transceive with nothing to send whose reply is already held: no SQE

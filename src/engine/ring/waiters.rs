@@ -35,6 +35,11 @@ impl Waiters {
         }
     }
 
+    /// The first waiter, left in place.
+    pub(super) fn front(&self) -> Option<&(u32, u32)> {
+        self.first.as_ref()
+    }
+
     pub(super) fn pop_front(&mut self) -> Option<(u32, u32)> {
         let first = self.first.take()?;
         self.first = self.rest.pop_front();

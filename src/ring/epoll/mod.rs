@@ -301,7 +301,8 @@ impl EpollDriver {
             | Op::ReadFixed { .. }
             | Op::RecvPooled { .. }
             | Op::RecvMulti { .. }
-            | Op::Chunk { .. } => self.complete(index, -libc::EOPNOTSUPP),
+            | Op::Chunk { .. }
+            | Op::LentChunk => self.complete(index, -libc::EOPNOTSUPP),
         }
     }
 

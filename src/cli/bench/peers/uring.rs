@@ -294,7 +294,7 @@ impl PipeLoop {
         ctx: &mut RingContext<'_>,
         start: Instant,
         mut progress: ReplyProgress,
-        mut acc: Vec<u8>,
+        acc: Vec<u8>,
     ) {
         match progress.missing() {
             None => {
@@ -314,12 +314,11 @@ impl PipeLoop {
             }
             Some(rest) => {
                 let id = self.id;
-                ctx.read_with(id, rest.len(), move |ctx, res| match res {
-                    Ok(d) => match progress.advance(d.len()) {
-                        Ok(()) => {
-                            acc.extend_from_slice(&d);
-                            self.collect(ctx, start, progress, acc)
-                        }
+                // The rest lands behind the first part, in the same buffer.
+                let want = rest.len();
+                ctx.read_append_with(id, acc, want, move |ctx, acc, res| match res {
+                    Ok(n) => match progress.advance(n) {
+                        Ok(()) => self.collect(ctx, start, progress, acc),
                         Err(e) => self.fail(start, e),
                     },
                     Err(s) => self.fail(start, status_error(s)),
