@@ -36,6 +36,13 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Starts fetching slot `idx` into the cache (a hint; any index will
+    /// do), for a lookup soon after.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, idx: u32) {
+        crate::ring::sys::prefetch(self.slots.as_ptr().wrapping_add(idx as usize));
+    }
+
     /// Values stored.
     pub(crate) fn len(&self) -> usize {
         self.len

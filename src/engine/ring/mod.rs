@@ -508,6 +508,19 @@ impl<D: OpDriver> Core<D> {
 
     /// One final completion (or multishot chunk) from the driver.
     #[inline(always)]
+    /// Starts fetching the pipe entries the next batch of multishot chunks
+    /// goes to: with many busy pipes each is a cache miss, and these
+    /// overlap instead of being waited for one chunk at a time.
+    pub(crate) fn prefetch_upcoming(&mut self) {
+        let pipes = &self.pipes;
+        self.drv.upcoming_chunks(&mut |token| {
+            let t = Token::from_raw(token);
+            if t.kind() == ST_MULTISHOT {
+                pipes.prefetch(t.index());
+            }
+        });
+    }
+
     pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
         self.now = now;
         self.completion(c);

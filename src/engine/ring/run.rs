@@ -65,6 +65,7 @@ pub(crate) fn run<D: OpDriver>(core: &mut Core<D>, queue: &CommandQueue) {
         }
         // Each completion goes to the core as it is read: none is copied
         // into a batch first.
+        core.prefetch_upcoming();
         let mut first = true;
         while let Some(c) = core.drv.reap_one() {
             if first && core.waits > 0 {
