@@ -24,7 +24,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lent};
 use super::files::{with_fd, FdRef, FixedFiles};
-use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
+use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, Sock, SqeId, Token, WakeFd};
 use super::reap::{Reaped, Slot, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
@@ -323,7 +323,7 @@ impl Driver {
 
     /// How an SQE names `fd`: its registered slot, or the descriptor.
     #[inline]
-    fn fd_ref(&self, fd: &OwnedFd) -> FdRef {
+    fn fd_ref(&self, fd: &Sock) -> FdRef {
         FdRef::of(self.files.as_ref(), fd.as_raw_fd())
     }
 
@@ -868,7 +868,7 @@ mod tests {
         const SENDS: usize = 200;
         for i in 0..SENDS {
             let op = Op::Send {
-                fd: fd.clone(),
+                fd: fd.clone().into(),
                 buf: vec![i as u8; 8].into(),
                 start: 0,
             };
@@ -907,7 +907,7 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let fd = Rc::new(OwnedFd::from(ours));
         let op = Op::RecvMulti {
-            fd,
+            fd: fd.into(),
             data: Vec::new(),
         };
         let id = drv.push(op, 42);
@@ -972,7 +972,7 @@ mod tests {
         let (a, a_peer) = UnixStream::pair().unwrap();
         let (b, b_peer) = UnixStream::pair().unwrap();
         let recv = |fd: UnixStream| Op::RecvMulti {
-            fd: Rc::new(OwnedFd::from(fd)),
+            fd: Rc::new(OwnedFd::from(fd)).into(),
             data: Vec::new(),
         };
         drv.push(recv(a), 7);
@@ -1033,7 +1033,14 @@ mod tests {
         // `n` bytes (align 1), and all `n` bytes are initialised (zeroed).
         let buf = unsafe { Vec::from_raw_parts(ptr, n, n) };
         let buf = super::super::op::SendBuf::from(buf);
-        let id = drv.push(Op::Send { fd, buf, start: 0 }, 1);
+        let id = drv.push(
+            Op::Send {
+                fd: fd.into(),
+                buf,
+                start: 0,
+            },
+            1,
+        );
         let mut done = Vec::new();
         drv.submit_and_wait(0, None).unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -1080,12 +1087,19 @@ mod tests {
             let fd = Rc::new(OwnedFd::from(ours));
             drv.adopt(&fd);
             assert!(
-                matches!(drv.fd_ref(&fd), FdRef::Fixed(_)),
+                matches!(drv.fd_ref(&fd.clone().into()), FdRef::Fixed(_)),
                 "round {round}: adopted into a slot"
             );
             for i in 0..3u8 {
+                // Held by the op, or named by number as the engine's pipe
+                // ops do (the test keeps the socket open meanwhile).
+                let sock = if i == 1 {
+                    Sock::Kept(fd.as_raw_fd())
+                } else {
+                    fd.clone().into()
+                };
                 let op = Op::Send {
-                    fd: fd.clone(),
+                    fd: sock,
                     buf: vec![round * 10 + i; 8].into(),
                     start: 0,
                 };
@@ -1102,6 +1116,7 @@ mod tests {
             let mut got = [0u8; 24];
             theirs.read_exact(&mut got).unwrap();
             assert_eq!(got[..8], [round * 10; 8]);
+            assert_eq!(got[8..16], [round * 10 + 1; 8]);
             assert_eq!(got[16..], [round * 10 + 2; 8]);
             // Every op's copy of the handle is gone with its completion:
             // this is the last one.

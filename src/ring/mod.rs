@@ -35,7 +35,9 @@ pub(crate) use driver::{Driver, DriverConfig};
 pub(crate) use epoll::EpollDriver;
 #[cfg(test)]
 pub(crate) use op::Features;
-pub(crate) use op::{Completion, Op, OpDriver, RegBuf, SendBuf, SqeId, Token, UnixAddr, WakeFd};
+pub(crate) use op::{
+    Completion, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token, UnixAddr, WakeFd,
+};
 pub use setup::{new_ring, RingError, SetupFlags};
 pub use sock::fionread;
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //!   kernel's timespec.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -177,13 +177,45 @@ impl RegBuf {
     }
 }
 
-/// One io_uring operation and everything it owns until its final completion.
+/// The socket an [`Op`] works on.
+#[derive(Debug, Clone)]
+pub enum Sock {
+    /// A socket the op holds open itself until its final completion (an
+    /// open's socket, before it is a pipe's).
+    Held(Rc<OwnedFd>),
+    /// A socket named by its descriptor only: whoever pushes the op keeps
+    /// it open (and, once adopted, in the driver's file table) until the
+    /// op's final completion. Naming it touches no reference count, a
+    /// cache miss per request with many busy pipes. The engine's ops on an
+    /// open pipe are these: a pipe entry, which holds its socket, is let go
+    /// only once no op on the pipe is left, and the driver goes before the
+    /// pipe entries when a ring ends.
+    Kept(RawFd),
+}
+
+impl AsRawFd for Sock {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Sock::Held(fd) => fd.as_raw_fd(),
+            Sock::Kept(fd) => *fd,
+        }
+    }
+}
+
+impl From<Rc<OwnedFd>> for Sock {
+    fn from(fd: Rc<OwnedFd>) -> Sock {
+        Sock::Held(fd)
+    }
+}
+
+/// One io_uring operation and everything it owns until its final completion
+/// (its socket too, unless the op names a [`Sock::Kept`] one).
 #[derive(Debug)]
 pub enum Op {
     /// `connect(2)` of `fd` to `addr`.
     Connect {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// Where to connect.
         addr: Box<UnixAddr>,
     },
@@ -191,7 +223,7 @@ pub enum Op {
     /// kernel retries partial sends, so a short result means an error.
     Send {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// The bytes to send (from `start`): see [`SendBuf`].
         buf: SendBuf,
         /// First byte of `buf` to send.
@@ -202,7 +234,7 @@ pub enum Op {
     /// the byte count the kernel wrote.
     Recv {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// Destination. io_uring writes into its spare capacity, which then
         /// needs `len` bytes; a driver whose `recv_allocates` is true grows
         /// it as bytes arrive instead.
@@ -219,7 +251,7 @@ pub enum Op {
     /// and puts the buffer back at once. `-ENOBUFS`: the pool was empty.
     RecvPooled {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// How many bytes to ask for (at most the pool's buffer size).
         len: u32,
         /// `recv` flags.
@@ -236,7 +268,7 @@ pub enum Op {
     /// pool ran dry, or a cancel).
     RecvMulti {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// One chunk's bytes (empty in the op that stays armed).
         data: Vec<u8>,
     },
@@ -257,7 +289,7 @@ pub enum Op {
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// The registered slot (shared with the read that follows).
         buf: Rc<RegBuf>,
         /// Offset of the first byte to write in the slot.
@@ -269,7 +301,7 @@ pub enum Op {
     /// A short read fails the link (the kernel cancels what follows).
     ReadFixed {
         /// The socket.
-        fd: Rc<OwnedFd>,
+        fd: Sock,
         /// The registered slot.
         buf: Rc<RegBuf>,
         /// Bytes to read at most.
@@ -284,8 +316,8 @@ pub enum Op {
 }
 
 impl Op {
-    /// The descriptor this op holds, if any.
-    pub fn fd(&self) -> Option<&Rc<OwnedFd>> {
+    /// The socket this op works on, if any.
+    pub fn fd(&self) -> Option<&Sock> {
         match self {
             Op::Connect { fd, .. }
             | Op::Send { fd, .. }
@@ -409,6 +441,9 @@ pub struct Features {
     pub sock_nonempty: bool,
     /// `IORING_OP_SOCKET` exists (5.19+).
     pub op_socket: bool,
+    /// The driver runs ops on a [`Sock::Kept`] socket (the epoll fallback
+    /// does not: it tells a reused descriptor number by the op's hold).
+    pub kept_sockets: bool,
 }
 
 /// Which I/O backend an engine ring or a service loop runs on.

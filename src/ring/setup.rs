@@ -198,6 +198,7 @@ pub fn probe_features(ring: &IoUring) -> Result<Features, RingError> {
     Ok(Features {
         sock_nonempty: probe_sock_nonempty().unwrap_or(false),
         op_socket: probe.is_supported(opcode::Socket::CODE),
+        kept_sockets: true,
     })
 }
 

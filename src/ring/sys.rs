@@ -268,7 +268,7 @@ pub(crate) fn send_nonblocking(fd: &OwnedFd, buf: &[u8]) -> Result<usize, i32> {
 }
 
 /// Sets `O_NONBLOCK` on `fd` (`fcntl(F_GETFL/F_SETFL)`).
-pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: F_GETFL takes no pointer; `fd` is open for the call.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {

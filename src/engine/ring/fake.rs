@@ -88,6 +88,8 @@ pub(crate) struct FakeDriver {
     lent_now: Vec<u8>,
     /// Buffers handed out by `spare_buf`.
     pub(crate) spares_taken: usize,
+    /// Every socket made, to find one an op names by number.
+    made: Vec<std::rc::Weak<OwnedFd>>,
 }
 
 impl FakeDriver {
@@ -106,6 +108,7 @@ impl FakeDriver {
             features: Features {
                 sock_nonempty: true,
                 op_socket: true,
+                kept_sockets: true,
             },
             pool_buf: 4280,
             recycled: 0,
@@ -115,7 +118,18 @@ impl FakeDriver {
             lent_queue: VecDeque::new(),
             lent_now: Vec::new(),
             spares_taken: 0,
+            made: Vec::new(),
         }
+    }
+
+    /// The live socket with descriptor number `raw` that this driver made.
+    pub(crate) fn socket(&self, raw: std::os::fd::RawFd) -> std::rc::Weak<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        self.made
+            .iter()
+            .find(|w| w.upgrade().is_some_and(|fd| fd.as_raw_fd() == raw))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The ids of the ops of kind `k` in flight, oldest first.
@@ -434,9 +448,11 @@ impl OpDriver for FakeDriver {
             return Err(e);
         }
         self.sockets += 1;
-        std::fs::File::open("/dev/null")
+        let fd = std::fs::File::open("/dev/null")
             .map(|f| Rc::new(OwnedFd::from(f)))
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        self.made.push(Rc::downgrade(&fd));
+        Ok(fd)
     }
 
     fn queued_bytes(&self, _fd: &OwnedFd) -> Option<usize> {

@@ -1,8 +1,6 @@
 //! Requests on an open pipe: how each one starts (which SQEs, or none),
 //! the transceive chain, and what each completion means for it.
 
-use std::os::fd::OwnedFd;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::overflow;
@@ -10,7 +8,7 @@ use super::*;
 use crate::engine::command::{Notify, PipeIo};
 use crate::engine::{BufferMode, PipeId};
 use crate::protocol::{fsctl, NtStatus};
-use crate::ring::{Completion, Op, OpDriver};
+use crate::ring::{Completion, Op, OpDriver, Sock};
 
 impl<D: OpDriver> Core<D> {
     /// An open pipe of this ring that takes requests (not closing).
@@ -25,9 +23,12 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// A live pipe's socket (a new handle on it) and session.
-    pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Rc<OwnedFd>, u64), NtStatus> {
-        self.live_pipe(pipe).map(|p| (p.fd.clone(), p.session))
+    /// A live pipe's socket, for its ops, and session. Named by
+    /// descriptor where the driver can ([`Sock::Kept`]: the pipe entry
+    /// outlives its ops), with no look at the socket's count.
+    pub(super) fn pipe_fd(&mut self, pipe: PipeId) -> Result<(Sock, u64), NtStatus> {
+        let kept = self.drv.features().kept_sockets;
+        self.live_pipe(pipe).map(|p| (p.sock(kept), p.session))
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
@@ -278,7 +279,7 @@ impl<D: OpDriver> Core<D> {
     /// completed) -> peek; a short READ_FIXED breaks the link, which is fine:
     /// short means nothing was left. A reply from the pushback or the
     /// multishot receive needs the send alone.
-    pub(super) fn push_transceive(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+    pub(super) fn push_transceive(&mut self, key: (u32, u32), fd: Sock) {
         // Message mode receives raw frames into plain buffers.
         let reg_mode = self.cfg.buffers == BufferMode::Registered && !self.message_mode();
         let slot_bytes = self.drv.reg_slot_bytes();
@@ -310,7 +311,7 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    fn push_registered_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+    fn push_registered_chain(&mut self, key: (u32, u32), fd: Sock) {
         let Some(OpEntry {
             kind:
                 Kind::Transceive {
@@ -371,7 +372,7 @@ impl<D: OpDriver> Core<D> {
         self.push_chain(key, chain);
     }
 
-    fn push_plain_chain(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+    fn push_plain_chain(&mut self, key: (u32, u32), fd: Sock) {
         let msg_mode = self.message_mode();
         // Message mode needs no probe: the framing says whether more of
         // the message is left.
@@ -476,7 +477,7 @@ impl<D: OpDriver> Core<D> {
     /// Pushes what a request whose chain ended early still needs: the
     /// rest of a short send, or a receive with a buffer of its own after
     /// the pool was empty.
-    pub(super) fn push_resume(&mut self, key: (u32, u32), fd: Rc<OwnedFd>) {
+    pub(super) fn push_resume(&mut self, key: (u32, u32), fd: Sock) {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
@@ -587,7 +588,7 @@ enum Hold {
 /// Where a request that may start now stands.
 struct Start {
     pipe: PipeId,
-    fd: Rc<OwnedFd>,
+    fd: Sock,
     session: u64,
     from: ReplyFrom,
 }
@@ -747,7 +748,7 @@ fn peek_done(kind: &mut Kind, r: i32, op: Op) {
 /// Whatever arrives beyond `max_out` goes to the pipe's pushback (see
 /// [`Core::finish`]), so an overflowed reply's follow-up reads are served
 /// from memory instead of one more receive each.
-pub(super) fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, pooled: bool) -> Op {
+pub(super) fn recv_op<D: OpDriver>(drv: &D, fd: Sock, max_out: usize, pooled: bool) -> Op {
     let pool_buf = drv.recv_pool_buf_bytes();
     if pooled && max_out > 0 && max_out <= pool_buf {
         Op::RecvPooled {
@@ -773,7 +774,7 @@ pub(super) fn recv_op<D: OpDriver>(drv: &D, fd: Rc<OwnedFd>, max_out: usize, poo
 }
 
 /// A one-byte `MSG_PEEK | MSG_DONTWAIT` receive: 1 = more is waiting.
-pub(super) fn more_probe(fd: Rc<OwnedFd>) -> Op {
+pub(super) fn more_probe(fd: Sock) -> Op {
     Op::Recv {
         fd,
         buf: Vec::with_capacity(1),

@@ -3,12 +3,17 @@
 //! table of open pipes and the table of requests in flight, and turns
 //! requests into SQE chains and completions into results.
 //!
-//! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry and
-//! by every operation in flight on it, so the descriptor is closed only after
-//! the pipe is closed AND the last operation's final completion arrived. A
-//! request keeps its op entry (and so its accounting on the pipe) until its
-//! last SQE completed, even when its caller was already told
-//! `STATUS_CANCELLED`.
+//! Ownership: a pipe's socket is an `Rc<OwnedFd>` held by the pipe entry,
+//! which is released only once the pipe is closed AND none of its op
+//! entries is left; a request keeps its op entry (and so its place on the
+//! pipe) until its last SQE completed, even when its caller was already told
+//! `STATUS_CANCELLED`. So the descriptor is closed only after the last
+//! operation on it had its final completion, and the pipe's ops name it by
+//! number (`Sock::Kept`, no reference count touched per request) wherever
+//! the driver allows; the epoll fallback's ops hold it (`Sock::Held`). An
+//! open's ops, before the pipe entry exists, hold their socket. The driver
+//! is dropped before the pipe entries (field order of `Core`): a ring that
+//! ends with ops in flight waits for them before any socket closes.
 //!
 //! Sans-IO: the core makes no syscall (sockets, FIONREAD, shutdown and
 //! close go through the [`OpDriver`]), reads no clock (the loop, [`run()`],
@@ -42,7 +47,7 @@ mod fake;
 mod tests;
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,7 +56,7 @@ use std::time::{Duration, Instant};
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, SqeId, Token};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
 use crate::slab::Slab;
 
 use pushback::Pushback;
@@ -139,6 +144,8 @@ fn from_op_key(k: u64) -> (u32, u32) {
 
 struct PipeEntry {
     fd: Rc<OwnedFd>,
+    /// `fd`'s number, to name it without a look at its count.
+    raw: RawFd,
     session: u64,
     /// The first of the pipe's op entries not finished yet, linked through
     /// `OpEntry::pipe_next` (a few at most): closing the pipe cancels these
@@ -171,6 +178,16 @@ struct PipeEntry {
 }
 
 impl PipeEntry {
+    /// The socket as the pipe's ops name it: by descriptor where the
+    /// driver runs such ops (the entry outlives them), else with a hold.
+    fn sock(&self, kept: bool) -> Sock {
+        if kept {
+            Sock::Kept(self.raw)
+        } else {
+            Sock::Held(self.fd.clone())
+        }
+    }
+
     /// The deferred requests that may start now: none while a cancelled
     /// request still has SQEs in the kernel, a request waits for the
     /// multishot receive, or that receive is being stopped.
@@ -368,6 +385,7 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     opening: usize,
     /// Opens waiting for their turn, in the order they came.
     queued_opens: VecDeque<QueuedOpen>,
+    /// Before `pipes`, so dropped first (see the module's ownership note).
     drv: D,
     cfg: Arc<EngineConfig>,
     ring_index: usize,

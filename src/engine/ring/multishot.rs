@@ -2,15 +2,13 @@
 //! requests or the pushback, stopping and re-arming it.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
-use std::rc::Rc;
 
 use super::io::recv_op;
 use super::overflow;
 use super::*;
 use crate::engine::PipeId;
 use crate::protocol::NtStatus;
-use crate::ring::{Completion, Op, OpDriver};
+use crate::ring::{Completion, Op, OpDriver, Sock};
 
 impl<D: OpDriver> Core<D> {
     /// Hands the pipe's pushback to its waiting requests, first come first
@@ -72,13 +70,7 @@ impl<D: OpDriver> Core<D> {
 
     /// Queues `key` among the requests waiting for chunks of `pipe`'s
     /// multishot receive, arming the receive if it is not.
-    pub(super) fn await_chunk(
-        &mut self,
-        pipe: PipeId,
-        key: (u32, u32),
-        fd: &Rc<OwnedFd>,
-        session: u64,
-    ) {
+    pub(super) fn await_chunk(&mut self, pipe: PipeId, key: (u32, u32), fd: &Sock, session: u64) {
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
@@ -90,7 +82,7 @@ impl<D: OpDriver> Core<D> {
         self.arm_multishot(pipe, fd.clone(), session);
     }
 
-    pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Rc<OwnedFd>, session: u64) {
+    pub(super) fn arm_multishot(&mut self, pipe: PipeId, fd: Sock, session: u64) {
         let key = self.insert_op(Some(pipe), session, None, Kind::Multishot);
         if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
             pe.multishot = Multishot::Armed(key);
@@ -155,7 +147,7 @@ impl<D: OpDriver> Core<D> {
     /// waiting get it re-armed (after an empty pool, a stop, a chunk), fail
     /// (end of stream, an error), or get one receive each (no multishot
     /// receive on this kernel).
-    fn multishot_ended(&mut self, p: PipeId, fd: Rc<OwnedFd>, session: u64, r: i32) {
+    fn multishot_ended(&mut self, p: PipeId, fd: Sock, session: u64, r: i32) {
         let Some(pe) = self.pipes.get_mut(p.index, p.gen) else {
             return;
         };
@@ -185,7 +177,7 @@ impl<D: OpDriver> Core<D> {
 
     /// A waiter of a pipe whose kernel has no multishot receive gets a
     /// receive of its own.
-    fn receive_alone(&mut self, w: (u32, u32), fd: &Rc<OwnedFd>) {
+    fn receive_alone(&mut self, w: (u32, u32), fd: &Sock) {
         let Some(we) = self.ops.get_mut(w.0, w.1) else {
             return;
         };

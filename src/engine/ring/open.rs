@@ -13,7 +13,7 @@ use crate::protocol::{
     encode_open_message, Dialect, NetUserInfo, NpaIdentity, NpaReply, NtStatus, PipeName,
     STATUS_WORD_LEN,
 };
-use crate::ring::{Completion, Op, OpDriver, UnixAddr};
+use crate::ring::{Completion, Op, OpDriver, Sock, UnixAddr};
 
 impl<D: OpDriver> Core<D> {
     /// Starts waiting opens while fewer than the limit run (one whose
@@ -158,16 +158,16 @@ impl<D: OpDriver> Core<D> {
         reply_len: usize,
     ) {
         let connect = Op::Connect {
-            fd: fd.clone(),
+            fd: Sock::Held(fd.clone()),
             addr: Box::new(addr),
         };
         let hello = Op::Send {
-            fd: fd.clone(),
+            fd: Sock::Held(fd.clone()),
             buf: msg.into(),
             start: 0,
         };
         let status = Op::Recv {
-            fd,
+            fd: Sock::Held(fd),
             buf: Vec::with_capacity(reply_len),
             len: reply_len as u32,
             flags: libc::MSG_WAITALL,
@@ -291,6 +291,7 @@ impl<D: OpDriver> Core<D> {
         // From here on every op of the pipe names this socket.
         self.drv.adopt(&fd);
         let (index, gen) = self.pipes.insert(PipeEntry {
+            raw: fd.as_raw_fd(),
             fd,
             session: e.session,
             ops: None,

@@ -218,11 +218,21 @@ impl H {
         s
     }
 
-    /// A weak hold on the descriptor of the one op of kind `k` in flight.
+    /// A weak hold on the descriptor of the one op of kind `k` in flight
+    /// (a pipe's op names it by number: the pipe entry holds it).
     fn fd_of(&mut self, k: K) -> Weak<OwnedFd> {
         let id = self.d().one(k);
         match self.d().op(id).fd() {
-            Some(fd) => Rc::downgrade(fd),
+            Some(Sock::Held(fd)) => Rc::downgrade(fd),
+            Some(Sock::Kept(raw)) => {
+                let raw = *raw;
+                let fd = self.d().socket(raw);
+                assert!(
+                    fd.upgrade().is_some(),
+                    "{k:?} names a socket that is closed"
+                );
+                fd
+            }
             None => panic!("{k:?} holds no descriptor"),
         }
     }

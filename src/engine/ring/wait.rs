@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::*;
 use crate::engine::command::Notify;
 use crate::protocol::{NtStatus, PipeName};
-use crate::ring::{Op, OpDriver, UnixAddr};
+use crate::ring::{Op, OpDriver, Sock, UnixAddr};
 
 impl<D: OpDriver> Core<D> {
     pub(super) fn start_wait(&mut self, name: PipeName, timeout: Duration, notify: Notify) {
@@ -64,7 +64,7 @@ impl<D: OpDriver> Core<D> {
         match self.drv.unix_socket() {
             Ok(fd) => {
                 let op = Op::Connect {
-                    fd,
+                    fd: Sock::Held(fd),
                     addr: Box::new(addr),
                 };
                 self.push_chain(key, [(op, ST_WAIT_CONNECT)]);

@@ -57,7 +57,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, Token, WakeFd};
+use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, Sock, SqeId, Token, WakeFd};
 
 const NONE: u32 = u32::MAX;
 /// epoll data of the wake eventfd (descriptor keys never have all bits set).
@@ -283,6 +283,11 @@ impl EpollDriver {
         let s = &mut self.slots[index as usize];
         s.state = State::Queued;
         let Some(op) = s.op.as_mut() else { return };
+        if matches!(op.fd(), Some(Sock::Kept(_))) {
+            // Not run here (`Features::kept_sockets`): this driver tells a
+            // reused descriptor number by the op's hold on it.
+            return self.complete(index, -libc::EOPNOTSUPP);
+        }
         match op {
             Op::Timer { after } => {
                 // A timer too long for the clock fires in a year.
@@ -325,7 +330,11 @@ impl EpollDriver {
 
     /// Parks an op until `fd` is readable (or writable), registering `fd`
     /// with epoll if needed. `fd` is open: the op holds it.
-    fn park_fd(&mut self, index: u32, fd: &Rc<OwnedFd>, write: bool) {
+    fn park_fd(&mut self, index: u32, fd: &Sock, write: bool) {
+        let Sock::Held(fd) = fd else {
+            // Refused before any attempt (see `attempt`).
+            return self.complete(index, -libc::EOPNOTSUPP);
+        };
         let raw = fd.as_raw_fd();
         let gen = self.slots[index as usize].gen;
         let fresh = match self.fds.get(&raw) {
@@ -670,6 +679,7 @@ impl OpDriver for EpollDriver {
         Features {
             sock_nonempty: false,
             op_socket: false,
+            kept_sockets: false,
         }
     }
 

@@ -13,7 +13,7 @@ fn pair() -> (Rc<OwnedFd>, UnixStream) {
 
 fn recv(fd: &Rc<OwnedFd>, len: u32, flags: i32) -> Op {
     Op::Recv {
-        fd: fd.clone(),
+        fd: fd.clone().into(),
         buf: Vec::with_capacity(len as usize),
         len,
         flags,
@@ -22,7 +22,7 @@ fn recv(fd: &Rc<OwnedFd>, len: u32, flags: i32) -> Op {
 
 fn send(fd: &Rc<OwnedFd>, data: &[u8]) -> Op {
     Op::Send {
-        fd: fd.clone(),
+        fd: fd.clone().into(),
         buf: data.to_vec().into(),
         start: 0,
     }
@@ -138,7 +138,7 @@ fn empty_buffers_grow_as_bytes_arrive() {
     let mut d = EpollDriver::new().unwrap();
     let (fd, mut peer) = pair();
     let empty = |len: u32, flags: i32| Op::Recv {
-        fd: fd.clone(),
+        fd: fd.clone().into(),
         buf: Vec::new(),
         len,
         flags,
@@ -175,7 +175,7 @@ fn failed_head_cancels_the_rest_in_order() {
         [
             (
                 Op::Connect {
-                    fd: fd.clone(),
+                    fd: fd.clone().into(),
                     addr: Box::new(addr),
                 },
                 1,
@@ -212,7 +212,7 @@ fn connect_succeeds_and_is_refused() {
     let addr = super::super::UnixAddr::new(&path).unwrap();
     d.push(
         Op::Connect {
-            fd,
+            fd: fd.into(),
             addr: Box::new(addr.clone()),
         },
         1,
@@ -222,7 +222,7 @@ fn connect_succeeds_and_is_refused() {
     let fd = Rc::new(crate::ring::unix_stream_socket().unwrap());
     d.push(
         Op::Connect {
-            fd,
+            fd: fd.into(),
             addr: Box::new(addr),
         },
         2,
@@ -361,4 +361,25 @@ fn no_registered_buffers() {
     assert_eq!(d.reg_slot_bytes(), 0);
     assert!(!d.features().sock_nonempty);
     assert_eq!(d.backend(), Backend::Epoll);
+}
+
+/// An op that names its socket by number only (`Sock::Kept`) is refused
+/// with EOPNOTSUPP, never run: this driver tells a reused number by the
+/// op's hold, and says so (`Features::kept_sockets` is false).
+#[test]
+fn an_op_on_a_kept_socket_is_refused() {
+    let mut d = EpollDriver::new().unwrap();
+    assert!(!d.features().kept_sockets);
+    let (fd, mut peer) = pair();
+    let op = Op::Send {
+        fd: Sock::Kept(fd.as_raw_fd()),
+        buf: b"no".to_vec().into(),
+        start: 0,
+    };
+    d.push(op, 1);
+    let c = collect(&mut d, 1);
+    assert_eq!(results(&c), [(1, -libc::EOPNOTSUPP)]);
+    peer.set_nonblocking(true).unwrap();
+    let mut got = [0u8; 4];
+    assert!(peer.read(&mut got).is_err(), "nothing was sent");
 }
