@@ -216,6 +216,14 @@ pub(crate) trait RingCore {
     /// Takes back a buffer a callback is done with (see
     /// [`RingContext::read_append_with`]).
     fn recycle(&mut self, buf: Vec<u8>);
+    /// A read that the bytes already received answer at once, appended
+    /// to `buf` straight from where they are; `None`: it needs the
+    /// regular way (an op, or a wait).
+    fn read_append_now(&mut self, pipe: PipeId, buf: &mut Vec<u8>, max_out: usize)
+        -> Option<usize>;
+    /// One callback level deeper, if the limit allows (see `unnest`).
+    fn nest(&mut self) -> bool;
+    fn unnest(&mut self);
 }
 
 impl std::fmt::Debug for RingContext<'_> {
@@ -290,6 +298,15 @@ impl RingContext<'_> {
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Vec<u8>, Result<usize, NtStatus>) + Send + 'static,
     ) {
+        // Bytes already here: copied once, into `buf`, and `f` called now
+        // (nested no deeper than other callbacks).
+        if self.core.nest() {
+            if let Some(n) = self.core.read_append_now(pipe, &mut buf, max_out) {
+                f(self, buf, Ok(n));
+                return self.core.unnest();
+            }
+            self.core.unnest();
+        }
         self.read_with(pipe, max_out, move |ctx, res| match res {
             Ok(data) => {
                 buf.extend_from_slice(&data);

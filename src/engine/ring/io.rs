@@ -12,7 +12,7 @@ use crate::ring::{Completion, Op, OpDriver, Sock};
 
 impl<D: OpDriver> Core<D> {
     /// An open pipe of this ring that takes requests (not closing).
-    fn live_pipe(&mut self, pipe: PipeId) -> Result<&mut PipeEntry, NtStatus> {
+    pub(super) fn live_pipe(&mut self, pipe: PipeId) -> Result<&mut PipeEntry, NtStatus> {
         if pipe.ring != self.ring_index {
             return Err(NtStatus::INVALID_HANDLE);
         }
@@ -32,6 +32,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        self.settle_lent();
         if let Notify::Shared(s) = &notify {
             if s.cancel_requested.load(Ordering::SeqCst) {
                 return self.reject(notify, NtStatus::CANCELLED);

@@ -412,6 +412,13 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     /// callback's next read served from the pushback calls the next
     /// callback inline).
     callback_depth: u32,
+    /// The rest of the chunk being handled, still in the driver's lent
+    /// pool buffer (from this offset on): it belongs at the front of this
+    /// pipe's pushback (empty meanwhile). Only while the chunk's first
+    /// share is delivered, so the callback that reads the rest at once
+    /// copies it from there; anything else first moves it into the
+    /// pushback (`settle_lent`).
+    lent_rest: Option<(PipeId, usize)>,
     /// Callbacks that would have nested deeper than
     /// [`MAX_CALLBACK_DEPTH`]: they run when the current event is done.
     later: VecDeque<(Callback, Result<Outcome, NtStatus>)>,
@@ -475,6 +482,24 @@ impl<D: OpDriver> RingCore for Core<D> {
     fn recycle(&mut self, buf: Vec<u8>) {
         self.drv.recycle(buf)
     }
+    fn read_append_now(
+        &mut self,
+        pipe: PipeId,
+        buf: &mut Vec<u8>,
+        max_out: usize,
+    ) -> Option<usize> {
+        Core::read_append_now(self, pipe, buf, max_out)
+    }
+    fn nest(&mut self) -> bool {
+        if self.callback_depth >= MAX_CALLBACK_DEPTH {
+            return false;
+        }
+        self.callback_depth += 1;
+        true
+    }
+    fn unnest(&mut self) {
+        self.callback_depth -= 1;
+    }
 }
 
 /// Maps a socket errno to the status the seed would give.
@@ -512,6 +537,7 @@ impl<D: OpDriver> Core<D> {
             multishot_disabled: false,
             npa_level: NpaLevel::V7,
             callback_depth: 0,
+            lent_rest: None,
             later: VecDeque::new(),
             pool_fallbacks: 0,
         }

@@ -234,31 +234,36 @@ impl<D: OpDriver> Core<D> {
         };
         let n = len.min(max_out);
         let mut share = self.drv.spare_buf();
-        let mut rest = Vec::new();
         if n < len {
             // An overflow: the caller will likely append the rest behind
             // this share (`read_append_with`), so it gets room for all.
             share.reserve(len);
-            rest = self.drv.spare_buf();
         }
-        let bytes = self.drv.lent_chunk();
-        share.extend_from_slice(&bytes[..n]);
-        rest.extend_from_slice(&bytes[n..]);
+        share.extend_from_slice(&self.drv.lent_chunk()[..n]);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;
         };
         pe.waiters.pop_front();
-        pe.pushback.append(rest);
-        let more = overflow::more_behind(&pe.pushback, nonempty);
-        let left = !pe.pushback.is_empty();
+        let more = if n < len {
+            More::Yes
+        } else {
+            overflow::more_behind(&pe.pushback, nonempty)
+        };
         if let Some(e) = self.ops.get_mut(w.0, w.1) {
             if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut e.kind {
                 *reply = Reply::Got { data: share, more };
             }
         }
+        if n < len {
+            // The rest stays in the pool buffer while the waiter finishes:
+            // a callback that reads it at once copies it from there, once.
+            self.lent_rest = Some((pipe, n));
+        }
         self.finish_if_idle(w);
-        if left {
-            // The rest goes to the next waiters, or waits for a read.
+        // Whatever of it nobody read goes to the pushback, then to the
+        // next waiters, or waits for a read.
+        self.settle_lent();
+        if n < len {
             self.feed_pushback(pipe, nonempty);
         }
     }

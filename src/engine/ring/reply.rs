@@ -35,6 +35,61 @@ impl<D: OpDriver> Core<D> {
         self.notify(notify, Ok(Outcome::Transfer(t)))
     }
 
+    /// A read of a byte pipe that the bytes already received answer at
+    /// once (as `start_io` would serve it from the pushback), appended to
+    /// `buf` from where they are: the rest of the chunk being handled, in
+    /// the driver's pool buffer, or the pushback, whose buffer goes back to
+    /// the driver once emptied. `None`: the read takes the regular way.
+    pub(super) fn read_append_now(
+        &mut self,
+        pipe: PipeId,
+        buf: &mut Vec<u8>,
+        max_out: usize,
+    ) -> Option<usize> {
+        if self.message_mode() || max_out == 0 || max_out > MAX_IO_BYTES {
+            return None;
+        }
+        if self.live_pipe(pipe).ok()?.draining > 0 {
+            return None;
+        }
+        if let Some((p, off)) = self.lent_rest {
+            if p == pipe {
+                let rest = self.drv.lent_chunk().get(off..).unwrap_or_default();
+                let n = rest.len().min(max_out);
+                buf.extend_from_slice(&rest[..n]);
+                self.lent_rest = (n < rest.len()).then_some((p, off + n));
+                return Some(n);
+            }
+        }
+        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
+        let n = pe.pushback.len().min(max_out);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&pe.pushback.as_slice()[..n]);
+        if n == pe.pushback.len() {
+            let emptied = pe.pushback.take_all();
+            self.drv.recycle(emptied);
+        } else {
+            pe.pushback.advance(n);
+        }
+        Some(n)
+    }
+
+    /// Moves the rest of a lent chunk (`Core::lent_rest`) into its pipe's
+    /// pushback, before anything else may look there.
+    pub(super) fn settle_lent(&mut self) {
+        let Some((pipe, off)) = self.lent_rest.take() else {
+            return;
+        };
+        let mut rest = self.drv.spare_buf();
+        rest.extend_from_slice(self.drv.lent_chunk().get(off..).unwrap_or_default());
+        match self.pipes.get_mut(pipe.index, pipe.gen) {
+            Some(pe) => pe.pushback.give_back(rest),
+            None => self.drv.recycle(rest),
+        }
+    }
+
     /// Removes a request whose last SQE completed (or that needs none any
     /// more), lets its pipe go on, and tells its caller the result.
     pub(super) fn finish(&mut self, key: (u32, u32)) {

@@ -646,6 +646,89 @@ fn read_append_appends_and_recycles_the_pushback_buffer() {
     assert_eq!(got[1], (b"kept".to_vec(), Err(NtStatus::PIPE_BROKEN)));
 }
 
+type Log = Arc<std::sync::Mutex<Vec<(Vec<u8>, Result<usize, NtStatus>)>>>;
+
+/// Starts a transceive of `max_out` 10 on `p` whose ring-thread callback
+/// runs `then` with its reply (after checking the overflow), and gets its
+/// 30-byte reply as one multishot chunk. Returns the reply.
+fn overflow_then(
+    h: &mut H,
+    p: PipeId,
+    then: impl FnOnce(&mut crate::engine::RingContext<'_>, Vec<u8>) + Send + 'static,
+) -> Vec<u8> {
+    let cb = crate::engine::command::transfer_callback(move |ctx, res| {
+        let t = res.expect("the transceive succeeds");
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW);
+        then(ctx, t.data)
+    });
+    h.cmd(Command::Io {
+        pipe: p,
+        io: PipeIo::Transceive {
+            input: SendBuf::Owned(b"q".to_vec()),
+            max_out: 10,
+        },
+        notify: Notify::Callback(cb),
+    });
+    h.send_all();
+    let ms = h.d().one(K::RecvMulti);
+    let reply = bytes(30);
+    h.chunk(ms, &reply);
+    reply
+}
+
+/// The callback of an overflowed transceive that reads the rest at once
+/// (`read_append_with`) copies it from the lent chunk into its buffer: one
+/// spare buffer in all (the share's), none for the rest.
+#[test]
+fn the_rest_read_at_once_is_copied_straight_from_the_lent_chunk() {
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let before = h.d().spares_taken;
+    let reply = overflow_then(&mut h, p, move |ctx, first| {
+        ctx.read_append_with(p, first, 100, move |_, buf, res| {
+            l.lock().unwrap().push((buf, res));
+        });
+    });
+    assert_eq!(*log.lock().unwrap(), [(reply, Ok(20))]);
+    assert_eq!(h.d().spares_taken - before, 1, "the share's buffer only");
+    // Nothing is left behind: the next read waits for the socket.
+    let r = h.read(p, 100);
+    assert!(pending(&r));
+}
+
+/// A callback that reads only part of the rest, or reads it another way,
+/// finds it in stream order: what it did not take is in the pushback.
+#[test]
+fn the_rest_not_read_at_once_is_in_the_pushback_in_order() {
+    // Part of it at once, the rest later.
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let reply = overflow_then(&mut h, p, move |ctx, first| {
+        ctx.read_append_with(p, first, 5, move |_, buf, res| {
+            l.lock().unwrap().push((buf, res));
+        });
+    });
+    assert_eq!(*log.lock().unwrap(), [(reply[..15].to_vec(), Ok(5))]);
+    let r = h.read(p, 100);
+    assert_eq!(transfer(&r), ok(&reply[15..]));
+    // A plain read from the callback (a request of its own): the first
+    // bytes of the rest, then the others.
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let reply = overflow_then(&mut h, p, move |ctx, _| {
+        ctx.read_with(p, 7, move |_, res| g.lock().unwrap().push(res));
+    });
+    assert_eq!(*got.lock().unwrap(), [Ok(reply[10..17].to_vec())]);
+    let r = h.read(p, 100);
+    assert_eq!(transfer(&r), ok(&reply[17..]));
+}
+
 /// A transceive with nothing to send whose reply is already held: no SQE
 /// at all, so it must end at once, not wait for a completion.
 #[test]
