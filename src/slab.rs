@@ -95,6 +95,15 @@ impl<T> Slab<T> {
         key
     }
 
+    /// The value under a key, if that key is still current (read only).
+    #[inline]
+    pub(crate) fn get(&self, idx: u32, gen: u32) -> Option<&T> {
+        match self.slots.get(idx as usize) {
+            Some(slot) if slot.gen == gen => slot.value.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The value under a key, if that key is still current.
     #[inline]
     pub(crate) fn get_mut(&mut self, idx: u32, gen: u32) -> Option<&mut T> {

@@ -505,11 +505,11 @@ pub trait OpDriver {
     fn reap_one(&mut self) -> Option<Completion>;
 
     /// Reads the completions ready so far (a batch) if none is left to
-    /// hand out, and calls `f` with the token of each multishot chunk among
-    /// those [`OpDriver::reap_one`] hands out next: the engine starts
-    /// fetching what they will touch before it handles the first. A hint:
-    /// the default calls nothing.
-    fn upcoming_chunks(&mut self, _f: &mut dyn FnMut(u64)) {}
+    /// hand out, and calls `f` with the token of each of those
+    /// [`OpDriver::reap_one`] hands out next: the engine starts fetching
+    /// what they will touch before it handles the first. A hint: the
+    /// default calls nothing.
+    fn upcoming(&mut self, _f: &mut dyn FnMut(u64)) {}
 
     /// Appends every completion ready so far to `out` (tests).
     #[cfg(test)]

@@ -552,19 +552,27 @@ impl<D: OpDriver> Core<D> {
 
     /// One final completion (or multishot chunk) from the driver.
     #[inline(always)]
-    /// Starts fetching the pipe entries the next batch of multishot chunks
-    /// goes to: with many busy pipes each is a cache miss, and these
-    /// overlap instead of being waited for one chunk at a time.
+    /// Starts fetching the entries the next batch of completions goes to
+    /// (a chunk's pipe, another completion's op): with many busy pipes each
+    /// is a cache miss, and these overlap instead of being waited for one
+    /// completion at a time.
     pub(crate) fn prefetch_upcoming(&mut self) {
-        let pipes = &self.pipes;
-        self.drv.upcoming_chunks(&mut |token| {
+        let (pipes, ops) = (&self.pipes, &self.ops);
+        self.drv.upcoming(&mut |token| {
             let t = Token::from_raw(token);
             if t.kind() == ST_MULTISHOT {
                 pipes.prefetch(t.index());
+            } else {
+                ops.prefetch(t.index());
             }
         });
     }
 
+    /// Not inlined into the loop: the completion is then read where the
+    /// driver wrote it (inlined, it was first copied in 16-byte pieces out
+    /// of fields just written one by one, which the CPU cannot forward, a
+    /// stall per completion).
+    #[inline(never)]
     pub(crate) fn on_completion(&mut self, c: Completion, now: Instant) {
         self.now = now;
         self.completion(c);
