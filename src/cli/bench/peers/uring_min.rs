@@ -388,8 +388,10 @@ fn drive(
                         Err(e) => fail(run, lane, e.into()),
                         Ok(()) if lane.done => {}
                         Ok(()) => {
-                            if chunk_arrived(run, lane) {
-                                if !run.budget.take(Instant::now()) {
+                            // The reply's end time also asks the budget (no
+                            // second clock read, as the engine's loop does).
+                            if let Some(end) = chunk_arrived(run, lane) {
+                                if !run.budget.take(end) {
                                     lane.done = true;
                                 } else if lane.sending {
                                     lane.next_due = true;
@@ -414,8 +416,9 @@ fn drive(
 }
 
 /// Takes the bytes now in `lane.reply`; when the reply is whole, verifies
-/// and records it and returns true (the lane may send its next request).
-fn chunk_arrived(run: &Run, lane: &mut Lane) -> bool {
+/// and records it and returns its end time (the lane may send its next
+/// request).
+fn chunk_arrived(run: &Run, lane: &mut Lane) -> Option<Instant> {
     let max_out = run.spec.max_out;
     let mut progress = match lane.progress {
         Some(p) => p,
@@ -437,7 +440,7 @@ fn chunk_arrived(run: &Run, lane: &mut Lane) -> bool {
                 Ok(p) => p,
                 Err(e) => {
                     fail(run, lane, e);
-                    return false;
+                    return None;
                 }
             }
         }
@@ -458,12 +461,12 @@ fn chunk_arrived(run: &Run, lane: &mut Lane) -> bool {
         };
         if let Err(e) = step {
             fail(run, lane, e);
-            return false;
+            return None;
         }
     }
     lane.progress = Some(progress);
     if progress.missing().is_some() {
-        return false;
+        return None;
     }
     let end = Instant::now();
     let outcome = run
@@ -473,11 +476,9 @@ fn chunk_arrived(run: &Run, lane: &mut Lane) -> bool {
             end,
             overflow: progress.overflow(),
         });
-    match run.transceived(lane.pipe, lane.call_id, lane.start, outcome) {
-        Some(_) => true,
-        None => {
-            lane.done = true;
-            false
-        }
+    let end = run.transceived(lane.pipe, lane.call_id, lane.start, outcome);
+    if end.is_none() {
+        lane.done = true;
     }
+    end
 }
