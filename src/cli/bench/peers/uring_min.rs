@@ -81,7 +81,7 @@ impl Peer for UringMinPeer {
         let mut groups: Vec<Vec<Lane>> = (0..threads).map(|_| Vec::new()).collect();
         for pipe in 0..run.spec.pipes {
             if let Some(stream) = run.opened(pipe, threads::open(run, pipe)) {
-                groups[pipe % threads].push(Lane::new(run, pipe, stream));
+                groups[pipe % threads].push(Lane::new(pipe, stream));
             }
         }
         std::thread::scope(|scope| {
@@ -139,7 +139,7 @@ impl Peer for UringMinPeer {
 }
 
 impl Lane {
-    fn new(run: &Run, pipe: usize, stream: UnixStream) -> Lane {
+    fn new(pipe: usize, stream: UnixStream) -> Lane {
         Lane {
             pipe,
             stream,
@@ -148,7 +148,7 @@ impl Lane {
             start: Instant::now(),
             request: Vec::new(),
             sending: false,
-            reply: Vec::with_capacity(run.spec.reply_buffer_bytes()),
+            reply: Vec::new(),
             progress: None,
             next_due: false,
             armed: false,
@@ -291,9 +291,24 @@ fn arm(ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), BenchError> 
     Ok(())
 }
 
-fn send(run: &Run, ring: &mut IoUring, k: usize, lane: &mut Lane) -> Result<(), BenchError> {
+/// Sends `lane`'s next request, built in the buffer last given back to
+/// `spare` (the reply just verified: still in the cache); the previous
+/// request's buffer, whose send completed, goes to `spare`.
+fn send(
+    run: &Run,
+    ring: &mut IoUring,
+    k: usize,
+    lane: &mut Lane,
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<(), BenchError> {
     lane.call_id = lane.call_id.wrapping_add(1);
-    lane.request = run.exchange.request(lane.call_id);
+    let mut buf = spare.pop().unwrap_or_default();
+    run.exchange.request_into(lane.call_id, &mut buf);
+    let mut old = std::mem::replace(&mut lane.request, buf);
+    if old.capacity() > 0 {
+        old.clear();
+        spare.push(old);
+    }
     lane.reply.clear();
     lane.progress = None;
     lane.start = Instant::now();
@@ -318,11 +333,15 @@ fn drive(
     bufs: &mut BufRing,
     lanes: &mut [Lane],
 ) -> Result<(), BenchError> {
+    // Emptied buffers, last in first out: a reply lands in, and a request
+    // is built in, one still in the cache (as the engine's spares are).
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let buf_len = run.spec.reply_buffer_bytes();
     let now = Instant::now();
     for (k, lane) in lanes.iter_mut().enumerate() {
         arm(ring, k, lane)?;
         if run.budget.take(now) {
-            send(run, ring, k, lane)?;
+            send(run, ring, k, lane, &mut spare)?;
         } else {
             lane.done = true;
         }
@@ -358,7 +377,7 @@ fn drive(
                     fail(run, lane, io::Error::other(why).into());
                 } else if lane.next_due {
                     lane.next_due = false;
-                    send(run, ring, k, lane)?;
+                    send(run, ring, k, lane, &mut spare)?;
                 }
             } else {
                 if !cqueue::more(flags) {
@@ -377,6 +396,9 @@ fn drive(
                         fail(run, lane, e);
                     }
                 } else {
+                    if lane.reply.capacity() == 0 {
+                        lane.reply = spare.pop().unwrap_or_else(|| Vec::with_capacity(buf_len));
+                    }
                     let took = match bufs.take(flags, res as usize) {
                         Ok(chunk) => {
                             lane.reply.extend_from_slice(&chunk);
@@ -391,12 +413,15 @@ fn drive(
                             // The reply's end time also asks the budget (no
                             // second clock read, as the engine's loop does).
                             if let Some(end) = chunk_arrived(run, lane) {
+                                let mut reply = std::mem::take(&mut lane.reply);
+                                reply.clear();
+                                spare.push(reply);
                                 if !run.budget.take(end) {
                                     lane.done = true;
                                 } else if lane.sending {
                                     lane.next_due = true;
                                 } else {
-                                    send(run, ring, k, lane)?;
+                                    send(run, ring, k, lane, &mut spare)?;
                                 }
                             }
                         }
