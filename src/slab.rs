@@ -122,6 +122,19 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Drops the value in slot `idx` where it is (what `remove` would move
+    /// out first, every byte of it, a cache line at a time) and frees the
+    /// slot.
+    pub(crate) fn discard(&mut self, idx: u32) {
+        if let Some(slot) = self.slots.get_mut(idx as usize) {
+            if slot.value.is_some() {
+                slot.value = None;
+                self.free.push(idx);
+                self.len -= 1;
+            }
+        }
+    }
+
     /// Removes whatever is in slot `idx`.
     pub(crate) fn take(&mut self, idx: u32) -> Option<T> {
         let v = self.slots.get_mut(idx as usize)?.value.take()?;

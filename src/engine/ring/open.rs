@@ -238,7 +238,7 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    pub(super) fn finish_open(&mut self, e: OpEntry) {
+    pub(super) fn finish_open(&mut self, kind: Kind, notify: Option<Notify>, session: u64) {
         let Kind::Open {
             fd,
             name,
@@ -246,11 +246,11 @@ impl<D: OpDriver> Core<D> {
             status,
             samba,
             ..
-        } = e.kind
+        } = kind
         else {
             return debug_assert!(false, "finish_open of another kind of op");
         };
-        let Some(notify) = e.notify else { return };
+        let Some(notify) = notify else { return };
         let status = status.unwrap_or(NtStatus::PIPE_NOT_AVAILABLE);
         let (samba, retry) = match samba {
             Some(sa) if sa.retry && !sa.retried => (None, Some(sa)),
@@ -280,7 +280,7 @@ impl<D: OpDriver> Core<D> {
             return self.reject(notify, NtStatus::CANCELLED);
         }
         let file_id = self.file_ids.fetch_add(1, Ordering::Relaxed);
-        let mut info = OpenInfo::new(name, file_id, e.session);
+        let mut info = OpenInfo::new(name, file_id, session);
         if let Some(sa) = &samba {
             // The level that worked is the one the next open tries first.
             self.npa_level = sa.level;
@@ -293,7 +293,7 @@ impl<D: OpDriver> Core<D> {
         let (index, gen) = self.pipes.insert(PipeEntry {
             raw: fd.as_raw_fd(),
             fd,
-            session: e.session,
+            session,
             ops: None,
             closing: false,
             close_waiters: Vec::new(),

@@ -93,53 +93,66 @@ impl<D: OpDriver> Core<D> {
     /// Removes a request whose last SQE completed (or that needs none any
     /// more), lets its pipe go on, and tells its caller the result.
     pub(super) fn finish(&mut self, key: (u32, u32)) {
-        let Some(mut e) = self.ops.remove(key.0, key.1) else {
+        // What is needed is taken out and the rest dropped in place: moving
+        // the whole entry out read all of its cache lines (a `memmove` of
+        // 208 bytes, most of them cold, at 4 096 busy pipes).
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        match e.kind {
+        let (pipe, pipe_next, cancelled, session) = (e.pipe, e.pipe_next, e.cancelled, e.session);
+        let notify = e.notify.take();
+        let mut kind = std::mem::replace(&mut e.kind, Kind::Multishot);
+        self.ops.discard(key.0);
+        match kind {
             // The next waiting open starts in the ring loop.
             Kind::Open { .. } => self.opening -= 1,
             Kind::WaitPipe { .. } => self.waits -= 1,
             _ => {}
         }
-        let resume = self.leave_pipe(key, &mut e);
-        if let Some(p) = e.pipe {
-            self.pipe_op_done(p, key, e.pipe_next);
+        let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
+        if let Some(p) = pipe {
+            self.pipe_op_done(p, key, pipe_next);
             for (io, notify) in resume {
                 self.start_io(p, io, notify);
             }
         }
         // Registered slots go back to the pool (no op holds them any more);
         // the sent request's buffer goes to the driver for a later reply.
-        if let Kind::Transceive { reg, input, .. } = &mut e.kind {
+        if let Kind::Transceive { reg, input, .. } = &mut kind {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
             self.drv.recycle_sent(std::mem::take(input));
         }
-        if e.cancelled {
+        if cancelled {
             return;
         }
-        if matches!(e.kind, Kind::Open { .. }) {
-            return self.finish_open(e);
+        if matches!(kind, Kind::Open { .. }) {
+            return self.finish_open(kind, notify, session);
         }
-        let Some(notify) = e.notify.take() else {
+        let Some(notify) = notify else {
             return;
         };
-        let res = self.result_of(e.pipe, e.kind);
+        let res = self.result_of(pipe, kind);
         self.notify(notify, res);
     }
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
     /// gives back the bytes it took and stops holding later requests back.
     /// Returns the deferred requests that may start now.
-    fn leave_pipe(&mut self, key: (u32, u32), e: &mut OpEntry) -> VecDeque<(PipeIo, Notify)> {
-        let Some(pe) = e.pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
+    fn leave_pipe(
+        &mut self,
+        key: (u32, u32),
+        pipe: Option<PipeId>,
+        cancelled: bool,
+        kind: &mut Kind,
+    ) -> VecDeque<(PipeIo, Notify)> {
+        let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
             return VecDeque::new();
         };
         // A waiter that ends without its chunk (cancelled, failed).
         pe.waiters.remove(key);
-        if e.cancelled {
+        if cancelled {
             // Bytes the cancelled request took after all stay in the
             // stream, in FRONT of the pushback: they came off the socket
             // before anything there (a multishot waiter takes the front of
@@ -152,7 +165,7 @@ impl<D: OpDriver> Core<D> {
             | Kind::Read {
                 reply: Reply::Got { data: d, .. },
                 ..
-            } = &mut e.kind
+            } = kind
             {
                 if self.cfg.dialect.is_message_mode() {
                     overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);
