@@ -36,11 +36,11 @@ impl<T> Slab<T> {
         }
     }
 
-    /// Starts fetching slot `idx` into the cache (a hint; any index will
-    /// do), for a lookup soon after.
+    /// Where slot `idx` is (computed only, never read: any index will do),
+    /// for a prefetch ahead of a lookup.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, idx: u32) {
-        crate::ring::sys::prefetch(self.slots.as_ptr().wrapping_add(idx as usize));
+    pub(crate) fn slot_ptr(&self, idx: u32) -> *const u8 {
+        self.slots.as_ptr().wrapping_add(idx as usize).cast()
     }
 
     /// Values stored.

@@ -25,7 +25,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::bufring::{BufRing, Lent};
 use super::files::{with_fd, FdRef, FixedFiles};
 use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, Sock, SqeId, Token, WakeFd};
-use super::reap::{Reaped, Slot, NOT_MULTI};
+use super::reap::{self, Reaped, Slot, KIND_CANCEL, KIND_OP, KIND_WAKE, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
@@ -43,11 +43,6 @@ fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
         _ => None,
     }
 }
-
-/// [`Token`] kinds of this driver's SQEs.
-const KIND_OP: u8 = 0;
-const KIND_CANCEL: u8 = 1;
-const KIND_WAKE: u8 = 2;
 
 fn user_data(kind: u8, index: u32, gen: u32) -> u64 {
     Token::new(kind, gen, index).raw()
@@ -629,21 +624,7 @@ impl Driver {
         self.batch.clear();
         self.batch_at = 0;
         self.batch.extend(self.ring.completion().take(REAP_BATCH));
-        // What each CQE will look up is fetched now, for the whole batch at
-        // once: with many busy pipes each lookup is a cache miss, and these
-        // overlap instead of being waited for one at a time.
-        for cqe in &self.batch {
-            let ud = Token::from_raw(cqe.user_data());
-            if ud.kind() != KIND_OP {
-                continue;
-            }
-            if cqueue::more(cqe.flags()) {
-                let at = self.multi.as_ptr().wrapping_add(ud.index() as usize);
-                super::sys::prefetch(at);
-            } else {
-                self.slots.prefetch(ud.index());
-            }
-        }
+        reap::prefetch_lookups(&self.batch, &self.slots, &self.multi);
         !self.batch.is_empty()
     }
 }
@@ -735,22 +716,7 @@ impl OpDriver for Driver {
         if self.batch_at == self.batch.len() && !self.refill_batch() {
             return;
         }
-        // The entries read here were prefetched by `refill_batch`: the
-        // first read waits, the batch's others arrive meanwhile.
-        for cqe in &self.batch[self.batch_at..] {
-            let ud = Token::from_raw(cqe.user_data());
-            if ud.kind() != KIND_OP {
-                continue;
-            }
-            if cqueue::more(cqe.flags()) {
-                match self.multi.get(ud.index() as usize) {
-                    Some(&(live, token)) if live == ud.raw() => f(token),
-                    _ => {}
-                }
-            } else if let Some(slot) = self.slots.get(ud.index(), ud.gen()) {
-                f(slot.token);
-            }
-        }
+        reap::tokens(&self.batch[self.batch_at..], &self.slots, &self.multi, f);
     }
     #[inline]
     fn features(&self) -> Features {

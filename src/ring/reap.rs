@@ -9,6 +9,7 @@ use io_uring::{cqueue, types};
 
 use super::bufring::{BufRing, Lent};
 use super::op::{Completion, Op, Token};
+use super::sys::prefetch;
 use crate::slab::Slab;
 
 /// An operation the kernel may still be using, and the token its
@@ -19,6 +20,54 @@ pub(super) struct Slot {
     /// A `Timer`'s duration as the kernel reads it, boxed so the pointer
     /// in its SQE stays valid until the final completion.
     pub(super) _ts: Option<Box<types::Timespec>>,
+}
+
+/// [`Token`] kinds of the driver's SQEs.
+pub(super) const KIND_OP: u8 = 0;
+pub(super) const KIND_CANCEL: u8 = 1;
+pub(super) const KIND_WAKE: u8 = 2;
+
+/// Starts fetching what each of `batch`'s CQEs will look up (its entry in
+/// the multishot table, or its op's slot), for the whole batch at once:
+/// with many busy pipes each lookup is a cache miss, and these overlap
+/// instead of being waited for one CQE at a time.
+pub(super) fn prefetch_lookups(batch: &[cqueue::Entry], slots: &Slab<Slot>, multi: &[(u64, u64)]) {
+    for cqe in batch {
+        let ud = Token::from_raw(cqe.user_data());
+        if ud.kind() != KIND_OP {
+            continue;
+        }
+        if cqueue::more(cqe.flags()) {
+            prefetch(multi.as_ptr().wrapping_add(ud.index() as usize));
+        } else {
+            prefetch(slots.slot_ptr(ud.index()));
+        }
+    }
+}
+
+/// Calls `f` with the token each of `batch`'s CQEs will be handed out
+/// with. The entries it reads were prefetched by `prefetch_lookups`: the
+/// first read waits, the batch's others arrive meanwhile.
+pub(super) fn tokens(
+    batch: &[cqueue::Entry],
+    slots: &Slab<Slot>,
+    multi: &[(u64, u64)],
+    f: &mut dyn FnMut(u64),
+) {
+    for cqe in batch {
+        let ud = Token::from_raw(cqe.user_data());
+        if ud.kind() != KIND_OP {
+            continue;
+        }
+        if cqueue::more(cqe.flags()) {
+            match multi.get(ud.index() as usize) {
+                Some(&(live, token)) if live == ud.raw() => f(token),
+                _ => {}
+            }
+        } else if let Some(slot) = slots.get(ud.index(), ud.gen()) {
+            f(slot.token);
+        }
+    }
 }
 
 /// No multishot receive in this slot (`Driver::multi`): no SQE's

@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
+use crate::ring::sys::prefetch;
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
 use crate::slab::Slab;
 
@@ -561,9 +562,9 @@ impl<D: OpDriver> Core<D> {
         self.drv.upcoming(&mut |token| {
             let t = Token::from_raw(token);
             if t.kind() == ST_MULTISHOT {
-                pipes.prefetch(t.index());
+                prefetch(pipes.slot_ptr(t.index()));
             } else {
-                ops.prefetch(t.index());
+                prefetch(ops.slot_ptr(t.index()));
             }
         });
     }
