@@ -66,6 +66,15 @@ impl Pushback {
         buf
     }
 
+    /// Empties the pushback and hands over its buffer, emptied too (its
+    /// bytes were read some other way): for the driver to reuse.
+    pub(super) fn take_emptied(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.off = 0;
+        buf.clear();
+        buf
+    }
+
     /// Drops the first `n` bytes (a message's header) without moving the rest.
     pub(super) fn advance(&mut self, n: usize) {
         self.off += n.min(self.len());
@@ -189,6 +198,19 @@ mod tests {
         assert_eq!(p.off, 0);
         assert!(p.as_slice().ends_with(b"tail"));
         assert_eq!(p.take_all().len(), 10_060 - 6_000 + 4);
+    }
+
+    #[test]
+    fn take_emptied_hands_over_the_buffer_without_moving_bytes() {
+        // Longer than a split: read behind an offset.
+        let mut p = pb(&[7u8; 10_000]);
+        let ptr = p.buf.as_ptr();
+        let _ = p.take(30);
+        assert_eq!(p.off, 30);
+        let buf = p.take_emptied();
+        assert_eq!((buf.as_ptr(), buf.len()), (ptr, 0));
+        assert!(buf.capacity() >= 10_000);
+        assert!(p.is_empty() && p.off == 0 && p.buf.capacity() == 0);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl<D: OpDriver> Core<D> {
         }
         buf.extend_from_slice(&pe.pushback.as_slice()[..n]);
         if n == pe.pushback.len() {
-            let emptied = pe.pushback.take_all();
+            let emptied = pe.pushback.take_emptied();
             self.drv.recycle(emptied);
         } else {
             pe.pushback.advance(n);
