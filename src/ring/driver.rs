@@ -120,7 +120,7 @@ pub struct Driver {
     /// and one-shot) so that a reply costs no allocation once warm.
     spare: Vec<Vec<u8>>,
     /// The pool buffer of the chunk last reaped, lent to the engine until
-    /// the next reap ([`Op::LentChunk`]).
+    /// the next reap ([`Op::Chunk`]).
     lent: Option<Lent>,
     /// CQEs copied out of the completion queue and not handed out yet
     /// (from `batch_at` on): [`Driver::reap_one`] reads the queue up to
@@ -401,7 +401,7 @@ impl Driver {
                 .build())
             }
             // Not pushed: only a completion carries it.
-            Op::Chunk { .. } | Op::LentChunk => opcode::Nop::new().build(),
+            Op::Chunk => opcode::Nop::new().build(),
             Op::Timer { .. } => match ts {
                 Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
                 // Not reached: `push` builds every timer's spec.
@@ -912,7 +912,7 @@ mod tests {
             let (c, bytes) = &got[0];
             assert!(c.more, "a chunk, the receive stays armed");
             assert_eq!((c.token, c.result), (42, 3));
-            assert!(matches!(c.op, Op::LentChunk), "lent in the pool buffer");
+            assert!(matches!(c.op, Op::Chunk), "a chunk");
             assert_eq!(bytes, &chunk);
         }
         // A chunk CQE whose slot holds no multishot receive: dropped.

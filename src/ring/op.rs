@@ -273,19 +273,13 @@ pub enum Op {
         data: Vec<u8>,
     },
     /// One chunk of a multishot receive, as a [`Completion`] with `more`
-    /// carries it: the bytes only (the receive, which holds the
-    /// descriptor, stays in flight), so a chunk costs no touch of the
-    /// descriptor's `Rc`. Never pushed.
-    Chunk {
-        /// The chunk's bytes.
-        data: Vec<u8>,
-    },
-    /// One chunk of a multishot receive whose bytes the driver LENDS: they
-    /// stay in its receive-pool buffer, read with [`OpDriver::lent_chunk`],
-    /// until the driver's next `reap_one` puts the buffer back. The engine
-    /// copies each share straight to its request or the pushback, with no
-    /// buffer in between. Never pushed.
-    LentChunk,
+    /// carries it (the receive, which holds the descriptor, stays in
+    /// flight). Its bytes, as many as a positive result says, are LENT: they
+    /// stay in the driver's receive-pool buffer, read with
+    /// [`OpDriver::lent_chunk`], until the driver's next `reap_one` puts the
+    /// buffer back, so the engine copies each share straight to its request
+    /// or the pushback. Never pushed.
+    Chunk,
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -326,7 +320,7 @@ impl Op {
             | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } | Op::Chunk { .. } | Op::LentChunk => None,
+            Op::Timer { .. } | Op::Chunk => None,
         }
     }
 }
@@ -553,7 +547,7 @@ pub trait OpDriver {
         Vec::new()
     }
 
-    /// The bytes of the [`Op::LentChunk`] completion last reaped (empty
+    /// The bytes of the [`Op::Chunk`] completion last reaped (empty
     /// when the last one was something else).
     fn lent_chunk(&self) -> &[u8] {
         &[]

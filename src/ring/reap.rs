@@ -80,7 +80,7 @@ pub(super) struct Reaped<'a> {
     pub(super) multi: &'a mut Vec<(u64, u64)>,
     pub(super) pool: Option<&'a mut BufRing>,
     pub(super) spare: &'a mut Vec<Vec<u8>>,
-    /// Where a chunk's lent pool buffer is noted (see `Op::LentChunk`).
+    /// Where a chunk's lent pool buffer is noted (see `Op::Chunk`).
     pub(super) lent: &'a mut Option<Lent>,
 }
 
@@ -108,28 +108,21 @@ impl Reaped<'_> {
             // The bytes stay in the pool buffer, lent to the core until the
             // next reap (`Driver::reap_one` gives it back): the core copies
             // each share once, straight to where it goes.
-            let op = match self.pool.as_deref_mut() {
+            // A positive result without a buffer to lend is an error.
+            match self.pool.as_deref_mut() {
                 Some(pool) if result > 0 => match pool.lend(cqe.flags(), result as usize) {
-                    Ok(lent) => {
-                        *self.lent = Some(lent);
-                        Op::LentChunk
-                    }
-                    Err(_) => {
-                        result = -libc::EIO;
-                        Op::Chunk { data: Vec::new() }
-                    }
+                    Ok(lent) => *self.lent = Some(lent),
+                    Err(_) => result = -libc::EIO,
                 },
-                Some(pool) => {
-                    pool.discard(cqe.flags());
-                    Op::Chunk { data: Vec::new() }
-                }
-                None => Op::Chunk { data: Vec::new() },
-            };
+                Some(pool) => pool.discard(cqe.flags()),
+                None if result > 0 => result = -libc::EIO,
+                None => {}
+            }
             return Some(Completion {
                 token,
                 result,
                 flags: cqe.flags(),
-                op,
+                op: Op::Chunk,
                 more: true,
             });
         }

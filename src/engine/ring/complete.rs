@@ -70,11 +70,8 @@ impl<D: OpDriver> Core<D> {
     fn multishot_chunk_cqe(&mut self, pipe: PipeId, c: Completion) {
         let nonempty = self.drv.features().sock_nonempty && c.sock_nonempty();
         match c.op {
-            Op::Chunk { data } if c.result > 0 && !data.is_empty() => {
-                self.multishot_chunk(pipe, data, nonempty)
-            }
-            Op::LentChunk if c.result > 0 => self.multishot_lent_chunk(pipe, nonempty),
-            Op::Chunk { .. } | Op::LentChunk => {}
+            Op::Chunk if c.result > 0 => self.multishot_lent_chunk(pipe, nonempty),
+            Op::Chunk => {}
             _ => debug_assert!(false, "a multishot chunk of another op"),
         }
     }

@@ -37,7 +37,7 @@ pub(crate) fn kind_of(op: &Op) -> K {
         Op::Recv { flags, .. } if flags & libc::MSG_PEEK != 0 => K::Peek,
         Op::Recv { .. } => K::Recv,
         Op::RecvPooled { .. } => K::RecvPooled,
-        Op::RecvMulti { .. } | Op::Chunk { .. } | Op::LentChunk => K::RecvMulti,
+        Op::RecvMulti { .. } | Op::Chunk => K::RecvMulti,
         Op::WriteFixed { .. } => K::WriteFixed,
         Op::ReadFixed { .. } => K::ReadFixed,
         Op::Timer { .. } => K::Timer,
@@ -79,9 +79,6 @@ pub(crate) struct FakeDriver {
     /// Calls of `submit_and_wait`, and the error each returns if set.
     pub(crate) submits: usize,
     pub(crate) submit_errno: Option<i32>,
-    /// Chunks come as owned bytes (`Op::Chunk`) instead of lent ones
-    /// (`Op::LentChunk`, as the io_uring driver gives them).
-    pub(crate) owned_chunks: bool,
     /// The bytes of the lent chunks in `ready`, in order, and of the one
     /// last reaped (valid until the next reap, as a pool buffer is).
     lent_queue: VecDeque<Vec<u8>>,
@@ -114,7 +111,6 @@ impl FakeDriver {
             recycled: 0,
             submits: 0,
             submit_errno: None,
-            owned_chunks: false,
             lent_queue: VecDeque::new(),
             lent_now: Vec::new(),
             spares_taken: 0,
@@ -283,19 +279,13 @@ impl FakeDriver {
             panic!("not a multishot receive");
         }
         let token = f.token;
-        let op = if self.owned_chunks {
-            Op::Chunk {
-                data: bytes.to_vec(),
-            }
-        } else {
-            self.lent_queue.push_back(bytes.to_vec());
-            Op::LentChunk
-        };
+        // Lent, as the io_uring driver lends them (see `reap_one`).
+        self.lent_queue.push_back(bytes.to_vec());
         self.ready.push_back(Completion {
             token,
             result: bytes.len() as i32,
             flags,
-            op,
+            op: Op::Chunk,
             more: true,
         });
     }
@@ -389,7 +379,7 @@ impl OpDriver for FakeDriver {
         // The last lent chunk goes back: its bytes are gone.
         self.lent_now = Vec::new();
         let c = self.ready.pop_front()?;
-        if matches!(c.op, Op::LentChunk) {
+        if matches!(c.op, Op::Chunk) {
             self.lent_now = self.lent_queue.pop_front().unwrap_or_default();
         }
         Some(c)

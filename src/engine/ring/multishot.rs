@@ -107,7 +107,6 @@ impl<D: OpDriver> Core<D> {
         let (pipe, session, pending) = (e.pipe, e.session, e.pending);
         let r = c.result;
         let (fd, data) = match c.op {
-            Op::Chunk { data } => (None, data),
             Op::RecvMulti { fd, data } => (Some(fd), data),
             _ => return debug_assert!(false, "a multishot step of another op"),
         };
@@ -220,7 +219,7 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// A chunk whose bytes the driver lends in its pool buffer
-    /// ([`Op::LentChunk`]): each share is copied once, from there to where
+    /// ([`Op::Chunk`]): each share is copied once, from there to where
     /// it goes. The common case (a byte pipe, nothing in the pushback, a
     /// request waiting) copies the waiter's share into its reply and only
     /// the rest into the pushback; any other case copies the chunk into

@@ -306,8 +306,7 @@ impl EpollDriver {
             | Op::ReadFixed { .. }
             | Op::RecvPooled { .. }
             | Op::RecvMulti { .. }
-            | Op::Chunk { .. }
-            | Op::LentChunk => self.complete(index, -libc::EOPNOTSUPP),
+            | Op::Chunk => self.complete(index, -libc::EOPNOTSUPP),
         }
     }
 
