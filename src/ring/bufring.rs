@@ -186,17 +186,7 @@ impl BufRing {
     /// `len` its positive result). The guard derefs to the received bytes and
     /// returns the buffer to the ring when dropped.
     pub fn take(&mut self, flags: u32, len: usize) -> Result<RecvBuf<'_>, BufError> {
-        let bid = cqueue::buffer_select(flags).ok_or(BufError::NoBuffer)?;
-        if bid >= self.count || !self.in_ring[usize::from(bid)] {
-            return Err(BufError::BadId(bid));
-        }
-        // The kernel handed this buffer to the completion: it is out of the
-        // ring now, even if the length check below fails (put it back then).
-        self.in_ring[usize::from(bid)] = false;
-        if len > self.buf_len as usize {
-            self.put_back(bid);
-            return Err(BufError::TooLong(len));
-        }
+        let Lent { bid, len } = self.lend(flags, len)?;
         Ok(RecvBuf {
             ring: self,
             bid,
@@ -210,14 +200,18 @@ impl BufRing {
     /// (a driver lends a multishot chunk to the engine this way, which
     /// copies each share straight to where it belongs).
     pub(crate) fn lend(&mut self, flags: u32, len: usize) -> Result<Lent, BufError> {
-        let buf = self.take(flags, len)?;
-        let lent = Lent {
-            bid: buf.bid,
-            len: buf.len,
-        };
-        // Out of the ring until `give_back`.
-        std::mem::forget(buf);
-        Ok(lent)
+        let bid = cqueue::buffer_select(flags).ok_or(BufError::NoBuffer)?;
+        if bid >= self.count || !self.in_ring[usize::from(bid)] {
+            return Err(BufError::BadId(bid));
+        }
+        // The kernel handed this buffer to the completion: it is out of the
+        // ring now, even if the length check below fails (put it back then).
+        self.in_ring[usize::from(bid)] = false;
+        if len > self.buf_len as usize {
+            self.put_back(bid);
+            return Err(BufError::TooLong(len));
+        }
+        Ok(Lent { bid, len })
     }
 
     /// The bytes of a buffer lent by [`BufRing::lend`]; empty once it was
