@@ -791,6 +791,15 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     /// A small ring: 8 SQ and 16 CQ entries, no pools, no file table.
+    /// [`small_config`] with a receive pool of 8 buffers of 64 bytes.
+    fn pooled_config() -> DriverConfig {
+        DriverConfig {
+            recv_pool_bufs: 8,
+            recv_pool_buf_bytes: 64,
+            ..small_config()
+        }
+    }
+
     fn small_config() -> DriverConfig {
         DriverConfig {
             sq_entries: 8,
@@ -869,11 +878,7 @@ mod tests {
     /// holds no multishot receive is dropped.
     #[test]
     fn multishot_chunks_carry_the_token_without_the_slot() {
-        let Some(mut drv) = test_driver(DriverConfig {
-            recv_pool_bufs: 8,
-            recv_pool_buf_bytes: 64,
-            ..small_config()
-        }) else {
+        let Some(mut drv) = test_driver(pooled_config()) else {
             return;
         };
         let (ours, theirs) = UnixStream::pair().unwrap();
@@ -934,11 +939,7 @@ mod tests {
     /// are those.
     #[test]
     fn upcoming_names_the_batch_before_it_is_reaped() {
-        let Some(mut drv) = test_driver(DriverConfig {
-            recv_pool_bufs: 8,
-            recv_pool_buf_bytes: 64,
-            ..small_config()
-        }) else {
+        let Some(mut drv) = test_driver(pooled_config()) else {
             return;
         };
         let (a, a_peer) = UnixStream::pair().unwrap();

@@ -99,6 +99,19 @@ impl H {
         self.turn();
     }
 
+    /// Runs `cb` on the ring thread, as the callback of an empty write on
+    /// `p` (completed at once).
+    fn on_ring(&mut self, p: PipeId, cb: crate::engine::command::Callback) {
+        self.cmd(Command::Io {
+            pipe: p,
+            io: PipeIo::Write {
+                data: SendBuf::default(),
+            },
+            notify: Notify::Callback(cb),
+        });
+        self.send_all();
+    }
+
     /// Completes the one send in flight in full.
     fn send_all(&mut self) {
         let id = self.d().one(K::Send);
@@ -631,14 +644,7 @@ fn read_append_appends_and_recycles_the_pushback_buffer() {
             });
         });
     });
-    h.cmd(Command::Io {
-        pipe: p,
-        io: PipeIo::Write {
-            data: SendBuf::default(),
-        },
-        notify: Notify::Callback(cb),
-    });
-    h.send_all();
+    h.on_ring(p, cb);
     let whole = bytes(30);
     {
         let got = got.lock().unwrap();
@@ -1451,14 +1457,7 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
     });
     let first = st.clone();
     let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
-    h.cmd(Command::Io {
-        pipe: p,
-        io: PipeIo::Write {
-            data: SendBuf::default(),
-        },
-        notify: Notify::Callback(cb),
-    });
-    h.send_all();
+    h.on_ring(p, cb);
     let got = st.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(got, stream[1..], "every byte, in order");
     let deepest = st.deepest.load(std::sync::atomic::Ordering::SeqCst);
