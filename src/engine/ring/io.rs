@@ -87,8 +87,14 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// Where the reply of a request that may start now comes from, or why
-    /// it must wait (see [`Hold`]).
-    fn reply_from(&mut self, pipe: PipeId, io: &PipeIo, max_out: usize) -> Result<ReplyFrom, Hold> {
+    /// it must wait (see [`Hold`]). A lent chunk's rest (`Core::lent_rest`)
+    /// counts as the pipe's pushback.
+    pub(super) fn reply_from(
+        &mut self,
+        pipe: PipeId,
+        io: &PipeIo,
+        max_out: usize,
+    ) -> Result<ReplyFrom, Hold> {
         let pool_buf = self.drv.recv_pool_buf_bytes();
         // Message pipes (Samba dialect) take the multishot receive too: its
         // chunks join the raw stream in the pushback and a waiter gets its
@@ -97,6 +103,7 @@ impl<D: OpDriver> Core<D> {
         let msg_mode = self.message_mode();
         let multishot_ok =
             self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
+        let lent_rest = self.lent_rest.is_some_and(|(p, _)| p == pipe);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return Err(Hold::Drain);
         };
@@ -111,7 +118,7 @@ impl<D: OpDriver> Core<D> {
             if overflow::message_ready(&pe.pushback, pe.msg_left) {
                 return Ok(ReplyFrom::Pushback);
             }
-        } else if !pe.pushback.is_empty() {
+        } else if !pe.pushback.is_empty() || lent_rest {
             return Ok(ReplyFrom::Pushback);
         }
         // The reply of a transceive, or a read's data, comes from the pipe's
@@ -576,7 +583,7 @@ impl<D: OpDriver> Core<D> {
 
 /// Why a request waits in its pipe's `deferred` queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
+pub(super) enum Hold {
     /// A cancelled request still has SQEs in the kernel (see
     /// `PipeEntry::draining`): a stale receive must not take its reply.
     Drain,

@@ -36,20 +36,22 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// A read of a byte pipe that the bytes already received answer at
-    /// once (as `start_io` would serve it from the pushback), appended to
-    /// `buf` from where they are: the rest of the chunk being handled, in
-    /// the driver's pool buffer, or the pushback, whose buffer goes back to
-    /// the driver once emptied. `None`: the read takes the regular way.
+    /// once (`reply_from` says the pushback, as `start_io` would serve
+    /// it), appended to `buf` from where they are: the rest of the chunk
+    /// being handled, in the driver's pool buffer, or the pushback, whose
+    /// buffer goes back to the driver once emptied. `None`: the read takes
+    /// the regular way.
     pub(super) fn read_append_now(
         &mut self,
         pipe: PipeId,
         buf: &mut Vec<u8>,
         max_out: usize,
     ) -> Option<usize> {
-        if self.message_mode() || max_out == 0 || max_out > MAX_IO_BYTES {
+        if self.message_mode() || max_out > MAX_IO_BYTES || self.live_pipe(pipe).is_err() {
             return None;
         }
-        if self.live_pipe(pipe).ok()?.draining > 0 {
+        let io = PipeIo::Read { max_out };
+        if self.reply_from(pipe, &io, max_out) != Ok(ReplyFrom::Pushback) {
             return None;
         }
         if let Some((p, off)) = self.lent_rest {
