@@ -262,14 +262,15 @@ pub enum Op {
     /// A multishot `recv(2)` on the provided-buffer pool
     /// (`IORING_RECV_MULTISHOT`): stays armed and completes once per chunk
     /// of data that arrives, each time into a pool buffer the kernel picks.
-    /// Every chunk is delivered as a [`Completion`] with `more` set and the
-    /// bytes in this variant's `data`; the op stays in flight until a
-    /// completion without `more` (end of stream, error, `-ENOBUFS` when the
-    /// pool ran dry, or a cancel).
+    /// Every chunk is delivered as a [`Completion`] with `more` set and an
+    /// [`Op::Chunk`] whose bytes the driver lends; the op stays in flight
+    /// until a completion without `more` (end of stream, error, `-ENOBUFS`
+    /// when the pool ran dry, or a cancel).
     RecvMulti {
         /// The socket.
         fd: Sock,
-        /// One chunk's bytes (empty in the op that stays armed).
+        /// The bytes a final completion still carried, copied out (empty
+        /// in the op that stays armed).
         data: Vec<u8>,
     },
     /// One chunk of a multishot receive, as a [`Completion`] with `more`

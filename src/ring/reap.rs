@@ -163,8 +163,8 @@ impl Reaped<'_> {
 /// returns it on drop); a completion without bytes just releases any buffer
 /// it names. A buffer id the pool does not know turns `*result` into `-EIO`.
 /// An unallocated `data` takes one of the `spare` buffers first, so a
-/// pooled receive (multishot chunk or one-shot) costs no allocation once
-/// finished requests have given theirs back.
+/// pooled receive (one-shot, or a multishot receive's final completion)
+/// costs no allocation once finished requests have given theirs back.
 fn copy_out(
     pool: &mut BufRing,
     spare: &mut Vec<Vec<u8>>,

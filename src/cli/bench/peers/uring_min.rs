@@ -309,7 +309,6 @@ fn send(
         old.clear();
         spare.push(old);
     }
-    lane.reply.clear();
     lane.progress = None;
     lane.start = Instant::now();
     let len = u32::try_from(lane.request.len()).unwrap_or(u32::MAX);
