@@ -37,4 +37,5 @@ pub mod service;
 #[cfg(feature = "smb2")]
 pub mod smb2;
 
+mod inline_box;
 mod slab;

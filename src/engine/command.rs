@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{OpenInfo, PipeId, Transfer, Tree};
+use crate::inline_box::{InlineBox, View};
 use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
 use crate::ring::{SendBuf, WakeFd};
 
@@ -28,8 +29,60 @@ pub(crate) enum Outcome {
     Done,
 }
 
-/// A ring-thread callback: runs on the ring thread with access to the ring.
-pub(crate) type Callback = Box<dyn FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send>;
+/// The `dyn` type a [`Callback`] is called through: `FnMut` (`FnOnce`
+/// cannot be called through a reference), called once.
+type CallbackFn = dyn FnMut(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send;
+
+impl<F> View<CallbackFn> for F
+where
+    F: FnMut(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send + 'static,
+{
+    fn view(&mut self) -> &mut CallbackFn {
+        self
+    }
+}
+
+/// A ring-thread callback: runs once, on the ring thread, with access to
+/// the ring. Kept in place when small (most are: a few handles and a
+/// timestamp), so it travels inside the request's entry instead of a heap
+/// block of its own (see `crate::inline_box`).
+pub(crate) struct Callback(CallbackRepr);
+
+enum CallbackRepr {
+    Inline(InlineBox<CallbackFn>),
+    Boxed(Box<CallbackFn>),
+}
+
+impl Callback {
+    pub(crate) fn new(
+        f: impl FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send + 'static,
+    ) -> Callback {
+        let mut f = Some(f);
+        let once = move |ctx: &mut RingContext<'_>, res: Result<Outcome, NtStatus>| {
+            if let Some(f) = f.take() {
+                f(ctx, res)
+            }
+        };
+        Callback(match InlineBox::new(once) {
+            Ok(b) => CallbackRepr::Inline(b),
+            Err(once) => CallbackRepr::Boxed(Box::new(once)),
+        })
+    }
+
+    /// Runs the callback (its only run: it is consumed).
+    pub(crate) fn call(mut self, ctx: &mut RingContext<'_>, res: Result<Outcome, NtStatus>) {
+        match &mut self.0 {
+            CallbackRepr::Inline(b) => (b.get_mut())(ctx, res),
+            CallbackRepr::Boxed(b) => b(ctx, res),
+        }
+    }
+
+    /// Whether the callback is kept in place (for tests).
+    #[cfg(test)]
+    pub(crate) fn is_inline(&self) -> bool {
+        matches!(self.0, CallbackRepr::Inline(_))
+    }
+}
 
 pub(crate) enum Notify {
     Shared(Arc<Shared>),
@@ -248,7 +301,7 @@ impl Outcome {
 pub(crate) fn transfer_callback(
     f: impl FnOnce(&mut RingContext<'_>, Result<Transfer, NtStatus>) + Send + 'static,
 ) -> Callback {
-    Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer)))
+    Callback::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer)))
 }
 
 impl RingContext<'_> {
@@ -280,8 +333,9 @@ impl RingContext<'_> {
         max_out: usize,
         f: impl FnOnce(&mut RingContext<'_>, Result<Vec<u8>, NtStatus>) + Send + 'static,
     ) {
-        let cb: Callback =
-            Box::new(move |ctx, res| f(ctx, res.and_then(Outcome::into_transfer).map(|t| t.data)));
+        let cb = Callback::new(move |ctx, res| {
+            f(ctx, res.and_then(Outcome::into_transfer).map(|t| t.data))
+        });
         self.core
             .start_io(pipe, PipeIo::Read { max_out }, Notify::Callback(cb));
     }
@@ -448,7 +502,7 @@ mod tests {
         ));
         q.push(Command::Cancel { shared: a.clone() });
         q.push(Command::Shutdown);
-        let cb: Callback = Box::new(|_, _| {});
+        let cb = Callback::new(|_, _| {});
         q.push(Command::Io {
             pipe: PipeId {
                 ring: 0,

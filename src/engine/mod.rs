@@ -373,7 +373,7 @@ impl Engine {
         let left = Arc::new(AtomicUsize::new(n));
         for ring in 0..n {
             let (s, left) = (shared.clone(), left.clone());
-            let cb: Callback = Box::new(move |_, _| {
+            let cb = Callback::new(move |_, _| {
                 if left.fetch_sub(1, Ordering::AcqRel) == 1 {
                     let _ = s.complete(Ok(Outcome::Done));
                 }

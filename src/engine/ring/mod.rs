@@ -598,7 +598,7 @@ impl<D: OpDriver> Core<D> {
 
     fn call(&mut self, f: Callback, res: Result<Outcome, NtStatus>) {
         self.callback_depth += 1;
-        f(&mut RingContext::new(self), res);
+        f.call(&mut RingContext::new(self), res);
         self.callback_depth -= 1;
     }
 

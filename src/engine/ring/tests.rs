@@ -633,7 +633,7 @@ fn read_append_appends_and_recycles_the_pushback_buffer() {
     let got: Arc<Got> = Arc::default();
     let recycled = h.d().recycled;
     let g = got.clone();
-    let cb: crate::engine::command::Callback = Box::new(move |ctx, _| {
+    let cb = crate::engine::command::Callback::new(move |ctx, _| {
         let first = reply[..10].to_vec();
         ctx.read_append_with(p, first, 100, move |ctx, buf, res| {
             g.lock().unwrap().push((buf, res));
@@ -1456,7 +1456,7 @@ fn ring_thread_callbacks_served_from_memory_nest_boundedly() {
         deepest: Default::default(),
     });
     let first = st.clone();
-    let cb: crate::engine::command::Callback = Box::new(move |ctx, _| read_on(ctx, first));
+    let cb = crate::engine::command::Callback::new(move |ctx, _| read_on(ctx, first));
     h.on_ring(p, cb);
     let got = st.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(got, stream[1..], "every byte, in order");
@@ -2674,4 +2674,33 @@ mod samba_multishot {
             assert_eq!(h.d().kinds(), vec![K::RecvMulti], "seed {seed}");
         }
     }
+}
+
+/// A callback of a few handles is kept in the request's entry, a large one
+/// in a box of its own; either runs once and is dropped after its run.
+#[test]
+fn small_callbacks_are_kept_inline_large_ones_boxed_and_each_runs_once() {
+    use crate::engine::command::Callback;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (r1, r2) = (runs.clone(), runs.clone());
+    let small = Callback::new(move |_, res| {
+        assert!(res.is_ok());
+        r1.fetch_add(1, SeqCst);
+    });
+    let big = [3u8; 200];
+    let large = Callback::new(move |_, res| {
+        assert!(res.is_ok());
+        r2.fetch_add(usize::from(big[199]), SeqCst);
+    });
+    assert!(small.is_inline());
+    assert!(!large.is_inline());
+    assert_eq!(Arc::strong_count(&runs), 3);
+    h.on_ring(p, small);
+    assert_eq!(runs.load(SeqCst), 1);
+    h.on_ring(p, large);
+    assert_eq!(runs.load(SeqCst), 4);
+    assert_eq!(Arc::strong_count(&runs), 1, "each dropped after its run");
 }
