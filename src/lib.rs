@@ -10,7 +10,8 @@
 //!   completions, one `user_data` token, the driver trait), the io_uring and
 //!   epoll drivers side by side, the one backend resolution, ring set-up and
 //!   probes, and the pipe service's two event loops (`ring::service`). The
-//!   only module that contains `unsafe` code.
+//!   only module that contains `unsafe` code, but for `inline_box` (an
+//!   in-place box for small ring-thread callbacks, beside the `slab`).
 //! * [`engine`]: the SMB-server side: open, transceive, read, write, peek,
 //!   wait, cancel and close pipes, as runtime-agnostic futures
 //!   (`#![forbid(unsafe_code)]`).

@@ -949,6 +949,111 @@ pub(crate) mod test_echo {
         drop(old);
     }
 
+    /// A session that answers "ok" to each input. Input starting with
+    /// "stall" first holds the loop's thread for [`STALL`], as a preempted
+    /// thread or a slow session would. Until it answers, a session is due
+    /// to be closed [`STALL_DEADLINE`] after its accept.
+    pub(crate) struct Staller {
+        deadline: Option<Instant>,
+        closes: Arc<Mutex<Vec<CloseReason>>>,
+    }
+
+    const STALL: Duration = Duration::from_millis(1500);
+    const STALL_DEADLINE: Duration = Duration::from_millis(1000);
+
+    impl Session for Staller {
+        fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Verdict {
+            if data.starts_with(b"stall") {
+                std::thread::sleep(STALL);
+            }
+            self.deadline = None;
+            out.extend_from_slice(b"ok");
+            Verdict::Continue
+        }
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn on_close(&mut self, reason: CloseReason) {
+            self.closes.lock().unwrap().push(reason);
+        }
+    }
+
+    pub(crate) struct StallAcceptor(Arc<Mutex<Vec<CloseReason>>>);
+
+    impl Acceptor for StallAcceptor {
+        type Session = Staller;
+        fn accept(&mut self, _listener: usize, _conn: BorrowedFd<'_>) -> Option<Staller> {
+            Some(Staller {
+                deadline: Some(Instant::now() + STALL_DEADLINE),
+                closes: self.0.clone(),
+            })
+        }
+    }
+
+    /// A loop (started by `run` as in [`run_echo_script`]) is held up
+    /// past its connections' deadlines while their data comes in time:
+    /// each of them gets its answer, and none is closed at its deadline.
+    pub(crate) fn run_stall_script(
+        run: impl FnOnce(
+                Arc<std::os::fd::OwnedFd>,
+                Arc<std::os::fd::OwnedFd>,
+                Arc<super::LoopCounters>,
+                StallAcceptor,
+            ) -> std::io::Result<bool>
+            + Send
+            + 'static,
+    ) {
+        use std::sync::atomic::Ordering;
+        let (_dir, path, listener, shutdown, counters) = loop_fixture("stall");
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let t = {
+            let (s, k, c) = (shutdown.clone(), counters.clone(), closes.clone());
+            std::thread::spawn(move || run(listener, s, k, StallAcceptor(c)))
+        };
+        let mut staller = UnixStream::connect(&path).unwrap();
+        let mut others: Vec<UnixStream> = (0..4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // Every deadline starts at its accept.
+        let start = Instant::now();
+        while counters.accepted.load(Ordering::SeqCst) < 5 {
+            if t.is_finished() {
+                assert!(!t.join().unwrap().unwrap(), "the loop ended early");
+                eprintln!("SKIPPED: this service loop cannot run here");
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "accepts");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let accepted = Instant::now();
+        staller.write_all(b"stall").unwrap();
+        // The loop is inside the stall now; the others' data comes well
+        // before their deadlines, and waits for the loop.
+        std::thread::sleep(Duration::from_millis(100));
+        for o in &mut others {
+            o.write_all(b"hi").unwrap();
+        }
+        let sent = accepted.elapsed();
+        for (i, o) in others.iter_mut().enumerate() {
+            o.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = [0u8; 2];
+            o.read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("connection {i}, data sent {sent:?} after accept: {e}"));
+            assert_eq!(&got, b"ok");
+        }
+        staller.read_exact(&mut [0u8; 2]).unwrap();
+        File::from(shutdown.try_clone().unwrap())
+            .write_all(&1u64.to_ne_bytes())
+            .unwrap();
+        assert!(t.join().unwrap().unwrap());
+        let closes = closes.lock().unwrap().clone();
+        assert_eq!(
+            closes,
+            vec![CloseReason::Shutdown; 5],
+            "data sent {sent:?} after accept"
+        );
+    }
+
     pub(crate) struct EchoAcceptor(pub(crate) Arc<Mutex<Vec<CloseReason>>>);
 
     impl Acceptor for EchoAcceptor {
