@@ -764,6 +764,33 @@ pub(crate) mod test_echo {
         c
     }
 
+    /// How a test starts the loop under test: on the listener, with the
+    /// shutdown eventfd, the counters and the acceptor. `Ok(false)`: that
+    /// loop cannot run here.
+    pub(crate) trait StartLoop<A>:
+        FnOnce(
+            Arc<std::os::fd::OwnedFd>,
+            Arc<std::os::fd::OwnedFd>,
+            Arc<super::LoopCounters>,
+            A,
+        ) -> std::io::Result<bool>
+        + Send
+        + 'static
+    {
+    }
+
+    impl<A, F> StartLoop<A> for F where
+        F: FnOnce(
+                Arc<std::os::fd::OwnedFd>,
+                Arc<std::os::fd::OwnedFd>,
+                Arc<super::LoopCounters>,
+                A,
+            ) -> std::io::Result<bool>
+            + Send
+            + 'static
+    {
+    }
+
     /// What a loop under test runs on: a temp dir (kept alive by the
     /// caller), an AF_UNIX listener at `<dir>/<name>`, the shutdown
     /// eventfd and the counters.
@@ -793,14 +820,7 @@ pub(crate) mod test_echo {
     /// `run` returns `Ok(false)` when its loop cannot run here (then `None`,
     /// after saying so); otherwise the counters, for more checks.
     pub(crate) fn run_echo_script(
-        run: impl FnOnce(
-                Arc<std::os::fd::OwnedFd>,
-                Arc<std::os::fd::OwnedFd>,
-                Arc<super::LoopCounters>,
-                EchoAcceptor,
-            ) -> std::io::Result<bool>
-            + Send
-            + 'static,
+        run: impl StartLoop<EchoAcceptor>,
     ) -> Option<Arc<super::LoopCounters>> {
         let (_dir, path, listener, shutdown, counters) = loop_fixture("echo");
         let closes = Arc::new(Mutex::new(Vec::new()));
@@ -886,16 +906,7 @@ pub(crate) mod test_echo {
     /// Runs a loop (started by `run` like in [`run_echo_script`]) with a
     /// [`WokenAcceptor`]: a wake from another thread produces output; a
     /// wake of a closed connection whose slot was reused reaches nobody.
-    pub(crate) fn run_wake_script(
-        run: impl FnOnce(
-                Arc<std::os::fd::OwnedFd>,
-                Arc<std::os::fd::OwnedFd>,
-                Arc<super::LoopCounters>,
-                WokenAcceptor,
-            ) -> std::io::Result<bool>
-            + Send
-            + 'static,
-    ) {
+    pub(crate) fn run_wake_script(run: impl StartLoop<WokenAcceptor>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let (_dir, path, listener, shutdown, counters) = loop_fixture("wake");
         let wakers = Arc::new(Mutex::new(Vec::new()));
@@ -993,16 +1004,7 @@ pub(crate) mod test_echo {
     /// A loop (started by `run` as in [`run_echo_script`]) is held up
     /// past its connections' deadlines while their data comes in time:
     /// each of them gets its answer, and none is closed at its deadline.
-    pub(crate) fn run_stall_script(
-        run: impl FnOnce(
-                Arc<std::os::fd::OwnedFd>,
-                Arc<std::os::fd::OwnedFd>,
-                Arc<super::LoopCounters>,
-                StallAcceptor,
-            ) -> std::io::Result<bool>
-            + Send
-            + 'static,
-    ) {
+    pub(crate) fn run_stall_script(run: impl StartLoop<StallAcceptor>) {
         use std::sync::atomic::Ordering;
         let (_dir, path, listener, shutdown, counters) = loop_fixture("stall");
         let closes = Arc::new(Mutex::new(Vec::new()));
