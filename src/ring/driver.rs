@@ -227,6 +227,9 @@ impl Driver {
             .map_or(0, |p| usize::from(p.count()));
         if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < max_spare {
             buf.clear();
+            // The top spare is the next one handed out: start fetching it
+            // now (with many pipes it was last touched a round trip ago).
+            super::sys::prefetch_write(buf.as_ptr());
             self.spare.push(buf);
         }
     }
@@ -758,9 +761,14 @@ impl OpDriver for Driver {
     fn spare_buf(&mut self) -> Vec<u8> {
         // A new one is as large as a pool buffer, like most recycled ones:
         // a buffer that later holds a whole reply never has to grow.
-        self.spare
+        let buf = self
+            .spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.recv_pool_buf_bytes()))
+            .unwrap_or_else(|| Vec::with_capacity(self.recv_pool_buf_bytes()));
+        if let Some(next) = self.spare.last() {
+            super::sys::prefetch_write(next.as_ptr());
+        }
+        buf
     }
     #[inline]
     fn lent_chunk(&self) -> &[u8] {

@@ -23,6 +23,20 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// [`prefetch`] of a line about to be written (x86-64 `PREFETCHW`):
+/// fetched ready for writing, so the store that follows need not wait.
+#[inline(always)]
+pub(crate) fn prefetch_write<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`: a hint that never faults or changes state
+    // the program can observe.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Creates a non-semaphore eventfd with count 0 (`eventfd(2)`, close-on-exec).
 ///
 /// Writing any non-zero 8-byte count makes it readable (POLLIN) until it is
