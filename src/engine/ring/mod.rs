@@ -551,12 +551,11 @@ impl<D: OpDriver> Core<D> {
         self.run_later();
     }
 
-    /// One final completion (or multishot chunk) from the driver.
-    #[inline(always)]
     /// Starts fetching the entries the next batch of completions goes to
     /// (a chunk's pipe, another completion's op): with many busy pipes each
     /// is a cache miss, and these overlap instead of being waited for one
     /// completion at a time.
+    #[inline(always)]
     pub(crate) fn prefetch_upcoming(&mut self) {
         let (pipes, ops) = (&self.pipes, &self.ops);
         self.drv.upcoming(&mut |token| {
