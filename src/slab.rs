@@ -43,6 +43,9 @@ impl<T> Slab<T> {
         self.slots.as_ptr().wrapping_add(idx as usize).cast()
     }
 
+    /// How many bytes a slot takes (see [`Slab::slot_ptr`]).
+    pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<Slot<T>>();
+
     /// Values stored.
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -23,6 +23,17 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// [`prefetch`] of every cache line of the `len` bytes at `p` (a record
+/// spanning several lines: they then arrive together).
+#[inline(always)]
+pub(crate) fn prefetch_bytes(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        prefetch(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
 /// [`prefetch`] of a line about to be written (x86-64 `PREFETCHW`):
 /// fetched ready for writing, so the store that follows need not wait.
 #[inline(always)]

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::sys::prefetch;
+use crate::ring::sys::{prefetch, prefetch_bytes};
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
 use crate::slab::Slab;
 
@@ -392,6 +392,8 @@ pub(crate) struct Core<D: OpDriver = Driver> {
     ring_index: usize,
     pipes: Slab<PipeEntry>,
     ops: Slab<OpEntry>,
+    /// Scratch for `prefetch_upcoming`: the pipes the next chunks go to.
+    upcoming_chunks: Vec<(u32, u32)>,
     file_ids: Arc<AtomicU64>,
     /// The time the loop last passed in (the core reads no clock itself).
     /// Only WAIT relies on it; the loop reads the clock for commands and,
@@ -530,6 +532,7 @@ impl<D: OpDriver> Core<D> {
             ring_index,
             pipes: Slab::new(),
             ops: Slab::new(),
+            upcoming_chunks: Vec::new(),
             file_ids,
             now,
             waits: 0,
@@ -558,14 +561,24 @@ impl<D: OpDriver> Core<D> {
     #[inline(always)]
     pub(crate) fn prefetch_upcoming(&mut self) {
         let (pipes, ops) = (&self.pipes, &self.ops);
+        let chunks = &mut self.upcoming_chunks;
+        chunks.clear();
         self.drv.upcoming(&mut |token| {
             let t = Token::from_raw(token);
             if t.kind() == ST_MULTISHOT {
                 prefetch(pipes.slot_ptr(t.index()));
+                chunks.push((t.index(), t.gen()));
             } else {
                 prefetch(ops.slot_ptr(t.index()));
             }
         });
+        // Second step: the op entries of the requests the chunks will go
+        // to (named in the pipe entries fetched above), all their lines.
+        for &(i, g) in chunks.iter() {
+            if let Some(w) = pipes.get(i, g).and_then(|pe| pe.waiters.front()) {
+                prefetch_bytes(ops.slot_ptr(w.0), Slab::<OpEntry>::SLOT_BYTES);
+            }
+        }
     }
 
     /// Not inlined into the loop: the completion is then read where the
