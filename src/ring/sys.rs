@@ -32,6 +32,10 @@ pub(crate) fn prefetch_bytes(p: *const u8, len: usize) {
         prefetch(p.wrapping_add(off));
         off += 64;
     }
+    // A record that does not start a line ends one line further on.
+    if len > 0 {
+        prefetch(p.wrapping_add(len - 1));
+    }
 }
 
 /// [`prefetch`] of a line about to be written (x86-64 `PREFETCHW`):
