@@ -229,7 +229,7 @@ impl Driver {
             buf.clear();
             // The top spare is the next one handed out: start fetching it
             // now (with many pipes it was last touched a round trip ago).
-            super::sys::prefetch_write(buf.as_ptr());
+            super::sys::prefetch(buf.as_ptr());
             self.spare.push(buf);
         }
     }
@@ -766,7 +766,7 @@ impl OpDriver for Driver {
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(self.recv_pool_buf_bytes()));
         if let Some(next) = self.spare.last() {
-            super::sys::prefetch_write(next.as_ptr());
+            super::sys::prefetch(next.as_ptr());
         }
         buf
     }
