@@ -24,8 +24,13 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lent};
 use super::files::{with_fd, FdRef, FixedFiles};
-use super::op::{Backend, Completion, Features, Op, OpDriver, RegBuf, Sock, SqeId, Token, WakeFd};
-use super::reap::{self, Reaped, Slot, KIND_CANCEL, KIND_OP, KIND_WAKE, NOT_MULTI};
+use super::op::{
+    Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
+    WakeFd,
+};
+use super::reap::{
+    self, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_HELD, NOT_MULTI,
+};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
@@ -108,6 +113,14 @@ pub struct Driver {
     /// its token here, in 16 bytes, without touching the slot (at 1 024
     /// busy pipes a slot is a cache miss away).
     multi: Vec<(u64, u64)>,
+    /// Per index of the pusher's tokens: the token of the held send in
+    /// flight under that index ([`NOT_HELD`] when none). A held send's
+    /// user_data is `KIND_HELD` with its token's index and generation, so
+    /// its completion finds the token here (8 bytes, no slot) and
+    /// `take_back` tells whether its bytes are still read.
+    held: Vec<u64>,
+    /// Held sends in flight.
+    held_live: usize,
     /// SQEs that did not fit in the SQ yet; their ops are already in slots.
     backlog: VecDeque<squeue::Entry>,
     wake: Arc<WakeFd>,
@@ -198,6 +211,8 @@ impl Driver {
             features,
             slots: Slab::new(),
             multi: Vec::new(),
+            held: Vec::new(),
+            held_live: 0,
             backlog: VecDeque::new(),
             wake,
             wake_buf: Box::new(0),
@@ -325,21 +340,25 @@ impl Driver {
         FdRef::of(self.files.as_ref(), fd.as_raw_fd())
     }
 
+    /// The SQE of a send of `buf[start..]`.
+    #[inline(always)]
+    fn send_sqe(&self, fd: &Sock, buf: &[u8], start: usize) -> squeue::Entry {
+        let s = &buf[start.min(buf.len())..];
+        // The SQE's length is 32 bits: a longer send goes in pieces (the
+        // engine resumes a short send from its first unsent byte).
+        let len = s.len().min(MAX_SQE_BYTES) as u32;
+        with_fd!(self.fd_ref(fd), |t| opcode::Send::new(t, s.as_ptr(), len)
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build())
+    }
+
     fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
         match op {
             Op::Connect { fd, addr } => {
                 let (ptr, len) = addr.as_raw();
                 opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len).build()
             }
-            Op::Send { fd, buf, start } => {
-                let s = &buf[(*start).min(buf.len())..];
-                // The SQE's length is 32 bits: a longer send goes in pieces
-                // (the engine resumes a short send from its first unsent byte).
-                let len = s.len().min(MAX_SQE_BYTES) as u32;
-                with_fd!(self.fd_ref(fd), |t| opcode::Send::new(t, s.as_ptr(), len)
-                    .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-                    .build())
-            }
+            Op::Send { fd, buf, start } => self.send_sqe(fd, buf, *start),
             Op::Recv {
                 fd,
                 buf,
@@ -403,8 +422,8 @@ impl Driver {
                 .offset(u64::MAX)
                 .build())
             }
-            // Not pushed: only a completion carries it.
-            Op::Chunk => opcode::Nop::new().build(),
+            // Not pushed: only a completion carries these.
+            Op::Chunk | Op::Sent => opcode::Nop::new().build(),
             Op::Timer { .. } => match ts {
                 Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
                 // Not reached: `push` builds every timer's spec.
@@ -432,6 +451,45 @@ impl Driver {
         let (ud, sqe) = self.insert(op, token);
         self.queue(sqe);
         SqeId::from_token(Token::from_raw(ud))
+    }
+
+    /// See [`OpDriver::push_send_held`]. Only a send on a [`Sock::Kept`]
+    /// socket is held: nothing else keeps a held socket open meanwhile.
+    pub fn push_send_held(
+        &mut self,
+        fd: Sock,
+        buf: SendBuf,
+        start: usize,
+        token: u64,
+    ) -> Result<(SqeId, HeldSend), SendBuf> {
+        let t = Token::from_raw(token);
+        let i = t.index() as usize;
+        if !matches!(fd, Sock::Kept(_)) || self.held.get(i).is_some_and(|&h| h != NOT_HELD) {
+            return Err(buf);
+        }
+        if self.held.len() <= i {
+            self.held.resize(i + 1, NOT_HELD);
+        }
+        let ud = user_data(KIND_HELD, t.index(), t.gen());
+        // Moving the `SendBuf` below moves no byte: the SQE points at its
+        // heap (or static) bytes, which stay where they are while held.
+        let sqe = self.send_sqe(&fd, &buf, start).user_data(ud);
+        self.held[i] = token;
+        self.held_live += 1;
+        self.queue(sqe);
+        Ok((
+            SqeId::from_token(Token::from_raw(ud)),
+            HeldSend::new(ud, buf),
+        ))
+    }
+
+    /// See [`OpDriver::take_back`].
+    pub fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
+        let ud = Token::from_raw(held.ud());
+        match self.held.get(ud.index() as usize) {
+            Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => Err(held),
+            _ => Ok(held.release()),
+        }
     }
 
     /// Puts `op` in a slot: its SQE's user_data and the SQE (not queued).
@@ -614,10 +672,33 @@ impl Driver {
                         return Some(c);
                     }
                 }
+                KIND_HELD => {
+                    if let Some(c) = self.held_done(ud, &cqe) {
+                        return Some(c);
+                    }
+                }
                 KIND_WAKE => self.wake_armed = false,
                 _ => {} // cancel requests: the target's own CQE tells.
             }
         }
+    }
+
+    /// The final completion of the held send `ud` names (`None`: stale).
+    #[inline(always)]
+    fn held_done(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
+        let h = self.held.get_mut(ud.index() as usize)?;
+        if *h == NOT_HELD || Token::from_raw(*h).gen() != ud.gen() {
+            return None;
+        }
+        let token = std::mem::replace(h, NOT_HELD);
+        self.held_live -= 1;
+        Some(Completion {
+            token,
+            result: cqe.result(),
+            flags: cqe.flags(),
+            op: Op::Sent,
+            more: false,
+        })
     }
 
     /// Copies up to [`REAP_BATCH`] ready CQEs into `batch`; false when
@@ -627,7 +708,7 @@ impl Driver {
         self.batch.clear();
         self.batch_at = 0;
         self.batch.extend(self.ring.completion().take(REAP_BATCH));
-        reap::prefetch_lookups(&self.batch, &self.slots, &self.multi);
+        reap::prefetch_lookups(&self.batch, &self.slots, &self.multi, &self.held);
         !self.batch.is_empty()
     }
 }
@@ -637,7 +718,7 @@ impl Drop for Driver {
         // Operations still in flight reference memory in `self.slots`: cancel
         // everything and reap until the kernel is done with all of it, so the
         // memory is freed only after the kernel let go (bounded wait).
-        if self.slots.len() == 0 && !self.wake_armed {
+        if self.slots.len() == 0 && self.held_live == 0 && !self.wake_armed {
             if let Some(p) = self.recv_pool.as_mut() {
                 let _ = p.unregister(&self.ring);
             }
@@ -650,7 +731,9 @@ impl Drop for Driver {
         // SAFETY: a cancel SQE references no memory.
         let _ = unsafe { self.ring.submission().push(&e) };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while (self.slots.len() > 0 || self.wake_armed) && std::time::Instant::now() < deadline {
+        while (self.slots.len() > 0 || self.held_live > 0 || self.wake_armed)
+            && std::time::Instant::now() < deadline
+        {
             let _ = self.ring.submitter().submit_with_args(
                 1,
                 &types::SubmitArgs::new()
@@ -703,6 +786,20 @@ impl OpDriver for Driver {
         Driver::push_chain(self, ops, ids)
     }
     #[inline]
+    fn push_send_held(
+        &mut self,
+        fd: Sock,
+        buf: SendBuf,
+        start: usize,
+        token: u64,
+    ) -> Result<(SqeId, HeldSend), SendBuf> {
+        Driver::push_send_held(self, fd, buf, start, token)
+    }
+    #[inline]
+    fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
+        Driver::take_back(self, held)
+    }
+    #[inline]
     fn cancel(&mut self, id: SqeId) {
         Driver::cancel(self, id)
     }
@@ -719,7 +816,13 @@ impl OpDriver for Driver {
         if self.batch_at == self.batch.len() && !self.refill_batch() {
             return;
         }
-        reap::tokens(&self.batch[self.batch_at..], &self.slots, &self.multi, f);
+        reap::tokens(
+            &self.batch[self.batch_at..],
+            &self.slots,
+            &self.multi,
+            &self.held,
+            f,
+        );
     }
     #[inline]
     fn features(&self) -> Features {
@@ -1109,5 +1212,66 @@ mod tests {
                 .expect("end of stream, not a timeout");
             assert_eq!(n, 0, "round {round}: the peer sees the socket closed");
         }
+    }
+
+    #[test]
+    fn a_held_send_is_given_back_only_after_its_final_completion() {
+        let Some(mut drv) = test_driver(small_config()) else {
+            return;
+        };
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(ours));
+        let kept = Sock::Kept(fd.as_raw_fd());
+        // Only a kept socket's send is held: nothing else would keep a
+        // held socket open meanwhile.
+        let refused = drv.push_send_held(fd.clone().into(), b"x".to_vec().into(), 0, 7);
+        assert!(matches!(refused, Err(SendBuf::Owned(v)) if v == b"x"));
+        // More than the socket buffer takes: the send stays in flight until
+        // the peer reads.
+        let big: Vec<u8> = (0..4u32 << 20).map(|i| i as u8).collect();
+        let token = Token::new(5, 3, 9).raw();
+        let (id, held) = drv
+            .push_send_held(kept.clone(), big.clone().into(), 0, token)
+            .unwrap();
+        assert_eq!(Token::from_raw(id.token().raw()).kind(), KIND_HELD);
+        // A second held send under the same index waits for the first.
+        let second = drv.push_send_held(kept.clone(), b"y".to_vec().into(), 0, token);
+        assert!(second.is_err(), "one held send per index in flight");
+        drv.submit_and_wait(0, None).unwrap();
+        let mut done = Vec::new();
+        drv.reap(&mut done);
+        assert!(done.is_empty(), "the peer has not read yet");
+        let held = drv.take_back(held).expect_err("the kernel still reads it");
+        assert_eq!(held.len(), big.len(), "readable while held");
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 4 << 20];
+            theirs.read_exact(&mut got).map(|()| got)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while done.is_empty() && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
+                .unwrap();
+            drv.reap(&mut done);
+        }
+        assert_eq!(done.len(), 1, "one final completion");
+        assert_eq!(done[0].token, token, "the pusher's token");
+        assert!(matches!(done[0].op, Op::Sent));
+        assert_eq!(done[0].result, big.len() as i32);
+        let back = drv
+            .take_back(held)
+            .expect("given back after its completion");
+        assert_eq!(&*back, &big[..], "the same bytes, untouched");
+        assert_eq!(reader.join().unwrap().unwrap(), big, "all of it arrived");
+        // The index is free again.
+        let (_, again) = drv
+            .push_send_held(kept, b"z".to_vec().into(), 0, token)
+            .unwrap();
+        done.clear();
+        while done.is_empty() && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
+                .unwrap();
+            drv.reap(&mut done);
+        }
+        assert!(drv.take_back(again).is_ok());
     }
 }

@@ -36,7 +36,7 @@ pub(crate) use epoll::EpollDriver;
 #[cfg(test)]
 pub(crate) use op::Features;
 pub(crate) use op::{
-    Completion, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token, UnixAddr, WakeFd,
+    Completion, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token, UnixAddr, WakeFd,
 };
 pub use setup::{new_ring, RingError, SetupFlags};
 pub use sock::fionread;

@@ -121,6 +121,54 @@ impl From<bytes::Bytes> for SendBuf {
     }
 }
 
+/// The bytes of a send the pusher keeps while the kernel reads them
+/// ([`OpDriver::push_send_held`]): no driver slot holds them, so the send
+/// costs no slot insert and no move of its buffer in and out. Only the
+/// driver gives them back ([`OpDriver::take_back`]), and only once the
+/// send's final completion was reaped; dropped before that (a ring torn
+/// down with the send in flight), the bytes are leaked rather than freed
+/// under the kernel. They can be read (`Deref`) meanwhile.
+#[derive(Debug)]
+pub struct HeldSend {
+    /// The send's `user_data` (the driver's in-flight record names it).
+    ud: u64,
+    /// Always `Some` until `release` takes it.
+    buf: Option<SendBuf>,
+}
+
+impl HeldSend {
+    /// Wraps `buf`, sent by the SQE whose `user_data` (or test id) is `ud`.
+    pub(crate) fn new(ud: u64, buf: SendBuf) -> HeldSend {
+        HeldSend { ud, buf: Some(buf) }
+    }
+
+    /// The `user_data` of the send that reads these bytes.
+    pub(crate) fn ud(&self) -> u64 {
+        self.ud
+    }
+
+    /// The bytes, for a driver that saw the send's final completion.
+    pub(crate) fn release(mut self) -> SendBuf {
+        self.buf.take().unwrap_or_default()
+    }
+}
+
+impl Drop for HeldSend {
+    fn drop(&mut self) {
+        // Not given back by the driver: the kernel may still read them.
+        if let Some(buf) = self.buf.take() {
+            std::mem::forget(buf);
+        }
+    }
+}
+
+impl std::ops::Deref for HeldSend {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.as_deref().unwrap_or_default()
+    }
+}
+
 /// A `sockaddr_un` with its length, boxed so its address is stable.
 #[derive(Clone)]
 pub struct UnixAddr {
@@ -281,6 +329,10 @@ pub enum Op {
     /// buffer back, so the engine copies each share straight to its request
     /// or the pushback. Never pushed.
     Chunk,
+    /// The final completion of a held send ([`OpDriver::push_send_held`]):
+    /// its bytes stay with the pusher, who takes them back with
+    /// [`OpDriver::take_back`]. Never pushed.
+    Sent,
     /// `IORING_OP_WRITE_FIXED` from registered slot `buf`, bytes `0..len`.
     WriteFixed {
         /// The socket.
@@ -321,7 +373,7 @@ impl Op {
             | Op::RecvMulti { fd, .. }
             | Op::WriteFixed { fd, .. }
             | Op::ReadFixed { fd, .. } => Some(fd),
-            Op::Timer { .. } | Op::Chunk => None,
+            Op::Timer { .. } | Op::Chunk | Op::Sent => None,
         }
     }
 }
@@ -483,6 +535,27 @@ pub trait OpDriver {
     /// send or a short `MSG_WAITALL` receive completes the rest with
     /// `-ECANCELED`. A short plain receive does not break the chain.
     fn push_chain<I: IntoIterator<Item = (Op, u64)>>(&mut self, ops: I, ids: &mut Vec<SqeId>);
+
+    /// Pushes a send of `buf[start..]` (as [`Op::Send`]) whose bytes the
+    /// caller keeps, held, until the send's final completion (an
+    /// [`Op::Sent`] carrying `token`): the driver keeps no slot for it.
+    /// `Err(buf)`: the driver does not hold sends (or has one under this
+    /// token's index in flight); push an [`Op::Send`] instead.
+    fn push_send_held(
+        &mut self,
+        _fd: Sock,
+        buf: SendBuf,
+        _start: usize,
+        _token: u64,
+    ) -> Result<(SqeId, HeldSend), SendBuf> {
+        Err(buf)
+    }
+
+    /// The bytes of a held send whose final completion was reaped;
+    /// `Err` (the same hold) while the kernel may still read them.
+    fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
+        Err(held)
+    }
 
     /// Cancels one operation: if it has not completed yet it completes with
     /// `-ECANCELED` (or what it had transferred), its chain successors with

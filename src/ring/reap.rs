@@ -26,14 +26,29 @@ pub(super) struct Slot {
 pub(super) const KIND_OP: u8 = 0;
 pub(super) const KIND_CANCEL: u8 = 1;
 pub(super) const KIND_WAKE: u8 = 2;
+/// A held send (`Driver::push_send_held`): index and generation are its
+/// token's, and `Driver::held` holds the token.
+pub(super) const KIND_HELD: u8 = 3;
+
+/// No held send under this index (`Driver::held`): no token is all ones.
+pub(super) const NOT_HELD: u64 = u64::MAX;
 
 /// Starts fetching what each of `batch`'s CQEs will look up (its entry in
 /// the multishot table, or its op's slot), for the whole batch at once:
 /// with many busy pipes each lookup is a cache miss, and these overlap
 /// instead of being waited for one CQE at a time.
-pub(super) fn prefetch_lookups(batch: &[cqueue::Entry], slots: &Slab<Slot>, multi: &[(u64, u64)]) {
+pub(super) fn prefetch_lookups(
+    batch: &[cqueue::Entry],
+    slots: &Slab<Slot>,
+    multi: &[(u64, u64)],
+    held: &[u64],
+) {
     for cqe in batch {
         let ud = Token::from_raw(cqe.user_data());
+        if ud.kind() == KIND_HELD {
+            prefetch(held.as_ptr().wrapping_add(ud.index() as usize));
+            continue;
+        }
         if ud.kind() != KIND_OP {
             continue;
         }
@@ -52,10 +67,18 @@ pub(super) fn tokens(
     batch: &[cqueue::Entry],
     slots: &Slab<Slot>,
     multi: &[(u64, u64)],
+    held: &[u64],
     f: &mut dyn FnMut(u64),
 ) {
     for cqe in batch {
         let ud = Token::from_raw(cqe.user_data());
+        if ud.kind() == KIND_HELD {
+            match held.get(ud.index() as usize) {
+                Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => f(t),
+                _ => {}
+            }
+            continue;
+        }
         if ud.kind() != KIND_OP {
             continue;
         }

@@ -11,7 +11,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ring::{Backend, Completion, Features, Op, OpDriver, RegBuf, SqeId, WakeFd};
+use crate::ring::{
+    Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, WakeFd,
+};
 
 /// `IORING_CQE_F_SOCK_NONEMPTY`.
 pub(crate) const SOCK_NONEMPTY: u32 = 1 << 2;
@@ -33,7 +35,7 @@ pub(crate) enum K {
 pub(crate) fn kind_of(op: &Op) -> K {
     match op {
         Op::Connect { .. } => K::Connect,
-        Op::Send { .. } => K::Send,
+        Op::Send { .. } | Op::Sent => K::Send,
         Op::Recv { flags, .. } if flags & libc::MSG_PEEK != 0 => K::Peek,
         Op::Recv { .. } => K::Recv,
         Op::RecvPooled { .. } => K::RecvPooled,
@@ -53,6 +55,9 @@ struct InFlight {
     /// Waits for the op linked before it.
     behind: bool,
     deadline: Option<Instant>,
+    /// A held send (`op` is a copy of its bytes, for the test to look
+    /// at): it completes as an [`Op::Sent`].
+    held: bool,
 }
 
 /// The fake driver. Its fields are the script's knobs and records.
@@ -87,6 +92,11 @@ pub(crate) struct FakeDriver {
     pub(crate) spares_taken: usize,
     /// Every socket made, to find one an op names by number.
     made: Vec<std::rc::Weak<OwnedFd>>,
+    /// Whether sends on kept sockets may be held (as the io_uring driver
+    /// holds them); false: every send takes the slot path.
+    pub(crate) holds_sends: bool,
+    /// Held sends pushed.
+    pub(crate) held_sends: usize,
 }
 
 impl FakeDriver {
@@ -115,6 +125,8 @@ impl FakeDriver {
             lent_now: Vec::new(),
             spares_taken: 0,
             made: Vec::new(),
+            holds_sends: true,
+            held_sends: 0,
         }
     }
 
@@ -212,7 +224,7 @@ impl FakeDriver {
             token: f.token,
             result,
             flags,
-            op: f.op,
+            op: if f.held { Op::Sent } else { f.op },
             more: false,
         });
         let Some(n) = next else { return };
@@ -334,6 +346,7 @@ impl FakeDriver {
             next: None,
             behind,
             deadline,
+            held: false,
         });
         id
     }
@@ -361,6 +374,36 @@ impl OpDriver for FakeDriver {
             prev = Some(id);
             ids.push(SqeId::from_raw(id));
         }
+    }
+
+    fn push_send_held(
+        &mut self,
+        fd: Sock,
+        buf: SendBuf,
+        start: usize,
+        token: u64,
+    ) -> Result<(SqeId, HeldSend), SendBuf> {
+        if !self.holds_sends || !matches!(fd, Sock::Kept(_)) {
+            return Err(buf);
+        }
+        let copy = Op::Send {
+            fd,
+            buf: buf.clone(),
+            start,
+        };
+        let id = self.record(copy, token, false);
+        if let Some(f) = self.flight.last_mut() {
+            f.held = true;
+        }
+        self.held_sends += 1;
+        Ok((SqeId::from_raw(id), HeldSend::new(id, buf)))
+    }
+
+    fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
+        if self.flight.iter().any(|f| f.held && f.id == held.ud()) {
+            return Err(held);
+        }
+        Ok(held.release())
     }
 
     fn cancel(&mut self, id: SqeId) {

@@ -190,7 +190,7 @@ impl<D: OpDriver> Core<D> {
         };
         let kind = Kind::Transceive {
             max_out,
-            input,
+            input: Input::Ready(input),
             sent: 0,
             reg: None,
             from: at.from,
@@ -291,7 +291,8 @@ impl<D: OpDriver> Core<D> {
         // Message mode receives raw frames into plain buffers.
         let reg_mode = self.cfg.buffers == BufferMode::Registered && !self.message_mode();
         let slot_bytes = self.drv.reg_slot_bytes();
-        let Some(e) = self.ops.get_mut(key.0, key.1) else {
+        let Core { ops, drv, .. } = self;
+        let Some(e) = ops.get_mut(key.0, key.1) else {
             return;
         };
         let Kind::Transceive {
@@ -307,8 +308,16 @@ impl<D: OpDriver> Core<D> {
         };
         if *from != ReplyFrom::Chain {
             if input.len() > *sent {
-                let (buf, start) = (std::mem::take(input), *sent);
-                self.push_single_as(key, key, Op::Send { fd, buf, start }, ST_SEND);
+                let (buf, start) = (input.take_ready(), *sent);
+                // Held: the bytes stay in this entry, the driver keeps no
+                // slot (and no move of the buffer in and out of one).
+                match drv.push_send_held(fd.clone(), buf, start, token(key, ST_SEND)) {
+                    Ok((id, held)) => {
+                        *input = Input::Held(held);
+                        e.record_chain(&[id]);
+                    }
+                    Err(buf) => self.push_single_as(key, key, Op::Send { fd, buf, start }, ST_SEND),
+                }
             }
             return;
         }
@@ -402,7 +411,7 @@ impl<D: OpDriver> Core<D> {
         };
         let mut chain = ChainBuf::default();
         if input.len() > *sent {
-            let buf = std::mem::take(input);
+            let buf = input.take_ready();
             let fd = fd.clone();
             chain.push((
                 Op::Send {
@@ -442,7 +451,7 @@ impl<D: OpDriver> Core<D> {
         };
         let r = c.result;
         match (&mut e.kind, step) {
-            (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op),
+            (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op, drv),
             (Kind::Transceive { .. }, ST_RECV) => {
                 transceive_received(&mut e.kind, r, c.op, nonempty, drv);
                 self.claim_reply(key);
@@ -609,7 +618,7 @@ pub(super) fn set_once(status: &mut Option<NtStatus>, s: NtStatus) {
 }
 
 /// A transceive's SEND (or WRITE_FIXED) completed: count what was sent.
-fn transceive_sent(kind: &mut Kind, r: i32, op: Op) {
+fn transceive_sent<D: OpDriver>(kind: &mut Kind, r: i32, op: Op, drv: &mut D) {
     let Kind::Transceive {
         status,
         input,
@@ -622,8 +631,13 @@ fn transceive_sent(kind: &mut Kind, r: i32, op: Op) {
     let (start, end) = match op {
         Op::Send { buf, start, .. } => {
             let end = buf.len();
-            *input = buf;
+            *input = Input::Ready(buf);
             (start, end)
+        }
+        // A held send: from the first unsent byte to the end.
+        Op::Sent => {
+            input.settle(drv);
+            (*sent, input.len())
         }
         Op::WriteFixed { start, end, .. } => (start as usize, end as usize),
         _ => return debug_assert!(false, "a transceive's SEND step on another op"),

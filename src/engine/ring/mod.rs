@@ -57,7 +57,9 @@ use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, Ri
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
 use crate::ring::sys::{prefetch, prefetch_bytes};
-use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
+use crate::ring::{
+    Completion, Driver, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
+};
 use crate::slab::Slab;
 
 use pushback::Pushback;
@@ -214,8 +216,9 @@ enum Kind {
     },
     Transceive {
         max_out: usize,
-        /// The request; moved into the Send op while it is in flight.
-        input: SendBuf,
+        /// The request: moved into the Send op while a slot holds it, or
+        /// held here while a held send reads it (see [`Input`]).
+        input: Input,
         /// Bytes of `input` the kernel confirmed sent.
         sent: usize,
         /// Registered mode: the slot holding the input, then the reply.
@@ -258,6 +261,61 @@ enum Kind {
         /// `SUCCESS` once a connect was accepted.
         status: Option<NtStatus>,
     },
+}
+
+/// A transceive's request bytes: ready to send (or sent), or read by a
+/// held send in flight ([`OpDriver::push_send_held`]: the bytes stay in
+/// the op entry, and the send takes no driver slot).
+enum Input {
+    Ready(SendBuf),
+    Held(HeldSend),
+}
+
+impl Default for Input {
+    fn default() -> Input {
+        Input::Ready(SendBuf::default())
+    }
+}
+
+impl std::ops::Deref for Input {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Input::Ready(b) => b,
+            Input::Held(h) => h,
+        }
+    }
+}
+
+impl Input {
+    /// The bytes, to be sent (by a slot's op) or recycled: never while a
+    /// held send reads them (then nothing is taken).
+    fn take_ready(&mut self) -> SendBuf {
+        match self {
+            Input::Ready(b) => std::mem::take(b),
+            Input::Held(_) => {
+                debug_assert!(false, "the bytes of a send in flight taken");
+                SendBuf::default()
+            }
+        }
+    }
+
+    /// After a held send's final completion: its bytes back from the
+    /// driver (still held if the driver says the kernel reads them).
+    fn settle<D: OpDriver>(&mut self, drv: &mut D) {
+        if let Input::Held(_) = self {
+            let Input::Held(h) = std::mem::take(self) else {
+                return;
+            };
+            *self = match drv.take_back(h) {
+                Ok(b) => Input::Ready(b),
+                Err(h) => {
+                    debug_assert!(false, "a held send given back before its completion");
+                    Input::Held(h)
+                }
+            };
+        }
+    }
 }
 
 /// A pipe's multishot receive (its op entry while it exists).
@@ -377,6 +435,18 @@ impl OpEntry {
     /// The id of the `i`-th SQE of the current chain, if there is one.
     fn chain_id(&self, i: usize) -> Option<SqeId> {
         (i < usize::from(self.chain_len)).then(|| self.chain[i])
+    }
+
+    /// The current chain is now `ids` (just pushed, none done).
+    fn record_chain(&mut self, ids: &[SqeId]) {
+        debug_assert!(ids.len() <= MAX_CHAIN);
+        self.pending += ids.len() as u32;
+        self.chain = [NO_SQE; MAX_CHAIN];
+        for (slot, id) in self.chain.iter_mut().zip(ids) {
+            *slot = *id;
+        }
+        self.chain_len = ids.len().min(MAX_CHAIN) as u8;
+        self.chain_done = 0;
     }
 }
 
@@ -752,14 +822,7 @@ impl<D: OpDriver> Core<D> {
     /// Op `key`'s current chain is now `ids` (just pushed, none done).
     fn record_chain(&mut self, key: (u32, u32), ids: &[SqeId]) {
         if let Some(e) = self.ops.get_mut(key.0, key.1) {
-            debug_assert!(ids.len() <= MAX_CHAIN);
-            e.pending += ids.len() as u32;
-            e.chain = [NO_SQE; MAX_CHAIN];
-            for (slot, id) in e.chain.iter_mut().zip(ids) {
-                *slot = *id;
-            }
-            e.chain_len = ids.len().min(MAX_CHAIN) as u8;
-            e.chain_done = 0;
+            e.record_chain(ids);
         }
     }
 

@@ -124,7 +124,10 @@ impl<D: OpDriver> Core<D> {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
-            self.drv.recycle_sent(std::mem::take(input));
+            input.settle(&mut self.drv);
+            if let Input::Ready(b) = input {
+                self.drv.recycle_sent(std::mem::take(b));
+            }
         }
         if cancelled {
             return;

@@ -938,17 +938,28 @@ fn linked_short_send_resumes_from_the_first_unsent_byte() {
 
 #[test]
 fn multishot_short_send_resumes() {
-    let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, &bytes(100), 4280);
-    let send = h.d().one(K::Send);
-    h.complete(send, 30);
-    let send = h.d().one(K::Send);
-    assert_eq!(send_start(h.d().op(send)), 30);
-    h.complete(send, 70);
-    let ms = h.d().one(K::RecvMulti);
-    h.chunk(ms, b"pong");
-    assert_eq!(transfer(&s), ok(b"pong"));
+    // A held send (the bytes stay in the op entry) and, where the driver
+    // holds none, one the driver keeps in a slot.
+    for holds_sends in [true, false] {
+        let mut h = harness();
+        h.d().holds_sends = holds_sends;
+        let p = h.open_ok(1);
+        let input = bytes(100);
+        let s = h.transceive(p, &input, 4280);
+        let send = h.d().one(K::Send);
+        h.complete(send, 30);
+        let send = h.d().one(K::Send);
+        assert_eq!(send_start(h.d().op(send)), 30);
+        assert_eq!(send_buf(h.d().op(send)), &input[..], "the same bytes");
+        h.complete(send, 70);
+        let ms = h.d().one(K::RecvMulti);
+        h.chunk(ms, b"pong");
+        assert_eq!(transfer(&s), ok(b"pong"));
+        let held = if holds_sends { 2 } else { 0 };
+        assert_eq!(h.d().held_sends, held, "holds_sends {holds_sends}");
+        // The sent request's buffer went back to the driver either way.
+        assert_eq!(h.d().recycled, 1, "holds_sends {holds_sends}");
+    }
 }
 
 #[test]
@@ -1925,11 +1936,12 @@ fn collect(s: &Arc<Shared>, max_out: usize, got: &mut Vec<u8>) {
 /// One random schedule on one pipe: requests one at a time, random
 /// cancels, short sends, split replies, empty pools, lost and won cancel
 /// races, SOCK_NONEMPTY or the peek probe.
-fn random_schedule(seed: u64, multishot: bool) {
+fn random_schedule(seed: u64, multishot: bool, holds_sends: bool) {
     let mut rng = Rng::new(seed);
     let nonempty = rng.chance(50);
     let mut h = harness_with(|c| c.multishot = multishot);
     h.d().features.sock_nonempty = nonempty;
+    h.d().holds_sends = holds_sends;
     let p = h.open_ok(1);
     let mut st = Stream {
         produced: 0,
@@ -1967,8 +1979,10 @@ fn random_schedule(seed: u64, multishot: bool) {
 #[test]
 fn random_schedules_deliver_the_stream_exactly_once_in_order() {
     for seed in 1..=300 {
-        random_schedule(seed, true);
-        random_schedule(seed, false);
+        for holds_sends in [true, false] {
+            random_schedule(seed, true, holds_sends);
+            random_schedule(seed, false, holds_sends);
+        }
     }
 }
 

@@ -306,7 +306,8 @@ impl EpollDriver {
             | Op::ReadFixed { .. }
             | Op::RecvPooled { .. }
             | Op::RecvMulti { .. }
-            | Op::Chunk => self.complete(index, -libc::EOPNOTSUPP),
+            | Op::Chunk
+            | Op::Sent => self.complete(index, -libc::EOPNOTSUPP),
         }
     }
 
