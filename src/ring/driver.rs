@@ -23,31 +23,22 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lent};
-use super::files::{with_fd, FdRef, FixedFiles};
+use super::files::FixedFiles;
 use super::op::{
     Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
     WakeFd,
 };
-use super::reap::{
-    self, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_HELD, NOT_MULTI,
-};
+use super::reap::{self, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
-/// The most one SEND SQE moves (1 GiB): its length field is 32 bits, and
-/// the kernel moves at most about 2 GiB per call anyway.
-const MAX_SQE_BYTES: usize = 1 << 30;
+mod held;
+mod sqe;
+
+use sqe::timer_spec;
 
 /// Buffer group id of the engine's receive pool.
 const RECV_POOL_GROUP: u16 = 0;
-
-/// The kernel's form of a `Timer` op's duration (`None` for other ops).
-fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
-    match op {
-        Op::Timer { after } => Some(Box::new(types::Timespec::from(*after))),
-        _ => None,
-    }
-}
 
 fn user_data(kind: u8, index: u32, gen: u32) -> u64 {
     Token::new(kind, gen, index).raw()
@@ -334,162 +325,11 @@ impl Driver {
         drop(fd)
     }
 
-    /// How an SQE names `fd`: its registered slot, or the descriptor.
-    #[inline]
-    fn fd_ref(&self, fd: &Sock) -> FdRef {
-        FdRef::of(self.files.as_ref(), fd.as_raw_fd())
-    }
-
-    /// The SQE of a send of `buf[start..]`.
-    #[inline(always)]
-    fn send_sqe(&self, fd: &Sock, buf: &[u8], start: usize) -> squeue::Entry {
-        let s = &buf[start.min(buf.len())..];
-        // The SQE's length is 32 bits: a longer send goes in pieces (the
-        // engine resumes a short send from its first unsent byte).
-        let len = s.len().min(MAX_SQE_BYTES) as u32;
-        with_fd!(self.fd_ref(fd), |t| opcode::Send::new(t, s.as_ptr(), len)
-            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-            .build())
-    }
-
-    fn build_sqe(&self, op: &Op, ts: Option<&types::Timespec>) -> squeue::Entry {
-        match op {
-            Op::Connect { fd, addr } => {
-                let (ptr, len) = addr.as_raw();
-                opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len).build()
-            }
-            Op::Send { fd, buf, start } => self.send_sqe(fd, buf, *start),
-            Op::Recv {
-                fd,
-                buf,
-                len,
-                flags,
-            } => {
-                let spare = buf.capacity() - buf.len();
-                let len = (*len as usize).min(spare) as u32;
-                // The spare capacity starts right after the initialised part.
-                let ptr = buf.as_ptr().wrapping_add(buf.len()) as *mut u8;
-                with_fd!(self.fd_ref(fd), |t| opcode::Recv::new(t, ptr, len)
-                    .flags(*flags)
-                    .build())
-            }
-            Op::RecvPooled { fd, len, flags, .. } => {
-                let (bgid, max) = match &self.recv_pool {
-                    Some(p) => (p.bgid(), p.buf_len()),
-                    None => (RECV_POOL_GROUP, 0),
-                };
-                with_fd!(self.fd_ref(fd), |t| opcode::Recv::new(
-                    t,
-                    std::ptr::null_mut(),
-                    (*len).min(max),
-                )
-                .flags(*flags)
-                .buf_group(bgid)
-                .build())
-                .flags(squeue::Flags::BUFFER_SELECT)
-            }
-            Op::RecvMulti { fd, .. } => {
-                let bgid = self
-                    .recv_pool
-                    .as_ref()
-                    .map_or(RECV_POOL_GROUP, BufRing::bgid);
-                with_fd!(self.fd_ref(fd), |t| opcode::RecvMulti::new(t, bgid).build())
-            }
-            Op::WriteFixed {
-                fd,
-                buf,
-                start,
-                end,
-            } => {
-                let (ptr, len) = self.reg_range(buf, *start, *end);
-                with_fd!(self.fd_ref(fd), |t| opcode::WriteFixed::new(
-                    t,
-                    ptr,
-                    len,
-                    buf.index()
-                )
-                .offset(u64::MAX)
-                .build())
-            }
-            Op::ReadFixed { fd, buf, len } => {
-                let (ptr, len) = self.reg_range(buf, 0, *len);
-                with_fd!(self.fd_ref(fd), |t| opcode::ReadFixed::new(
-                    t,
-                    ptr,
-                    len,
-                    buf.index()
-                )
-                .offset(u64::MAX)
-                .build())
-            }
-            // Not pushed: only a completion carries these.
-            Op::Chunk | Op::Sent => opcode::Nop::new().build(),
-            Op::Timer { .. } => match ts {
-                Some(ts) => opcode::Timeout::new(ts as *const types::Timespec).build(),
-                // Not reached: `push` builds every timer's spec.
-                None => opcode::Nop::new().build(),
-            },
-        }
-    }
-
-    fn reg_range(&self, buf: &RegBuf, start: u32, end: u32) -> (*mut u8, u32) {
-        match &self.reg {
-            Some(p) => {
-                let end = (end as usize).min(p.slot_bytes);
-                let start = (start as usize).min(end);
-                (
-                    p.slot_ptr(buf.index()).wrapping_add(start),
-                    (end - start) as u32,
-                )
-            }
-            None => (std::ptr::null_mut(), 0),
-        }
-    }
-
     /// Pushes one operation. Its [`Completion`] carries `token`.
     pub fn push(&mut self, op: Op, token: u64) -> SqeId {
         let (ud, sqe) = self.insert(op, token);
         self.queue(sqe);
         SqeId::from_token(Token::from_raw(ud))
-    }
-
-    /// See [`OpDriver::push_send_held`]. Only a send on a [`Sock::Kept`]
-    /// socket is held: nothing else keeps a held socket open meanwhile.
-    pub fn push_send_held(
-        &mut self,
-        fd: Sock,
-        buf: SendBuf,
-        start: usize,
-        token: u64,
-    ) -> Result<(SqeId, HeldSend), SendBuf> {
-        let t = Token::from_raw(token);
-        let i = t.index() as usize;
-        if !matches!(fd, Sock::Kept(_)) || self.held.get(i).is_some_and(|&h| h != NOT_HELD) {
-            return Err(buf);
-        }
-        if self.held.len() <= i {
-            self.held.resize(i + 1, NOT_HELD);
-        }
-        let ud = user_data(KIND_HELD, t.index(), t.gen());
-        // Moving the `SendBuf` below moves no byte: the SQE points at its
-        // heap (or static) bytes, which stay where they are while held.
-        let sqe = self.send_sqe(&fd, &buf, start).user_data(ud);
-        self.held[i] = token;
-        self.held_live += 1;
-        self.queue(sqe);
-        Ok((
-            SqeId::from_token(Token::from_raw(ud)),
-            HeldSend::new(ud, buf),
-        ))
-    }
-
-    /// See [`OpDriver::take_back`].
-    pub fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
-        let ud = Token::from_raw(held.ud());
-        match self.held.get(ud.index() as usize) {
-            Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => Err(held),
-            _ => Ok(held.release()),
-        }
     }
 
     /// Puts `op` in a slot: its SQE's user_data and the SQE (not queued).
@@ -681,24 +521,6 @@ impl Driver {
                 _ => {} // cancel requests: the target's own CQE tells.
             }
         }
-    }
-
-    /// The final completion of the held send `ud` names (`None`: stale).
-    #[inline(always)]
-    fn held_done(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
-        let h = self.held.get_mut(ud.index() as usize)?;
-        if *h == NOT_HELD || Token::from_raw(*h).gen() != ud.gen() {
-            return None;
-        }
-        let token = std::mem::replace(h, NOT_HELD);
-        self.held_live -= 1;
-        Some(Completion {
-            token,
-            result: cqe.result(),
-            flags: cqe.flags(),
-            op: Op::Sent,
-            more: false,
-        })
     }
 
     /// Copies up to [`REAP_BATCH`] ready CQEs into `batch`; false when
@@ -897,6 +719,7 @@ impl OpDriver for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::files::FdRef;
     use std::io::Read;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;

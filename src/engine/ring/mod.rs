@@ -23,7 +23,8 @@
 //!
 //! Files: `complete` (routing a completion, and what an op does once its
 //! chain is over), `open` (opens and their deadline), `io` (how requests
-//! start and what each completion means), `overflow` (the overflow rule),
+//! start), `io_done` (what each I/O completion means), `input` (a
+//! transceive's bytes, ready or held by a send), `overflow` (the overflow rule),
 //! `pushback` (a pipe's bytes waiting for a reply, behind a read offset),
 //! `multishot` (a pipe's multishot receive), `reply` (finishing and
 //! results), `wait` (FSCTL_PIPE_WAIT), `cancel` (cancel, close,
@@ -31,7 +32,9 @@
 
 mod cancel;
 mod complete;
+mod input;
 mod io;
+mod io_done;
 mod multishot;
 mod open;
 mod overflow;
@@ -57,11 +60,10 @@ use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, Ri
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
 use crate::ring::sys::{prefetch, prefetch_bytes};
-use crate::ring::{
-    Completion, Driver, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
-};
+use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
 use crate::slab::Slab;
 
+use input::Input;
 use pushback::Pushback;
 pub(crate) use run::run;
 use waiters::Waiters;
@@ -261,61 +263,6 @@ enum Kind {
         /// `SUCCESS` once a connect was accepted.
         status: Option<NtStatus>,
     },
-}
-
-/// A transceive's request bytes: ready to send (or sent), or read by a
-/// held send in flight ([`OpDriver::push_send_held`]: the bytes stay in
-/// the op entry, and the send takes no driver slot).
-enum Input {
-    Ready(SendBuf),
-    Held(HeldSend),
-}
-
-impl Default for Input {
-    fn default() -> Input {
-        Input::Ready(SendBuf::default())
-    }
-}
-
-impl std::ops::Deref for Input {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Input::Ready(b) => b,
-            Input::Held(h) => h,
-        }
-    }
-}
-
-impl Input {
-    /// The bytes, to be sent (by a slot's op) or recycled: never while a
-    /// held send reads them (then nothing is taken).
-    fn take_ready(&mut self) -> SendBuf {
-        match self {
-            Input::Ready(b) => std::mem::take(b),
-            Input::Held(_) => {
-                debug_assert!(false, "the bytes of a send in flight taken");
-                SendBuf::default()
-            }
-        }
-    }
-
-    /// After a held send's final completion: its bytes back from the
-    /// driver (still held if the driver says the kernel reads them).
-    fn settle<D: OpDriver>(&mut self, drv: &mut D) {
-        if let Input::Held(_) = self {
-            let Input::Held(h) = std::mem::take(self) else {
-                return;
-            };
-            *self = match drv.take_back(h) {
-                Ok(b) => Input::Ready(b),
-                Err(h) => {
-                    debug_assert!(false, "a held send given back before its completion");
-                    Input::Held(h)
-                }
-            };
-        }
-    }
 }
 
 /// A pipe's multishot receive (its op entry while it exists).
