@@ -103,6 +103,11 @@ impl<D: OpDriver> Core<D> {
         };
         let (pipe, pipe_next, cancelled, session) = (e.pipe, e.pipe_next, e.cancelled, e.session);
         let notify = e.notify.take();
+        if !cancelled && !self.cfg.dialect.is_message_mode() {
+            if let Some(done) = take_claimed(&mut e.kind) {
+                return self.finish_claimed(key, pipe, pipe_next, notify, done);
+            }
+        }
         let mut kind = std::mem::replace(&mut e.kind, Kind::Multishot);
         self.ops.discard(key.0);
         match kind {
@@ -140,6 +145,44 @@ impl<D: OpDriver> Core<D> {
         };
         let res = self.result_of(pipe, kind);
         self.notify(notify, res);
+    }
+
+    /// [`Core::finish`] of the common request: a byte-pipe transceive
+    /// whose reply was claimed from the stream, not cancelled. The same
+    /// steps, with only the reply, `max_out` and the input taken out of the
+    /// entry (the general way moves the whole request state out, and then
+    /// again into its result).
+    fn finish_claimed(
+        &mut self,
+        key: (u32, u32),
+        pipe: Option<PipeId>,
+        pipe_next: Option<(u32, u32)>,
+        notify: Option<Notify>,
+        done: Claimed,
+    ) {
+        self.ops.discard(key.0);
+        let resume = self.leave_pipe(key, pipe, false, &mut Kind::Multishot);
+        if let Some(p) = pipe {
+            self.pipe_op_done(p, key, pipe_next);
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
+        }
+        let Claimed {
+            data,
+            more,
+            max_out,
+            mut input,
+        } = done;
+        input.settle(&mut self.drv);
+        if let Input::Ready(b) = input {
+            self.drv.recycle_sent(b);
+        }
+        let Some(notify) = notify else {
+            return;
+        };
+        let t = transceive_result(max_out, data, || more == More::Yes);
+        self.notify(notify, Ok(Outcome::Transfer(t)));
     }
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
@@ -383,4 +426,39 @@ pub(super) fn peek_reply(
         status: fsctl::peek_status(data.len(), available),
         data: hdr.encode_with_data(&data),
     }
+}
+
+/// What [`Core::finish_claimed`] needs of a finished transceive.
+struct Claimed {
+    data: Vec<u8>,
+    more: More,
+    max_out: usize,
+    input: Input,
+}
+
+/// Takes the reply, `max_out` and input out of a transceive that ended
+/// with a reply claimed from the stream (its own receive or the multishot
+/// receive's chunk), no status and no registered slot: what the general
+/// `result_of` would turn into `transceive_result`. `None` (the entry
+/// untouched) for anything else.
+fn take_claimed(kind: &mut Kind) -> Option<Claimed> {
+    let Kind::Transceive {
+        from: ReplyFrom::Chain | ReplyFrom::Multishot,
+        status: None,
+        reg: None,
+        reply: reply @ Reply::Got { .. },
+        max_out,
+        input,
+        ..
+    } = kind
+    else {
+        return None;
+    };
+    let (data, more) = std::mem::take(reply).into_data();
+    Some(Claimed {
+        data,
+        more,
+        max_out: *max_out,
+        input: std::mem::take(input),
+    })
 }
