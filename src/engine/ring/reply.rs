@@ -116,13 +116,7 @@ impl<D: OpDriver> Core<D> {
             Kind::WaitPipe { .. } => self.waits -= 1,
             _ => {}
         }
-        let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
-        if let Some(p) = pipe {
-            self.pipe_op_done(p, key, pipe_next);
-            for (io, notify) in resume {
-                self.start_io(p, io, notify);
-            }
-        }
+        self.release_from_pipe(key, pipe, pipe_next, cancelled, &mut kind);
         // Registered slots go back to the pool (no op holds them any more);
         // the sent request's buffer goes to the driver for a later reply.
         if let Kind::Transceive { reg, input, .. } = &mut kind {
@@ -161,13 +155,7 @@ impl<D: OpDriver> Core<D> {
         done: Claimed,
     ) {
         self.ops.discard(key.0);
-        let resume = self.leave_pipe(key, pipe, false, &mut Kind::Multishot);
-        if let Some(p) = pipe {
-            self.pipe_op_done(p, key, pipe_next);
-            for (io, notify) in resume {
-                self.start_io(p, io, notify);
-            }
-        }
+        self.release_from_pipe(key, pipe, pipe_next, false, &mut Kind::Multishot);
         let Claimed {
             data,
             more,
@@ -183,6 +171,25 @@ impl<D: OpDriver> Core<D> {
         };
         let t = transceive_result(max_out, data, || more == More::Yes);
         self.notify(notify, Ok(Outcome::Transfer(t)));
+    }
+
+    /// The finished op `key` leaves its pipe (its waiters and its list of
+    /// ops), and the requests the pipe held back that may start now do.
+    fn release_from_pipe(
+        &mut self,
+        key: (u32, u32),
+        pipe: Option<PipeId>,
+        pipe_next: Option<(u32, u32)>,
+        cancelled: bool,
+        kind: &mut Kind,
+    ) {
+        let resume = self.leave_pipe(key, pipe, cancelled, kind);
+        if let Some(p) = pipe {
+            self.pipe_op_done(p, key, pipe_next);
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
+        }
     }
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
