@@ -110,8 +110,6 @@ pub struct Driver {
     /// its completion finds the token here (8 bytes, no slot) and
     /// `take_back` tells whether its bytes are still read.
     held: Vec<u64>,
-    /// Held sends in flight.
-    held_live: usize,
     /// SQEs that did not fit in the SQ yet; their ops are already in slots.
     backlog: VecDeque<squeue::Entry>,
     wake: Arc<WakeFd>,
@@ -203,7 +201,6 @@ impl Driver {
             slots: Slab::new(),
             multi: Vec::new(),
             held: Vec::new(),
-            held_live: 0,
             backlog: VecDeque::new(),
             wake,
             wake_buf: Box::new(0),
@@ -540,7 +537,7 @@ impl Drop for Driver {
         // Operations still in flight reference memory in `self.slots`: cancel
         // everything and reap until the kernel is done with all of it, so the
         // memory is freed only after the kernel let go (bounded wait).
-        if self.slots.len() == 0 && self.held_live == 0 && !self.wake_armed {
+        if self.slots.len() == 0 && !self.held_in_flight() && !self.wake_armed {
             if let Some(p) = self.recv_pool.as_mut() {
                 let _ = p.unregister(&self.ring);
             }
@@ -553,7 +550,7 @@ impl Drop for Driver {
         // SAFETY: a cancel SQE references no memory.
         let _ = unsafe { self.ring.submission().push(&e) };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while (self.slots.len() > 0 || self.held_live > 0 || self.wake_armed)
+        while (self.slots.len() > 0 || self.held_in_flight() || self.wake_armed)
             && std::time::Instant::now() < deadline
         {
             let _ = self.ring.submitter().submit_with_args(

@@ -33,6 +33,17 @@ pub(super) const KIND_HELD: u8 = 3;
 /// No held send under this index (`Driver::held`): no token is all ones.
 pub(super) const NOT_HELD: u64 = u64::MAX;
 
+/// The token of the held send `ud` names while it is in flight (its
+/// record in `held` is there, of the same generation); `None` once its
+/// final completion was reaped, or for a stale `ud`.
+#[inline(always)]
+pub(super) fn held_token(held: &[u64], ud: Token) -> Option<u64> {
+    match held.get(ud.index() as usize) {
+        Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => Some(t),
+        _ => None,
+    }
+}
+
 /// Starts fetching what each of `batch`'s CQEs will look up (its entry in
 /// the multishot table, or its op's slot), for the whole batch at once:
 /// with many busy pipes each lookup is a cache miss, and these overlap
@@ -73,9 +84,8 @@ pub(super) fn tokens(
     for cqe in batch {
         let ud = Token::from_raw(cqe.user_data());
         if ud.kind() == KIND_HELD {
-            match held.get(ud.index() as usize) {
-                Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => f(t),
-                _ => {}
+            if let Some(t) = held_token(held, ud) {
+                f(t);
             }
             continue;
         }

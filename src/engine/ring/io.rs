@@ -312,7 +312,15 @@ impl<D: OpDriver> Core<D> {
                 let (buf, start) = (input.take_ready(), *sent);
                 // Held: the bytes stay in this entry, the driver keeps no
                 // slot (and no move of the buffer in and out of one).
-                match drv.push_send_held(fd.clone(), buf, start, token(key, ST_SEND)) {
+                // Only a kept socket's send is held (the pipe entry keeps
+                // it open): no other `Sock` is cloned just to be refused.
+                let held = match fd {
+                    Sock::Kept(raw) => {
+                        drv.push_send_held(Sock::Kept(raw), buf, start, token(key, ST_SEND))
+                    }
+                    Sock::Held(_) => Err(buf),
+                };
+                match held {
                     Ok((id, held)) => {
                         *input = Input::Held(held);
                         e.record_chain(&[id]);

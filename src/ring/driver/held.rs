@@ -7,7 +7,7 @@ use io_uring::cqueue;
 
 use super::{user_data, Driver};
 use crate::ring::op::{Completion, HeldSend, Op, SendBuf, Sock, SqeId, Token};
-use crate::ring::reap::{KIND_HELD, NOT_HELD};
+use crate::ring::reap::{held_token, KIND_HELD, NOT_HELD};
 
 impl Driver {
     /// See [`OpDriver::push_send_held`]. Only a send on a [`Sock::Kept`]
@@ -32,7 +32,6 @@ impl Driver {
         // heap (or static) bytes, which stay where they are while held.
         let sqe = self.send_sqe(&fd, &buf, start).user_data(ud);
         self.held[i] = token;
-        self.held_live += 1;
         self.queue(sqe);
         Ok((
             SqeId::from_token(Token::from_raw(ud)),
@@ -42,22 +41,23 @@ impl Driver {
 
     /// See [`OpDriver::take_back`].
     pub fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
-        let ud = Token::from_raw(held.ud());
-        match self.held.get(ud.index() as usize) {
-            Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => Err(held),
-            _ => Ok(held.release()),
+        match held_token(&self.held, Token::from_raw(held.ud())) {
+            Some(_) => Err(held),
+            None => Ok(held.release()),
         }
+    }
+
+    /// Whether any held send is still in flight (a ring being dropped
+    /// waits for them as for its slots).
+    pub(super) fn held_in_flight(&self) -> bool {
+        self.held.iter().any(|&t| t != NOT_HELD)
     }
 
     /// The final completion of the held send `ud` names (`None`: stale).
     #[inline(always)]
     pub(super) fn held_done(&mut self, ud: Token, cqe: &cqueue::Entry) -> Option<Completion> {
-        let h = self.held.get_mut(ud.index() as usize)?;
-        if *h == NOT_HELD || Token::from_raw(*h).gen() != ud.gen() {
-            return None;
-        }
-        let token = std::mem::replace(h, NOT_HELD);
-        self.held_live -= 1;
+        let token = held_token(&self.held, ud)?;
+        self.held[ud.index() as usize] = NOT_HELD;
         Some(Completion {
             token,
             result: cqe.result(),
