@@ -103,12 +103,19 @@ impl<D: OpDriver> Core<D> {
         };
         let (pipe, pipe_next, cancelled, session) = (e.pipe, e.pipe_next, e.cancelled, e.session);
         let notify = e.notify.take();
-        if !cancelled && !self.cfg.dialect.is_message_mode() {
-            if let Some(done) = take_claimed(&mut e.kind) {
-                return self.finish_claimed(key, pipe, pipe_next, notify, done);
-            }
-        }
-        let mut kind = std::mem::replace(&mut e.kind, Kind::Multishot);
+        // The common request (a byte-pipe transceive whose reply was
+        // claimed from the stream) gives up only its reply, `max_out` and
+        // input; any other its whole state, moved out here and again into
+        // `result_of`.
+        let claimed = if cancelled || self.cfg.dialect.is_message_mode() {
+            None
+        } else {
+            take_claimed(&mut e.kind)
+        };
+        let mut kind = match claimed {
+            Some(_) => Kind::Multishot,
+            None => std::mem::replace(&mut e.kind, Kind::Multishot),
+        };
         self.ops.discard(key.0);
         match kind {
             // The next waiting open starts in the ring loop.
@@ -116,17 +123,28 @@ impl<D: OpDriver> Core<D> {
             Kind::WaitPipe { .. } => self.waits -= 1,
             _ => {}
         }
-        self.release_from_pipe(key, pipe, pipe_next, cancelled, &mut kind);
+        let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
+        if let Some(p) = pipe {
+            self.pipe_op_done(p, key, pipe_next);
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
+        }
         // Registered slots go back to the pool (no op holds them any more);
         // the sent request's buffer goes to the driver for a later reply.
         if let Kind::Transceive { reg, input, .. } = &mut kind {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
-            input.settle(&mut self.drv);
-            if let Input::Ready(b) = input {
-                self.drv.recycle_sent(std::mem::take(b));
-            }
+            self.recycle_input(std::mem::take(input));
+        }
+        if let Some(c) = claimed {
+            self.recycle_input(c.input);
+            let Some(notify) = notify else {
+                return;
+            };
+            let t = claimed_transfer(c.max_out, c.reply);
+            return self.notify(notify, Ok(Outcome::Transfer(t)));
         }
         if cancelled {
             return;
@@ -141,54 +159,12 @@ impl<D: OpDriver> Core<D> {
         self.notify(notify, res);
     }
 
-    /// [`Core::finish`] of the common request: a byte-pipe transceive
-    /// whose reply was claimed from the stream, not cancelled. The same
-    /// steps, with only the reply, `max_out` and the input taken out of the
-    /// entry (the general way moves the whole request state out, and then
-    /// again into its result).
-    fn finish_claimed(
-        &mut self,
-        key: (u32, u32),
-        pipe: Option<PipeId>,
-        pipe_next: Option<(u32, u32)>,
-        notify: Option<Notify>,
-        done: Claimed,
-    ) {
-        self.ops.discard(key.0);
-        self.release_from_pipe(key, pipe, pipe_next, false, &mut Kind::Multishot);
-        let Claimed {
-            data,
-            more,
-            max_out,
-            mut input,
-        } = done;
+    /// A finished transceive's request bytes go to the driver for a later
+    /// reply (a held send's once the driver gives them back).
+    fn recycle_input(&mut self, mut input: Input) {
         input.settle(&mut self.drv);
         if let Input::Ready(b) = input {
             self.drv.recycle_sent(b);
-        }
-        let Some(notify) = notify else {
-            return;
-        };
-        let t = transceive_result(max_out, data, || more == More::Yes);
-        self.notify(notify, Ok(Outcome::Transfer(t)));
-    }
-
-    /// The finished op `key` leaves its pipe (its waiters and its list of
-    /// ops), and the requests the pipe held back that may start now do.
-    fn release_from_pipe(
-        &mut self,
-        key: (u32, u32),
-        pipe: Option<PipeId>,
-        pipe_next: Option<(u32, u32)>,
-        cancelled: bool,
-        kind: &mut Kind,
-    ) {
-        let resume = self.leave_pipe(key, pipe, cancelled, kind);
-        if let Some(p) = pipe {
-            self.pipe_op_done(p, key, pipe_next);
-            for (io, notify) in resume {
-                self.start_io(p, io, notify);
-            }
         }
     }
 
@@ -276,10 +252,7 @@ impl<D: OpDriver> Core<D> {
             // The reply was claimed from the stream when it arrived
             // (`claim_reply`, `waiter_share`): at most `max_out` bytes.
             Kind::Transceive { reply, max_out, .. } => {
-                let (data, more) = reply.into_data();
-                Ok(Outcome::Transfer(transceive_result(max_out, data, || {
-                    more == More::Yes
-                })))
+                Ok(Outcome::Transfer(claimed_transfer(max_out, reply)))
             }
             Kind::Read { reply, .. } => Ok(Outcome::Transfer(Transfer {
                 status: NtStatus::SUCCESS,
@@ -435,19 +408,18 @@ pub(super) fn peek_reply(
     }
 }
 
-/// What [`Core::finish_claimed`] needs of a finished transceive.
+/// What `finish` takes out of a transceive whose reply was claimed.
 struct Claimed {
-    data: Vec<u8>,
-    more: More,
+    reply: Reply,
     max_out: usize,
     input: Input,
 }
 
 /// Takes the reply, `max_out` and input out of a transceive that ended
 /// with a reply claimed from the stream (its own receive or the multishot
-/// receive's chunk), no status and no registered slot: what the general
-/// `result_of` would turn into `transceive_result`. `None` (the entry
-/// untouched) for anything else.
+/// receive's chunk), no status and no registered slot: what `result_of`
+/// would answer with [`claimed_transfer`]. `None` (the entry untouched)
+/// for anything else.
 fn take_claimed(kind: &mut Kind) -> Option<Claimed> {
     let Kind::Transceive {
         from: ReplyFrom::Chain | ReplyFrom::Multishot,
@@ -461,11 +433,17 @@ fn take_claimed(kind: &mut Kind) -> Option<Claimed> {
     else {
         return None;
     };
-    let (data, more) = std::mem::take(reply).into_data();
     Some(Claimed {
-        data,
-        more,
+        reply: std::mem::take(reply),
         max_out: *max_out,
         input: std::mem::take(input),
     })
+}
+
+/// The result of a transceive whose reply was claimed from the stream
+/// when it arrived: at most `max_out` bytes, and the overflow rule's
+/// status.
+fn claimed_transfer(max_out: usize, reply: Reply) -> Transfer {
+    let (data, more) = reply.into_data();
+    transceive_result(max_out, data, || more == More::Yes)
 }
