@@ -33,6 +33,14 @@ impl<D: OpDriver> Core<D> {
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
+        if let PipeIo::Transceive { input, max_out } = &io {
+            if self.multishot_transceive_ok(pipe, input.len(), *max_out, &notify) {
+                if let PipeIo::Transceive { input, max_out } = io {
+                    self.start_multishot_transceive(pipe, input, max_out, notify);
+                }
+                return;
+            }
+        }
         self.settle_lent();
         if let Notify::Shared(s) = &notify {
             if s.cancel_requested.load(Ordering::SeqCst) {
@@ -84,6 +92,108 @@ impl<D: OpDriver> Core<D> {
             PipeIo::Read { max_out } => self.start_read(at, max_out, notify),
             PipeIo::Write { data } => self.start_write(at, data, notify),
             PipeIo::Peek { max_out } => self.start_peek(at, max_out, notify),
+        }
+    }
+
+    /// Whether a transceive may start the common way, in one step
+    /// ([`Core::start_multishot_transceive`]): a request not cancelled yet,
+    /// on a live byte pipe whose multishot receive is armed, nothing waiting
+    /// in its pushback or held back, the reply no longer than a pool buffer
+    /// and some bytes to send. Exactly the case where the general way
+    /// ([`Core::reply_from`] and the rest) would take the reply from the
+    /// multishot receive and push one SEND.
+    fn multishot_transceive_ok(
+        &self,
+        pipe: PipeId,
+        input_len: usize,
+        max_out: usize,
+        notify: &Notify,
+    ) -> bool {
+        let pool_buf = self.drv.recv_pool_buf_bytes();
+        let cancelled = match notify {
+            Notify::Shared(s) => s.cancel_requested.load(Ordering::SeqCst),
+            Notify::Callback(_) => false,
+        };
+        if cancelled
+            || self.message_mode()
+            || !self.cfg.multishot
+            || self.multishot_disabled
+            || self.cfg.buffers != BufferMode::Plain
+            || !self.drv.features().kept_sockets
+            || self.lent_rest.is_some()
+            || pipe.ring != self.ring_index
+            || input_len == 0
+            || input_len > MAX_IO_BYTES
+            || max_out == 0
+            || max_out > pool_buf
+        {
+            return false;
+        }
+        self.pipes.get(pipe.index, pipe.gen).is_some_and(|pe| {
+            !pe.closing
+                && pe.draining == 0
+                && pe.pushback.is_empty()
+                && !pe.eof
+                && matches!(pe.multishot, Multishot::Armed(_))
+        })
+    }
+
+    /// Starts a transceive that [`Core::multishot_transceive_ok`] let
+    /// through: its op entry waits for the next chunk of the pipe's
+    /// multishot receive, and its request goes out as one SEND. The same
+    /// state and SQE as the general way, with one look at the pipe.
+    fn start_multishot_transceive(
+        &mut self,
+        pipe: PipeId,
+        input: SendBuf,
+        max_out: usize,
+        notify: Notify,
+    ) {
+        let Some(pe) = self.pipes.get(pipe.index, pipe.gen) else {
+            return debug_assert!(false, "checked by multishot_transceive_ok");
+        };
+        let (raw, session, pipe_next) = (pe.raw, pe.session, pe.ops);
+        let kind = Kind::Transceive {
+            max_out,
+            input: Input::default(),
+            sent: 0,
+            reg: None,
+            from: ReplyFrom::Multishot,
+            reply: Reply::Awaited,
+            status: None,
+        };
+        let entry = OpEntry::new(Some(pipe), session, Some(notify), pipe_next, kind);
+        let key = self.ops.insert(entry);
+        if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
+            pe.ops = Some(key);
+            pe.waiters.push_back(key);
+        }
+        self.publish_op_key(key);
+        self.push_request_send(key, Sock::Kept(raw), input, 0);
+    }
+
+    /// Pushes the SEND of a transceive's `buf[start..]`: held (the bytes
+    /// stay in the op entry, the driver keeps no slot) where the driver
+    /// can, else in a driver slot. Only a kept socket's send is held (the
+    /// pipe entry keeps it open): no other `Sock` is cloned to be refused.
+    fn push_request_send(&mut self, key: (u32, u32), fd: Sock, buf: SendBuf, start: usize) {
+        let held = match fd {
+            Sock::Kept(raw) => {
+                self.drv
+                    .push_send_held(Sock::Kept(raw), buf, start, token(key, ST_SEND))
+            }
+            Sock::Held(_) => Err(buf),
+        };
+        match held {
+            Ok((id, held)) => {
+                if let Some(e) = self.ops.get_mut(key.0, key.1) {
+                    if let Kind::Transceive { input, .. } = &mut e.kind {
+                        *input = Input::Held(held);
+                    }
+                    e.record_chain(&[id]);
+                }
+            }
+            Err(buf) => self.push_single_as(key, key, Op::Send { fd, buf, start }, ST_SEND),
         }
     }
 
@@ -292,8 +402,7 @@ impl<D: OpDriver> Core<D> {
         // Message mode receives raw frames into plain buffers.
         let reg_mode = self.cfg.buffers == BufferMode::Registered && !self.message_mode();
         let slot_bytes = self.drv.reg_slot_bytes();
-        let Core { ops, drv, .. } = self;
-        let Some(e) = ops.get_mut(key.0, key.1) else {
+        let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
         let Kind::Transceive {
@@ -310,23 +419,7 @@ impl<D: OpDriver> Core<D> {
         if *from != ReplyFrom::Chain {
             if input.len() > *sent {
                 let (buf, start) = (input.take_ready(), *sent);
-                // Held: the bytes stay in this entry, the driver keeps no
-                // slot (and no move of the buffer in and out of one).
-                // Only a kept socket's send is held (the pipe entry keeps
-                // it open): no other `Sock` is cloned just to be refused.
-                let held = match fd {
-                    Sock::Kept(raw) => {
-                        drv.push_send_held(Sock::Kept(raw), buf, start, token(key, ST_SEND))
-                    }
-                    Sock::Held(_) => Err(buf),
-                };
-                match held {
-                    Ok((id, held)) => {
-                        *input = Input::Held(held);
-                        e.record_chain(&[id]);
-                    }
-                    Err(buf) => self.push_single_as(key, key, Op::Send { fd, buf, start }, ST_SEND),
-                }
+                self.push_request_send(key, fd, buf, start);
             }
             return;
         }

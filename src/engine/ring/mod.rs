@@ -379,6 +379,29 @@ struct OpEntry {
 const NO_SQE: SqeId = SqeId::NONE;
 
 impl OpEntry {
+    /// A new request's entry, no SQE pushed yet; `pipe_next` is the
+    /// pipe's op list it goes in front of.
+    fn new(
+        pipe: Option<PipeId>,
+        session: u64,
+        notify: Option<Notify>,
+        pipe_next: Option<(u32, u32)>,
+        kind: Kind,
+    ) -> OpEntry {
+        OpEntry {
+            pipe,
+            session,
+            notify,
+            pending: 0,
+            chain: [NO_SQE; MAX_CHAIN],
+            chain_len: 0,
+            chain_done: 0,
+            pipe_next,
+            cancelled: false,
+            kind,
+        }
+    }
+
     /// The id of the `i`-th SQE of the current chain, if there is one.
     fn chain_id(&self, i: usize) -> Option<SqeId> {
         (i < usize::from(self.chain_len)).then(|| self.chain[i])
@@ -705,15 +728,18 @@ impl<D: OpDriver> Core<D> {
         notify: Notify,
         kind: Kind,
     ) -> (u32, u32) {
-        let shared = match &notify {
-            Notify::Shared(s) => Some(s.clone()),
-            Notify::Callback(_) => None,
-        };
         let key = self.insert_op(pipe, session, Some(notify), kind);
-        if let Some(s) = shared {
+        self.publish_op_key(key);
+        key
+    }
+
+    /// Tells a request's [`Shared`](super::command::Shared) cell, if it has
+    /// one, which op entry is its (a cancel from another thread finds it so).
+    fn publish_op_key(&self, key: (u32, u32)) {
+        if let Some(Notify::Shared(s)) = self.ops.get(key.0, key.1).and_then(|e| e.notify.as_ref())
+        {
             s.op_key.store(op_key(key), Ordering::SeqCst);
         }
-        key
     }
 
     /// Adds an op entry (first in its pipe's `ops` list); `notify` is
@@ -728,18 +754,9 @@ impl<D: OpDriver> Core<D> {
         let pipe_next = pipe
             .and_then(|p| self.pipes.get_mut(p.index, p.gen))
             .and_then(|pe| pe.ops);
-        let key = self.ops.insert(OpEntry {
-            pipe,
-            session,
-            notify,
-            pending: 0,
-            chain: [NO_SQE; MAX_CHAIN],
-            chain_len: 0,
-            chain_done: 0,
-            pipe_next,
-            cancelled: false,
-            kind,
-        });
+        let key = self
+            .ops
+            .insert(OpEntry::new(pipe, session, notify, pipe_next, kind));
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             pe.ops = Some(key);
         }
