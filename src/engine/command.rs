@@ -237,7 +237,11 @@ impl CommandQueue {
     }
 
     pub(crate) fn take(&self, into: &mut Vec<Command>) {
-        if self.pending.swap(false, Ordering::SeqCst) {
+        // A plain load first: the swap is a locked instruction, and the
+        // ring takes this path once per turn, mostly with nothing queued.
+        // A flag set meanwhile is not lost: the loop checks it again
+        // (`is_pending`, sequentially consistent) before it parks.
+        if self.pending.load(Ordering::Relaxed) && self.pending.swap(false, Ordering::SeqCst) {
             std::mem::swap(
                 &mut *self.cmds.lock().unwrap_or_else(|e| e.into_inner()),
                 into,

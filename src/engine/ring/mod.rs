@@ -195,14 +195,12 @@ impl PipeEntry {
 
     /// The deferred requests that may start now: none while a cancelled
     /// request still has SQEs in the kernel, a request waits for the
-    /// multishot receive, or that receive is being stopped.
-    fn startable(&mut self) -> VecDeque<(PipeIo, Notify)> {
+    /// multishot receive, or that receive is being stopped. `None` when
+    /// there are none (the common case: no queue is moved or dropped).
+    fn startable(&mut self) -> Option<VecDeque<(PipeIo, Notify)>> {
         let stopping = matches!(self.multishot, Multishot::Stopping(_));
-        if self.draining == 0 && self.waiters.is_empty() && !stopping {
-            std::mem::take(&mut self.deferred)
-        } else {
-            VecDeque::new()
-        }
+        let ready = self.draining == 0 && self.waiters.is_empty() && !stopping;
+        (ready && !self.deferred.is_empty()).then(|| std::mem::take(&mut self.deferred))
     }
 }
 

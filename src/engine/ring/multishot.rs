@@ -1,8 +1,6 @@
 //! A pipe's multishot receive: arming it, handing its chunks to waiting
 //! requests or the pushback, stopping and re-arming it.
 
-use std::collections::VecDeque;
-
 use super::io::recv_op;
 use super::overflow;
 use super::*;
@@ -123,7 +121,7 @@ impl<D: OpDriver> Core<D> {
             // No multishot receive on this kernel (before 6.0).
             self.multishot_disabled = true;
         }
-        let mut resume = VecDeque::new();
+        let mut resume = None;
         if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
             pe.multishot = Multishot::Off;
             if r == 0 {
@@ -133,8 +131,10 @@ impl<D: OpDriver> Core<D> {
         }
         self.finish(key);
         let Some(p) = pipe else { return };
-        for (io, notify) in resume {
-            self.start_io(p, io, notify);
+        if let Some(resume) = resume {
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
         }
         match fd {
             Some(fd) => self.multishot_ended(p, fd, session, r),

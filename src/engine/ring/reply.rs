@@ -126,8 +126,10 @@ impl<D: OpDriver> Core<D> {
         let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
         if let Some(p) = pipe {
             self.pipe_op_done(p, key, pipe_next);
-            for (io, notify) in resume {
-                self.start_io(p, io, notify);
+            if let Some(resume) = resume {
+                for (io, notify) in resume {
+                    self.start_io(p, io, notify);
+                }
             }
         }
         // Registered slots go back to the pool (no op holds them any more);
@@ -170,17 +172,15 @@ impl<D: OpDriver> Core<D> {
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
     /// gives back the bytes it took and stops holding later requests back.
-    /// Returns the deferred requests that may start now.
+    /// Returns the deferred requests that may start now, if any.
     fn leave_pipe(
         &mut self,
         key: (u32, u32),
         pipe: Option<PipeId>,
         cancelled: bool,
         kind: &mut Kind,
-    ) -> VecDeque<(PipeIo, Notify)> {
-        let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) else {
-            return VecDeque::new();
-        };
+    ) -> Option<VecDeque<(PipeIo, Notify)>> {
+        let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen))?;
         // A waiter that ends without its chunk (cancelled, failed).
         pe.waiters.remove(key);
         if cancelled {
