@@ -4,8 +4,9 @@
 # writes TAG.data (perf record -e cpu-clock -F 2999) and TAG.json.
 set -eu
 tag=$1; pipes=$2; shift 2
-bin=${1:-target/release/opipe}; [ $# -gt 0 ] && shift
-[ "${1:-}" = "--" ] && shift
+bin=target/release/opipe
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then bin=$1; shift; fi
+if [ "${1:-}" = "--" ]; then shift; fi
 perf record -q -e cpu-clock -F 2999 -o "$tag.data" -- \
   "$bin" bench --engine uring,uring-min --pipes "$pipes" --duration 2 --rounds 3 --json "$@" \
   > "$tag.json" 2>/dev/null
