@@ -755,3 +755,28 @@ pub(super) fn more_probe(fd: Sock) -> Op {
         flags: crate::ring::op::PEEK_NOWAIT,
     }
 }
+
+/// A chain being built, without a heap allocation.
+#[derive(Default)]
+struct ChainBuf {
+    ops: [Option<(Op, u8)>; MAX_CHAIN],
+    len: usize,
+}
+
+impl ChainBuf {
+    fn push(&mut self, op: (Op, u8)) {
+        debug_assert!(self.len < MAX_CHAIN, "chain longer than MAX_CHAIN");
+        if let Some(slot) = self.ops.get_mut(self.len) {
+            *slot = Some(op);
+            self.len += 1;
+        }
+    }
+}
+
+impl IntoIterator for ChainBuf {
+    type Item = (Op, u8);
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.into_iter().flatten()
+    }
+}

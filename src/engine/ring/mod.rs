@@ -103,31 +103,6 @@ const LONGEST_TIMER: Duration = Duration::from_secs(365 * 86_400);
 /// The longest chain an op pushes (open: connect, hello, status).
 const MAX_CHAIN: usize = 3;
 
-/// A chain being built, without a heap allocation.
-#[derive(Default)]
-struct ChainBuf {
-    ops: [Option<(Op, u8)>; MAX_CHAIN],
-    len: usize,
-}
-
-impl ChainBuf {
-    fn push(&mut self, op: (Op, u8)) {
-        debug_assert!(self.len < MAX_CHAIN, "chain longer than MAX_CHAIN");
-        if let Some(slot) = self.ops.get_mut(self.len) {
-            *slot = Some(op);
-            self.len += 1;
-        }
-    }
-}
-
-impl IntoIterator for ChainBuf {
-    type Item = (Op, u8);
-    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.ops.into_iter().flatten()
-    }
-}
-
 /// The token of an SQE of op `key` at `step`: the one `user_data` layout
 /// of `ring` ([`Token`]), the step as its kind (op table generations are
 /// 24 bits, as a token keeps them).
