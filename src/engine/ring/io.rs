@@ -141,7 +141,8 @@ impl<D: OpDriver> Core<D> {
     /// Starts a transceive that [`Core::multishot_transceive_ok`] let
     /// through: its op entry waits for the next chunk of the pipe's
     /// multishot receive, and its request goes out as one SEND. The same
-    /// state and SQE as the general way, with one look at the pipe.
+    /// state and SQE as the general way, with three lookups of the pipe
+    /// (the general way: seven).
     fn start_multishot_transceive(
         &mut self,
         pipe: PipeId,
