@@ -33,14 +33,6 @@ impl<D: OpDriver> Core<D> {
     }
 
     pub(crate) fn start_io(&mut self, pipe: PipeId, io: PipeIo, notify: Notify) {
-        if let PipeIo::Transceive { input, max_out } = &io {
-            if self.multishot_transceive_ok(pipe, input.len(), *max_out, &notify) {
-                if let PipeIo::Transceive { input, max_out } = io {
-                    self.start_multishot_transceive(pipe, input, max_out, notify);
-                }
-                return;
-            }
-        }
         self.settle_lent();
         if let Notify::Shared(s) = &notify {
             if s.cancel_requested.load(Ordering::SeqCst) {
@@ -93,84 +85,6 @@ impl<D: OpDriver> Core<D> {
             PipeIo::Write { data } => self.start_write(at, data, notify),
             PipeIo::Peek { max_out } => self.start_peek(at, max_out, notify),
         }
-    }
-
-    /// Whether a transceive may start the common way, in one step
-    /// ([`Core::start_multishot_transceive`]): a request not cancelled yet,
-    /// on a live byte pipe whose multishot receive is armed, nothing waiting
-    /// in its pushback or held back, the reply no longer than a pool buffer
-    /// and some bytes to send. Exactly the case where the general way
-    /// ([`Core::reply_from`] and the rest) would take the reply from the
-    /// multishot receive and push one SEND.
-    fn multishot_transceive_ok(
-        &self,
-        pipe: PipeId,
-        input_len: usize,
-        max_out: usize,
-        notify: &Notify,
-    ) -> bool {
-        let pool_buf = self.drv.recv_pool_buf_bytes();
-        let cancelled = match notify {
-            Notify::Shared(s) => s.cancel_requested.load(Ordering::SeqCst),
-            Notify::Callback(_) => false,
-        };
-        if cancelled
-            || self.message_mode()
-            || !self.cfg.multishot
-            || self.multishot_disabled
-            || self.cfg.buffers != BufferMode::Plain
-            || !self.drv.features().kept_sockets
-            || self.lent_rest.is_some()
-            || pipe.ring != self.ring_index
-            || input_len == 0
-            || input_len > MAX_IO_BYTES
-            || max_out == 0
-            || max_out > pool_buf
-        {
-            return false;
-        }
-        self.pipes.get(pipe.index, pipe.gen).is_some_and(|pe| {
-            !pe.closing
-                && pe.draining == 0
-                && pe.pushback.is_empty()
-                && !pe.eof
-                && matches!(pe.multishot, Multishot::Armed(_))
-        })
-    }
-
-    /// Starts a transceive that [`Core::multishot_transceive_ok`] let
-    /// through: its op entry waits for the next chunk of the pipe's
-    /// multishot receive, and its request goes out as one SEND. The same
-    /// state and SQE as the general way, with three lookups of the pipe
-    /// (the general way: seven).
-    fn start_multishot_transceive(
-        &mut self,
-        pipe: PipeId,
-        input: SendBuf,
-        max_out: usize,
-        notify: Notify,
-    ) {
-        let Some(pe) = self.pipes.get(pipe.index, pipe.gen) else {
-            return debug_assert!(false, "checked by multishot_transceive_ok");
-        };
-        let (raw, session, pipe_next) = (pe.raw, pe.session, pe.ops);
-        let kind = Kind::Transceive {
-            max_out,
-            input: Input::default(),
-            sent: 0,
-            reg: None,
-            from: ReplyFrom::Multishot,
-            reply: Reply::Awaited,
-            status: None,
-        };
-        let entry = OpEntry::new(Some(pipe), session, Some(notify), pipe_next, kind);
-        let key = self.ops.insert(entry);
-        if let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) {
-            pe.ops = Some(key);
-            pe.waiters.push_back(key);
-        }
-        self.publish_op_key(key);
-        self.push_request_send(key, Sock::Kept(raw), input, 0);
     }
 
     /// Pushes the SEND of a transceive's `buf[start..]`: held (the bytes
@@ -300,9 +214,17 @@ impl<D: OpDriver> Core<D> {
             }
             _ => Reply::Awaited,
         };
+        // The common request (its reply the multishot receive's next chunk,
+        // bytes to send) pushes its SEND straight away: the bytes are not
+        // put in the entry only to be taken out again by `push_transceive`.
+        let (input, send_now) = if at.from == ReplyFrom::Multishot && !input.is_empty() {
+            (Input::default(), Some(input))
+        } else {
+            (Input::Ready(input), None)
+        };
         let kind = Kind::Transceive {
             max_out,
-            input: Input::Ready(input),
+            input,
             sent: 0,
             reg: None,
             from: at.from,
@@ -313,9 +235,14 @@ impl<D: OpDriver> Core<D> {
         if at.from == ReplyFrom::Multishot {
             self.await_chunk(at.pipe, key, &at.fd, at.session);
         }
-        self.push_transceive(key, at.fd);
-        // Nothing to send and the reply is already here.
-        self.finish_if_idle(key);
+        match send_now {
+            Some(buf) => self.push_request_send(key, at.fd, buf, 0),
+            None => {
+                self.push_transceive(key, at.fd);
+                // Nothing to send and the reply is already here.
+                self.finish_if_idle(key);
+            }
+        }
     }
 
     fn start_read(&mut self, at: Start, max_out: usize, notify: Notify) {

@@ -79,11 +79,16 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// Moves the rest of a lent chunk (`Core::lent_rest`) into its pipe's
-    /// pushback, before anything else may look there.
+    /// pushback, before anything else may look there. Inlined: every
+    /// request and chunk passes here, and mostly there is no rest.
+    #[inline(always)]
     pub(super) fn settle_lent(&mut self) {
-        let Some((pipe, off)) = self.lent_rest.take() else {
-            return;
-        };
+        if let Some((pipe, off)) = self.lent_rest.take() {
+            self.settle_lent_rest(pipe, off);
+        }
+    }
+
+    fn settle_lent_rest(&mut self, pipe: PipeId, off: usize) {
         let mut rest = self.drv.spare_buf();
         rest.extend_from_slice(self.drv.lent_chunk().get(off..).unwrap_or_default());
         match self.pipes.get_mut(pipe.index, pipe.gen) {
