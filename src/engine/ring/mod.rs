@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use super::command::{Callback, Command, Notify, Outcome, PipeIo, RingContext, RingCore};
 use super::{EngineConfig, PipeId, Tree};
 use crate::protocol::{fsctl, NetUserInfo, NpaIdentity, NpaLevel, NpaReply, NtStatus, PipeName};
-use crate::ring::sys::{prefetch, prefetch_bytes};
+use crate::ring::sys::prefetch_bytes;
 use crate::ring::{Completion, Driver, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token};
 use crate::slab::Slab;
 
@@ -579,10 +579,14 @@ impl<D: OpDriver> Core<D> {
         self.drv.upcoming(&mut |token| {
             let t = Token::from_raw(token);
             if t.kind() == ST_MULTISHOT {
-                prefetch(pipes.slot_ptr(t.index()));
+                // All its lines: the second step below reads its waiters,
+                // the chunk its pushback and receive state too.
+                prefetch_bytes(pipes.slot_ptr(t.index()), Slab::<PipeEntry>::SLOT_BYTES);
                 chunks.push((t.index(), t.gen()));
             } else {
-                prefetch(ops.slot_ptr(t.index()));
+                // All its lines: a completion reads the op's counts, at
+                // the entry's end, as well as its kind.
+                prefetch_bytes(ops.slot_ptr(t.index()), Slab::<OpEntry>::SLOT_BYTES);
             }
         });
         // Second step: the op entries of the requests the chunks will go
