@@ -10,9 +10,14 @@ the transceives each engine made in the run's JSON.
   cpu_split.py diff GLOB_A GLOB_B [N]
                                    mean per symbol over the runs of two sets
                                    (e.g. /tmp/pp-base-*  /tmp/pp-new-*)
+  cpu_split.py gaps GLOB...        per set: each run's user-time gap (engine
+                                   minus uring-min) and their median, and
+                                   each run's `vs_uring_min` CPU median from
+                                   its JSON (the bench's own figure)
 """
 import glob
 import re
+import statistics
 import json
 import subprocess
 import sys
@@ -114,8 +119,30 @@ def diff(ga, gb, n):
         print(f"  {a:6.1f} {b:6.1f} {b - a:+6.1f}  {s}")
 
 
+def gaps(patterns):
+    for pat in patterns:
+        tags = tags_of(pat)
+        if not tags:
+            print(f"{pat}: no runs")
+            continue
+        g, official = [], []
+        for t in tags:
+            r = load(t)
+            g.append(r["engine"]["user"] - r["min"]["user"])
+            with open(t + ".json") as f:
+                for e in json.load(f)["summary"]:
+                    if e["engine"] == "uring":
+                        official.append(e["vs_uring_min"]["client_cpu_us_per_op"]["median"])
+        print(f"{pat}")
+        print(f"  user gap ns   {' '.join(f'{x:5.0f}' for x in g)}   median {statistics.median(g):5.0f}")
+        if official:
+            print(f"  vs_uring_min  {' '.join(f'{x:5.2f}' for x in official)}   median {statistics.median(official):5.2f}")
+
+
 def main():
-    if len(sys.argv) >= 3 and sys.argv[1] == "show":
+    if len(sys.argv) >= 3 and sys.argv[1] == "gaps":
+        gaps(sys.argv[2:])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "show":
         show(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 25)
     elif len(sys.argv) >= 4 and sys.argv[1] == "diff":
         diff(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 30)
