@@ -28,9 +28,7 @@ use super::op::{
     Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
     WakeFd,
 };
-use super::reap::{
-    self, HeldRec, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_MULTI,
-};
+use super::reap::{self, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
 use crate::slab::Slab;
 
@@ -106,12 +104,12 @@ pub struct Driver {
     /// its token here, in 16 bytes, without touching the slot (at 1 024
     /// busy pipes a slot is a cache miss away).
     multi: Vec<(u64, u64)>,
-    /// Per index of the pusher's tokens: the record of the held send in
-    /// flight under that index ([`HeldRec::NONE`] when none). A held
-    /// send's user_data is `KIND_HELD` with its token's index and
-    /// generation, so its completion finds its token here (16 bytes, no
-    /// slot) and `take_back` tells whether its bytes are still read.
-    held: Vec<HeldRec>,
+    /// Per index of the pusher's tokens: the token of the held send in
+    /// flight under that index ([`NOT_HELD`] when none). A held send's
+    /// user_data is `KIND_HELD` with its token's index and generation, so
+    /// its completion finds the token here (8 bytes, no slot) and
+    /// `take_back` tells whether its bytes are still read.
+    held: Vec<u64>,
     /// SQEs that did not fit in the SQ yet; their ops are already in slots.
     backlog: VecDeque<squeue::Entry>,
     wake: Arc<WakeFd>,
@@ -613,21 +611,12 @@ impl OpDriver for Driver {
         buf: SendBuf,
         start: usize,
         token: u64,
-        quiet: bool,
     ) -> Result<(SqeId, HeldSend), SendBuf> {
-        Driver::push_send_held(self, fd, buf, start, token, quiet)
+        Driver::push_send_held(self, fd, buf, start, token)
     }
     #[inline]
     fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
         Driver::take_back(self, held)
-    }
-    #[inline]
-    fn tell_held(&mut self, held: &HeldSend) {
-        Driver::tell_held(self, held)
-    }
-    #[inline]
-    fn prefetch_held(&self, index: u32) {
-        super::sys::prefetch(self.held.as_ptr().wrapping_add(index as usize));
     }
     #[inline]
     fn cancel(&mut self, id: SqeId) {
@@ -1055,18 +1044,18 @@ mod tests {
         let kept = Sock::Kept(fd.as_raw_fd());
         // Only a kept socket's send is held: nothing else would keep a
         // held socket open meanwhile.
-        let refused = drv.push_send_held(fd.clone().into(), b"x".to_vec().into(), 0, 7, false);
+        let refused = drv.push_send_held(fd.clone().into(), b"x".to_vec().into(), 0, 7);
         assert!(matches!(refused, Err(SendBuf::Owned(v)) if v == b"x"));
         // More than the socket buffer takes: the send stays in flight until
         // the peer reads.
         let big: Vec<u8> = (0..4u32 << 20).map(|i| i as u8).collect();
         let token = Token::new(5, 3, 9).raw();
         let (id, held) = drv
-            .push_send_held(kept.clone(), big.clone().into(), 0, token, false)
+            .push_send_held(kept.clone(), big.clone().into(), 0, token)
             .unwrap();
         assert_eq!(Token::from_raw(id.token().raw()).kind(), KIND_HELD);
         // A second held send under the same index waits for the first.
-        let second = drv.push_send_held(kept.clone(), b"y".to_vec().into(), 0, token, false);
+        let second = drv.push_send_held(kept.clone(), b"y".to_vec().into(), 0, token);
         assert!(second.is_err(), "one held send per index in flight");
         drv.submit_and_wait(0, None).unwrap();
         let mut done = Vec::new();
@@ -1095,7 +1084,7 @@ mod tests {
         assert_eq!(reader.join().unwrap().unwrap(), big, "all of it arrived");
         // The index is free again.
         let (_, again) = drv
-            .push_send_held(kept, b"z".to_vec().into(), 0, token, false)
+            .push_send_held(kept, b"z".to_vec().into(), 0, token)
             .unwrap();
         done.clear();
         while done.is_empty() && std::time::Instant::now() < deadline {
@@ -1104,70 +1093,5 @@ mod tests {
             drv.reap(&mut done);
         }
         assert!(drv.take_back(again).is_ok());
-    }
-
-    /// Reaps until `held`'s bytes come back (its completion told or not),
-    /// collecting what is told; bounded.
-    fn reap_until_given_back(drv: &mut Driver, mut held: HeldSend) -> (SendBuf, Vec<Completion>) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut told = Vec::new();
-        loop {
-            drv.submit_and_wait(0, None).unwrap();
-            drv.reap(&mut told);
-            match drv.take_back(held) {
-                Ok(buf) => return (buf, told),
-                Err(h) => held = h,
-            }
-            assert!(std::time::Instant::now() < deadline, "the send never ended");
-            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
-                .unwrap();
-        }
-    }
-
-    #[test]
-    fn a_quiet_held_send_is_told_only_when_short_failed_or_asked_for() {
-        let Some(mut drv) = test_driver(small_config()) else {
-            return;
-        };
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let fd = Rc::new(OwnedFd::from(ours));
-        let kept = Sock::Kept(fd.as_raw_fd());
-        let token = Token::new(5, 3, 9).raw();
-        // Every byte sent: nothing told, the bytes come back.
-        let (_, held) = drv
-            .push_send_held(kept.clone(), b"hello".to_vec().into(), 1, token, true)
-            .unwrap();
-        let (back, told) = reap_until_given_back(&mut drv, held);
-        assert!(told.is_empty(), "a full quiet send goes untold");
-        assert_eq!(&*back, b"hello");
-        let mut got = [0u8; 4];
-        theirs.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ello", "from `start` on");
-        // Asked for (`tell_held`) while in flight: told, full as it is.
-        let big: Vec<u8> = (0..4u32 << 20).map(|i| i as u8).collect();
-        let (_, held) = drv
-            .push_send_held(kept.clone(), big.clone().into(), 0, token, true)
-            .unwrap();
-        drv.submit_and_wait(0, None).unwrap();
-        drv.tell_held(&held);
-        let reader = std::thread::spawn(move || {
-            let mut got = vec![0u8; 4 << 20];
-            theirs.read_exact(&mut got).map(|()| (got, theirs))
-        });
-        let (back, told) = reap_until_given_back(&mut drv, held);
-        assert_eq!(told.len(), 1, "told once asked for");
-        assert_eq!(told[0].token, token);
-        assert_eq!(told[0].result, big.len() as i32);
-        assert_eq!(&*back, &big[..]);
-        let (got, theirs) = reader.join().unwrap().unwrap();
-        assert_eq!(got, big);
-        // Failed (the peer is gone): told.
-        drop(theirs);
-        let (_, held) = drv
-            .push_send_held(kept, b"x".to_vec().into(), 0, token, true)
-            .unwrap();
-        let (_, told) = reap_until_given_back(&mut drv, held);
-        assert_eq!(told.len(), 1, "a failed quiet send is told");
-        assert_eq!(told[0].result, -libc::EPIPE);
     }
 }

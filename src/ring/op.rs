@@ -541,38 +541,21 @@ pub trait OpDriver {
     /// [`Op::Sent`] carrying `token`): the driver keeps no slot for it.
     /// `Err(buf)`: the driver does not hold sends (or has one under this
     /// token's index in flight); push an [`Op::Send`] instead.
-    ///
-    /// `quiet`: a final completion that sent every byte may go untold (a
-    /// driver that does so returns it from no `reap_one`); the caller
-    /// then learns of it from [`OpDriver::take_back`], which gives the
-    /// bytes back. A short or failed send is always told, and so is every
-    /// completion after [`OpDriver::tell_held`].
     fn push_send_held(
         &mut self,
         _fd: Sock,
         buf: SendBuf,
         _start: usize,
         _token: u64,
-        _quiet: bool,
     ) -> Result<(SqeId, HeldSend), SendBuf> {
         Err(buf)
     }
 
-    /// The bytes of a held send whose final completion was reaped (or,
-    /// for a quiet send that sent every byte, went untold); `Err` (the
-    /// same hold) while the kernel may still read them.
+    /// The bytes of a held send whose final completion was reaped;
+    /// `Err` (the same hold) while the kernel may still read them.
     fn take_back(&mut self, held: HeldSend) -> Result<SendBuf, HeldSend> {
         Err(held)
     }
-
-    /// The final completion of this held send, still in flight, is told
-    /// whatever it says (someone now waits for it).
-    fn tell_held(&mut self, _held: &HeldSend) {}
-
-    /// Starts fetching what [`OpDriver::take_back`] reads for a held send
-    /// pushed under token index `index` (with many busy pipes, a cache
-    /// miss when a reply arrives a round trip after the send).
-    fn prefetch_held(&self, _index: u32) {}
 
     /// Cancels one operation: if it has not completed yet it completes with
     /// `-ECANCELED` (or what it had transferred), its chain successors with

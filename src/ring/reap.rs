@@ -27,46 +27,19 @@ pub(super) const KIND_OP: u8 = 0;
 pub(super) const KIND_CANCEL: u8 = 1;
 pub(super) const KIND_WAKE: u8 = 2;
 /// A held send (`Driver::push_send_held`): index and generation are its
-/// token's, and `Driver::held` holds its record.
+/// token's, and `Driver::held` holds the token.
 pub(super) const KIND_HELD: u8 = 3;
 
-/// A held send in flight (`Driver::held`, by its token's index).
-#[derive(Clone, Copy)]
-pub(super) struct HeldRec {
-    /// The pusher's token ([`HeldRec::NONE`]'s when no send is in flight).
-    pub(super) token: u64,
-    /// The result of a completion that goes untold: the SQE's whole
-    /// length, for a quiet send (see `OpDriver::push_send_held`); 0 for
-    /// one whose every completion is told.
-    pub(super) quiet: u32,
-}
+/// No held send under this index (`Driver::held`): no token is all ones.
+pub(super) const NOT_HELD: u64 = u64::MAX;
 
-impl HeldRec {
-    /// No held send under this index: no token is all ones.
-    pub(super) const NONE: HeldRec = HeldRec {
-        token: u64::MAX,
-        quiet: 0,
-    };
-
-    pub(super) fn in_flight(&self) -> bool {
-        self.token != u64::MAX
-    }
-
-    /// Whether this final completion (`result`) goes untold: a quiet
-    /// send's that sent every byte.
-    #[inline(always)]
-    pub(super) fn untold(&self, result: i32) -> bool {
-        self.quiet != 0 && i64::from(result) == i64::from(self.quiet)
-    }
-}
-
-/// The record of the held send `ud` names while it is in flight (under
-/// its index, of the same generation); `None` once its final completion
-/// was reaped, or for a stale `ud`.
+/// The token of the held send `ud` names while it is in flight (its
+/// record in `held` is there, of the same generation); `None` once its
+/// final completion was reaped, or for a stale `ud`.
 #[inline(always)]
-pub(super) fn held_rec(held: &[HeldRec], ud: Token) -> Option<HeldRec> {
+pub(super) fn held_token(held: &[u64], ud: Token) -> Option<u64> {
     match held.get(ud.index() as usize) {
-        Some(&h) if h.in_flight() && Token::from_raw(h.token).gen() == ud.gen() => Some(h),
+        Some(&t) if t != NOT_HELD && Token::from_raw(t).gen() == ud.gen() => Some(t),
         _ => None,
     }
 }
@@ -79,7 +52,7 @@ pub(super) fn prefetch_lookups(
     batch: &[cqueue::Entry],
     slots: &Slab<Slot>,
     multi: &[(u64, u64)],
-    held: &[HeldRec],
+    held: &[u64],
 ) {
     for cqe in batch {
         let ud = Token::from_raw(cqe.user_data());
@@ -105,16 +78,14 @@ pub(super) fn tokens(
     batch: &[cqueue::Entry],
     slots: &Slab<Slot>,
     multi: &[(u64, u64)],
-    held: &[HeldRec],
+    held: &[u64],
     f: &mut dyn FnMut(u64),
 ) {
     for cqe in batch {
         let ud = Token::from_raw(cqe.user_data());
         if ud.kind() == KIND_HELD {
-            // An untold completion reaches nobody: nothing to fetch.
-            match held_rec(held, ud) {
-                Some(h) if !h.untold(cqe.result()) => f(h.token),
-                _ => {}
+            if let Some(t) = held_token(held, ud) {
+                f(t);
             }
             continue;
         }

@@ -146,8 +146,6 @@ impl<D: OpDriver> Core<D> {
         if let Some(t) = timer {
             self.drv.cancel(t);
         }
-        // A send that ended untold is not cancelled; one in flight is.
-        self.settle_quiet_send((i, g));
         self.cancel_chain((i, g));
         if let Some(n) = notify {
             self.reject(n, status);
@@ -158,7 +156,6 @@ impl<D: OpDriver> Core<D> {
 
     /// Finishes op `key` when none of its CQEs is still to come.
     pub(super) fn finish_if_idle(&mut self, key: (u32, u32)) {
-        self.settle_quiet_send(key);
         if self
             .ops
             .get_mut(key.0, key.1)

@@ -58,8 +58,6 @@ struct InFlight {
     /// A held send (`op` is a copy of its bytes, for the test to look
     /// at): it completes as an [`Op::Sent`].
     held: bool,
-    /// A quiet held send: a completion that sent every byte goes untold.
-    quiet: bool,
 }
 
 /// The fake driver. Its fields are the script's knobs and records.
@@ -99,8 +97,6 @@ pub(crate) struct FakeDriver {
     pub(crate) holds_sends: bool,
     /// Held sends pushed.
     pub(crate) held_sends: usize,
-    /// Completions of quiet held sends that went untold.
-    pub(crate) untold: usize,
 }
 
 impl FakeDriver {
@@ -131,7 +127,6 @@ impl FakeDriver {
             made: Vec::new(),
             holds_sends: true,
             held_sends: 0,
-            untold: 0,
         }
     }
 
@@ -225,15 +220,6 @@ impl FakeDriver {
 
     fn push_done(&mut self, f: InFlight, result: i32, flags: u32, breaks: bool) {
         let next = f.next;
-        if f.quiet {
-            if let Op::Send { buf, start, .. } = &f.op {
-                if usize::try_from(result).is_ok_and(|r| r == buf.len() - start) {
-                    // Every byte sent: untold, as the io_uring driver does.
-                    self.untold += 1;
-                    return;
-                }
-            }
-        }
         self.ready.push_back(Completion {
             token: f.token,
             result,
@@ -361,7 +347,6 @@ impl FakeDriver {
             behind,
             deadline,
             held: false,
-            quiet: false,
         });
         id
     }
@@ -397,12 +382,10 @@ impl OpDriver for FakeDriver {
         buf: SendBuf,
         start: usize,
         token: u64,
-        quiet: bool,
     ) -> Result<(SqeId, HeldSend), SendBuf> {
         if !self.holds_sends || !matches!(fd, Sock::Kept(_)) {
             return Err(buf);
         }
-        let quiet = quiet && start < buf.len();
         let copy = Op::Send {
             fd,
             buf: buf.clone(),
@@ -411,7 +394,6 @@ impl OpDriver for FakeDriver {
         let id = self.record(copy, token, false);
         if let Some(f) = self.flight.last_mut() {
             f.held = true;
-            f.quiet = quiet;
         }
         self.held_sends += 1;
         Ok((SqeId::from_raw(id), HeldSend::new(id, buf)))
@@ -422,12 +404,6 @@ impl OpDriver for FakeDriver {
             return Err(held);
         }
         Ok(held.release())
-    }
-
-    fn tell_held(&mut self, held: &HeldSend) {
-        if let Some(f) = self.flight.iter_mut().find(|f| f.held && f.id == held.ud()) {
-            f.quiet = false;
-        }
     }
 
     fn cancel(&mut self, id: SqeId) {

@@ -91,22 +91,11 @@ impl<D: OpDriver> Core<D> {
     /// stay in the op entry, the driver keeps no slot) where the driver
     /// can, else in a driver slot. Only a kept socket's send is held (the
     /// pipe entry keeps it open): no other `Sock` is cloned to be refused.
-    /// `quiet` (the reply is still to come from the multishot receive,
-    /// whose chunk ends the request): a full send may go untold, and is
-    /// then accounted by `settle_quiet_send` when the request is looked
-    /// at (its chunk, a failure, a cancel).
-    fn push_request_send(
-        &mut self,
-        key: (u32, u32),
-        fd: Sock,
-        buf: SendBuf,
-        start: usize,
-        quiet: bool,
-    ) {
+    fn push_request_send(&mut self, key: (u32, u32), fd: Sock, buf: SendBuf, start: usize) {
         let held = match fd {
             Sock::Kept(raw) => {
                 self.drv
-                    .push_send_held(Sock::Kept(raw), buf, start, token(key, ST_SEND), quiet)
+                    .push_send_held(Sock::Kept(raw), buf, start, token(key, ST_SEND))
             }
             Sock::Held(_) => Err(buf),
         };
@@ -247,7 +236,7 @@ impl<D: OpDriver> Core<D> {
             self.await_chunk(at.pipe, key, &at.fd, at.session);
         }
         match send_now {
-            Some(buf) => self.push_request_send(key, at.fd, buf, 0, true),
+            Some(buf) => self.push_request_send(key, at.fd, buf, 0),
             None => {
                 self.push_transceive(key, at.fd);
                 // Nothing to send and the reply is already here.
@@ -349,7 +338,6 @@ impl<D: OpDriver> Core<D> {
             input,
             sent,
             from,
-            reply,
             ..
         } = &mut e.kind
         else {
@@ -359,10 +347,7 @@ impl<D: OpDriver> Core<D> {
         if *from != ReplyFrom::Chain {
             if input.len() > *sent {
                 let (buf, start) = (input.take_ready(), *sent);
-                // Quiet only while a chunk is still to come (it settles the
-                // send): once the reply is here, the send ends the request.
-                let quiet = *from == ReplyFrom::Multishot && matches!(reply, Reply::Awaited);
-                self.push_request_send(key, fd, buf, start, quiet);
+                self.push_request_send(key, fd, buf, start);
             }
             return;
         }

@@ -14,41 +14,6 @@ pub(super) fn set_once(status: &mut Option<NtStatus>, s: NtStatus) {
     }
 }
 
-impl<D: OpDriver> Core<D> {
-    /// Accounts a transceive's quiet held send (see `push_request_send`)
-    /// that ended untold: the driver gave its bytes back, so it sent every
-    /// one, and it is counted done as its told completion would have
-    /// been. One still in flight is told after all from now on: whoever
-    /// looks at the request now (a reply, a cancel) waits for it.
-    pub(super) fn settle_quiet_send(&mut self, key: (u32, u32)) {
-        let Core { ops, drv, .. } = self;
-        let Some(e) = ops.get_mut(key.0, key.1) else {
-            return;
-        };
-        let Kind::Transceive { input, sent, .. } = &mut e.kind else {
-            return;
-        };
-        if !matches!(input, Input::Held(_)) {
-            return;
-        }
-        let Input::Held(h) = std::mem::take(input) else {
-            return;
-        };
-        match drv.take_back(h) {
-            Ok(buf) => {
-                *sent = buf.len();
-                *input = Input::Ready(buf);
-                e.pending = e.pending.saturating_sub(1);
-                e.chain_done = (e.chain_done + 1).min(e.chain_len);
-            }
-            Err(h) => {
-                drv.tell_held(&h);
-                *input = Input::Held(h);
-            }
-        }
-    }
-}
-
 /// A transceive's SEND (or WRITE_FIXED) completed: count what was sent.
 pub(super) fn transceive_sent<D: OpDriver>(kind: &mut Kind, r: i32, op: Op, drv: &mut D) {
     let Kind::Transceive {

@@ -590,12 +590,10 @@ impl<D: OpDriver> Core<D> {
             }
         });
         // Second step: the op entries of the requests the chunks will go
-        // to (named in the pipe entries fetched above), all their lines,
-        // and the record of their quiet sends (`settle_quiet_send`).
+        // to (named in the pipe entries fetched above), all their lines.
         for &(i, g) in chunks.iter() {
             if let Some(w) = pipes.get(i, g).and_then(|pe| pe.waiters.front()) {
                 prefetch_bytes(ops.slot_ptr(w.0), Slab::<OpEntry>::SLOT_BYTES);
-                self.drv.prefetch_held(w.0);
             }
         }
     }

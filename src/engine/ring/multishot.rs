@@ -177,8 +177,6 @@ impl<D: OpDriver> Core<D> {
     /// A waiter of a pipe whose kernel has no multishot receive gets a
     /// receive of its own.
     fn receive_alone(&mut self, w: (u32, u32), fd: &Sock) {
-        // Its send's completion counts before the receive's chain replaces it.
-        self.settle_quiet_send(w);
         let Some(we) = self.ops.get_mut(w.0, w.1) else {
             return;
         };

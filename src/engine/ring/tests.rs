@@ -963,53 +963,6 @@ fn multishot_short_send_resumes() {
 }
 
 #[test]
-fn multishot_full_send_goes_untold_and_the_chunk_ends_the_request() {
-    let mut h = harness();
-    let p = h.open_ok(1);
-    // The common order: the send's completion (every byte) goes untold,
-    // the reply's chunk finds it done and ends the request.
-    let s = h.transceive(p, b"ping", 100);
-    let send = h.d().one(K::Send);
-    h.complete(send, 4);
-    assert_eq!(h.d().untold, 1, "a full quiet send goes untold");
-    assert!(pending(&s), "the reply is still to come");
-    let ms = h.d().one(K::RecvMulti);
-    h.chunk(ms, b"pong");
-    assert_eq!(transfer(&s), ok(b"pong"));
-    assert_eq!(h.d().recycled, 1, "the request's bytes went back");
-    // The reply first (the send still in flight): the send is told after
-    // all, and its completion ends the request.
-    let s = h.transceive(p, b"ping", 100);
-    let send = h.d().one(K::Send);
-    let ms = h.d().one(K::RecvMulti);
-    h.chunk(ms, b"pong");
-    assert!(pending(&s), "the send is still in flight");
-    h.complete(send, 4);
-    assert_eq!(h.d().untold, 1, "told, since the reply waited for it");
-    assert_eq!(transfer(&s), ok(b"pong"));
-}
-
-#[test]
-fn multishot_short_send_after_its_reply_resumes_told() {
-    // A peer that answers before the whole request was sent: the rest of
-    // the short send is pushed with the reply already here, so its
-    // completion, not a chunk, ends the request.
-    let mut h = harness();
-    let p = h.open_ok(1);
-    let s = h.transceive(p, &bytes(100), 4280);
-    let send = h.d().one(K::Send);
-    let ms = h.d().one(K::RecvMulti);
-    h.chunk(ms, b"pong");
-    h.complete(send, 30);
-    let send = h.d().one(K::Send);
-    assert_eq!(send_start(h.d().op(send)), 30);
-    assert!(pending(&s), "the rest is still to send");
-    h.complete(send, 70);
-    assert_eq!(h.d().untold, 0, "neither send went untold");
-    assert_eq!(transfer(&s), ok(b"pong"));
-}
-
-#[test]
 fn short_write_resumes_and_counts_every_byte() {
     let mut h = harness();
     let p = h.open_ok(1);

@@ -13,7 +13,7 @@ use crate::ring::op::{Op, RegBuf, Sock};
 
 /// The most one SEND SQE moves (1 GiB): its length field is 32 bits, and
 /// the kernel moves at most about 2 GiB per call anyway.
-pub(super) const MAX_SQE_BYTES: usize = 1 << 30;
+const MAX_SQE_BYTES: usize = 1 << 30;
 
 /// The kernel's form of a `Timer` op's duration (`None` for other ops).
 pub(super) fn timer_spec(op: &Op) -> Option<Box<types::Timespec>> {
