@@ -963,6 +963,26 @@ fn multishot_short_send_resumes() {
 }
 
 #[test]
+fn multishot_short_send_after_its_reply_resumes_and_ends_with_it() {
+    // A peer that answers before the whole request was sent: the reply's
+    // chunk waits in the request while the rest of the short send goes
+    // out; that send's completion ends the request.
+    let mut h = harness();
+    let p = h.open_ok(1);
+    let s = h.transceive(p, &bytes(100), 4280);
+    let send = h.d().one(K::Send);
+    let ms = h.d().one(K::RecvMulti);
+    h.chunk(ms, b"pong");
+    assert!(pending(&s), "the request is still being sent");
+    h.complete(send, 30);
+    let send = h.d().one(K::Send);
+    assert_eq!(send_start(h.d().op(send)), 30);
+    assert!(pending(&s), "the rest is still to send");
+    h.complete(send, 70);
+    assert_eq!(transfer(&s), ok(b"pong"));
+}
+
+#[test]
 fn short_write_resumes_and_counts_every_byte() {
     let mut h = harness();
     let p = h.open_ok(1);
