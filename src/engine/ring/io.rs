@@ -214,10 +214,11 @@ impl<D: OpDriver> Core<D> {
             }
             _ => Reply::Awaited,
         };
-        // The common request (its reply the multishot receive's next chunk,
-        // bytes to send) pushes its SEND straight away: the bytes are not
-        // put in the entry only to be taken out again by `push_transceive`.
-        let (input, send_now) = if at.from == ReplyFrom::Multishot && !input.is_empty() {
+        // A SEND that goes alone (the common request: its reply is the
+        // multishot receive's next chunk) is pushed straight away: the
+        // bytes are not put in the entry only to be taken out again by
+        // `push_transceive`.
+        let (input, send_now) = if at.from.sends_alone() && !input.is_empty() {
             (Input::default(), Some(input))
         } else {
             (Input::Ready(input), None)
@@ -344,7 +345,7 @@ impl<D: OpDriver> Core<D> {
             debug_assert!(false, "push_transceive on another kind of op");
             return;
         };
-        if *from != ReplyFrom::Chain {
+        if from.sends_alone() {
             if input.len() > *sent {
                 let (buf, start) = (input.take_ready(), *sent);
                 self.push_request_send(key, fd, buf, start);

@@ -284,6 +284,14 @@ enum ReplyFrom {
     Nothing,
 }
 
+impl ReplyFrom {
+    /// Whether a transceive's SEND goes alone, with no receive linked
+    /// after it (its reply comes from elsewhere, or there is none).
+    fn sends_alone(self) -> bool {
+        self != ReplyFrom::Chain
+    }
+}
+
 /// How far a receiving request's reply is.
 #[derive(Debug, Default)]
 enum Reply {
