@@ -131,10 +131,8 @@ impl<D: OpDriver> Core<D> {
         }
         self.finish(key);
         let Some(p) = pipe else { return };
-        if let Some(resume) = resume {
-            for (io, notify) in resume {
-                self.start_io(p, io, notify);
-            }
+        for (io, notify) in resume.into_iter().flatten() {
+            self.start_io(p, io, notify);
         }
         match fd {
             Some(fd) => self.multishot_ended(p, fd, session, r),
