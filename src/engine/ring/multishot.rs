@@ -131,8 +131,10 @@ impl<D: OpDriver> Core<D> {
         }
         self.finish(key);
         let Some(p) = pipe else { return };
-        for (io, notify) in resume.into_iter().flatten() {
-            self.start_io(p, io, notify);
+        if let Some(resume) = resume {
+            for (io, notify) in resume {
+                self.start_io(p, io, notify);
+            }
         }
         match fd {
             Some(fd) => self.multishot_ended(p, fd, session, r),

@@ -131,8 +131,10 @@ impl<D: OpDriver> Core<D> {
         let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
         if let Some(p) = pipe {
             self.pipe_op_done(p, key, pipe_next);
-            for (io, notify) in resume.into_iter().flatten() {
-                self.start_io(p, io, notify);
+            if let Some(resume) = resume {
+                for (io, notify) in resume {
+                    self.start_io(p, io, notify);
+                }
             }
         }
         // Registered slots go back to the pool (no op holds them any more);

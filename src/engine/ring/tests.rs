@@ -2738,3 +2738,106 @@ fn small_callbacks_are_kept_inline_large_ones_boxed_and_each_runs_once() {
     assert_eq!(runs.load(SeqCst), 4);
     assert_eq!(Arc::strong_count(&runs), 1, "each dropped after its run");
 }
+
+/// Starts a transceive on `p`, if `left` allows one, whose callback checks
+/// its reply and starts the next one in the reply's buffer (the bench's
+/// loop, `cli/bench/peers/uring.rs`).
+fn transceive_loop(
+    ctx: &mut RingContext<'_>,
+    p: PipeId,
+    input: Vec<u8>,
+    counts: Arc<[std::sync::atomic::AtomicUsize; 2]>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let [left, _] = &*counts;
+    if left
+        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+        .is_err()
+    {
+        return;
+    }
+    ctx.transceive_with(p, input, 4280, move |ctx, res| {
+        let t = res.expect("a transceive of the loop failed");
+        assert_eq!(t.data, [0xa5; 64], "the reply of the loop");
+        counts[1].fetch_add(1, Relaxed);
+        transceive_loop(ctx, p, t.data, counts);
+    });
+}
+
+/// Steady-state transceives on several pipes through the fake driver, the
+/// bench's pattern: each send completes in full and the pipe's multishot
+/// receive brings the 64-byte reply; every reply arrives, no op entry is
+/// left behind and every request buffer goes back to the driver. It is
+/// also the loop whose instructions per transceive perf/README.md counts
+/// under callgrind (scaled by `OPIPE_LOOP_PIPES`, `OPIPE_LOOP_TRANSCEIVES`).
+#[test]
+fn steady_state_transceive_loop() {
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (pipes, total) = (
+        env("OPIPE_LOOP_PIPES", 16),
+        env("OPIPE_LOOP_TRANSCEIVES", 2_000),
+    );
+    let mut h = harness();
+    let ps: Vec<PipeId> = (0..pipes).map(|_| h.open_ok(1)).collect();
+    let recycled = h.d().recycled;
+    // Transceives still to start, and those done.
+    let counts = Arc::new([AtomicUsize::new(total), AtomicUsize::new(0)]);
+    let c = counts.clone();
+    let first = ps.clone();
+    h.on_ring(
+        ps[0],
+        crate::engine::command::Callback::new(move |ctx, _| {
+            for p in first {
+                transceive_loop(ctx, p, vec![0x5a; 64], c.clone());
+            }
+        }),
+    );
+    let reply = [0xa5u8; 64];
+    let mut rounds = 0;
+    while !h.d().ids(K::Send).is_empty() {
+        let multi: Vec<(RawFd, SqeId)> = h
+            .d()
+            .ids(K::RecvMulti)
+            .into_iter()
+            .filter_map(|id| match h.d().op(id).fd() {
+                Some(Sock::Kept(raw)) => Some((*raw, id)),
+                _ => None,
+            })
+            .collect();
+        for id in h.d().ids(K::Send) {
+            let n = send_len(h.d().op(id));
+            let raw = match h.d().op(id).fd() {
+                Some(Sock::Kept(raw)) => *raw,
+                _ => panic!("a pipe's send names its socket by number"),
+            };
+            h.d().complete(id, n as i32);
+            let (_, ms) = *multi
+                .iter()
+                .find(|(fd, _)| *fd == raw)
+                .expect("the pipe's multishot receive");
+            h.d().chunk(ms, &reply, 0);
+        }
+        h.turn();
+        rounds += 1;
+    }
+    assert_eq!(
+        counts[1].load(Relaxed),
+        total,
+        "transceives done after {rounds} rounds, {:?} in flight",
+        h.d().kinds()
+    );
+    assert!(rounds >= total / pipes, "{rounds} rounds");
+    assert_eq!(
+        h.core.ops.len(),
+        pipes,
+        "only the pipes' multishot receives are left"
+    );
+    assert_eq!(h.d().recycled - recycled, total, "request buffers recycled");
+}
