@@ -18,7 +18,7 @@ not time: a cache miss costs nothing here.
 The split is by the source file each instruction comes from (inlined code
 counts where it was written): the engine's files, the fake driver and the
 test's loop (which a real ring does not run), the standard library's
-inlined code, libc.
+inlined code, libc. Needs valgrind (`apt-get install valgrind`).
 """
 import argparse
 import collections
