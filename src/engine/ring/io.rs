@@ -39,9 +39,10 @@ impl<D: OpDriver> Core<D> {
                 return self.reject(notify, NtStatus::CANCELLED);
             }
         }
-        if let Err(s) = self.live_pipe(pipe) {
-            return self.reject(notify, s);
-        }
+        let (fd, session) = match self.pipe_fd(pipe) {
+            Ok(x) => x,
+            Err(s) => return self.reject(notify, s),
+        };
         let max_out = match &io {
             PipeIo::Transceive { max_out, .. }
             | PipeIo::Read { max_out }
@@ -63,14 +64,9 @@ impl<D: OpDriver> Core<D> {
             Err(hold) => return self.defer(pipe, io, notify, hold),
         };
         if let (PipeIo::Read { max_out }, ReplyFrom::Pushback) = (&io, from) {
-            // No op and no SQE: the socket is not needed (nor its count
-            // touched, a cache miss per request with many pipes).
+            // No op and no SQE: the socket is not needed.
             return self.read_pushback(pipe, *max_out, notify);
         }
-        let (fd, session) = match self.pipe_fd(pipe) {
-            Ok(x) => x,
-            Err(s) => return self.reject(notify, s),
-        };
         let at = Start {
             pipe,
             fd,
@@ -190,8 +186,12 @@ impl<D: OpDriver> Core<D> {
         };
         // A reply from the pushback is the request's from the start: its
         // bytes are the oldest waiting, and no later request may take them.
-        let reply = match (at.from, self.pipes.get_mut(at.pipe.index, at.pipe.gen)) {
-            (ReplyFrom::Pushback, Some(pe)) if msg_mode => {
+        let pushback = match at.from {
+            ReplyFrom::Pushback => self.pipes.get_mut(at.pipe.index, at.pipe.gen),
+            _ => None,
+        };
+        let reply = match pushback {
+            Some(pe) if msg_mode => {
                 match overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out) {
                     Some((data, more)) => Reply::Got {
                         data,
@@ -203,7 +203,7 @@ impl<D: OpDriver> Core<D> {
                     }
                 }
             }
-            (ReplyFrom::Pushback, Some(pe)) => {
+            Some(pe) => {
                 let data = overflow::take_pushback(&mut pe.pushback, max_out);
                 let more = if pe.pushback.is_empty() {
                     More::Unknown
@@ -212,7 +212,7 @@ impl<D: OpDriver> Core<D> {
                 };
                 Reply::Got { data, more }
             }
-            _ => Reply::Awaited,
+            None => Reply::Awaited,
         };
         // A SEND that goes alone (the common request: its reply is the
         // multishot receive's next chunk) is pushed straight away: the

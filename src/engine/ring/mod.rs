@@ -713,8 +713,11 @@ impl<D: OpDriver> Core<D> {
         notify: Notify,
         kind: Kind,
     ) -> (u32, u32) {
+        let shared = matches!(notify, Notify::Shared(_));
         let key = self.insert_op(pipe, session, Some(notify), kind);
-        self.publish_op_key(key);
+        if shared {
+            self.publish_op_key(key);
+        }
         key
     }
 
@@ -736,13 +739,12 @@ impl<D: OpDriver> Core<D> {
         notify: Option<Notify>,
         kind: Kind,
     ) -> (u32, u32) {
-        let pipe_next = pipe
-            .and_then(|p| self.pipes.get_mut(p.index, p.gen))
-            .and_then(|pe| pe.ops);
+        let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen));
+        let pipe_next = pe.as_ref().and_then(|pe| pe.ops);
         let key = self
             .ops
             .insert(OpEntry::new(pipe, session, notify, pipe_next, kind));
-        if let Some(pe) = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen)) {
+        if let Some(pe) = pe {
             pe.ops = Some(key);
         }
         key
