@@ -473,10 +473,7 @@ impl<D: OpDriver> Core<D> {
 
     /// A completion of a transceive's, read's, write's or peek's SQE.
     pub(super) fn io_step(&mut self, key: (u32, u32), step: u8, c: Completion) {
-        // The kernel's flag is trusted only where the probe proved it.
-        let nonempty = (self.drv.features().sock_nonempty && self.cfg.buffers == BufferMode::Plain)
-            .then(|| c.sock_nonempty());
-        let Core { ops, drv, .. } = self;
+        let Core { ops, drv, cfg, .. } = self;
         let Some(e) = ops.get_mut(key.0, key.1) else {
             return;
         };
@@ -484,6 +481,9 @@ impl<D: OpDriver> Core<D> {
         match (&mut e.kind, step) {
             (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op, drv),
             (Kind::Transceive { .. }, ST_RECV) => {
+                // The kernel's flag is trusted only where the probe proved it.
+                let nonempty = (drv.features().sock_nonempty && cfg.buffers == BufferMode::Plain)
+                    .then(|| c.sock_nonempty());
                 transceive_received(&mut e.kind, r, c.op, nonempty, drv);
                 self.claim_reply(key);
             }

@@ -248,17 +248,25 @@ impl<D: OpDriver> Core<D> {
         } else {
             overflow::more_behind(&pe.pushback, nonempty)
         };
-        if let Some(e) = self.ops.get_mut(w.0, w.1) {
-            if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut e.kind {
-                *reply = Reply::Got { data: share, more };
+        // The waiter's entry is at hand: whether it is idle is read here
+        // rather than looked up again (`finish_if_idle`).
+        let idle = match self.ops.get_mut(w.0, w.1) {
+            Some(e) => {
+                if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut e.kind {
+                    *reply = Reply::Got { data: share, more };
+                }
+                e.pending == 0
             }
-        }
+            None => false,
+        };
         if n < len {
             // The rest stays in the pool buffer while the waiter finishes:
             // a callback that reads it at once copies it from there, once.
             self.lent_rest = Some((pipe, n));
         }
-        self.finish_if_idle(w);
+        if idle {
+            self.finish(w);
+        }
         // Whatever of it nobody read goes to the pushback, then to the
         // next waiters, or waits for a read.
         self.settle_lent();
