@@ -117,18 +117,19 @@ impl<D: OpDriver> Core<D> {
         } else {
             take_claimed(&mut e.kind)
         };
+        // None for a claimed transceive (no kind to drop on its way).
         let mut kind = match claimed {
-            Some(_) => Kind::Multishot,
-            None => std::mem::replace(&mut e.kind, Kind::Multishot),
+            Some(_) => None,
+            None => Some(std::mem::replace(&mut e.kind, Kind::Multishot)),
         };
         self.ops.discard(key.0);
         match kind {
             // The next waiting open starts in the ring loop.
-            Kind::Open { .. } => self.opening -= 1,
-            Kind::WaitPipe { .. } => self.waits -= 1,
+            Some(Kind::Open { .. }) => self.opening -= 1,
+            Some(Kind::WaitPipe { .. }) => self.waits -= 1,
             _ => {}
         }
-        let resume = self.leave_pipe(key, pipe, cancelled, &mut kind);
+        let resume = self.leave_pipe(key, pipe, cancelled, kind.as_mut());
         if let Some(p) = pipe {
             self.pipe_op_done(p, key, pipe_next);
             if let Some(resume) = resume {
@@ -139,7 +140,7 @@ impl<D: OpDriver> Core<D> {
         }
         // Registered slots go back to the pool (no op holds them any more);
         // the sent request's buffer goes to the driver for a later reply.
-        if let Kind::Transceive { reg, input, .. } = &mut kind {
+        if let Some(Kind::Transceive { reg, input, .. }) = &mut kind {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
@@ -153,6 +154,12 @@ impl<D: OpDriver> Core<D> {
             let t = claimed_transfer(c.max_out, c.reply);
             return self.notify(notify, Ok(Outcome::Transfer(t)));
         }
+        let Some(kind) = kind else {
+            return debug_assert!(
+                false,
+                "an op finished with neither its kind nor a claimed reply"
+            );
+        };
         if cancelled {
             return;
         }
@@ -183,7 +190,7 @@ impl<D: OpDriver> Core<D> {
         key: (u32, u32),
         pipe: Option<PipeId>,
         cancelled: bool,
-        kind: &mut Kind,
+        kind: Option<&mut Kind>,
     ) -> Option<VecDeque<(PipeIo, Notify)>> {
         let pe = pipe.and_then(|p| self.pipes.get_mut(p.index, p.gen))?;
         // A waiter that ends without its chunk (cancelled, failed).
@@ -194,14 +201,16 @@ impl<D: OpDriver> Core<D> {
             // before anything there (a multishot waiter takes the front of
             // a chunk whose rest went to the pushback; a linked receive runs
             // only while the pushback is empty).
-            if let Kind::Transceive {
-                reply: Reply::Got { data: d, .. },
-                ..
-            }
-            | Kind::Read {
-                reply: Reply::Got { data: d, .. },
-                ..
-            } = kind
+            if let Some(
+                Kind::Transceive {
+                    reply: Reply::Got { data: d, .. },
+                    ..
+                }
+                | Kind::Read {
+                    reply: Reply::Got { data: d, .. },
+                    ..
+                },
+            ) = kind
             {
                 if self.cfg.dialect.is_message_mode() {
                     overflow::give_back_message(&mut pe.pushback, &mut pe.msg_left, d);

@@ -46,12 +46,21 @@ impl Waiters {
         Some(first)
     }
 
-    /// Removes `key` wherever it waits; false if it does not.
+    /// Removes `key` wherever it waits; false if it does not. Every
+    /// finished request asks, and almost always finds the list empty (a
+    /// reply took its waiter off) or `key` first: those answers are
+    /// inlined, the queue's search is not.
+    #[inline(always)]
     pub(super) fn remove(&mut self, key: (u32, u32)) -> bool {
         if self.first == Some(key) {
             self.pop_front();
             return true;
         }
+        !self.rest.is_empty() && self.remove_queued(key)
+    }
+
+    #[inline(never)]
+    fn remove_queued(&mut self, key: (u32, u32)) -> bool {
         match self.rest.iter().position(|k| *k == key) {
             Some(i) => {
                 self.rest.remove(i);
