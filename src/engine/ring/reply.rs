@@ -183,8 +183,9 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
-    /// gives back the bytes it took and stops holding later requests back.
-    /// Returns the deferred requests that may start now, if any.
+    /// gives back the bytes it took (from `kind`, the op's kind; `None` for
+    /// a claimed transceive, never cancelled) and stops holding later
+    /// requests back. Returns the deferred requests that may start now.
     fn leave_pipe(
         &mut self,
         key: (u32, u32),
