@@ -39,10 +39,9 @@ impl<D: OpDriver> Core<D> {
                 return self.reject(notify, NtStatus::CANCELLED);
             }
         }
-        let (fd, session) = match self.pipe_fd(pipe) {
-            Ok(x) => x,
-            Err(s) => return self.reject(notify, s),
-        };
+        if let Err(s) = self.live_pipe(pipe) {
+            return self.reject(notify, s);
+        }
         let max_out = match &io {
             PipeIo::Transceive { max_out, .. }
             | PipeIo::Read { max_out }
@@ -64,9 +63,14 @@ impl<D: OpDriver> Core<D> {
             Err(hold) => return self.defer(pipe, io, notify, hold),
         };
         if let (PipeIo::Read { max_out }, ReplyFrom::Pushback) = (&io, from) {
-            // No op and no SQE: the socket is not needed.
+            // No op and no SQE: the socket is not needed (nor, where the
+            // driver holds sockets by count, that count touched).
             return self.read_pushback(pipe, *max_out, notify);
         }
+        let (fd, session) = match self.pipe_fd(pipe) {
+            Ok(x) => x,
+            Err(s) => return self.reject(notify, s),
+        };
         let at = Start {
             pipe,
             fd,
