@@ -33,17 +33,17 @@ impl<D: OpDriver> Core<D> {
             let Some(e) = self.ops.get_mut(w.0, w.1) else {
                 continue;
             };
-            let (reply, max_out) = match &mut e.kind {
+            let max_out = match &e.kind {
                 Kind::Transceive {
-                    reply: reply @ Reply::Awaited,
+                    reply: Reply::Awaited,
                     max_out,
                     ..
                 }
                 | Kind::Read {
-                    reply: reply @ Reply::Awaited,
+                    reply: Reply::Awaited,
                     max_out,
                     ..
-                } => (reply, *max_out),
+                } => *max_out,
                 _ => {
                     debug_assert!(false, "a multishot waiter that awaits no reply");
                     continue;
@@ -61,8 +61,9 @@ impl<D: OpDriver> Core<D> {
             } else {
                 overflow::waiter_share(&mut pe.pushback, max_out, nonempty)
             };
-            *reply = Reply::Got { data, more };
-            self.finish_if_idle(w);
+            if e.got_reply(data, more) {
+                self.finish(w);
+            }
         }
     }
 
@@ -248,17 +249,10 @@ impl<D: OpDriver> Core<D> {
         } else {
             overflow::more_behind(&pe.pushback, nonempty)
         };
-        // The waiter's entry is at hand: whether it is idle is read here
-        // rather than looked up again (`finish_if_idle`).
-        let idle = match self.ops.get_mut(w.0, w.1) {
-            Some(e) => {
-                if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut e.kind {
-                    *reply = Reply::Got { data: share, more };
-                }
-                e.pending == 0
-            }
-            None => false,
-        };
+        let idle = self
+            .ops
+            .get_mut(w.0, w.1)
+            .is_some_and(|e| e.got_reply(share, more));
         if n < len {
             // The rest stays in the pool buffer while the waiter finishes:
             // a callback that reads it at once copies it from there, once.
