@@ -117,19 +117,22 @@ impl<D: OpDriver> Core<D> {
         } else {
             take_claimed(&mut e.kind)
         };
-        // None for a claimed transceive (no kind to drop on its way).
-        let mut kind = match claimed {
-            Some(_) => None,
-            None => Some(std::mem::replace(&mut e.kind, Kind::Multishot)),
+        let mut taken = match claimed {
+            Some(c) => Taken::Claimed(c),
+            None => Taken::Whole(std::mem::replace(&mut e.kind, Kind::Multishot)),
         };
         self.ops.discard(key.0);
-        match kind {
+        match taken {
             // The next waiting open starts in the ring loop.
-            Some(Kind::Open { .. }) => self.opening -= 1,
-            Some(Kind::WaitPipe { .. }) => self.waits -= 1,
+            Taken::Whole(Kind::Open { .. }) => self.opening -= 1,
+            Taken::Whole(Kind::WaitPipe { .. }) => self.waits -= 1,
             _ => {}
         }
-        let resume = self.leave_pipe(key, pipe, cancelled, kind.as_mut());
+        let kind = match &mut taken {
+            Taken::Whole(kind) => Some(kind),
+            Taken::Claimed(_) => None,
+        };
+        let resume = self.leave_pipe(key, pipe, cancelled, kind);
         if let Some(p) = pipe {
             self.pipe_op_done(p, key, pipe_next);
             if let Some(resume) = resume {
@@ -138,28 +141,25 @@ impl<D: OpDriver> Core<D> {
                 }
             }
         }
+        let mut kind = match taken {
+            Taken::Claimed(c) => {
+                self.recycle_input(c.input);
+                let Some(notify) = notify else {
+                    return;
+                };
+                let t = claimed_transfer(c.max_out, c.reply);
+                return self.notify(notify, Ok(Outcome::Transfer(t)));
+            }
+            Taken::Whole(kind) => kind,
+        };
         // Registered slots go back to the pool (no op holds them any more);
         // the sent request's buffer goes to the driver for a later reply.
-        if let Some(Kind::Transceive { reg, input, .. }) = &mut kind {
+        if let Kind::Transceive { reg, input, .. } = &mut kind {
             if let Some(r) = reg.take() {
                 self.drv.reg_release(r);
             }
             self.recycle_input(std::mem::take(input));
         }
-        if let Some(c) = claimed {
-            self.recycle_input(c.input);
-            let Some(notify) = notify else {
-                return;
-            };
-            let t = claimed_transfer(c.max_out, c.reply);
-            return self.notify(notify, Ok(Outcome::Transfer(t)));
-        }
-        let Some(kind) = kind else {
-            return debug_assert!(
-                false,
-                "an op finished with neither its kind nor a claimed reply"
-            );
-        };
         if cancelled {
             return;
         }
@@ -184,7 +184,7 @@ impl<D: OpDriver> Core<D> {
 
     /// The finished op `key` leaves its pipe's waiters; a cancelled one
     /// gives back the bytes it took (from `kind`, the op's kind; `None` for
-    /// a claimed transceive, never cancelled) and stops holding later
+    /// a claimed transceive, never a cancelled one) and stops holding later
     /// requests back. Returns the deferred requests that may start now.
     fn leave_pipe(
         &mut self,
@@ -421,6 +421,14 @@ pub(super) fn peek_reply(
         status: fsctl::peek_status(data.len(), available),
         data: hdr.encode_with_data(&data),
     }
+}
+
+/// What `finish` takes out of an op entry before the rest is dropped in
+/// place: a claimed transceive's reply, `max_out` and input only, or any
+/// other op's whole kind.
+enum Taken {
+    Claimed(Claimed),
+    Whole(Kind),
 }
 
 /// What `finish` takes out of a transceive whose reply was claimed.
