@@ -80,7 +80,7 @@ def by_source(out):
 def group_of(key):
     path, func = key.split("\t")
     if path.startswith(("engine/ring/fake.rs", "engine/ring/tests.rs")) \
-            or "fake::" in func or "tests::" in func or "hashbrown" in func:
+            or "fake::" in func or "tests::" in func:
         return "fake driver + test loop"
     if path.startswith(("engine/", "ring/", "slab.rs", "inline_box.rs", "protocol/")):
         return "engine source"
