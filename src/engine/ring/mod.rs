@@ -383,19 +383,6 @@ impl OpEntry {
         }
     }
 
-    /// Gives a waiting transceive or read its reply (a multishot chunk's
-    /// share, or its part of the pushback). Whether the request is idle
-    /// now, none of its SQEs in flight: it may finish. (Inlined: called
-    /// once per reply; out of line it cost 20 instructions a transceive,
-    /// `perf/instructions.py`.)
-    #[inline(always)]
-    fn got_reply(&mut self, data: Vec<u8>, more: More) -> bool {
-        if let Kind::Transceive { reply, .. } | Kind::Read { reply, .. } = &mut self.kind {
-            *reply = Reply::Got { data, more };
-        }
-        self.pending == 0
-    }
-
     /// The id of the `i`-th SQE of the current chain, if there is one.
     fn chain_id(&self, i: usize) -> Option<SqeId> {
         (i < usize::from(self.chain_len)).then(|| self.chain[i])
