@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{OpenInfo, PipeId, Transfer, Tree};
-use crate::inline_box::{InlineBox, View};
+use crate::inline_box::InlineOnce;
 use crate::protocol::{NetUserInfo, NpaIdentity, NtStatus, PipeName};
 use crate::ring::{SendBuf, WakeFd};
 
@@ -29,18 +29,13 @@ pub(crate) enum Outcome {
     Done,
 }
 
-/// The `dyn` type a [`Callback`] is called through: `FnMut` (`FnOnce`
-/// cannot be called through a reference), called once.
-type CallbackFn = dyn FnMut(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send;
+/// What an inline [`Callback`] is called with: the ring (its
+/// [`RingContext`] is made around it for the caller's function) and the
+/// result.
+type InlineCallback = InlineOnce<dyn RingCore, Result<Outcome, NtStatus>>;
 
-impl<F> View<CallbackFn> for F
-where
-    F: FnMut(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send + 'static,
-{
-    fn view(&mut self) -> &mut CallbackFn {
-        self
-    }
-}
+/// A [`Callback`] too large to keep in place.
+type BoxedCallback = Box<dyn FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send>;
 
 /// A ring-thread callback: runs once, on the ring thread, with access to
 /// the ring. Kept in place when small (most are: a few handles and a
@@ -49,30 +44,29 @@ where
 pub(crate) struct Callback(CallbackRepr);
 
 enum CallbackRepr {
-    Inline(InlineBox<CallbackFn>),
-    Boxed(Box<CallbackFn>),
+    Inline(InlineCallback),
+    Boxed(BoxedCallback),
 }
 
 impl Callback {
     pub(crate) fn new(
         f: impl FnOnce(&mut RingContext<'_>, Result<Outcome, NtStatus>) + Send + 'static,
     ) -> Callback {
-        let mut f = Some(f);
-        let once = move |ctx: &mut RingContext<'_>, res: Result<Outcome, NtStatus>| {
-            if let Some(f) = f.take() {
-                f(ctx, res)
-            }
-        };
-        Callback(match InlineBox::new(once) {
+        let inline =
+            move |core: &mut (dyn RingCore + 'static), res| f(&mut RingContext { core }, res);
+        Callback(match InlineOnce::new(inline) {
             Ok(b) => CallbackRepr::Inline(b),
-            Err(once) => CallbackRepr::Boxed(Box::new(once)),
+            Err(inline) => CallbackRepr::Boxed(Box::new(move |ctx: &mut RingContext<'_>, res| {
+                inline(ctx.core, res)
+            })),
         })
     }
 
     /// Runs the callback (its only run: it is consumed).
-    pub(crate) fn call(mut self, ctx: &mut RingContext<'_>, res: Result<Outcome, NtStatus>) {
-        match &mut self.0 {
-            CallbackRepr::Inline(b) => (b.get_mut())(ctx, res),
+    #[inline(always)]
+    pub(crate) fn call(self, ctx: &mut RingContext<'_>, res: Result<Outcome, NtStatus>) {
+        match self.0 {
+            CallbackRepr::Inline(b) => b.call(ctx.core, res),
             CallbackRepr::Boxed(b) => b(ctx, res),
         }
     }
@@ -257,11 +251,11 @@ impl CommandQueue {
 /// The ring thread's context, given to ring-thread callbacks so they can
 /// start the next request without leaving the thread.
 pub struct RingContext<'a> {
-    core: &'a mut (dyn RingCore + 'a),
+    core: &'a mut (dyn RingCore + 'static),
 }
 
 impl<'a> RingContext<'a> {
-    pub(crate) fn new(core: &'a mut (dyn RingCore + 'a)) -> RingContext<'a> {
+    pub(crate) fn new(core: &'a mut (dyn RingCore + 'static)) -> RingContext<'a> {
         RingContext { core }
     }
 }

@@ -520,8 +520,10 @@ impl std::fmt::Display for Backend {
 }
 
 /// An owned-resource operation driver (see [`Driver`](super::driver::Driver) for the contract of
-/// each method; every implementation follows it exactly).
-pub trait OpDriver {
+/// each method; every implementation follows it exactly). A driver owns
+/// what it holds (`'static`): the engine's ring callbacks see the core
+/// that owns it as a `dyn` of no borrowed lifetime.
+pub trait OpDriver: 'static {
     /// The backend this driver is (no caller inside the crate today; kept
     /// as part of every driver's contract).
     #[allow(dead_code)]

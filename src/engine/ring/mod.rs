@@ -626,8 +626,17 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// Runs the callbacks that waited for the event to end (one after the
-    /// other: each may nest up to the limit again).
+    /// other: each may nest up to the limit again). Inline: almost always
+    /// none did.
+    #[inline(always)]
     fn run_later(&mut self) {
+        if !self.later.is_empty() {
+            self.run_later_now();
+        }
+    }
+
+    #[inline(never)]
+    fn run_later_now(&mut self) {
         while let Some((f, res)) = self.later.pop_front() {
             self.call(f, res);
         }
