@@ -2,8 +2,9 @@
 //! to the open, WAIT, multishot or I/O code, and what the op does once
 //! none of its SQEs is in flight (resume, keep waiting, or finish).
 
+use super::io_done::io_step;
 use super::*;
-use crate::engine::PipeId;
+use crate::engine::{BufferMode, PipeId};
 use crate::protocol::NtStatus;
 use crate::ring::{Completion, Op, OpDriver, Token};
 
@@ -33,18 +34,17 @@ impl<D: OpDriver> Core<D> {
             }
         }
         let (index, gen) = key;
-        let cancelled = {
-            let Some(e) = self.ops.get_mut(index, gen) else {
-                return;
-            };
-            if !c.more {
-                e.pending = e.pending.saturating_sub(1);
-                if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
-                    e.chain_done = (e.chain_done + 1).min(e.chain_len);
-                }
-            }
-            e.cancelled
+        let Core { ops, drv, cfg, .. } = self;
+        let Some(e) = ops.get_mut(index, gen) else {
+            return;
         };
+        if !c.more {
+            e.pending = e.pending.saturating_sub(1);
+            if step != ST_DEADLINE && step != ST_WAIT_DEADLINE {
+                e.chain_done = (e.chain_done + 1).min(e.chain_len);
+            }
+        }
+        let cancelled = e.cancelled;
         match step {
             ST_CONNECT | ST_HELLO | ST_STATUS | ST_DEADLINE => self.open_step(key, step, &c),
             ST_MULTISHOT => return self.multishot_step(key, c),
@@ -53,7 +53,27 @@ impl<D: OpDriver> Core<D> {
                 drop(c);
                 self.wait_step(key, step, r);
             }
-            _ => self.io_step(key, step, c),
+            _ => {
+                let plain = cfg.buffers == BufferMode::Plain;
+                if io_step(&mut e.kind, step, c, drv, plain) {
+                    self.claim_reply(key);
+                } else if !cancelled {
+                    // Most I/O completions (a SEND, a probe): what comes
+                    // next is decided with the entry in hand.
+                    if e.pending > 0 {
+                        return;
+                    }
+                    return match next_step(&e.kind) {
+                        // Sent; the reply comes with the multishot
+                        // receive's next chunk (the common case).
+                        Next::Wait => {}
+                        next => {
+                            let pipe = e.pipe;
+                            self.after_chain(key, next, pipe)
+                        }
+                    };
+                }
+            }
         }
         if cancelled {
             // Keep cancelling whatever part of the chain is still running.
@@ -91,11 +111,17 @@ impl<D: OpDriver> Core<D> {
         } else {
             next_step(&e.kind)
         };
+        let pipe = e.pipe;
+        self.after_chain(key, next, pipe);
+    }
+
+    /// Does what `next` says for op `key` (of `pipe`), whose chain is over.
+    fn after_chain(&mut self, key: (u32, u32), next: Next, pipe: Option<PipeId>) {
         match next {
             Next::Finish => self.finish(key),
             // Sent; the reply comes with the multishot receive's next chunk.
             Next::Wait => {}
-            Next::Resume => match e.pipe.map(|p| self.pipe_fd(p)) {
+            Next::Resume => match pipe.map(|p| self.pipe_fd(p)) {
                 Some(Ok((fd, _))) => self.push_resume(key, fd),
                 Some(Err(s)) => self.fail_now(key, s),
                 None => debug_assert!(false, "a resumed request without a pipe"),
@@ -118,6 +144,7 @@ enum Next {
     Resume,
 }
 
+#[inline(always)]
 fn next_step(kind: &Kind) -> Next {
     match kind {
         Kind::Transceive {

@@ -1,15 +1,15 @@
 //! Requests on an open pipe: how each one starts (which SQEs, or none),
-//! the transceive chain, and what each completion means for it.
+//! the transceive chain, and how a received reply is claimed (what each
+//! completion means: `io_done`).
 
 use std::sync::atomic::Ordering;
 
-use super::io_done::{peek_done, read_received, set_once, transceive_received, transceive_sent};
 use super::overflow;
 use super::*;
 use crate::engine::command::{Notify, PipeIo};
 use crate::engine::{BufferMode, PipeId};
 use crate::protocol::{fsctl, NtStatus};
-use crate::ring::{Completion, Op, OpDriver, Sock};
+use crate::ring::{Op, OpDriver, Sock};
 
 impl<D: OpDriver> Core<D> {
     /// An open pipe of this ring that takes requests (not closing).
@@ -475,57 +475,6 @@ impl<D: OpDriver> Core<D> {
         self.push_chain(key, chain);
     }
 
-    /// A completion of a transceive's, read's, write's or peek's SQE.
-    pub(super) fn io_step(&mut self, key: (u32, u32), step: u8, c: Completion) {
-        let Core { ops, drv, cfg, .. } = self;
-        let Some(e) = ops.get_mut(key.0, key.1) else {
-            return;
-        };
-        let r = c.result;
-        match (&mut e.kind, step) {
-            (Kind::Transceive { .. }, ST_SEND) => transceive_sent(&mut e.kind, r, c.op, drv),
-            (Kind::Transceive { .. }, ST_RECV) => {
-                // The kernel's flag is trusted only where the probe proved it.
-                let nonempty = (drv.features().sock_nonempty && cfg.buffers == BufferMode::Plain)
-                    .then(|| c.sock_nonempty());
-                transceive_received(&mut e.kind, r, c.op, nonempty, drv);
-                self.claim_reply(key);
-            }
-            (Kind::Transceive { reply, .. }, ST_MORE) => {
-                // Only a probe that ran after this chain's receive answers.
-                if let Reply::Got {
-                    more: more @ More::Unknown,
-                    ..
-                } = reply
-                {
-                    *more = overflow::more_from_probe(r);
-                }
-            }
-            (Kind::Read { .. }, ST_RECV) => {
-                read_received(&mut e.kind, r, c.op);
-                self.claim_reply(key);
-            }
-            (
-                Kind::Write {
-                    status, data, sent, ..
-                },
-                ST_SEND,
-            ) => match c.op {
-                Op::Send { buf, start, .. } => {
-                    if r < 0 {
-                        set_once(status, socket_status(-r));
-                    } else {
-                        *sent = start + r as usize;
-                    }
-                    *data = buf;
-                }
-                _ => debug_assert!(false, "a write's SEND step on another op"),
-            },
-            (Kind::Peek { .. }, ST_PEEK) => peek_done(&mut e.kind, r, c.op),
-            (_, step) => debug_assert!(false, "I/O step {step} on an op of another kind"),
-        }
-    }
-
     /// Pushes what a request whose chain ended early still needs: the
     /// rest of a short send, or a receive with a buffer of its own after
     /// the pool was empty.
@@ -558,7 +507,7 @@ impl<D: OpDriver> Core<D> {
     /// (see [`overflow::claim`]). Done when the receive completes, not when
     /// the request finishes, so receives that complete meanwhile keep their
     /// places in the stream.
-    fn claim_reply(&mut self, key: (u32, u32)) {
+    pub(super) fn claim_reply(&mut self, key: (u32, u32)) {
         if self.message_mode() {
             return self.claim_message_reply(key);
         }

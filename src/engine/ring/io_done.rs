@@ -5,13 +5,69 @@
 use super::overflow;
 use super::*;
 use crate::protocol::NtStatus;
-use crate::ring::{Op, OpDriver};
+use crate::ring::{Completion, Op, OpDriver};
 
 /// Sets a request's status unless an earlier cause set it.
 pub(super) fn set_once(status: &mut Option<NtStatus>, s: NtStatus) {
     if status.is_none() {
         *status = Some(s);
     }
+}
+
+/// A completion of a transceive's, read's, write's or peek's SQE, applied
+/// to its request's `kind` (`plain`: the ring's buffers are plain, so the
+/// kernel's "more is waiting" flag may be read). True when a receive got
+/// bytes the request must now claim (`Core::claim_reply`).
+pub(super) fn io_step<D: OpDriver>(
+    kind: &mut Kind,
+    step: u8,
+    c: Completion,
+    drv: &mut D,
+    plain: bool,
+) -> bool {
+    let r = c.result;
+    match (&mut *kind, step) {
+        (Kind::Transceive { .. }, ST_SEND) => transceive_sent(kind, r, c.op, drv),
+        (Kind::Transceive { .. }, ST_RECV) => {
+            // The kernel's flag is trusted only where the probe proved it.
+            let nonempty = (drv.features().sock_nonempty && plain).then(|| c.sock_nonempty());
+            transceive_received(kind, r, c.op, nonempty, drv);
+            return true;
+        }
+        (Kind::Transceive { reply, .. }, ST_MORE) => {
+            // Only a probe that ran after this chain's receive answers.
+            if let Reply::Got {
+                more: more @ More::Unknown,
+                ..
+            } = reply
+            {
+                *more = overflow::more_from_probe(r);
+            }
+        }
+        (Kind::Read { .. }, ST_RECV) => {
+            read_received(kind, r, c.op);
+            return true;
+        }
+        (
+            Kind::Write {
+                status, data, sent, ..
+            },
+            ST_SEND,
+        ) => match c.op {
+            Op::Send { buf, start, .. } => {
+                if r < 0 {
+                    set_once(status, socket_status(-r));
+                } else {
+                    *sent = start + r as usize;
+                }
+                *data = buf;
+            }
+            _ => debug_assert!(false, "a write's SEND step on another op"),
+        },
+        (Kind::Peek { .. }, ST_PEEK) => peek_done(kind, r, c.op),
+        (_, step) => debug_assert!(false, "I/O step {step} on an op of another kind"),
+    }
+    false
 }
 
 /// A transceive's SEND (or WRITE_FIXED) completed: count what was sent.
