@@ -9,9 +9,11 @@ counts are exact and repeat run after run, so two builds compare without
 the machine's noise (perf/README.md, session 13). They count instructions,
 not time: a cache miss costs nothing here.
 
-  perf/instructions.py run TAG [--pipes N] [--top N]
+  perf/instructions.py run TAG [--pipes N] [--overflow] [--top N]
         builds the release test binary of the checkout it is run in, runs
-        the loop, saves /tmp/instr-TAG.json and prints the split
+        the loop, saves /tmp/instr-TAG.json and prints the split;
+        --overflow runs `steady_state_overflow_loop` instead (4 280-byte
+        replies, max_out 1 024: each transceive and the read of its rest)
   perf/instructions.py show TAG [--top N]
   perf/instructions.py diff TAG_A TAG_B [--top N]
 
@@ -44,12 +46,12 @@ def test_binary():
     sys.exit("no lib test binary in cargo's output")
 
 
-def callgrind(binary, transceives, pipes, out):
+def callgrind(binary, test, transceives, pipes, out):
     env = dict(os.environ, OPIPE_LOOP_TRANSCEIVES=str(transceives),
                OPIPE_LOOP_PIPES=str(pipes))
     r = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
-         "engine::ring::tests::steady_state_transceive_loop", "--exact",
+         f"engine::ring::tests::{test}", "--exact",
          "--test-threads=1"],
         env=env, capture_output=True, text=True)
     if r.returncode != 0 or "1 passed" not in r.stdout:
@@ -97,17 +99,18 @@ def group_of(key):
     return "other"
 
 
-def run(tag, pipes):
+def run(tag, pipes, overflow):
     binary = test_binary()
+    test = "steady_state_overflow_loop" if overflow else "steady_state_transceive_loop"
     files = []
     for n in (SMALL, LARGE):
         out = f"/tmp/instr-{tag}-{n}.out"
-        callgrind(binary, n, pipes, out)
+        callgrind(binary, test, n, pipes, out)
         files.append(out)
     small, large = (by_source(f) for f in files)
     per = {k: (large[k] - small.get(k, 0)) / (LARGE - SMALL) for k in large}
     with open(f"/tmp/instr-{tag}.json", "w") as f:
-        json.dump({"pipes": pipes, "per_transceive": per}, f)
+        json.dump({"pipes": pipes, "test": test, "per_transceive": per}, f)
     return per
 
 
@@ -157,10 +160,11 @@ def main():
     p.add_argument("cmd", choices=["run", "show", "diff"])
     p.add_argument("tags", nargs="+")
     p.add_argument("--pipes", type=int, default=16)
+    p.add_argument("--overflow", action="store_true")
     p.add_argument("--top", type=int, default=20)
     a = p.parse_args()
     if a.cmd == "run":
-        show(run(a.tags[0], a.pipes), a.top)
+        show(run(a.tags[0], a.pipes, a.overflow), a.top)
     elif a.cmd == "show":
         show(load(a.tags[0]), a.top)
     elif len(a.tags) == 2:

@@ -60,6 +60,10 @@ struct InFlight {
     held: bool,
 }
 
+/// Spare buffers the fake keeps (the io_uring driver keeps as many as its
+/// receive pool has buffers, 256 by default).
+const FAKE_SPARES: usize = 256;
+
 /// The fake driver. Its fields are the script's knobs and records.
 pub(crate) struct FakeDriver {
     /// The fake clock: timers fire when [`FakeDriver::advance`] passes them.
@@ -90,6 +94,10 @@ pub(crate) struct FakeDriver {
     lent_now: Vec<u8>,
     /// Buffers handed out by `spare_buf`.
     pub(crate) spares_taken: usize,
+    /// Buffers given back, handed out again by `spare_buf` (as the io_uring
+    /// driver keeps them: at most [`FAKE_SPARES`], each at most a pool
+    /// buffer large), so a steady loop allocates no buffer per reply.
+    spares: Vec<Vec<u8>>,
     /// Every socket made, to find one an op names by number.
     made: Vec<std::rc::Weak<OwnedFd>>,
     /// Whether sends on kept sockets may be held (as the io_uring driver
@@ -124,6 +132,7 @@ impl FakeDriver {
             lent_queue: VecDeque::new(),
             lent_now: Vec::new(),
             spares_taken: 0,
+            spares: Vec::new(),
             made: Vec::new(),
             holds_sends: true,
             held_sends: 0,
@@ -434,7 +443,7 @@ impl OpDriver for FakeDriver {
 
     fn spare_buf(&mut self) -> Vec<u8> {
         self.spares_taken += 1;
-        Vec::new()
+        self.spares.pop().unwrap_or_default()
     }
 
     fn features(&self) -> Features {
@@ -468,8 +477,13 @@ impl OpDriver for FakeDriver {
         None
     }
 
-    fn recycle(&mut self, _buf: Vec<u8>) {
+    fn recycle(&mut self, mut buf: Vec<u8>) {
         self.recycled += 1;
+        let cap = buf.capacity();
+        if cap > 0 && cap <= self.pool_buf && self.spares.len() < FAKE_SPARES {
+            buf.clear();
+            self.spares.push(buf);
+        }
     }
 
     fn recv_allocates(&self) -> bool {

@@ -2739,14 +2739,29 @@ fn small_callbacks_are_kept_inline_large_ones_boxed_and_each_runs_once() {
     assert_eq!(Arc::strong_count(&runs), 1, "each dropped after its run");
 }
 
+/// The bytes of every reply of the loop tests (a reply is a prefix).
+const LOOP_REPLY: [u8; 4280] = [0xa5; 4280];
+
+/// A loop test's replies: `reply` bytes each, transceives asking for at
+/// most `max_out` (less than `reply`: the rest is read after each one).
+#[derive(Clone, Copy)]
+struct LoopShape {
+    reply: usize,
+    max_out: usize,
+}
+
 /// Starts a transceive on `p`, if `left` allows one, whose callback checks
 /// its reply and starts the next one in the reply's buffer (the bench's
-/// loop, `cli/bench/peers/uring.rs`).
+/// loop, `cli/bench/peers/uring.rs`). A reply larger than `max_out` comes
+/// as `STATUS_BUFFER_OVERFLOW` and `max_out` bytes, and its rest is read
+/// into the same buffer (`read_append_with`, served from what the chunk
+/// left), as the bench does.
 fn transceive_loop(
     ctx: &mut RingContext<'_>,
     p: PipeId,
     input: Vec<u8>,
     counts: Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    shape: LoopShape,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let [left, _] = &*counts;
@@ -2756,35 +2771,35 @@ fn transceive_loop(
     {
         return;
     }
-    ctx.transceive_with(p, input, 4280, move |ctx, res| {
+    ctx.transceive_with(p, input, shape.max_out, move |ctx, res| {
         let t = res.expect("a transceive of the loop failed");
-        assert_eq!(t.data, [0xa5; 64], "the reply of the loop");
-        let [_, done] = &*counts;
-        done.fetch_add(1, Relaxed);
-        transceive_loop(ctx, p, t.data, counts);
+        if shape.reply <= shape.max_out {
+            assert_eq!(t.data, LOOP_REPLY[..shape.reply], "the reply of the loop");
+            let [_, done] = &*counts;
+            done.fetch_add(1, Relaxed);
+            return transceive_loop(ctx, p, t.data, counts, shape);
+        }
+        assert_eq!(t.status, NtStatus::BUFFER_OVERFLOW, "more is waiting");
+        assert_eq!(t.data.len(), shape.max_out);
+        let rest = shape.reply - shape.max_out;
+        ctx.read_append_with(p, t.data, rest, move |ctx, acc, res| {
+            assert_eq!(res, Ok(rest), "the rest of the reply, read at once");
+            assert_eq!(acc, LOOP_REPLY[..shape.reply], "the whole reply");
+            let [_, done] = &*counts;
+            done.fetch_add(1, Relaxed);
+            transceive_loop(ctx, p, acc, counts, shape);
+        });
     });
 }
 
-/// Steady-state transceives on several pipes through the fake driver, the
-/// bench's pattern: each send completes in full and the pipe's multishot
-/// receive brings the 64-byte reply; every reply arrives, no op entry is
-/// left behind and every request buffer goes back to the driver. It is
-/// also the loop whose instructions per transceive perf/README.md counts
-/// under callgrind (scaled by `OPIPE_LOOP_PIPES`, `OPIPE_LOOP_TRANSCEIVES`).
-#[test]
-fn steady_state_transceive_loop() {
+/// Runs `total` transceives of `shape` on `pipes` pipes through the fake
+/// driver, each send completed in full and followed by its reply as one
+/// chunk of the pipe's multishot receive; checks that every reply arrived,
+/// that only the multishot receives' op entries are left and that every
+/// request buffer went back to the driver.
+fn run_transceive_loop(pipes: usize, total: usize, shape: LoopShape) {
     use std::os::fd::RawFd;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (pipes, total) = (
-        env("OPIPE_LOOP_PIPES", 16),
-        env("OPIPE_LOOP_TRANSCEIVES", 2_000),
-    );
     let mut h = harness();
     let ps: Vec<PipeId> = (0..pipes).map(|_| h.open_ok(1)).collect();
     let recycled = h.d().recycled;
@@ -2796,11 +2811,11 @@ fn steady_state_transceive_loop() {
         ps[0],
         crate::engine::command::Callback::new(move |ctx, _| {
             for p in first {
-                transceive_loop(ctx, p, vec![0x5a; 64], c.clone());
+                transceive_loop(ctx, p, vec![0x5a; 64], c.clone(), shape);
             }
         }),
     );
-    let reply = [0xa5u8; 64];
+    let reply = &LOOP_REPLY[..shape.reply];
     let mut rounds = 0;
     while !h.d().ids(K::Send).is_empty() {
         let multi: Vec<(RawFd, SqeId)> = h
@@ -2823,7 +2838,7 @@ fn steady_state_transceive_loop() {
                 .iter()
                 .find(|(fd, _)| *fd == raw)
                 .expect("the pipe's multishot receive");
-            h.d().chunk(ms, &reply, 0);
+            h.d().chunk(ms, reply, 0);
         }
         h.turn();
         rounds += 1;
@@ -2841,4 +2856,46 @@ fn steady_state_transceive_loop() {
         "only the pipes' multishot receives are left"
     );
     assert_eq!(h.d().recycled - recycled, total, "request buffers recycled");
+}
+
+/// A loop test's setting from the environment (perf/instructions.py).
+fn loop_env(k: &str, default: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Steady-state transceives on several pipes through the fake driver, the
+/// bench's pattern: each send completes in full and the pipe's multishot
+/// receive brings the 64-byte reply; every reply arrives, no op entry is
+/// left behind and every request buffer goes back to the driver. It is
+/// also the loop whose instructions per transceive perf/README.md counts
+/// under callgrind (scaled by `OPIPE_LOOP_PIPES`, `OPIPE_LOOP_TRANSCEIVES`).
+#[test]
+fn steady_state_transceive_loop() {
+    run_transceive_loop(
+        loop_env("OPIPE_LOOP_PIPES", 16),
+        loop_env("OPIPE_LOOP_TRANSCEIVES", 2_000),
+        LoopShape {
+            reply: 64,
+            max_out: 4280,
+        },
+    );
+}
+
+/// The same loop on the overflow path (the bench's `--reply-size 4280
+/// --max-out 1024`): each 4 280-byte reply comes as one chunk, the
+/// transceive takes 1 024 bytes and `STATUS_BUFFER_OVERFLOW`, and the
+/// rest is read at once from what the chunk left.
+#[test]
+fn steady_state_overflow_loop() {
+    run_transceive_loop(
+        loop_env("OPIPE_LOOP_PIPES", 16),
+        loop_env("OPIPE_LOOP_TRANSCEIVES", 2_000),
+        LoopShape {
+            reply: 4280,
+            max_out: 1024,
+        },
+    );
 }
