@@ -39,9 +39,6 @@ impl<D: OpDriver> Core<D> {
                 return self.reject(notify, NtStatus::CANCELLED);
             }
         }
-        if let Err(s) = self.live_pipe(pipe) {
-            return self.reject(notify, s);
-        }
         let max_out = match &io {
             PipeIo::Transceive { max_out, .. }
             | PipeIo::Read { max_out }
@@ -53,12 +50,20 @@ impl<D: OpDriver> Core<D> {
             PipeIo::Write { data } => data.len(),
             PipeIo::Read { .. } | PipeIo::Peek { .. } => 0,
         };
+        // The pipe's entry is looked up once: whether it takes requests,
+        // where the reply comes from, its socket and session.
+        let rules = self.reply_rules(pipe);
+        let kept = self.drv.features().kept_sockets;
+        let pe = match self.live_pipe(pipe) {
+            Ok(pe) => pe,
+            Err(s) => return self.reject(notify, s),
+        };
         if max_out > MAX_IO_BYTES || input_len > MAX_IO_BYTES {
             // Larger than any SMB2 read, write or IOCTL: refuse rather than
             // allocate it (and no SQE length is ever truncated to 32 bits).
             return self.reject(notify, NtStatus::INVALID_PARAMETER);
         }
-        let from = match self.reply_from(pipe, &io, max_out) {
+        let from = match rules.reply_from(pe, &io, max_out) {
             Ok(from) => from,
             Err(hold) => return self.defer(pipe, io, notify, hold),
         };
@@ -67,10 +72,7 @@ impl<D: OpDriver> Core<D> {
             // driver holds sockets by count, that count touched).
             return self.read_pushback(pipe, *max_out, notify);
         }
-        let (fd, session) = match self.pipe_fd(pipe) {
-            Ok(x) => x,
-            Err(s) => return self.reject(notify, s),
-        };
+        let (fd, session) = (pe.sock(kept), pe.session);
         let at = Start {
             pipe,
             fd,
@@ -113,53 +115,31 @@ impl<D: OpDriver> Core<D> {
     }
 
     /// Where the reply of a request that may start now comes from, or why
-    /// it must wait (see [`Hold`]). A lent chunk's rest (`Core::lent_rest`)
-    /// counts as the pipe's pushback.
+    /// it must wait (see [`Hold`], [`ReplyRules::reply_from`]).
     pub(super) fn reply_from(
         &mut self,
         pipe: PipeId,
         io: &PipeIo,
         max_out: usize,
     ) -> Result<ReplyFrom, Hold> {
-        let pool_buf = self.drv.recv_pool_buf_bytes();
-        // Message pipes (Samba dialect) take the multishot receive too: its
-        // chunks join the raw stream in the pushback and a waiter gets its
-        // reply once the whole message is there (`feed_waiters`), so a reply
-        // of any `max_out` fits, however many chunks its message spans.
-        let msg_mode = self.message_mode();
-        let multishot_ok =
-            self.cfg.multishot && !self.multishot_disabled && self.cfg.buffers == BufferMode::Plain;
-        let lent_rest = self.lent_rest.is_some_and(|(p, _)| p == pipe);
-        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
-            return Err(Hold::Drain);
-        };
-        if pe.draining > 0 {
-            return Err(Hold::Drain);
+        let rules = self.reply_rules(pipe);
+        match self.pipes.get_mut(pipe.index, pipe.gen) {
+            Some(pe) => rules.reply_from(pe, io, max_out),
+            None => Err(Hold::Drain),
         }
-        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
-        if reads_socket && max_out == 0 {
-            return Ok(ReplyFrom::Nothing);
+    }
+
+    /// What decides where a request's reply comes from, besides its pipe's
+    /// entry.
+    fn reply_rules(&self, pipe: PipeId) -> ReplyRules {
+        ReplyRules {
+            pool_buf: self.drv.recv_pool_buf_bytes(),
+            msg_mode: self.message_mode(),
+            multishot_ok: self.cfg.multishot
+                && !self.multishot_disabled
+                && self.cfg.buffers == BufferMode::Plain,
+            lent_rest: self.lent_rest.is_some_and(|(p, _)| p == pipe),
         }
-        if msg_mode {
-            if overflow::message_ready(&pe.pushback, pe.msg_left) {
-                return Ok(ReplyFrom::Pushback);
-            }
-        } else if !pe.pushback.is_empty() || lent_rest {
-            return Ok(ReplyFrom::Pushback);
-        }
-        // The reply of a transceive, or a read's data, comes from the pipe's
-        // multishot receive: the request is one SEND SQE or none at all.
-        // Larger reads of a byte stream keep one receive of their own size
-        // (a chunk is at most one pool buffer); a message is put together
-        // from as many chunks as it takes.
-        let fits = msg_mode || max_out <= pool_buf;
-        if multishot_ok && pool_buf > 0 && fits && !pe.eof && !pe.closing {
-            return Ok(ReplyFrom::Multishot);
-        }
-        if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {
-            return Err(Hold::OwnReceive);
-        }
-        Ok(ReplyFrom::Chain)
     }
 
     /// Parks a request until `reply_from` lets it start. One that needs a
@@ -660,5 +640,61 @@ impl IntoIterator for ChainBuf {
     type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<(Op, u8)>, MAX_CHAIN>>;
     fn into_iter(self) -> Self::IntoIter {
         self.ops.into_iter().flatten()
+    }
+}
+
+/// What decides where a request's reply comes from, besides its pipe's
+/// entry (see [`Core::reply_from`]).
+#[derive(Clone, Copy)]
+pub(super) struct ReplyRules {
+    /// Bytes of a receive-pool buffer (0: no pool).
+    pool_buf: usize,
+    /// Message pipes (Samba dialect).
+    msg_mode: bool,
+    /// The ring may use multishot receives at all.
+    multishot_ok: bool,
+    /// A lent chunk's rest (`Core::lent_rest`) is this pipe's: it counts
+    /// as its pushback.
+    lent_rest: bool,
+}
+
+impl ReplyRules {
+    /// Where the reply of a request on `pe` that may start now comes
+    /// from, or why it must wait (see [`Hold`]).
+    pub(super) fn reply_from(
+        self,
+        pe: &PipeEntry,
+        io: &PipeIo,
+        max_out: usize,
+    ) -> Result<ReplyFrom, Hold> {
+        if pe.draining > 0 {
+            return Err(Hold::Drain);
+        }
+        let reads_socket = matches!(io, PipeIo::Transceive { .. } | PipeIo::Read { .. });
+        if reads_socket && max_out == 0 {
+            return Ok(ReplyFrom::Nothing);
+        }
+        if self.msg_mode {
+            if overflow::message_ready(&pe.pushback, pe.msg_left) {
+                return Ok(ReplyFrom::Pushback);
+            }
+        } else if !pe.pushback.is_empty() || self.lent_rest {
+            return Ok(ReplyFrom::Pushback);
+        }
+        // The reply of a transceive, or a read's data, comes from the pipe's
+        // multishot receive: the request is one SEND SQE or none at all.
+        // Larger reads of a byte stream keep one receive of their own size
+        // (a chunk is at most one pool buffer); a message is put together
+        // from as many chunks as it takes (its chunks join the raw stream
+        // in the pushback and a waiter gets its reply once the whole
+        // message is there, `feed_waiters`).
+        let fits = self.msg_mode || max_out <= self.pool_buf;
+        if self.multishot_ok && self.pool_buf > 0 && fits && !pe.eof && !pe.closing {
+            return Ok(ReplyFrom::Multishot);
+        }
+        if reads_socket && (!pe.multishot.is_off() || !pe.waiters.is_empty()) {
+            return Err(Hold::OwnReceive);
+        }
+        Ok(ReplyFrom::Chain)
     }
 }
