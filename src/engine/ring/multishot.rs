@@ -226,33 +226,59 @@ impl<D: OpDriver> Core<D> {
     /// the rest into the pushback; any other case copies the chunk into
     /// the pushback and feeds the waiters from there.
     pub(super) fn multishot_lent_chunk(&mut self, pipe: PipeId, nonempty: bool) {
-        let len = self.drv.lent_chunk().len();
-        let Some((w, max_out)) = self.direct_waiter(pipe) else {
-            let mut data = self.drv.spare_buf();
-            data.extend_from_slice(self.drv.lent_chunk());
+        let msg_mode = self.message_mode();
+        let Core {
+            pipes, ops, drv, ..
+        } = self;
+        let len = drv.lent_chunk().len();
+        // The request the chunk's front goes to directly: the first waiter
+        // of a byte pipe whose pushback is empty, if it still awaits its
+        // reply. Its pipe and op entries are looked up once, here.
+        let direct = if msg_mode {
+            None
+        } else {
+            pipes
+                .get_mut(pipe.index, pipe.gen)
+                .filter(|pe| pe.pushback.is_empty())
+                .and_then(|pe| {
+                    let w = *pe.waiters.front()?;
+                    let e = ops.get_mut(w.0, w.1)?;
+                    let max_out = match &e.kind {
+                        Kind::Transceive {
+                            reply: Reply::Awaited,
+                            max_out,
+                            ..
+                        }
+                        | Kind::Read {
+                            reply: Reply::Awaited,
+                            max_out,
+                            ..
+                        } => *max_out,
+                        _ => return None,
+                    };
+                    Some((pe, w, e, max_out))
+                })
+        };
+        let Some((pe, w, e, max_out)) = direct else {
+            let mut data = drv.spare_buf();
+            data.extend_from_slice(drv.lent_chunk());
             return self.multishot_chunk(pipe, data, nonempty);
         };
         let n = len.min(max_out);
-        let mut share = self.drv.spare_buf();
+        let mut share = drv.spare_buf();
         if n < len {
             // An overflow: the caller will likely append the rest behind
             // this share (`read_append_with`), so it gets room for all.
             share.reserve(len);
         }
-        share.extend_from_slice(&self.drv.lent_chunk()[..n]);
-        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
-            return;
-        };
+        share.extend_from_slice(&drv.lent_chunk()[..n]);
         pe.waiters.pop_front();
         let more = if n < len {
             More::Yes
         } else {
             overflow::more_behind(&pe.pushback, nonempty)
         };
-        let idle = self
-            .ops
-            .get_mut(w.0, w.1)
-            .is_some_and(|e| e.got_reply(share, more));
+        let idle = e.got_reply(share, more);
         if n < len {
             // The rest stays in the pool buffer while the waiter finishes:
             // a callback that reads it at once copies it from there, once.
@@ -266,33 +292,6 @@ impl<D: OpDriver> Core<D> {
         self.settle_lent();
         if n < len {
             self.feed_pushback(pipe, nonempty);
-        }
-    }
-
-    /// The request a lent chunk's front goes to directly, and its
-    /// `max_out`: the first waiter of a byte pipe whose pushback is empty
-    /// (else `None`: the chunk takes the general way).
-    fn direct_waiter(&mut self, pipe: PipeId) -> Option<((u32, u32), usize)> {
-        if self.message_mode() {
-            return None;
-        }
-        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
-        if !pe.pushback.is_empty() {
-            return None;
-        }
-        let w = *pe.waiters.front()?;
-        match &self.ops.get_mut(w.0, w.1)?.kind {
-            Kind::Transceive {
-                reply: Reply::Awaited,
-                max_out,
-                ..
-            }
-            | Kind::Read {
-                reply: Reply::Awaited,
-                max_out,
-                ..
-            } => Some((w, *max_out)),
-            _ => None,
         }
     }
 
