@@ -14,14 +14,7 @@ use crate::ring::{Op, OpDriver, Sock};
 impl<D: OpDriver> Core<D> {
     /// An open pipe of this ring that takes requests (not closing).
     pub(super) fn live_pipe(&mut self, pipe: PipeId) -> Result<&mut PipeEntry, NtStatus> {
-        if pipe.ring != self.ring_index {
-            return Err(NtStatus::INVALID_HANDLE);
-        }
-        match self.pipes.get_mut(pipe.index, pipe.gen) {
-            None => Err(NtStatus::INVALID_HANDLE),
-            Some(p) if p.closing => Err(NtStatus::FILE_CLOSED),
-            Some(p) => Ok(p),
-        }
+        live_entry(&mut self.pipes, self.ring_index, pipe)
     }
 
     /// A live pipe's socket, for its ops, and session. Named by
@@ -114,24 +107,9 @@ impl<D: OpDriver> Core<D> {
         }
     }
 
-    /// Where the reply of a request that may start now comes from, or why
-    /// it must wait (see [`Hold`], [`ReplyRules::reply_from`]).
-    pub(super) fn reply_from(
-        &mut self,
-        pipe: PipeId,
-        io: &PipeIo,
-        max_out: usize,
-    ) -> Result<ReplyFrom, Hold> {
-        let rules = self.reply_rules(pipe);
-        match self.pipes.get_mut(pipe.index, pipe.gen) {
-            Some(pe) => rules.reply_from(pe, io, max_out),
-            None => Err(Hold::Drain),
-        }
-    }
-
     /// What decides where a request's reply comes from, besides its pipe's
     /// entry.
-    fn reply_rules(&self, pipe: PipeId) -> ReplyRules {
+    pub(super) fn reply_rules(&self, pipe: PipeId) -> ReplyRules {
         ReplyRules {
             pool_buf: self.drv.recv_pool_buf_bytes(),
             msg_mode: self.message_mode(),
@@ -643,8 +621,26 @@ impl IntoIterator for ChainBuf {
     }
 }
 
+/// [`Core::live_pipe`] on the pipe table alone (`ring`: the ring's index),
+/// for a caller that holds other fields of the core meanwhile.
+pub(super) fn live_entry(
+    pipes: &mut Slab<PipeEntry>,
+    ring: usize,
+    pipe: PipeId,
+) -> Result<&mut PipeEntry, NtStatus> {
+    if pipe.ring != ring {
+        return Err(NtStatus::INVALID_HANDLE);
+    }
+    match pipes.get_mut(pipe.index, pipe.gen) {
+        None => Err(NtStatus::INVALID_HANDLE),
+        Some(p) if p.closing => Err(NtStatus::FILE_CLOSED),
+        Some(p) => Ok(p),
+    }
+}
+
 /// What decides where a request's reply comes from, besides its pipe's
-/// entry (see [`Core::reply_from`]).
+/// entry: the ring's settings, and whether a lent chunk's rest is the
+/// pipe's ([`ReplyRules::reply_from`] applies them).
 #[derive(Clone, Copy)]
 pub(super) struct ReplyRules {
     /// Bytes of a receive-pool buffer (0: no pool).

@@ -208,7 +208,20 @@ impl<D: OpDriver> Core<D> {
     /// After a chunk joined `pipe`'s pushback: its waiting requests take
     /// their shares; if the pushback still holds too much, nobody is
     /// reading and the receive stops.
+    /// (Inline up to its first look: after an overflow whose rest the
+    /// caller read at once, the pushback is empty.)
+    #[inline(always)]
     fn feed_pushback(&mut self, pipe: PipeId, nonempty: bool) {
+        let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
+            return;
+        };
+        if !pe.pushback.is_empty() {
+            self.feed_pushback_now(pipe, nonempty);
+        }
+    }
+
+    #[inline(never)]
+    fn feed_pushback_now(&mut self, pipe: PipeId, nonempty: bool) {
         self.feed_waiters(pipe, nonempty);
         let Some(pe) = self.pipes.get_mut(pipe.index, pipe.gen) else {
             return;

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use super::io::live_entry;
 use super::overflow::{self, message_result, transceive_result};
 use super::*;
 use crate::engine::command::Outcome;
@@ -47,23 +48,24 @@ impl<D: OpDriver> Core<D> {
         buf: &mut Vec<u8>,
         max_out: usize,
     ) -> Option<usize> {
-        if self.message_mode() || max_out > MAX_IO_BYTES || self.live_pipe(pipe).is_err() {
+        if self.message_mode() || max_out > MAX_IO_BYTES {
             return None;
         }
+        // The pipe's entry is looked up once (as in `start_io`).
+        let rules = self.reply_rules(pipe);
+        let lent = self.lent_rest.filter(|&(p, _)| p == pipe);
+        let pe = live_entry(&mut self.pipes, self.ring_index, pipe).ok()?;
         let io = PipeIo::Read { max_out };
-        if self.reply_from(pipe, &io, max_out) != Ok(ReplyFrom::Pushback) {
+        if rules.reply_from(pe, &io, max_out) != Ok(ReplyFrom::Pushback) {
             return None;
         }
-        if let Some((p, off)) = self.lent_rest {
-            if p == pipe {
-                let rest = self.drv.lent_chunk().get(off..).unwrap_or_default();
-                let n = rest.len().min(max_out);
-                buf.extend_from_slice(&rest[..n]);
-                self.lent_rest = (n < rest.len()).then_some((p, off + n));
-                return Some(n);
-            }
+        if let Some((p, off)) = lent {
+            let rest = self.drv.lent_chunk().get(off..).unwrap_or_default();
+            let n = rest.len().min(max_out);
+            buf.extend_from_slice(&rest[..n]);
+            self.lent_rest = (n < rest.len()).then_some((p, off + n));
+            return Some(n);
         }
-        let pe = self.pipes.get_mut(pipe.index, pipe.gen)?;
         let n = pe.pushback.len().min(max_out);
         if n == 0 {
             return None;
