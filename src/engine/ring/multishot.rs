@@ -33,21 +33,9 @@ impl<D: OpDriver> Core<D> {
             let Some(e) = self.ops.get_mut(w.0, w.1) else {
                 continue;
             };
-            let max_out = match &e.kind {
-                Kind::Transceive {
-                    reply: Reply::Awaited,
-                    max_out,
-                    ..
-                }
-                | Kind::Read {
-                    reply: Reply::Awaited,
-                    max_out,
-                    ..
-                } => *max_out,
-                _ => {
-                    debug_assert!(false, "a multishot waiter that awaits no reply");
-                    continue;
-                }
+            let Some(max_out) = e.awaited_max_out() else {
+                debug_assert!(false, "a multishot waiter that awaits no reply");
+                continue;
             };
             let (data, more) = if msg_mode {
                 match overflow::take_message(&mut pe.pushback, &mut pe.msg_left, max_out) {
@@ -256,19 +244,7 @@ impl<D: OpDriver> Core<D> {
                 .and_then(|pe| {
                     let w = *pe.waiters.front()?;
                     let e = ops.get_mut(w.0, w.1)?;
-                    let max_out = match &e.kind {
-                        Kind::Transceive {
-                            reply: Reply::Awaited,
-                            max_out,
-                            ..
-                        }
-                        | Kind::Read {
-                            reply: Reply::Awaited,
-                            max_out,
-                            ..
-                        } => *max_out,
-                        _ => return None,
-                    };
+                    let max_out = e.awaited_max_out()?;
                     Some((pe, w, e, max_out))
                 })
         };
@@ -325,6 +301,25 @@ impl<D: OpDriver> Core<D> {
 }
 
 impl OpEntry {
+    /// The `max_out` of a transceive or read still awaiting its reply
+    /// (a multishot waiter about to get its share); `None` for any other.
+    #[inline(always)]
+    fn awaited_max_out(&self) -> Option<usize> {
+        match &self.kind {
+            Kind::Transceive {
+                reply: Reply::Awaited,
+                max_out,
+                ..
+            }
+            | Kind::Read {
+                reply: Reply::Awaited,
+                max_out,
+                ..
+            } => Some(*max_out),
+            _ => None,
+        }
+    }
+
     /// Gives a waiting transceive or read its reply (a multishot chunk's
     /// share, or its part of the pushback). Whether the request is idle
     /// now, none of its SQEs in flight: it may finish. (Inlined: called
