@@ -58,16 +58,13 @@ impl<D: OpDriver> Core<D> {
                 if io_step(&mut e.kind, step, c, drv, plain) {
                     self.claim_reply(key);
                 } else if !cancelled {
-                    // Most I/O completions (a SEND, a probe): what comes
-                    // next is decided with the entry in hand.
-                    if e.pending > 0 {
-                        return;
-                    }
-                    return match next_step(&e.kind) {
-                        // Sent; the reply comes with the multishot
-                        // receive's next chunk (the common case).
-                        Next::Wait => {}
-                        next => {
+                    // Most I/O completions (a SEND, a probe): `chain_over`
+                    // with the entry in hand.
+                    return match e.next_if_over() {
+                        // Still in flight, or sent and waiting for the
+                        // multishot receive's next chunk (the common case).
+                        None | Some(Next::Wait) => {}
+                        Some(next) => {
                             let pipe = e.pipe;
                             self.after_chain(key, next, pipe)
                         }
@@ -103,13 +100,8 @@ impl<D: OpDriver> Core<D> {
         let Some(e) = self.ops.get_mut(key.0, key.1) else {
             return;
         };
-        if e.pending > 0 {
+        let Some(next) = e.next_if_over() else {
             return;
-        }
-        let next = if e.cancelled {
-            Next::Finish
-        } else {
-            next_step(&e.kind)
         };
         let pipe = e.pipe;
         self.after_chain(key, next, pipe);
@@ -134,6 +126,22 @@ impl<D: OpDriver> Core<D> {
             set_status(&mut e.kind, status);
         }
         self.finish_if_idle(key);
+    }
+}
+
+impl OpEntry {
+    /// What the op does next once none of its SQEs is in flight (`None`
+    /// while one is): a cancelled op finishes, any other as its kind says.
+    #[inline(always)]
+    fn next_if_over(&self) -> Option<Next> {
+        if self.pending > 0 {
+            return None;
+        }
+        Some(if self.cancelled {
+            Next::Finish
+        } else {
+            next_step(&self.kind)
+        })
     }
 }
 

@@ -2743,7 +2743,8 @@ fn small_callbacks_are_kept_inline_large_ones_boxed_and_each_runs_once() {
 const LOOP_REPLY: [u8; 4280] = [0xa5; 4280];
 
 /// A loop test's replies: `reply` bytes each, transceives asking for at
-/// most `max_out` (less than `reply`: the rest is read after each one).
+/// most `max_out` (when that is less than `reply`, the rest is read after
+/// each one).
 #[derive(Clone, Copy)]
 struct LoopShape {
     reply: usize,
