@@ -25,8 +25,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::bufring::{BufRing, Lent};
 use super::files::FixedFiles;
 use super::op::{
-    Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token,
-    WakeFd,
+    keeps_spare, Backend, Completion, Features, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock,
+    SqeId, Token, WakeFd,
 };
 use super::reap::{self, Reaped, Slot, KIND_CANCEL, KIND_HELD, KIND_OP, KIND_WAKE, NOT_MULTI};
 use super::setup::{new_ring, probe_features, RingError, SetupFlags};
@@ -228,7 +228,7 @@ impl Driver {
             .recv_pool
             .as_ref()
             .map_or(0, |p| usize::from(p.count()));
-        if cap > 0 && cap <= self.recv_pool_buf_bytes() && self.spare.len() < max_spare {
+        if keeps_spare(cap, self.recv_pool_buf_bytes(), self.spare.len(), max_spare) {
             buf.clear();
             // The top spare is the next one handed out: start fetching it
             // now (with many pipes it was last touched a round trip ago).

@@ -34,7 +34,7 @@ pub use backend::{Backend, BackendChoice};
 pub(crate) use driver::{Driver, DriverConfig};
 pub(crate) use epoll::EpollDriver;
 #[cfg(test)]
-pub(crate) use op::Features;
+pub(crate) use op::{keeps_spare, Features};
 pub(crate) use op::{
     Completion, HeldSend, Op, OpDriver, RegBuf, SendBuf, Sock, SqeId, Token, UnixAddr, WakeFd,
 };

@@ -519,6 +519,15 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// Whether a driver keeps a given-back buffer of `cap` bytes as a spare
+/// for a later pooled receive, while it keeps `kept` of at most `max`:
+/// only one no larger than a receive-pool buffer (`pool_buf` bytes), so
+/// the spares hold at most the pool's memory again.
+#[inline]
+pub(crate) fn keeps_spare(cap: usize, pool_buf: usize, kept: usize, max: usize) -> bool {
+    cap > 0 && cap <= pool_buf && kept < max
+}
+
 /// An owned-resource operation driver (see [`Driver`](super::driver::Driver) for the contract of
 /// each method; every implementation follows it exactly). A driver owns
 /// what it holds (`'static`): the engine's ring callbacks see the core

@@ -480,7 +480,7 @@ impl OpDriver for FakeDriver {
     fn recycle(&mut self, mut buf: Vec<u8>) {
         self.recycled += 1;
         let cap = buf.capacity();
-        if cap > 0 && cap <= self.pool_buf && self.spares.len() < FAKE_SPARES {
+        if crate::ring::keeps_spare(cap, self.pool_buf, self.spares.len(), FAKE_SPARES) {
             buf.clear();
             self.spares.push(buf);
         }
