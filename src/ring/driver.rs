@@ -110,8 +110,10 @@ pub struct Driver {
     /// its completion finds the token here (8 bytes, no slot) and
     /// `take_back` tells whether its bytes are still read.
     held: Vec<u64>,
-    /// SQEs that did not fit in the SQ yet; their ops are already in slots.
-    backlog: VecDeque<squeue::Entry>,
+    /// SQEs that did not fit in the SQ yet (their ops are already in
+    /// slots), each with whether it links on to the next: a chain moves
+    /// into the SQ whole (see [`Driver::push_chain`]).
+    backlog: VecDeque<(squeue::Entry, bool)>,
     wake: Arc<WakeFd>,
     wake_buf: Box<u64>,
     wake_armed: bool,
@@ -351,6 +353,17 @@ impl Driver {
     /// failure or short read completes the rest with `-ECANCELED`.
     pub fn push_chain(&mut self, ops: impl IntoIterator<Item = (Op, u64)>, ids: &mut Vec<SqeId>) {
         ids.clear();
+        let ops = ops.into_iter();
+        // A chain enters the SQ whole: the kernel ends a link at the end of
+        // a submission, so a chain split over two would run as two, its
+        // second part not waiting for the first. One that may not fit (or
+        // would overtake the backlog) waits in the backlog, whole.
+        let fits = match ops.size_hint().1 {
+            // One SQE cannot be split; `queue` keeps the order.
+            Some(n) if n <= 1 => true,
+            Some(n) => self.backlog.is_empty() && n <= self.sq_room(),
+            None => false,
+        };
         // Each SQE is queued once the next one is known, so the link flag
         // goes on every entry but the last without a temporary vector.
         let mut prev: Option<squeue::Entry> = None;
@@ -358,13 +371,29 @@ impl Driver {
             let (ud, sqe) = self.insert(op, token);
             ids.push(SqeId::from_token(Token::from_raw(ud)));
             if let Some(p) = prev.take() {
-                self.queue(p.flags(squeue::Flags::IO_LINK));
+                self.queue_link(p.flags(squeue::Flags::IO_LINK), true, fits);
             }
             prev = Some(sqe);
         }
         if let Some(p) = prev {
-            self.queue(p);
+            self.queue_link(p, false, fits);
         }
+    }
+
+    /// One SQE of a chain (`links`: the chain goes on after it): into the
+    /// SQ if the whole chain `fits`, else to the backlog.
+    fn queue_link(&mut self, e: squeue::Entry, links: bool, fits: bool) {
+        if fits {
+            self.queue(e);
+        } else {
+            self.backlog.push_back((e, links));
+        }
+    }
+
+    /// Free entries in the submission queue right now.
+    fn sq_room(&mut self) -> usize {
+        let sq = self.ring.submission();
+        sq.capacity().saturating_sub(sq.len())
     }
 
     /// Asks the kernel to cancel one operation. Its completion then arrives
@@ -389,17 +418,31 @@ impl Driver {
                 return;
             }
         }
-        self.backlog.push_back(e);
+        self.backlog.push_back((e, false));
     }
 
+    /// Moves the backlog into the SQ, a whole chain at a time, while the
+    /// next chain fits.
     fn flush_backlog(&mut self) {
-        while let Some(e) = self.backlog.front() {
-            // SAFETY: as in `queue`: the entry's resources live in a slot.
-            if unsafe { self.ring.submission().push(e) }.is_err() {
-                break;
+        // The backlog's first chain ends at its first entry that does not
+        // link on (`push_chain` adds chains whole, so there is one).
+        while let Some(last) = self.backlog.iter().position(|&(_, links)| !links) {
+            if self.sq_room() <= last {
+                return;
             }
-            self.backlog.pop_front();
+            for _ in 0..=last {
+                let Some((e, links)) = self.backlog.pop_front() else {
+                    break;
+                };
+                // SAFETY: as in `queue`: the entry's resources live in a slot.
+                if unsafe { self.ring.submission().push(&e) }.is_err() {
+                    debug_assert!(false, "the SQ had room for the whole chain");
+                    self.backlog.push_front((e, links));
+                    return;
+                }
+            }
         }
+        debug_assert!(self.backlog.is_empty(), "a chain without its end");
     }
 
     fn arm_wake(&mut self) {
@@ -760,6 +803,69 @@ mod tests {
         assert!(!cqueue::sock_nonempty(
             !super::super::op::CQE_F_SOCK_NONEMPTY
         ));
+    }
+
+    /// A chain pushed when the SQ has room for only part of it waits in the
+    /// backlog and enters the SQ whole: still linked, its second SQE is
+    /// cancelled when the first fails. (Split over two submissions, the
+    /// second would run on its own and succeed.)
+    #[test]
+    fn a_chain_enters_the_submission_queue_whole() {
+        let Some(mut drv) = test_driver(small_config()) else {
+            return;
+        };
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(ours));
+        let room = drv.sq_room();
+        assert!(room >= 2, "SQ of {room}");
+        for i in 0..room - 1 {
+            let op = Op::Send {
+                fd: fd.clone().into(),
+                buf: vec![1u8].into(),
+                start: 0,
+            };
+            drv.push(op, i as u64);
+        }
+        assert_eq!(drv.sq_room(), 1);
+        // Nothing to read: the receive fails (EAGAIN), which cancels the
+        // send linked after it.
+        let recv = Op::Recv {
+            fd: fd.clone().into(),
+            buf: Vec::with_capacity(8),
+            len: 8,
+            flags: libc::MSG_DONTWAIT,
+        };
+        let send = Op::Send {
+            fd: fd.clone().into(),
+            buf: vec![2u8; 4].into(),
+            start: 0,
+        };
+        let mut ids = Vec::new();
+        drv.push_chain([(recv, 100), (send, 101)], &mut ids);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(drv.sq_room(), 1, "the chain waits whole in the backlog");
+        let mut done = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < room + 1 && std::time::Instant::now() < deadline {
+            // Waiting runs the deferred task work that ends the chain.
+            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            drv.reap(&mut done);
+        }
+        let result = |t: u64| done.iter().find(|c| c.token == t).map(|c| c.result);
+        assert_eq!(
+            result(100),
+            Some(-libc::EAGAIN),
+            "the receive found nothing"
+        );
+        assert_eq!(
+            result(101),
+            Some(-libc::ECANCELED),
+            "the send stayed linked"
+        );
+        let mut got = vec![0u8; room - 1];
+        theirs.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&b| b == 1), "only the single sends arrived");
     }
 
     /// A backlog four times the submission queue, every SQE a send that
