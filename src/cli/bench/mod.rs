@@ -131,13 +131,15 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     rings: Option<u16>,
 
-    /// Submission queue entries per ring of opipe's engine (default: three
-    /// per pipe, a power of two, 64-32768; EngineConfig::sq_entries).
+    /// Submission queue entries per ring of opipe's engine (default: 256;
+    /// more SQEs in one turn wait in the driver's backlog;
+    /// EngineConfig::sq_entries).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]
     sq_entries: Option<u32>,
 
-    /// Completion queue entries per ring of opipe's engine (default: twice
-    /// the submission queue; EngineConfig::cq_entries).
+    /// Completion queue entries per ring of opipe's engine (default: four
+    /// per pipe of a ring, a power of two, 1024-65536;
+    /// EngineConfig::cq_entries).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     cq_entries: Option<u32>,
 

@@ -45,6 +45,11 @@ pub struct Tuning {
     pub cq_entries: Option<u32>,
 }
 
+/// The bench's submission queue per ring (`--sq-entries`).
+const SQ_ENTRIES: u32 = 256;
+/// The largest completion queue the bench gives a ring by default.
+const MAX_CQ_ENTRIES: usize = 65536;
+
 impl Peer for UringPeer {
     fn name(&self) -> &'static str {
         match self.buffers {
@@ -63,11 +68,19 @@ impl Peer for UringPeer {
         cfg.multishot = t.multishot;
         cfg.rings = t.rings;
         cfg.open_timeout = Duration::from_secs(10);
-        // Room for every pipe's chain in one submission.
-        cfg.sq_entries = t
-            .sq_entries
-            .unwrap_or((pipes * 3).next_power_of_two().clamp(64, 32768) as u32);
-        cfg.cq_entries = t.cq_entries.unwrap_or(cfg.sq_entries * 2);
+        // Rings sized by what one ring holds, not by all the pipes: the SQ
+        // only carries a turn's SQEs to the next submit (more wait in the
+        // driver's backlog, a chain whole), and every SQE written lands in
+        // its next slot, so a small SQ stays in the cache; the CQ has room
+        // for four completions per pipe of the ring (a send's and a reply
+        // chunk's, twice over), as uring-min's. perf/README.md, session 15.
+        let per_ring = pipes.div_ceil(t.rings.max(1));
+        cfg.sq_entries = t.sq_entries.unwrap_or(SQ_ENTRIES);
+        cfg.cq_entries = t.cq_entries.unwrap_or(
+            (per_ring * 4)
+                .next_power_of_two()
+                .clamp(1024, MAX_CQ_ENTRIES) as u32,
+        );
         cfg.reg_slots = pipes.clamp(1, u16::MAX as usize) as u16;
         cfg.reg_slot_bytes = run
             .spec
