@@ -44,7 +44,8 @@ pub struct EngineConfig {
     pub open_timeout: Duration,
     /// WAIT's timeout when the request does not specify one (default 5 s).
     pub wait_default_timeout: Duration,
-    /// Submission queue entries per ring (default 4096).
+    /// Submission queue entries per ring (default 4096; at least 8, a
+    /// smaller value is raised: a chain of SQEs enters the queue whole).
     pub sq_entries: u32,
     /// Completion queue entries per ring (default 16384). At least twice
     /// the busy pipes one ring drives is comfortable (a busy pipe can have

@@ -74,7 +74,8 @@ impl Drop for RegPool {
 /// Sizes of a driver.
 #[derive(Debug, Clone, Copy)]
 pub struct DriverConfig {
-    /// Submission queue entries.
+    /// Submission queue entries (at least [`MIN_SQ_ENTRIES`]: a chain
+    /// enters the queue whole, so the longest must fit).
     pub sq_entries: u32,
     /// Completion queue entries (the kernel keeps overflow beyond this).
     pub cq_entries: u32,
@@ -150,11 +151,16 @@ impl std::fmt::Debug for Driver {
     }
 }
 
+/// The smallest submission queue a driver makes: room for the longest
+/// chain the engine pushes (3 SQEs) and the cancels around it, which
+/// enter the queue whole (see [`Driver::push_chain`]).
+pub const MIN_SQ_ENTRIES: u32 = 8;
+
 impl Driver {
     /// Creates the ring (on the calling thread, which must be the only one to
     /// use it), probes the kernel, and registers the buffer pool if asked.
     pub fn new(cfg: &DriverConfig) -> Result<Driver, RingError> {
-        let (ring, flags) = new_ring(cfg.sq_entries, cfg.cq_entries)?;
+        let (ring, flags) = new_ring(cfg.sq_entries.max(MIN_SQ_ENTRIES), cfg.cq_entries)?;
         let features = probe_features(&ring)?;
         let wake = Arc::new(WakeFd::new().map_err(RingError::Io)?);
         let reg = if cfg.reg_slots > 0 && cfg.reg_slot_bytes > 0 {
@@ -866,6 +872,43 @@ mod tests {
         let mut got = vec![0u8; room - 1];
         theirs.read_exact(&mut got).unwrap();
         assert!(got.iter().all(|&b| b == 1), "only the single sends arrived");
+    }
+
+    /// A submission queue asked for smaller than a chain is made large
+    /// enough: a chain of three sends on a driver configured with one SQE
+    /// completes (it would otherwise wait in the backlog for good).
+    #[test]
+    fn a_chain_longer_than_the_asked_queue_still_runs() {
+        let Some(mut drv) = test_driver(DriverConfig {
+            sq_entries: 1,
+            ..small_config()
+        }) else {
+            return;
+        };
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = Rc::new(OwnedFd::from(ours));
+        let chain = (0..3u8).map(|i| {
+            let op = Op::Send {
+                fd: fd.clone().into(),
+                buf: vec![i; 2].into(),
+                start: 0,
+            };
+            (op, u64::from(i))
+        });
+        let mut ids = Vec::new();
+        drv.push_chain(chain, &mut ids);
+        let mut done = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while done.len() < 3 && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            drv.reap(&mut done);
+        }
+        assert_eq!(done.len(), 3, "the chain ran");
+        assert!(done.iter().all(|c| c.result == 2), "every send complete");
+        let mut got = [0u8; 6];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(got, [0, 0, 1, 1, 2, 2]);
     }
 
     /// A backlog four times the submission queue, every SQE a send that
