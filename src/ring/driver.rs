@@ -430,12 +430,15 @@ impl Driver {
     /// Moves the backlog into the SQ, a whole chain at a time, while the
     /// next chain fits.
     fn flush_backlog(&mut self) {
+        // The room is read once: only this loop fills the queue meanwhile.
+        let mut room = self.sq_room();
         // The backlog's first chain ends at its first entry that does not
         // link on (`push_chain` adds chains whole, so there is one).
         while let Some(last) = self.backlog.iter().position(|&(_, links)| !links) {
-            if self.sq_room() <= last {
+            if room <= last {
                 return;
             }
+            room -= last + 1;
             for _ in 0..=last {
                 let Some((e, links)) = self.backlog.pop_front() else {
                     break;
