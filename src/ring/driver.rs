@@ -806,6 +806,27 @@ mod tests {
         }
     }
 
+    /// A send of `bytes` on `fd`.
+    fn send_op(fd: &Rc<OwnedFd>, bytes: Vec<u8>) -> Op {
+        Op::Send {
+            fd: fd.clone().into(),
+            buf: bytes.into(),
+            start: 0,
+        }
+    }
+
+    /// Submits, waits (which also runs the ring's deferred task work) and
+    /// reaps into `done` until it holds `n` completions or `patience` has
+    /// passed.
+    fn reap_until(drv: &mut Driver, done: &mut Vec<Completion>, n: usize, patience: Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        while done.len() < n && std::time::Instant::now() < deadline {
+            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
+                .unwrap();
+            drv.reap(done);
+        }
+    }
+
     #[test]
     fn sock_nonempty_flag_is_the_kernels() {
         assert!(cqueue::sock_nonempty(super::super::op::CQE_F_SOCK_NONEMPTY));
@@ -828,12 +849,7 @@ mod tests {
         let room = drv.sq_room();
         assert!(room >= 2, "SQ of {room}");
         for i in 0..room - 1 {
-            let op = Op::Send {
-                fd: fd.clone().into(),
-                buf: vec![1u8].into(),
-                start: 0,
-            };
-            drv.push(op, i as u64);
+            drv.push(send_op(&fd, vec![1u8]), i as u64);
         }
         assert_eq!(drv.sq_room(), 1);
         // Nothing to read: the receive fails (EAGAIN), which cancels the
@@ -844,23 +860,14 @@ mod tests {
             len: 8,
             flags: libc::MSG_DONTWAIT,
         };
-        let send = Op::Send {
-            fd: fd.clone().into(),
-            buf: vec![2u8; 4].into(),
-            start: 0,
-        };
+        let send = send_op(&fd, vec![2u8; 4]);
         let mut ids = Vec::new();
         drv.push_chain([(recv, 100), (send, 101)], &mut ids);
         assert_eq!(ids.len(), 2);
         assert_eq!(drv.sq_room(), 1, "the chain waits whole in the backlog");
         let mut done = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while done.len() < room + 1 && std::time::Instant::now() < deadline {
-            // Waiting runs the deferred task work that ends the chain.
-            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
-                .unwrap();
-            drv.reap(&mut done);
-        }
+        // Waiting runs the deferred task work that ends the chain.
+        reap_until(&mut drv, &mut done, room + 1, Duration::from_secs(10));
         let result = |t: u64| done.iter().find(|c| c.token == t).map(|c| c.result);
         assert_eq!(
             result(100),
@@ -890,23 +897,11 @@ mod tests {
         };
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = Rc::new(OwnedFd::from(ours));
-        let chain = (0..3u8).map(|i| {
-            let op = Op::Send {
-                fd: fd.clone().into(),
-                buf: vec![i; 2].into(),
-                start: 0,
-            };
-            (op, u64::from(i))
-        });
+        let chain = (0..3u8).map(|i| (send_op(&fd, vec![i; 2]), u64::from(i)));
         let mut ids = Vec::new();
         drv.push_chain(chain, &mut ids);
         let mut done = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while done.len() < 3 && std::time::Instant::now() < deadline {
-            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
-                .unwrap();
-            drv.reap(&mut done);
-        }
+        reap_until(&mut drv, &mut done, 3, Duration::from_secs(10));
         assert_eq!(done.len(), 3, "the chain ran");
         assert!(done.iter().all(|c| c.result == 2), "every send complete");
         let mut got = [0u8; 6];
@@ -931,12 +926,7 @@ mod tests {
         let fd = Rc::new(OwnedFd::from(ours));
         const SENDS: usize = 200;
         for i in 0..SENDS {
-            let op = Op::Send {
-                fd: fd.clone().into(),
-                buf: vec![i as u8; 8].into(),
-                start: 0,
-            };
-            drv.push(op, i as u64);
+            drv.push(send_op(&fd, vec![i as u8; 8]), i as u64);
         }
         let mut done = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1105,12 +1095,7 @@ mod tests {
         );
         // The peer never reads: cancel; the send reports what it moved.
         drv.cancel(id);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while done.is_empty() && std::time::Instant::now() < deadline {
-            drv.submit_and_wait(1, Some(Duration::from_millis(100)))
-                .unwrap();
-            drv.reap(&mut done);
-        }
+        reap_until(&mut drv, &mut done, 1, Duration::from_secs(5));
         assert_eq!(done.len(), 1);
         assert!(
             done[0].result > 1 || done[0].result == -libc::ECANCELED,
@@ -1159,12 +1144,7 @@ mod tests {
                 drv.push(op, u64::from(i));
             }
             let mut done = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while done.len() < 3 && std::time::Instant::now() < deadline {
-                drv.submit_and_wait(1, Some(Duration::from_millis(50)))
-                    .unwrap();
-                drv.reap(&mut done);
-            }
+            reap_until(&mut drv, &mut done, 3, Duration::from_secs(10));
             assert!(done.iter().all(|c| c.result == 8), "round {round}: sent");
             let mut got = [0u8; 24];
             theirs.read_exact(&mut got).unwrap();
@@ -1219,12 +1199,7 @@ mod tests {
             let mut got = vec![0u8; 4 << 20];
             theirs.read_exact(&mut got).map(|()| got)
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while done.is_empty() && std::time::Instant::now() < deadline {
-            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
-                .unwrap();
-            drv.reap(&mut done);
-        }
+        reap_until(&mut drv, &mut done, 1, Duration::from_secs(10));
         assert_eq!(done.len(), 1, "one final completion");
         assert_eq!(done[0].token, token, "the pusher's token");
         assert!(matches!(done[0].op, Op::Sent));
@@ -1239,11 +1214,7 @@ mod tests {
             .push_send_held(kept, b"z".to_vec().into(), 0, token)
             .unwrap();
         done.clear();
-        while done.is_empty() && std::time::Instant::now() < deadline {
-            drv.submit_and_wait(1, Some(Duration::from_millis(50)))
-                .unwrap();
-            drv.reap(&mut done);
-        }
+        reap_until(&mut drv, &mut done, 1, Duration::from_secs(10));
         assert!(drv.take_back(again).is_ok());
     }
 }
