@@ -44,8 +44,11 @@ pub struct EngineConfig {
     pub open_timeout: Duration,
     /// WAIT's timeout when the request does not specify one (default 5 s).
     pub wait_default_timeout: Duration,
-    /// Submission queue entries per ring (default 4096; at least 8, a
+    /// Submission queue entries per ring (default 256; at least 8, a
     /// smaller value is raised: a chain of SQEs enters the queue whole).
+    /// The queue only carries a turn's SQEs to the next submit (more wait
+    /// in the driver's backlog), and each SQE is written in its next slot:
+    /// a large queue is a cache miss per SQE (perf/README.md, session 15).
     pub sq_entries: u32,
     /// Completion queue entries per ring (default 16384). At least twice
     /// the busy pipes one ring drives is comfortable (a busy pipe can have
@@ -94,7 +97,7 @@ impl EngineConfig {
             backend: BackendChoice::Auto,
             open_timeout: Duration::from_secs(5),
             wait_default_timeout: Duration::from_secs(5),
-            sq_entries: 4096,
+            sq_entries: 256,
             cq_entries: 16384,
             reg_slots: 1024,
             reg_slot_bytes: 8192,

@@ -131,9 +131,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     rings: Option<u16>,
 
-    /// Submission queue entries per ring of opipe's engine (default: 256;
-    /// more SQEs in one turn wait in the driver's backlog;
-    /// EngineConfig::sq_entries).
+    /// Submission queue entries per ring of opipe's engine (default:
+    /// EngineConfig::sq_entries's, 256; more SQEs in one turn wait in the
+    /// driver's backlog).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]
     sq_entries: Option<u32>,
 

@@ -45,8 +45,6 @@ pub struct Tuning {
     pub cq_entries: Option<u32>,
 }
 
-/// The bench's submission queue per ring (`--sq-entries`).
-const SQ_ENTRIES: u32 = 256;
 /// The largest completion queue the bench gives a ring by default.
 const MAX_CQ_ENTRIES: usize = 65536;
 
@@ -69,13 +67,14 @@ impl Peer for UringPeer {
         cfg.rings = t.rings;
         cfg.open_timeout = Duration::from_secs(10);
         // Rings sized by what one ring holds, not by all the pipes: the SQ
-        // only carries a turn's SQEs to the next submit (more wait in the
-        // driver's backlog, a chain whole), and every SQE written lands in
-        // its next slot, so a small SQ stays in the cache; the CQ has room
-        // for four completions per pipe of the ring (a send's and a reply
-        // chunk's, twice over), as uring-min's. perf/README.md, session 15.
+        // as the engine's default (small, so it stays in the cache), the
+        // CQ with room for four completions per pipe of the ring (a send's
+        // and a reply chunk's, twice over), as uring-min's. perf/README.md,
+        // session 15.
         let per_ring = pipes.div_ceil(t.rings.max(1));
-        cfg.sq_entries = t.sq_entries.unwrap_or(SQ_ENTRIES);
+        if let Some(n) = t.sq_entries {
+            cfg.sq_entries = n;
+        }
         cfg.cq_entries = t.cq_entries.unwrap_or(
             (per_ring * 4)
                 .next_power_of_two()
